@@ -1,0 +1,14 @@
+"""jaxdepth: make deep networks shallower, as pure transforms over Flax variables.
+
+The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
+(:mod:`jaxdepth.network`), and every method and surgery pass maps
+``(spec, variables) -> (spec, variables)``.
+"""
+from jaxdepth import entropy, spec, stats
+from jaxdepth.network import Forward, Network, forward, gates_for, init
+from jaxdepth.spec import (
+    Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
+    SpecError, replace_node, with_identity)
+from jaxdepth.stats import SiteStats, accumulate, empty_stats, entropies
+
+__version__ = "0.1.0"

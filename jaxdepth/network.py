@@ -1,0 +1,271 @@
+"""One Flax (Linen) module that executes any :class:`~jaxdepth.spec.Spec`.
+
+``Network(spec)`` builds its submodules from the spec, so its variables are the
+usual Flax dict keyed by the spec's hierarchical names::
+
+    variables = {"params":      {"layer1": {"0": {"conv1": {"kernel": ...}}}, ...},
+                 "batch_stats": {"layer1": {"0": {"bn1": {"mean": ..., "var": ...}}}, ...}}
+
+Call-time options (all usable inside ``jax.jit``):
+
+* ``train``: batch statistics and dropout (BatchNorm updates ``batch_stats``).
+* ``gates``: a float array of shape ``(len(spec.sites()),)``; a site whose gate is
+  0 behaves as the identity, 1 as its activation. Gates are data, so switching
+  sites never recompiles. Sites baked to ``identity`` in the spec are not gated.
+* ``collect_stats``: every live site sows its per-channel sign counts of the
+  pre-activation into the ``site_stats`` collection (see :mod:`jaxdepth.stats`).
+
+:func:`init` and :func:`forward` are the pure-function front door most code uses.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import traverse_util
+
+from jaxdepth import spec as S
+
+__all__ = ["Network", "init", "forward", "Forward", "gates_for", "site_stats_by_path"]
+
+STATS = "site_stats"
+
+# PyTorch's default initialisations, which the papers' code relies on:
+# Kaiming normal (fan_out) for convolutions as in torchvision ResNet/MobileNetV2,
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for Linear weights and biases.
+_conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+_dense_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _uniform(bound: float):
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+  return init
+
+
+def activation(fn: str, z):
+  if fn == "relu":
+    return jax.nn.relu(z)
+  if fn == "relu6":
+    return jax.nn.relu6(z)
+  if fn == "gelu":
+    return jax.nn.gelu(z, approximate=False)
+  if fn == "identity":
+    return z
+  raise ValueError(f"unknown activation {fn!r}")
+
+
+def sign_counts(z: jax.Array, example_mask: jax.Array | None = None) -> jax.Array:
+  """Per-channel counts of ``z > 0``, ``z < 0``, ``z == 0`` as an int32 ``(3, C)`` array.
+
+  Counts run over every axis but the last (batch, spatial positions or tokens).
+  ``example_mask`` (shape ``(B,)``) leaves padded examples out.
+  """
+  axes = tuple(range(z.ndim - 1))
+  signs = jnp.stack([z > 0, z < 0, z == 0])  # (3, B, ..., C)
+  if example_mask is not None:
+    m = example_mask.reshape((1, -1) + (1,) * (z.ndim - 1))
+    signs = signs & m.astype(bool)
+  return jnp.sum(signs, axis=tuple(a + 1 for a in axes), dtype=jnp.int32)
+
+
+def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
+  """PyTorch ``AdaptiveAvgPool2d``: bin ``i`` covers ``[floor(i*H/o), ceil((i+1)*H/o))``.
+
+  Written as two averaging matrices, ``y = A_h x A_w^T`` per channel, so it is
+  linear and exact for any input size (including upsampling a 1x1 map).
+  """
+  def matrix(n_in, n_out):
+    a = [[0.0] * n_in for _ in range(n_out)]
+    for i in range(n_out):
+      lo, hi = (i * n_in) // n_out, math.ceil((i + 1) * n_in / n_out)
+      for j in range(lo, hi):
+        a[i][j] = 1.0 / (hi - lo)
+    return jnp.asarray(a, x.dtype)
+  ah, aw = matrix(x.shape[1], output_size[0]), matrix(x.shape[2], output_size[1])
+  return jnp.einsum("oh,bhwc,pw->bopc", ah, x, aw)
+
+
+def pool(node: S.Pool, x: jax.Array) -> jax.Array:
+  if node.op == "global_avg":
+    return jnp.mean(x, axis=(1, 2))
+  if node.op == "adaptive_avg":
+    return adaptive_avg_pool(x, node.output_size)
+  if node.op == "max":
+    return nn.max_pool(x, node.window, node.stride, node.padding)
+  return nn.avg_pool(x, node.window, node.stride, node.padding, count_include_pad=True)
+
+
+@dataclasses.dataclass
+class _Context:
+  """Per-call state shared by every scope (not a module attribute: never hashed)."""
+  train: bool
+  gates: jax.Array | None
+  site_index: dict[str, int]
+  collect_stats: bool
+  example_mask: jax.Array | None
+  dtype: Any
+
+
+def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
+  """Runs ``nodes`` inside ``module``'s compact scope."""
+  for n in nodes:
+    path = prefix + n.name
+    if isinstance(n, S.Conv):
+      x = nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
+                  use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype, name=n.name)(x)
+    elif isinstance(n, S.BatchNorm):
+      x = nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
+                       epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+    elif isinstance(n, S.LayerNorm):
+      x = nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+    elif isinstance(n, S.Dense):
+      bound = 1.0 / math.sqrt(x.shape[-1])
+      x = nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
+                   bias_init=_uniform(bound), dtype=ctx.dtype, name=n.name)(x)
+    elif isinstance(n, S.Act):
+      if n.fn == "identity":
+        continue
+      if ctx.collect_stats:
+        module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
+                   init_fn=lambda: None, reduce_fn=lambda _, b: b)
+      y = activation(n.fn, x)
+      if ctx.gates is not None:
+        y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
+      x = y
+    elif isinstance(n, S.Pool):
+      x = pool(n, x)
+    elif isinstance(n, S.Flatten):
+      x = x.reshape((x.shape[0], -1))
+    elif isinstance(n, S.Dropout):
+      x = nn.Dropout(n.rate, deterministic=not ctx.train, name=n.name)(x)
+    elif isinstance(n, S.Sequential):
+      x = _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
+    elif isinstance(n, S.Block):
+      x = _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
+    else:
+      raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
+  return x
+
+
+class _Scope(nn.Module):
+  nodes: tuple[S.Node, ...]
+  prefix: str
+
+  @nn.compact
+  def __call__(self, x, ctx):
+    return _run(self, self.nodes, x, ctx, self.prefix)
+
+
+class _BlockScope(nn.Module):
+  block: S.Block
+  prefix: str
+
+  @nn.compact
+  def __call__(self, x, ctx):
+    y = _run(self, self.block.branch, x, ctx, self.prefix)
+    y = y + _run(self, self.block.shortcut, x, ctx, self.prefix)
+    return _run(self, self.block.post, y, ctx, self.prefix)
+
+
+class Network(nn.Module):
+  """Executes ``spec`` on channel-last inputs ``(B, *spec.input_shape)``.
+
+  Attributes:
+    spec: the architecture.
+    dtype: compute dtype (``jnp.bfloat16`` on GPU/TPU); parameters stay float32
+      and the output is cast back to float32.
+  """
+  spec: S.Spec
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x, *, train: bool = False, gates: jax.Array | None = None,
+               collect_stats: bool = False, example_mask: jax.Array | None = None):
+    sites = self.spec.sites()
+    if gates is not None and gates.shape != (len(sites),):
+      raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
+                       f"{self.spec.name!r}, got {gates.shape}")
+    if x.shape[1:] != self.spec.input_shape:
+      raise ValueError(f"input of shape {x.shape[1:]} (batch axis dropped) does not match "
+                       f"the spec's input_shape {self.spec.input_shape}")
+    ctx = _Context(train=train, gates=gates, site_index={s: i for i, s in enumerate(sites)},
+                   collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype)
+    if self.dtype is not None:
+      x = x.astype(self.dtype)
+    y = _run(self, self.spec.layers, x, ctx, "")
+    return y.astype(jnp.float32)
+
+
+class Forward(NamedTuple):
+  """What :func:`forward` returns.
+
+  Attributes:
+    logits: the network output (float32).
+    batch_stats: updated BatchNorm statistics in train mode, else the input ones.
+    site_counts: ``{site path: (3, C) int32}`` sign counts when collected, else ``None``.
+  """
+  logits: jax.Array
+  batch_stats: Any
+  site_counts: dict[str, jax.Array] | None
+
+
+def init(spec: S.Spec, rng: jax.Array, *, dtype=None) -> dict[str, Any]:
+  """Initial variables of ``Network(spec)`` (a plain dict: ``params``, ``batch_stats``)."""
+  x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+  variables = jax.jit(Network(spec, dtype=dtype).init)(rng, x)
+  return {k: v for k, v in variables.items()}
+
+
+def site_stats_by_path(collection) -> dict[str, jax.Array]:
+  """Flattens a sown ``site_stats`` collection to ``{site path: (3, C) counts}``."""
+  flat = traverse_util.flatten_dict(collection, sep=S.SEP)
+  return dict(flat)
+
+
+def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
+            collect_stats: bool = False, example_mask=None, dtype=None) -> Forward:
+  """Runs ``spec`` as a pure function of its variables.
+
+  Args:
+    spec: the architecture.
+    variables: ``{"params": ..., "batch_stats": ...}``.
+    x: a batch ``(B, *spec.input_shape)``.
+    train: train mode (batch statistics, dropout; needs ``rng`` if the spec has dropout).
+    gates: optional ``(len(spec.sites()),)`` array; 0 turns a site into the identity.
+    rng: dropout key.
+    collect_stats: return per-site sign counts.
+    example_mask: ``(B,)`` booleans; padded examples are left out of the counts.
+    dtype: compute dtype.
+
+  Returns:
+    A :class:`Forward`.
+  """
+  mutable = (["batch_stats"] if train and "batch_stats" in variables else []) + (
+      [STATS] if collect_stats else [])
+  rngs = {"dropout": rng} if rng is not None else {}
+  out = Network(spec, dtype=dtype).apply(
+      variables, x, train=train, gates=gates, collect_stats=collect_stats,
+      example_mask=example_mask, rngs=rngs, mutable=mutable or False)
+  if mutable:
+    logits, updates = out
+  else:
+    logits, updates = out, {}
+  counts = None
+  if collect_stats:
+    counts = site_stats_by_path(updates.get(STATS, {}))
+    counts = {s: counts[s] for s in spec.sites()}
+  return Forward(logits, updates.get("batch_stats", variables.get("batch_stats")), counts)
+
+
+def gates_for(spec: S.Spec, off=()) -> jax.Array:
+  """A gate array with every live site on except those named in ``off``."""
+  sites = spec.sites()
+  unknown = set(off) - set(sites)
+  if unknown:
+    raise KeyError(f"not live sites of {spec.name!r}: {sorted(unknown)}")
+  return jnp.asarray([0.0 if s in off else 1.0 for s in sites], jnp.float32)

@@ -1,0 +1,563 @@
+"""The architecture as data.
+
+A network is a :class:`Spec`: an input shape and a tuple of *nodes*. Every node is
+a frozen, hashable dataclass with a local ``name``; containers (:class:`Sequential`,
+:class:`Block`) open a name scope, so every node has a stable hierarchical path
+such as ``layer2/0/relu1``. Variables produced by :class:`jaxdepth.Network` are
+keyed by exactly these paths.
+
+Layouts are channel-last: images are ``(B, H, W, C)``, token sequences
+``(B, L, D)``. Shapes in this module never include the batch axis.
+
+Every transform in jaxdepth maps ``(spec, variables) -> (spec, variables)``; the
+helpers at the bottom of this file (:func:`replace_node`, :func:`with_identity`,
+:func:`map_nodes`) are the structural edits they share.
+
+Example::
+
+    spec = Spec(input_shape=(8, 8, 1), layers=(
+        Conv("conv", features=16), BatchNorm("bn"), Act("relu"),
+        Pool("pool", "global_avg"), Dense("head", features=10)))
+    spec.sites()          # ('relu',)
+    Spec.from_json(spec.to_json()) == spec   # True
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+__all__ = [
+    "Node", "Conv", "BatchNorm", "LayerNorm", "Dense", "Act", "Pool", "Flatten",
+    "Dropout", "Sequential", "Block", "Spec", "SpecError", "ACTIVATIONS",
+    "node_from_dict", "replace_node", "with_identity", "map_nodes",
+]
+
+ACTIVATIONS = ("relu", "relu6", "gelu", "identity")
+POOL_KINDS = ("max", "avg", "global_avg", "adaptive_avg")
+SEP = "/"
+
+
+class SpecError(ValueError):
+  """An invalid spec; the message names the node and what is wrong."""
+
+
+def _pair(value, what: str, node: str) -> tuple[int, int]:
+  if isinstance(value, int):
+    return (value, value)
+  if isinstance(value, (tuple, list)) and len(value) == 2 and all(
+      isinstance(v, int) for v in value):
+    return (int(value[0]), int(value[1]))
+  raise SpecError(f"node {node!r}: {what} must be an int or a pair of ints, got {value!r}")
+
+
+def _padding(value, node: str) -> tuple[tuple[int, int], tuple[int, int]]:
+  """Normalises ``p``, ``(ph, pw)`` or ``((top, bottom), (left, right))``."""
+  if isinstance(value, int):
+    return ((value, value), (value, value))
+  if isinstance(value, (tuple, list)) and len(value) == 2:
+    if all(isinstance(v, int) for v in value):
+      return ((value[0], value[0]), (value[1], value[1]))
+    if all(isinstance(v, (tuple, list)) and len(v) == 2 for v in value):
+      return tuple((int(a), int(b)) for a, b in value)  # type: ignore[return-value]
+  raise SpecError(
+      f"node {node!r}: padding must be an int, (ph, pw) or ((top, bottom), (left, right)), "
+      f"got {value!r}")
+
+
+def _set(obj, **fields):
+  for k, v in fields.items():
+    object.__setattr__(obj, k, v)
+
+
+_REGISTRY: dict[str, type[Node]] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+  """Base of every spec node. ``kind`` is the JSON tag of the subclass."""
+  name: str
+  kind: ClassVar[str] = "node"
+
+  def __init_subclass__(cls, **kw):
+    super().__init_subclass__(**kw)
+    if "kind" in cls.__dict__:
+      _REGISTRY[cls.kind] = cls
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name or SEP in self.name:
+      raise SpecError(f"{self.kind} node name must be a non-empty string without "
+                      f"'{SEP}', got {self.name!r}")
+
+  def children(self) -> tuple[Node, ...]:
+    return ()
+
+  def to_dict(self) -> dict[str, Any]:
+    out: dict[str, Any] = {"kind": self.kind}
+    for f in dataclasses.fields(self):
+      v = getattr(self, f.name)
+      if isinstance(v, tuple) and v and isinstance(v[0], Node):
+        v = [c.to_dict() for c in v]
+      elif isinstance(v, tuple) and not v and f.name in ("layers", "branch", "shortcut", "post"):
+        v = []
+      out[f.name] = _jsonable(v)
+    return out
+
+  # Shape inference: returns the output shape or raises SpecError.
+  def output_shape(self, shape: tuple[int, ...], path: str) -> tuple[int, ...]:
+    raise NotImplementedError
+
+
+def _jsonable(v):
+  if isinstance(v, tuple):
+    return [_jsonable(x) for x in v]
+  return v
+
+
+def _tupled(v):
+  if isinstance(v, list):
+    return tuple(_tupled(x) for x in v)
+  return v
+
+
+def node_from_dict(d: dict[str, Any]) -> Node:
+  """Inverse of :meth:`Node.to_dict`; refuses unknown kinds and fields."""
+  if not isinstance(d, dict) or "kind" not in d:
+    raise SpecError(f"a node must be a JSON object with a 'kind', got {d!r}")
+  kind = d["kind"]
+  if kind not in _REGISTRY:
+    raise SpecError(f"node {d.get('name')!r}: unknown node kind {kind!r}; "
+                    f"known kinds: {sorted(_REGISTRY)}")
+  cls = _REGISTRY[kind]
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = set(d) - names - {"kind"}
+  if unknown:
+    raise SpecError(f"node {d.get('name')!r} ({kind}): unknown fields {sorted(unknown)}")
+  kw = {}
+  for k, v in d.items():
+    if k == "kind":
+      continue
+    if k in ("layers", "branch", "shortcut", "post"):
+      kw[k] = tuple(node_from_dict(c) for c in v)
+    else:
+      kw[k] = _tupled(v)
+  try:
+    return cls(**kw)
+  except TypeError as e:
+    raise SpecError(f"node {d.get('name')!r} ({kind}): {e}") from None
+
+
+def _spatial(shape, path, kind):
+  if len(shape) != 3:
+    raise SpecError(f"node {path!r}: {kind} needs an (H, W, C) input, got shape {shape}")
+  return shape
+
+
+def _conv_out(size: int, k: int, s: int, lo: int, hi: int) -> int:
+  return (size + lo + hi - k) // s + 1
+
+
+# --------------------------------------------------------------------------- layers
+
+
+@dataclasses.dataclass(frozen=True)
+class Conv(Node):
+  """2-D convolution, HWIO kernel of shape ``(kh, kw, C_in // groups, features)``.
+
+  ``padding`` is explicit zero padding (PyTorch convention), ``((top, bottom),
+  (left, right))`` after normalisation; an int means the same on every side.
+  """
+  features: int = 0
+  kernel: tuple[int, int] = (3, 3)
+  stride: tuple[int, int] = (1, 1)
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  groups: int = 1
+  bias: bool = False
+  kind: ClassVar[str] = "conv"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _set(self, kernel=_pair(self.kernel, "kernel", self.name),
+         stride=_pair(self.stride, "stride", self.name),
+         padding=_padding(self.padding, self.name))
+    if not isinstance(self.features, int) or self.features <= 0:
+      raise SpecError(f"node {self.name!r}: conv features must be a positive int, "
+                      f"got {self.features!r}")
+    if min(self.kernel) <= 0:
+      raise SpecError(f"node {self.name!r}: kernel must be positive, got {self.kernel}")
+    if min(self.stride) <= 0:
+      raise SpecError(f"node {self.name!r}: stride must be positive, got {self.stride}")
+    if min(min(p) for p in self.padding) < 0:
+      raise SpecError(f"node {self.name!r}: padding must be >= 0, got {self.padding}")
+    if not isinstance(self.groups, int) or self.groups <= 0:
+      raise SpecError(f"node {self.name!r}: groups must be a positive int, got {self.groups!r}")
+    if self.features % self.groups:
+      raise SpecError(f"node {self.name!r}: features={self.features} is not divisible by "
+                      f"groups={self.groups}")
+
+  def output_shape(self, shape, path):
+    h, w, c = _spatial(shape, path, "conv")
+    if c % self.groups:
+      raise SpecError(f"node {path!r}: input channels {c} not divisible by groups={self.groups}")
+    (pt, pb), (pl, pr) = self.padding
+    oh = _conv_out(h, self.kernel[0], self.stride[0], pt, pb)
+    ow = _conv_out(w, self.kernel[1], self.stride[1], pl, pr)
+    if oh <= 0 or ow <= 0:
+      raise SpecError(f"node {path!r}: kernel {self.kernel} with padding {self.padding} does "
+                      f"not fit the {h}x{w} input")
+    return (oh, ow, self.features)
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchNorm(Node):
+  """Batch normalisation over the last axis. ``momentum`` is Flax's (0.9 = PyTorch 0.1)."""
+  momentum: float = 0.9
+  epsilon: float = 1e-5
+  kind: ClassVar[str] = "batch_norm"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not 0.0 <= self.momentum < 1.0:
+      raise SpecError(f"node {self.name!r}: momentum must be in [0, 1), got {self.momentum}")
+    if self.epsilon <= 0:
+      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+
+  def output_shape(self, shape, path):
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNorm(Node):
+  """Layer normalisation over the last axis (transformers)."""
+  epsilon: float = 1e-5
+  kind: ClassVar[str] = "layer_norm"
+
+  def output_shape(self, shape, path):
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Dense(Node):
+  """Affine map on the last axis, kernel ``(D_in, features)``."""
+  features: int = 0
+  bias: bool = True
+  kind: ClassVar[str] = "dense"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not isinstance(self.features, int) or self.features <= 0:
+      raise SpecError(f"node {self.name!r}: dense features must be a positive int, "
+                      f"got {self.features!r}")
+
+  def output_shape(self, shape, path):
+    if not shape:
+      raise SpecError(f"node {path!r}: dense needs at least one axis")
+    return shape[:-1] + (self.features,)
+
+
+@dataclasses.dataclass(frozen=True)
+class Act(Node):
+  """An activation *site*: the place where the depth-reduction methods look.
+
+  ``fn`` is one of ``relu``, ``relu6``, ``gelu`` or ``identity``. A site whose
+  ``fn`` is ``identity`` has been removed (baked in); every other ``Act`` is a
+  live site, listed by :meth:`Spec.sites` in call order.
+  """
+  fn: str = "relu"
+  kind: ClassVar[str] = "act"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.fn not in ACTIVATIONS:
+      raise SpecError(f"node {self.name!r}: unknown activation {self.fn!r}; "
+                      f"expected one of {ACTIVATIONS}")
+
+  def output_shape(self, shape, path):
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Pool(Node):
+  """Pooling, ``op`` in ``max``, ``avg``, ``global_avg``, ``adaptive_avg``.
+
+  ``max``/``avg`` use ``window``, ``stride`` (default: the window), ``padding`` (PyTorch
+  semantics: max pads with -inf, avg counts the padding); ``global_avg`` maps
+  ``(H, W, C) -> (C,)``; ``adaptive_avg`` maps to ``output_size`` with PyTorch's
+  bin rule."""
+  op: str = "max"
+  window: tuple[int, int] = (2, 2)
+  stride: tuple[int, int] | None = None
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((0, 0), (0, 0))
+  output_size: tuple[int, int] = (1, 1)
+  kind: ClassVar[str] = "pool"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if self.op not in POOL_KINDS:
+      raise SpecError(f"node {self.name!r}: unknown pool op {self.op!r}; "
+                      f"expected one of {POOL_KINDS}")
+    _set(self, window=_pair(self.window, "window", self.name))
+    _set(self, stride=_pair(self.window if self.stride is None else self.stride, "stride",
+                            self.name),
+         padding=_padding(self.padding, self.name),
+         output_size=_pair(self.output_size, "output_size", self.name))
+    if min(self.window) <= 0 or min(self.stride) <= 0 or min(self.output_size) <= 0:
+      raise SpecError(f"node {self.name!r}: window, stride and output_size must be positive")
+    if any(2 * max(p) > w for p, w in zip(self.padding, self.window)):
+      raise SpecError(f"node {self.name!r}: padding {self.padding} must be at most half the "
+                      f"window {self.window}")
+
+  def output_shape(self, shape, path):
+    h, w, c = _spatial(shape, path, "pool")
+    if self.op == "global_avg":
+      return (c,)
+    if self.op == "adaptive_avg":
+      return (*self.output_size, c)
+    (pt, pb), (pl, pr) = self.padding
+    oh = _conv_out(h, self.window[0], self.stride[0], pt, pb)
+    ow = _conv_out(w, self.window[1], self.stride[1], pl, pr)
+    if oh <= 0 or ow <= 0:
+      raise SpecError(f"node {path!r}: pool window {self.window} does not fit the {h}x{w} input")
+    return (oh, ow, c)
+
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Flatten(Node):
+  """Flattens every non-batch axis (channel-last order)."""
+  kind: ClassVar[str] = "flatten"
+
+  def output_shape(self, shape, path):
+    return (math.prod(shape),)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dropout(Node):
+  """Dropout with probability ``rate`` in train mode; the identity in eval mode."""
+  rate: float = 0.5
+  kind: ClassVar[str] = "dropout"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not 0.0 <= self.rate < 1.0:
+      raise SpecError(f"node {self.name!r}: dropout rate must be in [0, 1), got {self.rate}")
+
+  def output_shape(self, shape, path):
+    return shape
+
+
+# ------------------------------------------------------------------------ containers
+
+
+def _check_unique(nodes: tuple[Node, ...], where: str):
+  seen: set[str] = set()
+  for n in nodes:
+    if not isinstance(n, Node):
+      raise SpecError(f"{where}: expected spec nodes, got {n!r}")
+    if n.name in seen:
+      raise SpecError(f"{where}: duplicate name {n.name!r}")
+    seen.add(n.name)
+
+
+def _run_shapes(nodes, shape, prefix):
+  for n in nodes:
+    shape = n.output_shape(shape, prefix + n.name)
+  return shape
+
+
+@dataclasses.dataclass(frozen=True)
+class Sequential(Node):
+  """A named scope that runs its ``layers`` one after the other."""
+  layers: tuple[Node, ...] = ()
+  kind: ClassVar[str] = "sequential"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _set(self, layers=tuple(self.layers))
+    _check_unique(self.layers, f"node {self.name!r}")
+
+  def children(self):
+    return self.layers
+
+  def output_shape(self, shape, path):
+    return _run_shapes(self.layers, shape, path + SEP)
+
+
+@dataclasses.dataclass(frozen=True)
+class Block(Node):
+  """A residual block: ``post(branch(x) + shortcut(x))``.
+
+  An empty ``shortcut`` is the identity. ``post`` holds what follows the
+  addition (ResNet's ``relu2``). Branch, shortcut and post share one name scope.
+  """
+  branch: tuple[Node, ...] = ()
+  shortcut: tuple[Node, ...] = ()
+  post: tuple[Node, ...] = ()
+  kind: ClassVar[str] = "block"
+
+  def __post_init__(self):
+    super().__post_init__()
+    _set(self, branch=tuple(self.branch), shortcut=tuple(self.shortcut), post=tuple(self.post))
+    if not self.branch:
+      raise SpecError(f"node {self.name!r}: a block needs a non-empty branch")
+    _check_unique(self.branch + self.shortcut + self.post, f"node {self.name!r}")
+
+  def children(self):
+    return self.branch + self.shortcut + self.post
+
+  @property
+  def identity_shortcut(self) -> bool:
+    return not self.shortcut
+
+  def output_shape(self, shape, path):
+    prefix = path + SEP
+    b = _run_shapes(self.branch, shape, prefix)
+    s = _run_shapes(self.shortcut, shape, prefix)
+    if b != s:
+      raise SpecError(f"node {path!r}: branch output shape {b} does not match shortcut "
+                      f"output shape {s}; add a shortcut projection or fix the channels")
+    return _run_shapes(self.post, b, prefix)
+
+
+# ------------------------------------------------------------------------------ spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """A whole network: the input shape (no batch axis) and the top-level layers.
+
+  A spec is validated on construction (shapes, channels, names), hashable, and
+  round-trips losslessly through :meth:`to_json` / :meth:`from_json`.
+  """
+  input_shape: tuple[int, ...]
+  layers: tuple[Node, ...]
+  name: str = "network"
+
+  def __post_init__(self):
+    _set(self, input_shape=tuple(self.input_shape), layers=tuple(self.layers))
+    if not self.input_shape or any(not isinstance(d, int) or d <= 0 for d in self.input_shape):
+      raise SpecError(f"spec {self.name!r}: input_shape must be positive ints, "
+                      f"got {self.input_shape!r}")
+    _check_unique(self.layers, f"spec {self.name!r}")
+    self.output_shape  # validates every node's shape
+
+  # -- traversal ---------------------------------------------------------------
+
+  def walk(self) -> Iterator[tuple[str, Node]]:
+    """Yields ``(path, node)`` for every node, parents first, in call order."""
+    def rec(nodes, prefix):
+      for n in nodes:
+        path = prefix + n.name
+        yield path, n
+        yield from rec(n.children(), path + SEP)
+    yield from rec(self.layers, "")
+
+  def node(self, path: str) -> Node:
+    """The node at ``path``; a clear error if there is none."""
+    for p, n in self.walk():
+      if p == path:
+        return n
+    raise KeyError(f"spec {self.name!r} has no node {path!r}")
+
+  def sites(self) -> tuple[str, ...]:
+    """Paths of the live activation sites (``Act`` with ``fn != 'identity'``), in call order."""
+    return tuple(p for p, n in self.walk() if isinstance(n, Act) and n.fn != "identity")
+
+  def shapes(self) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``path -> (input_shape, output_shape)`` for every node (no batch axis)."""
+    out = {}
+
+    def rec(nodes, shape, prefix):
+      for n in nodes:
+        path = prefix + n.name
+        if isinstance(n, Sequential):
+          o = rec(n.layers, shape, path + SEP)
+        elif isinstance(n, Block):
+          b = rec(n.branch, shape, path + SEP)
+          rec(n.shortcut, shape, path + SEP)
+          o = rec(n.post, b, path + SEP)
+        else:
+          o = n.output_shape(shape, path)
+        out[path] = (shape, o)
+        shape = o
+      return shape
+
+    rec(self.layers, self.input_shape, "")
+    return out
+
+  @property
+  def output_shape(self) -> tuple[int, ...]:
+    return _run_shapes(self.layers, self.input_shape, "")
+
+  # -- serialisation -------------------------------------------------------------
+
+  def to_dict(self) -> dict[str, Any]:
+    return {"name": self.name, "input_shape": list(self.input_shape),
+            "layers": [n.to_dict() for n in self.layers]}
+
+  def to_json(self, **kw) -> str:
+    return json.dumps(self.to_dict(), **kw)
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Spec:
+    if not isinstance(d, dict) or "layers" not in d or "input_shape" not in d:
+      raise SpecError("a spec must be a JSON object with 'input_shape' and 'layers'")
+    return cls(input_shape=tuple(d["input_shape"]),
+               layers=tuple(node_from_dict(n) for n in d["layers"]),
+               name=d.get("name", "network"))
+
+  @classmethod
+  def from_json(cls, text: str) -> Spec:
+    try:
+      d = json.loads(text)
+    except json.JSONDecodeError as e:
+      raise SpecError(f"spec is not valid JSON: {e}") from None
+    return cls.from_dict(d)
+
+
+# ---------------------------------------------------------------------------- edits
+
+
+def map_nodes(spec: Spec, fn: Callable[[str, Node], Node | tuple[Node, ...] | None]) -> Spec:
+  """Rebuilds ``spec`` bottom-up, replacing each node by ``fn(path, node)``.
+
+  ``fn`` sees a container after its children were mapped. It may return the node
+  unchanged, a replacement node, a tuple of nodes (spliced in place) or ``None``
+  (the node is deleted).
+  """
+  def rec(nodes, prefix):
+    out = []
+    for n in nodes:
+      path = prefix + n.name
+      if isinstance(n, Sequential):
+        n = dataclasses.replace(n, layers=rec(n.layers, path + SEP))
+      elif isinstance(n, Block):
+        n = dataclasses.replace(n, branch=rec(n.branch, path + SEP),
+                                shortcut=rec(n.shortcut, path + SEP),
+                                post=rec(n.post, path + SEP))
+      r = fn(path, n)
+      if r is None:
+        continue
+      out.extend(r if isinstance(r, tuple) else (r,))
+    return tuple(out)
+  return dataclasses.replace(spec, layers=rec(spec.layers, ""))
+
+
+def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> Spec:
+  """Replaces (or deletes, with ``None``) the node at ``path``."""
+  spec.node(path)  # raises a clear KeyError
+  return map_nodes(spec, lambda p, n: new if p == path else n)
+
+
+def with_identity(spec: Spec, sites) -> Spec:
+  """Bakes the given sites in as identities (``Act(fn='identity')``)."""
+  sites = set(sites)
+  unknown = sites - set(spec.sites())
+  if unknown:
+    raise KeyError(f"not live sites of spec {spec.name!r}: {sorted(unknown)}; "
+                   f"live sites: {list(spec.sites())}")
+  return map_nodes(spec, lambda p, n: dataclasses.replace(n, fn="identity")
+                   if p in sites else n)

@@ -1,0 +1,86 @@
+"""Site statistics accumulated on device, batch after batch.
+
+A jitted step gets per-batch sign counts from :func:`jaxdepth.network.forward`
+(``collect_stats=True``) and folds them into a :class:`SiteStats` with
+:func:`accumulate`. Everything stays on device: the per-batch estimators (EGP,
+EASIER) are evaluated inside the step and summed, so reading an entropy at the end
+of an epoch is one transfer, never one per batch::
+
+    stats = empty_stats(spec)
+    for batch in data:
+      state, stats = step(state, stats, batch)     # jitted; calls accumulate()
+    entropies(stats, "easier")                      # {site: bits}
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from jaxdepth import entropy as E
+from jaxdepth.spec import Spec
+
+__all__ = ["SiteStats", "empty_stats", "accumulate", "entropies", "ESTIMATORS",
+           "always_off", "always_on"]
+
+ESTIMATORS = ("easier", "egp", "dataset")
+
+
+class SiteStats(NamedTuple):
+  """Per-site statistics summed over batches (a pytree).
+
+  Attributes:
+    counts: ``{site: (3, C) int32}``, total positive / negative / zero counts.
+    egp_sum: ``{site: f32}``, sum over batches of :func:`~jaxdepth.entropy.egp_batch_entropy`.
+    easier_sum: ``{site: f32}``, sum over batches of :func:`~jaxdepth.entropy.easier_batch_entropy`.
+    batches: number of batches folded in (int32 scalar).
+  """
+  counts: dict[str, jax.Array]
+  egp_sum: dict[str, jax.Array]
+  easier_sum: dict[str, jax.Array]
+  batches: jax.Array
+
+
+def empty_stats(spec: Spec) -> SiteStats:
+  """Zero statistics for every live site of ``spec``."""
+  shapes = spec.shapes()
+  counts = {s: jnp.zeros((3, shapes[s][0][-1]), jnp.int32) for s in spec.sites()}
+  zero = {s: jnp.zeros((), jnp.float32) for s in counts}
+  return SiteStats(counts, zero, dict(zero), jnp.zeros((), jnp.int32))
+
+
+def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStats:
+  """Folds one batch's ``{site: (3, C)}`` sign counts into ``stats`` (pure, jit-able)."""
+  return SiteStats(
+      counts={s: stats.counts[s] + batch_counts[s] for s in stats.counts},
+      egp_sum={s: stats.egp_sum[s] + E.egp_batch_entropy(batch_counts[s])
+               for s in stats.counts},
+      easier_sum={s: stats.easier_sum[s] + E.easier_batch_entropy(batch_counts[s])
+                  for s in stats.counts},
+      batches=stats.batches + 1)
+
+
+def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:
+  """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`."""
+  if estimator not in ESTIMATORS:
+    raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+  if estimator == "dataset":
+    values = {s: E.dataset_entropy(c) for s, c in stats.counts.items()}
+  else:
+    sums = stats.egp_sum if estimator == "egp" else stats.easier_sum
+    n = jnp.maximum(stats.batches, 1)
+    values = {s: v / n for s, v in sums.items()}
+  values = jax.device_get(values)
+  return {s: float(v) for s, v in values.items()}
+
+
+def always_off(counts) -> jax.Array:
+  """Channels never positive on the data (zeros count as OFF): a ``(C,)`` bool mask."""
+  return jnp.asarray(counts)[E.POS] == 0
+
+
+def always_on(counts) -> jax.Array:
+  """Channels never negative nor zero on the data: a ``(C,)`` bool mask."""
+  c = jnp.asarray(counts)
+  return (c[E.NEG] == 0) & (c[E.ZERO] == 0)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Creates .venv with Python 3.12 and installs jaxdepth (and its extras, if named).
+#   scripts/setup.sh          # the library, its CLI and the offline demo data
+#   scripts/setup.sh test     # + pytest, xdist, hypothesis
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras="${1:-}"
+
+find_python312() {
+  # jax 0.12 / flax 0.12.12 need Python 3.12; `python3` may well be 3.11.
+  # A pyenv shim answers for every version but only runs the selected ones, so
+  # each candidate is asked to run rather than just looked up.
+  local c
+  for c in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/3.12*/bin/python3.12 python3.12 \
+           /usr/local/bin/python3.12 /usr/bin/python3.12; do
+    if "$c" -c 'import sys; assert sys.version_info[:2] == (3, 12)' >/dev/null 2>&1; then
+      echo "$c"; return 0
+    fi
+  done
+  echo "setup: Python 3.12 not found (jax 0.12 needs it); install it, e.g. 'pyenv install 3.12'" >&2
+  return 1
+}
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+  py="$(find_python312)"
+  echo "setup: creating .venv with $py" >&2
+  rm -rf .venv
+  "$py" -m venv .venv
+fi
+target="."
+[ -n "$extras" ] && target=".[$extras]"
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target" 2>&1 \
+  | sed '/is ignored/d'   # pipefail keeps pip's exit status
+.venv/bin/python -c 'import jaxdepth, jax, flax; print(f"setup: jaxdepth ready (jax {jax.__version__}, flax {flax.__version__})")'

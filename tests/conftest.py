@@ -1,0 +1,14 @@
+"""Shared test set-up: two fake CPU devices and a persistent compilation cache.
+
+Both must be configured before JAX initialises its backend, hence here.
+"""
+import os
+import pathlib
+
+import jax
+
+_CACHE = pathlib.Path(__file__).resolve().parent.parent / ".cache" / "jax"
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_compilation_cache_dir", os.environ.get("JAX_COMPILATION_CACHE_DIR", str(_CACHE)))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
