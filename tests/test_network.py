@@ -1,0 +1,132 @@
+"""The executor: variables keyed by spec names, modes, gates as data, pools."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import network as N
+from jaxdepth import spec as S
+
+SPEC = S.Spec(input_shape=(6, 6, 2), name="tiny", layers=(
+    S.Conv("conv", features=4, padding=1), S.BatchNorm("bn"), S.Act("relu"),
+    S.Sequential("stage", layers=(
+        S.Block("0", branch=(S.Conv("conv1", features=4, padding=1), S.BatchNorm("bn1"), S.Act("relu1"),
+                             S.Conv("conv2", features=4, padding=1)),
+                post=(S.Act("relu2", fn="relu6"),)),)),
+    S.Pool("pool", "max", window=3, stride=2, padding=1),
+    S.Pool("gap", "global_avg"), S.Dropout("drop", rate=0.5), S.Dense("head", features=3)))
+
+
+@pytest.fixture(scope="module")
+def variables():
+  return N.init(SPEC, jax.random.key(0))
+
+
+def x_batch(b=4, seed=1):
+  return jax.random.normal(jax.random.key(seed), (b, *SPEC.input_shape))
+
+
+def test_variables_are_keyed_by_spec_names(variables):
+  p, bs = variables["params"], variables["batch_stats"]
+  assert p["stage"]["0"]["conv1"]["kernel"].shape == (3, 3, 4, 4)
+  assert "bias" not in p["conv"]
+  assert p["head"]["kernel"].shape == (4, 3)
+  assert set(bs) == {"bn", "stage"} and set(bs["stage"]["0"]) == {"bn1"}
+
+
+def reference_forward(v, x, gates=(1.0, 1.0, 1.0)):
+  """The same network written out by hand with lax ops (eval mode)."""
+  p, s = v["params"], v["batch_stats"]
+
+  def conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  def bn(x, pp, ss):
+    return (x - ss["mean"]) / jnp.sqrt(ss["var"] + 1e-5) * pp["scale"] + pp["bias"]
+
+  def gate(g, f, z):
+    return f(z) if g else z
+
+  h = gate(gates[0], jax.nn.relu, bn(conv(x, p["conv"]["kernel"]), p["bn"], s["bn"]))
+  blk, sb = p["stage"]["0"], s["stage"]["0"]
+  r = gate(gates[1], jax.nn.relu, bn(conv(h, blk["conv1"]["kernel"]), blk["bn1"], sb["bn1"]))
+  r = conv(r, blk["conv2"]["kernel"])
+  h = gate(gates[2], jax.nn.relu6, r + h)
+  h = jax.lax.reduce_window(jnp.pad(h, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf),
+                            -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), "VALID")
+  return h.mean(axis=(1, 2)) @ p["head"]["kernel"] + p["head"]["bias"]
+
+
+def randomised(v, seed=3):
+  """Random BN statistics so that eval mode is not the identity normalisation."""
+  leaves, tree = jax.tree.flatten(v["batch_stats"])
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  leaves = [jax.random.uniform(k, l.shape, minval=0.5, maxval=2.0) for k, l in zip(keys, leaves)]
+  return {**v, "batch_stats": jax.tree.unflatten(tree, leaves)}
+
+
+def test_eval_forward_matches_hand_written_network(variables):
+  v, x = randomised(variables), x_batch()
+  np.testing.assert_allclose(N.forward(SPEC, v, x).logits, reference_forward(v, x), rtol=1e-5, atol=1e-5)
+
+
+def test_train_mode_updates_batch_stats_with_batch_moments(variables):
+  x = x_batch(8)
+  out = N.forward(SPEC, variables, x, train=True, rng=jax.random.key(0))
+  z = jax.lax.conv_general_dilated(x, variables["params"]["conv"]["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  old = variables["batch_stats"]["bn"]
+  np.testing.assert_allclose(out.batch_stats["bn"]["mean"], 0.9 * old["mean"] + 0.1 * z.mean((0, 1, 2)),
+                             rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(out.batch_stats["bn"]["var"], 0.9 * old["var"] + 0.1 * z.var((0, 1, 2)),
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(Exception, match="dropout"):
+    N.forward(SPEC, variables, x, train=True)          # dropout needs an rng in train mode
+
+
+def test_gates_switch_sites_without_recompiling(variables):
+  v, x = randomised(variables), x_batch()
+  fwd = jax.jit(lambda g: N.forward(SPEC, v, x, gates=g).logits)
+  for off in ([], ["stage/0/relu1"], ["relu", "stage/0/relu2"], list(SPEC.sites())):
+    gates = N.gates_for(SPEC, off=off)
+    got = fwd(gates)
+    ref = reference_forward(v, x, tuple(float(g) for g in gates))
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    baked = N.forward(S.with_identity(SPEC, off), v, x).logits  # the spec can bake identities in
+    np.testing.assert_allclose(got, baked, rtol=1e-6, atol=1e-6)
+  assert fwd._cache_size() == 1
+
+
+def test_bad_call_arguments_are_refused(variables):
+  with pytest.raises(ValueError, match="gates must have shape \\(3,\\)"):
+    N.forward(SPEC, variables, x_batch(), gates=jnp.ones(2))
+  with pytest.raises(ValueError, match="does not match the spec's input_shape"):
+    N.forward(SPEC, variables, jnp.zeros((2, 5, 5, 2)))
+  with pytest.raises(KeyError, match="'nope'"):
+    N.gates_for(SPEC, off=["nope"])
+
+
+def test_bf16_compute_keeps_float32_params_and_output(variables):
+  out = N.forward(SPEC, variables, x_batch(), dtype=jnp.bfloat16)
+  assert out.logits.dtype == jnp.float32
+  np.testing.assert_allclose(out.logits, N.forward(SPEC, variables, x_batch()).logits, atol=0.1)
+
+
+@pytest.mark.parametrize("size, out", [((7, 5), (3, 2)), ((1, 1), (7, 7)), ((4, 4), (2, 2))])
+def test_adaptive_avg_pool_matches_pytorch_bins(size, out):
+  x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
+  ref = np.zeros((2, *out, 3), np.float32)
+  for i in range(out[0]):
+    for j in range(out[1]):
+      h0, h1 = (i * size[0]) // out[0], -(-((i + 1) * size[0]) // out[0])
+      w0, w1 = (j * size[1]) // out[1], -(-((j + 1) * size[1]) // out[1])
+      ref[:, i, j] = x[:, h0:h1, w0:w1].mean(axis=(1, 2))
+  np.testing.assert_allclose(N.adaptive_avg_pool(jnp.asarray(x), out), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_site_counts_are_listed_in_site_order(variables):
+  out = N.forward(SPEC, variables, x_batch(), collect_stats=True)
+  assert list(out.site_counts) == list(SPEC.sites())
+  # every pre-activation value is counted exactly once: B*H*W per channel
+  assert np.all(np.asarray(out.site_counts["relu"]).sum(0) == 4 * 6 * 6)
