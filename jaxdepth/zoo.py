@@ -1,0 +1,337 @@
+"""The model zoo: functions that return :class:`~jaxdepth.spec.Spec` objects.
+
+Each function builds the architecture the papers' code uses (METHODS.md §1.2), in
+channel-last layout, with names that follow torchvision where that helps a
+reader find the module the papers talk about (``layer2/0/relu1``,
+``features/7/conv/depthwise/relu6``). Parameter counts equal PyTorch's
+``sum(p.numel() for p in model.parameters())`` for the same architecture
+(tested), so results can be compared with the papers.
+
+=======================  =======================================  ========  =====
+name                     architecture                             input     sites
+=======================  =======================================  ========  =====
+``resnet18``             ResNet-18, CIFAR stem (3x3 conv, max-pool)  32x32x3   17
+``resnet18_imagenet``    torchvision ResNet-18 (7x7/2 stem)       224x224x3   17
+``resnet20``             ResNet-20 style, 16-32-64 channels       32x32x3     19
+``mobilenet_v2``         MobileNetV2, CIFAR strides               32x32x3     35
+``mobilenet_v2_imagenet``  torchvision MobileNetV2                224x224x3   35
+``vgg16_bn``             torchvision VGG-16-bn                    32x32x3     15
+``digits_cnn``           small residual CNN for sklearn digits    8x8x1        6
+=======================  =======================================  ========  =====
+
+Use :func:`get` to build one by name and :func:`names` to list them.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from jaxdepth.spec import (
+    Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, Node, Pool, Sequential, Spec)
+
+__all__ = ["resnet18", "resnet20", "mobilenet_v2", "vgg16_bn", "digits_cnn", "get", "names"]
+
+
+def _conv_bn(prefix: str, features: int, kernel: int, stride: int = 1, groups: int = 1,
+             ) -> tuple[Node, Node]:
+  """A bias-free ``kernel x kernel`` conv with 'same'-style padding, then BN."""
+  return (Conv(f"{prefix}conv", features=features, kernel=kernel, stride=stride,
+               padding=kernel // 2, groups=groups, bias=False),
+          BatchNorm(f"{prefix}bn"))
+
+
+def _check_positive(what: str, value) -> None:
+  if not isinstance(value, int) or value <= 0:
+    raise ValueError(f"{what} must be a positive int, got {value!r}")
+
+
+def _input_shape(input_shape, default: tuple[int, ...]) -> tuple[int, ...]:
+  if input_shape is None:
+    return default
+  shape = tuple(input_shape)
+  if len(shape) != 3:
+    raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
+  return shape
+
+
+# --------------------------------------------------------------------------- ResNet
+
+
+def basic_block(name: str, in_features: int, features: int, stride: int) -> Block:
+  """ResNet BasicBlock: ``relu2(bn2(conv2(relu1(bn1(conv1(x))))) + shortcut(x))``.
+
+  The shortcut is the identity when shape is kept, else a 1x1 conv with the
+  block's stride followed by BN (He et al., 2016, option B).
+  """
+  branch = (Conv("conv1", features=features, kernel=3, stride=stride, padding=1),
+            BatchNorm("bn1"), Act("relu1"),
+            Conv("conv2", features=features, kernel=3, padding=1),
+            BatchNorm("bn2"))
+  shortcut: tuple[Node, ...] = ()
+  if stride != 1 or in_features != features:
+    shortcut = (Conv("shortcut_conv", features=features, kernel=1, stride=stride),
+                BatchNorm("shortcut_bn"))
+  return Block(name, branch=branch, shortcut=shortcut, post=(Act("relu2"),))
+
+
+def _resnet_stages(widths, blocks_per_stage, first_stride, in_features) -> tuple[Node, ...]:
+  stages = []
+  for i, (width, n) in enumerate(zip(widths, blocks_per_stage)):
+    blocks = []
+    for j in range(n):
+      stride = (first_stride if i == 0 else 2) if j == 0 else 1
+      blocks.append(basic_block(str(j), in_features, width, stride))
+      in_features = width
+    stages.append(Sequential(f"layer{i + 1}", layers=tuple(blocks)))
+  return tuple(stages)
+
+
+def resnet18(num_classes: int = 10, stem: str = "cifar", input_shape=None) -> Spec:
+  """ResNet-18 (He et al., 2016) as used by EASIER, LaCoOT, TLC and EGP.
+
+  ``stem="cifar"``: 3x3 stride-1 pad-1 conv (no bias), BN, ReLU, then the 3x3/2
+  max-pool (pad 1) that the papers' CIFAR code keeps, so ``layer1`` runs at 16x16
+  on a 32x32 input (METHODS.md §1.2). ``stem="imagenet"``: torchvision's 7x7/2
+  pad-3 conv, BN, ReLU, 3x3/2 max-pool. Then four stages of two BasicBlocks
+  (64-128-256-512), global average pool and a Dense head. 17 sites.
+
+  Args:
+    num_classes: size of the Dense head.
+    stem: ``"cifar"`` or ``"imagenet"``.
+    input_shape: ``(H, W, C)``; default 32x32x3 (cifar) or 224x224x3 (imagenet).
+
+  Returns:
+    The spec (11,173,962 parameters for CIFAR-10; 11,689,512 for the ImageNet
+    stem with 1000 classes, as torchvision).
+  """
+  _check_positive("num_classes", num_classes)
+  if stem == "cifar":
+    shape = _input_shape(input_shape, (32, 32, 3))
+    conv1 = Conv("conv1", features=64, kernel=3, stride=1, padding=1)
+  elif stem == "imagenet":
+    shape = _input_shape(input_shape, (224, 224, 3))
+    conv1 = Conv("conv1", features=64, kernel=7, stride=2, padding=3)
+  else:
+    raise ValueError(f"unknown ResNet stem {stem!r}; expected 'cifar' or 'imagenet'")
+  layers = (conv1, BatchNorm("bn1"), Act("relu"),
+            Pool("maxpool", "max", window=3, stride=2, padding=1),
+            *_resnet_stages((64, 128, 256, 512), (2, 2, 2, 2), 1, 64),
+            Pool("avgpool", "global_avg"), Dense("fc", features=num_classes))
+  return Spec(shape, layers, name=f"resnet18_{stem}")
+
+
+def resnet20(num_classes: int = 10, width: int = 16, input_shape=(32, 32, 3)) -> Spec:
+  """A ResNet-20-style network for CPU work (He et al., 2016, §4.2 CIFAR nets).
+
+  3x3 stem (no max-pool), three stages of three BasicBlocks with ``width``,
+  ``2 width``, ``4 width`` channels, strides 1-2-2, 1x1 conv + BN projection
+  shortcuts where the shape changes, global average pool, Dense. 19 sites.
+
+  Args:
+    num_classes: size of the Dense head.
+    width: channels of the first stage (16 in the paper).
+    input_shape: ``(H, W, C)``.
+
+  Returns:
+    The spec.
+  """
+  _check_positive("num_classes", num_classes)
+  _check_positive("width", width)
+  layers = (Conv("conv1", features=width, kernel=3, padding=1), BatchNorm("bn1"), Act("relu"),
+            *_resnet_stages((width, 2 * width, 4 * width), (3, 3, 3), 1, width),
+            Pool("avgpool", "global_avg"), Dense("fc", features=num_classes))
+  return Spec(_input_shape(input_shape, (32, 32, 3)), layers, name="resnet20")
+
+
+# ---------------------------------------------------------------------- MobileNetV2
+
+# (expansion t, output channels c, repeats n, first stride s), Sandler et al., 2018, Table 2.
+_MOBILENET_V2_SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+
+def _make_divisible(value: float, divisor: int = 8) -> int:
+  """Rounds channels to a multiple of ``divisor``, never below 90 % of ``value``
+  (the rule of the MobileNet reference code)."""
+  new = max(divisor, int(value + divisor / 2) // divisor * divisor)
+  if new < 0.9 * value:
+    new += divisor
+  return new
+
+
+def _conv_bn_relu6(name: str, features: int, kernel: int, stride: int = 1,
+                   groups: int = 1) -> Sequential:
+  return Sequential(name, layers=(*_conv_bn("", features, kernel, stride, groups),
+                                  Act("relu6", fn="relu6")))
+
+
+def inverted_residual(name: str, in_features: int, features: int, stride: int,
+                      expansion: int) -> Node:
+  """MobileNetV2 inverted residual: expand 1x1, depthwise 3x3, linear 1x1 projection.
+
+  ``conv/expand`` (1x1 ConvBNReLU6, absent when ``expansion == 1``),
+  ``conv/depthwise`` (3x3 ConvBNReLU6 with one group per channel),
+  ``conv/project`` + ``conv/project_bn`` (no activation). With stride 1 and
+  ``in_features == features`` the output is added to the input (a :class:`Block`
+  with an identity shortcut), otherwise it is a plain :class:`Sequential`.
+  """
+  hidden = int(round(in_features * expansion))
+  layers: list[Node] = []
+  if expansion != 1:
+    layers.append(_conv_bn_relu6("expand", hidden, 1))
+  layers += [_conv_bn_relu6("depthwise", hidden, 3, stride, groups=hidden),
+             Conv("project", features=features, kernel=1), BatchNorm("project_bn")]
+  conv = Sequential("conv", layers=tuple(layers))
+  if stride == 1 and in_features == features:
+    return Block(name, branch=(conv,))
+  return Sequential(name, layers=(conv,))
+
+
+def mobilenet_v2(num_classes: int = 10, variant: str = "cifar", width_mult: float = 1.0,
+                 input_shape=None) -> Spec:
+  """MobileNetV2 (Sandler et al., 2018) with torchvision's layout.
+
+  ``features/0`` is the stem ConvBNReLU6, ``features/1..17`` the inverted residual
+  blocks, ``features/18`` the 1x1 ConvBNReLU6 to 1280 (scaled up only when
+  ``width_mult > 1``); then a global mean, ``classifier/dropout`` (0.2) and
+  ``classifier/fc``. ``variant="cifar"`` uses stride 1 in the stem and in the
+  second stage (t=6, c=24, n=2), as the papers' CIFAR code (METHODS.md §1.2);
+  ``variant="imagenet"`` is torchvision's ``mobilenet_v2``. 35 ReLU6 sites.
+
+  Args:
+    num_classes: size of the Dense head.
+    variant: ``"cifar"`` or ``"imagenet"``.
+    width_mult: channel multiplier (channels rounded to multiples of 8).
+    input_shape: ``(H, W, C)``; default 32x32x3 (cifar) or 224x224x3 (imagenet).
+
+  Returns:
+    The spec (3,504,872 parameters for the ImageNet variant with 1000 classes,
+    2,236,682 with 10 classes).
+  """
+  _check_positive("num_classes", num_classes)
+  if not isinstance(width_mult, (int, float)) or width_mult <= 0:
+    raise ValueError(f"width_mult must be a positive number, got {width_mult!r}")
+  if variant == "cifar":
+    shape, stem_stride, strides = _input_shape(input_shape, (32, 32, 3)), 1, {1: 1}
+  elif variant == "imagenet":
+    shape, stem_stride, strides = _input_shape(input_shape, (224, 224, 3)), 2, {}
+  else:
+    raise ValueError(f"unknown MobileNetV2 variant {variant!r}; expected 'cifar' or 'imagenet'")
+  in_features = _make_divisible(32 * width_mult)
+  last = _make_divisible(1280 * max(1.0, width_mult))
+  features: list[Node] = [_conv_bn_relu6("0", in_features, 3, stem_stride)]
+  for stage, (t, c, n, s) in enumerate(_MOBILENET_V2_SETTINGS):
+    out = _make_divisible(c * width_mult)
+    for j in range(n):
+      stride = strides.get(stage, s) if j == 0 else 1
+      features.append(inverted_residual(str(len(features)), in_features, out, stride, t))
+      in_features = out
+  features.append(_conv_bn_relu6(str(len(features)), last, 1))
+  layers = (Sequential("features", layers=tuple(features)), Pool("pool", "global_avg"),
+            Sequential("classifier", layers=(Dropout("dropout", rate=0.2),
+                                             Dense("fc", features=num_classes))))
+  return Spec(shape, layers, name=f"mobilenet_v2_{variant}")
+
+
+# ----------------------------------------------------------------------------- VGG
+
+_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+          512, 512, 512, "M")
+
+
+def vgg16_bn(num_classes: int = 10, input_shape=(32, 32, 3)) -> Spec:
+  """VGG-16 with batch norm (Simonyan & Zisserman, 2015), torchvision's ``vgg16_bn``.
+
+  Node names are torchvision's module indices (``features/0`` conv,
+  ``features/1`` BN, ``features/2`` ReLU, ..., ``classifier/0`` .. ``classifier/6``),
+  so the papers' references to ``features[i]`` carry over. 13 conv3x3 (bias) + BN +
+  ReLU, 5 max-pools, adaptive average pool to 7x7, flatten, Dense 4096, ReLU,
+  Dropout, Dense 4096, ReLU, Dropout, Dense. The papers feed 32x32 CIFAR images
+  as they are: the 1x1 map is then replicated to 7x7. 15 sites.
+
+  Flatten is channel-last here, so the first classifier kernel's rows are in
+  ``(h, w, c)`` order, not PyTorch's ``(c, h, w)``.
+
+  Args:
+    num_classes: size of the last Dense layer.
+    input_shape: ``(H, W, C)``.
+
+  Returns:
+    The spec (138,365,992 parameters with 1000 classes, as torchvision).
+  """
+  _check_positive("num_classes", num_classes)
+  features: list[Node] = []
+  for v in _VGG16:
+    i = len(features)
+    if v == "M":
+      features.append(Pool(str(i), "max", window=2, stride=2))
+    else:
+      features += [Conv(str(i), features=v, kernel=3, padding=1, bias=True),
+                   BatchNorm(str(i + 1)), Act(str(i + 2))]
+  classifier = (Dense("0", features=4096), Act("1"), Dropout("2", rate=0.5),
+                Dense("3", features=4096), Act("4"), Dropout("5", rate=0.5),
+                Dense("6", features=num_classes))
+  layers = (Sequential("features", layers=tuple(features)),
+            Pool("avgpool", "adaptive_avg", output_size=7), Flatten("flatten"),
+            Sequential("classifier", layers=classifier))
+  return Spec(_input_shape(input_shape, (32, 32, 3)), layers, name="vgg16_bn")
+
+
+# ---------------------------------------------------------------------------- digits
+
+
+def digits_cnn(num_classes: int = 10, width: int = 32, input_shape=(8, 8, 1)) -> Spec:
+  """A small residual CNN for scikit-learn's 8x8 digits: the offline demo network.
+
+  Stem 3x3 conv + BN + ReLU, two BasicBlocks at ``width`` channels (sites inside
+  the branch and after the addition), 2x2 max-pool, 1x1 conv to ``2 width`` +
+  BN + ReLU, global average pool, Dense. Six sites, 40,298 parameters at the
+  default width; it reaches > 95 % test accuracy on digits in a few epochs.
+
+  Args:
+    num_classes: size of the Dense head.
+    width: channels of the stem and of the residual blocks.
+    input_shape: ``(H, W, C)``.
+
+  Returns:
+    The spec.
+  """
+  _check_positive("num_classes", num_classes)
+  _check_positive("width", width)
+  layers = (Conv("conv1", features=width, kernel=3, padding=1), BatchNorm("bn1"), Act("relu"),
+            Sequential("layer1", layers=(basic_block("0", width, width, 1),
+                                         basic_block("1", width, width, 1))),
+            Pool("maxpool", "max", window=2, stride=2),
+            Conv("conv2", features=2 * width, kernel=1), BatchNorm("bn2"), Act("relu2"),
+            Pool("avgpool", "global_avg"), Dense("fc", features=num_classes))
+  return Spec(_input_shape(input_shape, (8, 8, 1)), layers, name="digits_cnn")
+
+
+# -------------------------------------------------------------------------- registry
+
+_MODELS: dict[str, Callable[..., Spec]] = {
+    "resnet18": lambda **kw: resnet18(stem="cifar", **kw),
+    "resnet18_imagenet": lambda **kw: resnet18(stem="imagenet", **kw),
+    "resnet20": resnet20,
+    "mobilenet_v2": lambda **kw: mobilenet_v2(variant="cifar", **kw),
+    "mobilenet_v2_imagenet": lambda **kw: mobilenet_v2(variant="imagenet", **kw),
+    "vgg16_bn": vgg16_bn,
+    "digits_cnn": digits_cnn,
+}
+
+
+def names() -> tuple[str, ...]:
+  """Names accepted by :func:`get`."""
+  return tuple(_MODELS)
+
+
+def get(name: str, **kwargs) -> Spec:
+  """Builds the zoo model ``name`` with keyword arguments for its function.
+
+  Example: ``get("resnet18", num_classes=100)``.
+  """
+  if name not in _MODELS:
+    raise KeyError(f"unknown model {name!r}; known models: {', '.join(names())}")
+  try:
+    return _MODELS[name](**kwargs)
+  except TypeError as e:
+    raise TypeError(f"model {name!r}: {e}") from None
