@@ -1,0 +1,75 @@
+"""Input pipelines: datasets as train/val/test splits served in deterministic, resumable batches.
+
+    from jaxdepth import data
+    ds = data.load("digits")                      # offline, real data
+    for batch in ds.train.batches(64, seed=0, epoch=3, shuffle=True, augment=True):
+      batch["image"], batch["label"], batch["mask"]   # float32 NHWC, int32, bool
+
+Names (:func:`names`): ``digits`` (:mod:`.digits`, scikit-learn, no network);
+``cifar10``, ``cifar100``, ``oxford_flowers102``, ``dtd`` (:mod:`.tfds_source`,
+prepared ArrayRecord files, never downloaded); ``folder:<path>``
+(:mod:`.image_folder`). Batches are pure functions of ``(seed, epoch)`` and the
+example indices (:mod:`.pipeline`), so resuming at ``(epoch, start_batch)`` and
+sharding over processes reproduce an uninterrupted single-process run.
+"""
+from __future__ import annotations
+
+from jaxdepth.data import augment, digits, image_folder as _image_folder, pipeline, rng, tfds_source
+from jaxdepth.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from jaxdepth.data.pipeline import Batch, Dataset, DatasetNotPrepared, Split
+
+FOLDER_PREFIX = "folder:"
+
+__all__ = [
+    "Batch", "CIFAR_MEAN", "CIFAR_STD", "Dataset", "DatasetNotPrepared", "IMAGENET_MEAN", "IMAGENET_STD",
+    "Split", "image_folder", "load", "names",
+]
+
+
+def names() -> tuple[str, ...]:
+  """The dataset names :func:`load` knows, plus ``"folder:<path>"`` for image folders."""
+  return ("digits",) + tuple(tfds_source.RECIPES) + (FOLDER_PREFIX + "<path>",)
+
+
+def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
+                 val_augment: bool = False, image_size: int | None = None) -> Dataset:
+  """An image-folder dataset (layouts "splits", "domains", "classes"; see :mod:`.image_folder`)."""
+  return _image_folder.load(path, layout=layout, val_fraction=val_fraction, split_seed=split_seed,
+                            val_augment=val_augment, image_size=image_size)
+
+
+def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
+         val_augment: bool = False, image_size: int | None = None, normalization: str | None = None) -> Dataset:
+  """Loads a dataset by name.
+
+  Args:
+    name: one of :func:`names`; ``"folder:<path>"`` loads an image folder.
+    data_dir: tfds data directory holding the prepared ArrayRecord files.
+    val_fraction: share of the training data held out for validation, where
+      the dataset has no official validation split (0 = no validation split).
+    split_seed: seeds that hold-out.
+    val_augment: the validation split keeps the training augmentation (the
+      official EASIER/LaCoOT/TLC code's quirk); off by default.
+    image_size: output side for datasets of variable image size (default 224).
+    normalization: tfds only: "imagenet" (default) or "cifar" (EGP's CIFAR
+      statistics); digits use their train statistics, folders ImageNet's.
+
+  Returns:
+    A :class:`Dataset`.
+
+  Raises:
+    ValueError: unknown name or bad argument.
+    DatasetNotPrepared: a tfds dataset whose files are not under ``data_dir``.
+  """
+  if name.startswith(FOLDER_PREFIX):
+    if normalization not in (None, "imagenet"):
+      raise ValueError(f"image folders use ImageNet normalisation; got normalization={normalization!r}")
+    return image_folder(name[len(FOLDER_PREFIX):], val_fraction=val_fraction, split_seed=split_seed,
+                        val_augment=val_augment, image_size=image_size)
+  if name == "digits":
+    return digits.load(val_fraction=val_fraction, split_seed=split_seed, val_augment=val_augment,
+                       image_size=image_size, normalization=normalization)
+  if name in tfds_source.RECIPES:
+    return tfds_source.load(name, data_dir=data_dir, val_fraction=val_fraction, split_seed=split_seed,
+                            val_augment=val_augment, image_size=image_size, normalization=normalization)
+  raise ValueError(f"unknown dataset {name!r}; known: {', '.join(names())}")

@@ -1,0 +1,184 @@
+"""Datasets stored as folders of images (read with Pillow), in the layouts of METHODS.md §1.3.
+
+Layouts (``layout="auto"`` picks by looking at the folder):
+
+* ``"splits"`` (Tiny-ImageNet style; chosen when ``root/train`` exists):
+  ``root/{train,val,test}/<class>/<image>``. ``val/`` is optional; without
+  ``test/``, ``val/`` is the test split and there is no validation split (EGP
+  tests on ``val/``). Classes are the folder names under ``train/``.
+  Augmentation: horizontal flip only. Images are resized to ``image_size`` if
+  given, else served at the size of the first training image (others are
+  resized to it).
+* ``"domains"`` (PACS/VLCS; chosen when every sub-folder holds only folders):
+  ``root/<domain>/<class>/<image>``. All domains are concatenated, then split
+  80/10/10 by a permutation seeded by ``split_seed`` (test fraction 0.1,
+  validation ``val_fraction``) — not leave-one-domain-out, like TLC and EASIER.
+  Training: random resized crop to ``image_size`` (default 224) with area
+  80-100 %, flip, colour jitter 0.4 (brightness, contrast, saturation, hue; in
+  a fixed order, not torchvision's random one). Evaluation: shorter side to
+  ``image_size``, centre crop.
+* ``"classes"`` (plain ImageFolder): ``root/<class>/<image>``; split and
+  augmented like ``"domains"``.
+
+ImageNet normalisation everywhere. Images are converted to RGB. A missing
+folder, a class folder without images or a class of ``val/``/``test/`` unknown
+to ``train/`` is an error that names the path.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+from PIL import Image
+
+from jaxdepth.data import augment, pipeline, rng
+
+LAYOUTS = ("auto", "splits", "domains", "classes")
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+TEST_FRACTION = 0.1
+
+
+def _subdirs(path: pathlib.Path) -> list[pathlib.Path]:
+  return sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _images_in(class_dir: pathlib.Path) -> list[pathlib.Path]:
+  files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+  if not files:
+    raise ValueError(f"class folder {class_dir} holds no images (expected files ending in "
+                     f"{', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add images")
+  return files
+
+
+def _class_folders(path: pathlib.Path) -> list[pathlib.Path]:
+  classes = _subdirs(path)
+  if not classes:
+    raise ValueError(f"{path} holds no class folders (expected {path}/<class>/<image>)")
+  return classes
+
+
+def detect_layout(root: pathlib.Path) -> str:
+  """"splits" if ``root/train`` exists, "domains" if every sub-folder holds only folders, else "classes"."""
+  if (root / "train").is_dir():
+    return "splits"
+  subdirs = _subdirs(root)
+  if not subdirs:
+    raise ValueError(f"{root} holds no folders; expected one of the layouts {LAYOUTS[1:]} (see jaxdepth.data.image_folder)")
+  if all(_subdirs(d) and not any(p.is_file() for p in d.iterdir()) for d in subdirs):
+    return "domains"
+  return "classes"
+
+
+def _read_image(path: pathlib.Path) -> np.ndarray:
+  with Image.open(path) as image:
+    return np.asarray(image.convert("RGB"))
+
+
+def _fetcher(files: list[pathlib.Path], labels: np.ndarray):
+  def fetch(i: int) -> tuple[np.ndarray, int]:
+    return _read_image(files[i]), int(labels[i])
+  return fetch
+
+
+def _listing(class_dirs: dict[str, list[pathlib.Path]], classes: list[str]) -> tuple[list[pathlib.Path], np.ndarray]:
+  """Files and labels of ``{class name: [class folders]}``, in a fixed order."""
+  files, labels = [], []
+  for name, dirs in class_dirs.items():
+    for class_dir in dirs:
+      found = _images_in(class_dir)
+      files += found
+      labels += [classes.index(name)] * len(found)
+  return files, np.asarray(labels, np.int64)
+
+
+def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
+         val_augment: bool = False, image_size: int | None = None, name: str | None = None) -> pipeline.Dataset:
+  """Loads an image folder in one of :data:`LAYOUTS` (module docstring).
+
+  Args:
+    root: the dataset folder.
+    layout: "auto", "splits", "domains" or "classes".
+    val_fraction: validation share for "domains"/"classes" (unused by "splits").
+    split_seed: seeds the 80/10/10 permutation of "domains"/"classes".
+    val_augment: the validation split applies the training augmentation.
+    image_size: output side (see the layouts for the default).
+    name: the Dataset's name (default ``"folder:<root>"``).
+
+  Returns:
+    A :class:`pipeline.Dataset` with RGB images and ``class_names``.
+  """
+  root = pathlib.Path(root).expanduser()
+  if not root.is_dir():
+    raise FileNotFoundError(f"image folder {root} does not exist or is not a folder")
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+  if image_size is not None and image_size <= 0:
+    raise ValueError(f"image_size={image_size} must be a positive integer")
+  pipeline.check_fraction("val_fraction", val_fraction)
+  layout = detect_layout(root) if layout == "auto" else layout
+  name = name or f"folder:{root}"
+  mean, std = augment.IMAGENET_MEAN, augment.IMAGENET_STD
+  threads = pipeline.default_threads()
+
+  def split(split_name, files, labels, recipe, size, always_augment=False, indices=None):
+    examples = pipeline.IndexedExamples(len(files), _fetcher(files, labels))
+    indices = np.arange(len(files)) if indices is None else indices
+    return pipeline.Split(split_name, examples, recipe, mean, std, (size, size, 3), indices,
+                          always_augment=always_augment, num_threads=threads)
+
+  if layout == "splits":
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+      raise FileNotFoundError(f"layout 'splits' needs {train_dir}/<class>/<image>")
+    classes = [d.name for d in _class_folders(train_dir)]
+    parts = {}
+    for part in ("train", "val", "test"):
+      part_dir = root / part
+      if not part_dir.is_dir():
+        continue
+      folders = _class_folders(part_dir)
+      unknown = sorted({d.name for d in folders} - set(classes))
+      if unknown:
+        raise ValueError(f"{part_dir} has classes {unknown} that {train_dir} lacks; every class needs training images")
+      parts[part] = _listing({d.name: [d] for d in folders}, classes)
+    if "test" not in parts:
+      if "val" not in parts:
+        raise FileNotFoundError(f"layout 'splits' needs {root}/test (or at least {root}/val) beside {train_dir}")
+      parts["test"] = parts.pop("val")
+    if image_size is None:
+      image_size = _read_image(parts["train"][0][0]).shape[0]
+    recipe = augment.ResizeFlip(size=image_size)
+    train = split("train", *parts["train"], recipe, image_size)
+    val = split("val", *parts["val"], recipe, image_size, val_augment) if "val" in parts else None
+    test = split("test", *parts["test"], recipe, image_size)
+    return pipeline.Dataset(name, train, val, test, len(classes), (image_size, image_size, 3), tuple(classes))
+
+  if layout == "domains":
+    domains = _subdirs(root)
+    if not domains:
+      raise ValueError(f"{root} holds no domain folders (expected {root}/<domain>/<class>/<image>)")
+    class_dirs: dict[str, list[pathlib.Path]] = {}
+    for domain in domains:
+      for class_dir in _class_folders(domain):
+        class_dirs.setdefault(class_dir.name, []).append(class_dir)
+  else:
+    class_dirs = {d.name: [d] for d in _class_folders(root)}
+  classes = sorted(class_dirs)
+  files, labels = _listing({c: class_dirs[c] for c in classes}, classes)
+  image_size = image_size or 224
+  order = rng.permutation(len(files), (split_seed, 0xF01D))
+  num_test = int(round(TEST_FRACTION * len(files)))
+  num_val = int(round(val_fraction * len(files)))
+  if len(files) - num_test - num_val <= 0:
+    raise ValueError(f"{root} has only {len(files)} images: too few for a train/val/test split")
+  test_idx = np.sort(order[:num_test])
+  val_idx = np.sort(order[num_test:num_test + num_val])
+  train_idx = np.sort(order[num_test + num_val:])
+  recipe = augment.ResizedCrop(size=image_size, scale=(0.8, 1.0), jitter=0.4, eval_crop_fraction=1.0)
+
+  def subset(split_name, idx, always_augment=False):
+    return split(split_name, [files[i] for i in idx], labels[idx], recipe, image_size, always_augment, idx)
+
+  return pipeline.Dataset(
+      name, subset("train", train_idx), subset("val", val_idx, val_augment) if len(val_idx) else None,
+      subset("test", test_idx), len(classes), (image_size, image_size, 3), tuple(classes))

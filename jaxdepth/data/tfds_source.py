@@ -1,0 +1,144 @@
+"""TFDS datasets read through ``tfds.data_source`` (random access, no TensorFlow) and grain.
+
+Recipes (METHODS.md §1.3):
+
+* ``cifar10``, ``cifar100``: 32x32. Train/validation = a 90/10 split of the
+  tfds ``train`` split (``val_fraction``, seeded by ``split_seed``, like the
+  official code's ``random_split``); test = the tfds ``test`` split.
+  Augmentation: random crop 32 after zero-padding 4, horizontal flip.
+  Normalisation: ImageNet mean/std (EASIER, LaCoOT, TLC) by default,
+  ``normalization="cifar"`` for EGP's CIFAR statistics.
+* ``oxford_flowers102``, ``dtd``: their tfds ``train``/``validation``/``test``
+  splits (``val_fraction`` and ``split_seed`` are not used). Images of any size
+  become ``image_size`` squares (default 224). Training: random resized crop
+  (area 8-100 %, aspect 3/4-4/3) and flip; evaluation: shorter side to
+  ``image_size / 0.875``, centre crop. ImageNet normalisation. The mixup/cutmix
+  of EASIER's Flowers/DTD runs is a training-step concern, not done here.
+
+The data must be prepared beforehand in the ArrayRecord format; this module
+never downloads (``download=False``) and raises :class:`DatasetNotPrepared`
+within milliseconds when the files are missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+from jaxdepth.data import augment, pipeline
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """How one tfds dataset becomes a :class:`pipeline.Dataset`."""
+  num_classes: int
+  native_size: int | None          # fixed side (CIFAR) or None (variable size, resized)
+  val_split: str | None = None     # official validation split; None = hold out part of train
+  default_image_size: int = 224
+
+
+RECIPES = {
+    "cifar10": Recipe(num_classes=10, native_size=32),
+    "cifar100": Recipe(num_classes=100, native_size=32),
+    "oxford_flowers102": Recipe(num_classes=102, native_size=None, val_split="validation"),
+    "dtd": Recipe(num_classes=47, native_size=None, val_split="validation"),
+}
+
+NORMALIZATIONS = {
+    "imagenet": (augment.IMAGENET_MEAN, augment.IMAGENET_STD),
+    "cifar": (augment.CIFAR_MEAN, augment.CIFAR_STD),
+}
+
+
+def how_to_prepare(name: str, data_dir: str | None) -> str:
+  where = f"data_dir={data_dir!r}" if data_dir else "the default tfds data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+  return (
+      f"tfds dataset {name!r} is not prepared in the ArrayRecord format under {where}. "
+      f"Prepare it once on a machine with TensorFlow and internet access: "
+      f"`pip install tensorflow tensorflow-datasets && tfds build {name} --file_format=array_record "
+      f"--data_dir=DIR`, copy DIR here and pass it as data_dir (--data_dir on the command line). "
+      f"jaxdepth never downloads at load time; the offline default dataset is 'digits'.")
+
+
+def open_source(name: str, split: str, data_dir: str | None) -> Any:
+  """``tfds.data_source(name, split=split, download=False)``, or :class:`DatasetNotPrepared`.
+
+  tfds reports missing data as ``NotImplementedError`` (no ArrayRecord files),
+  ``AssertionError`` ("could not find data") or a missing-file error, depending
+  on what is absent; all of them become :class:`DatasetNotPrepared`.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  try:
+    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+  except (NotImplementedError, AssertionError, FileNotFoundError) as error:
+    said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise pipeline.DatasetNotPrepared(f"{how_to_prepare(name, data_dir)} (tfds: {said})") from error
+
+
+def _fetcher(source: Any, positions: np.ndarray):
+  """Reads example ``positions[i]`` of a tfds source as (uint8 HWC image, label)."""
+  def fetch(i: int) -> tuple[np.ndarray, int]:
+    example = source[int(positions[i])]
+    image = np.asarray(example["image"], np.uint8)
+    return (image[..., None] if image.ndim == 2 else image), int(example["label"])
+  return fetch
+
+
+def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
+         val_augment: bool = False, image_size: int | None = None,
+         normalization: str | None = None) -> pipeline.Dataset:
+  """Loads a tfds dataset with the recipe in the module docstring.
+
+  Args:
+    name: a key of :data:`RECIPES`.
+    data_dir: where the prepared ArrayRecord files are (tfds' default if None).
+    val_fraction: share of ``train`` held out for validation (CIFAR only).
+    split_seed: seeds that hold-out.
+    val_augment: the validation split applies the training augmentation.
+    image_size: output side for variable-size datasets (default 224); CIFAR
+      stays 32x32 (the papers feed it unresized).
+    normalization: "imagenet" (default) or "cifar".
+
+  Returns:
+    A :class:`pipeline.Dataset`.
+
+  Raises:
+    DatasetNotPrepared: the files are not under ``data_dir``.
+  """
+  recipe = RECIPES[name]
+  normalization = normalization or "imagenet"
+  if normalization not in NORMALIZATIONS:
+    raise ValueError(f"normalization={normalization!r}; expected one of {sorted(NORMALIZATIONS)}")
+  mean, std = NORMALIZATIONS[normalization]
+  pipeline.check_fraction("val_fraction", val_fraction)
+  if recipe.native_size is not None:
+    if image_size not in (None, recipe.native_size):
+      raise ValueError(f"{name} is served at its native {recipe.native_size}x{recipe.native_size} "
+                       f"(as in the papers); image_size={image_size} is not supported, leave it None")
+    size = recipe.native_size
+    transform = augment.PadCropFlip(pad=4, flip=True)
+  else:
+    size = image_size or recipe.default_image_size
+    transform = augment.ResizedCrop(size=size)
+  shape = (size, size, 3)
+
+  train_source = open_source(name, "train", data_dir)
+  test_source = open_source(name, "test", data_dir)
+  if recipe.val_split is None:
+    train_positions, val_positions = pipeline.holdout(len(train_source), val_fraction, seed=split_seed)
+    val_source = train_source
+  else:
+    val_source = open_source(name, recipe.val_split, data_dir)
+    train_positions, val_positions = np.arange(len(train_source)), np.arange(len(val_source))
+
+  def split(split_name: str, source: Any, positions: np.ndarray, always_augment: bool = False) -> pipeline.Split:
+    examples = pipeline.IndexedExamples(len(positions), _fetcher(source, positions))
+    return pipeline.Split(split_name, examples, transform, mean, std, shape, positions,
+                          always_augment=always_augment, num_threads=pipeline.default_threads())
+
+  return pipeline.Dataset(
+      name=name, train=split("train", train_source, train_positions),
+      val=split("val", val_source, val_positions, val_augment) if len(val_positions) else None,
+      test=split("test", test_source, np.arange(len(test_source))),
+      num_classes=recipe.num_classes, input_shape=shape)
