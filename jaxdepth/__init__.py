@@ -5,6 +5,7 @@ The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
 ``(spec, variables) -> (spec, variables)``.
 """
 from jaxdepth import entropy, spec, stats
+from jaxdepth import costs, zoo
 from jaxdepth.network import Forward, Network, forward, gates_for, init
 from jaxdepth.spec import (
     Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
