@@ -1,0 +1,154 @@
+"""Optimizer recipes of the papers, as optax transformations.
+
+A :class:`Recipe` is the table row of a training schedule (METHODS.md §4.3, EASIER
+appendix Table 4, and §6.3, the TLC scripts): epochs, batch size, optimizer,
+learning rate, momentum, weight decay, MultiStep milestones. :func:`make_optimizer`
+turns it into an ``optax.GradientTransformation`` that does what the papers'
+PyTorch code does, step for step:
+
+* ``sgd``: ``torch.optim.SGD(momentum=m, weight_decay=wd)`` with
+  ``MultiStepLR(milestones, gamma)``. PyTorch adds the L2 term to the gradient
+  *before* the momentum buffer::
+
+      g_t = grad_t + wd * w_t
+      b_t = m * b_{t-1} + g_t              (b_0 = g_0)
+      w_{t+1} = w_t - lr_t * b_t
+
+  which is ``chain(add_decayed_weights(wd), trace(m), scale(-lr_t))``.
+  ``lr_t = lr * gamma ** #{milestones <= epoch(t)}``: the learning rate drops
+  at the first step of each milestone epoch, as ``MultiStepLR`` stepped once per
+  epoch does. The schedule counts optimizer steps, so it needs ``steps_per_epoch``.
+* ``adam``: ``torch.optim.Adam`` (``eps`` outside the square root); a non-zero
+  ``weight_decay`` is PyTorch's L2 term added to the gradient. EASIER's
+  Flowers-102/DTD/Aircraft recipe uses no weight decay and no schedule.
+* ``adamw``: ``torch.optim.AdamW``, decoupled decay ``w -= lr * wd * w`` (TLC's
+  BERT recipe).
+
+Weight decay applies to every parameter (BatchNorm scale and bias and biases
+included), as ``optimizer(model.parameters(), weight_decay=...)`` does.
+
+Example::
+
+    recipe = Recipe(epochs=160, batch_size=128, optimizer="sgd", lr=0.1,
+                    momentum=0.9, weight_decay=1e-4, milestones=(80, 120))
+    tx = make_optimizer(recipe, steps_per_epoch=352)
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optax
+
+__all__ = ["Recipe", "OPTIMIZERS", "make_schedule", "make_optimizer"]
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """A training schedule (hashable, JSON round trip through :meth:`to_dict`).
+
+  Attributes:
+    epochs: passes over the training split.
+    batch_size: global batch size (over every device and process).
+    optimizer: one of :data:`OPTIMIZERS`.
+    lr: base learning rate.
+    momentum: SGD momentum (ignored by Adam).
+    nesterov: Nesterov momentum for SGD.
+    weight_decay: L2 (``sgd``, ``adam``) or decoupled (``adamw``) decay.
+    milestones: epochs at which the learning rate is multiplied by ``gamma``.
+    gamma: the MultiStep factor.
+    b1: Adam's first-moment decay.
+    b2: Adam's second-moment decay.
+    eps: Adam's epsilon (added to the square root, as in PyTorch).
+    augment: train with the dataset's augmentation.
+  """
+  epochs: int = 160
+  batch_size: int = 128
+  optimizer: str = "sgd"
+  lr: float = 0.1
+  momentum: float = 0.9
+  nesterov: bool = False
+  weight_decay: float = 0.0
+  milestones: tuple[int, ...] = ()
+  gamma: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.999
+  eps: float = 1e-8
+  augment: bool = True
+
+  def __post_init__(self):
+    object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+    if self.optimizer not in OPTIMIZERS:
+      raise ValueError(f"recipe optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
+    if not isinstance(self.epochs, int) or self.epochs < 0:
+      raise ValueError(f"recipe epochs must be an int >= 0, got {self.epochs!r}")
+    if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+      raise ValueError(f"recipe batch_size must be a positive int, got {self.batch_size!r}")
+    if not self.lr > 0:
+      raise ValueError(f"recipe lr must be > 0, got {self.lr!r}")
+    if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+      raise ValueError(f"recipe needs weight_decay >= 0 and 0 <= momentum < 1, got "
+                       f"weight_decay={self.weight_decay!r}, momentum={self.momentum!r}")
+    if list(self.milestones) != sorted(set(self.milestones)) or any(
+        m <= 0 for m in self.milestones):
+      raise ValueError(f"recipe milestones must be increasing positive epochs, got "
+                       f"{self.milestones!r}")
+
+  def to_dict(self) -> dict[str, Any]:
+    d = dataclasses.asdict(self)
+    d["milestones"] = list(self.milestones)
+    return d
+
+  @classmethod
+  def from_dict(cls, d: dict[str, Any]) -> Recipe:
+    """Builds a recipe from a dict; unknown keys are refused by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+      raise ValueError(f"unknown recipe fields {sorted(unknown)}; known: {sorted(names)}")
+    return cls(**d)
+
+  def replace(self, **changes) -> Recipe:
+    return dataclasses.replace(self, **changes)
+
+
+def make_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:
+  """The learning rate as a function of the optimizer step (MultiStep decay).
+
+  Args:
+    recipe: the schedule's ``lr``, ``milestones`` (epochs) and ``gamma``.
+    steps_per_epoch: optimizer steps in one epoch.
+
+  Returns:
+    ``step -> lr * gamma ** #{m in milestones : step >= m * steps_per_epoch}``.
+  """
+  if steps_per_epoch <= 0:
+    raise ValueError(f"steps_per_epoch must be positive, got {steps_per_epoch}; is the "
+                     f"training split smaller than one batch of {recipe.batch_size}?")
+  if not recipe.milestones:
+    return optax.constant_schedule(recipe.lr)
+  return optax.piecewise_constant_schedule(
+      recipe.lr, {m * steps_per_epoch: recipe.gamma for m in recipe.milestones})
+
+
+def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransformation:
+  """A fresh optax optimizer for ``recipe`` (see the module docstring for the math).
+
+  Args:
+    recipe: the training schedule.
+    steps_per_epoch: optimizer steps per epoch (for the milestone schedule).
+
+  Returns:
+    An ``optax.GradientTransformation``; ``tx.init(params)`` gives a zero state.
+  """
+  lr = make_schedule(recipe, steps_per_epoch)
+  decay = [optax.add_decayed_weights(recipe.weight_decay)] if recipe.weight_decay else []
+  if recipe.optimizer == "sgd":
+    return optax.chain(*decay, optax.sgd(lr, momentum=recipe.momentum or None,
+                                         nesterov=recipe.nesterov))
+  if recipe.optimizer == "adam":
+    return optax.chain(*decay, optax.adam(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps))
+  return optax.adamw(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
+                     weight_decay=recipe.weight_decay)

@@ -1,0 +1,546 @@
+"""Training and evaluation: jitted steps, data parallel on a device mesh, and the epoch loop.
+
+Parallelism. Every step is one ``jax.jit`` computation over a 1-D device mesh
+with axis ``'data'`` (:func:`make_mesh`): the batch is split over the devices
+(``NamedSharding(mesh, P('data'))``) and the train state is replicated. The same
+code runs on one CPU, on N (fake) CPU devices, a GPU, or every chip of a TPU pod
+(after ``jax.distributed.initialize()``, each process feeding its own shard of the
+global batch through :func:`shard_batch`). Because the whole global batch is one
+array to the compiler, **BatchNorm statistics are global-batch statistics**: the
+result equals the single-device computation on the whole batch, unlike ``pmap``
+without a ``pmean`` (per-device statistics) or PyTorch DDP without SyncBN.
+
+The loss is the softmax cross-entropy averaged over the real examples of the
+batch; padded examples (``mask`` False) count for nothing::
+
+    L(w) = sum_i m_i * CE(f_w(x_i), y_i) / max(1, sum_i m_i)
+
+Metrics come out of the steps as on-device *sums* (``loss``: summed
+cross-entropy, ``correct``, ``count``) so that they add up over batches and
+devices without a transfer per batch; :func:`mean_metrics` turns them into
+``{'loss', 'accuracy'}``.
+
+The epoch loop is :func:`fit`: a fresh optimizer from an :class:`~jaxdepth.optim.Recipe`,
+site gates passed to every step, :class:`~jaxdepth.stats.SiteStats` collected (train
+mode, on device) during the last epoch when asked, per-epoch validation, a
+JSON-lines metrics log, and orbax checkpoints from which a killed run resumes
+and ends bit-for-bit where an uninterrupted run would.
+"""
+from __future__ import annotations
+
+import functools
+import math
+import os
+import pathlib
+import time
+from typing import Any, NamedTuple
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from jaxdepth import network
+from jaxdepth import optim
+from jaxdepth import stats as site_stats
+from jaxdepth.checkpoint import Checkpointer
+from jaxdepth.progress import MetricsLog, progress_bar
+from jaxdepth.spec import Spec
+
+__all__ = [
+    "DATA_AXIS", "TrainState", "make_mesh", "shard_batch", "replicate",
+    "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
+    "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
+]
+
+DATA_AXIS = "data"
+
+
+class NonFiniteLossError(FloatingPointError):
+  """The training loss became NaN or infinite; the run stopped without saving it."""
+
+
+class RunMismatchError(ValueError):
+  """A work directory holds a run with other settings than the ones asked for."""
+
+
+# ------------------------------------------------------------------------ state
+
+
+def _key_data(rng) -> jax.Array:
+  """Raw ``uint32`` key data from an int seed, a typed key or raw key data."""
+  if isinstance(rng, (int, np.integer)):
+    return jax.random.key_data(jax.random.key(int(rng)))
+  rng = jnp.asarray(rng)
+  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
+    return jax.random.key_data(rng)
+  return rng
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a training run carries from step to step (a pytree).
+
+  Attributes:
+    step: optimizer steps taken (int32 scalar).
+    params: the ``params`` collection.
+    batch_stats: the ``batch_stats`` collection (``{}`` for a spec without BatchNorm).
+    opt_state: the optax state.
+    rng: raw ``uint32`` key data (``jax.random.key_data``); the dropout key of
+      step ``t`` is ``fold_in(rng, t)``, so the run is a function of the seed.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  rng: jax.Array
+
+  @classmethod
+  def create(cls, variables: dict[str, Any], tx: optax.GradientTransformation,
+             rng) -> TrainState:
+    """A state at step 0 with a fresh ``tx.init(params)``.
+
+    Args:
+      variables: ``{"params": ..., "batch_stats": ...}`` from :func:`jaxdepth.init`.
+      tx: the optimizer.
+      rng: an int seed or a key, for dropout.
+    """
+    params = variables["params"]
+    state = cls(step=jnp.zeros((), jnp.int32), params=params,
+                batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
+                rng=_key_data(rng))
+    # Own copies: train steps donate the state, which must not free the caller's arrays.
+    return jax.tree.map(jnp.copy, state)
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    """The Flax variables (``params`` and, if any, ``batch_stats``)."""
+    out = {"params": self.params}
+    if self.batch_stats:
+      out["batch_stats"] = self.batch_stats
+    return out
+
+
+# ------------------------------------------------------------------------- mesh
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D ``'data'`` mesh over ``devices`` (default: every device of every process).
+
+  The axis type is ``Auto`` (jit propagates shardings), not the ``Explicit``
+  default of ``jax.make_mesh`` in jax 0.12.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                       devices=devices)
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def _batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places every leaf of ``tree`` on every device of ``mesh``."""
+  return jax.device_put(tree, _replicated(mesh))
+
+
+def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
+  """Splits a batch over the ``'data'`` axis of ``mesh``.
+
+  In a single process ``batch`` is the whole global batch. In a multi-process
+  run each process passes its own slice (``split.batches(...,
+  process_index=jax.process_index(), process_count=jax.process_count())``) and
+  the global array is assembled with ``jax.make_array_from_process_local_data``.
+  """
+  sharding = _batch_sharding(mesh)
+  n = mesh.devices.size
+  size = len(next(iter(batch.values())))
+  if jax.process_count() == 1:
+    if size % n:
+      raise ValueError(f"a batch of {size} examples does not split over {n} devices; use a "
+                       f"batch size divisible by {n}")
+    return jax.device_put(batch, sharding)
+  local = len(mesh.local_devices)
+  if size % local:
+    raise ValueError(f"a process-local batch of {size} examples does not split over this "
+                     f"process's {local} devices")
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+# ------------------------------------------------------------------------- loss
+
+
+def cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+                  ) -> jax.Array:
+  """Mean softmax cross-entropy over the examples where ``mask`` is True."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  if mask is None:
+    return jnp.mean(losses)
+  m = mask.astype(losses.dtype)
+  return jnp.sum(losses * m) / jnp.maximum(jnp.sum(m), 1.0)
+
+
+def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None = None
+                  ) -> dict[str, jax.Array]:
+  """Summed loss, number correct and number of real examples of one batch."""
+  losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  m = jnp.ones_like(losses) if mask is None else mask.astype(losses.dtype)
+  correct = (jnp.argmax(logits, -1) == labels).astype(losses.dtype)
+  return {"loss": jnp.sum(losses * m), "correct": jnp.sum(correct * m), "count": jnp.sum(m)}
+
+
+def mean_metrics(sums: dict[str, Any]) -> dict[str, float]:
+  """``{'loss', 'accuracy'}`` from summed metrics (see :func:`batch_metrics`)."""
+  sums = jax.device_get(sums)
+  n = max(float(sums["count"]), 1.0)
+  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["correct"]) / n}
+
+
+def _zero_metrics() -> dict[str, jax.Array]:
+  return {k: jnp.zeros((), jnp.float32) for k in ("loss", "correct", "count")}
+
+
+# ------------------------------------------------------------------------ steps
+
+
+def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
+                    dtype=None, collect_stats: bool = False, donate: bool = True):
+  """A jitted SGD step: ``(state, batch, gates, stats) -> (state, metrics, stats)``.
+
+  Args:
+    spec: the architecture.
+    tx: the optimizer (the one ``state.opt_state`` was made by).
+    mesh: the device mesh (default :func:`make_mesh`); the batch is split over
+      its ``'data'`` axis, the state replicated. BatchNorm statistics are over the
+      global batch.
+    dtype: compute dtype, e.g. ``jnp.bfloat16``; parameters and optimizer stay float32.
+    collect_stats: fold every live site's sign counts (train mode, padded examples
+      left out) into ``stats``, a :class:`~jaxdepth.stats.SiteStats`.
+    donate: donate the input state's buffers (the state passed in is consumed;
+      :meth:`TrainState.create` copies the variables it is given, so they stay valid).
+
+  Returns:
+    ``step(state, batch, gates, stats)`` where ``batch`` has ``image``, ``label``,
+    ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)`` array; ``stats``
+    is a SiteStats (``None`` unless ``collect_stats``). ``metrics`` are the batch's
+    summed ``loss``, ``correct``, ``count``.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+
+  def step(state: TrainState, batch, gates, stats):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    mask = batch["mask"]
+
+    def loss_fn(params):
+      variables = {"params": params}
+      if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+      out = network.forward(spec, variables, batch["image"], train=True, gates=gates, rng=rng,
+                            collect_stats=collect_stats, example_mask=mask, dtype=dtype)
+      return cross_entropy(out.logits, batch["label"], mask), out
+
+    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    new_state = state.replace(
+        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        batch_stats=out.batch_stats if state.batch_stats else state.batch_stats,
+        opt_state=opt_state)
+    if collect_stats:
+      stats = site_stats.accumulate(stats, out.site_counts)
+    return new_state, batch_metrics(out.logits, batch["label"], mask), stats
+
+  rep = _replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep),
+                 out_shardings=(rep, rep, rep), donate_argnums=(0,) if donate else ())
+
+
+@functools.lru_cache(maxsize=64)
+def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
+                   collect_stats: bool = False):
+  """A jitted eval-mode step: ``(variables, batch, gates, stats) -> (metrics, stats)``.
+
+  BatchNorm uses its running statistics, dropout is off. With ``collect_stats``
+  every live site's sign counts (eval mode, padded examples left out) are folded
+  into ``stats``. Steps are cached per ``(spec, mesh, dtype, collect_stats)``.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+
+  def step(variables, batch, gates, stats):
+    out = network.forward(spec, variables, batch["image"], train=False, gates=gates,
+                          collect_stats=collect_stats, example_mask=batch["mask"], dtype=dtype)
+    if collect_stats:
+      stats = site_stats.accumulate(stats, out.site_counts)
+    return batch_metrics(out.logits, batch["label"], batch["mask"]), stats
+
+  rep = _replicated(mesh)
+  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep),
+                 out_shardings=(rep, rep))
+
+
+class Evaluation(NamedTuple):
+  """What :func:`evaluate` returns.
+
+  Attributes:
+    loss: mean cross-entropy over the split.
+    accuracy: top-1 accuracy in [0, 1].
+    count: examples evaluated.
+    stats: eval-mode :class:`~jaxdepth.stats.SiteStats`, or ``None``.
+  """
+  loss: float
+  accuracy: float
+  count: int
+  stats: site_stats.SiteStats | None
+
+  def as_dict(self) -> dict[str, float]:
+    return {"loss": self.loss, "accuracy": self.accuracy}
+
+
+def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
+             mesh: Mesh | None = None, dtype=None, collect_stats: bool = False) -> Evaluation:
+  """Loss and accuracy of ``variables`` on every example of ``split`` (eval mode).
+
+  Args:
+    spec: the architecture.
+    variables: ``{"params": ..., "batch_stats": ...}``.
+    split: a data split (``batches(batch_size, drop_remainder=False, ...)`` pads the
+      last batch; padded examples are left out).
+    batch_size: global evaluation batch size (a multiple of the device count).
+    gates: optional site gates.
+    mesh: the device mesh (default :func:`make_mesh`).
+    dtype: compute dtype.
+    collect_stats: also return the sites' sign counts on this split.
+
+  Returns:
+    An :class:`Evaluation`.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  step = make_eval_step(spec, mesh=mesh, dtype=dtype, collect_stats=collect_stats)
+  stats = site_stats.empty_stats(spec) if collect_stats else None
+  sums = _zero_metrics()
+  variables = replicate(variables, mesh)
+  local, process_kw = _per_process(batch_size)
+  for batch in split.batches(local, drop_remainder=False, **process_kw):
+    metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats)
+    sums = jax.tree.map(jnp.add, sums, metrics)
+  mean = mean_metrics(sums)
+  return Evaluation(mean["loss"], mean["accuracy"], int(jax.device_get(sums["count"])), stats)
+
+
+def _per_process(batch_size: int) -> tuple[int, dict[str, int]]:
+  """This process's share of a global batch, and the ``batches()`` keywords that select it."""
+  count = jax.process_count()
+  if count == 1:
+    return batch_size, {}
+  if batch_size % count:
+    raise ValueError(f"the global batch size {batch_size} does not split over {count} processes")
+  return batch_size // count, {"process_index": jax.process_index(), "process_count": count}
+
+
+# ------------------------------------------------------------------------- loop
+
+
+class FitResult(NamedTuple):
+  """What :func:`fit` returns.
+
+  Attributes:
+    variables: the trained Flax variables.
+    stats: train-mode :class:`~jaxdepth.stats.SiteStats` of the last epoch (when
+      ``stats_last_epoch``), else ``None``.
+    history: one dict per epoch: ``epoch``, ``step``, ``lr``, ``train_loss``,
+      ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when there is a
+      validation split), ``seconds``.
+    state: the final :class:`TrainState` (optimizer state included).
+  """
+  variables: dict[str, Any]
+  stats: site_stats.SiteStats | None
+  history: list[dict[str, Any]]
+  state: TrainState
+
+
+@functools.lru_cache(maxsize=16)
+def _recipe_train_step(spec, recipe, steps_per_epoch, mesh, dtype, collect_stats):
+  tx = optim.make_optimizer(recipe, steps_per_epoch)
+  return tx, make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=collect_stats)
+
+
+def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
+  stored = dict(meta.get("recipe", {}))
+  asked = recipe.to_dict()
+  stored.pop("epochs", None), asked.pop("epochs", None)
+  diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
+           for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
+  diffs += [f"{k}: {meta.get('run', {}).get(k)!r} stored, {v!r} asked"
+            for k, v in run.items() if meta.get("run", {}).get(k) != v]
+  if diffs:
+    raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}); "
+                           f"resume it with the same settings or use another directory")
+
+
+def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
+        gates=None, stats_last_epoch: bool = False, workdir: str | os.PathLike | None = None,
+        seed: int = 0, mesh: Mesh | None = None, dtype=None, progress: bool = True,
+        tx: optax.GradientTransformation | None = None, eval_batch_size: int | None = None,
+        eval_every: int = 1, checkpoint_every_steps: int | None = None,
+        meta: dict[str, Any] | None = None, desc: str | None = None) -> FitResult:
+  """Trains ``(spec, variables)`` on ``dataset.train`` for ``recipe.epochs`` epochs.
+
+  The optimizer is fresh (``make_optimizer(recipe, steps_per_epoch)`` unless ``tx``
+  is given); steps per epoch are ``floor(num_train / batch_size)`` (the last
+  partial batch is dropped, a different one each epoch since the order is
+  reshuffled). Epoch ``e`` reads ``dataset.train.batches(batch_size, seed=seed,
+  epoch=e, shuffle=True, augment=recipe.augment, drop_remainder=True)``, and the
+  dropout key of step ``t`` is ``fold_in(key(seed), t)``: the run is a pure function
+  of its inputs and ``seed``, and on CPU it is bit-for-bit repeatable.
+
+  With a ``workdir``, a checkpoint is written after every epoch (and every
+  ``checkpoint_every_steps`` steps), ``metrics.jsonl`` gets one JSON line per
+  epoch, and a call on a workdir that holds checkpoints resumes from the latest
+  one, ending with exactly the parameters of an uninterrupted run (the
+  last-epoch statistics and epoch metrics in progress are checkpointed too). A
+  workdir holding another architecture raises
+  :class:`~jaxdepth.checkpoint.SpecMismatchError`, other settings
+  :class:`RunMismatchError` (only ``epochs`` may change between calls).
+
+  A NaN or infinite training loss raises :class:`NonFiniteLossError` before
+  anything is saved, so the latest checkpoint is the last good state.
+
+  Args:
+    spec: the architecture.
+    variables: initial ``{"params", "batch_stats"}``.
+    dataset: a :mod:`jaxdepth.data` dataset (``train`` and optional ``val`` splits).
+    recipe: epochs, batch size and optimizer (:class:`~jaxdepth.optim.Recipe`).
+    gates: optional site gates passed to every train and eval step.
+    stats_last_epoch: collect train-mode SiteStats during the last epoch.
+    workdir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
+    seed: data order, augmentation and dropout seed.
+    mesh: device mesh (default: every device).
+    dtype: compute dtype (e.g. ``jnp.bfloat16``).
+    progress: show a progress bar with ETA (process 0 only).
+    tx: an optimizer to use instead of the recipe's (e.g. wrapped with masks).
+    eval_batch_size: validation batch size (default: the training batch size).
+    eval_every: validate every this many epochs (and after the last).
+    checkpoint_every_steps: also checkpoint inside epochs, every this many steps.
+    meta: JSON dict stored with every checkpoint (under ``"user"``).
+    desc: label of the progress bar.
+
+  Returns:
+    A :class:`FitResult`.
+  """
+  mesh = make_mesh() if mesh is None else mesh
+  local_batch, process_kw = _per_process(recipe.batch_size)
+  spe = dataset.train.num_batches(local_batch, drop_remainder=True,
+                                  process_count=process_kw.get("process_count", 1))
+  if spe <= 0:
+    raise ValueError(f"the training split of {dataset.name!r} has "
+                     f"{dataset.train.num_examples} examples, fewer than one batch of "
+                     f"{recipe.batch_size}; lower the batch size")
+  total = recipe.epochs * spe
+  custom_tx = tx is not None
+  if tx is None:
+    tx, train_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, False)
+    stats_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, True)[1]
+  else:
+    train_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype)
+    stats_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=True)
+  schedule = optim.make_schedule(recipe, spe)
+  eval_batch_size = eval_batch_size or recipe.batch_size
+  run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
+         "custom_tx": custom_tx}
+
+  state = TrainState.create(variables, tx, seed)
+  loop = {"metrics": _zero_metrics(),
+          "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}
+  history: list[dict[str, Any]] = []
+  ckpt = log = None
+  if workdir is not None:
+    workdir = pathlib.Path(workdir)
+    ckpt = Checkpointer(workdir / "checkpoints", spec)
+    if ckpt.latest_step() is not None:
+      where = f"work directory {workdir}"
+      _check_same_run(ckpt.meta(), recipe, run, where)
+      restored = ckpt.restore(replicate(state, mesh), extra=replicate(loop, mesh))
+      state, loop = restored.state, restored.extra
+      history = list(restored.meta.get("history", []))
+    log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
+  state, loop = replicate(state, mesh), replicate(loop, mesh)
+
+  def save(step):
+    if ckpt is not None:
+      ckpt.save(step, state, extra=loop, meta={
+          "recipe": recipe.to_dict(), "run": run, "history": history,
+          "spec_name": spec.name, "user": meta or {}})
+
+  step = int(state.step)
+  bar = progress_bar(total=total, initial=step, desc=desc or f"{spec.name} on {dataset.name}",
+                     enabled=progress)
+  log_every = max(1, spe // 10)
+  try:
+    while step < total:
+      epoch, start = divmod(step, spe)
+      last = epoch == recipe.epochs - 1
+      collect = stats_last_epoch and last
+      step_fn = stats_step if collect else train_step
+      if collect and start == 0:
+        loop["stats"] = replicate(site_stats.empty_stats(spec), mesh)
+      tic = time.perf_counter()
+      batches = dataset.train.batches(
+          local_batch, seed=seed, epoch=epoch, shuffle=True, augment=recipe.augment,
+          drop_remainder=True, start_batch=start, **process_kw)
+      for batch in batches:
+        state, metrics, stats = step_fn(state, shard_batch(batch, mesh), gates,
+                                        loop["stats"] if collect else None)
+        loop["metrics"] = jax.tree.map(jnp.add, loop["metrics"], metrics)
+        if collect:
+          loop["stats"] = stats
+        step += 1
+        bar.update(1)
+        if step % log_every == 0 or step % spe == 0:
+          running = mean_metrics(loop["metrics"])
+          _check_loss(running["loss"], epoch, step, ckpt)
+          bar.set_postfix(epoch=epoch + 1, loss=f"{running['loss']:.4f}",
+                          acc=f"{running['accuracy']:.3f}", refresh=False)
+        if step % spe == 0:
+          break
+        if checkpoint_every_steps and step % checkpoint_every_steps == 0:
+          _check_loss(mean_metrics(loop["metrics"])["loss"], epoch, step, ckpt)
+          save(step)
+      if step % spe:
+        raise RuntimeError(f"the training split gave fewer batches than the "
+                           f"{spe} its num_batches() announced (epoch {epoch})")
+      train = mean_metrics(loop["metrics"])
+      _check_loss(train["loss"], epoch, step, ckpt)
+      record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+                "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
+      if dataset.val is not None and ((epoch + 1) % eval_every == 0 or last):
+        val = evaluate(spec, state.variables, dataset.val, batch_size=eval_batch_size,
+                       gates=gates, mesh=mesh, dtype=dtype)
+        record.update(val_loss=val.loss, val_accuracy=val.accuracy)
+        bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.4f}",
+                        acc=f"{train['accuracy']:.3f}", val_acc=f"{val.accuracy:.3f}")
+      record["seconds"] = round(time.perf_counter() - tic, 3)
+      history.append(record)
+      loop["metrics"] = replicate(_zero_metrics(), mesh)
+      save(step)
+      if log is not None:
+        log.write(record)
+  finally:
+    bar.close()
+    if ckpt is not None:
+      ckpt.close()
+  return FitResult(state.variables, loop["stats"] if stats_last_epoch else None, history, state)
+
+
+def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):
+  if math.isfinite(loss):
+    return
+  kept = (f"the last good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}"
+          if ckpt is not None and ckpt.latest_step() is not None else "nothing was saved")
+  raise NonFiniteLossError(
+      f"training loss became {loss} in epoch {epoch + 1} (by step {step}); stopped, and "
+      f"{kept}. Lower the learning rate or check the data.")
