@@ -8,13 +8,13 @@
 Names (:func:`names`): ``digits`` (:mod:`.digits`, scikit-learn, no network);
 ``cifar10``, ``cifar100``, ``oxford_flowers102``, ``dtd`` (:mod:`.tfds_source`,
 prepared ArrayRecord files, never downloaded); ``folder:<path>``
-(:mod:`.image_folder`). Batches are pure functions of ``(seed, epoch)`` and the
+(:mod:`.folders`). Batches are pure functions of ``(seed, epoch)`` and the
 example indices (:mod:`.pipeline`), so resuming at ``(epoch, start_batch)`` and
 sharding over processes reproduce an uninterrupted single-process run.
 """
 from __future__ import annotations
 
-from jaxdepth.data import augment, digits, image_folder as _image_folder, pipeline, rng, tfds_source
+from jaxdepth.data import augment, digits, folders, pipeline, rng, tfds_source
 from jaxdepth.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from jaxdepth.data.pipeline import Batch, Dataset, DatasetNotPrepared, Split
 
@@ -33,8 +33,8 @@ def names() -> tuple[str, ...]:
 
 def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
                  val_augment: bool = False, image_size: int | None = None) -> Dataset:
-  """An image-folder dataset (layouts "splits", "domains", "classes"; see :mod:`.image_folder`)."""
-  return _image_folder.load(path, layout=layout, val_fraction=val_fraction, split_seed=split_seed,
+  """An image-folder dataset (layouts "splits", "domains", "classes"; see :mod:`.folders`)."""
+  return folders.load(path, layout=layout, val_fraction=val_fraction, split_seed=split_seed,
                             val_augment=val_augment, image_size=image_size)
 
 

@@ -88,9 +88,6 @@ class PadCropFlip:
   flip: bool = True
   num_uniforms = 3
 
-  def output_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    return tuple(image_shape)
-
   def evaluate(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
     return np.stack(images) if not isinstance(images, np.ndarray) else images
 
@@ -187,9 +184,6 @@ class ResizedCrop:
   eval_crop_fraction: float = 0.875
   num_uniforms = 9
 
-  def output_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    return (self.size, self.size, image_shape[-1])
-
   def evaluate(self, images: Sequence[np.ndarray]) -> np.ndarray:
     out = []
     for image in images:
@@ -217,9 +211,6 @@ class ResizeFlip:
   """Resize to ``size`` x ``size`` (if needed) and, for training, flip (Tiny-ImageNet style)."""
   size: int
   num_uniforms = 1
-
-  def output_shape(self, image_shape: tuple[int, int, int]) -> tuple[int, int, int]:
-    return (self.size, self.size, image_shape[-1])
 
   def evaluate(self, images: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack([

@@ -25,7 +25,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import grain
 import numpy as np
@@ -46,6 +46,17 @@ class Examples(Protocol):
 
   def read(self, indices: np.ndarray) -> tuple[Sequence[np.ndarray] | np.ndarray, np.ndarray]:
     """Images (uint8 in [0, 255] or float in [0, 1], HWC) and integer labels of ``indices``."""
+
+
+class Preprocess(Protocol):
+  """A preprocessing recipe (:mod:`augment`): deterministic for evaluation, driven by uniforms for training."""
+  num_uniforms: int
+
+  def evaluate(self, images: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
+    """The evaluation view of a batch, stacked ``(k, H, W, C)``."""
+
+  def train(self, images: Sequence[np.ndarray] | np.ndarray, u: np.ndarray) -> np.ndarray:
+    """The augmented batch, from ``u``: ``(k, num_uniforms)`` uniforms, one row per example."""
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -132,7 +143,7 @@ class Split:
   """
   name: str
   examples: Examples
-  recipe: Any
+  recipe: Preprocess
   mean: tuple[float, ...]
   std: tuple[float, ...]
   image_shape: tuple[int, int, int]

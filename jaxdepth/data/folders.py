@@ -6,10 +6,10 @@ Layouts (``layout="auto"`` picks by looking at the folder):
   ``root/{train,val,test}/<class>/<image>``. ``val/`` is optional; without
   ``test/``, ``val/`` is the test split and there is no validation split (EGP
   tests on ``val/``). Classes are the folder names under ``train/``.
-  Augmentation: horizontal flip only. Images are resized to ``image_size`` if
-  given, else served at the size of the first training image (others are
-  resized to it).
-* ``"domains"`` (PACS/VLCS; chosen when every sub-folder holds only folders):
+  Augmentation: horizontal flip only. Images are served as ``image_size``
+  squares (default: the height of the first training image), resized only
+  where they differ (Tiny-ImageNet is 64x64 throughout).
+* ``"domains"`` (PACS/VLCS; chosen when every sub-folder holds folders and no images):
   ``root/<domain>/<class>/<image>``. All domains are concatenated, then split
   80/10/10 by a permutation seeded by ``split_seed`` (test fraction 0.1,
   validation ``val_fraction``) — not leave-one-domain-out, like TLC and EASIER.
@@ -58,13 +58,13 @@ def _class_folders(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def detect_layout(root: pathlib.Path) -> str:
-  """"splits" if ``root/train`` exists, "domains" if every sub-folder holds only folders, else "classes"."""
+  """"splits" if ``root/train`` exists, "domains" if every sub-folder holds folders and no images, else "classes"."""
   if (root / "train").is_dir():
     return "splits"
   subdirs = _subdirs(root)
   if not subdirs:
-    raise ValueError(f"{root} holds no folders; expected one of the layouts {LAYOUTS[1:]} (see jaxdepth.data.image_folder)")
-  if all(_subdirs(d) and not any(p.is_file() for p in d.iterdir()) for d in subdirs):
+    raise ValueError(f"{root} holds no folders; expected one of the layouts {LAYOUTS[1:]} (see jaxdepth.data.folders)")
+  if all(_subdirs(d) and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()) for d in subdirs):
     return "domains"
   return "classes"
 

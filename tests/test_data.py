@@ -1,0 +1,344 @@
+"""Tests of jaxdepth.data: values against independent numpy/Pillow computations, splits, order, resumption, sharding."""
+import time
+
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from jaxdepth import data
+from jaxdepth.data import augment, pipeline
+
+IMAGENET = (np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225]))
+EGP_CIFAR = (np.array([0.4914, 0.4822, 0.4465]), np.array([0.2023, 0.1994, 0.2010]))
+
+
+def epoch(split, batch_size, **kwargs):
+  return list(split.batches(batch_size, **kwargs))
+
+
+def served(batches, key="image"):
+  """The unpadded examples of an epoch, in order."""
+  return np.concatenate([b[key][b["mask"]] for b in batches])
+
+
+def assert_same_batches(a, b):
+  assert len(a) == len(b)
+  for x, y in zip(a, b):
+    assert x.keys() == y.keys() == {"image", "label", "mask"}
+    for k in x:
+      np.testing.assert_array_equal(x[k], y[k])
+
+
+def index_split(n, name="train"):
+  """A split whose label is the example index and whose 1x2 image is (index, -index): identity is visible."""
+  images = np.stack([np.arange(n), -np.arange(n)], -1).astype(np.float32).reshape(n, 1, 2, 1)
+  return pipeline.Split(name, pipeline.ArrayExamples(images, np.arange(n)), augment.PadCropFlip(pad=0, flip=True),
+                        (0.0,), (1.0,), (1, 2, 1), np.arange(n))
+
+
+def shifts_and_flips(image, pad, flips=True):
+  """Every crop of the zero-padded image at the original size, and their mirror images."""
+  h, w = image.shape[:2]
+  padded = np.pad(image, ((pad, pad), (pad, pad), (0, 0)))
+  crops = [padded[i:i + h, j:j + w] for i in range(2 * pad + 1) for j in range(2 * pad + 1)]
+  return np.stack(crops + ([c[:, ::-1] for c in crops] if flips else []))
+
+
+def closest(candidates, image):
+  return np.abs(candidates - image).reshape(len(candidates), -1).max(1).min()
+
+
+# --- digits (offline default) ---
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+def test_names_and_unknown_name():
+  assert {"digits", "cifar10", "cifar100", "oxford_flowers102", "dtd"} <= set(data.names())
+  with pytest.raises(ValueError, match="unknown dataset 'imagenet21k'.*digits"):
+    data.load("imagenet21k")
+
+
+def test_digits_splits_are_seeded_disjoint_and_cover_everything(digits):
+  assert (digits.num_classes, digits.input_shape) == (10, (8, 8, 1))
+  assert (len(digits.train), len(digits.val), len(digits.test)) == (1294, 144, 359)
+  assert digits.train.num_examples == 1294
+  parts = [digits.train.source_indices, digits.val.source_indices, digits.test.source_indices]
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(1797))
+  other = data.load("digits", split_seed=1)
+  np.testing.assert_array_equal(other.test.source_indices, digits.test.source_indices)   # the test set is fixed
+  assert set(other.val.source_indices) != set(digits.val.source_indices)
+  no_val = data.load("digits", val_fraction=0.0)
+  assert no_val.val is None and len(no_val.train) == 1438
+
+
+def test_digits_values_are_train_normalised(digits):
+  raw = load_digits()
+  x = raw.images[..., None] / 16.0
+  mean, std = x[digits.train.source_indices].mean(), x[digits.train.source_indices].std()
+  batches = epoch(digits.test, 50)
+  first = batches[0]
+  assert first["image"].dtype == np.float32 and first["image"].shape == (50, 8, 8, 1)
+  assert first["label"].dtype == np.int32 and first["mask"].dtype == np.bool_
+  np.testing.assert_allclose(served(batches), (x[digits.test.source_indices] - mean) / std, atol=1e-5)
+  np.testing.assert_array_equal(served(batches, "label"), raw.target[digits.test.source_indices])
+  train = served(epoch(digits.train, 512))
+  assert abs(train.mean()) < 1e-4 and abs(train.std() - 1) < 1e-4
+
+
+def test_padding_masks_and_drop_remainder(digits):
+  assert digits.train.num_batches(100, drop_remainder=False) == 13
+  assert digits.train.num_batches(100, drop_remainder=True) == 12
+  padded = epoch(digits.train, 100)
+  assert len(padded) == 13 and all(b["image"].shape == (100, 8, 8, 1) for b in padded)
+  assert [int(b["mask"].sum()) for b in padded] == [100] * 12 + [94]
+  last = padded[-1]
+  assert not last["mask"][94:].any() and (last["image"][94:] == 0).all() and (last["label"][94:] == 0).all()
+  dropped = epoch(digits.train, 100, drop_remainder=True, shuffle=True)
+  assert len(dropped) == 12 and all(b["mask"].all() for b in dropped)
+
+
+def test_shuffled_epochs_are_permutations_keyed_by_seed_and_epoch():
+  split = index_split(37)
+  order = lambda **kw: served(epoch(split, 8, shuffle=True, **kw), "label")
+  first = order(seed=1, epoch=0)
+  np.testing.assert_array_equal(np.sort(first), np.arange(37))
+  np.testing.assert_array_equal(order(seed=1, epoch=0), first)
+  assert not np.array_equal(order(seed=1, epoch=1), first)
+  assert not np.array_equal(order(seed=2, epoch=0), first)
+  np.testing.assert_array_equal(served(epoch(split, 8), "label"), np.arange(37))   # unshuffled = source order
+
+
+def test_resuming_at_start_batch_gives_the_tail_of_the_epoch(digits):
+  kwargs = dict(seed=3, epoch=2, shuffle=True, augment=True)
+  full = epoch(digits.train, 64, **kwargs)
+  assert_same_batches(epoch(digits.train, 64, **kwargs), full)
+  assert_same_batches(epoch(digits.train, 64, start_batch=7, **kwargs), full[7:])
+  assert epoch(digits.train, 64, start_batch=len(full), **kwargs) == []
+  with pytest.raises(ValueError, match="start_batch"):
+    epoch(digits.train, 64, start_batch=len(full) + 1, **kwargs)
+
+
+@pytest.mark.parametrize("drop_remainder", [False, True])
+def test_processes_get_disjoint_slices_that_make_the_global_batch(drop_remainder):
+  split, per_process, count = index_split(23), 4, 3
+  kwargs = dict(seed=5, epoch=1, shuffle=True, augment=True, drop_remainder=drop_remainder)
+  whole = epoch(split, per_process * count, **kwargs)
+  shards = [epoch(split, per_process, process_index=p, process_count=count, **kwargs) for p in range(count)]
+  assert all(len(s) == len(whole) == split.num_batches(per_process, drop_remainder=drop_remainder,
+                                                       process_count=count) for s in shards)
+  for b, batch in enumerate(whole):
+    for key in batch:
+      np.testing.assert_array_equal(np.concatenate([s[b][key] for s in shards]), batch[key])
+  seen = np.concatenate([served(s, "label") for s in shards])
+  assert len(set(seen)) == len(seen) == (12 if drop_remainder else 23)
+  with pytest.raises(ValueError, match="process_index"):
+    epoch(split, 4, process_index=3, process_count=3)
+
+
+def test_digits_augmentation_is_a_one_pixel_shift_that_changes_with_the_epoch(digits):
+  raw = load_digits()
+  mean, std = digits.train.mean[0], digits.train.std[0]
+  plain = served(epoch(digits.train, 256))
+  aug0 = served(epoch(digits.train, 256, augment=True, epoch=0))
+  aug1 = served(epoch(digits.train, 256, augment=True, epoch=1))
+  assert (np.abs(aug0 - aug1).reshape(len(aug0), -1).max(1) > 1e-3).mean() > 0.5
+  originals = raw.images[digits.train.source_indices, :, :, None] / 16.0
+  for k in range(0, len(aug0), 97):
+    assert closest(shifts_and_flips(originals[k], 1, flips=False), aug0[k] * std + mean) < 1e-5
+  np.testing.assert_array_equal(served(epoch(digits.train, 256, augment=False, epoch=1)), plain)  # off for eval
+  assert_same_batches(epoch(digits.test, 256, epoch=0), epoch(digits.test, 256, epoch=3))
+
+
+def test_an_epoch_of_digits_takes_milliseconds(digits):
+  epoch(digits.train, 64, shuffle=True, augment=True)   # warm up
+  start = time.perf_counter()
+  batches = epoch(digits.train, 64, shuffle=True, augment=True, epoch=1)
+  elapsed = time.perf_counter() - start
+  assert len(batches) == 21 and elapsed < 0.25, elapsed
+
+
+def test_bad_arguments_are_refused(digits):
+  with pytest.raises(ValueError, match="val_fraction"):
+    data.load("digits", val_fraction=1.0)
+  with pytest.raises(ValueError, match="8x8"):
+    data.load("digits", image_size=32)
+  with pytest.raises(ValueError, match="batch_size"):
+    epoch(digits.train, 0)
+
+
+# --- tfds through tfds.data_source (mocked, offline) ---
+
+def test_cifar_split_is_90_10_of_train_and_normalised_with_imagenet_statistics():
+  with tfds.testing.mock_data(num_examples=50):
+    ds = data.load("cifar10")
+    egp = data.load("cifar10", normalization="cifar", val_fraction=0.0)
+    reseeded = data.load("cifar10", split_seed=1)
+    train_src = tfds.data_source("cifar10", split="train")
+    test_src = tfds.data_source("cifar10", split="test")
+    assert (ds.num_classes, ds.input_shape) == (10, (32, 32, 3))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (45, 5, 50)
+    assert not set(ds.train.source_indices) & set(ds.val.source_indices)
+    np.testing.assert_array_equal(np.sort(np.r_[ds.train.source_indices, ds.val.source_indices]), np.arange(50))
+    assert set(reseeded.val.source_indices) != set(ds.val.source_indices)
+    assert egp.val is None and len(egp.train) == 50
+
+    def expected(source, indices, stats):
+      raw = np.stack([source[int(i)]["image"] for i in indices]) / 255.0
+      labels = np.array([source[int(i)]["label"] for i in indices])
+      return (raw - stats[0]) / stats[1], labels
+
+    for split, source, stats in [(ds.train, train_src, IMAGENET), (ds.val, train_src, IMAGENET),
+                                 (ds.test, test_src, IMAGENET), (egp.train, train_src, EGP_CIFAR)]:
+      batches = epoch(split, 16)
+      assert batches[0]["image"].dtype == np.float32 and batches[0]["label"].dtype == np.int32
+      images, labels = expected(source, split.source_indices, stats)
+      np.testing.assert_allclose(served(batches), images, atol=1e-5)
+      np.testing.assert_array_equal(served(batches, "label"), labels)
+
+
+def test_cifar_augmentation_is_pad4_crop_and_flip_and_val_augment_is_opt_in():
+  with tfds.testing.mock_data(num_examples=24):
+    ds = data.load("cifar100", val_fraction=0.25)
+    quirk = data.load("cifar100", val_fraction=0.25, val_augment=True)
+    assert ds.num_classes == 100
+    plain = served(epoch(ds.train, 8)) * IMAGENET[1] + IMAGENET[0]
+    aug = [served(epoch(ds.train, 8, augment=True, epoch=e)) * IMAGENET[1] + IMAGENET[0] for e in (0, 1)]
+    for k, image in enumerate(aug[0]):
+      assert closest(shifts_and_flips(plain[k], 4), image) < 1e-5
+    assert not np.allclose(aug[0], aug[1]) and not np.allclose(aug[0], plain)
+    flipped = [closest(shifts_and_flips(plain[k], 4, flips=False), image) > 1e-5 for k, image in enumerate(aug[0])]
+    assert 0 < sum(flipped) < len(flipped)
+    val_plain = served(epoch(ds.val, 8))
+    np.testing.assert_array_equal(served(epoch(quirk.val, 8, augment=False, epoch=0)), served(epoch(quirk.val, 8, epoch=0)))
+    assert not np.allclose(served(epoch(quirk.val, 8)), val_plain)       # the quirk: val is augmented
+    np.testing.assert_array_equal(served(epoch(ds.val, 8, epoch=4)), val_plain)   # default: it is not
+    np.testing.assert_array_equal(served(epoch(ds.test, 8, epoch=4)), served(epoch(ds.test, 8)))
+
+
+@pytest.mark.parametrize("name,num_classes", [("oxford_flowers102", 102), ("dtd", 47)])
+def test_flowers_and_dtd_use_official_splits_and_centre_crop_for_eval(name, num_classes):
+  with tfds.testing.mock_data(num_examples=6):
+    ds = data.load(name, image_size=16)
+    assert (ds.num_classes, ds.input_shape) == (num_classes, (16, 16, 3))
+    assert (len(ds.train), len(ds.val), len(ds.test)) == (6, 6, 6)
+    source = tfds.data_source(name, split="test")
+    test = epoch(ds.test, 4)
+    assert test[0]["image"].shape == (4, 16, 16, 3) and [int(b["mask"].sum()) for b in test] == [4, 2]
+    for k, image in enumerate(served(test)):
+      pil = Image.fromarray(source[k]["image"])
+      short = round(16 / 0.875)
+      size = (short, round(pil.height * short / pil.width)) if pil.width <= pil.height \
+          else (round(pil.width * short / pil.height), short)
+      left, top = (size[0] - 16) // 2, (size[1] - 16) // 2
+      want = np.asarray(pil.resize(size, Image.BILINEAR).crop((left, top, left + 16, top + 16))) / 255.0
+      np.testing.assert_allclose(image, (want - IMAGENET[0]) / IMAGENET[1], atol=1e-5)
+    aug = [served(epoch(ds.train, 6, augment=True, epoch=e)) for e in (0, 1)]
+    assert aug[0].shape == (6, 16, 16, 3) and not np.allclose(aug[0], aug[1])
+
+
+@pytest.mark.parametrize("name", ["cifar10", "oxford_flowers102"])
+def test_an_unprepared_tfds_dataset_fails_at_once_saying_how_to_prepare_it(tmp_path, name):
+  start = time.perf_counter()
+  with pytest.raises(data.DatasetNotPrepared) as error:
+    data.load(name, data_dir=str(tmp_path))
+  assert time.perf_counter() - start < 1.0
+  assert f"tfds build {name} --file_format=array_record" in str(error.value) and "data_dir" in str(error.value)
+  assert isinstance(error.value, RuntimeError)
+
+
+def test_cifar_refuses_a_resize_and_unknown_normalisation():
+  with tfds.testing.mock_data(num_examples=4):
+    with pytest.raises(ValueError, match="native 32x32"):
+      data.load("cifar10", image_size=224)
+    with pytest.raises(ValueError, match="normalization"):
+      data.load("cifar10", normalization="mnist")
+
+
+# --- image folders ---
+
+COLOURS = {"cat": (200, 30, 30), "dog": (30, 30, 200)}
+
+
+def write_png(path, pixels):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  Image.fromarray(np.asarray(pixels, np.uint8)).save(path)
+
+
+def test_domain_folders_are_pooled_and_split_80_10_10(tmp_path):
+  for domain in ("art", "photo"):
+    for cls, colour in COLOURS.items():
+      for k in range(5):
+        write_png(tmp_path / domain / cls / f"{k}.png", np.broadcast_to(colour, (8, 8, 3)))
+  ds = data.load(f"folder:{tmp_path}", image_size=8)
+  assert ds.class_names == ("cat", "dog") and (ds.num_classes, ds.input_shape) == (2, (8, 8, 3))
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 2, 2)
+  parts = [ds.train.source_indices, ds.val.source_indices, ds.test.source_indices]
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(20))
+  for split in (ds.train, ds.val, ds.test):
+    batches = epoch(split, 4)
+    pixels = served(batches) * IMAGENET[1] + IMAGENET[0]
+    colours = np.array([COLOURS[ds.class_names[y]] for y in served(batches, "label")]) / 255.0
+    np.testing.assert_allclose(pixels, np.broadcast_to(colours[:, None, None], pixels.shape), atol=1e-5)
+  jittered = [served(epoch(ds.train, 8, augment=True, epoch=e)) for e in (0, 1)]
+  assert jittered[0].shape == (16, 8, 8, 3) and not np.allclose(jittered[0], jittered[1])
+  same = data.image_folder(tmp_path, layout="domains", image_size=8)
+  np.testing.assert_array_equal(same.test.source_indices, ds.test.source_indices)
+
+
+def test_plain_class_folders_are_detected_and_split(tmp_path):
+  for cls, colour in COLOURS.items():
+    for k in range(5):
+      write_png(tmp_path / cls / f"{k}.png", np.broadcast_to(colour, (12, 10, 3)))
+  ds = data.image_folder(tmp_path, image_size=6)
+  assert (len(ds.train), len(ds.val), len(ds.test), ds.input_shape) == (8, 1, 1, (6, 6, 3))
+  labels = served(epoch(ds.train, 8), "label")
+  pixels = served(epoch(ds.train, 8))[:, 0, 0] * IMAGENET[1] + IMAGENET[0]
+  np.testing.assert_allclose(pixels, np.array([COLOURS[ds.class_names[y]] for y in labels]) / 255.0, atol=1e-5)
+
+
+def test_split_folders_serve_native_size_and_flip_only(tmp_path):
+  rng = np.random.default_rng(0)
+  originals = {}
+  for part, count in (("train", 6), ("val", 2), ("test", 2)):
+    for cls in ("n01", "n02"):
+      for k in range(count):
+        pixels = rng.integers(0, 256, (8, 8, 3))
+        write_png(tmp_path / part / cls / f"{k}.png", pixels)
+        originals.setdefault(part, []).append(pixels / 255.0)
+  ds = data.image_folder(tmp_path)
+  assert ds.class_names == ("n01", "n02") and ds.input_shape == (8, 8, 3)
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (12, 4, 4)
+  for part, split in (("train", ds.train), ("val", ds.val), ("test", ds.test)):
+    want = (np.stack(originals[part]) - IMAGENET[0]) / IMAGENET[1]
+    np.testing.assert_allclose(served(epoch(split, 5)), want, atol=1e-5)
+    np.testing.assert_array_equal(served(epoch(split, 5), "label"), np.repeat([0, 1], len(want) // 2))
+  plain = served(epoch(ds.train, 12))
+  flipped = 0
+  for e in range(3):
+    aug = served(epoch(ds.train, 12, augment=True, epoch=e))
+    is_plain = np.isclose(aug, plain).all(axis=(1, 2, 3))
+    is_flip = np.isclose(aug, plain[:, :, ::-1]).all(axis=(1, 2, 3))
+    assert (is_plain | is_flip).all()
+    flipped += is_flip.sum()
+  assert 0 < flipped < 36
+
+
+def test_image_folder_errors_name_the_problem(tmp_path):
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    data.load(f"folder:{tmp_path / 'missing'}")
+  write_png(tmp_path / "a" / "train" / "cat" / "0.png", np.zeros((8, 8, 3)))
+  (tmp_path / "a" / "train" / "dog").mkdir()
+  write_png(tmp_path / "a" / "test" / "cat" / "0.png", np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match=r"train/dog holds no images"):
+    data.image_folder(tmp_path / "a")
+  write_png(tmp_path / "b" / "train" / "cat" / "0.png", np.zeros((8, 8, 3)))
+  write_png(tmp_path / "b" / "test" / "cow" / "0.png", np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match="cow"):
+    data.image_folder(tmp_path / "b")
+  with pytest.raises(ValueError, match="layout"):
+    data.image_folder(tmp_path / "b", layout="imagenet")
