@@ -3,10 +3,10 @@
 Two things are stored:
 
 * **Run checkpoints** (:class:`Checkpointer`, over ``orbax.checkpoint.CheckpointManager``).
-  Each step directory holds three items: ``spec`` (the architecture as JSON),
-  ``state`` (the train state: step, params, batch_stats, optimizer state, rng, plus
-  an arbitrary ``extra`` pytree such as a method's masks or accumulated statistics)
-  and ``meta`` (an arbitrary JSON dict). Orbax writes a step into a temporary
+  Each step directory holds the items ``spec`` (the architecture as JSON),
+  ``state`` (the train state: step, params, batch_stats, optimizer state, rng),
+  optionally ``extra`` (an arbitrary pytree such as a method's masks or
+  accumulated statistics) and ``meta`` (an arbitrary JSON dict). Orbax writes a step into a temporary
   directory and renames it when complete, so a run killed at any point leaves the
   previous checkpoints intact and never a half-written one. Restoring checks the
   stored spec against the expected one first and refuses another architecture
@@ -194,11 +194,12 @@ class Checkpointer:
       raise NonFiniteStateError(
           f"refusing to save checkpoint {step} in {self.directory}: the state holds NaN or "
           f"infinite values; the latest good checkpoint is {self.latest_step()}")
-    tree = {"state": state} if extra is None else {"state": state, "extra": extra}
-    self._manager.save(int(step), args=ocp.args.Composite(
-        spec=ocp.args.JsonSave(self.spec.to_dict()),
-        state=ocp.args.StandardSave(tree),
-        meta=ocp.args.JsonSave(dict(meta or {}))))
+    items = {"spec": ocp.args.JsonSave(self.spec.to_dict()),
+             "state": ocp.args.StandardSave(state),
+             "meta": ocp.args.JsonSave(dict(meta or {}))}
+    if extra is not None:
+      items["extra"] = ocp.args.StandardSave(extra)
+    self._manager.save(int(step), args=ocp.args.Composite(**items))
 
   def stored_spec(self, step: int | None = None) -> Spec:
     """The architecture saved in checkpoint ``step`` (default: the latest)."""
@@ -229,10 +230,13 @@ class Checkpointer:
     """
     step = self._step(step)
     _check_spec(self.stored_spec(step), self.spec, f"checkpoint {step} in {self.directory}")
-    tree = {"state": state} if extra is None else {"state": state, "extra": extra}
-    out = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(_abstract(tree)), meta=ocp.args.JsonRestore()))
-    return Restored(step, out.state["state"], out.state.get("extra"), dict(out.meta or {}))
+    items = {"state": ocp.args.StandardRestore(_abstract(state)),
+             "meta": ocp.args.JsonRestore()}
+    if extra is not None:
+      items["extra"] = ocp.args.StandardRestore(_abstract(extra))
+    out = self._manager.restore(step, args=ocp.args.Composite(**items))
+    return Restored(step, out.state, out.extra if extra is not None else None,
+                    dict(out.meta or {}))
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are written."""

@@ -1,0 +1,322 @@
+"""Training harness: optimizer recipes vs PyTorch's update rules, sharded steps, the fit loop.
+
+The digits runs use a tiny CNN (one conv, BN, dropout) so each compiles in about
+a second; everything else is numpy references or single steps.
+"""
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxdepth import checkpoint, data, network, optim, progress, stats, training
+from jaxdepth import spec as S
+
+
+# ------------------------------------------------------------------ optimizers
+
+
+def _torch_sgd(w, grads, *, lr_at, momentum, wd, nesterov=False):
+  """PyTorch SGD (dampening 0): L2 added to the gradient, then the momentum buffer."""
+  buf = None
+  for t, g in enumerate(grads):
+    d = g + wd * w
+    buf = d if buf is None else momentum * buf + d
+    step = d + momentum * buf if nesterov else buf
+    w = w - lr_at(t) * step
+  return w
+
+
+def _apply(tx, w, grads):
+  w = jnp.asarray(w)
+  state = tx.init(w)
+  for g in grads:
+    updates, state = tx.update(jnp.asarray(g), state, w)
+    w = optax.apply_updates(w, updates)
+  return np.asarray(w)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_recipe_is_pytorch_sgd_with_multistep(nesterov):
+  rng = np.random.default_rng(0)
+  w0 = rng.normal(size=5).astype(np.float32)
+  grads = [rng.normal(size=5).astype(np.float32) for _ in range(9)]
+  recipe = optim.Recipe(epochs=4, optimizer="sgd", lr=0.5, momentum=0.9, weight_decay=0.1,
+                        milestones=(1, 2), gamma=0.1, nesterov=nesterov)
+  # 3 steps per epoch: MultiStepLR drops at the first step of epochs 1 and 2.
+  lr_at = lambda t: 0.5 * 0.1 ** ((t >= 3) + (t >= 6))
+  want = _torch_sgd(w0.astype(np.float64), grads, lr_at=lr_at, momentum=0.9, wd=0.1,
+                    nesterov=nesterov)
+  got = _apply(optim.make_optimizer(recipe, steps_per_epoch=3), w0, grads)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+  schedule = optim.make_schedule(recipe, 3)
+  assert [float(schedule(t)) for t in (2, 3, 5, 6)] == pytest.approx([0.5, 0.05, 0.05, 0.005])
+
+
+@pytest.mark.parametrize("name,wd", [("adam", 0.0), ("adam", 0.01), ("adamw", 0.01)])
+def test_adam_recipes_are_pytorch_adam_and_adamw(name, wd):
+  rng = np.random.default_rng(1)
+  w = rng.normal(size=4)
+  grads = [rng.normal(size=4).astype(np.float32) for _ in range(4)]
+  lr, b1, b2, eps = 1e-2, 0.9, 0.999, 1e-8
+  got = _apply(optim.make_optimizer(optim.Recipe(optimizer=name, lr=lr, weight_decay=wd), 10),
+               w.astype(np.float32), grads)
+  m = v = np.zeros(4)
+  for t, g in enumerate(grads, start=1):
+    if name == "adamw":
+      w = w - lr * wd * w            # torch.optim.AdamW: decoupled decay
+    else:
+      g = g + wd * w                 # torch.optim.Adam: L2 in the gradient
+    m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
+    w = w - lr * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
+  np.testing.assert_allclose(got, w, rtol=1e-5, atol=1e-6)
+
+
+def test_recipe_refuses_bad_values_by_name():
+  with pytest.raises(ValueError, match="optimizer"):
+    optim.Recipe(optimizer="rmsprop")
+  with pytest.raises(ValueError, match="milestones"):
+    optim.Recipe(milestones=(120, 80))
+  with pytest.raises(ValueError, match="unknown recipe fields"):
+    optim.Recipe.from_dict({"learning_rate": 0.1})
+  assert optim.Recipe.from_dict(optim.Recipe(milestones=(3,)).to_dict()) == optim.Recipe(
+      milestones=(3,))
+
+
+# ------------------------------------------------------------------------ loss
+
+
+def test_cross_entropy_leaves_padded_examples_out():
+  rng = np.random.default_rng(2)
+  logits = rng.normal(size=(6, 4)).astype(np.float32)
+  labels = np.array([0, 3, 1, 2, 2, 0], np.int32)
+  mask = np.array([1, 1, 0, 1, 0, 1], bool)
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  nll = -logp[np.arange(6), labels]
+  assert float(training.cross_entropy(logits, labels, mask)) == pytest.approx(
+      nll[mask].mean(), rel=1e-6)
+  sums = training.batch_metrics(jnp.asarray(logits), labels, mask)
+  mean = training.mean_metrics(sums)
+  assert mean["loss"] == pytest.approx(nll[mask].mean(), rel=1e-6)
+  assert mean["accuracy"] == pytest.approx((logits.argmax(-1) == labels)[mask].mean())
+
+
+# ------------------------------------------------------------------ sharding
+
+
+def _block_spec():
+  block = S.Block("block", branch=(S.Conv("conv", features=4, kernel=3, padding=1),
+                                   S.BatchNorm("bn"), S.Act("relu1")), post=(S.Act("relu2"),))
+  return S.Spec((6, 6, 4), (S.Conv("stem", features=4, kernel=3, padding=1), S.BatchNorm("bn0"),
+                            S.Act("relu0"), block, S.Pool("pool", "global_avg"),
+                            S.Dense("fc", features=3)), name="tiny_block")
+
+
+def _run_steps(spec, variables, batches, mesh, dtype=None):
+  tx = optim.make_optimizer(optim.Recipe(lr=0.1, momentum=0.9, weight_decay=1e-3), 10)
+  step = training.make_train_step(spec, tx, mesh=mesh, collect_stats=True, dtype=dtype)
+  state = training.TrainState.create(variables, tx, 0)
+  site_stats, out = stats.empty_stats(spec), []
+  for b in batches:
+    state, metrics, site_stats = step(state, training.shard_batch(b, mesh),
+                                      network.gates_for(spec), site_stats)
+    out.append(metrics)
+  return jax.device_get((state, out, site_stats))
+
+
+def test_two_device_step_equals_one_device_step_bn_included():
+  assert len(jax.devices()) >= 2, "conftest sets up 2 CPU devices"
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  rng = np.random.default_rng(3)
+  batches = [{"image": rng.normal(size=(8, 6, 6, 4)).astype(np.float32),
+              "label": rng.integers(0, 3, 8).astype(np.int32),
+              "mask": np.array([1] * 7 + [0], bool)} for _ in range(2)]
+  two = training.make_mesh(jax.devices()[:2])
+  sharded = training.shard_batch(batches[0], two)["image"]
+  assert {s.data.shape for s in sharded.addressable_shards} == {(4, 6, 6, 4)}
+  one_state, one_metrics, one_stats = _run_steps(spec, variables, batches,
+                                                 training.make_mesh(jax.devices()[:1]))
+  two_state, two_metrics, two_stats = _run_steps(spec, variables, batches, two)
+  assert one_state.batch_stats and one_state.params
+  for a, b in zip(jax.tree.leaves((one_state, one_metrics, one_stats)),
+                  jax.tree.leaves((two_state, two_metrics, two_stats))):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  # BN running statistics moved away from their init, identically on both meshes.
+  assert not np.allclose(one_state.batch_stats["bn0"]["mean"], 0.0)
+
+
+def test_bfloat16_compute_keeps_float32_parameters():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  rng = np.random.default_rng(4)
+  batch = {"image": rng.normal(size=(8, 6, 6, 4)).astype(np.float32),
+           "label": rng.integers(0, 3, 8).astype(np.int32), "mask": np.ones(8, bool)}
+  mesh = training.make_mesh(jax.devices()[:1])
+  f32_state, f32_metrics, _ = _run_steps(spec, variables, [batch], mesh)
+  bf16_state, bf16_metrics, _ = _run_steps(spec, variables, [batch], mesh, dtype=jnp.bfloat16)
+  assert {x.dtype for x in jax.tree.leaves(bf16_state.params)} == {np.dtype(np.float32)}
+  assert float(bf16_metrics[0]["loss"]) == pytest.approx(float(f32_metrics[0]["loss"]), rel=0.05)
+  assert not np.array_equal(bf16_state.params["fc"]["kernel"], f32_state.params["fc"]["kernel"])
+
+
+# ---------------------------------------------------------------- the fit loop
+
+
+def _tiny_cnn():
+  return S.Spec((8, 8, 1), (
+      S.Conv("conv", features=8, kernel=3, padding=1), S.BatchNorm("bn"), S.Act("relu"),
+      S.Pool("pool", "max", window=2), S.Flatten("flatten"), S.Dropout("drop", rate=0.2),
+      S.Dense("fc", features=10)), name="tiny_cnn")
+
+
+RECIPE = optim.Recipe(epochs=2, batch_size=64, optimizer="sgd", lr=0.05, momentum=0.9,
+                      weight_decay=1e-4, milestones=(1,))
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+@pytest.fixture(scope="module")
+def reference(digits):
+  """An uninterrupted 2-epoch run, last-epoch statistics collected."""
+  spec = _tiny_cnn()
+  return training.fit(spec, network.init(spec, jax.random.key(0)), digits, RECIPE,
+                      stats_last_epoch=True, seed=3, progress=False)
+
+
+def _same(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _without_time(history):
+  return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_fit_learns_and_is_bit_for_bit_repeatable(digits, reference):
+  spec = _tiny_cnn()
+  again = training.fit(spec, network.init(spec, jax.random.key(0)), digits, RECIPE,
+                       stats_last_epoch=True, seed=3, progress=False)
+  _same(reference.variables, again.variables)
+  _same(reference.stats, again.stats)
+  assert _without_time(reference.history) == _without_time(again.history)
+  h = reference.history
+  assert [r["epoch"] for r in h] == [1, 2] and [r["lr"] for r in h] == pytest.approx([0.05, 0.005])
+  assert h[-1]["val_accuracy"] > 0.5
+  assert int(reference.stats.batches) == digits.train.num_batches(64, drop_remainder=True)
+  counts = reference.stats.counts["relu"]
+  assert int(counts.sum()) == int(reference.stats.batches) * 64 * 8 * 8 * 8
+
+
+class _Interrupted:
+  """A split whose iteration fails after ``after`` batches in total (a simulated kill)."""
+
+  def __init__(self, split, after, error=KeyboardInterrupt, poison=False):
+    self.split, self.left, self.error, self.poison = split, after, error, poison
+
+  def __getattr__(self, name):
+    return getattr(self.split, name)
+
+  def batches(self, *args, **kwargs):
+    for batch in self.split.batches(*args, **kwargs):
+      if self.left == 0:
+        if not self.poison:
+          raise self.error("killed")
+        batch = dict(batch, image=np.full_like(batch["image"], np.nan))
+      else:
+        self.left -= 1
+      yield batch
+
+
+def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
+  with pytest.raises(KeyboardInterrupt):
+    training.fit(spec, variables, killed, RECIPE, stats_last_epoch=True, seed=3,
+                 progress=False, workdir=tmp_path, checkpoint_every_steps=4)
+  # Killed in epoch 2 after step spe + 6: the last checkpoint is mid-epoch, with
+  # part of the last epoch's statistics.
+  last = checkpoint.Checkpointer(tmp_path / "checkpoints", spec)
+  step = last.latest_step()
+  last.close()
+  assert spe < step < spe + 6 and step % 4 == 0
+  resumed = training.fit(spec, variables, digits, RECIPE, stats_last_epoch=True, seed=3,
+                         progress=False, workdir=tmp_path, checkpoint_every_steps=4)
+  _same(reference.variables, resumed.variables)
+  _same(reference.stats, resumed.stats)
+  assert _without_time(resumed.history) == _without_time(reference.history)
+  logged = [r["epoch"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")]
+  assert logged == [1, 2]
+  # The finished run, called again, trains no further.
+  again = training.fit(spec, variables, digits, RECIPE, stats_last_epoch=True, seed=3,
+                       progress=False, workdir=tmp_path)
+  _same(reference.variables, again.variables)
+  # Another architecture on the same workdir is refused, naming the node.
+  wider = S.replace_node(spec, "conv", S.Conv("conv", features=16, kernel=3, padding=1))
+  with pytest.raises(checkpoint.SpecMismatchError, match=r"'conv'.*features=8.*16"):
+    training.fit(wider, network.init(wider, jax.random.key(0)), digits, RECIPE,
+                 stats_last_epoch=True, seed=3, progress=False, workdir=tmp_path)
+  with pytest.raises(training.RunMismatchError, match="lr"):
+    training.fit(spec, variables, digits, RECIPE.replace(lr=0.1), stats_last_epoch=True,
+                 seed=3, progress=False, workdir=tmp_path)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
+  spec = _tiny_cnn()
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  poisoned = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 3, poison=True))
+  with pytest.raises(training.NonFiniteLossError, match=r"epoch 2.*last good checkpoint \(step "
+                     + str(spe)):
+    training.fit(spec, network.init(spec, jax.random.key(0)), poisoned, RECIPE, seed=3,
+                 progress=False, workdir=tmp_path)
+  ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", spec)
+  assert ckpt.all_steps() == [spe]
+  template = training.TrainState.create(network.init(spec, jax.random.key(0)),
+                                        optim.make_optimizer(RECIPE, spe), 0)
+  restored = ckpt.restore(template).state
+  ckpt.close()
+  assert int(restored.step) == spe and checkpoint.all_finite(restored)
+  assert len(progress.read_metrics(tmp_path / "metrics.jsonl")) == 1
+
+
+def test_evaluate_counts_every_example_once_and_gates_act(digits, reference):
+  spec = _tiny_cnn()
+  split = digits.test
+  result = training.evaluate(spec, reference.variables, split, batch_size=128)
+  assert result.count == split.num_examples == 359
+  batch = next(split.batches(split.num_examples))
+  logits = network.forward(spec, reference.variables, batch["image"]).logits
+  assert result.accuracy == pytest.approx(float(np.mean(np.argmax(logits, -1) == batch["label"])))
+  gated = training.evaluate(spec, reference.variables, split, batch_size=128,
+                            gates=network.gates_for(spec, off=("relu",)), collect_stats=True)
+  baked = training.evaluate(S.with_identity(spec, ["relu"]), reference.variables, split,
+                            batch_size=128)
+  assert gated.loss == pytest.approx(baked.loss, rel=1e-5)
+  assert int(gated.stats.counts["relu"].sum()) == 359 * 8 * 8 * 8
+
+
+def test_fit_refuses_a_split_smaller_than_a_batch(digits):
+  spec = _tiny_cnn()
+  with pytest.raises(ValueError, match="fewer than one batch"):
+    training.fit(spec, network.init(spec, jax.random.key(0)), digits,
+                 RECIPE.replace(batch_size=4096), progress=False)
+
+
+def test_train_state_create_copies_what_the_step_donates():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  tx = optax.sgd(0.1)
+  state = training.TrainState.create(variables, tx, jax.random.key(1))
+  step = training.make_train_step(spec, tx, mesh=training.make_mesh(jax.devices()[:1]))
+  batch = {"image": np.zeros((2, 6, 6, 4), np.float32), "label": np.zeros(2, np.int32),
+           "mask": np.ones(2, bool)}
+  step(state, batch, None, None)
+  assert math.isfinite(float(variables["params"]["fc"]["kernel"].sum()))  # not deleted

@@ -1,0 +1,36 @@
+"""``python -m train <command> [options]``: dispatches to the command's module.
+
+Adding a method is one line in :data:`COMMANDS`: its module has a
+``main(argv: list[str]) -> int``.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "fit": ("train.fit", "train a zoo model on a dataset with a recipe of train/configs/"),
+}
+
+
+def usage() -> str:
+  lines = ["usage: python -m train <command> [options]   (python -m train <command> --help)",
+           "", "commands:"]
+  lines += [f"  {name:10s} {help_}" for name, (_, help_) in COMMANDS.items()]
+  return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  if not argv or argv[0] in ("-h", "--help"):
+    print(usage())
+    return 0 if argv else 2
+  command, rest = argv[0], argv[1:]
+  if command not in COMMANDS:
+    print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+    return 2
+  return importlib.import_module(COMMANDS[command][0]).main(rest)
+
+
+if __name__ == "__main__":
+  sys.exit(main())

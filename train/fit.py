@@ -1,0 +1,193 @@
+"""``python -m train fit``: train a zoo model on a dataset with a recipe, report test accuracy.
+
+    python -m train fit                                    # digits_cnn on digits, seconds
+    python -m train fit --config cifar10_resnet18 --data-dir ~/tensorflow_datasets
+    python -m train fit --model resnet20 --dataset cifar10 --config cifar10_resnet18 \\
+        --workdir runs/r20 --set epochs=30 milestones=(15,25)
+
+The work directory (default ``runs/<model>-<dataset>``) holds ``run.json`` (what
+is trained), ``checkpoints/`` (orbax, every epoch), ``metrics.jsonl`` (one line
+per epoch), ``model/`` (the final model, :func:`jaxdepth.checkpoint.load_model`)
+and ``report.json``. Running the same command again resumes from the latest
+checkpoint (a finished run is just re-evaluated); a work directory holding
+another model, dataset or recipe is refused. A NaN loss stops the run, keeping
+the last good checkpoint. ``--multihost`` (or ``JAX_COORDINATOR_ADDRESS`` in
+the environment) calls ``jax.distributed.initialize()`` first; every process runs
+the same command.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import re
+import sys
+import time
+from typing import Any
+
+from train import config as config_lib
+
+_IDENTITY_KEYS = ("model", "model_kwargs", "dataset", "val_fraction", "split_seed",
+                  "image_size", "normalization")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train fit", description=__doc__.splitlines()[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="digits",
+                 help="a config file or a name in train/configs/ (default: digits)")
+  p.add_argument("--model", help="a zoo model (overrides the config's)")
+  p.add_argument("--dataset", help="a dataset name (overrides the config's)")
+  p.add_argument("--workdir", help="run directory (default: runs/<model>-<dataset>)")
+  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
+  p.add_argument("--seed", type=int, help="overrides the config's seed")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+  p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                 metavar="KEY=VALUE", help="override config keys, e.g. --set epochs=2 lr=0.01")
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() (multi-process runs)")
+  p.add_argument("--no-progress", dest="progress", action="store_false",
+                 help="no progress bar")
+  return p
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The config file, then ``--set``, then the dedicated flags."""
+  cfg = config_lib.override(config_lib.load(args.config), args.overrides)
+  for key in ("model", "dataset", "data_dir", "seed", "dtype"):
+    if getattr(args, key) is not None:
+      cfg[key] = getattr(args, key)
+  return cfg
+
+
+def maybe_initialize_distributed(multihost: bool) -> None:
+  """``jax.distributed.initialize()`` for a multi-process launch (before any device use)."""
+  if multihost or os.environ.get("JAX_COORDINATOR_ADDRESS"):
+    import jax  # pylint: disable=import-outside-toplevel
+    jax.distributed.initialize()
+
+
+def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
+  return pathlib.Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_",
+                                       f"{cfg['model']}-{cfg['dataset']}").strip("_")
+
+
+def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
+  """Why ``workdir`` cannot hold this run (another model or dataset), or ``None``."""
+  path = workdir / "run.json"
+  if not path.exists():
+    return None
+  stored = json.loads(path.read_text())
+  diffs = [f"{k}={stored.get(k)!r} there, {cfg.get(k)!r} asked" for k in _IDENTITY_KEYS
+           if stored.get(k) != cfg.get(k)]
+  if not diffs:
+    return None
+  return (f"work directory {workdir} holds a run of {stored.get('model')} on "
+          f"{stored.get('dataset')}, not of {cfg['model']} on {cfg['dataset']} "
+          f"({'; '.join(diffs)}). Use another --workdir, or delete {workdir} to start over.")
+
+
+def _message(error: Exception) -> str:
+  """The text of an error (a KeyError's str() would add quotes)."""
+  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def _json_default(value):
+  return str(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  maybe_initialize_distributed(args.multihost)
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, data, network, training, zoo  # pylint: disable=import-outside-toplevel
+
+  try:
+    cfg = resolve_config(args)
+    recipe = config_lib.recipe_of(cfg)
+  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
+    return 2
+  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
+  conflict = workdir_conflict(workdir, cfg)
+  if conflict:
+    print(f"error: {conflict}", file=sys.stderr)
+    return 2
+  main_process = jax.process_index() == 0
+  say = print if main_process else (lambda *a, **k: None)
+
+  # ----------------------------------------------------------------- data, model
+  try:
+    ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
+                   split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
+                   image_size=cfg["image_size"], normalization=cfg["normalization"])
+  except (data.DatasetNotPrepared, ValueError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  try:
+    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
+                   **cfg["model_kwargs"])
+  except (KeyError, TypeError, ValueError) as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
+    return 2
+  dtype = {"float32": None, "bfloat16": jnp.bfloat16}[cfg["dtype"]]
+  variables = network.init(spec, jax.random.key(cfg["seed"]))
+  if main_process:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "run.json").exists():
+      (workdir / "run.json").write_text(json.dumps(cfg, indent=1, default=_json_default))
+  mesh = training.make_mesh()
+  say(f"{spec.name} on {ds.name}: {costs.count_params(spec):,} parameters, "
+      f"{len(spec.sites())} sites; train/val/test {ds.train.num_examples}/"
+      f"{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+
+  # ------------------------------------------------------------------------ fit
+  tic = time.perf_counter()
+  try:
+    result = training.fit(
+        spec, variables, ds, recipe, workdir=workdir, seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        progress=args.progress, eval_batch_size=cfg["eval_batch_size"],
+        eval_every=cfg["eval_every"], checkpoint_every_steps=cfg["checkpoint_every_steps"],
+        meta={"config": cfg})
+  except training.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except (checkpoint.SpecMismatchError, training.RunMismatchError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  fit_seconds = time.perf_counter() - tic
+
+  # ---------------------------------------------------------------- evaluation
+  eval_batch = cfg["eval_batch_size"] or recipe.batch_size
+  test = training.evaluate(spec, result.variables, ds.test, batch_size=eval_batch, mesh=mesh,
+                           dtype=dtype)
+  checkpoint.save_model(workdir / "model", spec, result.variables, overwrite=True)
+  last = result.history[-1] if result.history else {}
+  report = {
+      "model": cfg["model"], "dataset": ds.name, "config": cfg, "costs": costs.summary(spec),
+      "epochs": len(result.history), "steps": int(result.state.step),
+      "test": test.as_dict(), "test_examples": test.count,
+      "val": ({"loss": last["val_loss"], "accuracy": last["val_accuracy"]}
+              if "val_accuracy" in last else None),
+      "train": ({"loss": last["train_loss"], "accuracy": last["train_accuracy"]}
+                if last else None),
+      "train_seconds": round(sum(r.get("seconds", 0.0) for r in result.history), 3),
+      "this_call_seconds": round(fit_seconds, 3),
+      "devices": f"{mesh.devices.size} x {jax.devices()[0].device_kind}",
+      "jax": jax.__version__, "history": result.history,
+  }
+  if main_process:
+    (workdir / "report.json").write_text(json.dumps(report, indent=1, default=_json_default))
+  val = f", val {100 * report['val']['accuracy']:.2f} %" if report["val"] else ""
+  say(f"{spec.name} on {ds.name}: test accuracy {100 * test.accuracy:.2f} % "
+      f"(loss {test.loss:.4f}, {test.count} images){val}; {report['epochs']} epochs, "
+      f"{report['train_seconds']:.1f} s training; report {workdir / 'report.json'}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
