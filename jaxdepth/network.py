@@ -59,18 +59,51 @@ def activation(fn: str, z):
   raise ValueError(f"unknown activation {fn!r}")
 
 
+# One packed count: bits 0-15 count ``z > 0``, bits 16-30 count ``z < 0``, so a sum
+# over at most _PACKED_ROWS positions cannot carry from one half into the other or
+# into the int32 sign bit (32767 + 32767 * 2**16 < 2**31).
+_PACKED_SHIFT = 16
+_PACKED_ROWS = 2**15 - 1
+
+
+def _packed_rows(rows: int) -> int:
+  """The largest divisor of ``rows`` that is at most ``_PACKED_ROWS``."""
+  if rows <= _PACKED_ROWS:
+    return rows
+  return next(d for d in range(_PACKED_ROWS, 0, -1) if rows % d == 0)
+
+
 def sign_counts(z: jax.Array, example_mask: jax.Array | None = None) -> jax.Array:
   """Per-channel counts of ``z > 0``, ``z < 0``, ``z == 0`` as an int32 ``(3, C)`` array.
 
   Counts run over every axis but the last (batch, spatial positions or tokens).
-  ``example_mask`` (shape ``(B,)``) leaves padded examples out.
+  ``example_mask`` (shape ``(B,)``) leaves padded examples out. A NaN counts as zero.
+
+  Computed with a single pass over ``z``: each element is coded as ``1`` (positive),
+  ``2**16`` (negative) or ``0``, the codes are summed per example over its
+  positions (in rows of at most ``2**15 - 1``, so neither half overflows), the two
+  halves are split off with a mask and a shift and summed over examples, and
+  ``zero = n - positive - negative``. On XLA:CPU this is about 15x faster than three
+  boolean sums over the batch and spatial axes at once, and it keeps the cost of
+  collecting statistics in a ResNet-20 training step within a few percent
+  (``benchmarks/site_stats_overhead.py``).
   """
-  axes = tuple(range(z.ndim - 1))
-  signs = jnp.stack([z > 0, z < 0, z == 0])  # (3, B, ..., C)
+  if z.ndim == 1:
+    z = z[None]
+  channels, batch = z.shape[-1], z.shape[0]
+  positions = math.prod(z.shape[1:-1])
+  rows = _packed_rows(positions)
+  code = jnp.where(z > 0, 1, jnp.where(z < 0, 1 << _PACKED_SHIFT, 0)).astype(jnp.int32)
+  packed = jnp.sum(code.reshape(batch, positions // rows, rows, channels), axis=2)
+  pos = packed & ((1 << _PACKED_SHIFT) - 1)
+  neg = packed >> _PACKED_SHIFT
+  n = batch * positions
   if example_mask is not None:
-    m = example_mask.reshape((1, -1) + (1,) * (z.ndim - 1))
-    signs = signs & m.astype(bool)
-  return jnp.sum(signs, axis=tuple(a + 1 for a in axes), dtype=jnp.int32)
+    keep = example_mask.astype(jnp.int32).reshape(batch, 1, 1)
+    pos, neg = pos * keep, neg * keep
+    n = jnp.sum(keep) * positions
+  pos, neg = jnp.sum(pos, axis=(0, 1)), jnp.sum(neg, axis=(0, 1))
+  return jnp.stack([pos, neg, n - pos - neg]).astype(jnp.int32)
 
 
 def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
