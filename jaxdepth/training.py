@@ -146,8 +146,21 @@ def _batch_sharding(mesh: Mesh) -> NamedSharding:
 
 
 def replicate(tree, mesh: Mesh):
-  """Places every leaf of ``tree`` on every device of ``mesh``."""
-  return jax.device_put(tree, _replicated(mesh))
+  """Places every leaf of ``tree`` on every device of ``mesh`` (of every process).
+
+  Every process must pass the same values. In a multi-process run local arrays
+  go through the host (``jax.device_put`` of a device array onto devices of
+  other processes is not supported by jax 0.12), global ones are resharded.
+  """
+  sharding = _replicated(mesh)
+  if jax.process_count() == 1:
+    return jax.device_put(tree, sharding)
+
+  def put(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x if x.sharding == sharding else jax.jit(lambda a: a, out_shardings=sharding)(x)
+    return jax.device_put(np.asarray(x), sharding)
+  return jax.tree.map(put, tree)
 
 
 def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
@@ -390,8 +403,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
         meta: dict[str, Any] | None = None, desc: str | None = None) -> FitResult:
   """Trains ``(spec, variables)`` on ``dataset.train`` for ``recipe.epochs`` epochs.
 
-  The optimizer is fresh (``make_optimizer(recipe, steps_per_epoch)`` unless ``tx``
-  is given); steps per epoch are ``floor(num_train / batch_size)`` (the last
+  The optimizer state is fresh (``make_optimizer(recipe, steps_per_epoch)`` unless
+  ``tx`` is given; compiled steps are cached per (spec, recipe), so repeated calls,
+  e.g. one per iteration of a method, compile once); steps per epoch are ``floor(num_train / batch_size)`` (the last
   partial batch is dropped, a different one each epoch since the order is
   reshuffled). Epoch ``e`` reads ``dataset.train.batches(batch_size, seed=seed,
   epoch=e, shuffle=True, augment=recipe.augment, drop_remainder=True)``, and the
@@ -404,8 +418,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   one, ending with exactly the parameters of an uninterrupted run (the
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
-  :class:`~jaxdepth.checkpoint.SpecMismatchError`, other settings
-  :class:`RunMismatchError` (only ``epochs`` may change between calls).
+  :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
+  dataset, seed, gates, ``stats_last_epoch``) raise :class:`RunMismatchError`.
+  Only ``recipe.epochs`` may change between calls, to extend a run.
 
   A NaN or infinite training loss raises :class:`NonFiniteLossError` before
   anything is saved, so the latest checkpoint is the last good state.
@@ -451,7 +466,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
   run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
-         "custom_tx": custom_tx}
+         "custom_tx": custom_tx,
+         "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist()}
 
   state = TrainState.create(variables, tx, seed)
   loop = {"metrics": _zero_metrics(),

@@ -62,10 +62,23 @@ def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def maybe_initialize_distributed(multihost: bool) -> None:
-  """``jax.distributed.initialize()`` for a multi-process launch (before any device use)."""
-  if multihost or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-    import jax  # pylint: disable=import-outside-toplevel
-    jax.distributed.initialize()
+  """``jax.distributed.initialize()`` for a multi-process launch (before any device use).
+
+  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set. On TPU
+  pods, SLURM, Open MPI or Kubernetes jax finds the processes by itself;
+  elsewhere set ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID`` for each process. CPU processes talk through gloo.
+  """
+  if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES"):
+    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+  if os.environ.get("JAX_PROCESS_ID"):
+    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
