@@ -1,0 +1,348 @@
+"""The loop every iterative depth-reduction method shares: train → measure → decide → apply.
+
+:func:`run` drives a :class:`~jaxdepth.methods.base.Method` (EASIER today; EGP,
+NEPENTHE, LaCoOT and TLC plug in the same way) through iterations on one dataset::
+
+    for it in 0, 1, ...:                       # iteration 0 trains the dense model
+      train E epochs from the current weights with a fresh optimizer (the recipe)
+      evaluate val and test                    # the iteration's accuracy
+      measure → decide → apply                 # e.g. one more site becomes the identity
+      checkpoint                               # a killed run resumes here
+
+The removal made after the last iteration is never retrained (the papers'
+tables stop at (R−1)/R for the same reason); the report says which sites it
+would have removed. After the last iteration the **operating point** is the
+deepest cut whose validation accuracy stays within ``tolerance`` points of the
+dense model's (:func:`choose_operating_point`); it is saved as spec JSON + orbax
+(``chosen/``, reloaded by :func:`jaxdepth.checkpoint.load_model`).
+
+Work directory::
+
+    run.json             what is run (method, its options, spec, dataset, recipe, seed)
+    checkpoints/         orbax, one per finished iteration: train state (variables,
+                         optimizer state, rng), method state, the report so far
+    iterations/NNN/      fit's metrics.jsonl, its epoch checkpoints while it runs,
+                         and model/ (that iteration's network, removed sites baked in)
+    chosen/              the operating point (spec.json + variables)
+    report.json, report.md, accuracy.png, entropies.png    (:mod:`jaxdepth.report`)
+
+Determinism: iteration ``i`` trains with the seed :func:`iteration_seed` (seed,
+i), which keys its data order, augmentation and dropout; so a killed run
+started again with the same arguments ends with the same report and
+parameters as an uninterrupted one (bit for bit on CPU). A work directory
+holding another run (another model, dataset, recipe, method option or seed) is
+refused before anything is written; only ``iterations`` and ``tolerance`` may
+change between calls (more iterations continue a finished run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+import jax
+
+from jaxdepth import checkpoint, costs, network, optim, training
+from jaxdepth import report as report_lib
+from jaxdepth.data import Dataset
+from jaxdepth.methods import base
+from jaxdepth.spec import Spec
+
+__all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_point",
+           "RunMismatchError"]
+
+RunMismatchError = training.RunMismatchError
+LAST_REMOVAL_NOTE = ("the removal made after the last iteration is never retrained, so the "
+                     "table stops one removal short of the last one (the papers' (R-1)/R)")
+
+
+class Trainer(Protocol):
+  """Trains ``(spec, variables)`` for one iteration; :func:`jaxdepth.training.fit`'s signature.
+
+  Must return an object with ``variables``, ``stats`` (train-mode SiteStats of the
+  last epoch, or ``None``), ``history`` (per-epoch dicts) and ``state`` (a
+  :class:`~jaxdepth.training.TrainState` made with the recipe's optimizer).
+  """
+
+  def __call__(self, spec: Spec, variables, dataset: Dataset, recipe: optim.Recipe, *,
+               gates, stats_last_epoch: bool, seed: int, workdir: pathlib.Path | None,
+               desc: str) -> training.FitResult: ...
+
+
+class RunResult(NamedTuple):
+  """What :func:`run` returns.
+
+  Attributes:
+    report: the JSON report (also in ``workdir/report.json``).
+    chosen_spec: the operating point's spec (removed sites baked in).
+    chosen_variables: its variables.
+    state: the method state after the last removal.
+  """
+  report: dict[str, Any]
+  chosen_spec: Spec
+  chosen_variables: dict[str, Any]
+  state: Any
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+  """The training seed of ``iteration``: ``fold_in(key(seed), iteration)`` as a 31-bit int."""
+  key = jax.random.fold_in(jax.random.key(seed), iteration)
+  return int(jax.random.randint(key, (), 0, 2**31 - 1))
+
+
+def choose_operating_point(iterations: list[dict[str, Any]], tolerance: float) -> dict[str, Any]:
+  """The deepest cut whose validation accuracy is within ``tolerance`` of the dense model.
+
+  Args:
+    iterations: report entries (``sites_removed``, ``val_accuracy`` in percent);
+      the first one is the dense model.
+    tolerance: allowed drop in validation accuracy, in percentage points (>= 0).
+
+  Returns:
+    The chosen entry: the most ``sites_removed`` among those with
+    ``val_accuracy >= dense - tolerance`` (the dense model when none qualifies).
+  """
+  _check_tolerance(tolerance)
+  if not iterations:
+    raise ValueError("no iteration to choose from")
+  floor = iterations[0]["val_accuracy"] - tolerance - 1e-9
+  good = [e for e in iterations if e["val_accuracy"] >= floor]
+  return max(good, key=lambda e: (e["sites_removed"], e["iteration"]))
+
+
+def _check_tolerance(tolerance):
+  if not isinstance(tolerance, (int, float)) or not tolerance >= 0:
+    raise ValueError(f"tolerance must be a number of accuracy points >= 0, got {tolerance!r}")
+
+
+def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
+  """Refuses a work directory that holds another run (before anything is written)."""
+  path = workdir / "run.json"
+  if not path.exists():
+    if (workdir / "checkpoints").exists():
+      raise RunMismatchError(f"work directory {workdir} holds checkpoints but no run.json "
+                             f"(another program's run?); use another directory")
+    return
+  stored = json.loads(path.read_text())
+  if stored.get("method") != identity["method"]:
+    raise RunMismatchError(
+        f"work directory {workdir} holds a {stored.get('method') or 'non-method'} run, not "
+        f"an {identity['method']} run; use another directory")
+  if stored.get("spec") != identity["spec"]:
+    diff = checkpoint.spec_difference(Spec.from_dict(stored["spec"]),
+                                      Spec.from_dict(identity["spec"]))
+    raise checkpoint.SpecMismatchError(
+        f"work directory {workdir} holds a run of another model "
+        f"({stored['spec'].get('name')!r}): {diff or 'the spec names differ'}; use another "
+        f"directory")
+  diffs = [f"{k}: {stored.get(k)!r} there, {v!r} asked" for k, v in identity.items()
+           if stored.get(k) != v]
+  if diffs:
+    raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
+                           f"({'; '.join(diffs)}); use another directory")
+
+
+def _fit_trainer(mesh, dtype, progress, fit_options) -> Trainer:
+  def train(spec, variables, dataset, recipe, *, gates, stats_last_epoch, seed, workdir, desc):
+    return training.fit(spec, variables, dataset, recipe, gates=gates,
+                        stats_last_epoch=stats_last_epoch, workdir=workdir, seed=seed,
+                        mesh=mesh, dtype=dtype, progress=progress, desc=desc, **fit_options)
+  return train
+
+
+def _percent(x: float) -> float:
+  return round(100.0 * x, 4)
+
+
+def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
+        workdir: str | os.PathLike, *, variables=None, iterations: int | None = None,
+        tolerance: float = 1.0, seed: int = 0, mesh=None, dtype=None,
+        eval_batch_size: int | None = None, progress: bool = True,
+        checkpoint_epochs: bool = True, fit_options: dict[str, Any] | None = None,
+        trainer: Trainer | None = None, info: dict[str, Any] | None = None,
+        after_iteration: Callable[[int, dict[str, Any]], None] | None = None,
+        say: Callable[[str], None] | None = None) -> RunResult:
+  """Runs ``method`` on ``(spec, dataset)`` for ``iterations`` iterations, resumably.
+
+  Args:
+    method: the method (e.g. :class:`jaxdepth.methods.Easier`).
+    spec: the architecture (every site live).
+    dataset: train, val (required: the operating point is picked on it) and test.
+    recipe: the per-iteration schedule (a fresh optimizer every iteration).
+    workdir: the run's directory (created; a run there is resumed).
+    variables: initial variables (default ``jaxdepth.init(spec, key(seed))``).
+    iterations: training rounds (default: as many as sites). Iteration ``i``
+      trains the network with the first ``i`` removals.
+    tolerance: allowed validation-accuracy drop of the operating point, in points.
+    seed: initialisation and the per-iteration seeds (:func:`iteration_seed`).
+    mesh: the device mesh (default: every device).
+    dtype: compute dtype.
+    eval_batch_size: batch size of the evaluations (default: the recipe's).
+    progress: progress bars.
+    checkpoint_epochs: also checkpoint every epoch inside an iteration (a killed
+      iteration resumes mid-way); the epoch checkpoints are deleted once the
+      iteration is done.
+    fit_options: more keywords of :func:`jaxdepth.training.fit` (``eval_every``, ...).
+    trainer: replaces :func:`jaxdepth.training.fit` (see :class:`Trainer`).
+    info: JSON facts stored in ``run.json`` and the report (e.g. the config); they
+      are part of the run's identity.
+    after_iteration: called as ``after_iteration(i, entry)`` once iteration ``i``
+      is checkpointed.
+    say: where progress lines go (e.g. ``print``); silent by default.
+
+  Returns:
+    A :class:`RunResult`.
+
+  Raises:
+    ValueError: bad argument (tolerance < 0, no validation split, ...).
+    RunMismatchError, SpecMismatchError: ``workdir`` holds another run.
+  """
+  _check_tolerance(tolerance)
+  if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
+    raise ValueError(f"iterations must be a positive int (or None for every site), "
+                     f"got {iterations!r}")
+  if dataset.val is None:
+    raise ValueError(f"dataset {dataset.name!r} has no validation split; the operating point "
+                     f"is chosen on it: load it with val_fraction > 0")
+  if not spec.sites():
+    raise ValueError(f"spec {spec.name!r} has no live activation site to remove")
+  say = say or (lambda _: None)
+  workdir = pathlib.Path(workdir)
+  identity = {"method": method.name, "method_options": method.options(),
+              "spec": spec.to_dict(), "dataset": dataset.name, "recipe": recipe.to_dict(),
+              "seed": seed, "info": info or {}}
+  _check_identity(workdir, identity)
+  eval_batch_size = eval_batch_size or recipe.batch_size
+  mesh = training.make_mesh() if mesh is None else mesh
+  trainer = trainer or _fit_trainer(mesh, dtype, progress, dict(fit_options or {}))
+  total = len(spec.sites())
+  iterations = total if iterations is None else iterations
+  if variables is None:
+    variables = network.init(spec, jax.random.key(seed))
+
+  main_process = jax.process_index() == 0
+  if main_process:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if not (workdir / "run.json").exists():
+      (workdir / "run.json").write_text(json.dumps(identity, indent=1))
+
+  state = method.init(spec)
+  entries: list[dict[str, Any]] = []
+  ckpt = checkpoint.Checkpointer(workdir / "checkpoints", spec, keep=2, async_save=False)
+  try:
+    if ckpt.latest_step() is not None:
+      template = training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed)
+      restored = ckpt.restore(template, extra=state)
+      variables, state = restored.state.variables, restored.extra
+      entries = list(restored.meta["iterations"])
+      say(f"resuming {workdir} after iteration {len(entries) - 1}")
+    for done in range(len(entries)):
+      _drop_epoch_checkpoints(workdir, done)
+
+    while len(entries) < iterations and method.live_sites(spec, state):
+      it = len(entries)
+      tic = time.perf_counter()
+      entry, variables, state, trained_state = _iteration(
+          method, spec, dataset, recipe, variables, state, it=it, seed=seed, total=total,
+          workdir=workdir, trainer=trainer, mesh=mesh, dtype=dtype,
+          eval_batch_size=eval_batch_size, checkpoint_epochs=checkpoint_epochs)
+      entry["seconds"] = round(time.perf_counter() - tic, 3)
+      entries.append(entry)
+      ckpt.save(len(entries), trained_state, extra=state, meta={"iterations": entries})
+      _drop_epoch_checkpoints(workdir, it)
+      if main_process:
+        report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total))
+      say(f"iteration {it}: {entry['sites_removed']}/{total} removed, val "
+          f"{entry['val_accuracy']:.2f} %, test {entry['test_accuracy']:.2f} %; then removed "
+          f"{', '.join(entry['removed_sites'])}")
+      if after_iteration is not None:
+        after_iteration(it, entry)
+  finally:
+    ckpt.close()
+
+  chosen = choose_operating_point(entries, tolerance)
+  chosen_spec, chosen_variables = checkpoint.load_model(
+      _iteration_dir(workdir, chosen["iteration"]) / "model")
+  checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
+  summary = _chosen_summary(chosen, entries, tolerance)
+  report = _report(identity, entries, summary, tolerance, total)
+  if main_process:
+    report_lib.write(workdir, report)
+  return RunResult(report, chosen_spec, chosen_variables, state)
+
+
+def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
+  return workdir / "iterations" / f"{it:03d}"
+
+
+def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:
+  if jax.process_index() == 0:
+    shutil.rmtree(_iteration_dir(workdir, it) / "checkpoints", ignore_errors=True)
+
+
+def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, total, workdir,
+               trainer, mesh, dtype, eval_batch_size, checkpoint_epochs):
+  """One train → evaluate → measure → decide → apply round; saves the iteration's model."""
+  removed = tuple(s for s in spec.sites() if s not in method.live_sites(spec, state))
+  options = method.train_options(spec, state)
+  it_dir = _iteration_dir(workdir, it)
+  trained = trainer(spec, variables, dataset, recipe, gates=options.gates,
+                    stats_last_epoch=options.stats_last_epoch, seed=iteration_seed(seed, it),
+                    workdir=it_dir if checkpoint_epochs else None,
+                    desc=f"iteration {it} ({len(removed)}/{total} removed)")
+
+  def evaluate(split, collect_stats=False):
+    return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
+                             gates=options.gates, mesh=mesh, dtype=dtype,
+                             collect_stats=collect_stats)
+
+  val, test = evaluate(dataset.val), evaluate(dataset.test)
+  splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}
+  context = base.Context(
+      iteration=it, train_stats=trained.stats,
+      eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
+      rng=jax.random.fold_in(jax.random.key(seed), it))
+  scores = method.measure(spec, trained.variables, state, context)
+  decision = tuple(method.decide(scores, state))
+  shallow_spec, shallow_variables = method.export(spec, trained.variables, state)
+  checkpoint.save_model(it_dir / "model", shallow_spec, shallow_variables, overwrite=True)
+  new_variables, new_state = method.apply(spec, trained.variables, state, decision)
+  last = trained.history[-1] if trained.history else {}
+  entry = {
+      "iteration": it, "sites_removed": len(removed), "sites_total": total,
+      "removed": list(removed), "removed_site": decision[0] if decision else None,
+      "removed_sites": list(decision), method.score_name: scores,
+      "val_accuracy": _percent(val.accuracy), "val_loss": val.loss,
+      "test_accuracy": _percent(test.accuracy), "test_loss": test.loss,
+      "train_accuracy": _percent(last["train_accuracy"]) if "train_accuracy" in last else None,
+      "train_loss": last.get("train_loss"), "epochs": len(trained.history),
+      "params": costs.count_params(shallow_spec), "macs": costs.count_macs(shallow_spec),
+      "depth": costs.depth(shallow_spec)._asdict(),
+  }
+  return entry, new_variables, new_state, trained.state
+
+
+def _chosen_summary(chosen, entries, tolerance) -> dict[str, Any]:
+  dense = entries[0]
+  return {
+      "iteration": chosen["iteration"], "sites_removed": chosen["sites_removed"],
+      "sites_total": chosen["sites_total"], "removed": chosen["removed"],
+      "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
+      "dense_val_accuracy": dense["val_accuracy"], "dense_test_accuracy": dense["test_accuracy"],
+      "tolerance": tolerance, "params": chosen["params"], "macs": chosen["macs"],
+      "depth": chosen["depth"], "dense_depth": dense["depth"], "path": "chosen",
+  }
+
+
+def _report(identity, entries, chosen, tolerance, total) -> dict[str, Any]:
+  return {
+      "method": identity["method"], "method_options": identity["method_options"],
+      "model": identity["spec"]["name"], "dataset": identity["dataset"],
+      "recipe": identity["recipe"], "seed": identity["seed"], "info": identity["info"],
+      "sites_total": total, "tolerance": tolerance, "finished": chosen is not None,
+      "note": LAST_REMOVAL_NOTE, "iterations": entries, "chosen": chosen,
+  }

@@ -1,0 +1,15 @@
+"""Depth-reduction methods as small sets of pure functions (see :mod:`.base`).
+
+* :mod:`.easier`: EASIER (Quétu et al., ECML PKDD 2024): the lowest-entropy
+  rectifier becomes the identity, one per iteration.
+
+Each method module exposes its measuring and choosing steps as functions a
+training loop of one's own can call, and a :class:`~jaxdepth.methods.base.Method`
+object that :func:`jaxdepth.driver.run` iterates.
+"""
+from jaxdepth.methods import base, easier
+from jaxdepth.methods.base import Context, Method, TrainOptions, live_sites, removed_sites
+from jaxdepth.methods.easier import Easier
+
+__all__ = ["base", "easier", "Context", "Method", "TrainOptions", "Easier", "live_sites",
+           "removed_sites"]

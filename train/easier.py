@@ -1,0 +1,219 @@
+"""``python -m train easier``: EASIER end to end, the lowest-entropy activation out per iteration.
+
+    python -m train easier                                   # digits_cnn on digits, ~1 min on a CPU
+    python -m train easier --config easier_cifar10_resnet18 --data-dir ~/tensorflow_datasets
+    python -m train easier --model resnet20 --dataset cifar10 --config easier_cifar10_resnet18 \\
+        --workdir runs/r20 --set epochs=30 milestones=(15,25) --iterations 8
+
+Every iteration trains the current network for the config's epochs with a
+fresh optimizer (iteration 0 is the dense model), evaluates validation and test,
+measures each remaining site's entropy and turns the lowest one (and any at
+exactly zero) into the identity (METHODS.md §4; :mod:`jaxdepth.methods.easier`).
+At the end the deepest cut whose validation accuracy is within ``--tolerance``
+points of the dense model is saved in ``WORKDIR/chosen/``
+(:func:`jaxdepth.checkpoint.load_model`), and the table is printed and written
+to ``WORKDIR/report.md`` beside ``report.json`` and the plots.
+
+Running the same command again resumes after the last finished iteration (or
+mid-iteration, from the epoch checkpoints); ``--iterations`` may grow and
+``--tolerance`` change between calls, anything else is refused. A config is a
+``train/configs/easier_*.py`` file: the recipe keys of ``python -m train fit``
+plus ``iterations``, ``tolerance``, ``estimator`` and ``entropy_split``.
+Without ``--config``, the ``easier_*`` config for ``--model`` and ``--dataset``
+is used when there is one, else ``easier_digits``.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import re
+import sys
+import time
+from typing import Any
+
+from jaxdepth import optim
+from train import config as config_lib
+from train.fit import maybe_initialize_distributed
+
+METHOD_DEFAULTS: dict[str, Any] = {
+    "iterations": None,           # training rounds; None = one per site (all of them)
+    "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
+    "estimator": "easier",        # "easier" (official code) or "dataset" (paper formulas)
+    "entropy_split": "train",     # split of the "dataset" estimator: "train" or "val"
+    "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
+}
+DEFAULT_CONFIG = "easier_digits"
+_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                  "image_size", "normalization", "dtype")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train easier",
+                              description=__doc__.splitlines()[0],
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", help=f"an easier_* config file or name in train/configs/ "
+                                  f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
+  p.add_argument("--model", help="a zoo model (overrides the config's)")
+  p.add_argument("--dataset", help="a dataset name (overrides the config's)")
+  p.add_argument("--workdir", help="run directory (default: runs/easier-<model>-<dataset>)")
+  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
+  p.add_argument("--seed", type=int, help="overrides the config's seed")
+  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+  p.add_argument("--iterations", type=int,
+                 help="training rounds (default: the config's, else one per site)")
+  p.add_argument("--tolerance", type=float,
+                 help="allowed validation-accuracy drop of the chosen model, in points "
+                      "(default: the config's, else 1)")
+  p.add_argument("--estimator", choices=("easier", "dataset"),
+                 help="entropy source: 'easier' = last training epoch, train mode, zeros ON "
+                      "(the official code); 'dataset' = one eval-mode pass, zeros discarded "
+                      "(the paper)")
+  p.add_argument("--entropy-split", "--entropy_split", dest="entropy_split",
+                 choices=("train", "val"), help="split of the 'dataset' estimator")
+  p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
+                 metavar="KEY=VALUE", help="override config keys, e.g. --set epochs=2 lr=0.01")
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() (multi-process runs)")
+  p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+  return p
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def _easier_configs() -> list[pathlib.Path]:
+  return sorted(config_lib.CONFIG_DIR.glob("easier_*.py"))
+
+
+def config_path(config: str) -> pathlib.Path:
+  """A path to a ``.py`` file, or a config name under ``train/configs/``."""
+  path = pathlib.Path(config)
+  if path.suffix != ".py" and not path.exists():
+    path = config_lib.CONFIG_DIR / f"{config}.py"
+  if not path.exists():
+    known = ", ".join(p.stem for p in _easier_configs())
+    raise FileNotFoundError(f"config {config!r} not found; give a path to a .py file or one "
+                            f"of: {known}")
+  return path
+
+
+def _read(path: pathlib.Path) -> dict[str, Any]:
+  module_spec = importlib.util.spec_from_file_location(f"_jaxdepth_config_{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise AttributeError(f"config {path} has no get_config() function")
+  values = module.get_config()
+  if not isinstance(values, dict):
+    raise TypeError(f"get_config() of {path} must return a dict, got {type(values).__name__}")
+  return values
+
+
+def load_config(config: str) -> dict[str, Any]:
+  """An EASIER config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
+  path = config_path(config)
+  values = _read(path)
+  defaults = {**config_lib.DEFAULTS, **optim.Recipe().to_dict(), **METHOD_DEFAULTS}
+  unknown = sorted(set(values) - set(defaults))
+  if unknown:
+    raise KeyError(f"config {path}: unknown keys {unknown}; known keys: {sorted(defaults)}")
+  return {**defaults, **values, "config": str(path)}
+
+
+def default_config(model: str | None, dataset: str | None) -> str:
+  """The ``easier_*`` config whose model and dataset match, else :data:`DEFAULT_CONFIG`."""
+  if model is None and dataset is None:
+    return DEFAULT_CONFIG
+  for path in _easier_configs():
+    values = _read(path)
+    if values.get("model") == (model or values.get("model")) and values.get("dataset") == (
+        dataset or values.get("dataset")):
+      return path.stem
+  return DEFAULT_CONFIG
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The config file, then ``--set``, then the dedicated flags."""
+  cfg = config_lib.override(load_config(args.config or default_config(args.model, args.dataset)),
+                            args.overrides)
+  for key in ("model", "dataset", "data_dir", "seed", "dtype", "iterations", "tolerance",
+              "estimator", "entropy_split"):
+    if getattr(args, key) is not None:
+      cfg[key] = getattr(args, key)
+  return cfg
+
+
+def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
+  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg['model']}-{cfg['dataset']}").strip("_")
+  return pathlib.Path("runs") / f"easier-{name}"
+
+
+def _message(error: Exception) -> str:
+  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = build_parser().parse_args(argv)
+  maybe_initialize_distributed(args.multihost)
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, data, driver, report, training, zoo  # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
+
+  tic = time.perf_counter()
+  try:
+    cfg = resolve_config(args)
+    recipe = config_lib.recipe_of(cfg)
+    method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
+  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
+    return 2
+  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+
+  try:
+    ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
+                   split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
+                   image_size=cfg["image_size"], normalization=cfg["normalization"])
+    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
+                   **cfg["model_kwargs"])
+  except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
+    print(f"error: {_message(e)}", file=sys.stderr)
+    return 2
+  dtype = {"float32": None, "bfloat16": jnp.bfloat16}[cfg["dtype"]]
+  mesh = training.make_mesh()
+  say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
+      f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
+      f"{len(spec.sites())} sites; {cfg['epochs']} epochs per iteration; train/val/test "
+      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+
+  try:
+    result = driver.run(
+        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
+        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        eval_batch_size=cfg["eval_batch_size"], progress=args.progress,
+        checkpoint_epochs=cfg["checkpoint_epochs"],
+        fit_options={"eval_every": cfg["eval_every"],
+                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
+        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
+  except training.NonFiniteLossError as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 1
+  except (checkpoint.SpecMismatchError, training.RunMismatchError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    return 2
+  say("")
+  say(report.table(result.report))
+  say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "
+      f"{workdir / 'chosen'} (jaxdepth.checkpoint.load_model)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
