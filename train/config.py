@@ -52,8 +52,18 @@ def _path(config: str | pathlib.Path) -> pathlib.Path:
   return path
 
 
-def load(config: str | pathlib.Path) -> dict[str, Any]:
-  """Reads a config file (a path, or a name under ``train/configs/``) with defaults filled in."""
+def load(config: str | pathlib.Path, extra_defaults: dict[str, Any] | None = None
+         ) -> dict[str, Any]:
+  """Reads a config file (a path, or a name under ``train/configs/``) with defaults filled in.
+
+  Args:
+    config: the file or its name.
+    extra_defaults: keys a command adds to :data:`DEFAULTS` and the recipe's
+      (a method's settings), with their defaults.
+
+  Returns:
+    The config dict, with ``"config"`` set to the file's path.
+  """
   path = _path(config)
   module_spec = importlib.util.spec_from_file_location(f"_jaxdepth_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
@@ -63,7 +73,7 @@ def load(config: str | pathlib.Path) -> dict[str, Any]:
   values = module.get_config()
   if not isinstance(values, dict):
     raise TypeError(f"get_config() of {path} must return a dict, got {type(values).__name__}")
-  defaults = {**DEFAULTS, **optim.Recipe().to_dict()}
+  defaults = {**DEFAULTS, **optim.Recipe().to_dict(), **(extra_defaults or {})}
   _check_keys(values, defaults, f"config {path}")
   return {**defaults, **values, "config": str(path)}
 
