@@ -15,5 +15,7 @@ from jaxdepth import checkpoint, optim, training
 from jaxdepth.checkpoint import load_model, save_model
 from jaxdepth.optim import Recipe, make_optimizer
 from jaxdepth.training import TrainState, evaluate, fit, make_mesh
+from jaxdepth import driver, methods, report
+from jaxdepth.methods import Easier
 
 __version__ = "0.1.0"

@@ -24,6 +24,8 @@ Work directory::
     iterations/NNN/      fit's metrics.jsonl, its epoch checkpoints while it runs,
                          and model/ (that iteration's network, removed sites baked in)
     chosen/              the operating point (spec.json + variables)
+    chosen_merged/       the same collapsed by jaxdepth.surgery (BatchNorm folded,
+                         identities dropped, affine chains merged where cheaper)
     report.json, report.md, accuracy.png, entropies.png    (:mod:`jaxdepth.report`)
 
 Determinism: iteration ``i`` trains with the seed :func:`iteration_seed` (seed,
@@ -139,11 +141,22 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"work directory {workdir} holds a run of another model "
         f"({stored['spec'].get('name')!r}): {diff or 'the spec names differ'}; use another "
         f"directory")
-  diffs = [f"{k}: {stored.get(k)!r} there, {v!r} asked" for k, v in identity.items()
-           if stored.get(k) != v]
+  diffs = _differences(stored, identity)
   if diffs:
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
                            f"({'; '.join(diffs)}); use another directory")
+
+
+def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:
+  """``key: stored there, asked`` for every differing key, nested dicts opened."""
+  out = []
+  for k in sorted(set(stored) | set(asked)):
+    a, b = stored.get(k), asked.get(k)
+    if isinstance(a, dict) and isinstance(b, dict):
+      out += _differences(a, b, f"{prefix}{k}.")
+    elif a != b:
+      out.append(f"{prefix}{k}: {a!r} there, {b!r} asked")
+  return out
 
 
 def _fit_trainer(mesh, dtype, progress, fit_options) -> Trainer:
@@ -165,7 +178,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
         checkpoint_epochs: bool = True, fit_options: dict[str, Any] | None = None,
         trainer: Trainer | None = None, info: dict[str, Any] | None = None,
         after_iteration: Callable[[int, dict[str, Any]], None] | None = None,
-        say: Callable[[str], None] | None = None) -> RunResult:
+        merge: bool = True, say: Callable[[str], None] | None = None) -> RunResult:
   """Runs ``method`` on ``(spec, dataset)`` for ``iterations`` iterations, resumably.
 
   Args:
@@ -192,6 +205,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       are part of the run's identity.
     after_iteration: called as ``after_iteration(i, entry)`` once iteration ``i``
       is checkpointed.
+    merge: also save the chosen model collapsed by :func:`jaxdepth.surgery.collapse`
+      (exact passes only) in ``chosen_merged/``, with its distance to the chosen
+      model and its costs in ``report["chosen"]["merged"]``.
     say: where progress lines go (e.g. ``print``); silent by default.
 
   Returns:
@@ -269,6 +285,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       _iteration_dir(workdir, chosen["iteration"]) / "model")
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance)
+  if merge:
+    summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
+                                     eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
   report = _report(identity, entries, summary, tolerance, total)
   if main_process:
     report_lib.write(workdir, report)
@@ -324,6 +343,37 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       "depth": costs.depth(shallow_spec)._asdict(),
   }
   return entry, new_variables, new_state, trained.state
+
+
+def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dtype):
+  """Collapses the chosen model with the surgery pipeline (exact passes only) and saves it.
+
+  Returns the report's ``chosen.merged`` entry: where it is, how far its logits
+  are from the chosen model's on the first test batch, its test accuracy, and
+  the costs before and after; ``None`` when :mod:`jaxdepth.surgery` is not
+  installed.
+  """
+  try:
+    from jaxdepth import equivalence, surgery  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  log: list = []
+  merged_spec, merged_variables = surgery.collapse(spec, variables, mode="exact", log=log)
+  checkpoint.save_model(workdir / "chosen_merged", merged_spec, merged_variables, overwrite=True)
+  x = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))["image"]
+  same = equivalence.compare(spec, variables, merged_spec, merged_variables, x,
+                             border=equivalence.border_width(merged_spec, log))
+  test = training.evaluate(merged_spec, merged_variables, dataset.test,
+                           batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
+  before, after = costs.summary(spec), costs.summary(merged_spec)
+  return {
+      "path": "chosen_merged", "mode": "exact", "edits": len(log),
+      "max_abs_diff": same.max_abs, "max_rel_diff": same.max_rel,
+      "top1_agreement": same.top1_agreement, "test_batch": int(x.shape[0]),
+      "test_accuracy": _percent(test.accuracy),
+      **{f"{k}_{when}": d[k] for k in ("params", "macs", "nonlinear_depth", "weight_depth")
+         for when, d in (("before", before), ("after", after))},
+  }
 
 
 def _chosen_summary(chosen, entries, tolerance) -> dict[str, Any]:

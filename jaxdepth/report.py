@@ -83,7 +83,8 @@ def table(report: dict[str, Any]) -> str:
     if merged:
       lines.append("")
       lines.append(
-          f"**Merged** (`{merged['path']}/`): params {_count(merged['params_before'])} → "
+          f"**Merged** (`{merged['path']}/`, test {merged['test_accuracy']:.2f} %): params "
+          f"{_count(merged['params_before'])} → "
           f"{_count(merged['params_after'])}, MACs {_count(merged['macs_before'])} → "
           f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
           f"{merged['weight_depth_after']}; max abs difference {merged['max_abs_diff']:.3g}, "

@@ -20,12 +20,11 @@ mid-iteration, from the epoch checkpoints); ``--iterations`` may grow and
 ``train/configs/easier_*.py`` file: the recipe keys of ``python -m train fit``
 plus ``iterations``, ``tolerance``, ``estimator`` and ``entropy_split``.
 Without ``--config``, the ``easier_*`` config for ``--model`` and ``--dataset``
-is used when there is one, else ``easier_digits``.
+is used when exactly one matches, else ``easier_digits``.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import re
 import sys
@@ -86,51 +85,22 @@ def _easier_configs() -> list[pathlib.Path]:
   return sorted(config_lib.CONFIG_DIR.glob("easier_*.py"))
 
 
-def config_path(config: str) -> pathlib.Path:
-  """A path to a ``.py`` file, or a config name under ``train/configs/``."""
-  path = pathlib.Path(config)
-  if path.suffix != ".py" and not path.exists():
-    path = config_lib.CONFIG_DIR / f"{config}.py"
-  if not path.exists():
-    known = ", ".join(p.stem for p in _easier_configs())
-    raise FileNotFoundError(f"config {config!r} not found; give a path to a .py file or one "
-                            f"of: {known}")
-  return path
-
-
-def _read(path: pathlib.Path) -> dict[str, Any]:
-  module_spec = importlib.util.spec_from_file_location(f"_jaxdepth_config_{path.stem}", path)
-  module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
-  if not hasattr(module, "get_config"):
-    raise AttributeError(f"config {path} has no get_config() function")
-  values = module.get_config()
-  if not isinstance(values, dict):
-    raise TypeError(f"get_config() of {path} must return a dict, got {type(values).__name__}")
-  return values
-
-
 def load_config(config: str) -> dict[str, Any]:
   """An EASIER config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  path = config_path(config)
-  values = _read(path)
-  defaults = {**config_lib.DEFAULTS, **optim.Recipe().to_dict(), **METHOD_DEFAULTS}
-  unknown = sorted(set(values) - set(defaults))
-  if unknown:
-    raise KeyError(f"config {path}: unknown keys {unknown}; known keys: {sorted(defaults)}")
-  return {**defaults, **values, "config": str(path)}
+  return config_lib.load(config, METHOD_DEFAULTS)
 
 
 def default_config(model: str | None, dataset: str | None) -> str:
-  """The ``easier_*`` config whose model and dataset match, else :data:`DEFAULT_CONFIG`."""
+  """The one ``easier_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
   if model is None and dataset is None:
     return DEFAULT_CONFIG
+  matches = []
   for path in _easier_configs():
-    values = _read(path)
-    if values.get("model") == (model or values.get("model")) and values.get("dataset") == (
-        dataset or values.get("dataset")):
-      return path.stem
-  return DEFAULT_CONFIG
+    values = load_config(str(path))
+    if (model or values["model"]) == values["model"] and (
+        dataset or values["dataset"]) == values["dataset"]:
+      matches.append(path.stem)
+  return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
