@@ -485,6 +485,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       history = list(restored.meta.get("history", []))
     log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
   state, loop = replicate(state, mesh), replicate(loop, mesh)
+  if gates is not None:
+    gates = replicate(jnp.asarray(gates, jnp.float32), mesh)
 
   def save(step):
     if ckpt is not None:

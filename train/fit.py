@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=args.progress, eval_batch_size=cfg["eval_batch_size"],
         eval_every=cfg["eval_every"], checkpoint_every_steps=cfg["checkpoint_every_steps"],
         meta={"config": cfg})
-  except training.NonFiniteLossError as e:
+  except (training.NonFiniteLossError, checkpoint.NonFiniteStateError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1
   except (checkpoint.SpecMismatchError, training.RunMismatchError) as e:
