@@ -5,7 +5,7 @@ A config file's docstring says how to run it and what it should reach
 :data:`DEFAULTS` plus the fields of :class:`jaxdepth.optim.Recipe`. Keys it
 leaves out take their defaults; unknown keys are refused by name. On the
 command line, ``--set key=value`` overrides any key (values are Python
-literals: ``--set lr=0.05 milestones=(2,4) image_size=None``).
+literals: ``--set lr=0.05 "milestones=(2, 4)" image_size=None``).
 """
 from __future__ import annotations
 

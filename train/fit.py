@@ -3,7 +3,7 @@
     python -m train fit                                    # digits_cnn on digits, seconds
     python -m train fit --config cifar10_resnet18 --data-dir ~/tensorflow_datasets
     python -m train fit --model resnet20 --dataset cifar10 --config cifar10_resnet18 \\
-        --workdir runs/r20 --set epochs=30 milestones=(15,25)
+        --workdir runs/r20 --set epochs=30 "milestones=(15, 25)"
 
 The work directory (default ``runs/<model>-<dataset>``) holds ``run.json`` (what
 is trained), ``checkpoints/`` (orbax, every epoch), ``metrics.jsonl`` (one line
@@ -33,7 +33,7 @@ _IDENTITY_KEYS = ("model", "model_kwargs", "dataset", "val_fraction", "split_see
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train fit", description=__doc__.splitlines()[0],
+  p = argparse.ArgumentParser(prog="python -m train fit", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="digits",
                  help="a config file or a name in train/configs/ (default: digits)")
