@@ -1,0 +1,238 @@
+"""Merge chains of affine ops into fewer ops (METHODS.md §1.4).
+
+Once identity sites and dropout are gone, consecutive Conv / Dense / BatchNorm
+nodes form *chains* of affine ops. Each chain is cut into segments and each
+segment becomes one op by :func:`jaxdepth.surgery.linear.compose`:
+dense∘dense (``W = W1 W2``, ``b = b1 W2 + b2``), 1x1 convs with anything on
+either side, depthwise and pointwise combinations (grouped composition, so
+MobileNetV2's expand 1x1 → depthwise 3x3 → project 1x1 becomes one 3x3 conv
+once its two ReLU6 sites are identities), and kxk∘kxk with kernel growth
+``k1 + s1 (k2 − 1)``, stride ``s1 s2`` and padding ``p1 + s1 p2``.
+
+**Where a merge is exact.** Every merge is exact away from the border. It is
+exact everywhere when the second op has no padding (anything∘1x1, or any pair
+whose second conv is unpadded, whatever the first's padding), or when the first
+is a bias-free 1x1 conv without padding. Otherwise the original network
+zero-pads the intermediate map while the merged conv extends the first op over
+that padding (its kernel and bias), so a ring of ``ceil(p2 / s2)`` outputs at
+each edge differs; a bias makes even a 1x1 first op inexact there (a folded
+BatchNorm gives every 1x1 conv one). ``mode="exact"`` makes only merges exact
+everywhere; ``mode="interior"`` also makes the others and records the ring of
+each in the log (:func:`jaxdepth.equivalence.border_width` follows it to the
+last feature map, and :func:`jaxdepth.equivalence.compare` measures the
+deviation). On a 2x2 map (ResNet-18's last stage on CIFAR) the ring is the
+whole map: such a merge changes the function, so re-measure accuracy.
+
+**When a merge is made.** The segments minimise the cost of the chain
+(:mod:`jaxdepth.surgery.cost`: multiply-accumulates by default, or measured
+latency), so a merge that makes more work is not made: two 3x3 convs of C
+channels (18 C² per position) become a 5x5 (25 C²) only if that is cheaper,
+e.g. on a 2x2 map where the 5x5's outer taps read only padding and are cut
+(:func:`crop_kernels`) back to a 3x3. Merged kernels are always cropped.
+
+**Chains across scopes.** A chain may cross the boundary of a nested
+:class:`~jaxdepth.spec.Sequential` (MobileNetV2's ``conv/expand`` and
+``conv/depthwise`` scopes). Only where a merge is made across one is that
+Sequential inlined into its parent: its children are renamed ``scope.child``
+(``conv/expand/conv`` becomes ``conv/expand.conv``). Residual blocks are never
+crossed; :mod:`jaxdepth.surgery.residual` folds them.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from jaxdepth import spec as S
+from jaxdepth.surgery import _tree
+from jaxdepth.surgery import cost as C
+from jaxdepth.surgery import linear as L
+
+__all__ = ["merge_linear", "crop_kernels", "MODES"]
+
+MODES = ("exact", "interior")
+
+
+class _Segment(NamedTuple):
+  first: int          # index in the flat view
+  last: int           # inclusive
+  op: L.LinearOp
+  node: S.Node
+  node_vars: dict
+  macs_before: int
+
+
+def check_mode(mode: str):
+  if mode not in MODES:
+    raise ValueError(f"unknown merge mode {mode!r}; expected 'exact' (merges equal "
+                     f"everywhere) or 'interior' (also merges equal only away from the border)")
+
+
+def _rank(e: _tree.Element) -> int:
+  return len(e.in_shape)
+
+
+def _chains(view):
+  """Maximal runs ``[i, j)`` of consecutive affine elements on inputs of one rank."""
+  i = 0
+  while i < len(view):
+    if not L.is_affine(view[i].node):
+      i += 1
+      continue
+    j = i + 1
+    while j < len(view) and L.is_affine(view[j].node) and _rank(view[j]) == _rank(view[i]):
+      j += 1
+    yield i, j
+    i = j
+
+
+def _segment_node(elems, op: L.LinearOp):
+  """The node a merged segment becomes, named after its first weight layer."""
+  weights = [e for e in elems if isinstance(e.node, (S.Conv, S.Dense))]
+  if not weights:
+    return None
+  dense = all(not isinstance(e.node, S.Conv) for e in elems)
+  if not op.spatial and op.groups != 1:
+    return None
+  try:
+    return L.to_node(op, weights[0].name, dense=dense)
+  except L.NotMergeable:
+    return None
+
+
+def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
+  """Splits one chain into segments of least total cost; returns the merged ones."""
+  n = len(elems)
+  ops = [L.from_node(e.node, node_vars[e.path], e.in_shape, ring=ring_of.get(e.path, 0))
+         for e in elems]
+  options: dict[tuple[int, int], tuple] = {}
+  for a in range(n):
+    options[(a, a)] = (cost_fn((elems[a].node,), {elems[a].node.name: node_vars[elems[a].path]},
+                               elems[a].in_shape), None)
+    acc = ops[a]
+    for b in range(a + 1, min(n, a + max_chain)):
+      try:
+        acc = L.crop(L.compose(acc, ops[b]))
+      except L.NotMergeable:
+        break
+      if mode == "exact" and not acc.lossless:
+        continue
+      made = _segment_node(elems[a:b + 1], acc)
+      if made is None:
+        continue
+      node, new_vars = made
+      seg = _Segment(offset + a, offset + b, acc, node, new_vars,
+                     sum(o.macs for o in ops[a:b + 1]))
+      options[(a, b)] = (cost_fn((node,), {node.name: new_vars}, acc.in_shape), seg)
+  # best[k]: least cost of elems[:k] as (value, node count).
+  best: list[tuple] = [((0.0, 0), [])]
+  for k in range(1, n + 1):
+    choices = []
+    for a in range(k):
+      if (a, k - 1) in options:
+        (value, count), seg = options[(a, k - 1)]
+        (pv, pc), segs = best[a]
+        choices.append(((pv + value, pc + count), segs + ([seg] if seg else [])))
+    best.append(min(choices, key=lambda c: c[0]))
+  return best[n][1]
+
+
+def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "macs",
+                 max_chain: int = 4, latency_batch: int = 1, log: list | None = None):
+  """Merges chains of Conv / Dense / BatchNorm nodes where that lowers the cost.
+
+  Args:
+    spec: the architecture (run :func:`~jaxdepth.surgery.drop_noops` first: an
+      identity site or dropout ends a chain).
+    variables: its Flax variables.
+    mode: ``"exact"`` (only merges equal everywhere) or ``"interior"`` (also
+      merges equal away from a border ring; see the module docstring).
+    cost: ``"macs"``, ``"latency"`` or ``"none"`` (:mod:`jaxdepth.surgery.cost`).
+    max_chain: the most ops merged into one.
+    latency_batch: batch size at which ``cost="latency"`` times candidates.
+    log: optional list; a :class:`~jaxdepth.surgery.Edit` per merge is appended
+      (with its ring), and the rings of earlier edits are read from it.
+
+  Returns:
+    ``(spec, variables)``: each merged segment is one Conv (or Dense, when it was
+    made of Dense and BatchNorm nodes only) named after its first weight layer.
+  """
+  check_mode(mode)
+  if not isinstance(max_chain, int) or max_chain < 2:
+    raise ValueError(f"max_chain must be an int >= 2, got {max_chain!r}")
+  cost_fn = C.make_cost(cost, batch=latency_batch)
+  node_vars = _tree.split_variables(spec, variables)
+  ring_of = _tree.rings(log)
+
+  def merge(prefix, nodes, in_shape):
+    view = _tree.flat_view(nodes, prefix, in_shape)
+    segments = []
+    for i, j in _chains(view):
+      if j - i > 1:
+        segments += _best_segments(view[i:j], i, node_vars, ring_of, mode, cost_fn, max_chain)
+    if not segments:
+      return nodes
+    scopes = set().union(*(view[k].scopes for s in segments
+                           for k in range(s.first, s.last + 1)))
+    nodes = _tree.inline(nodes, prefix, scopes, node_vars, log, ring_of)
+    start = {view[s.first].name: s for s in segments}
+    gone = {view[k].name for s in segments for k in range(s.first + 1, s.last + 1)}
+    out = []
+    for n in nodes:
+      if n.name in start:
+        s = start[n.name]
+        node_vars[prefix + s.node.name] = s.node_vars
+        out.append(s.node)
+        if log is not None:
+          log.append(_tree.Edit(
+              "merge", prefix + s.node.name,
+              " + ".join(e.name for e in view[s.first:s.last + 1]) + f" -> {_describe(s.node)}",
+              exact=s.op.exact, ring=s.op.ring, macs_before=s.macs_before,
+              macs_after=s.op.macs))
+      elif n.name not in gone:
+        out.append(n)
+    return tuple(out)
+
+  spec = _tree.rewrite_lists(spec, merge)
+  return spec, _tree.join_variables(spec, node_vars)
+
+
+def _describe(node: S.Node) -> str:
+  if isinstance(node, S.Conv):
+    k, s = node.kernel, node.stride
+    return (f"conv {k[0]}x{k[1]}/{s[0]}x{s[1]} groups={node.groups} "
+            f"padding={node.padding} -> {node.features}")
+  return f"{node.kind} -> {getattr(node, 'features', '')}"
+
+
+def crop_kernels(spec: S.Spec, variables, *, log: list | None = None):
+  """Cuts the edge taps of every conv that read only padding (exact).
+
+  Args:
+    spec: the architecture.
+    variables: its Flax variables.
+    log: optional list of :class:`~jaxdepth.surgery.Edit` to append to.
+
+  Returns:
+    ``(spec, variables)`` of an equal network with smaller kernels where possible.
+  """
+  node_vars = _tree.split_variables(spec, variables)
+  ring_of = _tree.rings(log)
+
+  def crop(prefix, nodes, in_shape):
+    out = []
+    for n, (shape, _) in zip(nodes, _tree.list_shapes(nodes, in_shape, prefix)):
+      if isinstance(n, S.Conv):
+        path = prefix + n.name
+        op = L.from_node(n, node_vars[path], shape, ring=ring_of.get(path, 0))
+        cropped = L.crop(op)
+        if cropped.kernel.shape != op.kernel.shape:
+          n, node_vars[path] = L.to_node(cropped, n.name)
+          if log is not None:
+            log.append(_tree.Edit("crop", path, f"kernel {op.kernel.shape[:2]} -> "
+                                  f"{cropped.kernel.shape[:2]}", exact=cropped.exact,
+                                  ring=cropped.ring, macs_before=op.macs,
+                                  macs_after=cropped.macs))
+      out.append(n)
+    return tuple(out)
+
+  spec = _tree.rewrite_lists(spec, crop)
+  return spec, _tree.join_variables(spec, node_vars)

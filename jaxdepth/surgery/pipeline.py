@@ -1,0 +1,75 @@
+"""One call from a collapsed network to a really shallower one.
+
+:func:`collapse` runs the passes in the order in which each one opens the way
+for the next::
+
+    cut_channels      (if site counts are given: always-OFF channels go)
+    remove_blocks     (if block paths are given: LaCoOT's edit)
+    fold_batchnorm    (BatchNorm into the conv/dense before it)
+    drop_noops        (identity sites, dropout)
+    repeat until nothing changes:
+      merge_linear    (chains of affine ops -> fewer ops, where cheaper)
+      fold_residuals  (linear blocks -> one op)
+    crop_kernels      (edge taps that read only padding)
+
+Every pass is a pure ``(spec, variables) -> (spec, variables)`` function and
+can be used alone or in another order.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from jaxdepth import spec as S
+from jaxdepth.surgery import channels, fold_bn, merge, noops, residual
+from jaxdepth.surgery.cost import COSTS
+
+__all__ = ["collapse"]
+
+
+def collapse(spec: S.Spec, variables, *, mode: str = "exact",
+             site_counts: Mapping[str, object] | None = None, cost: str = "macs",
+             remove_blocks=(), max_chain: int = 4, latency_batch: int = 1,
+             log: list | None = None):
+  """Rebuilds ``(spec, variables)`` as a shallower network computing the same function.
+
+  Args:
+    spec: the architecture, with the sites a method removed baked in as
+      identities (:func:`jaxdepth.spec.with_identity`).
+    variables: its Flax variables (eval mode: BatchNorm running statistics).
+    mode: ``"exact"``: only merges equal everywhere; ``"interior"``: also the
+      kxk∘kxk merges that differ on a border ring (see
+      :mod:`jaxdepth.surgery.merge`; the log holds each ring).
+    site_counts: ``{site: (3, C)}`` sign counts on the data; channels never
+      positive at a ReLU/ReLU6 site are cut (:func:`~jaxdepth.surgery.cut_channels`).
+    cost: ``"macs"`` (default), ``"latency"`` or ``"none"``: a merge is made
+      where it lowers this cost (:mod:`jaxdepth.surgery.cost`).
+    remove_blocks: paths of identity-shortcut blocks to replace by the identity.
+    max_chain: the most ops merged into one.
+    latency_batch: batch size at which ``cost="latency"`` times candidates.
+    log: optional list; every pass appends its :class:`~jaxdepth.surgery.Edit`
+      records (pass one to :func:`jaxdepth.equivalence.border_width`).
+
+  Returns:
+    ``(spec, variables)``: a normal jaxdepth model (save it with
+    :func:`jaxdepth.checkpoint.save_model`, train it, measure it).
+  """
+  merge.check_mode(mode)
+  if cost not in COSTS:
+    raise ValueError(f"unknown cost {cost!r}; expected one of {COSTS}")
+  log = [] if log is None else log
+  if site_counts is not None:
+    spec, variables = channels.cut_channels(spec, variables, site_counts, log=log)
+  if remove_blocks:
+    spec, variables = residual.remove_blocks(spec, variables, remove_blocks, log=log)
+  spec, variables = fold_bn.fold_batchnorm(spec, variables, log=log)
+  spec, variables = noops.drop_noops(spec, variables, log=log)
+  for _ in range(16):
+    before = spec
+    spec, variables = merge.merge_linear(spec, variables, mode=mode, cost=cost,
+                                         max_chain=max_chain, latency_batch=latency_batch,
+                                         log=log)
+    spec, variables = residual.fold_residuals(spec, variables, cost=cost,
+                                              latency_batch=latency_batch, log=log)
+    if spec == before:
+      break
+  return merge.crop_kernels(spec, variables, log=log)
