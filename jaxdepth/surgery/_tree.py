@@ -59,9 +59,9 @@ def rings(log: Iterable[Edit] | None) -> dict[str, int]:
 
 def split_variables(spec: S.Spec, variables: Mapping[str, Any]) -> dict[str, dict]:
   """``{path: {collection: {leaf: array}}}`` for every node of ``spec`` owning variables."""
-  if not isinstance(variables, Mapping) or "params" not in variables:
+  if not isinstance(variables, Mapping):
     raise ValueError("variables must be the Flax dict of jaxdepth.network.init / Network "
-                     "(with a 'params' collection)")
+                     f"({{'params': ..., 'batch_stats': ...}}), got {type(variables).__name__}")
   out = {}
   for path, node in spec.walk():
     if not isinstance(node, _OWNERS):

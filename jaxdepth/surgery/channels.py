@@ -56,8 +56,10 @@ def _fn(name: str, v: np.ndarray) -> np.ndarray:
   return np.array([0.5 * x * (1 + erf(x / np.sqrt(2))) for x in v])  # gelu (exact)
 
 
-def _is_depthwise(n: S.Node, channels: int) -> bool:
-  return isinstance(n, S.Conv) and n.groups == channels == n.features
+def _is_depthwise(n: S.Node, node_vars, channels: int) -> bool:
+  """One group per channel, one output per group (``C -> C``, kernel ``(kh, kw, 1, C)``)."""
+  return (isinstance(n, S.Conv) and n.groups == channels == n.features
+          and np.shape(node_vars["params"]["kernel"])[2] == 1)
 
 
 def _passes_channels(n: S.Node) -> bool:
@@ -162,7 +164,7 @@ def _producer(cutter: _Cutter, view, i, cut, keep) -> bool:
     elif isinstance(n, S.Dense) or (isinstance(n, S.Conv) and n.groups == 1):
       cutter.cut_outputs(e.path, keep)
       return True
-    elif _is_depthwise(n, len(keep) + len(cut)):
+    elif _is_depthwise(n, cutter.vars(e.path), len(keep) + len(cut)):
       cutter.cut_outputs(e.path, keep)      # its input channels are now unused too
     else:
       return False
@@ -191,7 +193,7 @@ def _consumer(cutter: _Cutter, view, i, cut, keep) -> bool:
       s, t = _bn_affine(cutter.vars(e.path), n.epsilon)
       value = s[cut] * value + t[cut]
       cutter.cut_bn(e.path, keep)
-    elif _is_depthwise(n, channels) and flat_positions is None:
+    elif flat_positions is None and _is_depthwise(n, cutter.vars(e.path), channels):
       v = cutter.vars(e.path)["params"]
       if np.any(value) and any(any(p) for p in n.padding):
         return False
