@@ -58,7 +58,7 @@ def table(report: dict[str, Any]) -> str:
   lines = [f"# {report.get('method', 'method').upper()}: {report.get('model')} on "
            f"{report.get('dataset')}", ""]
   lines.append("| iter | removed | val % | test % | params | MACs | non-linear depth | "
-               f"lowest {key or 'score'} | then removed |")
+               f"lowest of {key or 'scores'} | then removed |")
   lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
   chosen = report.get("chosen") or {}
   for e in entries:

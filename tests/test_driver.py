@@ -1,0 +1,236 @@
+"""The iteration driver on digits (1-epoch iterations): report, saved models, resume, refusals."""
+import json
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdepth import checkpoint, data, driver, network, optim, report, training, zoo
+from jaxdepth.methods import Easier
+from train import __main__ as cli
+
+RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+ITERATIONS = 3
+REQUIRED = ("sites_removed", "sites_total", "removed_site", "entropies", "val_accuracy",
+            "test_accuracy", "params", "macs", "depth")
+
+
+class Killed(RuntimeError):
+  pass
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits"), zoo.digits_cnn(width=8)
+
+
+def _run(digits, workdir, **kw):
+  ds, spec = digits
+  return driver.run(Easier(), spec, ds, RECIPE, workdir, iterations=ITERATIONS, progress=False,
+                    eval_batch_size=512, **kw)
+
+
+def _recording_trainer(calls):
+  def train(spec, variables, dataset, recipe, **kw):
+    result = training.fit(spec, variables, dataset, recipe, progress=False, **kw)
+    calls.append({"variables": variables, "trained": result.variables, **kw})
+    return result
+  return train
+
+
+@pytest.fixture(scope="module")
+def finished(digits, tmp_path_factory):
+  """One 3-iteration run that the tests below inspect."""
+  workdir = tmp_path_factory.mktemp("easier")
+  calls = []
+  result = _run(digits, workdir, trainer=_recording_trainer(calls))
+  return workdir, result, calls
+
+
+def _without_timing(report_dict):
+  out = json.loads(json.dumps(report_dict))
+  for entry in out["iterations"]:
+    entry.pop("seconds")
+  return out
+
+
+def _params(directory):
+  return jax.tree.leaves(checkpoint.load_model(directory)[1])
+
+
+def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(digits, finished):
+  (ds, spec), (workdir, result, _) = digits, finished
+  rep = json.loads((workdir / "report.json").read_text())
+  assert rep == json.loads(json.dumps(result.report))
+  entries = rep["iterations"]
+  assert [e["iteration"] for e in entries] == list(range(ITERATIONS))
+  assert all(k in e for e in entries for k in REQUIRED)
+  removed = []
+  for i, e in enumerate(entries):
+    assert e["sites_removed"] == i and e["removed"] == sorted(removed, key=spec.sites().index)
+    assert e["sites_total"] == len(spec.sites()) == 6
+    live = [s for s in spec.sites() if s not in removed]
+    assert list(e["entropies"]) == live                      # removed sites are not measured
+    lowest = min(live, key=e["entropies"].__getitem__)
+    assert e["removed_site"] == lowest and e["removed_sites"][0] == lowest
+    assert e["depth"]["nonlinear_depth"] <= 6 - i + (i > 0)  # identities shorten some path
+    assert 0 <= e["val_accuracy"] <= 100 and e["params"] > 0 and e["macs"] > 0
+    removed += e["removed_sites"]
+  assert rep["chosen"]["iteration"] == driver.choose_operating_point(entries, 1.0)["iteration"]
+  assert rep["finished"] and "never retrained" in rep["note"]
+
+
+def test_each_iteration_fine_tunes_the_last_weights_with_the_removed_sites_gated(finished):
+  workdir, _, calls = finished
+  entries = json.loads((workdir / "report.json").read_text())["iterations"]
+  assert len(calls) == ITERATIONS
+  for i, call in enumerate(calls):
+    gates = np.asarray(call["gates"])
+    spec = zoo.digits_cnn(width=8)
+    off = [s for s, g in zip(spec.sites(), gates) if g == 0]
+    assert off == entries[i]["removed"] and call["stats_last_epoch"]
+    assert call["seed"] == driver.iteration_seed(0, i)
+    if i:   # starts from the weights iteration i-1 ended with
+      for a, b in zip(jax.tree.leaves(call["variables"]), jax.tree.leaves(calls[i - 1]["trained"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_saved_models_reload_and_score_what_the_report_says(digits, finished):
+  (ds, spec), (workdir, result, _) = digits, finished
+  rep = result.report
+  chosen = rep["chosen"]
+  shallow, variables = checkpoint.load_model(workdir / "chosen")
+  assert set(spec.sites()) - set(shallow.sites()) == set(chosen["removed"])
+  test = training.evaluate(shallow, variables, ds.test, batch_size=512)
+  assert 100 * test.accuracy == pytest.approx(chosen["test_accuracy"], abs=1e-3)
+  # The merged form (BatchNorm folded, identities dropped) is the same function.
+  merged_spec, merged_vars = checkpoint.load_model(workdir / "chosen_merged")
+  x = next(ds.test.batches(64))["image"]
+  a = np.asarray(network.forward(shallow, variables, x).logits, np.float64)
+  b = np.asarray(network.forward(merged_spec, merged_vars, x).logits, np.float64)
+  np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
+  merged = chosen["merged"]
+  assert merged["max_abs_diff"] < 1e-4 * np.abs(a).max() and merged["top1_agreement"] == 1.0
+  assert merged["params_after"] < merged["params_before"] == chosen["params"]
+  assert not any(n.kind == "batch_norm" for _, n in merged_spec.walk())
+  assert abs(merged["test_accuracy"] - chosen["test_accuracy"]) <= 100 / 359
+  # Every iteration's model is kept; the gated run and the baked model agree.
+  last = rep["iterations"][-1]
+  spec_it, var_it = checkpoint.load_model(workdir / "iterations" / f"{ITERATIONS - 1:03d}" / "model")
+  assert len(spec_it.sites()) == 6 - last["sites_removed"]
+  val = training.evaluate(spec_it, var_it, ds.val, batch_size=512)
+  assert 100 * val.accuracy == pytest.approx(last["val_accuracy"], abs=1e-3)
+
+
+def test_report_files(finished):
+  workdir, result, _ = finished
+  md = (workdir / "report.md").read_text()
+  assert md == report.table(result.report)
+  assert md.count("\n| ") == ITERATIONS + 1 and "**Chosen**" in md and "never retrained" in md
+  for name in ("accuracy.png", "entropies.png"):
+    assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_choose_operating_point():
+  def entry(i, val):
+    return {"iteration": i, "sites_removed": i, "val_accuracy": val}
+  entries = [entry(0, 90.0), entry(1, 91.0), entry(2, 89.0), entry(3, 88.9), entry(4, 70.0)]
+  assert driver.choose_operating_point(entries, 1.0)["iteration"] == 2
+  assert driver.choose_operating_point(entries, 1.1)["iteration"] == 3
+  assert driver.choose_operating_point(entries, 0.0)["iteration"] == 1
+  with pytest.raises(ValueError, match="tolerance must be"):
+    driver.choose_operating_point(entries, -0.5)
+
+
+def test_a_killed_run_resumes_to_the_same_result(digits, finished, tmp_path):
+  workdir, result, _ = finished
+
+  def kill_after_first(it, entry):
+    if it == 0:
+      raise Killed
+
+  with pytest.raises(Killed):
+    _run(digits, tmp_path, after_iteration=kill_after_first)
+  assert json.loads((tmp_path / "report.json").read_text())["finished"] is False
+
+  def train_then_die(spec, variables, dataset, recipe, **kw):
+    result = training.fit(spec, variables, dataset, recipe, progress=False, **kw)
+    if kw["seed"] == driver.iteration_seed(0, 2):   # dies in iteration 2, after fit's checkpoint
+      raise Killed
+    return result
+
+  with pytest.raises(Killed):
+    _run(digits, tmp_path, trainer=train_then_die)
+  resumed = _run(digits, tmp_path)
+  assert _without_timing(resumed.report) == _without_timing(result.report)
+  for a, b in zip(_params(tmp_path / "chosen"), _params(workdir / "chosen")):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  last = f"iterations/{ITERATIONS - 1:03d}/model"
+  for a, b in zip(_params(tmp_path / last), _params(workdir / last)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _snapshot(directory: pathlib.Path):
+  return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path):
+  (ds, spec), (workdir, _, _) = digits, finished
+  before = _snapshot(workdir)
+  with pytest.raises(ValueError, match="tolerance must be"):
+    driver.run(Easier(), spec, ds, RECIPE, tmp_path / "new", tolerance=-1.0)
+  assert not (tmp_path / "new").exists()
+  with pytest.raises(checkpoint.SpecMismatchError, match="another model"):
+    driver.run(Easier(), zoo.digits_cnn(width=16), ds, RECIPE, workdir, progress=False)
+  with pytest.raises(driver.RunMismatchError, match="lr: 0.003 there, 0.01 asked"):
+    driver.run(Easier(), spec, ds, RECIPE.replace(lr=0.01), workdir, progress=False)
+  with pytest.raises(driver.RunMismatchError, match="estimator"):
+    driver.run(Easier(estimator="dataset"), spec, ds, RECIPE, workdir, progress=False)
+  with pytest.raises(ValueError, match="iterations must be"):
+    driver.run(Easier(), spec, ds, RECIPE, workdir, iterations=0)
+  assert _snapshot(workdir) == before
+  no_val = data.load("digits", val_fraction=0.0)
+  with pytest.raises(ValueError, match="no validation split"):
+    driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
+  assert not (tmp_path / "new").exists()
+
+
+def _numpy_dataset_entropy(counts):
+  """The paper's estimator: q_c = #(z > 0) / #(z != 0) over the split, mean of h2 over c."""
+  pos, neg, _ = np.asarray(counts, np.float64)
+  q = np.where(pos + neg > 0, pos / np.maximum(pos + neg, 1), 0.0)
+  h = -q * np.log2(np.maximum(q, 1e-10)) - (1 - q) * np.log2(np.maximum(1 - q, 1e-10))
+  return float(np.mean(h))
+
+
+def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys):
+  ds, _ = digits
+  args = ["easier", "--workdir", str(tmp_path), "--no-progress", "--iterations", "2",
+          "--estimator", "dataset", "--entropy-split", "val",
+          "--set", "epochs=1", "model_kwargs={'width': 8}"]
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  rep = json.loads((tmp_path / "report.json").read_text())
+  assert len(rep["iterations"]) == 2 and rep["model"] == "digits_cnn"
+  assert rep["method_options"] == {"estimator": "dataset", "entropy_split": "val"}
+  assert report.table(rep) in out
+  assert checkpoint.load_model(tmp_path / "chosen")[0].name == "digits_cnn"
+  # Iteration 0's entropies are the eval-mode, zeros-discarded ones of the validation split.
+  spec0, vars0 = checkpoint.load_model(tmp_path / "iterations" / "000" / "model")
+  counts = training.evaluate(spec0, vars0, ds.val, batch_size=512, collect_stats=True).stats.counts
+  got = rep["iterations"][0]["entropies"]
+  assert list(got) == list(spec0.sites())
+  np.testing.assert_allclose([got[s] for s in got],
+                             [_numpy_dataset_entropy(counts[s]) for s in got], rtol=1e-5)
+  # Refusals name what is wrong; nothing is written.
+  before = _snapshot(tmp_path)
+  assert cli.main(args + ["--tolerance", "-1"]) == 2
+  assert "tolerance must be" in capsys.readouterr().err
+  assert cli.main(["easier", "--workdir", str(tmp_path), "--no-progress", "--set", "epochs=1"]) == 2
+  assert "another model" in capsys.readouterr().err
+  assert cli.main(["easier", "--workdir", str(tmp_path), "--config", "nope"]) == 2
+  assert "easier_digits" in capsys.readouterr().err
+  assert cli.main(["easier", "--workdir", str(tmp_path), "--set", "iteration=3"]) == 2
+  assert "unknown keys ['iteration']" in capsys.readouterr().err
+  assert _snapshot(tmp_path) == before

@@ -1,0 +1,137 @@
+"""EASIER's pure steps: entropies and selection order against numpy, gates vs baked identities."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import network, stats
+from jaxdepth.methods import base, easier
+from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Pool, Spec
+
+
+def _tiny():
+  """Four sites; ``after1`` and ``after2`` see a ReLU's output, so they are always ON."""
+  return Spec((6, 6, 2), (
+      Conv("c1", features=5, kernel=3, padding=1, bias=True), Act("r1"),
+      Act("after1"), Act("after2", fn="relu6"),
+      Conv("c2", features=4, kernel=3, padding=1, bias=True), BatchNorm("bn"), Act("r2"),
+      Pool("gap", "global_avg"), Dense("fc", features=3)), name="tiny")
+
+
+def _stats_and_counts(spec, variables, batches, train):
+  s = stats.empty_stats(spec)
+  per_batch = []
+  for x in batches:
+    out = network.forward(spec, variables, x, train=train, collect_stats=True)
+    s = stats.accumulate(s, out.site_counts)
+    per_batch.append({k: np.asarray(v) for k, v in out.site_counts.items()})
+  return s, per_batch
+
+
+def _h2(p, clamp=1e-10):
+  q = 1.0 - p
+  return -p * np.log2(np.maximum(p, clamp)) - q * np.log2(np.maximum(q, clamp))
+
+
+def _numpy_easier(per_batch, site):
+  """Official code: per batch, q_c = #(z >= 0)/n, mean over all channels; mean over batches."""
+  values = []
+  for counts in per_batch:
+    pos, neg, zero = counts[site].astype(np.float64)
+    values.append(np.mean(_h2((pos + zero) / (pos + neg + zero))))
+  return float(np.mean(values))
+
+
+def _numpy_dataset(per_batch, site):
+  """Paper: q_c = #(z > 0)/#(z != 0) over the whole split, mean over channels."""
+  pos, neg, _ = sum(c[site] for c in per_batch).astype(np.float64)
+  n = pos + neg
+  return float(np.mean(_h2(np.where(n > 0, pos / np.maximum(n, 1), 0.0))))
+
+
+def _numpy_choice(entropies):
+  names = list(entropies)
+  values = np.array([entropies[s] for s in names])
+  first_min = int(np.argmin(values))
+  return tuple(s for i, s in enumerate(names) if i == first_min or values[i] == 0.0)
+
+
+@pytest.fixture(scope="module")
+def measured():
+  spec = _tiny()
+  variables = network.init(spec, jax.random.key(0))
+  keys = jax.random.split(jax.random.key(1), 3)
+  batches = [jax.random.normal(k, (7, 6, 6, 2)) for k in keys]
+  return spec, variables, batches
+
+
+@pytest.mark.parametrize("estimator,train", [("easier", True), ("dataset", False)])
+def test_entropies_and_selection_order_match_numpy(measured, estimator, train):
+  spec, variables, batches = measured
+  s, per_batch = _stats_and_counts(spec, variables, batches, train)
+  live = ("r1", "after1", "after2", "r2")
+  got = easier.measure(s, live, estimator)
+  reference = _numpy_easier if estimator == "easier" else _numpy_dataset
+  want = {site: reference(per_batch, site) for site in live}
+  assert list(got) == list(live)
+  np.testing.assert_allclose([got[k] for k in live], [want[k] for k in live], rtol=1e-5,
+                             atol=1e-7)
+  # The sites behind a ReLU are linear on the data: exactly 0 bits, both removed at once.
+  assert got["after1"] == got["after2"] == 0.0 and 0.1 < got["r1"] < 1 and 0.1 < got["r2"] < 1
+  assert easier.choose(got) == _numpy_choice(want) == ("after1", "after2")
+  # Removed sites are not measured: without them the choice is the lower of r1, r2.
+  rest = easier.measure(s, ("r1", "r2"), estimator)
+  assert easier.choose(rest) == (min(("r1", "r2"), key=want.__getitem__),)
+
+
+def test_choose_takes_the_argmin_and_every_zero_first_in_call_order():
+  assert easier.choose({"a": 0.5, "b": 0.2, "c": 0.3}) == ("b",)
+  assert easier.choose({"a": 0.3, "b": 0.3, "c": 0.9}) == ("a",)            # ties: argmin's rule
+  assert easier.choose({"a": 0.0, "b": 0.2, "c": 0.0}) == ("a", "c")
+  with pytest.raises(ValueError, match="every site is already removed"):
+    easier.choose({})
+
+
+def test_gates_and_baked_identities_compute_the_same_network(measured):
+  spec, variables, batches = measured
+  gates = easier.apply(network.gates_for(spec), ("r1", "r2"), spec=spec)
+  np.testing.assert_array_equal(np.asarray(gates), [0, 1, 1, 0])
+  assert base.removed_sites(spec, gates) == ("r1", "r2")
+  assert base.live_sites(spec, gates) == ("after1", "after2")
+  baked = easier.apply(spec, ("r1", "r2"))
+  assert baked.sites() == ("after1", "after2")
+  gated = network.forward(spec, variables, batches[0], gates=gates).logits
+  plain = network.forward(baked, variables, batches[0]).logits
+  np.testing.assert_allclose(np.asarray(gated), np.asarray(plain), rtol=1e-6, atol=1e-6)
+  # The method object: its state is the gates, and export bakes them in.
+  method = easier.Easier()
+  state = method.init(spec)
+  _, state = method.apply(spec, variables, state, ("r1", "r2"))
+  assert method.live_sites(spec, state) == ("after1", "after2")
+  assert method.export(spec, variables, state)[0] == baked
+  assert method.train_options(spec, state).stats_last_epoch
+
+
+def test_bad_input_is_named(measured):
+  spec, variables, batches = measured
+  gates = network.gates_for(spec)
+  with pytest.raises(KeyError, match=r"'relu9'.*not sites of the spec"):
+    easier.apply(gates, ("relu9",), spec=spec)
+  off = easier.apply(gates, ("r1",), spec=spec)
+  with pytest.raises(KeyError, match=r"'r1'.*removed already"):
+    easier.apply(off, ("r1",), spec=spec)
+  with pytest.raises(KeyError, match="relu9"):
+    easier.apply(spec, ("relu9",))
+  with pytest.raises(TypeError, match="needs spec="):
+    easier.apply(gates, ("r1",))
+  s, _ = _stats_and_counts(spec, variables, batches[:1], True)
+  with pytest.raises(KeyError, match=r"unknown sites \['relu9'\]"):
+    easier.measure(s, ("r1", "relu9"))
+  with pytest.raises(ValueError, match="unknown EASIER estimator 'egp'"):
+    easier.measure(s, ("r1",), "egp")
+  with pytest.raises(ValueError, match="hold no batch"):
+    easier.measure(stats.empty_stats(spec), ("r1",))
+  with pytest.raises(ValueError, match="entropy_split"):
+    easier.Easier(estimator="dataset", entropy_split="test")
+  with pytest.raises(ValueError, match="shape"):
+    base.live_sites(spec, jnp.ones(3))
