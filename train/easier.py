@@ -3,7 +3,7 @@
     python -m train easier                                   # digits_cnn on digits, ~1 min on a CPU
     python -m train easier --config easier_cifar10_resnet18 --data-dir ~/tensorflow_datasets
     python -m train easier --model resnet20 --dataset cifar10 --config easier_cifar10_resnet18 \\
-        --workdir runs/r20 --set epochs=30 milestones=(15,25) --iterations 8
+        --workdir runs/r20 --set epochs=30 "milestones=(15, 25)" --iterations 8
 
 Every iteration trains the current network for the config's epochs with a
 fresh optimizer (iteration 0 is the dense model), evaluates validation and test,
@@ -49,7 +49,7 @@ _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_au
 
 def build_parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog="python -m train easier",
-                              description=__doc__.splitlines()[0],
+                              description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", help=f"an easier_* config file or name in train/configs/ "
                                   f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
