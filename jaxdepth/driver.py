@@ -131,9 +131,9 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     return
   stored = json.loads(path.read_text())
   if stored.get("method") != identity["method"]:
-    raise RunMismatchError(
-        f"work directory {workdir} holds a {stored.get('method') or 'non-method'} run, not "
-        f"an {identity['method']} run; use another directory")
+    what = f"a {stored['method']!r} run" if stored.get("method") else "a run of another program"
+    raise RunMismatchError(f"work directory {workdir} holds {what}, not a {identity['method']!r} "
+                           f"run; use another directory")
   if stored.get("spec") != identity["spec"]:
     diff = checkpoint.spec_difference(Spec.from_dict(stored["spec"]),
                                       Spec.from_dict(identity["spec"]))

@@ -190,6 +190,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="iterations must be"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, iterations=0)
   assert _snapshot(workdir) == before
+  fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
+  fit_run.mkdir()
+  (fit_run / "run.json").write_text(json.dumps({"model": "digits_cnn", "dataset": "digits"}))
+  with pytest.raises(driver.RunMismatchError, match="holds a run of another program"):
+    driver.run(Easier(), spec, ds, RECIPE, fit_run)
+  assert [p.name for p in fit_run.iterdir()] == ["run.json"]
   no_val = data.load("digits", val_fraction=0.0)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
