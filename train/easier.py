@@ -31,7 +31,6 @@ import sys
 import time
 from typing import Any
 
-from jaxdepth import optim
 from train import config as config_lib
 from train.fit import maybe_initialize_distributed
 
