@@ -17,5 +17,6 @@ from jaxdepth.optim import Recipe, make_optimizer
 from jaxdepth.training import TrainState, evaluate, fit, make_mesh
 from jaxdepth import driver, methods, report
 from jaxdepth.methods import Easier
+from jaxdepth import equivalence, surgery
 
 __version__ = "0.1.0"

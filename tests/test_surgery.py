@@ -193,8 +193,16 @@ def mobilenet_block(size=8, channels=8):
 def test_inverted_residual_collapses_to_one_conv():
   spec = mobilenet_block()
   v = random_variables(spec)
+  # Exact: the folded BN bias of the expand conv meets the depthwise zero padding,
+  # so the merged conv gets a border correction (ones map -> 3x3 conv) beside it.
   exact, ev = surgery.collapse(spec, v, mode="exact")
-  assert isinstance(exact.layers[0], S.Block)        # folded BN biases reach the padding
+  (blk,) = exact.layers
+  assert [n.name for n in blk.branch] == ["merged"] and blk.branch[0].kernel == (3, 3)
+  assert [n.name for n in blk.shortcut] == ["ones", "border"]
+  np.testing.assert_array_equal(ev["params"]["blk"]["ones"]["kernel"], 0.0)
+  np.testing.assert_array_equal(ev["params"]["blk"]["ones"]["bias"], 1.0)
+  assert costs.count_macs(exact) < costs.count_macs(spec)
+  assert costs.depth(exact).weight_depth == 2 < costs.depth(spec).weight_depth
   flax_equal(spec, v, exact, ev, tol=1e-5)
   log = []
   shallow, sv = surgery.collapse(spec, v, mode="interior", log=log)
@@ -206,6 +214,29 @@ def test_inverted_residual_collapses_to_one_conv():
   rep = flax_equal(spec, v, shallow, sv, tol=np.inf,
                    border=equivalence.border_width(shallow, log))
   assert rep.border == 1 and rep.interior_max_rel < 1e-5 < rep.feature_max_rel
+
+
+def test_bias_before_a_padded_conv_is_corrected_exactly():
+  spec = chain(S.Conv("pw", features=24, kernel=1, bias=True),
+               S.Conv("dw", features=24, kernel=3, stride=2, padding=1, groups=24),
+               S.Conv("proj", features=4, kernel=1), shape=(7, 7, 4))
+  v = random_variables(spec)
+  x = x_for(spec)
+  merged, mv = surgery.merge_linear(spec, v, mode="exact")
+  (blk,) = merged.layers
+  assert isinstance(blk, S.Block) and blk.branch[0].kernel == (3, 3)
+  assert blk.branch[0].stride == blk.shortcut[1].stride == (2, 2)
+  assert costs.count_macs(merged) < costs.count_macs(spec)
+  correction = run(S.Spec(spec.input_shape, blk.shortcut), {"params": mv["params"]["pw"]}, x)
+  # The correction is a fixed map: the same for every input, constant inside.
+  assert np.allclose(correction[0], correction[1])
+  assert np.allclose(correction[0, 1:-1, 1:-1], correction[0, 1, 1])
+  assert not np.allclose(correction[0, 0, 0], correction[0, 1, 1])
+  assert relative(run(spec, v, x), run(merged, mv, x)) < 1e-5
+  v["params"]["pw"]["bias"][:] = 0.0
+  plain, pv = surgery.merge_linear(spec, v, mode="exact")
+  assert isinstance(plain.layers[0], S.Conv)          # no bias: no correction needed
+  assert relative(run(spec, v, x), run(plain, pv, x)) < 1e-5
 
 
 def test_identity_shortcut_lands_on_the_kernel_centre():
@@ -342,9 +373,11 @@ def test_a_shallow_model_saves_reloads_trains_and_reports_its_depth(tmp_path):
   updates, opt_state = tx.update(grads, opt_state, lv["params"])
   params = optax.apply_updates(lv["params"], updates)
   assert np.isfinite(value) and loss(params) < value
-  depth = costs.depth(shallow)
-  assert surgery.layers_removed(spec) == 2 and depth.weight_depth == 2
-  assert depth.weight_depth < costs.depth(spec).weight_depth
+  report = surgery.summary(spec, shallow)
+  assert report["layers_removed"] == 2                     # the papers' count
+  assert report["before"]["weight_depth"] == 4 and report["after"]["weight_depth"] == 2
+  assert report["after"]["nonlinear_depth"] == report["before"]["nonlinear_depth"] == 0
+  assert report["after"]["macs"] == costs.count_macs(shallow) < report["before"]["macs"]
 
 
 def test_passes_do_not_touch_their_inputs_and_refuse_bad_arguments():

@@ -7,6 +7,7 @@ evaluated by the numpy executor of ``test_surgery_reference`` in float32.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -16,6 +17,8 @@ from hypothesis import strategies as st
 
 from jaxdepth import equivalence, network, surgery
 from jaxdepth import spec as S
+from jaxdepth.surgery import _tree, merge
+from jaxdepth.surgery import linear as L
 from test_surgery_reference import random_variables, relative, run
 
 SETTINGS = settings(max_examples=25, deadline=None)
@@ -138,8 +141,9 @@ EXACT_PASSES = {
 
 
 @SETTINGS
-@given(specs(), st.permutations(list(EXACT_PASSES)), st.integers(0, 2**16))
-def test_every_exact_pass_keeps_the_function(spec, order, seed):
+@given(specs(), st.permutations(list(EXACT_PASSES)), st.integers(0, 2**16),
+       st.sampled_from(["none", "macs"]))
+def test_every_exact_pass_keeps_the_function(spec, order, seed, cost):
   variables = random_variables(spec, seed)
   x = inputs(spec, seed)
   y = run(spec, variables, x)
@@ -150,13 +154,14 @@ def test_every_exact_pass_keeps_the_function(spec, order, seed):
     s, v = EXACT_PASSES[name](s, v)          # composed in the drawn order
     assert relative(y, run(s, v, x)) < 1e-4, order
   log = []
-  shallow, shallow_vars = surgery.collapse(spec, variables, mode="exact", cost="none", log=log)
+  shallow, shallow_vars = surgery.collapse(spec, variables, mode="exact", cost=cost, log=log)
   assert relative(y, run(shallow, shallow_vars, x)) < 1e-4
   assert_flax_layout(shallow, shallow_vars)
   assert all(e.exact for e in log)
   assert not any(isinstance(n, S.BatchNorm) and isinstance(prev, (S.Conv, S.Dense))
                  for prev, n in zip(shallow.layers, shallow.layers[1:]))
   event(f"exact collapse: {sum(e.kind == 'merge' for e in log)} merges")
+  event(f"border-corrected blocks: {sum('border correction' in e.detail for e in log)}")
 
 
 @SETTINGS
@@ -264,3 +269,30 @@ def test_channel_cuts_on_any_network_leave_a_valid_model(spec, seed, data):
   y = run(cut, cut_vars, inputs(spec, seed))
   assert y.shape[1:] == spec.output_shape
   assert np.all(np.isfinite(y))
+
+
+@SETTINGS
+@given(st.data(), st.integers(0, 2**16))
+def test_bias_corrected_merges_are_exact(data, seed):
+  """``rest ∘ (1x1 with bias)`` as merged conv + ones map + border conv, any geometry."""
+  h = data.draw(st.sampled_from([5, 6, 8]))
+  shape = (h, h, data.draw(st.integers(1, 4)))
+  first = S.Conv("first", features=data.draw(st.sampled_from([2, 4, 6])), kernel=1,
+                 stride=data.draw(st.sampled_from([1, 2])), bias=True)
+  mid = first.output_shape(shape, "first")
+  rest = [data.draw(conv(f"r{i}", mid)) for i in range(1)]
+  rest.append(data.draw(conv("r1", rest[0].output_shape(mid, "r0"))))
+  if any(any(p) for p in rest[1].padding):     # the second must be unpadded: rest exact
+    rest[1] = dataclasses.replace(rest[1], kernel=(1, 1), padding=0)
+  spec = S.Spec(shape, (first, *rest))
+  variables = random_variables(spec, seed)
+  node_vars = _tree.split_variables(spec, variables)
+  view = _tree.flat_view(spec.layers, "", shape)
+  ops = [L.from_node(e.node, node_vars[e.path], e.in_shape) for e in view]
+  made = merge._bias_corrected(view, ops[0], L.crop(L.compose(ops[1], ops[2])))
+  assert made is not None
+  block, block_vars, _, _ = made
+  merged = S.Spec(shape, (block,))
+  merged_vars = _tree.join_variables(merged, block_vars)
+  x = inputs(spec, seed)
+  assert relative(run(spec, variables, x), run(merged, merged_vars, x)) < 1e-4

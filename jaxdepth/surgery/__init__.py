@@ -22,10 +22,12 @@ pass                     what it does
 Each pass is a pure ``(spec, variables) -> (spec, variables)`` function (a
 ``log`` list, when given, receives one :class:`Edit` per change). What is exact
 and what is not: BatchNorm folding, dropping no-ops, dense and 1x1 merges,
-residual folds and kernel crops are exact everywhere; kxk∘kxk merges with
-padding (and a biased op before a padded conv) are exact only away from a
-border ring, so :func:`merge_linear` makes them only with ``mode="interior"``
-and records the ring (:mod:`jaxdepth.surgery.merge`). Channel cuts are exact
+residual folds and kernel crops are exact everywhere, and so is a biased 1x1
+op before a padded conv once a small fixed border correction is added beside
+the merged conv (MobileNetV2's inverted residuals); kxk∘kxk merges with
+padding are exact only away from a border ring, so :func:`merge_linear` makes
+them only with ``mode="interior"`` and records the ring
+(:mod:`jaxdepth.surgery.merge`). Channel cuts are exact
 on the data they were counted on. A rectifier after a residual addition (ResNet
 ``relu2``) set to the identity is dropped but not merged across:
 :mod:`jaxdepth.surgery.residual` explains why. :mod:`jaxdepth.equivalence`
@@ -37,7 +39,7 @@ Example::
     log = []
     shallow, shallow_vars = surgery.collapse(spec_id, variables, log=log)
     equivalence.compare(spec_id, variables, shallow, shallow_vars, x)
-    costs.depth(shallow)
+    surgery.summary(spec_id, shallow)   # layers removed, real depth, MACs, params
 """
 from jaxdepth.surgery._tree import Edit
 from jaxdepth.surgery.channels import cut_channels
@@ -45,15 +47,9 @@ from jaxdepth.surgery.cost import COSTS, measure_latency
 from jaxdepth.surgery.fold_bn import fold_batchnorm
 from jaxdepth.surgery.merge import MODES, crop_kernels, merge_linear
 from jaxdepth.surgery.noops import drop_noops
-from jaxdepth.surgery.pipeline import collapse
+from jaxdepth.surgery.pipeline import collapse, layers_removed, summary
 from jaxdepth.surgery.residual import fold_residuals, remove_blocks
 
 __all__ = ["Edit", "collapse", "fold_batchnorm", "drop_noops", "merge_linear",
            "fold_residuals", "crop_kernels", "cut_channels", "remove_blocks",
-           "measure_latency", "MODES", "COSTS", "layers_removed"]
-
-
-def layers_removed(spec) -> int:
-  """The papers' count of removed layers: the number of identity sites in ``spec``."""
-  from jaxdepth.spec import Act
-  return sum(isinstance(n, Act) and n.fn == "identity" for _, n in spec.walk())
+           "measure_latency", "MODES", "COSTS", "layers_removed", "summary"]

@@ -86,15 +86,16 @@ def measure_latency(spec: S.Spec, variables, *, batch: int = 1, repeats: int = 1
   return statistics.median(times)
 
 
-def _anonymous(nodes) -> tuple:
+def _anonymous(nodes, start: int = 0) -> tuple:
   """The nodes with their names replaced by positions (a cache key for timings)."""
   out = []
-  for i, n in enumerate(nodes):
+  for i, n in enumerate(nodes, start):
     if isinstance(n, S.Sequential):
       n = dataclasses.replace(n, layers=_anonymous(n.layers))
-    elif isinstance(n, S.Block):
-      n = dataclasses.replace(n, branch=_anonymous(n.branch), shortcut=_anonymous(n.shortcut),
-                              post=_anonymous(n.post))
+    elif isinstance(n, S.Block):   # branch, shortcut and post share one scope
+      nb, ns = len(n.branch), len(n.shortcut)
+      n = dataclasses.replace(n, branch=_anonymous(n.branch), shortcut=_anonymous(n.shortcut, nb),
+                              post=_anonymous(n.post, nb + ns))
     out.append(dataclasses.replace(n, name=f"n{i}"))
   return tuple(out)
 

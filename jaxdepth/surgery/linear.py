@@ -293,11 +293,12 @@ def compose(a: LinearOp, b: LinearOp) -> LinearOp:
   kh = ka.shape[1] + sh * (kb.shape[1] - 1)
   kw = ka.shape[2] + sw * (kb.shape[2] - 1)
   k = np.zeros((g, kh, kw, ka.shape[3], kb.shape[4]))
+  ka_rows = ka.reshape(g, -1, ka.shape[4])                # (g, kh1 kw1 ci, cm)
   for i in range(kb.shape[1]):
     for j in range(kb.shape[2]):
-      k[:, sh * i:sh * i + ka.shape[1], sw * j:sw * j + ka.shape[2]] += np.einsum(
-          "ghwim,gmo->ghwio", ka, kb[:, i, j])
-  bias = b.bias + np.einsum("gijmo,gm->go", kb, a.bias.reshape(g, -1)).reshape(-1)
+      k[:, sh * i:sh * i + ka.shape[1], sw * j:sw * j + ka.shape[2]] += np.matmul(
+          ka_rows, kb[:, i, j]).reshape(g, *ka.shape[1:4], kb.shape[4])
+  bias = b.bias + np.matmul(a.bias.reshape(g, 1, -1), kb.sum(axis=(1, 2))).reshape(-1)
   ring, lossless = max(a.ring, b.ring), a.lossless and b.lossless
   stride, padding = (1, 1), ((0, 0), (0, 0))
   if a.spatial:

@@ -23,6 +23,19 @@ last feature map, and :func:`jaxdepth.equivalence.compare` measures the
 deviation). On a 2x2 map (ResNet-18's last stage on CIFAR) the ring is the
 whole map: such a merge changes the function, so re-measure accuracy.
 
+**A bias before a padded conv, made exact.** When the only obstacle is the
+bias of a first 1x1 op (MobileNetV2's expand conv with its folded BatchNorm,
+before the depthwise 3x3), the difference is a *fixed* map: the rest of the
+chain applied to the constant bias with zero padding. ``mode="exact"`` then
+writes the segment as ``Block(branch=(merged,), shortcut=(ones, border))``: the
+merged conv of the bias-free first op with the rest (exact), plus a 1x1 conv
+with a zero kernel and bias 1 (a map of ones) and a conv of the rest's geometry
+from that one channel (kernel ``Σ_m K_rest[t, m, o] b[m]``), which reproduces
+the fixed map exactly, border included. Its cost is ``C_in + kh kw C_out`` MACs
+per position; it is made only where the whole is cheaper than the chain. (If
+such a model is fine-tuned, ``ones`` is an ordinary conv and may drift from a
+map of ones; the network stays valid.)
+
 **When a merge is made.** The segments minimise the cost of the chain
 (:mod:`jaxdepth.surgery.cost`: multiply-accumulates by default, or measured
 latency), so a merge that makes more work is not made: two 3x3 convs of C
@@ -39,7 +52,10 @@ crossed; :mod:`jaxdepth.surgery.residual` folds them.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
+
+import numpy as np
 
 from jaxdepth import spec as S
 from jaxdepth.surgery import _tree
@@ -54,10 +70,11 @@ MODES = ("exact", "interior")
 class _Segment(NamedTuple):
   first: int          # index in the flat view
   last: int           # inclusive
-  op: L.LinearOp
+  op: L.LinearOp      # the merged op (the main conv of a bias-corrected block)
   node: S.Node
-  node_vars: dict
+  node_vars: dict     # {path relative to the list: node variables}
   macs_before: int
+  macs_after: int
 
 
 def check_mode(mode: str):
@@ -93,9 +110,56 @@ def _segment_node(elems, op: L.LinearOp):
   if not op.spatial and op.groups != 1:
     return None
   try:
-    return L.to_node(op, weights[0].name, dense=dense)
+    node, node_vars = L.to_node(op, weights[0].name, dense=dense)
   except L.NotMergeable:
     return None
+  return node, {node.name: node_vars}, op.macs
+
+
+def _bias_corrected(elems, first: L.LinearOp, rest: L.LinearOp):
+  """An exact block for ``rest ∘ first`` when ``first`` is a biased 1x1 op.
+
+  ``first(x) = A0 x + b`` with ``A0`` a 1x1 unpadded op, ``rest`` a padded op
+  (already merged, exact). The original computes ``rest(pad0(A0 x + b))``; the
+  merged conv ``rest ∘ A0`` is exact (a bias-free 1x1 op is zero on the
+  padding), and what is left, ``rest_lin(pad0(b))``, is a fixed map that is
+  constant in the interior and differs on the border ring. It equals a conv of
+  ``rest``'s geometry with kernel ``V[t, o] = Σ_m K_rest[t, m, o] b[m]`` applied
+  to a map of ones on ``first``'s output grid, and that map is a 1x1 conv with a
+  zero kernel and bias 1. So::
+
+      Block(branch=(merged,), shortcut=(ones, border))
+
+  is equal everywhere, for the price of ``C_in + kh kw C_out`` extra MACs per
+  position instead of the chain's.
+  """
+  if (not first.spatial or first.kernel.shape[:2] != (1, 1) or any(any(p) for p in first.padding)
+      or first.zero_bias or not rest.lossless):
+    return None
+  weights = [e for e in elems if isinstance(e.node, (S.Conv, S.Dense))]
+  if not weights:
+    return None
+  a0 = dataclasses.replace(first, bias=np.zeros_like(first.bias), has_bias=False)
+  main = L.crop(L.compose(a0, rest))
+  if not main.lossless:
+    return None
+  kh, kw, cm_g, cout = rest.kernel.shape
+  g = rest.groups
+  v = np.einsum("hwigo,gi->hwgo", rest.kernel.reshape(kh, kw, cm_g, g, cout // g),
+                first.bias.reshape(g, cm_g)).reshape(kh, kw, 1, cout)
+  mid = first.out_shape
+  ones = L.LinearOp(np.zeros((1, 1, first.cin, 1)), np.ones(1), first.stride, first.padding, 1,
+                    first.in_shape)
+  border = L.LinearOp(v, np.zeros(cout), rest.stride, rest.padding, 1, mid[:2] + (1,),
+                      has_bias=False)
+  merged_node, merged_vars = L.to_node(main, "merged")
+  ones_node, ones_vars = L.to_node(ones, "ones")
+  border_node, border_vars = L.to_node(border, "border")
+  name = weights[0].name
+  block = S.Block(name, branch=(merged_node,), shortcut=(ones_node, border_node))
+  node_vars = {f"{name}/merged": merged_vars, f"{name}/ones": ones_vars,
+               f"{name}/border": border_vars}
+  return block, node_vars, main.macs + ones.macs + border.macs, main
 
 
 def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
@@ -107,21 +171,26 @@ def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
   for a in range(n):
     options[(a, a)] = (cost_fn((elems[a].node,), {elems[a].node.name: node_vars[elems[a].path]},
                                elems[a].in_shape), None)
-    acc = ops[a]
+    acc, rest = ops[a], None
     for b in range(a + 1, min(n, a + max_chain)):
       try:
         acc = L.crop(L.compose(acc, ops[b]))
+        rest = ops[b] if rest is None else L.crop(L.compose(rest, ops[b]))
       except L.NotMergeable:
         break
-      if mode == "exact" and not acc.lossless:
-        continue
-      made = _segment_node(elems[a:b + 1], acc)
+      made, op = None, acc
+      if mode == "interior" or acc.lossless:
+        made = _segment_node(elems[a:b + 1], acc)
+      if made is None and mode == "exact":
+        corrected = _bias_corrected(elems[a:b + 1], ops[a], rest)
+        if corrected is not None:
+          *made, op = corrected
       if made is None:
         continue
-      node, new_vars = made
-      seg = _Segment(offset + a, offset + b, acc, node, new_vars,
-                     sum(o.macs for o in ops[a:b + 1]))
-      options[(a, b)] = (cost_fn((node,), {node.name: new_vars}, acc.in_shape), seg)
+      node, new_vars, macs = made
+      seg = _Segment(offset + a, offset + b, op, node, new_vars,
+                     sum(o.macs for o in ops[a:b + 1]), macs)
+      options[(a, b)] = (cost_fn((node,), new_vars, acc.in_shape), seg)
   # best[k]: least cost of elems[:k] as (value, node count).
   best: list[tuple] = [((0.0, 0), [])]
   for k in range(1, n + 1):
@@ -179,14 +248,15 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
     for n in nodes:
       if n.name in start:
         s = start[n.name]
-        node_vars[prefix + s.node.name] = s.node_vars
+        for rel, entry in s.node_vars.items():
+          node_vars[prefix + rel] = entry
         out.append(s.node)
         if log is not None:
           log.append(_tree.Edit(
               "merge", prefix + s.node.name,
               " + ".join(e.name for e in view[s.first:s.last + 1]) + f" -> {_describe(s.node)}",
               exact=s.op.exact, ring=s.op.ring, macs_before=s.macs_before,
-              macs_after=s.op.macs))
+              macs_after=s.macs_after))
       elif n.name not in gone:
         out.append(n)
     return tuple(out)
@@ -196,6 +266,8 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
 
 
 def _describe(node: S.Node) -> str:
+  if isinstance(node, S.Block):
+    return f"block({_describe(node.branch[0])}; border correction {node.shortcut[-1].kernel})"
   if isinstance(node, S.Conv):
     k, s = node.kernel, node.stride
     return (f"conv {k[0]}x{k[1]}/{s[0]}x{s[1]} groups={node.groups} "

@@ -19,11 +19,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from jaxdepth import costs
 from jaxdepth import spec as S
 from jaxdepth.surgery import channels, fold_bn, merge, noops, residual
 from jaxdepth.surgery.cost import COSTS
 
-__all__ = ["collapse"]
+__all__ = ["collapse", "layers_removed", "summary"]
+
+
+def layers_removed(spec: S.Spec) -> int:
+  """The papers' count of removed layers: the identity sites in ``spec``."""
+  return sum(isinstance(n, S.Act) and n.fn == "identity" for _, n in spec.walk())
+
+
+def summary(before: S.Spec, after: S.Spec) -> dict:
+  """What surgery bought, JSON-ready: the papers' count beside the real figures.
+
+  Args:
+    before: the spec given to surgery (identity sites baked in).
+    after: the spec it returned.
+
+  Returns:
+    ``layers_removed`` (identity sites in ``before``), and ``macs``, ``params``
+    and :func:`jaxdepth.costs.depth` (active sites, nonlinear and weight depth)
+    of both specs.
+  """
+  def figures(spec):
+    return {"macs": costs.count_macs(spec), "params": costs.count_params(spec),
+            **costs.depth(spec)._asdict()}
+  return {"layers_removed": layers_removed(before), "before": figures(before),
+          "after": figures(after)}
 
 
 def collapse(spec: S.Spec, variables, *, mode: str = "exact",

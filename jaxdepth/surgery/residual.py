@@ -7,8 +7,12 @@ and whose shortcut is the identity or a single affine op ``B`` is
 kernels are summed with each window at its own offset, the identity being a
 1x1 kernel equal to 1 on the channel diagonal, so for a 3x3 branch it lands on
 the kernel centre. Exact everywhere, depthwise and grouped branches included
-(the sum has ``gcd`` of both group counts). A MobileNetV2 inverted residual
-whose two ReLU6 sites are identities becomes one 3x3 conv; a ResNet BasicBlock
+(the sum has ``gcd`` of both group counts). A branch that is an exact merge
+with a border correction (``Block(branch=(merged,), shortcut=(ones, border))``,
+see :mod:`jaxdepth.surgery.merge`) takes the shortcut into its merged conv the
+same way. A MobileNetV2 inverted residual whose two ReLU6 sites are identities
+becomes one 3x3 conv (``mode="interior"``) or that conv plus its border
+correction (``mode="exact"``); a ResNet BasicBlock
 whose ``relu1`` is an identity becomes ``relu2(conv(x))`` if its two 3x3 convs
 were merged (and the addition disappears).
 
@@ -57,6 +61,23 @@ def _single_op(nodes, prefix, in_shape, node_vars, ring_of):
   return e, L.from_node(e.node, node_vars[e.path], e.in_shape, ring=ring_of.get(e.path, 0))
 
 
+def _corrected_block(nodes, prefix, in_shape, node_vars, ring_of):
+  """The one Block a branch reduces to, if it is ``branch op + shortcut`` without post.
+
+  That is the form of an exact merge with a border correction
+  (:func:`jaxdepth.surgery.merge.merge_linear`): returns ``(element, (op
+  element, op))`` or ``None``.
+  """
+  view = [e for e in _tree.flat_view(nodes, prefix, in_shape) if not _tree.is_noop(e.node)]
+  if len(view) != 1 or not isinstance(view[0].node, S.Block) or view[0].node.post:
+    return None
+  inner = view[0]
+  found = _single_op(inner.node.branch, inner.path + S.SEP, inner.in_shape, node_vars, ring_of)
+  if found is None or found[0] is None:
+    return None
+  return inner, found
+
+
 def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch: int = 1,
                    log: list | None = None):
   """Folds every block ``post(A(x) + B(x))`` with affine ``A`` and ``B`` into ``post(C(x))``.
@@ -86,8 +107,13 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     scope = prefix + block.name + S.SEP
     branch = _single_op(block.branch, scope, in_shape, node_vars, ring_of)
     shortcut = _single_op(block.shortcut, scope, in_shape, node_vars, ring_of)
-    if branch is None or shortcut is None or branch[0] is None:
+    if shortcut is None:
       return None
+    if branch is None or branch[0] is None:
+      corrected = _corrected_block(block.branch, scope, in_shape, node_vars, ring_of)
+      if corrected is None:
+        return None
+      return fold_into_corrected(prefix, block, in_shape, corrected, shortcut[1])
     (elem, a), (_, b) = branch, shortcut
     try:
       op = L.add(a, b)
@@ -118,6 +144,41 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
                             f"{'identity' if not block.shortcut else 'shortcut'} -> one op",
                             exact=op.exact, ring=op.ring,
                             macs_before=a.macs + (b.macs if block.shortcut else 0),
+                            macs_after=op.macs))
+    return new
+
+  def fold_into_corrected(prefix, block, in_shape, corrected, b):
+    """``post(A x + corr(x) + B x)``, ``A + corr`` an exact merge's block: one block."""
+    inner, (elem, a) = corrected
+    try:
+      op = L.add(a, b)
+    except L.NotMergeable:
+      return None
+    extra = inner.node.shortcut
+    taken = {n.name for n in extra + block.post}
+    if elem.node.name in taken or len(taken) < len(extra) + len(block.post):
+      return None
+    node, new_vars = L.to_node(op, elem.node.name, dense=isinstance(elem.node, S.Dense))
+    new = S.Block(block.name, branch=(node,), shortcut=extra, post=block.post)
+    scope = prefix + block.name + S.SEP
+    before_vars = {p[len(prefix):]: v for p, v in node_vars.items() if p.startswith(scope)}
+    after_vars = {f"{block.name}/{node.name}": new_vars}
+    moved = {}
+    for key in list(node_vars):
+      if key.startswith(inner.path + S.SEP):
+        rest = key[len(inner.path) + 1:]
+        if rest.split(S.SEP)[0] in {n.name for n in extra}:
+          moved[scope + rest] = node_vars[key]
+          after_vars[block.name + S.SEP + rest] = node_vars[key]
+    if cost_fn((new,), after_vars, in_shape) > cost_fn((block,), before_vars, in_shape):
+      return None
+    node_vars.update(moved)
+    node_vars[scope + node.name] = new_vars
+    if log is not None:
+      log.append(_tree.Edit("fold_residual", scope + node.name,
+                            f"block {prefix + block.name}: corrected merge + "
+                            f"{'identity' if not block.shortcut else 'shortcut'} -> one block",
+                            exact=op.exact, ring=op.ring, macs_before=a.macs + b.macs,
                             macs_after=op.macs))
     return new
 
