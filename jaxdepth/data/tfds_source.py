@@ -65,13 +65,15 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
   """``tfds.data_source(name, split=split, download=False)``, or :class:`DatasetNotPrepared`.
 
   tfds reports missing data as ``NotImplementedError`` (no ArrayRecord files),
-  ``AssertionError`` ("could not find data") or a missing-file error, depending
-  on what is absent; all of them become :class:`DatasetNotPrepared`.
+  ``AssertionError`` ("could not find data"), a missing-file error or, once a
+  builder for an empty folder has been made in this process, ``KeyError``
+  ("`splits` is empty"), depending on what is absent; all of them become
+  :class:`DatasetNotPrepared`.
   """
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
-  except (NotImplementedError, AssertionError, FileNotFoundError) as error:
+  except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as error:
     said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise pipeline.DatasetNotPrepared(f"{how_to_prepare(name, data_dir)} (tfds: {said})") from error
 
