@@ -247,10 +247,27 @@ class Forward(NamedTuple):
   site_counts: dict[str, jax.Array] | None
 
 
+def _init_key(rng: jax.Array) -> jax.Array:
+  """An RBG key made from the words of ``rng`` (a typed key or a raw ``uint32`` key).
+
+  XLA compiles a whole-network initialisation with the RBG generator far faster
+  than with threefry (ResNet-20 on CPU: 2.2 s instead of 17.6 s, cold). RBG
+  streams are repeatable on one backend but may differ between backends.
+  """
+  words = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+  words = jnp.ravel(words).astype(jnp.uint32)
+  return jax.random.wrap_key_data(jnp.resize(words, (4,)), impl="rbg")
+
+
 def init(spec: S.Spec, rng: jax.Array, *, dtype=None) -> dict[str, Any]:
-  """Initial variables of ``Network(spec)`` (a plain dict: ``params``, ``batch_stats``)."""
+  """Initial variables of ``Network(spec)`` (a plain dict: ``params``, ``batch_stats``).
+
+  The draws follow PyTorch's initialisers (see the module constants) from an
+  RBG key derived from ``rng`` (:func:`_init_key`), so they differ from
+  ``Network(spec).init(rng, x)`` but are repeatable for a given ``rng``.
+  """
   x = jnp.zeros((1, *spec.input_shape), jnp.float32)
-  variables = jax.jit(Network(spec, dtype=dtype).init)(rng, x)
+  variables = jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x)
   return {k: v for k, v in variables.items()}
 
 

@@ -130,3 +130,22 @@ def test_site_counts_are_listed_in_site_order(variables):
   assert list(out.site_counts) == list(SPEC.sites())
   # every pre-activation value is counted exactly once: B*H*W per channel
   assert np.all(np.asarray(out.site_counts["relu"]).sum(0) == 4 * 6 * 6)
+
+
+def test_init_is_repeatable_and_follows_pytorch_initialisers():
+  spec = S.Spec(input_shape=(8, 8, 16), layers=(
+      S.Conv("conv", features=64, kernel=3, padding=1), S.BatchNorm("bn"), S.Flatten("flat"),
+      S.Dense("head", features=256)))
+  a, b = N.init(spec, jax.random.key(0)), N.init(spec, jax.random.key(0))
+  c = N.init(spec, jax.random.key(1))
+  assert jax.tree.all(jax.tree.map(lambda u, v: bool(jnp.array_equal(u, v)), a, b))
+  assert not np.array_equal(a["params"]["conv"]["kernel"], c["params"]["conv"]["kernel"])
+  np.testing.assert_array_equal(N.init(spec, jax.random.PRNGKey(0))["params"]["conv"]["kernel"],
+                                a["params"]["conv"]["kernel"])        # raw uint32 keys work too
+  kernel = np.asarray(a["params"]["conv"]["kernel"])                  # Kaiming normal, fan_out
+  assert kernel.std() == pytest.approx(np.sqrt(2.0 / (64 * 9)), rel=0.03)
+  dense, fan_in = np.asarray(a["params"]["head"]["kernel"]), 8 * 8 * 64  # U(±1/sqrt(fan_in))
+  assert np.abs(dense).max() <= 1 / np.sqrt(fan_in) and dense.std() == pytest.approx(
+      1 / np.sqrt(3 * fan_in), rel=0.03)
+  np.testing.assert_array_equal(a["params"]["bn"]["scale"], 1.0)
+  np.testing.assert_array_equal(a["batch_stats"]["bn"]["var"], 1.0)
