@@ -13,7 +13,6 @@ import math
 import jax
 import numpy as np
 import pytest
-from scipy.special import erf
 
 from jaxdepth import network
 from jaxdepth import spec as S
@@ -67,7 +66,7 @@ def act(fn, x):
   if fn == "relu6":
     return np.clip(x, 0, 6)
   if fn == "gelu":
-    return 0.5 * x * (1 + erf(x / np.sqrt(2)))
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / np.sqrt(2)))
   return x
 
 

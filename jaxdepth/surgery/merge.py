@@ -222,7 +222,9 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
 
   Returns:
     ``(spec, variables)``: each merged segment is one Conv (or Dense, when it was
-    made of Dense and BatchNorm nodes only) named after its first weight layer.
+    made of Dense and BatchNorm nodes only) named after its first weight layer,
+    or, for an exact merge that needs a border correction, a Block of that
+    name holding ``merged``, ``ones`` and ``border``.
   """
   check_mode(mode)
   if not isinstance(max_chain, int) or max_chain < 2:
