@@ -123,6 +123,38 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
   return jnp.einsum("oh,bhwc,pw->bopc", ah, x, aw)
 
 
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
+                         dimension_numbers=None, feature_group_count=1, precision=None, **kw):
+  """``lax.conv_general_dilated``, with a faster path for tiny maps on CPU.
+
+  XLA's CPU convolution is pathologically slow when the kernel is larger than
+  the input map (CIFAR ResNet-18's 2x2 ``layer4``: 1.2 s for one 3x3x512 conv at
+  batch 128). There the convolution is computed as image patches times the
+  flattened kernel, ``y = patches(x) @ W``, which is the same sum (about 60x
+  faster on that layer; ResNet-18 CIFAR eval at batch 128: 3.5 s -> 0.22 s).
+  Anything else goes to ``lax.conv_general_dilated``.
+  """
+  spatial = lhs.shape[1:-1]
+  nhwc = ("NHWC", "HWIO", "NHWC")
+  small = (jax.default_backend() == "cpu" and feature_group_count == 1 and kw == {}
+           and len(spatial) == 2 and not isinstance(padding, str)
+           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc) in (
+               dimension_numbers, jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                                  dimension_numbers))
+           and all(d in (None, 1) or tuple(d) == (1,) * len(spatial)
+                   for d in (lhs_dilation, rhs_dilation))
+           and any(k > n for k, n in zip(rhs.shape[:-2], spatial)))
+  if not small:
+    return jax.lax.conv_general_dilated(
+        lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
+        precision=precision, **kw)
+  patches = jax.lax.conv_general_dilated_patches(
+      lhs, rhs.shape[:-2], window_strides, padding, dimension_numbers=nhwc, precision=precision)
+  kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])   # patches order: (C_in, kh, kw)
+  return jnp.einsum("...k,ko->...o", patches, kernel.astype(patches.dtype), precision=precision)
+
+
 def pool(node: S.Pool, x: jax.Array) -> jax.Array:
   if node.op == "global_avg":
     return jnp.mean(x, axis=(1, 2))
@@ -150,7 +182,8 @@ def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
     path = prefix + n.name
     if isinstance(n, S.Conv):
       x = nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
-                  use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype, name=n.name)(x)
+                  use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype,
+                  conv_general_dilated=conv_general_dilated, name=n.name)(x)
     elif isinstance(n, S.BatchNorm):
       x = nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
                        epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)

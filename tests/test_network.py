@@ -149,3 +149,21 @@ def test_init_is_repeatable_and_follows_pytorch_initialisers():
       1 / np.sqrt(3 * fan_in), rel=0.03)
   np.testing.assert_array_equal(a["params"]["bn"]["scale"], 1.0)
   np.testing.assert_array_equal(a["batch_stats"]["bn"]["var"], 1.0)
+
+
+@pytest.mark.parametrize("hw, kernel, stride, pad", [(2, 3, 1, 1), (1, 3, 1, 1), (2, 3, 2, 1), (3, 5, 1, 2),
+                                                     (2, (3, 1), 1, (1, 0))])
+def test_tiny_map_convolution_path_equals_lax_with_gradients(hw, kernel, stride, pad):
+  """Kernels larger than the map take the patches path on CPU: same values and gradients."""
+  node = S.Conv("c", features=5, kernel=kernel, stride=stride, padding=pad)
+  x = jax.random.normal(jax.random.key(0), (3, hw, hw, 4))
+  k = jax.random.normal(jax.random.key(1), (*node.kernel, 4, 5))
+  dn = ("NHWC", "HWIO", "NHWC")
+
+  def via(fn):
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k, node.stride, node.padding, dimension_numbers=dn)))
+
+  ours, ref = via(N.conv_general_dilated), via(jax.lax.conv_general_dilated)
+  np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
