@@ -151,17 +151,21 @@ def test_init_is_repeatable_and_follows_pytorch_initialisers():
   np.testing.assert_array_equal(a["batch_stats"]["bn"]["var"], 1.0)
 
 
-@pytest.mark.parametrize("hw, kernel, stride, pad", [(2, 3, 1, 1), (1, 3, 1, 1), (2, 3, 2, 1), (3, 5, 1, 2),
-                                                     (2, (3, 1), 1, (1, 0))])
-def test_tiny_map_convolution_path_equals_lax_with_gradients(hw, kernel, stride, pad):
-  """Kernels larger than the map take the patches path on CPU: same values and gradients."""
-  node = S.Conv("c", features=5, kernel=kernel, stride=stride, padding=pad)
+@pytest.mark.parametrize("hw, kernel, stride, pad, groups", [
+    (2, 3, 1, 1, 1), (1, 3, 1, 1, 1), (2, 3, 2, 1, 1), (3, 5, 1, 2, 1), (2, (3, 1), 1, (1, 0), 1),
+    (6, 3, 1, 1, 4), (7, 3, 2, 1, 4), (5, (3, 1), (2, 1), ((1, 0), (0, 2)), 4), (2, 3, 1, 1, 4)])
+def test_cpu_convolution_paths_equal_lax_with_gradients(hw, kernel, stride, pad, groups):
+  """Tiny maps (patches x kernel) and depthwise convs (shifted taps) on CPU: same
+  values and gradients as lax.conv_general_dilated."""
+  node = S.Conv("c", features=4 if groups == 4 else 5, kernel=kernel, stride=stride, padding=pad,
+                groups=groups)
   x = jax.random.normal(jax.random.key(0), (3, hw, hw, 4))
-  k = jax.random.normal(jax.random.key(1), (*node.kernel, 4, 5))
+  k = jax.random.normal(jax.random.key(1), (*node.kernel, 4 // groups, node.features))
   dn = ("NHWC", "HWIO", "NHWC")
 
   def via(fn):
-    return lambda x, k: jnp.sum(jnp.sin(fn(x, k, node.stride, node.padding, dimension_numbers=dn)))
+    return lambda x, k: jnp.sum(jnp.sin(fn(x, k, node.stride, node.padding, dimension_numbers=dn,
+                                           feature_group_count=groups)))
 
   ours, ref = via(N.conv_general_dilated), via(jax.lax.conv_general_dilated)
   np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
