@@ -37,17 +37,21 @@ Run::
 
     python benchmarks/surgery_latency.py [--batches 1 128] [--rounds 30 7] [--allocators]
 
-Measured 2026-11-24 on the 2-core dev CPU (jax 0.12.0.1, ``--allocators``; the
-two allocator settings agreed within noise), eval latency ratio to the
-identity-swapped form at batch 1 / 128:
+Measured 2026-11-24 on the 2-core dev CPU (jax 0.12.0.1, default allocator,
+after the executor's CPU paths for depthwise and tiny-map convolutions), eval
+latency ratio to the identity-swapped form at batch 1 / 128:
 
-* MobileNetV2, ``merged_exact``: 0.48-0.49 / 0.41 (equal to 5e-7 relative;
-  88.0 -> 73.2 M MACs, weight depth 53 -> 43); ``merged_interior``: 0.46 / 0.40.
-* ResNet-18, ``merged_exact``: 1.00 / 1.00 (only BatchNorm folding is exact:
-  with ``relu1`` gone, the two 3x3 convs of a block meet the zero padding);
-  ``merged_interior``: 0.69 / 0.65-0.68, from one merge in ``layer4/1`` on
-  its 2x2 map, where the ring is the whole map (logits change, ~0.4 relative).
-* The identity form itself is 0.97-1.01 of the dense network.
+* MobileNetV2, ``merged_exact``: 0.81 / 0.73 (3.10 -> 2.51 ms; 197 -> 143 ms;
+  equal to 8e-7 relative; 88.0 -> 73.2 M MACs, weight depth 53 -> 43);
+  ``merged_interior``: 0.78 / 0.70 (weight depth 33, 5e-4 relative on logits).
+* ResNet-18, ``merged_exact``: 1.16 / 1.00, i.e. no gain (only BatchNorm
+  folding is exact: with ``relu1`` gone, the two 3x3 convs of a block meet the
+  zero padding; the batch-1 figure is within this machine's noise for a 8 ms
+  call); ``merged_interior``: 0.85 / 0.91, from one merge in ``layer4/1`` on
+  its 2x2 map, where the ring is the whole map (logits change, ~0.33 relative).
+* The identity form itself is 0.95-1.00 of the dense network.
+* An earlier run with ``--allocators`` found the two allocator settings equal
+  within noise for JAX.
 """
 from __future__ import annotations
 
