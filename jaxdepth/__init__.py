@@ -18,5 +18,6 @@ from jaxdepth.training import TrainState, evaluate, fit, make_mesh
 from jaxdepth import driver, methods, report
 from jaxdepth.methods import Easier
 from jaxdepth import equivalence, surgery
+from jaxdepth import nnx_bridge
 
 __version__ = "0.1.0"
