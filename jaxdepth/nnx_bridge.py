@@ -8,7 +8,7 @@ it (``nnx.Param`` for ``params``, ``nnx.BatchStat`` for ``batch_stats``);
 ``nnx.Optimizer`` can go straight into a method or a surgery pass::
 
     model = nnx_bridge.to_nnx(spec, variables)
-    logits = model(x, train=False)                      # same call options as Network
+    logits = model(x, train=False, gates=None)          # train mode updates batch_stats
     optimizer = nnx.Optimizer(model, optax.adam(1e-3), wrt=nnx.Param)
     ...
     shallow = surgery.collapse(spec, nnx_bridge.variables_of(model))
@@ -58,7 +58,7 @@ def to_nnx(spec: Spec, variables: dict[str, Any], *, dtype=None, rngs: nnx.Rngs 
       ``nnx.Rngs(params=0, dropout=0)``.
 
   Returns:
-    The module; call it as ``Network`` (``train=``, ``gates=``, ...). In train mode
+    The module; call it with ``train=`` and ``gates=`` as ``Network``. In train mode
     its BatchNorm statistics update in place.
   """
   model = NNXNetwork(spec, dtype=dtype, rngs=rngs or nnx.Rngs(params=0, dropout=0))
