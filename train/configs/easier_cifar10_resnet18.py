@@ -14,22 +14,9 @@ training epoch, train mode, zeros ON). The official validation split keeps the
 training augmentation: --set val_augment=True reproduces that.
 """
 
+from train.configs import cifar10_resnet18
+
 
 def get_config():
-  return dict(
-      model="resnet18",
-      dataset="cifar10",
-      val_fraction=0.1,
-      epochs=160,
-      batch_size=128,
-      optimizer="sgd",
-      lr=0.1,
-      momentum=0.9,
-      weight_decay=1e-4,
-      milestones=(80, 120),
-      gamma=0.1,
-      eval_batch_size=500,
-      iterations=None,
-      tolerance=1.0,
-      estimator="easier",
-  )
+  # The recipe is cifar10_resnet18's (the same Table 4 row); EASIER adds its own keys.
+  return dict(cifar10_resnet18.get_config(), iterations=None, tolerance=1.0, estimator="easier")
