@@ -98,14 +98,14 @@ def spatial_prefix(spec: S.Spec) -> S.Spec | None:
         shape = o
         continue
       if isinstance(n, S.Sequential):
-        inner, _ = cut(n.layers, shape, prefix + n.name + S.SEP)
+        inner = cut(n.layers, shape, prefix + n.name + S.SEP)
         if inner:
           out.append(dataclasses.replace(n, layers=inner))
-      return tuple(out), True
-    return tuple(out), False
+      break
+    return tuple(out)
 
-  layers, _ = cut(spec.layers, spec.input_shape, "")
-  return S.Spec(spec.input_shape, layers, name=f"{spec.name}_features")
+  return S.Spec(spec.input_shape, cut(spec.layers, spec.input_shape, ""),
+                name=f"{spec.name}_features")
 
 
 def _window_ring(r, shape_in, shape_out, kernel, stride, padding) -> int:
