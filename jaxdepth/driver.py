@@ -306,7 +306,8 @@ def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:
 def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, total, workdir,
                trainer, mesh, dtype, eval_batch_size, checkpoint_epochs):
   """One train → evaluate → measure → decide → apply round; saves the iteration's model."""
-  removed = tuple(s for s in spec.sites() if s not in method.live_sites(spec, state))
+  live = set(method.live_sites(spec, state))
+  removed = tuple(s for s in spec.sites() if s not in live)
   options = method.train_options(spec, state)
   it_dir = _iteration_dir(workdir, it)
   trained = trainer(spec, variables, dataset, recipe, gates=options.gates,
