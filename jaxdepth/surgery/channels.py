@@ -39,6 +39,7 @@ import numpy as np
 
 from jaxdepth import spec as S
 from jaxdepth.surgery import _tree
+from jaxdepth.surgery import linear as L
 
 __all__ = ["cut_channels"]
 
@@ -143,12 +144,6 @@ class _Cutter:
       self.new_counts[path] = np.asarray(self.counts[path])[:, keep]
 
 
-def _bn_affine(node_vars, eps):
-  p, st = node_vars["params"], node_vars["batch_stats"]
-  s = np.asarray(p["scale"], np.float64) / np.sqrt(np.asarray(st["var"], np.float64) + eps)
-  return s, np.asarray(p["bias"], np.float64) - np.asarray(st["mean"], np.float64) * s
-
-
 def _producer(cutter: _Cutter, view, i, cut, keep) -> bool:
   """Stages the backward cuts from site ``view[i]``; False if impossible."""
   j = i - 1
@@ -190,7 +185,7 @@ def _consumer(cutter: _Cutter, view, i, cut, keep) -> bool:
     elif isinstance(n, S.Flatten):
       flat_positions = int(np.prod(e.in_shape[:-1]))
     elif isinstance(n, S.BatchNorm) and flat_positions is None:
-      s, t = _bn_affine(cutter.vars(e.path), n.epsilon)
+      s, t = L.bn_affine(n, cutter.vars(e.path))
       value = s[cut] * value + t[cut]
       cutter.cut_bn(e.path, keep)
     elif flat_positions is None and _is_depthwise(n, cutter.vars(e.path), channels):

@@ -57,7 +57,7 @@ import numpy as np
 
 from jaxdepth import spec as S
 
-__all__ = ["LinearOp", "NotMergeable", "from_node", "to_node", "compose", "add", "identity",
+__all__ = ["LinearOp", "NotMergeable", "bn_affine", "from_node", "to_node", "compose", "add", "identity",
            "crop", "is_affine"]
 
 
@@ -141,6 +141,14 @@ def _out_size(n, k, s, lo, hi) -> int:
 # ----------------------------------------------------------------- nodes <-> ops
 
 
+def bn_affine(node: S.BatchNorm, node_vars) -> tuple[np.ndarray, np.ndarray]:
+  """``(s, t)`` of an eval-mode BatchNorm ``y = s x + t`` (float64): ``s = γ/√(σ²+ε)``, ``t = β − μ s``."""
+  params, stats = node_vars["params"], node_vars["batch_stats"]
+  s = np.asarray(params["scale"], np.float64) / np.sqrt(
+      np.asarray(stats["var"], np.float64) + node.epsilon)
+  return s, np.asarray(params["bias"], np.float64) - np.asarray(stats["mean"], np.float64) * s
+
+
 def from_node(node: S.Node, node_vars, in_shape, *, ring: int = 0) -> LinearOp:
   """Reads a Conv, Dense or (eval-mode) BatchNorm node and its variables.
 
@@ -169,13 +177,8 @@ def from_node(node: S.Node, node_vars, in_shape, *, ring: int = 0) -> LinearOp:
             else np.zeros(node.features))
     return LinearOp(kernel, bias, one, zero, 1, in_shape, ring=ring, has_bias=node.bias)
   if isinstance(node, S.BatchNorm):
-    stats = node_vars["batch_stats"]
-    scale = np.asarray(params["scale"], np.float64)
-    shift = np.asarray(params["bias"], np.float64)
-    mean = np.asarray(stats["mean"], np.float64)
-    var = np.asarray(stats["var"], np.float64)
-    s = scale / np.sqrt(var + node.epsilon)
-    return LinearOp(s.reshape(1, 1, 1, c), shift - mean * s, one, zero, c, in_shape, ring=ring)
+    s, t = bn_affine(node, node_vars)
+    return LinearOp(s.reshape(1, 1, 1, c), t, one, zero, c, in_shape, ring=ring)
   raise TypeError(f"{type(node).__name__} is not an affine node (Conv, Dense, BatchNorm)")
 
 
