@@ -38,6 +38,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from jaxdepth import spec as S
+from jaxdepth import stats
 from jaxdepth.surgery import _tree
 from jaxdepth.surgery import linear as L
 
@@ -64,9 +65,8 @@ def _is_depthwise(n: S.Node, node_vars, channels: int) -> bool:
 
 
 def _passes_channels(n: S.Node) -> bool:
-  """Per-channel nodes that need no edit when a channel goes."""
-  return isinstance(n, (S.Act, S.Dropout)) or (
-      isinstance(n, S.Pool) and n.op in ("max", "avg", "global_avg", "adaptive_avg"))
+  """Per-channel nodes that need no edit when a channel goes (every pool op is per-channel)."""
+  return isinstance(n, (S.Act, S.Dropout, S.Pool))
 
 
 def _roots(nodes, prefix, shape):
@@ -259,7 +259,7 @@ def cut_channels(spec: S.Spec, variables, site_counts: Mapping[str, object], *,
     for i, e in enumerate(view):
       if e.path not in counts or nodes[e.path].fn not in _RECTIFIERS:
         continue
-      off = np.asarray(counts[e.path])[0] == 0
+      off = np.array(stats.always_off(counts[e.path]))
       if not off.any():
         continue
       if off.all():
