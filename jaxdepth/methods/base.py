@@ -106,19 +106,18 @@ class Method(Protocol):
 
 def removed_sites(spec: Spec, gates) -> tuple[str, ...]:
   """Sites of ``spec`` whose gate is 0, in call order."""
-  gates = np.asarray(jax.device_get(gates))
-  _check_gates(spec, gates)
-  return tuple(s for s, g in zip(spec.sites(), gates) if g == 0)
+  return tuple(s for s, g in _site_gates(spec, gates) if g == 0)
 
 
 def live_sites(spec: Spec, gates) -> tuple[str, ...]:
   """Sites of ``spec`` whose gate is not 0, in call order."""
+  return tuple(s for s, g in _site_gates(spec, gates) if g != 0)
+
+
+def _site_gates(spec: Spec, gates):
+  """``(site, gate)`` pairs on the host, after checking the gates' shape."""
   gates = np.asarray(jax.device_get(gates))
-  _check_gates(spec, gates)
-  return tuple(s for s, g in zip(spec.sites(), gates) if g != 0)
-
-
-def _check_gates(spec: Spec, gates: np.ndarray) -> None:
   if gates.shape != (len(spec.sites()),):
     raise ValueError(f"gates must have shape ({len(spec.sites())},), one per live site of "
                      f"{spec.name!r}, got {gates.shape}")
+  return zip(spec.sites(), gates)
