@@ -100,8 +100,6 @@ class Node:
       v = getattr(self, f.name)
       if isinstance(v, tuple) and v and isinstance(v[0], Node):
         v = [c.to_dict() for c in v]
-      elif isinstance(v, tuple) and not v and f.name in ("layers", "branch", "shortcut", "post"):
-        v = []
       out[f.name] = _jsonable(v)
     return out
 
@@ -321,8 +319,6 @@ class Pool(Node):
     if oh <= 0 or ow <= 0:
       raise SpecError(f"node {path!r}: pool window {self.window} does not fit the {h}x{w} input")
     return (oh, ow, c)
-
-
 
 
 @dataclasses.dataclass(frozen=True)
