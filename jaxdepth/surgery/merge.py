@@ -107,9 +107,7 @@ def _segment_node(elems, op: L.LinearOp):
   if not weights:
     return None
   dense = all(not isinstance(e.node, S.Conv) for e in elems)
-  if not op.spatial and op.groups != 1:
-    return None
-  try:
+  try:                       # to_node refuses a grouped op on non-spatial input too
     node, node_vars = L.to_node(op, weights[0].name, dense=dense)
   except L.NotMergeable:
     return None
