@@ -26,6 +26,7 @@ from collections.abc import Callable, Mapping
 import jax
 import jax.numpy as jnp
 
+from jaxdepth import costs
 from jaxdepth import spec as S
 from jaxdepth.surgery import _tree
 
@@ -44,18 +45,14 @@ def _walk(nodes, prefix=""):
 
 def work(nodes, in_shape) -> int:
   """Multiply-accumulates per example of ``nodes`` run on ``in_shape`` (see module doc)."""
-  shapes = S.Spec(tuple(in_shape), tuple(nodes), name="probe").shapes()
-  total = 0
-  for path, n in _walk(nodes):
-    shape_in, shape_out = shapes[path]
-    if isinstance(n, S.Conv):
-      total += math.prod(shape_out) * math.prod(n.kernel) * (shape_in[-1] // n.groups)
-    elif isinstance(n, S.Dense):
-      total += math.prod(shape_in) * n.features
-    elif isinstance(n, S.BatchNorm):
-      total += math.prod(shape_in)
+  probe = S.Spec(tuple(in_shape), tuple(nodes), name="probe")
+  shapes = probe.shapes()
+  total = costs.count_macs(probe)
+  for path, n in probe.walk():
+    if isinstance(n, S.BatchNorm):
+      total += math.prod(shapes[path][0])
     elif isinstance(n, S.Block):
-      total += math.prod(shape_out)
+      total += math.prod(shapes[path][1])
   return total
 
 
