@@ -55,13 +55,13 @@ def fold_batchnorm(spec: S.Spec, variables, *, log: list | None = None):
 
   def fold(prefix, nodes, in_shape):
     nodes = list(nodes)
+    shapes = _tree.list_shapes(nodes, in_shape, prefix)   # folds keep every other shape
     i = 0
     while i < len(nodes):
       bn = nodes[i]
       if not isinstance(bn, S.BatchNorm):
         i += 1
         continue
-      shapes = _tree.list_shapes(nodes, in_shape, prefix)
       bn_op = op(prefix, bn, shapes[i][0])
       j = _neighbour(nodes, i, -1)
       if j is not None and isinstance(nodes[j], (S.Conv, S.Dense)):
@@ -83,7 +83,7 @@ def fold_batchnorm(spec: S.Spec, variables, *, log: list | None = None):
                               f"{prefix + bn.name} folded into {target.name}",
                               exact=merged.exact, ring=merged.ring))
       nodes[j] = node
-      del nodes[i]
+      del nodes[i], shapes[i]
     return tuple(nodes)
 
   spec = _tree.rewrite_lists(spec, fold)
