@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import re
 import sys
 import time
 from typing import Any
@@ -52,12 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", help=f"an easier_* config file or name in train/configs/ "
                                   f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
-  p.add_argument("--model", help="a zoo model (overrides the config's)")
-  p.add_argument("--dataset", help="a dataset name (overrides the config's)")
-  p.add_argument("--workdir", help="run directory (default: runs/easier-<model>-<dataset>)")
-  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
-  p.add_argument("--seed", type=int, help="overrides the config's seed")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+  config_lib.add_run_arguments(
+      p, workdir_help="run directory (default: runs/easier-<model>-<dataset>)")
   p.add_argument("--iterations", type=int,
                  help="training rounds (default: the config's, else one per site)")
   p.add_argument("--tolerance", type=float,
@@ -69,11 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "(the paper)")
   p.add_argument("--entropy-split", "--entropy_split", dest="entropy_split",
                  choices=("train", "val"), help="split of the 'dataset' estimator")
-  p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                 metavar="KEY=VALUE", help="override config keys, e.g. --set epochs=2 lr=0.01")
-  p.add_argument("--multihost", action="store_true",
-                 help="call jax.distributed.initialize() (multi-process runs)")
-  p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+  config_lib.add_launch_arguments(p)
   return p
 
 
@@ -104,22 +95,14 @@ def default_config(model: str | None, dataset: str | None) -> str:
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
   """The config file, then ``--set``, then the dedicated flags."""
-  cfg = config_lib.override(load_config(args.config or default_config(args.model, args.dataset)),
-                            args.overrides)
-  for key in ("model", "dataset", "data_dir", "seed", "dtype", "iterations", "tolerance",
-              "estimator", "entropy_split"):
-    if getattr(args, key) is not None:
-      cfg[key] = getattr(args, key)
-  return cfg
+  return config_lib.resolve(
+      args.config or default_config(args.model, args.dataset), args,
+      extra_defaults=METHOD_DEFAULTS,
+      flags=config_lib.RUN_FLAGS + ("iterations", "tolerance", "estimator", "entropy_split"))
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  name = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg['model']}-{cfg['dataset']}").strip("_")
-  return pathlib.Path("runs") / f"easier-{name}"
-
-
-def _message(error: Exception) -> str:
-  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  return pathlib.Path("runs") / f"easier-{config_lib.run_name(cfg)}"
 
 
 # -------------------------------------------------------------------------- main
@@ -130,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
   maybe_initialize_distributed(args.multihost)
 
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, data, driver, report, training, zoo  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, data, driver, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
@@ -140,21 +122,17 @@ def main(argv: list[str] | None = None) -> int:
     recipe = config_lib.recipe_of(cfg)
     method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    print(f"error: {_message(e)}", file=sys.stderr)
+    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
     return 2
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
 
   try:
-    ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
-                   split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                   image_size=cfg["image_size"], normalization=cfg["normalization"])
-    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
-                   **cfg["model_kwargs"])
+    ds, spec = config_lib.dataset_and_spec(cfg)
   except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    print(f"error: {_message(e)}", file=sys.stderr)
+    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
     return 2
-  dtype = {"float32": None, "bfloat16": jnp.bfloat16}[cfg["dtype"]]
+  dtype = config_lib.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
       f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import pathlib
-import re
 import sys
 import time
 from typing import Any
@@ -37,28 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   p.add_argument("--config", default="digits",
                  help="a config file or a name in train/configs/ (default: digits)")
-  p.add_argument("--model", help="a zoo model (overrides the config's)")
-  p.add_argument("--dataset", help="a dataset name (overrides the config's)")
-  p.add_argument("--workdir", help="run directory (default: runs/<model>-<dataset>)")
-  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
-  p.add_argument("--seed", type=int, help="overrides the config's seed")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
-  p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                 metavar="KEY=VALUE", help="override config keys, e.g. --set epochs=2 lr=0.01")
-  p.add_argument("--multihost", action="store_true",
-                 help="call jax.distributed.initialize() (multi-process runs)")
-  p.add_argument("--no-progress", dest="progress", action="store_false",
-                 help="no progress bar")
+  config_lib.add_run_arguments(p, workdir_help="run directory (default: runs/<model>-<dataset>)")
+  config_lib.add_launch_arguments(p)
   return p
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--set``, then the dedicated flags."""
-  cfg = config_lib.override(config_lib.load(args.config), args.overrides)
-  for key in ("model", "dataset", "data_dir", "seed", "dtype"):
-    if getattr(args, key) is not None:
-      cfg[key] = getattr(args, key)
-  return cfg
 
 
 def maybe_initialize_distributed(multihost: bool) -> None:
@@ -82,8 +62,7 @@ def maybe_initialize_distributed(multihost: bool) -> None:
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return pathlib.Path("runs") / re.sub(r"[^A-Za-z0-9_.-]+", "_",
-                                       f"{cfg['model']}-{cfg['dataset']}").strip("_")
+  return pathlib.Path("runs") / config_lib.run_name(cfg)
 
 
 def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
@@ -101,11 +80,6 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
           f"({'; '.join(diffs)}). Use another --workdir, or delete {workdir} to start over.")
 
 
-def _message(error: Exception) -> str:
-  """The text of an error (a KeyError's str() would add quotes)."""
-  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
-
-
 def _json_default(value):
   return str(value)
 
@@ -115,14 +89,13 @@ def main(argv: list[str] | None = None) -> int:
   maybe_initialize_distributed(args.multihost)
 
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, data, network, training, zoo  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, data, network, training  # pylint: disable=import-outside-toplevel
 
   try:
-    cfg = resolve_config(args)
+    cfg = config_lib.resolve(args.config, args)
     recipe = config_lib.recipe_of(cfg)
   except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    print(f"error: {_message(e)}", file=sys.stderr)
+    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
     return 2
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
   conflict = workdir_conflict(workdir, cfg)
@@ -134,19 +107,11 @@ def main(argv: list[str] | None = None) -> int:
 
   # ----------------------------------------------------------------- data, model
   try:
-    ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
-                   split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                   image_size=cfg["image_size"], normalization=cfg["normalization"])
-  except (data.DatasetNotPrepared, ValueError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
+    ds, spec = config_lib.dataset_and_spec(cfg)
+  except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
+    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
     return 2
-  try:
-    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
-                   **cfg["model_kwargs"])
-  except (KeyError, TypeError, ValueError) as e:
-    print(f"error: {_message(e)}", file=sys.stderr)
-    return 2
-  dtype = {"float32": None, "bfloat16": jnp.bfloat16}[cfg["dtype"]]
+  dtype = config_lib.compute_dtype(cfg["dtype"])
   variables = network.init(spec, jax.random.key(cfg["seed"]))
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
