@@ -31,14 +31,6 @@ from jaxdepth.spec import (
 __all__ = ["resnet18", "resnet20", "mobilenet_v2", "vgg16_bn", "digits_cnn", "get", "names"]
 
 
-def _conv_bn(prefix: str, features: int, kernel: int, stride: int = 1, groups: int = 1,
-             ) -> tuple[Node, Node]:
-  """A bias-free ``kernel x kernel`` conv with 'same'-style padding, then BN."""
-  return (Conv(f"{prefix}conv", features=features, kernel=kernel, stride=stride,
-               padding=kernel // 2, groups=groups, bias=False),
-          BatchNorm(f"{prefix}bn"))
-
-
 def _check_positive(what: str, value) -> None:
   if not isinstance(value, int) or value <= 0:
     raise ValueError(f"{what} must be a positive int, got {value!r}")
@@ -73,12 +65,13 @@ def basic_block(name: str, in_features: int, features: int, stride: int) -> Bloc
   return Block(name, branch=branch, shortcut=shortcut, post=(Act("relu2"),))
 
 
-def _resnet_stages(widths, blocks_per_stage, first_stride, in_features) -> tuple[Node, ...]:
+def _resnet_stages(widths, blocks_per_stage, in_features) -> tuple[Node, ...]:
+  """Stages ``layer1``, ``layer2``, ...; every stage after the first halves the map."""
   stages = []
   for i, (width, n) in enumerate(zip(widths, blocks_per_stage)):
     blocks = []
     for j in range(n):
-      stride = (first_stride if i == 0 else 2) if j == 0 else 1
+      stride = 2 if i > 0 and j == 0 else 1
       blocks.append(basic_block(str(j), in_features, width, stride))
       in_features = width
     stages.append(Sequential(f"layer{i + 1}", layers=tuple(blocks)))
@@ -114,7 +107,7 @@ def resnet18(num_classes: int = 10, stem: str = "cifar", input_shape=None) -> Sp
     raise ValueError(f"unknown ResNet stem {stem!r}; expected 'cifar' or 'imagenet'")
   layers = (conv1, BatchNorm("bn1"), Act("relu"),
             Pool("maxpool", "max", window=3, stride=2, padding=1),
-            *_resnet_stages((64, 128, 256, 512), (2, 2, 2, 2), 1, 64),
+            *_resnet_stages((64, 128, 256, 512), (2, 2, 2, 2), 64),
             Pool("avgpool", "global_avg"), Dense("fc", features=num_classes))
   return Spec(shape, layers, name=f"resnet18_{stem}")
 
@@ -137,7 +130,7 @@ def resnet20(num_classes: int = 10, width: int = 16, input_shape=(32, 32, 3)) ->
   _check_positive("num_classes", num_classes)
   _check_positive("width", width)
   layers = (Conv("conv1", features=width, kernel=3, padding=1), BatchNorm("bn1"), Act("relu"),
-            *_resnet_stages((width, 2 * width, 4 * width), (3, 3, 3), 1, width),
+            *_resnet_stages((width, 2 * width, 4 * width), (3, 3, 3), width),
             Pool("avgpool", "global_avg"), Dense("fc", features=num_classes))
   return Spec(_input_shape(input_shape, (32, 32, 3)), layers, name="resnet20")
 
@@ -160,8 +153,11 @@ def _make_divisible(value: float, divisor: int = 8) -> int:
 
 def _conv_bn_relu6(name: str, features: int, kernel: int, stride: int = 1,
                    groups: int = 1) -> Sequential:
-  return Sequential(name, layers=(*_conv_bn("", features, kernel, stride, groups),
-                                  Act("relu6", fn="relu6")))
+  """A bias-free conv with 'same'-style padding, BN, ReLU6 (torchvision's ConvBNReLU)."""
+  return Sequential(name, layers=(
+      Conv("conv", features=features, kernel=kernel, stride=stride, padding=kernel // 2,
+           groups=groups, bias=False),
+      BatchNorm("bn"), Act("relu6", fn="relu6")))
 
 
 def inverted_residual(name: str, in_features: int, features: int, stride: int,
