@@ -312,14 +312,12 @@ def init(spec: S.Spec, rng: jax.Array, *, dtype=None) -> dict[str, Any]:
   ``Network(spec).init(rng, x)`` but are repeatable for a given ``rng``.
   """
   x = jnp.zeros((1, *spec.input_shape), jnp.float32)
-  variables = jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x)
-  return {k: v for k, v in variables.items()}
+  return dict(jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x))
 
 
 def site_stats_by_path(collection) -> dict[str, jax.Array]:
   """Flattens a sown ``site_stats`` collection to ``{site path: (3, C) counts}``."""
-  flat = traverse_util.flatten_dict(collection, sep=S.SEP)
-  return dict(flat)
+  return traverse_util.flatten_dict(collection, sep=S.SEP)
 
 
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
