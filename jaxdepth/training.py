@@ -341,8 +341,9 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
   for batch in split.batches(local, drop_remainder=False, **process_kw):
     metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats)
     sums = jax.tree.map(jnp.add, sums, metrics)
+  sums = jax.device_get(sums)
   mean = mean_metrics(sums)
-  return Evaluation(mean["loss"], mean["accuracy"], int(jax.device_get(sums["count"])), stats)
+  return Evaluation(mean["loss"], mean["accuracy"], int(sums["count"]), stats)
 
 
 def _per_process(batch_size: int) -> tuple[int, dict[str, int]]:
@@ -469,22 +470,20 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
          "custom_tx": custom_tx,
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist()}
 
-  state = TrainState.create(variables, tx, seed)
-  loop = {"metrics": _zero_metrics(),
-          "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}
+  state = replicate(TrainState.create(variables, tx, seed), mesh)
+  loop = replicate({"metrics": _zero_metrics(),
+                    "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}, mesh)
   history: list[dict[str, Any]] = []
   ckpt = log = None
   if workdir is not None:
     workdir = pathlib.Path(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", spec)
     if ckpt.latest_step() is not None:
-      where = f"work directory {workdir}"
-      _check_same_run(ckpt.meta(), recipe, run, where)
-      restored = ckpt.restore(replicate(state, mesh), extra=replicate(loop, mesh))
+      _check_same_run(ckpt.meta(), recipe, run, f"work directory {workdir}")
+      restored = ckpt.restore(state, extra=loop)   # restored leaves keep the replicated shardings
       state, loop = restored.state, restored.extra
       history = list(restored.meta.get("history", []))
     log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
-  state, loop = replicate(state, mesh), replicate(loop, mesh)
   if gates is not None:
     gates = replicate(jnp.asarray(gates, jnp.float32), mesh)
 
@@ -518,13 +517,13 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
           loop["stats"] = stats
         step += 1
         bar.update(1)
-        if step % log_every == 0 or step % spe == 0:
+        if step % spe == 0:
+          break   # the epoch's metrics are checked and shown below
+        if step % log_every == 0:
           running = mean_metrics(loop["metrics"])
           _check_loss(running["loss"], epoch, step, ckpt)
           bar.set_postfix(epoch=epoch + 1, loss=f"{running['loss']:.4f}",
                           acc=f"{running['accuracy']:.3f}", refresh=False)
-        if step % spe == 0:
-          break
         if checkpoint_every_steps and step % checkpoint_every_steps == 0:
           _check_loss(mean_metrics(loop["metrics"])["loss"], epoch, step, ckpt)
           save(step)
@@ -535,12 +534,14 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       _check_loss(train["loss"], epoch, step, ckpt)
       record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
                 "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
+      postfix = {"epoch": epoch + 1, "loss": f"{train['loss']:.4f}",
+                 "acc": f"{train['accuracy']:.3f}"}
       if dataset.val is not None and ((epoch + 1) % eval_every == 0 or last):
         val = evaluate(spec, state.variables, dataset.val, batch_size=eval_batch_size,
                        gates=gates, mesh=mesh, dtype=dtype)
         record.update(val_loss=val.loss, val_accuracy=val.accuracy)
-        bar.set_postfix(epoch=epoch + 1, loss=f"{train['loss']:.4f}",
-                        acc=f"{train['accuracy']:.3f}", val_acc=f"{val.accuracy:.3f}")
+        postfix["val_acc"] = f"{val.accuracy:.3f}"
+      bar.set_postfix(**postfix)
       record["seconds"] = round(time.perf_counter() - tic, 3)
       history.append(record)
       loop["metrics"] = replicate(_zero_metrics(), mesh)
