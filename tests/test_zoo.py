@@ -40,7 +40,8 @@ def test_parameter_counts_match_pytorch(name, kwargs, expected):
 
 @pytest.mark.parametrize("name, sites", [
     ("resnet18", 17), ("resnet18_imagenet", 17), ("resnet20", 19), ("mobilenet_v2", 35),
-    ("mobilenet_v2_imagenet", 35), ("vgg16_bn", 15), ("digits_cnn", 6)])
+    ("mobilenet_v2_imagenet", 35), ("vgg16_bn", 15), ("digits_cnn", 6),
+    ("digits_plain", 5)])
 def test_site_counts(name, sites):
   spec = zoo.get(name)
   assert len(spec.sites()) == sites
@@ -168,9 +169,24 @@ def test_digits_cnn_trains_above_95_percent():
   assert float(np.mean(np.argmax(logits, -1) == y_test)) > 0.95
 
 
+def test_digits_plain_layout():
+  spec = zoo.digits_plain()
+  shapes = spec.shapes()
+  assert [shapes[f"conv{i}"][1] for i in range(1, 6)] == [
+      (6, 6, 32), (4, 4, 32), (2, 2, 64), (1, 1, 128), (1, 1, 128)]
+  convs = [n for _, n in spec.walk() if isinstance(n, Conv)]
+  assert all(c.padding == ((0, 0), (0, 0)) for c in convs)     # unpadded: merges are exact
+  assert spec.sites() == tuple(f"relu{i}" for i in range(1, 6))
+  assert shapes["avgpool"][1] == (10,)
+  # 9*32 + 9*32*32 + 9*32*64 + 4*64*128 + 128*128 + (128*10 + 10) + 2 * (32+32+64+128+128)
+  assert costs.count_params(spec) == 79_146
+  assert costs.count_macs(spec) == 36*9*32 + 16*9*32*32 + 4*9*32*64 + 4*64*128 + 128*128 + 1280
+
+
 def test_registry_errors_are_clear():
   assert set(zoo.names()) >= {"resnet18", "resnet18_imagenet", "resnet20", "mobilenet_v2",
-                              "mobilenet_v2_imagenet", "vgg16_bn", "digits_cnn"}
+                              "mobilenet_v2_imagenet", "vgg16_bn", "digits_cnn",
+                              "digits_plain"}
   with pytest.raises(KeyError, match="unknown model 'resnet19'.*resnet18"):
     zoo.get("resnet19")
   with pytest.raises(TypeError, match="model 'resnet20'"):

@@ -24,7 +24,7 @@ finished 5-iteration run).
 
 def get_config():
   return dict(
-      model="digits_cnn",
+      model="digits_plain",
       dataset="digits",
       epochs=20,
       batch_size=64,
