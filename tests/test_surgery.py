@@ -161,7 +161,11 @@ def test_merges_are_made_only_where_they_lower_the_macs():
     log = []
     out, _ = surgery.merge_linear(spec, v, mode="interior", cost="macs", log=log)
     if merged_kernel is None:      # 5x5: 25 c^2 > 2 x 9 c^2 per position
-      assert out == spec and not log
+      assert out == spec
+      (skip,) = log                # the merge not made is logged, with its figures
+      assert skip.kind == "skip" and skip.detail == "s/a + s/b not merged"
+      assert skip.reason == (f"merging would raise the MACs ({2 * 64 * 9 * c * c:,} -> "
+                             f"{64 * 25 * c * c:,})")
     else:                          # on 2x2 the 5x5's outer taps read only padding
       (conv,) = out.layers[0].layers
       assert conv.kernel == merged_kernel
@@ -266,6 +270,51 @@ def test_projection_shortcut_is_summed_into_the_branch():
   assert seq.layers[0].kernel == (7, 7) and seq.layers[0].stride == (2, 2)  # 3 + 2 (3 - 1)
   rep = equivalence.compare(spec, v, shallow, sv, x_for(spec), border=1)
   assert rep.interior_max_rel < 1e-5
+
+
+def test_the_log_says_why_each_merge_was_skipped():
+  spec = S.with_identity(zoo.digits_cnn(width=4), ["relu", "layer1/0/relu1", "layer1/1/relu2",
+                                                   "relu2"])
+  v = random_variables(spec)
+  log = []
+  shallow, sv = surgery.collapse(spec, v, mode="exact", log=log)
+  reasons = {e.path: e.reason for e in log if e.kind == "skip"}
+  assert set(reasons) == {"relu", "layer1/0/conv1", "layer1/1/relu2", "relu2"}
+  assert "next node layer1/0 is a residual block" in reasons["relu"]
+  assert "padded 3x3 ∘ 3x3 is not exact at the border" in reasons["layer1/0/conv1"]
+  assert "ring of 1" in reasons["layer1/0/conv1"]
+  assert "alone in block layer1/1 after its addition" in reasons["layer1/1/relu2"]
+  assert "next node avgpool is a pool" in reasons["relu2"]
+  assert all(e.reason == "" for e in log if e.kind != "skip")
+  # Skips change nothing: the ring bookkeeping and the function are those of the edits made.
+  assert equivalence.border_width(shallow, log) == 0
+  flax_equal(spec, v, shallow, sv, tol=1e-5)
+  # In interior mode the padded pair may merge: on 8x8 a 5x5 costs more than two 3x3s,
+  # and without a cost to lower it is merged (so it is no longer a skip).
+  log_i = []
+  surgery.collapse(spec, v, mode="interior", log=log_i)
+  reasons_i = {e.path: e.reason for e in log_i if e.kind == "skip"}
+  assert reasons_i["layer1/0/conv1"] == f"merging would raise the MACs ({2 * 64 * 9 * 16:,} -> {64 * 25 * 16:,})"
+  log_n = []
+  surgery.collapse(spec, v, mode="interior", cost="none", log=log_n)
+  assert "layer1/0/conv1" not in {e.path for e in log_n if e.kind == "skip"}
+  assert any(e.kind == "merge" and e.path.startswith("layer1/0/conv1") for e in log_n)
+
+
+@pytest.mark.parametrize("removed", [("relu1",), ("relu3",), ("relu5",), ("relu2", "relu4"),
+                                     ("relu1", "relu2", "relu3", "relu4", "relu5")])
+def test_digits_plain_merges_every_removed_site_exactly(removed):
+  spec = zoo.digits_plain(width=4)
+  v = random_variables(spec, 1)
+  shallow_in = S.with_identity(spec, removed)
+  log = []
+  shallow, sv = surgery.collapse(shallow_in, v, mode="exact", log=log)
+  assert not [e for e in log if e.kind == "skip"]
+  before, after = costs.depth(shallow_in), costs.depth(shallow)
+  assert after.weight_depth == before.weight_depth - len(removed)
+  assert costs.count_macs(shallow) < costs.count_macs(shallow_in)
+  assert all(c.padding == ((0, 0), (0, 0)) for _, c in shallow.walk() if isinstance(c, S.Conv))
+  flax_equal(shallow_in, v, shallow, sv, tol=1e-5)   # equal everywhere: no border ring
 
 
 def test_resnet_block_on_a_2x2_map_merges_into_a_3x3():

@@ -27,7 +27,8 @@ class Edit(NamedTuple):
 
   Attributes:
     kind: ``fold_bn``, ``drop``, ``merge``, ``fold_residual``, ``remove_block``,
-      ``cut_channels``, ``crop``, ``inline``.
+      ``cut_channels``, ``crop``, ``inline``; or ``skip``: a merge that was
+      *not* made (the network is unchanged there; ``reason`` says why).
     path: path of the resulting (or removed) node in the spec the pass returns.
     detail: what was done, for people.
     exact: whether the new node equals what it replaced at every position.
@@ -35,6 +36,7 @@ class Edit(NamedTuple):
       differ from the original (0 when exact); later passes read it back.
     macs_before: multiply-accumulates of the replaced nodes (per example).
     macs_after: multiply-accumulates of the new node.
+    reason: why a ``skip`` was skipped (empty for the edits made).
   """
   kind: str
   path: str
@@ -43,13 +45,14 @@ class Edit(NamedTuple):
   ring: int = 0
   macs_before: int = 0
   macs_after: int = 0
+  reason: str = ""
 
 
 def rings(log: Iterable[Edit] | None) -> dict[str, int]:
   """``{path: ring}`` of the nodes a log says differ near the border (latest wins)."""
   out: dict[str, int] = {}
   for e in log or ():
-    if e.kind != "remove_block":
+    if e.kind not in ("remove_block", "skip"):
       out[e.path] = e.ring
   return {p: r for p, r in out.items() if r > 0}
 

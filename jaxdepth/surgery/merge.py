@@ -160,12 +160,34 @@ def _bias_corrected(elems, first: L.LinearOp, rest: L.LinearOp):
   return block, node_vars, main.macs + ones.macs + border.macs, main
 
 
-def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
-  """Splits one chain into segments of least total cost; returns the merged ones."""
+def _not_exact_reason(a: L.LinearOp, b: L.LinearOp, merged: L.LinearOp) -> str:
+  """Why ``b ∘ a`` is not exact everywhere, in words."""
+  (kh1, kw1), (kh2, kw2) = a.kernel.shape[:2], b.kernel.shape[:2]
+  if (kh1, kw1) == (1, 1) and not any(any(p) for p in a.padding):
+    what = f"a biased 1x1 op before a padded {kh2}x{kw2} conv"
+  else:
+    what = f"padded {kh1}x{kw1} ∘ {kh2}x{kw2}"
+  return (f"{what} is not exact at the border (the original zero-pads the map between "
+          f"them; mode='interior' merges it, differing on a ring of {merged.ring})")
+
+
+def _cost_words(value) -> str:
+  return f"{value * 1e6:.1f} µs" if isinstance(value, float) else f"{value:,}"
+
+
+def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, cost_name, max_chain):
+  """Splits one chain into segments of least total cost.
+
+  Returns:
+    ``(segments, skipped)``: the merged segments, and for every junction
+    between two neighbours of the chain that no segment spans, ``(k, reason)``
+    (``k``: the index of the first of the two).
+  """
   n = len(elems)
   ops = [L.from_node(e.node, node_vars[e.path], e.in_shape, ring=ring_of.get(e.path, 0))
          for e in elems]
   options: dict[tuple[int, int], tuple] = {}
+  why: dict[int, str] = {}     # junction k -> why the pair (k, k + 1) alone is not mergeable
   for a in range(n):
     options[(a, a)] = (cost_fn((elems[a].node,), {elems[a].node.name: node_vars[elems[a].path]},
                                elems[a].in_shape), None)
@@ -174,7 +196,9 @@ def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
       try:
         acc = L.crop(L.compose(acc, ops[b]))
         rest = ops[b] if rest is None else L.crop(L.compose(rest, ops[b]))
-      except L.NotMergeable:
+      except L.NotMergeable as e:
+        if b == a + 1:
+          why[a] = str(e)
         break
       made, op = None, acc
       if mode == "interior" or acc.lossless:
@@ -184,6 +208,9 @@ def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
         if corrected is not None:
           *made, op = corrected
       if made is None:
+        if b == a + 1:
+          why[a] = (_not_exact_reason(ops[a], ops[b], acc) if not acc.lossless else
+                    "the merged op has no node form (e.g. a grouped op on a non-spatial input)")
         continue
       node, new_vars, macs = made
       seg = _Segment(offset + a, offset + b, op, node, new_vars,
@@ -199,7 +226,27 @@ def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, max_chain):
         (pv, pc), segs = best[a]
         choices.append(((pv + value, pc + count), segs + ([seg] if seg else [])))
     best.append(min(choices, key=lambda c: c[0]))
-  return best[n][1]
+  segments = best[n][1]
+  spanned = {k for s in segments for k in range(s.first - offset, s.last - offset)}
+  skipped = []
+  for k in range(n - 1):
+    if k in spanned:
+      continue
+    if k in why:
+      skipped.append((k, why[k]))
+      continue
+    if (k, k + 1) in options:
+      apart = options[(k, k)][0][0] + options[(k + 1, k + 1)][0][0]
+      together = options[(k, k + 1)][0][0]
+      if together >= apart:
+        skipped.append((k, f"merging would raise the {cost_name} ({_cost_words(apart)} -> "
+                           f"{_cost_words(together)})"))
+        continue
+    kept = " | ".join(" + ".join(e.name for e in elems[s.first - offset:s.last - offset + 1])
+                      for s in segments) or "no merge"
+    skipped.append((k, f"the cheapest split of the chain by {cost_name} merges other "
+                       f"neighbours ({kept})"))
+  return segments, skipped
 
 
 def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "macs",
@@ -216,7 +263,10 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
     max_chain: the most ops merged into one.
     latency_batch: batch size at which ``cost="latency"`` times candidates.
     log: optional list; a :class:`~jaxdepth.surgery.Edit` per merge is appended
-      (with its ring), and the rings of earlier edits are read from it.
+      (with its ring), one of kind ``"skip"`` per pair of neighbouring affine ops
+      left unmerged (its ``reason`` says why: not exact at the border, the merge
+      would raise the cost, no common form), and the rings of earlier edits are
+      read from it.
 
   Returns:
     ``(spec, variables)``: each merged segment is one Conv (or Dense, when it was
@@ -228,15 +278,24 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
   if not isinstance(max_chain, int) or max_chain < 2:
     raise ValueError(f"max_chain must be an int >= 2, got {max_chain!r}")
   cost_fn = C.make_cost(cost, batch=latency_batch)
+  cost_name = {"macs": "MACs", "latency": "latency", "none": "node count"}[cost]
   node_vars = _tree.split_variables(spec, variables)
   ring_of = _tree.rings(log)
+  skip_seen: set[str] = set()
 
   def merge(prefix, nodes, in_shape):
     view = _tree.flat_view(nodes, prefix, in_shape)
     segments = []
     for i, j in _chains(view):
       if j - i > 1:
-        segments += _best_segments(view[i:j], i, node_vars, ring_of, mode, cost_fn, max_chain)
+        found, skipped = _best_segments(view[i:j], i, node_vars, ring_of, mode, cost_fn,
+                                        cost_name, max_chain)
+        segments += found
+        for k, reason in skipped:   # a list is seen again from every enclosing one
+          detail = f"{view[i + k].path} + {view[i + k + 1].path} not merged"
+          if log is not None and detail not in skip_seen:
+            skip_seen.add(detail)
+            log.append(_tree.Edit("skip", view[i + k].path, detail, reason=reason))
     if not segments:
       return nodes
     scopes = set().union(*(view[k].scopes for s in segments

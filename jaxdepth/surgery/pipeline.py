@@ -72,7 +72,11 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
     max_chain: the most ops merged into one.
     latency_batch: batch size at which ``cost="latency"`` times candidates.
     log: optional list; every pass appends its :class:`~jaxdepth.surgery.Edit`
-      records (pass one to :func:`jaxdepth.equivalence.border_width`).
+      records (pass one to :func:`jaxdepth.equivalence.border_width`): the
+      edits made, and a ``"skip"`` record, with its ``reason``, for every merge
+      not made (an identity site with nothing affine on one side, two
+      neighbouring ops not exact at the border in ``"exact"`` mode, a merge
+      that would raise the cost).
 
   Returns:
     ``(spec, variables)``: a normal jaxdepth model (save it with
@@ -88,8 +92,9 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
     spec, variables = residual.remove_blocks(spec, variables, remove_blocks, log=log)
   spec, variables = fold_bn.fold_batchnorm(spec, variables, log=log)
   spec, variables = noops.drop_noops(spec, variables, log=log)
+  loop_start = len(log)
   for _ in range(16):
-    before = spec
+    before, round_start = spec, len(log)
     spec, variables = merge.merge_linear(spec, variables, mode=mode, cost=cost,
                                          max_chain=max_chain, latency_batch=latency_batch,
                                          log=log)
@@ -97,4 +102,7 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
                                               latency_batch=latency_batch, log=log)
     if spec == before:
       break
+  # Each round logs the merges it skipped; only the last round's describe the result.
+  log[loop_start:] = [e for i, e in enumerate(log[loop_start:], loop_start)
+                      if e.kind != "skip" or i >= round_start]
   return merge.crop_kernels(spec, variables, log=log)
