@@ -21,12 +21,19 @@ Work directory::
     run.json             what is run (method, its options, spec, dataset, recipe, seed)
     checkpoints/         orbax, one per finished iteration: train state (variables,
                          optimizer state, rng), method state, the report so far
-    iterations/NNN/      fit's metrics.jsonl, its epoch checkpoints while it runs,
-                         and model/ (that iteration's network, removed units baked in)
+    iterations/NNN/      metrics.jsonl (one line per epoch: train loss and accuracy,
+                         validation loss and accuracy, learning rate), the epoch
+                         checkpoints while it runs, and model/ (that iteration's
+                         network, removed units baked in)
     chosen/              the operating point (spec.json + variables)
     chosen_merged/       the same collapsed by jaxdepth.surgery (BatchNorm folded,
-                         identities dropped, affine chains merged where cheaper)
-    report.json, report.md, accuracy.png, entropies.png    (:mod:`jaxdepth.report`)
+                         identities dropped, affine chains merged where exact and cheaper)
+    report.json, report.md     the report (:mod:`jaxdepth.report`)
+    accuracy.png, costs.png, training.png, <scores>.png (entropies.png)   its plots
+
+Accuracies are fractions in [0, 1] everywhere (``metrics.jsonl``,
+``report.json``, :func:`jaxdepth.training.evaluate`); only text and plots
+show percent. The tolerance is in percentage points (``tolerance_points``).
 
 Determinism: iteration ``i`` trains with the seed :func:`iteration_seed` (seed,
 i), which keys its data order, augmentation and dropout; so a killed run
@@ -55,7 +62,7 @@ from jaxdepth.methods import base
 from jaxdepth.spec import Spec
 
 __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_point",
-           "RunMismatchError"]
+           "RunMismatchError", "latencies_ms", "edit_record"]
 
 RunMismatchError = training.RunMismatchError
 LAST_REMOVAL_NOTE = ("the removal made after the last iteration is never retrained, so the "
@@ -100,19 +107,19 @@ def choose_operating_point(iterations: list[dict[str, Any]], tolerance: float) -
   """The deepest cut whose validation accuracy is within ``tolerance`` of the dense model.
 
   Args:
-    iterations: report entries (``units_removed``, ``val_accuracy`` in percent);
-      the first one is the dense model.
+    iterations: report entries (``units_removed``, ``val_accuracy`` a fraction
+      in [0, 1]); the first one is the dense model.
     tolerance: allowed drop in validation accuracy, in percentage points (>= 0).
 
   Returns:
     The chosen entry: the most ``units_removed`` among those with
-    ``val_accuracy >= dense - tolerance`` (the latest of them on a tie; the dense
-    model when none qualifies).
+    ``val_accuracy >= dense - tolerance / 100`` (the latest of them on a tie;
+    the dense model when none qualifies).
   """
   _check_tolerance(tolerance)
   if not iterations:
     raise ValueError("no iteration to choose from")
-  floor = iterations[0]["val_accuracy"] - tolerance - 1e-9
+  floor = iterations[0]["val_accuracy"] - tolerance / 100 - 1e-9
   good = [e for e in iterations if e["val_accuracy"] >= floor]
   return max(good, key=lambda e: (e["units_removed"], e["iteration"]))
 
@@ -166,10 +173,6 @@ def _fit_trainer(mesh, dtype, progress, fit_options) -> Trainer:
                         seed=seed, mesh=mesh, dtype=dtype, progress=progress, desc=desc,
                         **fit_options)
   return train
-
-
-def _percent(x: float) -> float:
-  return round(100.0 * x, 4)
 
 
 def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
@@ -277,7 +280,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
         report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total,
                                                method))
       say(f"iteration {it}: {entry['units_removed']}/{total} {method.unit}s removed, val "
-          f"{entry['val_accuracy']:.2f} %, test {entry['test_accuracy']:.2f} %; then removed "
+          f"{100 * entry['val_accuracy']:.2f} %, test {100 * entry['test_accuracy']:.2f} %; "
+          f"then removed "
           f"{', '.join(entry['removed_now']) or 'nothing'}")
       if after_iteration is not None:
         after_iteration(it, entry)
@@ -290,8 +294,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance, method.unit)
   if merge:
+    dense = checkpoint.load_model(_iteration_dir(workdir, 0) / "model")
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
-                                     eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
+                                     eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype,
+                                     dense=dense)
   report = _report(identity, entries, summary, tolerance, total, method)
   if main_process:
     report_lib.write(workdir, report)
@@ -323,6 +329,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
                       seed=iteration_seed(seed, it),
                       workdir=it_dir if checkpoint_epochs else None,
                       desc=f"iteration {it} ({len(removed)}/{total} {method.unit}s removed)")
+  _write_history(it_dir / "metrics.jsonl", trained.history)
 
   def evaluate(split, collect_stats=False):
     return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
@@ -346,25 +353,81 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       "iteration": it, "unit": method.unit, "units_removed": len(removed),
       "units_total": total, "removed": list(removed), "removed_now": list(decision.remove),
       method.score_name: scores,
-      "val_accuracy": _percent(val.accuracy), "val_loss": val.loss,
-      "test_accuracy": _percent(test.accuracy), "test_loss": test.loss,
-      "train_accuracy": _percent(last["train_accuracy"]) if "train_accuracy" in last else None,
+      "val_accuracy": val.accuracy, "val_loss": val.loss,
+      "test_accuracy": test.accuracy, "test_loss": test.loss,
+      "train_accuracy": last.get("train_accuracy"),
       "train_loss": last.get("train_loss"), "epochs": len(trained.history),
       "params": costs.count_params(shallow_spec), "macs": costs.count_macs(shallow_spec),
       "depth": costs.depth(shallow_spec)._asdict(),
+      "merged": _merged_costs(shallow_spec, shallow_variables),
   }
   if decision.details:
     entry["decision"] = decision.details
   return entry, new_variables, new_state, trained.state
 
 
-def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dtype):
+def _write_history(path: pathlib.Path, history) -> None:
+  """Writes an iteration's per-epoch records to ``metrics.jsonl`` unless fit already did."""
+  if jax.process_index() != 0 or path.exists():
+    return
+  path.parent.mkdir(parents=True, exist_ok=True)
+  path.write_text("".join(json.dumps(r) + "\n" for r in history))
+
+
+def _merged_costs(spec, variables) -> dict[str, int] | None:
+  """Params, MACs and depths of ``spec`` once collapsed by exact surgery (``None`` without it)."""
+  try:
+    from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  merged_spec, _ = surgery.collapse(spec, variables, mode="exact")
+  d = costs.depth(merged_spec)
+  return {"params": costs.count_params(merged_spec), "macs": costs.count_macs(merged_spec),
+          "nonlinear_depth": d.nonlinear_depth, "weight_depth": d.weight_depth}
+
+
+def edit_record(edit) -> dict[str, Any]:
+  """A surgery :class:`~jaxdepth.surgery.Edit` as the report's JSON."""
+  out = {"kind": edit.kind, "path": edit.path, "detail": edit.detail}
+  if edit.kind == "skip":
+    out["reason"] = edit.reason
+  else:
+    out.update(exact=edit.exact, macs_before=edit.macs_before, macs_after=edit.macs_after)
+  return out
+
+
+def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes, *, repeats: int = 7,
+                 warmup: int = 2) -> list[dict[str, Any]]:
+  """Median eval-forward latency of each model at each batch size, in milliseconds.
+
+  Each model is jitted once per batch size, run ``warmup`` times untimed (the
+  first compiles), then ``repeats`` times; the median is kept
+  (:func:`jaxdepth.surgery.measure_latency`). The models are timed side by
+  side in this process, so their ratios are what to read.
+
+  Returns:
+    ``[{"batch": b, "<name>_ms": ms, ...}]``, one row per batch size.
+  """
+  from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
+  rows = []
+  for b in dict.fromkeys(batch_sizes):
+    row = {"batch": int(b)}
+    for name, (spec, variables) in models.items():
+      row[f"{name}_ms"] = round(1e3 * surgery.measure_latency(
+          spec, variables, batch=int(b), repeats=repeats, warmup=warmup), 4)
+    rows.append(row)
+  return rows
+
+
+def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dtype, dense):
   """Collapses the chosen model with the surgery pipeline (exact passes only) and saves it.
 
   Returns the report's ``chosen.merged`` entry: where it is, how far its logits
-  are from the chosen model's on the first test batch, its test accuracy, and
-  the costs before and after; ``None`` when :mod:`jaxdepth.surgery` is not
-  installed.
+  are from the chosen model's on the first test batch, its test accuracy, the
+  costs before and after, every surgery edit made and every merge skipped
+  with its reason, and the eval latency of the dense, chosen and merged models
+  at batch 1 and at ``eval_batch_size``; ``None`` when :mod:`jaxdepth.surgery`
+  is not installed.
   """
   try:
     from jaxdepth import equivalence, surgery  # pylint: disable=import-outside-toplevel
@@ -380,12 +443,17 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
                            batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
   before, after = costs.summary(spec), costs.summary(merged_spec)
   return {
-      "path": "chosen_merged", "mode": "exact", "edits": len(log),
+      "path": "chosen_merged", "mode": "exact",
+      "edits": [edit_record(e) for e in log if e.kind != "skip"],
+      "skipped": [edit_record(e) for e in log if e.kind == "skip"],
       "max_abs_diff": same.max_abs, "max_rel_diff": same.max_rel,
       "top1_agreement": same.top1_agreement, "test_batch": int(x.shape[0]),
-      "test_accuracy": _percent(test.accuracy),
+      "test_accuracy": test.accuracy,
       **{f"{k}_{when}": d[k] for k in ("params", "macs", "nonlinear_depth", "weight_depth")
          for when, d in (("before", before), ("after", after))},
+      "latency": latencies_ms({"dense": dense, "chosen": (spec, variables),
+                               "merged": (merged_spec, merged_variables)},
+                              (1, eval_batch_size)),
   }
 
 
@@ -396,7 +464,7 @@ def _chosen_summary(chosen, entries, tolerance, unit) -> dict[str, Any]:
       "units_total": chosen["units_total"], "removed": chosen["removed"],
       "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
       "dense_val_accuracy": dense["val_accuracy"], "dense_test_accuracy": dense["test_accuracy"],
-      "tolerance": tolerance, "params": chosen["params"], "macs": chosen["macs"],
+      "tolerance_points": tolerance, "params": chosen["params"], "macs": chosen["macs"],
       "depth": chosen["depth"], "dense_depth": dense["depth"], "path": "chosen",
   }
 
@@ -407,6 +475,7 @@ def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, An
       "model": identity["spec"]["name"], "dataset": identity["dataset"],
       "recipe": identity["recipe"], "seed": identity["seed"], "info": identity["info"],
       "unit": method.unit, "units_total": total, "score_name": method.score_name,
-      "tolerance": tolerance, "finished": chosen is not None,
+      "score_unit": getattr(method, "score_unit", None),
+      "tolerance_points": tolerance, "finished": chosen is not None,
       "note": LAST_REMOVAL_NOTE, "iterations": entries, "chosen": chosen,
   }

@@ -1,17 +1,25 @@
-"""The report of a method run: ``report.json``, a readable ``report.md`` table and PNG plots.
+"""The report of a method run: ``report.json``, a readable ``report.md`` and PNG plots.
 
 The report is the dict :func:`jaxdepth.driver.run` builds: one entry per
 iteration in ``iterations`` (``unit`` — ``"site"`` or ``"block"`` —,
 ``units_removed``, ``units_total``, ``removed_now``, the method's scores under
-``report["score_name"]`` (EASIER: ``entropies``),
-``val_accuracy`` / ``test_accuracy`` in percent, ``params``, ``macs``,
-``depth``) and the operating point in ``chosen``. This module only presents it:
+``report["score_name"]`` (EASIER: ``entropies``, in ``report["score_unit"]``,
+bits), ``val_accuracy`` / ``test_accuracy`` as fractions in [0, 1],
+``params``, ``macs``, ``depth``, and ``merged``: the costs of that
+iteration's network once collapsed by exact surgery) and the operating point
+in ``chosen`` (with ``chosen["merged"]``: the surgery edits made, the merges
+skipped with their reasons, and latencies). This module only presents it;
+text and plots show accuracies in percent:
 
-* :func:`table`: the markdown table (also what the command line prints);
+* :func:`table`: the markdown report (also what the command line prints);
 * :func:`plot_accuracy`: accuracy against units removed, the tolerance floor
-  and the chosen point;
+  and the chosen point on the validation curve it was chosen on;
+* :func:`plot_costs`: accuracy against MACs, non-linear depth and weight
+  depth of the merged networks;
 * :func:`plot_scores`: every unit's score across iterations (a heat map;
   removed units blank), saved as ``entropies.png`` for EASIER;
+* :func:`plot_training`: per-epoch loss and accuracy of every iteration (from
+  its ``metrics.jsonl``, :func:`read_histories`);
 * :func:`write`: all of them into a directory.
 
 Plots use matplotlib's Agg backend (no display needed).
@@ -24,9 +32,10 @@ import os
 import pathlib
 from typing import Any
 
-__all__ = ["table", "write", "write_json", "plot_accuracy", "plot_scores", "score_key"]
+__all__ = ["table", "write", "write_json", "plot_accuracy", "plot_costs", "plot_scores",
+           "plot_training", "read_histories", "score_key"]
 
-_COSTS = ("params", "macs", "depth")
+_COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
           "decision", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
           "train_accuracy", "train_loss", "epochs", "seconds", *_COSTS}
@@ -43,6 +52,12 @@ def score_key(report: dict[str, Any]) -> str | None:
   return None
 
 
+def _score_label(report: dict[str, Any]) -> str:
+  key = score_key(report) or "score"
+  unit = report.get("score_unit")
+  return f"{key} ({unit})" if unit else key
+
+
 def _count(n: int) -> str:
   for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
     if n >= size:
@@ -51,18 +66,28 @@ def _count(n: int) -> str:
 
 
 def _pct(x) -> str:
-  return "–" if x is None else f"{x:.2f}"
+  """A fraction in [0, 1] as a percent with two decimals."""
+  return "–" if x is None else f"{100 * x:.2f}"
+
+
+def _merged(entry: dict[str, Any], key: str):
+  """A figure of the entry's merged network, falling back to the unmerged one."""
+  merged = entry.get("merged") or {}
+  if key in merged:
+    return merged[key]
+  return entry["macs"] if key == "macs" else entry["depth"][key]
 
 
 def table(report: dict[str, Any]) -> str:
-  """The report as markdown: a summary line, one row per iteration, the chosen model."""
+  """The report as markdown: one row per iteration, the chosen model, what surgery did."""
   key = score_key(report)
   entries = report.get("iterations", [])
+  unit = report.get("unit", "site")
   lines = [f"# {report.get('method', 'method').upper()}: {report.get('model')} on "
            f"{report.get('dataset')}", ""]
-  lines.append("| iter | removed | val % | test % | params | MACs | non-linear depth | "
-               f"lowest of {key or 'scores'} | then removed |")
-  lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
+  lines.append(f"| iter | removed | val % | test % | params | MACs (merged) | non-linear depth | "
+               f"weight depth (merged) | lowest of {_score_label(report)} | then removed |")
+  lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
   chosen = report.get("chosen") or {}
   for e in entries:
     scores = [v for v in (e.get(key) or {}).values() if isinstance(v, (int, float))]
@@ -71,32 +96,57 @@ def table(report: dict[str, Any]) -> str:
     lines.append(
         f"| {e['iteration']} | {e['units_removed']}/{e['units_total']} | "
         f"{_pct(e['val_accuracy'])} | {_pct(e['test_accuracy'])} | {_count(e['params'])} | "
-        f"{_count(e['macs'])} | {e['depth']['nonlinear_depth']} | {lowest} | "
+        f"{_count(_merged(e, 'macs'))} | {e['depth']['nonlinear_depth']} | "
+        f"{_merged(e, 'weight_depth')} | {lowest} | "
         f"{', '.join(e.get('removed_now') or []) or '–'}{mark} |")
   lines.append("")
   if chosen:
     lines.append(
         f"**Chosen** (iteration {chosen['iteration']}, marked ←): {chosen['units_removed']} of "
-        f"{chosen['units_total']} {report.get('unit', 'site')}s removed, validation {chosen['val_accuracy']:.2f} % "
-        f"(dense {chosen['dense_val_accuracy']:.2f} %, tolerance {chosen['tolerance']} points), "
-        f"test {chosen['test_accuracy']:.2f} % (dense {chosen['dense_test_accuracy']:.2f} %); "
-        f"non-linear depth {chosen['dense_depth']['nonlinear_depth']} → "
-        f"{chosen['depth']['nonlinear_depth']}. Saved in `{chosen['path']}/`.")
+        f"{chosen['units_total']} {unit}s removed, validation {_pct(chosen['val_accuracy'])} % "
+        f"(dense {_pct(chosen['dense_val_accuracy'])} %, tolerance "
+        f"{chosen['tolerance_points']} points), test {_pct(chosen['test_accuracy'])} % (dense "
+        f"{_pct(chosen['dense_test_accuracy'])} %); non-linear depth "
+        f"{chosen['dense_depth']['nonlinear_depth']} → {chosen['depth']['nonlinear_depth']}. "
+        f"Saved in `{chosen['path']}/`.")
     merged = chosen.get("merged")
     if merged:
-      lines.append("")
-      lines.append(
-          f"**Merged** (`{merged['path']}/`, test {merged['test_accuracy']:.2f} %): params "
-          f"{_count(merged['params_before'])} → "
-          f"{_count(merged['params_after'])}, MACs {_count(merged['macs_before'])} → "
-          f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
-          f"{merged['weight_depth_after']}; max abs difference {merged['max_abs_diff']:.3g}, "
-          f"max rel difference {merged['max_rel_diff']:.3g} on a test batch.")
+      lines += ["", *_merged_lines(merged)]
   else:
     lines.append("Not finished: no model chosen yet.")
   if report.get("note"):
     lines += ["", f"Note: {report['note']}."]
   return "\n".join(lines) + "\n"
+
+
+def _merged_lines(merged: dict[str, Any]) -> list[str]:
+  """The surgery paragraph: costs, equivalence, latency, edits made and merges skipped."""
+  lines = [
+      f"**Merged** (`{merged['path']}/`, {merged['mode']} surgery, test "
+      f"{_pct(merged['test_accuracy'])} %): params {_count(merged['params_before'])} → "
+      f"{_count(merged['params_after'])}, MACs {_count(merged['macs_before'])} → "
+      f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
+      f"{merged['weight_depth_after']}, non-linear depth {merged['nonlinear_depth_before']} → "
+      f"{merged['nonlinear_depth_after']}; max abs difference {merged['max_abs_diff']:.3g}, "
+      f"max rel difference {merged['max_rel_diff']:.3g} on a test batch."]
+  latency = merged.get("latency") or []
+  if latency:
+    names = [k[:-3] for k in latency[0] if k.endswith("_ms")]
+    lines += ["", "| eval latency (ms, median) | " + " | ".join(names) + " |",
+              "|---:|" + "---:|" * len(names)]
+    for row in latency:
+      lines.append(f"| batch {row['batch']} | " +
+                   " | ".join(f"{row[n + '_ms']:.3f}" for n in names) + " |")
+  edits = merged.get("edits")
+  if isinstance(edits, list):
+    lines += ["", f"Surgery edits ({len(edits)}):"]
+    lines += [f"- {e['kind']} `{e['path']}`: {e['detail']}" +
+              ("" if e.get("exact", True) else " (not exact at the border)") for e in edits]
+  skipped = merged.get("skipped")
+  if isinstance(skipped, list):
+    lines += ["", f"Merges skipped ({len(skipped)}):" if skipped else "Merges skipped: none."]
+    lines += [f"- {s['detail']}: {s['reason']}" for s in skipped]
+  return lines
 
 
 def _pyplot():
@@ -106,38 +156,105 @@ def _pyplot():
   return plt
 
 
+def _title(report: dict[str, Any]) -> str:
+  return (f"{report.get('method', '').upper()}: {report.get('model')} on "
+          f"{report.get('dataset')}")
+
+
+def _chosen_entry(report: dict[str, Any]) -> dict[str, Any] | None:
+  chosen = report.get("chosen")
+  if not chosen:
+    return None
+  return next((e for e in report["iterations"] if e["iteration"] == chosen["iteration"]), None)
+
+
+def _save(fig, path) -> pathlib.Path:
+  fig.tight_layout()
+  fig.savefig(path)
+  _pyplot().close(fig)
+  return pathlib.Path(path)
+
+
 def plot_accuracy(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
-  """Validation and test accuracy against the number of units removed (PNG)."""
+  """Validation and test accuracy (%) against the number of units removed (PNG).
+
+  The dotted line is the floor the operating point was chosen against (dense
+  validation accuracy minus the tolerance); the star marks the chosen point
+  on the validation curve.
+  """
+  return _save(_accuracy_figure(report), path)
+
+
+def _accuracy_figure(report):
   plt = _pyplot()
   entries = report["iterations"]
   x = [e["units_removed"] for e in entries]
   fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
-  ax.plot(x, [e["val_accuracy"] for e in entries], "o-", label="validation")
-  ax.plot(x, [e["test_accuracy"] for e in entries], "s--", label="test")
-  chosen = report.get("chosen")
+  ax.plot(x, [100 * e["val_accuracy"] for e in entries], "o-", label="validation")
+  ax.plot(x, [100 * e["test_accuracy"] for e in entries], "s--", label="test")
   if entries:
-    tol = report.get("tolerance", 0.0)
-    ax.axhline(entries[0]["val_accuracy"] - tol, color="tab:green", ls=":",
+    tol = report.get("tolerance_points", 0.0)
+    ax.axhline(100 * entries[0]["val_accuracy"] - tol, color="tab:green", ls=":",
                label=f"dense validation − {tol} points")
+  chosen = _chosen_entry(report)
   if chosen:
-    ax.plot([chosen["units_removed"]], [chosen["test_accuracy"]], "*", ms=16, color="tab:red",
-            label="chosen")
+    ax.plot([chosen["units_removed"]], [100 * chosen["val_accuracy"]], "*", ms=16,
+            color="tab:red", label="chosen (on validation)")
   total = entries[0]["units_total"] if entries else 0
   ax.set_xticks(range(0, max(x, default=0) + 1))
   ax.set_xlabel(f"{report.get('unit', 'site')}s removed (of {total})")
   ax.set_ylabel("top-1 accuracy (%)")
-  ax.set_title(f"{report.get('method', '').upper()}: {report.get('model')} on "
-               f"{report.get('dataset')}")
+  ax.set_title(_title(report))
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize="small")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return fig
+
+
+def plot_costs(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
+  """Accuracy (%) against the real cost of each iteration's network (PNG).
+
+  Three panels: multiply-accumulates per example, non-linear depth and weight
+  depth, of the network once collapsed by exact surgery (``entry["merged"]``;
+  the unmerged figures where surgery was not run). Each point is an
+  iteration, labelled with the units removed; the star is the chosen one.
+  """
+  return _save(_costs_figure(report), path)
+
+
+def _costs_figure(report):
+  plt = _pyplot()
+  entries = report["iterations"]
+  chosen = _chosen_entry(report)
+  panels = (("macs", "MACs per example (merged network)"),
+            ("nonlinear_depth", "non-linear depth (layers)"),
+            ("weight_depth", "weight depth (layers, merged network)"))
+  fig, axes = plt.subplots(1, 3, figsize=(13.0, 4.0), dpi=120, sharey=True)
+  for ax, (key, label) in zip(axes, panels):
+    xs = [_merged(e, key) for e in entries]
+    ax.plot(xs, [100 * e["val_accuracy"] for e in entries], "o-", label="validation")
+    ax.plot(xs, [100 * e["test_accuracy"] for e in entries], "s--", label="test")
+    for e, xv in zip(entries, xs):
+      ax.annotate(str(e["units_removed"]), (xv, 100 * e["val_accuracy"]),
+                  textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    if chosen:
+      ax.plot([_merged(chosen, key)], [100 * chosen["val_accuracy"]], "*", ms=14,
+              color="tab:red", label="chosen (on validation)")
+    ax.set_xlabel(label)
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.grid(alpha=0.3)
+  axes[0].legend(loc="best", fontsize="small")
+  fig.suptitle(f"{_title(report)}: accuracy against cost "
+               f"(labels: {report.get('unit', 'site')}s removed)")
+  return fig
 
 
 def plot_scores(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path | None:
   """Each unit's numeric score across iterations as a heat map (PNG); ``None`` without scores."""
+  fig = _scores_figure(report)
+  return None if fig is None else _save(fig, path)
+
+
+def _scores_figure(report):
   key = score_key(report)
   entries = report["iterations"]
   if key is None or not entries:
@@ -156,14 +273,62 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path
     for s in e.get("removed_now") or []:
       ax.plot(i, sites.index(s), "x", color="red", ms=8)
   ax.set_yticks(range(len(sites)), sites, fontsize="small")
+  ax.set_ylabel(f"{report.get('unit', 'site')} (call order)")
   ax.set_xticks(range(len(entries)), [str(e["iteration"]) for e in entries])
-  ax.set_xlabel("iteration (x: removed after it)")
+  ax.set_xlabel("iteration (x: removed after it; blank: removed before)")
   ax.set_title(f"{key} per {report.get('unit', 'site')}")
-  fig.colorbar(image, ax=ax, label=key)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
+  fig.colorbar(image, ax=ax, label=_score_label(report))
+  return fig
+
+
+def read_histories(directory: str | os.PathLike) -> dict[int, list[dict[str, Any]]]:
+  """``{iteration: [per-epoch record]}`` from ``directory/iterations/NNN/metrics.jsonl``."""
+  out = {}
+  for path in sorted(pathlib.Path(directory).glob("iterations/[0-9][0-9][0-9]/metrics.jsonl")):
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    if records:
+      out[int(path.parent.name)] = records
+  return out
+
+
+def plot_training(report: dict[str, Any], histories: dict[int, list[dict[str, Any]]],
+                  path: str | os.PathLike) -> pathlib.Path | None:
+  """Per-epoch training curves of every iteration (PNG); ``None`` without any.
+
+  Left: training loss (the cross-entropy, mean over the epoch's steps). Right: validation accuracy (solid) and training accuracy
+  (dashed, train mode, over the epoch) in %. One colour per iteration.
+  """
+  fig = _training_figure(report, histories)
+  return None if fig is None else _save(fig, path)
+
+
+def _training_figure(report, histories):
+  if not histories:
+    return None
+  plt = _pyplot()
+  removed = {e["iteration"]: e["units_removed"] for e in report.get("iterations", [])}
+  fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11.0, 4.0), dpi=120)
+  cmap = plt.get_cmap("viridis")
+  last = max(histories)
+  for it, records in sorted(histories.items()):
+    color = cmap(it / max(1, last))
+    label = f"iteration {it}" + (f" ({removed[it]} removed)" if it in removed else "")
+    epochs = [r["epoch"] for r in records]
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], "-", color=color, label=label)
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in records], "--", color=color)
+    val = [(r["epoch"], 100 * r["val_accuracy"]) for r in records if "val_accuracy" in r]
+    if val:
+      ax_acc.plot(*zip(*val), "-", color=color, label=label)
+  ax_loss.set_xlabel("epoch of the iteration")
+  ax_loss.set_ylabel("training loss (cross-entropy, nats)")
+  ax_loss.set_yscale("log")
+  ax_acc.set_xlabel("epoch of the iteration")
+  ax_acc.set_ylabel("top-1 accuracy (%): validation solid, train dashed")
+  for ax in (ax_loss, ax_acc):
+    ax.grid(alpha=0.3)
+  ax_loss.legend(loc="best", fontsize="x-small")
+  fig.suptitle(f"{_title(report)}: training of each iteration")
+  return fig
 
 
 def write_json(directory: str | os.PathLike, report: dict[str, Any]) -> pathlib.Path:
@@ -177,7 +342,11 @@ def write_json(directory: str | os.PathLike, report: dict[str, Any]) -> pathlib.
 
 
 def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pathlib.Path]:
-  """Writes ``report.json``, ``report.md``, ``accuracy.png`` and ``<scores>.png`` (``entropies.png``).
+  """Writes ``report.json``, ``report.md`` and the plots into ``directory``.
+
+  The plots: ``accuracy.png``, ``costs.png``, ``<scores>.png``
+  (``entropies.png``) and, when ``directory/iterations/*/metrics.jsonl`` hold
+  epochs, ``training.png``.
 
   Returns:
     ``{kind: path}`` of the files written.
@@ -188,7 +357,11 @@ def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pat
   out["markdown"] = directory / "report.md"
   if report.get("iterations"):
     out["accuracy_plot"] = plot_accuracy(report, directory / "accuracy.png")
+    out["costs_plot"] = plot_costs(report, directory / "costs.png")
     scores = plot_scores(report, directory / f"{score_key(report)}.png")
     if scores is not None:
       out["scores_plot"] = scores
+    training = plot_training(report, read_histories(directory), directory / "training.png")
+    if training is not None:
+      out["training_plot"] = training
   return out

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdepth import checkpoint, data, driver, network, optim, report, training, zoo
+from jaxdepth import checkpoint, costs, data, driver, network, optim, report, surgery, training, zoo
 from jaxdepth.methods import Easier
 from train import __main__ as cli
 
@@ -52,6 +52,8 @@ def _without_timing(report_dict):
   out = json.loads(json.dumps(report_dict))
   for entry in out["iterations"]:
     entry.pop("seconds")
+  if out.get("chosen"):
+    out["chosen"]["merged"].pop("latency")
   return out
 
 
@@ -75,7 +77,8 @@ def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(di
     lowest = min(live, key=e["entropies"].__getitem__)
     assert e["removed_now"] == [lowest]
     assert e["depth"]["nonlinear_depth"] <= 6 - i + (i > 0)  # identities shorten some path
-    assert 0 <= e["val_accuracy"] <= 100 and e["params"] > 0 and e["macs"] > 0
+    assert 0 <= e["val_accuracy"] <= 1 and 0 <= e["test_accuracy"] <= 1   # fractions
+    assert e["params"] > 0 and e["macs"] > 0
     removed += e["removed_now"]
   assert rep["chosen"]["iteration"] == driver.choose_operating_point(entries, 1.0)["iteration"]
   assert rep["finished"] and "never retrained" in rep["note"]
@@ -103,7 +106,7 @@ def test_saved_models_reload_and_score_what_the_report_says(digits, finished):
   shallow, variables = checkpoint.load_model(workdir / "chosen")
   assert set(spec.sites()) - set(shallow.sites()) == set(chosen["removed"])
   test = training.evaluate(shallow, variables, ds.test, batch_size=512)
-  assert 100 * test.accuracy == pytest.approx(chosen["test_accuracy"], abs=1e-3)
+  assert test.accuracy == pytest.approx(chosen["test_accuracy"], abs=1e-9)
   # The merged form (BatchNorm folded, identities dropped) is the same function.
   merged_spec, merged_vars = checkpoint.load_model(workdir / "chosen_merged")
   x = next(ds.test.batches(64))["image"]
@@ -114,28 +117,95 @@ def test_saved_models_reload_and_score_what_the_report_says(digits, finished):
   assert merged["max_abs_diff"] < 1e-4 * np.abs(a).max() and merged["top1_agreement"] == 1.0
   assert merged["params_after"] < merged["params_before"] == chosen["params"]
   assert not any(n.kind == "batch_norm" for _, n in merged_spec.walk())
-  assert abs(merged["test_accuracy"] - chosen["test_accuracy"]) <= 100 / 359
+  assert abs(merged["test_accuracy"] - chosen["test_accuracy"]) <= 1 / 359
   # Every iteration's model is kept; the gated run and the baked model agree.
   last = rep["iterations"][-1]
   spec_it, var_it = checkpoint.load_model(workdir / "iterations" / f"{ITERATIONS - 1:03d}" / "model")
   assert len(spec_it.sites()) == 6 - last["units_removed"]
   val = training.evaluate(spec_it, var_it, ds.val, batch_size=512)
-  assert 100 * val.accuracy == pytest.approx(last["val_accuracy"], abs=1e-3)
+  assert val.accuracy == pytest.approx(last["val_accuracy"], abs=1e-9)
+  # Each entry's merged costs are those of its model collapsed by exact surgery.
+  collapsed, _ = surgery.collapse(spec_it, var_it, mode="exact")
+  assert last["merged"] == {"params": costs.count_params(collapsed),
+                            "macs": costs.count_macs(collapsed),
+                            "nonlinear_depth": costs.depth(collapsed).nonlinear_depth,
+                            "weight_depth": costs.depth(collapsed).weight_depth}
+
+
+def test_the_merged_report_lists_edits_skips_and_latencies(digits, finished):
+  (ds, spec), (workdir, result, _) = digits, finished
+  chosen = result.report["chosen"]
+  merged = chosen["merged"]
+  shallow, variables = checkpoint.load_model(workdir / "chosen")
+  log = []
+  surgery.collapse(shallow, variables, mode="exact", log=log)
+  assert merged["edits"] == [driver.edit_record(e) for e in log if e.kind != "skip"]
+  assert merged["skipped"] == [driver.edit_record(e) for e in log if e.kind == "skip"]
+  assert {e["kind"] for e in merged["edits"]} >= {"fold_bn"}
+  assert all(s["reason"] for s in merged["skipped"])
+  # digits_cnn's removed sites sit next to residual blocks or between padded 3x3 convs.
+  assert len(merged["skipped"]) >= chosen["units_removed"] > 0
+  assert [row["batch"] for row in merged["latency"]] == [1, 512]
+  for row in merged["latency"]:
+    assert set(row) == {"batch", "dense_ms", "chosen_ms", "merged_ms"}
+    assert all(row[k] > 0 for k in row)
+  md = (workdir / "report.md").read_text()
+  assert "| batch 512 |" in md and f"Merges skipped ({len(merged['skipped'])}):" in md
+  for s in merged["skipped"]:
+    assert f"- {s['detail']}: {s['reason']}" in md
 
 
 def test_report_files(finished):
   workdir, result, _ = finished
   md = (workdir / "report.md").read_text()
   assert md == report.table(result.report)
-  assert md.count("\n| ") == ITERATIONS + 1 and "**Chosen**" in md and "never retrained" in md
-  for name in ("accuracy.png", "entropies.png"):
+  assert md.count("\n| ") == ITERATIONS + 1 + 3     # iterations and header; latency table
+  assert "**Chosen**" in md and "never retrained" in md
+  for name in ("accuracy.png", "entropies.png", "costs.png", "training.png"):
     assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  # The layout the driver's docstring (and the README) describe.
+  histories = {}
+  for it in range(ITERATIONS):
+    records = [json.loads(line) for line in
+               (workdir / "iterations" / f"{it:03d}" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1] and 0 <= records[0]["val_accuracy"] <= 1
+    assert (workdir / "iterations" / f"{it:03d}" / "model" / "spec.json").exists()
+    histories[it] = records
+  assert report.read_histories(workdir) == histories
+
+
+def test_plots_mark_the_chosen_point_on_validation_and_label_their_units(finished):
+  _, result, _ = finished
+  rep = result.report
+  chosen = next(e for e in rep["iterations"] if e["iteration"] == rep["chosen"]["iteration"])
+  fig = report._accuracy_figure(rep)
+  (star,) = [l for l in fig.axes[0].lines if l.get_label() == "chosen (on validation)"]
+  assert list(star.get_xdata()) == [chosen["units_removed"]]
+  assert list(star.get_ydata()) == [100 * chosen["val_accuracy"]]
+  assert fig.axes[0].get_ylabel() == "top-1 accuracy (%)"
+  scores = report._scores_figure(rep)
+  assert scores.axes[1].get_ylabel() == "entropies (bits)"            # the colour bar
+  costs_fig = report._costs_figure(rep)
+  assert [ax.get_xlabel() for ax in costs_fig.axes] == [
+      "MACs per example (merged network)", "non-linear depth (layers)",
+      "weight depth (layers, merged network)"]
+  xs = [list(l.get_xdata()) for l in costs_fig.axes[0].lines if l.get_label() == "validation"]
+  assert xs == [[e["merged"]["macs"] for e in rep["iterations"]]]
+  histories = {0: [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_accuracy": 0.25},
+                   {"epoch": 2, "train_loss": 0.5, "train_accuracy": 0.75}]}
+  train_fig = report._training_figure(rep, histories)
+  curves = {l.get_label(): (list(l.get_xdata()), list(l.get_ydata()))
+            for l in train_fig.axes[1].lines}
+  assert curves["iteration 0 (0 removed)"] == ([1], [25.0])
+  for f in (fig, scores, costs_fig, train_fig):
+    for ax in f.axes:
+      assert ax.get_ylabel() and (ax.get_xlabel() or ax is scores.axes[1])
 
 
 def test_choose_operating_point():
   def entry(i, val):
     return {"iteration": i, "units_removed": i, "val_accuracy": val}
-  entries = [entry(0, 90.0), entry(1, 91.0), entry(2, 89.0), entry(3, 88.9), entry(4, 70.0)]
+  entries = [entry(0, 0.90), entry(1, 0.91), entry(2, 0.89), entry(3, 0.889), entry(4, 0.70)]
   assert driver.choose_operating_point(entries, 1.0)["iteration"] == 2
   assert driver.choose_operating_point(entries, 1.1)["iteration"] == 3
   assert driver.choose_operating_point(entries, 0.0)["iteration"] == 1
@@ -218,10 +288,10 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   assert cli.main(args) == 0
   out = capsys.readouterr().out
   rep = json.loads((tmp_path / "report.json").read_text())
-  assert len(rep["iterations"]) == 2 and rep["model"] == "digits_cnn"
+  assert len(rep["iterations"]) == 2 and rep["model"] == "digits_plain"
   assert rep["method_options"] == {"estimator": "dataset", "entropy_split": "val"}
   assert report.table(rep) in out
-  assert checkpoint.load_model(tmp_path / "chosen")[0].name == "digits_cnn"
+  assert checkpoint.load_model(tmp_path / "chosen")[0].name == "digits_plain"
   # Iteration 0's entropies are the eval-mode, zeros-discarded ones of the validation split.
   spec0, vars0 = checkpoint.load_model(tmp_path / "iterations" / "000" / "model")
   counts = training.evaluate(spec0, vars0, ds.val, batch_size=512, collect_stats=True).stats.counts

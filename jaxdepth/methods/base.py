@@ -97,6 +97,10 @@ class Method(Protocol):
     name: a short name (``"easier"``), stored in the run's identity.
     unit: what the method removes: ``"site"`` or ``"block"``.
     score_name: the report key of what :meth:`measure` returns (``"entropies"``).
+
+  Optional attribute: ``score_unit``, the unit of numeric scores for the report's
+  axes and tables (``"bits"`` for entropies); read with ``getattr(method,
+  "score_unit", None)``, so a method without one still satisfies the protocol.
   """
   name: str
   unit: str

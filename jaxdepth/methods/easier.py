@@ -154,6 +154,7 @@ class Easier:
   name: str = dataclasses.field(default="easier", init=False)
   unit: str = dataclasses.field(default="site", init=False)
   score_name: str = dataclasses.field(default="entropies", init=False)
+  score_unit: str = dataclasses.field(default="bits", init=False)
 
   def __post_init__(self):
     if self.estimator not in ESTIMATORS:
