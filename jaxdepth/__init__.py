@@ -6,7 +6,7 @@ The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
 """
 from jaxdepth import entropy, spec, stats
 from jaxdepth import costs, zoo
-from jaxdepth.network import Forward, Network, forward, gates_for, init
+from jaxdepth.network import Forward, Network, forward, gates_by_site, gates_for, init
 from jaxdepth.spec import (
     Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
     SpecError, replace_node, with_identity)

@@ -31,7 +31,8 @@ from flax import traverse_util
 
 from jaxdepth import spec as S
 
-__all__ = ["Network", "init", "forward", "Forward", "gates_for", "site_stats_by_path"]
+__all__ = ["Network", "init", "forward", "Forward", "gates_for", "gates_by_site",
+           "site_stats_by_path"]
 
 STATS = "site_stats"
 
@@ -384,10 +385,50 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
                  captured)
 
 
-def gates_for(spec: S.Spec, off=()) -> jax.Array:
-  """A gate array with every live site on except those named in ``off``."""
+def gates_for(spec: S.Spec, off=(), *, values=None) -> jax.Array:
+  """A gate array, one per live site of ``spec`` in call order, built by site name.
+
+  A site whose gate is 0 computes the identity; any other gate keeps its
+  activation (1 by convention).
+
+  Args:
+    spec: the architecture.
+    off: site paths whose gate is 0.
+    values: ``{site: gate}`` (e.g. a dict read back with :func:`gates_by_site`);
+      sites named in neither are on (1).
+
+  Returns:
+    ``(len(spec.sites()),)`` float32.
+
+  Raises:
+    KeyError: a name that is not a live site of ``spec``.
+    TypeError: ``off`` given as one string instead of a collection of names.
+  """
+  if isinstance(off, str):
+    raise TypeError(f"off must be a collection of site paths, got the string {off!r}; "
+                    f"write off=[{off!r}]")
+  values = dict(values or {})
   sites = spec.sites()
-  unknown = set(off) - set(sites)
+  unknown = (set(off) | set(values)) - set(sites)
   if unknown:
-    raise KeyError(f"not live sites of {spec.name!r}: {sorted(unknown)}")
-  return jnp.asarray([0.0 if s in off else 1.0 for s in sites], jnp.float32)
+    raise KeyError(f"not live sites of {spec.name!r}: {sorted(unknown)}; its sites are "
+                   f"{list(sites)}")
+  both = set(off) & set(values)
+  if both:
+    raise ValueError(f"sites {sorted(both)} are both in off and in values; name each once")
+  return jnp.asarray([0.0 if s in off else float(values.get(s, 1.0)) for s in sites],
+                     jnp.float32)
+
+
+def gates_by_site(spec: S.Spec, gates) -> dict[str, float]:
+  """``{site: gate}`` of a gate array, in call order (the inverse of :func:`gates_for`).
+
+  Raises:
+    ValueError: ``gates`` does not have one entry per live site of ``spec``.
+  """
+  host = jax.device_get(gates)
+  shape = getattr(host, "shape", None)
+  if shape != (len(spec.sites()),):
+    raise ValueError(f"gates must have shape ({len(spec.sites())},), one per live site of "
+                     f"{spec.name!r} in call order, got {shape}")
+  return {s: float(g) for s, g in zip(spec.sites(), host)}

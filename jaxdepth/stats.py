@@ -13,7 +13,7 @@ of an epoch is one transfer, never one per batch::
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -27,19 +27,36 @@ __all__ = ["SiteStats", "empty_stats", "accumulate", "entropies", "ESTIMATORS",
 ESTIMATORS = ("easier", "egp", "dataset")
 
 
-class SiteStats(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SiteStats:
   """Per-site statistics summed over batches (a pytree).
+
+  The dicts are keyed by site path; ``sites`` (static, not a leaf) keeps the
+  spec's call order, which a pytree's dicts lose (JAX sorts dict keys when
+  flattening, so anything that went through ``jit`` comes back sorted).
 
   Attributes:
     counts: ``{site: (3, C) int32}``, total positive / negative / zero counts.
     egp_sum: ``{site: f32}``, sum over batches of :func:`~jaxdepth.entropy.egp_batch_entropy`.
     easier_sum: ``{site: f32}``, sum over batches of :func:`~jaxdepth.entropy.easier_batch_entropy`.
     batches: number of batches folded in (int32 scalar).
+    sites: the site paths in call order.
   """
   counts: dict[str, jax.Array]
   egp_sum: dict[str, jax.Array]
   easier_sum: dict[str, jax.Array]
   batches: jax.Array
+  sites: tuple[str, ...] = dataclasses.field(default=(), metadata={"static": True})
+
+  def _replace(self, **changes) -> "SiteStats":
+    """A copy with ``changes`` (the NamedTuple spelling, kept for callers)."""
+    return dataclasses.replace(self, **changes)
+
+  def ordered(self, values: dict[str, float]) -> dict[str, float]:
+    """``values`` re-keyed in call order (sites it does not hold are left out)."""
+    order = self.sites or tuple(sorted(values))
+    return {s: values[s] for s in order if s in values}
 
 
 def empty_stats(spec: Spec) -> SiteStats:
@@ -47,7 +64,7 @@ def empty_stats(spec: Spec) -> SiteStats:
   shapes = spec.shapes()
   counts = {s: jnp.zeros((3, shapes[s][0][-1]), jnp.int32) for s in spec.sites()}
   zero = {s: jnp.zeros((), jnp.float32) for s in counts}
-  return SiteStats(counts, zero, dict(zero), jnp.zeros((), jnp.int32))
+  return SiteStats(counts, zero, dict(zero), jnp.zeros((), jnp.int32), sites=spec.sites())
 
 
 def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStats:
@@ -58,11 +75,11 @@ def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStat
                for s in stats.counts},
       easier_sum={s: stats.easier_sum[s] + E.easier_batch_entropy(batch_counts[s])
                   for s in stats.counts},
-      batches=stats.batches + 1)
+      batches=stats.batches + 1, sites=stats.sites)
 
 
 def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:
-  """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`."""
+  """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`, in call order."""
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
   if estimator == "dataset":
@@ -72,7 +89,7 @@ def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:
     n = jnp.maximum(stats.batches, 1)
     values = {s: v / n for s, v in sums.items()}
   values = jax.device_get(values)
-  return {s: float(v) for s, v in values.items()}
+  return stats.ordered({s: float(v) for s, v in values.items()})
 
 
 def always_off(counts) -> jax.Array:

@@ -98,8 +98,8 @@ def test_gates_and_baked_identities_compute_the_same_network(measured):
   np.testing.assert_array_equal(np.asarray(gates), [0, 1, 1, 0])
   assert base.removed_sites(spec, gates) == ("r1", "r2")
   assert base.live_sites(spec, gates) == ("after1", "after2")
-  baked = easier.apply(spec, ("r1", "r2"))
-  assert baked.sites() == ("after1", "after2")
+  baked, baked_vars = easier.remove(spec, variables, ("r1", "r2"))   # (spec, variables) -> same
+  assert baked.sites() == ("after1", "after2") and baked_vars is variables
   gated = network.forward(spec, variables, batches[0], gates=gates).logits
   plain = network.forward(baked, variables, batches[0]).logits
   np.testing.assert_allclose(np.asarray(gated), np.asarray(plain), rtol=1e-6, atol=1e-6)
@@ -122,9 +122,11 @@ def test_bad_input_is_named(measured):
   with pytest.raises(KeyError, match=r"'r1'.*removed already"):
     easier.apply(off, ("r1",), spec=spec)
   with pytest.raises(KeyError, match="relu9"):
-    easier.apply(spec, ("relu9",))
+    easier.remove(spec, variables, ("relu9",))
+  with pytest.raises(TypeError, match=r"easier.remove\(spec, variables, sites\)"):
+    easier.apply(spec, ("r1",), spec=spec)
   with pytest.raises(TypeError, match="needs spec="):
-    easier.apply(gates, ("r1",))
+    easier.apply(gates, ("r1",), spec=None)
   s, _ = _stats_and_counts(spec, variables, batches[:1], True)
   with pytest.raises(KeyError, match=r"unknown sites \['relu9'\]"):
     easier.measure(s, ("r1", "relu9"))

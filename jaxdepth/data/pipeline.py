@@ -233,6 +233,121 @@ class Dataset:
   input_shape: tuple[int, int, int]
   class_names: tuple[str, ...] | None = None
 
+  @classmethod
+  def from_arrays(cls, *, train, test, val=None, name: str = "arrays",
+                  num_classes: int | None = None, val_fraction: float = 0.0,
+                  split_seed: int = 0, augment: Preprocess | None = None,
+                  normalization="train", class_names=None) -> "Dataset":
+    """A dataset from one's own in-memory arrays, served like the built-in ones.
+
+    Example::
+
+        ds = Dataset.from_arrays(train=(x_train, y_train), test=(x_test, y_test),
+                                 val_fraction=0.1, augment=augment.PadCropFlip(pad=4))
+
+    Args:
+      train, test: ``(images, labels)``: images ``(N, H, W, C)`` (or ``(N, H, W)``,
+        one channel), uint8 in [0, 255] or float in [0, 1]; labels ``(N,)``
+        integers in ``[0, num_classes)``.
+      val: ``(images, labels)`` of a validation split, or ``None``.
+      name: the dataset's name (part of a run's identity).
+      num_classes: number of labels (default: the largest label + 1).
+      val_fraction: without ``val``, hold out this share of ``train`` for
+        validation (seeded by ``split_seed``; 0 = no validation split).
+      split_seed: seeds that hold-out.
+      augment: the training augmentation, a recipe of :mod:`jaxdepth.data.augment`
+        (e.g. ``PadCropFlip(pad=4)``); default none.
+      normalization: ``"train"``: per-channel mean and std of the train images
+        (in [0, 1]); ``(mean, std)``: given per-channel values; ``None``: none.
+      class_names: optional label names.
+
+    Returns:
+      A :class:`Dataset` whose splits read the arrays (in-thread, no copies
+      beyond the channel axis).
+
+    Raises:
+      ValueError: arrays of the wrong shape, dtype, range or length, a label out
+        of range, or both ``val`` and ``val_fraction``.
+    """
+    from jaxdepth.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
+    x_train, y_train = _checked_arrays("train", train)
+    x_test, y_test = _checked_arrays("test", test)
+    shape = x_train.shape[1:]
+    if x_test.shape[1:] != shape:
+      raise ValueError(f"test images have shape {x_test.shape[1:]}, train images {shape}; "
+                       f"every split must have one image shape")
+    if val is not None and val_fraction:
+      raise ValueError("give either val=(images, labels) or val_fraction, not both")
+    if val is not None:
+      x_val, y_val = _checked_arrays("val", val)
+      if x_val.shape[1:] != shape:
+        raise ValueError(f"val images have shape {x_val.shape[1:]}, train images {shape}; "
+                         f"every split must have one image shape")
+    elif val_fraction:
+      keep, held = holdout(len(y_train), val_fraction, seed=split_seed, salt=2)
+      x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[keep], y_train[keep]
+    else:
+      x_val = y_val = None
+    labels = [y for y in (y_train, y_val, y_test) if y is not None]
+    top = max(int(y.max()) for y in labels if len(y))
+    num_classes = top + 1 if num_classes is None else num_classes
+    _check_positive(num_classes=num_classes)
+    if top >= num_classes:
+      raise ValueError(f"label {top} is out of range for num_classes={num_classes}")
+    if normalization == "train":
+      unit = augment_lib.to_unit_range(x_train).astype(np.float64)
+      mean = tuple(float(m) for m in unit.mean(axis=(0, 1, 2)))
+      std = tuple(float(max(v, 1e-12)) for v in unit.std(axis=(0, 1, 2)))
+    elif normalization is None:
+      mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
+    else:
+      bad = ValueError(f"normalization must be 'train', None or (mean, std) with "
+                       f"{shape[-1]} values each and std > 0, got {normalization!r}")
+      try:
+        mean, std = (tuple(float(v) for v in part) for part in normalization)
+      except (TypeError, ValueError):
+        raise bad from None
+      if len(mean) != shape[-1] or len(std) != shape[-1] or min(std) <= 0:
+        raise bad
+    recipe = augment if augment is not None else augment_lib.PadCropFlip(pad=0, flip=False)
+
+    def split(split_name, x, y):
+      return Split(split_name, ArrayExamples(x, y), recipe, mean, std, tuple(shape),
+                   np.arange(len(y)))
+
+    return cls(name=name, train=split("train", x_train, y_train),
+               val=None if x_val is None else split("val", x_val, y_val),
+               test=split("test", x_test, y_test), num_classes=num_classes,
+               input_shape=tuple(shape),
+               class_names=None if class_names is None else tuple(class_names))
+
+
+def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
+  """``(images (N, H, W, C), labels (N,) int64)`` of one split, or a clear error."""
+  if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+    raise ValueError(f"{split} must be a pair (images, labels), got {type(pair).__name__}")
+  x, y = np.asarray(pair[0]), np.asarray(pair[1])
+  if x.ndim == 3:
+    x = x[..., None]
+  if x.ndim != 4:
+    raise ValueError(f"{split} images must be (N, H, W, C) or (N, H, W), got shape {x.shape}")
+  if x.dtype != np.uint8:
+    if not np.issubdtype(x.dtype, np.floating):
+      raise ValueError(f"{split} images must be uint8 in [0, 255] or float in [0, 1], got "
+                       f"{x.dtype}")
+    if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
+      raise ValueError(f"{split} float images must lie in [0, 1], got [{float(x.min()):.3g}, "
+                       f"{float(x.max()):.3g}]; divide by the maximum (or pass uint8)")
+  if y.ndim != 1 or len(y) != len(x):
+    raise ValueError(f"{split} labels must be (N,) with N = {len(x)} images, got shape {y.shape}")
+  if not np.issubdtype(y.dtype, np.integer):
+    raise ValueError(f"{split} labels must be integers, got {y.dtype}")
+  if len(y) == 0:
+    raise ValueError(f"{split} holds no example")
+  if int(y.min()) < 0:
+    raise ValueError(f"{split} labels must be >= 0, got {int(y.min())}")
+  return x, y.astype(np.int64)
+
 
 def holdout(num_examples: int, fraction: float, *, seed: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
   """Splits ``range(num_examples)`` into (kept, held out) by a seeded permutation.

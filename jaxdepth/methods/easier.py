@@ -29,15 +29,16 @@ Two sources of ``q_c`` (:data:`ESTIMATORS`):
   ``H_l = mean_c h2(q_c)``.
 
 The pieces are tiny pure functions a training loop of one's own can call
-(:func:`measure`, :func:`choose`, :func:`apply`); :class:`Easier` wires them into
-:mod:`jaxdepth.driver`::
+(:func:`measure`, :func:`choose`, :func:`apply` on gates during a run,
+:func:`remove`, the ``(spec, variables) -> (spec, variables)`` transform, at
+the end); :class:`Easier` wires them into :mod:`jaxdepth.driver`::
 
     gates = jaxdepth.gates_for(spec)                  # every site on
     for iteration in range(R):
-      stats = train_one_round(spec, variables, gates)  # your loop; accumulate() in the step
+      variables, stats = train_one_round(spec, variables, gates)  # accumulate() in the step
       H = easier.measure(stats, base.live_sites(spec, gates))
       gates = easier.apply(gates, easier.choose(H), spec=spec)
-    shallow = easier.apply(spec, base.removed_sites(spec, gates))   # baked identities
+    shallow, variables = easier.remove(spec, variables, base.removed_sites(spec, gates))
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
 from jaxdepth.spec import Spec, with_identity
 
-__all__ = ["ESTIMATORS", "SPLITS", "measure", "choose", "apply", "Easier"]
+__all__ = ["ESTIMATORS", "SPLITS", "measure", "choose", "apply", "remove", "Easier"]
 
 ESTIMATORS = ("easier", "dataset")
 SPLITS = ("train", "val")
@@ -108,33 +109,54 @@ def choose(entropies: dict[str, float]) -> tuple[str, ...]:
   return tuple(s for s, h in entropies.items() if s == lowest or h == 0.0)
 
 
-def apply(target, sites, *, spec: Spec | None = None):
-  """Turns ``sites`` into identities, in gates (during a run) or in a spec (to save).
+def apply(gates, sites, *, spec: Spec):
+  """Turns ``sites`` off in a gate array (during a run: the spec does not change).
 
   Args:
-    target: a :class:`~jaxdepth.spec.Spec` (the sites become ``Act(fn='identity')``)
-      or a gate array ``(len(spec.sites()),)`` (their gates become 0).
-    sites: site paths.
-    spec: the spec the gates belong to (needed with gates, for the site order).
+    gates: ``(len(spec.sites()),)`` gates (:func:`jaxdepth.gates_for`).
+    sites: site paths to turn into identities.
+    spec: the spec the gates belong to (for the site order).
 
   Returns:
-    The new spec, or the new gates.
+    The new gates (those of ``sites`` at 0).
 
   Raises:
-    KeyError: a name that is not a live site (or, with gates, a site already off).
+    KeyError: a name that is not a live site (not a site, or already off).
+    TypeError: a spec given instead of gates (use :func:`remove`), or no ``spec``.
   """
-  sites = tuple(sites)
-  if isinstance(target, Spec):
-    return with_identity(target, sites)
+  if isinstance(gates, Spec):
+    raise TypeError("easier.apply turns sites off in a gate array; to bake removed sites into "
+                    "a model use easier.remove(spec, variables, sites) -> (spec, variables)")
   if spec is None:
     raise TypeError("apply(gates, sites) needs spec= to know which gate is which site")
-  live = base.live_sites(spec, target)
+  sites = tuple(sites)
+  live = base.live_sites(spec, gates)
   unknown = [s for s in sites if s not in live]
   if unknown:
     known = "removed already" if set(unknown) <= set(spec.sites()) else "not sites of the spec"
     raise KeyError(f"cannot remove {unknown}: {known}; live sites: {list(live)}")
   off = jnp.asarray([s in sites for s in spec.sites()])
-  return jnp.where(off, 0.0, jnp.asarray(target, jnp.float32))
+  return jnp.where(off, 0.0, jnp.asarray(gates, jnp.float32))
+
+
+def remove(spec: Spec, variables, sites) -> tuple[Spec, Any]:
+  """The transform: ``(spec, variables)`` with ``sites`` baked in as identities.
+
+  A site holds no parameters, so the variables are returned as they are; the
+  result computes what the gated network computed (and is what surgery takes).
+
+  Args:
+    spec: the architecture.
+    variables: its Flax variables.
+    sites: site paths to turn into ``Act(fn="identity")``.
+
+  Returns:
+    ``(spec, variables)``.
+
+  Raises:
+    KeyError: a name that is not a site of ``spec``.
+  """
+  return with_identity(spec, tuple(sites)), variables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -200,4 +222,4 @@ class Easier:
     return variables, {"gates": apply(state["gates"], decision.remove, spec=spec)}
 
   def export(self, spec: Spec, variables, state):
-    return apply(spec, base.removed_sites(spec, state["gates"])), variables
+    return remove(spec, variables, base.removed_sites(spec, state["gates"]))
