@@ -11,7 +11,7 @@ from jaxdepth.spec import (
     Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
     SpecError, replace_node, with_identity)
 from jaxdepth.stats import SiteStats, accumulate, empty_stats, entropies
-from jaxdepth import checkpoint, optim, training
+from jaxdepth import checkpoint, optim, timing, training
 from jaxdepth.checkpoint import load_model, save_model
 from jaxdepth.optim import Recipe, make_optimizer
 from jaxdepth.training import TrainState, evaluate, fit, make_mesh

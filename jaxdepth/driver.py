@@ -55,7 +55,7 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 
-from jaxdepth import checkpoint, costs, network, optim, training
+from jaxdepth import checkpoint, costs, network, optim, timing, training
 from jaxdepth import report as report_lib
 from jaxdepth.data import Dataset
 from jaxdepth.methods import base
@@ -396,25 +396,20 @@ def edit_record(edit) -> dict[str, Any]:
   return out
 
 
-def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes, *, repeats: int = 7,
-                 warmup: int = 2) -> list[dict[str, Any]]:
-  """Median eval-forward latency of each model at each batch size, in milliseconds.
+def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[str, Any]]:
+  """Eval-forward latency of each model at each batch size, in milliseconds.
 
-  Each model is jitted once per batch size, run ``warmup`` times untimed (the
-  first compiles), then ``repeats`` times; the median is kept
-  (:func:`jaxdepth.surgery.measure_latency`). The models are timed side by
-  side in this process, so their ratios are what to read.
+  :func:`jaxdepth.timing.latencies`: medians of measurements taken in turns
+  after warm-up, so the models are compared under the same load.
 
   Returns:
     ``[{"batch": b, "<name>_ms": ms, ...}]``, one row per batch size.
   """
-  from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
   rows = []
-  for b in dict.fromkeys(batch_sizes):
-    row = {"batch": int(b)}
-    for name, (spec, variables) in models.items():
-      row[f"{name}_ms"] = round(1e3 * surgery.measure_latency(
-          spec, variables, batch=int(b), repeats=repeats, warmup=warmup), 4)
+  for b in dict.fromkeys(int(b) for b in batch_sizes):
+    row = {"batch": b}
+    row.update({f"{name}_ms": round(1e3 * t, 4)
+                for name, t in timing.latencies(models, b).items()})
     rows.append(row)
   return rows
 

@@ -122,3 +122,21 @@ def test_dataset_from_arrays_names_bad_input(kwargs, message):
   kwargs.setdefault("test", (np.zeros((2, 3, 3, 1), np.uint8), [0, 1]))
   with pytest.raises(ValueError, match=message):
     Dataset.from_arrays(**kwargs)
+
+
+def test_latencies_time_models_side_by_side():
+  from jaxdepth import timing
+  small = S.Spec((16, 16, 8), (S.Pool("gap", "global_avg"), S.Dense("fc", features=2)))
+  big = S.Spec((16, 16, 8), tuple(S.Conv(f"c{i}", features=8 if i == 5 else 128, kernel=3,
+                                         padding=1) for i in range(6))
+               + (S.Pool("gap", "global_avg"), S.Dense("fc", features=2)))
+  models = {"big": (big, network.init(big, jax.random.key(0))),
+            "small": (small, network.init(small, jax.random.key(0)))}
+  got = timing.latencies(models, 4, repeats=5)
+  assert list(got) == ["big", "small"] and all(t > 0 for t in got.values())
+  assert got["big"] > 5 * got["small"]          # ~40M MACs against ~2k: no load hides that
+  other = S.Spec((8, 8, 8), small.layers)
+  with pytest.raises(ValueError, match="different inputs"):
+    timing.latencies({**models, "other": (other, network.init(other, jax.random.key(0)))}, 4)
+  with pytest.raises(ValueError, match="batch must be a positive int"):
+    timing.latencies(models, 0)
