@@ -156,6 +156,11 @@ def _pyplot():
   return plt
 
 
+def _integer_ticks():
+  from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
+  return MaxNLocator(integer=True)
+
+
 def _title(report: dict[str, Any]) -> str:
   return (f"{report.get('method', '').upper()}: {report.get('model')} on "
           f"{report.get('dataset')}")
@@ -242,6 +247,8 @@ def _costs_figure(report):
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
+    if key != "macs":
+      ax.xaxis.set_major_locator(_integer_ticks())
   axes[0].legend(loc="best", fontsize="small")
   fig.suptitle(f"{_title(report)}: accuracy against cost "
                f"(labels: {report.get('unit', 'site')}s removed)")
@@ -266,7 +273,7 @@ def _scores_figure(report):
   if not sites:
     return None
   grid = [[e[key].get(s, math.nan) for e in entries] for s in sites]
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.45 * len(entries)),
+  fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.45 * len(entries)),
                                   max(2.5, 0.8 + 0.28 * len(sites))), dpi=120)
   image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
   for i, e in enumerate(entries):  # mark what each iteration removed
@@ -326,6 +333,7 @@ def _training_figure(report, histories):
   ax_acc.set_ylabel("top-1 accuracy (%): validation solid, train dashed")
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(_integer_ticks())
   ax_loss.legend(loc="best", fontsize="x-small")
   fig.suptitle(f"{_title(report)}: training of each iteration")
   return fig
