@@ -409,7 +409,7 @@ def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[
   for b in dict.fromkeys(int(b) for b in batch_sizes):
     row = {"batch": b}
     row.update({f"{name}_ms": round(1e3 * t, 4)
-                for name, t in timing.latencies(models, b).items()})
+                for name, t in timing.latencies(models, b, repeats=15, min_seconds=5e-3).items()})
     rows.append(row)
   return rows
 

@@ -126,8 +126,8 @@ def _merged_lines(merged: dict[str, Any]) -> list[str]:
       f"{_pct(merged['test_accuracy'])} %): params {_count(merged['params_before'])} → "
       f"{_count(merged['params_after'])}, MACs {_count(merged['macs_before'])} → "
       f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
-      f"{merged['weight_depth_after']}, non-linear depth {merged['nonlinear_depth_before']} → "
-      f"{merged['nonlinear_depth_after']}; max abs difference {merged['max_abs_diff']:.3g}, "
+      f"{merged['weight_depth_after']} (chosen → merged); max abs difference "
+      f"{merged['max_abs_diff']:.3g}, "
       f"max rel difference {merged['max_rel_diff']:.3g} on a test batch."]
   latency = merged.get("latency") or []
   if latency:

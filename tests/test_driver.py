@@ -292,6 +292,10 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   assert rep["method_options"] == {"estimator": "dataset", "entropy_split": "val"}
   assert report.table(rep) in out
   assert checkpoint.load_model(tmp_path / "chosen")[0].name == "digits_plain"
+  # The default network merges what EASIER removed: one site out, one weight layer less.
+  dense, cut = (e["merged"] for e in rep["iterations"])
+  assert cut["weight_depth"] == dense["weight_depth"] - 1 and cut["macs"] < dense["macs"]
+  assert "eval latency" in out and "Merges skipped" in out
   # Iteration 0's entropies are the eval-mode, zeros-discarded ones of the validation split.
   spec0, vars0 = checkpoint.load_model(tmp_path / "iterations" / "000" / "model")
   counts = training.evaluate(spec0, vars0, ds.val, batch_size=512, collect_stats=True).stats.counts

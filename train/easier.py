@@ -1,6 +1,6 @@
 """``python -m train easier``: EASIER end to end, the lowest-entropy activation out per iteration.
 
-    python -m train easier                                   # digits_cnn on digits, ~1 min on a CPU
+    python -m train easier                                   # digits_plain on digits, <1 min on a CPU
     python -m train easier --config easier_cifar10_resnet18 --data-dir ~/tensorflow_datasets
     python -m train easier --model resnet20 --dataset cifar10 --config easier_cifar10_resnet18 \\
         --workdir runs/r20 --set epochs=30 "milestones=(15, 25)" --iterations 8
