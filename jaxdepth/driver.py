@@ -226,6 +226,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
                      f"is chosen on it: load it with val_fraction > 0")
   if not spec.sites():
     raise ValueError(f"spec {spec.name!r} has no live activation site to remove")
+  if iterations is not None and iterations > len(spec.sites()):
+    raise ValueError(f"iterations={iterations} exceeds the {len(spec.sites())} sites of "
+                     f"{spec.name!r}: each iteration after the first trains with one more "
+                     f"removed; use at most {len(spec.sites())} (or None for every site)")
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   identity = {"method": method.name, "method_options": method.options(),
