@@ -32,14 +32,14 @@ import re
 import shlex
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
-           "check_data", "default_workdir", "has_checkpoints", "storage_failure", "Session",
+           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints", "storage_failure", "Session",
            "listing"]
 
 EXIT_OK = 0
@@ -127,8 +127,8 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
             flags: tuple[str, ...] = ()) -> dict[str, Any]:
   """The config file, then the ``--config.KEY`` overrides, then the dedicated ``flags`` of ``args``.
 
-  Every value is type-checked against its key (:func:`train.config.override`) and
-  then range-checked (:func:`train.config.check`, plus ``extra_check`` of a command).
+  Every value is type-checked against its key (:func:`train.config.override`);
+  :func:`prepare` then checks the ranges.
 
   Raises:
     train.config.ConfigError: one line per problem.
@@ -228,6 +228,60 @@ def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) 
     out.append(f"--config.batch_size={bs}: larger than the {train:,} examples of the training "
                f"split of {ds.name}, so an epoch would have no step; use at most {train}")
   return out
+
+
+def start(session: "Session", parser: argparse.ArgumentParser, argv: list[str]
+          ) -> argparse.Namespace | None:
+  """Parses ``argv``; answers ``--list`` (then returns None); joins a multi-process launch."""
+  args = parse(parser, argv)
+  if args.list:
+    print(listing(registered_commands(), only=session.command))
+    return None
+  maybe_initialize_distributed(args.multihost)
+  return args
+
+
+class Prepared(NamedTuple):
+  """What :func:`prepare` returns: the checked settings, the work directory, the data, the model."""
+  cfg: dict[str, Any]
+  workdir: pathlib.Path
+  dataset: Any
+  spec: Any
+
+
+def prepare(session: "Session", args: argparse.Namespace, config: str, *,
+            extra_defaults: Mapping[str, Any] | None = None, flags: tuple[str, ...] = (),
+            check: Callable[[dict[str, Any]], list[str]] | None = None,
+            check_model: Callable[[dict[str, Any], Any, Any], list[str]] | None = None
+            ) -> Prepared:
+  """Everything a command does before its work, every problem reported at once.
+
+  The config (:func:`resolve`), its shared keys (:func:`train.config.check`) and
+  the command's own (``check(cfg)``), the work directory (``--workdir`` or
+  :func:`default_workdir`, recorded in ``session`` for the resume line), the
+  dataset and model (:func:`dataset_and_spec`), the batch sizes against the
+  devices and the splits (:func:`check_data`) and the command's checks that need
+  the model (``check_model(cfg, spec, dataset)``); finally process 0 makes sure
+  the work directory is writable.
+
+  Raises:
+    train.config.ConfigError: one line per problem.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  if problems:
+    raise config_lib.ConfigError(problems)
+  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
+  session.workdir = workdir
+  ds, spec = dataset_and_spec(cfg)
+  problems = check_data(cfg, ds, devices=jax.device_count(), processes=jax.process_count())
+  problems += check_model(cfg, spec, ds) if check_model else []
+  if problems:
+    raise config_lib.ConfigError(problems)
+  if jax.process_index() == 0:
+    ensure_writable(workdir)
+  return Prepared(cfg, workdir, ds, spec)
 
 
 # --------------------------------------------------------------------- workdir

@@ -47,6 +47,7 @@ METHOD_DEFAULTS: dict[str, Any] = {
 DEFAULT_CONFIG = "easier_digits"
 ESTIMATORS = ("easier", "dataset")
 ENTROPY_SPLITS = ("train", "val")
+FLAGS = ("iterations", "tolerance", "estimator", "entropy_split")   # flags that set config keys
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
                   "image_size", "normalization", "dtype")
 
@@ -98,10 +99,8 @@ def default_config(model: str | None, dataset: str | None) -> str:
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
   """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
-  return command.resolve(
-      args.config or default_config(args.model, args.dataset), args,
-      extra_defaults=METHOD_DEFAULTS,
-      flags=("iterations", "tolerance", "estimator", "entropy_split"))
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
 
 
 def check(cfg: dict[str, Any]) -> list[str]:
@@ -151,32 +150,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(session: command.Session, argv: list[str]) -> int:
-  args = command.parse(build_parser(), argv)
-  if args.list:
-    print(command.listing(command.registered_commands(), only=NAME))
+  args = command.start(session, build_parser(), argv)
+  if args is None:
     return 0
-  command.maybe_initialize_distributed(args.multihost)
-
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg = resolve_config(args)
-  problems = config_lib.check(cfg) + check(cfg)
-  if problems:
-    raise config_lib.ConfigError(problems)
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_sites)
   recipe = config_lib.recipe_of(cfg)
   method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
-  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
-  session.workdir = workdir
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-
-  ds, spec = command.dataset_and_spec(cfg)
-  problems = command.check_data(cfg, ds, devices=jax.device_count(),
-                                processes=jax.process_count()) + check_sites(cfg, spec, ds)
-  if problems:
-    raise config_lib.ConfigError(problems)
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
@@ -184,8 +171,6 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{len(spec.sites())} sites; {cfg['epochs']} epochs per iteration; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
-  if jax.process_index() == 0:
-    command.ensure_writable(workdir)
 
   try:
     result = driver.run(

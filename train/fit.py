@@ -89,40 +89,23 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(session: command.Session, argv: list[str]) -> int:
-  args = command.parse(build_parser(), argv)
-  if args.list:
-    print(command.listing(command.registered_commands(), only=NAME))
+  args = command.start(session, build_parser(), argv)
+  if args is None:
     return 0
-  command.maybe_initialize_distributed(args.multihost)
-
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, costs, network, training  # pylint: disable=import-outside-toplevel
 
-  cfg = command.resolve(args.config or DEFAULT_CONFIG, args)
-  problems = config_lib.check(cfg)
-  if problems:
-    raise config_lib.ConfigError(problems)
-  recipe = config_lib.recipe_of(cfg)
-  workdir = pathlib.Path(args.workdir) if args.workdir else command.default_workdir(NAME, cfg)
-  session.workdir = workdir
+  cfg, workdir, ds, spec = command.prepare(session, args, args.config or DEFAULT_CONFIG)
   conflict = workdir_conflict(workdir, cfg)
   if conflict:
     raise config_lib.ConfigError(conflict)
+  recipe = config_lib.recipe_of(cfg)
   main_process = jax.process_index() == 0
   say = print if main_process else (lambda *a, **k: None)
-
-  # ----------------------------------------------------------------- data, model
-  ds, spec = command.dataset_and_spec(cfg)
-  problems = command.check_data(cfg, ds, devices=jax.device_count(),
-                                processes=jax.process_count())
-  if problems:
-    raise config_lib.ConfigError(problems)
   dtype = command.compute_dtype(cfg["dtype"])
   variables = network.init(spec, jax.random.key(cfg["seed"]))
-  if main_process:
-    command.ensure_writable(workdir)
-    if not command.has_checkpoints(workdir):
-      _write_run_json(workdir, cfg)     # a fresh run owns the directory from now on
+  if main_process and not command.has_checkpoints(workdir):
+    _write_run_json(workdir, cfg)     # a fresh run owns the directory from now on
   mesh = training.make_mesh()
   say(f"{spec.name} on {ds.name}: {costs.count_params(spec):,} parameters, "
       f"{len(spec.sites())} sites; train/val/test {ds.train.num_examples}/"
