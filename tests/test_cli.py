@@ -14,6 +14,8 @@ import ml_collections
 import pytest
 
 from jaxdepth import checkpoint, data, driver, optim, progress, training, zoo
+from jaxdepth.methods import Easier
+from jaxdepth.spec import Act, Dense, Flatten, Spec
 from train import __main__ as cli
 from train import command
 from train import config as config_lib
@@ -137,8 +139,18 @@ def test_library_functions_validate_their_arguments(digits_spec_and_data):
                         ({"checkpoint_every_steps": -1}, "checkpoint_every_steps must be")):
     with pytest.raises(ValueError, match=match):
       training.fit(spec, variables, ds, recipe, progress=False, **kwargs)
-  with pytest.raises(ValueError, match="iterations=7 exceeds the 6 sites of 'digits_cnn'"):
-    driver.run(object(), spec, ds, recipe, "/nonexistent/never-written", iterations=7)
+
+
+def test_the_driver_says_when_it_runs_out_of_units(tmp_path):
+  ds = data.load("digits")
+  mlp = Spec((8, 8, 1), (Flatten("flat"), Dense("fc1", features=8), Act("relu"),
+                         Dense("fc2", features=10)), name="mlp")
+  lines = []
+  recipe = optim.Recipe(epochs=1, batch_size=128, optimizer="adam", lr=3e-3)
+  result = driver.run(Easier(), mlp, ds, recipe, tmp_path, iterations=3, progress=False,
+                      merge=False, say=lines.append)
+  assert len(result.report["iterations"]) == 1
+  assert lines[-1] == "stopped after 1 of the 3 iterations asked: no site is left to remove"
 
 
 @pytest.fixture(scope="module")
