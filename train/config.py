@@ -39,7 +39,7 @@ from ml_collections import config_dict
 
 from jaxdepth import optim
 
-__all__ = ["CONFIG_DIR", "DEFAULTS", "ConfigError", "defaults", "load", "override",
+__all__ = ["CONFIG_DIR", "DEFAULTS", "FREE_KEYS", "DTYPES", "ConfigError", "defaults", "load", "override",
            "to_dict", "recipe_of", "available", "description", "check", "run_name"]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
