@@ -1,10 +1,31 @@
-"""What every ``python -m train`` command shares: flags, settings, work directory, exits.
+"""What every python -m train command shares: flags, settings, work directory, exits.
 
-A command (``train/fit.py``, ``train/easier.py``, one file per method) is a
-``main(argv) -> int`` that builds an ``argparse`` parser with
-:func:`add_run_arguments` and :func:`add_launch_arguments`, and runs its body
-through :class:`Session`, which turns the ways a run can stop into one
-paragraph and an exit code:
+A command is a module with a ``main(argv) -> int`` registered in
+``train/__main__.py``; its configs are the ``train/configs/<command>_*.py``
+files (``python -m train list`` finds them). With this module it is short::
+
+    NAME, DEFAULT_CONFIG = "mymethod", "mymethod_digits"
+    METHOD_DEFAULTS = {"iterations": config_dict.placeholder(int), "tolerance": 1.0}
+
+    def main(argv=None):
+      argv = sys.argv[1:] if argv is None else list(argv)
+      session = command.Session(NAME, argv)        # exits and the resume line
+      return session.run(lambda: _main(session, argv))
+
+    def _main(session, argv):
+      parser = argparse.ArgumentParser(prog=f"python -m train {NAME}")
+      command.add_run_arguments(parser, config_help="...", workdir_help="...")
+      command.add_launch_arguments(parser)
+      args = command.start(session, parser, argv)   # None: --list was answered
+      if args is None:
+        return 0
+      cfg, workdir, ds, spec = command.prepare(     # every setting checked first
+          session, args, args.config or DEFAULT_CONFIG, extra_defaults=METHOD_DEFAULTS)
+      ...                                           # the work: jaxdepth.driver.run(...)
+      return 0
+
+:class:`Session` turns the ways a run can stop into one paragraph and an exit
+code:
 
 ====  =========================================================================
 code  meaning
