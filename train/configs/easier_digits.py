@@ -29,21 +29,23 @@ with one rectifier left and then removes it, and the fully linear network that
 leaves is never trained (the papers' tables stop one removal short too).
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="digits_plain",
-      dataset="digits",
-      epochs=20,
-      batch_size=64,
-      optimizer="adam",
-      lr=3e-3,
-      weight_decay=0.0,
-      milestones=(15,),
-      gamma=0.1,
-      eval_batch_size=512,
-      iterations=5,
-      tolerance=1.0,
-      estimator="easier",
-      checkpoint_epochs=False,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "digits_plain"
+  config.dataset = "digits"
+  config.epochs = 20
+  config.batch_size = 64
+  config.optimizer = "adam"
+  config.lr = 3e-3
+  config.weight_decay = 0.0
+  config.milestones = (15,)
+  config.gamma = 0.1
+  config.eval_batch_size = 512
+  config.iterations = 5
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  config.checkpoint_epochs = False
+  return config
