@@ -168,8 +168,8 @@ def zoo_init(spec):
 def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--iterations", "7"]) == 2
   assert _error_lines(capsys.readouterr().err) == [
-      "error: --iterations 7: digits_cnn has 6 sites, so at most 6 iterations (the last one "
-      "trains the network with 5 removed); use --iterations 6 or leave it out"]
+      "error: --iterations 7: digits_plain has 5 sites, so at most 5 iterations (the last one "
+      "trains the network with 4 removed); use --iterations 5 or leave it out"]
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--iterations", "x",
                    "--tolerance", "-1", "--estimator", "paper"]) == 2
   lines = _error_lines(capsys.readouterr().err)
