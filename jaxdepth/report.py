@@ -105,7 +105,7 @@ def table(report: dict[str, Any]) -> str:
         f"**Chosen** (iteration {chosen['iteration']}, marked ←): {chosen['units_removed']} of "
         f"{chosen['units_total']} {unit}s removed, validation {_pct(chosen['val_accuracy'])} % "
         f"(dense {_pct(chosen['dense_val_accuracy'])} %, tolerance "
-        f"{chosen['tolerance_points']} points), test {_pct(chosen['test_accuracy'])} % (dense "
+        f"{chosen.get('tolerance_points', chosen.get('tolerance'))} points), test {_pct(chosen['test_accuracy'])} % (dense "
         f"{_pct(chosen['dense_test_accuracy'])} %); non-linear depth "
         f"{chosen['dense_depth']['nonlinear_depth']} → {chosen['depth']['nonlinear_depth']}. "
         f"Saved in `{chosen['path']}/`.")
