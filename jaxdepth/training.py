@@ -562,8 +562,12 @@ def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):
   if math.isfinite(loss):
     return
   good = ckpt.latest_intact_step() if ckpt is not None else None
-  kept = (f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
-          if good is not None else "no intact checkpoint was saved")
+  if good is not None:
+    kept = f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
+  elif ckpt is not None and ckpt.latest_step() is not None:
+    kept = f"no intact checkpoint is left in {ckpt.directory}"
+  else:
+    kept = "nothing was saved"
   raise NonFiniteLossError(
       f"training loss became {loss} in epoch {epoch + 1} (by step {step}); stopped, and "
       f"{kept}. Lower the learning rate or check the data.")
