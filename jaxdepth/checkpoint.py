@@ -374,6 +374,9 @@ class Checkpointer:
     """``step`` checked, or the newest intact step (damaged newer ones moved aside)."""
     self._settle()
     if step is not None:
+      if int(step) not in self._manager.all_steps():
+        raise FileNotFoundError(f"no checkpoint {step} in {self.directory} (it holds "
+                                f"{list(self._manager.all_steps())})")
       problem = self._problem(int(step))
       if problem is not None:
         raise DamagedCheckpointError(f"checkpoint {step} in {self.directory} is damaged: "
@@ -396,9 +399,9 @@ class Checkpointer:
           f"it) to start the run afresh.")
     for bad, problem in damaged:
       aside = _aside(self.directory, f"damaged-{bad}")
-      log.warning("checkpoint %d in %s is damaged: %s; moved it aside to %s and resuming from "
-                  "checkpoint %d", bad, self.directory, problem, aside.name, s)
       if jax.process_index() == 0:
+        log.warning("checkpoint %d in %s is damaged: %s; moved it aside to %s and resuming from "
+                    "checkpoint %d", bad, self.directory, problem, aside.name, s)
         os.replace(self._step_dir(bad), aside)
     if damaged:
       _sync("jaxdepth_checkpoint_moved_aside")
