@@ -476,8 +476,6 @@ class Spec:
     if not self.input_shape or any(not _is_int(d) or d <= 0 for d in self.input_shape):
       raise SpecError(f"spec {self.name!r}: input_shape must be positive ints, "
                       f"got {self.input_shape!r}")
-    if not self.layers:
-      raise SpecError(f"spec {self.name!r}: layers is empty; a spec needs at least one node")
     _check_unique(self.layers, f"spec {self.name!r}")
     self.output_shape  # validates every node's shape
 
@@ -545,6 +543,9 @@ class Spec:
     if not isinstance(d["layers"], list):
       raise SpecError(f"spec {d.get('name')!r}: layers must be a list of nodes, "
                       f"got {d['layers']!r}")
+    if not d["layers"]:   # in code, an empty spec is the identity (e.g. a prefix of a net)
+      raise SpecError(f"spec {d.get('name')!r}: layers is empty; a spec needs at least one "
+                      f"node")
     return cls(input_shape=tuple(d["input_shape"]),
                layers=tuple(node_from_dict(n) for n in d["layers"]),
                name=d.get("name", "network"))
