@@ -26,6 +26,7 @@ Every process of a multi-host run must call :meth:`Checkpointer.save` and
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import pathlib
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdepth import integrity, network
@@ -140,10 +142,17 @@ def _abstract(tree):
   return jax.tree.map(leaf, tree)
 
 
+_barriers = itertools.count()
+
+
 def _sync(name: str) -> None:
-  """A barrier between the processes of a multi-host run (nothing on one process)."""
+  """A barrier between the processes of a multi-host run (nothing on one process).
+
+  Every process passes the same barriers in the same order, so the counter that
+  makes each barrier's key unique agrees between them.
+  """
   if jax.process_count() > 1:
-    ocp.multihost.sync_global_processes(name)
+    ocp.multihost.sync_global_processes(f"{name}_{next(_barriers)}")
 
 
 def _aside(directory: pathlib.Path, name: str) -> pathlib.Path:
@@ -504,6 +513,8 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   if main:
     saving.mkdir(parents=True)
   _sync("jaxdepth_save_model_mkdir")
+  if jax.process_count() > 1:   # host values: every process calls, orbax writes them once
+    variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(saving / "variables", dict(variables), force=True)
   _sync("jaxdepth_save_model_written")
