@@ -262,7 +262,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 
-    while len(entries) < iterations and method.live_units(spec, state):
+    while (len(entries) < iterations and method.live_units(spec, state)
+           and not _finished(method, spec, state)):
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
@@ -296,6 +297,12 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if main_process:
     report_lib.write(workdir, report)
   return RunResult(report, chosen_spec, chosen_variables, state)
+
+
+def _finished(method, spec, state) -> bool:
+  """The method's own stop rule (its optional ``finished(spec, state)``), else False."""
+  finished = getattr(method, "finished", None)
+  return bool(finished(spec, state)) if finished is not None else False
 
 
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
@@ -335,7 +342,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       iteration=it, train_stats=trained.stats,
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
       rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
-      dtype=dtype, eval_batch_size=eval_batch_size)
+      dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=_percent(val.accuracy))
   scores = method.measure(spec, trained.variables, state, context)
   decision = method.decide(scores, state)
   shallow_spec, shallow_variables = method.export(spec, trained.variables, state)

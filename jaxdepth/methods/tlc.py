@@ -1,0 +1,798 @@
+"""TLC: rank every rectifier by the loss its collapse costs, collapse the cheapest ones.
+
+Quétu, Liao, Nguyen, Tartaglione, "Till the Layers Collapse: Compressing a
+Deep Neural Network through the Lenses of Batch Normalization Layers", AAAI 2025.
+
+**The criterion.** A BatchNorm ``(γ, β)`` before a rectifier says what each
+channel ``i`` feeds it: a value spread as ``N(β_i, γ_i²)``, so the channel is
+OFF with probability (:func:`off_probability`)::
+
+    P_i(OFF) = Φ(−β_i / |γ_i|)          (1[β_i ≤ 0] when γ_i = 0)
+
+and mostly ON when ``β_i > 0``, mostly OFF when ``β_i ≤ 0``. The layer's mean
+binary entropy of that probability is :func:`bn_entropy` (bits). Where no
+BatchNorm precedes the site (a VGG classifier, a transformer MLP), ``(γ, β)``
+are replaced by the per-channel standard deviation and mean of the
+pre-activation on one validation batch (:func:`empirical_bn`).
+
+**The edit of a candidate** ``T_l`` (a weight layer → [BatchNorm] → site ``l``):
+channels with ``β ≤ 0`` are cut (their output filter, bias and BatchNorm scale
+and bias set to 0, so the channel is exactly 0), the other channels are
+linearized (the site becomes the identity). The official code uses only the sign
+of ``β`` for this; neither ``P(OFF)`` nor the entropy ranks anything.
+
+**The ranking.** On the first validation batch (eval mode), with ``L`` the
+cross-entropy::
+
+    gap_l = L(T_l(network)) − L(network)       for every live candidate l
+    order = candidates by gap, ascending
+
+All gaps come from one compiled function (:func:`rank`): the edits are data
+(gates and channel keep-masks), and the network is evaluated once up to the
+first candidate, then each candidate forks off the shared activation where its
+edit starts and only the rest of the network runs once per candidate.
+
+**Which layers go** (:func:`choose`), with ``G(n)`` the loss gap of the joint
+edit of ``order[:n]``:
+
+* ``"first_harmful"`` (the official code, default): if some gap is negative, the
+  first prefix ``order[:n]`` (``n = 2 .. len − 1``) with ``G(n) > 0``; otherwise,
+  or if there is none, ``order[:1]``. It includes the layer that made the loss
+  worse.
+* ``"largest_harmless"`` (the apparent intent): the longest prefix whose every
+  ``G(m) ≤ 0`` (``m ≤ n``), at least ``order[:1]``.
+
+**The iteration** (:class:`TLC` for :func:`jaxdepth.driver.run`): fine-tune with a
+fresh optimizer (iteration 0 trains the dense model), rank, remove, and stop when
+at most one site is left, no candidate remains, or the validation accuracy is
+below ``accuracy_threshold`` (20 %, as the official code). Cut channels are
+weight masks that training keeps at exactly 0 (:class:`~jaxdepth.training.TrainOptions`
+``masks``); :meth:`TLC.export` cuts them for real (:func:`jaxdepth.surgery.cut_channels`)
+and bakes the identities in, and the driver merges what became linear.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxdepth import entropy, network, optim
+from jaxdepth import spec as S
+from jaxdepth.methods import base
+from jaxdepth.training import cross_entropy
+
+__all__ = ["RULES", "Candidate", "off_probability", "bn_entropy", "empirical_bn", "candidates",
+           "candidate_betas", "keep_masks", "rank", "rank_naive", "joint_gap", "choose",
+           "prefix_gaps", "TLC"]
+
+RULES = ("first_harmful", "largest_harmless")
+CLAMP = entropy.EGP_CLAMP
+
+
+# ------------------------------------------------------------------ the criterion
+
+
+def off_probability(gamma, beta) -> jax.Array:
+  """``P(OFF) = Φ(−β/|γ|)`` per channel; ``1[β ≤ 0]`` where ``γ = 0``.
+
+  The BatchNorm output of a channel is modelled as ``N(β, γ²)``; ``Φ`` is the
+  standard normal CDF, computed with ``erfc`` in the tails
+  (:func:`jax.scipy.special.ndtr`), so ``Φ(−6) ≈ 9.87e-10`` is not rounded to 0
+  as ``(1 + erf(x/√2))/2`` would in float32. ``β = −0.0`` counts as ``≤ 0``.
+
+  Args:
+    gamma: BatchNorm scales ``(C,)`` (or the empirical std, :func:`empirical_bn`).
+    beta: BatchNorm biases ``(C,)`` (or the empirical mean).
+
+  Returns:
+    ``(C,)`` float32 probabilities of the channel being OFF.
+  """
+  gamma = jnp.asarray(gamma, jnp.float32)
+  beta = jnp.asarray(beta, jnp.float32)
+  if gamma.shape != beta.shape:
+    raise ValueError(f"gamma and beta must have the same shape, got {gamma.shape} and "
+                     f"{beta.shape}")
+  scale = jnp.abs(gamma)
+  safe = jnp.where(scale > 0, scale, 1.0)
+  p = jax.scipy.special.ndtr(-beta / safe)
+  return jnp.where(scale > 0, p, (beta <= 0).astype(jnp.float32))
+
+
+def bn_entropy(gamma, beta, clamp: float = CLAMP) -> jax.Array:
+  """The layer's mean binary entropy (bits) of :func:`off_probability`.
+
+  ``mean_i h2(P_i)`` with ``h2(p) = −p log2 max(p, ε) − (1−p) log2 max(1−p, ε)``,
+  ``ε = 1e-5`` (the official code's clamp). 0 for a layer whose channels are all
+  surely ON or OFF (a linear layer on the modelled data), 1 at most.
+  """
+  return jnp.mean(entropy.binary_entropy(off_probability(gamma, beta), clamp))
+
+
+def empirical_bn(z) -> tuple[jax.Array, jax.Array]:
+  """``(std, mean)`` of a channel-last pre-activation over every axis but the last.
+
+  The stand-in for ``(γ, β)`` where no BatchNorm precedes a site. The std is the
+  unbiased one (``ddof=1``), as the official code's ``torch.std``.
+
+  Args:
+    z: ``(..., C)`` pre-activations (batch, positions or tokens, channels).
+
+  Returns:
+    ``(std, mean)``, each ``(C,)`` float32.
+
+  Raises:
+    ValueError: fewer than two values per channel (a batch of one example of a
+      dense layer): the unbiased std is undefined; use a batch of two or more.
+  """
+  z = jnp.asarray(z, jnp.float32)
+  if z.ndim < 1:
+    raise ValueError("empirical_bn needs a (..., C) array, got a scalar")
+  n = z.size // max(z.shape[-1], 1)
+  if n < 2:
+    raise ValueError(f"empirical_bn needs at least two values per channel to estimate an "
+                     f"unbiased std, got shape {z.shape} ({n} value per channel); use a "
+                     f"validation batch of two or more examples")
+  flat = z.reshape(-1, z.shape[-1])
+  return jnp.std(flat, axis=0, ddof=1), jnp.mean(flat, axis=0)
+
+
+# ------------------------------------------------------------------ candidates
+
+
+class Candidate(NamedTuple):
+  """A weight layer → [BatchNorm] → site triple (paths in the spec).
+
+  Attributes:
+    name: the candidate's name (its site; the weight layer for the MobileNetV2
+      projection quirk, whose site belongs to the next block).
+    weight: the conv or dense layer whose output channels are cut.
+    bn: the BatchNorm between them, or ``None`` (statistics then come from data).
+    site: the activation that becomes the identity.
+    direct: the site reads the BatchNorm (or weight) output as it is (no residual
+      addition, no other layer in between): cut channels are exactly 0 there.
+  """
+  name: str
+  weight: str
+  bn: str | None
+  site: str
+  direct: bool
+
+
+def _flat(nodes, prefix: str) -> list[tuple[str, S.Node]]:
+  """Leaves of a node list with its Sequentials opened (Blocks stay whole)."""
+  out = []
+  for n in nodes:
+    if isinstance(n, S.Sequential):
+      out += _flat(n.layers, prefix + n.name + S.SEP)
+    else:
+      out.append((prefix + n.name, n))
+  return out
+
+
+def _lists(nodes, prefix: str, before=()):
+  """Every flat node list with what precedes it: ``(list, predecessors, after_addition)``.
+
+  A Block's ``post`` list is preceded by its ``branch`` (the value is the sum of
+  branch and shortcut there: ``after_addition``).
+  """
+  flat = _flat(nodes, prefix)
+  yield flat, list(before), False
+  for path, n in flat:
+    if isinstance(n, S.Block):
+      scope = path + S.SEP
+      branch = _flat(n.branch, scope)
+      yield from _lists(n.branch, scope)
+      yield from _lists(n.shortcut, scope)
+      post = _flat(n.post, scope)
+      yield post, branch, True
+      for p, m in post:
+        if isinstance(m, S.Block):
+          yield from _lists(m.branch, p + S.SEP)
+
+
+def _producer(seq, i) -> tuple[str | None, str | None]:
+  """``(weight, bn)`` paths right before position ``i`` of ``seq``, or ``(None, None)``."""
+  j, bn = i - 1, None
+  if j >= 0 and isinstance(seq[j][1], S.BatchNorm):
+    bn, j = seq[j][0], j - 1
+  if j >= 0 and isinstance(seq[j][1], (S.Conv, S.Dense)):
+    return seq[j][0], bn
+  return None, None
+
+
+def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[Candidate, ...]:
+  """Every weight layer → [BatchNorm] → site triple of ``spec``, in call order of the sites.
+
+  ResNet-18: 17 (the stem and every ``relu1``/``relu2``; a ``relu2`` after the
+  residual addition is read through ``bn2`` alone, as the official code does);
+  VGG-16-bn: 15; MobileNetV2: the 35 convs feeding a ReLU6.
+
+  Args:
+    spec: the architecture.
+    projections: also the official MobileNetV2 quirk: every conv → BatchNorm with
+      no activation after it (the linear projections) is a candidate whose edit
+      cuts its ``β ≤ 0`` channels and linearizes the *next* live site in call
+      order (the next block's expansion ReLU6). Off by default.
+    live: the live sites (default: every site of ``spec``); candidates of other
+      sites are left out.
+
+  Returns:
+    The candidates (projection candidates right after the site they precede).
+
+  Raises:
+    ValueError: a live site without a weight layer (optionally through one
+      BatchNorm) right before it: TLC cannot cut or linearize it.
+  """
+  sites = spec.sites()
+  live = sites if live is None else tuple(live)
+  found: dict[str, Candidate] = {}
+  projection: list[tuple[str, str]] = []
+  for seq, before, after_addition in _lists(spec.layers, ""):
+    for i, (path, n) in enumerate(seq):
+      if isinstance(n, S.Act) and n.fn != "identity":
+        if i == 0 and after_addition:
+          weight, bn = _producer(before, len(before))
+        else:
+          weight, bn = _producer(seq, i)
+        if weight is None:
+          raise ValueError(
+              f"site {path!r} of {spec.name!r} has no weight layer (conv or dense, "
+              f"optionally followed by a BatchNorm) right before it, so TLC can neither cut "
+              f"its channels nor rank it; make it an identity first "
+              f"(jaxdepth.with_identity) or use another method")
+        found[path] = Candidate(path, weight, bn, path, not (i == 0 and after_addition))
+      elif (projections and isinstance(n, S.BatchNorm) and i > 0
+            and isinstance(seq[i - 1][1], S.Conv)
+            and not (i + 1 < len(seq) and isinstance(seq[i + 1][1], S.Act))
+            and not path.split(S.SEP)[-1].startswith("shortcut")):
+        projection.append((seq[i - 1][0], path))
+  out = [found[s] for s in sites if s in live]
+  regular = {c.bn for c in found.values()}
+  projection = [(w, bn) for w, bn in projection if bn not in regular]
+  if projections:
+    order = [p for p, _ in spec.walk()]
+    position = {p: k for k, p in enumerate(order)}
+    live_positions = sorted(position[s] for s in live)
+    for weight, bn in projection:
+      nxt = next((order[k] for k in live_positions if k > position[bn]), None)
+      if nxt is None:
+        continue
+      c = Candidate(weight, weight, bn, nxt, False)
+      at = next(k for k, o in enumerate(out) if o.site == nxt)
+      out.insert(at, c)
+  return tuple(out)
+
+
+def _leaf(variables, path: str, collection: str = "params"):
+  node = variables[collection]
+  for part in path.split(S.SEP):
+    node = node[part]
+  return node
+
+
+def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype=None
+                    ) -> dict[str, np.ndarray]:
+  """Each candidate's ``β`` per channel: the BatchNorm bias, else the empirical mean.
+
+  Args:
+    spec, variables: the network (cut channels already 0).
+    cands: :class:`Candidate` s.
+    x: the validation batch, needed for candidates without a BatchNorm.
+    gates: the current site gates (for the empirical statistics).
+    dtype: compute dtype.
+
+  Returns:
+    ``{candidate name: (C,) float32}``.
+  """
+  out = {}
+  empirical = [c for c in cands if c.bn is None]
+  captured = {}
+  if empirical:
+    if x is None:
+      raise ValueError(f"candidates {[c.name for c in empirical]} have no BatchNorm before "
+                       f"their site: their statistics come from data, pass x=")
+    fwd = network.forward(spec, variables, x, gates=gates, dtype=dtype,
+                          capture=tuple(dict.fromkeys(c.site for c in empirical)))
+    captured = fwd.captured
+  for c in cands:
+    if c.bn is not None:
+      out[c.name] = np.asarray(_leaf(variables, c.bn)["bias"], np.float32)
+    else:
+      out[c.name] = np.asarray(empirical_bn(captured[c.site][0])[1], np.float32)
+  return out
+
+
+def keep_masks(betas: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """``β > 0`` per channel (1.0 kept and linearized, 0.0 cut), per candidate."""
+  return {k: (np.asarray(b) > 0).astype(np.float32) for k, b in betas.items()}
+
+
+# ------------------------------------------------------------------ edits as data
+
+
+def _edit_params(params, edits):
+  """``params`` with channel keep-masks applied: ``edits = ((weight, bn, mask), ...)``.
+
+  A channel with mask 0 gets its output filter, bias and BatchNorm scale and
+  bias set to 0 (exactly 0 after the BatchNorm). Masks may be traced.
+  """
+  flat = traverse_util.flatten_dict(params, sep=S.SEP)
+  for weight, bn, mask in edits:
+    for path in (weight, bn):
+      if path is None:
+        continue
+      for leaf in ("kernel", "bias", "scale"):
+        key = f"{path}{S.SEP}{leaf}"
+        if key in flat:
+          flat[key] = flat[key] * mask.astype(flat[key].dtype)
+  return traverse_util.unflatten_dict(flat, sep=S.SEP)
+
+
+def _gates_off(spec: S.Spec, gates, sites):
+  index = {s: i for i, s in enumerate(spec.sites())}
+  return gates.at[jnp.asarray([index[s] for s in sites], jnp.int32)].set(0.0) if sites else gates
+
+
+def _loss(logits, labels, mask):
+  return cross_entropy(logits, labels, mask)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "cands", "dtype"))
+def _joint_loss(spec, cands, variables, x, labels, mask, gates, masks, on, dtype=None):
+  """The loss with the candidates where ``on`` is 1 edited jointly (edits as data)."""
+  edits = tuple((c.weight, c.bn, 1.0 - on[k] * (1.0 - masks[k])) for k, c in enumerate(cands))
+  params = _edit_params(variables["params"], edits)
+  index = {s: i for i, s in enumerate(spec.sites())}
+  off = jnp.zeros_like(gates)
+  for k, c in enumerate(cands):
+    off = off.at[index[c.site]].max(on[k])
+  logits = network.forward(spec, {**variables, "params": params}, x,
+                           gates=gates * (1.0 - off), dtype=dtype).logits
+  return _loss(logits, labels, mask)
+
+
+def joint_gap(spec, variables, cands, chosen, x, labels, masks, *, gates=None, mask=None,
+              base_loss=None) -> float:
+  """The loss gap of the joint edit of the ``chosen`` candidates (names).
+
+  Args:
+    spec, variables: the network; ``gates`` its site gates (default all on).
+    cands: every candidate (the compiled function is shared by all subsets).
+    chosen: the names of the candidates edited together.
+    x, labels, mask: the validation batch.
+    masks: ``{name: (C,)}`` keep-masks (:func:`keep_masks`).
+    base_loss: the unedited loss (computed when not given).
+
+  Returns:
+    ``L(T_chosen(network)) − L(network)``.
+  """
+  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
+  cands = tuple(cands)
+  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
+  if base_loss is None:
+    base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
+                                  jnp.zeros(len(cands))))
+  on = jnp.asarray([1.0 if c.name in set(chosen) else 0.0 for c in cands])
+  return float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked, on)
+               ) - base_loss
+
+
+def rank_naive(spec, variables, cands, x, labels, masks, *, gates=None, mask=None
+               ) -> tuple[float, dict[str, float]]:
+  """The reference ranking: one full forward per candidate (same compiled function).
+
+  Returns:
+    ``(base_loss, {name: gap})``.
+  """
+  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
+  cands = tuple(cands)
+  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
+  base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
+                                jnp.zeros(len(cands))))
+  gaps = {}
+  for k, c in enumerate(cands):
+    on = jnp.zeros(len(cands)).at[k].set(1.0)
+    gaps[c.name] = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
+                                     on)) - base_loss
+  return base_loss, gaps
+
+
+# -- the shared-prefix ranking ---------------------------------------------------
+
+
+def _top_elements(spec: S.Spec) -> list[str]:
+  """Paths of the top-level chain with Sequentials opened (Blocks whole)."""
+  return [p for p, _ in _flat(spec.layers, "")]
+
+
+def _element_of(elements: list[str], path: str) -> int:
+  for k, e in enumerate(elements):
+    if path == e or path.startswith(e + S.SEP):
+      return k
+  raise KeyError(path)
+
+
+def _sub_spec(spec: S.Spec, elements: list[str], start: int, stop: int) -> S.Spec:
+  """The spec of top-level elements ``start .. stop-1`` (same paths, same variables)."""
+  keep = set(elements[start:stop])
+
+  def rec(nodes, prefix):
+    out = []
+    for n in nodes:
+      path = prefix + n.name
+      if path in keep:
+        out.append(n)
+      elif isinstance(n, S.Sequential):
+        layers = rec(n.layers, path + S.SEP)
+        if layers:
+          out.append(dataclasses.replace(n, layers=layers))
+    return tuple(out)
+
+  return S.Spec(spec.shapes()[elements[start]][0], rec(spec.layers, ""),
+                name=f"{spec.name}[{start}:{stop}]")
+
+
+class _Plan(NamedTuple):
+  """How the forked evaluation runs: segments, and the candidates forking at each."""
+  segments: tuple[tuple[S.Spec, tuple[int, ...]], ...]   # (sub-spec, candidates forking there)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan(spec: S.Spec, cands: tuple[Candidate, ...]) -> _Plan:
+  elements = _top_elements(spec)
+  fork = [min(_element_of(elements, c.weight), _element_of(elements, c.site)) for c in cands]
+  starts = sorted(set(fork) | {0})
+  bounds = starts + [len(elements)]
+  segments = []
+  for a, b in zip(bounds[:-1], bounds[1:]):
+    segments.append((_sub_spec(spec, elements, a, b),
+                     tuple(k for k, f in enumerate(fork) if f == a)))
+  return _Plan(tuple(segments))
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "cands", "dtype"))
+def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=None):
+  """Losses of the unedited network and of each candidate's edit, ``(1 + K,)``.
+
+  Rows of the activation carry *chunks*: chunk 0 is the unedited network, chunk
+  ``1 + k`` candidate ``k``'s edit. The network runs segment by segment (a
+  segment starts where some candidate's edit starts); at its start, the
+  candidates forking there get a copy of chunk 0's activation, and the segment
+  runs on every chunk at once, each with its own gates and channel masks.
+  """
+  plan = _plan(spec, cands)
+  index = {s: i for i, s in enumerate(spec.sites())}
+  h = x[None]
+  order: list[int] = []                 # candidate of each chunk after the first
+  for sub, forks in plan.segments:
+    if forks:
+      h = jnp.concatenate([h, jnp.broadcast_to(h[:1], (len(forks),) + h.shape[1:])])
+      order += list(forks)
+    sub_sites = set(sub.sites())
+    sub_index = [index[s] for s in sub.sites()]
+    nodes = {p for p, _ in sub.walk()}
+    chunk_gates = [gates[jnp.asarray(sub_index, jnp.int32)]] if sub_index else [gates[:0]]
+    edits_here = [k for k, c in enumerate(cands) if c.weight in nodes or c.site in sub_sites]
+    chunk_masks = {k: [jnp.ones_like(masks[k])] for k in edits_here if cands[k].weight in nodes}
+    for k in order:
+      c = cands[k]
+      g = gates
+      if c.site in sub_sites:
+        g = g.at[index[c.site]].set(0.0)
+      chunk_gates.append(g[jnp.asarray(sub_index, jnp.int32)] if sub_index else gates[:0])
+      for j in chunk_masks:
+        chunk_masks[j].append(masks[j] if j == k else jnp.ones_like(masks[j]))
+    stacked_gates = jnp.stack(chunk_gates)
+    stacked_masks = {j: jnp.stack(m) for j, m in chunk_masks.items()}
+
+    def run(hh, g, m, sub=sub):
+      edits = tuple((cands[j].weight, cands[j].bn, m[j]) for j in m)
+      params = _edit_params(variables["params"], edits) if edits else variables["params"]
+      return network.forward(sub, {**variables, "params": params}, hh,
+                             gates=g if sub.sites() else None, dtype=dtype).logits
+
+    h = jax.vmap(run)(h, stacked_gates, stacked_masks)
+  losses = jax.vmap(lambda logits: _loss(logits, labels, mask))(h)
+  # chunks are in fork order; put them back in candidate order
+  inverse = np.argsort(np.asarray(order, np.int64)) + 1
+  return jnp.concatenate([losses[:1], losses[jnp.asarray(inverse)]])
+
+
+def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dtype=None
+         ) -> tuple[float, dict[str, float]]:
+  """Every candidate's loss gap on one batch, under one compilation, prefixes shared.
+
+  Args:
+    spec, variables: the network (cut channels already 0); ``gates`` its site
+      gates (default all on).
+    cands: the live candidates (:func:`candidates`).
+    x, labels: the validation batch; ``mask`` marks its real examples.
+    masks: ``{name: (C,)}`` keep-masks of the edits (:func:`keep_masks`).
+    dtype: compute dtype.
+
+  Returns:
+    ``(base_loss, {name: gap})``, gaps in candidate order; equal to
+    :func:`rank_naive` up to float rounding.
+  """
+  cands = tuple(cands)
+  if not cands:
+    raise ValueError("no candidate to rank")
+  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
+  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  stacked = tuple(jnp.asarray(masks[c.name], jnp.float32) for c in cands)
+  losses = np.asarray(jax.device_get(_rank_forked(spec, cands, variables, x, labels, mask,
+                                                  gates, stacked, dtype=dtype)), np.float64)
+  base_loss = float(losses[0])
+  return base_loss, {c.name: float(losses[1 + k]) - base_loss for k, c in enumerate(cands)}
+
+
+# ------------------------------------------------------------------ which layers go
+
+
+def prefix_gaps(order, gaps: dict[str, float], joint) -> dict[int, float]:
+  """The joint gaps ``G(n)`` the prefix rules read, evaluated lazily.
+
+  ``G(n)`` for ``n = 2 .. len(order) − 1`` up to the first ``G(n) > 0``, only
+  when some single gap is negative (the official loop); both rules need exactly
+  these.
+
+  Args:
+    order: candidate names by ascending gap.
+    gaps: ``{name: gap}``.
+    joint: ``joint(names) -> gap`` of the joint edit.
+
+  Returns:
+    ``{n: G(n)}``.
+  """
+  out: dict[int, float] = {}
+  if not order or min(gaps[n] for n in order) >= 0:
+    return out
+  for n in range(2, len(order)):
+    out[n] = float(joint(tuple(order[:n])))
+    if out[n] > 0:
+      break
+  return out
+
+
+def choose(order, gaps: dict[str, float], joint_gaps: dict[int, float],
+           rule: str = "first_harmful") -> tuple[str, ...]:
+  """The candidates removed together, by ``rule``, from the ranking.
+
+  Args:
+    order: candidate names by ascending gap.
+    gaps: ``{name: gap}`` (single edits).
+    joint_gaps: ``{n: G(n)}`` of :func:`prefix_gaps`.
+    rule: ``"first_harmful"`` (the official code: the first prefix whose joint
+      removal makes the loss worse, that layer included; one layer if none) or
+      ``"largest_harmless"`` (the longest prefix whose joint removals all keep
+      the loss from growing).
+
+  Returns:
+    The chosen prefix of ``order`` (at least its first candidate).
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown prefix rule {rule!r}; expected one of {RULES}")
+  order = tuple(order)
+  if not order:
+    raise ValueError("no candidate to choose from")
+  if min(gaps[n] for n in order) >= 0:
+    return order[:1]
+  harmful = [n for n in sorted(joint_gaps) if joint_gaps[n] > 0]
+  if rule == "first_harmful":
+    return order[:harmful[0]] if harmful else order[:1]
+  upto = (harmful[0] - 1) if harmful else max(joint_gaps, default=1)
+  return order[:max(upto, 1)]
+
+
+# ------------------------------------------------------------------ the method
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+  return traverse_util.unflatten_dict(flat, sep=S.SEP)
+
+
+@dataclasses.dataclass(frozen=True)
+class TLC:
+  """TLC as a :class:`~jaxdepth.methods.base.Method` for :func:`jaxdepth.driver.run`.
+
+  The state is ``{"gates": (n_sites,), "masks": {weight path: (C,)}, "stopped": ()}``:
+  the site gates, every candidate weight layer's channel keep-mask (1 kept, 0
+  cut), and whether a stop rule fired.
+
+  Attributes:
+    rule: ``"first_harmful"`` (official) or ``"largest_harmless"`` (:func:`choose`).
+    accuracy_threshold: stop once the validation accuracy (percent) is below it
+      (the official 20).
+    batch_size: size of the validation batch the gaps are measured on (the first
+      batch of the validation split, in order; 128 as the official CIFAR code).
+    projections: the official MobileNetV2 candidate quirk (:func:`candidates`).
+    max_iterations: the default number of iterations (the official 40).
+  """
+  rule: str = "first_harmful"
+  accuracy_threshold: float = 20.0
+  batch_size: int = 128
+  projections: bool = False
+  max_iterations: int = 40
+  name: str = dataclasses.field(default="tlc", init=False)
+  unit: str = dataclasses.field(default="site", init=False)
+  score_name: str = dataclasses.field(default="loss_gaps", init=False)
+
+  def __post_init__(self):
+    if self.rule not in RULES:
+      raise ValueError(f"unknown TLC prefix rule {self.rule!r}; expected one of {RULES}")
+    t = self.accuracy_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0:
+      raise ValueError(f"accuracy_threshold is a validation accuracy in percent and must be "
+                       f"in [0, 100], got {t!r}")
+    for what in ("batch_size", "max_iterations"):
+      v = getattr(self, what)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{what} must be a positive int, got {v!r}")
+
+  def options(self) -> dict[str, Any]:
+    return {"rule": self.rule, "accuracy_threshold": self.accuracy_threshold,
+            "batch_size": self.batch_size, "projections": self.projections}
+
+  def candidates(self, spec: S.Spec, state=None) -> tuple[Candidate, ...]:
+    live = None if state is None else base.live_sites(spec, state["gates"])
+    return candidates(spec, projections=self.projections, live=live)
+
+  def init(self, spec: S.Spec):
+    shapes = spec.shapes()
+    masks = {c.weight: jnp.ones(shapes[c.weight][1][-1], jnp.float32)
+             for c in self.candidates(spec)}
+    return {"gates": network.gates_for(spec), "masks": _nested(masks),
+            "stopped": jnp.zeros((), jnp.int32)}
+
+  def units(self, spec: S.Spec) -> tuple[str, ...]:
+    return spec.sites()
+
+  def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    return base.live_sites(spec, state["gates"])
+
+  def finished(self, spec: S.Spec, state) -> bool:
+    return bool(jax.device_get(state["stopped"]))
+
+  def default_iterations(self, spec: S.Spec) -> int:
+    return min(self.max_iterations, len(spec.sites()))
+
+  def _weight_masks(self, spec: S.Spec, state) -> dict[str, Any]:
+    """Element-wise masks of every candidate's leaves (kernel, bias, BatchNorm scale and bias)."""
+    flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    shapes = spec.shapes()
+    out = {}
+    for c in self.candidates(spec):
+      m = flat_masks[c.weight]
+      w = spec.node(c.weight)
+      cin = shapes[c.weight][0][-1]
+      if isinstance(w, S.Conv):
+        kshape = (*w.kernel, cin // w.groups, w.features)
+      else:
+        kshape = (cin, w.features)
+      out[f"{c.weight}{S.SEP}kernel"] = jnp.broadcast_to(m, kshape)
+      if w.bias:
+        out[f"{c.weight}{S.SEP}bias"] = m
+      if c.bn is not None:
+        out[f"{c.bn}{S.SEP}scale"] = m
+        out[f"{c.bn}{S.SEP}bias"] = m
+    return _nested(out)
+
+  def train_options(self, spec: S.Spec, state) -> base.TrainOptions:
+    return base.TrainOptions(gates=state["gates"], masks=self._weight_masks(spec, state))
+
+  def _masked(self, spec, variables, state):
+    return {**variables, "params": optim.apply_masks(variables["params"],
+                                                     self._weight_masks(spec, state))}
+
+  def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, Any]:
+    """Ranks the live candidates on the first validation batch (``{}`` when a stop rule holds).
+
+    Each score is ``{"gap", "prefix_gap", "cut", "channels"}``: the loss gap of
+    the candidate's edit alone, the joint gap ``G(n)`` of the prefix of the
+    ranking that ends with it (``None`` where not evaluated), its channels with
+    ``β ≤ 0`` and its channel count.
+    """
+    live = self.live_units(spec, state)
+    if len(live) <= 1:
+      return {}
+    if context.val_accuracy is not None and context.val_accuracy < self.accuracy_threshold:
+      return {}
+    cands = self.candidates(spec, state)
+    if not cands:
+      return {}
+    x, labels = self._batch(context)
+    variables = self._masked(spec, variables, state)
+    gates = state["gates"]
+    betas = candidate_betas(spec, variables, cands, x, gates=gates, dtype=context.dtype)
+    current = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    masks = {c.name: keep_masks({c.name: betas[c.name]})[c.name]
+             * np.asarray(current[c.weight]) for c in cands}
+    base_loss, gaps = rank(spec, variables, cands, x, labels, masks, gates=gates,
+                           dtype=context.dtype)
+    order = sorted(gaps, key=gaps.__getitem__)
+    joint = prefix_gaps(order, gaps, lambda names: joint_gap(
+        spec, variables, cands, names, x, labels, masks, gates=gates, base_loss=base_loss))
+    prefix_of = {order[n - 1]: g for n, g in joint.items()}
+    return {c.name: {"gap": gaps[c.name], "prefix_gap": prefix_of.get(c.name),
+                     "site": c.site, "cut": np.flatnonzero(masks[c.name] == 0).tolist(),
+                     "channels": int(masks[c.name].size), "base_loss": base_loss}
+            for c in cands}
+
+  def _batch(self, context: base.Context):
+    ds = context.dataset
+    if ds is None or ds.val is None:
+      raise ValueError("TLC ranks candidates on a validation batch: the dataset needs a "
+                       "validation split (load it with val_fraction > 0)")
+    if ds.val.num_examples < self.batch_size:
+      raise ValueError(f"the validation split holds {ds.val.num_examples} examples, fewer than "
+                       f"one ranking batch of {self.batch_size}; lower the TLC batch_size or "
+                       f"hold out more validation data")
+    batch = next(iter(ds.val.batches(self.batch_size)))
+    return jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+
+  def decide(self, scores: dict[str, Any], state) -> base.Decision:
+    if not scores:
+      live = int(np.sum(np.asarray(jax.device_get(state["gates"])) != 0))
+      why = ("at most one site left" if live <= 1 else
+             "validation accuracy below the threshold, or no candidate left")
+      return base.Decision((), {"stop": why})
+    gaps = {k: v["gap"] for k, v in scores.items()}
+    order = sorted(gaps, key=gaps.__getitem__)
+    position = {k: i + 1 for i, k in enumerate(order)}
+    joint = {position[k]: v["prefix_gap"] for k, v in scores.items()
+             if v["prefix_gap"] is not None}
+    chosen = choose(order, gaps, joint, self.rule)
+    remove = tuple(dict.fromkeys(scores[k]["site"] for k in chosen))
+    return base.Decision(remove, {
+        "rule": self.rule, "order": order, "chosen": list(chosen),
+        "prefix_gaps": {str(n): g for n, g in sorted(joint.items())},
+        "cut": {k: scores[k]["cut"] for k in chosen},
+        "base_loss": next(iter(scores.values()))["base_loss"]})
+
+  def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    if not decision.remove:
+      return variables, {**state, "stopped": jnp.ones((), jnp.int32)}
+    by_name = {c.name: c for c in self.candidates(spec, state)}
+    masks = dict(traverse_util.flatten_dict(state["masks"], sep=S.SEP))
+    for name, cut in (decision.details or {}).get("cut", {}).items():
+      w = by_name[name].weight
+      masks[w] = jnp.asarray(masks[w]).at[jnp.asarray(cut, jnp.int32)].set(0.0) if cut else masks[w]
+    gates = state["gates"]
+    index = {s: i for i, s in enumerate(spec.sites())}
+    live = set(self.live_units(spec, state))
+    unknown = [s for s in decision.remove if s not in live]
+    if unknown:
+      raise KeyError(f"cannot remove {unknown}: not live sites of {spec.name!r}")
+    gates = gates.at[jnp.asarray([index[s] for s in decision.remove], jnp.int32)].set(0.0)
+    new = {"gates": gates, "masks": _nested(masks), "stopped": state["stopped"]}
+    return self._masked(spec, variables, new), new
+
+  def export(self, spec: S.Spec, variables, state):
+    """The masked network with its cut channels removed and its identities baked in.
+
+    Channels cut at a site that reads its BatchNorm directly are deleted with the
+    next layer's matching inputs (:func:`jaxdepth.surgery.cut_channels`, exact:
+    they are 0 there); the rest stay as zero weights. The result computes what
+    the gated, masked network computes.
+    """
+    from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
+    variables = self._masked(spec, variables, state)
+    removed = base.removed_sites(spec, state["gates"])
+    flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    counts = {}
+    for c in self.candidates(spec):
+      if c.direct and c.site in removed and spec.node(c.site).fn in ("relu", "relu6"):
+        keep = np.asarray(jax.device_get(flat_masks[c.weight])) != 0
+        if not keep.all():
+          counts[c.site] = np.stack([keep, ~keep, np.zeros_like(keep)]).astype(np.int32)
+    if counts:
+      spec_cut, variables = surgery.cut_channels(spec, variables, counts)
+      spec = spec_cut
+    return S.with_identity(spec, removed), variables
