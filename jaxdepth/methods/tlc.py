@@ -493,7 +493,10 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
     stacked_masks = {j: jnp.stack(m) for j, m in chunk_masks.items()}
 
     def run(hh, g, m, sub=sub):
-      edits = tuple((cands[j].weight, cands[j].bn, m[j]) for j in m)
+      # Behind a BatchNorm, zeroing its scale and bias alone makes the channel exactly 0:
+      # the conv kernel stays shared by every chunk (a per-chunk kernel would turn the
+      # convolution into a grouped one, several times slower on CPU).
+      edits = tuple((None if cands[j].bn else cands[j].weight, cands[j].bn, m[j]) for j in m)
       params = _edit_params(variables["params"], edits) if edits else variables["params"]
       return network.forward(sub, {**variables, "params": params}, hh,
                              gates=g if sub.sites() else None, dtype=dtype).logits

@@ -1,0 +1,30 @@
+"""TLC on the offline default: digits_cnn (6 sites) on scikit-learn's 8x8 digits.
+
+Run:   python -m train tlc                     (the same as --config tlc_digits)
+Takes: see the README's TLC section for the measured time on a 2-core CPU.
+Reaches: see the README's TLC section (dense and chosen accuracies, layers removed).
+
+Every iteration trains 10 epochs with a fresh Adam (lr 3e-3, x0.1 at epoch 8,
+batch 64, one-pixel shifts); then every live site is ranked by the loss gap of
+its collapse on the first 128 validation images, and the official prefix rule
+picks what goes. The chosen model is the deepest cut within 1 point of the
+dense model's validation accuracy.
+"""
+
+
+def get_config():
+  return dict(
+      model="digits_cnn",
+      dataset="digits",
+      epochs=10,
+      batch_size=64,
+      optimizer="adam",
+      lr=3e-3,
+      weight_decay=0.0,
+      milestones=(8,),
+      gamma=0.1,
+      eval_batch_size=512,
+      iterations=6,
+      tolerance=1.0,
+      rank_batch_size=128,
+  )
