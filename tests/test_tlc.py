@@ -139,25 +139,30 @@ def _by_hand_loss(spec, variables, x, labels, cand, keep, gates):
   return float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
 
 
-@pytest.mark.parametrize("name", ["mixed", "digits"])
+@pytest.mark.parametrize("name", ["mixed", "digits", "mobilenet_v2_projections"])
 def test_shared_ranking_equals_the_naive_loop_and_edits_made_by_hand(name):
-  spec = _mixed_spec() if name == "mixed" else zoo.digits_cnn(width=8)
+  projections = name == "mobilenet_v2_projections"
+  spec = {"mixed": _mixed_spec, "digits": lambda: zoo.digits_cnn(width=8),
+          "mobilenet_v2_projections": lambda: zoo.mobilenet_v2(
+              width_mult=0.25, input_shape=(8, 8, 3))}[name]()
   variables = _randomized(spec, 3)
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(12, *spec.input_shape)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, spec.output_shape[-1], 12), jnp.int32)
   gates = network.gates_for(spec, off=[spec.sites()[1]])   # one site already removed
   live = base.live_sites(spec, gates)
-  cands = tlc.candidates(spec, live=live)
-  assert [c.site for c in cands] == list(live)
+  cands = tlc.candidates(spec, live=live, projections=projections)
+  assert [c.site for c in cands if c.name == c.site] == list(live)
   betas = tlc.candidate_betas(spec, variables, cands, x, gates=gates)
   masks = tlc.keep_masks(betas)
   assert any(0 < m.sum() < m.size for m in masks.values())      # non-trivial cuts
   base_loss, gaps = tlc.rank(spec, variables, cands, x, labels, masks, gates=gates)
   naive_loss, naive = tlc.rank_naive(spec, variables, cands, x, labels, masks, gates=gates)
-  assert abs(base_loss - naive_loss) < 1e-5
+  # float32: both sum the same terms in another order (the shared one at a larger batch)
+  tol = 1e-5 * max(1.0, abs(base_loss))
+  assert abs(base_loss - naive_loss) < tol
   for c in cands:
-    assert abs(gaps[c.name] - naive[c.name]) < 1e-5, c.name
+    assert abs(gaps[c.name] - naive[c.name]) < tol, (c.name, base_loss)
     by_hand = _by_hand_loss(spec, variables, x, labels, c, masks[c.name], gates) - base_loss
     assert abs(gaps[c.name] - by_hand) < 1e-4, c.name
 

@@ -439,71 +439,186 @@ def _sub_spec(spec: S.Spec, elements: list[str], start: int, stop: int) -> S.Spe
                 name=f"{spec.name}[{start}:{stop}]")
 
 
+def _spec_of(spec: S.Spec, paths, name: str) -> S.Spec:
+  """A spec of the leaves ``paths`` (in call order), their scopes kept as Sequentials.
+
+  A Block around them becomes a Sequential of the same name: both open the same
+  name scope, so the variables of ``spec`` fit unchanged.
+  """
+  keep = set(paths)
+
+  def rec(nodes, prefix):
+    out = []
+    for n in nodes:
+      path = prefix + n.name
+      if path in keep:
+        out.append(n)
+      elif n.children():
+        layers = rec(n.children(), path + S.SEP)
+        if layers:
+          out.append(S.Sequential(n.name, layers=layers))
+    return tuple(out)
+
+  return S.Spec(spec.shapes()[paths[0]][0], rec(spec.layers, ""), name=name)
+
+
+class _Join(NamedTuple):
+  """How a candidate's chunk joins the others after top-level element ``element``.
+
+  ``kind``: ``"site"`` (the element is the site itself), ``"post"`` (the site
+  ends a residual block, after its addition), ``"branch"`` (the site is inside a
+  block's branch: the rest of the branch, the shortcut of the unedited network
+  and the post run on the edited value) or ``"fork"`` (anything else: a copy of
+  the unedited input of ``element`` runs the element with the edit as data).
+  """
+  kind: str
+  element: int
+  rest: S.Spec | None = None        # "branch": the branch after the site
+  post: S.Spec | None = None        # "branch": the block's post list
+  shortcut: str | None = None       # "branch": last shortcut node (None: identity shortcut)
+
+
 class _Plan(NamedTuple):
-  """How the forked evaluation runs: segments, and the candidates forking at each."""
-  segments: tuple[tuple[S.Spec, tuple[int, ...]], ...]   # (sub-spec, candidates forking there)
+  elements: tuple[S.Spec, ...]      # one sub-spec per top-level element
+  joins: tuple[_Join, ...]          # per candidate
+
+
+def _join(spec: S.Spec, elements: list[str], c: Candidate) -> _Join:
+  e_weight, e_site = _element_of(elements, c.weight), _element_of(elements, c.site)
+  fork = _Join("fork", min(e_weight, e_site))
+  if e_weight != e_site:
+    return fork if not (c.direct and c.site == elements[e_site]) else _Join("site", e_site)
+  if c.site == elements[e_site]:
+    return _Join("site", e_site) if c.direct else fork
+  block = spec.node(elements[e_site])
+  if not isinstance(block, S.Block):
+    return fork
+  scope = elements[e_site] + S.SEP
+  branch, post = _flat(block.branch, scope), _flat(block.post, scope)
+  nested = any(isinstance(n, S.Block) for _, n in branch + post)
+  if nested:
+    return fork
+  if not c.direct and [p for p, _ in post] == [c.site] and c.bn == (branch[-1][0] if branch
+                                                                       else None):
+    return _Join("post", e_site)
+  paths = [p for p, _ in branch]
+  if c.direct and c.site in paths:
+    rest = paths[paths.index(c.site) + 1:]
+    if not rest or not post:
+      return fork
+    shortcut = _flat(block.shortcut, scope)
+    return _Join("branch", e_site, _spec_of(spec, rest, f"{spec.name}:{c.site}+"),
+                 _spec_of(spec, [p for p, _ in post], f"{spec.name}:{elements[e_site]}.post"),
+                 shortcut[-1][0] if shortcut else None)
+  return fork
 
 
 @functools.lru_cache(maxsize=32)
 def _plan(spec: S.Spec, cands: tuple[Candidate, ...]) -> _Plan:
   elements = _top_elements(spec)
-  fork = [min(_element_of(elements, c.weight), _element_of(elements, c.site)) for c in cands]
-  starts = sorted(set(fork) | {0})
-  bounds = starts + [len(elements)]
-  segments = []
-  for a, b in zip(bounds[:-1], bounds[1:]):
-    segments.append((_sub_spec(spec, elements, a, b),
-                     tuple(k for k, f in enumerate(fork) if f == a)))
-  return _Plan(tuple(segments))
+  subs = tuple(_sub_spec(spec, elements, k, k + 1) for k in range(len(elements)))
+  return _Plan(subs, tuple(_join(spec, elements, c) for c in cands))
+
+
+def _forward(spec, variables, h, gates_all, index, dtype, capture=()):
+  """``spec`` (a sub-spec) on ``h`` with the full network's gates; logits and captures."""
+  sub_index = [index[s] for s in spec.sites()]
+  g = gates_all[jnp.asarray(sub_index, jnp.int32)] if sub_index else None
+  out = network.forward(spec, variables, h, gates=g, dtype=dtype, capture=capture)
+  return out.logits, out.captured or {}
 
 
 @functools.partial(jax.jit, static_argnames=("spec", "cands", "dtype"))
 def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=None):
   """Losses of the unedited network and of each candidate's edit, ``(1 + K,)``.
 
-  Rows of the activation carry *chunks*: chunk 0 is the unedited network, chunk
-  ``1 + k`` candidate ``k``'s edit. The network runs segment by segment (a
-  segment starts where some candidate's edit starts); at its start, the
-  candidates forking there get a copy of chunk 0's activation, and the segment
-  runs on every chunk at once, each with its own gates and channel masks.
+  Activations carry *chunks* on a leading axis: chunk 0 is the unedited
+  network; each candidate adds its chunk where its edit takes effect, and from
+  there on runs with the others, one top-level element after the other:
+
+  * at its **site** (most candidates): the edited value is known from chunk 0's
+    own values, ``z·keep`` (the channels cut, the site the identity) or, after a
+    residual addition, ``z − (1−keep)·bn_out``; a site inside a residual branch
+    then runs the rest of that branch, adds chunk 0's shortcut and runs the
+    block's post list;
+  * otherwise (**fork**: the MobileNetV2 projection quirk, nested blocks) a copy
+    of chunk 0's input of the element where the edit starts runs from there
+    with the edit as data (per-chunk gates and BatchNorm masks, under ``vmap``).
+
+  So the network before each candidate's edit runs once, for chunk 0 only.
   """
   plan = _plan(spec, cands)
   index = {s: i for i, s in enumerate(spec.sites())}
   h = x[None]
-  order: list[int] = []                 # candidate of each chunk after the first
-  for sub, forks in plan.segments:
+  order: list[int] = []               # candidate of each chunk after the first
+  for e, sub in enumerate(plan.elements):
+    forks = [k for k, j in enumerate(plan.joins) if j.kind == "fork" and j.element == e]
     if forks:
       h = jnp.concatenate([h, jnp.broadcast_to(h[:1], (len(forks),) + h.shape[1:])])
-      order += list(forks)
-    sub_sites = set(sub.sites())
-    sub_index = [index[s] for s in sub.sites()]
+      order += forks
+    joiners = [k for k, j in enumerate(plan.joins) if j.kind != "fork" and j.element == e]
+    capture = []
+    for k in joiners:
+      c, j = cands[k], plan.joins[k]
+      if j.kind == "post":
+        capture += [c.site, c.bn]
+      elif j.kind == "branch":
+        capture += [c.site] + ([j.shortcut] if j.shortcut else [])
+    capture = tuple(dict.fromkeys(capture))
     nodes = {p for p, _ in sub.walk()}
-    chunk_gates = [gates[jnp.asarray(sub_index, jnp.int32)]] if sub_index else [gates[:0]]
-    edits_here = [k for k, c in enumerate(cands) if c.weight in nodes or c.site in sub_sites]
-    chunk_masks = {k: [jnp.ones_like(masks[k])] for k in edits_here if cands[k].weight in nodes}
-    for k in order:
-      c = cands[k]
-      g = gates
-      if c.site in sub_sites:
-        g = g.at[index[c.site]].set(0.0)
-      chunk_gates.append(g[jnp.asarray(sub_index, jnp.int32)] if sub_index else gates[:0])
-      for j in chunk_masks:
-        chunk_masks[j].append(masks[j] if j == k else jnp.ones_like(masks[j]))
-    stacked_gates = jnp.stack(chunk_gates)
-    stacked_masks = {j: jnp.stack(m) for j, m in chunk_masks.items()}
+    sub_sites = set(sub.sites())
+    forked = [k for k in order if plan.joins[k].kind == "fork"]
+    edited = [k for k in forked if cands[k].weight in nodes or cands[k].site in sub_sites]
+    h_in = h
+    if edited:
+      chunk_gates = [gates]
+      chunk_masks = {k: [jnp.ones_like(masks[k])] for k in edited if cands[k].weight in nodes}
+      for k in order:
+        g = gates
+        if k in edited and cands[k].site in sub_sites:
+          g = g.at[index[cands[k].site]].set(0.0)
+        chunk_gates.append(g)
+        for i in chunk_masks:
+          chunk_masks[i].append(masks[i] if i == k else jnp.ones_like(masks[i]))
+      stacked_gates = jnp.stack(chunk_gates)
+      stacked_masks = {i: jnp.stack(m) for i, m in chunk_masks.items()}
 
-    def run(hh, g, m, sub=sub):
-      # Behind a BatchNorm, zeroing its scale and bias alone makes the channel exactly 0:
-      # the conv kernel stays shared by every chunk (a per-chunk kernel would turn the
-      # convolution into a grouped one, several times slower on CPU).
-      edits = tuple((None if cands[j].bn else cands[j].weight, cands[j].bn, m[j]) for j in m)
-      params = _edit_params(variables["params"], edits) if edits else variables["params"]
-      return network.forward(sub, {**variables, "params": params}, hh,
-                             gates=g if sub.sites() else None, dtype=dtype).logits
+      def run(hh, g, m, sub=sub, capture=capture):
+        # Behind a BatchNorm, zeroing its scale and bias alone makes the channel exactly
+        # 0: the conv kernel stays shared by every chunk (a per-chunk kernel would turn
+        # the convolution into a grouped one, several times slower on CPU).
+        edits = tuple((None if cands[i].bn else cands[i].weight, cands[i].bn, m[i]) for i in m)
+        params = _edit_params(variables["params"], edits) if edits else variables["params"]
+        return _forward(sub, {**variables, "params": params}, hh, g, index, dtype, capture)
 
-    h = jax.vmap(run)(h, stacked_gates, stacked_masks)
+      h, captured = jax.vmap(run)(h, stacked_gates, stacked_masks)
+    else:
+      n = h.shape[0]
+      flat, captured = _forward(sub, variables, h.reshape((-1,) + h.shape[2:]), gates, index,
+                                dtype, capture)
+      h = flat.reshape((n, -1) + flat.shape[1:])
+      captured = {p: tuple(v.reshape((n, -1) + v.shape[1:]) for v in io)
+                  for p, io in captured.items()}
+    if joiners:
+      new = []
+      for k in joiners:
+        c, j = cands[k], plan.joins[k]
+        keep = masks[k].astype(h.dtype)
+        if j.kind == "site":
+          new.append(h_in[0] * keep)
+        elif j.kind == "post":
+          z, bn_out = captured[c.site][0][0], captured[c.bn][1][0]
+          new.append(z - (1.0 - keep) * bn_out)
+        else:
+          v = captured[c.site][0][0] * keep
+          v, _ = _forward(j.rest, variables, v, gates, index, dtype)
+          v = v + (captured[j.shortcut][1][0] if j.shortcut else h_in[0])
+          v, _ = _forward(j.post, variables, v, gates, index, dtype)
+          new.append(v)
+      h = jnp.concatenate([h, jnp.stack(new)])
+      order += joiners
   losses = jax.vmap(lambda logits: _loss(logits, labels, mask))(h)
-  # chunks are in fork order; put them back in candidate order
+  # chunks are in joining order; put them back in candidate order
   inverse = np.argsort(np.asarray(order, np.int64)) + 1
   return jnp.concatenate([losses[:1], losses[jnp.asarray(inverse)]])
 
