@@ -265,3 +265,89 @@ def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
   # an empty decision stops the run
   _, stopped = method.apply(spec, new_vars, new_state, base.Decision((), {"stop": "x"}))
   assert method.finished(spec, stopped) and not method.finished(spec, new_state)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """A 3-iteration TLC run on digits (2 epochs per iteration)."""
+  from jaxdepth import data, driver, optim
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  workdir = tmp_path_factory.mktemp("tlc")
+  recipe = optim.Recipe(epochs=2, batch_size=64, optimizer="adam", lr=3e-3)
+  result = driver.run(tlc.TLC(batch_size=64), spec, ds, recipe, workdir, iterations=3,
+                      tolerance=100.0, progress=False, eval_batch_size=512)
+  return ds, spec, workdir, result
+
+
+def test_digits_run_removes_layers_and_its_merged_model_matches(digits_run):
+  from jaxdepth import checkpoint
+  ds, spec, workdir, result = digits_run
+  entries = result.report["iterations"]
+  assert len(entries) == 3 and entries[-1]["units_removed"] >= 2
+  for e in entries:
+    gaps = e["loss_gaps"]
+    assert set(gaps) == {s for s in spec.sites() if s not in e["removed"]}
+    assert e["removed_now"] == list(dict.fromkeys(gaps[k]["site"] for k in e["decision"]["chosen"]))
+    order = sorted(gaps, key=lambda k: gaps[k]["gap"])
+    assert e["decision"]["order"] == order
+  # cut channels stay exactly 0 in the state's masks and in the chosen model's spec
+  chosen_spec, chosen_vars = checkpoint.load_model(workdir / "chosen")
+  merged_spec, merged_vars = checkpoint.load_model(workdir / "chosen_merged")
+  assert chosen_spec.sites() == tuple(s for s in spec.sites()
+                                      if s not in result.report["chosen"]["removed"])
+  x = next(iter(ds.test.batches(128)))["image"]
+  np.testing.assert_allclose(np.asarray(network.forward(merged_spec, merged_vars, x).logits),
+                             np.asarray(network.forward(chosen_spec, chosen_vars, x).logits),
+                             rtol=1e-4, atol=1e-4)
+  assert result.report["chosen"]["merged"]["max_abs_diff"] < 1e-4
+
+
+def test_accuracy_collapse_stops_the_run(tmp_path):
+  from jaxdepth import data, driver, optim, training
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+
+  def untrained(spec, variables, dataset, recipe, **kw):
+    return training.FitResult(variables, None, [], training.TrainState.create(
+        variables, optim.make_optimizer(recipe, 1), 0))
+
+  result = driver.run(tlc.TLC(batch_size=64, accuracy_threshold=99.0), spec, ds, recipe,
+                      tmp_path, iterations=5, progress=False, trainer=untrained, merge=False)
+  entries = result.report["iterations"]
+  assert len(entries) == 1 and entries[0]["val_accuracy"] < 99.0
+  assert entries[0]["removed_now"] == [] and "stop" in entries[0]["decision"]
+
+
+def test_a_validation_split_smaller_than_one_batch_is_refused():
+  from jaxdepth import data
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  method = tlc.TLC(batch_size=1000)
+  context = base.Context(iteration=0, train_stats=None, eval_stats=None,
+                         rng=jax.random.key(0), dataset=ds, val_accuracy=90.0)
+  state = method.init(spec)
+  with pytest.raises(ValueError, match="144 examples, fewer than one ranking batch of 1000"):
+    method.measure(spec, network.init(spec, jax.random.key(0)), state, context)
+
+
+def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
+  from train import __main__ as cli
+  common = ["--no-progress", "--set", "epochs=1", "iterations=2", "model_kwargs={'width': 8}",
+            "rank_batch_size=64"]
+  assert cli.main(["tlc", "--accuracy-threshold", "150", "--workdir", str(tmp_path / "a"),
+                   *common]) == 2
+  assert "accuracy_threshold" in capsys.readouterr().err
+  assert cli.main(["tlc", "--workdir", str(tmp_path / "b"), *common[:-1],
+                   "rank_batch_size=1000"]) == 2
+  assert "fewer than one ranking batch" in capsys.readouterr().err
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+  assert cli.main(["tlc", "--workdir", str(tmp_path / "c"), "--accuracy-threshold", "0",
+                   *common]) == 0
+  for name in ("tlc.json", "loss_gaps.png", "costs.png", "report.md", "chosen_merged"):
+    assert (tmp_path / "c" / name).exists(), name
+  import json
+  figures = json.loads((tmp_path / "c" / "tlc.json").read_text())
+  assert {"dense", "chosen", "merged"} <= set(figures["latency"])
+  assert len(figures["iterations"]) == 2
