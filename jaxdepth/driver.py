@@ -287,8 +287,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       if after_iteration is not None:
         after_iteration(it, entry)
     if len(entries) < iterations:
-      say(f"stopped after {len(entries)} of the {iterations} iterations asked: no {method.unit} "
-          f"is left to remove")
+      why = (f"the method's stop rule ({(entries[-1].get('decision') or {}).get('stop', 'done')})"
+             if entries and _finished(method, spec, state) else
+             f"no {method.unit} is left to remove")
+      say(f"stopped after {len(entries)} of the {iterations} iterations asked: {why}")
   finally:
     ckpt.close()
 

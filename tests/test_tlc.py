@@ -334,15 +334,16 @@ def test_a_validation_split_smaller_than_one_batch_is_refused():
 
 def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
   from train import __main__ as cli
-  common = ["--no-progress", "--set", "epochs=1", "iterations=2", "model_kwargs={'width': 8}",
-            "rank_batch_size=64"]
-  assert cli.main(["tlc", "--accuracy-threshold", "150", "--workdir", str(tmp_path / "a"),
-                   *common]) == 2
-  assert "accuracy_threshold" in capsys.readouterr().err
-  assert cli.main(["tlc", "--workdir", str(tmp_path / "b"), *common[:-1],
-                   "rank_batch_size=1000"]) == 2
+  common = ["--no-progress", "--config.epochs=1", "--config.iterations=2",
+            "--config.model_kwargs={'width': 8}", "--config.rank_batch_size=64"]
+  assert cli.main(["tlc", "--accuracy-threshold", "150", "--rule", "best",
+                   "--workdir", str(tmp_path / "a"), *common]) == 2
+  err = capsys.readouterr().err
+  assert "accuracy_threshold" in err and "[0, 100]" in err and "--rule 'best'" in err
+  assert cli.main(["tlc", "--workdir", str(tmp_path / "b"), *common,
+                   "--config.rank_batch_size=1000"]) == 2
   assert "fewer than one ranking batch" in capsys.readouterr().err
-  assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "run.json").exists()
   assert cli.main(["tlc", "--workdir", str(tmp_path / "c"), "--accuracy-threshold", "0",
                    *common]) == 0
   for name in ("tlc.json", "loss_gaps.png", "costs.png", "report.md", "chosen_merged"):

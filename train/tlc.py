@@ -2,7 +2,7 @@
 
     python -m train tlc                                      # digits_cnn on digits, ~1 min on a CPU
     python -m train tlc --config tlc_cifar10_resnet18 --data-dir ~/tensorflow_datasets
-    python -m train tlc --config tlc_cifar10_mobilenetv2 --set projections=True   # official quirk
+    python -m train tlc --config tlc_cifar10_mobilenetv2 --config.projections=True  # official quirk
     python -m train tlc --rule largest_harmless              # the intended prefix rule
 
 Every iteration trains the current network for the config's epochs with a
@@ -22,8 +22,9 @@ merged models).
 
 Running the same command again resumes; ``--iterations`` may grow and
 ``--tolerance`` change between calls. A config is a ``train/configs/tlc_*.py``
-file: the recipe keys of ``python -m train fit`` plus those of
-:data:`METHOD_DEFAULTS`.
+file (``python -m train list``): the keys of ``python -m train fit`` plus those
+of :data:`METHOD_DEFAULTS`; ``--config.KEY=VALUE`` overrides any of them. The
+default work directory is ``runs/tlc-<model>-<dataset>-seed<seed>``.
 """
 from __future__ import annotations
 
@@ -35,11 +36,14 @@ import sys
 import time
 from typing import Any
 
-from train import config as config_lib
-from train.fit import maybe_initialize_distributed
+from ml_collections import config_dict
 
+from train import command
+from train import config as config_lib
+
+NAME = "tlc"
 METHOD_DEFAULTS: dict[str, Any] = {
-    "iterations": None,           # training rounds; None = min(40, one per site)
+    "iterations": config_dict.placeholder(int),  # training rounds; None = min(40, one per site)
     "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
     "rule": "first_harmful",      # "first_harmful" (official) or "largest_harmless" (intended)
     "accuracy_threshold": 20.0,   # stop once validation accuracy (percent) is below it
@@ -49,38 +53,40 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
 DEFAULT_CONFIG = "tlc_digits"
+RULES = ("first_harmful", "largest_harmless")
+FLAGS = ("iterations", "tolerance", "rule", "accuracy_threshold")   # flags that set config keys
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
                   "image_size", "normalization", "dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train tlc", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m train tlc", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", help=f"a tlc_* config file or name in train/configs/ "
-                                  f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
-  config_lib.add_run_arguments(
-      p, workdir_help="run directory (default: runs/tlc-<model>-<dataset>)")
-  p.add_argument("--iterations", type=int,
+  command.add_run_arguments(
+      p, config_help=f"a tlc_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {DEFAULT_CONFIG})",
+      workdir_help="run directory (default: runs/tlc-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--iterations",
                  help="training rounds (default: the config's, else min(40, one per site))")
-  p.add_argument("--tolerance", type=float,
+  p.add_argument("--tolerance",
                  help="allowed validation-accuracy drop of the chosen model, in points")
-  p.add_argument("--rule", choices=("first_harmful", "largest_harmless"),
+  p.add_argument("--rule",
                  help="which prefix of the ranking goes: 'first_harmful' = the official code "
                       "(the first prefix that makes the loss worse), 'largest_harmless' = the "
                       "longest prefix that does not")
   p.add_argument("--accuracy-threshold", "--accuracy_threshold", dest="accuracy_threshold",
-                 type=float, help="stop once validation accuracy (%%) is below this (20)")
-  config_lib.add_launch_arguments(p)
+                 help="stop once validation accuracy (%%) is below this, in [0, 100] (20)")
+  command.add_launch_arguments(p)
   return p
 
 
-def _tlc_configs() -> list[pathlib.Path]:
-  return sorted(config_lib.CONFIG_DIR.glob("tlc_*.py"))
+# ----------------------------------------------------------------------- configs
 
 
 def load_config(config: str) -> dict[str, Any]:
   """A TLC config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return config_lib.load(config, METHOD_DEFAULTS)
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
 
 
 def default_config(model: str | None, dataset: str | None) -> str:
@@ -88,24 +94,66 @@ def default_config(model: str | None, dataset: str | None) -> str:
   if model is None and dataset is None:
     return DEFAULT_CONFIG
   matches = []
-  for path in _tlc_configs():
-    values = load_config(str(path))
+  for name in command.command_configs(NAME, command.registered_commands()):
+    values = load_config(name)
     if (model or values["model"]) == values["model"] and (
         dataset or values["dataset"]) == values["dataset"]:
-      matches.append(path.stem)
+      matches.append(name)
   return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--set``, then the dedicated flags."""
-  return config_lib.resolve(
-      args.config or default_config(args.model, args.dataset), args,
-      extra_defaults=METHOD_DEFAULTS,
-      flags=config_lib.RUN_FLAGS + ("iterations", "tolerance", "rule", "accuracy_threshold"))
+  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
+
+
+def _positive_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of TLC's own keys, one line each."""
+  out = []
+  it, tol, t = cfg["iterations"], cfg["tolerance"], cfg["accuracy_threshold"]
+  if it is not None and not _positive_int(it):
+    out.append(f"--iterations {it!r}: training rounds must be an integer >= 1 (or leave it "
+               f"out: min(40, one per site))")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  if cfg["rule"] not in RULES:
+    out.append(f"--rule {cfg['rule']!r}: use one of {', '.join(RULES)}")
+  if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 100.0):
+    out.append(f"--accuracy-threshold {t!r}: accuracy_threshold is a validation accuracy in "
+               f"percent and must be in [0, 100], e.g. 20")
+  for key in ("rank_batch_size", "latency_batch"):
+    if not _positive_int(cfg[key]):
+      out.append(f"--config.{key}={cfg[key]!r}: must be an integer >= 1")
+  return out
+
+
+def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
+  """Problems that need the model and the data: sites TLC cannot rank, a too small val split."""
+  from jaxdepth.methods import tlc  # pylint: disable=import-outside-toplevel
+  out = []
+  try:
+    tlc.candidates(spec, projections=cfg["projections"])
+  except ValueError as e:
+    out.append(f"--config.model={cfg['model']!r}: {e}")
+  if ds.val is None:
+    out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+               f"validation split, on which TLC ranks its candidates; use a fraction > 0, "
+               f"e.g. 0.1")
+  elif ds.val.num_examples < cfg["rank_batch_size"]:
+    out.append(f"--config.rank_batch_size={cfg['rank_batch_size']}: the validation split holds "
+               f"{ds.val.num_examples} examples, fewer than one ranking batch; use at most "
+               f"{ds.val.num_examples} or a larger val_fraction")
+  return out
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return pathlib.Path("runs") / f"tlc-{config_lib.run_name(cfg)}"
+  return command.default_workdir(NAME, cfg)
 
 
 # ---------------------------------------------------------------- TLC's figures
@@ -206,36 +254,28 @@ def summary(report: dict[str, Any], workdir: pathlib.Path, latency_batch: int) -
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  maybe_initialize_distributed(args.multihost)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(NAME, argv)
+  return session.run(lambda: _main(session, argv))
 
+
+def _main(session: command.Session, argv: list[str]) -> int:
+  args = command.start(session, build_parser(), argv)
+  if args is None:
+    return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, data, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import TLC  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  try:
-    cfg = resolve_config(args)
-    recipe = config_lib.recipe_of(cfg)
-    method = TLC(rule=cfg["rule"], accuracy_threshold=cfg["accuracy_threshold"],
-                 batch_size=cfg["rank_batch_size"], projections=cfg["projections"])
-  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  recipe = config_lib.recipe_of(cfg)
+  method = TLC(rule=cfg["rule"], accuracy_threshold=float(cfg["accuracy_threshold"]),
+               batch_size=cfg["rank_batch_size"], projections=cfg["projections"])
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-
-  try:
-    ds, spec = config_lib.dataset_and_spec(cfg)
-    method.candidates(spec)      # a site TLC cannot handle is named before any training
-    if ds.val is not None and ds.val.num_examples < method.batch_size:
-      raise ValueError(f"the validation split holds {ds.val.num_examples} examples, fewer than "
-                       f"one ranking batch (rank_batch_size={method.batch_size}); lower it "
-                       f"with --set rank_batch_size=N or raise val_fraction")
-  except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  dtype = config_lib.compute_dtype(cfg["dtype"])
+  dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"TLC ({method.rule}) on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
       f"{costs.count_params(spec):,} parameters, {len(method.candidates(spec))} candidates; "
@@ -252,21 +292,21 @@ def main(argv: list[str] | None = None) -> int:
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
         info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except training.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except (checkpoint.SpecMismatchError, training.RunMismatchError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
   if jax.process_index() == 0:
     plot_gaps(result.report, workdir / "loss_gaps.png")
     plot_costs(result.report, workdir / "costs.png")
     figures = summary(result.report, workdir, cfg["latency_batch"])
     (workdir / "tlc.json").write_text(json.dumps(figures, indent=1))
     lat = figures["latency"]
-    if {"dense", "merged"} <= set(lat):
-      say(f"latency at batch {cfg['latency_batch']}: dense {lat['dense']['seconds'] * 1e3:.2f} ms, "
-          f"chosen {lat['chosen']['seconds'] * 1e3:.2f} ms, merged "
+    if {"dense", "chosen", "merged"} <= set(lat):
+      say(f"latency at batch {cfg['latency_batch']}: dense {lat['dense']['seconds'] * 1e3:.2f} "
+          f"ms, chosen {lat['chosen']['seconds'] * 1e3:.2f} ms, merged "
           f"{lat['merged']['seconds'] * 1e3:.2f} ms")
   say("")
   say(report.table(result.report))

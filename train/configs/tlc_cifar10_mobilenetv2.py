@@ -1,7 +1,7 @@
 """TLC, MobileNetV2 (CIFAR strides, 35 candidates) on CIFAR-10: the official recipe.
 
 Run:   python -m train tlc --config tlc_cifar10_mobilenetv2 --data-dir DIR
-       add --set projections=True for the official candidate list (52: the 17
+       add --config.projections=True for the official candidate list (52: the 17
        linear projections too, each linearizing the next block's expansion ReLU6)
 Takes: up to 20 iterations x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches: the paper's tables were not available to this project.
@@ -14,5 +14,8 @@ from train.configs import tlc_cifar10_resnet18
 
 
 def get_config():
-  return dict(tlc_cifar10_resnet18.get_config(), model="mobilenet_v2", iterations=20,
-              projections=False)
+  config = tlc_cifar10_resnet18.get_config()
+  config.model = "mobilenet_v2"
+  config.iterations = 20
+  config.projections = False
+  return config

@@ -10,7 +10,7 @@ Every iteration: SGD momentum 0.9, lr 0.1, weight decay 1e-4 (L2), batch 128,
 lr x0.1 at epochs 80 and 120, a fresh optimizer (seed 43 as the official
 scripts); 45k/5k train/validation split, crop (pad 4) + flip, ImageNet
 normalisation. Candidates are ranked on the first 128 validation images; the
-official prefix rule. --set val_augment=True reproduces the official
+official prefix rule. --config.val_augment=True reproduces the official
 validation split, which keeps the training augmentation (so the ranking batch
 is augmented differently at every call).
 """
@@ -19,5 +19,12 @@ from train.configs import cifar10_resnet18
 
 
 def get_config():
-  return dict(cifar10_resnet18.get_config(), seed=43, iterations=None, tolerance=1.0,
-              rule="first_harmful", accuracy_threshold=20.0, rank_batch_size=128)
+  # The recipe is cifar10_resnet18's (the official TLC scripts use the same row); TLC adds its keys.
+  config = cifar10_resnet18.get_config()
+  config.seed = 43
+  config.iterations = None
+  config.tolerance = 1.0
+  config.rule = "first_harmful"
+  config.accuracy_threshold = 20.0
+  config.rank_batch_size = 128
+  return config

@@ -13,4 +13,6 @@ from train.configs import tlc_cifar10_resnet18
 
 
 def get_config():
-  return dict(tlc_cifar10_resnet18.get_config(), model="vgg16_bn")
+  config = tlc_cifar10_resnet18.get_config()
+  config.model = "vgg16_bn"
+  return config

@@ -11,20 +11,22 @@ picks what goes. The chosen model is the deepest cut within 1 point of the
 dense model's validation accuracy.
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="digits_cnn",
-      dataset="digits",
-      epochs=10,
-      batch_size=64,
-      optimizer="adam",
-      lr=3e-3,
-      weight_decay=0.0,
-      milestones=(8,),
-      gamma=0.1,
-      eval_batch_size=512,
-      iterations=6,
-      tolerance=1.0,
-      rank_batch_size=128,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "digits_cnn"
+  config.dataset = "digits"
+  config.epochs = 10
+  config.batch_size = 64
+  config.optimizer = "adam"
+  config.lr = 3e-3
+  config.weight_decay = 0.0
+  config.milestones = (8,)
+  config.gamma = 0.1
+  config.eval_batch_size = 512
+  config.iterations = 6
+  config.tolerance = 1.0
+  config.rank_batch_size = 128
+  return config

@@ -15,5 +15,11 @@ from train.configs import pacs
 
 
 def get_config():
-  return dict(pacs.get_config(), seed=43, iterations=None, tolerance=1.0,
-              rule="first_harmful", accuracy_threshold=20.0, rank_batch_size=16)
+  config = pacs.get_config()
+  config.seed = 43
+  config.iterations = None
+  config.tolerance = 1.0
+  config.rule = "first_harmful"
+  config.accuracy_threshold = 20.0
+  config.rank_batch_size = 16
+  return config

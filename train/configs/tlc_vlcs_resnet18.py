@@ -11,4 +11,6 @@ from train.configs import tlc_pacs_resnet18
 
 
 def get_config():
-  return dict(tlc_pacs_resnet18.get_config(), dataset="folder:data/VLCS")
+  config = tlc_pacs_resnet18.get_config()
+  config.dataset = "folder:data/VLCS"
+  return config
