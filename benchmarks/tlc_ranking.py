@@ -49,7 +49,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdepth import costs, network, zoo
-from jaxdepth.methods import tlc
+from jaxdepth.methods import tlc, tlc_rank
 
 
 def random_variables(spec, seed: int = 0):
@@ -72,7 +72,7 @@ def random_variables(spec, seed: int = 0):
 
 def macs_bound(spec, cands) -> dict:
   """MACs of both ways: the naive loop's (1 + K forwards) and the shared ranking's."""
-  plan = tlc._plan(spec, tuple(cands))   # pylint: disable=protected-access
+  plan = tlc_rank._plan(spec, tuple(cands))   # pylint: disable=protected-access
   per_element = [costs.count_macs(sub) for sub in plan.elements]
   total = sum(per_element)
   shared = total
