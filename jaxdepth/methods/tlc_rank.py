@@ -291,11 +291,14 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
     nodes = {p for p, _ in sub.walk()}
     sub_sites = set(sub.sites())
     forked = [k for k in order if plan.joins[k].kind == "fork"]
-    edited = [k for k in forked if cands[k].weight in nodes or cands[k].site in sub_sites]
+    edited = [k for k in forked
+              if {cands[k].weight, cands[k].bn} & nodes or cands[k].site in sub_sites]
     h_in = h
     if edited:
       chunk_gates = [gates]
-      chunk_masks = {k: [jnp.ones_like(masks[k])] for k in edited if cands[k].weight in nodes}
+      # the mask goes on the BatchNorm where there is one, else on the weight layer
+      chunk_masks = {k: [jnp.ones_like(masks[k])] for k in edited
+                     if (cands[k].bn or cands[k].weight) in nodes}
       for k in order:
         g = gates
         if k in edited and cands[k].site in sub_sites:
