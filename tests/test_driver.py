@@ -196,6 +196,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(driver.RunMismatchError, match="holds a run of another program"):
     driver.run(Easier(), spec, ds, RECIPE, fit_run)
   assert [p.name for p in fit_run.iterdir()] == ["run.json"]
+  # A run of the same method that stopped before saving anything owns nothing.
+  failed = tmp_path / "failed"
+  failed.mkdir()
+  (failed / "run.json").write_text(json.dumps({"method": "easier", "seed": 99}))
+  driver.run(Easier(), spec, ds, RECIPE, failed, iterations=1, progress=False)
+  assert json.loads((failed / "run.json").read_text())["seed"] == 0
   no_val = data.load("digits", val_fraction=0.0)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
