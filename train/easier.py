@@ -8,7 +8,7 @@
 Every iteration trains the current network for the config's epochs with a
 fresh optimizer (iteration 0 is the dense model), evaluates validation and test,
 measures each remaining site's entropy and turns the lowest one (and any at
-exactly zero) into the identity (METHODS.md §4; :mod:`jaxdepth.methods.easier`).
+exactly zero) into the identity (``docs/methods/easier.md``; :mod:`jaxdepth.methods.easier`).
 At the end the deepest cut whose validation accuracy is within ``--tolerance``
 points of the dense model is saved in ``WORKDIR/chosen/``
 (:func:`jaxdepth.checkpoint.load_model`), and the table is printed and written

@@ -1,6 +1,6 @@
 """Image preprocessing and augmentation: pure functions of the images and of U[0, 1) draws.
 
-Two recipes cover the papers' pipelines (METHODS.md §1.3):
+Two recipes cover the papers' pipelines (``docs/data.md``):
 
 * :class:`PadCropFlip` for fixed-size images (CIFAR, digits): zero-pad by ``pad``
   pixels, take a random crop of the original size, optionally flip
@@ -29,7 +29,7 @@ from PIL import Image, ImageEnhance
 # ImageNet statistics (EASIER, LaCoOT, TLC on every dataset).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# EGP's CIFAR statistics (METHODS.md §1.3).
+# EGP's CIFAR statistics (EASIER, LaCoOT and TLC normalise with ImageNet's).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 

@@ -1,4 +1,4 @@
-"""Datasets stored as folders of images (read with Pillow), in the layouts of METHODS.md §1.3.
+"""Datasets stored as folders of images (read with Pillow), in the layouts of ``docs/data.md``.
 
 Layouts (``layout="auto"`` picks by looking at the folder):
 

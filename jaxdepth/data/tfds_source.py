@@ -1,6 +1,6 @@
 """TFDS datasets read through ``tfds.data_source`` (random access, no TensorFlow) and grain.
 
-Recipes (METHODS.md §1.3):
+Recipes (``docs/data.md``):
 
 * ``cifar10``, ``cifar100``: 32x32. Train/validation = a 90/10 split of the
   tfds ``train`` split (``val_fraction``, seeded by ``split_seed``, like the

@@ -1,4 +1,4 @@
-"""MobileNetV2 (CIFAR variant) on CIFAR-10: EASIER/TLC recipe (METHODS.md §4.3, §6.3).
+"""MobileNetV2 (CIFAR variant) on CIFAR-10: EASIER/TLC recipe (``docs/methods/``).
 
 Run:   python -m train fit --config cifar10_mobilenetv2 --data-dir DIR
 Takes: 160 epochs of 351 steps (a GPU/TPU job).

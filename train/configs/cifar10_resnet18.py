@@ -1,4 +1,4 @@
-"""ResNet-18 (CIFAR stem, max-pool kept) on CIFAR-10: EASIER/LaCoOT/TLC recipe (METHODS.md §4.3, §6.3).
+"""ResNet-18 (CIFAR stem, max-pool kept) on CIFAR-10: EASIER/LaCoOT/TLC recipe (``docs/methods/``).
 
 Run:   python -m train fit --config cifar10_resnet18 --data-dir DIR
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)

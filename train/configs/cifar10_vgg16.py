@@ -1,4 +1,4 @@
-"""VGG-16-bn on CIFAR-10 at 32x32: EASIER recipe (METHODS.md §4.3).
+"""VGG-16-bn on CIFAR-10 at 32x32: EASIER recipe (``docs/methods/easier.md``).
 
 Run:   python -m train fit --config cifar10_vgg16 --data-dir DIR
 Takes: 160 epochs of 351 steps (a GPU/TPU job).

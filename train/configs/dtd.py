@@ -1,4 +1,4 @@
-"""ResNet-18 (ImageNet stem) on DTD (47 textures) at 224 px: EASIER recipe (METHODS.md §4.3).
+"""ResNet-18 (ImageNet stem) on DTD (47 textures) at 224 px: EASIER recipe (``docs/methods/easier.md``).
 
 Run:   python -m train fit --config dtd --data-dir DIR
        (DIR holds dtd prepared as ArrayRecord; see jaxdepth.data)

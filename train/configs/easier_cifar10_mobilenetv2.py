@@ -1,4 +1,4 @@
-"""EASIER, MobileNetV2 (CIFAR strides, 35 ReLU6 sites) on CIFAR-10 (METHODS.md §4.3).
+"""EASIER, MobileNetV2 (CIFAR strides, 35 ReLU6 sites) on CIFAR-10 (``docs/methods/easier.md``).
 
 Run:   python -m train easier --config easier_cifar10_mobilenetv2 --data-dir DIR
 Takes: 35 iterations x 160 epochs of 351 steps (a GPU/TPU job).

@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (CIFAR stem, max-pool kept, 17 sites) on CIFAR-10 (METHODS.md §4.3).
+"""EASIER, ResNet-18 (CIFAR stem, max-pool kept, 17 sites) on CIFAR-10 (``docs/methods/easier.md``).
 
 Run:   python -m train easier --config easier_cifar10_resnet18 --data-dir DIR
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)

@@ -1,4 +1,4 @@
-"""EASIER, VGG-16-bn (15 sites) on CIFAR-10 at 32x32 (METHODS.md §4.3).
+"""EASIER, VGG-16-bn (15 sites) on CIFAR-10 at 32x32 (``docs/methods/easier.md``).
 
 Run:   python -m train easier --config easier_cifar10_vgg16 --data-dir DIR
 Takes: 15 iterations x 160 epochs of 351 steps (a GPU/TPU job).

@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px (METHODS.md §4.3).
+"""EASIER, ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px (``docs/methods/easier.md``).
 
 Run:   python -m train easier --config easier_flowers_resnet18 --data-dir DIR
        (DIR holds oxford_flowers102 prepared as ArrayRecord; see jaxdepth.data)

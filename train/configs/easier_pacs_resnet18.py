@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (METHODS.md §4.3).
+"""EASIER, ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (``docs/methods/easier.md``).
 
 Run:   python -m train easier --config easier_pacs_resnet18 --dataset folder:/path/to/PACS
        (PACS/<domain>/<class>/<image>; the four domains pooled and split 80/10/10)

@@ -1,4 +1,4 @@
-"""ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px: EASIER recipe (METHODS.md §4.3).
+"""ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px: EASIER recipe (``docs/methods/easier.md``).
 
 Run:   python -m train fit --config flowers102 --data-dir DIR
        (DIR holds oxford_flowers102 prepared as ArrayRecord; see jaxdepth.data)

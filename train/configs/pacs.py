@@ -1,4 +1,4 @@
-"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (METHODS.md §4.3, §6.3).
+"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (``docs/methods/``).
 
 Run:   python -m train fit --config pacs --dataset folder:/path/to/PACS
        (PACS/<domain>/<class>/<image>; all four domains pooled and split 80/10/10)
