@@ -29,8 +29,8 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from PIL import Image
 
+from jaxdepth._optional import require
 from jaxdepth.data import augment, pipeline, rng
 
 LAYOUTS = ("auto", "splits", "domains", "classes")
@@ -70,7 +70,8 @@ def detect_layout(root: pathlib.Path) -> str:
 
 
 def _read_image(path: pathlib.Path) -> np.ndarray:
-  with Image.open(path) as image:
+  pil = require("PIL.Image", "data", "reading image folders")
+  with pil.open(path) as image:
     return np.asarray(image.convert("RGB"))
 
 
