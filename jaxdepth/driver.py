@@ -10,7 +10,7 @@ NEPENTHE, LaCoOT and TLC plug in the same way) through iterations on one dataset
       checkpoint                               # a killed run resumes here
 
 The removal made after the last iteration is never retrained (the papers'
-tables stop at (R−1)/R for the same reason); the report says which sites it
+tables stop at (R−1)/R for the same reason); the report says which units it
 would have removed. After the last iteration the **operating point** is the
 deepest cut whose validation accuracy stays within ``tolerance`` points of the
 dense model's (:func:`choose_operating_point`); it is saved as spec JSON + orbax
@@ -22,7 +22,7 @@ Work directory::
     checkpoints/         orbax, one per finished iteration: train state (variables,
                          optimizer state, rng), method state, the report so far
     iterations/NNN/      fit's metrics.jsonl, its epoch checkpoints while it runs,
-                         and model/ (that iteration's network, removed sites baked in)
+                         and model/ (that iteration's network, removed units baked in)
     chosen/              the operating point (spec.json + variables)
     chosen_merged/       the same collapsed by jaxdepth.surgery (BatchNorm folded,
                          identities dropped, affine chains merged where cheaper)
@@ -71,7 +71,7 @@ class Trainer(Protocol):
   """
 
   def __call__(self, spec: Spec, variables, dataset: Dataset, recipe: optim.Recipe, *,
-               gates, stats_last_epoch: bool, seed: int, workdir: pathlib.Path | None,
+               options: training.TrainOptions, seed: int, workdir: pathlib.Path | None,
                desc: str) -> training.FitResult: ...
 
 
@@ -80,7 +80,7 @@ class RunResult(NamedTuple):
 
   Attributes:
     report: the JSON report (also in ``workdir/report.json``).
-    chosen_spec: the operating point's spec (removed sites baked in).
+    chosen_spec: the operating point's spec (removed units baked in).
     chosen_variables: its variables.
     state: the method state after the last removal.
   """
@@ -100,20 +100,21 @@ def choose_operating_point(iterations: list[dict[str, Any]], tolerance: float) -
   """The deepest cut whose validation accuracy is within ``tolerance`` of the dense model.
 
   Args:
-    iterations: report entries (``sites_removed``, ``val_accuracy`` in percent);
+    iterations: report entries (``units_removed``, ``val_accuracy`` in percent);
       the first one is the dense model.
     tolerance: allowed drop in validation accuracy, in percentage points (>= 0).
 
   Returns:
-    The chosen entry: the most ``sites_removed`` among those with
-    ``val_accuracy >= dense - tolerance`` (the dense model when none qualifies).
+    The chosen entry: the most ``units_removed`` among those with
+    ``val_accuracy >= dense - tolerance`` (the latest of them on a tie; the dense
+    model when none qualifies).
   """
   _check_tolerance(tolerance)
   if not iterations:
     raise ValueError("no iteration to choose from")
   floor = iterations[0]["val_accuracy"] - tolerance - 1e-9
   good = [e for e in iterations if e["val_accuracy"] >= floor]
-  return max(good, key=lambda e: (e["sites_removed"], e["iteration"]))
+  return max(good, key=lambda e: (e["units_removed"], e["iteration"]))
 
 
 def _check_tolerance(tolerance):
@@ -160,10 +161,10 @@ def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = ""
 
 
 def _fit_trainer(mesh, dtype, progress, fit_options) -> Trainer:
-  def train(spec, variables, dataset, recipe, *, gates, stats_last_epoch, seed, workdir, desc):
-    return training.fit(spec, variables, dataset, recipe, gates=gates,
-                        stats_last_epoch=stats_last_epoch, workdir=workdir, seed=seed,
-                        mesh=mesh, dtype=dtype, progress=progress, desc=desc, **fit_options)
+  def train(spec, variables, dataset, recipe, *, options, seed, workdir, desc):
+    return training.fit(spec, variables, dataset, recipe, options=options, workdir=workdir,
+                        seed=seed, mesh=mesh, dtype=dtype, progress=progress, desc=desc,
+                        **fit_options)
   return train
 
 
@@ -183,13 +184,14 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
 
   Args:
     method: the method (e.g. :class:`jaxdepth.methods.Easier`).
-    spec: the architecture (every site live).
+    spec: the architecture (every unit live).
     dataset: train, val (required: the operating point is picked on it) and test.
     recipe: the per-iteration schedule (a fresh optimizer every iteration).
     workdir: the run's directory (created; a run there is resumed).
     variables: initial variables (default ``jaxdepth.init(spec, key(seed))``).
-    iterations: training rounds (default: as many as sites). Iteration ``i``
-      trains the network with the first ``i`` removals.
+    iterations: rounds (default ``method.default_iterations(spec)``). Iteration
+      ``i`` trains (when the method asks for epochs) and evaluates the network
+      with the removals decided in iterations ``0 .. i-1``.
     tolerance: allowed validation-accuracy drop of the operating point, in points.
     seed: initialisation and the per-iteration seeds (:func:`iteration_seed`).
     mesh: the device mesh (default: every device).
@@ -219,13 +221,14 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   """
   _check_tolerance(tolerance)
   if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
-    raise ValueError(f"iterations must be a positive int (or None for every site), "
-                     f"got {iterations!r}")
+    raise ValueError(f"iterations must be a positive int (or None for the method's "
+                     f"default), got {iterations!r}")
   if dataset.val is None:
     raise ValueError(f"dataset {dataset.name!r} has no validation split; the operating point "
                      f"is chosen on it: load it with val_fraction > 0")
-  if not spec.sites():
-    raise ValueError(f"spec {spec.name!r} has no live activation site to remove")
+  units = method.units(spec)
+  if not units:
+    raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   identity = {"method": method.name, "method_options": method.options(),
@@ -235,8 +238,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   eval_batch_size = eval_batch_size or recipe.batch_size
   mesh = training.make_mesh() if mesh is None else mesh
   trainer = trainer or _fit_trainer(mesh, dtype, progress, dict(fit_options or {}))
-  total = len(spec.sites())
-  iterations = total if iterations is None else iterations
+  total = len(units)
+  iterations = method.default_iterations(spec) if iterations is None else iterations
   if variables is None:
     variables = network.init(spec, jax.random.key(seed))
 
@@ -259,7 +262,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 
-    while len(entries) < iterations and method.live_sites(spec, state):
+    while len(entries) < iterations and method.live_units(spec, state):
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
@@ -271,10 +274,11 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       ckpt.save(len(entries), trained_state, extra=state, meta={"iterations": entries})
       _drop_epoch_checkpoints(workdir, it)
       if main_process:
-        report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total))
-      say(f"iteration {it}: {entry['sites_removed']}/{total} removed, val "
+        report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total,
+                                               method))
+      say(f"iteration {it}: {entry['units_removed']}/{total} {method.unit}s removed, val "
           f"{entry['val_accuracy']:.2f} %, test {entry['test_accuracy']:.2f} %; then removed "
-          f"{', '.join(entry['removed_sites'])}")
+          f"{', '.join(entry['removed_now']) or 'nothing'}")
       if after_iteration is not None:
         after_iteration(it, entry)
   finally:
@@ -284,11 +288,11 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   chosen_spec, chosen_variables = checkpoint.load_model(
       _iteration_dir(workdir, chosen["iteration"]) / "model")
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
-  summary = _chosen_summary(chosen, entries, tolerance)
+  summary = _chosen_summary(chosen, entries, tolerance, method.unit)
   if merge:
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
                                      eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
-  report = _report(identity, entries, summary, tolerance, total)
+  report = _report(identity, entries, summary, tolerance, total, method)
   if main_process:
     report_lib.write(workdir, report)
   return RunResult(report, chosen_spec, chosen_variables, state)
@@ -306,14 +310,19 @@ def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:
 def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, total, workdir,
                trainer, mesh, dtype, eval_batch_size, checkpoint_epochs):
   """One train → evaluate → measure → decide → apply round; saves the iteration's model."""
-  live = set(method.live_sites(spec, state))
-  removed = tuple(s for s in spec.sites() if s not in live)
+  live = set(method.live_units(spec, state))
+  removed = tuple(u for u in method.units(spec) if u not in live)
   options = method.train_options(spec, state)
   it_dir = _iteration_dir(workdir, it)
-  trained = trainer(spec, variables, dataset, recipe, gates=options.gates,
-                    stats_last_epoch=options.stats_last_epoch, seed=iteration_seed(seed, it),
-                    workdir=it_dir if checkpoint_epochs else None,
-                    desc=f"iteration {it} ({len(removed)}/{total} removed)")
+  if options.epochs == 0:   # the method only evaluates this iteration (e.g. LaCoOT's removals)
+    trained = training.FitResult(
+        variables, None, [],
+        training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed))
+  else:
+    trained = trainer(spec, variables, dataset, recipe, options=options,
+                      seed=iteration_seed(seed, it),
+                      workdir=it_dir if checkpoint_epochs else None,
+                      desc=f"iteration {it} ({len(removed)}/{total} {method.unit}s removed)")
 
   def evaluate(split, collect_stats=False):
     return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
@@ -325,17 +334,18 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   context = base.Context(
       iteration=it, train_stats=trained.stats,
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
-      rng=jax.random.fold_in(jax.random.key(seed), it))
+      rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
+      dtype=dtype, eval_batch_size=eval_batch_size)
   scores = method.measure(spec, trained.variables, state, context)
-  decision = tuple(method.decide(scores, state))
+  decision = method.decide(scores, state)
   shallow_spec, shallow_variables = method.export(spec, trained.variables, state)
   checkpoint.save_model(it_dir / "model", shallow_spec, shallow_variables, overwrite=True)
   new_variables, new_state = method.apply(spec, trained.variables, state, decision)
   last = trained.history[-1] if trained.history else {}
   entry = {
-      "iteration": it, "sites_removed": len(removed), "sites_total": total,
-      "removed": list(removed), "removed_site": decision[0] if decision else None,
-      "removed_sites": list(decision), method.score_name: scores,
+      "iteration": it, "unit": method.unit, "units_removed": len(removed),
+      "units_total": total, "removed": list(removed), "removed_now": list(decision.remove),
+      method.score_name: scores,
       "val_accuracy": _percent(val.accuracy), "val_loss": val.loss,
       "test_accuracy": _percent(test.accuracy), "test_loss": test.loss,
       "train_accuracy": _percent(last["train_accuracy"]) if "train_accuracy" in last else None,
@@ -343,6 +353,8 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       "params": costs.count_params(shallow_spec), "macs": costs.count_macs(shallow_spec),
       "depth": costs.depth(shallow_spec)._asdict(),
   }
+  if decision.details:
+    entry["decision"] = decision.details
   return entry, new_variables, new_state, trained.state
 
 
@@ -377,11 +389,11 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   }
 
 
-def _chosen_summary(chosen, entries, tolerance) -> dict[str, Any]:
+def _chosen_summary(chosen, entries, tolerance, unit) -> dict[str, Any]:
   dense = entries[0]
   return {
-      "iteration": chosen["iteration"], "sites_removed": chosen["sites_removed"],
-      "sites_total": chosen["sites_total"], "removed": chosen["removed"],
+      "iteration": chosen["iteration"], "unit": unit, "units_removed": chosen["units_removed"],
+      "units_total": chosen["units_total"], "removed": chosen["removed"],
       "val_accuracy": chosen["val_accuracy"], "test_accuracy": chosen["test_accuracy"],
       "dense_val_accuracy": dense["val_accuracy"], "dense_test_accuracy": dense["test_accuracy"],
       "tolerance": tolerance, "params": chosen["params"], "macs": chosen["macs"],
@@ -389,11 +401,12 @@ def _chosen_summary(chosen, entries, tolerance) -> dict[str, Any]:
   }
 
 
-def _report(identity, entries, chosen, tolerance, total) -> dict[str, Any]:
+def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, Any]:
   return {
       "method": identity["method"], "method_options": identity["method_options"],
       "model": identity["spec"]["name"], "dataset": identity["dataset"],
       "recipe": identity["recipe"], "seed": identity["seed"], "info": identity["info"],
-      "sites_total": total, "tolerance": tolerance, "finished": chosen is not None,
+      "unit": method.unit, "units_total": total, "score_name": method.score_name,
+      "tolerance": tolerance, "finished": chosen is not None,
       "note": LAST_REMOVAL_NOTE, "iterations": entries, "chosen": chosen,
   }

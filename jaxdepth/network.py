@@ -186,47 +186,58 @@ class _Context:
   collect_stats: bool
   example_mask: jax.Array | None
   dtype: Any
+  capture: frozenset = frozenset()
+  captured: dict = dataclasses.field(default_factory=dict)
 
 
 def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
   """Runs ``nodes`` inside ``module``'s compact scope."""
   for n in nodes:
     path = prefix + n.name
-    if isinstance(n, S.Conv):
-      x = nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
-                  use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype,
-                  conv_general_dilated=conv_general_dilated, name=n.name)(x)
-    elif isinstance(n, S.BatchNorm):
-      x = nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
-                       epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
-    elif isinstance(n, S.LayerNorm):
-      x = nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
-    elif isinstance(n, S.Dense):
-      bound = 1.0 / math.sqrt(x.shape[-1])
-      x = nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
-                   bias_init=_uniform(bound), dtype=ctx.dtype, name=n.name)(x)
-    elif isinstance(n, S.Act):
-      if n.fn == "identity":
-        continue
-      if ctx.collect_stats:
-        module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
-                   init_fn=lambda: None, reduce_fn=lambda _, b: b)
-      y = activation(n.fn, x)
-      if ctx.gates is not None:
-        y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
-      x = y
-    elif isinstance(n, S.Pool):
-      x = pool(n, x)
-    elif isinstance(n, S.Flatten):
-      x = x.reshape((x.shape[0], -1))
-    elif isinstance(n, S.Dropout):
-      x = nn.Dropout(n.rate, deterministic=not ctx.train, name=n.name)(x)
-    elif isinstance(n, S.Sequential):
-      x = _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
-    elif isinstance(n, S.Block):
-      x = _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
-    else:
-      raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
+    x_in = x
+    x = _run_node(module, n, path, x, ctx)
+    if path in ctx.capture:
+      ctx.captured[path] = (x_in, x)
+  return x
+
+
+def _run_node(module: nn.Module, n: S.Node, path: str, x, ctx: _Context):
+  """Runs one node ``n`` (at ``path``) on ``x`` inside ``module``'s compact scope."""
+  if isinstance(n, S.Conv):
+    x = nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
+                use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype,
+                conv_general_dilated=conv_general_dilated, name=n.name)(x)
+  elif isinstance(n, S.BatchNorm):
+    x = nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
+                     epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+  elif isinstance(n, S.LayerNorm):
+    x = nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+  elif isinstance(n, S.Dense):
+    bound = 1.0 / math.sqrt(x.shape[-1])
+    x = nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
+                 bias_init=_uniform(bound), dtype=ctx.dtype, name=n.name)(x)
+  elif isinstance(n, S.Act):
+    if n.fn == "identity":
+      return x
+    if ctx.collect_stats:
+      module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
+                 init_fn=lambda: None, reduce_fn=lambda _, b: b)
+    y = activation(n.fn, x)
+    if ctx.gates is not None:
+      y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
+    x = y
+  elif isinstance(n, S.Pool):
+    x = pool(n, x)
+  elif isinstance(n, S.Flatten):
+    x = x.reshape((x.shape[0], -1))
+  elif isinstance(n, S.Dropout):
+    x = nn.Dropout(n.rate, deterministic=not ctx.train, name=n.name)(x)
+  elif isinstance(n, S.Sequential):
+    x = _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
+  elif isinstance(n, S.Block):
+    x = _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
+  else:
+    raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
   return x
 
 
@@ -263,7 +274,8 @@ class Network(nn.Module):
 
   @nn.compact
   def __call__(self, x, *, train: bool = False, gates: jax.Array | None = None,
-               collect_stats: bool = False, example_mask: jax.Array | None = None):
+               collect_stats: bool = False, example_mask: jax.Array | None = None,
+               capture: tuple[str, ...] = ()):
     sites = self.spec.sites()
     if gates is not None and gates.shape != (len(sites),):
       raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
@@ -271,12 +283,20 @@ class Network(nn.Module):
     if x.shape[1:] != self.spec.input_shape:
       raise ValueError(f"input of shape {x.shape[1:]} (batch axis dropped) does not match "
                        f"the spec's input_shape {self.spec.input_shape}")
+    if capture:
+      paths = {p for p, _ in self.spec.walk()}
+      unknown = [c for c in capture if c not in paths]
+      if unknown:
+        raise KeyError(f"capture names no node of {self.spec.name!r}: {unknown}")
     ctx = _Context(train=train, gates=gates, site_index={s: i for i, s in enumerate(sites)},
-                   collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype)
+                   collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype,
+                   capture=frozenset(capture))
     if self.dtype is not None:
       x = x.astype(self.dtype)
-    y = _run(self, self.spec.layers, x, ctx, "")
-    return y.astype(jnp.float32)
+    y = _run(self, self.spec.layers, x, ctx, "").astype(jnp.float32)
+    if capture:
+      return y, {c: ctx.captured[c] for c in capture}
+    return y
 
 
 class Forward(NamedTuple):
@@ -286,10 +306,13 @@ class Forward(NamedTuple):
     logits: the network output (float32).
     batch_stats: updated BatchNorm statistics in train mode, else the input ones.
     site_counts: ``{site path: (3, C) int32}`` sign counts when collected, else ``None``.
+    captured: ``{node path: (input, output)}`` of the nodes named in ``capture``
+      (in the compute dtype), else ``None``.
   """
   logits: jax.Array
   batch_stats: Any
   site_counts: dict[str, jax.Array] | None
+  captured: dict[str, tuple[jax.Array, jax.Array]] | None = None
 
 
 def _init_key(rng: jax.Array) -> jax.Array:
@@ -321,7 +344,8 @@ def site_stats_by_path(collection) -> dict[str, jax.Array]:
 
 
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
-            collect_stats: bool = False, example_mask=None, dtype=None) -> Forward:
+            collect_stats: bool = False, example_mask=None, dtype=None,
+            capture: tuple[str, ...] = ()) -> Forward:
   """Runs ``spec`` as a pure function of its variables.
 
   Args:
@@ -334,6 +358,9 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     collect_stats: return per-site sign counts.
     example_mask: ``(B,)`` booleans; padded examples are left out of the counts.
     dtype: compute dtype.
+    capture: node paths (e.g. residual blocks ``"layer1/1"``) whose input and
+      output to return in ``Forward.captured``, inside the same forward pass
+      (LaCoOT's regularizer reads them); only those are kept, so memory stays bounded.
 
   Returns:
     A :class:`Forward`.
@@ -343,16 +370,18 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   rngs = {"dropout": rng} if rng is not None else {}
   out = Network(spec, dtype=dtype).apply(
       variables, x, train=train, gates=gates, collect_stats=collect_stats,
-      example_mask=example_mask, rngs=rngs, mutable=mutable or False)
+      example_mask=example_mask, capture=tuple(capture), rngs=rngs, mutable=mutable or False)
   if mutable:
-    logits, updates = out
+    out, updates = out
   else:
-    logits, updates = out, {}
+    updates = {}
+  logits, captured = out if capture else (out, None)
   counts = None
   if collect_stats:
     counts = site_stats_by_path(updates.get(STATS, {}))
     counts = {s: counts[s] for s in spec.sites()}
-  return Forward(logits, updates.get("batch_stats", variables.get("batch_stats")), counts)
+  return Forward(logits, updates.get("batch_stats", variables.get("batch_stats")), counts,
+                 captured)
 
 
 def gates_for(spec: S.Spec, off=()) -> jax.Array:

@@ -38,9 +38,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import jax.numpy as jnp
 import optax
+from flax import traverse_util
 
-__all__ = ["Recipe", "OPTIMIZERS", "make_schedule", "make_optimizer"]
+__all__ = ["Recipe", "OPTIMIZERS", "make_schedule", "make_optimizer", "apply_masks",
+           "keep_masked"]
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 
@@ -152,3 +155,69 @@ def make_optimizer(recipe: Recipe, steps_per_epoch: int) -> optax.GradientTransf
     return optax.chain(*decay, optax.adam(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps))
   return optax.adamw(lr, b1=recipe.b1, b2=recipe.b2, eps=recipe.eps,
                      weight_decay=recipe.weight_decay)
+
+
+# ------------------------------------------------------------------ weight masks
+
+
+def apply_masks(tree, masks):
+  """``tree`` with every leaf that ``masks`` names set to 0 where its mask is 0.
+
+  Args:
+    tree: a nested dict of arrays (``params``, gradients or updates).
+    masks: ``None``, or a nested dict with the same nesting holding a subset of
+      ``tree``'s leaves: an element-wise array of the leaf's shape, non-zero
+      (``True``, 1) where the weight is kept. Leaves it does not name are
+      untouched.
+
+  Returns:
+    The masked tree (``jnp.where``, so a pruned entry is exactly ``+0.0`` whatever
+    the unmasked value, NaN included).
+  """
+  if masks is None:
+    return tree
+  flat = traverse_util.flatten_dict(tree)
+  flat_masks = traverse_util.flatten_dict(masks)
+  unknown = [k for k in flat_masks if k not in flat]
+  if unknown:
+    raise KeyError(f"masks name leaves that are not in the tree: "
+                   f"{['/'.join(map(str, k)) for k in unknown]}")
+  for path, mask in flat_masks.items():
+    leaf = flat[path]
+    if mask.shape != leaf.shape:
+      raise ValueError(f"mask of {'/'.join(map(str, path))} has shape {mask.shape}, the "
+                       f"weight {leaf.shape}")
+    flat[path] = jnp.where(mask, leaf, jnp.zeros((), leaf.dtype))
+  return traverse_util.unflatten_dict(flat)
+
+
+def keep_masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
+  """Wraps ``inner`` so that pruned weights stay exactly 0 through training.
+
+  The masks are data, passed to every update (``tx.update(g, s, params,
+  masks=masks)``; see :func:`apply_masks` for their form), so changing them
+  recompiles nothing. With ``m`` the mask of a weight::
+
+      g' = m * g                      the gradient
+      u, s = inner.update(g', s, w)   momentum and Adam moments of a pruned weight see only 0;
+                                      an L2 term ``wd * w`` is 0 since w = 0
+      u' = m * u                      the update
+
+  so a weight that is 0 and masked stays bitwise 0 after any number of
+  SGD(+momentum, +L2), Adam or AdamW steps. Without ``masks`` the wrapper is
+  ``inner`` unchanged. The state is ``inner``'s (same structure), so a
+  checkpoint of the wrapped optimizer restores into the plain one and back.
+
+  Args:
+    inner: any optax transformation.
+
+  Returns:
+    An ``optax.GradientTransformationExtraArgs`` taking ``masks=`` in ``update``.
+  """
+  inner = optax.with_extra_args_support(inner)
+
+  def update(updates, state, params=None, *, masks=None, **extra):
+    updates, state = inner.update(apply_masks(updates, masks), state, params, **extra)
+    return apply_masks(updates, masks), state
+
+  return optax.GradientTransformationExtraArgs(inner.init, update)

@@ -1,16 +1,17 @@
 """The report of a method run: ``report.json``, a readable ``report.md`` table and PNG plots.
 
 The report is the dict :func:`jaxdepth.driver.run` builds: one entry per
-iteration in ``iterations`` (``sites_removed``, ``sites_total``,
-``removed_site(s)``, the method's scores (EASIER: ``entropies``),
+iteration in ``iterations`` (``unit`` — ``"site"`` or ``"block"`` —,
+``units_removed``, ``units_total``, ``removed_now``, the method's scores under
+``report["score_name"]`` (EASIER: ``entropies``),
 ``val_accuracy`` / ``test_accuracy`` in percent, ``params``, ``macs``,
 ``depth``) and the operating point in ``chosen``. This module only presents it:
 
 * :func:`table`: the markdown table (also what the command line prints);
-* :func:`plot_accuracy`: accuracy against sites removed, the tolerance floor
+* :func:`plot_accuracy`: accuracy against units removed, the tolerance floor
   and the chosen point;
-* :func:`plot_scores`: every site's score across iterations (a heat map;
-  removed sites blank), saved as ``entropies.png`` for EASIER;
+* :func:`plot_scores`: every unit's score across iterations (a heat map;
+  removed units blank), saved as ``entropies.png`` for EASIER;
 * :func:`write`: all of them into a directory.
 
 Plots use matplotlib's Agg backend (no display needed); without matplotlib (the
@@ -32,13 +33,15 @@ from jaxdepth._optional import require
 __all__ = ["table", "write", "write_json", "plot_accuracy", "plot_scores", "score_key"]
 
 _COSTS = ("params", "macs", "depth")
-_KNOWN = {"iteration", "sites_removed", "sites_total", "removed", "removed_site",
-          "removed_sites", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
+_KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
+          "decision", "val_accuracy", "val_loss", "test_accuracy", "test_loss",
           "train_accuracy", "train_loss", "epochs", "seconds", *_COSTS}
 
 
 def score_key(report: dict[str, Any]) -> str | None:
-  """The name of the per-site scores in the entries (``"entropies"`` for EASIER)."""
+  """The name of the per-unit scores in the entries (``"entropies"`` for EASIER)."""
+  if report.get("score_name"):
+    return report["score_name"]
   for entry in report.get("iterations", []):
     for k, v in entry.items():
       if k not in _KNOWN and isinstance(v, dict):
@@ -68,19 +71,19 @@ def table(report: dict[str, Any]) -> str:
   lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
   chosen = report.get("chosen") or {}
   for e in entries:
-    scores = e.get(key) or {}
-    lowest = f"{min(scores.values()):.4f}" if scores else "–"
+    scores = [v for v in (e.get(key) or {}).values() if isinstance(v, (int, float))]
+    lowest = f"{min(scores):.4f}" if scores else "–"
     mark = " **←**" if chosen and e["iteration"] == chosen.get("iteration") else ""
     lines.append(
-        f"| {e['iteration']} | {e['sites_removed']}/{e['sites_total']} | "
+        f"| {e['iteration']} | {e['units_removed']}/{e['units_total']} | "
         f"{_pct(e['val_accuracy'])} | {_pct(e['test_accuracy'])} | {_count(e['params'])} | "
         f"{_count(e['macs'])} | {e['depth']['nonlinear_depth']} | {lowest} | "
-        f"{', '.join(e.get('removed_sites') or []) or '–'}{mark} |")
+        f"{', '.join(e.get('removed_now') or []) or '–'}{mark} |")
   lines.append("")
   if chosen:
     lines.append(
-        f"**Chosen** (iteration {chosen['iteration']}, marked ←): {chosen['sites_removed']} of "
-        f"{chosen['sites_total']} sites removed, validation {chosen['val_accuracy']:.2f} % "
+        f"**Chosen** (iteration {chosen['iteration']}, marked ←): {chosen['units_removed']} of "
+        f"{chosen['units_total']} {report.get('unit', 'site')}s removed, validation {chosen['val_accuracy']:.2f} % "
         f"(dense {chosen['dense_val_accuracy']:.2f} %, tolerance {chosen['tolerance']} points), "
         f"test {chosen['test_accuracy']:.2f} % (dense {chosen['dense_test_accuracy']:.2f} %); "
         f"non-linear depth {chosen['dense_depth']['nonlinear_depth']} → "
@@ -113,10 +116,10 @@ def _pyplot():
 
 
 def plot_accuracy(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
-  """Validation and test accuracy against the number of sites removed (PNG)."""
+  """Validation and test accuracy against the number of units removed (PNG)."""
   plt = _pyplot()
   entries = report["iterations"]
-  x = [e["sites_removed"] for e in entries]
+  x = [e["units_removed"] for e in entries]
   fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
   ax.plot(x, [e["val_accuracy"] for e in entries], "o-", label="validation")
   ax.plot(x, [e["test_accuracy"] for e in entries], "s--", label="test")
@@ -126,11 +129,11 @@ def plot_accuracy(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Pa
     ax.axhline(entries[0]["val_accuracy"] - tol, color="tab:green", ls=":",
                label=f"dense validation − {tol} points")
   if chosen:
-    ax.plot([chosen["sites_removed"]], [chosen["test_accuracy"]], "*", ms=16, color="tab:red",
+    ax.plot([chosen["units_removed"]], [chosen["test_accuracy"]], "*", ms=16, color="tab:red",
             label="chosen")
-  total = entries[0]["sites_total"] if entries else 0
+  total = entries[0]["units_total"] if entries else 0
   ax.set_xticks(range(0, max(x, default=0) + 1))
-  ax.set_xlabel(f"sites removed (of {total})")
+  ax.set_xlabel(f"{report.get('unit', 'site')}s removed (of {total})")
   ax.set_ylabel("top-1 accuracy (%)")
   ax.set_title(f"{report.get('method', '').upper()}: {report.get('model')} on "
                f"{report.get('dataset')}")
@@ -143,7 +146,7 @@ def plot_accuracy(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Pa
 
 
 def plot_scores(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path | None:
-  """Each site's score across iterations as a heat map (PNG); ``None`` without scores."""
+  """Each unit's numeric score across iterations as a heat map (PNG); ``None`` without scores."""
   key = score_key(report)
   entries = report["iterations"]
   if key is None or not entries:
@@ -151,18 +154,20 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path
   plt = _pyplot()
   sites: list[str] = []
   for e in entries:
-    sites += [s for s in e[key] if s not in sites]
+    sites += [s for s, v in e[key].items() if s not in sites and isinstance(v, (int, float))]
+  if not sites:
+    return None
   grid = [[e[key].get(s, math.nan) for e in entries] for s in sites]
   fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.45 * len(entries)),
                                   max(2.5, 0.8 + 0.28 * len(sites))), dpi=120)
   image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
   for i, e in enumerate(entries):  # mark what each iteration removed
-    for s in e.get("removed_sites") or []:
+    for s in e.get("removed_now") or []:
       ax.plot(i, sites.index(s), "x", color="red", ms=8)
   ax.set_yticks(range(len(sites)), sites, fontsize="small")
   ax.set_xticks(range(len(entries)), [str(e["iteration"]) for e in entries])
   ax.set_xlabel("iteration (x: removed after it)")
-  ax.set_title(f"{key} per site")
+  ax.set_title(f"{key} per {report.get('unit', 'site')}")
   fig.colorbar(image, ax=ax, label=key)
   fig.tight_layout()
   fig.savefig(path)

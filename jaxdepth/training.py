@@ -29,6 +29,7 @@ and ends bit-for-bit where an uninterrupted run would.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import os
 import pathlib
@@ -50,7 +51,7 @@ from jaxdepth.progress import MetricsLog, progress_bar
 from jaxdepth.spec import Spec
 
 __all__ = [
-    "DATA_AXIS", "TrainState", "make_mesh", "shard_batch", "replicate",
+    "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
 ]
@@ -64,6 +65,56 @@ class NonFiniteLossError(FloatingPointError):
 
 class RunMismatchError(ValueError):
   """A work directory holds a run with other settings than the ones asked for."""
+
+
+class Regularizer(NamedTuple):
+  """A term added to the training loss, computed from named intermediates.
+
+  The train step runs the network once, keeping the input and output of the
+  nodes named in ``capture`` (:func:`jaxdepth.network.forward`), and minimises::
+
+      L = loss(logits, labels, mask) + fn(captured, mask, rng)
+
+  Attributes:
+    name: a short name, stored with checkpoints (a resumed run must use the same).
+    capture: node paths whose ``(input, output)`` ``fn`` reads.
+    fn: ``fn(captured, mask, rng) -> scalar``, ``captured = {path: (x, y)}`` over
+      the global batch, ``mask`` the ``(B,)`` real-example flags, ``rng`` a key
+      that is a function of the run seed and the step (so a resumed run draws
+      the same keys). It must be hashable (compiled steps are cached on it): a
+      module-level function or a frozen dataclass instance.
+  """
+  name: str
+  capture: tuple[str, ...]
+  fn: Any
+
+
+class TrainOptions(NamedTuple):
+  """What a method asks of a training phase: data the step reads, terms it adds.
+
+  This is the whole interface between a method (:mod:`jaxdepth.methods`) and the
+  training loop: :func:`fit` takes one, the driver gets one from
+  ``method.train_options(spec, state)`` every iteration.
+
+  Attributes:
+    gates: ``(len(spec.sites()),)`` float array passed to every train and eval
+      step (0 = the site is the identity), or ``None``.
+    stats_last_epoch: accumulate train-mode :class:`~jaxdepth.stats.SiteStats`
+      during the last epoch (EASIER's entropy source).
+    masks: element-wise weight masks (a nested dict holding a subset of the
+      ``params`` leaves, non-zero = kept; :func:`jaxdepth.optim.apply_masks`),
+      passed to every step as data: masked gradients and updates keep pruned
+      weights exactly 0 (:func:`jaxdepth.optim.keep_masked`). EGP, NEPENTHE
+      (pruned weights) and TLC (cut channels).
+    regularizer: a :class:`Regularizer` added to the loss (LaCoOT), or ``None``.
+    epochs: train this many epochs instead of the recipe's (``0``: no training,
+      the iteration only evaluates, e.g. LaCoOT's removals after its one training).
+  """
+  gates: jax.Array | None = None
+  stats_last_epoch: bool = False
+  masks: Any = None
+  regularizer: Regularizer | None = None
+  epochs: int | None = None
 
 
 # ------------------------------------------------------------------------ state
@@ -209,26 +260,35 @@ def batch_metrics(logits: jax.Array, labels: jax.Array, mask: jax.Array | None =
 
 
 def mean_metrics(sums: dict[str, Any]) -> dict[str, float]:
-  """``{'loss', 'accuracy'}`` from summed metrics (see :func:`batch_metrics`)."""
+  """``{'loss', 'accuracy'}`` (and ``'regularizer'`` when summed) from summed metrics.
+
+  See :func:`batch_metrics`; every sum is divided by the number of examples.
+  """
   sums = jax.device_get(sums)
   n = max(float(sums["count"]), 1.0)
-  return {"loss": float(sums["loss"]) / n, "accuracy": float(sums["correct"]) / n}
+  out = {"loss": float(sums["loss"]) / n, "accuracy": float(sums["correct"]) / n}
+  if "regularizer" in sums:
+    out["regularizer"] = float(sums["regularizer"]) / n
+  return out
 
 
-def _zero_metrics() -> dict[str, jax.Array]:
-  return {k: jnp.zeros((), jnp.float32) for k in ("loss", "correct", "count")}
+def _zero_metrics(regularizer: bool = False) -> dict[str, jax.Array]:
+  keys = ("loss", "correct", "count") + (("regularizer",) if regularizer else ())
+  return {k: jnp.zeros((), jnp.float32) for k in keys}
 
 
 # ------------------------------------------------------------------------ steps
 
 
 def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
-                    dtype=None, collect_stats: bool = False, donate: bool = True):
-  """A jitted SGD step: ``(state, batch, gates, stats) -> (state, metrics, stats)``.
+                    dtype=None, collect_stats: bool = False, donate: bool = True,
+                    loss=None, regularizer: Regularizer | None = None):
+  """A jitted SGD step: ``(state, batch, gates, stats, masks=None) -> (state, metrics, stats)``.
 
   Args:
     spec: the architecture.
-    tx: the optimizer (the one ``state.opt_state`` was made by).
+    tx: the optimizer (the one ``state.opt_state`` was made by); it is wrapped by
+      :func:`jaxdepth.optim.keep_masked`, whose state is ``tx``'s.
     mesh: the device mesh (default :func:`make_mesh`); the batch is split over
       its ``'data'`` axis, the state replicated. BatchNorm statistics are over the
       global batch.
@@ -237,16 +297,26 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       left out) into ``stats``, a :class:`~jaxdepth.stats.SiteStats`.
     donate: donate the input state's buffers (the state passed in is consumed;
       :meth:`TrainState.create` copies the variables it is given, so they stay valid).
+    loss: ``loss(logits, labels, mask) -> scalar``, the mean over the real
+      examples (default :func:`cross_entropy`).
+    regularizer: a :class:`Regularizer` added to the loss (its value, times the
+      number of real examples, is summed into ``metrics["regularizer"]``).
 
   Returns:
-    ``step(state, batch, gates, stats)`` where ``batch`` has ``image``, ``label``,
-    ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)`` array; ``stats``
-    is a SiteStats (``None`` unless ``collect_stats``). ``metrics`` are the batch's
-    summed ``loss``, ``correct``, ``count``.
+    ``step(state, batch, gates, stats, masks=None)`` where ``batch`` has ``image``,
+    ``label``, ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)``
+    array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
+    ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`)
+    that keep pruned weights at 0. Gates and masks are data: changing them does
+    not recompile. ``metrics`` are the batch's summed ``loss``, ``correct``,
+    ``count`` (cross-entropy whatever ``loss`` is).
   """
   mesh = make_mesh() if mesh is None else mesh
+  loss = cross_entropy if loss is None else loss
+  masked_tx = optim.keep_masked(tx)
+  capture = regularizer.capture if regularizer is not None else ()
 
-  def step(state: TrainState, batch, gates, stats):
+  def step(state: TrainState, batch, gates, stats, masks):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mask = batch["mask"]
 
@@ -255,22 +325,37 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
       out = network.forward(spec, variables, batch["image"], train=True, gates=gates, rng=rng,
-                            collect_stats=collect_stats, example_mask=mask, dtype=dtype)
-      return cross_entropy(out.logits, batch["label"], mask), out
+                            collect_stats=collect_stats, example_mask=mask, dtype=dtype,
+                            capture=capture)
+      value = loss(out.logits, batch["label"], mask)
+      term = jnp.zeros((), jnp.float32)
+      if regularizer is not None:
+        term = regularizer.fn(out.captured, mask, jax.random.fold_in(rng, 1))
+      return value + term, (out, term)
 
-    (_, out), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    (_, (out, term)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = masked_tx.update(grads, state.opt_state, state.params, masks=masks)
     new_state = state.replace(
         step=state.step + 1, params=optax.apply_updates(state.params, updates),
         batch_stats=out.batch_stats if state.batch_stats else state.batch_stats,
         opt_state=opt_state)
     if collect_stats:
       stats = site_stats.accumulate(stats, out.site_counts)
-    return new_state, batch_metrics(out.logits, batch["label"], mask), stats
+    metrics = batch_metrics(out.logits, batch["label"], mask)
+    if regularizer is not None:
+      metrics["regularizer"] = term * metrics["count"]
+    return new_state, metrics, stats
 
   rep = _replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep),
-                 out_shardings=(rep, rep, rep), donate_argnums=(0,) if donate else ())
+  jitted = jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep),
+                   out_shardings=(rep, rep, rep), donate_argnums=(0,) if donate else ())
+
+  @functools.wraps(step)
+  def train_step(state, batch, gates, stats, masks=None):
+    return jitted(state, batch, gates, stats, masks)
+
+  train_step.jitted = jitted
+  return train_step
 
 
 @functools.lru_cache(maxsize=64)
@@ -378,9 +463,21 @@ class FitResult(NamedTuple):
 
 
 @functools.lru_cache(maxsize=16)
-def _recipe_train_step(spec, recipe, steps_per_epoch, mesh, dtype, collect_stats):
+def _recipe_train_step(spec, recipe, steps_per_epoch, mesh, dtype, collect_stats, regularizer):
   tx = optim.make_optimizer(recipe, steps_per_epoch)
-  return tx, make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=collect_stats)
+  return tx, make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=collect_stats,
+                             regularizer=regularizer)
+
+
+def _digest(tree) -> str | None:
+  """A short content hash of a pytree of arrays (``None`` for ``None``)."""
+  if tree is None:
+    return None
+  h = hashlib.sha256()
+  for path, leaf in jax.tree_util.tree_flatten_with_path(jax.device_get(tree))[0]:
+    h.update(jax.tree_util.keystr(path).encode())
+    h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()[:16]
 
 
 def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
@@ -397,14 +494,16 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
 
 
 def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
-        gates=None, stats_last_epoch: bool = False, workdir: str | os.PathLike | None = None,
+        options: TrainOptions | None = None, workdir: str | os.PathLike | None = None,
         seed: int = 0, mesh: Mesh | None = None, dtype=None, progress: bool = True,
         tx: optax.GradientTransformation | None = None, eval_batch_size: int | None = None,
         eval_every: int = 1, checkpoint_every_steps: int | None = None,
         meta: dict[str, Any] | None = None, desc: str | None = None) -> FitResult:
   """Trains ``(spec, variables)`` on ``dataset.train`` for ``recipe.epochs`` epochs.
 
-  The optimizer state is fresh (``make_optimizer(recipe, steps_per_epoch)`` unless
+  What a method needs of the training (site gates, statistics of the last
+  epoch, weight masks, a loss term, another number of epochs) comes in
+  ``options``, a :class:`TrainOptions`. The optimizer state is fresh (``make_optimizer(recipe, steps_per_epoch)`` unless
   ``tx`` is given; compiled steps are cached per (spec, recipe), so repeated calls,
   e.g. one per iteration of a method, compile once); steps per epoch are ``floor(num_train / batch_size)`` (the last
   partial batch is dropped, a different one each epoch since the order is
@@ -420,7 +519,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
-  dataset, seed, gates, ``stats_last_epoch``) raise :class:`RunMismatchError`.
+  dataset, seed, options) raise :class:`RunMismatchError`.
   Only ``recipe.epochs`` may change between calls, to extend a run.
 
   A NaN or infinite training loss raises :class:`NonFiniteLossError` before
@@ -431,8 +530,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     variables: initial ``{"params", "batch_stats"}``.
     dataset: a :mod:`jaxdepth.data` dataset (``train`` and optional ``val`` splits).
     recipe: epochs, batch size and optimizer (:class:`~jaxdepth.optim.Recipe`).
-    gates: optional site gates passed to every train and eval step.
-    stats_last_epoch: collect train-mode SiteStats during the last epoch.
+    options: a :class:`TrainOptions` (default: no gates, no statistics, no masks,
+      no regularizer, the recipe's epochs).
     workdir: where checkpoints and ``metrics.jsonl`` go (``None``: nothing is written).
     seed: data order, augmentation and dropout seed.
     mesh: device mesh (default: every device).
@@ -449,6 +548,11 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     A :class:`FitResult`.
   """
   mesh = make_mesh() if mesh is None else mesh
+  options = TrainOptions() if options is None else options
+  if options.epochs is not None:
+    recipe = recipe.replace(epochs=options.epochs)
+  gates, stats_last_epoch, regularizer = (options.gates, options.stats_last_epoch,
+                                          options.regularizer)
   local_batch, process_kw = _per_process(recipe.batch_size)
   spe = dataset.train.num_batches(local_batch, drop_remainder=True,
                                   process_count=process_kw.get("process_count", 1))
@@ -459,19 +563,25 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   total = recipe.epochs * spe
   custom_tx = tx is not None
   if tx is None:
-    tx, train_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, False)
-    stats_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, True)[1]
+    tx, train_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, False, regularizer)
+    stats_step = _recipe_train_step(spec, recipe, spe, mesh, dtype, True, regularizer)[1]
   else:
-    train_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype)
-    stats_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=True)
+    train_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype, regularizer=regularizer)
+    stats_step = make_train_step(spec, tx, mesh=mesh, dtype=dtype, collect_stats=True,
+                                 regularizer=regularizer)
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
   run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
          "custom_tx": custom_tx,
-         "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist()}
+         "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
+         "masks": _digest(options.masks),
+         "regularizer": None if regularizer is None else regularizer.name}
 
+  masks = None if options.masks is None else replicate(options.masks, mesh)
+  if masks is not None:   # pruned weights start at exactly 0
+    variables = {**variables, "params": optim.apply_masks(variables["params"], masks)}
   state = replicate(TrainState.create(variables, tx, seed), mesh)
-  loop = replicate({"metrics": _zero_metrics(),
+  loop = replicate({"metrics": _zero_metrics(regularizer is not None),
                     "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}, mesh)
   history: list[dict[str, Any]] = []
   ckpt = log = None
@@ -511,7 +621,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
           drop_remainder=True, start_batch=start, **process_kw)
       for batch in batches:
         state, metrics, stats = step_fn(state, shard_batch(batch, mesh), gates,
-                                        loop["stats"] if collect else None)
+                                        loop["stats"] if collect else None, masks)
         loop["metrics"] = jax.tree.map(jnp.add, loop["metrics"], metrics)
         if collect:
           loop["stats"] = stats
@@ -534,6 +644,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       _check_loss(train["loss"], epoch, step, ckpt)
       record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
                 "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
+      if "regularizer" in train:
+        record["train_regularizer"] = train["regularizer"]
       postfix = {"epoch": epoch + 1, "loss": f"{train['loss']:.4f}",
                  "acc": f"{train['accuracy']:.3f}"}
       if dataset.val is not None and ((epoch + 1) % eval_every == 0 or last):
@@ -544,7 +656,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       bar.set_postfix(**postfix)
       record["seconds"] = round(time.perf_counter() - tic, 3)
       history.append(record)
-      loop["metrics"] = replicate(_zero_metrics(), mesh)
+      loop["metrics"] = replicate(_zero_metrics(regularizer is not None), mesh)
       save(step)
       if log is not None:
         log.write(record)

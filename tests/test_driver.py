@@ -12,7 +12,7 @@ from train import __main__ as cli
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
 ITERATIONS = 3
-REQUIRED = ("sites_removed", "sites_total", "removed_site", "entropies", "val_accuracy",
+REQUIRED = ("unit", "units_removed", "units_total", "removed_now", "entropies", "val_accuracy",
             "test_accuracy", "params", "macs", "depth")
 
 
@@ -68,15 +68,15 @@ def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(di
   assert all(k in e for e in entries for k in REQUIRED)
   removed = []
   for i, e in enumerate(entries):
-    assert e["sites_removed"] == i and e["removed"] == sorted(removed, key=spec.sites().index)
-    assert e["sites_total"] == len(spec.sites()) == 6
+    assert e["units_removed"] == i and e["removed"] == sorted(removed, key=spec.sites().index)
+    assert e["units_total"] == len(spec.sites()) == 6 and e["unit"] == "site"
     live = [s for s in spec.sites() if s not in removed]
     assert list(e["entropies"]) == live                      # removed sites are not measured
     lowest = min(live, key=e["entropies"].__getitem__)
-    assert e["removed_site"] == lowest and e["removed_sites"][0] == lowest
+    assert e["removed_now"] == [lowest]
     assert e["depth"]["nonlinear_depth"] <= 6 - i + (i > 0)  # identities shorten some path
     assert 0 <= e["val_accuracy"] <= 100 and e["params"] > 0 and e["macs"] > 0
-    removed += e["removed_sites"]
+    removed += e["removed_now"]
   assert rep["chosen"]["iteration"] == driver.choose_operating_point(entries, 1.0)["iteration"]
   assert rep["finished"] and "never retrained" in rep["note"]
 
@@ -86,10 +86,10 @@ def test_each_iteration_fine_tunes_the_last_weights_with_the_removed_sites_gated
   entries = json.loads((workdir / "report.json").read_text())["iterations"]
   assert len(calls) == ITERATIONS
   for i, call in enumerate(calls):
-    gates = np.asarray(call["gates"])
+    gates = np.asarray(call["options"].gates)
     spec = zoo.digits_cnn(width=8)
     off = [s for s, g in zip(spec.sites(), gates) if g == 0]
-    assert off == entries[i]["removed"] and call["stats_last_epoch"]
+    assert off == entries[i]["removed"] and call["options"].stats_last_epoch
     assert call["seed"] == driver.iteration_seed(0, i)
     if i:   # starts from the weights iteration i-1 ended with
       for a, b in zip(jax.tree.leaves(call["variables"]), jax.tree.leaves(calls[i - 1]["trained"])):
@@ -118,7 +118,7 @@ def test_saved_models_reload_and_score_what_the_report_says(digits, finished):
   # Every iteration's model is kept; the gated run and the baked model agree.
   last = rep["iterations"][-1]
   spec_it, var_it = checkpoint.load_model(workdir / "iterations" / f"{ITERATIONS - 1:03d}" / "model")
-  assert len(spec_it.sites()) == 6 - last["sites_removed"]
+  assert len(spec_it.sites()) == 6 - last["units_removed"]
   val = training.evaluate(spec_it, var_it, ds.val, batch_size=512)
   assert 100 * val.accuracy == pytest.approx(last["val_accuracy"], abs=1e-3)
 
@@ -134,7 +134,7 @@ def test_report_files(finished):
 
 def test_choose_operating_point():
   def entry(i, val):
-    return {"iteration": i, "sites_removed": i, "val_accuracy": val}
+    return {"iteration": i, "units_removed": i, "val_accuracy": val}
   entries = [entry(0, 90.0), entry(1, 91.0), entry(2, 89.0), entry(3, 88.9), entry(4, 70.0)]
   assert driver.choose_operating_point(entries, 1.0)["iteration"] == 2
   assert driver.choose_operating_point(entries, 1.1)["iteration"] == 3

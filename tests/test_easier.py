@@ -106,8 +106,9 @@ def test_gates_and_baked_identities_compute_the_same_network(measured):
   # The method object: its state is the gates, and export bakes them in.
   method = easier.Easier()
   state = method.init(spec)
-  _, state = method.apply(spec, variables, state, ("r1", "r2"))
-  assert method.live_sites(spec, state) == ("after1", "after2")
+  _, state = method.apply(spec, variables, state, base.Decision(("r1", "r2")))
+  assert method.live_units(spec, state) == ("after1", "after2")
+  assert method.units(spec) == spec.sites() and method.unit == "site"
   assert method.export(spec, variables, state)[0] == baked
   assert method.train_options(spec, state).stats_last_epoch
 

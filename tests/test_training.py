@@ -15,6 +15,8 @@ import pytest
 from jaxdepth import checkpoint, data, network, optim, progress, stats, training
 from jaxdepth import spec as S
 
+STATS = training.TrainOptions(stats_last_epoch=True)
+
 
 # ------------------------------------------------------------------ optimizers
 
@@ -187,7 +189,7 @@ def reference(digits):
   """An uninterrupted 2-epoch run, last-epoch statistics collected."""
   spec = _tiny_cnn()
   return training.fit(spec, network.init(spec, jax.random.key(0)), digits, RECIPE,
-                      stats_last_epoch=True, seed=3, progress=False)
+                      options=STATS, seed=3, progress=False)
 
 
 def _same(a, b):
@@ -202,7 +204,7 @@ def _without_time(history):
 def test_fit_learns_and_is_bit_for_bit_repeatable(digits, reference):
   spec = _tiny_cnn()
   again = training.fit(spec, network.init(spec, jax.random.key(0)), digits, RECIPE,
-                       stats_last_epoch=True, seed=3, progress=False)
+                       options=STATS, seed=3, progress=False)
   _same(reference.variables, again.variables)
   _same(reference.stats, again.stats)
   assert _without_time(reference.history) == _without_time(again.history)
@@ -240,7 +242,7 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   spe = digits.train.num_batches(64, drop_remainder=True)
   killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
   with pytest.raises(KeyboardInterrupt):
-    training.fit(spec, variables, killed, RECIPE, stats_last_epoch=True, seed=3,
+    training.fit(spec, variables, killed, RECIPE, options=STATS, seed=3,
                  progress=False, workdir=tmp_path, checkpoint_every_steps=4)
   # Killed in epoch 2 after step spe + 6: the last checkpoint is mid-epoch, with
   # part of the last epoch's statistics.
@@ -248,7 +250,7 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   step = last.latest_step()
   last.close()
   assert spe < step < spe + 6 and step % 4 == 0
-  resumed = training.fit(spec, variables, digits, RECIPE, stats_last_epoch=True, seed=3,
+  resumed = training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3,
                          progress=False, workdir=tmp_path, checkpoint_every_steps=4)
   _same(reference.variables, resumed.variables)
   _same(reference.stats, resumed.stats)
@@ -256,16 +258,16 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   logged = [r["epoch"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")]
   assert logged == [1, 2]
   # The finished run, called again, trains no further.
-  again = training.fit(spec, variables, digits, RECIPE, stats_last_epoch=True, seed=3,
+  again = training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3,
                        progress=False, workdir=tmp_path)
   _same(reference.variables, again.variables)
   # Another architecture on the same workdir is refused, naming the node.
   wider = S.replace_node(spec, "conv", S.Conv("conv", features=16, kernel=3, padding=1))
   with pytest.raises(checkpoint.SpecMismatchError, match=r"'conv'.*features=8.*16"):
     training.fit(wider, network.init(wider, jax.random.key(0)), digits, RECIPE,
-                 stats_last_epoch=True, seed=3, progress=False, workdir=tmp_path)
+                 options=STATS, seed=3, progress=False, workdir=tmp_path)
   with pytest.raises(training.RunMismatchError, match="lr"):
-    training.fit(spec, variables, digits, RECIPE.replace(lr=0.1), stats_last_epoch=True,
+    training.fit(spec, variables, digits, RECIPE.replace(lr=0.1), options=STATS,
                  seed=3, progress=False, workdir=tmp_path)
 
 

@@ -8,8 +8,9 @@ training loop of one's own can call, and a :class:`~jaxdepth.methods.base.Method
 object that :func:`jaxdepth.driver.run` iterates.
 """
 from jaxdepth.methods import base, easier
-from jaxdepth.methods.base import Context, Method, TrainOptions, live_sites, removed_sites
+from jaxdepth.methods.base import (
+    Context, Decision, Method, Regularizer, TrainOptions, live_sites, removed_sites)
 from jaxdepth.methods.easier import Easier
 
-__all__ = ["base", "easier", "Context", "Method", "TrainOptions", "Easier", "live_sites",
-           "removed_sites"]
+__all__ = ["base", "easier", "Context", "Decision", "Method", "Regularizer", "TrainOptions",
+           "Easier", "live_sites", "removed_sites"]

@@ -1,53 +1,53 @@
 """The method protocol: what :mod:`jaxdepth.driver` needs from a depth-reduction method.
 
-The iterative methods (EASIER, EGP, NEPENTHE, TLC; LaCoOT with one iteration)
-share one shape: train, look at the trained network, decide what to take out,
-take it out, train again. A method is the three steps in the middle, as pure
-functions over ``(spec, variables, state)``; the driver owns training,
-evaluation, checkpoints and the report::
+The five methods share one shape: train, look at the trained network, decide
+what to take out, take it out, train again (or not: LaCoOT trains once and then
+only removes). A method is the steps in the middle, as pure functions over
+``(spec, variables, state)``; the driver owns training, evaluation, checkpoints
+and the report::
 
     state = method.init(spec)
-    for iteration in range(R):
-      options = method.train_options(spec, state)       # gates, statistics to collect
-      trained = train(spec, variables, **options)       # the driver (a fresh optimizer)
-      scores = method.measure(spec, trained.variables, state, context)   # {site: score}
-      chosen = method.decide(scores, state)              # what to remove now
-      variables, state = method.apply(spec, trained.variables, state, chosen)
+    for iteration in range(R):                           # R = method.default_iterations(spec)
+      options = method.train_options(spec, state)        # TrainOptions: gates, masks, loss term, epochs
+      trained = train(spec, variables, options)          # the driver (a fresh optimizer)
+      scores = method.measure(spec, trained.variables, state, context)   # {unit: score}
+      decision = method.decide(scores, state)            # Decision: the units to remove now
+      variables, state = method.apply(spec, trained.variables, state, decision)
     shallow_spec, shallow_variables = method.export(spec, variables, state)
 
+What a method removes is its **unit** (``method.unit``): an activation
+``"site"`` (EASIER, EGP, NEPENTHE, TLC) or a residual ``"block"`` (LaCoOT);
+``method.units(spec)`` lists them and the report counts them. What training
+needs from the method is one :class:`~jaxdepth.training.TrainOptions` (site
+gates, statistics of the last epoch, element-wise weight masks, a regularizer
+over named intermediates, the number of epochs), never a method-specific
+argument of :func:`jaxdepth.training.fit`.
+
 The method ``state`` is a pytree of arrays (so orbax checkpoints it beside the
-variables): EASIER's is the site gates, EGP's would add weight masks. The spec
-does not change during a run (removed sites are gates at 0: data, no
+variables): EASIER's is the site gates, EGP's adds weight masks. The spec does
+not change during a run (removed units are data: gates at 0, masks; no
 recompilation); :meth:`Method.export` bakes the state into the spec for a saved
 model.
 """
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
 from jaxdepth.spec import Spec
 from jaxdepth.stats import SiteStats
+from jaxdepth.training import Regularizer, TrainOptions
 
-__all__ = ["TrainOptions", "Context", "Method", "live_sites", "removed_sites"]
+__all__ = ["TrainOptions", "Regularizer", "Context", "Decision", "Method", "live_sites",
+           "removed_sites"]
+
+if TYPE_CHECKING:
+  from jaxdepth.data import Dataset
 
 State = Any  # a pytree of arrays
-
-
-class TrainOptions(NamedTuple):
-  """What a method asks of the next training phase.
-
-  Attributes:
-    gates: ``(len(spec.sites()),)`` float array passed to every train and eval
-      step (0 = the site is the identity), or ``None``.
-    stats_last_epoch: accumulate train-mode :class:`~jaxdepth.stats.SiteStats`
-      during the last epoch (EASIER's entropy source).
-  """
-  gates: jax.Array | None = None
-  stats_last_epoch: bool = False
 
 
 class Context(NamedTuple):
@@ -60,11 +60,33 @@ class Context(NamedTuple):
     eval_stats: ``split -> SiteStats``: eval-mode statistics of the trained
       network on ``"train"``, ``"val"`` or ``"test"`` (with the current gates).
     rng: a key derived from the run's seed and the iteration.
+    dataset: the run's dataset (e.g. for a validation batch of one's own).
+    mesh: the device mesh the run uses.
+    dtype: the compute dtype (``None``: float32).
+    eval_batch_size: the global batch size of the run's evaluations.
   """
   iteration: int
   train_stats: SiteStats | None
   eval_stats: Callable[[str], SiteStats]
   rng: jax.Array
+  dataset: Dataset | None = None
+  mesh: Any = None
+  dtype: Any = None
+  eval_batch_size: int | None = None
+
+
+class Decision(NamedTuple):
+  """What :meth:`Method.decide` returns.
+
+  Attributes:
+    remove: the units to remove now, in the order they go (may be empty: EGP
+      prunes weights every iteration but removes a site only when one reaches zero
+      entropy).
+    details: JSON facts of the decision for the report (e.g. EGP's pruning
+      amounts per layer), also read by :meth:`Method.apply`.
+  """
+  remove: tuple[str, ...] = ()
+  details: dict[str, Any] | None = None
 
 
 @runtime_checkable
@@ -73,9 +95,11 @@ class Method(Protocol):
 
   Attributes:
     name: a short name (``"easier"``), stored in the run's identity.
+    unit: what the method removes: ``"site"`` or ``"block"``.
     score_name: the report key of what :meth:`measure` returns (``"entropies"``).
   """
   name: str
+  unit: str
   score_name: str
 
   def options(self) -> dict[str, Any]:
@@ -84,21 +108,27 @@ class Method(Protocol):
   def init(self, spec: Spec) -> State:
     """The state before anything is removed."""
 
-  def live_sites(self, spec: Spec, state: State) -> tuple[str, ...]:
-    """Sites still in play, in call order; the driver stops when there are none."""
+  def units(self, spec: Spec) -> tuple[str, ...]:
+    """Every removable unit of ``spec`` (node paths), in call order."""
+
+  def live_units(self, spec: Spec, state: State) -> tuple[str, ...]:
+    """Units still in play, in call order; the driver stops when there are none."""
+
+  def default_iterations(self, spec: Spec) -> int:
+    """How many iterations a run makes when the user does not say."""
 
   def train_options(self, spec: Spec, state: State) -> TrainOptions:
     """How to train the network in ``state``."""
 
-  def measure(self, spec: Spec, variables, state: State, context: Context) -> dict[str, float]:
-    """One score per live site (``{site: score}``, call order)."""
+  def measure(self, spec: Spec, variables, state: State, context: Context) -> dict[str, Any]:
+    """The scores of the live units (``{unit: score}``, JSON, call order)."""
 
-  def decide(self, scores: dict[str, float], state: State) -> tuple[str, ...]:
-    """The sites to remove now, from the scores."""
+  def decide(self, scores: dict[str, Any], state: State) -> Decision:
+    """What to remove now, from the scores."""
 
-  def apply(self, spec: Spec, variables, state: State, sites: tuple[str, ...]
+  def apply(self, spec: Spec, variables, state: State, decision: Decision
             ) -> tuple[Any, State]:
-    """Removes ``sites``: the new ``(variables, state)``."""
+    """Carries out ``decision``: the new ``(variables, state)``."""
 
   def export(self, spec: Spec, variables, state: State) -> tuple[Spec, Any]:
     """``(spec, variables)`` with the state baked in (what gets saved)."""

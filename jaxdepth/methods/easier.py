@@ -152,6 +152,7 @@ class Easier:
   estimator: str = "easier"
   entropy_split: str = "train"
   name: str = dataclasses.field(default="easier", init=False)
+  unit: str = dataclasses.field(default="site", init=False)
   score_name: str = dataclasses.field(default="entropies", init=False)
 
   def __post_init__(self):
@@ -168,8 +169,14 @@ class Easier:
   def init(self, spec: Spec) -> dict[str, jax.Array]:
     return {"gates": network.gates_for(spec)}
 
-  def live_sites(self, spec: Spec, state) -> tuple[str, ...]:
+  def units(self, spec: Spec) -> tuple[str, ...]:
+    return spec.sites()
+
+  def live_units(self, spec: Spec, state) -> tuple[str, ...]:
     return base.live_sites(spec, state["gates"])
+
+  def default_iterations(self, spec: Spec) -> int:
+    return len(spec.sites())
 
   def train_options(self, spec: Spec, state) -> base.TrainOptions:
     return base.TrainOptions(gates=state["gates"],
@@ -183,13 +190,13 @@ class Easier:
       stats = context.train_stats
     else:
       stats = context.eval_stats(self.entropy_split)
-    return measure(stats, self.live_sites(spec, state), self.estimator)
+    return measure(stats, self.live_units(spec, state), self.estimator)
 
-  def decide(self, scores: dict[str, float], state) -> tuple[str, ...]:
-    return choose(scores)
+  def decide(self, scores: dict[str, float], state) -> base.Decision:
+    return base.Decision(choose(scores))
 
-  def apply(self, spec: Spec, variables, state, sites):
-    return variables, {"gates": apply(state["gates"], sites, spec=spec)}
+  def apply(self, spec: Spec, variables, state, decision: base.Decision):
+    return variables, {"gates": apply(state["gates"], decision.remove, spec=spec)}
 
   def export(self, spec: Spec, variables, state):
     return apply(spec, base.removed_sites(spec, state["gates"])), variables
