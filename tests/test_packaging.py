@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from jaxdepth import _optional, report
-from jaxdepth.data import digits
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -55,9 +54,10 @@ def test_core_imports_and_runs_a_forward_pass_without_the_extras():
 
 
 def test_require_names_the_extra_and_keeps_the_cause(monkeypatch):
-  monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn...` fail
+  for name in ("sklearn", "sklearn.datasets"):   # a None entry makes the import fail
+    monkeypatch.setitem(sys.modules, name, None)
   with pytest.raises(ImportError, match=r"the digits dataset needs .*'sklearn'.*jaxdepth\[data\]") as info:
-    digits.load()
+    _optional.require("sklearn.datasets", "data", "the digits dataset")
   assert isinstance(info.value.__cause__, ImportError)
   assert _optional.require("json", "data", "x").dumps([1]) == "[1]"
 
