@@ -29,7 +29,8 @@ random too, so that the equivalence figures are meaningful.
 
 Prints one JSON object. ``merged_vs_identity`` and ``merged_vs_dense`` are
 latency ratios (below 1: the merged form is faster). On a CPU, glibc's
-allocator can dominate timings (notes/environment.md §7); the output records
+allocator can dominate timings (it may return large blocks to the OS and fault
+them in again at every step); the output records
 ``GLIBC_TUNABLES``, and ``--allocators`` re-runs the benchmark in two child
 processes, without and with the large-threshold setting, and prints both.
 

@@ -1,6 +1,6 @@
 """The model zoo: functions that return :class:`~jaxdepth.spec.Spec` objects.
 
-Each function builds the architecture the papers' code uses (METHODS.md §1.2), in
+Each function builds the architecture the papers' code uses (``docs/models.md``), in
 channel-last layout, with names that follow torchvision where that helps a
 reader find the module the papers talk about (``layer2/0/relu1``,
 ``features/7/conv/depthwise/relu6``). Parameter counts equal PyTorch's
@@ -83,7 +83,7 @@ def resnet18(num_classes: int = 10, stem: str = "cifar", input_shape=None) -> Sp
 
   ``stem="cifar"``: 3x3 stride-1 pad-1 conv (no bias), BN, ReLU, then the 3x3/2
   max-pool (pad 1) that the papers' CIFAR code keeps, so ``layer1`` runs at 16x16
-  on a 32x32 input (METHODS.md §1.2). ``stem="imagenet"``: torchvision's 7x7/2
+  on a 32x32 input. ``stem="imagenet"``: torchvision's 7x7/2
   pad-3 conv, BN, ReLU, 3x3/2 max-pool. Then four stages of two BasicBlocks
   (64-128-256-512), global average pool and a Dense head. 17 sites.
 
@@ -190,7 +190,7 @@ def mobilenet_v2(num_classes: int = 10, variant: str = "cifar", width_mult: floa
   blocks, ``features/18`` the 1x1 ConvBNReLU6 to 1280 (scaled up only when
   ``width_mult > 1``); then a global mean, ``classifier/dropout`` (0.2) and
   ``classifier/fc``. ``variant="cifar"`` uses stride 1 in the stem and in the
-  second stage (t=6, c=24, n=2), as the papers' CIFAR code (METHODS.md §1.2);
+  second stage (t=6, c=24, n=2), as the papers' CIFAR code;
   ``variant="imagenet"`` is torchvision's ``mobilenet_v2``. 35 ReLU6 sites.
 
   Args:

@@ -16,7 +16,7 @@ correction (``mode="exact"``); a ResNet BasicBlock
 whose ``relu1`` is an identity becomes ``relu2(conv(x))`` if its two 3x3 convs
 were merged (and the addition disappears).
 
-**The rectifier after the addition** (ResNet's ``relu2``, METHODS.md §1.4).
+**The rectifier after the addition** (ResNet's ``relu2``).
 When ``relu2`` of block ``k`` is an identity, the block's output
 ``r_k(x) + x`` feeds block ``k+1`` linearly, but no exact rewrite makes the
 network shallower there: block ``k+1`` needs the sum twice (its branch and its
