@@ -98,7 +98,8 @@ class Depth(NamedTuple):
     nonlinear_depth: the most live activation sites met on one path from input
       to output; a :class:`~jaxdepth.spec.Block` contributes
       ``max(branch, shortcut) + post``.
-    weight_depth: the most convolution / dense layers met on one path, same rule.
+    weight_depth: the most convolution / dense layers met on one path, same rule
+      (an attention node counts 2: its qkv and output projections).
     sites_total: every activation node, live or baked to the identity.
   """
   active_sites: int
@@ -108,7 +109,7 @@ class Depth(NamedTuple):
 
 
 def _longest(nodes, counts) -> int:
-  """Longest chain through ``nodes`` of nodes for which ``counts(node)`` is true."""
+  """Longest chain through ``nodes``, a leaf weighing ``counts(node)`` (a bool or an int)."""
   total = 0
   for n in nodes:
     if isinstance(n, S.Sequential):
@@ -116,8 +117,8 @@ def _longest(nodes, counts) -> int:
     elif isinstance(n, S.Block):
       total += max(_longest(n.branch, counts), _longest(n.shortcut, counts))
       total += _longest(n.post, counts)
-    elif counts(n):
-      total += 1
+    else:
+      total += int(counts(n))
   return total
 
 
@@ -125,8 +126,10 @@ def _is_live_site(n: S.Node) -> bool:
   return isinstance(n, S.Act) and n.fn != "identity"
 
 
-def _is_weight_layer(n: S.Node) -> bool:
-  return isinstance(n, (S.Conv, S.Dense))
+def _is_weight_layer(n: S.Node) -> int:
+  """1 for a conv or dense layer; a node's ``weight_layers`` otherwise (attention: 2,
+  its input and output projections in sequence)."""
+  return 1 if isinstance(n, (S.Conv, S.Dense)) else getattr(n, "weight_layers", 0)
 
 
 def depth(spec: S.Spec) -> Depth:

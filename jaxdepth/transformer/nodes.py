@@ -102,6 +102,7 @@ class Attention(S.Node):
   qkv_bias: bool = True
   attn_dropout: float = 0.0
   kind: ClassVar[str] = "attention"
+  weight_layers: ClassVar[int] = 2   # qkv, then proj (for costs.depth)
 
   def __post_init__(self):
     super().__post_init__()
@@ -158,6 +159,7 @@ class WindowAttention(S.Node):
   qkv_bias: bool = True
   attn_dropout: float = 0.0
   kind: ClassVar[str] = "window_attention"
+  weight_layers: ClassVar[int] = 2   # qkv, then proj (for costs.depth)
 
   def __post_init__(self):
     super().__post_init__()
