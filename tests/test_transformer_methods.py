@@ -111,8 +111,6 @@ def test_easier_end_to_end_on_a_tiny_swin(tmp_path):
   assert lowest not in entries[1]["entropies"]
   merged = result.report["chosen"]["merged"]
   assert merged["max_rel_diff"] < 1e-5 and merged["top1_agreement"] == 1.0
-  if result.report["chosen"]["iteration"] == 1:   # one MLP merged into one Dense
-    assert merged["macs_after"] < merged["macs_before"]
 
 
 # --------------------------------------------------------------------- surgery
