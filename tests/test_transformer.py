@@ -275,3 +275,17 @@ def test_zoo_transformers_round_trip_through_json():
   for name in ("swin_t", "vit_b16", "digits_swin", "digits_vit"):
     spec = zoo.get(name)
     assert S.Spec.from_json(spec.to_json()) == spec
+
+
+def test_attention_costs_by_hand():
+  spec = S.Spec((3, 3, 8), (WindowAttention("wa", heads=2, window=2, shift=1, pad=True),))
+  # qkv 8x24 + 24, proj 8x8 + 8, relative position table (2*2-1)^2 rows x 2 heads
+  assert costs.count_params(spec) == 8 * 24 + 24 + 8 * 8 + 8 + 9 * 2
+  # on the padded 4x4 map (16 tokens, windows of 4): qkv, proj, scores and weighted sums
+  assert costs.count_macs(spec) == 16 * 8 * 24 + 16 * 8 * 8 + 2 * 16 * 4 * 8
+  assert costs.depth(spec).weight_depth == 2          # qkv then proj
+  vit = S.Spec((5, 8), (Attention("at", heads=4, qkv_bias=False),))
+  assert costs.count_params(vit) == 8 * 24 + 8 * 8 + 8
+  assert costs.count_macs(vit) == 5 * 8 * 24 + 5 * 8 * 8 + 2 * 5 * 5 * 8
+  # digits_swin: patch conv, 4 layers of (qkv, proj, fc1, fc2), the reduction, the head
+  assert costs.depth(zoo.digits_swin()) == costs.Depth(4, 4, 1 + 4 * 4 + 1 + 1, 4)
