@@ -255,7 +255,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   try:
     if ckpt.latest_step() is not None:
       template = training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed)
-      restored = ckpt.restore(template, extra=state)
+      # Restore targets replicated over the mesh, as saved (host-local arrays cannot be
+      # written or read by several processes).
+      restored = ckpt.restore(training.replicate(template, mesh),
+                              extra=training.replicate(state, mesh))
       variables, state = restored.state.variables, restored.extra
       entries = list(restored.meta["iterations"])
       say(f"resuming {workdir} after iteration {len(entries) - 1}")
@@ -271,7 +274,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
           eval_batch_size=eval_batch_size, checkpoint_epochs=checkpoint_epochs)
       entry["seconds"] = round(time.perf_counter() - tic, 3)
       entries.append(entry)
-      ckpt.save(len(entries), trained_state, extra=state, meta={"iterations": entries})
+      ckpt.save(len(entries), trained_state, extra=training.replicate(state, mesh),
+                meta={"iterations": entries})
       _drop_epoch_checkpoints(workdir, it)
       if main_process:
         report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total,
@@ -285,8 +289,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     ckpt.close()
 
   chosen = choose_operating_point(entries, tolerance)
-  chosen_spec, chosen_variables = checkpoint.load_model(
-      _iteration_dir(workdir, chosen["iteration"]) / "model")
+  chosen_spec, chosen_variables = checkpoint.load_model(   # replicated: every process saves
+      _iteration_dir(workdir, chosen["iteration"]) / "model",
+      sharding=training.replicated_sharding(mesh))
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance, method.unit)
   if merge:

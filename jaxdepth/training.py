@@ -188,8 +188,12 @@ def make_mesh(devices=None) -> Mesh:
                        devices=devices)
 
 
-def _replicated(mesh: Mesh) -> NamedSharding:
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a value held whole by every device of ``mesh``."""
   return NamedSharding(mesh, P())
+
+
+_replicated = replicated_sharding
 
 
 def _batch_sharding(mesh: Mesh) -> NamedSharding:
