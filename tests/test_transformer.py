@@ -289,3 +289,16 @@ def test_attention_costs_by_hand():
   assert costs.count_macs(vit) == 5 * 8 * 24 + 5 * 8 * 8 + 2 * 5 * 5 * 8
   # digits_swin: patch conv, 4 layers of (qkv, proj, fc1, fc2), the reduction, the head
   assert costs.depth(zoo.digits_swin()) == costs.Depth(4, 4, 1 + 4 * 4 + 1 + 1, 4)
+
+
+def test_attention_dropout_acts_in_train_mode_only():
+  spec = S.Spec((5, 4), (Attention("at", heads=2, attn_dropout=0.5),))
+  variables = _random_variables(spec)
+  x = jax.random.normal(jax.random.key(4), (3, 5, 4))
+  plain = S.Spec((5, 4), (Attention("at", heads=2),))
+  eval_out = network.forward(spec, variables, x).logits
+  np.testing.assert_array_equal(eval_out, network.forward(plain, variables, x).logits)
+  a = network.forward(spec, variables, x, train=True, rng=jax.random.key(5)).logits
+  b = network.forward(spec, variables, x, train=True, rng=jax.random.key(5)).logits
+  np.testing.assert_array_equal(a, b)                 # a function of the key
+  assert not np.allclose(a, eval_out, atol=1e-3)

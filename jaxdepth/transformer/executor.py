@@ -40,10 +40,8 @@ class _Attention(nn.Module):
   def __call__(self, x, train: bool):
     n = self.node
     c = x.shape[-1]
-    dropout = None
-    if n.attn_dropout > 0:
-      drop = nn.Dropout(n.attn_dropout, deterministic=not train, name="attn_dropout")
-      dropout = drop
+    dropout = (nn.Dropout(n.attn_dropout, deterministic=not train, name="attn_dropout")
+               if n.attn_dropout > 0 else None)
     if isinstance(n, T.Attention):
       qkv = _dense(3 * c, n.qkv_bias, self.dtype, "qkv")(x)
       y = ops.multi_head_attention(qkv, n.heads, None, dropout)
