@@ -122,8 +122,17 @@ def _check_tolerance(tolerance):
     raise ValueError(f"tolerance must be a number of accuracy points >= 0, got {tolerance!r}")
 
 
+def _has_progress(workdir: pathlib.Path) -> bool:
+  """Whether ``workdir`` holds a checkpoint to resume (of an iteration or inside one)."""
+  return any(workdir.glob("checkpoints/*")) or any(workdir.glob("iterations/*/checkpoints/*"))
+
+
 def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
-  """Refuses a work directory that holds another run (before anything is written)."""
+  """Refuses a work directory that holds another run (before anything is written).
+
+  A ``run.json`` of the same method with no checkpoint beside it (a run that
+  stopped before saving anything) owns nothing: the new run takes the directory over.
+  """
   path = workdir / "run.json"
   if not path.exists():
     if (workdir / "checkpoints").exists():
@@ -131,6 +140,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
                              f"(another program's run?); use another directory")
     return
   stored = json.loads(path.read_text())
+  if stored.get("method") == identity["method"] and not _has_progress(workdir):
+    return
   if stored.get("method") != identity["method"]:
     what = f"a {stored['method']!r} run" if stored.get("method") else "a run of another program"
     raise RunMismatchError(f"work directory {workdir} holds {what}, not a {identity['method']!r} "
@@ -246,7 +257,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   main_process = jax.process_index() == 0
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "run.json").exists():
+    if not (workdir / "run.json").exists() or not _has_progress(workdir):
       (workdir / "run.json").write_text(json.dumps(identity, indent=1))
 
   state = method.init(spec)
@@ -285,6 +296,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
           f"{', '.join(entry['removed_now']) or 'nothing'}")
       if after_iteration is not None:
         after_iteration(it, entry)
+    if len(entries) < iterations:
+      say(f"stopped after {len(entries)} of the {iterations} iterations asked: no {method.unit} "
+          f"is left to remove")
   finally:
     ckpt.close()
 
