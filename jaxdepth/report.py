@@ -5,7 +5,9 @@ iteration in ``iterations`` (``unit`` — ``"site"`` or ``"block"`` —,
 ``units_removed``, ``units_total``, ``removed_now``, the method's scores under
 ``report["score_name"]`` (EASIER: ``entropies``),
 ``val_accuracy`` / ``test_accuracy`` in percent, ``params``, ``macs``,
-``depth``) and the operating point in ``chosen``. This module only presents it:
+``depth``) and the operating point in ``chosen``. A unit's score is a number, or a
+JSON object whose first numeric field is the number shown (EGP: the entropy,
+beside its layer's weight counts). This module only presents it:
 
 * :func:`table`: the markdown table (also what the command line prints);
 * :func:`plot_accuracy`: accuracy against units removed, the tolerance floor
@@ -24,7 +26,8 @@ import os
 import pathlib
 from typing import Any
 
-__all__ = ["table", "write", "write_json", "plot_accuracy", "plot_scores", "score_key"]
+__all__ = ["table", "write", "write_json", "plot_accuracy", "plot_scores", "score_key",
+           "score_value"]
 
 _COSTS = ("params", "macs", "depth")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -41,6 +44,14 @@ def score_key(report: dict[str, Any]) -> str | None:
       if k not in _KNOWN and isinstance(v, dict):
         return k
   return None
+
+
+def score_value(score):
+  """The number a unit's score stands for: itself, or an object's first numeric field."""
+  if isinstance(score, dict):
+    score = next((v for v in score.values() if isinstance(v, (int, float))
+                  and not isinstance(v, bool)), None)
+  return score if isinstance(score, (int, float)) and not isinstance(score, bool) else None
 
 
 def _count(n: int) -> str:
@@ -65,7 +76,7 @@ def table(report: dict[str, Any]) -> str:
   lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
   chosen = report.get("chosen") or {}
   for e in entries:
-    scores = [v for v in (e.get(key) or {}).values() if isinstance(v, (int, float))]
+    scores = [v for v in map(score_value, (e.get(key) or {}).values()) if v is not None]
     lowest = f"{min(scores):.4f}" if scores else "–"
     mark = " **←**" if chosen and e["iteration"] == chosen.get("iteration") else ""
     lines.append(
@@ -145,10 +156,11 @@ def plot_scores(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path
   plt = _pyplot()
   sites: list[str] = []
   for e in entries:
-    sites += [s for s, v in e[key].items() if s not in sites and isinstance(v, (int, float))]
+    sites += [s for s, v in e[key].items() if s not in sites and score_value(v) is not None]
   if not sites:
     return None
-  grid = [[e[key].get(s, math.nan) for e in entries] for s in sites]
+  grid = [[math.nan if score_value(e[key].get(s)) is None else score_value(e[key][s])
+           for e in entries] for s in sites]
   fig, ax = plt.subplots(figsize=(max(4.0, 1.0 + 0.45 * len(entries)),
                                   max(2.5, 0.8 + 0.28 * len(sites))), dpi=120)
   image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")

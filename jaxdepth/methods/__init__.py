@@ -2,15 +2,19 @@
 
 * :mod:`.easier`: EASIER (Quétu et al., ECML PKDD 2024): the lowest-entropy
   rectifier becomes the identity, one per iteration.
+* :mod:`.egp`: EGP (Liao et al., ICCVW 2023) and NEPENTHE (its journal
+  extension): unstructured pruning guided by entropy x magnitude until layers
+  reach zero entropy; :mod:`.egp_report` adds their sparsity figures and plots.
 
 Each method module exposes its measuring and choosing steps as functions a
 training loop of one's own can call, and a :class:`~jaxdepth.methods.base.Method`
 object that :func:`jaxdepth.driver.run` iterates.
 """
-from jaxdepth.methods import base, easier
+from jaxdepth.methods import base, easier, egp
 from jaxdepth.methods.base import (
     Context, Decision, Method, Regularizer, TrainOptions, live_sites, removed_sites)
 from jaxdepth.methods.easier import Easier
+from jaxdepth.methods.egp import Egp, Nepenthe
 
-__all__ = ["base", "easier", "Context", "Decision", "Method", "Regularizer", "TrainOptions",
-           "Easier", "live_sites", "removed_sites"]
+__all__ = ["base", "easier", "egp", "Context", "Decision", "Method", "Regularizer",
+           "TrainOptions", "Easier", "Egp", "Nepenthe", "live_sites", "removed_sites"]
