@@ -198,6 +198,11 @@ def test_a_bad_layer_map_is_named():
   with pytest.raises(ValueError, match="sends both 'relu' and 'relu2' to 'conv1'"):
     egp.check_layer_map(spec, {"relu": "conv1", "relu2": "conv1"})
   assert egp.check_layer_map(spec, {"relu2": "conv2"})["relu"] is None
+  with pytest.raises(KeyError, match=r"skip names \['nope'\], which are not live sites"):
+    Egp(skip=("nope",)).layer_map(spec)
+  skipped = Egp(skip=("relu",)).layer_map(spec)
+  assert skipped["relu"] is None and skipped["relu2"] == "conv2"
+  assert "conv1" not in Egp(skip=("relu",)).init(spec)["masks"]
 
 
 # -------------------------------------------------------------------- estimator

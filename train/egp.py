@@ -24,7 +24,7 @@ mid-iteration, from the epoch checkpoints); ``--iterations`` may grow and
 ``--tolerance`` change between calls, anything else is refused. A config is a
 ``train/configs/egp_*.py`` (or ``nepenthe_*.py``) file: the recipe keys of
 ``python -m train fit`` plus ``iterations``, ``tolerance``, ``rho``,
-``estimator``, ``augment``, ``entropy_batch_size`` and ``layers``. Without
+``estimator``, ``augment``, ``entropy_batch_size``, ``layers`` and ``skip``. Without
 ``--config``, the config of the command for ``--model`` and ``--dataset`` is
 used when exactly one matches, else ``<command>_digits``.
 """
@@ -47,6 +47,7 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "augment": True,              # the entropy pass sees the training augmentation
     "entropy_batch_size": None,   # batch of the entropy pass (None: eval_batch_size)
     "layers": None,               # {site: layer} to prune (None: jaxdepth.methods.egp.layer_map)
+    "skip": (),                   # sites whose layer is never pruned
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
@@ -115,7 +116,8 @@ def make_method(command: str, cfg: dict[str, Any]):
   cls = {"egp": Egp, "nepenthe": Nepenthe}[command]
   kw = {} if cfg["estimator"] is None else {"estimator": cfg["estimator"]}
   return cls(rho=cfg["rho"], augment=cfg["augment"],
-             entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"], **kw)
+             entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"],
+             skip=tuple(cfg["skip"]), **kw)
 
 
 def main(argv: list[str] | None = None, command: str = "egp") -> int:

@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxdepth import network, optim, training
+from jaxdepth import network, optim, surgery, training
 from jaxdepth import spec as S
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
@@ -501,12 +501,15 @@ class Egp:
       uses its training batch (128).
     layers: ``{site: layer}`` to prune instead of :func:`layer_map` (sites left
       out are measured, never pruned).
+    skip: sites whose layer is never pruned (e.g. a stem conv that is the only
+      path of the signal; see the module doc).
   """
   rho: float = 0.5
   estimator: str = "egp"
   augment: bool = True
   entropy_batch_size: int | None = None
   layers: Any = None
+  skip: tuple[str, ...] = ()
   name: str = dataclasses.field(default="egp", init=False)
   unit: str = dataclasses.field(default="site", init=False)
   score_name: str = dataclasses.field(default="entropies", init=False)
@@ -528,14 +531,20 @@ class Egp:
         raise TypeError(f"layers must be a mapping {{site: layer}}, got "
                         f"{type(self.layers).__name__}")
       object.__setattr__(self, "layers", tuple(self.layers.items()))
+    if isinstance(self.skip, str) or not all(isinstance(x, str) for x in self.skip):
+      raise TypeError(f"skip must be a sequence of site paths, got {self.skip!r}")
+    object.__setattr__(self, "skip", tuple(self.skip))
 
   # -- helpers -------------------------------------------------------------------
 
   def layer_map(self, spec: S.Spec) -> dict[str, str | None]:
     """``{site: layer or None}`` this method prunes (validated against ``spec``)."""
-    if self.layers is None:
-      return layer_map(spec)
-    return check_layer_map(spec, dict(self.layers))
+    out = layer_map(spec) if self.layers is None else check_layer_map(spec, dict(self.layers))
+    unknown = [s for s in self.skip if s not in out]
+    if unknown:
+      raise KeyError(f"skip names {unknown}, which are not live sites of {spec.name!r}; live "
+                     f"sites: {list(out)}")
+    return {s: None if s in self.skip else l for s, l in out.items()}
 
   def _masks_template(self, spec: S.Spec):
     shapes = spec.shapes()
@@ -557,7 +566,8 @@ class Egp:
     return {"rho": self.rho, "estimator": self.estimator,
             "augment": self.augment if self.estimator != "easier" else None,
             "entropy_batch_size": self.entropy_batch_size,
-            "layers": None if self.layers is None else dict(self.layers)}
+            "layers": None if self.layers is None else dict(self.layers),
+            "skip": list(self.skip)}
 
   def init(self, spec: S.Spec):
     return {"gates": network.gates_for(spec), "masks": self._masks_template(spec),
@@ -592,10 +602,13 @@ class Egp:
         mesh=context.mesh, dtype=context.dtype)
 
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, Any]:
-    """Per live site: its entropy, and its layer's non-zero count, size and mean ``|w|``."""
+    """Per live site: ``{"entropy", "layer"}`` and its layer's ``nnz``, ``size``, ``mean_abs_nonzero``.
+
+    The entropy comes first, so the report's table and heat map show it.
+    """
     live = self.live_units(spec, state)
     entropies = site_stats.entropies(self._stats(spec, variables, state, context),
-                                     "egp" if self.estimator == "egp" else self.estimator)
+                                     self.estimator)
     layers = self.layer_map(spec)
     facts = layer_statistics(variables["params"], state["masks"],
                              {s: layers[s] for s in live})
@@ -606,7 +619,16 @@ class Egp:
     return out
 
   def decide(self, scores: dict[str, Any], state) -> base.Decision:
-    """Zero-entropy sites go; the budget is split over the other layers (:func:`allocation`)."""
+    """Zero-entropy sites go; the budget is split over the other layers (:func:`allocation`).
+
+    The details (JSON, in the report) hold: ``round`` (this pruning round, from
+    1), ``rho``, ``nominal_sparsity`` (``1 − (1 − ρ)^round``), ``budget``,
+    ``amounts`` and ``irrelevance`` per layer, ``layer_sparsity`` and
+    ``global_sparsity`` (the masked fraction of the pruned layers in the network
+    just measured), the same ``*_next`` after this round, ``pruned_weights``,
+    ``prunable_weights``, ``zero_entropy`` (the sites removed now) and
+    ``rounds`` (every pass of the capping loop).
+    """
     zero = tuple(s for s, v in scores.items() if v["entropy"] == 0.0)
     pruned = [s for s, v in scores.items() if v.get("layer") is not None]
     alloc = allocation([scores[s]["entropy"] for s in pruned],
@@ -665,7 +687,6 @@ class Egp:
     Channels cut are those :func:`dead_channel_counts` proves dead on every
     input, so the exported model computes exactly what the gated, masked one does.
     """
-    from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
     variables = {**variables, "params": optim.apply_masks(variables["params"], state["masks"])}
     shallow = S.with_identity(spec, base.removed_sites(spec, state["gates"]))
     layers = {s: l for s, l in self.layer_map(spec).items() if s in shallow.sites()}

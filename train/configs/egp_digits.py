@@ -1,0 +1,40 @@
+"""EGP on the offline default: ResNet-20 (width 8, 19 sites) on scikit-learn's 8x8 digits.
+
+Run:   python -m train egp                     (the same as --config egp_digits)
+Takes: FIGURE_TIME
+Reaches (seed 0): FIGURE_RESULT
+
+Every iteration trains 5 epochs with a fresh Adam (lr 3e-3, x0.1 at epoch 4,
+batch 64, one-pixel shifts), pruned weights held at 0; then EGP's entropy
+pass, the sites at zero entropy become identities, and rho = 0.5 of the
+remaining prunable weights are pruned where entropy x magnitude is lowest.
+
+Why ResNet-20 and ``skip=("relu",)``: EGP's softmax over ``S / I_l`` spreads
+over about L (the number of layers) units, so on a network of 6 layers
+(digits_cnn) it splits the budget almost evenly and no layer empties within a
+few rounds; with 19 layers it concentrates and the least relevant block convs
+are pruned completely. The stem conv has only 72 weights: any share of the
+budget larger than that prunes it completely, which leaves the network
+blind, so the stem is kept out of pruning (as a layer map would).
+"""
+
+
+def get_config():
+  return dict(
+      model="resnet20",
+      model_kwargs={"width": 8},
+      dataset="digits",
+      epochs=5,
+      batch_size=64,
+      optimizer="adam",
+      lr=3e-3,
+      weight_decay=0.0,
+      milestones=(4,),
+      gamma=0.1,
+      eval_batch_size=512,
+      iterations=4,
+      tolerance=1.0,
+      rho=0.5,
+      estimator="egp",
+      skip=("relu",),
+  )
