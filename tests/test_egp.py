@@ -12,7 +12,7 @@ from flax import traverse_util
 from jaxdepth import checkpoint, data, driver, equivalence, network, optim, stats, surgery
 from jaxdepth import training, zoo
 from jaxdepth.methods import Egp, Nepenthe, egp, egp_report
-from jaxdepth.spec import Act, BatchNorm, Dense, Spec
+from jaxdepth.spec import Act, Block, Dense, Flatten, LayerNorm, Spec
 from train import __main__ as cli
 
 F32 = np.float32
@@ -185,6 +185,14 @@ def test_layer_map_follows_the_spec_structure():
   mb = egp.layer_map(zoo.mobilenet_v2())
   assert len(mb) == 35 and all(l.endswith("/conv") for l in mb.values())
   assert len(set(mb.values())) == 35
+
+
+def test_layer_map_of_a_transformer_mlp_is_its_first_dense():
+  spec = Spec((4, 8), (
+      Block("block", branch=(LayerNorm("norm"), Dense("fc1", features=32), Act("gelu", fn="gelu"),
+                             Dense("fc2", features=8))),
+      Flatten("flat"), Dense("head", features=3)))
+  assert egp.layer_map(spec) == {"block/gelu": "block/fc1"}
 
 
 def test_a_bad_layer_map_is_named():

@@ -170,6 +170,12 @@ def _kernel_path(layer: str) -> tuple[str, ...]:
   return (*layer.split(S.SEP), "kernel")
 
 
+def _masked_on_host(params, masks):
+  """``apply_masks`` on host copies (params and masks may live on different devices)."""
+  return jax.tree.map(np.asarray, optim.apply_masks(jax.device_get(params),
+                                                    jax.device_get(masks)))
+
+
 # ------------------------------------------------------------------------ pruning
 
 
@@ -370,7 +376,7 @@ def layer_statistics(params, masks, layers: Mapping[str, str | None]) -> dict[st
     ``{layer: {"nnz", "size", "mean_abs_nonzero"}}`` (float32 mean, 0.0 without
     non-zero weights), in the order of ``layers``.
   """
-  flat = traverse_util.flatten_dict(optim.apply_masks(params, masks))
+  flat = traverse_util.flatten_dict(_masked_on_host(params, masks))
   out = {}
   for layer in layers.values():
     if layer is None:
@@ -662,9 +668,9 @@ class Egp:
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
     amounts = (decision.details or {}).get("amounts", {})
-    flat_masks = traverse_util.flatten_dict(state["masks"])
-    params = optim.apply_masks(variables["params"], state["masks"])
-    flat_params = traverse_util.flatten_dict(params)
+    flat_masks = traverse_util.flatten_dict(jax.device_get(state["masks"]))
+    flat_params = traverse_util.flatten_dict(_masked_on_host(variables["params"],
+                                                             state["masks"]))
     for layer, amount in amounts.items():
       if amount:
         path = _kernel_path(layer)
@@ -678,7 +684,7 @@ class Egp:
         raise KeyError(f"cannot remove {unknown}: not live sites; live sites: {list(live)}")
       off = jnp.asarray([s in decision.remove for s in spec.sites()])
       gates = jnp.where(off, 0.0, jnp.asarray(gates, jnp.float32))
-    variables = {**variables, "params": optim.apply_masks(variables["params"], masks)}
+    variables = {**variables, "params": _masked_on_host(variables["params"], masks)}
     return variables, {"gates": gates, "masks": masks, "round": state["round"] + 1}
 
   def export(self, spec: S.Spec, variables, state):
@@ -687,7 +693,8 @@ class Egp:
     Channels cut are those :func:`dead_channel_counts` proves dead on every
     input, so the exported model computes exactly what the gated, masked one does.
     """
-    variables = {**variables, "params": optim.apply_masks(variables["params"], state["masks"])}
+    variables = {**jax.device_get(variables),
+                 "params": _masked_on_host(variables["params"], state["masks"])}
     shallow = S.with_identity(spec, base.removed_sites(spec, state["gates"]))
     layers = {s: l for s, l in self.layer_map(spec).items() if s in shallow.sites()}
     counts = dead_channel_counts(shallow, variables, layers)
