@@ -1,6 +1,6 @@
 """``python -m train egp`` / ``python -m train nepenthe``: entropy-guided pruning until layers collapse.
 
-    python -m train egp                                      # digits_cnn on digits, ~1.5 min on a CPU
+    python -m train egp                                      # ResNet-20 (width 8) on digits, CPU minutes
     python -m train nepenthe                                 # the same with NEPENTHE's entropy
     python -m train egp --config egp_cifar10_resnet18 --data-dir ~/tensorflow_datasets
     python -m train egp --model resnet20 --dataset cifar10 --config egp_cifar10_resnet18 \\

@@ -439,7 +439,8 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
   constant pre-activation, its BatchNorm's shift (plus the layer's bias); if
   that constant is ``<= 0``, the ReLU / ReLU6 outputs exactly 0 whatever the
   input, so the channel can be cut with no change anywhere. Only sites fed
-  directly (not after a residual addition) are considered; the constant is
+  directly (not after a residual addition) by the layer :func:`layer_map`
+  finds are considered (a user's map may name another); the constant is
   read from one eval-mode forward pass, so it is the value the network computes.
 
   Args:
@@ -455,9 +456,10 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
   flat = traverse_util.flatten_dict(variables["params"])
   post = {p + S.SEP + n.name for p, b in nodes.items() if isinstance(b, S.Block)
           for n in b.post}
+  feeds = layer_map(spec)
   candidates = {}
   for site, layer in layers.items():
-    if (layer is None or site in post or site not in nodes
+    if (layer is None or site in post or feeds.get(site) != layer
         or getattr(nodes[site], "fn", None) not in ("relu", "relu6")):
       continue
     w = np.asarray(jax.device_get(flat[_kernel_path(layer)]))
