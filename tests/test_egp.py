@@ -438,8 +438,8 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
 
 def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
   workdir = tmp_path / "run"
-  rc = cli.main(["nepenthe", "--model", "digits_cnn", "--set", "model_kwargs={'width': 8}",
-                 "epochs=1", "batch_size=64", "--iterations", "2", "--workdir", str(workdir),
+  rc = cli.main(["nepenthe", "--model", "digits_cnn", "--config.model_kwargs.width=8",
+                 "--config.epochs=1", "--iterations", "2", "--workdir", str(workdir),
                  "--no-progress"])
   assert rc == 0
   out = capsys.readouterr().out
@@ -451,7 +451,7 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
     assert (workdir / name).exists(), name
   assert cli.main(["egp", "--rho", "1.5", "--workdir", str(tmp_path / "x")]) == 2
   assert "rho must be in (0, 1)" in capsys.readouterr().err
-  assert cli.main(["egp", "--set", "layers={'relu': 'bn1'}",
+  assert cli.main(["egp", "--model", "digits_cnn", "--config.layers={'relu': 'bn1'}",
                    "--workdir", str(tmp_path / "y")]) == 2
   assert "without a weight kernel" in capsys.readouterr().err
   assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

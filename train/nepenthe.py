@@ -7,7 +7,7 @@ from train import egp
 
 
 def main(argv: list[str] | None = None) -> int:
-  return egp.main(argv, command="nepenthe")
+  return egp.main(argv, name="nepenthe")
 
 
 if __name__ == "__main__":

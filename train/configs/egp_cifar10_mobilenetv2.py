@@ -12,4 +12,6 @@ from train.configs import egp_cifar10_resnet18
 
 
 def get_config():
-  return dict(egp_cifar10_resnet18.get_config(), model="mobilenet_v2")
+  config = egp_cifar10_resnet18.get_config()
+  config.model = "mobilenet_v2"
+  return config

@@ -26,22 +26,25 @@ blind, so the stem is kept out of pruning (as a layer map would).
 """
 
 
+import ml_collections
+
+
 def get_config():
-  return dict(
-      model="resnet20",
-      model_kwargs={"width": 8},
-      dataset="digits",
-      epochs=5,
-      batch_size=64,
-      optimizer="adam",
-      lr=3e-3,
-      weight_decay=0.0,
-      milestones=(4,),
-      gamma=0.1,
-      eval_batch_size=512,
-      iterations=4,
-      tolerance=1.0,
-      rho=0.5,
-      estimator="egp",
-      skip=("relu",),
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "resnet20"
+  config.model_kwargs = {"width": 8}
+  config.dataset = "digits"
+  config.epochs = 5
+  config.batch_size = 64
+  config.optimizer = "adam"
+  config.lr = 3e-3
+  config.weight_decay = 0.0
+  config.milestones = (4,)
+  config.gamma = 0.1
+  config.eval_batch_size = 512
+  config.iterations = 4
+  config.tolerance = 1.0
+  config.rho = 0.5
+  config.estimator = "egp"
+  config.skip = ("relu",)
+  return config

@@ -11,4 +11,6 @@ from train.configs import egp_cifar10_mobilenetv2
 
 
 def get_config():
-  return dict(egp_cifar10_mobilenetv2.get_config(), estimator="dataset")
+  config = egp_cifar10_mobilenetv2.get_config()
+  config.estimator = "dataset"
+  return config

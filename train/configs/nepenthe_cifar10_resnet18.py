@@ -13,4 +13,6 @@ from train.configs import egp_cifar10_resnet18
 
 
 def get_config():
-  return dict(egp_cifar10_resnet18.get_config(), estimator="dataset")
+  config = egp_cifar10_resnet18.get_config()
+  config.estimator = "dataset"
+  return config

@@ -17,4 +17,6 @@ from train.configs import egp_digits
 
 
 def get_config():
-  return dict(egp_digits.get_config(), estimator="dataset")
+  config = egp_digits.get_config()
+  config.estimator = "dataset"
+  return config
