@@ -276,7 +276,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 
-    while len(entries) < iterations and method.live_units(spec, state):
+    while (len(entries) < iterations and method.live_units(spec, state)
+           and not _finished(method, spec, state)):
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
@@ -297,8 +298,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       if after_iteration is not None:
         after_iteration(it, entry)
     if len(entries) < iterations:
-      say(f"stopped after {len(entries)} of the {iterations} iterations asked: no {method.unit} "
-          f"is left to remove")
+      why = (f"the method's stop rule ({(entries[-1].get('decision') or {}).get('stop', 'done')})"
+             if entries and _finished(method, spec, state) else
+             f"no {method.unit} is left to remove")
+      say(f"stopped after {len(entries)} of the {iterations} iterations asked: {why}")
   finally:
     ckpt.close()
 
@@ -315,6 +318,12 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if main_process:
     report_lib.write(workdir, report)
   return RunResult(report, chosen_spec, chosen_variables, state)
+
+
+def _finished(method, spec, state) -> bool:
+  """The method's own stop rule (its optional ``finished(spec, state)``), else False."""
+  finished = getattr(method, "finished", None)
+  return bool(finished(spec, state)) if finished is not None else False
 
 
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
@@ -354,7 +363,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       iteration=it, train_stats=trained.stats,
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
       rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
-      dtype=dtype, eval_batch_size=eval_batch_size)
+      dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=_percent(val.accuracy))
   scores = method.measure(spec, trained.variables, state, context)
   decision = method.decide(scores, state)
   shallow_spec, shallow_variables = method.export(spec, trained.variables, state)
