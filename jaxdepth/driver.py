@@ -276,8 +276,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 
-    while (len(entries) < iterations and method.live_units(spec, state)
-           and not _finished(method, spec, state)):
+    while len(entries) < iterations and method.live_units(spec, state):
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
@@ -298,9 +297,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       if after_iteration is not None:
         after_iteration(it, entry)
     if len(entries) < iterations:
-      why = (f"the method's stop rule ({(entries[-1].get('decision') or {}).get('stop', 'done')})"
-             if entries and _finished(method, spec, state) else
-             f"no {method.unit} is left to remove")
+      rule = (entries[-1].get("decision") or {}).get("stop") if entries else None
+      why = f"the method's stop rule ({rule})" if rule else f"no {method.unit} is left to remove"
       say(f"stopped after {len(entries)} of the {iterations} iterations asked: {why}")
   finally:
     ckpt.close()
@@ -318,12 +316,6 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if main_process:
     report_lib.write(workdir, report)
   return RunResult(report, chosen_spec, chosen_variables, state)
-
-
-def _finished(method, spec, state) -> bool:
-  """The method's own stop rule (its optional ``finished(spec, state)``), else False."""
-  finished = getattr(method, "finished", None)
-  return bool(finished(spec, state)) if finished is not None else False
 
 
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:

@@ -264,7 +264,7 @@ def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
   # an empty decision stops the run
   _, stopped = method.apply(spec, new_vars, new_state, base.Decision((), {"stop": "x"}))
-  assert method.finished(spec, stopped) and not method.finished(spec, new_state)
+  assert method.live_units(spec, stopped) == () and method.live_units(spec, new_state)
 
 
 # ------------------------------------------------------------------ end to end

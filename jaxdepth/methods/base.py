@@ -29,10 +29,9 @@ not change during a run (removed units are data: gates at 0, masks; no
 recompilation); :meth:`Method.export` bakes the state into the spec for a saved
 model.
 
-A method may also define ``finished(spec, state) -> bool`` (optional, so it is
-not part of :class:`Method`): the driver stops iterating once it returns true,
-a stop rule of the method's own (TLC: accuracy collapsed, at most one site left).
-Without it a run stops when no unit is live or the iterations are done.
+A run stops when the iterations are done or ``live_units`` is empty; a method
+with a stop rule of its own (TLC: accuracy collapsed) returns no live unit once
+it holds, and names the rule in its last ``Decision.details["stop"]``.
 """
 from __future__ import annotations
 

@@ -423,10 +423,10 @@ class TLC:
     return spec.sites()
 
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    """The live sites; none once a stop rule held (``state["stopped"]``)."""
+    if bool(jax.device_get(state["stopped"])):
+      return ()
     return base.live_sites(spec, state["gates"])
-
-  def finished(self, spec: S.Spec, state) -> bool:
-    return bool(jax.device_get(state["stopped"]))
 
   def default_iterations(self, spec: S.Spec) -> int:
     return min(self.max_iterations, len(spec.sites()))
