@@ -19,7 +19,7 @@ from jaxdepth.checkpoint import load_model, save_model
 from jaxdepth.optim import Recipe, make_optimizer
 from jaxdepth.training import TrainState, evaluate, fit, make_mesh
 from jaxdepth import driver, methods, report
-from jaxdepth.methods import Easier
+from jaxdepth.methods import Easier, Egp, Nepenthe
 from jaxdepth import equivalence, surgery
 from jaxdepth import nnx_bridge
 

@@ -9,7 +9,9 @@ bits), ``val_accuracy`` / ``test_accuracy`` as fractions in [0, 1],
 iteration's network once collapsed by exact surgery) and the operating point
 in ``chosen`` (with ``chosen["merged"]``: the surgery edits made, the merges
 skipped with their reasons, and latencies). This module only presents it;
-text and plots show accuracies in percent:
+text and plots show accuracies in percent. A unit's score is a number,
+or a JSON object whose first numeric field is the number shown (EGP: the
+entropy, beside its layer's weight counts):
 
 * :func:`table`: the markdown report (also what the command line prints);
 * :func:`plot_accuracy`: accuracy against units removed, the tolerance floor
@@ -39,7 +41,7 @@ from typing import Any
 from jaxdepth._optional import require
 
 __all__ = ["table", "write", "write_json", "plot_accuracy", "plot_costs", "plot_scores",
-           "plot_training", "read_histories", "score_key"]
+           "plot_training", "read_histories", "score_key", "score_value"]
 
 _COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -62,6 +64,14 @@ def _score_label(report: dict[str, Any]) -> str:
   key = score_key(report) or "score"
   unit = report.get("score_unit")
   return f"{key} ({unit})" if unit else key
+
+
+def score_value(score):
+  """The number a unit's score stands for: itself, or an object's first numeric field."""
+  if isinstance(score, dict):
+    score = next((v for v in score.values() if isinstance(v, (int, float))
+                  and not isinstance(v, bool)), None)
+  return score if isinstance(score, (int, float)) and not isinstance(score, bool) else None
 
 
 def _count(n: int) -> str:
@@ -96,7 +106,7 @@ def table(report: dict[str, Any]) -> str:
   lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|:---|")
   chosen = report.get("chosen") or {}
   for e in entries:
-    scores = [v for v in (e.get(key) or {}).values() if isinstance(v, (int, float))]
+    scores = [v for v in map(score_value, (e.get(key) or {}).values()) if v is not None]
     lowest = f"{min(scores):.4f}" if scores else "–"
     mark = " **←**" if chosen and e["iteration"] == chosen.get("iteration") else ""
     lines.append(
@@ -278,10 +288,11 @@ def _scores_figure(report):
   plt = _pyplot()
   sites: list[str] = []
   for e in entries:
-    sites += [s for s, v in e[key].items() if s not in sites and isinstance(v, (int, float))]
+    sites += [s for s, v in e[key].items() if s not in sites and score_value(v) is not None]
   if not sites:
     return None
-  grid = [[e[key].get(s, math.nan) for e in entries] for s in sites]
+  grid = [[math.nan if score_value(e[key].get(s)) is None else score_value(e[key][s])
+           for e in entries] for s in sites]
   fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.45 * len(entries)),
                                   max(2.5, 0.8 + 0.28 * len(sites))), dpi=120)
   image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")

@@ -610,9 +610,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
          "regularizer": None if regularizer is None else regularizer.name}
 
   masks = None if options.masks is None else replicate(options.masks, mesh)
-  if masks is not None:   # pruned weights start at exactly 0
-    variables = {**variables, "params": optim.apply_masks(variables["params"], masks)}
   state = replicate(TrainState.create(variables, tx, seed), mesh)
+  if masks is not None:   # pruned weights start at exactly 0 (both sides on the mesh)
+    state = state.replace(params=optim.apply_masks(state.params, masks))
   loop = replicate({"metrics": _zero_metrics(regularizer is not None),
                     "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}, mesh)
   history: list[dict[str, Any]] = []

@@ -12,6 +12,8 @@ import sys
 COMMANDS = {
     "fit": ("train.fit", "train a zoo model on a dataset with a recipe of train/configs/"),
     "easier": ("train.easier", "EASIER: the lowest-entropy activation becomes the identity, one per iteration"),
+    "egp": ("train.egp", "EGP: prune weights where entropy x magnitude is low until layers collapse"),
+    "nepenthe": ("train.nepenthe", "NEPENTHE: EGP's loop with the dataset-level entropy"),
     "tlc": ("train.tlc", "TLC: the activations whose collapse costs least on a validation batch become identities"),
 }
 

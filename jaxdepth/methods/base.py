@@ -132,7 +132,12 @@ class Method(Protocol):
     """How to train the network in ``state``."""
 
   def measure(self, spec: Spec, variables, state: State, context: Context) -> dict[str, Any]:
-    """The scores of the live units (``{unit: score}``, JSON, call order)."""
+    """The scores of the live units (``{unit: score}``, JSON, call order).
+
+    A score is a number, or a JSON object whose first numeric field is the
+    number the report shows (EGP: ``{"entropy", "layer", "nnz", ...}``), so
+    that :meth:`decide` can read every fact it needs from the scores.
+    """
 
   def decide(self, scores: dict[str, Any], state: State) -> Decision:
     """What to remove now, from the scores."""

@@ -1,0 +1,457 @@
+"""EGP and NEPENTHE: budget split, pruning, layer map, estimator, and a digits run end to end."""
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from jaxdepth import checkpoint, data, driver, equivalence, network, optim, stats, surgery
+from jaxdepth import training, zoo
+from jaxdepth.methods import Egp, Nepenthe, egp, egp_report
+from jaxdepth.spec import Act, Block, Dense, Flatten, LayerNorm, Spec
+from train import __main__ as cli
+
+F32 = np.float32
+
+
+# ------------------------------------------------------------------ allocation
+
+
+def _official_split(entropy, mean_abs, nnz, rho):
+  """The official loop, transcribed over layer names as the PyTorch code runs it.
+
+  PyTorch's rules on 0-d float32 tensors are written out: ``float / tensor`` is
+  ``tensor.reciprocal() * float`` in float32, ``float - tensor`` is a float32
+  tensor, ``.item()`` reads a float32 back as a Python float.
+  """
+  names = [f"layer{i}" for i in range(len(entropy))]
+  layers_entropy = {n: F32(h) for n, h in zip(names, entropy)}
+  left = dict(zip(names, nnz))
+  layers_to_prune = [n for n in names if layers_entropy[n] != 0]
+  magni = {}
+  for n in names:
+    if n in layers_to_prune:
+      if left[n] == 0:
+        layers_to_prune.remove(n)
+      else:
+        magni[n] = F32(layers_entropy[n] * F32(mean_abs[names.index(n)]))
+  total = 0
+  for n in magni:
+    total += magni[n].item()
+  paras = 0
+  for n in layers_to_prune:
+    paras += left[n]
+  to_prune = rho * paras
+  waiting = list(layers_to_prune)
+  amount = {}
+  while waiting:
+    changed = False
+    head = {}
+    for n in waiting:
+      if isinstance(total, float):
+        head[n] = F32(F32(1) / magni[n]) * F32(total)     # Tensor.__rtruediv__
+      else:
+        head[n] = F32(total / magni[n])
+    top = max(head.values())
+    expo, denom = {}, 0
+    for n in waiting:
+      expo[n] = float(F32(math.exp(float(F32(head[n] - top)))))
+      denom += expo[n]
+    for n in waiting:
+      amount[n] = to_prune * (expo[n] / denom)
+    for n in list(waiting):
+      if left[n] < amount[n]:
+        amount[n] = left[n]
+        to_prune -= left[n]
+        total = F32(F32(total) - magni[n])                  # Tensor.__rsub__: float32 from here
+        waiting.remove(n)
+        changed = True
+    if not changed:
+      break
+  return [int(amount[n]) if n in layers_to_prune else 0 for n in names]
+
+
+def test_allocate_hand_computed_even_split_and_exclusions():
+  # equal irrelevance: the budget 0.5 * 400 splits in halves; the zero-entropy layer is out
+  assert egp.allocate([0.5, 0.5, 0.0], [0.1, 0.1, 0.3], [100, 300, 50]) == [100, 100, 0]
+  # an already fully pruned layer is out of the budget too
+  assert egp.allocate([0.5, 0.7], [0.0, 0.1], [0, 100], rho=0.5) == [0, 50]
+  # nothing eligible: nothing pruned
+  assert egp.allocate([0.0, 0.3], [0.2, 0.0], [10, 0]) == [0, 0]
+
+
+def test_allocate_capping_cascade():
+  # logits S/I ~ (507, 253, 127, 1): each round the smallest-I layer takes all, is capped
+  # at what it has left, and the rest flows on, until the big layer takes the remainder.
+  out = egp.allocation([1.0, 1.0, 1.0, 1.0], [0.001, 0.002, 0.004, 0.5], [10, 20, 40, 10000])
+  assert out.amounts == [10, 20, 40, 5035 - 70]
+  assert [r["capped"] for r in out.rounds] == [[0], [1], [2], []]
+  assert out.budget == 5035.0
+  assert out.amounts == _official_split([1.0] * 4, [0.001, 0.002, 0.004, 0.5],
+                                        [10, 20, 40, 10000], 0.5)
+
+
+def test_allocate_matches_the_official_arithmetic_on_random_layers():
+  rng = np.random.default_rng(0)
+  capped_cases = 0
+  for case in range(400):
+    n = int(rng.integers(1, 18))
+    entropy = rng.uniform(0.05, 1.0, n).astype(F32)
+    entropy[rng.random(n) < 0.15] = 0.0
+    mean_abs = rng.uniform(0.002, 0.08, n).astype(F32)
+    nnz = rng.integers(0, 5000, n)
+    nnz[rng.random(n) < 0.1] = 0
+    rho = float(rng.choice([0.5, 0.3, 0.9]))
+    got = egp.allocation(entropy.tolist(), mean_abs.tolist(), nnz.tolist(), rho)
+    assert got.amounts == _official_split(entropy.tolist(), mean_abs.tolist(), nnz.tolist(),
+                                          rho), case
+    assert all(0 <= a <= k for a, k in zip(got.amounts, nnz))
+    assert sum(got.amounts) <= got.budget + 1e-9
+    capped_cases += len(got.rounds) > 1
+  assert capped_cases > 50   # the cascade is exercised, not just one-round splits
+
+
+def test_allocate_refuses_bad_input():
+  with pytest.raises(ValueError, match=r"rho must be in \(0, 1\).*got 1.0"):
+    egp.allocate([0.5], [0.1], [10], rho=1.0)
+  with pytest.raises(ValueError, match="rho must be in"):
+    egp.allocate([0.5], [0.1], [10], rho=0)
+  with pytest.raises(ValueError, match="mean_abs_nonzero has 1 values, entropy has 2"):
+    egp.allocate([0.5, 0.2], [0.1], [10, 3])
+  with pytest.raises(ValueError, match="nnz must be ints >= 0"):
+    egp.allocate([0.5], [0.1], [-1])
+  with pytest.raises(ValueError, match="nnz must be ints >= 0"):
+    egp.allocate([0.5], [0.1], [2.5])
+  with pytest.raises(ValueError, match="finite and >= 0"):
+    egp.allocate([math.nan], [0.1], [3])
+
+
+# ---------------------------------------------------------------------- pruning
+
+
+def test_prune_takes_the_smallest_unmasked_magnitudes_and_keeps_earlier_masks():
+  rng = np.random.default_rng(1)
+  w = rng.integers(-6, 7, size=(3, 3, 4, 5)).astype(F32)   # many ties
+  mask = rng.random(w.shape) > 0.3
+  amount = 40
+  new = np.asarray(egp.prune(w, mask, amount))
+  assert new.dtype == bool and new.shape == w.shape
+  assert not np.any(new & ~mask)                       # earlier masks kept
+  pruned_now = mask & ~new
+  assert pruned_now.sum() == amount
+  candidates = np.sort(np.abs(w[mask]))
+  np.testing.assert_array_equal(np.sort(np.abs(w[pruned_now])), candidates[:amount])
+  assert np.all(np.asarray(egp.prune(w, mask, 0)) == mask)
+  everything = np.asarray(egp.prune(w, mask, int(mask.sum())))
+  assert not everything.any()
+
+
+def test_prune_ties_go_to_the_lowest_flat_index():
+  w = np.array([[3.0, -1.0, 1.0], [1.0, 2.0, -1.0]], F32)
+  mask = np.array([[1, 1, 1], [0, 1, 1]])
+  new = np.asarray(egp.prune(w, mask, 2))
+  np.testing.assert_array_equal(new, [[True, False, False], [False, True, True]])
+
+
+def test_prune_refuses_bad_amounts():
+  w, m = np.ones((2, 2), F32), np.array([[1, 0], [1, 1]])
+  with pytest.raises(ValueError, match="cannot prune 4 weights, only 3 are unmasked"):
+    egp.prune(w, m, 4)
+  with pytest.raises(ValueError, match="amount must be an int >= 0"):
+    egp.prune(w, m, -1)
+  with pytest.raises(ValueError, match="amount must be an int >= 0"):
+    egp.prune(w, m, 1.5)
+  with pytest.raises(ValueError, match=r"mask has shape \(4,\), the weight \(2, 2\)"):
+    egp.prune(w, np.ones(4), 1)
+
+
+# -------------------------------------------------------------------- layer map
+
+
+def test_layer_map_follows_the_spec_structure():
+  r18 = zoo.resnet18()
+  m = egp.layer_map(r18)
+  assert list(m) == list(r18.sites()) and len(m) == 17
+  assert m["relu"] == "conv1"
+  assert m["layer2/0/relu1"] == "layer2/0/conv1"
+  assert m["layer2/0/relu2"] == "layer2/0/conv2"       # after the addition: the branch's conv2
+  assert not any("shortcut" in l or "downsample" in l or l == "fc" for l in m.values())
+  convs = {p for p, n in r18.walk() if type(n).__name__ == "Conv"}
+  assert set(m.values()) < convs and len(convs - set(m.values())) == 3   # the 3 downsamples
+  mb = egp.layer_map(zoo.mobilenet_v2())
+  assert len(mb) == 35 and all(l.endswith("/conv") for l in mb.values())
+  assert len(set(mb.values())) == 35
+
+
+def test_layer_map_of_a_transformer_mlp_is_its_first_dense():
+  spec = Spec((4, 8), (
+      Block("block", branch=(LayerNorm("norm"), Dense("fc1", features=32), Act("gelu", fn="gelu"),
+                             Dense("fc2", features=8))),
+      Flatten("flat"), Dense("head", features=3)))
+  assert egp.layer_map(spec) == {"block/gelu": "block/fc1"}
+
+
+def test_a_bad_layer_map_is_named():
+  spec = zoo.digits_cnn(width=8)
+  with pytest.raises(KeyError, match="'nope', which is not a node"):
+    egp.check_layer_map(spec, {"relu": "nope"})
+  with pytest.raises(ValueError, match="'bn1', a BatchNorm without a weight kernel"):
+    egp.check_layer_map(spec, {"relu": "bn1"})
+  with pytest.raises(KeyError, match=r"names \['conv1'\], which are not live sites"):
+    egp.check_layer_map(spec, {"conv1": "conv1"})
+  with pytest.raises(ValueError, match="sends both 'relu' and 'relu2' to 'conv1'"):
+    egp.check_layer_map(spec, {"relu": "conv1", "relu2": "conv1"})
+  assert egp.check_layer_map(spec, {"relu2": "conv2"})["relu"] is None
+  with pytest.raises(KeyError, match=r"skip names \['nope'\], which are not live sites"):
+    Egp(skip=("nope",)).layer_map(spec)
+  skipped = Egp(skip=("relu",)).layer_map(spec)
+  assert skipped["relu"] is None and skipped["relu2"] == "conv2"
+  assert "conv1" not in Egp(skip=("relu",)).init(spec)["masks"]
+
+
+# -------------------------------------------------------------------- estimator
+
+
+def _h2(p):
+  p = np.asarray(p, np.float64)
+  q = 1 - p
+  return -p * np.log2(np.maximum(p, 1e-5)) - q * np.log2(np.maximum(q, 1e-5))
+
+
+def test_egp_estimator_on_hand_computed_batches():
+  # fc copies the first 3 inputs: channel c's pre-activation is x[:, c]
+  spec = Spec((4,), (Dense("fc", features=3, bias=False), Act("relu"), Dense("head", 2)))
+  variables = network.init(spec, jax.random.key(0))
+  kernel = np.zeros((4, 3), F32)
+  kernel[[0, 1, 2], [0, 1, 2]] = 1.0
+  variables["params"]["fc"]["kernel"] = jnp.asarray(kernel)
+  batches = [
+      np.array([[1.0, -1.0, 0.0, 5.0]], F32),            # a batch of one: every channel constant
+      np.array([[1, 1, 2, 0], [1, -1, 3, 0], [-1, -1, 1, 0], [-1, -1, 4, 0]], F32),
+  ]
+  acc = stats.empty_stats(spec)
+  for x in batches:
+    acc = stats.accumulate(acc, network.forward(spec, variables, x, collect_stats=True)
+                           .site_counts)
+  # batch 1: no mixed channel -> H = 0 (it still counts in the mean over batches);
+  # batch 2: p = (0.5, 0.25, 1.0): channel 2 is constant and left out of the mean.
+  expected = (0.0 + (_h2(0.5) + _h2(0.25)) / 2) / 2
+  got = stats.entropies(acc, "egp")["relu"]
+  assert got == pytest.approx(expected, abs=1e-6)
+  # zeros count as OFF: a channel at exactly 0 everywhere is constant, entropy 0
+  one = stats.accumulate(stats.empty_stats(spec), network.forward(
+      spec, variables, np.zeros((3, 4), F32), collect_stats=True).site_counts)
+  assert stats.entropies(one, "egp")["relu"] == 0.0
+
+
+def test_entropy_pass_matches_per_batch_numpy_on_digits():
+  spec = zoo.digits_cnn(width=4)
+  variables = network.init(spec, jax.random.key(3))
+  split = data.load("digits").train
+  mesh = training.make_mesh(jax.devices()[:1])
+  got = stats.entropies(egp.entropy_statistics(spec, variables, split, batch_size=256, seed=5,
+                                               mesh=mesh), "egp")
+  per_batch = {s: [] for s in spec.sites()}
+  for batch in split.batches(256, seed=5, epoch=0, shuffle=True, augment=True):
+    counts = network.forward(spec, variables, batch["image"], collect_stats=True,
+                             example_mask=batch["mask"]).site_counts
+    for s, c in counts.items():
+      c = np.asarray(c, np.float64)
+      p = c[0] / c.sum(0)
+      mixed = (p > 0) & (p < 1)
+      per_batch[s].append(_h2(p[mixed]).mean() if mixed.any() else 0.0)
+  for s in spec.sites():
+    assert got[s] == pytest.approx(np.mean(per_batch[s]), abs=2e-6), s
+
+
+# ----------------------------------------------------------------- end to end
+
+RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+ITERATIONS = 3
+
+
+class Killed(RuntimeError):
+  pass
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits"), zoo.digits_cnn(width=8)
+
+
+def _run(digits, workdir, method=None, **kw):
+  ds, spec = digits
+  return driver.run(method or Egp(entropy_batch_size=128), spec, ds, RECIPE, workdir,
+                    iterations=ITERATIONS, progress=False, eval_batch_size=512, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(digits, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("egp")
+  calls = []
+
+  def trainer(spec, variables, dataset, recipe, **kw):
+    result = training.fit(spec, variables, dataset, recipe, progress=False, **kw)
+    calls.append({"trained": result.variables, **kw})
+    return result
+
+  return workdir, _run(digits, workdir, trainer=trainer), calls
+
+
+def _flat(tree):
+  return traverse_util.flatten_dict(jax.device_get(tree))
+
+
+def test_pruned_weights_stay_zero_and_masks_add_up_to_the_amounts(finished):
+  _, result, calls = finished
+  entries = result.report["iterations"]
+  assert len(calls) == ITERATIONS
+  for call in calls:
+    masks, params = _flat(call["options"].masks), _flat(call["trained"]["params"])
+    for path, m in masks.items():
+      pruned = np.asarray(params[path])[~np.asarray(m)]
+      assert np.all(pruned == 0) and not np.any(np.signbit(pruned))
+  final = _flat(result.state["masks"])
+  for path, m in final.items():
+    layer = "/".join(path[:-1])
+    pruned = sum(e["decision"]["amounts"].get(layer, 0) for e in entries)
+    assert int(np.size(m) - np.count_nonzero(m)) == pruned, layer
+  first = entries[0]["decision"]
+  assert first["global_sparsity"] == 0.0
+  assert sum(first["amounts"].values()) == int(first["budget"]) or sum(
+      first["amounts"].values()) <= first["budget"]
+  assert first["nominal_sparsity"] == 0.5 and entries[1]["decision"]["nominal_sparsity"] == 0.75
+
+
+def test_a_site_reaches_zero_entropy_and_becomes_the_identity(finished):
+  _, result, _ = finished
+  entries = result.report["iterations"]
+  removed = [(e["iteration"], s) for e in entries for s in e["removed_now"]]
+  assert removed, "no site reached zero entropy"
+  it, site = removed[0]
+  assert entries[it]["entropies"][site]["entropy"] == 0.0
+  assert site in entries[it]["decision"]["zero_entropy"]
+  later = entries[it + 1:] if it + 1 < len(entries) else []
+  for e in later:
+    assert site in e["removed"] and site not in e["entropies"]
+    layer = entries[it]["entropies"][site]["layer"]
+    assert layer not in e["decision"]["amounts"]        # frozen: never pruned again
+
+
+def test_exported_and_merged_models_compute_the_masked_network(digits, finished):
+  (ds, spec), (workdir, result, calls) = digits, finished
+  x = next(iter(ds.test.batches(128)))["image"]
+  for it, call in enumerate(calls):
+    options = call["options"]
+    masked = {**call["trained"], "params": optim.apply_masks(call["trained"]["params"],
+                                                             options.masks)}
+    want = network.forward(spec, masked, x, gates=options.gates).logits
+    saved_spec, saved = checkpoint.load_model(workdir / "iterations" / f"{it:03d}" / "model")
+    np.testing.assert_allclose(network.forward(saved_spec, saved, x).logits, want, atol=1e-5)
+    merged_spec, merged = surgery.collapse(saved_spec, saved, mode="exact")
+    same = equivalence.compare(saved_spec, saved, merged_spec, merged, x)
+    assert same.max_abs < 1e-4 and same.top1_agreement == 1.0
+  last = result.report["iterations"][-1]
+  assert last["units_removed"] >= 1
+  assert last["depth"]["nonlinear_depth"] < result.report["iterations"][0]["depth"][
+      "nonlinear_depth"]
+  merged = result.report["chosen"]["merged"]
+  assert merged["max_abs_diff"] < 1e-4 and (workdir / "chosen_merged").is_dir()
+
+
+def test_report_completion_and_plots(finished, tmp_path):
+  workdir, result, _ = finished
+  full = egp_report.complete(workdir, result.report)
+  entries = full["iterations"]
+  assert entries[0]["pruning"]["nonzero_params"] == entries[0]["params"]
+  assert entries[-1]["pruning"]["nonzero_params"] < entries[-1]["pruning"]["params"]
+  assert entries[1]["pruning"]["nominal_sparsity"] == 0.5
+  assert entries[-1]["pruning"]["merged"]["nonlinear_depth"] <= entries[-1]["depth"][
+      "nonlinear_depth"]
+  files = egp_report.write(tmp_path, full)
+  assert files["sparsity_plot"].stat().st_size > 1000
+  assert files["scores_plot"].name == "entropies.png"
+  text = (tmp_path / "report.md").read_text()
+  assert "## Pruning" in text and "| 0 | 0.0 | 0.0 |" in text
+
+
+def _without_timing(report_dict):
+  out = json.loads(json.dumps(report_dict))
+  for entry in out["iterations"]:
+    entry.pop("seconds")
+  return out
+
+
+def test_a_killed_run_resumes_bit_identical(digits, finished, tmp_path):
+  workdir, result, _ = finished
+
+  def train_then_die(spec, variables, dataset, recipe, **kw):
+    out = training.fit(spec, variables, dataset, recipe, progress=False, **kw)
+    if kw["seed"] == driver.iteration_seed(0, 2):   # dies in iteration 2, after fit's checkpoint
+      raise Killed
+    return out
+
+  with pytest.raises(Killed):
+    _run(digits, tmp_path, trainer=train_then_die)
+  restored = checkpoint.Checkpointer(tmp_path / "checkpoints", digits[1]).latest_step()
+  assert restored == 2
+  resumed = _run(digits, tmp_path)
+  assert _without_timing(resumed.report) == _without_timing(result.report)
+  for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(result.state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  for name in ("chosen", f"iterations/{ITERATIONS - 1:03d}/model"):
+    a = jax.tree.leaves(checkpoint.load_model(tmp_path / name)[1])
+    b = jax.tree.leaves(checkpoint.load_model(workdir / name)[1])
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _snapshot(directory: pathlib.Path):
+  return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path):
+  (ds, spec), (workdir, _, _) = digits, finished
+  with pytest.raises(ValueError, match=r"rho must be in \(0, 1\).*got 1.5"):
+    Egp(rho=1.5)
+  with pytest.raises(ValueError, match="unknown entropy estimator 'bits'"):
+    Nepenthe(estimator="bits")
+  with pytest.raises(KeyError, match="'conv9', which is not a node"):
+    _run(digits, tmp_path / "new", Egp(layers={"relu": "conv9"}))
+  assert not (tmp_path / "new").exists()
+  before = _snapshot(workdir)
+  with pytest.raises(checkpoint.SpecMismatchError, match="another model"):
+    driver.run(Egp(entropy_batch_size=128), zoo.digits_cnn(width=16), ds, RECIPE, workdir,
+               progress=False)
+  with pytest.raises(driver.RunMismatchError, match="rho: 0.5 there, 0.3 asked"):
+    driver.run(Egp(rho=0.3, entropy_batch_size=128), spec, ds, RECIPE, workdir, progress=False)
+  with pytest.raises(driver.RunMismatchError, match="holds a 'egp' run, not a 'nepenthe'"):
+    driver.run(Nepenthe(), spec, ds, RECIPE, workdir, progress=False)
+  with pytest.raises(ValueError, match="iterations must be"):
+    driver.run(Egp(entropy_batch_size=128), spec, ds, RECIPE, workdir, iterations=0)
+  assert _snapshot(workdir) == before
+
+
+def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  rc = cli.main(["nepenthe", "--model", "digits_cnn", "--config.model_kwargs.width=8",
+                 "--config.epochs=1", "--iterations", "2", "--workdir", str(workdir),
+                 "--no-progress"])
+  assert rc == 0
+  out = capsys.readouterr().out
+  assert "NEPENTHE (dataset entropy, rho 0.5)" in out and "nominal sparsity" in out
+  report = json.loads((workdir / "report.json").read_text())
+  assert report["method"] == "nepenthe" and report["method_options"]["estimator"] == "dataset"
+  assert "pruning" in report["iterations"][-1]
+  for name in ("sparsity.png", "entropies.png", "chosen", "chosen_merged"):
+    assert (workdir / name).exists(), name
+  assert cli.main(["egp", "--rho", "1.5", "--workdir", str(tmp_path / "x")]) == 2
+  assert "rho must be in (0, 1)" in capsys.readouterr().err
+  assert cli.main(["egp", "--model", "digits_cnn", "--config.layers={'relu': 'bn1'}",
+                   "--workdir", str(tmp_path / "y")]) == 2
+  assert "without a weight kernel" in capsys.readouterr().err
+  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()

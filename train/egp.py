@@ -1,0 +1,219 @@
+"""python -m train egp / python -m train nepenthe: entropy-guided pruning until layers collapse.
+
+    python -m train egp                                      # ResNet-20 (width 8) on digits, CPU minutes
+    python -m train nepenthe                                 # the same with NEPENTHE's entropy
+    python -m train egp --config egp_cifar10_resnet18 --data-dir ~/tensorflow_datasets
+    python -m train egp --model resnet20 --dataset cifar10 --config egp_cifar10_resnet18 \\
+        --workdir runs/r20 --config.epochs=30 --config.milestones=15,25 --iterations 6
+
+Iteration 0 trains the dense network; every iteration then measures each
+remaining site's entropy, turns the sites at zero entropy into identities
+(their layers are frozen), splits a budget of rho times the remaining non-zero
+weights over the other layers (low entropy x low magnitude gets more) and
+prunes the smallest weights; the next iteration retrains from the current
+weights with a fresh optimizer, pruned weights held at exactly 0
+(jaxdepth.methods.egp). EGP and NEPENTHE differ in the entropy estimator only
+(--estimator). At the end the deepest cut whose validation accuracy is within
+--tolerance points of the dense model is saved in WORKDIR/chosen/ and, merged
+by surgery, in WORKDIR/chosen_merged/; the table is printed and written to
+WORKDIR/report.md beside report.json, entropies.png and sparsity.png.
+
+Running the same command again resumes after the last finished iteration (or
+mid-iteration, from the epoch checkpoints); --iterations may grow and
+--tolerance change between calls, anything else is refused. A config is a
+train/configs/egp_*.py (or nepenthe_*.py) file (python -m train list): the keys
+of python -m train fit plus iterations, tolerance, rho, estimator, augment,
+entropy_batch_size, layers and skip; --config.KEY=VALUE overrides any of them
+(--config.skip="'relu',"). Without --config, the command's config for --model
+and --dataset is used when exactly one matches, else <command>_digits. The
+default work directory is runs/<command>-<model>-<dataset>-seed<seed>.
+"""
+from __future__ import annotations
+
+import argparse
+import pathlib
+import sys
+import time
+from typing import Any
+
+from ml_collections import config_dict
+
+from train import command
+from train import config as config_lib
+
+METHOD_DEFAULTS: dict[str, Any] = {
+    "iterations": config_dict.placeholder(int),  # rounds; None = 10 (dense + 9 prunings)
+    "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
+    "rho": 0.5,                   # fraction of the remaining prunable weights pruned per round
+    "estimator": config_dict.placeholder(str),   # None: "egp" (EGP) or "dataset" (NEPENTHE)
+    "augment": True,              # the entropy pass sees the training augmentation
+    "entropy_batch_size": config_dict.placeholder(int),  # batch of the entropy pass
+    "layers": config_dict.placeholder(dict),     # {site: layer} (None: egp.layer_map)
+    "skip": (),                   # sites whose layer is never pruned
+    "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
+}
+ESTIMATORS = ("egp", "dataset", "easier")
+FLAGS = ("iterations", "tolerance", "rho", "estimator", "augment")   # flags that set config keys
+NAMES = {"egp": "EGP", "nepenthe": "NEPENTHE"}
+_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                  "image_size", "normalization", "dtype")
+
+
+def build_parser(name: str) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog=f"python -m train {name}", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_run_arguments(
+      p, config_help=f"a {name}_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {name}_digits)",
+      workdir_help=f"run directory (default: runs/{name}-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--iterations",
+                 help="rounds, the dense model included (default: the config's, else 10)")
+  p.add_argument("--tolerance",
+                 help="allowed validation-accuracy drop of the chosen model, in points "
+                      "(default: the config's, else 1)")
+  p.add_argument("--rho", help="fraction of the remaining prunable weights pruned per round, "
+                               "in (0, 1) (default 0.5)")
+  p.add_argument("--estimator",
+                 help="entropy: 'egp' = per-batch mean over non-constant channels (EGP's code), "
+                      "'dataset' = dataset-level, zeros discarded (NEPENTHE), 'easier' = last "
+                      "training epoch, train mode")
+  p.add_argument("--no-augment", dest="augment", action="store_const", const="false",
+                 help="measure entropy on the training split without its augmentation")
+  command.add_launch_arguments(p)
+  return p
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def load_config(config: str) -> dict[str, Any]:
+  """A config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
+
+
+def default_config(name: str, model: str | None, dataset: str | None) -> str:
+  """The one ``<name>_*`` config for this model and dataset, else ``<name>_digits``."""
+  if model is None and dataset is None:
+    return f"{name}_digits"
+  matches = []
+  for config in command.command_configs(name, command.registered_commands()):
+    values = load_config(config)
+    if (model or values["model"]) == values["model"] and (
+        dataset or values["dataset"]) == values["dataset"]:
+      matches.append(config)
+  return matches[0] if len(matches) == 1 else f"{name}_digits"
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of the method's own keys, one line each."""
+  out = []
+  it, tol, rho = cfg["iterations"], cfg["tolerance"], cfg["rho"]
+  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+    out.append(f"--iterations {it!r}: rounds must be an integer >= 1 (or leave it out: 10)")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < 1):
+    out.append(f"--rho {rho!r}: rho must be in (0, 1) (the fraction of the remaining weights "
+               f"pruned per round; the paper uses 0.5)")
+  if cfg["estimator"] is not None and cfg["estimator"] not in ESTIMATORS:
+    out.append(f"--estimator {cfg['estimator']!r}: use one of {', '.join(ESTIMATORS)}")
+  batch = cfg["entropy_batch_size"]
+  if batch is not None and batch <= 0:
+    out.append(f"--config.entropy_batch_size={batch}: use a positive batch size, e.g. 128")
+  return out
+
+
+def make_method(name: str, cfg: dict[str, Any]):
+  """The :class:`~jaxdepth.methods.Egp` or :class:`~jaxdepth.methods.Nepenthe` of a config."""
+  from jaxdepth.methods import Egp, Nepenthe  # pylint: disable=import-outside-toplevel
+  cls = {"egp": Egp, "nepenthe": Nepenthe}[name]
+  kw = {} if cfg["estimator"] is None else {"estimator": cfg["estimator"]}
+  return cls(rho=cfg["rho"], augment=cfg["augment"],
+             entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"],
+             skip=tuple(cfg["skip"]), **kw)
+
+
+def _check_model(name: str):
+  def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
+    """The layer map against the model; a validation split to choose the operating point on."""
+    out = []
+    try:
+      make_method(name, cfg).units(spec)
+    except (KeyError, ValueError, TypeError) as e:
+      out.append(f"--config.layers / --config.skip: {_message(e)}")
+    if ds.val is None:
+      out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+                 f"validation split, on which the operating point is chosen; use a fraction "
+                 f"> 0, e.g. 0.1")
+    return out
+  return check_model
+
+
+def _message(error: Exception) -> str:
+  """The text of an error (a KeyError's str() would add quotes)."""
+  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None, name: str = "egp") -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(name, argv)
+  return session.run(lambda: _main(session, name, argv))
+
+
+def _main(session: command.Session, name: str, argv: list[str]) -> int:
+  args = command.start(session, build_parser(name), argv)
+  if args is None:
+    return 0
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
+
+  tic = time.perf_counter()
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(name, args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=_check_model(name))
+  recipe = config_lib.recipe_of(cfg)
+  method = make_method(name, cfg)
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  dtype = command.compute_dtype(cfg["dtype"])
+  mesh = training.make_mesh()
+  say(f"{NAMES[name]} ({method.estimator} entropy, rho {method.rho}) on {spec.name}/{ds.name} "
+      f"with {pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
+      f"{len(spec.sites())} sites; {cfg['epochs']} epochs per iteration; train/val/test "
+      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+
+  try:
+    result = driver.run(
+        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
+        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        eval_batch_size=cfg["eval_batch_size"], progress=args.progress,
+        checkpoint_epochs=cfg["checkpoint_epochs"],
+        fit_options={"eval_every": cfg["eval_every"],
+                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
+        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
+  full = egp_report.complete(workdir, result.report)
+  if jax.process_index() == 0:
+    egp_report.write(workdir, full)
+  say("")
+  say(report.table(full))
+  say(egp_report.table(full))
+  say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "
+      f"{workdir / 'chosen'}, merged {workdir / 'chosen_merged'} "
+      f"(jaxdepth.checkpoint.load_model)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

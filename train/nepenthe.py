@@ -1,0 +1,14 @@
+"""``python -m train nepenthe``: EGP's loop with NEPENTHE's dataset-level entropy (see :mod:`train.egp`)."""
+from __future__ import annotations
+
+import sys
+
+from train import egp
+
+
+def main(argv: list[str] | None = None) -> int:
+  return egp.main(argv, name="nepenthe")
+
+
+if __name__ == "__main__":
+  sys.exit(main())
