@@ -362,7 +362,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       iteration=it, train_stats=trained.stats,
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
       rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
-      dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=round(100.0 * val.accuracy, 4))
+      dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=val.accuracy)
   scores = method.measure(spec, trained.variables, state, context)
   decision = method.decide(scores, state)
   shallow_spec, shallow_variables = method.export(spec, trained.variables, state)

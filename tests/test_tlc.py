@@ -317,7 +317,7 @@ def test_accuracy_collapse_stops_the_run(tmp_path):
   result = driver.run(tlc.TLC(batch_size=64, accuracy_threshold=99.0), spec, ds, recipe,
                       tmp_path, iterations=5, progress=False, trainer=untrained, merge=False)
   entries = result.report["iterations"]
-  assert len(entries) == 1 and entries[0]["val_accuracy"] < 99.0
+  assert len(entries) == 1 and entries[0]["val_accuracy"] < 0.99   # a fraction
   assert entries[0]["removed_now"] == [] and "stop" in entries[0]["decision"]
 
 
@@ -326,7 +326,7 @@ def test_a_validation_split_smaller_than_one_batch_is_refused():
   ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
   method = tlc.TLC(batch_size=1000)
   context = base.Context(iteration=0, train_stats=None, eval_stats=None,
-                         rng=jax.random.key(0), dataset=ds, val_accuracy=90.0)
+                         rng=jax.random.key(0), dataset=ds, val_accuracy=0.9)
   state = method.init(spec)
   with pytest.raises(ValueError, match="144 examples, fewer than one ranking batch of 1000"):
     method.measure(spec, network.init(spec, jax.random.key(0)), state, context)

@@ -15,10 +15,9 @@ below ``accuracy_threshold`` (20 %). The deepest cut within ``--tolerance``
 points of the dense model's validation accuracy is saved in ``WORKDIR/chosen/``
 (channels cut, identities baked in) and ``WORKDIR/chosen_merged/`` (BatchNorms
 folded, what became linear merged), with ``report.md``, ``report.json``,
-``accuracy.png``, ``loss_gaps.png`` (the gap of every candidate at every
-iteration), ``costs.png`` (MACs and depth against layers removed) and
-``tlc.json`` (those figures with the measured latency of the dense, chosen and
-merged models).
+the driver's plots (``accuracy.png``, ``costs.png``, ...), ``loss_gaps.png``
+(the gap of every candidate at every iteration) and ``tlc.json`` (those figures
+with the measured latency of the dense, chosen and merged models).
 
 Running the same command again resumes; ``--iterations`` may grow and
 ``--tolerance`` change between calls. A config is a ``train/configs/tlc_*.py``
@@ -197,33 +196,6 @@ def plot_gaps(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None
   return path
 
 
-def plot_costs(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
-  """MACs and non-linear / weight depth against the number of layers removed."""
-  from jaxdepth.report import _pyplot  # pylint: disable=import-outside-toplevel
-  plt = _pyplot()
-  entries = report["iterations"]
-  x = [e["units_removed"] for e in entries]
-  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
-  ax1.plot(x, [e["macs"] / 1e6 for e in entries], "o-")
-  ax1.set_xlabel("layers removed")
-  ax1.set_ylabel("MACs per example (M)")
-  ax1.grid(alpha=0.3)
-  ax2.plot(x, [e["depth"]["nonlinear_depth"] for e in entries], "o-", label="non-linear depth")
-  ax2.plot(x, [e["depth"]["weight_depth"] for e in entries], "s--", label="weight depth")
-  merged = (report.get("chosen") or {}).get("merged")
-  if merged:
-    ax2.plot([report["chosen"]["units_removed"]], [merged["weight_depth_after"]], "*", ms=14,
-             color="tab:red", label="chosen, merged")
-  ax2.set_xlabel("layers removed")
-  ax2.legend(fontsize="small")
-  ax2.grid(alpha=0.3)
-  fig.suptitle(f"TLC: {report.get('model')} on {report.get('dataset')}")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return path
-
-
 def summary(report: dict[str, Any], workdir: pathlib.Path, latency_batch: int) -> dict[str, Any]:
   """TLC's figures: per iteration, and the measured latency of dense, chosen and merged."""
   from jaxdepth import checkpoint, surgery  # pylint: disable=import-outside-toplevel
@@ -300,7 +272,6 @@ def _main(session: command.Session, argv: list[str]) -> int:
     raise config_lib.ConfigError(str(e)) from e
   if jax.process_index() == 0:
     plot_gaps(result.report, workdir / "loss_gaps.png")
-    plot_costs(result.report, workdir / "costs.png")
     figures = summary(result.report, workdir, cfg["latency_batch"])
     (workdir / "tlc.json").write_text(json.dumps(figures, indent=1))
     lat = figures["latency"]

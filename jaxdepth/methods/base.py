@@ -68,8 +68,8 @@ class Context(NamedTuple):
     mesh: the device mesh the run uses.
     dtype: the compute dtype (``None``: float32).
     eval_batch_size: the global batch size of the run's evaluations.
-    val_accuracy: the trained network's validation accuracy in percent (what the
-      report holds), for a stop rule on accuracy (TLC).
+    val_accuracy: the trained network's validation accuracy, a fraction in [0, 1]
+      (as the report holds it), for a stop rule on accuracy (TLC).
   """
   iteration: int
   train_stats: SiteStats | None

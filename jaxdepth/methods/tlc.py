@@ -470,7 +470,8 @@ class TLC:
     live = self.live_units(spec, state)
     if len(live) <= 1:
       return {}
-    if context.val_accuracy is not None and context.val_accuracy < self.accuracy_threshold:
+    if (context.val_accuracy is not None
+        and 100.0 * context.val_accuracy < self.accuracy_threshold):   # threshold in percent
       return {}
     cands = self.candidates(spec, state)
     if not cands:
