@@ -2,15 +2,19 @@
 
 * :mod:`.easier`: EASIER (Quétu et al., ECML PKDD 2024): the lowest-entropy
   rectifier becomes the identity, one per iteration.
+* :mod:`.lacoot`: LaCoOT (Quétu et al., ICCV 2025): train once with a
+  max-sliced Wasserstein penalty between each residual block's input and
+  output, then replace the closest blocks by the identity, no fine-tuning.
 
 Each method module exposes its measuring and choosing steps as functions a
 training loop of one's own can call, and a :class:`~jaxdepth.methods.base.Method`
 object that :func:`jaxdepth.driver.run` iterates.
 """
-from jaxdepth.methods import base, easier
+from jaxdepth.methods import base, easier, lacoot
 from jaxdepth.methods.base import (
     Context, Decision, Method, Regularizer, TrainOptions, live_sites, removed_sites)
 from jaxdepth.methods.easier import Easier
+from jaxdepth.methods.lacoot import LaCoOT
 
-__all__ = ["base", "easier", "Context", "Decision", "Method", "Regularizer", "TrainOptions",
-           "Easier", "live_sites", "removed_sites"]
+__all__ = ["base", "easier", "lacoot", "Context", "Decision", "Method", "Regularizer",
+           "TrainOptions", "Easier", "LaCoOT", "live_sites", "removed_sites"]
