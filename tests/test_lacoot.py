@@ -1,0 +1,281 @@
+"""LaCoOT: the sliced distances against numpy, the regularizer, the block finder, node gates,
+removal orders, the method through the driver (resume, saved shallow model) and its refusals."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.stats
+from ott.tools import sliced as ott_sliced
+
+from jaxdepth import checkpoint, data, driver, network, optim, training, zoo
+from jaxdepth.methods import LaCoOT, lacoot
+from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Pool, Sequential, Spec
+
+RECIPE = optim.Recipe(epochs=1, batch_size=32, optimizer="adam", lr=3e-3)
+
+
+def tiny_resnet() -> Spec:
+  """Three identity-shortcut blocks (layer1/0, layer1/1, layer2/1) and one projection block."""
+  return Spec((8, 8, 1), (
+      Conv("conv1", features=4, kernel=3, padding=1), BatchNorm("bn1"), Act("relu"),
+      Sequential("layer1", (zoo.basic_block("0", 4, 4, 1), zoo.basic_block("1", 4, 4, 1))),
+      Sequential("layer2", (zoo.basic_block("0", 4, 8, 2), zoo.basic_block("1", 8, 8, 1))),
+      Pool("avgpool", "global_avg"), Dense("fc", features=10)), name="tiny_resnet")
+
+
+UNITS = ("layer1/0", "layer1/1", "layer2/1")
+
+
+@pytest.fixture(scope="module")
+def tiny():
+  spec = tiny_resnet()
+  return spec, network.init(spec, jax.random.key(0)), data.load("digits")
+
+
+# ------------------------------------------------------------ numpy reference
+
+
+def _np_costs_and_grads(x, y, p):
+  """Per direction: W_j² by the sorted pairing, and its gradients in x and y (numpy)."""
+  x, y = x.reshape(len(x), -1).astype(np.float64), y.reshape(len(y), -1).astype(np.float64)
+  p = p.astype(np.float64)
+  b = len(x)
+  costs, gx, gy = [], [], []
+  for j in range(p.shape[1]):
+    px, py = x @ p[:, j], y @ p[:, j]
+    ix, iy = np.argsort(px), np.argsort(py)
+    diff = px[ix] - py[iy]          # pairs the i-th smallest of each side
+    costs.append(np.mean(diff ** 2))
+    dpx, dpy = np.zeros(b), np.zeros(b)
+    dpx[ix], dpy[iy] = 2 * diff / b, -2 * diff / b
+    gx.append(np.outer(dpx, p[:, j]))
+    gy.append(np.outer(dpy, p[:, j]))
+  return np.asarray(costs), np.asarray(gx), np.asarray(gy)
+
+
+@pytest.fixture(scope="module")
+def clouds():
+  kx, ky, kp = jax.random.split(jax.random.key(3), 3)
+  x = jax.random.normal(kx, (12, 3, 3, 2))
+  y = 0.7 * jax.random.normal(ky, (12, 3, 3, 2)) + 0.4
+  p = lacoot.random_projections(kp, 18, 9)
+  return x, y, p
+
+
+def test_max_sliced_equals_the_sorted_pairing_with_gradients(clouds):
+  x, y, p = clouds
+  costs, gx, gy = _np_costs_and_grads(np.asarray(x), np.asarray(y), np.asarray(p))
+  j = int(np.argmax(costs))
+  d = np.sqrt(costs[j])
+  value, (dx, dy) = jax.value_and_grad(
+      lambda a, b: lacoot.max_sliced_wasserstein(a, b, projections=p), argnums=(0, 1))(x, y)
+  np.testing.assert_allclose(float(value), d, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx).reshape(12, -1), gx[j] / (2 * d), rtol=1e-4,
+                             atol=1e-6)
+  np.testing.assert_allclose(np.asarray(dy).reshape(12, -1), gy[j] / (2 * d), rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_sliced_is_the_root_of_the_mean_with_gradients(clouds):
+  x, y, p = clouds
+  costs, gx, _ = _np_costs_and_grads(np.asarray(x), np.asarray(y), np.asarray(p))
+  d = np.sqrt(costs.mean())
+  value, dx = jax.value_and_grad(lambda a: lacoot.sliced_wasserstein(a, y, projections=p))(x)
+  np.testing.assert_allclose(float(value), d, rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(dx).reshape(12, -1), gx.mean(0) / (2 * d), rtol=1e-4,
+                             atol=1e-6)
+
+
+def test_slice_costs_are_ott_jaxs_with_its_own_projector(clouds):
+  x, y, _ = clouds
+  key = jax.random.key(7)
+  ours = lacoot.slice_costs(x, y, rng=key, n_projections=11)
+  _, out = ott_sliced.sliced_wasserstein(x.reshape(12, -1), y.reshape(12, -1), n_proj=11, rng=key)
+  np.testing.assert_allclose(np.asarray(ours), np.asarray(out.ot_costs), rtol=1e-5, atol=1e-7)
+  assert ours.shape == (11,)
+
+
+def test_no_nan_gradient_at_distance_zero(clouds):
+  x, _, p = clouds
+  for fn in (lacoot.max_sliced_wasserstein, lacoot.sliced_wasserstein):
+    value, (dx, dy) = jax.value_and_grad(lambda a, b: fn(a, b, projections=p),
+                                         argnums=(0, 1))(x, x)
+    assert float(value) == 0.0
+    assert np.isfinite(np.asarray(dx)).all() and np.isfinite(np.asarray(dy)).all()
+  # the same through the penalty, where the official POT call returns NaN
+  penalty = lacoot.Penalty(("b",), 2.0, 5)
+  grads = jax.grad(lambda a: penalty({"b": (a, a)}, None, jax.random.key(0)))(x)
+  assert np.isfinite(np.asarray(grads)).all()
+
+
+def test_penalty_is_weight_times_the_mean_over_blocks_with_per_block_keys(clouds):
+  x, y, _ = clouds
+  rng = jax.random.key(5)
+  penalty = lacoot.Penalty(("a", "b"), 3.0, 7)
+  value = penalty({"a": (x, y), "b": (y, 2 * x)}, None, rng)
+  expected = 3.0 * 0.5 * (
+      lacoot.max_sliced_wasserstein(x, y, rng=jax.random.fold_in(rng, 0), n_projections=7)
+      + lacoot.max_sliced_wasserstein(y, 2 * x, rng=jax.random.fold_in(rng, 1), n_projections=7))
+  np.testing.assert_allclose(float(value), float(expected), rtol=1e-6)
+  assert hash(penalty) == hash(lacoot.Penalty(("a", "b"), 3.0, 7))
+
+
+def test_bad_distance_input_is_named(clouds):
+  x, y, p = clouds
+  with pytest.raises(ValueError, match="at least 2"):
+    lacoot.max_sliced_wasserstein(x[:1], y[:1], projections=p)
+  with pytest.raises(ValueError, match="n_projections must be an int >= 1"):
+    lacoot.max_sliced_wasserstein(x, y, rng=jax.random.key(0), n_projections=0)
+  with pytest.raises(ValueError, match="projections must have shape"):
+    lacoot.max_sliced_wasserstein(x, y, projections=p[:5])
+  with pytest.raises(ValueError, match="rng="):
+    lacoot.sliced_wasserstein(x, y)
+  with pytest.raises(ValueError, match="same number of features"):
+    lacoot.sliced_wasserstein(x, y[:, :2], rng=jax.random.key(0))
+  with pytest.raises(ValueError, match="λ must be a finite number >= 0"):
+    lacoot.regularizer(UNITS, weight=-1.0)
+  with pytest.raises(ValueError, match="n_projections"):
+    lacoot.regularizer(UNITS, n_projections=0)
+
+
+# --------------------------------------------------------------------- blocks
+
+
+def test_block_finder():
+  assert lacoot.find_blocks(tiny_resnet()) == UNITS
+  r18 = zoo.resnet18()
+  assert lacoot.find_blocks(r18, "official") == ("layer1/1", "layer2/1", "layer3/1", "layer4/1")
+  assert lacoot.find_blocks(r18) == ("layer1/0", "layer1/1", "layer2/1", "layer3/1", "layer4/1")
+  r20 = zoo.resnet20(width=4, input_shape=(8, 8, 1))
+  assert lacoot.find_blocks(r20) == ("layer1/0", "layer1/1", "layer1/2", "layer2/1", "layer2/2",
+                                     "layer3/1", "layer3/2")
+  mobile = zoo.mobilenet_v2()
+  official = lacoot.find_blocks(mobile, "official")
+  assert official == tuple(f"features/{i}/conv/depthwise"
+                           for i in (2, 3, 5, 6, 8, 9, 10, 11, 12, 13, 15, 16, 17))
+  assert len(lacoot.find_blocks(zoo.mobilenet_v2(variant="imagenet"), "official")) == 12
+  assert lacoot.find_blocks(mobile) == tuple(f"features/{i}"
+                                             for i in (3, 5, 6, 8, 9, 10, 12, 13, 15, 16))
+  shapes = mobile.shapes()
+  assert all(shapes[p][0] == shapes[p][1] for p in official)
+
+
+def test_bad_blocks_are_named():
+  spec = tiny_resnet()
+  with pytest.raises(ValueError, match="projection shortcut"):
+    lacoot.check_blocks(spec, ["layer2/0"])
+  with pytest.raises(ValueError, match="not a residual block"):
+    lacoot.check_blocks(spec, ["layer1/0/conv1"])
+  with pytest.raises(KeyError, match="no node"):
+    lacoot.check_blocks(spec, ["layer9/0"])
+  with pytest.raises(ValueError, match="no official LaCoOT pairing"):
+    lacoot.find_blocks(spec, "official")
+  with pytest.raises(ValueError, match="projection shortcut"):
+    LaCoOT(blocks=("layer2/0",)).units(spec)
+
+
+# ----------------------------------------------------------------- node gates
+
+
+def test_gated_blocks_are_the_identity_and_surgery_matches(tiny):
+  spec, variables, ds = tiny
+  x = next(ds.test.batches(16))["image"]
+  dense = network.forward(spec, variables, x).logits
+  ones = {u: 1.0 for u in UNITS}
+  np.testing.assert_array_equal(np.asarray(network.forward(spec, variables, x,
+                                                           node_gates=ones).logits),
+                                np.asarray(dense))
+  gates = {**ones, "layer1/1": 0.0, "layer2/1": 0.0}
+  gated = network.forward(spec, variables, x, node_gates=gates).logits
+  shallow, shallow_vars = lacoot.remove_units(spec, variables, ["layer1/1", "layer2/1"])
+  assert [p for p in lacoot.find_blocks(shallow)] == ["layer1/0"]
+  np.testing.assert_allclose(np.asarray(network.forward(shallow, shallow_vars, x).logits),
+                             np.asarray(gated), rtol=1e-6, atol=1e-6)
+  assert not np.allclose(np.asarray(gated), np.asarray(dense))
+  # a gated block's output is its input
+  out = network.forward(spec, variables, x, node_gates=gates, capture=("layer1/0", "layer2/0"))
+  np.testing.assert_array_equal(np.asarray(out.captured["layer2/0"][0]),
+                                np.asarray(out.captured["layer1/0"][1]))
+
+
+def test_one_compilation_for_every_gate_pattern(tiny):
+  spec, variables, ds = tiny
+  x = next(ds.test.batches(8))["image"]
+  traces = []
+
+  @jax.jit
+  def logits(v, gates):
+    traces.append(1)
+    return network.forward(spec, v, x, node_gates=gates).logits
+
+  outs = [logits(variables, {u: jnp.float32(u != off) for u in UNITS}) for off in UNITS]
+  assert len(traces) == 1
+  assert not np.allclose(np.asarray(outs[0]), np.asarray(outs[1]))
+
+
+def test_bad_node_gates_are_named(tiny):
+  spec, variables, ds = tiny
+  x = next(ds.test.batches(8))["image"]
+  with pytest.raises(ValueError, match="only a node whose output shape equals its input"):
+    network.forward(spec, variables, x, node_gates={"layer2/0": 0.0})
+  with pytest.raises(KeyError, match="names no node"):
+    network.forward(spec, variables, x, node_gates={"nope": 0.0})
+  with pytest.raises(ValueError, match="only a node whose output shape"):
+    lacoot.remove_units(spec, variables, ["layer2/0"])
+
+
+# ------------------------------------------------------------ regularizer in training
+
+
+def _step_params(spec, variables, batch, mesh, reg):
+  tx = optax.sgd(0.05)
+  state = training.TrainState.create(variables, tx, 0)
+  step = training.make_train_step(spec, tx, mesh=mesh, regularizer=reg, donate=False)
+  new, metrics, _ = step(state, batch, None, None, None, {u: 1.0 for u in UNITS})
+  return new, metrics
+
+
+def test_regularized_step_is_the_same_on_one_device_and_sharded_over_two(tiny):
+  """The sort runs over the global batch: a sharded step computes the single-device one."""
+  spec, variables, ds = tiny
+  batch = next(ds.train.batches(16, seed=0, epoch=0, shuffle=True))
+  reg = lacoot.regularizer(UNITS, weight=5.0, n_projections=50)
+  one, m1 = _step_params(spec, variables, batch, training.make_mesh(jax.devices()[:1]), reg)
+  two, m2 = _step_params(spec, variables, batch, training.make_mesh(jax.devices()[:2]), reg)
+  assert len(jax.devices()) >= 2
+  np.testing.assert_allclose(float(m1["regularizer"]), float(m2["regularizer"]), rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4,
+                                                       atol=1e-6), one.params, two.params)
+  # the term is λ · mean MSWD of the captured blocks with the step's key
+  rng = jax.random.fold_in(jax.random.wrap_key_data(training.TrainState.create(
+      variables, optax.sgd(0.05), 0).rng), 0)
+  out = network.forward(spec, variables, batch["image"], train=True, rng=rng, capture=UNITS)
+  expected = reg.fn(out.captured, batch["mask"], jax.random.fold_in(rng, 1))
+  np.testing.assert_allclose(float(m1["regularizer"]) / 16, float(expected), rtol=1e-5)
+  assert float(expected) > 0
+
+
+def test_a_regularized_run_resumes_bit_identical(tiny, tmp_path):
+  """The directions of step t come from (seed, t): stopping after epoch 1 and resuming
+  ends where the uninterrupted run ends, bit for bit."""
+  spec, variables, ds = tiny
+  options = training.TrainOptions(regularizer=lacoot.regularizer(UNITS, 5.0, 50),
+                                  node_gates={u: 1.0 for u in UNITS})
+  recipe = optim.Recipe(epochs=2, batch_size=128, optimizer="adam", lr=3e-3)
+  straight = training.fit(spec, variables, ds, recipe, options=options, progress=False, seed=3)
+  training.fit(spec, variables, ds, recipe.replace(epochs=1), options=options, progress=False,
+               seed=3, workdir=tmp_path)   # the run stopped after its first epoch
+  resumed = training.fit(spec, variables, ds, recipe, options=options, progress=False, seed=3,
+                         workdir=tmp_path)
+  assert [h["step"] for h in resumed.history] == [h["step"] for h in straight.history]
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+               resumed.variables, straight.variables)
+  assert resumed.history[-1]["train_regularizer"] == straight.history[-1]["train_regularizer"]
+  other = training.TrainOptions(regularizer=lacoot.regularizer(UNITS, 1.0, 50),
+                                node_gates={u: 1.0 for u in UNITS})
+  with pytest.raises(training.RunMismatchError, match="regularizer"):
+    training.fit(spec, variables, ds, recipe, options=other, progress=False, seed=3,
+                 workdir=tmp_path)
