@@ -279,3 +279,127 @@ def test_a_regularized_run_resumes_bit_identical(tiny, tmp_path):
   with pytest.raises(training.RunMismatchError, match="regularizer"):
     training.fit(spec, variables, ds, recipe, options=other, progress=False, seed=3,
                  workdir=tmp_path)
+
+
+# ------------------------------------------------------------------ removal order
+
+
+def test_removal_orders():
+  d = {"a": 0.3, "b": 0.1, "c": 0.3, "d": 0.2}
+  assert lacoot.removal_order(d) == ("b", "d", "a", "c")   # ties in call order
+  assert lacoot.removal_order(d, "deepest_first") == ("d", "c", "b", "a")
+  # the off-by-one: the unit at sorted position j removes unit j-1; position 0 removes nothing
+  assert lacoot.removal_order(d, "shifted") == ("a", "c", "b")
+  swin = [0.575, 0.591, 0.375, 0.482, 0.435, 0.534, 0.588, 0.595, 0.595, 0.548, 0.496, 0.518]
+  names = [f"block{i}" for i in range(12)]
+  score = [abs(v - np.mean(swin)) / np.std(swin) + scipy.stats.percentileofscore(swin, v) / 100
+           for v in swin]
+  expected = tuple(names[i] for i in np.argsort(score, kind="stable"))
+  assert lacoot.removal_order(dict(zip(names, swin)), "zscore") == expected
+  with pytest.raises(ValueError, match="unknown LaCoOT removal order"):
+    lacoot.removal_order(d, "random")
+
+
+# ------------------------------------------------------------- through the driver
+
+
+class Killed(RuntimeError):
+  pass
+
+
+def _run(tiny, workdir, **kw):
+  spec, variables, ds = tiny
+  return driver.run(LaCoOT(weight=2.0, n_projections=16), spec, ds, RECIPE, workdir,
+                    variables=variables, progress=False, eval_batch_size=64, tolerance=100.0,
+                    **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("lacoot")
+  return workdir, _run(tiny, workdir)
+
+
+def _logits(spec, variables, x, **kw):
+  return np.asarray(network.forward(spec, variables, x, **kw).logits)
+
+
+def test_trains_once_then_removes_one_block_per_iteration_in_distance_order(tiny, finished):
+  spec, _, ds = tiny
+  workdir, result = finished
+  entries = result.report["iterations"]
+  assert [e["units_removed"] for e in entries] == [0, 1, 2, 3]
+  assert [e["epochs"] for e in entries] == [1, 0, 0, 0]
+  distances = entries[0]["distances"]
+  assert list(distances) == list(UNITS)
+  order = sorted(UNITS, key=lambda u: (distances[u], UNITS.index(u)))
+  assert entries[0]["decision"]["order"] == order
+  assert [e["removed_now"] for e in entries] == [[u] for u in order] + [[]]
+  assert entries[-1]["removed"] == sorted(UNITS, key=UNITS.index)
+  assert [e["depth"]["weight_depth"] for e in entries] == [10, 8, 6, 4]
+  assert entries[0]["macs"] > entries[1]["macs"] > entries[3]["macs"]
+  # the distances are the validation ones, recomputed independently
+  _, trained = checkpoint.load_model(workdir / "iterations/000/model")
+  again = lacoot.block_distances(spec, trained, ds.val, UNITS, rng=jax.random.fold_in(
+      jax.random.key(0), 0), batch_size=64, n_projections=16)
+  for u in UNITS:
+    assert distances[u] == pytest.approx(again[u]["sliced"], rel=1e-5)
+    assert again[u]["max_sliced"] >= again[u]["sliced"] > 0
+
+
+def test_saved_shallow_models_compute_the_gated_network(tiny, finished):
+  spec, _, ds = tiny
+  workdir, result = finished
+  x = next(ds.test.batches(32))["image"]
+  _, trained = checkpoint.load_model(workdir / "iterations/000/model")
+  entries = result.report["iterations"]
+  for e in entries:
+    shallow, variables = checkpoint.load_model(workdir / f"iterations/{e['iteration']:03d}/model")
+    assert lacoot.find_blocks(shallow) == tuple(u for u in UNITS if u not in e["removed"])
+    gates = {u: float(u not in e["removed"]) for u in UNITS}
+    np.testing.assert_allclose(_logits(shallow, variables, x),
+                               _logits(spec, trained, x, node_gates=gates), rtol=1e-5,
+                               atol=1e-5)
+    test = training.evaluate(shallow, variables, ds.test, batch_size=64)
+    assert 100 * test.accuracy == pytest.approx(e["test_accuracy"], abs=1e-3)
+  chosen = result.report["chosen"]
+  assert chosen["units_removed"] == 3   # tolerance 100: the deepest cut
+  assert chosen["depth"]["weight_depth"] == 4
+
+
+def test_a_killed_lacoot_run_resumes_to_the_same_result(tiny, finished, tmp_path):
+  workdir, result = finished
+
+  def kill(it, entry):
+    if it == 1:
+      raise Killed
+
+  with pytest.raises(Killed):
+    _run(tiny, tmp_path, after_iteration=kill)
+  resumed = _run(tiny, tmp_path)
+
+  def strip(report):
+    out = json.loads(json.dumps(report))
+    for e in out["iterations"]:
+      e.pop("seconds")
+    return out
+
+  assert strip(resumed.report) == strip(result.report)
+  for a, b in zip(jax.tree.leaves(checkpoint.load_model(tmp_path / "chosen")[1]),
+                  jax.tree.leaves(checkpoint.load_model(workdir / "chosen")[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_bad_method_settings_are_named():
+  with pytest.raises(ValueError, match="λ must be a finite number >= 0"):
+    LaCoOT(weight=-0.5)
+  with pytest.raises(ValueError, match="n_projections must be an int >= 1"):
+    LaCoOT(n_projections=0)
+  with pytest.raises(ValueError, match="unknown LaCoOT pairing"):
+    LaCoOT(pairing="pairs")
+  with pytest.raises(ValueError, match="unknown LaCoOT removal order"):
+    LaCoOT(order="largest")
+  with pytest.raises(ValueError, match="unknown LaCoOT score"):
+    LaCoOT(score="wasserstein")
+  with pytest.raises(ValueError, match="no official LaCoOT pairing"):
+    LaCoOT(pairing="official").units(zoo.resnet20(width=4, input_shape=(8, 8, 1)))
