@@ -403,3 +403,60 @@ def test_bad_method_settings_are_named():
     LaCoOT(score="wasserstein")
   with pytest.raises(ValueError, match="no official LaCoOT pairing"):
     LaCoOT(pairing="official").units(zoo.resnet20(width=4, input_shape=(8, 8, 1)))
+
+
+# ------------------------------------------------------------------ command line
+
+
+def _snapshot(directory):
+  return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_command_line(tmp_path, capsys):
+  from jaxdepth import report   # pylint: disable=import-outside-toplevel
+  from train import __main__ as cli   # pylint: disable=import-outside-toplevel
+  args = ["lacoot", "--workdir", str(tmp_path), "--no-progress", "--iterations", "3",
+          "--lambda", "2", "--n-projections", "8",
+          "--set", "epochs=1", "model_kwargs={'width': 4}", "milestones=()"]
+  assert cli.main(args) == 0
+  out = capsys.readouterr().out
+  rep = json.loads((tmp_path / "report.json").read_text())
+  assert rep["method"] == "lacoot" and rep["model"] == "resnet20" and rep["unit"] == "block"
+  assert rep["method_options"]["weight"] == 2.0 and rep["method_options"]["n_projections"] == 8
+  assert [e["units_removed"] for e in rep["iterations"]] == [0, 1, 2]
+  assert report.table(rep) in out and "latency at batch 1" in out
+  extra = json.loads((tmp_path / "lacoot.json").read_text())
+  assert list(extra["distances"]) == list(rep["iterations"][0]["distances"])
+  for u, d in rep["iterations"][0]["distances"].items():
+    assert extra["distances"][u]["sliced"] == pytest.approx(d, rel=1e-5)
+  assert extra["latency"]["dense_ms"] > 0 and extra["latency"]["shallow_ms"] > 0
+  assert (tmp_path / "distances.png").stat().st_size > 0
+  shallow, _ = checkpoint.load_model(tmp_path / "chosen")
+  assert len(lacoot.find_blocks(shallow)) == 7 - rep["chosen"]["units_removed"]
+  # Refusals name what is wrong; nothing is written.
+  before = _snapshot(tmp_path)
+  assert cli.main(args + ["--lambda", "-1"]) == 2
+  assert "λ must be a finite number >= 0" in capsys.readouterr().err
+  assert cli.main(args + ["--n-projections", "0"]) == 2
+  assert "n_projections must be an int >= 1" in capsys.readouterr().err
+  assert cli.main(args + ["--set", "blocks=('layer2/0',)"]) == 2
+  assert "projection shortcut" in capsys.readouterr().err
+  assert cli.main(args + ["--pairing", "official"]) == 2
+  assert "no official LaCoOT pairing" in capsys.readouterr().err
+  assert cli.main(args[:-3] + ["epochs=1", "milestones=()"]) == 2   # another width
+  assert "another model" in capsys.readouterr().err
+  assert _snapshot(tmp_path) == before
+
+
+def test_configs_load():
+  from train import lacoot as cmd   # pylint: disable=import-outside-toplevel
+  r18 = cmd.load_config("lacoot_cifar10_resnet18")
+  assert (r18["weight"], r18["pairing"], r18["order"], r18["model"]) == (
+      5.0, "official", "deepest_first", "resnet18")
+  mobile = cmd.load_config("lacoot_cifar10_mobilenetv2")
+  assert (mobile["weight"], mobile["pairing"], mobile["model"]) == (9.0, "official",
+                                                                   "mobilenet_v2")
+  assert cmd.method_of(mobile).units(zoo.mobilenet_v2()) == lacoot.official_units(
+      zoo.mobilenet_v2())
+  assert cmd.default_config(None, None) == "lacoot_digits"
+  assert cmd.default_config("resnet18", "cifar10") == "lacoot_cifar10_resnet18"

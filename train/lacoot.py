@@ -115,11 +115,36 @@ def method_of(cfg: dict[str, Any]):
                 score=cfg["score"])
 
 
+def latencies(models, *, batch: int, rounds: int = 3, repeats: int = 15) -> list[float]:
+  """Seconds of one jitted eval forward of each ``(spec, variables)``: the fastest of
+  ``rounds`` medians of ``repeats`` calls, the models alternating so that other load on
+  the machine hits them alike."""
+  import statistics  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  calls = []
+  for spec, variables in models:
+    fn = jax.jit(lambda v, x, spec=spec: network.forward(spec, v, x).logits)
+    x = jax.random.normal(jax.random.key(0), (batch, *spec.input_shape))
+    fn(variables, x).block_until_ready()   # compiles
+    calls.append((fn, variables, x))
+  best = [float("inf")] * len(models)
+  for _ in range(rounds):
+    for i, (fn, variables, x) in enumerate(calls):
+      times = []
+      for _ in range(repeats):
+        tic = time.perf_counter()
+        fn(variables, x).block_until_ready()
+        times.append(time.perf_counter() - tic)
+      best[i] = min(best[i], statistics.median(times))
+  return best
+
+
 def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_batch_size: int,
            latency_batch: int, mesh=None, dtype=None) -> dict[str, Any]:
   """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON."""
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, report, surgery  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, report  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import lacoot  # pylint: disable=import-outside-toplevel
   _, trained = checkpoint.load_model(workdir / "iterations" / "000" / "model")
   units = method.units(spec)
@@ -129,12 +154,8 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   entries = result.report["iterations"]
   order = entries[0].get("decision", {}).get("order", [])
   chosen = result.report["chosen"]
-  dense_s, shallow_s = [], []
-  for _ in range(3):   # alternated, the fastest of each: less sensitive to other load
-    dense_s.append(surgery.measure_latency(spec, trained, batch=latency_batch))
-    shallow_s.append(surgery.measure_latency(result.chosen_spec, result.chosen_variables,
-                                             batch=latency_batch))
-  dense_s, shallow_s = min(dense_s), min(shallow_s)
+  dense_s, shallow_s = latencies([(spec, trained), (result.chosen_spec, result.chosen_variables)],
+                                 batch=latency_batch)
   out = {"distances": distances, "order": order, "removed": chosen["removed"],
          "latency": {"batch": latency_batch, "dense_ms": round(1e3 * dense_s, 4),
                      "shallow_ms": round(1e3 * shallow_s, 4),
