@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdepth import network
@@ -275,6 +276,8 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
     raise FileExistsError(f"a model is already saved in {directory}; pass overwrite=True "
                           f"or choose another directory")
   directory.mkdir(parents=True, exist_ok=True)
+  if jax.process_count() > 1:   # host values: every process calls, orbax writes them once
+    variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(directory / "variables", dict(variables), force=True)
   if jax.process_index() == 0:

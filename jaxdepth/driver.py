@@ -122,8 +122,17 @@ def _check_tolerance(tolerance):
     raise ValueError(f"tolerance must be a number of accuracy points >= 0, got {tolerance!r}")
 
 
+def _has_progress(workdir: pathlib.Path) -> bool:
+  """Whether ``workdir`` holds a checkpoint to resume (of an iteration or inside one)."""
+  return any(workdir.glob("checkpoints/*")) or any(workdir.glob("iterations/*/checkpoints/*"))
+
+
 def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
-  """Refuses a work directory that holds another run (before anything is written)."""
+  """Refuses a work directory that holds another run (before anything is written).
+
+  A ``run.json`` of the same method with no checkpoint beside it (a run that
+  stopped before saving anything) owns nothing: the new run takes the directory over.
+  """
   path = workdir / "run.json"
   if not path.exists():
     if (workdir / "checkpoints").exists():
@@ -131,6 +140,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
                              f"(another program's run?); use another directory")
     return
   stored = json.loads(path.read_text())
+  if stored.get("method") == identity["method"] and not _has_progress(workdir):
+    return
   if stored.get("method") != identity["method"]:
     what = f"a {stored['method']!r} run" if stored.get("method") else "a run of another program"
     raise RunMismatchError(f"work directory {workdir} holds {what}, not a {identity['method']!r} "
@@ -246,7 +257,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   main_process = jax.process_index() == 0
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
-    if not (workdir / "run.json").exists():
+    if not (workdir / "run.json").exists() or not _has_progress(workdir):
       (workdir / "run.json").write_text(json.dumps(identity, indent=1))
 
   state = method.init(spec)
@@ -255,7 +266,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   try:
     if ckpt.latest_step() is not None:
       template = training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed)
-      restored = ckpt.restore(template, extra=state)
+      # Restore targets replicated over the mesh, as saved (host-local arrays cannot be
+      # written or read by several processes).
+      restored = ckpt.restore(training.replicate(template, mesh),
+                              extra=training.replicate(state, mesh))
       variables, state = restored.state.variables, restored.extra
       entries = list(restored.meta["iterations"])
       say(f"resuming {workdir} after iteration {len(entries) - 1}")
@@ -271,7 +285,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
           eval_batch_size=eval_batch_size, checkpoint_epochs=checkpoint_epochs)
       entry["seconds"] = round(time.perf_counter() - tic, 3)
       entries.append(entry)
-      ckpt.save(len(entries), trained_state, extra=state, meta={"iterations": entries})
+      ckpt.save(len(entries), trained_state, extra=training.replicate(state, mesh),
+                meta={"iterations": entries})
       _drop_epoch_checkpoints(workdir, it)
       if main_process:
         report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total,
@@ -281,12 +296,16 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
           f"{', '.join(entry['removed_now']) or 'nothing'}")
       if after_iteration is not None:
         after_iteration(it, entry)
+    if len(entries) < iterations:
+      say(f"stopped after {len(entries)} of the {iterations} iterations asked: no {method.unit} "
+          f"is left to remove")
   finally:
     ckpt.close()
 
   chosen = choose_operating_point(entries, tolerance)
-  chosen_spec, chosen_variables = checkpoint.load_model(
-      _iteration_dir(workdir, chosen["iteration"]) / "model")
+  chosen_spec, chosen_variables = checkpoint.load_model(   # replicated: every process saves
+      _iteration_dir(workdir, chosen["iteration"]) / "model",
+      sharding=training.replicated_sharding(mesh))
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance, method.unit)
   if merge:

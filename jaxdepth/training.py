@@ -194,8 +194,12 @@ def make_mesh(devices=None) -> Mesh:
                        devices=devices)
 
 
-def _replicated(mesh: Mesh) -> NamedSharding:
+def replicated_sharding(mesh: Mesh) -> NamedSharding:
+  """The sharding of a value held whole by every device of ``mesh``."""
   return NamedSharding(mesh, P())
+
+
+_replicated = replicated_sharding
 
 
 def _batch_sharding(mesh: Mesh) -> NamedSharding:
@@ -510,6 +514,26 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
                            f"resume it with the same settings or use another directory")
 
 
+def _check_fit_arguments(recipe: optim.Recipe, mesh: Mesh, eval_batch_size, eval_every,
+                         checkpoint_every_steps) -> None:
+  """Refuses arguments of :func:`fit` that would fail or mislead only later."""
+  def positive(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1
+
+  if not positive(eval_every):
+    raise ValueError(f"eval_every must be an integer >= 1 (validate every this many epochs), "
+                     f"got {eval_every!r}")
+  for name, value in (("eval_batch_size", eval_batch_size),
+                      ("checkpoint_every_steps", checkpoint_every_steps)):
+    if value is not None and not positive(value):
+      raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+  devices = mesh.devices.size
+  for name, value in (("batch_size", recipe.batch_size), ("eval_batch_size", eval_batch_size)):
+    if value is not None and value % devices:
+      raise ValueError(f"{name}={value} does not split evenly over the mesh's {devices} "
+                       f"devices; use a multiple of {devices}")
+
+
 def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
         options: TrainOptions | None = None, workdir: str | os.PathLike | None = None,
         seed: int = 0, mesh: Mesh | None = None, dtype=None, progress: bool = True,
@@ -563,8 +587,13 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
 
   Returns:
     A :class:`FitResult`.
+
+  Raises:
+    ValueError: ``eval_every`` < 1, a batch size < 1 or not a multiple of the
+      device count, or a training split smaller than one batch.
   """
   mesh = make_mesh() if mesh is None else mesh
+  _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
   options = TrainOptions() if options is None else options
   if options.epochs is not None:
     recipe = recipe.replace(epochs=options.epochs)

@@ -1,21 +1,41 @@
-"""``python -m train fit`` end to end on digits (in-process, tiny epochs), configs, refusals."""
+"""``python -m train``: fit end to end on digits (tiny epochs), configs, validation, exits, listing."""
+import errno
+import io
 import json
+import os
 import pathlib
+import shlex
+import signal
+import subprocess
+import sys
+import time
 
+import ml_collections
 import pytest
 
-from jaxdepth import checkpoint, data, progress, training, zoo
+from jaxdepth import checkpoint, data, driver, optim, progress, training, zoo
+from jaxdepth.methods import Easier
+from jaxdepth.spec import Act, Dense, Flatten, Spec
 from train import __main__ as cli
+from train import command
 from train import config as config_lib
+from train import easier as easier_cli
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _fit(tmp_path, *args):
   return cli.main(["fit", "--workdir", str(tmp_path), "--no-progress", *args])
 
 
+def _error_lines(err):
+  return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
 def test_fit_trains_reports_and_resumes(tmp_path, capsys):
-  assert _fit(tmp_path, "--set", "epochs=1") == 0
-  out = capsys.readouterr().out
+  assert _fit(tmp_path, "--config.epochs=1") == 0
+  out, err = capsys.readouterr()
+  assert err == ""                                      # --no-progress: no progress lines
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["model"] == "digits_cnn" and report["dataset"] == "digits"
   assert f"test accuracy {100 * report['test']['accuracy']:.2f} %" in out
@@ -26,67 +46,380 @@ def test_fit_trains_reports_and_resumes(tmp_path, capsys):
   assert again.accuracy == pytest.approx(report["test"]["accuracy"])
   assert again.accuracy > 0.25 and again.count == 359    # chance is 0.1
   assert [r["epoch"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")] == [1]
+  assert json.loads((tmp_path / "run.json").read_text())["epochs"] == 1
 
   # The same command with one more epoch resumes: only epoch 2 is trained.
-  assert _fit(tmp_path, "--set", "epochs=2") == 0
+  assert _fit(tmp_path, "--config.epochs=2") == 0
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["epochs"] == 2 and report["history"][0]["epoch"] == 1
   assert [r["epoch"] for r in progress.read_metrics(tmp_path / "metrics.jsonl")] == [1, 2]
   assert "test accuracy" in capsys.readouterr().out
+  run_json = (tmp_path / "run.json").read_text()
+  assert json.loads(run_json)["epochs"] == 2           # run.json describes the run there
 
-  # Another model, or another recipe, in the same work directory is refused.
+  # Any change that alters the result is refused before any work, and named; run.json stays.
   assert _fit(tmp_path, "--model", "resnet20") == 2
-  err = capsys.readouterr().err
-  assert "holds a run of digits_cnn on digits, not of resnet20" in err
-  assert _fit(tmp_path, "--set", "epochs=2", "lr=0.5") == 2
+  assert "holds a run of digits_cnn on digits, not of resnet20" in capsys.readouterr().err
+  assert _fit(tmp_path, "--config.epochs=2", "--config.lr=0.5") == 2
   assert "lr: 0.05 stored, 0.5 asked" in capsys.readouterr().err
+  assert _fit(tmp_path, "--config.epochs=2", "--dtype", "bfloat16") == 2
+  assert "dtype: 'float32' stored, 'bfloat16' asked" in capsys.readouterr().err
+  assert _fit(tmp_path, "--config.epochs=2", "--seed", "3") == 2
+  assert "seed: 0 stored, 3 asked" in capsys.readouterr().err
+  assert (tmp_path / "run.json").read_text() == run_json
 
 
-def test_nan_loss_stops_with_a_clear_message(tmp_path, capsys):
-  assert _fit(tmp_path, "--set", "epochs=1", "optimizer='sgd'", "lr=1e12") == 1
+def test_nan_loss_stops_and_a_fresh_run_then_owns_the_workdir(tmp_path, capsys):
+  assert _fit(tmp_path, "--config.epochs=1", "--config.optimizer=sgd", "--config.lr=1e12") == 1
   err = capsys.readouterr().err
   assert "training loss became nan" in err and "nothing was saved" in err
   assert not (tmp_path / "report.json").exists()
+  # Nothing was trained there, so a run with other settings takes the directory over,
+  # and run.json then says what that run is.
+  assert _fit(tmp_path, "--config.epochs=1") == 0
+  assert json.loads((tmp_path / "run.json").read_text())["lr"] == 0.05
 
 
-def test_bad_arguments_are_named(tmp_path, capsys):
-  assert _fit(tmp_path, "--set", "epoch=3") == 2
-  assert "unknown keys ['epoch']" in capsys.readouterr().err
-  assert _fit(tmp_path, "--config", "no_such_config") == 2
+def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
+  workdir = tmp_path / "never"
+  assert cli.main(["fit", "--workdir", str(workdir), "--config.lr=abc", "--config.epoch=3",
+                   "--config.batch_size=1.5"]) == 2
+  lines = _error_lines(capsys.readouterr().err)
+  assert lines == [
+      "error: --config.lr=abc: lr takes a number (it is 0.05 now)",
+      "error: --config.epoch=3: no key 'epoch' in config digits; did you mean 'epochs'? "
+      + lines[1].split("did you mean 'epochs'? ")[1],
+      "error: --config.batch_size=1.5: batch_size takes an integer (it is 32 now)"]
+  assert cli.main(["fit", "--workdir", str(workdir), "--config.eval_every=0",
+                   "--config.eval_batch_size=0", "--config.milestones=5,2",
+                   "--config.val_fraction=1.5", "--dtype", "float16"]) == 2
+  lines = _error_lines(capsys.readouterr().err)
+  assert [line.split(":")[1].strip() for line in lines] == [
+      "--config.eval_batch_size=0", "--config.eval_every=0", "--config.milestones=(5, 2)",
+      "--config.val_fraction=1.5", "--config.dtype='float16'"]
+  assert "use an integer >= 1" in lines[1] and "float32, bfloat16" in lines[4]
+  # Checked against the data: a batch larger than the training split.
+  assert cli.main(["fit", "--workdir", str(workdir), "--config.batch_size=5000"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --config.batch_size=5000: larger than the 1,294 examples of the training split "
+      "of digits, so an epoch would have no step; use at most 1294"]
+  assert not workdir.exists()                           # nothing was written
+  assert cli.main(["fit", "--workdir", str(workdir), "--config", "no_such_config"]) == 2
   assert "digits" in capsys.readouterr().err            # lists the known configs
-  assert _fit(tmp_path, "--dataset", "no_such_data") == 2
-  assert "unknown dataset 'no_such_data'" in capsys.readouterr().err
+  assert cli.main(["fit", "--workdir", str(workdir), "--dataset", "no_such_data"]) == 2
+  assert "--config.dataset='no_such_data': use one of digits" in capsys.readouterr().err
   assert cli.main(["nope"]) == 2
   assert "unknown command 'nope'" in capsys.readouterr().err
+  assert not workdir.exists()
+
+
+def test_batch_sizes_must_split_over_devices_and_fit_the_split():
+  cfg = config_lib.to_dict(config_lib.load("digits"))
+  ds = data.load("digits")
+  assert command.check_data(cfg, ds, devices=4) == []      # 32 and 512 split over 4
+  cfg.update(batch_size=30, eval_batch_size=500)
+  assert command.check_data(cfg, ds, devices=4) == [
+      "--config.batch_size=30: the global batch must split evenly over the 4 devices; use a "
+      "multiple of 4, e.g. 28"]
+  assert command.check_data(cfg, ds, devices=8, processes=2) == [
+      "--config.batch_size=30: the global batch must split evenly over the 8 devices; use a "
+      "multiple of 8, e.g. 24",
+      "--config.eval_batch_size=500: the global batch must split evenly over the 8 devices; use a "
+      "multiple of 8, e.g. 496"]
+  cfg.update(batch_size=32, eval_batch_size=None)
+  assert command.check_data(cfg, ds, devices=8) == []
+
+
+def test_library_functions_validate_their_arguments(digits_spec_and_data):
+  spec, ds = digits_spec_and_data
+  variables = zoo_init(spec)
+  recipe = optim.Recipe(epochs=1, batch_size=32)
+  for kwargs, match in (({"eval_every": 0}, "eval_every must be an integer >= 1"),
+                        ({"eval_batch_size": 0}, "eval_batch_size must be None or"),
+                        ({"checkpoint_every_steps": -1}, "checkpoint_every_steps must be")):
+    with pytest.raises(ValueError, match=match):
+      training.fit(spec, variables, ds, recipe, progress=False, **kwargs)
+
+
+def test_the_driver_says_when_it_runs_out_of_units(tmp_path):
+  ds = data.load("digits")
+  mlp = Spec((8, 8, 1), (Flatten("flat"), Dense("fc1", features=8), Act("relu"),
+                         Dense("fc2", features=10)), name="mlp")
+  lines = []
+  recipe = optim.Recipe(epochs=1, batch_size=128, optimizer="adam", lr=3e-3)
+  result = driver.run(Easier(), mlp, ds, recipe, tmp_path, iterations=3, progress=False,
+                      merge=False, say=lines.append)
+  assert len(result.report["iterations"]) == 1
+  assert lines[-1] == "stopped after 1 of the 3 iterations asked: no site is left to remove"
+
+
+@pytest.fixture(scope="module")
+def digits_spec_and_data():
+  ds = data.load("digits")
+  return zoo.digits_cnn(num_classes=10, input_shape=ds.input_shape), ds
+
+
+def zoo_init(spec):
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  return network.init(spec, jax.random.key(0))
+
+
+def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
+  assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--iterations", "7"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --iterations 7: digits_cnn has 6 sites, so at most 6 iterations (the last one "
+      "trains the network with 5 removed); use --iterations 6 or leave it out"]
+  assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--iterations", "x",
+                   "--tolerance", "-1", "--estimator", "paper"]) == 2
+  lines = _error_lines(capsys.readouterr().err)
+  assert lines == ["error: --config.iterations=x: iterations takes an integer or None (it is 5 "
+                   "now)"]
+  assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--tolerance", "-1",
+                   "--estimator", "paper"]) == 2
+  lines = _error_lines(capsys.readouterr().err)
+  assert lines[0].startswith("error: --tolerance -1.0: tolerance must be a number")
+  assert lines[1] == "error: --estimator 'paper': use one of easier, dataset"
+  assert not (tmp_path / "w").exists()
+
+
+# ----------------------------------------------------------------------- configs
 
 
 FIT_CONFIGS = ("digits", "cifar10_resnet18", "cifar10_mobilenetv2", "cifar10_vgg16", "pacs",
                "vlcs", "flowers102", "dtd")
 
 
-@pytest.mark.parametrize("name", FIT_CONFIGS)
-def test_every_fit_config_loads_and_says_how_to_run_it(name):
-  cfg = config_lib.load(name)
+@pytest.mark.parametrize("name", FIT_CONFIGS + tuple(
+    config_lib.available(prefix="easier_")))
+def test_every_config_is_a_configdict_that_loads_and_says_how_to_run_it(name):
+  module = {}
+  exec(compile((config_lib.CONFIG_DIR / f"{name}.py").read_text(), name, "exec"), module)
+  assert isinstance(module["get_config"](), ml_collections.ConfigDict)
+  extra = easier_cli.METHOD_DEFAULTS if name.startswith("easier_") else None
+  cfg = config_lib.to_dict(config_lib.load(name, extra))
+  assert config_lib.check(cfg) == []
   recipe = config_lib.recipe_of(cfg)
   doc = (config_lib.CONFIG_DIR / f"{name}.py").read_text()
-  assert "Run:" in doc and "Reaches:" in doc
+  assert "Run:" in doc and ("Reaches" in doc)
+  assert "METHODS.md" not in doc
   assert cfg["model"] in zoo.names()
   assert cfg["dataset"] in data.names() or cfg["dataset"].startswith("folder:")
   assert recipe.epochs > 0
 
 
+def test_configs_derive_from_shared_recipes():
+  base = config_lib.to_dict(config_lib.load("cifar10_resnet18"))
+  vgg = config_lib.to_dict(config_lib.load("cifar10_vgg16"))
+  differ = {k for k in base if base[k] != vgg[k]}
+  assert differ == {"model", "lr", "config"} and vgg["lr"] == 0.01
+  easier_r18 = config_lib.to_dict(config_lib.load("easier_cifar10_resnet18",
+                                                  easier_cli.METHOD_DEFAULTS))
+  assert {k: easier_r18[k] for k in base if k != "config"} == {
+      k: v for k, v in base.items() if k != "config"}
+
+
 def test_a_command_may_add_its_own_config_keys(tmp_path):
   path = tmp_path / "method.py"
-  path.write_text("def get_config():\n  return dict(epochs=2, iterations=3)\n")
-  with pytest.raises(KeyError, match="unknown keys \\['iterations'\\]"):
+  path.write_text("import ml_collections\n\ndef get_config():\n"
+                  "  config = ml_collections.ConfigDict()\n"
+                  "  config.epochs = 2\n  config.iterations = 3\n  return config\n")
+  with pytest.raises(config_lib.ConfigError, match="unknown key 'iterations'"):
     config_lib.load(path)
-  cfg = config_lib.load(path, extra_defaults={"iterations": None, "tolerance": 1.0})
-  assert cfg["iterations"] == 3 and cfg["tolerance"] == 1.0 and cfg["epochs"] == 2
+  cfg = config_lib.load(path, extra_defaults={"iterations": 1, "tolerance": 1.0})
+  assert cfg.iterations == 3 and cfg.tolerance == 1.0 and cfg.epochs == 2
+  assert cfg.lr == optim.Recipe().lr                 # keys left out take the defaults
 
 
-def test_set_parses_python_literals():
-  cfg = config_lib.override(config_lib.load("digits"),
-                            ["milestones=(2, 4)", "image_size=None", "optimizer=sgd", "lr=1e-2"])
-  assert cfg["milestones"] == (2, 4) and cfg["image_size"] is None
-  assert config_lib.recipe_of(cfg).optimizer == "sgd" and cfg["lr"] == 0.01
-  assert pathlib.Path(cfg["config"]).name == "digits.py"
+def test_overrides_are_read_as_the_type_of_their_key():
+  cfg = config_lib.override(config_lib.load("digits"), [
+      ("milestones", "2,4"), ("image_size", "None"), ("optimizer", "sgd"), ("lr", "1e-2"),
+      ("val_augment", "true"), ("model_kwargs.width", "8"), ("eval_batch_size", "64"),
+      ("epochs", "3")])
+  assert cfg.milestones == (2, 4) and cfg.image_size is None and cfg.optimizer == "sgd"
+  assert cfg.lr == 0.01 and isinstance(cfg.lr, float) and cfg.val_augment is True
+  assert cfg.model_kwargs.to_dict() == {"width": 8} and cfg.eval_batch_size == 64
+  assert cfg.epochs == 3 and isinstance(cfg.epochs, int)
+  assert config_lib.override(cfg, [("milestones", "7")]).milestones == (7,)
+  assert config_lib.override(cfg, [("milestones", "()")]).milestones == ()
+  assert config_lib.recipe_of(cfg).optimizer == "sgd"
+  assert pathlib.Path(cfg.config).name == "digits.py"
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.override(cfg, [("epochs", "2.5"), ("val_augment", "maybe"), ("lr", "None"),
+                              ("config", "x")])
+  assert [line.split(":")[0] for line in e.value.lines] == [
+      "--config.epochs=2.5", "--config.val_augment=maybe", "--config.lr=None", "--config.config=x"]
+
+
+def test_set_still_works_as_config_overrides(tmp_path):
+  args = command.parse(easier_cli.build_parser(),
+                       ["--set", "epochs=2", "lr=0.5", "--config.epochs=3", "--iterations", "2"])
+  assert args.overrides == [("epochs", "3"), ("epochs", "2"), ("lr", "0.5")]
+  cfg = easier_cli.resolve_config(args)
+  assert cfg["epochs"] == 2 and cfg["lr"] == 0.5 and cfg["iterations"] == 2
+
+
+# ------------------------------------------------------------------ discoverable
+
+
+def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
+  assert cli.main(["list"]) == 0
+  out = capsys.readouterr().out
+  for name in config_lib.available():
+    line = next(line for line in out.splitlines() if line.strip().startswith(name + " "))
+    assert line.split(None, 1)[1] == config_lib.description(name) != ""
+  sections = {}
+  for block in out.split("\n\n")[:-1]:
+    head, *rows = block.splitlines()
+    sections[head.split()[5]] = [row.split()[0] for row in rows]
+  assert sections == {"fit": config_lib.available(exclude=("easier_",)),
+                      "easier": config_lib.available(prefix="easier_")}
+  assert "digits" in sections["fit"] and "easier_digits" in sections["easier"]
+  assert ", ".join(zoo.names()) in out and ", ".join(data.names()) in out
+  assert cli.main(["--list"]) == 0 and capsys.readouterr().out == out
+  assert cli.main(["easier", "--list"]) == 0
+  assert capsys.readouterr().out.startswith("configs of python -m train easier")
+
+
+@pytest.mark.parametrize("name", ["fit", "easier"])
+def test_help_is_plain_text(name, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main([name, "--help"])
+  assert e.value.code == 0
+  text = capsys.readouterr().out
+  assert "--config.KEY=VALUE" in text and "exit codes:" in text and "130 interrupted" in text
+  for markup in (":func:", ":mod:", ":class:", "``", "METHODS.md", "\\\\"):
+    assert markup not in text
+
+
+def test_the_default_workdir_tells_runs_apart(tmp_path, monkeypatch, capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["fit", "--no-progress", "--config.epochs=1", "--config.batch_size=128"]) == 0
+  assert cli.main(["fit", "--no-progress", "--config.epochs=1", "--config.batch_size=128",
+                   "--seed", "1"]) == 0                 # another seed: another run, not refused
+  assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == [
+      "fit-digits_cnn-digits-seed0", "fit-digits_cnn-digits-seed1"]
+  assert easier_cli.default_workdir({"model": "resnet18", "dataset": "folder:data/PACS",
+                                     "seed": 2}).name == "easier-resnet18-folder_data_PACS-seed2"
+
+
+def test_an_unprepared_dataset_is_one_clean_paragraph(tmp_path, capsys):
+  assert cli.main(["fit", "--workdir", str(tmp_path / "w"), "--dataset", "cifar10",
+                   "--data-dir", str(tmp_path)]) == 2
+  err = capsys.readouterr().err
+  assert len(err.strip().splitlines()) == 1 and err.startswith("error: tfds dataset 'cifar10' "
+                                                               "is not prepared")
+  assert "tfds build cifar10" in err and "Traceback" not in err and "WARNING" not in err
+
+
+# --------------------------------------------------------------------- exits
+
+
+def test_storage_failures_are_recognised():
+  enospc = OSError(errno.ENOSPC, "No space left on device")
+  assert command.storage_failure(enospc) == "disk_full"
+  assert command.storage_failure(OSError(errno.EROFS, "Read-only file system")) == "read_only"
+  assert command.storage_failure(PermissionError(errno.EACCES, "Permission denied")) == "read_only"
+  tensorstore = ValueError('RESOURCE_EXHAUSTED: Error writing local file "/w/ocdbt": '
+                           '[OS error 28: No space left on device]')
+  assert command.storage_failure(tensorstore) == "disk_full"
+  try:
+    try:
+      raise enospc
+    except OSError as cause:
+      raise RuntimeError("async save failed") from cause
+  except RuntimeError as chained:
+    assert command.storage_failure(chained) == "disk_full"
+  oom = ValueError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 2.1GiB")
+  assert command.storage_failure(oom) is None           # device memory, not the disk
+  assert command.storage_failure(ValueError("bad")) is None
+
+
+def _resume_line(err):
+  line = err.strip().splitlines()[-1].strip()
+  assert line.startswith("python -m train ")
+  return shlex.split(line)
+
+
+@pytest.mark.parametrize("kind", ["disk_full", "read_only"])
+def test_a_full_disk_or_read_only_workdir_ends_with_a_paragraph_and_its_code(
+    kind, tmp_path, monkeypatch, capsys):
+  # As root, chmod does not stop writes; the writers are made to fail as the system would.
+  if kind == "disk_full":
+    code, what = command.EXIT_DISK_FULL, "The disk is full"
+
+    def fail(self, *a, **k):
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "x": [OS error 28: No '
+                       'space left on device]')
+    monkeypatch.setattr(checkpoint.Checkpointer, "save", fail)
+  else:
+    code, what = command.EXIT_READ_ONLY, f"The work directory {tmp_path} is read-only"
+
+    def fail(self, *a, **k):
+      raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / "metrics.jsonl"))
+    monkeypatch.setattr(progress.MetricsLog, "write", fail)
+  argv = ["--no-progress", "--config.epochs=1", "--config.batch_size=128"]
+  assert cli.main(["fit", *argv, "--workdir", str(tmp_path)]) == code
+  err = capsys.readouterr().err
+  assert err.startswith(what) and "Nothing was lost" in err and "Traceback" not in err
+  assert _resume_line(err) == ["python", "-m", "train", "fit", *argv, "--workdir", str(tmp_path)]
+
+
+def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
+  workdir = tmp_path / "run"
+  argv = ["--config.epochs=400", "--config.batch_size=128", "--workdir", str(workdir)]
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  # A shell that started us in the background may ignore SIGINT, and the child would inherit
+  # that; a handler is not inherited (the child starts with the default, as from a terminal).
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", *argv], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  try:
+    metrics = workdir / "metrics.jsonl"
+    while proc.poll() is None and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+  finally:
+    proc.kill()
+  assert proc.returncode == command.EXIT_INTERRUPTED, err
+  assert "Traceback" not in err and "\r" not in err
+  paragraph = err[err.index("Interrupted (Ctrl-C)."):]
+  assert "Nothing was lost" in paragraph and _resume_line(paragraph) == [
+      "python", "-m", "train", "fit", *argv]
+  # Output that is not a terminal gets one progress line per epoch.
+  epoch_lines = [line for line in err.splitlines() if "epoch=" in line]
+  assert epoch_lines[0].startswith("digits_cnn on digits: step 10/4000 (0 %)")
+  assert [line.split("epoch=")[1].split()[0] for line in epoch_lines] == [
+      str(i + 1) for i in range(len(epoch_lines))]
+  # The printed command resumes (here told to stop one epoch later): nothing is retrained.
+  before = progress.read_metrics(workdir / "metrics.jsonl")
+  assert len(before) >= 2
+  assert cli.main(_resume_line(paragraph)[3:] + ["--no-progress",
+                                                 f"--config.epochs={len(before) + 1}"]) == 0
+  history = json.loads((workdir / "report.json").read_text())["history"]
+  assert [r["epoch"] for r in history] == list(range(1, len(before) + 2))
+  assert [r["train_loss"] for r in history[:len(before)]] == [r["train_loss"] for r in before]
+
+
+# ------------------------------------------------------------------- progress
+
+
+def test_progress_off_a_terminal_is_one_line_per_report(monkeypatch):
+  stream = io.StringIO()
+  bar = progress.LineProgress(total=20, initial=10, desc="net on data", file=stream)
+  for _ in range(5):
+    bar.update(1)
+    bar.set_postfix(loss="0.5", refresh=False)       # within an epoch: nothing
+  assert stream.getvalue() == ""
+  bar.set_postfix(epoch=3, loss="0.4")               # the epoch's end: one line
+  bar.close()
+  line, = stream.getvalue().splitlines()
+  assert line.startswith("net on data: step 15/20 (75 %), 00:00 elapsed, ETA 00:00")
+  assert line.endswith("| epoch=3 loss=0.4") and "\r" not in stream.getvalue()
+  monkeypatch.setattr(sys, "stderr", io.StringIO())   # not a terminal
+  assert isinstance(progress.progress_bar(total=3), progress.LineProgress)
+  assert not isinstance(progress.progress_bar(total=3, enabled=False), progress.LineProgress)

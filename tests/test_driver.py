@@ -196,6 +196,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(driver.RunMismatchError, match="holds a run of another program"):
     driver.run(Easier(), spec, ds, RECIPE, fit_run)
   assert [p.name for p in fit_run.iterdir()] == ["run.json"]
+  # A run of the same method that stopped before saving anything owns nothing.
+  failed = tmp_path / "failed"
+  failed.mkdir()
+  (failed / "run.json").write_text(json.dumps({"method": "easier", "seed": 99}))
+  driver.run(Easier(), spec, ds, RECIPE, failed, iterations=1, progress=False)
+  assert json.loads((failed / "run.json").read_text())["seed"] == 0
   no_val = data.load("digits", val_fraction=0.0)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
@@ -214,11 +220,14 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   ds, _ = digits
   args = ["easier", "--workdir", str(tmp_path), "--no-progress", "--iterations", "2",
           "--estimator", "dataset", "--entropy-split", "val",
-          "--set", "epochs=1", "model_kwargs={'width': 8}"]
+          "--config.epochs=1", "--config.model_kwargs.width=8"]
   assert cli.main(args) == 0
   out = capsys.readouterr().out
   rep = json.loads((tmp_path / "report.json").read_text())
   assert len(rep["iterations"]) == 2 and rep["model"] == "digits_cnn"
+  # --no-progress still says one line per iteration.
+  assert [line.split(":")[0] for line in out.splitlines() if line.startswith("iteration ")] == [
+      "iteration 0", "iteration 1"]
   assert rep["method_options"] == {"estimator": "dataset", "entropy_split": "val"}
   assert report.table(rep) in out
   assert checkpoint.load_model(tmp_path / "chosen")[0].name == "digits_cnn"
@@ -233,10 +242,11 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   before = _snapshot(tmp_path)
   assert cli.main(args + ["--tolerance", "-1"]) == 2
   assert "tolerance must be" in capsys.readouterr().err
-  assert cli.main(["easier", "--workdir", str(tmp_path), "--no-progress", "--set", "epochs=1"]) == 2
+  assert cli.main(["easier", "--workdir", str(tmp_path), "--no-progress", "--config.epochs=1"]) == 2
   assert "another model" in capsys.readouterr().err
   assert cli.main(["easier", "--workdir", str(tmp_path), "--config", "nope"]) == 2
   assert "easier_digits" in capsys.readouterr().err
-  assert cli.main(["easier", "--workdir", str(tmp_path), "--set", "iteration=3"]) == 2
-  assert "unknown keys ['iteration']" in capsys.readouterr().err
+  assert cli.main(["easier", "--workdir", str(tmp_path), "--config.iteration=3"]) == 2
+  assert "no key 'iteration' in config easier_digits; did you mean 'iterations'?" in (
+      capsys.readouterr().err)
   assert _snapshot(tmp_path) == before

@@ -1,7 +1,8 @@
-"""``python -m train <command> [options]``: dispatches to the command's module.
+"""python -m train <command> [options]: dispatches to the command's module.
 
-Adding a method is one line in :data:`COMMANDS`: its module has a
-``main(argv: list[str]) -> int``.
+Adding a method is one line in COMMANDS: its module has a
+main(argv: list[str]) -> int built on train.command, and its configs are the
+train/configs/<command>_*.py files (python -m train list finds them).
 """
 from __future__ import annotations
 
@@ -17,8 +18,11 @@ COMMANDS = {
 
 def usage() -> str:
   lines = ["usage: python -m train <command> [options]   (python -m train <command> --help)",
+           "       python -m train list                  (configs, models and datasets)",
            "", "commands:"]
   lines += [f"  {name:10s} {help_}" for name, (_, help_) in COMMANDS.items()]
+  lines += [f"  {'list':10s} the configs of each command with one line each, the models, "
+            f"the datasets"]
   return "\n".join(lines)
 
 
@@ -28,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     print(usage())
     return 0 if argv else 2
   command, rest = argv[0], argv[1:]
+  if command in ("list", "--list"):
+    from train import command as command_lib  # pylint: disable=import-outside-toplevel
+    print(command_lib.listing(COMMANDS))
+    return 0
   if command not in COMMANDS:
     print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
     return 2

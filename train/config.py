@@ -1,182 +1,355 @@
-"""Run configurations: Python files under ``train/configs/`` with a ``get_config()``.
+"""Run configurations: ml_collections ``ConfigDict`` files under ``train/configs/``.
 
-A config file's docstring says how to run it and what it should reach
-(big_vision style); ``get_config()`` returns a flat dict whose keys are those of
-:data:`DEFAULTS` plus the fields of :class:`jaxdepth.optim.Recipe`. Keys it
-leaves out take their defaults; unknown keys are refused by name. On the
-command line, ``--set key=value`` overrides any key (values are Python
-literals: ``--set lr=0.05 "milestones=(2, 4)" image_size=None``).
+A config file has a docstring (its first line is the one-line description that
+``python -m train list`` shows; the rest says how to run it and what it should
+reach, big_vision style) and a ``get_config()`` that returns an
+``ml_collections.ConfigDict``. It sets the keys it needs; keys it leaves out
+take the defaults of :func:`defaults` (the run keys of :data:`DEFAULTS`, the
+fields of :class:`jaxdepth.optim.Recipe` and the command's own keys). Configs
+derive from one another by calling the parent's ``get_config()`` and changing
+a few keys::
 
-The commands (``train/fit.py``, ``train/easier.py``) share the flags, the
-config resolution and the dataset/model loading defined at the end.
+    from train.configs import cifar10_resnet18
+
+    def get_config():
+      config = cifar10_resnet18.get_config()
+      config.model = "mobilenet_v2"
+      return config
+
+On the command line ``--config NAME_OR_PATH`` selects a file and
+``--config.KEY=VALUE`` overrides one key; the value is read as the key's type
+(``--config.lr=0.05``, ``--config.milestones=2,4``, ``--config.image_size=None``)
+and a value of another type is refused by name. Unknown keys are refused too.
 """
 from __future__ import annotations
 
-import argparse
 import ast
+import copy
 import dataclasses
+import difflib
 import importlib.util
+import math
 import pathlib
 import re
+from collections.abc import Mapping
 from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
 
 from jaxdepth import optim
 
-__all__ = ["DEFAULTS", "CONFIG_DIR", "RUN_FLAGS", "load", "override", "recipe_of", "parse_value",
-           "add_run_arguments", "add_launch_arguments", "resolve", "run_name", "compute_dtype",
-           "error_message", "dataset_and_spec"]
+__all__ = ["CONFIG_DIR", "DEFAULTS", "FREE_KEYS", "DTYPES", "ConfigError", "defaults", "load", "override",
+           "to_dict", "recipe_of", "available", "description", "check", "run_name"]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
+# Keys every command shares. A ``placeholder(T)`` is None by default and takes a T.
 DEFAULTS: dict[str, Any] = {
     "model": "digits_cnn",        # a name of jaxdepth.zoo.names()
     "model_kwargs": {},           # extra keyword arguments of the zoo function
-    "dataset": "digits",          # a name of jaxdepth.data.names()
-    "data_dir": None,             # tfds data directory (prepared ArrayRecord files)
+    "dataset": "digits",          # a name of jaxdepth.data.names(), or folder:<path>
+    "data_dir": config_dict.placeholder(str),  # tfds data directory (prepared ArrayRecord files)
     "val_fraction": 0.1,          # held out of train where there is no official val split
     "split_seed": 0,
     "val_augment": False,         # the official code's quirk: val keeps train augmentation
-    "image_size": None,           # side for variable-size datasets (default 224)
-    "normalization": None,        # tfds: "imagenet" (default) or "cifar"
+    "image_size": config_dict.placeholder(int),      # side for variable-size datasets (224)
+    "normalization": config_dict.placeholder(str),   # tfds: "imagenet" (default) or "cifar"
     "seed": 0,                    # init, data order, augmentation and dropout
     "dtype": "float32",           # compute dtype: "float32" or "bfloat16"
-    "eval_batch_size": None,      # default: the training batch size
+    "eval_batch_size": config_dict.placeholder(int),  # default: the training batch size
     "eval_every": 1,              # validate every this many epochs
-    "checkpoint_every_steps": None,  # also checkpoint inside epochs
+    "checkpoint_every_steps": config_dict.placeholder(int),  # also checkpoint inside epochs
 }
 
+# Keys that do not change what a run computes: they may differ when it resumes.
+FREE_KEYS = ("config", "data_dir", "eval_batch_size", "eval_every", "checkpoint_every_steps",
+             "epochs")
+
 _RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(optim.Recipe))
+DTYPES = ("float32", "bfloat16")
+NORMALIZATIONS = ("imagenet", "cifar")
+
+
+class ConfigError(ValueError):
+  """Bad settings; ``lines`` holds one line per problem (key, value, what to do)."""
+
+  def __init__(self, lines: list[str] | str):
+    self.lines = [lines] if isinstance(lines, str) else list(lines)
+    super().__init__("\n".join(self.lines))
+
+
+def defaults(extra: Mapping[str, Any] | None = None) -> ml_collections.ConfigDict:
+  """Every key with its default: :data:`DEFAULTS`, the recipe's fields, then ``extra``.
+
+  Args:
+    extra: a command's own keys (a method's settings) with their defaults; use
+      ``ml_collections.config_dict.placeholder(T)`` for a key that is None by
+      default and takes a ``T``.
+  """
+  recipe = optim.Recipe()
+  values = {**DEFAULTS, **{k: getattr(recipe, k) for k in _RECIPE_KEYS}, **(extra or {})}
+  return ml_collections.ConfigDict(copy.deepcopy(values))
 
 
 def _path(config: str | pathlib.Path) -> pathlib.Path:
   path = pathlib.Path(config)
   if path.suffix != ".py" and not path.exists():
     path = CONFIG_DIR / f"{config}.py"
-  if not path.exists():
-    known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__"))
-    raise FileNotFoundError(f"config {str(config)!r} not found; give a path to a .py file or "
-                            f"one of: {known}")
+  if not path.is_file():
+    raise ConfigError(f"--config {config}: no such config; give a path to a .py file or one of "
+                      f"{', '.join(available())} (python -m train list describes them)")
   return path
 
 
-def load(config: str | pathlib.Path, extra_defaults: dict[str, Any] | None = None
-         ) -> dict[str, Any]:
-  """Reads a config file (a path, or a name under ``train/configs/``) with defaults filled in.
+def _suggest(key: str, known) -> str:
+  close = difflib.get_close_matches(key, sorted(known), n=1)
+  return f"did you mean {close[0]!r}? " if close else ""
+
+
+def load(config: str | pathlib.Path, extra_defaults: Mapping[str, Any] | None = None
+         ) -> ml_collections.ConfigDict:
+  """Reads a config file (a path, or a name under ``train/configs/``) over :func:`defaults`.
 
   Args:
     config: the file or its name.
-    extra_defaults: keys a command adds to :data:`DEFAULTS` and the recipe's
-      (a method's settings), with their defaults.
+    extra_defaults: keys a command adds (see :func:`defaults`).
 
   Returns:
-    The config dict, with ``"config"`` set to the file's path.
+    A ``ConfigDict`` holding every key (typed as its default), with ``"config"``
+    set to the file's path.
+
+  Raises:
+    ConfigError: no such file, no ``get_config()``, an unknown key or a value of
+      the wrong type.
   """
   path = _path(config)
   module_spec = importlib.util.spec_from_file_location(f"_jaxdepth_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   if not hasattr(module, "get_config"):
-    raise AttributeError(f"config {path} has no get_config() function")
+    raise ConfigError(f"config {path} has no get_config() function returning an "
+                      f"ml_collections.ConfigDict")
   values = module.get_config()
-  if not isinstance(values, dict):
-    raise TypeError(f"get_config() of {path} must return a dict, got {type(values).__name__}")
-  defaults = {**DEFAULTS, **optim.Recipe().to_dict(), **(extra_defaults or {})}
-  _check_keys(values, defaults, f"config {path}")
-  return {**defaults, **values, "config": str(path)}
-
-
-def _check_keys(values, known, where):
-  unknown = sorted(set(values) - set(known))
-  if unknown:
-    raise KeyError(f"{where}: unknown keys {unknown}; known keys: {sorted(known)}")
-
-
-def parse_value(text: str) -> Any:
-  """A Python literal (number, tuple, None, True, ...) or else the text itself."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def override(config: dict[str, Any], assignments: list[str]) -> dict[str, Any]:
-  """Applies ``key=value`` assignments (see :func:`parse_value`) to a loaded config."""
-  out = dict(config)
-  for item in assignments:
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-      raise ValueError(f"--set expects key=value, got {item!r}")
-    _check_keys({key}, {k for k in config if k != "config"}, "--set")
-    out[key] = parse_value(value)
+  if not isinstance(values, (ml_collections.ConfigDict, Mapping)):
+    raise ConfigError(f"get_config() of {path} must return an ml_collections.ConfigDict, got "
+                      f"{type(values).__name__}")
+  out = defaults(extra_defaults)
+  problems = []
+  for key, value in values.items():
+    if key not in out:
+      problems.append(f"config {path}: unknown key {key!r}; {_suggest(key, out.keys())}"
+                      f"known keys: {', '.join(sorted(out.keys()))}")
+      continue
+    try:
+      out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
+    except TypeError:
+      problems.append(f"config {path}: {key}={value!r} is not {_type_words(out, key)}")
+  if problems:
+    raise ConfigError(problems)
+  out.config = str(path)
   return out
 
 
-def recipe_of(config: dict[str, Any]) -> optim.Recipe:
+# -------------------------------------------------------------------- overrides
+
+
+def _type_of(cfg: ml_collections.ConfigDict, key: str):
+  value = cfg[key]
+  if isinstance(value, (ml_collections.ConfigDict, dict)):
+    return dict
+  return cfg.get_type(key)
+
+
+def _nullable(cfg: ml_collections.ConfigDict, key: str) -> bool:
+  """Whether ``key`` takes None (its default is a ``placeholder``, or it is None now)."""
+  field = cfg._fields.get(key)  # pylint: disable=protected-access
+  return isinstance(field, config_dict.FieldReference) or cfg[key] is None
+
+
+def _type_words(cfg, key) -> str:
+  kind = _type_of(cfg, key)
+  words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+           tuple: "a tuple, e.g. 2,4 or ()", dict: "a dict, e.g. {'width': 8}"}
+  text = words.get(kind, "a Python literal")
+  return f"{text} or None" if _nullable(cfg, key) and kind is not type(None) else text
+
+
+def _parse(cfg: ml_collections.ConfigDict, key: str, text: str) -> Any:
+  """``text`` read as the type of ``cfg[key]`` (raises ValueError with what to write)."""
+  kind = _type_of(cfg, key)
+  stripped = text.strip()
+  if stripped in ("None", "none", "null") and _nullable(cfg, key):
+    return None
+  if kind is bool:
+    low = stripped.lower()
+    if low in ("true", "1", "yes"):
+      return True
+    if low in ("false", "0", "no"):
+      return False
+    raise ValueError
+  if kind is int:
+    return int(stripped)
+  if kind is float:
+    return float(stripped)
+  if kind is str:
+    if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
+      return stripped[1:-1]
+    return text
+  try:
+    value = ast.literal_eval(stripped)
+  except (ValueError, SyntaxError):
+    if kind in (tuple, dict):
+      raise ValueError from None
+    return text
+  if kind is tuple:
+    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  elif kind is dict and not isinstance(value, dict):
+    raise ValueError
+  return value
+
+
+def override(cfg: ml_collections.ConfigDict, assignments: list[tuple[str, str]]
+             ) -> ml_collections.ConfigDict:
+  """Applies ``(key, text)`` overrides, each read as its key's type (see :func:`_parse`).
+
+  ``key`` may be dotted into a dict key (``model_kwargs.width``).
+
+  Raises:
+    ConfigError: one line per unknown key or ill-typed value.
+  """
+  out = copy.deepcopy(cfg)
+  problems = []
+  for key, text in assignments:
+    head, _, rest = key.partition(".")
+    if head not in out or head == "config":
+      problems.append(f"--config.{key}={text}: no key {head!r} in config "
+                      f"{pathlib.Path(out.get('config', '?')).stem}; {_suggest(head, out.keys())}"
+                      f"known keys: {', '.join(sorted(k for k in out.keys() if k != 'config'))}")
+      continue
+    if rest:
+      if _type_of(out, head) is not dict:
+        problems.append(f"--config.{key}={text}: {head} is not a dict; write --config.{head}=VALUE")
+        continue
+      try:
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
+        value = text
+      inner = out[head].to_dict() if isinstance(out[head], ml_collections.ConfigDict) else dict(
+          out[head])
+      inner[rest] = value
+      out[head] = inner
+      continue
+    try:
+      out[head] = _parse(out, head, text)
+    except (ValueError, TypeError):
+      problems.append(f"--config.{key}={text}: {key} takes {_type_words(out, key)} "
+                      f"(it is {out[key]!r} now)")
+  if problems:
+    raise ConfigError(problems)
+  return out
+
+
+def to_dict(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The plain dict of a config (nested ConfigDicts become dicts)."""
+  return cfg.to_dict()
+
+
+def recipe_of(cfg: Mapping[str, Any]) -> optim.Recipe:
   """The :class:`~jaxdepth.optim.Recipe` fields of a config."""
-  return optim.Recipe.from_dict({k: config[k] for k in _RECIPE_KEYS})
+  return optim.Recipe.from_dict({k: cfg[k] for k in _RECIPE_KEYS})
 
 
-# ------------------------------------------------------- what the commands share
-
-RUN_FLAGS = ("model", "dataset", "data_dir", "seed", "dtype")
+# -------------------------------------------------------------------- discovery
 
 
-def add_run_arguments(p: argparse.ArgumentParser, *, workdir_help: str) -> None:
-  """The flags of :data:`RUN_FLAGS`, plus ``--workdir``."""
-  p.add_argument("--model", help="a zoo model (overrides the config's)")
-  p.add_argument("--dataset", help="a dataset name (overrides the config's)")
-  p.add_argument("--workdir", help=workdir_help)
-  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
-  p.add_argument("--seed", type=int, help="overrides the config's seed")
-  p.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype")
+def available(prefix: str | None = None, exclude: tuple[str, ...] = ()) -> list[str]:
+  """Names of the config files under ``train/configs/`` (optionally starting with ``prefix``)."""
+  names = sorted(p.stem for p in CONFIG_DIR.glob("*.py") if not p.stem.startswith("_"))
+  if prefix is not None:
+    names = [n for n in names if n.startswith(prefix)]
+  return [n for n in names if not n.startswith(exclude)] if exclude else names
 
 
-def add_launch_arguments(p: argparse.ArgumentParser) -> None:
-  """``--set``, ``--multihost`` and ``--no-progress``."""
-  p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[],
-                 metavar="KEY=VALUE", help="override config keys, e.g. --set epochs=2 lr=0.01")
-  p.add_argument("--multihost", action="store_true",
-                 help="call jax.distributed.initialize() (multi-process runs)")
-  p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+def description(name: str) -> str:
+  """The first line of a config file's docstring (read without running the file)."""
+  tree = ast.parse(_path(name).read_text())
+  doc = ast.get_docstring(tree) or ""
+  return doc.strip().splitlines()[0] if doc.strip() else ""
 
 
-def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
-            extra_defaults: dict[str, Any] | None = None,
-            flags: tuple[str, ...] = RUN_FLAGS) -> dict[str, Any]:
-  """The config file, then ``args.overrides`` (``--set``), then the given ``flags`` of ``args``."""
-  cfg = override(load(config, extra_defaults), args.overrides)
-  for key in flags:
-    if getattr(args, key) is not None:
-      cfg[key] = getattr(args, key)
-  return cfg
+# ------------------------------------------------------------------- validation
 
 
-def run_name(cfg: dict[str, Any]) -> str:
-  """``<model>-<dataset>`` as a file name."""
-  return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg['model']}-{cfg['dataset']}").strip("_")
+def _is_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool)
 
 
-def compute_dtype(name: str):
-  """The ``dtype`` argument of the training functions for a config's ``"dtype"``."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  return {"float32": None, "bfloat16": jnp.bfloat16}[name]
+def _is_number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def error_message(error: Exception) -> str:
-  """The text of an error (a KeyError's str() would add quotes)."""
-  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+def check(cfg: Mapping[str, Any]) -> list[str]:
+  """Problems of the shared keys and the recipe, one line each (key, value, what to do).
 
-
-def dataset_and_spec(cfg: dict[str, Any]):
-  """The config's dataset (:func:`jaxdepth.data.load`) and the zoo model sized for it.
-
-  Raises what those raise on bad settings: ``jaxdepth.data.DatasetNotPrepared``,
-  ``KeyError``, ``TypeError``, ``ValueError``, ``FileNotFoundError``.
+  Checks what can be checked without data or devices: types, ranges, names.
   """
   from jaxdepth import data, zoo  # pylint: disable=import-outside-toplevel
-  ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
-                 split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                 image_size=cfg["image_size"], normalization=cfg["normalization"])
-  spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
-                 **cfg["model_kwargs"])
-  return ds, spec
+  out = []
+
+  def bad(key, why):
+    out.append(f"--config.{key}={cfg[key]!r}: {why}")
+
+  def positive_int(key, advice, nullable=False):
+    v = cfg[key]
+    if not (nullable and v is None) and not (_is_int(v) and v >= 1):
+      bad(key, f"use an integer >= 1{' or None' if nullable else ''} ({advice})")
+
+  positive_int("epochs", "passes over the training split")
+  positive_int("batch_size", "the global training batch, over every device")
+  positive_int("eval_batch_size", "None: the training batch size", nullable=True)
+  positive_int("eval_every", "validation runs every this many epochs; 1: after each")
+  positive_int("checkpoint_every_steps", "None: a checkpoint per epoch only", nullable=True)
+  positive_int("image_size", "the image side in pixels; None: the dataset's default",
+               nullable=True)
+  for key in ("seed", "split_seed"):
+    if not (_is_int(cfg[key]) and cfg[key] >= 0):
+      bad(key, "a seed must be an integer >= 0")
+  if not (_is_number(cfg["lr"]) and cfg["lr"] > 0):
+    bad("lr", "the learning rate must be a number > 0, e.g. 0.05")
+  if not (_is_number(cfg["momentum"]) and 0 <= cfg["momentum"] < 1):
+    bad("momentum", "must be a number in [0, 1), e.g. 0.9")
+  for key in ("b1", "b2"):
+    if not (_is_number(cfg[key]) and 0 <= cfg[key] < 1):
+      bad(key, "an Adam decay must be a number in [0, 1)")
+  for key in ("weight_decay", "eps"):
+    if not (_is_number(cfg[key]) and cfg[key] >= 0):
+      bad(key, "must be a number >= 0")
+  if not (_is_number(cfg["gamma"]) and cfg["gamma"] > 0):
+    bad("gamma", "the learning-rate factor at each milestone must be a number > 0, e.g. 0.1")
+  ms = cfg["milestones"]
+  if not (isinstance(ms, (tuple, list)) and all(_is_int(m) and m >= 1 for m in ms)
+          and list(ms) == sorted(set(ms))):
+    bad("milestones", "must be increasing epochs >= 1, e.g. --config.milestones=80,120 "
+                      "(or () for no decay)")
+  if cfg["optimizer"] not in optim.OPTIMIZERS:
+    bad("optimizer", f"use one of {', '.join(optim.OPTIMIZERS)}")
+  if not (_is_number(cfg["val_fraction"]) and 0 <= cfg["val_fraction"] < 1):
+    bad("val_fraction", "the share of train held out for validation must be in [0, 1), e.g. 0.1")
+  if cfg["dtype"] not in DTYPES:
+    bad("dtype", f"use one of {', '.join(DTYPES)}")
+  if cfg["normalization"] not in (None, *NORMALIZATIONS):
+    bad("normalization", f"use one of {', '.join(NORMALIZATIONS)} or None")
+  if cfg["model"] not in zoo.names():
+    bad("model", f"use one of {', '.join(zoo.names())} (python -m train list)")
+  if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
+    bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
+  if not isinstance(cfg["model_kwargs"], Mapping):
+    bad("model_kwargs", "must be a dict of keyword arguments of the zoo function")
+  return out
+
+
+def run_name(method: str, cfg: Mapping[str, Any]) -> str:
+  """``<method>-<model>-<dataset>-seed<seed>`` as a file name: what tells runs apart."""
+  name = f"{method}-{cfg['model']}-{cfg['dataset']}-seed{cfg['seed']}"
+  return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_")

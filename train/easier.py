@@ -1,26 +1,27 @@
-"""``python -m train easier``: EASIER end to end, the lowest-entropy activation out per iteration.
+"""python -m train easier: EASIER end to end, the lowest-entropy activation out per iteration.
 
     python -m train easier                                   # digits_cnn on digits, ~1 min on a CPU
     python -m train easier --config easier_cifar10_resnet18 --data-dir ~/tensorflow_datasets
     python -m train easier --model resnet20 --dataset cifar10 --config easier_cifar10_resnet18 \\
-        --workdir runs/r20 --set epochs=30 "milestones=(15, 25)" --iterations 8
+        --workdir runs/r20 --config.epochs=30 --config.milestones=15,25 --iterations 8
 
 Every iteration trains the current network for the config's epochs with a
 fresh optimizer (iteration 0 is the dense model), evaluates validation and test,
 measures each remaining site's entropy and turns the lowest one (and any at
-exactly zero) into the identity (METHODS.md §4; :mod:`jaxdepth.methods.easier`).
-At the end the deepest cut whose validation accuracy is within ``--tolerance``
-points of the dense model is saved in ``WORKDIR/chosen/``
-(:func:`jaxdepth.checkpoint.load_model`), and the table is printed and written
-to ``WORKDIR/report.md`` beside ``report.json`` and the plots.
+exactly zero) into the identity (jaxdepth.methods.easier). At the end the
+deepest cut whose validation accuracy is within --tolerance points of the dense
+model is saved in WORKDIR/chosen/ (jaxdepth.checkpoint.load_model), and the
+table is printed and written to WORKDIR/report.md beside report.json and the
+plots.
 
 Running the same command again resumes after the last finished iteration (or
-mid-iteration, from the epoch checkpoints); ``--iterations`` may grow and
-``--tolerance`` change between calls, anything else is refused. A config is a
-``train/configs/easier_*.py`` file: the recipe keys of ``python -m train fit``
-plus ``iterations``, ``tolerance``, ``estimator`` and ``entropy_split``.
-Without ``--config``, the ``easier_*`` config for ``--model`` and ``--dataset``
-is used when exactly one matches, else ``easier_digits``.
+mid-iteration, from the epoch checkpoints); --iterations may grow (up to one
+per site) and --tolerance change between calls, anything else is refused. A
+config is a train/configs/easier_*.py file (python -m train list): the keys of
+python -m train fit plus iterations, tolerance, estimator and entropy_split;
+--config.KEY=VALUE overrides any of them. Without --config, the easier_* config
+for --model and --dataset is used when exactly one matches, else easier_digits.
+The default work directory is runs/easier-<model>-<dataset>-seed<seed>.
 """
 from __future__ import annotations
 
@@ -30,54 +31,57 @@ import sys
 import time
 from typing import Any
 
-from train import config as config_lib
-from train.fit import maybe_initialize_distributed
+from ml_collections import config_dict
 
+from train import command
+from train import config as config_lib
+
+NAME = "easier"
 METHOD_DEFAULTS: dict[str, Any] = {
-    "iterations": None,           # training rounds; None = one per site (all of them)
+    "iterations": config_dict.placeholder(int),  # training rounds; None = one per site
     "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
     "estimator": "easier",        # "easier" (official code) or "dataset" (paper formulas)
     "entropy_split": "train",     # split of the "dataset" estimator: "train" or "val"
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
 DEFAULT_CONFIG = "easier_digits"
+ESTIMATORS = ("easier", "dataset")
+ENTROPY_SPLITS = ("train", "val")
+FLAGS = ("iterations", "tolerance", "estimator", "entropy_split")   # flags that set config keys
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
                   "image_size", "normalization", "dtype")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train easier",
-                              description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m train easier", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", help=f"an easier_* config file or name in train/configs/ "
-                                  f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
-  config_lib.add_run_arguments(
-      p, workdir_help="run directory (default: runs/easier-<model>-<dataset>)")
-  p.add_argument("--iterations", type=int,
-                 help="training rounds (default: the config's, else one per site)")
-  p.add_argument("--tolerance", type=float,
+  command.add_run_arguments(
+      p, config_help=f"an easier_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {DEFAULT_CONFIG})",
+      workdir_help="run directory (default: runs/easier-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--iterations",
+                 help="training rounds, at most one per site (default: the config's, else one "
+                      "per site)")
+  p.add_argument("--tolerance",
                  help="allowed validation-accuracy drop of the chosen model, in points "
                       "(default: the config's, else 1)")
-  p.add_argument("--estimator", choices=("easier", "dataset"),
+  p.add_argument("--estimator",
                  help="entropy source: 'easier' = last training epoch, train mode, zeros ON "
                       "(the official code); 'dataset' = one eval-mode pass, zeros discarded "
                       "(the paper)")
   p.add_argument("--entropy-split", "--entropy_split", dest="entropy_split",
-                 choices=("train", "val"), help="split of the 'dataset' estimator")
-  config_lib.add_launch_arguments(p)
+                 help="split of the 'dataset' estimator: train or val")
+  command.add_launch_arguments(p)
   return p
 
 
 # ----------------------------------------------------------------------- configs
 
 
-def _easier_configs() -> list[pathlib.Path]:
-  return sorted(config_lib.CONFIG_DIR.glob("easier_*.py"))
-
-
 def load_config(config: str) -> dict[str, Any]:
   """An EASIER config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return config_lib.load(config, METHOD_DEFAULTS)
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
 
 
 def default_config(model: str | None, dataset: str | None) -> str:
@@ -85,54 +89,83 @@ def default_config(model: str | None, dataset: str | None) -> str:
   if model is None and dataset is None:
     return DEFAULT_CONFIG
   matches = []
-  for path in _easier_configs():
-    values = load_config(str(path))
+  for name in command.command_configs(NAME, command.registered_commands()):
+    values = load_config(name)
     if (model or values["model"]) == values["model"] and (
         dataset or values["dataset"]) == values["dataset"]:
-      matches.append(path.stem)
+      matches.append(name)
   return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--set``, then the dedicated flags."""
-  return config_lib.resolve(
-      args.config or default_config(args.model, args.dataset), args,
-      extra_defaults=METHOD_DEFAULTS,
-      flags=config_lib.RUN_FLAGS + ("iterations", "tolerance", "estimator", "entropy_split"))
+  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of EASIER's own keys, one line each."""
+  out = []
+  it, tol = cfg["iterations"], cfg["tolerance"]
+  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+    out.append(f"--iterations {it!r}: training rounds must be an integer >= 1 (or leave it "
+               f"out: one per site)")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  if cfg["estimator"] not in ESTIMATORS:
+    out.append(f"--estimator {cfg['estimator']!r}: use one of {', '.join(ESTIMATORS)}")
+  if cfg["entropy_split"] not in ENTROPY_SPLITS:
+    out.append(f"--entropy-split {cfg['entropy_split']!r}: use one of "
+               f"{', '.join(ENTROPY_SPLITS)}")
+  return out
+
+
+def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
+  """Problems that need the model and the data: iterations beyond the sites, no val split."""
+  from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
+  out = []
+  sites = len(Easier().units(spec))
+  if cfg["iterations"] is not None and cfg["iterations"] > sites:
+    out.append(f"--iterations {cfg['iterations']}: {spec.name} has {sites} sites, so at most "
+               f"{sites} iterations (the last one trains the network with {sites - 1} removed); "
+               f"use --iterations {sites} or leave it out")
+  if ds.val is None:
+    out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+               f"validation split, on which EASIER chooses its operating point; use a fraction "
+               f"> 0, e.g. 0.1")
+  return out
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return pathlib.Path("runs") / f"easier-{config_lib.run_name(cfg)}"
+  return command.default_workdir(NAME, cfg)
 
 
 # -------------------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  maybe_initialize_distributed(args.multihost)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(NAME, argv)
+  return session.run(lambda: _main(session, argv))
 
+
+def _main(session: command.Session, argv: list[str]) -> int:
+  args = command.start(session, build_parser(), argv)
+  if args is None:
+    return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, data, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  try:
-    cfg = resolve_config(args)
-    recipe = config_lib.recipe_of(cfg)
-    method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
-  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_sites)
+  recipe = config_lib.recipe_of(cfg)
+  method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-
-  try:
-    ds, spec = config_lib.dataset_and_spec(cfg)
-  except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  dtype = config_lib.compute_dtype(cfg["dtype"])
+  dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
       f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
@@ -149,12 +182,12 @@ def main(argv: list[str] | None = None) -> int:
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
         info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except training.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except (checkpoint.SpecMismatchError, training.RunMismatchError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "

@@ -1,1 +1,1 @@
-"""Run recipes: one Python file per (model, dataset) with a ``get_config()`` (see :mod:`train.config`)."""
+"""Run recipes: one Python file per (model, dataset) whose get_config() returns an ml_collections.ConfigDict (see train.config)."""

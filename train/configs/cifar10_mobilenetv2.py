@@ -1,4 +1,4 @@
-"""MobileNetV2 (CIFAR variant) on CIFAR-10: EASIER/TLC recipe (METHODS.md §4.3, §6.3).
+"""MobileNetV2 (CIFAR variant) on CIFAR-10: EASIER/TLC recipe.
 
 Run:   python -m train fit --config cifar10_mobilenetv2 --data-dir DIR
 Takes: 160 epochs of 351 steps (a GPU/TPU job).
@@ -13,4 +13,6 @@ from train.configs import cifar10_resnet18
 
 def get_config():
   # The same Table 4 row as cifar10_resnet18, with this model.
-  return dict(cifar10_resnet18.get_config(), model="mobilenet_v2")
+  config = cifar10_resnet18.get_config()
+  config.model = "mobilenet_v2"
+  return config

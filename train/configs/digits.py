@@ -9,18 +9,20 @@ The papers' recipe shape at toy scale: SGD momentum 0.9, lr 0.05, weight decay
 augmentation (jaxdepth.data.digits); 1,294/144/359 train/val/test images.
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="digits_cnn",
-      dataset="digits",
-      epochs=10,
-      batch_size=32,
-      optimizer="sgd",
-      lr=0.05,
-      momentum=0.9,
-      weight_decay=5e-4,
-      milestones=(7,),
-      gamma=0.1,
-      eval_batch_size=512,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "digits_cnn"
+  config.dataset = "digits"
+  config.epochs = 10
+  config.batch_size = 32
+  config.optimizer = "sgd"
+  config.lr = 0.05
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.milestones = (7,)
+  config.gamma = 0.1
+  config.eval_batch_size = 512
+  return config

@@ -1,4 +1,4 @@
-"""ResNet-18 (ImageNet stem) on DTD (47 textures) at 224 px: EASIER recipe (METHODS.md §4.3).
+"""ResNet-18 (ImageNet stem) on DTD (47 textures) at 224 px: EASIER recipe.
 
 Run:   python -m train fit --config dtd --data-dir DIR
        (DIR holds dtd prepared as ArrayRecord; see jaxdepth.data)
@@ -15,4 +15,6 @@ from train.configs import flowers102
 
 def get_config():
   # The same recipe as flowers102; only the data differ.
-  return dict(flowers102.get_config(), dataset="dtd")
+  config = flowers102.get_config()
+  config.dataset = "dtd"
+  return config

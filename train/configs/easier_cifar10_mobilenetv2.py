@@ -1,4 +1,4 @@
-"""EASIER, MobileNetV2 (CIFAR strides, 35 ReLU6 sites) on CIFAR-10 (METHODS.md §4.3).
+"""EASIER, MobileNetV2 (CIFAR strides, 35 ReLU6 sites) on CIFAR-10.
 
 Run:   python -m train easier --config easier_cifar10_mobilenetv2 --data-dir DIR
 Takes: 35 iterations x 160 epochs of 351 steps (a GPU/TPU job).
@@ -18,4 +18,8 @@ from train.configs import cifar10_mobilenetv2
 
 def get_config():
   # The recipe is cifar10_mobilenetv2's (the same Table 4 row); EASIER adds its own keys.
-  return dict(cifar10_mobilenetv2.get_config(), iterations=None, tolerance=1.0, estimator="easier")
+  config = cifar10_mobilenetv2.get_config()
+  config.iterations = None
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  return config

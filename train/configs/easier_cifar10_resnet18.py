@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (CIFAR stem, max-pool kept, 17 sites) on CIFAR-10 (METHODS.md §4.3).
+"""EASIER, ResNet-18 (CIFAR stem, max-pool kept, 17 sites) on CIFAR-10.
 
 Run:   python -m train easier --config easier_cifar10_resnet18 --data-dir DIR
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)
@@ -11,7 +11,7 @@ Every iteration: SGD momentum 0.9, lr 0.1, weight decay 1e-4 (L2), batch 128,
 lr x0.1 at epochs 80 and 120, a fresh optimizer; 45k/5k train/validation split,
 crop (pad 4) + flip, ImageNet normalisation. Entropy: the official code's (last
 training epoch, train mode, zeros ON). The official validation split keeps the
-training augmentation: --set val_augment=True reproduces that.
+training augmentation: --config.val_augment=True reproduces that.
 """
 
 from train.configs import cifar10_resnet18
@@ -19,4 +19,8 @@ from train.configs import cifar10_resnet18
 
 def get_config():
   # The recipe is cifar10_resnet18's (the same Table 4 row); EASIER adds its own keys.
-  return dict(cifar10_resnet18.get_config(), iterations=None, tolerance=1.0, estimator="easier")
+  config = cifar10_resnet18.get_config()
+  config.iterations = None
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  return config

@@ -1,4 +1,4 @@
-"""EASIER, VGG-16-bn (15 sites) on CIFAR-10 at 32x32 (METHODS.md §4.3).
+"""EASIER, VGG-16-bn (15 sites) on CIFAR-10 at 32x32.
 
 Run:   python -m train easier --config easier_cifar10_vgg16 --data-dir DIR
 Takes: 15 iterations x 160 epochs of 351 steps (a GPU/TPU job).
@@ -18,4 +18,8 @@ from train.configs import cifar10_vgg16
 
 def get_config():
   # The recipe is cifar10_vgg16's (the same Table 4 row); EASIER adds its own keys.
-  return dict(cifar10_vgg16.get_config(), iterations=None, tolerance=1.0, estimator="easier")
+  config = cifar10_vgg16.get_config()
+  config.iterations = None
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  return config

@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px (METHODS.md §4.3).
+"""EASIER, ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px.
 
 Run:   python -m train easier --config easier_flowers_resnet18 --data-dir DIR
        (DIR holds oxford_flowers102 prepared as ArrayRecord; see jaxdepth.data)
@@ -18,4 +18,8 @@ from train.configs import flowers102
 
 def get_config():
   # The recipe is flowers102's (the same Table 4 row); EASIER adds its own keys.
-  return dict(flowers102.get_config(), iterations=None, tolerance=1.0, estimator="easier")
+  config = flowers102.get_config()
+  config.iterations = None
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  return config

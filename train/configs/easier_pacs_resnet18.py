@@ -1,4 +1,4 @@
-"""EASIER, ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (METHODS.md §4.3).
+"""EASIER, ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px.
 
 Run:   python -m train easier --config easier_pacs_resnet18 --dataset folder:/path/to/PACS
        (PACS/<domain>/<class>/<image>; the four domains pooled and split 80/10/10)
@@ -19,4 +19,8 @@ from train.configs import pacs
 
 def get_config():
   # The recipe is pacs's (the same Table 4 row); EASIER adds its own keys.
-  return dict(pacs.get_config(), iterations=None, tolerance=1.0, estimator="easier")
+  config = pacs.get_config()
+  config.iterations = None
+  config.tolerance = 1.0
+  config.estimator = "easier"
+  return config

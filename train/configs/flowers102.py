@@ -1,4 +1,4 @@
-"""ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px: EASIER recipe (METHODS.md §4.3).
+"""ResNet-18 (ImageNet stem) on Oxford Flowers-102 at 224 px: EASIER recipe.
 
 Run:   python -m train fit --config flowers102 --data-dir DIR
        (DIR holds oxford_flowers102 prepared as ArrayRecord; see jaxdepth.data)
@@ -10,16 +10,18 @@ Adam, lr 1e-4, no weight decay, no schedule, batch 16; random resized crop 224
 and flip; official train/validation/test splits.
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="resnet18_imagenet",
-      dataset="oxford_flowers102",
-      image_size=224,
-      epochs=50,
-      batch_size=16,
-      optimizer="adam",
-      lr=1e-4,
-      weight_decay=0.0,
-      eval_batch_size=64,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "resnet18_imagenet"
+  config.dataset = "oxford_flowers102"
+  config.image_size = 224
+  config.epochs = 50
+  config.batch_size = 16
+  config.optimizer = "adam"
+  config.lr = 1e-4
+  config.weight_decay = 0.0
+  config.eval_batch_size = 64
+  return config

@@ -1,4 +1,4 @@
-"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px (METHODS.md §4.3, §6.3).
+"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on PACS at 224 px.
 
 Run:   python -m train fit --config pacs --dataset folder:/path/to/PACS
        (PACS/<domain>/<class>/<image>; all four domains pooled and split 80/10/10)
@@ -11,20 +11,22 @@ random resized crop 224 (80-100 %), flip, colour jitter 0.4. Other models:
 ImageNet weights; jaxdepth trains from scratch).
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="resnet18",
-      dataset="folder:data/PACS",
-      val_fraction=0.1,
-      image_size=224,
-      epochs=30,
-      batch_size=16,
-      optimizer="sgd",
-      lr=1e-3,
-      momentum=0.9,
-      weight_decay=5e-4,
-      milestones=(24,),
-      gamma=0.1,
-      eval_batch_size=64,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "resnet18"
+  config.dataset = "folder:data/PACS"
+  config.val_fraction = 0.1
+  config.image_size = 224
+  config.epochs = 30
+  config.batch_size = 16
+  config.optimizer = "sgd"
+  config.lr = 1e-3
+  config.momentum = 0.9
+  config.weight_decay = 5e-4
+  config.milestones = (24,)
+  config.gamma = 0.1
+  config.eval_batch_size = 64
+  return config

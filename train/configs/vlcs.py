@@ -1,4 +1,4 @@
-"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on VLCS at 224 px (METHODS.md §4.3, §6.3).
+"""ResNet-18 (CIFAR-style 3x3 stem, as EASIER uses) on VLCS at 224 px.
 
 Run:   python -m train fit --config vlcs --dataset folder:/path/to/VLCS
        (VLCS/<domain>/<class>/<image>; all four domains pooled and split 80/10/10)
@@ -14,4 +14,6 @@ from train.configs import pacs
 
 def get_config():
   # The same recipe as pacs; only the data differ.
-  return dict(pacs.get_config(), dataset="folder:data/VLCS")
+  config = pacs.get_config()
+  config.dataset = "folder:data/VLCS"
+  return config

@@ -1,0 +1,474 @@
+"""What every python -m train command shares: flags, settings, work directory, exits.
+
+A command is a module with a ``main(argv) -> int`` registered in
+``train/__main__.py``; its configs are the ``train/configs/<command>_*.py``
+files (``python -m train list`` finds them). With this module it is short::
+
+    NAME, DEFAULT_CONFIG = "mymethod", "mymethod_digits"
+    METHOD_DEFAULTS = {"iterations": config_dict.placeholder(int), "tolerance": 1.0}
+
+    def main(argv=None):
+      argv = sys.argv[1:] if argv is None else list(argv)
+      session = command.Session(NAME, argv)        # exits and the resume line
+      return session.run(lambda: _main(session, argv))
+
+    def _main(session, argv):
+      parser = argparse.ArgumentParser(prog=f"python -m train {NAME}")
+      command.add_run_arguments(parser, config_help="...", workdir_help="...")
+      command.add_launch_arguments(parser)
+      args = command.start(session, parser, argv)   # None: --list was answered
+      if args is None:
+        return 0
+      cfg, workdir, ds, spec = command.prepare(     # every setting checked first
+          session, args, args.config or DEFAULT_CONFIG, extra_defaults=METHOD_DEFAULTS)
+      ...                                           # the work: jaxdepth.driver.run(...)
+      return 0
+
+:class:`Session` turns the ways a run can stop into one paragraph and an exit
+code:
+
+====  =========================================================================
+code  meaning
+====  =========================================================================
+0     done
+1     training diverged (NaN or infinite loss); the last good checkpoint is kept
+2     bad settings or arguments, or a work directory holding another run
+73    the work directory is read-only (or not writable)
+74    the disk is full
+130   interrupted (Ctrl-C, SIGINT)
+====  =========================================================================
+
+For 73, 74 and 130 the paragraph says that the checkpoints already written are
+intact and gives the exact command that resumes the run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import logging
+import os
+import pathlib
+import re
+import shlex
+import sys
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, NamedTuple
+
+from train import config as config_lib
+
+__all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
+           "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
+           "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
+           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints", "storage_failure", "Session",
+           "listing"]
+
+EXIT_OK = 0
+EXIT_DIVERGED = 1
+EXIT_USAGE = 2
+EXIT_READ_ONLY = 73      # sysexits EX_CANTCREAT
+EXIT_DISK_FULL = 74      # sysexits EX_IOERR
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
+
+EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); "
+                   "2 bad settings, or a workdir holding another run; 73 workdir read-only; "
+                   "74 disk full; 130 interrupted (73, 74 and 130 print the command that "
+                   "resumes).")
+
+
+def plain(doc: str) -> str:
+  """A docstring as plain text for ``--help``: no ``:role:`x``` markup, no double backquotes."""
+  doc = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).split(".")[-1]
+               if m.group(0).count("~") else m.group(1), doc)
+  return doc.replace("``", "")
+
+
+# ------------------------------------------------------------------------- flags
+
+
+def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
+                      workdir_help: str) -> None:
+  """``--config``, ``--model``, ``--dataset``, ``--workdir``, ``--data-dir``, ``--seed``, ``--dtype``."""
+  p.add_argument("--config", help=config_help)
+  p.add_argument("--model", help="a zoo model (the same as --config.model=NAME)")
+  p.add_argument("--dataset", help="a dataset name (the same as --config.dataset=NAME)")
+  p.add_argument("--workdir", help=workdir_help)
+  p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
+  p.add_argument("--seed", help="the same as --config.seed=N")
+  p.add_argument("--dtype", help="compute dtype, float32 or bfloat16 (--config.dtype)")
+
+
+def add_launch_arguments(p: argparse.ArgumentParser) -> None:
+  """``--config.KEY=VALUE`` (documented; parsed by :func:`parse`), ``--multihost``, ``--no-progress``, ``--list``."""
+  p.add_argument("--config.KEY=VALUE", dest="_doc_only", metavar="", default=None,
+                 help="override one config key, read as that key's type "
+                      "(--config.epochs=2 --config.milestones=2,4 --config.image_size=None)")
+  p.add_argument("--set", dest="legacy_overrides", nargs="+", action="extend", default=[],
+                 metavar="KEY=VALUE", help="the same as --config.KEY=VALUE, several at once")
+  p.add_argument("--multihost", action="store_true",
+                 help="call jax.distributed.initialize() (multi-process runs)")
+  p.add_argument("--no-progress", dest="progress", action="store_false",
+                 help="no progress output (the per-iteration lines stay)")
+  p.add_argument("--list", action="store_true",
+                 help="list this command's configs, the models and the datasets, then exit")
+
+
+def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+  """Parses ``argv``; ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) go to ``args.overrides``.
+
+  ``args.overrides`` is a list of ``(key, text)`` in command-line order, ``--set``
+  assignments included.
+  """
+  rest, overrides = [], []
+  i = 0
+  while i < len(argv):
+    token = argv[i]
+    if token.startswith("--config."):
+      key, sep, text = token[len("--config."):].partition("=")
+      if not sep:
+        if i + 1 >= len(argv):
+          parser.error(f"{token} needs a value: {token}=VALUE")
+        text, i = argv[i + 1], i + 1
+      overrides.append((key, text))
+    else:
+      rest.append(token)
+    i += 1
+  args = parser.parse_args(rest)
+  for item in args.legacy_overrides:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+      parser.error(f"--set expects KEY=VALUE, got {item!r}")
+    overrides.append((key, text))
+  args.overrides = overrides
+  return args
+
+
+def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
+            extra_defaults: Mapping[str, Any] | None = None,
+            flags: tuple[str, ...] = ()) -> dict[str, Any]:
+  """The config file, then the ``--config.KEY`` overrides, then the dedicated ``flags`` of ``args``.
+
+  Every value is type-checked against its key (:func:`train.config.override`);
+  :func:`prepare` then checks the ranges.
+
+  Raises:
+    train.config.ConfigError: one line per problem.
+  """
+  cfg = config_lib.load(config, extra_defaults)
+  flagged = [(k, str(getattr(args, k))) for k in ("model", "dataset", "data_dir", "seed",
+                                                   "dtype", *flags)
+             if getattr(args, k, None) is not None]
+  cfg = config_lib.override(cfg, list(args.overrides) + flagged)
+  return config_lib.to_dict(cfg)
+
+
+def maybe_initialize_distributed(multihost: bool) -> None:
+  """``jax.distributed.initialize()`` for a multi-process launch (before any device use).
+
+  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set. On TPU
+  pods, SLURM, Open MPI or Kubernetes jax finds the processes by itself;
+  elsewhere set ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID`` for each process. CPU processes talk through gloo.
+  """
+  if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    return
+  import jax  # pylint: disable=import-outside-toplevel
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  kwargs = {}
+  if os.environ.get("JAX_NUM_PROCESSES"):
+    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
+  if os.environ.get("JAX_PROCESS_ID"):
+    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  jax.distributed.initialize(**kwargs)
+
+
+def compute_dtype(name: str):
+  """The ``dtype`` argument of the training functions for a config's ``"dtype"``."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  return {"float32": None, "bfloat16": jnp.bfloat16}[name]
+
+
+@contextlib.contextmanager
+def _quiet_absl() -> Iterator[None]:
+  """tfds warns through absl logging while it looks for files; the error says what matters."""
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
+def dataset_and_spec(cfg: Mapping[str, Any]):
+  """The config's dataset (:func:`jaxdepth.data.load`) and the zoo model sized for it.
+
+  Raises:
+    train.config.ConfigError: the dataset is not prepared (one paragraph saying
+      how to prepare it), unknown, or the model refuses its arguments.
+  """
+  from jaxdepth import data, zoo  # pylint: disable=import-outside-toplevel
+  try:
+    with _quiet_absl():
+      ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
+                     split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
+                     image_size=cfg["image_size"], normalization=cfg["normalization"])
+  except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
+          ) as e:
+    raise config_lib.ConfigError(" ".join(_message(e).split())) from e
+  try:
+    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
+                   **cfg["model_kwargs"])
+  except (KeyError, TypeError, ValueError) as e:
+    raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
+                                 f"{cfg['model_kwargs']!r}: {_message(e)}") from e
+  return ds, spec
+
+
+def _message(error: Exception) -> str:
+  """The text of an error (a KeyError's str() would add quotes)."""
+  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+
+
+def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) -> list[str]:
+  """Problems of the batch sizes against the device count, the process count and the splits."""
+  out = []
+  bs = cfg["batch_size"]
+  for key in ("batch_size", "eval_batch_size"):
+    value = cfg[key]
+    if value is None:
+      continue
+    for count, what in ((devices, "devices"), (processes, "processes")):
+      if count > 1 and value % count:
+        out.append(f"--config.{key}={value}: the global batch must split evenly over the "
+                   f"{count} {what}; use a multiple of {count}, e.g. "
+                   f"{max(count, value // count * count)}")
+        break
+  train = ds.train.num_examples
+  if bs > train:
+    out.append(f"--config.batch_size={bs}: larger than the {train:,} examples of the training "
+               f"split of {ds.name}, so an epoch would have no step; use at most {train}")
+  return out
+
+
+def start(session: "Session", parser: argparse.ArgumentParser, argv: list[str]
+          ) -> argparse.Namespace | None:
+  """Parses ``argv``; answers ``--list`` (then returns None); joins a multi-process launch."""
+  args = parse(parser, argv)
+  if args.list:
+    print(listing(registered_commands(), only=session.command))
+    return None
+  maybe_initialize_distributed(args.multihost)
+  return args
+
+
+class Prepared(NamedTuple):
+  """What :func:`prepare` returns: the checked settings, the work directory, the data, the model."""
+  cfg: dict[str, Any]
+  workdir: pathlib.Path
+  dataset: Any
+  spec: Any
+
+
+def prepare(session: "Session", args: argparse.Namespace, config: str, *,
+            extra_defaults: Mapping[str, Any] | None = None, flags: tuple[str, ...] = (),
+            check: Callable[[dict[str, Any]], list[str]] | None = None,
+            check_model: Callable[[dict[str, Any], Any, Any], list[str]] | None = None
+            ) -> Prepared:
+  """Everything a command does before its work, every problem reported at once.
+
+  The config (:func:`resolve`), its shared keys (:func:`train.config.check`) and
+  the command's own (``check(cfg)``), the work directory (``--workdir`` or
+  :func:`default_workdir`, recorded in ``session`` for the resume line), the
+  dataset and model (:func:`dataset_and_spec`), the batch sizes against the
+  devices and the splits (:func:`check_data`) and the command's checks that need
+  the model (``check_model(cfg, spec, dataset)``); finally process 0 makes sure
+  the work directory is writable.
+
+  Raises:
+    train.config.ConfigError: one line per problem.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  if problems:
+    raise config_lib.ConfigError(problems)
+  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
+  session.workdir = workdir
+  ds, spec = dataset_and_spec(cfg)
+  problems = check_data(cfg, ds, devices=jax.device_count(), processes=jax.process_count())
+  problems += check_model(cfg, spec, ds) if check_model else []
+  if problems:
+    raise config_lib.ConfigError(problems)
+  if jax.process_index() == 0:
+    ensure_writable(workdir)
+  return Prepared(cfg, workdir, ds, spec)
+
+
+# --------------------------------------------------------------------- workdir
+
+
+def default_workdir(method: str, cfg: Mapping[str, Any]) -> pathlib.Path:
+  """``runs/<method>-<model>-<dataset>-seed<seed>``: another seed is another run."""
+  return pathlib.Path("runs") / config_lib.run_name(method, cfg)
+
+
+def has_checkpoints(workdir: pathlib.Path) -> bool:
+  """Whether ``workdir/checkpoints`` holds a finished orbax step (a numbered directory)."""
+  directory = pathlib.Path(workdir) / "checkpoints"
+  return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def ensure_writable(workdir: pathlib.Path) -> None:
+  """Creates ``workdir`` and writes (then removes) a probe file; raises OSError if it cannot."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  probe = workdir / f".write-test-{os.getpid()}"
+  probe.write_bytes(b"")
+  probe.unlink()
+
+
+# ------------------------------------------------------------------------ exits
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def _chain(error: BaseException) -> Iterator[BaseException]:
+  seen, todo = set(), [error]
+  while todo:
+    e = todo.pop()
+    if e is None or id(e) in seen:
+      continue
+    seen.add(id(e))
+    yield e
+    todo += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+
+
+def storage_failure(error: BaseException) -> str | None:
+  """``"disk_full"``, ``"read_only"`` or ``None``: what a write error means.
+
+  Looks through the exception's causes and contexts: Python raises ``OSError``
+  with an errno; orbax and tensorstore raise ``ValueError`` or ``RuntimeError``
+  whose text carries the system's message (``RESOURCE_EXHAUSTED: ... No space
+  left on device``). An accelerator's out-of-memory ``RESOURCE_EXHAUSTED`` is
+  not a full disk and gives ``None``.
+  """
+  for e in _chain(error):
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return "disk_full"
+    if isinstance(e, OSError) and e.errno in _READ_ONLY:
+      return "read_only"
+  for e in _chain(error):
+    text = str(e)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+      return "disk_full"
+    if "Read-only file system" in text or "Permission denied" in text:
+      return "read_only"
+  return None
+
+
+def _detail(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  text = lines[0] if lines else type(error).__name__
+  return text if len(text) <= 200 else text[:197] + "..."
+
+
+class Session:
+  """One call of a command: its arguments (for the resume line) and, once known, its workdir.
+
+  Args:
+    command: the command's name (``fit``, ``easier``, ...).
+    argv: its arguments, as given.
+  """
+
+  def __init__(self, command: str, argv: list[str]):
+    self.command = command
+    self.argv = list(argv)
+    self.workdir: pathlib.Path | None = None
+
+  def resume_line(self) -> str:
+    """The exact command that resumes this run (``--workdir`` made explicit)."""
+    argv = list(self.argv)
+    if self.workdir is not None and not any(a == "--workdir" or a.startswith("--workdir=")
+                                            for a in argv):
+      argv += ["--workdir", str(self.workdir)]
+    return shlex.join(["python", "-m", "train", self.command, *argv])
+
+  def _stopped(self, what: str, advice: str) -> str:
+    where = f" in {self.workdir}" if self.workdir is not None else ""
+    return (f"{what} Nothing was lost: the checkpoints already written{where} are complete "
+            f"(a checkpoint being written is discarded on resume). {advice}\n"
+            f"    {self.resume_line()}")
+
+  def run(self, body: Callable[[], int]) -> int:
+    """``body()``, with every expected way of stopping turned into a paragraph and an exit code."""
+    try:
+      return body()
+    except KeyboardInterrupt:
+      _say_error(self._stopped("Interrupted (Ctrl-C).", "Resume with the same command:"))
+      return EXIT_INTERRUPTED
+    except config_lib.ConfigError as e:
+      for line in e.lines:
+        _say_error(f"error: {line}")
+      return EXIT_USAGE
+    except Exception as e:  # pylint: disable=broad-except
+      kind = storage_failure(e)
+      if kind == "disk_full":
+        _say_error(self._stopped(
+            f"The disk is full: a write to the work directory failed ({_detail(e)}).",
+            "Free some space and resume with:"))
+        return EXIT_DISK_FULL
+      if kind == "read_only":
+        _say_error(self._stopped(
+            f"The work directory{'' if self.workdir is None else ' ' + str(self.workdir)} is "
+            f"read-only or not writable ({_detail(e)}).",
+            "Make it writable (or give another --workdir to start over) and resume with:"))
+        return EXIT_READ_ONLY
+      return self._known(e)
+
+  @staticmethod
+  def _known(e: Exception) -> int:
+    from jaxdepth import checkpoint, training  # pylint: disable=import-outside-toplevel
+    if isinstance(e, (training.NonFiniteLossError,
+                      getattr(checkpoint, "NonFiniteStateError", training.NonFiniteLossError))):
+      _say_error(f"error: {e}")
+      return EXIT_DIVERGED
+    if isinstance(e, (training.RunMismatchError, checkpoint.SpecMismatchError)):
+      _say_error(f"error: {e}")
+      return EXIT_USAGE
+    raise e
+
+
+def _say_error(text: str) -> None:
+  print(text, file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------- listing
+
+
+def registered_commands() -> Mapping[str, Any]:
+  """The commands of ``python -m train`` (:data:`train.__main__.COMMANDS`)."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  return importlib.import_module("train.__main__").COMMANDS
+
+
+def command_configs(command: str, commands: Mapping[str, Any]) -> list[str]:
+  """The configs of ``command``: ``<command>_*`` files; ``fit`` takes those of no other command."""
+  others = tuple(f"{c}_" for c in commands if c != "fit")
+  if command == "fit":
+    return config_lib.available(exclude=others)
+  return config_lib.available(prefix=f"{command}_")
+
+
+def listing(commands: Mapping[str, str], only: str | None = None) -> str:
+  """The configs of each command (or of ``only``) with their descriptions, the models, the datasets."""
+  from jaxdepth import data, zoo  # pylint: disable=import-outside-toplevel
+  lines = []
+  for name in [only] if only else commands:
+    lines.append(f"configs of python -m train {name} (--config NAME, or a path to a .py file):")
+    for config in command_configs(name, commands):
+      lines.append(f"  {config:28s} {config_lib.description(config)}")
+    lines.append("")
+  lines.append("models (--model NAME): " + ", ".join(zoo.names()))
+  lines.append("datasets (--dataset NAME): " + ", ".join(data.names()))
+  return "\n".join(lines)
