@@ -1,27 +1,30 @@
-"""``python -m train lacoot``: LaCoOT end to end, one regularized training then block removal.
+"""python -m train lacoot: LaCoOT end to end, one regularized training then block removal.
 
     python -m train lacoot                                   # ResNet-20 (width 8) on digits, CPU
     python -m train lacoot --config lacoot_cifar10_resnet18 --data-dir ~/tensorflow_datasets
-    python -m train lacoot --config lacoot_cifar10_resnet18 --set weight=1 order=ascending
+    python -m train lacoot --config lacoot_cifar10_resnet18 --lambda 1 --order ascending
 
-Iteration 0 trains the network once with ``λ · mean_k MSWD(X_k, Y_k)`` added to
+Iteration 0 trains the network once with λ · mean_k MSWD(X_k, Y_k) added to
 the cross-entropy (every identity-shortcut block's input X_k against its output
-Y_k; :mod:`jaxdepth.methods.lacoot`), then measures each block's distance on the
+Y_k; jaxdepth.methods.lacoot), then measures each block's distance on the
 validation split and ranks the blocks. Every later iteration trains nothing:
 it replaces one more block by the identity and evaluates validation and test.
-The deepest removal within ``--tolerance`` points of the trained network's
-validation accuracy is saved in ``WORKDIR/chosen/`` with the blocks really
-gone (:func:`jaxdepth.checkpoint.load_model`), beside ``report.json``,
-``report.md``, ``accuracy.png``, ``distances.png`` (every block's sliced and
-max-sliced distance) and ``lacoot.json`` (those distances and the measured
+The deepest removal within --tolerance points of the trained network's
+validation accuracy is saved in WORKDIR/chosen/ with the blocks really
+gone (jaxdepth.checkpoint.load_model), beside report.json,
+report.md, accuracy.png, distances.png (every block's sliced and
+max-sliced distance) and lacoot.json (those distances and the measured
 latency of the trained network against the chosen shallow one).
 
 Running the same command again resumes (mid-training from the epoch
-checkpoints, or after the last finished iteration); ``--tolerance`` may change
+checkpoints, or after the last finished iteration); --tolerance may change
 between calls, anything else is refused. A config is a
-``train/configs/lacoot_*.py`` file: the recipe keys of ``python -m train fit``
-plus ``weight`` (λ), ``n_projections``, ``pairing``, ``blocks``, ``order``,
-``score``, ``iterations`` and ``tolerance``.
+train/configs/lacoot_*.py file (python -m train list): the keys of python -m
+train fit plus weight (λ), n_projections, pairing, blocks, order, score,
+iterations, tolerance and latency_batch; --config.KEY=VALUE overrides any of
+them. Without --config, the lacoot_* config for --model and --dataset is used
+when exactly one matches, else lacoot_digits. The default work directory is
+runs/lacoot-<model>-<dataset>-seed<seed>.
 """
 from __future__ import annotations
 
@@ -32,55 +35,66 @@ import sys
 import time
 from typing import Any
 
-from train import config as config_lib
-from train.fit import maybe_initialize_distributed
+from ml_collections import config_dict
 
+from train import command
+from train import config as config_lib
+
+NAME = "lacoot"
 METHOD_DEFAULTS: dict[str, Any] = {
     "weight": 1.0,                # λ, the regularizer's weight (>= 0)
     "n_projections": 50,          # random directions per distance
     "pairing": "block",           # "block" (identity-shortcut blocks) or "official"
-    "blocks": None,               # explicit block paths instead of the pairing's
+    "blocks": config_dict.placeholder(tuple),   # explicit block paths instead of the pairing's
     "order": "ascending",         # "ascending", "deepest_first", "zscore", "shifted"
     "score": "sliced",            # ranking distance: "sliced" or "max_sliced"
-    "iterations": None,           # None = every removal (one per block, plus the trained net)
+    "iterations": config_dict.placeholder(int),  # None = every removal (blocks + 1)
     "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
     "checkpoint_epochs": True,    # checkpoint every epoch of the training too
     "latency_batch": 1,           # batch size of the dense-vs-shallow latency measurement
 }
 DEFAULT_CONFIG = "lacoot_digits"
+PAIRINGS = ("block", "official")
+ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
+SCORES = ("sliced", "max_sliced")
+FLAGS = ("weight", "n_projections", "pairing", "order", "score", "iterations", "tolerance")
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
                   "image_size", "normalization", "dtype")
-_FLAGS = ("weight", "n_projections", "pairing", "order", "score", "iterations", "tolerance")
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train lacoot", description=__doc__,
+  p = argparse.ArgumentParser(prog="python -m train lacoot", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  p.add_argument("--config", help=f"a lacoot_* config file or name in train/configs/ "
-                                  f"(default: the one for --model/--dataset, else {DEFAULT_CONFIG})")
-  config_lib.add_run_arguments(
-      p, workdir_help="run directory (default: runs/lacoot-<model>-<dataset>)")
-  p.add_argument("--weight", "--lambda", dest="weight", type=float,
+  command.add_run_arguments(
+      p, config_help=f"a lacoot_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {DEFAULT_CONFIG})",
+      workdir_help="run directory (default: runs/lacoot-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--weight", "--lambda", dest="weight",
                  help="λ, the weight of the max-sliced Wasserstein term (>= 0)")
-  p.add_argument("--n-projections", "--n_projections", dest="n_projections", type=int,
+  p.add_argument("--n-projections", "--n_projections", dest="n_projections",
                  help="random directions per distance (default 50)")
-  p.add_argument("--pairing", choices=("block", "official"),
+  p.add_argument("--pairing",
                  help="'block': every identity-shortcut block; 'official': the authors' units "
                       "(ResNet-18: layerS/1; MobileNetV2: the depthwise sub-layers)")
-  p.add_argument("--order", choices=("ascending", "deepest_first", "zscore", "shifted"),
-                 help="removal order: ascending distance, or an official script's rule")
-  p.add_argument("--score", choices=("sliced", "max_sliced"), help="the ranking distance")
-  p.add_argument("--iterations", type=int,
+  p.add_argument("--order",
+                 help="removal order: ascending (distance), or an official script's rule: "
+                      "deepest_first (ResNet), zscore (Swin-T), shifted (MobileNetV2)")
+  p.add_argument("--score", help="the ranking distance: sliced or max_sliced")
+  p.add_argument("--iterations",
                  help="iterations (default: one per block plus the trained network)")
-  p.add_argument("--tolerance", type=float,
+  p.add_argument("--tolerance",
                  help="allowed validation-accuracy drop of the chosen model, in points")
-  config_lib.add_launch_arguments(p)
+  command.add_launch_arguments(p)
   return p
+
+
+# ----------------------------------------------------------------------- configs
 
 
 def load_config(config: str) -> dict[str, Any]:
   """A LaCoOT config with every default filled in."""
-  return config_lib.load(config, METHOD_DEFAULTS)
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
 
 
 def default_config(model: str | None, dataset: str | None) -> str:
@@ -88,22 +102,71 @@ def default_config(model: str | None, dataset: str | None) -> str:
   if model is None and dataset is None:
     return DEFAULT_CONFIG
   matches = []
-  for path in sorted(config_lib.CONFIG_DIR.glob("lacoot_*.py")):
-    values = load_config(str(path))
+  for name in command.command_configs(NAME, command.registered_commands()):
+    values = load_config(name)
     if (model or values["model"]) == values["model"] and (
         dataset or values["dataset"]) == values["dataset"]:
-      matches.append(path.stem)
+      matches.append(name)
   return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--set``, then the dedicated flags."""
-  return config_lib.resolve(args.config or default_config(args.model, args.dataset), args,
-                            extra_defaults=METHOD_DEFAULTS, flags=config_lib.RUN_FLAGS + _FLAGS)
+  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of LaCoOT's own keys, one line each."""
+  out = []
+  w, n, it, tol = cfg["weight"], cfg["n_projections"], cfg["iterations"], cfg["tolerance"]
+  if not (_number(w) and w >= 0 and w == w and w != float("inf")):
+    out.append(f"--lambda {w!r}: λ must be a finite number >= 0 (the authors use 5 for "
+               f"ResNet-18, 9 for MobileNetV2), e.g. 1")
+  if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+    out.append(f"--n-projections {n!r}: n_projections must be an int >= 1 (random directions "
+               f"per distance), e.g. 50")
+  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+    out.append(f"--iterations {it!r}: must be an integer >= 1 (or leave it out: every removal)")
+  if not (_number(tol) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  for key, known in (("pairing", PAIRINGS), ("order", ORDERS), ("score", SCORES)):
+    if cfg[key] not in known:
+      out.append(f"--{key} {cfg[key]!r}: use one of {', '.join(known)}")
+  lb = cfg["latency_batch"]
+  if not (isinstance(lb, int) and not isinstance(lb, bool) and lb >= 1):
+    out.append(f"--config.latency_batch={lb!r}: must be an integer >= 1")
+  return out
+
+
+def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
+  """Problems that need the model and the data: the blocks, no validation split."""
+  out = []
+  try:
+    units = method_of(cfg).units(spec)
+  except (KeyError, ValueError) as e:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    where = ("--config.blocks=" + repr(cfg["blocks"]) if cfg["blocks"] is not None
+             else f"--pairing {cfg['pairing']!r}")
+    out.append(f"{where}: {text}")
+  else:
+    if not units:
+      out.append(f"--config.model={cfg['model']!r}: {spec.name} has no residual block with an "
+                 f"identity shortcut for LaCoOT to remove; use a ResNet or MobileNetV2")
+  if ds.val is None:
+    out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+               f"validation split, on which LaCoOT measures its distances and chooses its "
+               f"operating point; use a fraction > 0, e.g. 0.1")
+  return out
 
 
 def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return pathlib.Path("runs") / f"lacoot-{config_lib.run_name(cfg)}"
+  return command.default_workdir(NAME, cfg)
 
 
 def method_of(cfg: dict[str, Any]):
@@ -170,36 +233,33 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = build_parser().parse_args(argv)
-  maybe_initialize_distributed(args.multihost)
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(NAME, argv)
+  return session.run(lambda: _main(session, argv))
 
+
+def _main(session: command.Session, argv: list[str]) -> int:
+  args = command.start(session, build_parser(), argv)
+  if args is None:
+    return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, data, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  try:
-    cfg = resolve_config(args)
-    recipe = config_lib.recipe_of(cfg)
-    method = method_of(cfg)
-  except (KeyError, ValueError, TypeError, FileNotFoundError, AttributeError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(cfg)
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  recipe = config_lib.recipe_of(cfg)
+  method = method_of(cfg)
+  units = method.units(spec)
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
-
-  try:
-    ds, spec = config_lib.dataset_and_spec(cfg)
-    units = method.units(spec)
-  except (data.DatasetNotPrepared, KeyError, TypeError, ValueError, FileNotFoundError) as e:
-    print(f"error: {config_lib.error_message(e)}", file=sys.stderr)
-    return 2
-  dtype = config_lib.compute_dtype(cfg["dtype"])
+  dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order) on "
       f"{spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
       f"{costs.count_params(spec):,} parameters, {len(units)} removable blocks "
       f"({', '.join(units)}); {cfg['epochs']} epochs once; train/val/test "
-      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
+      f"{ds.train.num_examples}/{ds.val.num_examples}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
@@ -212,12 +272,12 @@ def main(argv: list[str] | None = None) -> int:
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
         info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except training.NonFiniteLossError as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 1
-  except (checkpoint.SpecMismatchError, training.RunMismatchError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    return 2
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
   more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
                 eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
                 dtype=dtype)

@@ -9,14 +9,21 @@ The recipe is the ResNet-18 CIFAR-10 one (SGD momentum 0.9, lr 0.1, weight decay
 ImageNet normalisation) with λ = 5 and 50 projections. The regularized blocks
 are the official four layerS/1 (pairing "official"; the default "block" pairing
 adds layer1/0) and the removal follows the official script's deepest-first path
-(layer4/1, then layer3/1, ...); --set order=ascending ranks by validation
+(layer4/1, then layer3/1, ...); --order ascending ranks by validation
 distance instead. The official validation split keeps the training
-augmentation: --set val_augment=True reproduces that.
+augmentation: --config.val_augment=True reproduces that.
 """
 
 from train.configs import cifar10_resnet18
 
 
 def get_config():
-  return dict(cifar10_resnet18.get_config(), weight=5.0, n_projections=50, pairing="official",
-              order="deepest_first", score="sliced", tolerance=1.0)
+  # The recipe is cifar10_resnet18's; LaCoOT adds its own keys.
+  config = cifar10_resnet18.get_config()
+  config.weight = 5.0
+  config.n_projections = 50
+  config.pairing = "official"
+  config.order = "deepest_first"
+  config.score = "sliced"
+  config.tolerance = 1.0
+  return config

@@ -12,21 +12,23 @@ distance, one more per iteration, with no fine-tuning. The chosen model is the
 deepest removal within 1 point of the trained network's validation accuracy.
 """
 
+import ml_collections
+
 
 def get_config():
-  return dict(
-      model="resnet20",
-      model_kwargs={"width": 8},
-      dataset="digits",
-      epochs=20,
-      batch_size=64,
-      optimizer="adam",
-      lr=3e-3,
-      weight_decay=0.0,
-      milestones=(15,),
-      gamma=0.1,
-      eval_batch_size=512,
-      weight=1.0,
-      n_projections=50,
-      tolerance=1.0,
-  )
+  config = ml_collections.ConfigDict()
+  config.model = "resnet20"
+  config.model_kwargs = {"width": 8}
+  config.dataset = "digits"
+  config.epochs = 20
+  config.batch_size = 64
+  config.optimizer = "adam"
+  config.lr = 3e-3
+  config.weight_decay = 0.0
+  config.milestones = (15,)
+  config.gamma = 0.1
+  config.eval_batch_size = 512
+  config.weight = 1.0
+  config.n_projections = 50
+  config.tolerance = 1.0
+  return config
