@@ -359,7 +359,8 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
     split: a data split (usually validation).
     paths: the units.
     rng: a key.
-    batch_size: global batch size (rounded down to the device count).
+    batch_size: global batch size (rounded down to a multiple of the device
+      count; in a multi-process run each process reads its share).
     n_projections: directions per distance.
     node_gates: gates of removed units (``{path: gate}``).
     mesh: device mesh (default: every device).
@@ -394,7 +395,10 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
                                            for p, g in node_gates.items()}
   total_sw = total_msw = 0.0
   count = 0
-  for i, batch in enumerate(split.batches(size, drop_remainder=True)):
+  processes = jax.process_count()   # each process reads its share of every global batch
+  process_kw = ({"process_index": jax.process_index(), "process_count": processes}
+                if processes > 1 else {})
+  for i, batch in enumerate(split.batches(size // processes, drop_remainder=True, **process_kw)):
     images = training.shard_batch({"image": batch["image"]}, mesh)["image"]
     sw, msw = one(variables, images, gates, i)
     total_sw, total_msw, count = total_sw + sw, total_msw + msw, count + 1
