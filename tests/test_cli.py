@@ -283,7 +283,7 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   assert capsys.readouterr().out.startswith("configs of python -m train easier")
 
 
-@pytest.mark.parametrize("name", ["fit", "easier"])
+@pytest.mark.parametrize("name", ["fit", "easier", "tlc"])
 def test_help_is_plain_text(name, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main([name, "--help"])

@@ -13,6 +13,7 @@ COMMANDS = {
     "fit": ("train.fit", "train a zoo model on a dataset with a recipe of train/configs/"),
     "easier": ("train.easier", "EASIER: the lowest-entropy activation becomes the identity, one per iteration"),
     "lacoot": ("train.lacoot", "LaCoOT: train once with a Wasserstein penalty, then drop the closest residual blocks"),
+    "tlc": ("train.tlc", "TLC: the activations whose collapse costs least on a validation batch become identities"),
 }
 
 
