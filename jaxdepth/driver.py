@@ -279,7 +279,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 
-    while len(entries) < iterations and method.live_units(spec, state):
+    while len(entries) < iterations and _more(method, spec, state, entries):
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
@@ -324,6 +324,20 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   return RunResult(report, chosen_spec, chosen_variables, state)
 
 
+def _more(method, spec, state, entries) -> bool:
+  """Whether another iteration has something to do.
+
+  While units are live, yes. Once none is, one more iteration runs only to
+  evaluate the last removal when the method would not train it (``epochs=0``,
+  LaCoOT): with nothing live, its ``measure`` gets no unit and ``decide`` removes
+  nothing.
+  """
+  if method.live_units(spec, state):
+    return True
+  return bool(entries and entries[-1]["removed_now"]
+              and method.train_options(spec, state).epochs == 0)
+
+
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
   return workdir / "iterations" / f"{it:03d}"
 
@@ -354,7 +368,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   def evaluate(split, collect_stats=False):
     return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
                              gates=options.gates, mesh=mesh, dtype=dtype,
-                             collect_stats=collect_stats)
+                             collect_stats=collect_stats, node_gates=options.node_gates)
 
   val, test = evaluate(dataset.val), evaluate(dataset.test)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}

@@ -14,6 +14,13 @@ Call-time options (all usable inside ``jax.jit``):
   sites never recompiles. Sites baked to ``identity`` in the spec are not gated.
 * ``collect_stats``: every live site sows its per-channel sign counts of the
   pre-activation into the ``site_stats`` collection (see :mod:`jaxdepth.stats`).
+* ``node_gates``: ``{node path: scalar}`` for whole nodes whose input and output
+  shapes are equal (residual blocks with an identity shortcut, a depthwise
+  sub-layer, ...); a node whose gate is 0 passes its input through unchanged
+  (``y = x``), 1 runs it. Like site gates these are data: the dict's keys are
+  part of the compiled function, its values are not, so a method that always
+  passes the same paths (e.g. every removable block, LaCoOT) compiles once for
+  every pattern of removed nodes.
 
 :func:`init` and :func:`forward` are the pure-function front door most code uses.
 """
@@ -33,7 +40,7 @@ from jaxdepth import spec as S
 from jaxdepth.transformer import executor as transformer_executor
 
 __all__ = ["Network", "init", "forward", "Forward", "gates_for", "gates_by_site",
-           "site_stats_by_path"]
+           "site_stats_by_path", "check_node_gates"]
 
 STATS = "site_stats"
 
@@ -190,6 +197,7 @@ class _Context:
   dtype: Any
   capture: frozenset = frozenset()
   captured: dict = dataclasses.field(default_factory=dict)
+  node_gates: dict | None = None
 
 
 def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
@@ -200,6 +208,8 @@ def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
     x = _run_node(module, n, path, x, ctx)
     if path in ctx.capture:
       ctx.captured[path] = (x_in, x)
+    if ctx.node_gates is not None and path in ctx.node_gates:
+      x = jnp.where(ctx.node_gates[path] != 0, x, x_in)
   return x
 
 
@@ -309,7 +319,7 @@ class Network(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False, gates: jax.Array | None = None,
                collect_stats: bool = False, example_mask: jax.Array | None = None,
-               capture: tuple[str, ...] = ()):
+               capture: tuple[str, ...] = (), node_gates=None):
     sites = self.spec.sites()
     if gates is not None and gates.shape != (len(sites),):
       raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
@@ -322,9 +332,11 @@ class Network(nn.Module):
       unknown = [c for c in capture if c not in paths]
       if unknown:
         raise KeyError(f"capture names no node of {self.spec.name!r}: {unknown}")
+    if node_gates is not None:
+      check_node_gates(self.spec, node_gates)
     ctx = _Context(train=train, gates=gates, site_index={s: i for i, s in enumerate(sites)},
                    collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype,
-                   capture=frozenset(capture))
+                   capture=frozenset(capture), node_gates=node_gates)
     if self.dtype is not None:
       x = x.astype(self.dtype)
     y = _run(self, self.spec.layers, x, ctx, "").astype(jnp.float32)
@@ -347,6 +359,35 @@ class Forward(NamedTuple):
   batch_stats: Any
   site_counts: dict[str, jax.Array] | None
   captured: dict[str, tuple[jax.Array, jax.Array]] | None = None
+
+
+def check_node_gates(spec: S.Spec, node_gates) -> None:
+  """Raises a clear error unless every key of ``node_gates`` is a shape-preserving node.
+
+  Args:
+    spec: the architecture.
+    node_gates: ``{node path: scalar}`` (see :func:`forward`).
+
+  Raises:
+    TypeError: ``node_gates`` is not a mapping.
+    KeyError: a path names no node of ``spec``.
+    ValueError: a node whose output shape differs from its input shape (it cannot
+      become the identity), or a gate that is not a scalar.
+  """
+  if not hasattr(node_gates, "items"):
+    raise TypeError(f"node_gates must be a dict {{node path: gate}}, got "
+                    f"{type(node_gates).__name__}")
+  shapes = spec.shapes()
+  for path, gate in node_gates.items():
+    if path not in shapes:
+      raise KeyError(f"node_gates names no node of {spec.name!r}: {path!r}")
+    if shapes[path][0] != shapes[path][1]:
+      raise ValueError(f"node {path!r} of {spec.name!r} maps {shapes[path][0]} to "
+                       f"{shapes[path][1]}; only a node whose output shape equals its input "
+                       f"shape can be gated into the identity")
+    if jnp.ndim(gate) != 0:
+      raise ValueError(f"the gate of node {path!r} must be a scalar, got shape "
+                       f"{jnp.shape(gate)}")
 
 
 def _init_key(rng: jax.Array) -> jax.Array:
@@ -379,7 +420,7 @@ def site_stats_by_path(collection) -> dict[str, jax.Array]:
 
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
             collect_stats: bool = False, example_mask=None, dtype=None,
-            capture: tuple[str, ...] = ()) -> Forward:
+            capture: tuple[str, ...] = (), node_gates=None) -> Forward:
   """Runs ``spec`` as a pure function of its variables.
 
   Args:
@@ -395,6 +436,9 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     capture: node paths (e.g. residual blocks ``"layer1/1"``) whose input and
       output to return in ``Forward.captured``, inside the same forward pass
       (LaCoOT's regularizer reads them); only those are kept, so memory stays bounded.
+    node_gates: optional ``{node path: scalar}``; a node whose gate is 0 is the
+      identity (its input passes through), e.g. a removed residual block. Only
+      nodes whose input and output shapes are equal (:func:`check_node_gates`).
 
   Returns:
     A :class:`Forward`.
@@ -404,7 +448,8 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   rngs = {"dropout": rng} if rng is not None else {}
   out = Network(spec, dtype=dtype).apply(
       variables, x, train=train, gates=gates, collect_stats=collect_stats,
-      example_mask=example_mask, capture=tuple(capture), rngs=rngs, mutable=mutable or False)
+      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates, rngs=rngs,
+      mutable=mutable or False)
   if mutable:
     out, updates = out
   else:

@@ -22,6 +22,8 @@ entropy, beside its layer's weight counts):
   removed units blank), saved as ``entropies.png`` for EASIER;
 * :func:`plot_training`: per-epoch loss and accuracy of every iteration (from
   its ``metrics.jsonl``, :func:`read_histories`);
+* :func:`plot_unit_bars`: several numbers per unit side by side (e.g. LaCoOT's
+  sliced and max-sliced distance of every block);
 * :func:`write`: all of them into a directory.
 
 Plots use matplotlib's Agg backend (no display needed); without matplotlib (the
@@ -41,7 +43,7 @@ from typing import Any
 from jaxdepth._optional import require
 
 __all__ = ["table", "write", "write_json", "plot_accuracy", "plot_costs", "plot_scores",
-           "plot_training", "read_histories", "score_key", "score_value"]
+           "plot_training", "plot_unit_bars", "read_histories", "score_key", "score_value"]
 
 _COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -357,6 +359,34 @@ def _training_figure(report, histories):
   ax_loss.legend(loc="best", fontsize="x-small")
   fig.suptitle(f"{_title(report)}: training of each iteration")
   return fig
+
+
+def plot_unit_bars(values: dict[str, dict[str, float]], path: str | os.PathLike, *,
+                   marked=(), title: str = "", ylabel: str = "") -> pathlib.Path:
+  """Grouped bars: ``values = {unit: {kind: number}}``, one group per unit (PNG).
+
+  Units in ``marked`` (e.g. the removed ones) get a red ``x`` under their group.
+  """
+  plt = _pyplot()
+  units = list(values)
+  kinds = list(dict.fromkeys(k for v in values.values() for k in v))
+  width = 0.8 / max(1, len(kinds))
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.6 * len(units)), 3.6), dpi=120)
+  for j, kind in enumerate(kinds):
+    ax.bar([i + (j - (len(kinds) - 1) / 2) * width for i in range(len(units))],
+           [values[u].get(kind, math.nan) for u in units], width, label=kind)
+  for i, u in enumerate(units):
+    if u in marked:
+      ax.plot(i, 0, "x", color="red", ms=9, clip_on=False)
+  ax.set_xticks(range(len(units)), units, rotation=45, ha="right", fontsize="small")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize="medium")
+  ax.grid(alpha=0.3, axis="y")
+  ax.legend(loc="best", fontsize="small")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return pathlib.Path(path)
 
 
 def write_json(directory: str | os.PathLike, report: dict[str, Any]) -> pathlib.Path:

@@ -109,12 +109,18 @@ class TrainOptions(NamedTuple):
     regularizer: a :class:`Regularizer` added to the loss (LaCoOT), or ``None``.
     epochs: train this many epochs instead of the recipe's (``0``: no training,
       the iteration only evaluates, e.g. LaCoOT's removals after its one training).
+    node_gates: ``{node path: scalar}`` passed to every train and eval step
+      (:func:`jaxdepth.network.forward`): a shape-preserving node (a residual
+      block with an identity shortcut) whose gate is 0 is the identity. Data,
+      like ``gates``: keep the same paths and only the values change, no
+      recompilation (LaCoOT's removed blocks).
   """
   gates: jax.Array | None = None
   stats_last_epoch: bool = False
   masks: Any = None
   regularizer: Regularizer | None = None
   epochs: int | None = None
+  node_gates: dict[str, Any] | None = None
 
 
 # ------------------------------------------------------------------------ state
@@ -287,7 +293,7 @@ def _zero_metrics(regularizer: bool = False) -> dict[str, jax.Array]:
 def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh | None = None,
                     dtype=None, collect_stats: bool = False, donate: bool = True,
                     loss=None, regularizer: Regularizer | None = None):
-  """A jitted SGD step: ``(state, batch, gates, stats, masks=None) -> (state, metrics, stats)``.
+  """A jitted SGD step: ``(state, batch, gates, stats, masks=None, node_gates=None) -> (state, metrics, stats)``.
 
   Args:
     spec: the architecture.
@@ -311,8 +317,9 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
     ``label``, ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)``
     array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
     ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`)
-    that keep pruned weights at 0. Gates and masks are data: changing them does
-    not recompile. ``metrics`` are the batch's summed ``loss``, ``correct``,
+    that keep pruned weights at 0; ``node_gates`` are ``{node path: gate}``
+    (:func:`jaxdepth.network.forward`). Gates and masks are data: changing their
+    values does not recompile. ``metrics`` are the batch's summed ``loss``, ``correct``,
     ``count`` (cross-entropy whatever ``loss`` is).
   """
   mesh = make_mesh() if mesh is None else mesh
@@ -320,7 +327,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
   masked_tx = optim.keep_masked(tx)
   capture = regularizer.capture if regularizer is not None else ()
 
-  def step(state: TrainState, batch, gates, stats, masks):
+  def step(state: TrainState, batch, gates, stats, masks, node_gates):
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mask = batch["mask"]
 
@@ -330,7 +337,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
         variables["batch_stats"] = state.batch_stats
       out = network.forward(spec, variables, batch["image"], train=True, gates=gates, rng=rng,
                             collect_stats=collect_stats, example_mask=mask, dtype=dtype,
-                            capture=capture)
+                            capture=capture, node_gates=node_gates)
       value = loss(out.logits, batch["label"], mask)
       term = jnp.zeros((), jnp.float32)
       if regularizer is not None:
@@ -351,12 +358,12 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
     return new_state, metrics, stats
 
   rep = _replicated(mesh)
-  jitted = jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep),
+  jitted = jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep, rep),
                    out_shardings=(rep, rep, rep), donate_argnums=(0,) if donate else ())
 
   @functools.wraps(step)
-  def train_step(state, batch, gates, stats, masks=None):
-    return jitted(state, batch, gates, stats, masks)
+  def train_step(state, batch, gates, stats, masks=None, node_gates=None):
+    return jitted(state, batch, gates, stats, masks, node_gates)
 
   train_step.jitted = jitted
   return train_step
@@ -365,7 +372,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
 @functools.lru_cache(maxsize=64)
 def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
                    collect_stats: bool = False):
-  """A jitted eval-mode step: ``(variables, batch, gates, stats) -> (metrics, stats)``.
+  """A jitted eval-mode step: ``(variables, batch, gates, stats, node_gates=None) -> (metrics, stats)``.
 
   BatchNorm uses its running statistics, dropout is off. With ``collect_stats``
   every live site's sign counts (eval mode, padded examples left out) are folded
@@ -373,15 +380,16 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
   """
   mesh = make_mesh() if mesh is None else mesh
 
-  def step(variables, batch, gates, stats):
+  def step(variables, batch, gates, stats, node_gates=None):
     out = network.forward(spec, variables, batch["image"], train=False, gates=gates,
-                          collect_stats=collect_stats, example_mask=batch["mask"], dtype=dtype)
+                          collect_stats=collect_stats, example_mask=batch["mask"], dtype=dtype,
+                          node_gates=node_gates)
     if collect_stats:
       stats = site_stats.accumulate(stats, out.site_counts)
     return batch_metrics(out.logits, batch["label"], batch["mask"]), stats
 
   rep = _replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep),
+  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep),
                  out_shardings=(rep, rep))
 
 
@@ -404,7 +412,8 @@ class Evaluation(NamedTuple):
 
 
 def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
-             mesh: Mesh | None = None, dtype=None, collect_stats: bool = False) -> Evaluation:
+             mesh: Mesh | None = None, dtype=None, collect_stats: bool = False,
+             node_gates=None) -> Evaluation:
   """Loss and accuracy of ``variables`` on every example of ``split`` (eval mode).
 
   Args:
@@ -417,6 +426,7 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
     mesh: the device mesh (default :func:`make_mesh`).
     dtype: compute dtype.
     collect_stats: also return the sites' sign counts on this split.
+    node_gates: optional ``{node path: gate}`` (0 = that node is the identity).
 
   Returns:
     An :class:`Evaluation`.
@@ -428,7 +438,7 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
   variables = replicate(variables, mesh)
   local, process_kw = _per_process(batch_size)
   for batch in split.batches(local, drop_remainder=False, **process_kw):
-    metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats)
+    metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats, node_gates)
     sums = jax.tree.map(jnp.add, sums, metrics)
   sums = jax.device_get(sums)
   mean = mean_metrics(sums)
@@ -482,6 +492,13 @@ def _digest(tree) -> str | None:
     h.update(jax.tree_util.keystr(path).encode())
     h.update(np.ascontiguousarray(leaf).tobytes())
   return h.hexdigest()[:16]
+
+
+def _gate_values(node_gates) -> dict[str, float] | None:
+  """``{path: gate}`` as JSON floats (a run's identity), or ``None``."""
+  if node_gates is None:
+    return None
+  return {p: float(jax.device_get(g)) for p, g in sorted(node_gates.items())}
 
 
 def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
@@ -585,6 +602,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     recipe = recipe.replace(epochs=options.epochs)
   gates, stats_last_epoch, regularizer = (options.gates, options.stats_last_epoch,
                                           options.regularizer)
+  node_gates = options.node_gates
   local_batch, process_kw = _per_process(recipe.batch_size)
   spe = dataset.train.num_batches(local_batch, drop_remainder=True,
                                   process_count=process_kw.get("process_count", 1))
@@ -607,7 +625,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
          "custom_tx": custom_tx,
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),
-         "regularizer": None if regularizer is None else regularizer.name}
+         "regularizer": None if regularizer is None else regularizer.name,
+         "node_gates": _gate_values(node_gates)}
 
   masks = None if options.masks is None else replicate(options.masks, mesh)
   state = replicate(TrainState.create(variables, tx, seed), mesh)
@@ -628,6 +647,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
   if gates is not None:
     gates = replicate(jnp.asarray(gates, jnp.float32), mesh)
+  if node_gates is not None:
+    node_gates = replicate({p: jnp.asarray(g, jnp.float32) for p, g in node_gates.items()}, mesh)
 
   def save(step):
     if ckpt is not None:
@@ -653,7 +674,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
           drop_remainder=True, start_batch=start, **process_kw)
       for batch in batches:
         state, metrics, stats = step_fn(state, shard_batch(batch, mesh), gates,
-                                        loop["stats"] if collect else None, masks)
+                                        loop["stats"] if collect else None, masks, node_gates)
         loop["metrics"] = jax.tree.map(jnp.add, loop["metrics"], metrics)
         if collect:
           loop["stats"] = stats
@@ -682,7 +703,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                  "acc": f"{train['accuracy']:.3f}"}
       if dataset.val is not None and ((epoch + 1) % eval_every == 0 or last):
         val = evaluate(spec, state.variables, dataset.val, batch_size=eval_batch_size,
-                       gates=gates, mesh=mesh, dtype=dtype)
+                       gates=gates, mesh=mesh, dtype=dtype, node_gates=node_gates)
         record.update(val_loss=val.loss, val_accuracy=val.accuracy)
         postfix["val_acc"] = f"{val.accuracy:.3f}"
       bar.set_postfix(**postfix)

@@ -272,9 +272,10 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   for block in out.split("\n\n")[:-1]:
     head, *rows = block.splitlines()
     sections[head.split()[5]] = [row.split()[0] for row in rows]
-  methods = [c for c in cli.COMMANDS if c != "fit"]
+  methods = [c for c in cli.COMMANDS if c != "fit"]   # each lists its <command>_* configs
   assert sections == {"fit": config_lib.available(exclude=tuple(f"{c}_" for c in methods)),
                       **{c: config_lib.available(prefix=f"{c}_") for c in methods}}
+  assert all(sections[c] for c in methods)
   assert "digits" in sections["fit"] and "easier_digits" in sections["easier"]
   assert "egp_digits" in sections["egp"] and "nepenthe_digits" in sections["nepenthe"]
   assert ", ".join(zoo.names()) in out and ", ".join(data.names()) in out

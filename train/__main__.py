@@ -14,6 +14,7 @@ COMMANDS = {
     "easier": ("train.easier", "EASIER: the lowest-entropy activation becomes the identity, one per iteration"),
     "egp": ("train.egp", "EGP: prune weights where entropy x magnitude is low until layers collapse"),
     "nepenthe": ("train.nepenthe", "NEPENTHE: EGP's loop with the dataset-level entropy"),
+    "lacoot": ("train.lacoot", "LaCoOT: train once with a Wasserstein penalty, then drop the closest residual blocks"),
     "tlc": ("train.tlc", "TLC: the activations whose collapse costs least on a validation batch become identities"),
 }
 

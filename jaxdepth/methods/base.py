@@ -20,11 +20,17 @@ What a method removes is its **unit** (``method.unit``): an activation
 ``method.units(spec)`` lists them and the report counts them. What training
 needs from the method is one :class:`~jaxdepth.training.TrainOptions` (site
 gates, statistics of the last epoch, element-wise weight masks, a regularizer
-over named intermediates, the number of epochs), never a method-specific
-argument of :func:`jaxdepth.training.fit`.
+over named intermediates, the number of epochs, node gates that turn whole
+shape-preserving nodes such as residual blocks into the identity), never a
+method-specific argument of :func:`jaxdepth.training.fit`.
+
+A method whose later iterations only evaluate (``epochs=0``, LaCoOT) gets one
+more iteration after its last removal, with no live unit: ``measure`` then
+returns ``{}`` and ``decide`` an empty :class:`Decision`.
 
 The method ``state`` is a pytree of arrays (so orbax checkpoints it beside the
-variables): EASIER's is the site gates, EGP's adds weight masks. The spec does
+variables): EASIER's is the site gates, EGP's adds weight masks, LaCoOT's holds
+block gates and the ranking it made after its one training. The spec does
 not change during a run (removed units are data: gates at 0, masks; no
 recompilation); :meth:`Method.export` bakes the state into the spec for a saved
 model.

@@ -1,0 +1,626 @@
+"""LaCoOT: pull each block's output distribution onto its input's, then drop whole blocks.
+
+Quétu, Liao, Hezbri, Pizzati, Tartaglione, "LaCoOT: Layer Collapse through
+Optimal Transport", ICCV 2025 (arXiv 2406.08933).
+
+**The regularizer.** For a block ``k`` with input ``X_k`` and output ``Y_k``,
+each flattened per sample to ``(B, D)``, and ``n`` unit directions
+``θ_1..θ_n`` (the columns of a ``(D, n)`` matrix ``P``), the squared 1-D
+2-Wasserstein distance of direction ``j`` between the projected samples, with
+uniform weights and equal sample counts, is the sorted pairing::
+
+    W_j² = (1/B) Σ_i (sort(X θ_j)_i − sort(Y θ_j)_i)²
+
+The max-sliced distance is ``MSWD = sqrt(max_j W_j²)``, the sliced one
+``SWD = sqrt(mean_j W_j²)``, and training minimises::
+
+    L = CE + λ · mean_{k ∈ K} MSWD(X_k, Y_k),     θ ~ N(0, I_D) normalised, n = 50
+
+The directions are not optimised: a fresh random set per step and block,
+drawn from a key derived from the run seed and the step (a resumed run draws
+the same). The 1-D problems are solved by ott-jax
+(:func:`ott.tools.sliced.sliced_wasserstein` with a projection function that
+multiplies by ``P``; it sorts both sides through
+:func:`ott.solvers.linear.solve_univariate` and returns every slice's cost in
+``UnivariateOutput.ot_costs``, here the ``W_j²``); the max, the mean and the
+square root are taken here. The square root has a zero gradient at 0 (a
+safe square root), where a plain one gives NaN.
+
+**After training** (one training run, no fine-tuning): every block's distance
+on the validation split (eval mode, full batches, the mean over batches);
+blocks are then replaced by the identity one more at a time in a removal
+order (:data:`ORDERS`, ascending distance by default), each cumulative removal
+is evaluated, and the driver keeps the deepest one within its tolerance.
+During the run a removed block is a node gate at 0
+(:func:`jaxdepth.network.forward`'s ``node_gates``: data, one compilation);
+:func:`remove_units` takes it out of the spec for the saved model, whose
+outputs equal the gated network's.
+
+**Which blocks** (:func:`find_blocks`, :data:`PAIRINGS`): ``"block"`` (the
+default) every residual block with an identity shortcut and equal input and
+output shapes, compared input against output; ``"official"`` the pairings of
+the authors' code where they differ (MobileNetV2: the depthwise
+ConvBN-ReLU6 sub-layer of every stride-1 expansion block instead of the whole
+block; for a ResNet the official pairs, consecutive post-addition ReLU
+outputs, are exactly the input and output of each identity-shortcut block).
+
+The pieces are pure functions (:func:`max_sliced_wasserstein`,
+:func:`regularizer`, :func:`find_blocks`, :func:`block_distances`,
+:func:`removal_order`, :func:`remove_units`); :class:`LaCoOT` wires them into
+:func:`jaxdepth.driver.run`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+from ott.tools import sliced as ott_sliced
+
+from jaxdepth import network, training
+from jaxdepth import spec as S
+from jaxdepth.methods import base
+
+__all__ = ["PAIRINGS", "ORDERS", "SCORES", "random_projections", "slice_costs",
+           "max_sliced_wasserstein", "sliced_wasserstein", "Penalty", "regularizer",
+           "find_blocks", "official_units", "check_blocks", "block_distances", "removal_order",
+           "remove_units", "LaCoOT"]
+
+PAIRINGS = ("block", "official")
+ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
+SCORES = ("sliced", "max_sliced")
+
+
+# ------------------------------------------------------------------- distances
+
+
+def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax.Array:
+  """``n_projections`` random unit directions in ``R^dim``, as the columns of ``(dim, n)``.
+
+  ``θ ~ N(0, I_dim)`` normalised (uniform on the sphere); drawn as
+  :func:`ott.tools.sliced.random_proj_sphere` draws them, so with the same key
+  ``x @ random_projections(key, d, n)`` equals ``random_proj_sphere(x, n, key)``.
+  """
+  _check_count(n_projections)
+  theta = jax.random.normal(rng, (n_projections, dim), jnp.float32)
+  theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
+  return theta.T
+
+
+def _check_count(n_projections):
+  if not isinstance(n_projections, (int, np.integer)) or n_projections < 1:
+    raise ValueError(f"n_projections must be an int >= 1 (directions to project on), got "
+                     f"{n_projections!r}")
+
+
+def _project(z: jax.Array, projections: jax.Array) -> jax.Array:
+  """ott-jax's ``proj_fn``: ``(B, D) @ (D, n) -> (B, n)``."""
+  return z @ projections
+
+
+def _flat(x, what):
+  x = jnp.asarray(x)
+  if x.ndim < 2:
+    raise ValueError(f"{what} must be a batch (B, ...) of samples, got shape {x.shape}")
+  if x.shape[0] < 2:
+    raise ValueError(f"{what} holds {x.shape[0]} sample; a distance between distributions of "
+                     f"samples needs a batch of at least 2")
+  return x.reshape(x.shape[0], -1).astype(jnp.float32)
+
+
+def slice_costs(x, y, *, projections=None, rng=None, n_projections: int = 50) -> jax.Array:
+  """Every direction's squared 1-D 2-Wasserstein distance ``W_j²``, shape ``(n,)``.
+
+  Args:
+    x: ``(B, ...)`` samples (flattened per sample to ``(B, D)``).
+    y: ``(B', ...)`` samples with the same ``D`` (``B' = B`` in LaCoOT).
+    projections: ``(D, n)`` unit directions as columns (``x @ projections`` are
+      the projected samples); a constant (no gradient flows into it).
+    rng: a key to draw ``n_projections`` directions when ``projections`` is not
+      given (:func:`random_projections`).
+    n_projections: how many directions to draw.
+
+  Returns:
+    ``W_j²`` for each direction, from :func:`ott.tools.sliced.sliced_wasserstein`
+    (uniform weights; sorted pairing when ``B = B'``).
+
+  Raises:
+    ValueError: fewer than 2 samples, different feature sizes, projections of
+      the wrong shape, or neither ``projections`` nor ``rng`` (ott-jax would
+      silently use the same fixed key on every call).
+  """
+  x, y = _flat(x, "x"), _flat(y, "y")
+  if x.shape[1] != y.shape[1]:
+    raise ValueError(f"x and y must have the same number of features per sample, got "
+                     f"{x.shape[1]} and {y.shape[1]}")
+  dim = x.shape[1]
+  if projections is None:
+    if rng is None:
+      raise ValueError("pass projections= (a (D, n) matrix of unit columns) or rng= (a key to "
+                       "draw them); without either, ott-jax would use one fixed key on every call")
+    projections = random_projections(rng, dim, n_projections)
+  projections = jnp.asarray(projections, jnp.float32)
+  if projections.ndim != 2 or projections.shape[0] != dim or projections.shape[1] < 1:
+    raise ValueError(f"projections must have shape (D, n) = ({dim}, n >= 1) for samples of "
+                     f"{dim} features, got {projections.shape}")
+  projections = jax.lax.stop_gradient(projections)
+  _, out = ott_sliced.sliced_wasserstein(x, y, proj_fn=_project, projections=projections)
+  return out.ot_costs
+
+
+def _safe_sqrt(v: jax.Array) -> jax.Array:
+  """``sqrt(v)`` for ``v >= 0`` whose gradient at 0 is 0 instead of NaN (∞ · 0)."""
+  positive = v > 0
+  return jnp.where(positive, jnp.sqrt(jnp.where(positive, v, 1.0)), 0.0)
+
+
+def max_sliced_wasserstein(x, y, *, projections=None, rng=None, n_projections: int = 50
+                           ) -> jax.Array:
+  """The max-sliced 2-Wasserstein distance ``sqrt(max_j W_j²)`` (LaCoOT's regularizer).
+
+  The maximum is over the given or drawn directions (not optimised), as POT's
+  ``max_sliced_wasserstein_distance`` with ``p=2``. Differentiable in ``x`` and
+  ``y`` (through the sort; only the arg-max direction contributes), with a
+  zero gradient where the distance is 0. See :func:`slice_costs` for the
+  arguments.
+
+  Returns:
+    A float32 scalar.
+  """
+  costs = slice_costs(x, y, projections=projections, rng=rng, n_projections=n_projections)
+  return _safe_sqrt(jnp.maximum(jnp.max(costs), 0.0))
+
+
+def sliced_wasserstein(x, y, *, projections=None, rng=None, n_projections: int = 50
+                       ) -> jax.Array:
+  """The sliced 2-Wasserstein distance ``sqrt(mean_j W_j²)`` (the official validation log).
+
+  As POT's ``sliced_wasserstein_distance`` with ``p=2``; see :func:`slice_costs`.
+
+  Returns:
+    A float32 scalar.
+  """
+  costs = slice_costs(x, y, projections=projections, rng=rng, n_projections=n_projections)
+  return _safe_sqrt(jnp.maximum(jnp.mean(costs), 0.0))
+
+
+# ------------------------------------------------------------------ regularizer
+
+
+@dataclasses.dataclass(frozen=True)
+class Penalty:
+  """``λ · mean_k MSWD(X_k, Y_k)`` over captured ``{path: (X_k, Y_k)}``: a regularizer's ``fn``.
+
+  Block ``k`` (position in ``paths``) draws its directions from ``fold_in(rng, k)``.
+  Frozen and hashable, so compiled train steps are cached on it.
+
+  Attributes:
+    paths: the regularized nodes.
+    weight: λ (>= 0).
+    n_projections: directions per block and step.
+  """
+  paths: tuple[str, ...]
+  weight: float = 1.0
+  n_projections: int = 50
+
+  def __call__(self, captured, mask, rng) -> jax.Array:
+    del mask   # training batches are full (fit drops the remainder): uniform weights
+    distances = [max_sliced_wasserstein(*captured[p], rng=jax.random.fold_in(rng, k),
+                                        n_projections=self.n_projections)
+                 for k, p in enumerate(self.paths)]
+    return self.weight * jnp.mean(jnp.stack(distances))
+
+
+def regularizer(paths, weight: float = 1.0, n_projections: int = 50) -> training.Regularizer:
+  """LaCoOT's loss term as a :class:`~jaxdepth.training.Regularizer` over ``paths``.
+
+  Args:
+    paths: node paths (e.g. :func:`find_blocks`), captured in the training forward pass.
+    weight: λ (>= 0).
+    n_projections: directions drawn per block and step (>= 1).
+
+  Returns:
+    ``Regularizer("lacoot", capture=paths, fn=Penalty(...))``; its key is
+    ``fold_in(step key, 1)``, a function of the seed and the step.
+
+  Raises:
+    ValueError: λ < 0, fewer than 1 projection, no path.
+  """
+  paths = tuple(paths)
+  if not paths:
+    raise ValueError("the LaCoOT regularizer needs at least one block to regularize")
+  _check_weight(weight)
+  _check_count(n_projections)
+  return training.Regularizer(
+      f"lacoot(weight={float(weight)},n={int(n_projections)})", paths,
+      Penalty(paths, float(weight), int(n_projections)))
+
+
+def _check_weight(weight):
+  if not isinstance(weight, (int, float, np.floating)) or not weight >= 0 or not math.isfinite(
+      weight):
+    raise ValueError(f"the LaCoOT weight λ must be a finite number >= 0, got {weight!r}")
+
+
+# -------------------------------------------------------------------- blocks
+
+
+def find_blocks(spec: S.Spec, pairing: str = "block") -> tuple[str, ...]:
+  """The removable units of ``spec``, in call order.
+
+  Args:
+    spec: the architecture.
+    pairing: ``"block"``: every :class:`~jaxdepth.spec.Block` with an identity
+      shortcut whose input and output shapes are equal (ResNet-18: the four
+      ``layerS/1`` and ``layer1/0``; ResNet-20: every stride-1 equal-width
+      block; MobileNetV2: the ten stride-1 inverted residuals with a skip
+      connection). ``"official"``:
+      :func:`official_units`.
+
+  Returns:
+    Node paths.
+  """
+  if pairing not in PAIRINGS:
+    raise ValueError(f"unknown LaCoOT pairing {pairing!r}; expected one of {PAIRINGS}")
+  if pairing == "official":
+    return official_units(spec)
+  shapes = spec.shapes()
+  return tuple(p for p, n in spec.walk()
+               if isinstance(n, S.Block) and n.identity_shortcut and shapes[p][0] == shapes[p][1])
+
+
+def official_units(spec: S.Spec) -> tuple[str, ...]:
+  """The units the authors' code regularizes and removes, for the architectures it covers.
+
+  * MobileNetV2 (``mobilenet_v2_*`` specs): the depthwise ConvBN-ReLU6
+    ``features/i/conv/depthwise`` of every inverted residual with an expansion
+    layer and stride 1 (13 on the CIFAR variant, 12 on the ImageNet one); its
+    input and output have the same shape, so it can become the identity.
+  * ResNet-18 (``resnet18_*`` specs): the four ``layerS/1``. The official
+    pairs are consecutive post-addition ReLU outputs (``layerS/0``'s and
+    ``layerS/1``'s), which are exactly ``layerS/1``'s input and output;
+    ``layer1/0``, also an identity-shortcut block on the CIFAR stem, is not
+    among them.
+
+  Raises:
+    ValueError: an architecture the authors' code does not cover.
+  """
+  if spec.name.startswith("mobilenet_v2"):
+    shapes = spec.shapes()
+    out = []
+    for path, node in spec.walk():
+      if not (isinstance(node, S.Sequential) and path.endswith("/conv/depthwise")):
+        continue
+      expand = path[:-len("depthwise")] + "expand"
+      if expand in shapes and shapes[path][0] == shapes[path][1]:
+        out.append(path)
+    return tuple(out)
+  if spec.name.startswith("resnet18"):
+    return tuple(p for p in find_blocks(spec, "block") if p.split(S.SEP)[-1] == "1")
+  raise ValueError(f"no official LaCoOT pairing for {spec.name!r} (the authors' code covers "
+                   f"ResNet-18, MobileNetV2 and Swin-T); use pairing='block'")
+
+
+def check_blocks(spec: S.Spec, paths) -> tuple[str, ...]:
+  """Checks that every path is an identity-shortcut block with equal input/output shapes.
+
+  Returns:
+    The paths, as a tuple.
+
+  Raises:
+    KeyError: a path names no node.
+    ValueError: no path, a repeated path, a node that is not a residual block,
+      a projection shortcut, or different input and output shapes.
+  """
+  paths = (paths,) if isinstance(paths, str) else tuple(paths)
+  if not paths:
+    raise ValueError("no block given; name at least one identity-shortcut block")
+  if len(set(paths)) != len(paths):
+    raise ValueError(f"blocks repeated in {list(paths)}")
+  shapes = spec.shapes()
+  candidates = find_blocks(spec)
+  for p in paths:
+    node = spec.node(p)
+    if not isinstance(node, S.Block):
+      raise ValueError(f"{p!r} is a {node.kind} node, not a residual block; LaCoOT removes "
+                       f"identity-shortcut blocks: {list(candidates)}")
+    if not node.identity_shortcut:
+      raise ValueError(f"block {p!r} has a projection shortcut; only blocks with an identity "
+                       f"shortcut can become the identity: {list(candidates)}")
+    if shapes[p][0] != shapes[p][1]:
+      raise ValueError(f"block {p!r} maps {shapes[p][0]} to {shapes[p][1]}; its input and "
+                       f"output shapes must be equal: {list(candidates)}")
+  return paths
+
+
+# --------------------------------------------------------------- measurement
+
+
+def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
+                    batch_size: int = 256, n_projections: int = 50, node_gates=None,
+                    mesh=None, dtype=None) -> dict[str, dict[str, float]]:
+  """Every unit's sliced and max-sliced distance on ``split``, in eval mode.
+
+  Per full batch (the remainder is dropped; a split smaller than one batch is
+  one batch), every unit's input and output are captured in one forward pass
+  and compared; the values are means over batches. The sliced distance uses
+  the same directions for every batch and unit shape (``fold_in(rng, 0)``, as
+  the official validation log with a fixed seed), the max-sliced one fresh
+  directions per batch and unit (``fold_in(rng, 1)`` then the batch and the
+  unit).
+
+  Args:
+    spec: the architecture.
+    variables: its variables.
+    split: a data split (usually validation).
+    paths: the units.
+    rng: a key.
+    batch_size: global batch size (rounded down to a multiple of the device
+      count; in a multi-process run each process reads its share).
+    n_projections: directions per distance.
+    node_gates: gates of removed units (``{path: gate}``).
+    mesh: device mesh (default: every device).
+    dtype: compute dtype.
+
+  Returns:
+    ``{path: {"sliced": d, "max_sliced": m}}`` in the order of ``paths``.
+  """
+  paths = tuple(paths)
+  _check_count(n_projections)
+  mesh = training.make_mesh() if mesh is None else mesh
+  devices = mesh.devices.size
+  size = min(batch_size, split.num_examples) // devices * devices
+  if size < 2:
+    raise ValueError(f"split of {split.num_examples} examples gives no batch of at least 2 "
+                     f"over {devices} devices; a distance needs 2 samples or more")
+  fixed, fresh = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+
+  @jax.jit
+  def one(variables, images, gates, batch_index):
+    out = network.forward(spec, variables, images, capture=paths, node_gates=gates, dtype=dtype)
+    sw, msw = [], []
+    for k, p in enumerate(paths):
+      x, y = out.captured[p]
+      sw.append(sliced_wasserstein(x, y, rng=fixed, n_projections=n_projections))
+      key = jax.random.fold_in(jax.random.fold_in(fresh, batch_index), k)
+      msw.append(max_sliced_wasserstein(x, y, rng=key, n_projections=n_projections))
+    return jnp.stack(sw), jnp.stack(msw)
+
+  variables = training.replicate(variables, mesh)
+  gates = None if node_gates is None else {p: jnp.asarray(g, jnp.float32)
+                                           for p, g in node_gates.items()}
+  total_sw = total_msw = 0.0
+  count = 0
+  processes = jax.process_count()   # each process reads its share of every global batch
+  process_kw = ({"process_index": jax.process_index(), "process_count": processes}
+                if processes > 1 else {})
+  for i, batch in enumerate(split.batches(size // processes, drop_remainder=True, **process_kw)):
+    images = training.shard_batch({"image": batch["image"]}, mesh)["image"]
+    sw, msw = one(variables, images, gates, i)
+    total_sw, total_msw, count = total_sw + sw, total_msw + msw, count + 1
+  sw, msw = np.asarray(jax.device_get(total_sw)) / count, np.asarray(
+      jax.device_get(total_msw)) / count
+  return {p: {"sliced": float(sw[k]), "max_sliced": float(msw[k])} for k, p in enumerate(paths)}
+
+
+def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple[str, ...]:
+  """The order in which units are replaced by the identity, from their distances.
+
+  Args:
+    distances: ``{unit: d}`` of every unit, in call order.
+    rule: ``"ascending"`` (smallest distance first, ties in call order; the
+      default and the paper's idea); ``"deepest_first"`` (the official ResNet
+      script: the last block first, whatever the distances); ``"zscore"`` (the
+      official Swin-T script: ascending ``|d − mean d| / std d + pct(d) / 100``
+      with the population std and ``pct`` the percentile rank, mean of the
+      strict and weak ranks, so a block far *below* the mean goes late);
+      ``"shifted"`` (the official MobileNetV2 script's off-by-one: units sorted
+      by ascending distance, but the one at call position ``j`` removes the unit
+      at ``j − 1``; the first position removes nothing and the last unit is
+      never removed).
+
+  Returns:
+    Unit names in removal order (all units, or all but the last for ``"shifted"``).
+  """
+  if rule not in ORDERS:
+    raise ValueError(f"unknown LaCoOT removal order {rule!r}; expected one of {ORDERS}")
+  names = list(distances)
+  d = np.asarray([distances[u] for u in names], np.float64)
+  ascending = [int(i) for i in np.argsort(d, kind="stable")]
+  if rule == "ascending":
+    return tuple(names[i] for i in ascending)
+  if rule == "deepest_first":
+    return tuple(reversed(names))
+  if rule == "shifted":
+    return tuple(names[i - 1] for i in ascending if i > 0)
+  std = d.std()
+  z = np.abs(d - d.mean()) / std if std > 0 else np.zeros_like(d)
+  pct = np.asarray([((d < v).sum() + (d <= v).sum()) * 50.0 / len(d) for v in d])
+  score = z + pct / 100.0
+  return tuple(names[int(i)] for i in np.argsort(score, kind="stable"))
+
+
+# ------------------------------------------------------------------- surgery
+
+
+def remove_units(spec: S.Spec, variables, paths) -> tuple[S.Spec, dict[str, Any]]:
+  """``(spec, variables)`` without the nodes at ``paths`` (each becomes the identity).
+
+  Every node must keep its input shape (an identity-shortcut block, a
+  depthwise sub-layer), so nothing else changes: the result computes exactly
+  what the network with those nodes gated to 0 computes.
+
+  Raises:
+    KeyError: a path names no node.
+    ValueError: a node whose output shape differs from its input shape.
+  """
+  paths = tuple(paths)
+  if not paths:
+    return spec, variables
+  network.check_node_gates(spec, {p: 0.0 for p in paths})
+  targets = set(paths)
+  shallow = S.map_nodes(spec, lambda p, n: None if p in targets else n)
+  out = {}
+  for collection, tree in variables.items():
+    flat = traverse_util.flatten_dict(dict(tree), sep=S.SEP)
+    kept = {k: v for k, v in flat.items()
+            if not any(k == p or k.startswith(p + S.SEP) for p in targets)}
+    out[collection] = traverse_util.unflatten_dict(kept, sep=S.SEP)
+  return shallow, out
+
+
+# --------------------------------------------------------------------- method
+
+
+@dataclasses.dataclass(frozen=True)
+class LaCoOT:
+  """LaCoOT as a :class:`~jaxdepth.methods.base.Method` for :func:`jaxdepth.driver.run`.
+
+  Iteration 0 trains with the regularizer, measures every unit's validation
+  distance and ranks the units (:func:`removal_order`); every later iteration
+  trains nothing (``TrainOptions(epochs=0)``) and evaluates the network with
+  one more unit gated to the identity, until all are. The state is
+  ``{"gates": (n,) f32, "rank": (n,) i32, "distances": (n,) f32, "ranked": i32}``:
+  a unit's gate (0 = removed), its place in the removal order (``-1``: never
+  removed), its validation distance, and whether the ranking is made (after
+  iteration 0).
+
+  Attributes:
+    weight: λ, the regularizer's weight (>= 0; 0 trains without it).
+    n_projections: directions per distance.
+    pairing: ``"block"`` or ``"official"`` (:func:`find_blocks`).
+    blocks: explicit unit paths (identity-shortcut blocks) instead of ``pairing``'s.
+    order: the removal rule (:func:`removal_order`).
+    score: the distance that ranks: ``"sliced"`` (fixed directions, the
+      official ResNet log) or ``"max_sliced"``.
+  """
+  weight: float = 1.0
+  n_projections: int = 50
+  pairing: str = "block"
+  blocks: tuple[str, ...] | None = None
+  order: str = "ascending"
+  score: str = "sliced"
+  name: str = dataclasses.field(default="lacoot", init=False)
+  unit: str = dataclasses.field(default="block", init=False)
+  score_name: str = dataclasses.field(default="distances", init=False)
+
+  def __post_init__(self):
+    _check_weight(self.weight)
+    _check_count(self.n_projections)
+    if self.pairing not in PAIRINGS:
+      raise ValueError(f"unknown LaCoOT pairing {self.pairing!r}; expected one of {PAIRINGS}")
+    if self.order not in ORDERS:
+      raise ValueError(f"unknown LaCoOT removal order {self.order!r}; expected one of {ORDERS}")
+    if self.score not in SCORES:
+      raise ValueError(f"unknown LaCoOT score {self.score!r}; expected one of {SCORES}")
+    if self.blocks is not None:
+      object.__setattr__(self, "blocks", (self.blocks,) if isinstance(self.blocks, str)
+                         else tuple(self.blocks))
+
+  def options(self) -> dict[str, Any]:
+    return {"weight": float(self.weight), "n_projections": int(self.n_projections),
+            "pairing": self.pairing, "blocks": None if self.blocks is None else list(self.blocks),
+            "order": self.order, "score": self.score}
+
+  def units(self, spec: S.Spec) -> tuple[str, ...]:
+    if self.blocks is not None:
+      return check_blocks(spec, self.blocks)
+    return find_blocks(spec, self.pairing)
+
+  def init(self, spec: S.Spec):
+    n = len(self.units(spec))
+    return {"gates": jnp.ones((n,), jnp.float32), "rank": jnp.full((n,), -1, jnp.int32),
+            "distances": jnp.zeros((n,), jnp.float32), "ranked": jnp.zeros((), jnp.int32)}
+
+  @staticmethod
+  def _host(state):
+    return {k: np.asarray(jax.device_get(v)) for k, v in state.items()}
+
+  @staticmethod
+  def _ranked(state) -> bool:
+    return bool(state["ranked"])
+
+  def _live_indices(self, state) -> list[int]:
+    state = self._host(state)
+    ranked = self._ranked(state)
+    return [i for i in range(len(state["gates"]))
+            if state["gates"][i] != 0 and (not ranked or state["rank"][i] >= 0)]
+
+  def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    units = self.units(spec)
+    return tuple(units[i] for i in self._live_indices(state))
+
+  def default_iterations(self, spec: S.Spec) -> int:
+    return len(self.units(spec)) + 1   # the trained network, then one removal more each
+
+  def node_gates(self, spec: S.Spec, state) -> dict[str, jax.Array]:
+    """``{unit: gate}`` for :func:`jaxdepth.network.forward`."""
+    return {u: state["gates"][i] for i, u in enumerate(self.units(spec))}
+
+  def train_options(self, spec: S.Spec, state) -> base.TrainOptions:
+    gates = self.node_gates(spec, state)
+    if self._ranked(self._host(state)):
+      return base.TrainOptions(node_gates=gates, epochs=0)
+    reg = (regularizer(self.units(spec), self.weight, self.n_projections)
+           if self.weight > 0 else None)
+    return base.TrainOptions(node_gates=gates, regularizer=reg)
+
+  def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, float]:
+    host = self._host(state)
+    units = self.units(spec)
+    if self._ranked(host):   # the distances the ranking was made on
+      return {units[i]: float(host["distances"][i]) for i in self._live_indices(state)}
+    if context.dataset is None or context.dataset.val is None:
+      raise ValueError("LaCoOT measures its distances on the validation split; the dataset "
+                       "has none (load it with val_fraction > 0)")
+    values = block_distances(
+        spec, variables, context.dataset.val, units, rng=context.rng,
+        batch_size=context.eval_batch_size or 256, n_projections=self.n_projections,
+        node_gates=self.node_gates(spec, state), mesh=context.mesh, dtype=context.dtype)
+    return {u: v[self.score] for u, v in values.items()}
+
+  def decide(self, scores: dict[str, float], state) -> base.Decision:
+    host = self._host(state)
+    if not self._ranked(host):
+      order = removal_order(scores, self.order)
+      return base.Decision(order[:1], {"order": list(order), "rule": self.order,
+                                       "score": self.score, "distances": dict(scores)})
+    live = self._live_indices(state)
+    if len(live) != len(scores):
+      raise ValueError(f"{len(scores)} scores for {len(live)} live units")
+    if not live:
+      return base.Decision(())
+    names = dict(zip(live, scores))
+    nxt = min(live, key=lambda i: host["rank"][i])
+    return base.Decision((names[nxt],))
+
+  def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    units = self.units(spec)
+    host = self._host(state)
+    unknown = [u for u in decision.remove if u not in units]
+    if unknown:
+      raise KeyError(f"cannot remove {unknown}: not units of {spec.name!r}: {list(units)}")
+    rank, distances = host["rank"], host["distances"]
+    if not self._ranked(host):
+      order = decision.details["order"]
+      rank = np.full(len(units), -1, np.int32)
+      for r, u in enumerate(order):
+        rank[units.index(u)] = r
+      scores = decision.details.get("distances")
+      if scores is not None:
+        distances = np.asarray([scores[u] for u in units], np.float32)
+    gates = np.where([u in decision.remove for u in units], 0.0, host["gates"])
+    return variables, {"gates": jnp.asarray(gates, jnp.float32),
+                       "rank": jnp.asarray(rank, jnp.int32),
+                       "distances": jnp.asarray(distances, jnp.float32),
+                       "ranked": jnp.ones((), jnp.int32)}
+
+  def export(self, spec: S.Spec, variables, state):
+    host = self._host(state)
+    units = self.units(spec)
+    return remove_units(spec, variables, [u for i, u in enumerate(units)
+                                          if host["gates"][i] == 0])

@@ -1,0 +1,297 @@
+"""python -m train lacoot: LaCoOT end to end, one regularized training then block removal.
+
+    python -m train lacoot                                   # ResNet-20 (width 8) on digits, CPU
+    python -m train lacoot --config lacoot_cifar10_resnet18 --data-dir ~/tensorflow_datasets
+    python -m train lacoot --config lacoot_cifar10_resnet18 --lambda 1 --order ascending
+
+Iteration 0 trains the network once with λ · mean_k MSWD(X_k, Y_k) added to
+the cross-entropy (every identity-shortcut block's input X_k against its output
+Y_k; jaxdepth.methods.lacoot), then measures each block's distance on the
+validation split and ranks the blocks. Every later iteration trains nothing:
+it replaces one more block by the identity and evaluates validation and test.
+The deepest removal within --tolerance points of the trained network's
+validation accuracy is saved in WORKDIR/chosen/ with the blocks really
+gone (jaxdepth.checkpoint.load_model), beside report.json,
+report.md, accuracy.png, distances.png (every block's sliced and
+max-sliced distance) and lacoot.json (those distances and the measured
+latency of the trained network against the chosen shallow one).
+
+Running the same command again resumes (mid-training from the epoch
+checkpoints, or after the last finished iteration); --tolerance may change
+between calls, anything else is refused. A config is a
+train/configs/lacoot_*.py file (python -m train list): the keys of python -m
+train fit plus weight (λ), n_projections, pairing, blocks, order, score,
+iterations, tolerance and latency_batch; --config.KEY=VALUE overrides any of
+them. Without --config, the lacoot_* config for --model and --dataset is used
+when exactly one matches, else lacoot_digits. The default work directory is
+runs/lacoot-<model>-<dataset>-seed<seed>.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+from typing import Any
+
+from ml_collections import config_dict
+
+from train import command
+from train import config as config_lib
+
+NAME = "lacoot"
+METHOD_DEFAULTS: dict[str, Any] = {
+    "weight": 1.0,                # λ, the regularizer's weight (>= 0)
+    "n_projections": 50,          # random directions per distance
+    "pairing": "block",           # "block" (identity-shortcut blocks) or "official"
+    "blocks": config_dict.placeholder(tuple),   # explicit block paths instead of the pairing's
+    "order": "ascending",         # "ascending", "deepest_first", "zscore", "shifted"
+    "score": "sliced",            # ranking distance: "sliced" or "max_sliced"
+    "iterations": config_dict.placeholder(int),  # None = every removal (blocks + 1)
+    "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
+    "checkpoint_epochs": True,    # checkpoint every epoch of the training too
+    "latency_batch": 1,           # batch size of the dense-vs-shallow latency measurement
+}
+DEFAULT_CONFIG = "lacoot_digits"
+PAIRINGS = ("block", "official")
+ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
+SCORES = ("sliced", "max_sliced")
+FLAGS = ("weight", "n_projections", "pairing", "order", "score", "iterations", "tolerance")
+_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                  "image_size", "normalization", "dtype")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train lacoot", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_run_arguments(
+      p, config_help=f"a lacoot_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {DEFAULT_CONFIG})",
+      workdir_help="run directory (default: runs/lacoot-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--weight", "--lambda", dest="weight",
+                 help="λ, the weight of the max-sliced Wasserstein term (>= 0)")
+  p.add_argument("--n-projections", "--n_projections", dest="n_projections",
+                 help="random directions per distance (default 50)")
+  p.add_argument("--pairing",
+                 help="'block': every identity-shortcut block; 'official': the authors' units "
+                      "(ResNet-18: layerS/1; MobileNetV2: the depthwise sub-layers)")
+  p.add_argument("--order",
+                 help="removal order: ascending (distance), or an official script's rule: "
+                      "deepest_first (ResNet), zscore (Swin-T), shifted (MobileNetV2)")
+  p.add_argument("--score", help="the ranking distance: sliced or max_sliced")
+  p.add_argument("--iterations",
+                 help="iterations (default: one per block plus the trained network)")
+  p.add_argument("--tolerance",
+                 help="allowed validation-accuracy drop of the chosen model, in points")
+  command.add_launch_arguments(p)
+  return p
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def load_config(config: str) -> dict[str, Any]:
+  """A LaCoOT config with every default filled in."""
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
+
+
+def default_config(model: str | None, dataset: str | None) -> str:
+  """The one ``lacoot_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
+  if model is None and dataset is None:
+    return DEFAULT_CONFIG
+  matches = []
+  for name in command.command_configs(NAME, command.registered_commands()):
+    values = load_config(name)
+    if (model or values["model"]) == values["model"] and (
+        dataset or values["dataset"]) == values["dataset"]:
+      matches.append(name)
+  return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
+
+
+def _number(v) -> bool:
+  return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of LaCoOT's own keys, one line each."""
+  out = []
+  w, n, it, tol = cfg["weight"], cfg["n_projections"], cfg["iterations"], cfg["tolerance"]
+  if not (_number(w) and w >= 0 and w == w and w != float("inf")):
+    out.append(f"--lambda {w!r}: λ must be a finite number >= 0 (the authors use 5 for "
+               f"ResNet-18, 9 for MobileNetV2), e.g. 1")
+  if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
+    out.append(f"--n-projections {n!r}: n_projections must be an int >= 1 (random directions "
+               f"per distance), e.g. 50")
+  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+    out.append(f"--iterations {it!r}: must be an integer >= 1 (or leave it out: every removal)")
+  if not (_number(tol) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  for key, known in (("pairing", PAIRINGS), ("order", ORDERS), ("score", SCORES)):
+    if cfg[key] not in known:
+      out.append(f"--{key} {cfg[key]!r}: use one of {', '.join(known)}")
+  lb = cfg["latency_batch"]
+  if not (isinstance(lb, int) and not isinstance(lb, bool) and lb >= 1):
+    out.append(f"--config.latency_batch={lb!r}: must be an integer >= 1")
+  return out
+
+
+def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
+  """Problems that need the model and the data: the blocks, no validation split."""
+  out = []
+  try:
+    units = method_of(cfg).units(spec)
+  except (KeyError, ValueError) as e:
+    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
+    where = ("--config.blocks=" + repr(cfg["blocks"]) if cfg["blocks"] is not None
+             else f"--pairing {cfg['pairing']!r}")
+    out.append(f"{where}: {text}")
+  else:
+    if not units:
+      out.append(f"--config.model={cfg['model']!r}: {spec.name} has no residual block with an "
+                 f"identity shortcut for LaCoOT to remove; use a ResNet or MobileNetV2")
+  if ds.val is None:
+    out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+               f"validation split, on which LaCoOT measures its distances and chooses its "
+               f"operating point; use a fraction > 0, e.g. 0.1")
+  return out
+
+
+def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
+  return command.default_workdir(NAME, cfg)
+
+
+def method_of(cfg: dict[str, Any]):
+  """The :class:`~jaxdepth.methods.LaCoOT` of a config (raises ValueError on bad settings)."""
+  from jaxdepth.methods import LaCoOT  # pylint: disable=import-outside-toplevel
+  blocks = cfg["blocks"]
+  return LaCoOT(weight=cfg["weight"], n_projections=cfg["n_projections"], pairing=cfg["pairing"],
+                blocks=None if blocks is None else tuple(blocks), order=cfg["order"],
+                score=cfg["score"])
+
+
+def latencies(models, *, batch: int, rounds: int = 3, repeats: int = 15) -> list[float]:
+  """Seconds of one jitted eval forward of each ``(spec, variables)``: the fastest of
+  ``rounds`` medians of ``repeats`` calls, the models alternating so that other load on
+  the machine hits them alike."""
+  import statistics  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  calls = []
+  for spec, variables in models:
+    fn = jax.jit(lambda v, x, spec=spec: network.forward(spec, v, x).logits)
+    x = jax.random.normal(jax.random.key(0), (batch, *spec.input_shape))
+    fn(variables, x).block_until_ready()   # compiles
+    calls.append((fn, variables, x))
+  best = [float("inf")] * len(models)
+  for _ in range(rounds):
+    for i, (fn, variables, x) in enumerate(calls):
+      times = []
+      for _ in range(repeats):
+        tic = time.perf_counter()
+        fn(variables, x).block_until_ready()
+        times.append(time.perf_counter() - tic)
+      best[i] = min(best[i], statistics.median(times))
+  return best
+
+
+def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_batch_size: int,
+           latency_batch: int, mesh=None, dtype=None) -> dict[str, Any]:
+  """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, report  # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import lacoot  # pylint: disable=import-outside-toplevel
+  _, trained = checkpoint.load_model(workdir / "iterations" / "000" / "model")
+  units = method.units(spec)
+  distances = lacoot.block_distances(
+      spec, trained, ds.val, units, rng=jax.random.fold_in(jax.random.key(seed), 0),
+      batch_size=eval_batch_size, n_projections=method.n_projections, mesh=mesh, dtype=dtype)
+  entries = result.report["iterations"]
+  order = entries[0].get("decision", {}).get("order", [])
+  chosen = result.report["chosen"]
+  dense_s, shallow_s = latencies([(spec, trained), (result.chosen_spec, result.chosen_variables)],
+                                 batch=latency_batch)
+  out = {"distances": distances, "order": order, "removed": chosen["removed"],
+         "latency": {"batch": latency_batch, "dense_ms": round(1e3 * dense_s, 4),
+                     "shallow_ms": round(1e3 * shallow_s, 4),
+                     "speedup": round(dense_s / shallow_s, 3)},
+         "dense": costs.summary(spec), "shallow": costs.summary(result.chosen_spec)}
+  if jax.process_index() == 0:
+    (workdir / "lacoot.json").write_text(json.dumps(out, indent=1))
+    report.plot_unit_bars(distances, workdir / "distances.png", marked=chosen["removed"],
+                          title=f"LaCoOT distances per block ({spec.name}, validation)",
+                          ylabel="2-Wasserstein distance")
+  return out
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(NAME, argv)
+  return session.run(lambda: _main(session, argv))
+
+
+def _main(session: command.Session, argv: list[str]) -> int:
+  args = command.start(session, build_parser(), argv)
+  if args is None:
+    return 0
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+
+  tic = time.perf_counter()
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  recipe = config_lib.recipe_of(cfg)
+  method = method_of(cfg)
+  units = method.units(spec)
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  dtype = command.compute_dtype(cfg["dtype"])
+  mesh = training.make_mesh()
+  say(f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order) on "
+      f"{spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
+      f"{costs.count_params(spec):,} parameters, {len(units)} removable blocks "
+      f"({', '.join(units)}); {cfg['epochs']} epochs once; train/val/test "
+      f"{ds.train.num_examples}/{ds.val.num_examples}/{ds.test.num_examples}; "
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+
+  eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
+  try:
+    result = driver.run(
+        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
+        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        eval_batch_size=eval_batch_size, progress=args.progress,
+        checkpoint_epochs=cfg["checkpoint_epochs"],
+        fit_options={"eval_every": cfg["eval_every"],
+                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
+        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
+  more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
+                eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
+                dtype=dtype)
+  say("")
+  say(report.table(result.report))
+  lat = more["latency"]
+  say(f"latency at batch {lat['batch']} (jitted eval forward, best of 3 medians): trained "
+      f"{lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
+      f"({lat['speedup']:.2f}x); MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, "
+      f"weight depth {more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
+  say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, distances "
+      f"{workdir / 'lacoot.json'}, model {workdir / 'chosen'} (jaxdepth.checkpoint.load_model)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
