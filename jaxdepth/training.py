@@ -389,8 +389,15 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
     return batch_metrics(out.logits, batch["label"], batch["mask"]), stats
 
   rep = _replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep),
-                 out_shardings=(rep, rep))
+  jitted = jax.jit(step, in_shardings=(rep, _batch_sharding(mesh), rep, rep, rep),
+                   out_shardings=(rep, rep))
+
+  @functools.wraps(step)
+  def eval_step(variables, batch, gates, stats, node_gates=None):
+    return jitted(variables, batch, gates, stats, node_gates)
+
+  eval_step.jitted = jitted
+  return eval_step
 
 
 class Evaluation(NamedTuple):
