@@ -48,13 +48,22 @@ def _uniform(bound: float):
   return init
 
 
-def activation(fn: str, z):
+def activation(fn: str, z, negative_slope: float = 0.01):
+  """The site function ``fn`` (one of :data:`jaxdepth.spec.ACTIVATIONS`) applied to ``z``."""
   if fn == "relu":
     return jax.nn.relu(z)
   if fn == "relu6":
     return jax.nn.relu6(z)
   if fn == "gelu":
     return jax.nn.gelu(z, approximate=False)
+  if fn == "gelu_tanh":
+    return jax.nn.gelu(z, approximate=True)
+  if fn == "silu":
+    return jax.nn.silu(z)
+  if fn == "leaky_relu":
+    return jax.nn.leaky_relu(z, negative_slope)
+  if fn == "hard_swish":
+    return jax.nn.hard_swish(z)
   if fn == "identity":
     return z
   raise ValueError(f"unknown activation {fn!r}")
@@ -222,7 +231,7 @@ def _run_node(module: nn.Module, n: S.Node, path: str, x, ctx: _Context):
     if ctx.collect_stats:
       module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
                  init_fn=lambda: None, reduce_fn=lambda _, b: b)
-    y = activation(n.fn, x)
+    y = activation(n.fn, x, n.negative_slope)
     if ctx.gates is not None:
       y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
     x = y
@@ -236,6 +245,8 @@ def _run_node(module: nn.Module, n: S.Node, path: str, x, ctx: _Context):
     x = _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
   elif isinstance(n, S.Block):
     x = _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
+  elif isinstance(n, S.Concat):
+    x = _ConcatScope(n, path + S.SEP, name=n.name)(x, ctx)
   else:
     raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
   return x
@@ -259,6 +270,16 @@ class _BlockScope(nn.Module):
     y = _run(self, self.block.branch, x, ctx, self.prefix)
     y = y + _run(self, self.block.shortcut, x, ctx, self.prefix)
     return _run(self, self.block.post, y, ctx, self.prefix)
+
+
+class _ConcatScope(nn.Module):
+  node: S.Concat
+  prefix: str
+
+  @nn.compact
+  def __call__(self, x, ctx):
+    y = jnp.concatenate([_run(self, b, x, ctx, self.prefix) for b in self.node.branches], -1)
+    return _run(self, self.node.post, y, ctx, self.prefix)
 
 
 class Network(nn.Module):
