@@ -41,6 +41,7 @@ import inspect
 import math
 import os
 import traceback
+import warnings
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -273,7 +274,9 @@ _ELEMENTWISE = frozenset({
     "max", "min", "mul", "add", "sub", "div", "neg", "logistic", "tanh", "erf", "erfc", "exp",
     "exp2", "expm1", "log", "log1p", "integer_pow", "pow", "sqrt", "rsqrt", "square", "select_n",
     "ge", "gt", "le", "lt", "eq", "ne", "abs", "sign", "convert_element_type", "copy", "copy_p",
-    "clamp", "and", "or", "not", "stop_gradient", "reduce_precision"})
+    "clamp", "and", "or", "not", "stop_gradient", "reduce_precision", "sin", "cos", "tan",
+    "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "cbrt",
+    "floor", "ceil", "round", "is_finite", "nextafter", "rem", "lgamma", "digamma"})
 _CALLS = frozenset({"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call",
                     "core_call", "remat", "checkpoint"})
 
@@ -299,6 +302,88 @@ def _elementwise(eqn) -> bool:
   if name == "broadcast_in_dim":
     return all(not v.aval.shape for v in eqn.invars)
   return name in _ELEMENTWISE
+
+
+# What the site functions are made of; an element-wise chain using anything else (sin, exp
+# of its own, ...) is refused without evaluating it.
+_ACTIVATION_OPS = frozenset({
+    "max", "min", "mul", "add", "sub", "div", "neg", "logistic", "tanh", "erf", "erfc",
+    "integer_pow", "pow", "select_n", "ge", "gt", "le", "lt", "eq", "ne", "abs", "sign",
+    "convert_element_type", "copy", "copy_p", "clamp", "broadcast_in_dim", "exp", "expm1",
+    "log1p", "stop_gradient", "square", "sqrt", "rsqrt"}) | _CALLS
+_GRID = np.linspace(-8.0, 8.0, 4001)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(x):
+  return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+# The site kinds of jaxdepth.spec.ACTIVATIONS (but identity and leaky_relu), in float64.
+_REFERENCES = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                     * (x + 0.044715 * x**3))),
+    "silu": lambda x: x * _sigmoid(x),
+    "hard_swish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+}
+
+# numpy versions of the element-wise primitives (shapes broadcast: a chain of them is run
+# on a 1-D grid whatever the traced shape).
+_NUMPY = {
+    "max": np.maximum, "min": np.minimum, "mul": np.multiply, "add": np.add,
+    "sub": np.subtract, "div": np.divide, "neg": np.negative, "logistic": _sigmoid,
+    "tanh": np.tanh, "erf": _erf, "erfc": lambda x: 1.0 - _erf(x), "pow": np.power,
+    "ge": np.greater_equal, "gt": np.greater, "le": np.less_equal, "lt": np.less,
+    "eq": np.equal, "ne": np.not_equal, "abs": np.abs, "sign": np.sign, "exp": np.exp,
+    "expm1": np.expm1, "log1p": np.log1p, "square": np.square, "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x), "copy": lambda x: x, "copy_p": lambda x: x,
+    "stop_gradient": lambda x: x, "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
+}
+
+
+def _run_numpy(eqns, env, consts, out):
+  """Evaluates element-wise equations in float64 numpy (calls are opened)."""
+  def read(u):
+    if _is_literal(u):
+      return np.asarray(u.val, np.float64) if np.issubdtype(
+          np.asarray(u.val).dtype, np.floating) else np.asarray(u.val)
+    if u in env:
+      return env[u]
+    return np.asarray(consts[u], np.float64)
+  for eqn in eqns:
+    name = eqn.primitive.name
+    args = [read(u) for u in eqn.invars]
+    if name in _CALLS:
+      inner = _inner(eqn)
+      sub_consts = dict(zip(inner.constvars, getattr(eqn.params.get("jaxpr") or eqn.params.get(
+          "call_jaxpr"), "consts", ())))
+      sub_env = dict(zip(inner.invars, args))
+      outs = [_run_numpy(inner.eqns, sub_env, sub_consts, o) for o in inner.outvars]
+    elif name == "integer_pow":
+      outs = [np.power(args[0], eqn.params["y"])]
+    elif name == "select_n":
+      pred, *cases = args
+      outs = [np.choose(np.asarray(pred, np.int64), np.broadcast_arrays(*cases))]
+    elif name == "convert_element_type":
+      dtype = np.dtype(eqn.params["new_dtype"])
+      outs = [args[0] if np.issubdtype(dtype, np.floating) else args[0].astype(dtype)]
+    elif name == "broadcast_in_dim":
+      outs = [args[0]]                       # a scalar: numpy broadcasts it
+    else:
+      outs = [_NUMPY[name](*args)]
+    for var, val in zip(eqn.outvars, outs):
+      env[var] = val
+  return read(out)
+
+
+def _primitives(eqn):
+  yield eqn.primitive.name
+  inner = _inner(eqn) if eqn.primitive.name in _CALLS else None
+  for e in inner.eqns if inner is not None else ():
+    yield from _primitives(e)
 
 
 def _is_literal(v) -> bool:
@@ -376,13 +461,10 @@ class _Graph:
     rec(v)
     return [seen[i] for i in sorted(seen)]
 
-  def evaluate(self, eqns, s, v, values):
-    """Runs the equations ``eqns`` (computing ``v`` from ``s``) on ``values``."""
-    used = {u for e in eqns for u in e.invars if not _is_literal(u) and u in self.consts}
-    constvars = [u for u in self.jaxpr.constvars if u in used]
-    sub = jcore.Jaxpr(constvars, [s], [v], eqns)
-    return jcore.jaxpr_as_fun(jcore.ClosedJaxpr(sub, [self.consts[u] for u in constvars]))(
-        values)[0]
+  def evaluate(self, eqns, s, v, values: np.ndarray) -> np.ndarray:
+    """Runs the equations ``eqns`` (computing ``v`` from ``s``) on ``values`` in numpy."""
+    env = {s: values}
+    return _run_numpy(eqns, env, self.consts, v)
 
   def identify(self, v, s):
     """``(kind, value)`` of the element-wise function from ``s`` to ``v``.
@@ -390,29 +472,29 @@ class _Graph:
     ``("act", Act fields)``, ``("identity", None)`` or ``("scale", c)``; refuses others.
     """
     eqns = self.region(v, s)
+    foreign = sorted({name for e in eqns for name in _primitives(e)} - _ACTIVATION_OPS)
+    if foreign:
+      self.refuse(next(e for e in eqns if set(_primitives(e)) & set(foreign)),
+                  f"an element-wise {', '.join(foreign)} that no activation site uses",
+                  f"jaxdepth's sites are "
+                  f"{', '.join(a for a in S.ACTIVATIONS if a != 'identity')}; write the "
+                  f"activation as one of them (e.g. nn.relu, nn.silu, nn.gelu)")
     shape = tuple(s.aval.shape)
     if tuple(v.aval.shape) != shape:
       self.refuse(eqns[-1], "a broadcast between two tensors of different shapes",
                   "only element-wise functions of one tensor are supported")
-    size = math.prod(shape) or 1
-    grid = np.linspace(-8.0, 8.0, 4001)
-    rows = -(-grid.size // size)                 # probes of the traced shape, batched by vmap
-    t = np.resize(grid, rows * size).reshape((rows, *shape)).astype(np.float32)
-    y = np.asarray(jax.vmap(lambda a: jnp.asarray(self.evaluate(eqns, s, v, a), jnp.float32))(
-        jnp.asarray(t, s.aval.dtype)), np.float64).reshape(-1)
-    t = t.astype(np.float64).reshape(-1)
+    t = _GRID
+    y = np.broadcast_to(self.evaluate(eqns, s, v, t), t.shape)
     close = lambda a: np.allclose(y, a, rtol=1e-5, atol=1e-5)  # noqa: E731
     if close(t):
       return "identity", None
-    c = y[np.argmin(np.abs(t - 1.0))]
+    c = float(np.interp(1.0, t, y))
     if close(c * t):
       return "scale", float(c)
-    for fn in S.ACTIVATIONS:
-      if fn in ("identity", "leaky_relu"):
-        continue
-      if close(np.asarray(network.activation(fn, t.astype(np.float32)), np.float64)):
+    for fn, reference in _REFERENCES.items():
+      if close(reference(t)):
         return "act", {"fn": fn}
-    slope = float(y[np.argmin(np.abs(t + 4.0))] / -4.0)
+    slope = float(np.interp(-4.0, t, y) / -4.0)
     if 0 < slope < 1 and close(np.where(t >= 0, t, slope * t)):
       return "act", {"fn": "leaky_relu", "negative_slope": round(slope, 7)}
     ops = sorted({e.primitive.name for e in eqns})
