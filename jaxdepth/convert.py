@@ -406,6 +406,7 @@ class _Graph:
     self.ir: list[dict] = []
     self._memo: dict = {}
     self._src: dict = {}
+    self._dep: dict = {}
 
   # -- where -------------------------------------------------------------------
 
@@ -510,13 +511,45 @@ class _Graph:
                     "module": self.module_of(eqn) if eqn is not None else "", **info})
     return len(self.ir) - 1
 
+  def ancestry(self, v) -> list:
+    """The equations ``v`` is computed by, innermost last (empty for inputs and constants)."""
+    seen, order = set(), []
+
+    def rec(u):
+      if _is_literal(u) or u not in self.producer:
+        return
+      i, eqn = self.producer[u]
+      if i in seen:
+        return
+      seen.add(i)
+      for w in eqn.invars:
+        rec(w)
+      order.append(eqn)
+    rec(v)
+    return order
+
+  def depends_on_input(self, v) -> bool:
+    if _is_literal(v):
+      return False
+    if v not in self._dep:
+      self._dep[v] = v is self.input or (v in self.producer and any(
+          self.depends_on_input(u) for u in self.producer[v][1].invars))
+    return self._dep[v]
+
   def value(self, v) -> int:
     """IR node of any value: a source, or an element-wise function of one source."""
-    if _is_literal(v) or self.sources(v) is None:
-      eqn = self.producer.get(v, (0, None))[1]
-      if eqn is None:
-        raise ConversionError("the module returns a constant; nothing to convert")
-      self.refuse(eqn, "a tensor that does not depend on the input",
+    if not self.depends_on_input(v):
+      eqns = self.ancestry(v)
+      if not eqns:
+        raise ConversionError("the module returns a constant or adds a constant array outside "
+                              "a layer; keep parameters inside Conv, Dense, BatchNorm or "
+                              "LayerNorm")
+      random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
+          "threefry2x32", "rng_bit_generator", "rng_uniform")]
+      if random:
+        self.refuse(random[0], "a random operation outside nn.Dropout",
+                    "use nn.Dropout for dropout, or move the noise out of the module")
+      self.refuse(eqns[-1], "a tensor that does not depend on the input",
                   "constants must live inside supported layers (Conv, Dense, BatchNorm, ...)")
     (s,) = self.sources(v)
     if s is v:
