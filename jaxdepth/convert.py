@@ -1070,3 +1070,71 @@ def to_user_variables(variables, paths: Mapping[str, str], like) -> tuple[dict, 
       continue
     node[leaf] = value
   return out, sorted(skipped)
+
+
+# ---------------------------------------------------------------- from a file
+
+
+def is_file_reference(name) -> bool:
+  """Whether a model name is ``path/to/file.py:ClassName`` (a user's module)."""
+  return isinstance(name, str) and ".py:" in name
+
+
+def load_class(reference: str):
+  """The class named by ``path/to/file.py:ClassName`` (the file is imported, not parsed)."""
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  path, _, attr = reference.rpartition(":")
+  file = pathlib.Path(path)
+  if not file.is_file():
+    raise ConversionError(f"model {reference!r}: no file {path!r}; give path/to/file.py:ClassName")
+  module_spec = importlib.util.spec_from_file_location(f"jaxdepth_user_{file.stem}", file)
+  module = importlib.util.module_from_spec(module_spec)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except   # the user's file: say which
+    raise ConversionError(f"model {reference!r}: importing {path!r} failed: "
+                          f"{type(e).__name__}: {e}") from e
+  cls = getattr(module, attr, None)
+  if not isinstance(cls, type) or not issubclass(cls, (nn.Module, nnx.Module)):
+    found = sorted(k for k, v in vars(module).items() if isinstance(v, type) and issubclass(
+        v, (nn.Module, nnx.Module)) and v.__module__ == module.__name__)
+    raise ConversionError(f"model {reference!r}: {path!r} defines no Flax module class "
+                          f"{attr!r}; its module classes: {found or 'none'}")
+  return cls
+
+
+def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0) -> Converted:
+  """Builds, initialises and converts the module class named by ``file.py:ClassName``.
+
+  The class is constructed with ``num_classes=`` when it takes it (a Linen field
+  or an NNX ``__init__`` argument), else with no arguments (NNX: ``rngs=``
+  too), initialised on zeros of ``(2, *input_shape)`` with ``seed`` and
+  converted by :func:`from_flax`.
+  """
+  cls = load_class(reference)
+  kwargs = {}
+  if issubclass(cls, nn.Module):
+    if "num_classes" in {f.name for f in dataclasses.fields(cls)}:
+      kwargs["num_classes"] = num_classes
+  else:
+    names = inspect.signature(cls.__init__).parameters
+    if "num_classes" in names:
+      kwargs["num_classes"] = num_classes
+    if "rngs" in names:
+      kwargs["rngs"] = nnx.Rngs(seed)
+  try:
+    module = cls(**kwargs)
+  except TypeError as e:
+    raise ConversionError(f"model {reference!r}: {cls.__name__}({', '.join(kwargs)}) failed "
+                          f"({e}); the class must be constructible with no arguments or with "
+                          f"num_classes") from e
+  x = jnp.zeros((2, *input_shape), jnp.float32)
+  if isinstance(module, nnx.Module):
+    return from_nnx(module, x)
+  keys = dict(zip(("params", "dropout"), jax.random.split(jax.random.key(seed))))
+  try:
+    variables = module.init(keys, x)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _error_of(e, x.shape, f"module {cls.__name__}") from e
+  return from_flax(module, variables, x)

@@ -469,3 +469,40 @@ def test_activation_identified_by_what_it_computes():
   variables = module.init(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert [conv.spec.node(s).fn for s in conv.spec.sites()] == ["relu", "silu", "gelu"]
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+USER_FILE = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MyNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
+    y = nn.silu(nn.Conv(8, (3, 3), padding="SAME")(x))
+    x = nn.relu(x + y)
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+'''
+
+
+def test_cli_runs_easier_on_a_users_module_file(tmp_path, capsys):
+  from train import __main__ as cli
+  (tmp_path / "mynet.py").write_text(USER_FILE)
+  workdir = tmp_path / "run"
+  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:MyNet", "--workdir",
+                   str(workdir), "--no-progress", "--config.epochs=1", "--iterations", "1"]) == 0
+  saved, _ = jaxdepth.load_model(workdir / "chosen")
+  assert saved.name == "MyNet" and saved.sites() == ("relu", "block/silu", "block/relu")
+  assert saved.output_shape == (10,)
+  capsys.readouterr()
+  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:Missing", "--workdir",
+                   str(tmp_path / "other")]) == 2
+  err = capsys.readouterr().err
+  assert "defines no Flax module class 'Missing'" in err and "MyNet" in err
+  assert not (tmp_path / "other").exists()
