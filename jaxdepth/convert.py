@@ -911,6 +911,14 @@ def _convert(closed, leaves, read_vars, x, root, name) -> Converted:
   if len(jaxpr.outvars) != 1:
     raise ConversionError(f"the module returns {len(jaxpr.outvars)} arrays; jaxdepth converts "
                           f"modules returning one array (the logits)")
+  calls: dict[tuple, int] = {}
+  for leaf in leaves:
+    calls[leaf.path] = calls.get(leaf.path, 0) + 1
+    if calls[leaf.path] == 2:
+      raise ConversionError(
+          f"layer {_where(leaf.path)} ({type(leaf.module).__name__}) is called more than once "
+          f"(again at {leaf.line}): a spec node owns its weights, so shared layers cannot be "
+          f"converted; give each call its own layer")
   graph = _Graph(closed, leaves, root)
   out = graph.value(jaxpr.outvars[0])
   ir = graph.ir

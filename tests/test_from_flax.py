@@ -506,3 +506,47 @@ def test_cli_runs_easier_on_a_users_module_file(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "defines no Flax module class 'Missing'" in err and "MyNet" in err
   assert not (tmp_path / "other").exists()
+
+
+def test_shared_layer_is_refused():
+  class Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      conv = nn.Conv(1, (3, 3), padding="SAME")
+      return conv(nn.relu(conv(x))).reshape((x.shape[0], -1))
+  module = Shared()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "Conv_0" in message and "called more than once" in message and seconds < 1.0
+
+
+def test_spec_growth_concat_activations_and_padding():
+  concat = S.Concat("cat", branches=((), (S.Conv("c", features=3, padding="SAME", bias=True),),
+                                     (S.Act("s", fn="leaky_relu", negative_slope=0.3),)),
+                    post=(S.Act("h", fn="hard_swish"),))
+  spec = S.Spec((4, 4, 2), (concat, S.Flatten("flat")))
+  assert spec.output_shape == (4 * 4 * 7,) and spec.sites() == ("cat/s", "cat/h")
+  assert S.Spec.from_json(spec.to_json()) == spec
+  assert '"negative_slope": 0.3' in spec.to_json() and spec.to_json().count("negative_slope") == 1
+  assert jaxdepth.costs.count_params(spec) == 3 * 3 * 2 * 3 + 3
+  assert jaxdepth.costs.count_macs(spec) == 4 * 4 * 3 * 3 * 3 * 2
+  variables = network.init(spec, jax.random.key(0))
+  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 4, 4, 2))) * 4
+  y = np.asarray(network.forward(spec, variables, jnp.asarray(x)).logits).reshape(3, 4, 4, 7)
+  k = np.asarray(variables["params"]["cat"]["c"]["kernel"], np.float64)
+  b = np.asarray(variables["params"]["cat"]["c"]["bias"], np.float64)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  conv = np.einsum("bhwijc,ijco->bhwo", np.stack([np.stack(
+      [xp[:, i:i + 4, j:j + 4] for j in range(3)], -2) for i in range(3)], -3), k) + b
+  joined = np.concatenate([x, conv, np.where(x >= 0, x, 0.3 * x)], -1)
+  np.testing.assert_allclose(y, joined * np.clip(joined + 3, 0, 6) / 6, rtol=1e-5, atol=1e-5)
+  for bad, words in (
+      (lambda: S.Concat("c", branches=((S.Act("a"),),)), "at least two branches"),
+      (lambda: S.Spec((4, 4, 2), (S.Concat("c", branches=(
+          (), (S.Conv("k", features=2, stride=2),))),)), "leading axes"),
+      (lambda: S.Conv("k", features=2, stride=2, padding="SAME"), "padtype_to_pads"),
+      (lambda: S.Act("a", fn="swishy"), "unknown activation")):
+    with pytest.raises(S.SpecError, match=words):
+      bad()
+  assert S.Conv("k", features=2, kernel=4, padding="SAME").padding == ((1, 2), (1, 2))
