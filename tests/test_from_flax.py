@@ -357,6 +357,19 @@ def test_weights_go_back_to_the_users_module():
   np.testing.assert_allclose(np.asarray(module.apply(back, x)),
                              np.asarray(network.forward(conv.spec, doubled, x).logits),
                              rtol=1e-5, atol=1e-5)
+  model, _ = _make("nnx", "densenet")
+  conv = jaxdepth.from_nnx(model, _batch())
+  doubled = jax.tree.map(lambda a: 2 * a, conv.variables)
+  back, skipped = convert.to_user_variables(doubled, conv.paths,
+                                            nnx.to_pure_dict(nnx.state(model)))
+  assert skipped == []
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, back)
+  nnx.update(model, state)
+  model.eval()
+  np.testing.assert_allclose(np.asarray(model(x)),
+                             np.asarray(network.forward(conv.spec, doubled, x).logits),
+                             rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------ refusals
