@@ -45,23 +45,38 @@ class SpecError(ValueError):
   """An invalid spec; the message names the node and what is wrong."""
 
 
+def _is_int(value) -> bool:
+  """An int that is not a bool (``True`` is an int in Python, never a size here)."""
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _number(node: str, what: str, value) -> None:
+  if not _is_number(value):
+    raise SpecError(f"node {node!r}: {what} must be a number, got {value!r}")
+
+
 def _pair(value, what: str, node: str) -> tuple[int, int]:
-  if isinstance(value, int):
+  if _is_int(value):
     return (value, value)
   if isinstance(value, (tuple, list)) and len(value) == 2 and all(
-      isinstance(v, int) for v in value):
+      _is_int(v) for v in value):
     return (int(value[0]), int(value[1]))
   raise SpecError(f"node {node!r}: {what} must be an int or a pair of ints, got {value!r}")
 
 
 def _padding(value, node: str) -> tuple[tuple[int, int], tuple[int, int]]:
   """Normalises ``p``, ``(ph, pw)`` or ``((top, bottom), (left, right))``."""
-  if isinstance(value, int):
+  if _is_int(value):
     return ((value, value), (value, value))
   if isinstance(value, (tuple, list)) and len(value) == 2:
-    if all(isinstance(v, int) for v in value):
+    if all(_is_int(v) for v in value):
       return ((value[0], value[0]), (value[1], value[1]))
-    if all(isinstance(v, (tuple, list)) and len(v) == 2 for v in value):
+    if all(isinstance(v, (tuple, list)) and len(v) == 2 and all(_is_int(x) for x in v)
+           for v in value):
       return tuple((int(a), int(b)) for a, b in value)  # type: ignore[return-value]
   raise SpecError(
       f"node {node!r}: padding must be an int, (ph, pw) or ((top, bottom), (left, right)), "
@@ -136,33 +151,51 @@ def _tupled(v):
   return v
 
 
-def node_from_dict(d: dict[str, Any]) -> Node:
-  """Inverse of :meth:`Node.to_dict`; refuses unknown kinds and fields."""
+def node_from_dict(d: dict[str, Any], prefix: str = "") -> Node:
+  """Inverse of :meth:`Node.to_dict`; refuses unknown kinds and fields.
+
+  Args:
+    d: the node as JSON data.
+    prefix: the path of its container (``"layer1/0/"``), used to name the node
+      in errors by its full path.
+  """
   if not isinstance(d, dict) or "kind" not in d:
-    raise SpecError(f"a node must be a JSON object with a 'kind', got {d!r}")
+    raise SpecError(f"{f'in {prefix[:-1]!r}: ' if prefix else ''}a node must be a JSON object "
+                    f"with a 'kind', got {d!r}")
+  name = d.get("name")
+  path = prefix + name if isinstance(name, str) else name
   kind = d["kind"]
   if kind not in _REGISTRY:
-    raise SpecError(f"node {d.get('name')!r}: unknown node kind {kind!r}; "
+    raise SpecError(f"node {path!r}: unknown node kind {kind!r}; "
                     f"known kinds: {sorted(_REGISTRY)}")
   cls = _REGISTRY[kind]
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = set(d) - names - {"kind"}
   if unknown:
-    raise SpecError(f"node {d.get('name')!r} ({kind}): unknown fields {sorted(unknown)}")
+    raise SpecError(f"node {path!r} ({kind}): unknown fields {sorted(unknown)}")
   kw = {}
   for k, v in d.items():
     if k == "kind":
       continue
     if k in ("layers", "branch", "shortcut", "post"):
-      kw[k] = tuple(node_from_dict(c) for c in v)
+      if not isinstance(v, list):
+        raise SpecError(f"node {path!r} ({kind}): {k} must be a list of nodes, got {v!r}")
+      kw[k] = tuple(node_from_dict(c, f"{path}{SEP}") for c in v)
     elif k == "branches":
-      kw[k] = tuple(tuple(node_from_dict(c) for c in b) for b in v)
+      if not isinstance(v, list) or not all(isinstance(b, list) for b in v):
+        raise SpecError(f"node {path!r} ({kind}): branches must be a list of node lists, "
+                        f"got {v!r}")
+      kw[k] = tuple(tuple(node_from_dict(c, f"{path}{SEP}") for c in b) for b in v)
     else:
       kw[k] = _tupled(v)
   try:
     return cls(**kw)
   except TypeError as e:
-    raise SpecError(f"node {d.get('name')!r} ({kind}): {e}") from None
+    raise SpecError(f"node {path!r} ({kind}): {e}") from None
+  except SpecError as e:   # the node's own check names it locally: name it by its path
+    if path == name:
+      raise
+    raise SpecError(str(e).replace(f"node {name!r}", f"node {path!r}", 1)) from None
 
 
 def _spatial(shape, path, kind):
@@ -203,7 +236,7 @@ class Conv(Node):
          stride=_pair(self.stride, "stride", self.name))
     _set(self, padding=_padding(_named_padding(self.padding, self.kernel, self.stride,
                                                self.name), self.name))
-    if not isinstance(self.features, int) or self.features <= 0:
+    if not _is_int(self.features) or self.features <= 0:
       raise SpecError(f"node {self.name!r}: conv features must be a positive int, "
                       f"got {self.features!r}")
     if min(self.kernel) <= 0:
@@ -212,7 +245,7 @@ class Conv(Node):
       raise SpecError(f"node {self.name!r}: stride must be positive, got {self.stride}")
     if min(min(p) for p in self.padding) < 0:
       raise SpecError(f"node {self.name!r}: padding must be >= 0, got {self.padding}")
-    if not isinstance(self.groups, int) or self.groups <= 0:
+    if not _is_int(self.groups) or self.groups <= 0:
       raise SpecError(f"node {self.name!r}: groups must be a positive int, got {self.groups!r}")
     if self.features % self.groups:
       raise SpecError(f"node {self.name!r}: features={self.features} is not divisible by "
@@ -240,6 +273,8 @@ class BatchNorm(Node):
 
   def __post_init__(self):
     super().__post_init__()
+    _number(self.name, "momentum", self.momentum)
+    _number(self.name, "epsilon", self.epsilon)
     if not 0.0 <= self.momentum < 1.0:
       raise SpecError(f"node {self.name!r}: momentum must be in [0, 1), got {self.momentum}")
     if self.epsilon <= 0:
@@ -255,6 +290,12 @@ class LayerNorm(Node):
   epsilon: float = 1e-5
   kind: ClassVar[str] = "layer_norm"
 
+  def __post_init__(self):
+    super().__post_init__()
+    _number(self.name, "epsilon", self.epsilon)
+    if self.epsilon <= 0:
+      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+
   def output_shape(self, shape, path):
     return shape
 
@@ -268,7 +309,7 @@ class Dense(Node):
 
   def __post_init__(self):
     super().__post_init__()
-    if not isinstance(self.features, int) or self.features <= 0:
+    if not _is_int(self.features) or self.features <= 0:
       raise SpecError(f"node {self.name!r}: dense features must be a positive int, "
                       f"got {self.features!r}")
 
@@ -300,7 +341,7 @@ class Act(Node):
     if self.fn not in ACTIVATIONS:
       raise SpecError(f"node {self.name!r}: unknown activation {self.fn!r}; "
                       f"expected one of {ACTIVATIONS}")
-    if not isinstance(self.negative_slope, (int, float)) or not math.isfinite(
+    if not _is_number(self.negative_slope) or not math.isfinite(
         self.negative_slope):
       raise SpecError(f"node {self.name!r}: negative_slope must be a finite number, "
                       f"got {self.negative_slope!r}")
@@ -377,6 +418,7 @@ class Dropout(Node):
 
   def __post_init__(self):
     super().__post_init__()
+    _number(self.name, "dropout rate", self.rate)
     if not 0.0 <= self.rate < 1.0:
       raise SpecError(f"node {self.name!r}: dropout rate must be in [0, 1), got {self.rate}")
 
@@ -520,7 +562,7 @@ class Spec:
 
   def __post_init__(self):
     _set(self, input_shape=tuple(self.input_shape), layers=tuple(self.layers))
-    if not self.input_shape or any(not isinstance(d, int) or d <= 0 for d in self.input_shape):
+    if not self.input_shape or any(not _is_int(d) or d <= 0 for d in self.input_shape):
       raise SpecError(f"spec {self.name!r}: input_shape must be positive ints, "
                       f"got {self.input_shape!r}")
     _check_unique(self.layers, f"spec {self.name!r}")
@@ -591,6 +633,12 @@ class Spec:
   def from_dict(cls, d: dict[str, Any]) -> Spec:
     if not isinstance(d, dict) or "layers" not in d or "input_shape" not in d:
       raise SpecError("a spec must be a JSON object with 'input_shape' and 'layers'")
+    if not isinstance(d["layers"], list):
+      raise SpecError(f"spec {d.get('name')!r}: layers must be a list of nodes, "
+                      f"got {d['layers']!r}")
+    if not d["layers"]:   # in code, an empty spec is the identity (e.g. a prefix of a net)
+      raise SpecError(f"spec {d.get('name')!r}: layers is empty; a spec needs at least one "
+                      f"node")
     return cls(input_shape=tuple(d["input_shape"]),
                layers=tuple(node_from_dict(n) for n in d["layers"]),
                name=d.get("name", "network"))

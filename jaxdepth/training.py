@@ -544,7 +544,10 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
   dataset, seed, options) raise :class:`RunMismatchError`.
-  Only ``recipe.epochs`` may change between calls, to extend a run.
+  Only ``recipe.epochs`` may change between calls, to extend a run. Checkpoints
+  are checked against their checksums: a damaged latest one is reported and moved
+  aside, and the run resumes from the newest intact one (still bit-identical);
+  with none intact, :class:`~jaxdepth.checkpoint.DamagedCheckpointError` says so.
 
   A NaN or infinite training loss raises :class:`NonFiniteLossError` before
   anything is saved, so the latest checkpoint is the last good state.
@@ -699,8 +702,13 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
 def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):
   if math.isfinite(loss):
     return
-  kept = (f"the last good checkpoint (step {ckpt.latest_step()}) is kept in {ckpt.directory}"
-          if ckpt is not None and ckpt.latest_step() is not None else "nothing was saved")
+  good = ckpt.latest_intact_step() if ckpt is not None else None
+  if good is not None:
+    kept = f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
+  elif ckpt is not None and ckpt.latest_step() is not None:
+    kept = f"no intact checkpoint is left in {ckpt.directory}"
+  else:
+    kept = "nothing was saved"
   raise NonFiniteLossError(
       f"training loss became {loss} in epoch {epoch + 1} (by step {step}); stopped, and "
       f"{kept}. Lower the learning rate or check the data.")

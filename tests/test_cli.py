@@ -423,3 +423,17 @@ def test_progress_off_a_terminal_is_one_line_per_report(monkeypatch):
   monkeypatch.setattr(sys, "stderr", io.StringIO())   # not a terminal
   assert isinstance(progress.progress_bar(total=3), progress.LineProgress)
   assert not isinstance(progress.progress_bar(total=3, enabled=False), progress.LineProgress)
+
+
+def test_a_workdir_with_no_intact_checkpoint_is_refused_in_one_paragraph(tmp_path, capsys):
+  assert _fit(tmp_path, "--config.epochs=1") == 0
+  for step_dir in (tmp_path / "checkpoints").iterdir():
+    meta = step_dir / "meta" / "metadata"
+    meta.write_bytes(meta.read_bytes()[:-3])        # truncated: fails its checksum
+  capsys.readouterr()
+  assert _fit(tmp_path, "--config.epochs=2") == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err
+  assert _error_lines(err)[0].startswith(
+      f"error: no intact checkpoint is left in {tmp_path / 'checkpoints'} (checkpoint ")
+  assert "meta/metadata has" in err and "to start the run afresh" in err

@@ -1,5 +1,6 @@
 """The spec: JSON round trip (property test), validation errors, structural edits."""
 import dataclasses
+import re
 
 import hypothesis.strategies as st
 import pytest
@@ -152,3 +153,50 @@ def test_nodes_are_hashable_and_normalised():
   assert a == b and hash(a) == hash(b)
   assert S.Pool("p", "max", window=3).stride == (3, 3)
   assert dataclasses.replace(a, features=8).features == 8
+
+
+def _nested(node: dict) -> dict:
+  """A JSON spec whose only node ``node`` sits two containers deep (path ``stage/0/...``)."""
+  return {"name": "n", "input_shape": [6, 6, 3], "layers": [
+      {"kind": "sequential", "name": "stage", "layers": [
+          {"kind": "sequential", "name": "0", "layers": [node]}]},
+      {"kind": "pool", "name": "pool", "op": "global_avg"},
+      {"kind": "dense", "name": "fc", "features": 2}]}
+
+
+def test_json_features_true_is_refused_naming_the_path():
+  conv = {"kind": "conv", "name": "conv1", "features": 4, "kernel": 3, "padding": 1}
+  assert S.Spec.from_dict(_nested(conv)).node("stage/0/conv1").features == 4
+  with pytest.raises(S.SpecError, match=r"node 'stage/0/conv1': conv features must be a "
+                                        r"positive int, got True"):
+    S.Spec.from_dict(_nested(dict(conv, features=True)))
+  with pytest.raises(S.SpecError, match=r"node 'stage/0/conv1': kernel must be an int or a pair"):
+    S.Spec.from_dict(_nested(dict(conv, kernel=[True, 3])))
+  with pytest.raises(S.SpecError, match=r"node 'fc': dense features must be a positive int, "
+                                        r"got False"):
+    S.Spec.from_dict(dict(_nested(conv), layers=[{"kind": "dense", "name": "fc",
+                                                  "features": False}]))
+
+
+def test_an_empty_layers_list_is_refused():
+  with pytest.raises(S.SpecError, match=r"spec 'n': layers is empty; a spec needs at least one"):
+    S.Spec.from_dict({"name": "n", "input_shape": [4], "layers": []})
+  with pytest.raises(S.SpecError, match=r"spec 'n': layers must be a list of nodes, got 3"):
+    S.Spec.from_dict({"name": "n", "input_shape": [4], "layers": 3})
+
+
+def test_a_non_numeric_batch_norm_momentum_is_refused_naming_the_path():
+  bn = {"kind": "batch_norm", "name": "bn", "momentum": 0.9}
+  assert S.Spec.from_dict(_nested(bn)).node("stage/0/bn").momentum == 0.9
+  for bad in ("0.9", None, True, [0.9]):
+    with pytest.raises(S.SpecError, match=rf"node 'stage/0/bn': momentum must be a number, "
+                                          rf"got {re.escape(repr(_tupled(bad)))}"):
+      S.Spec.from_dict(_nested(dict(bn, momentum=bad)))
+  with pytest.raises(S.SpecError, match=r"node 'stage/0/bn': momentum must be in \[0, 1\)"):
+    S.Spec.from_dict(_nested(dict(bn, momentum=1.5)))
+  with pytest.raises(S.SpecError, match=r"node 'stage/0/drop': dropout rate must be a number"):
+    S.Spec.from_dict(_nested({"kind": "dropout", "name": "drop", "rate": "0.5"}))
+
+
+def _tupled(v):
+  return tuple(v) if isinstance(v, list) else v

@@ -438,7 +438,8 @@ class Session:
                       getattr(checkpoint, "NonFiniteStateError", training.NonFiniteLossError))):
       _say_error(f"error: {e}")
       return EXIT_DIVERGED
-    if isinstance(e, (training.RunMismatchError, checkpoint.SpecMismatchError)):
+    if isinstance(e, (training.RunMismatchError, checkpoint.SpecMismatchError,
+                      checkpoint.DamagedCheckpointError, checkpoint.DamagedModelError)):
       _say_error(f"error: {e}")
       return EXIT_USAGE
     raise e

@@ -1,0 +1,155 @@
+"""Saved models: atomic overwrite (killed at every step of a save, in-process and by
+SIGKILL), checksums, and load errors that name the node."""
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from jaxdepth import checkpoint, integrity, network
+from jaxdepth import spec as S
+
+SPEC = S.Spec((6, 6, 2), (
+    S.Conv("conv", features=4, kernel=3, padding=1), S.BatchNorm("bn"), S.Act("relu"),
+    S.Pool("pool", "global_avg"), S.Dense("fc", features=3)), name="small")
+
+
+def _variables(seed):
+  return network.init(SPEC, jax.random.key(seed))
+
+
+def _which(directory, candidates) -> int:
+  """Which of ``candidates`` the model saved in ``directory`` loads as (fails if none)."""
+  spec, loaded = checkpoint.load_model(directory)
+  assert spec == SPEC
+  for i, want in enumerate(candidates):
+    if all(np.array_equal(np.asarray(a), np.asarray(b))
+           for a, b in zip(jax.tree.leaves(want), jax.tree.leaves(loaded), strict=True)):
+      return i
+  raise AssertionError(f"{directory} loads as neither the old nor the new model")
+
+
+def _leftovers(directory):
+  return sorted(p.name for p in directory.parent.iterdir() if p.name.startswith(directory.name + "."))
+
+
+class _Killed(BaseException):
+  pass
+
+
+def test_a_save_stopped_at_every_step_leaves_the_old_or_the_new_model(tmp_path, monkeypatch):
+  old, new, third = _variables(0), _variables(1), _variables(2)
+  ops = {"rename": checkpoint._rename, "remove": checkpoint._remove,
+         "seal": integrity.write_manifest}
+  counter = {"left": None, "seen": []}
+
+  def stop_before(name):
+    def op(*args):
+      if counter["left"] == 0:
+        raise _Killed(name)
+      if counter["left"] is not None:
+        counter["left"] -= 1
+      counter["seen"].append(name)
+      return ops[name](*args)
+    return op
+
+  monkeypatch.setattr(checkpoint, "_rename", stop_before("rename"))
+  monkeypatch.setattr(checkpoint, "_remove", stop_before("remove"))
+  monkeypatch.setattr(integrity, "write_manifest", stop_before("seal"))
+  outcomes, missing = [], 0
+  for k in range(100):
+    directory = tmp_path / f"k{k}" / "model"
+    checkpoint.save_model(directory, SPEC, old)
+    counter.update(left=k, seen=[])
+    try:
+      checkpoint.save_model(directory, SPEC, new, overwrite=True)
+      completed = True
+    except _Killed:
+      completed = False
+    counter["left"] = None
+    missing += not directory.exists()
+    outcomes.append(_which(directory, [old, new]))
+    # The next save completes or undoes the interrupted one first, and leaves nothing beside.
+    checkpoint.save_model(directory, SPEC, third, overwrite=True)
+    assert _which(directory, [third]) == 0 and _leftovers(directory) == []
+    if completed:
+      break
+  assert completed and k >= 4, counter["seen"]   # put back, seal, aside, in, delete
+  # Once the new model has been renamed in, it stays; before, the old one loads.
+  assert outcomes == sorted(outcomes) and outcomes[0] == 0 and outcomes[-1] == 1
+  assert missing >= 1   # stopped between "old aside" and "new in": read from the sealed copy
+
+
+_CHILD = textwrap.dedent("""
+    import sys
+    import jax
+    from jaxdepth import checkpoint, network
+    from jaxdepth import spec as S
+    spec = S.Spec.from_json(sys.argv[2])
+    versions = [network.init(spec, jax.random.key(i)) for i in (0, 1)]
+    for i in range(10**6):
+      checkpoint.save_model(sys.argv[1], spec, versions[i % 2], overwrite=True)
+      print(i, flush=True)
+""")
+
+
+def test_a_save_killed_by_sigkill_leaves_a_loadable_model(tmp_path):
+  directory = tmp_path / "model"
+  versions = [_variables(0), _variables(1)]
+  rng = random.Random(0)
+  for attempt in range(3):
+    child = subprocess.Popen([sys.executable, "-c", _CHILD, str(directory), SPEC.to_json()],
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                             env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    try:
+      child.stdout.readline()        # one save completed: the clock starts now
+      time.sleep(rng.uniform(0.0, 1.5))
+    finally:
+      child.send_signal(signal.SIGKILL)
+      child.wait()
+    _which(directory, versions)      # the old or the new model, whole
+  checkpoint.save_model(directory, SPEC, _variables(2), overwrite=True)
+  assert _which(directory, [_variables(2)]) == 0 and _leftovers(directory) == []
+
+
+def test_a_damaged_model_is_refused_naming_the_file(tmp_path):
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  data_file = max((p for p in (directory / "variables").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+  raw = bytearray(data_file.read_bytes())
+  raw[len(raw) // 2] ^= 1
+  data_file.write_bytes(bytes(raw))
+  rel = data_file.relative_to(directory).as_posix()
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=rf"damaged: {rel} does not match its checksum.*verify=False"):
+    checkpoint.load_model(directory)
+
+
+def test_variables_that_do_not_fit_the_spec_name_the_node(tmp_path):
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  wider = S.replace_node(SPEC, "conv", S.Conv("conv", features=5, kernel=3, padding=1))
+  wider = S.replace_node(wider, "bn", S.BatchNorm("bn"))
+  (directory / "spec.json").write_text(wider.to_json())
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=r"do not fit its spec.json: node 'bn': 'batch_stats/bn/mean' is saved "
+                           r"with shape \(4,\) but spec.json needs \(5,\)"):
+    checkpoint.load_model(directory, verify=False)
+  deeper = S.replace_node(SPEC, "fc", (S.Dense("fc", features=3), S.Dense("fc2", features=3)))
+  (directory / "spec.json").write_text(deeper.to_json())
+  with pytest.raises(checkpoint.SpecMismatchError, match=r"node 'fc2' has no saved "
+                                                         r"'params/fc2/bias'"):
+    checkpoint.load_model(directory, verify=False)
+
+
+def test_save_model_never_replaces_a_directory_of_other_files(tmp_path):
+  (tmp_path / "notes.txt").write_text("mine")
+  with pytest.raises(FileExistsError, match=r"other files than a saved model \(\['notes.txt'\]"):
+    checkpoint.save_model(tmp_path, SPEC, _variables(0), overwrite=True)
+  assert (tmp_path / "notes.txt").read_text() == "mine"
