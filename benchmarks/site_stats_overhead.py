@@ -17,7 +17,8 @@ Run::
 
     python benchmarks/site_stats_overhead.py [--batch 128] [--steps 5] [--repeats 7]
 
-On a CPU, glibc's allocator can dominate timings (notes/environment.md §7); the
+On a CPU, glibc's allocator can dominate timings (it may return large blocks to the OS and fault
+them in again at every step); the
 output records ``GLIBC_TUNABLES`` so figures say which setting they used.
 """
 from __future__ import annotations

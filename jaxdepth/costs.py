@@ -34,8 +34,10 @@ def count_params(spec: S.Spec) -> int:
   """Number of trainable parameters of ``spec``.
 
   Conv: ``kh kw (C_in / groups) C_out (+ C_out bias)``; Dense: ``D_in D_out
-  (+ D_out)``; BatchNorm and LayerNorm: ``2 C`` (scale and bias). Everything else
-  has no parameters.
+  (+ D_out)``; BatchNorm and LayerNorm: ``2 C`` (scale and bias); a node with a
+  ``param_count(input_shape)`` method (the transformer nodes of
+  :mod:`jaxdepth.transformer.nodes`: attention, class token, position
+  embedding) counts its own. Everything else has no parameters.
 
   Args:
     spec: the architecture.
@@ -54,6 +56,8 @@ def count_params(spec: S.Spec) -> int:
       total += c * node.features + (node.features if node.bias else 0)
     elif isinstance(node, (S.BatchNorm, S.LayerNorm)):
       total += 2 * c
+    elif hasattr(node, "param_count"):   # nodes that count their own (transformers)
+      total += node.param_count(shape_in)
   return total
 
 
@@ -61,7 +65,10 @@ def count_macs(spec: S.Spec) -> int:
   """Multiply-accumulates for one example through ``spec``.
 
   Conv: ``H_out W_out C_out kh kw C_in / groups``; Dense: ``D_in D_out`` times the
-  product of the leading (token) axes. Bias additions, normalisation,
+  product of the leading (token) axes; attention (a node with a
+  ``mac_count(input_shape, output_shape)`` method): its projections and its two
+  products per head, scores ``q kᵀ`` and the weighted sum of ``v``, as fvcore
+  counts matrix products. Bias additions, normalisation,
   activations, pooling and the residual additions are not counted: they are
   element-wise and small next to the products (ptflops counts them as extra
   "flops"; fvcore, like this function, does not).
@@ -78,6 +85,8 @@ def count_macs(spec: S.Spec) -> int:
       total += math.prod(shape_out) * math.prod(node.kernel) * (shape_in[-1] // node.groups)
     elif isinstance(node, S.Dense):
       total += math.prod(shape_in) * node.features
+    elif hasattr(node, "mac_count"):     # attention: projections and score products
+      total += node.mac_count(shape_in, shape_out)
   return total
 
 
@@ -90,7 +99,8 @@ class Depth(NamedTuple):
       to output; a :class:`~jaxdepth.spec.Block` contributes
       ``max(branch, shortcut) + post``, a :class:`~jaxdepth.spec.Concat`
       ``max over branches + post``.
-    weight_depth: the most convolution / dense layers met on one path, same rule.
+    weight_depth: the most convolution / dense layers met on one path, same rule
+      (an attention node counts 2: its qkv and output projections).
     sites_total: every activation node, live or baked to the identity.
   """
   active_sites: int
@@ -100,7 +110,7 @@ class Depth(NamedTuple):
 
 
 def _longest(nodes, counts) -> int:
-  """Longest chain through ``nodes`` of nodes for which ``counts(node)`` is true."""
+  """Longest chain through ``nodes``, a leaf weighing ``counts(node)`` (a bool or an int)."""
   total = 0
   for n in nodes:
     if isinstance(n, S.Sequential):
@@ -110,8 +120,8 @@ def _longest(nodes, counts) -> int:
       total += _longest(n.post, counts)
     elif isinstance(n, S.Concat):
       total += max(_longest(b, counts) for b in n.branches) + _longest(n.post, counts)
-    elif counts(n):
-      total += 1
+    else:
+      total += int(counts(n))
   return total
 
 
@@ -119,8 +129,10 @@ def _is_live_site(n: S.Node) -> bool:
   return isinstance(n, S.Act) and n.fn != "identity"
 
 
-def _is_weight_layer(n: S.Node) -> bool:
-  return isinstance(n, (S.Conv, S.Dense))
+def _is_weight_layer(n: S.Node) -> int:
+  """1 for a conv or dense layer; a node's ``weight_layers`` otherwise (attention: 2,
+  its input and output projections in sequence)."""
+  return 1 if isinstance(n, (S.Conv, S.Dense)) else getattr(n, "weight_layers", 0)
 
 
 def depth(spec: S.Spec) -> Depth:

@@ -297,8 +297,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       if after_iteration is not None:
         after_iteration(it, entry)
     if len(entries) < iterations:
-      say(f"stopped after {len(entries)} of the {iterations} iterations asked: no {method.unit} "
-          f"is left to remove")
+      rule = (entries[-1].get("decision") or {}).get("stop") if entries else None
+      why = f"the method's stop rule ({rule})" if rule else f"no {method.unit} is left to remove"
+      say(f"stopped after {len(entries)} of the {iterations} iterations asked: {why}")
   finally:
     ckpt.close()
 
@@ -354,7 +355,7 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       iteration=it, train_stats=trained.stats,
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
       rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
-      dtype=dtype, eval_batch_size=eval_batch_size)
+      dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=_percent(val.accuracy))
   scores = method.measure(spec, trained.variables, state, context)
   decision = method.decide(scores, state)
   shallow_spec, shallow_variables = method.export(spec, trained.variables, state)

@@ -1,4 +1,4 @@
-"""Entropy of rectifier states, in bits (METHODS.md §1.1, §2.1, §3, §4.1).
+"""Entropy of rectifier states, in bits (``docs/methods/``).
 
 A site's pre-activation ``z`` puts each channel (neuron) ON (``z > 0``) or OFF
 (``z < 0``); the three published estimators differ in what they do with

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 from flax import traverse_util
 
 from jaxdepth import spec as S
+from jaxdepth.transformer import executor as transformer_executor
 
 __all__ = ["Network", "init", "forward", "Forward", "gates_for", "site_stats_by_path"]
 
@@ -210,46 +211,81 @@ def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
   return x
 
 
+def _conv(module, n: S.Conv, path, x, ctx):
+  return nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
+                 use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype,
+                 conv_general_dilated=conv_general_dilated, name=n.name)(x)
+
+
+def _batch_norm(module, n: S.BatchNorm, path, x, ctx):
+  return nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
+                      epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+
+
+def _layer_norm(module, n: S.LayerNorm, path, x, ctx):
+  return nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+
+
+def _dense(module, n: S.Dense, path, x, ctx):
+  bound = 1.0 / math.sqrt(x.shape[-1])
+  return nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
+                  bias_init=_uniform(bound), dtype=ctx.dtype, name=n.name)(x)
+
+
+def _act(module, n: S.Act, path, x, ctx):
+  if n.fn == "identity":
+    return x
+  if ctx.collect_stats:
+    module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
+               init_fn=lambda: None, reduce_fn=lambda _, b: b)
+  y = activation(n.fn, x, n.negative_slope)
+  if ctx.gates is not None:
+    y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
+  return y
+
+
+def _pool(module, n: S.Pool, path, x, ctx):
+  return pool(n, x)
+
+
+def _flatten(module, n: S.Flatten, path, x, ctx):
+  return x.reshape((x.shape[0], -1))
+
+
+def _dropout(module, n: S.Dropout, path, x, ctx):
+  return nn.Dropout(n.rate, deterministic=not ctx.train, name=n.name)(x)
+
+
+def _sequential(module, n: S.Sequential, path, x, ctx):
+  return _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
+
+
+def _block(module, n: S.Block, path, x, ctx):
+  return _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
+
+
+def _concat(module, n: S.Concat, path, x, ctx):
+  return _ConcatScope(n, path + S.SEP, name=n.name)(x, ctx)
+
+
+# One function per node class, ``(module, node, path, x, ctx) -> y``, run inside
+# ``module``'s compact scope; a node runs the entry of the first class of its MRO
+# found here (so a subclass may have its own). New node kinds add an entry.
+_EXECUTORS = {
+    S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm, S.Dense: _dense,
+    S.Act: _act, S.Pool: _pool, S.Flatten: _flatten, S.Dropout: _dropout,
+    S.Sequential: _sequential, S.Block: _block, S.Concat: _concat,
+    **transformer_executor.EXECUTORS,
+}
+
+
 def _run_node(module: nn.Module, n: S.Node, path: str, x, ctx: _Context):
   """Runs one node ``n`` (at ``path``) on ``x`` inside ``module``'s compact scope."""
-  if isinstance(n, S.Conv):
-    x = nn.Conv(n.features, n.kernel, n.stride, n.padding, feature_group_count=n.groups,
-                use_bias=n.bias, kernel_init=_conv_init, dtype=ctx.dtype,
-                conv_general_dilated=conv_general_dilated, name=n.name)(x)
-  elif isinstance(n, S.BatchNorm):
-    x = nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
-                     epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
-  elif isinstance(n, S.LayerNorm):
-    x = nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
-  elif isinstance(n, S.Dense):
-    bound = 1.0 / math.sqrt(x.shape[-1])
-    x = nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
-                 bias_init=_uniform(bound), dtype=ctx.dtype, name=n.name)(x)
-  elif isinstance(n, S.Act):
-    if n.fn == "identity":
-      return x
-    if ctx.collect_stats:
-      module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
-                 init_fn=lambda: None, reduce_fn=lambda _, b: b)
-    y = activation(n.fn, x, n.negative_slope)
-    if ctx.gates is not None:
-      y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
-    x = y
-  elif isinstance(n, S.Pool):
-    x = pool(n, x)
-  elif isinstance(n, S.Flatten):
-    x = x.reshape((x.shape[0], -1))
-  elif isinstance(n, S.Dropout):
-    x = nn.Dropout(n.rate, deterministic=not ctx.train, name=n.name)(x)
-  elif isinstance(n, S.Sequential):
-    x = _Scope(n.layers, path + S.SEP, name=n.name)(x, ctx)
-  elif isinstance(n, S.Block):
-    x = _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
-  elif isinstance(n, S.Concat):
-    x = _ConcatScope(n, path + S.SEP, name=n.name)(x, ctx)
-  else:
-    raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
-  return x
+  for cls in type(n).__mro__:
+    run = _EXECUTORS.get(cls)
+    if run is not None:
+      return run(module, n, path, x, ctx)
+  raise TypeError(f"node {path!r}: the executor does not know {type(n).__name__}")
 
 
 class _Scope(nn.Module):

@@ -1,7 +1,7 @@
 """Optimizer recipes of the papers, as optax transformations.
 
-A :class:`Recipe` is the table row of a training schedule (METHODS.md §4.3, EASIER
-appendix Table 4, and §6.3, the TLC scripts): epochs, batch size, optimizer,
+A :class:`Recipe` is the table row of a training schedule (EASIER's
+appendix Table 4 and the TLC scripts, ``docs/methods/``): epochs, batch size, optimizer,
 learning rate, momentum, weight decay, MultiStep milestones. :func:`make_optimizer`
 turns it into an ``optax.GradientTransformation`` that does what the papers'
 PyTorch code does, step for step:

@@ -14,15 +14,21 @@ iteration in ``iterations`` (``unit`` — ``"site"`` or ``"block"`` —,
   removed units blank), saved as ``entropies.png`` for EASIER;
 * :func:`write`: all of them into a directory.
 
-Plots use matplotlib's Agg backend (no display needed).
+Plots use matplotlib's Agg backend (no display needed); without matplotlib (the
+``plots`` extra) :func:`write` writes the JSON and markdown and warns that it
+skipped the plots.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
 import pathlib
+import warnings
 from typing import Any
+
+from jaxdepth._optional import require
 
 __all__ = ["table", "write", "write_json", "plot_accuracy", "plot_scores", "score_key"]
 
@@ -99,11 +105,14 @@ def table(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def plots_available() -> bool:
+  """Whether matplotlib (the ``plots`` extra) is installed."""
+  return importlib.util.find_spec("matplotlib") is not None
+
+
 def _pyplot():
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  return plt
+  require("matplotlib", "plots", "plotting a report").use("Agg")
+  return require("matplotlib.pyplot", "plots", "plotting a report")
 
 
 def plot_accuracy(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path:
@@ -186,7 +195,11 @@ def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pat
   out = {"json": write_json(directory, report)}
   (directory / "report.md").write_text(table(report))
   out["markdown"] = directory / "report.md"
-  if report.get("iterations"):
+  if report.get("iterations") and not plots_available():
+    warnings.warn(f"report: no plots in {directory} (matplotlib is not installed; "
+                  "pip install 'jaxdepth[plots]' to get them); report.json and report.md are written",
+                  stacklevel=2)
+  elif report.get("iterations"):
     out["accuracy_plot"] = plot_accuracy(report, directory / "accuracy.png")
     scores = plot_scores(report, directory / f"{score_key(report)}.png")
     if scores is not None:

@@ -1,6 +1,6 @@
 """The model zoo: functions that return :class:`~jaxdepth.spec.Spec` objects.
 
-Each function builds the architecture the papers' code uses (METHODS.md §1.2), in
+Each function builds the architecture the papers' code uses (``docs/models.md``), in
 channel-last layout, with names that follow torchvision where that helps a
 reader find the module the papers talk about (``layer2/0/relu1``,
 ``features/7/conv/depthwise/relu6``). Parameter counts equal PyTorch's
@@ -17,6 +17,11 @@ name                     architecture                             input     site
 ``mobilenet_v2_imagenet``  torchvision MobileNetV2                224x224x3   35
 ``vgg16_bn``             torchvision VGG-16-bn                    32x32x3     15
 ``digits_cnn``           small residual CNN for sklearn digits    8x8x1        6
+``swin_t``               torchvision Swin-T, CIFAR feeding        32x32x3     12
+``swin_t_imagenet``      torchvision Swin-T                       224x224x3   12
+``vit_b16``              torchvision ViT-B/16                     224x224x3   12
+``digits_swin``          tiny Swin for digits (patch 2, window 2)  8x8x1       4
+``digits_vit``           tiny ViT for digits (patch 2)             8x8x1       2
 =======================  =======================================  ========  =====
 
 Use :func:`get` to build one by name and :func:`names` to list them.
@@ -27,8 +32,10 @@ from collections.abc import Callable
 
 from jaxdepth.spec import (
     Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, Node, Pool, Sequential, Spec)
+from jaxdepth.transformer import models as _tf
 
-__all__ = ["resnet18", "resnet20", "mobilenet_v2", "vgg16_bn", "digits_cnn", "get", "names"]
+__all__ = ["resnet18", "resnet20", "mobilenet_v2", "vgg16_bn", "digits_cnn", "swin_t", "vit_b16",
+           "digits_swin", "digits_vit", "get", "names"]
 
 
 def _check_positive(what: str, value) -> None:
@@ -83,7 +90,7 @@ def resnet18(num_classes: int = 10, stem: str = "cifar", input_shape=None) -> Sp
 
   ``stem="cifar"``: 3x3 stride-1 pad-1 conv (no bias), BN, ReLU, then the 3x3/2
   max-pool (pad 1) that the papers' CIFAR code keeps, so ``layer1`` runs at 16x16
-  on a 32x32 input (METHODS.md §1.2). ``stem="imagenet"``: torchvision's 7x7/2
+  on a 32x32 input. ``stem="imagenet"``: torchvision's 7x7/2
   pad-3 conv, BN, ReLU, 3x3/2 max-pool. Then four stages of two BasicBlocks
   (64-128-256-512), global average pool and a Dense head. 17 sites.
 
@@ -190,7 +197,7 @@ def mobilenet_v2(num_classes: int = 10, variant: str = "cifar", width_mult: floa
   blocks, ``features/18`` the 1x1 ConvBNReLU6 to 1280 (scaled up only when
   ``width_mult > 1``); then a global mean, ``classifier/dropout`` (0.2) and
   ``classifier/fc``. ``variant="cifar"`` uses stride 1 in the stem and in the
-  second stage (t=6, c=24, n=2), as the papers' CIFAR code (METHODS.md §1.2);
+  second stage (t=6, c=24, n=2), as the papers' CIFAR code;
   ``variant="imagenet"`` is torchvision's ``mobilenet_v2``. 35 ReLU6 sites.
 
   Args:
@@ -302,6 +309,77 @@ def digits_cnn(num_classes: int = 10, width: int = 32, input_shape=(8, 8, 1)) ->
   return Spec(_input_shape(input_shape, (8, 8, 1)), layers, name="digits_cnn")
 
 
+# ---------------------------------------------------------------------- transformers
+
+
+def swin_t(num_classes: int = 10, input_shape=(32, 32, 3), stochastic_depth: float = 0.2) -> Spec:
+  """Swin-T (Liu et al., 2021), torchvision's ``swin_t``: the papers' Swin.
+
+  Patch 4, embedding 96, depths (2, 2, 6, 2), heads (3, 6, 12, 24), 7x7 windows
+  (odd layers shifted by 3), MLP ratio 4, stochastic depth 0 -> 0.2. The
+  papers feed CIFAR-10 at 32x32 without resizing: 8x8 tokens, then 4x4, 2x2 and
+  1x1, every window zero-padded to 7x7 as torchvision does
+  (:class:`~jaxdepth.transformer.WindowAttention` with ``pad=True``). 12 GELU
+  sites, ``features/s/b/mlp/gelu`` (layouts and names:
+  :mod:`jaxdepth.transformer.models`).
+
+  Args:
+    num_classes: size of the head.
+    input_shape: ``(H, W, C)``; 32x32x3 (CIFAR feeding) or 224x224x3 (ImageNet).
+    stochastic_depth: the last layer's drop-path rate.
+
+  Returns:
+    The spec (28,288,354 parameters with 1000 classes, as torchvision;
+    27,527,044 with 10).
+  """
+  _check_positive("num_classes", num_classes)
+  return _tf.swin(_input_shape(input_shape, (32, 32, 3)), num_classes, patch=4, embed_dim=96,
+                  depths=(2, 2, 6, 2), heads=(3, 6, 12, 24), window=7,
+                  stochastic_depth=stochastic_depth, name="swin_t")
+
+
+def vit_b16(num_classes: int = 10, input_shape=(224, 224, 3)) -> Spec:
+  """ViT-B/16 (Dosovitskiy et al., 2021), torchvision's ``vit_b_16``.
+
+  16x16 patches, width 768, 12 layers of 12 heads, MLP 3072, LayerNorm eps 1e-6,
+  class token, learned position embedding. 12 GELU sites.
+
+  Args:
+    num_classes: size of the head.
+    input_shape: ``(H, W, C)`` with sides multiple of 16.
+
+  Returns:
+    The spec (86,567,656 parameters with 1000 classes at 224x224, as torchvision).
+  """
+  _check_positive("num_classes", num_classes)
+  return _tf.vit(_input_shape(input_shape, (224, 224, 3)), num_classes, patch=16, dim=768,
+                 depth=12, heads=12, mlp_dim=3072, name="vit_b16")
+
+
+def digits_swin(num_classes: int = 10, width: int = 16, input_shape=(8, 8, 1)) -> Spec:
+  """A tiny Swin for scikit-learn's 8x8 digits (CPU tests and demos).
+
+  Patch 2 (4x4 tokens), embedding ``width``, depths (2, 2), heads (2, 4), 2x2
+  windows (the second layer of each stage shifted by 1; at the 2x2 stage the
+  window covers the map and the shift is dropped), no stochastic depth. 4 GELU
+  sites.
+  """
+  _check_positive("num_classes", num_classes)
+  _check_positive("width", width)
+  return _tf.swin(_input_shape(input_shape, (8, 8, 1)), num_classes, patch=2, embed_dim=width,
+                  depths=(2, 2), heads=(2, 4), window=2, stochastic_depth=0.0,
+                  name="digits_swin")
+
+
+def digits_vit(num_classes: int = 10, width: int = 16, input_shape=(8, 8, 1)) -> Spec:
+  """A tiny ViT for scikit-learn's 8x8 digits: patch 2 (16 tokens + class
+  token), width ``width``, 2 layers of 2 heads, MLP ``2 width``. 2 GELU sites."""
+  _check_positive("num_classes", num_classes)
+  _check_positive("width", width)
+  return _tf.vit(_input_shape(input_shape, (8, 8, 1)), num_classes, patch=2, dim=width,
+                 depth=2, heads=2, mlp_dim=2 * width, name="digits_vit")
+
+
 # -------------------------------------------------------------------------- registry
 
 _MODELS: dict[str, Callable[..., Spec]] = {
@@ -312,6 +390,11 @@ _MODELS: dict[str, Callable[..., Spec]] = {
     "mobilenet_v2_imagenet": lambda **kw: mobilenet_v2(variant="imagenet", **kw),
     "vgg16_bn": vgg16_bn,
     "digits_cnn": digits_cnn,
+    "swin_t": swin_t,
+    "swin_t_imagenet": lambda **kw: swin_t(**{"input_shape": (224, 224, 3), **kw}),
+    "vit_b16": vit_b16,
+    "digits_swin": digits_swin,
+    "digits_vit": digits_vit,
 }
 
 

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.12 and installs jaxdepth (and its extras, if named).
-#   scripts/setup.sh          # the library, its CLI and the offline demo data
-#   scripts/setup.sh test     # + pytest, xdist, hypothesis
+# Creates .venv with Python 3.12 and installs jaxdepth with the exact tested versions
+# (constraints.txt), plus the extras named (comma-separated; see pyproject.toml).
+#   scripts/setup.sh          # the library, its CLI, the offline demo data and plots (extra "demo")
+#   scripts/setup.sh test     # + pytest, xdist, hypothesis (extra "test", what CI installs)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-}"
+extras="${1:-demo}"
 
 find_python312() {
   # jax 0.12 / flax 0.12.12 need Python 3.12; `python3` may well be 3.11.
@@ -27,8 +28,6 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.ve
   rm -rf .venv
   "$py" -m venv .venv
 fi
-target="."
-[ -n "$extras" ] && target=".[$extras]"
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e "$target" 2>&1 \
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[$extras]" 2>&1 \
   | sed '/is ignored/d'   # pipefail keeps pip's exit status
 .venv/bin/python -c 'import jaxdepth, jax, flax; print(f"setup: jaxdepth ready (jax {jax.__version__}, flax {flax.__version__})")'

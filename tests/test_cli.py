@@ -272,8 +272,9 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   for block in out.split("\n\n")[:-1]:
     head, *rows = block.splitlines()
     sections[head.split()[5]] = [row.split()[0] for row in rows]
-  assert sections == {"fit": config_lib.available(exclude=("easier_",)),
-                      "easier": config_lib.available(prefix="easier_")}
+  assert sections == {"fit": config_lib.available(exclude=("easier_", "tlc_")),
+                      "easier": config_lib.available(prefix="easier_"),
+                      "tlc": config_lib.available(prefix="tlc_")}
   assert "digits" in sections["fit"] and "easier_digits" in sections["easier"]
   assert ", ".join(zoo.names()) in out and ", ".join(data.names()) in out
   assert cli.main(["--list"]) == 0 and capsys.readouterr().out == out
@@ -281,7 +282,7 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   assert capsys.readouterr().out.startswith("configs of python -m train easier")
 
 
-@pytest.mark.parametrize("name", ["fit", "easier"])
+@pytest.mark.parametrize("name", ["fit", "easier", "tlc"])
 def test_help_is_plain_text(name, capsys):
   with pytest.raises(SystemExit) as e:
     cli.main([name, "--help"])

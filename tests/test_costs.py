@@ -76,7 +76,7 @@ def test_resnet18_depth_after_removing_sites():
 
 
 def test_published_macs():
-  # CIFAR ResNet-18 with the stem max-pool: ~140 M MACs per 32x32 image (notes/environment.md §7);
+  # CIFAR ResNet-18 with the stem max-pool: ~140 M MACs per 32x32 image (555 M without the max-pool);
   # torchvision resnet18 at 224: 1.814 G; torchvision vgg16_bn: 15.47 G; mobilenet_v2: 0.30 G.
   assert abs(costs.count_macs(zoo.resnet18()) / 140e6 - 1) < 0.01
   assert abs(costs.count_macs(zoo.resnet18(num_classes=1000, stem="imagenet")) / 1.814e9 - 1) < 0.01

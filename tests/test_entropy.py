@@ -24,7 +24,7 @@ def hand_built_batch(rng, b=6, hw=3):
   return z
 
 
-# Literal numpy transcriptions of METHODS.md §2.1 (EGP), §4.1 (EASIER), §3 (dataset level).
+# Literal numpy transcriptions of the three estimators: EGP, EASIER, dataset level (docs/methods/).
 def egp_reference(z):
   n, h, w, c = z.shape
   p = [(z[..., k] > 0).mean() for k in range(c)]

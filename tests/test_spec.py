@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 
 from jaxdepth import spec as S
+from jaxdepth import transformer as T
 
 # ------------------------------------------------------------------ generated specs
 
@@ -62,9 +63,65 @@ def specs(draw):
                 name=draw(st.sampled_from(["net", "tiny-net"])))
 
 
+@st.composite
+def transformer_layer(draw, name: str, channels: int, window_attention: bool, size: int):
+  """A pre-LN transformer layer (two residual blocks) on a map or a token sequence."""
+  heads = draw(st.sampled_from([h for h in (1, 2, 4) if channels % h == 0]))
+  if window_attention:
+    window = draw(st.sampled_from([1, 2, 3, 7]))
+    pad = size % window != 0 or draw(st.booleans())
+    shift = draw(st.integers(0, window - 1)) if pad or window < size else 0
+    attn = T.WindowAttention("attn", heads=heads, window=window, shift=shift, pad=pad,
+                             qkv_bias=draw(st.booleans()),
+                             attn_dropout=draw(st.sampled_from([0.0, 0.1])))
+  else:
+    attn = T.Attention("attn", heads=heads, qkv_bias=draw(st.booleans()),
+                       attn_dropout=draw(st.sampled_from([0.0, 0.1])))
+  rate = draw(st.sampled_from([0.0, 0.1, 0.25]))
+  attention = S.Block("attention", branch=(S.LayerNorm("norm", epsilon=draw(st.sampled_from(
+      [1e-5, 1e-6]))), attn, T.StochasticDepth("drop_path", rate=rate)))
+  mlp = S.Block("mlp", branch=(S.LayerNorm("norm"), S.Dense("fc1", features=2 * channels),
+                               S.Act("gelu", fn=draw(st.sampled_from(["gelu", "identity"]))),
+                               S.Dense("fc2", features=channels),
+                               T.StochasticDepth("drop_path", rate=rate)))
+  return S.Sequential(name, layers=(attention, mlp))
+
+
+@st.composite
+def transformer_specs(draw):
+  """Swin-like (maps, windows, patch merging) or ViT-like (tokens, class token) specs."""
+  in_size, c = draw(st.sampled_from([4, 6, 8])), draw(st.sampled_from([4, 8]))
+  layers = [S.Conv("patch", features=c, kernel=2, stride=2, bias=True)]
+  size = in_size // 2
+  if draw(st.booleans()):
+    layers.append(draw(transformer_layer("0", c, True, size)))
+    if draw(st.booleans()):
+      layers += [T.PatchMerging("merge"), S.LayerNorm("merge_norm"),
+                 S.Dense("reduction", features=2 * c, bias=False)]
+      size, c = -(-size // 2), 2 * c
+      layers.append(draw(transformer_layer("1", c, True, size)))
+    layers.append(S.Pool("gap", "global_avg"))
+  else:
+    layers += [T.Tokens("tokens"), T.ClassToken("cls_token"), T.PositionEmbedding("pos"),
+               draw(transformer_layer("0", c, False, size)),
+               T.SelectToken("cls", index=draw(st.integers(0, size * size)))]
+  layers.append(S.Dense("head", features=draw(st.integers(1, 5))))
+  return S.Spec(input_shape=(in_size, in_size, 3), layers=tuple(layers), name="tf")
+
+
 @settings(max_examples=150, deadline=None)
 @given(specs())
 def test_json_round_trip_is_lossless(spec):
+  _assert_round_trip(spec)
+
+
+@settings(max_examples=60, deadline=None)
+@given(transformer_specs())
+def test_transformer_json_round_trip_is_lossless(spec):
+  _assert_round_trip(spec)
+
+
+def _assert_round_trip(spec):
   text = spec.to_json()
   back = S.Spec.from_json(text)
   assert back == spec

@@ -1,4 +1,4 @@
-"""The zoo's specs against the PyTorch reference architectures (METHODS.md §1.2)."""
+"""The zoo's specs against the PyTorch reference architectures (``docs/models.md``)."""
 import functools
 import math
 

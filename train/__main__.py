@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "fit": ("train.fit", "train a zoo model on a dataset with a recipe of train/configs/"),
     "easier": ("train.easier", "EASIER: the lowest-entropy activation becomes the identity, one per iteration"),
+    "tlc": ("train.tlc", "TLC: the activations whose collapse costs least on a validation batch become identities"),
 }
 
 

@@ -1,6 +1,6 @@
 """Image preprocessing and augmentation: pure functions of the images and of U[0, 1) draws.
 
-Two recipes cover the papers' pipelines (METHODS.md §1.3):
+Two recipes cover the papers' pipelines (``docs/data.md``):
 
 * :class:`PadCropFlip` for fixed-size images (CIFAR, digits): zero-pad by ``pad``
   pixels, take a random crop of the original size, optionally flip
@@ -22,14 +22,23 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image, ImageEnhance
+
+from jaxdepth._optional import require
+
+if TYPE_CHECKING:
+  from PIL import Image
 
 # ImageNet statistics (EASIER, LaCoOT, TLC on every dataset).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# EGP's CIFAR statistics (METHODS.md §1.3).
+def _image():
+  return require("PIL.Image", "data", "resizing images")
+
+
+# EGP's CIFAR statistics (EASIER, LaCoOT and TLC normalise with ImageNet's).
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2023, 0.1994, 0.2010)
 
@@ -150,6 +159,8 @@ def color_jitter(image: Image.Image, u: np.ndarray, strength: float) -> Image.Im
     u: 4 uniforms.
     strength: ``s``.
   """
+  ImageEnhance = require("PIL.ImageEnhance", "data", "colour jitter")  # pylint: disable=invalid-name
+  Image = _image()  # pylint: disable=invalid-name,redefined-outer-name
   lo, hi = max(0.0, 1 - strength), 1 + strength
   factors = lo + (hi - lo) * u[:3]
   image = ImageEnhance.Brightness(image).enhance(factors[0])
@@ -185,6 +196,7 @@ class ResizedCrop:
   num_uniforms = 9
 
   def evaluate(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    Image = _image()  # pylint: disable=invalid-name,redefined-outer-name
     out = []
     for image in images:
       pil = Image.fromarray(image)
@@ -193,6 +205,7 @@ class ResizedCrop:
     return np.stack(out)
 
   def train(self, images: Sequence[np.ndarray], u: np.ndarray) -> np.ndarray:
+    Image = _image()  # pylint: disable=invalid-name,redefined-outer-name
     out = []
     for image, row in zip(images, u):
       pil = Image.fromarray(image)
@@ -213,6 +226,9 @@ class ResizeFlip:
   num_uniforms = 1
 
   def evaluate(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    if all(image.shape[:2] == (self.size, self.size) for image in images):
+      return np.stack(images)
+    Image = _image()  # pylint: disable=invalid-name,redefined-outer-name
     return np.stack([
         image if image.shape[:2] == (self.size, self.size)
         else np.asarray(Image.fromarray(image).resize((self.size, self.size), Image.BILINEAR))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from jaxdepth._optional import require
 from jaxdepth.data import augment, pipeline
 
 TEST_FRACTION = 0.2
@@ -41,8 +42,7 @@ def load(*, val_fraction: float = 0.1, split_seed: int = 0, val_augment: bool = 
     raise ValueError(f"digits are 8x8; image_size={image_size} is not supported (leave it None)")
   if normalization not in (None, "train"):
     raise ValueError(f"digits are normalised with their train split's statistics; got normalization={normalization!r}")
-  from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-  raw = load_digits()
+  raw = require("sklearn.datasets", "data", "the digits dataset").load_digits()
   images = (raw.images.astype(np.float32) / 16.0)[..., None]
   labels = raw.target.astype(np.int64)
   rest, test = pipeline.holdout(len(labels), TEST_FRACTION, seed=_TEST_SEED, salt=1)

@@ -1,4 +1,4 @@
-"""Datasets stored as folders of images (read with Pillow), in the layouts of METHODS.md §1.3.
+"""Datasets stored as folders of images (read with Pillow), in the layouts of ``docs/data.md``.
 
 Layouts (``layout="auto"`` picks by looking at the folder):
 
@@ -29,8 +29,8 @@ from __future__ import annotations
 import pathlib
 
 import numpy as np
-from PIL import Image
 
+from jaxdepth._optional import require
 from jaxdepth.data import augment, pipeline, rng
 
 LAYOUTS = ("auto", "splits", "domains", "classes")
@@ -70,7 +70,8 @@ def detect_layout(root: pathlib.Path) -> str:
 
 
 def _read_image(path: pathlib.Path) -> np.ndarray:
-  with Image.open(path) as image:
+  pil = require("PIL.Image", "data", "reading image folders")
+  with pil.open(path) as image:
     return np.asarray(image.convert("RGB"))
 
 

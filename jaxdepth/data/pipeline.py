@@ -27,9 +27,9 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Protocol
 
-import grain
 import numpy as np
 
+from jaxdepth._optional import require
 from jaxdepth.data import augment, rng
 
 Batch = dict[str, np.ndarray]
@@ -186,6 +186,7 @@ class Split:
     if not 0 <= start_batch <= len(plan):
       raise ValueError(f"start_batch={start_batch} must be in [0, {len(plan)}] (batches in this epoch)")
     key = (seed, epoch, self._salt) if (augment or self.always_augment) else None
+    grain = require("grain", "data", "serving batches")
     dataset = grain.MapDataset.source(plan[start_batch:]).map(lambda slots: self._read_batch(slots, key))
     if self.num_threads:
       threads = min(self.num_threads, len(dataset)) or 1

@@ -1,6 +1,6 @@
 """TFDS datasets read through ``tfds.data_source`` (random access, no TensorFlow) and grain.
 
-Recipes (METHODS.md §1.3):
+Recipes (``docs/data.md``):
 
 * ``cifar10``, ``cifar100``: 32x32. Train/validation = a 90/10 split of the
   tfds ``train`` split (``val_fraction``, seeded by ``split_seed``, like the
@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxdepth._optional import require
 from jaxdepth.data import augment, pipeline
 
 
@@ -70,7 +71,7 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
   ("`splits` is empty"), depending on what is absent; all of them become
   :class:`DatasetNotPrepared`.
   """
-  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds = require("tensorflow_datasets", "data", "tfds datasets")
   try:
     return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as error:

@@ -28,6 +28,10 @@ variables): EASIER's is the site gates, EGP's adds weight masks. The spec does
 not change during a run (removed units are data: gates at 0, masks; no
 recompilation); :meth:`Method.export` bakes the state into the spec for a saved
 model.
+
+A run stops when the iterations are done or ``live_units`` is empty; a method
+with a stop rule of its own (TLC: accuracy collapsed) returns no live unit once
+it holds, and names the rule in its last ``Decision.details["stop"]``.
 """
 from __future__ import annotations
 
@@ -64,6 +68,8 @@ class Context(NamedTuple):
     mesh: the device mesh the run uses.
     dtype: the compute dtype (``None``: float32).
     eval_batch_size: the global batch size of the run's evaluations.
+    val_accuracy: the trained network's validation accuracy in percent (what the
+      report holds), for a stop rule on accuracy (TLC).
   """
   iteration: int
   train_stats: SiteStats | None
@@ -73,6 +79,7 @@ class Context(NamedTuple):
   mesh: Any = None
   dtype: Any = None
   eval_batch_size: int | None = None
+  val_accuracy: float | None = None
 
 
 class Decision(NamedTuple):

@@ -1,4 +1,4 @@
-"""EASIER: remove the lowest-entropy rectifier, one per iteration (METHODS.md §4).
+"""EASIER: remove the lowest-entropy rectifier, one per iteration (``docs/methods/easier.md``).
 
 Quétu, Liao, Nguyen, Tartaglione, "The Simpler The Better: An Entropy-Based
 Importance Metric To Reduce Neural Networks' Depth", ECML PKDD 2024

@@ -3,8 +3,7 @@
 The five methods end with sites swapped for the identity (or whole blocks
 dropped); their official code stops there, so the network is exactly as deep
 and as slow as before. These passes turn such a network into a smaller
-``(spec, variables)`` pair that computes the same function (DESIGN.md §4,
-METHODS.md §1.4):
+``(spec, variables)`` pair that computes the same function (``docs/surgery.md``):
 
 =======================  ==========================================================
 pass                     what it does

@@ -16,10 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth import spec as S
+from jaxdepth.transformer import nodes as T
 
 SEP = S.SEP
 INLINE = "."          # joins the names of an inlined Sequential and its children
-_OWNERS = (S.Conv, S.Dense, S.BatchNorm, S.LayerNorm)
+_OWNERS = (S.Conv, S.Dense, S.BatchNorm, S.LayerNorm, T.Attention, T.WindowAttention,
+           T.ClassToken, T.PositionEmbedding)
 
 
 class Edit(NamedTuple):

@@ -1,4 +1,4 @@
-"""Cut channels that are always OFF on the data (TLC, METHODS.md §1.4, §6).
+"""Cut channels that are always OFF on the data (TLC; ``docs/surgery.md``).
 
 A channel whose pre-activation is never positive on the data (its positive
 sign count is 0: :func:`jaxdepth.stats.always_off`) outputs exactly 0 after a

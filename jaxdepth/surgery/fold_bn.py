@@ -2,7 +2,7 @@
 
 In eval mode a BatchNorm is the per-channel affine map
 ``y = s x + t`` with ``s = γ/√(σ² + ε)`` and ``t = β − μ s`` (running mean ``μ``
-and variance ``σ²``). Folded into the op ``W, b`` before it (METHODS.md §1.4;
+and variance ``σ²``). Folded into the op ``W, b`` before it (``docs/surgery.md``;
 LayerFold's ``fuse_conv_and_bn``, verified exact there too)::
 
     W' = diag(s) W        (each output channel o scaled by s[o])

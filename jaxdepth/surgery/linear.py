@@ -7,7 +7,7 @@ read as a :class:`LinearOp`: a grouped 2-D correlation with an HWIO kernel
 A Dense layer is the 1x1 case; a BatchNorm is the depthwise 1x1 case with kernel
 ``s = γ/√(σ²+ε)`` and bias ``β − μ s``. All arithmetic is float64 numpy.
 
-**Sequential composition** (:func:`compose`, METHODS.md §1.4). ``b ∘ a`` with
+**Sequential composition** (:func:`compose`, ``docs/surgery.md``). ``b ∘ a`` with
 kernels ``k1, k2``, strides ``s1, s2`` and paddings ``p1, p2`` is one op with
 
 * kernel size ``k1 + s1 (k2 − 1)``, stride ``s1 s2``, padding ``p1 + s1 p2``;

@@ -1,4 +1,4 @@
-"""Merge chains of affine ops into fewer ops (METHODS.md §1.4).
+"""Merge chains of affine ops into fewer ops (``docs/surgery.md``).
 
 Once identity sites and dropout are gone, consecutive Conv / Dense / BatchNorm
 nodes form *chains* of affine ops. Each chain is cut into segments and each

@@ -16,7 +16,7 @@ correction (``mode="exact"``); a ResNet BasicBlock
 whose ``relu1`` is an identity becomes ``relu2(conv(x))`` if its two 3x3 convs
 were merged (and the addition disappears).
 
-**The rectifier after the addition** (ResNet's ``relu2``, METHODS.md §1.4).
+**The rectifier after the addition** (ResNet's ``relu2``).
 When ``relu2`` of block ``k`` is an identity, the block's output
 ``r_k(x) + x`` feeds block ``k+1`` linearly, but no exact rewrite makes the
 network shallower there: block ``k+1`` needs the sum twice (its branch and its
@@ -31,7 +31,8 @@ unchanged). The papers count it as a removed layer all the same. If the block's
 branch is itself linear, :func:`fold_residuals` still folds the block.
 
 **Removing** (:func:`remove_blocks`, LaCoOT). A block with an identity shortcut
-(same shape in and out) is replaced by the identity: the whole block goes,
+(same shape in and out), or a transformer layer made of two such blocks
+(attention half and MLP half, LaCoOT's Swin unit), is replaced by the identity: the whole block goes,
 ``post`` included, as LaCoOT drops ``layerS.1`` (its input is the previous
 block's ReLU output, on which a ReLU is the identity anyway). This changes the
 function; LaCoOT's training makes the block close to the identity first.
@@ -194,6 +195,17 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
   return spec, _tree.join_variables(spec, node_vars)
 
 
+def _removable(node: S.Node, shapes, path: str) -> bool:
+  """A Block with an identity shortcut, or a Sequential of such Blocks (a
+  transformer layer: attention half, MLP half), keeping its input shape."""
+  if shapes[path][0] != shapes[path][1]:
+    return False
+  if isinstance(node, S.Block):
+    return node.identity_shortcut
+  return (isinstance(node, S.Sequential) and bool(node.layers)
+          and all(isinstance(c, S.Block) and c.identity_shortcut for c in node.layers))
+
+
 def remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
   """Replaces residual blocks with identity shortcuts by the identity (LaCoOT's edit).
 
@@ -201,7 +213,9 @@ def remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
     spec: the architecture.
     variables: its Flax variables.
     paths: paths of :class:`~jaxdepth.spec.Block` nodes with an identity
-      shortcut and the same input and output shape (e.g. ``"layer3/1"``).
+      shortcut and the same input and output shape (e.g. ``"layer3/1"``), or of
+      :class:`~jaxdepth.spec.Sequential` nodes made of such blocks only (a
+      transformer layer, e.g. Swin's ``"features/5/3"``).
     log: optional list of :class:`~jaxdepth.surgery.Edit` to append to.
 
   Returns:
@@ -216,13 +230,13 @@ def remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
   shapes = spec.shapes()
   for p in paths:
     node = spec.node(p)
-    if not isinstance(node, S.Block):
+    if not isinstance(node, (S.Block, S.Sequential)):
       raise ValueError(f"{p!r} is a {node.kind}, not a residual block; remove_blocks "
-                       f"takes paths of Block nodes")
-    if not node.identity_shortcut or shapes[p][0] != shapes[p][1]:
-      raise ValueError(f"block {p!r} has a projection shortcut ({shapes[p][0]} -> "
-                       f"{shapes[p][1]}); only blocks with an identity shortcut can be "
-                       f"replaced by the identity")
+                       f"takes paths of Block nodes (or of Sequentials of them)")
+    if not _removable(node, shapes, p):
+      raise ValueError(f"{p!r} ({shapes[p][0]} -> {shapes[p][1]}) is not a residual block "
+                       f"with an identity shortcut (nor a sequence of them); only those can "
+                       f"be replaced by the identity")
   node_vars = _tree.split_variables(spec, variables)
   targets = set(paths)
 
@@ -235,4 +249,3 @@ def remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
     log.extend(_tree.Edit("remove_block", p, "block replaced by the identity", exact=False)
                for p in paths)
   return spec, _tree.join_variables(spec, node_vars)
-

@@ -1,0 +1,567 @@
+"""TLC: rank every rectifier by the loss its collapse costs, collapse the cheapest ones.
+
+Quétu, Liao, Nguyen, Tartaglione, "Till the Layers Collapse: Compressing a
+Deep Neural Network through the Lenses of Batch Normalization Layers", AAAI 2025.
+
+**The criterion.** A BatchNorm ``(γ, β)`` before a rectifier says what each
+channel ``i`` feeds it: a value spread as ``N(β_i, γ_i²)``, so the channel is
+OFF with probability (:func:`off_probability`)::
+
+    P_i(OFF) = Φ(−β_i / |γ_i|)          (1[β_i ≤ 0] when γ_i = 0)
+
+and mostly ON when ``β_i > 0``, mostly OFF when ``β_i ≤ 0``. The layer's mean
+binary entropy of that probability is :func:`bn_entropy` (bits). Where no
+BatchNorm precedes the site (a VGG classifier, a transformer MLP), ``(γ, β)``
+are replaced by the per-channel standard deviation and mean of the
+pre-activation on one validation batch (:func:`empirical_bn`).
+
+**The edit of a candidate** ``T_l`` (a weight layer → [BatchNorm] → site ``l``):
+channels with ``β ≤ 0`` are cut (their output filter, bias and BatchNorm scale
+and bias set to 0, so the channel is exactly 0), the other channels are
+linearized (the site becomes the identity). The official code uses only the sign
+of ``β`` for this; neither ``P(OFF)`` nor the entropy ranks anything.
+
+**The ranking.** On the first validation batch (eval mode), with ``L`` the
+cross-entropy::
+
+    gap_l = L(T_l(network)) − L(network)       for every live candidate l
+    order = candidates by gap, ascending
+
+All gaps come from one compiled function (:func:`~jaxdepth.methods.tlc_rank.rank`,
+re-exported here): the edits are data (gates and channel keep-masks), the
+network before each candidate's edit runs once, and each candidate runs only
+what follows its site.
+
+**Which layers go** (:func:`choose`), with ``G(n)`` the loss gap of the joint
+edit of ``order[:n]``:
+
+* ``"first_harmful"`` (the official code, default): if some gap is negative, the
+  first prefix ``order[:n]`` (``n = 2 .. len − 1``) with ``G(n) > 0``; otherwise,
+  or if there is none, ``order[:1]``. It includes the layer that made the loss
+  worse.
+* ``"largest_harmless"`` (the apparent intent): the longest prefix whose every
+  ``G(m) ≤ 0`` (``m ≤ n``), at least ``order[:1]``.
+
+**The iteration** (:class:`TLC` for :func:`jaxdepth.driver.run`): fine-tune with a
+fresh optimizer (iteration 0 trains the dense model), rank, remove, and stop when
+at most one site is left, no candidate remains, or the validation accuracy is
+below ``accuracy_threshold`` (20 %, as the official code). Cut channels are
+weight masks that training keeps at exactly 0 (:class:`~jaxdepth.training.TrainOptions`
+``masks``); :meth:`TLC.export` cuts them for real (:func:`jaxdepth.surgery.cut_channels`)
+and bakes the identities in, and the driver merges what became linear.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from jaxdepth import entropy, network, optim
+from jaxdepth import spec as S
+from jaxdepth.methods import base
+from jaxdepth.methods.tlc_rank import flat_leaves as _flat
+from jaxdepth.methods.tlc_rank import joint_gap, rank, rank_naive
+
+__all__ = ["RULES", "Candidate", "off_probability", "bn_entropy", "empirical_bn", "candidates",
+           "candidate_betas", "keep_masks", "rank", "rank_naive", "joint_gap", "choose",
+           "prefix_gaps", "TLC"]
+
+RULES = ("first_harmful", "largest_harmless")
+CLAMP = entropy.EGP_CLAMP
+
+
+# ------------------------------------------------------------------ the criterion
+
+
+def off_probability(gamma, beta) -> jax.Array:
+  """``P(OFF) = Φ(−β/|γ|)`` per channel; ``1[β ≤ 0]`` where ``γ = 0``.
+
+  The BatchNorm output of a channel is modelled as ``N(β, γ²)``; ``Φ`` is the
+  standard normal CDF, computed with ``erfc`` in the tails
+  (:func:`jax.scipy.special.ndtr`), so ``Φ(−6) ≈ 9.87e-10`` is not rounded to 0
+  as ``(1 + erf(x/√2))/2`` would in float32. ``β = −0.0`` counts as ``≤ 0``.
+
+  Args:
+    gamma: BatchNorm scales ``(C,)`` (or the empirical std, :func:`empirical_bn`).
+    beta: BatchNorm biases ``(C,)`` (or the empirical mean).
+
+  Returns:
+    ``(C,)`` float32 probabilities of the channel being OFF.
+  """
+  gamma = jnp.asarray(gamma, jnp.float32)
+  beta = jnp.asarray(beta, jnp.float32)
+  if gamma.shape != beta.shape:
+    raise ValueError(f"gamma and beta must have the same shape, got {gamma.shape} and "
+                     f"{beta.shape}")
+  scale = jnp.abs(gamma)
+  safe = jnp.where(scale > 0, scale, 1.0)
+  p = jax.scipy.special.ndtr(-beta / safe)
+  return jnp.where(scale > 0, p, (beta <= 0).astype(jnp.float32))
+
+
+def bn_entropy(gamma, beta, clamp: float = CLAMP) -> jax.Array:
+  """The layer's mean binary entropy (bits) of :func:`off_probability`.
+
+  ``mean_i h2(P_i)`` with ``h2(p) = −p log2 max(p, ε) − (1−p) log2 max(1−p, ε)``,
+  ``ε = 1e-5`` (the official code's clamp). 0 for a layer whose channels are all
+  surely ON or OFF (a linear layer on the modelled data), 1 at most.
+  """
+  return jnp.mean(entropy.binary_entropy(off_probability(gamma, beta), clamp))
+
+
+def empirical_bn(z) -> tuple[jax.Array, jax.Array]:
+  """``(std, mean)`` of a channel-last pre-activation over every axis but the last.
+
+  The stand-in for ``(γ, β)`` where no BatchNorm precedes a site. The std is the
+  unbiased one (``ddof=1``), as the official code's ``torch.std``.
+
+  Args:
+    z: ``(..., C)`` pre-activations (batch, positions or tokens, channels).
+
+  Returns:
+    ``(std, mean)``, each ``(C,)`` float32.
+
+  Raises:
+    ValueError: fewer than two values per channel (a batch of one example of a
+      dense layer): the unbiased std is undefined; use a batch of two or more.
+  """
+  z = jnp.asarray(z, jnp.float32)
+  if z.ndim < 1:
+    raise ValueError("empirical_bn needs a (..., C) array, got a scalar")
+  n = z.size // max(z.shape[-1], 1)
+  if n < 2:
+    raise ValueError(f"empirical_bn needs at least two values per channel to estimate an "
+                     f"unbiased std, got shape {z.shape} ({n} value per channel); use a "
+                     f"validation batch of two or more examples")
+  flat = z.reshape(-1, z.shape[-1])
+  return jnp.std(flat, axis=0, ddof=1), jnp.mean(flat, axis=0)
+
+
+# ------------------------------------------------------------------ candidates
+
+
+class Candidate(NamedTuple):
+  """A weight layer → [BatchNorm] → site triple (paths in the spec).
+
+  Attributes:
+    name: the candidate's name (its site; the weight layer for the MobileNetV2
+      projection quirk, whose site belongs to the next block).
+    weight: the conv or dense layer whose output channels are cut.
+    bn: the BatchNorm between them, or ``None`` (statistics then come from data).
+    site: the activation that becomes the identity.
+    direct: the site reads the BatchNorm (or weight) output as it is (no residual
+      addition, no other layer in between): cut channels are exactly 0 there.
+  """
+  name: str
+  weight: str
+  bn: str | None
+  site: str
+  direct: bool
+
+
+def _lists(nodes, prefix: str, before=()):
+  """Every flat node list with what precedes it: ``(list, predecessors, after_addition)``.
+
+  A Block's ``post`` list is preceded by its ``branch`` (the value is the sum of
+  branch and shortcut there: ``after_addition``).
+  """
+  flat = _flat(nodes, prefix)
+  yield flat, list(before), False
+  for path, n in flat:
+    if isinstance(n, S.Block):
+      scope = path + S.SEP
+      branch = _flat(n.branch, scope)
+      yield from _lists(n.branch, scope)
+      yield from _lists(n.shortcut, scope)
+      post = _flat(n.post, scope)
+      yield post, branch, True
+      for p, m in post:
+        if isinstance(m, S.Block):
+          yield from _lists(m.branch, p + S.SEP)
+
+
+def _producer(seq, i) -> tuple[str | None, str | None]:
+  """``(weight, bn)`` paths right before position ``i`` of ``seq``, or ``(None, None)``."""
+  j, bn = i - 1, None
+  if j >= 0 and isinstance(seq[j][1], S.BatchNorm):
+    bn, j = seq[j][0], j - 1
+  if j >= 0 and isinstance(seq[j][1], (S.Conv, S.Dense)):
+    return seq[j][0], bn
+  return None, None
+
+
+def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[Candidate, ...]:
+  """Every weight layer → [BatchNorm] → site triple of ``spec``, in call order of the sites.
+
+  ResNet-18: 17 (the stem and every ``relu1``/``relu2``; a ``relu2`` after the
+  residual addition is read through ``bn2`` alone, as the official code does);
+  VGG-16-bn: 15; MobileNetV2: the 35 convs feeding a ReLU6.
+
+  Args:
+    spec: the architecture.
+    projections: also the official MobileNetV2 quirk: every conv → BatchNorm with
+      no activation after it (the linear projections) is a candidate whose edit
+      cuts its ``β ≤ 0`` channels and linearizes the *next* live site in call
+      order (the next block's expansion ReLU6). Off by default.
+    live: the live sites (default: every site of ``spec``); candidates of other
+      sites are left out.
+
+  Returns:
+    The candidates (projection candidates right after the site they precede).
+
+  Raises:
+    ValueError: a live site without a weight layer (optionally through one
+      BatchNorm) right before it: TLC cannot cut or linearize it.
+  """
+  sites = spec.sites()
+  live = sites if live is None else tuple(live)
+  found: dict[str, Candidate] = {}
+  projection: list[tuple[str, str]] = []
+  for seq, before, after_addition in _lists(spec.layers, ""):
+    for i, (path, n) in enumerate(seq):
+      if isinstance(n, S.Act) and n.fn != "identity":
+        if i == 0 and after_addition:
+          weight, bn = _producer(before, len(before))
+        else:
+          weight, bn = _producer(seq, i)
+        if weight is None:
+          raise ValueError(
+              f"site {path!r} of {spec.name!r} has no weight layer (conv or dense, "
+              f"optionally followed by a BatchNorm) right before it, so TLC can neither cut "
+              f"its channels nor rank it; make it an identity first "
+              f"(jaxdepth.with_identity) or use another method")
+        found[path] = Candidate(path, weight, bn, path, not (i == 0 and after_addition))
+      elif (projections and isinstance(n, S.BatchNorm) and i > 0
+            and isinstance(seq[i - 1][1], S.Conv)
+            and not (i + 1 < len(seq) and isinstance(seq[i + 1][1], S.Act))
+            and not path.split(S.SEP)[-1].startswith("shortcut")):
+        projection.append((seq[i - 1][0], path))
+  out = [found[s] for s in sites if s in live]
+  regular = {c.bn for c in found.values()}
+  projection = [(w, bn) for w, bn in projection if bn not in regular]
+  if projections:
+    order = [p for p, _ in spec.walk()]
+    position = {p: k for k, p in enumerate(order)}
+    live_positions = sorted(position[s] for s in live)
+    for weight, bn in projection:
+      nxt = next((order[k] for k in live_positions if k > position[bn]), None)
+      if nxt is None:
+        continue
+      c = Candidate(weight, weight, bn, nxt, False)
+      at = next(k for k, o in enumerate(out) if o.site == nxt)
+      out.insert(at, c)
+  return tuple(out)
+
+
+def _leaf(variables, path: str, collection: str = "params"):
+  node = variables[collection]
+  for part in path.split(S.SEP):
+    node = node[part]
+  return node
+
+
+def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype=None
+                    ) -> dict[str, np.ndarray]:
+  """Each candidate's ``β`` per channel: the BatchNorm bias, else the empirical mean.
+
+  Args:
+    spec, variables: the network (cut channels already 0).
+    cands: :class:`Candidate` s.
+    x: the validation batch, needed for candidates without a BatchNorm.
+    gates: the current site gates (for the empirical statistics).
+    dtype: compute dtype.
+
+  Returns:
+    ``{candidate name: (C,) float32}``.
+  """
+  out = {}
+  empirical = [c for c in cands if c.bn is None]
+  captured = {}
+  if empirical:
+    if x is None:
+      raise ValueError(f"candidates {[c.name for c in empirical]} have no BatchNorm before "
+                       f"their site: their statistics come from data, pass x=")
+    fwd = network.forward(spec, variables, x, gates=gates, dtype=dtype,
+                          capture=tuple(dict.fromkeys(c.site for c in empirical)))
+    captured = fwd.captured
+  for c in cands:
+    if c.bn is not None:
+      out[c.name] = np.asarray(_leaf(variables, c.bn)["bias"], np.float32)
+    else:
+      out[c.name] = np.asarray(empirical_bn(captured[c.site][0])[1], np.float32)
+  return out
+
+
+def keep_masks(betas: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """``β > 0`` per channel (1.0 kept and linearized, 0.0 cut), per candidate."""
+  return {k: (np.asarray(b) > 0).astype(np.float32) for k, b in betas.items()}
+
+
+# ------------------------------------------------------------------ which layers go
+
+
+def prefix_gaps(order, gaps: dict[str, float], joint) -> dict[int, float]:
+  """The joint gaps ``G(n)`` the prefix rules read, evaluated lazily.
+
+  ``G(n)`` for ``n = 2 .. len(order) − 1`` up to the first ``G(n) > 0``, only
+  when some single gap is negative (the official loop); both rules need exactly
+  these.
+
+  Args:
+    order: candidate names by ascending gap.
+    gaps: ``{name: gap}``.
+    joint: ``joint(names) -> gap`` of the joint edit.
+
+  Returns:
+    ``{n: G(n)}``.
+  """
+  out: dict[int, float] = {}
+  if not order or min(gaps[n] for n in order) >= 0:
+    return out
+  for n in range(2, len(order)):
+    out[n] = float(joint(tuple(order[:n])))
+    if out[n] > 0:
+      break
+  return out
+
+
+def choose(order, gaps: dict[str, float], joint_gaps: dict[int, float],
+           rule: str = "first_harmful") -> tuple[str, ...]:
+  """The candidates removed together, by ``rule``, from the ranking.
+
+  Args:
+    order: candidate names by ascending gap.
+    gaps: ``{name: gap}`` (single edits).
+    joint_gaps: ``{n: G(n)}`` of :func:`prefix_gaps`.
+    rule: ``"first_harmful"`` (the official code: the first prefix whose joint
+      removal makes the loss worse, that layer included; one layer if none) or
+      ``"largest_harmless"`` (the longest prefix whose joint removals all keep
+      the loss from growing).
+
+  Returns:
+    The chosen prefix of ``order`` (at least its first candidate).
+  """
+  if rule not in RULES:
+    raise ValueError(f"unknown prefix rule {rule!r}; expected one of {RULES}")
+  order = tuple(order)
+  if not order:
+    raise ValueError("no candidate to choose from")
+  if min(gaps[n] for n in order) >= 0:
+    return order[:1]
+  harmful = [n for n in sorted(joint_gaps) if joint_gaps[n] > 0]
+  if rule == "first_harmful":
+    return order[:harmful[0]] if harmful else order[:1]
+  upto = (harmful[0] - 1) if harmful else max(joint_gaps, default=1)
+  return order[:max(upto, 1)]
+
+
+# ------------------------------------------------------------------ the method
+
+
+def _nested(flat: dict[str, Any]) -> dict[str, Any]:
+  return traverse_util.unflatten_dict(flat, sep=S.SEP)
+
+
+@dataclasses.dataclass(frozen=True)
+class TLC:
+  """TLC as a :class:`~jaxdepth.methods.base.Method` for :func:`jaxdepth.driver.run`.
+
+  The state is ``{"gates": (n_sites,), "masks": {weight path: (C,)}, "stopped": ()}``:
+  the site gates, every candidate weight layer's channel keep-mask (1 kept, 0
+  cut), and whether a stop rule fired.
+
+  Attributes:
+    rule: ``"first_harmful"`` (official) or ``"largest_harmless"`` (:func:`choose`).
+    accuracy_threshold: stop once the validation accuracy (percent) is below it
+      (the official 20).
+    batch_size: size of the validation batch the gaps are measured on (the first
+      batch of the validation split, in order; 128 as the official CIFAR code).
+    projections: the official MobileNetV2 candidate quirk (:func:`candidates`).
+    max_iterations: the default number of iterations (the official 40).
+  """
+  rule: str = "first_harmful"
+  accuracy_threshold: float = 20.0
+  batch_size: int = 128
+  projections: bool = False
+  max_iterations: int = 40
+  name: str = dataclasses.field(default="tlc", init=False)
+  unit: str = dataclasses.field(default="site", init=False)
+  score_name: str = dataclasses.field(default="loss_gaps", init=False)
+
+  def __post_init__(self):
+    if self.rule not in RULES:
+      raise ValueError(f"unknown TLC prefix rule {self.rule!r}; expected one of {RULES}")
+    t = self.accuracy_threshold
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0:
+      raise ValueError(f"accuracy_threshold is a validation accuracy in percent and must be "
+                       f"in [0, 100], got {t!r}")
+    for what in ("batch_size", "max_iterations"):
+      v = getattr(self, what)
+      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise ValueError(f"{what} must be a positive int, got {v!r}")
+
+  def options(self) -> dict[str, Any]:
+    return {"rule": self.rule, "accuracy_threshold": self.accuracy_threshold,
+            "batch_size": self.batch_size, "projections": self.projections}
+
+  def candidates(self, spec: S.Spec, state=None) -> tuple[Candidate, ...]:
+    live = None if state is None else base.live_sites(spec, state["gates"])
+    return candidates(spec, projections=self.projections, live=live)
+
+  def init(self, spec: S.Spec):
+    shapes = spec.shapes()
+    masks = {c.weight: jnp.ones(shapes[c.weight][1][-1], jnp.float32)
+             for c in self.candidates(spec)}
+    return {"gates": network.gates_for(spec), "masks": _nested(masks),
+            "stopped": jnp.zeros((), jnp.int32)}
+
+  def units(self, spec: S.Spec) -> tuple[str, ...]:
+    return spec.sites()
+
+  def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    """The live sites; none once a stop rule held (``state["stopped"]``)."""
+    if bool(jax.device_get(state["stopped"])):
+      return ()
+    return base.live_sites(spec, state["gates"])
+
+  def default_iterations(self, spec: S.Spec) -> int:
+    return min(self.max_iterations, len(spec.sites()))
+
+  def _weight_masks(self, spec: S.Spec, state) -> dict[str, Any]:
+    """Element-wise masks of every candidate's leaves (kernel, bias, BatchNorm scale and bias)."""
+    flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    shapes = spec.shapes()
+    out = {}
+    for c in self.candidates(spec):
+      m = flat_masks[c.weight]
+      w = spec.node(c.weight)
+      cin = shapes[c.weight][0][-1]
+      if isinstance(w, S.Conv):
+        kshape = (*w.kernel, cin // w.groups, w.features)
+      else:
+        kshape = (cin, w.features)
+      out[f"{c.weight}{S.SEP}kernel"] = jnp.broadcast_to(m, kshape)
+      if w.bias:
+        out[f"{c.weight}{S.SEP}bias"] = m
+      if c.bn is not None:
+        out[f"{c.bn}{S.SEP}scale"] = m
+        out[f"{c.bn}{S.SEP}bias"] = m
+    return _nested(out)
+
+  def train_options(self, spec: S.Spec, state) -> base.TrainOptions:
+    return base.TrainOptions(gates=state["gates"], masks=self._weight_masks(spec, state))
+
+  def _masked(self, spec, variables, state):
+    return {**variables, "params": optim.apply_masks(variables["params"],
+                                                     self._weight_masks(spec, state))}
+
+  def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, Any]:
+    """Ranks the live candidates on the first validation batch (``{}`` when a stop rule holds).
+
+    Each score is ``{"gap", "prefix_gap", "cut", "channels"}``: the loss gap of
+    the candidate's edit alone, the joint gap ``G(n)`` of the prefix of the
+    ranking that ends with it (``None`` where not evaluated), its channels with
+    ``β ≤ 0`` and its channel count.
+    """
+    live = self.live_units(spec, state)
+    if len(live) <= 1:
+      return {}
+    if context.val_accuracy is not None and context.val_accuracy < self.accuracy_threshold:
+      return {}
+    cands = self.candidates(spec, state)
+    if not cands:
+      return {}
+    x, labels = self._batch(context)
+    variables = self._masked(spec, variables, state)
+    gates = state["gates"]
+    betas = candidate_betas(spec, variables, cands, x, gates=gates, dtype=context.dtype)
+    current = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    masks = {c.name: keep_masks({c.name: betas[c.name]})[c.name]
+             * np.asarray(current[c.weight]) for c in cands}
+    base_loss, gaps = rank(spec, variables, cands, x, labels, masks, gates=gates,
+                           dtype=context.dtype)
+    order = sorted(gaps, key=gaps.__getitem__)
+    joint = prefix_gaps(order, gaps, lambda names: joint_gap(
+        spec, variables, cands, names, x, labels, masks, gates=gates, base_loss=base_loss,
+        dtype=context.dtype))
+    prefix_of = {order[n - 1]: g for n, g in joint.items()}
+    return {c.name: {"gap": gaps[c.name], "prefix_gap": prefix_of.get(c.name),
+                     "site": c.site, "cut": np.flatnonzero(masks[c.name] == 0).tolist(),
+                     "channels": int(masks[c.name].size), "base_loss": base_loss}
+            for c in cands}
+
+  def _batch(self, context: base.Context):
+    ds = context.dataset
+    if ds is None or ds.val is None:
+      raise ValueError("TLC ranks candidates on a validation batch: the dataset needs a "
+                       "validation split (load it with val_fraction > 0)")
+    if ds.val.num_examples < self.batch_size:
+      raise ValueError(f"the validation split holds {ds.val.num_examples} examples, fewer than "
+                       f"one ranking batch of {self.batch_size}; lower the TLC batch_size or "
+                       f"hold out more validation data")
+    batch = next(iter(ds.val.batches(self.batch_size)))
+    return jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+
+  def decide(self, scores: dict[str, Any], state) -> base.Decision:
+    if not scores:
+      live = int(np.sum(np.asarray(jax.device_get(state["gates"])) != 0))
+      why = ("at most one site left" if live <= 1 else
+             "validation accuracy below the threshold, or no candidate left")
+      return base.Decision((), {"stop": why})
+    gaps = {k: v["gap"] for k, v in scores.items()}
+    order = sorted(gaps, key=gaps.__getitem__)
+    position = {k: i + 1 for i, k in enumerate(order)}
+    joint = {position[k]: v["prefix_gap"] for k, v in scores.items()
+             if v["prefix_gap"] is not None}
+    chosen = choose(order, gaps, joint, self.rule)
+    remove = tuple(dict.fromkeys(scores[k]["site"] for k in chosen))
+    return base.Decision(remove, {
+        "rule": self.rule, "order": order, "chosen": list(chosen),
+        "prefix_gaps": {str(n): g for n, g in sorted(joint.items())},
+        "cut": {k: scores[k]["cut"] for k in chosen},
+        "base_loss": next(iter(scores.values()))["base_loss"]})
+
+  def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    if not decision.remove:
+      return variables, {**state, "stopped": jnp.ones((), jnp.int32)}
+    by_name = {c.name: c for c in self.candidates(spec, state)}
+    masks = dict(traverse_util.flatten_dict(state["masks"], sep=S.SEP))
+    for name, cut in (decision.details or {}).get("cut", {}).items():
+      w = by_name[name].weight
+      masks[w] = jnp.asarray(masks[w]).at[jnp.asarray(cut, jnp.int32)].set(0.0) if cut else masks[w]
+    gates = state["gates"]
+    index = {s: i for i, s in enumerate(spec.sites())}
+    live = set(self.live_units(spec, state))
+    unknown = [s for s in decision.remove if s not in live]
+    if unknown:
+      raise KeyError(f"cannot remove {unknown}: not live sites of {spec.name!r}")
+    gates = gates.at[jnp.asarray([index[s] for s in decision.remove], jnp.int32)].set(0.0)
+    new = {"gates": gates, "masks": _nested(masks), "stopped": state["stopped"]}
+    return self._masked(spec, variables, new), new
+
+  def export(self, spec: S.Spec, variables, state):
+    """The masked network with its cut channels removed and its identities baked in.
+
+    Channels cut at a site that reads its BatchNorm directly are deleted with the
+    next layer's matching inputs (:func:`jaxdepth.surgery.cut_channels`, exact:
+    they are 0 there); the rest stay as zero weights. The result computes what
+    the gated, masked network computes.
+    """
+    from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
+    variables = self._masked(spec, variables, state)
+    removed = base.removed_sites(spec, state["gates"])
+    flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    counts = {}
+    for c in self.candidates(spec):
+      if c.direct and c.site in removed and spec.node(c.site).fn in ("relu", "relu6"):
+        keep = np.asarray(jax.device_get(flat_masks[c.weight])) != 0
+        if not keep.all():
+          counts[c.site] = np.stack([keep, ~keep, np.zeros_like(keep)]).astype(np.int32)
+    if counts:
+      spec_cut, variables = surgery.cut_channels(spec, variables, counts)
+      spec = spec_cut
+    return S.with_identity(spec, removed), variables

@@ -1,0 +1,127 @@
+"""Packaging: the core imports and runs without the extras; the extras' errors say what to install;
+pyproject's lower bounds are the tested versions pinned in constraints.txt."""
+import ast
+import pathlib
+import re
+import subprocess
+import sys
+import tomllib
+
+import numpy as np
+import pytest
+
+from jaxdepth import _optional, report
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "torch")
+
+# Runs in a fresh interpreter where importing any extra's module fails, as in an
+# environment where only the core was installed.
+_WITHOUT_EXTRAS = """
+import sys
+BLOCKED = {blocked!r}
+class Blocker:
+  def find_spec(self, name, path=None, target=None):
+    if name.split(".")[0] in BLOCKED:
+      raise ImportError(f"blocked: {{name}}")
+sys.meta_path.insert(0, Blocker())
+import jax, numpy as np
+import jaxdepth
+from jaxdepth import zoo
+spec = zoo.digits_cnn()
+variables = jaxdepth.init(spec, jax.random.key(0))
+x = np.linspace(0, 1, 2 * 64, dtype=np.float32).reshape(2, 8, 8, 1)
+out = jaxdepth.forward(spec, variables, x)
+assert out.logits.shape == (2, 10), out.logits.shape
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in BLOCKED)
+assert not loaded, loaded
+try:
+  jaxdepth.data.load("digits")
+except ImportError as error:
+  print("DATA-ERROR:", error)
+print("OK")
+"""
+
+
+def test_core_imports_and_runs_a_forward_pass_without_the_extras():
+  code = _WITHOUT_EXTRAS.format(blocked=set(EXTRA_MODULES))
+  done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                        env={"JAX_PLATFORMS": "cpu", "PATH": "/usr/bin:/bin"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().endswith("OK")
+  assert "pip install 'jaxdepth[data]'" in done.stdout and "sklearn" in done.stdout
+
+
+def test_require_names_the_extra_and_keeps_the_cause(monkeypatch):
+  for name in ("sklearn", "sklearn.datasets"):   # a None entry makes the import fail
+    monkeypatch.setitem(sys.modules, name, None)
+  with pytest.raises(ImportError, match=r"the digits dataset needs .*'sklearn'.*jaxdepth\[data\]") as info:
+    _optional.require("sklearn.datasets", "data", "the digits dataset")
+  assert isinstance(info.value.__cause__, ImportError)
+  assert _optional.require("json", "data", "x").dumps([1]) == "[1]"
+
+
+def test_report_without_matplotlib_writes_json_and_markdown_and_says_plots_were_skipped(
+    tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "matplotlib", None)   # as if the plots extra were absent
+  monkeypatch.setattr(report, "table", lambda r: "the table\n")  # its content is not at issue here
+  assert not report.plots_available()
+  with pytest.warns(UserWarning, match=r"no plots .*jaxdepth\[plots\]"):
+    written = report.write(tmp_path, {"method": "easier", "iterations": [{"iteration": 0}]})
+  assert set(written) == {"json", "markdown"}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+  with pytest.raises(ImportError, match=r"plotting a report needs .*'matplotlib'.*jaxdepth\[plots\]"):
+    report._pyplot()  # pylint: disable=protected-access
+
+
+def test_with_matplotlib_plots_are_available():
+  assert report.plots_available()
+  plt = report._pyplot()  # pylint: disable=protected-access
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  assert plt.__name__ == "matplotlib.pyplot" and matplotlib.get_backend().lower() == "agg"
+
+
+def _requirements():
+  reqs = list(PYPROJECT["project"]["dependencies"])
+  for extra, items in PYPROJECT["project"]["optional-dependencies"].items():
+    reqs += [r for r in items if not r.startswith("jaxdepth[")]
+  return reqs
+
+
+def _pins():
+  lines = (ROOT / "constraints.txt").read_text().splitlines()
+  pins = dict(line.split("==") for line in lines if line and not line.startswith("#"))
+  return {re.sub(r"[-_.]+", "-", k).lower(): v for k, v in pins.items()}
+
+
+def test_lower_bounds_are_the_pinned_tested_versions():
+  pins = _pins()
+  for req in _requirements():
+    m = re.fullmatch(r"([A-Za-z0-9_.\-]+)>=([0-9.]+)", req)
+    assert m, f"{req!r}: declare a tested lower bound, 'name>=version'"
+    name, low = re.sub(r"[-_.]+", "-", m[1]).lower(), m[2]
+    if name == "torch":   # declared for .pth import only, not installed by CI
+      continue
+    assert pins.get(name) == low, f"{name}: pyproject says >={low}, constraints.txt pins {pins.get(name)}"
+
+
+def _top_level_imports(path):
+  tree = ast.parse(path.read_text())
+  for node in tree.body:   # module level only: lazy imports inside functions are allowed
+    if isinstance(node, ast.Import):
+      yield from (a.name.split(".")[0] for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      yield node.module.split(".")[0]
+
+
+def test_no_module_of_the_library_imports_an_extra_at_import_time():
+  offenders = [f"{p.relative_to(ROOT)}: {m}" for p in sorted((ROOT / "jaxdepth").rglob("*.py"))
+               for m in _top_level_imports(p) if m in EXTRA_MODULES]
+  assert not offenders, offenders
+
+
+def test_extras_are_installed_here_as_the_test_extra_promises():
+  assert {"data", "plots", "torch", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
+  import matplotlib, PIL, grain, sklearn, tensorflow_datasets  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
+  assert np.__version__ == _pins()["numpy"]

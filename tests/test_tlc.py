@@ -1,0 +1,354 @@
+"""TLC: the BatchNorm criterion, candidates, the shared-prefix ranking, prefix rules, export."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from jaxdepth import costs, network, zoo
+from jaxdepth.methods import base, tlc
+from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Flatten, Pool, Spec
+
+
+def _phi(x):
+  return 0.5 * math.erfc(-x / math.sqrt(2.0))
+
+
+# ------------------------------------------------------------------ criterion
+
+
+def test_off_probability_on_hand_made_gamma_beta():
+  gamma = np.array([0.0, 0.0, 0.0, 0.0, 1.0, -2.0, 1.0, 1.0, 1e-30, 1.0, 3.0], np.float32)
+  beta = np.array([0.0, -0.0, 0.5, -0.5, 0.0, 1.0, 6.0, -40.0, 1.0, 9.0, -0.3], np.float32)
+  p = np.asarray(tlc.off_probability(gamma, beta), np.float64)
+  expected = [1.0, 1.0, 0.0, 1.0, 0.5, _phi(-0.5), _phi(-6.0), 1.0, 0.0, _phi(-9.0), _phi(0.1)]
+  np.testing.assert_allclose(p, expected, rtol=1e-5, atol=0)
+  assert p[6] > 9e-10          # Φ(−6) ≈ 9.87e-10: not rounded to 0 by float32 erf
+  assert p[9] > 1e-19          # Φ(−9) ≈ 1.13e-19
+  assert not np.isnan(p).any()
+
+
+def test_off_probability_refuses_mismatched_shapes():
+  with pytest.raises(ValueError, match="same shape"):
+    tlc.off_probability(np.ones(3), np.ones(4))
+
+
+def test_bn_entropy_matches_numpy_with_the_1e5_clamp():
+  rng = np.random.default_rng(0)
+  gamma = rng.normal(size=64).astype(np.float32)
+  beta = rng.normal(size=64).astype(np.float32) * 3
+  gamma[:4] = 0.0
+  p = np.array([_phi(-b / abs(g)) if g != 0 else float(b <= 0) for g, b in zip(gamma, beta)])
+  q = 1 - p
+  h = -p * np.log2(np.maximum(p, 1e-5)) - q * np.log2(np.maximum(q, 1e-5))
+  np.testing.assert_allclose(float(tlc.bn_entropy(gamma, beta)), h.mean(), rtol=1e-5)
+  assert float(tlc.bn_entropy(np.zeros(3), np.array([1.0, -1.0, 0.0]))) == 0.0
+
+
+def test_empirical_bn_is_the_unbiased_std_and_mean_over_all_but_the_last_axis():
+  rng = np.random.default_rng(1)
+  z = rng.normal(size=(4, 3, 3, 5)).astype(np.float32) * 2 + 1
+  std, mean = tlc.empirical_bn(z)
+  flat = z.reshape(-1, 5).astype(np.float64)
+  np.testing.assert_allclose(np.asarray(std), flat.std(axis=0, ddof=1), rtol=1e-5)
+  np.testing.assert_allclose(np.asarray(mean), flat.mean(axis=0), rtol=1e-5, atol=1e-6)
+  # one example of a conv map still has many values per channel
+  std1, _ = tlc.empirical_bn(z[:1])
+  np.testing.assert_allclose(np.asarray(std1), z[0].reshape(-1, 5).std(axis=0, ddof=1),
+                             rtol=1e-5)
+
+
+def test_empirical_bn_refuses_a_batch_of_one_dense_example():
+  with pytest.raises(ValueError, match="at least two values per channel"):
+    tlc.empirical_bn(np.ones((1, 7), np.float32))
+
+
+# ------------------------------------------------------------------ candidates
+
+
+def test_candidate_counts_of_the_zoo():
+  assert len(tlc.candidates(zoo.resnet18())) == 17
+  assert len(tlc.candidates(zoo.vgg16_bn())) == 15
+  mnv2 = zoo.mobilenet_v2()
+  assert len(tlc.candidates(mnv2)) == 35
+  quirk = tlc.candidates(mnv2, projections=True)
+  assert len(quirk) == 52          # + the 17 linear projections, as the official code
+  by_name = {c.name: c for c in quirk}
+  c = by_name["features/1/conv/project"]
+  assert (c.bn, c.site) == ("features/1/conv/project_bn", "features/2/conv/expand/relu6")
+  assert not c.direct
+  r18 = {c.name: c for c in tlc.candidates(zoo.resnet18())}
+  assert r18["layer2/0/relu2"].bn == "layer2/0/bn2" and not r18["layer2/0/relu2"].direct
+  assert r18["layer2/0/relu1"].weight == "layer2/0/conv1" and r18["layer2/0/relu1"].direct
+  vgg = {c.name: c for c in tlc.candidates(zoo.vgg16_bn())}
+  assert vgg["classifier/1"].bn is None and vgg["classifier/1"].weight == "classifier/0"
+
+
+def test_a_site_without_a_weight_layer_before_it_is_refused():
+  spec = Spec((4, 4, 1), (Conv("c", features=3, padding=1), Pool("p", "max", window=2),
+                          Act("r"), Pool("g", "global_avg"), Dense("fc", features=2)))
+  with pytest.raises(ValueError, match="'r'.*no weight layer"):
+    tlc.candidates(spec)
+
+
+# ------------------------------------------------------------------ ranking
+
+
+def _randomized(spec, seed):
+  v = network.init(spec, jax.random.key(seed))
+  rng = np.random.default_rng(seed)
+  flat = traverse_util.flatten_dict(v["params"])
+  for k, a in flat.items():
+    if k[-1] in ("bias", "scale"):
+      flat[k] = jnp.asarray(np.asarray(a) + rng.normal(0, 0.5, a.shape), jnp.float32)
+  stats = traverse_util.flatten_dict(v.get("batch_stats", {}))
+  for k, a in stats.items():
+    stats[k] = jnp.asarray(rng.uniform(0.5, 1.5, a.shape) if k[-1] == "var"
+                           else rng.normal(0, 0.3, a.shape), jnp.float32)
+  return {"params": traverse_util.unflatten_dict(flat),
+          "batch_stats": traverse_util.unflatten_dict(stats)}
+
+
+def _mixed_spec():
+  """BatchNorm sites, a residual block and a classifier site without BatchNorm."""
+  block = zoo.basic_block("b", 6, 6, 1)
+  return Spec((6, 6, 2), (
+      Conv("c1", features=6, kernel=3, padding=1), BatchNorm("bn1"), Act("r1"), block,
+      Pool("pool", "max", window=2), Flatten("flat"), Dense("d1", features=12), Act("r2"),
+      Dense("fc", features=4)), name="mixed")
+
+
+def _by_hand_loss(spec, variables, x, labels, cand, keep, gates):
+  """The edit made on a copy of the variables, one plain forward."""
+  params = traverse_util.flatten_dict(jax.tree.map(np.array, variables["params"]), sep="/")
+  cut = np.flatnonzero(keep == 0)
+  params[f"{cand.weight}/kernel"][..., cut] = 0.0
+  if f"{cand.weight}/bias" in params:
+    params[f"{cand.weight}/bias"][cut] = 0.0
+  if cand.bn is not None:
+    params[f"{cand.bn}/scale"][cut] = 0.0
+    params[f"{cand.bn}/bias"][cut] = 0.0
+  index = spec.sites().index(cand.site)
+  g = np.array(gates)
+  g[index] = 0.0
+  logits = network.forward(spec, {**variables, "params": traverse_util.unflatten_dict(
+      params, sep="/")}, x, gates=jnp.asarray(g)).logits
+  return float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
+
+
+@pytest.mark.parametrize("name", ["mixed", "digits", "mobilenet_v2_projections"])
+def test_shared_ranking_equals_the_naive_loop_and_edits_made_by_hand(name):
+  projections = name == "mobilenet_v2_projections"
+  spec = {"mixed": _mixed_spec, "digits": lambda: zoo.digits_cnn(width=8),
+          "mobilenet_v2_projections": lambda: zoo.mobilenet_v2(
+              width_mult=0.25, input_shape=(8, 8, 3))}[name]()
+  variables = _randomized(spec, 3)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(12, *spec.input_shape)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, spec.output_shape[-1], 12), jnp.int32)
+  gates = network.gates_for(spec, off=[spec.sites()[1]])   # one site already removed
+  live = base.live_sites(spec, gates)
+  cands = tlc.candidates(spec, live=live, projections=projections)
+  assert [c.site for c in cands if c.name == c.site] == list(live)
+  betas = tlc.candidate_betas(spec, variables, cands, x, gates=gates)
+  masks = tlc.keep_masks(betas)
+  assert any(0 < m.sum() < m.size for m in masks.values())      # non-trivial cuts
+  base_loss, gaps = tlc.rank(spec, variables, cands, x, labels, masks, gates=gates)
+  naive_loss, naive = tlc.rank_naive(spec, variables, cands, x, labels, masks, gates=gates)
+  # float32: both sum the same terms in another order (the shared one at a larger batch)
+  tol = 1e-5 * max(1.0, abs(base_loss))
+  assert abs(base_loss - naive_loss) < tol
+  for c in cands:
+    assert abs(gaps[c.name] - naive[c.name]) < tol, (c.name, base_loss)
+    by_hand = _by_hand_loss(spec, variables, x, labels, c, masks[c.name], gates) - base_loss
+    assert abs(gaps[c.name] - by_hand) < 1e-4, c.name
+
+
+def test_empirical_statistics_are_the_pre_activation_mean():
+  spec = _mixed_spec()
+  variables = _randomized(spec, 5)
+  x = jnp.asarray(np.random.default_rng(6).normal(size=(10, 6, 6, 2)), jnp.float32)
+  cands = tlc.candidates(spec)
+  betas = tlc.candidate_betas(spec, variables, cands, x)
+  z = network.forward(spec, variables, x, capture=("r2",)).captured["r2"][0]
+  np.testing.assert_allclose(betas["r2"], np.asarray(z).mean(axis=0), rtol=1e-5, atol=1e-6)
+  np.testing.assert_array_equal(betas["r1"], np.asarray(variables["params"]["bn1"]["bias"]))
+
+
+# ------------------------------------------------------------------ prefix rules
+
+
+ORDER = ("a", "b", "c", "d", "e")
+
+
+@pytest.mark.parametrize("joint, first, largest", [
+    ({2: -0.1, 3: 0.2}, 3, 2),                  # the official rule keeps the harmful one
+    ({2: 0.3}, 2, 1),
+    ({2: -0.1, 3: -0.2, 4: -0.05}, 1, 4),       # never harmful: the official rule takes one
+    ({2: 0.0, 3: 1e-9}, 3, 2),                  # 0 is harmless, anything above is not
+])
+def test_both_prefix_rules_on_constructed_gaps(joint, first, largest):
+  gaps = {"a": -0.5, "b": -0.1, "c": 0.0, "d": 0.2, "e": 0.4}
+  assert tlc.choose(ORDER, gaps, joint, "first_harmful") == ORDER[:first]
+  assert tlc.choose(ORDER, gaps, joint, "largest_harmless") == ORDER[:largest]
+
+
+def test_no_negative_gap_removes_the_best_candidate_only_and_evaluates_no_prefix():
+  gaps = {"a": 0.01, "b": 0.2, "c": 0.3}
+  calls = []
+  joint = tlc.prefix_gaps(("a", "b", "c"), gaps, lambda names: calls.append(names) or -1.0)
+  assert joint == {} and calls == []
+  for rule in tlc.RULES:
+    assert tlc.choose(("a", "b", "c"), gaps, joint, rule) == ("a",)
+
+
+def test_prefix_gaps_stop_at_the_first_harmful_prefix():
+  gaps = {k: -1.0 for k in ORDER}
+  values = {2: -0.3, 3: 0.1, 4: -1.0}
+  calls = []
+
+  def joint(names):
+    calls.append(names)
+    return values[len(names)]
+
+  assert tlc.prefix_gaps(ORDER, gaps, joint) == {2: -0.3, 3: 0.1}
+  assert calls == [ORDER[:2], ORDER[:3]]
+  with pytest.raises(ValueError, match="unknown prefix rule"):
+    tlc.choose(ORDER, gaps, {}, "best")
+
+
+# ------------------------------------------------------------------ method
+
+
+@pytest.mark.parametrize("bad", [-1.0, 100.5, float("nan"), "20"])
+def test_accuracy_threshold_outside_0_100_is_refused(bad):
+  with pytest.raises(ValueError, match="accuracy_threshold"):
+    tlc.TLC(accuracy_threshold=bad)
+
+
+def test_bad_options_are_named():
+  with pytest.raises(ValueError, match="prefix rule"):
+    tlc.TLC(rule="intended")
+  with pytest.raises(ValueError, match="batch_size"):
+    tlc.TLC(batch_size=0)
+
+
+def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
+  spec = zoo.digits_cnn(width=8)
+  variables = _randomized(spec, 7)
+  method = tlc.TLC()
+  state = method.init(spec)
+  cands = {c.name: c for c in method.candidates(spec)}
+  cut = {"relu": [0, 3], "layer1/0/relu1": [1, 2, 5], "layer1/1/relu2": [4]}
+  decision = base.Decision(("relu", "layer1/0/relu1", "layer1/1/relu2"), {"cut": cut})
+  new_vars, new_state = method.apply(spec, variables, state, decision)
+  assert set(base.removed_sites(spec, new_state["gates"])) == set(decision.remove)
+  for name, channels in cut.items():
+    c = cands[name]
+    kernel = np.asarray(tlc._leaf(new_vars, c.weight)["kernel"])
+    assert not kernel[..., channels].any() and kernel[..., [k for k in range(8)
+                                                          if k not in channels]].any()
+    assert not np.asarray(tlc._leaf(new_vars, c.bn)["scale"])[channels].any()
+  # the training masks name the same leaves and keep them at 0
+  masks = traverse_util.flatten_dict(method.train_options(spec, new_state).masks, sep="/")
+  assert not np.asarray(masks["conv1/kernel"])[..., [0, 3]].any()
+  shallow_spec, shallow_vars = method.export(spec, new_vars, new_state)
+  assert shallow_spec.sites() == tuple(s for s in spec.sites() if s not in decision.remove)
+  assert costs.count_params(shallow_spec) < costs.count_params(spec)   # channels really cut
+  x = jnp.asarray(np.random.default_rng(8).normal(size=(9, 8, 8, 1)), jnp.float32)
+  expected = network.forward(spec, new_vars, x, gates=new_state["gates"]).logits
+  got = network.forward(shallow_spec, shallow_vars, x).logits
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+  # an empty decision stops the run
+  _, stopped = method.apply(spec, new_vars, new_state, base.Decision((), {"stop": "x"}))
+  assert method.live_units(spec, stopped) == () and method.live_units(spec, new_state)
+
+
+# ------------------------------------------------------------------ end to end
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+  """A 3-iteration TLC run on digits (2 epochs per iteration)."""
+  from jaxdepth import data, driver, optim
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  workdir = tmp_path_factory.mktemp("tlc")
+  recipe = optim.Recipe(epochs=2, batch_size=64, optimizer="adam", lr=3e-3)
+  result = driver.run(tlc.TLC(batch_size=64), spec, ds, recipe, workdir, iterations=3,
+                      tolerance=100.0, progress=False, eval_batch_size=512)
+  return ds, spec, workdir, result
+
+
+def test_digits_run_removes_layers_and_its_merged_model_matches(digits_run):
+  from jaxdepth import checkpoint
+  ds, spec, workdir, result = digits_run
+  entries = result.report["iterations"]
+  assert len(entries) == 3 and entries[-1]["units_removed"] >= 2
+  for e in entries:
+    gaps = e["loss_gaps"]
+    assert set(gaps) == {s for s in spec.sites() if s not in e["removed"]}
+    assert e["removed_now"] == list(dict.fromkeys(gaps[k]["site"] for k in e["decision"]["chosen"]))
+    order = sorted(gaps, key=lambda k: gaps[k]["gap"])
+    assert e["decision"]["order"] == order
+  # cut channels stay exactly 0 in the state's masks and in the chosen model's spec
+  chosen_spec, chosen_vars = checkpoint.load_model(workdir / "chosen")
+  merged_spec, merged_vars = checkpoint.load_model(workdir / "chosen_merged")
+  assert chosen_spec.sites() == tuple(s for s in spec.sites()
+                                      if s not in result.report["chosen"]["removed"])
+  x = next(iter(ds.test.batches(128)))["image"]
+  np.testing.assert_allclose(np.asarray(network.forward(merged_spec, merged_vars, x).logits),
+                             np.asarray(network.forward(chosen_spec, chosen_vars, x).logits),
+                             rtol=1e-4, atol=1e-4)
+  assert result.report["chosen"]["merged"]["max_abs_diff"] < 1e-4
+
+
+def test_accuracy_collapse_stops_the_run(tmp_path):
+  from jaxdepth import data, driver, optim, training
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+
+  def untrained(spec, variables, dataset, recipe, **kw):
+    return training.FitResult(variables, None, [], training.TrainState.create(
+        variables, optim.make_optimizer(recipe, 1), 0))
+
+  result = driver.run(tlc.TLC(batch_size=64, accuracy_threshold=99.0), spec, ds, recipe,
+                      tmp_path, iterations=5, progress=False, trainer=untrained, merge=False)
+  entries = result.report["iterations"]
+  assert len(entries) == 1 and entries[0]["val_accuracy"] < 99.0
+  assert entries[0]["removed_now"] == [] and "stop" in entries[0]["decision"]
+
+
+def test_a_validation_split_smaller_than_one_batch_is_refused():
+  from jaxdepth import data
+  ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
+  method = tlc.TLC(batch_size=1000)
+  context = base.Context(iteration=0, train_stats=None, eval_stats=None,
+                         rng=jax.random.key(0), dataset=ds, val_accuracy=90.0)
+  state = method.init(spec)
+  with pytest.raises(ValueError, match="144 examples, fewer than one ranking batch of 1000"):
+    method.measure(spec, network.init(spec, jax.random.key(0)), state, context)
+
+
+def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
+  from train import __main__ as cli
+  common = ["--no-progress", "--config.epochs=1", "--config.iterations=2",
+            "--config.model_kwargs={'width': 8}", "--config.rank_batch_size=64"]
+  assert cli.main(["tlc", "--accuracy-threshold", "150", "--rule", "best",
+                   "--workdir", str(tmp_path / "a"), *common]) == 2
+  err = capsys.readouterr().err
+  assert "accuracy_threshold" in err and "[0, 100]" in err and "--rule 'best'" in err
+  assert cli.main(["tlc", "--workdir", str(tmp_path / "b"), *common,
+                   "--config.rank_batch_size=1000"]) == 2
+  assert "fewer than one ranking batch" in capsys.readouterr().err
+  assert not (tmp_path / "a").exists() and not (tmp_path / "b" / "run.json").exists()
+  assert cli.main(["tlc", "--workdir", str(tmp_path / "c"), "--accuracy-threshold", "0",
+                   *common]) == 0
+  for name in ("tlc.json", "loss_gaps.png", "costs.png", "report.md", "chosen_merged"):
+    assert (tmp_path / "c" / name).exists(), name
+  import json
+  figures = json.loads((tmp_path / "c" / "tlc.json").read_text())
+  assert {"dense", "chosen", "merged"} <= set(figures["latency"])
+  assert len(figures["iterations"]) == 2

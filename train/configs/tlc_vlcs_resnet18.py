@@ -1,0 +1,16 @@
+"""TLC, ResNet-18 on VLCS at 224 px: the official PACS/VLCS recipe.
+
+Run:   python -m train tlc --config tlc_vlcs_resnet18 --dataset folder:/path/to/VLCS
+Takes: up to 17 iterations x 30 epochs at batch 16 (a GPU job).
+Reaches: the paper's tables were not available to this project.
+
+The same recipe as tlc_pacs_resnet18; only the data differ.
+"""
+
+from train.configs import tlc_pacs_resnet18
+
+
+def get_config():
+  config = tlc_pacs_resnet18.get_config()
+  config.dataset = "folder:data/VLCS"
+  return config

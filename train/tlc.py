@@ -1,0 +1,319 @@
+"""``python -m train tlc``: TLC end to end, the layers whose collapse costs least go first.
+
+    python -m train tlc                                      # digits_cnn on digits, ~1 min on a CPU
+    python -m train tlc --config tlc_cifar10_resnet18 --data-dir ~/tensorflow_datasets
+    python -m train tlc --config tlc_cifar10_mobilenetv2 --config.projections=True  # official quirk
+    python -m train tlc --rule largest_harmless              # the intended prefix rule
+
+Every iteration trains the current network for the config's epochs with a
+fresh optimizer (iteration 0 is the dense model) and evaluates validation and
+test; then every live rectifier is ranked by the loss gap its collapse causes on
+the first validation batch (channels with BatchNorm β ≤ 0 cut, the others
+linearized), and a prefix of the ranking is removed (:mod:`jaxdepth.methods.tlc`).
+The run stops when at most one rectifier is left or validation accuracy falls
+below ``accuracy_threshold`` (20 %). The deepest cut within ``--tolerance``
+points of the dense model's validation accuracy is saved in ``WORKDIR/chosen/``
+(channels cut, identities baked in) and ``WORKDIR/chosen_merged/`` (BatchNorms
+folded, what became linear merged), with ``report.md``, ``report.json``,
+``accuracy.png``, ``loss_gaps.png`` (the gap of every candidate at every
+iteration), ``costs.png`` (MACs and depth against layers removed) and
+``tlc.json`` (those figures with the measured latency of the dense, chosen and
+merged models).
+
+Running the same command again resumes; ``--iterations`` may grow and
+``--tolerance`` change between calls. A config is a ``train/configs/tlc_*.py``
+file (``python -m train list``): the keys of ``python -m train fit`` plus those
+of :data:`METHOD_DEFAULTS`; ``--config.KEY=VALUE`` overrides any of them. The
+default work directory is ``runs/tlc-<model>-<dataset>-seed<seed>``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import sys
+import time
+from typing import Any
+
+from ml_collections import config_dict
+
+from train import command
+from train import config as config_lib
+
+NAME = "tlc"
+METHOD_DEFAULTS: dict[str, Any] = {
+    "iterations": config_dict.placeholder(int),  # training rounds; None = min(40, one per site)
+    "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
+    "rule": "first_harmful",      # "first_harmful" (official) or "largest_harmless" (intended)
+    "accuracy_threshold": 20.0,   # stop once validation accuracy (percent) is below it
+    "rank_batch_size": 128,       # the validation batch the loss gaps are measured on
+    "projections": False,         # the official MobileNetV2 candidate quirk
+    "latency_batch": 1,           # batch size of the latency figures in tlc.json
+    "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
+}
+DEFAULT_CONFIG = "tlc_digits"
+RULES = ("first_harmful", "largest_harmless")
+FLAGS = ("iterations", "tolerance", "rule", "accuracy_threshold")   # flags that set config keys
+_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                  "image_size", "normalization", "dtype")
+
+
+def build_parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog="python -m train tlc", description=command.plain(__doc__),
+                              epilog=command.EXIT_CODES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  command.add_run_arguments(
+      p, config_help=f"a tlc_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {DEFAULT_CONFIG})",
+      workdir_help="run directory (default: runs/tlc-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--iterations",
+                 help="training rounds (default: the config's, else min(40, one per site))")
+  p.add_argument("--tolerance",
+                 help="allowed validation-accuracy drop of the chosen model, in points")
+  p.add_argument("--rule",
+                 help="which prefix of the ranking goes: 'first_harmful' = the official code "
+                      "(the first prefix that makes the loss worse), 'largest_harmless' = the "
+                      "longest prefix that does not")
+  p.add_argument("--accuracy-threshold", "--accuracy_threshold", dest="accuracy_threshold",
+                 help="stop once validation accuracy (%%) is below this, in [0, 100] (20)")
+  command.add_launch_arguments(p)
+  return p
+
+
+# ----------------------------------------------------------------------- configs
+
+
+def load_config(config: str) -> dict[str, Any]:
+  """A TLC config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
+  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
+
+
+def default_config(model: str | None, dataset: str | None) -> str:
+  """The one ``tlc_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
+  if model is None and dataset is None:
+    return DEFAULT_CONFIG
+  matches = []
+  for name in command.command_configs(NAME, command.registered_commands()):
+    values = load_config(name)
+    if (model or values["model"]) == values["model"] and (
+        dataset or values["dataset"]) == values["dataset"]:
+      matches.append(name)
+  return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
+
+
+def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
+  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
+  return command.resolve(args.config or default_config(args.model, args.dataset), args,
+                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
+
+
+def _positive_int(v) -> bool:
+  return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+
+def check(cfg: dict[str, Any]) -> list[str]:
+  """Problems of TLC's own keys, one line each."""
+  out = []
+  it, tol, t = cfg["iterations"], cfg["tolerance"], cfg["accuracy_threshold"]
+  if it is not None and not _positive_int(it):
+    out.append(f"--iterations {it!r}: training rounds must be an integer >= 1 (or leave it "
+               f"out: min(40, one per site))")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  if cfg["rule"] not in RULES:
+    out.append(f"--rule {cfg['rule']!r}: use one of {', '.join(RULES)}")
+  if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 100.0):
+    out.append(f"--accuracy-threshold {t!r}: accuracy_threshold is a validation accuracy in "
+               f"percent and must be in [0, 100], e.g. 20")
+  for key in ("rank_batch_size", "latency_batch"):
+    if not _positive_int(cfg[key]):
+      out.append(f"--config.{key}={cfg[key]!r}: must be an integer >= 1")
+  return out
+
+
+def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
+  """Problems that need the model and the data: sites TLC cannot rank, a too small val split."""
+  from jaxdepth.methods import tlc  # pylint: disable=import-outside-toplevel
+  out = []
+  try:
+    tlc.candidates(spec, projections=cfg["projections"])
+  except ValueError as e:
+    out.append(f"--config.model={cfg['model']!r}: {e}")
+  if ds.val is None:
+    out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
+               f"validation split, on which TLC ranks its candidates; use a fraction > 0, "
+               f"e.g. 0.1")
+  elif ds.val.num_examples < cfg["rank_batch_size"]:
+    out.append(f"--config.rank_batch_size={cfg['rank_batch_size']}: the validation split holds "
+               f"{ds.val.num_examples} examples, fewer than one ranking batch; use at most "
+               f"{ds.val.num_examples} or a larger val_fraction")
+  return out
+
+
+def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
+  return command.default_workdir(NAME, cfg)
+
+
+# ---------------------------------------------------------------- TLC's figures
+
+
+def gap_grid(report: dict[str, Any]) -> tuple[list[str], list[list[float]]]:
+  """``(candidates, grid)``: the loss gap of every candidate at every iteration (NaN: not ranked)."""
+  names: list[str] = []
+  for e in report["iterations"]:
+    names += [k for k in (e.get("loss_gaps") or {}) if k not in names]
+  grid = [[(e.get("loss_gaps") or {}).get(k, {}).get("gap", math.nan)
+           for e in report["iterations"]] for k in names]
+  return names, grid
+
+
+def plot_gaps(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
+  """Heat map of the loss gap per candidate per iteration; x marks what went after it."""
+  from jaxdepth.report import _pyplot  # pylint: disable=import-outside-toplevel
+  names, grid = gap_grid(report)
+  if not names:
+    return None
+  plt = _pyplot()
+  entries = report["iterations"]
+  fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.5 * len(entries)),
+                                  max(2.5, 0.8 + 0.28 * len(names))), dpi=120)
+  finite = [abs(v) for row in grid for v in row if not math.isnan(v)] or [1.0]
+  bound = max(finite)
+  image = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=-bound, vmax=bound,
+                    interpolation="nearest")
+  for i, e in enumerate(entries):
+    for k in (e.get("decision") or {}).get("chosen", []):
+      ax.plot(i, names.index(k), "x", color="black", ms=8)
+  ax.set_yticks(range(len(names)), names, fontsize="small")
+  ax.set_xticks(range(len(entries)), [str(e["iteration"]) for e in entries])
+  ax.set_xlabel("iteration (x: removed after it)")
+  ax.set_title("TLC loss gap per candidate (validation batch)")
+  fig.colorbar(image, ax=ax, label="loss gap")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def plot_costs(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path:
+  """MACs and non-linear / weight depth against the number of layers removed."""
+  from jaxdepth.report import _pyplot  # pylint: disable=import-outside-toplevel
+  plt = _pyplot()
+  entries = report["iterations"]
+  x = [e["units_removed"] for e in entries]
+  fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.0, 3.6), dpi=120)
+  ax1.plot(x, [e["macs"] / 1e6 for e in entries], "o-")
+  ax1.set_xlabel("layers removed")
+  ax1.set_ylabel("MACs per example (M)")
+  ax1.grid(alpha=0.3)
+  ax2.plot(x, [e["depth"]["nonlinear_depth"] for e in entries], "o-", label="non-linear depth")
+  ax2.plot(x, [e["depth"]["weight_depth"] for e in entries], "s--", label="weight depth")
+  merged = (report.get("chosen") or {}).get("merged")
+  if merged:
+    ax2.plot([report["chosen"]["units_removed"]], [merged["weight_depth_after"]], "*", ms=14,
+             color="tab:red", label="chosen, merged")
+  ax2.set_xlabel("layers removed")
+  ax2.legend(fontsize="small")
+  ax2.grid(alpha=0.3)
+  fig.suptitle(f"TLC: {report.get('model')} on {report.get('dataset')}")
+  fig.tight_layout()
+  fig.savefig(path)
+  plt.close(fig)
+  return path
+
+
+def summary(report: dict[str, Any], workdir: pathlib.Path, latency_batch: int) -> dict[str, Any]:
+  """TLC's figures: per iteration, and the measured latency of dense, chosen and merged."""
+  from jaxdepth import checkpoint, surgery  # pylint: disable=import-outside-toplevel
+  latency = {}
+  for name, directory in (("dense", workdir / "iterations" / "000" / "model"),
+                          ("chosen", workdir / "chosen"), ("merged", workdir / "chosen_merged")):
+    if (directory / "spec.json").exists():
+      spec, variables = checkpoint.load_model(directory)
+      latency[name] = {"seconds": surgery.measure_latency(spec, variables, batch=latency_batch),
+                       "batch": latency_batch}
+  if "dense" in latency:
+    for name in ("chosen", "merged"):
+      if name in latency:
+        latency[name]["vs_dense"] = round(latency[name]["seconds"] / latency["dense"]["seconds"],
+                                          3)
+  names, grid = gap_grid(report)
+  return {
+      "iterations": [{"iteration": e["iteration"], "layers_removed": e["units_removed"],
+                      "val_accuracy": e["val_accuracy"], "test_accuracy": e["test_accuracy"],
+                      "macs": e["macs"], "params": e["params"], "depth": e["depth"],
+                      "removed_now": e["removed_now"], "decision": e.get("decision")}
+                     for e in report["iterations"]],
+      "loss_gaps": dict(zip(names, grid)), "chosen": report.get("chosen"), "latency": latency,
+  }
+
+
+# -------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> int:
+  argv = sys.argv[1:] if argv is None else list(argv)
+  session = command.Session(NAME, argv)
+  return session.run(lambda: _main(session, argv))
+
+
+def _main(session: command.Session, argv: list[str]) -> int:
+  args = command.start(session, build_parser(), argv)
+  if args is None:
+    return 0
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import TLC  # pylint: disable=import-outside-toplevel
+
+  tic = time.perf_counter()
+  cfg, workdir, ds, spec = command.prepare(
+      session, args, args.config or default_config(args.model, args.dataset),
+      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  recipe = config_lib.recipe_of(cfg)
+  method = TLC(rule=cfg["rule"], accuracy_threshold=float(cfg["accuracy_threshold"]),
+               batch_size=cfg["rank_batch_size"], projections=cfg["projections"])
+  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  dtype = command.compute_dtype(cfg["dtype"])
+  mesh = training.make_mesh()
+  say(f"TLC ({method.rule}) on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
+      f"{costs.count_params(spec):,} parameters, {len(method.candidates(spec))} candidates; "
+      f"{cfg['epochs']} epochs per iteration; train/val/test "
+      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
+      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+
+  try:
+    result = driver.run(
+        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
+        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        eval_batch_size=cfg["eval_batch_size"], progress=args.progress,
+        checkpoint_epochs=cfg["checkpoint_epochs"],
+        fit_options={"eval_every": cfg["eval_every"],
+                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
+        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if command.storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
+  if jax.process_index() == 0:
+    plot_gaps(result.report, workdir / "loss_gaps.png")
+    plot_costs(result.report, workdir / "costs.png")
+    figures = summary(result.report, workdir, cfg["latency_batch"])
+    (workdir / "tlc.json").write_text(json.dumps(figures, indent=1))
+    lat = figures["latency"]
+    if {"dense", "chosen", "merged"} <= set(lat):
+      say(f"latency at batch {cfg['latency_batch']}: dense {lat['dense']['seconds'] * 1e3:.2f} "
+          f"ms, chosen {lat['chosen']['seconds'] * 1e3:.2f} ms, merged "
+          f"{lat['merged']['seconds'] * 1e3:.2f} ms")
+  say("")
+  say(report.table(result.report))
+  say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "
+      f"{workdir / 'chosen'} and {workdir / 'chosen_merged'} (jaxdepth.checkpoint.load_model)")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())
