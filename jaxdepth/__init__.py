@@ -8,7 +8,7 @@ from jaxdepth import entropy, spec, stats, transformer
 from jaxdepth import costs, zoo
 from jaxdepth.network import Forward, Network, forward, gates_by_site, gates_for, init
 from jaxdepth.spec import (
-    Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
+    Act, BatchNorm, Block, Concat, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
     SpecError, replace_node, with_identity)
 from jaxdepth.transformer import (
     Attention, ClassToken, PatchMerging, PositionEmbedding, SelectToken, StochasticDepth,
@@ -22,5 +22,7 @@ from jaxdepth import driver, methods, report
 from jaxdepth.methods import Easier, Egp, Nepenthe
 from jaxdepth import equivalence, surgery
 from jaxdepth import nnx_bridge
+from jaxdepth import convert
+from jaxdepth.convert import ConversionError, from_flax, from_nnx
 
 __version__ = "0.1.0"

@@ -26,7 +26,7 @@ def _node_shapes(spec: S.Spec):
   """Yields ``(path, node, input_shape, output_shape)`` for every leaf node."""
   shapes = spec.shapes()
   for path, node in spec.walk():
-    if not isinstance(node, (S.Sequential, S.Block)):
+    if not isinstance(node, (S.Sequential, S.Block, S.Concat)):
       yield path, node, *shapes[path]
 
 
@@ -97,7 +97,8 @@ class Depth(NamedTuple):
     active_sites: number of live activation sites (``len(spec.sites())``).
     nonlinear_depth: the most live activation sites met on one path from input
       to output; a :class:`~jaxdepth.spec.Block` contributes
-      ``max(branch, shortcut) + post``.
+      ``max(branch, shortcut) + post``, a :class:`~jaxdepth.spec.Concat`
+      ``max over branches + post``.
     weight_depth: the most convolution / dense layers met on one path, same rule
       (an attention node counts 2: its qkv and output projections).
     sites_total: every activation node, live or baked to the identity.
@@ -117,6 +118,8 @@ def _longest(nodes, counts) -> int:
     elif isinstance(n, S.Block):
       total += max(_longest(n.branch, counts), _longest(n.shortcut, counts))
       total += _longest(n.post, counts)
+    elif isinstance(n, S.Concat):
+      total += max(_longest(b, counts) for b in n.branches) + _longest(n.post, counts)
     else:
       total += int(counts(n))
   return total

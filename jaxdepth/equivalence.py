@@ -152,6 +152,9 @@ def border_width(spec: S.Spec, log: Iterable | None) -> int:
         rs, _ = run(n.shortcut, path + S.SEP, shape, r)
         mid = S._run_shapes(n.branch, shape, path + S.SEP)
         r, _ = run(n.post, path + S.SEP, mid, max(rb, rs))
+      elif isinstance(n, S.Concat):
+        rb = max(run(b, path + S.SEP, shape, r)[0] for b in n.branches)
+        r, _ = run(n.post, path + S.SEP, n.joined_shape(shape, path), rb)
       elif isinstance(n, S.Conv):
         r = _window_ring(r, shape, o, n.kernel, n.stride, n.padding)
       elif isinstance(n, S.Pool) and n.op in ("max", "avg"):

@@ -57,13 +57,22 @@ def _uniform(bound: float):
   return init
 
 
-def activation(fn: str, z):
+def activation(fn: str, z, negative_slope: float = 0.01):
+  """The site function ``fn`` (one of :data:`jaxdepth.spec.ACTIVATIONS`) applied to ``z``."""
   if fn == "relu":
     return jax.nn.relu(z)
   if fn == "relu6":
     return jax.nn.relu6(z)
   if fn == "gelu":
     return jax.nn.gelu(z, approximate=False)
+  if fn == "gelu_tanh":
+    return jax.nn.gelu(z, approximate=True)
+  if fn == "silu":
+    return jax.nn.silu(z)
+  if fn == "leaky_relu":
+    return jax.nn.leaky_relu(z, negative_slope)
+  if fn == "hard_swish":
+    return jax.nn.hard_swish(z)
   if fn == "identity":
     return z
   raise ValueError(f"unknown activation {fn!r}")
@@ -240,7 +249,7 @@ def _act(module, n: S.Act, path, x, ctx):
   if ctx.collect_stats:
     module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
                init_fn=lambda: None, reduce_fn=lambda _, b: b)
-  y = activation(n.fn, x)
+  y = activation(n.fn, x, n.negative_slope)
   if ctx.gates is not None:
     y = jnp.where(ctx.gates[ctx.site_index[path]] != 0, y, x)
   return y
@@ -266,13 +275,18 @@ def _block(module, n: S.Block, path, x, ctx):
   return _BlockScope(n, path + S.SEP, name=n.name)(x, ctx)
 
 
+def _concat(module, n: S.Concat, path, x, ctx):
+  return _ConcatScope(n, path + S.SEP, name=n.name)(x, ctx)
+
+
 # One function per node class, ``(module, node, path, x, ctx) -> y``, run inside
 # ``module``'s compact scope; a node runs the entry of the first class of its MRO
 # found here (so a subclass may have its own). New node kinds add an entry.
 _EXECUTORS = {
     S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm, S.Dense: _dense,
     S.Act: _act, S.Pool: _pool, S.Flatten: _flatten, S.Dropout: _dropout,
-    S.Sequential: _sequential, S.Block: _block, **transformer_executor.EXECUTORS,
+    S.Sequential: _sequential, S.Block: _block, S.Concat: _concat,
+    **transformer_executor.EXECUTORS,
 }
 
 
@@ -303,6 +317,16 @@ class _BlockScope(nn.Module):
     y = _run(self, self.block.branch, x, ctx, self.prefix)
     y = y + _run(self, self.block.shortcut, x, ctx, self.prefix)
     return _run(self, self.block.post, y, ctx, self.prefix)
+
+
+class _ConcatScope(nn.Module):
+  node: S.Concat
+  prefix: str
+
+  @nn.compact
+  def __call__(self, x, ctx):
+    y = jnp.concatenate([_run(self, b, x, ctx, self.prefix) for b in self.node.branches], -1)
+    return _run(self, self.node.post, y, ctx, self.prefix)
 
 
 class Network(nn.Module):

@@ -31,11 +31,12 @@ from typing import Any, ClassVar
 
 __all__ = [
     "Node", "Conv", "BatchNorm", "LayerNorm", "Dense", "Act", "Pool", "Flatten",
-    "Dropout", "Sequential", "Block", "Spec", "SpecError", "ACTIVATIONS",
+    "Dropout", "Sequential", "Block", "Concat", "Spec", "SpecError", "ACTIVATIONS",
     "node_from_dict", "replace_node", "with_identity", "map_nodes",
 ]
 
-ACTIVATIONS = ("relu", "relu6", "gelu", "identity")
+ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_tanh", "silu", "leaky_relu", "hard_swish",
+               "identity")
 POOL_KINDS = ("max", "avg", "global_avg", "adaptive_avg")
 SEP = "/"
 
@@ -80,6 +81,21 @@ def _padding(value, node: str) -> tuple[tuple[int, int], tuple[int, int]]:
   raise SpecError(
       f"node {node!r}: padding must be an int, (ph, pw) or ((top, bottom), (left, right)), "
       f"got {value!r}")
+
+
+def _named_padding(value, kernel, stride, node: str):
+  """``"VALID"`` / ``"SAME"`` (stride 1 only) as explicit ``((top, bottom), (left, right))``."""
+  if not isinstance(value, str):
+    return value
+  if value.upper() == "VALID":
+    return ((0, 0), (0, 0))
+  if value.upper() == "SAME" and tuple(stride) == (1, 1):
+    return tuple(((k - 1) // 2, k - 1 - (k - 1) // 2) for k in kernel)
+  if value.upper() == "SAME":
+    raise SpecError(f"node {node!r}: padding 'SAME' with stride {tuple(stride)} depends on the "
+                    f"input size; give explicit numbers, e.g. jax.lax.padtype_to_pads((H, W), "
+                    f"{tuple(kernel)}, {tuple(stride)}, 'SAME')")
+  raise SpecError(f"node {node!r}: padding {value!r} is not 'SAME', 'VALID' or numbers")
 
 
 def _set(obj, **fields):
@@ -165,6 +181,11 @@ def node_from_dict(d: dict[str, Any], prefix: str = "") -> Node:
       if not isinstance(v, list):
         raise SpecError(f"node {path!r} ({kind}): {k} must be a list of nodes, got {v!r}")
       kw[k] = tuple(node_from_dict(c, f"{path}{SEP}") for c in v)
+    elif k == "branches":
+      if not isinstance(v, list) or not all(isinstance(b, list) for b in v):
+        raise SpecError(f"node {path!r} ({kind}): branches must be a list of node lists, "
+                        f"got {v!r}")
+      kw[k] = tuple(tuple(node_from_dict(c, f"{path}{SEP}") for c in b) for b in v)
     else:
       kw[k] = _tupled(v)
   try:
@@ -196,6 +217,10 @@ class Conv(Node):
 
   ``padding`` is explicit zero padding (PyTorch convention), ``((top, bottom),
   (left, right))`` after normalisation; an int means the same on every side.
+  ``"VALID"`` is no padding and ``"SAME"`` (stride 1) pads ``k - 1`` in all,
+  ``(k - 1) // 2`` before and the rest after, as XLA does; a strided ``"SAME"``
+  depends on the input size, so give it as explicit numbers
+  (``jax.lax.padtype_to_pads`` computes them; :func:`jaxdepth.from_flax` does).
   """
   features: int = 0
   kernel: tuple[int, int] = (3, 3)
@@ -208,8 +233,9 @@ class Conv(Node):
   def __post_init__(self):
     super().__post_init__()
     _set(self, kernel=_pair(self.kernel, "kernel", self.name),
-         stride=_pair(self.stride, "stride", self.name),
-         padding=_padding(self.padding, self.name))
+         stride=_pair(self.stride, "stride", self.name))
+    _set(self, padding=_padding(_named_padding(self.padding, self.kernel, self.stride,
+                                               self.name), self.name))
     if not _is_int(self.features) or self.features <= 0:
       raise SpecError(f"node {self.name!r}: conv features must be a positive int, "
                       f"got {self.features!r}")
@@ -297,11 +323,17 @@ class Dense(Node):
 class Act(Node):
   """An activation *site*: the place where the depth-reduction methods look.
 
-  ``fn`` is one of ``relu``, ``relu6``, ``gelu`` or ``identity``. A site whose
-  ``fn`` is ``identity`` has been removed (baked in); every other ``Act`` is a
-  live site, listed by :meth:`Spec.sites` in call order.
+  ``fn`` is one of :data:`ACTIVATIONS`: ``relu``, ``relu6``, ``gelu`` (exact,
+  erf), ``gelu_tanh`` (the tanh approximation, Flax's ``nn.gelu`` default),
+  ``silu`` (= swish, ``x sigmoid(x)``), ``leaky_relu`` (slope
+  ``negative_slope`` below 0), ``hard_swish`` (``x relu6(x + 3) / 6``) or
+  ``identity``. Each is the identity on its ON side up to a vanishing error and
+  the sign of the pre-activation is the ON/OFF state. A site whose ``fn`` is
+  ``identity`` has been removed (baked in); every other ``Act`` is a live site,
+  listed by :meth:`Spec.sites` in call order.
   """
   fn: str = "relu"
+  negative_slope: float = 0.01
   kind: ClassVar[str] = "act"
 
   def __post_init__(self):
@@ -309,6 +341,16 @@ class Act(Node):
     if self.fn not in ACTIVATIONS:
       raise SpecError(f"node {self.name!r}: unknown activation {self.fn!r}; "
                       f"expected one of {ACTIVATIONS}")
+    if not _is_number(self.negative_slope) or not math.isfinite(
+        self.negative_slope):
+      raise SpecError(f"node {self.name!r}: negative_slope must be a finite number, "
+                      f"got {self.negative_slope!r}")
+
+  def to_dict(self):
+    out = super().to_dict()
+    if self.fn != "leaky_relu":   # only leaky_relu reads it: keep other sites' JSON as it was
+      out.pop("negative_slope")
+    return out
 
   def output_shape(self, shape, path):
     return shape
@@ -457,6 +499,53 @@ class Block(Node):
     return _run_shapes(self.post, b, prefix)
 
 
+@dataclasses.dataclass(frozen=True)
+class Concat(Node):
+  """Parallel branches joined on the channel axis: ``post(concat_i branch_i(x))``.
+
+  ``branches`` is a tuple of node lists; an empty list is the identity (a
+  DenseNet layer is ``Concat(branches=((), (bn, relu, conv)))``: the input and the
+  new features side by side). Every branch keeps the leading axes of the input
+  (``(H, W)`` or the tokens) and the outputs are concatenated on the last axis
+  in order. ``post`` runs after the concatenation. Branches and post share one
+  name scope, as in :class:`Block`.
+  """
+  branches: tuple[tuple[Node, ...], ...] = ()
+  post: tuple[Node, ...] = ()
+  kind: ClassVar[str] = "concat"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not isinstance(self.branches, (tuple, list)) or any(
+        not isinstance(b, (tuple, list)) for b in self.branches):
+      raise SpecError(f"node {self.name!r}: concat branches must be a tuple of node tuples, "
+                      f"got {self.branches!r}")
+    _set(self, branches=tuple(tuple(b) for b in self.branches), post=tuple(self.post))
+    if len(self.branches) < 2:
+      raise SpecError(f"node {self.name!r}: a concat needs at least two branches, "
+                      f"got {len(self.branches)}")
+    _check_unique(sum(self.branches, ()) + self.post, f"node {self.name!r}")
+
+  def children(self):
+    return sum(self.branches, ()) + self.post
+
+  def to_dict(self):
+    return {"kind": self.kind, "name": self.name,
+            "branches": [[c.to_dict() for c in b] for b in self.branches],
+            "post": [c.to_dict() for c in self.post]}
+
+  def joined_shape(self, shape, path) -> tuple[int, ...]:
+    """The shape after the concatenation (before ``post``)."""
+    outs = [_run_shapes(b, shape, path + SEP) for b in self.branches]
+    if not outs[0] or any(o[:-1] != outs[0][:-1] or not o for o in outs):
+      raise SpecError(f"node {path!r}: concat branch output shapes {outs} differ before the "
+                      f"last axis; every branch must keep the leading axes")
+    return outs[0][:-1] + (sum(o[-1] for o in outs),)
+
+  def output_shape(self, shape, path):
+    return _run_shapes(self.post, self.joined_shape(shape, path), path + SEP)
+
+
 # ------------------------------------------------------------------------------ spec
 
 
@@ -514,6 +603,10 @@ class Spec:
           b = rec(n.branch, shape, path + SEP)
           rec(n.shortcut, shape, path + SEP)
           o = rec(n.post, b, path + SEP)
+        elif isinstance(n, Concat):
+          for b in n.branches:
+            rec(b, shape, path + SEP)
+          o = rec(n.post, n.joined_shape(shape, path), path + SEP)
         else:
           o = n.output_shape(shape, path)
         out[path] = (shape, o)
@@ -578,6 +671,9 @@ def map_nodes(spec: Spec, fn: Callable[[str, Node], Node | tuple[Node, ...] | No
       elif isinstance(n, Block):
         n = dataclasses.replace(n, branch=rec(n.branch, path + SEP),
                                 shortcut=rec(n.shortcut, path + SEP),
+                                post=rec(n.post, path + SEP))
+      elif isinstance(n, Concat):
+        n = dataclasses.replace(n, branches=tuple(rec(b, path + SEP) for b in n.branches),
                                 post=rec(n.post, path + SEP))
       r = fn(path, n)
       if r is None:

@@ -90,7 +90,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
                       workdir_help: str) -> None:
   """``--config``, ``--model``, ``--dataset``, ``--workdir``, ``--data-dir``, ``--seed``, ``--dtype``."""
   p.add_argument("--config", help=config_help)
-  p.add_argument("--model", help="a zoo model (the same as --config.model=NAME)")
+  p.add_argument("--model", help="a zoo model, or your Flax module as path/to/file.py:Class "
+                                 "(the same as --config.model=NAME)")
   p.add_argument("--dataset", help="a dataset name (the same as --config.dataset=NAME)")
   p.add_argument("--workdir", help=workdir_help)
   p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
@@ -207,7 +208,7 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
     train.config.ConfigError: the dataset is not prepared (one paragraph saying
       how to prepare it), unknown, or the model refuses its arguments.
   """
-  from jaxdepth import data, zoo  # pylint: disable=import-outside-toplevel
+  from jaxdepth import convert, data, zoo  # pylint: disable=import-outside-toplevel
   try:
     with _quiet_absl():
       ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
@@ -217,8 +218,12 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
           ) as e:
     raise config_lib.ConfigError(" ".join(_message(e).split())) from e
   try:
-    spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
-                   **cfg["model_kwargs"])
+    if convert.is_file_reference(cfg["model"]):   # the user's own Flax module, converted
+      spec = convert.from_file(cfg["model"], input_shape=ds.input_shape,
+                               num_classes=ds.num_classes, seed=cfg["seed"]).spec
+    else:
+      spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
+                     **cfg["model_kwargs"])
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
                                  f"{cfg['model_kwargs']!r}: {_message(e)}") from e

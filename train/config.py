@@ -46,7 +46,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Keys every command shares. A ``placeholder(T)`` is None by default and takes a T.
 DEFAULTS: dict[str, Any] = {
-    "model": "digits_cnn",        # a name of jaxdepth.zoo.names()
+    "model": "digits_cnn",        # a name of jaxdepth.zoo.names(), or path/to/file.py:Class
     "model_kwargs": {},           # extra keyword arguments of the zoo function
     "dataset": "digits",          # a name of jaxdepth.data.names(), or folder:<path>
     "data_dir": config_dict.placeholder(str),  # tfds data directory (prepared ArrayRecord files)
@@ -340,8 +340,10 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
     bad("dtype", f"use one of {', '.join(DTYPES)}")
   if cfg["normalization"] not in (None, *NORMALIZATIONS):
     bad("normalization", f"use one of {', '.join(NORMALIZATIONS)} or None")
-  if cfg["model"] not in zoo.names():
-    bad("model", f"use one of {', '.join(zoo.names())} (python -m train list)")
+  if cfg["model"] not in zoo.names() and not (isinstance(cfg["model"], str)
+                                              and ".py:" in cfg["model"]):
+    bad("model", f"use one of {', '.join(zoo.names())} (python -m train list), or your own "
+                 f"Flax module as path/to/file.py:ClassName")
   if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
     bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
   if not isinstance(cfg["model_kwargs"], Mapping):

@@ -126,7 +126,8 @@ def rewrite_lists(spec: S.Spec, fn: Callable[[str, tuple, tuple], tuple]) -> S.S
   ``in_shape`` the shape entering the list. ``fn`` must keep the list's output
   shape (every pass preserves the function of each list). A Block's branch,
   shortcut and post are three lists of one scope; a branch left empty becomes
-  one identity :class:`~jaxdepth.spec.Act`.
+  one identity :class:`~jaxdepth.spec.Act`. A Concat's branches and post are
+  lists of one scope too (an empty branch stays empty: it is the identity).
   """
   def rec(nodes, prefix, shape):
     out = []
@@ -144,6 +145,10 @@ def rewrite_lists(spec: S.Spec, fn: Callable[[str, tuple, tuple], tuple]) -> S.S
           taken = {c.name for c in shortcut + post}
           branch = (S.Act(unique_name("identity", taken), fn="identity"),)
         n2 = dataclasses.replace(n, branch=branch, shortcut=shortcut, post=post)
+      elif isinstance(n, S.Concat):   # an empty branch is the identity: nothing to write
+        n2 = dataclasses.replace(
+            n, branches=tuple(rec(b, path + SEP, cur) for b in n.branches),
+            post=rec(n.post, path + SEP, n.joined_shape(cur, path)))
       else:
         n2 = n
       cur = n.output_shape(cur, path)

@@ -37,6 +37,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from jaxdepth import network
 from jaxdepth import spec as S
 from jaxdepth import stats
 from jaxdepth.surgery import _tree
@@ -47,15 +48,18 @@ __all__ = ["cut_channels"]
 _RECTIFIERS = ("relu", "relu6")
 
 
-def _fn(name: str, v: np.ndarray) -> np.ndarray:
+def _fn(name: str, v: np.ndarray, negative_slope: float = 0.01) -> np.ndarray:
   if name == "relu":
     return np.maximum(v, 0)
   if name == "relu6":
     return np.clip(v, 0, 6)
   if name == "identity":
     return v
-  from math import erf
-  return np.array([0.5 * x * (1 + erf(x / np.sqrt(2))) for x in v])  # gelu (exact)
+  if name == "gelu":
+    from math import erf
+    return np.array([0.5 * x * (1 + erf(x / np.sqrt(2))) for x in v])  # gelu (exact)
+  return np.asarray(network.activation(name, np.asarray(v, np.float32), negative_slope),
+                    np.float64)
 
 
 def _is_depthwise(n: S.Node, node_vars, channels: int) -> bool:
@@ -175,7 +179,7 @@ def _consumer(cutter: _Cutter, view, i, cut, keep) -> bool:
   for e in view[i + 1:]:
     n = cutter.node(e.path)
     if isinstance(n, S.Act):
-      value = _fn(n.fn, value)
+      value = _fn(n.fn, value, n.negative_slope)
       cutter.cut_counts(e.path, keep)
     elif isinstance(n, S.Dropout):
       pass
@@ -273,5 +277,5 @@ def cut_channels(spec: S.Spec, variables, site_counts: Mapping[str, object], *,
           log.append(_tree.Edit("cut_channels", e.path,
                                 f"{len(cut)} of {len(off)} channels always OFF cut"))
   new_spec = S.map_nodes(spec, lambda p, n: nodes[p] if not isinstance(
-      n, (S.Sequential, S.Block)) else n)
+      n, (S.Sequential, S.Block, S.Concat)) else n)
   return new_spec, _tree.join_variables(new_spec, node_vars)

@@ -1,0 +1,483 @@
+"""The traced program of a Flax module as a value graph, cut into a spec's shape.
+
+:mod:`jaxdepth.convert` traces a module with every layer call replaced by one
+equation of :data:`layer_p`; this module reads the rest, the glue:
+
+* :class:`Graph` walks back from the output. A value is either a *source* (the
+  input, a layer output, a join, a reshape or pooling) or an element-wise
+  function of exactly one source; such a chain is evaluated in float64 numpy on
+  a grid of 4001 points in ``[-8, 8]`` and matched against the site kinds
+  (:data:`jaxdepth.spec.ACTIVATIONS`), or against ``c x`` (the ``1/n`` of an
+  average). The result is a small IR: ``input``, ``leaf``, ``act``, ``add``,
+  ``concat``, ``flatten``, ``pool`` nodes with their inputs.
+* :func:`dominators` and :func:`series` cut that DAG into nested chains: the
+  fork of a join is its immediate dominator (Cooper, Harvey and Kennedy's
+  intersection on a DAG in topological order), the paths from the fork to each
+  operand are the branches; a node met twice means the network is not
+  series-parallel and is refused.
+
+Everything it cannot read raises :class:`ConversionError` with the operation,
+the module path (the equation's name stack), the user's source line and what
+to do.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax._src import source_info_util  # the user's source line of a traced equation
+from jax.extend import core as jcore
+
+from jaxdepth import spec as S
+
+__all__ = ["ConversionError", "layer_p", "Graph", "dominators", "series", "leaf_count"]
+
+
+class ConversionError(ValueError):
+  """A module that cannot be converted; the message says what, where and what to do."""
+
+
+# One opaque equation per intercepted layer call: ``layer_p(x, index=i)`` stands for
+# layer ``i``'s output, so the layer's own computation is dead code in the trace.
+layer_p = jcore.Primitive("jaxdepth_layer")
+layer_p.def_abstract_eval(lambda x, *, index, shape, dtype: jax.core.ShapedArray(shape, dtype))
+layer_p.def_impl(lambda x, *, index, shape, dtype: jnp.zeros(shape, dtype))
+
+
+# ---------------------------------------------------------------- the glue
+
+
+_ELEMENTWISE = frozenset({
+    "max", "min", "mul", "add", "sub", "div", "neg", "logistic", "tanh", "erf", "erfc", "exp",
+    "exp2", "expm1", "log", "log1p", "integer_pow", "pow", "sqrt", "rsqrt", "square", "select_n",
+    "ge", "gt", "le", "lt", "eq", "ne", "abs", "sign", "convert_element_type", "copy", "copy_p",
+    "clamp", "and", "or", "not", "stop_gradient", "reduce_precision", "sin", "cos", "tan",
+    "asin", "acos", "atan", "sinh", "cosh", "asinh", "acosh", "atanh", "atan2", "cbrt",
+    "floor", "ceil", "round", "is_finite", "nextafter", "rem", "lgamma", "digamma"})
+_CALLS = frozenset({"jit", "pjit", "custom_jvp_call", "custom_vjp_call", "closed_call",
+                    "core_call", "remat", "checkpoint"})
+
+
+def _inner(eqn):
+  for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+    sub = eqn.params.get(key)
+    if sub is not None:
+      return getattr(sub, "jaxpr", sub)
+  return None
+
+
+def _elementwise(eqn) -> bool:
+  """Whether ``eqn`` computes each output element from the same element of its inputs."""
+  name = eqn.primitive.name
+  shapes = [tuple(v.aval.shape) for v in eqn.invars] + [tuple(v.aval.shape) for v in eqn.outvars]
+  big = {s for s in shapes if s}
+  if len(big) > 1:
+    return False
+  if name in _CALLS:
+    inner = _inner(eqn)
+    return inner is not None and all(_elementwise(e) for e in inner.eqns)
+  if name == "broadcast_in_dim":
+    return all(not v.aval.shape for v in eqn.invars)
+  return name in _ELEMENTWISE
+
+
+# What the site functions are made of; an element-wise chain using anything else (sin, exp
+# of its own, ...) is refused without evaluating it.
+_ACTIVATION_OPS = frozenset({
+    "max", "min", "mul", "add", "sub", "div", "neg", "logistic", "tanh", "erf", "erfc",
+    "integer_pow", "pow", "select_n", "ge", "gt", "le", "lt", "eq", "ne", "abs", "sign",
+    "convert_element_type", "copy", "copy_p", "clamp", "broadcast_in_dim", "exp", "expm1",
+    "log1p", "stop_gradient", "square", "sqrt", "rsqrt"}) | _CALLS
+_GRID = np.linspace(-8.0, 8.0, 4001)
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(x):
+  return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+# The site kinds of jaxdepth.spec.ACTIVATIONS (but identity and leaky_relu), in float64.
+_REFERENCES = {
+    "relu": lambda x: np.maximum(x, 0.0),
+    "relu6": lambda x: np.clip(x, 0.0, 6.0),
+    "gelu": lambda x: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_tanh": lambda x: 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi)
+                                                     * (x + 0.044715 * x**3))),
+    "silu": lambda x: x * _sigmoid(x),
+    "hard_swish": lambda x: x * np.clip(x + 3.0, 0.0, 6.0) / 6.0,
+}
+
+# numpy versions of the element-wise primitives (shapes broadcast: a chain of them is run
+# on a 1-D grid whatever the traced shape).
+_NUMPY = {
+    "max": np.maximum, "min": np.minimum, "mul": np.multiply, "add": np.add,
+    "sub": np.subtract, "div": np.divide, "neg": np.negative, "logistic": _sigmoid,
+    "tanh": np.tanh, "erf": _erf, "erfc": lambda x: 1.0 - _erf(x), "pow": np.power,
+    "ge": np.greater_equal, "gt": np.greater, "le": np.less_equal, "lt": np.less,
+    "eq": np.equal, "ne": np.not_equal, "abs": np.abs, "sign": np.sign, "exp": np.exp,
+    "expm1": np.expm1, "log1p": np.log1p, "square": np.square, "sqrt": np.sqrt,
+    "rsqrt": lambda x: 1.0 / np.sqrt(x), "copy": lambda x: x, "copy_p": lambda x: x,
+    "stop_gradient": lambda x: x, "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
+}
+
+
+def _run_numpy(eqns, env, consts, out):
+  """Evaluates element-wise equations in float64 numpy (calls are opened)."""
+  def read(u):
+    if _is_literal(u):
+      return np.asarray(u.val, np.float64) if np.issubdtype(
+          np.asarray(u.val).dtype, np.floating) else np.asarray(u.val)
+    if u in env:
+      return env[u]
+    return np.asarray(consts[u], np.float64)
+  for eqn in eqns:
+    name = eqn.primitive.name
+    args = [read(u) for u in eqn.invars]
+    if name in _CALLS:
+      inner = _inner(eqn)
+      sub_consts = dict(zip(inner.constvars, getattr(eqn.params.get("jaxpr") or eqn.params.get(
+          "call_jaxpr"), "consts", ())))
+      sub_env = dict(zip(inner.invars, args))
+      outs = [_run_numpy(inner.eqns, sub_env, sub_consts, o) for o in inner.outvars]
+    elif name == "integer_pow":
+      outs = [np.power(args[0], eqn.params["y"])]
+    elif name == "select_n":
+      pred, *cases = args
+      outs = [np.choose(np.asarray(pred, np.int64), np.broadcast_arrays(*cases))]
+    elif name == "convert_element_type":
+      dtype = np.dtype(eqn.params["new_dtype"])
+      outs = [args[0] if np.issubdtype(dtype, np.floating) else args[0].astype(dtype)]
+    elif name == "broadcast_in_dim":
+      outs = [args[0]]                       # a scalar: numpy broadcasts it
+    else:
+      outs = [_NUMPY[name](*args)]
+    for var, val in zip(eqn.outvars, outs):
+      env[var] = val
+  return read(out)
+
+
+def _primitives(eqn):
+  yield eqn.primitive.name
+  inner = _inner(eqn) if eqn.primitive.name in _CALLS else None
+  for e in inner.eqns if inner is not None else ():
+    yield from _primitives(e)
+
+
+def _is_literal(v) -> bool:
+  return isinstance(v, jcore.Literal)
+
+
+class Graph:
+  """The traced program as a value graph; :meth:`node` builds the IR lazily."""
+
+  def __init__(self, closed, leaves, root: str):
+    self.jaxpr = closed.jaxpr
+    self.consts = dict(zip(self.jaxpr.constvars, closed.consts))
+    self.leaves = leaves
+    self.root = root
+    self.producer = {}
+    for i, eqn in enumerate(self.jaxpr.eqns):
+      for v in eqn.outvars:
+        self.producer[v] = (i, eqn)
+    self.input = self.jaxpr.invars[0]
+    self.ir: list[dict] = []
+    self._memo: dict = {}
+    self._src: dict = {}
+    self._dep: dict = {}
+
+  # -- where -------------------------------------------------------------------
+
+  def module_of(self, eqn) -> str:
+    stack = str(eqn.source_info.name_stack)
+    parts = [p for p in stack.split("/") if p]
+    if parts and parts[0] == self.root:
+      parts = parts[1:]
+    return "/".join(parts)
+
+  def refuse(self, eqn, what: str, todo: str):
+    where = self.module_of(eqn) or "(the top module)"
+    line = source_info_util.summarize(eqn.source_info)
+    raise ConversionError(f"{what} (operation {eqn.primitive.name!r}) in module {where} at "
+                          f"{line} cannot be converted: {todo}")
+
+  # -- constants and sources ----------------------------------------------------
+
+  def sources(self, v) -> frozenset | None:
+    """The non-constant values ``v`` is an element-wise function of (``None``: a constant)."""
+    if _is_literal(v):
+      return None
+    if v in self._src:
+      return self._src[v]
+    if v is self.input:
+      out = frozenset([v])
+    elif v in self.consts:
+      out = None if not np.shape(self.consts[v]) else frozenset([v])
+    else:
+      _, eqn = self.producer[v]
+      if _elementwise(eqn) and len(eqn.outvars) == 1:
+        srcs = [self.sources(u) for u in eqn.invars]
+        union = frozenset().union(*(s for s in srcs if s is not None))
+        out = None if not union else (union if len(union) == 1 else frozenset([v]))
+      else:
+        out = frozenset([v])
+    self._src[v] = out
+    return out
+
+  def region(self, v, s) -> list:
+    """The equations computing ``v`` from ``s`` (and constants), in program order."""
+    seen: dict[int, Any] = {}
+
+    def rec(u):
+      if _is_literal(u) or u is s or u in self.consts or u is self.input:
+        return
+      i, eqn = self.producer[u]
+      if i in seen:
+        return
+      seen[i] = eqn
+      for w in eqn.invars:
+        rec(w)
+    rec(v)
+    return [seen[i] for i in sorted(seen)]
+
+  def evaluate(self, eqns, s, v, values: np.ndarray) -> np.ndarray:
+    """Runs the equations ``eqns`` (computing ``v`` from ``s``) on ``values`` in numpy."""
+    env = {s: values}
+    return _run_numpy(eqns, env, self.consts, v)
+
+  def identify(self, v, s):
+    """``(kind, value)`` of the element-wise function from ``s`` to ``v``.
+
+    ``("act", Act fields)``, ``("identity", None)`` or ``("scale", c)``; refuses others.
+    """
+    eqns = self.region(v, s)
+    foreign = sorted({name for e in eqns for name in _primitives(e)} - _ACTIVATION_OPS)
+    if foreign:
+      self.refuse(next(e for e in eqns if set(_primitives(e)) & set(foreign)),
+                  f"an element-wise {', '.join(foreign)} that no activation site uses",
+                  f"jaxdepth's sites are "
+                  f"{', '.join(a for a in S.ACTIVATIONS if a != 'identity')}; write the "
+                  f"activation as one of them (e.g. nn.relu, nn.silu, nn.gelu)")
+    shape = tuple(s.aval.shape)
+    if tuple(v.aval.shape) != shape:
+      self.refuse(eqns[-1], "a broadcast between two tensors of different shapes",
+                  "only element-wise functions of one tensor are supported")
+    t = _GRID
+    y = np.broadcast_to(self.evaluate(eqns, s, v, t), t.shape)
+    close = lambda a: np.allclose(y, a, rtol=1e-5, atol=1e-5)  # noqa: E731
+    if close(t):
+      return "identity", None
+    c = float(np.interp(1.0, t, y))
+    if close(c * t):
+      return "scale", float(c)
+    for fn, reference in _REFERENCES.items():
+      if close(reference(t)):
+        return "act", {"fn": fn}
+    slope = float(np.interp(-4.0, t, y) / -4.0)
+    if 0 < slope < 1 and close(np.where(t >= 0, t, slope * t)):
+      return "act", {"fn": "leaky_relu", "negative_slope": round(slope, 7)}
+    ops = sorted({e.primitive.name for e in eqns})
+    self.refuse(eqns[-1], f"an element-wise function ({', '.join(ops)}) that is no known "
+                "activation",
+                f"jaxdepth's sites are {', '.join(a for a in S.ACTIVATIONS if a != 'identity')}; "
+                "write the activation as one of them (e.g. nn.relu, nn.silu, nn.gelu)")
+
+  # -- the IR ------------------------------------------------------------------
+
+  def add(self, kind, inputs, eqn=None, **info) -> int:
+    self.ir.append({"kind": kind, "inputs": list(inputs),
+                    "module": self.module_of(eqn) if eqn is not None else "", **info})
+    return len(self.ir) - 1
+
+  def ancestry(self, v) -> list:
+    """The equations ``v`` is computed by, innermost last (empty for inputs and constants)."""
+    seen, order = set(), []
+
+    def rec(u):
+      if _is_literal(u) or u not in self.producer:
+        return
+      i, eqn = self.producer[u]
+      if i in seen:
+        return
+      seen.add(i)
+      for w in eqn.invars:
+        rec(w)
+      order.append(eqn)
+    rec(v)
+    return order
+
+  def depends_on_input(self, v) -> bool:
+    if _is_literal(v):
+      return False
+    if v not in self._dep:
+      self._dep[v] = v is self.input or (v in self.producer and any(
+          self.depends_on_input(u) for u in self.producer[v][1].invars))
+    return self._dep[v]
+
+  def value(self, v) -> int:
+    """IR node of any value: a source, or an element-wise function of one source."""
+    if not self.depends_on_input(v):
+      eqns = self.ancestry(v)
+      if not eqns:
+        raise ConversionError("the module returns a constant or adds a constant array outside "
+                              "a layer; keep parameters inside Conv, Dense, BatchNorm or "
+                              "LayerNorm")
+      random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
+          "threefry2x32", "rng_bit_generator", "rng_uniform")]
+      if random:
+        self.refuse(random[0], "a random operation outside nn.Dropout",
+                    "use nn.Dropout for dropout, or move the noise out of the module")
+      self.refuse(eqns[-1], "a tensor that does not depend on the input",
+                  "constants must live inside supported layers (Conv, Dense, BatchNorm, ...)")
+    (s,) = self.sources(v)
+    if s is v:
+      return self.node(v)
+    if v in self._memo:
+      return self._memo[v]
+    kind, val = self.identify(v, s)
+    if kind == "identity":
+      out = self.value(s)
+    elif kind == "act":
+      out = self.add("act", [self.value(s)], self.region(v, s)[-1], **val)
+    else:
+      out = self.pool_of_scale(v, s, val)
+    self._memo[v] = out
+    return out
+
+  def pool_of_scale(self, v, s, c) -> int:
+    eqn_v = self.region(v, s)[-1]
+    if s in self.producer:
+      _, eqn = self.producer[s]
+      name = eqn.primitive.name
+      x = eqn.invars[0]
+      if name == "reduce_sum" and len(x.aval.shape) == 4 and tuple(eqn.params["axes"]) == (1, 2):
+        if math.isclose(c * x.aval.shape[1] * x.aval.shape[2], 1.0, rel_tol=1e-6):
+          return self.add("pool", [self.value(x)], eqn, op="global_avg")
+      if name == "reduce_window_sum":
+        pool = self.window(eqn, "avg")
+        if math.isclose(c * math.prod(pool["window"]), 1.0, rel_tol=1e-6):
+          return self.add("pool", [self.value(x)], eqn, **pool)
+    self.refuse(eqn_v, f"a multiplication by the constant {c:g}",
+                "scale inside a layer (e.g. fold it into the next Dense or Conv), or use "
+                "jnp.mean / nn.avg_pool for averages")
+
+  def window(self, eqn, op):
+    p = eqn.params
+    dims, strides, pads = p["window_dimensions"], p["window_strides"], p["padding"]
+    if (len(dims) != 4 or dims[0] != 1 or dims[3] != 1 or strides[0] != 1 or strides[3] != 1
+        or any(d != 1 for d in p.get("base_dilation", ()) + p.get("window_dilation", ()))
+        or tuple(pads[0]) != (0, 0) or tuple(pads[3]) != (0, 0)):
+      self.refuse(eqn, "a pooling window over the batch or channel axis, or dilated",
+                  "pool over (H, W) of a (B, H, W, C) tensor (nn.max_pool / nn.avg_pool)")
+    return {"op": op, "window": tuple(dims[1:3]), "stride": tuple(strides[1:3]),
+            "padding": tuple(tuple(q) for q in pads[1:3])}
+
+  def node(self, v) -> int:
+    """IR node of a source value (the input, a layer output, a structural op)."""
+    if v in self._memo:
+      return self._memo[v]
+    if v is self.input:
+      out = self.add("input", [])
+    elif v in self.consts:
+      raise ConversionError(f"the module uses a constant array of shape "
+                            f"{np.shape(self.consts[v])} outside a supported layer; keep "
+                            f"parameters inside Conv, Dense, BatchNorm or LayerNorm")
+    else:
+      out = self.structural(self.producer[v][1], v)
+    self._memo[v] = out
+    return out
+
+  def structural(self, eqn, v) -> int:
+    name = eqn.primitive.name
+    ins = eqn.invars
+    if eqn.primitive is layer_p:
+      return self.add("leaf", [self.value(ins[0])], eqn, index=eqn.params["index"])
+    if name == "add" and len(ins) == 2:
+      if any(tuple(u.aval.shape) != tuple(v.aval.shape) for u in ins):
+        self.refuse(eqn, "an addition that broadcasts", "add tensors of the same shape")
+      return self.add("add", [self.value(u) for u in ins], eqn)
+    if name in _ELEMENTWISE or name in _CALLS:
+      self.refuse(eqn, f"{name!r} of two tensors (not a residual addition)",
+                  "jaxdepth joins branches by addition (residual blocks) or by concatenation "
+                  "on the last axis")
+    if name == "concatenate":
+      if eqn.params["dimension"] != len(v.aval.shape) - 1:
+        self.refuse(eqn, "a concatenation on another axis than the last",
+                    "concatenate channels: jnp.concatenate([...], axis=-1)")
+      return self.add("concat", [self.value(u) for u in ins], eqn)
+    if name == "reshape":
+      x = ins[0]
+      shape, new = tuple(x.aval.shape), tuple(v.aval.shape)
+      if new == shape:
+        return self.value(x)
+      if len(new) == 2 and new[0] == shape[0] and new[1] == math.prod(shape[1:]):
+        return self.add("flatten", [self.value(x)], eqn)
+      self.refuse(eqn, f"a reshape from {shape} to {new}",
+                  "only flattening every axis but the batch, x.reshape((x.shape[0], -1)), "
+                  "is supported")
+    if name == "reduce_window_max":
+      return self.add("pool", [self.value(ins[0])], eqn, **self.window(eqn, "max"))
+    if name in ("reduce_sum", "reduce_window_sum"):
+      self.refuse(eqn, "a sum that is not an average",
+                  "use jnp.mean(x, axis=(1, 2)) or nn.avg_pool")
+    if name.startswith("random") or name in ("threefry2x32", "rng_bit_generator"):
+      self.refuse(eqn, "a random operation outside nn.Dropout",
+                  "use nn.Dropout for dropout, or move the noise out of the module")
+    self.refuse(eqn, "an operation jaxdepth has no node for",
+                "use the supported layers and glue (Conv, Dense, BatchNorm, LayerNorm, Dropout, "
+                "activations, residual additions, channel concatenation, pooling, flatten); "
+                "see docs/from_flax.md")
+
+
+# ---------------------------------------------------------------- structure
+
+
+def dominators(ir) -> list:
+  idom: list = [None] * len(ir)
+  depth = [0] * len(ir)
+
+  def lca(a, b):
+    while a != b:
+      if depth[a] < depth[b]:
+        a, b = b, a
+      a = idom[a]
+    return a
+  for i, n in enumerate(ir):
+    if not n["inputs"]:
+      continue
+    d = n["inputs"][0]
+    for j in n["inputs"][1:]:
+      d = lca(d, j)
+    idom[i], depth[i] = d, depth[d] + 1
+  return idom
+
+
+def series(ir, idom, frm, to, used) -> list:
+  """The items computing node ``to`` from node ``frm`` (which dominates it)."""
+  items = []
+  cur = to
+  while cur != frm:
+    n = ir[cur]
+    if n["kind"] == "input":
+      raise ConversionError("internal: a branch does not start at its fork (please report)")
+    if cur in used:
+      raise ConversionError(
+          f"a value is used by two branches that join later (near module "
+          f"{n['module'] or '(the top module)'}): jaxdepth converts series-parallel networks, "
+          f"where each branch of a residual addition or concatenation is its own chain")
+    used.add(cur)
+    if n["kind"] in ("add", "concat"):
+      fork = idom[cur]
+      items.append((n, [series(ir, idom, fork, i, used) for i in n["inputs"]]))
+      cur = fork
+    else:
+      items.append((n, None))
+      cur = n["inputs"][0]
+  return items[::-1]
+
+
+def leaf_count(items) -> int:
+  return sum(1 if parts is None and n["kind"] in ("leaf", "act") else
+             sum(leaf_count(p) for p in parts or ()) for n, parts in items)

@@ -1,0 +1,565 @@
+"""Bring your own Flax model: networks written here in ordinary Linen and NNX style convert,
+match the module (eval and train mode, BatchNorm statistics included), run an EASIER
+iteration on digits and collapse through surgery; bad input is refused fast and clearly."""
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import jaxdepth
+from jaxdepth import convert, data, driver, equivalence, network, optim, spec as S, surgery
+from jaxdepth.methods import Easier
+
+SHAPE = (8, 8, 1)
+
+
+# ----------------------------------------------------------------------------- Linen nets
+
+
+class BasicBlock(nn.Module):
+  features: int
+  stride: int = 1
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.Conv(self.features, (3, 3), self.stride, padding=1, use_bias=False)(x)
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(y))
+    y = nn.Conv(self.features, (3, 3), padding="SAME", use_bias=False)(y)
+    y = nn.BatchNorm(use_running_average=not train, momentum=0.9)(y)
+    if self.stride != 1 or x.shape[-1] != self.features:
+      x = nn.Conv(self.features, (1, 1), self.stride, use_bias=False)(x)
+      x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), padding="SAME", use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = BasicBlock(4)(x, train)
+    x = BasicBlock(8, 2)(x, train)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+class InvertedResidual(nn.Module):
+  features: int
+  stride: int
+  expand: int = 2
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    hidden = x.shape[-1] * self.expand
+    bn = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9)  # noqa: E731
+    y = nn.silu(bn()(nn.Conv(hidden, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(hidden, (3, 3), self.stride, padding="SAME", feature_group_count=hidden,
+                use_bias=False)(y)
+    y = nn.hard_swish(bn()(y))
+    y = bn()(nn.Conv(self.features, (1, 1), use_bias=False)(y))
+    return x + y if self.stride == 1 and x.shape[-1] == self.features else y
+
+
+class MobileNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), 2, padding="SAME", use_bias=False)(x)       # strided SAME: 1 / 2
+    x = nn.swish(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = InvertedResidual(4, 1)(x, train)
+    x = InvertedResidual(6, 2)(x, train)
+    x = nn.relu6(nn.Conv(8, (1, 1))(x))
+    x = x.mean((1, 2))
+    x = nn.gelu(nn.Dense(8)(x))                                         # tanh approximation
+    x = nn.Dropout(0.1, deterministic=not train)(x)
+    return nn.Dense(self.num_classes)(x)
+
+
+class DenseLayer(nn.Module):
+  growth: int
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    y = nn.Conv(self.growth, (3, 3), padding=1, use_bias=False)(y)
+    return jnp.concatenate([x, y], axis=-1)
+
+
+class DenseNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), padding=1, use_bias=False)(x)
+    x = DenseLayer(3)(x, train)
+    x = DenseLayer(3)(x, train)
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+    x = nn.leaky_relu(nn.Conv(6, (1, 1), use_bias=False)(x), 0.2)
+    x = nn.avg_pool(x, (2, 2), (2, 2))
+    x = nn.max_pool(x, (2, 2), (2, 2))
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(self.num_classes)(x)
+
+
+# ------------------------------------------------------------------------------ NNX nets
+
+
+class NNXBasicBlock(nnx.Module):
+  def __init__(self, cin, cout, stride, *, rngs):
+    self.conv1 = nnx.Conv(cin, cout, (3, 3), strides=stride, padding=1, use_bias=False,
+                          rngs=rngs)
+    self.bn1 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+    self.conv2 = nnx.Conv(cout, cout, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+    self.bn2 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+    self.projected = stride != 1 or cin != cout
+    if self.projected:
+      self.proj = nnx.Conv(cin, cout, (1, 1), strides=stride, use_bias=False, rngs=rngs)
+      self.proj_bn = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.conv2(y))
+    if self.projected:
+      x = self.proj_bn(self.proj(x))
+    return nnx.relu(x + y)
+
+
+class NNXResNet(nnx.Module):
+  def __init__(self, num_classes=10, *, rngs):
+    self.stem = nnx.Conv(1, 4, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, momentum=0.9, rngs=rngs)
+    self.blocks = nnx.List([NNXBasicBlock(4, 4, 1, rngs=rngs), NNXBasicBlock(4, 8, 2, rngs=rngs)])
+    self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.bn(self.stem(x)))
+    for block in self.blocks:
+      x = block(x)
+    return self.head(jnp.mean(x, axis=(1, 2)))
+
+
+class NNXInvertedResidual(nnx.Module):
+  def __init__(self, cin, cout, stride, *, rngs):
+    hidden = 2 * cin
+    self.expand = nnx.Conv(cin, hidden, (1, 1), use_bias=False, rngs=rngs)
+    self.bn1 = nnx.BatchNorm(hidden, momentum=0.9, rngs=rngs)
+    self.dw = nnx.Conv(hidden, hidden, (3, 3), strides=stride, padding="SAME",
+                       feature_group_count=hidden, use_bias=False, rngs=rngs)
+    self.bn2 = nnx.BatchNorm(hidden, momentum=0.9, rngs=rngs)
+    self.project = nnx.Conv(hidden, cout, (1, 1), use_bias=False, rngs=rngs)
+    self.bn3 = nnx.BatchNorm(cout, momentum=0.9, rngs=rngs)
+    self.residual = stride == 1 and cin == cout
+
+  def __call__(self, x):
+    y = nnx.silu(self.bn1(self.expand(x)))
+    y = nnx.hard_swish(self.bn2(self.dw(y)))
+    y = self.bn3(self.project(y))
+    return x + y if self.residual else y
+
+
+class NNXMobileNet(nnx.Module):
+  def __init__(self, num_classes=10, *, rngs):
+    self.stem = nnx.Conv(1, 4, (3, 3), strides=2, padding="SAME", use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, momentum=0.9, rngs=rngs)
+    self.block1 = NNXInvertedResidual(4, 4, 1, rngs=rngs)
+    self.block2 = NNXInvertedResidual(4, 6, 2, rngs=rngs)
+    self.hidden = nnx.Linear(6, 8, rngs=rngs)
+    self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.swish(self.bn(self.stem(x)))
+    x = self.block2(self.block1(x))
+    return self.head(nnx.relu6(self.hidden(x.mean((1, 2)))))
+
+
+class NNXDenseLayer(nnx.Module):
+  def __init__(self, cin, growth, *, rngs):
+    self.bn = nnx.BatchNorm(cin, momentum=0.9, rngs=rngs)
+    self.conv = nnx.Conv(cin, growth, (3, 3), padding=1, use_bias=False, rngs=rngs)
+
+  def __call__(self, x):
+    return jnp.concatenate([x, self.conv(nnx.relu(self.bn(x)))], axis=-1)
+
+
+class NNXDenseNet(nnx.Module):
+  def __init__(self, num_classes=10, *, rngs):
+    self.stem = nnx.Conv(1, 4, (3, 3), padding=1, use_bias=False, rngs=rngs)
+    self.layer1 = NNXDenseLayer(4, 3, rngs=rngs)
+    self.layer2 = NNXDenseLayer(7, 3, rngs=rngs)
+    self.bn = nnx.BatchNorm(10, momentum=0.9, rngs=rngs)
+    self.transition = nnx.Conv(10, 6, (1, 1), use_bias=False, rngs=rngs)
+    self.head = nnx.Linear(6 * 2 * 2, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.layer2(self.layer1(self.stem(x)))
+    x = nnx.leaky_relu(self.transition(self.bn(x)), 0.2)
+    x = nnx.max_pool(nnx.avg_pool(x, (2, 2), (2, 2)), (2, 2), (2, 2))
+    return self.head(x.reshape((x.shape[0], -1)))
+
+
+LINEN = {"resnet": ResNet, "mobilenet": MobileNet, "densenet": DenseNet}
+NNX = {"resnet": NNXResNet, "mobilenet": NNXMobileNet, "densenet": NNXDenseNet}
+NETS = [(f, n) for f in ("linen", "nnx") for n in ("resnet", "mobilenet", "densenet")]
+
+
+def _batch(seed=0, n=16):
+  return jax.random.normal(jax.random.key(seed), (n, *SHAPE))
+
+
+def _perturb_stats(tree, seed):
+  """Non-trivial running statistics, so eval mode really reads them."""
+  leaves, treedef = jax.tree.flatten(tree)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(treedef, [
+      jnp.abs(l) + 0.5 + 0.3 * jax.random.uniform(k, l.shape) for l, k in zip(leaves, keys)])
+
+
+def _make(framework, name):
+  """``(module or model, variables or None)`` with perturbed BatchNorm statistics."""
+  if framework == "linen":
+    module = LINEN[name]()
+    variables = dict(module.init(jax.random.key(1), _batch()))
+    variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
+    return module, variables
+  model = NNX[name](rngs=nnx.Rngs(1))
+  stats = nnx.state(model, nnx.BatchStat)
+  nnx.update(model, jax.tree.map(lambda v: v, _perturb_stats(stats, 2)))
+  return model, None
+
+
+def _lookup(tree, path):
+  for part in path.split("/"):
+    tree = tree[int(part)] if isinstance(tree, (list, tuple)) or (
+        part.isdigit() and int(part) in tree) else tree[part]
+  return tree
+
+
+@pytest.fixture(scope="module", params=NETS, ids=[f"{f}-{n}" for f, n in NETS])
+def converted(request):
+  framework, name = request.param
+  module, variables = _make(framework, name)
+  x = _batch()
+  if framework == "linen":
+    conv = jaxdepth.from_flax(module, variables, x)
+  else:
+    conv = jaxdepth.from_nnx(module, x)
+  return framework, name, module, variables, conv
+
+
+def test_eval_outputs_equal_the_module(converted):
+  framework, _, module, variables, conv = converted
+  x = _batch(3)
+  if framework == "linen":
+    want = module.apply(variables, x, train=False)
+  else:
+    model = nnx.clone(module)
+    model.eval()
+    want = model(x)
+  got = network.forward(conv.spec, conv.variables, x).logits
+  np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+  # JSON round trip, validated.
+  assert S.Spec.from_json(conv.spec.to_json()) == conv.spec
+
+
+def test_train_outputs_and_batch_stats_equal_the_module(converted):
+  framework, name, module, variables, conv = converted
+  x = _batch(4)
+  if framework == "linen":
+    want, upd = module.apply(variables, x, train=True, mutable=["batch_stats"],
+                             rngs={"dropout": jax.random.key(0)})
+    user_stats = upd["batch_stats"]
+  else:
+    model = nnx.clone(module)
+    model.train()
+    want = model(x)
+    user_stats = nnx.to_pure_dict(nnx.state(model, nnx.BatchStat))
+  # The Linen MobileNet's dropout sits at the same scope path in the spec, so Flax draws
+  # the same mask from the same key: train mode matches with dropout too.
+  out = network.forward(conv.spec, conv.variables, x, train=True, rng=jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(out.logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+  compared = 0
+  for spath, upath in conv.paths.items():
+    if isinstance(conv.spec.node(spath), S.BatchNorm):
+      for leaf in ("mean", "var"):
+        np.testing.assert_allclose(np.asarray(_lookup(out.batch_stats, spath)[leaf]),
+                                   np.asarray(_lookup(user_stats, upath)[leaf]),
+                                   rtol=1e-5, atol=1e-6)
+        compared += 1
+  assert compared >= 4
+
+
+def test_structure_of_the_converted_networks(converted):
+  _, name, _, _, conv = converted
+  spec = conv.spec
+  kinds = {n.kind for _, n in spec.walk()}
+  fns = {n.fn for _, n in spec.walk() if isinstance(n, S.Act)}
+  if name == "resnet":
+    assert sum(isinstance(n, S.Block) for _, n in spec.walk()) == 2
+    assert fns == {"relu"} and len(spec.sites()) == 5
+  if name == "mobilenet":
+    assert {"silu", "hard_swish", "relu6"} <= fns
+    # stride-2 "SAME" on 8x8 with a 3x3 kernel pads 0 before and 1 after (XLA's rule)
+    stem = next(n for _, n in spec.walk() if isinstance(n, S.Conv))
+    assert stem.stride == (2, 2) and stem.padding == ((0, 1), (0, 1))
+    assert any(isinstance(n, S.Conv) and n.groups > 1 for _, n in spec.walk())
+  if name == "densenet":
+    concats = [n for _, n in spec.walk() if isinstance(n, S.Concat)]
+    assert len(concats) == 2 and all(c.branches[0] == () for c in concats)
+    assert "leaky_relu" in fns and "flatten" in kinds
+    assert {n.op for _, n in spec.walk() if isinstance(n, S.Pool)} == {"avg", "max"}
+  # every layer node maps to a user path that holds its weights
+  assert all(isinstance(p, str) and p for p in conv.paths.values())
+  assert set(jaxdepth.costs.summary(spec)) >= {"params", "macs", "nonlinear_depth"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+  return data.load("digits")
+
+
+def test_easier_iteration_and_surgery(converted, digits, tmp_path_factory):
+  framework, name, _, _, conv = converted
+  recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+  workdir = tmp_path_factory.mktemp(f"{framework}-{name}")
+  result = driver.run(Easier(), conv.spec, digits, recipe, workdir, variables=conv.variables,
+                      iterations=1, progress=False, eval_batch_size=512, merge=False)
+  entry = result.report["iterations"][0]
+  removed = entry["removed_now"]
+  assert removed and set(removed) <= set(conv.spec.sites())
+  spec_id = S.with_identity(conv.spec, removed)
+  variables = result.chosen_variables
+  log = []
+  shallow, shallow_vars = surgery.collapse(spec_id, variables, log=log)
+  x = jnp.asarray(next(digits.test.batches(64))["image"])
+  report = equivalence.compare(spec_id, variables, shallow, shallow_vars, x)
+  assert report.max_rel < 1e-4 and report.top1_agreement == 1.0
+  assert jaxdepth.costs.count_macs(shallow) <= jaxdepth.costs.count_macs(spec_id)
+  assert len(shallow.sites()) == len(conv.spec.sites()) - len(removed)
+
+
+# ------------------------------------------------------------------------------ hand back
+
+
+def test_weights_go_back_to_the_users_module():
+  module, variables = _make("linen", "resnet")
+  conv = jaxdepth.from_flax(module, variables, _batch())
+  doubled = jax.tree.map(lambda a: 2 * a, conv.variables)
+  back, skipped = convert.to_user_variables(doubled, conv.paths, variables)
+  assert skipped == []
+  x = _batch(6)
+  np.testing.assert_allclose(np.asarray(module.apply(back, x)),
+                             np.asarray(network.forward(conv.spec, doubled, x).logits),
+                             rtol=1e-5, atol=1e-5)
+  model, _ = _make("nnx", "densenet")
+  conv = jaxdepth.from_nnx(model, _batch())
+  doubled = jax.tree.map(lambda a: 2 * a, conv.variables)
+  back, skipped = convert.to_user_variables(doubled, conv.paths,
+                                            nnx.to_pure_dict(nnx.state(model)))
+  assert skipped == []
+  state = nnx.state(model)
+  nnx.replace_by_pure_dict(state, back)
+  nnx.update(model, state)
+  model.eval()
+  np.testing.assert_allclose(np.asarray(model(x)),
+                             np.asarray(network.forward(conv.spec, doubled, x).logits),
+                             rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------------------ refusals
+
+
+class Sine(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    x = jnp.sin(x)
+    return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+
+class Wrapper(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return Sine(name="features")(x)
+
+
+class Noisy(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    x = x + jax.random.normal(self.make_rng("noise"), x.shape)
+    return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+
+
+class Gated(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    gate = nn.sigmoid(nn.Dense(4)(x.mean((1, 2))))
+    return x * gate[:, None, None, :]
+
+
+def _refusal(fn):
+  start = time.perf_counter()
+  with pytest.raises(jaxdepth.ConversionError) as info:
+    fn()
+  return str(info.value), time.perf_counter() - start
+
+
+def test_unsupported_op_is_refused_with_module_path_and_line():
+  module = Wrapper()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "'sin'" in message and "features" in message and "test_from_flax.py:" in message
+  assert "write the activation as one of them" in message
+  assert seconds < 1.0
+
+
+def test_gating_product_of_two_tensors_is_refused():
+  module = Gated()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "'mul'" in message and "residual" in message and seconds < 1.0
+
+
+def test_module_needing_an_rng_is_refused():
+  module = Noisy()
+  x = _batch()
+  variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "random number stream" in message and "rngs=" in message and seconds < 1.0
+  # Passing the stream gets further, to the random operation, refused as such.
+  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
+                                                   rngs={"noise": jax.random.key(1)}))
+  assert "random operation outside nn.Dropout" in message
+
+
+def test_wrong_sample_input_is_refused():
+  module, variables = _make("linen", "resnet")
+  message, seconds = _refusal(
+      lambda: jaxdepth.from_flax(module, variables, jnp.ones((4, 8, 8, 3))))
+  assert "(4, 8, 8, 3)" in message and "batch shaped like the data" in message
+  assert seconds < 1.0
+  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, jnp.ones((8,))))
+  assert "no batch axis" in message
+  model, _ = _make("nnx", "resnet")
+  message, seconds = _refusal(lambda: jaxdepth.from_nnx(model, jnp.ones((2, 8, 8, 2))))
+  assert "(2, 8, 8, 2)" in message and seconds < 1.0
+
+
+def test_unsupported_layer_is_refused():
+  class Grouped(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.GroupNorm(num_groups=2)(nn.Conv(4, (3, 3))(x)).mean((1, 2))
+  module = Grouped()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "GroupNorm" in message and "GroupNorm_0" in message and seconds < 1.0
+
+
+def test_activation_identified_by_what_it_computes():
+  class Spelled(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = jnp.maximum(nn.Conv(4, (3, 3))(x), 0.0)                 # relu
+      x = nn.Conv(4, (3, 3))(x)
+      x = x * jax.nn.sigmoid(x)                                   # silu
+      x = nn.Conv(4, (3, 3))(x)
+      x = jax.nn.gelu(x, approximate=False)                       # exact gelu
+      return x.reshape((x.shape[0], -1))
+  module = Spelled()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert [conv.spec.node(s).fn for s in conv.spec.sites()] == ["relu", "silu", "gelu"]
+
+
+# ------------------------------------------------------------------------------ the CLI
+
+
+USER_FILE = '''
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class MyNet(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
+    y = nn.silu(nn.Conv(8, (3, 3), padding="SAME")(x))
+    x = nn.relu(x + y)
+    return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+'''
+
+
+def test_cli_runs_easier_on_a_users_module_file(tmp_path, capsys):
+  from train import __main__ as cli
+  (tmp_path / "mynet.py").write_text(USER_FILE)
+  workdir = tmp_path / "run"
+  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:MyNet", "--workdir",
+                   str(workdir), "--no-progress", "--config.epochs=1", "--iterations", "1"]) == 0
+  saved, _ = jaxdepth.load_model(workdir / "chosen")
+  assert saved.name == "MyNet" and saved.sites() == ("relu", "block/silu", "block/relu")
+  assert saved.output_shape == (10,)
+  capsys.readouterr()
+  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:Missing", "--workdir",
+                   str(tmp_path / "other")]) == 2
+  err = capsys.readouterr().err
+  assert "defines no Flax module class 'Missing'" in err and "MyNet" in err
+  assert not (tmp_path / "other").exists()
+
+
+def test_shared_layer_is_refused():
+  class Shared(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      conv = nn.Conv(1, (3, 3), padding="SAME")
+      return conv(nn.relu(conv(x))).reshape((x.shape[0], -1))
+  module = Shared()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "Conv_0" in message and "called more than once" in message and seconds < 1.0
+
+
+def test_spec_growth_concat_activations_and_padding():
+  concat = S.Concat("cat", branches=((), (S.Conv("c", features=3, padding="SAME", bias=True),),
+                                     (S.Act("s", fn="leaky_relu", negative_slope=0.3),)),
+                    post=(S.Act("h", fn="hard_swish"),))
+  spec = S.Spec((4, 4, 2), (concat, S.Flatten("flat")))
+  assert spec.output_shape == (4 * 4 * 7,) and spec.sites() == ("cat/s", "cat/h")
+  assert S.Spec.from_json(spec.to_json()) == spec
+  assert '"negative_slope": 0.3' in spec.to_json() and spec.to_json().count("negative_slope") == 1
+  assert jaxdepth.costs.count_params(spec) == 3 * 3 * 2 * 3 + 3
+  assert jaxdepth.costs.count_macs(spec) == 4 * 4 * 3 * 3 * 3 * 2
+  variables = network.init(spec, jax.random.key(0))
+  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 4, 4, 2))) * 4
+  y = np.asarray(network.forward(spec, variables, jnp.asarray(x)).logits).reshape(3, 4, 4, 7)
+  k = np.asarray(variables["params"]["cat"]["c"]["kernel"], np.float64)
+  b = np.asarray(variables["params"]["cat"]["c"]["bias"], np.float64)
+  xp = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+  conv = np.einsum("bhwijc,ijco->bhwo", np.stack([np.stack(
+      [xp[:, i:i + 4, j:j + 4] for j in range(3)], -2) for i in range(3)], -3), k) + b
+  joined = np.concatenate([x, conv, np.where(x >= 0, x, 0.3 * x)], -1)
+  np.testing.assert_allclose(y, joined * np.clip(joined + 3, 0, 6) / 6, rtol=1e-5, atol=1e-5)
+  for bad, words in (
+      (lambda: S.Concat("c", branches=((S.Act("a"),),)), "at least two branches"),
+      (lambda: S.Spec((4, 4, 2), (S.Concat("c", branches=(
+          (), (S.Conv("k", features=2, stride=2),))),)), "leading axes"),
+      (lambda: S.Conv("k", features=2, stride=2, padding="SAME"), "padtype_to_pads"),
+      (lambda: S.Act("a", fn="swishy"), "unknown activation")):
+    with pytest.raises(S.SpecError, match=words):
+      bad()
+  assert S.Conv("k", features=2, kernel=4, padding="SAME").padding == ((1, 2), (1, 2))
