@@ -43,7 +43,8 @@ from typing import Any
 from jaxdepth._optional import require
 
 __all__ = ["table", "write", "write_json", "plot_accuracy", "plot_costs", "plot_scores",
-           "plot_training", "plot_unit_bars", "read_histories", "score_key", "score_value"]
+           "plot_training", "plot_unit_bars", "read_histories", "score_key", "score_value",
+           "without_timings"]
 
 _COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -387,6 +388,22 @@ def plot_unit_bars(values: dict[str, dict[str, float]], path: str | os.PathLike,
   fig.savefig(path)
   plt.close(fig)
   return pathlib.Path(path)
+
+
+def without_timings(report: dict[str, Any]) -> dict[str, Any]:
+  """A copy of ``report`` without its wall-clock measurements.
+
+  Drops every iteration's ``seconds`` and the chosen model's measured
+  ``merged.latency``: what is left is a pure function of the run's inputs, the
+  part a resumed run reproduces exactly.
+  """
+  out = json.loads(json.dumps(report))
+  for entry in out.get("iterations", []):
+    entry.pop("seconds", None)
+  merged = (out.get("chosen") or {}).get("merged")
+  if isinstance(merged, dict):
+    merged.pop("latency", None)
+  return out
 
 
 def write_json(directory: str | os.PathLike, report: dict[str, Any]) -> pathlib.Path:

@@ -48,15 +48,6 @@ def finished(digits, tmp_path_factory):
   return workdir, result, calls
 
 
-def _without_timing(report_dict):
-  out = json.loads(json.dumps(report_dict))
-  for entry in out["iterations"]:
-    entry.pop("seconds")
-  if out.get("chosen"):
-    out["chosen"]["merged"].pop("latency")
-  return out
-
-
 def _params(directory):
   return jax.tree.leaves(checkpoint.load_model(directory)[1])
 
@@ -233,7 +224,7 @@ def test_a_killed_run_resumes_to_the_same_result(digits, finished, tmp_path):
   with pytest.raises(Killed):
     _run(digits, tmp_path, trainer=train_then_die)
   resumed = _run(digits, tmp_path)
-  assert _without_timing(resumed.report) == _without_timing(result.report)
+  assert report.without_timings(resumed.report) == report.without_timings(result.report)
   for a, b in zip(_params(tmp_path / "chosen"), _params(workdir / "chosen")):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   last = f"iterations/{ITERATIONS - 1:03d}/model"

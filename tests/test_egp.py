@@ -10,6 +10,7 @@ import pytest
 from flax import traverse_util
 
 from jaxdepth import checkpoint, data, driver, equivalence, network, optim, stats, surgery
+from jaxdepth import report as report_lib
 from jaxdepth import training, zoo
 from jaxdepth.methods import Egp, Nepenthe, egp, egp_report
 from jaxdepth.spec import Act, Block, Dense, Flatten, LayerNorm, Spec
@@ -379,13 +380,6 @@ def test_report_completion_and_plots(finished, tmp_path):
   assert "## Pruning" in text and "| 0 | 0.0 | 0.0 |" in text
 
 
-def _without_timing(report_dict):
-  out = json.loads(json.dumps(report_dict))
-  for entry in out["iterations"]:
-    entry.pop("seconds")
-  return out
-
-
 def test_a_killed_run_resumes_bit_identical(digits, finished, tmp_path):
   workdir, result, _ = finished
 
@@ -400,7 +394,7 @@ def test_a_killed_run_resumes_bit_identical(digits, finished, tmp_path):
   restored = checkpoint.Checkpointer(tmp_path / "checkpoints", digits[1]).latest_step()
   assert restored == 2
   resumed = _run(digits, tmp_path)
-  assert _without_timing(resumed.report) == _without_timing(result.report)
+  assert report_lib.without_timings(resumed.report) == report_lib.without_timings(result.report)
   for a, b in zip(jax.tree.leaves(resumed.state), jax.tree.leaves(result.state)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   for name in ("chosen", f"iterations/{ITERATIONS - 1:03d}/model"):

@@ -101,8 +101,6 @@ def test_lower_bounds_are_the_pinned_tested_versions():
     m = re.fullmatch(r"([A-Za-z0-9_.\-]+)>=([0-9.]+)", req)
     assert m, f"{req!r}: declare a tested lower bound, 'name>=version'"
     name, low = re.sub(r"[-_.]+", "-", m[1]).lower(), m[2]
-    if name == "torch":   # declared for .pth import only, not installed by CI
-      continue
     assert pins.get(name) == low, f"{name}: pyproject says >={low}, constraints.txt pins {pins.get(name)}"
 
 
@@ -122,6 +120,6 @@ def test_no_module_of_the_library_imports_an_extra_at_import_time():
 
 
 def test_extras_are_installed_here_as_the_test_extra_promises():
-  assert {"data", "plots", "torch", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
+  assert {"data", "plots", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
   import matplotlib, PIL, grain, sklearn, tensorflow_datasets  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
   assert np.__version__ == _pins()["numpy"]
