@@ -338,6 +338,51 @@ _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
 
 
+def default_config(name: str, fallback: str, model: str | None, dataset: str | None,
+                   extra_defaults: Mapping[str, Any] | None = None) -> str:
+  """The one ``<name>_*`` config for ``model`` and ``dataset``, else ``fallback``.
+
+  ``None`` matches any model (dataset); with neither given, or when no config or
+  several match, the answer is ``fallback`` (the command's digits default).
+  """
+  if model is None and dataset is None:
+    return fallback
+  matches = []
+  for config in command_configs(name, registered_commands()):
+    values = config_lib.to_dict(config_lib.load(config, extra_defaults))
+    if (model or values["model"]) == values["model"] and (
+        dataset or values["dataset"]) == values["dataset"]:
+      matches.append(config)
+  return matches[0] if len(matches) == 1 else fallback
+
+
+def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
+               progress: bool, info_keys: tuple[str, ...], say: Callable[[str], None],
+               eval_batch_size: int | None = None):
+  """:func:`jaxdepth.driver.run` with a method config's settings.
+
+  A ``ValueError`` the settings cause inside the run becomes a
+  :class:`train.config.ConfigError` (exit code 2); a work directory of another
+  run and a full or read-only disk keep their own exits.
+  """
+  from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  try:
+    return driver.run(
+        method, spec, ds, config_lib.recipe_of(cfg), workdir, iterations=cfg["iterations"],
+        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        eval_batch_size=eval_batch_size or cfg["eval_batch_size"], progress=progress,
+        checkpoint_epochs=cfg["checkpoint_epochs"],
+        fit_options={"eval_every": cfg["eval_every"],
+                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
+        info={k: cfg[k] for k in info_keys}, say=say)
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+    raise
+  except ValueError as e:
+    if storage_failure(e):
+      raise
+    raise config_lib.ConfigError(str(e)) from e
+
+
 def _chain(error: BaseException) -> Iterator[BaseException]:
   seen, todo = set(), [error]
   while todo:

@@ -86,15 +86,7 @@ def load_config(config: str) -> dict[str, Any]:
 
 def default_config(model: str | None, dataset: str | None) -> str:
   """The one ``easier_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
-  if model is None and dataset is None:
-    return DEFAULT_CONFIG
-  matches = []
-  for name in command.command_configs(NAME, command.registered_commands()):
-    values = load_config(name)
-    if (model or values["model"]) == values["model"] and (
-        dataset or values["dataset"]) == values["dataset"]:
-      matches.append(name)
-  return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
+  return command.default_config(NAME, DEFAULT_CONFIG, model, dataset, METHOD_DEFAULTS)
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,14 +147,13 @@ def _main(session: command.Session, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
   cfg, workdir, ds, spec = command.prepare(
       session, args, args.config or default_config(args.model, args.dataset),
       extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_sites)
-  recipe = config_lib.recipe_of(cfg)
   method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
   dtype = command.compute_dtype(cfg["dtype"])
@@ -173,21 +164,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
-  try:
-    result = driver.run(
-        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
-        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
-        eval_batch_size=cfg["eval_batch_size"], progress=args.progress,
-        checkpoint_epochs=cfg["checkpoint_epochs"],
-        fit_options={"eval_every": cfg["eval_every"],
-                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
-        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
-    raise
-  except ValueError as e:
-    if command.storage_failure(e):
-      raise
-    raise config_lib.ConfigError(str(e)) from e
+  result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
+                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say)
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "

@@ -94,15 +94,7 @@ def load_config(config: str) -> dict[str, Any]:
 
 def default_config(name: str, model: str | None, dataset: str | None) -> str:
   """The one ``<name>_*`` config for this model and dataset, else ``<name>_digits``."""
-  if model is None and dataset is None:
-    return f"{name}_digits"
-  matches = []
-  for config in command.command_configs(name, command.registered_commands()):
-    values = load_config(config)
-    if (model or values["model"]) == values["model"] and (
-        dataset or values["dataset"]) == values["dataset"]:
-      matches.append(config)
-  return matches[0] if len(matches) == 1 else f"{name}_digits"
+  return command.default_config(name, f"{name}_digits", model, dataset, METHOD_DEFAULTS)
 
 
 def check(cfg: dict[str, Any]) -> list[str]:
@@ -170,14 +162,13 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
   cfg, workdir, ds, spec = command.prepare(
       session, args, args.config or default_config(name, args.model, args.dataset),
       extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=_check_model(name))
-  recipe = config_lib.recipe_of(cfg)
   method = make_method(name, cfg)
   say = print if jax.process_index() == 0 else (lambda *a, **k: None)
   dtype = command.compute_dtype(cfg["dtype"])
@@ -188,21 +179,8 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
-  try:
-    result = driver.run(
-        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
-        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
-        eval_batch_size=cfg["eval_batch_size"], progress=args.progress,
-        checkpoint_epochs=cfg["checkpoint_epochs"],
-        fit_options={"eval_every": cfg["eval_every"],
-                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
-        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
-    raise
-  except ValueError as e:
-    if command.storage_failure(e):
-      raise
-    raise config_lib.ConfigError(str(e)) from e
+  result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
+                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say)
   full = egp_report.complete(workdir, result.report)
   if jax.process_index() == 0:
     egp_report.write(workdir, full)

@@ -99,15 +99,7 @@ def load_config(config: str) -> dict[str, Any]:
 
 def default_config(model: str | None, dataset: str | None) -> str:
   """The one ``lacoot_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
-  if model is None and dataset is None:
-    return DEFAULT_CONFIG
-  matches = []
-  for name in command.command_configs(NAME, command.registered_commands()):
-    values = load_config(name)
-    if (model or values["model"]) == values["model"] and (
-        dataset or values["dataset"]) == values["dataset"]:
-      matches.append(name)
-  return matches[0] if len(matches) == 1 else DEFAULT_CONFIG
+  return command.default_config(NAME, DEFAULT_CONFIG, model, dataset, METHOD_DEFAULTS)
 
 
 def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,7 +235,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, driver, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
   cfg, workdir, ds, spec = command.prepare(
@@ -263,21 +255,9 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
-  try:
-    result = driver.run(
-        method, spec, ds, recipe, workdir, iterations=cfg["iterations"],
-        tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
-        eval_batch_size=eval_batch_size, progress=args.progress,
-        checkpoint_epochs=cfg["checkpoint_epochs"],
-        fit_options={"eval_every": cfg["eval_every"],
-                     "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
-        info={k: cfg[k] for k in _IDENTITY_KEYS}, say=say)
-  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
-    raise
-  except ValueError as e:
-    if command.storage_failure(e):
-      raise
-    raise config_lib.ConfigError(str(e)) from e
+  result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
+                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say,
+                               eval_batch_size=eval_batch_size)
   more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
                 eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
                 dtype=dtype)
