@@ -567,7 +567,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
-  dataset, seed, options) raise :class:`RunMismatchError`.
+  dataset, seed, compute dtype, options) raise :class:`RunMismatchError`.
   Only ``recipe.epochs`` may change between calls, to extend a run. Checkpoints
   are checked against their checksums: a damaged latest one is reported and moved
   aside, and the run resumes from the newest intact one (still bit-identical);
@@ -629,7 +629,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
   run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
-         "custom_tx": custom_tx,
+         "custom_tx": custom_tx, "dtype": None if dtype is None else jnp.dtype(dtype).name,
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),
          "regularizer": None if regularizer is None else regularizer.name,

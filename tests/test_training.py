@@ -269,6 +269,9 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   with pytest.raises(training.RunMismatchError, match="lr"):
     training.fit(spec, variables, digits, RECIPE.replace(lr=0.1), options=STATS,
                  seed=3, progress=False, workdir=tmp_path)
+  with pytest.raises(training.RunMismatchError, match="dtype: None stored, 'bfloat16' asked"):
+    training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path, dtype=jnp.bfloat16)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
