@@ -180,14 +180,20 @@ def _dense_fold(dm, index, w_shape):
 # ------------------------------------------------------------------------ passes
 
 
+def _depthwise(xp, w, strides, out):
+  """``y = sum_ij T_ij(x) * w[i, j]`` from the padded input ``xp``, one fused pass."""
+  kh, kw = w.shape[:2]
+  taps = _taps(xp, (kh, kw), strides, out)
+  return functools.reduce(jnp.add, [t * w[i, j, 0] for (i, j), t in
+                                    zip(np.ndindex(kh, kw), taps)])
+
+
 def _forward(x, w, strides, padding, groups, how):
   b, h, wd, c = x.shape
   kh, kw, _, o = w.shape
   out = (_out_size(h, kh, strides[0], *padding[0]), _out_size(wd, kw, strides[1], *padding[1]))
   if how == "depthwise":
-    taps = _taps(_pad(x, padding), (kh, kw), strides, out)
-    return functools.reduce(jnp.add, [t * w[i, j, 0] for (i, j), t in
-                                      zip(np.ndindex(kh, kw), taps)])
+    return _depthwise(_pad(x, padding), w, strides, out)
   if how == "dense":
     m = _dense_matrix(w, _dense_index((h, wd), (kh, kw), strides, padding))
     return (x.reshape(b, -1) @ m).reshape(b, *out, o)
@@ -216,11 +222,12 @@ def _input_grad(dy, w, x_shape, strides, padding, groups, how):
 
 
 def _weight_grad(dy, x, w_shape, strides, padding, groups, how):
+  """``dw``; for ``"depthwise"``, ``x`` is the padded input the forward pass kept."""
   b, h, wd, c = x.shape
   kh, kw, _, o = w_shape
   out = dy.shape[1:3]
   if how == "depthwise":
-    taps = _taps(_pad(x, padding), (kh, kw), strides, out)
+    taps = _taps(x, (kh, kw), strides, out)
     # One pass over x and dy for every tap: summed over the map first (one (B, C)
     # row per tap), then over the batch; XLA:CPU runs a reduction over all of
     # (B, OH, OW) at once many times slower.
@@ -243,12 +250,26 @@ def _conv(x, w, strides, padding, groups, how):
 
 
 def _conv_fwd(x, w, strides, padding, groups, how):
+  # The input is kept as one materialised buffer (padded, for depthwise): without
+  # the barrier XLA recomputes the BatchNorm and activation that produce it inside
+  # every backward fusion that reads it (a transposition, each of nine taps).
+  if how == "depthwise":
+    xp = lax.optimization_barrier(_pad(x, padding))
+    out = (_out_size(x.shape[1], w.shape[0], strides[0], *padding[0]),
+           _out_size(x.shape[2], w.shape[1], strides[1], *padding[1]))
+    return _depthwise(xp, w, strides, out), (xp, w)
+  x = lax.optimization_barrier(x)
   return _forward(x, w, strides, padding, groups, how), (x, w)
 
 
 def _conv_bwd(strides, padding, groups, how, residuals, dy):
   x, w = residuals
-  return (_input_grad(dy, w, x.shape, strides, padding, groups, how),
+  x_shape = x.shape
+  if how == "depthwise":   # x is the padded input
+    (pt, pb), (pl, pr) = padding
+    x_shape = (x.shape[0], x.shape[1] - pt - pb, x.shape[2] - pl - pr, x.shape[3])
+  dy = lax.optimization_barrier(dy)   # computed once, read by both gradients
+  return (_input_grad(dy, w, x_shape, strides, padding, groups, how),
           _weight_grad(dy, x, w.shape, strides, padding, groups, how))
 
 
