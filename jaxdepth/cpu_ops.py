@@ -27,7 +27,8 @@ Which formulation a convolution gets depends on its shapes (:func:`plan`):
   product per tap instead of a matrix product (one fused pass for ``y`` and for
   ``dx``, one variadic reduction over the map for the nine ``dw_ij``);
 * ``"dense"`` (the input map has no more positions than the kernel, e.g. a 3x3
-  kernel on a 2x2 map): the convolution is one matrix ``M`` of shape
+  kernel on a 2x2 map, and the batch is large enough to pay for building ``M``):
+  the convolution is one matrix ``M`` of shape
   ``(H W C, OH OW O)`` holding each kernel tap where it applies, ``y = x M``,
   ``dx = dy M^T``, ``dM = x^T dy`` folded back onto the taps; it multiplies by
   no padding, so it does fewer operations than the taps;
@@ -67,6 +68,13 @@ _NHWC = ("NHWC", "HWIO", "NHWC")
 # of the taps side by side beats XLA's (the first convolution of an RGB network).
 _FEW_CHANNELS = 16
 
+# Building the dense matrix moves about 3 x 4 bytes per entry (gather, write, read)
+# and saves 2 * batch * (kh kw - H W) multiply-adds per entry of H W (OH OW C O);
+# with XLA:CPU doing about 10 flops in the time of a byte of memory traffic it pays
+# when batch * (kh kw - H W) > 60 H W: from a batch of 48 on a 2x2 map with a
+# 3x3 kernel (training batches; a batch of 1 at evaluation takes the patches).
+_DENSE_BUILD_COST = 60
+
 
 def _out_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
   return (n + lo + hi - k) // s + 1
@@ -78,7 +86,8 @@ def plan(x_shape, w_shape, strides, padding, groups: int = 1) -> str:
   kh, kw, _, o = w_shape
   if groups != 1:
     return "depthwise" if groups == c == o and w_shape[2] == 1 else "xla"
-  if h * w <= kh * kw and (kh, kw) != (1, 1):
+  if h * w <= kh * kw and (kh, kw) != (1, 1) and (
+      x_shape[0] * (kh * kw - h * w) > _DENSE_BUILD_COST * h * w):
     return "dense"
   if (kh, kw) == (1, 1) or kh > h or kw > w or c < _FEW_CHANNELS:
     return "patches"
