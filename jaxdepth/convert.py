@@ -5,15 +5,18 @@ a sample batch under ``jax.make_jaxpr`` and read the network off the trace; the
 user's source is never parsed. Two sources of truth are combined:
 
 * **layer calls**: every call of a Flax layer (``Conv``, ``Dense``/``Linear``,
-  ``BatchNorm``, ``LayerNorm``, ``Dropout``) is intercepted (Linen:
-  ``nn.intercept_methods``; NNX: the layer classes' ``__call__`` for the time of
-  the trace), its attributes, path and variables recorded, and its output
-  replaced in the trace by one opaque equation ``module(x)``;
+  ``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``Dropout``, multi-head
+  self-attention; :mod:`jaxdepth.flax_layers` says what each becomes) is
+  intercepted (Linen: ``nn.intercept_methods``; NNX: the module classes'
+  ``__call__`` for the time of the trace), its attributes, path and variables
+  recorded, and its output replaced in the trace by one opaque equation
+  ``module(x)``;
 * **glue**: everything between the layer calls is the traced program itself (a
   jaxpr). Additions of two tensors become residual :class:`~jaxdepth.spec.Block`
   s, concatenations on the channel axis :class:`~jaxdepth.spec.Concat` s,
-  ``reshape`` to ``(B, -1)`` a Flatten, ``reduce_window`` and ``mean`` over
-  ``(H, W)`` pooling. A chain of element-wise operations of one tensor is
+  ``reshape`` to ``(B, -1)`` a Flatten and to ``(B, H W, C)``
+  :class:`~jaxdepth.transformer.Tokens`, ``reduce_window`` and ``mean`` over
+  ``(H, W)`` or over the tokens pooling. A chain of element-wise operations of one tensor is
   identified *numerically*: it is evaluated on a grid of values and compared
   with every site kind of :data:`jaxdepth.spec.ACTIVATIONS` (so ``nn.relu``,
   ``jnp.maximum(x, 0)`` and ``x * jax.nn.sigmoid(x)`` are all recognised for
@@ -35,6 +38,7 @@ Example::
     spec, variables, paths = jaxdepth.from_flax(MyNet(), variables, x[:8])
     jaxdepth.forward(spec, variables, x).logits      # == MyNet().apply(variables, x)
     paths["BasicBlock_0/Conv_0"]    # the user's path of that spec node
+    to_user_variables(converted, trained_variables, variables)   # back into MyNet's layout
 """
 from __future__ import annotations
 
@@ -199,15 +203,26 @@ def _linen_interceptor(tracer: _Tracer):
   return intercept
 
 
-def _trace_linen(module, variables, x, train_kwarg, rngs):
-  tracer = _Tracer()
-  kwargs = {}
+def _eval_kwargs(module, train_kwarg: str) -> dict:
+  """``{train_kwarg: False}`` if the module's ``__call__`` takes it, else ``{}``; refuses a
+  ``__call__`` that needs more than the input and that flag."""
   try:
-    params = inspect.signature(module.__call__).parameters
+    params = list(inspect.signature(module.__call__).parameters.values())
   except (TypeError, ValueError):
-    params = {}
-  if train_kwarg in params:
-    kwargs[train_kwarg] = False
+    return {}
+  needed = [p.name for p in params[1:] if p.default is p.empty and p.name != train_kwarg
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  if needed:
+    raise ConversionError(
+        f"{type(module).__name__}.__call__ needs the argument(s) {', '.join(needed)} besides the "
+        f"input; the converter passes the input and, if __call__ takes it, {train_kwarg}=False. "
+        f"If {needed[0]!r} is the train-mode flag, pass train_kwarg={needed[0]!r}; otherwise "
+        f"give the argument a default (or wrap the module in one that supplies it)")
+  return {train_kwarg: False} if any(p.name == train_kwarg for p in params) else {}
+
+
+def _trace_linen(module, variables, x, kwargs, rngs):
+  tracer = _Tracer()
 
   def fn(x):
     return module.apply(variables, x, rngs=rngs, **kwargs)
@@ -232,7 +247,7 @@ def _nnx_patches(model):
   return paths, types
 
 
-def _trace_nnx(model, x):
+def _trace_nnx(model, x, kwargs):
   """Traces a copy of ``model`` in eval mode, its module classes' ``__call__`` wrapped for
   the time of the trace: layers emit the marker, other modules name a scope."""
   tracer = _Tracer()
@@ -267,7 +282,7 @@ def _trace_nnx(model, x):
       saved[cls] = cls.__dict__.get("__call__")
       cls.__call__ = wrap(cls, cls.__call__)
     with jax.disable_jit():
-      closed = jax.make_jaxpr(lambda x: model(x))(x)
+      closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
   except ConversionError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -450,10 +465,11 @@ def _verify(conv: Converted, expected, x, tolerance):
   scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
   if not err <= tolerance * scale:
     raise ConversionError(
-        f"the converted network differs from the module by {err:.3g} on the sample input "
-        f"(tolerance {tolerance * scale:.3g}): the module does something the trace did not "
-        f"capture (e.g. a layer called with non-default arguments); please report it with the "
-        f"module")
+        f"the converted network (eval mode) differs from the module by {err:.3g} on the sample "
+        f"input (tolerance {tolerance * scale:.3g}). If the module ran in train mode, name its "
+        f"train-mode argument with train_kwarg= (it is passed False); otherwise the module does "
+        f"something the trace did not capture (e.g. a layer called with non-default "
+        f"arguments): please report it with the module")
 
 
 def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "train",
@@ -469,7 +485,7 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       shape without the batch axis.
     train_kwarg: the name of the module's train-mode argument, passed ``False``
       while tracing if ``__call__`` has it (BatchNorm running statistics,
-      deterministic dropout).
+      deterministic dropout); any other argument ``__call__`` requires is refused.
     rngs: rng streams the module needs in eval mode (rarely any).
     name: the spec's name (default: the module's class name).
     check: run the spec on ``sample_input`` and refuse a result that differs
@@ -486,7 +502,9 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   Raises:
     ConversionError: an operation or layer that cannot be represented (with the
       module path, the source line and what to do), a module that needs an rng
-      stream not passed, or a sample input the module cannot run on.
+      stream not passed or arguments besides the input and ``train_kwarg``, or a
+      sample input the module cannot run on (with the module and line where it
+      failed).
   """
   if isinstance(module, nnx.Module):
     if variables is not None and sample_input is None:
@@ -494,7 +512,8 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
     if variables is not None:
       raise ConversionError("an NNX module holds its own variables: call "
                             "from_flax(model, sample_input) or from_nnx(model, sample_input)")
-    return from_nnx(module, sample_input, name=name, check=check, tolerance=tolerance)
+    return from_nnx(module, sample_input, train_kwarg=train_kwarg, name=name, check=check,
+                    tolerance=tolerance)
   if not isinstance(module, nn.Module):
     raise ConversionError(f"from_flax converts flax.linen or flax.nnx modules, got "
                           f"{type(module).__name__}")
@@ -502,35 +521,34 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
     raise ConversionError("variables must be the module's variables dict, module.init(rng, x) "
                           "({'params': ..., 'batch_stats': ...})")
   x = _check_input(sample_input)
-  closed, leaves = _trace_linen(module, variables, x, train_kwarg, rngs)
+  kwargs = _eval_kwargs(module, train_kwarg)
+  closed, leaves = _trace_linen(module, variables, x, kwargs, rngs)
   root = type(module).__name__
   conv = _convert(closed, leaves, _linen_reader(variables), x, root, name or root)
   if check:
-    kwargs = {}
-    params = inspect.signature(module.__call__).parameters
-    if train_kwarg in params:
-      kwargs[train_kwarg] = False
     _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance)
   return conv
 
 
-def from_nnx(model, sample_input, *, name: str | None = None, check: bool = True,
-             tolerance: float = 1e-5) -> Converted:
+def from_nnx(model, sample_input, *, train_kwarg: str = "train", name: str | None = None,
+             check: bool = True, tolerance: float = 1e-5) -> Converted:
   """An ``nnx.Module`` as ``(spec, variables, paths)``; see :func:`from_flax`.
 
-  The model is traced on a copy in eval mode (``model.eval()``), so the user's
-  model and its flags are left as they were.
+  The model is traced on a copy in eval mode (``model.eval()``, and
+  ``train_kwarg=False`` if ``__call__`` takes it), so the user's model and its
+  flags are left as they were.
   """
   if not isinstance(model, nnx.Module):
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
   x = _check_input(sample_input)
-  closed, leaves = _trace_nnx(model, x)
+  kwargs = _eval_kwargs(model, train_kwarg)
+  closed, leaves = _trace_nnx(model, x, kwargs)
   root = type(model).__name__
   conv = _convert(closed, leaves, _nnx_read, x, root, name or root)
   if check:
     copy = nnx.clone(model)
     copy.eval()
-    _verify(conv, copy(x), x, tolerance)
+    _verify(conv, copy(x, **kwargs), x, tolerance)
   return conv
 
 

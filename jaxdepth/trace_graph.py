@@ -397,6 +397,11 @@ class Graph:
     if eqn.primitive is layer_p:
       return self.add("leaf", [self.value(ins[0])], eqn, index=eqn.params["index"])
     if name == "add" and len(ins) == 2:
+      if not all(self.depends_on_input(u) for u in ins):
+        self.refuse(eqn, "an addition of an array that does not depend on the input (a "
+                    "parameter of the module's own, such as a learned position embedding)",
+                    "jaxdepth converts parameters held by layers (Conv, Dense, norms, "
+                    "attention); keep such a parameter outside the converted module")
       if any(tuple(u.aval.shape) != tuple(v.aval.shape) for u in ins):
         self.refuse(eqn, "an addition that broadcasts", "add tensors of the same shape")
       return self.add("add", [self.value(u) for u in ins], eqn)

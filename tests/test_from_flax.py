@@ -418,7 +418,7 @@ def test_easier_iteration_and_surgery(converted, digits, tmp_path_factory):
 # ------------------------------------------------------------------------------ hand back
 
 
-def _user_outputs(framework, module, variables, like, back, x):
+def _user_outputs(framework, module, back, x):
   """The user's module run (eval mode) with the handed-back variables ``back``."""
   if framework == "linen":
     return module.apply(back, x)
@@ -437,7 +437,7 @@ def test_weights_go_back_to_the_users_module(converted):
   back, skipped = convert.to_user_variables(conv, trained, like)
   assert skipped == []
   x = _batch(6)
-  np.testing.assert_allclose(np.asarray(_user_outputs(framework, module, variables, like, back, x)),
+  np.testing.assert_allclose(np.asarray(_user_outputs(framework, module, back, x)),
                              np.asarray(network.forward(conv.spec, trained, x).logits),
                              rtol=1e-5, atol=1e-5)
 
@@ -737,3 +737,57 @@ def test_spec_growth_concat_activations_and_padding():
     with pytest.raises(S.SpecError, match=words):
       bad()
   assert S.Conv("k", features=2, kernel=4, padding="SAME").padding == ((1, 2), (1, 2))
+
+
+def test_group_norm_node_and_token_mean():
+  spec = S.Spec((4, 4, 6), (S.Conv("a", features=6, kernel=1, bias=True),
+                            S.GroupNorm("gn", groups=3, epsilon=1e-3),
+                            S.Conv("b", features=6, kernel=1, bias=True), jaxdepth.Tokens("tokens"),
+                            S.Pool("mean", "global_avg")))
+  assert spec.output_shape == (6,) and S.Spec.from_json(spec.to_json()) == spec
+  assert '"kind": "group_norm", "name": "gn", "groups": 3, "epsilon": 0.001' in spec.to_json()
+  assert jaxdepth.costs.count_params(spec) == 2 * (6 * 6 + 6) + 2 * 6
+  variables = network.init(spec, jax.random.key(0))
+  gn = {"scale": 1 + jax.random.normal(jax.random.key(1), (6,)),
+        "bias": jax.random.normal(jax.random.key(2), (6,))}
+  variables["params"]["gn"] = gn
+  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 4, 4, 6))) * 3 + 1
+  p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in
+       variables["params"].items()}
+  a = x @ p["a"]["kernel"][0, 0] + p["a"]["bias"]
+  g = a.reshape(2, 4, 4, 3, 2)                       # groups of 2 consecutive channels
+  g = (g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(g.var((1, 2, 4), keepdims=True) + 1e-3)
+  b = g.reshape(2, 4, 4, 6) * p["gn"]["scale"] + p["gn"]["bias"]
+  want = (b @ p["b"]["kernel"][0, 0] + p["b"]["bias"]).mean((1, 2))
+  for train in (False, True):                        # no running statistics: the same
+    got = network.forward(spec, variables, jnp.asarray(x), train=train).logits
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  # Surgery merges nothing across it (its statistics depend on the data) and keeps it exact.
+  log = []
+  shallow, shallow_vars = surgery.collapse(spec, variables, log=log)
+  assert [type(n).__name__ for n in shallow.layers] == [
+      "Conv", "GroupNorm", "Conv", "Tokens", "Pool"] and not [e for e in log if e.kind == "merge"]
+  np.testing.assert_allclose(np.asarray(network.forward(shallow, shallow_vars, x).logits), want,
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(S.SpecError, match="4 groups do not divide the 6 channels"):
+    S.Spec((4, 4, 6), (S.GroupNorm("gn", groups=4),))
+  with pytest.raises(S.SpecError, match="groups must be a positive int"):
+    S.GroupNorm("gn", groups=0)
+
+
+def test_a_call_needing_more_than_the_input_is_refused():
+  class Flagged(nn.Module):
+    @nn.compact
+    def __call__(self, x, training: bool):
+      x = nn.BatchNorm(use_running_average=not training)(nn.Conv(2, (3, 3))(x))
+      return x.reshape((x.shape[0], -1))
+  module = Flagged()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x, training=False)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "needs the argument(s) training" in message and "train_kwarg='training'" in message
+  assert seconds < 1.0
+  conv = jaxdepth.from_flax(module, variables, x, train_kwarg="training")
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x, training=False)),
+                             rtol=1e-5, atol=1e-5)
