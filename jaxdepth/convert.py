@@ -160,26 +160,30 @@ class _Tracer:
     return G.layer_p.bind(x, index=index, shape=tuple(y.shape), dtype=y.dtype)
 
   def error(self, e: Exception, shape, what: str) -> ConversionError:
-    """A tracing failure of the user's module as a ConversionError saying where and what to
-    do."""
-    name = type(e).__name__
-    text = str(e).strip().split("\n")[0]
-    where = (f"in module {_where(self.failed_in[id(e)])} " if id(e) in self.failed_in else ""
-             ) + f"at {_user_line(e)}"
-    if "Rng" in name or "rng" in text.lower() and "PRNG" in text:
-      return ConversionError(
-          f"{what} needs a random number stream that was not passed, {where} ({name}: {text}). "
-          f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
-          f"random numbers only through nn.Dropout; random operations of its own cannot be "
-          f"converted: move them out of the module")
-    if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
-                "TypeError", "ValueError", "IndexError"):
-      return ConversionError(
-          f"{what} cannot run on a sample input of shape {tuple(shape)}: it failed {where} "
-          f"({name}: {text}). Pass a batch shaped like the data the module was built for, with "
-          f"the batch axis first, e.g. x[:8] of a (B, H, W, C) dataset")
-    return ConversionError(f"tracing {what} on a sample input of shape {tuple(shape)} failed "
-                           f"{where}: {name}: {text}")
+    return _error_of(e, shape, what, self.failed_in.get(id(e)))
+
+
+def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionError:
+  """A failure of the user's module on the sample input as a ConversionError saying where
+  (the innermost module, when known, and the user's source line) and what to do."""
+  name = type(e).__name__
+  text = str(e).strip().split("\n")[0]
+  where = (f"in module {_where(module_path)} " if module_path is not None else ""
+           ) + f"at {_user_line(e)}"
+  if "Rng" in name or "rng" in text.lower() and "PRNG" in text:
+    return ConversionError(
+        f"{what} needs a random number stream that was not passed, {where} ({name}: {text}). "
+        f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
+        f"random numbers only through nn.Dropout; random operations of its own cannot be "
+        f"converted: move them out of the module")
+  if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
+              "TypeError", "ValueError", "IndexError"):
+    return ConversionError(
+        f"{what} cannot run on a sample input of shape {tuple(shape)}: it failed {where} "
+        f"({name}: {text}). Pass a batch shaped like the data the module was built for, with "
+        f"the batch axis first, e.g. x[:8] of a (B, H, W, C) dataset")
+  return ConversionError(f"tracing {what} on a sample input of shape {tuple(shape)} failed "
+                         f"{where}: {name}: {text}")
 
 
 def _refuse_layer(path, module):
