@@ -316,6 +316,14 @@ class Graph:
           self.depends_on_input(u) for u in self.producer[v][1].invars))
     return self._dep[v]
 
+  def refuse_random(self, eqns):
+    """Refuses the first random operation among ``eqns``, if any."""
+    random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
+        "threefry2x32", "rng_bit_generator", "rng_uniform")]
+    if random:
+      self.refuse(random[0], "a random operation outside nn.Dropout",
+                  "use nn.Dropout for dropout, or move the noise out of the module")
+
   def value(self, v) -> int:
     """IR node of any value: a source, or an element-wise function of one source."""
     if not self.depends_on_input(v):
@@ -324,11 +332,7 @@ class Graph:
         raise ConversionError("the module returns a constant or adds a constant array outside "
                               "a layer; keep parameters inside Conv, Dense, BatchNorm or "
                               "LayerNorm")
-      random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
-          "threefry2x32", "rng_bit_generator", "rng_uniform")]
-      if random:
-        self.refuse(random[0], "a random operation outside nn.Dropout",
-                    "use nn.Dropout for dropout, or move the noise out of the module")
+      self.refuse_random(eqns)
       self.refuse(eqns[-1], "a tensor that does not depend on the input",
                   "constants must live inside supported layers (Conv, Dense, BatchNorm, ...)")
     (s,) = self.sources(v)
@@ -398,6 +402,8 @@ class Graph:
       return self.add("leaf", [self.value(ins[0])], eqn, index=eqn.params["index"])
     if name == "add" and len(ins) == 2:
       if not all(self.depends_on_input(u) for u in ins):
+        self.refuse_random([e for u in ins if not self.depends_on_input(u)
+                            for e in self.ancestry(u)])
         self.refuse(eqn, "an addition of an array that does not depend on the input (a "
                     "parameter of the module's own, such as a learned position embedding)",
                     "jaxdepth converts parameters held by layers (Conv, Dense, norms, "
