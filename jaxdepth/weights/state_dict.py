@@ -40,7 +40,7 @@ from flax import traverse_util
 from jaxdepth import _optional
 
 __all__ = ["StateDictError", "Target", "read_state_dict", "assign", "as_is", "conv_kernel",
-           "dense_kernel", "EXPORT_HINT"]
+           "dense_kernel", "under", "EXPORT_HINT"]
 
 SEP = "/"
 
@@ -52,7 +52,16 @@ EXPORT_HINT = ("on a machine with torch: import torch, safetensors.torch; "
 
 
 class StateDictError(ValueError):
-  """A file that is not a readable state dict, or a state dict that does not fit the variables."""
+  """A file that is not a readable state dict, or a state dict that does not fit the variables.
+
+  Attributes:
+    key: the source tensor at fault, when there is one.
+    target: the variable path it was meant for, when known.
+  """
+
+  def __init__(self, message: str, *, key: str | None = None, target: str | None = None):
+    super().__init__(message)
+    self.key, self.target = key, target
 
 
 # ----------------------------------------------------------------- transforms
@@ -243,7 +252,8 @@ def _near(key: str, keys: Sequence[str]) -> str:
   return f"; the nearest name in the file is {close[0]!r}" if close else ""
 
 
-def _under(path: str, prefixes: Sequence[str]) -> bool:
+def under(path: str, prefixes: Sequence[str]) -> bool:
+  """Whether the variable ``path`` is one of ``prefixes`` or inside one."""
   return any(path == p or path.startswith(p + SEP) for p in prefixes)
 
 
@@ -279,7 +289,7 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
   """
   flat = traverse_util.flatten_dict(dict(template), sep=SEP)
   for prefix in keep:
-    if not any(_under(p, [prefix]) for p in flat):
+    if not any(under(p, [prefix]) for p in flat):
       raise StateDictError(f"keep={prefix!r} names no variable; variable paths look like "
                            f"{next(iter(flat))!r}")
   keys = list(tensors)
@@ -292,15 +302,17 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
       continue
     if target.path not in flat:
       raise StateDictError(f"the name map puts {key!r} on {target.path!r}, which the variables "
-                           f"do not have: the name map was built for another architecture")
-    if _under(target.path, keep):
+                           f"do not have: the name map was built for another architecture",
+                           target=target.path)
+    if under(target.path, keep):
       continue
     for source in sources:
       if source not in tensors:
         raise StateDictError(
             f"{what} has no tensor {source!r} (for {target.path}){_near(source, keys)}. "
             f"It is not a checkpoint of this architecture, or its names carry a prefix "
-            f"(e.g. 'module.' from DataParallel: drop it from the keys before assigning)")
+            f"(e.g. 'module.' from DataParallel: drop it from the keys before assigning)",
+            key=source, target=target.path)
     arrays = [np.asarray(tensors[s]) for s in sources]
     got = ", ".join(f"{s!r} {_shape(a)}" for s, a in zip(sources, arrays))
     want = _shape(flat[target.path])
@@ -308,12 +320,13 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
       value = target.transform(*arrays)
     except ValueError as e:
       raise StateDictError(f"{what}: tensor {got} cannot be converted for {target.path}, which "
-                           f"expects {want} ({e}): a checkpoint of another architecture?") from e
+                           f"expects {want} ({e}): a checkpoint of another architecture?",
+                           key=sources[0], target=target.path) from e
     if _shape(value) != want:
       raise StateDictError(
           f"{what}: tensor {got} becomes {_shape(value)} for {target.path}, which expects "
-          f"{want}: the checkpoint is of another width, kernel size or number of classes "
-          f"(for a new classifier head, keep the head's fresh variables: keep={target.path.rsplit(SEP, 1)[0]!r})")
+          f"{want}: the checkpoint is of another width, kernel size or number of classes",
+          key=sources[0], target=target.path)
     out[target.path] = jnp.asarray(value, dtype=flat[target.path].dtype)
   for key in keys:
     if key not in known:
@@ -321,13 +334,13 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
       raise StateDictError(
           f"{what} holds tensor {key!r} {_shape(tensors[key])}, which this architecture does "
           f"not have{f' (and {extra} more unknown tensors)' if extra else ''}: it is a "
-          f"checkpoint of another architecture or depth")
+          f"checkpoint of another architecture or depth", key=key)
   for path, leaf in flat.items():
     if path in out:
       continue
-    if _under(path, keep):
+    if under(path, keep):
       out[path] = leaf
       continue
     raise StateDictError(f"no entry of the name map sets variable {path!r}; the name map is "
-                         f"incomplete for this architecture")
+                         f"incomplete for this architecture", target=path)
   return traverse_util.unflatten_dict(out, sep=SEP)
