@@ -210,6 +210,10 @@ def test_a_missing_tokenizer_or_unprepared_data_fail_at_once_saying_what_to_do(t
   bare.post_processor = None
   with pytest.raises(ValueError, match="adds no special tokens"):
     data.load("glue/sst2", tokenizer=bare, data_dir=str(empty))
+  padless = Tokenizer(models.WordPiece({t: i for t, i in BERT_VOCAB.items() if t != "[PAD]"}, unk_token="[UNK]"))
+  padless.post_processor = processors.BertProcessing(("[SEP]", SEP), ("[CLS]", CLS))
+  with pytest.raises(ValueError, match=r"no pad token \[PAD\] or <pad>"):
+    data.load("glue/sst2", tokenizer=padless, data_dir=str(empty))
   with pytest.raises(ValueError, match="max_length=3 must be an integer above the 3 special tokens"):
     data.load("glue/sst2", tokenizer=tokenizer_path, max_length=3, data_dir=str(empty))
   with pytest.raises(ValueError, match="is a text dataset: image_size only applies to image datasets"):
