@@ -86,7 +86,7 @@ def test_with_matplotlib_plots_are_available():
 def test_report_plots_keep_the_backend_of_a_program_that_uses_pyplot(tmp_path):
   import matplotlib  # pylint: disable=import-outside-toplevel
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  before = matplotlib.get_backend()
+  before, open_figures = matplotlib.get_backend(), plt.get_fignums()
   plt.switch_backend("svg")   # the program's own choice (a notebook: its inline backend)
   try:
     entry = {"iteration": 0, "units_removed": 0, "units_total": 2, "val_accuracy": 0.9,
@@ -95,7 +95,7 @@ def test_report_plots_keep_the_backend_of_a_program_that_uses_pyplot(tmp_path):
                                 tmp_path / "accuracy.png")
     assert matplotlib.get_backend() == "svg"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not plt.get_fignums()   # the report's figure is closed: it never shows there
+    assert plt.get_fignums() == open_figures   # the report's figure is closed: never shown
   finally:
     plt.switch_backend(before)
 
