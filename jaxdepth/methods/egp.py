@@ -59,7 +59,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxdepth import network, optim, surgery, training
+from jaxdepth import network, optim, sites, surgery, training
 from jaxdepth import spec as S
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
@@ -82,17 +82,15 @@ def _has_kernel(node: S.Node) -> bool:
 def layer_map(spec: S.Spec) -> dict[str, str | None]:
   """The weight layer that feeds each site, read from the spec's structure.
 
-  Walking each node list in call order, a Conv or Dense becomes the *feeder*;
-  a BatchNorm keeps it; a live site takes it (and clears it); any other node
-  (pooling, dropout, flatten, an identity site) clears it. A residual
-  :class:`~jaxdepth.spec.Block` runs its branch with the feeder of its input, and
-  its ``post`` nodes (ResNet's ``relu2`` after the addition) with the feeder the
-  branch ends with, i.e. the branch's last conv. Shortcut convs (downsampling)
-  and a final classifier feed no site, so they are never pruned.
+  This is :func:`jaxdepth.sites.weight_layers` (one rule for the whole
+  library): the nearest Conv or Dense before the site through per-channel nodes
+  only (BatchNorm, dropout, identity sites); a residual block's site after the
+  addition (ResNet's ``relu2``) is fed by the branch's last conv. Shortcut convs
+  (downsampling) and a final classifier feed no site, so they are never pruned.
 
   ResNet: the stem ``relu`` maps to ``conv1``, ``layerX/Y/reluK`` to
   ``layerX/Y/convK``; MobileNetV2: every ReLU6 to the conv of its ConvBNReLU6;
-  a transformer MLP's GELU to its first Dense.
+  Swin-T and ViT: every MLP's GELU to the MLP's ``fc1``.
 
   Args:
     spec: the architecture.
@@ -101,30 +99,7 @@ def layer_map(spec: S.Spec) -> dict[str, str | None]:
     ``{site: layer path or None}`` for every live site, in call order (``None``:
     no weight layer feeds the site directly; it is measured but never pruned).
   """
-  out: dict[str, str | None] = {}
-
-  def run(nodes, prefix, feeder):
-    for n in nodes:
-      path = prefix + n.name
-      if _has_kernel(n):
-        feeder = path
-      elif isinstance(n, S.BatchNorm):
-        pass
-      elif isinstance(n, S.Act) and n.fn != "identity":
-        out[path] = feeder
-        feeder = None
-      elif isinstance(n, S.Sequential):
-        feeder = run(n.layers, path + S.SEP, feeder)
-      elif isinstance(n, S.Block):
-        end = run(n.branch, path + S.SEP, feeder)
-        run(n.shortcut, path + S.SEP, None)
-        feeder = run(n.post, path + S.SEP, end)
-      else:
-        feeder = None
-    return feeder
-
-  run(spec.layers, "", None)
-  return {s: out[s] for s in spec.sites()}
+  return sites.weight_layers(spec)
 
 
 def check_layer_map(spec: S.Spec, mapping: Mapping[str, str | None]) -> dict[str, str | None]:
