@@ -119,15 +119,18 @@ def main(argv=None) -> dict:
     results[name] = fn()
     compile_s[name] = round(time.perf_counter() - tic, 3)
   times = {"shared": [], "naive": []}
+  cpu = {"shared": [], "naive": []}
   for r in range(args.rounds):
     for name in (("shared", "naive") if r % 2 == 0 else ("naive", "shared")):
       fn = shared if name == "shared" else naive
-      tic = time.perf_counter()
+      tic, cpu_tic = time.perf_counter(), time.process_time()
       fn()
       times[name].append(time.perf_counter() - tic)
+      cpu[name].append(time.process_time() - cpu_tic)
   (base_s, gaps_s), (base_n, gaps_n) = results["shared"], results["naive"]
   diff = max(abs(gaps_s[k] - gaps_n[k]) for k in gaps_s)
   median = {k: statistics.median(v) for k, v in times.items()}
+  cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
   out = {
       "model": spec.name, "batch": args.batch, "candidates": len(cands),
       "macs_per_example": costs.count_macs(spec),
@@ -135,6 +138,9 @@ def main(argv=None) -> dict:
       "seconds_all": {k: [round(t, 4) for t in v] for k, v in times.items()},
       "first_call_seconds": compile_s,
       "speedup_vs_naive": round(median["naive"] / median["shared"], 3),
+      "cpu_seconds": {k: round(v, 4) for k, v in cpu_median.items()},
+      "cpu_seconds_all": {k: [round(t, 4) for t in v] for k, v in cpu.items()},
+      "cpu_speedup_vs_naive": round(cpu_median["naive"] / cpu_median["shared"], 3),
       "macs": macs_bound(spec, cands),
       "max_gap_difference": diff, "base_loss_difference": abs(base_s - base_n),
       "equal_to_1e-5": bool(diff <= 1e-5),
