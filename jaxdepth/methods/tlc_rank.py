@@ -197,7 +197,7 @@ class _Join(NamedTuple):
   kind: str
   element: int
   rest: S.Spec | None = None        # "branch": the branch after the site
-  post: S.Spec | None = None        # "branch": the block's post list
+  post: S.Spec | None = None        # "branch": the block's post list (None: empty)
   shortcut: str | None = None       # "branch": last shortcut node (None: identity shortcut)
 
 
@@ -227,11 +227,12 @@ def _join(spec: S.Spec, elements: list[str], c) -> _Join:
   paths = [p for p, _ in branch]
   if c.direct and c.site in paths:
     rest = paths[paths.index(c.site) + 1:]
-    if not rest or not post:
+    if not rest:
       return fork
     shortcut = flat_leaves(block.shortcut, scope)
-    return _Join("branch", e_site, _spec_of(spec, rest, f"{spec.name}:{c.site}+"),
-                 _spec_of(spec, [p for p, _ in post], f"{spec.name}:{elements[e_site]}.post"),
+    post_spec = (_spec_of(spec, [p for p, _ in post], f"{spec.name}:{elements[e_site]}.post")
+                 if post else None)
+    return _Join("branch", e_site, _spec_of(spec, rest, f"{spec.name}:{c.site}+"), post_spec,
                  shortcut[-1][0] if shortcut else None)
   return fork
 
@@ -263,7 +264,7 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
     own values, ``z·keep`` (the channels cut, the site the identity) or, after a
     residual addition, ``z − (1−keep)·bn_out``; a site inside a residual branch
     then runs the rest of that branch, adds chunk 0's shortcut and runs the
-    block's post list;
+    block's post list (if any: a transformer MLP has none);
   * otherwise (**fork**: the MobileNetV2 projection quirk, nested blocks) a copy
     of chunk 0's input of the element where the edit starts runs from there
     with the edit as data (per-chunk gates and BatchNorm masks, under ``vmap``).
@@ -339,7 +340,8 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
           v = captured[c.site][0][0] * keep
           v, _ = _forward(j.rest, variables, v, gates, index, dtype)
           v = v + (captured[j.shortcut][1][0] if j.shortcut else h_in[0])
-          v, _ = _forward(j.post, variables, v, gates, index, dtype)
+          if j.post is not None:
+            v, _ = _forward(j.post, variables, v, gates, index, dtype)
           new.append(v)
       h = jnp.concatenate([h, jnp.stack(new)])
       order += joiners

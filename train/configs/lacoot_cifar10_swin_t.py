@@ -22,16 +22,15 @@ each layer's input with its output; --order ascending removes the smallest
 distance first.
 """
 
-from train.configs import cifar10_swin_t
+from train.configs import lacoot_cifar10_resnet18
 
 
 def get_config():
-  # The recipe is cifar10_swin_t's; LaCoOT adds its own keys.
-  config = cifar10_swin_t.get_config()
+  # LaCoOT's ResNet-18 run with Swin-T, its learning rate, λ and the official Swin-T settings.
+  config = lacoot_cifar10_resnet18.get_config()
+  config.model = "swin_t"
+  config.lr = 0.001
   config.weight = 0.1
-  config.n_projections = 50
-  config.pairing = "official"
   config.order = "zscore"
   config.score = "max_sliced"
-  config.tolerance = 1.0
   return config

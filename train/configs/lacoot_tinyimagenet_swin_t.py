@@ -18,17 +18,12 @@ removal order. The paper starts from ImageNet weights; jaxdepth trains from
 scratch.
 """
 
-from train.configs import cifar10_swin_t
+from train.configs import lacoot_cifar10_swin_t
 
 
 def get_config():
-  config = cifar10_swin_t.get_config()
+  config = lacoot_cifar10_swin_t.get_config()
   config.dataset = "folder:data/tiny-imagenet-200"
   config.image_size = 64
   config.weight = 1.0
-  config.n_projections = 50
-  config.pairing = "official"
-  config.order = "zscore"
-  config.score = "max_sliced"
-  config.tolerance = 1.0
   return config

@@ -14,16 +14,12 @@ channels with mean <= 0 are cut (fc1's output filter and bias masked), the other
 linearized, and surgery merges fc1 and fc2 into one Dense.
 """
 
-from train.configs import cifar10_swin_t
+from train.configs import tlc_cifar10_resnet18
 
 
 def get_config():
-  # The recipe is cifar10_swin_t's (the official TLC scripts use the same row); TLC adds its keys.
-  config = cifar10_swin_t.get_config()
-  config.seed = 43
-  config.iterations = None
-  config.tolerance = 1.0
-  config.rule = "first_harmful"
-  config.accuracy_threshold = 20.0
-  config.rank_batch_size = 128
+  # The official TLC recipe row with Swin-T and its learning rate.
+  config = tlc_cifar10_resnet18.get_config()
+  config.model = "swin_t"
+  config.lr = 0.001
   return config
