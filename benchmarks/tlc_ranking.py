@@ -24,16 +24,23 @@ Run::
     python benchmarks/tlc_ranking.py [--model resnet18] [--batch 128] [--rounds 5]
 
 Prints one JSON object (also written to ``--out`` when given), with the machine's
-load average before and after, since a shared machine slows everything, and
-``macs``: the multiply-accumulates each way takes, in forward passes of the
-whole network. Every candidate still runs everything after its site, so their
-ratio bounds the speed-up (1.93 for CIFAR ResNet-18's 17 candidates).
+load average before and after, since a shared machine slows everything. Wall
+seconds are what a user waits; CPU seconds (``time.process_time``, every thread
+of the process) are the work done, which other jobs on a loaded machine disturb
+far less, so both ratios are given. ``macs``: the multiply-accumulates each way
+takes, in forward passes of the whole network: every candidate still runs
+everything after its site, so their ratio bounds what prefix sharing alone can
+save (1.93 for CIFAR ResNet-18's 17 candidates). ``executed_macs``: the same
+with the multiply-accumulates the CPU executor really does (a 3x3 conv on a 2x2
+map multiplies the 4 taps that meet the map, not 9; 2.12).
 
-Measured 2026-12-02 on the 2-core dev CPU shared with other jobs (load average
-about 19-20 throughout), ResNet-18 CIFAR, batch 128, 17 candidates, medians of 3
-rounds: shared 24.4 s, naive 42.3 s, 1.74x (bound 1.93x); gaps equal to 4.8e-7.
-The same machine idle would be several times faster for both; the ratio is
-what carries over.
+Measured 2026-12-04 on the 2-core dev CPU shared with other jobs (load average 6
+to 15 during the run), ResNet-18 CIFAR, batch 128, 17 candidates, medians of 5
+interleaved rounds: wall 11.6 s shared vs 27.5 s naive, 2.36x; CPU 3.32 s vs
+8.12 s, 2.44x; gaps equal to 9.5e-7. The ratio exceeds the executed-MAC bound
+because the naive loop runs the stem (a 3-channel conv and element-wise passes
+over 32x32 maps, the slowest part per MAC) 18 times, the shared ranking once.
+The wall times on an idle machine were not measured.
 """
 from __future__ import annotations
 
