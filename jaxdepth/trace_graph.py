@@ -9,7 +9,7 @@ equation of :data:`layer_p`; this module reads the rest, the glue:
   a grid of 4001 points in ``[-8, 8]`` and matched against the site kinds
   (:data:`jaxdepth.spec.ACTIVATIONS`), or against ``c x`` (the ``1/n`` of an
   average). The result is a small IR: ``input``, ``leaf``, ``act``, ``add``,
-  ``concat``, ``flatten``, ``pool`` nodes with their inputs.
+  ``concat``, ``flatten``, ``tokens``, ``pool`` nodes with their inputs.
 * :func:`dominators` and :func:`series` cut that DAG into nested chains: the
   fork of a join is its immediate dominator (Cooper, Harvey and Kennedy's
   intersection on a DAG in topological order), the paths from the fork to each
@@ -316,6 +316,14 @@ class Graph:
           self.depends_on_input(u) for u in self.producer[v][1].invars))
     return self._dep[v]
 
+  def refuse_random(self, eqns):
+    """Refuses the first random operation among ``eqns``, if any."""
+    random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
+        "threefry2x32", "rng_bit_generator", "rng_uniform")]
+    if random:
+      self.refuse(random[0], "a random operation outside nn.Dropout",
+                  "use nn.Dropout for dropout, or move the noise out of the module")
+
   def value(self, v) -> int:
     """IR node of any value: a source, or an element-wise function of one source."""
     if not self.depends_on_input(v):
@@ -324,11 +332,7 @@ class Graph:
         raise ConversionError("the module returns a constant or adds a constant array outside "
                               "a layer; keep parameters inside Conv, Dense, BatchNorm or "
                               "LayerNorm")
-      random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
-          "threefry2x32", "rng_bit_generator", "rng_uniform")]
-      if random:
-        self.refuse(random[0], "a random operation outside nn.Dropout",
-                    "use nn.Dropout for dropout, or move the noise out of the module")
+      self.refuse_random(eqns)
       self.refuse(eqns[-1], "a tensor that does not depend on the input",
                   "constants must live inside supported layers (Conv, Dense, BatchNorm, ...)")
     (s,) = self.sources(v)
@@ -352,16 +356,18 @@ class Graph:
       _, eqn = self.producer[s]
       name = eqn.primitive.name
       x = eqn.invars[0]
-      if name == "reduce_sum" and len(x.aval.shape) == 4 and tuple(eqn.params["axes"]) == (1, 2):
-        if math.isclose(c * x.aval.shape[1] * x.aval.shape[2], 1.0, rel_tol=1e-6):
+      spatial = tuple(range(1, len(x.aval.shape) - 1))    # (H, W) of a map, N of tokens
+      if name == "reduce_sum" and len(spatial) in (1, 2) and tuple(eqn.params["axes"]) == spatial:
+        if math.isclose(c * math.prod(x.aval.shape[1:-1]), 1.0, rel_tol=1e-6):
           return self.add("pool", [self.value(x)], eqn, op="global_avg")
       if name == "reduce_window_sum":
         pool = self.window(eqn, "avg")
         if math.isclose(c * math.prod(pool["window"]), 1.0, rel_tol=1e-6):
           return self.add("pool", [self.value(x)], eqn, **pool)
     self.refuse(eqn_v, f"a multiplication by the constant {c:g}",
-                "scale inside a layer (e.g. fold it into the next Dense or Conv), or use "
-                "jnp.mean / nn.avg_pool for averages")
+                "scale inside a layer (e.g. fold it into the next Dense or Conv); the averages "
+                "jaxdepth has nodes for are jnp.mean over (H, W) of (B, H, W, C) or over the "
+                "tokens of (B, N, C), and nn.avg_pool")
 
   def window(self, eqn, op):
     p = eqn.params
@@ -395,6 +401,13 @@ class Graph:
     if eqn.primitive is layer_p:
       return self.add("leaf", [self.value(ins[0])], eqn, index=eqn.params["index"])
     if name == "add" and len(ins) == 2:
+      if not all(self.depends_on_input(u) for u in ins):
+        self.refuse_random([e for u in ins if not self.depends_on_input(u)
+                            for e in self.ancestry(u)])
+        self.refuse(eqn, "an addition of an array that does not depend on the input (a "
+                    "parameter of the module's own, such as a learned position embedding)",
+                    "jaxdepth converts parameters held by layers (Conv, Dense, norms, "
+                    "attention); keep such a parameter outside the converted module")
       if any(tuple(u.aval.shape) != tuple(v.aval.shape) for u in ins):
         self.refuse(eqn, "an addition that broadcasts", "add tensors of the same shape")
       return self.add("add", [self.value(u) for u in ins], eqn)
@@ -414,21 +427,24 @@ class Graph:
         return self.value(x)
       if len(new) == 2 and new[0] == shape[0] and new[1] == math.prod(shape[1:]):
         return self.add("flatten", [self.value(x)], eqn)
+      if len(shape) == 4 and new == (shape[0], shape[1] * shape[2], shape[3]):
+        return self.add("tokens", [self.value(x)], eqn)
       self.refuse(eqn, f"a reshape from {shape} to {new}",
                   "only flattening every axis but the batch, x.reshape((x.shape[0], -1)), "
-                  "is supported")
+                  "and an image as tokens, x.reshape((B, H * W, C)), are supported")
     if name == "reduce_window_max":
       return self.add("pool", [self.value(ins[0])], eqn, **self.window(eqn, "max"))
     if name in ("reduce_sum", "reduce_window_sum"):
       self.refuse(eqn, "a sum that is not an average",
-                  "use jnp.mean(x, axis=(1, 2)) or nn.avg_pool")
+                  "use jnp.mean(x, axis=(1, 2)) of an image, jnp.mean(x, axis=1) of tokens, "
+                  "or nn.avg_pool")
     if name.startswith("random") or name in ("threefry2x32", "rng_bit_generator"):
       self.refuse(eqn, "a random operation outside nn.Dropout",
                   "use nn.Dropout for dropout, or move the noise out of the module")
     self.refuse(eqn, "an operation jaxdepth has no node for",
-                "use the supported layers and glue (Conv, Dense, BatchNorm, LayerNorm, Dropout, "
-                "activations, residual additions, channel concatenation, pooling, flatten); "
-                "see docs/from_flax.md")
+                "use the supported layers and glue (Conv, Dense, BatchNorm, LayerNorm, "
+                "GroupNorm, Dropout, self-attention, activations, residual additions, channel "
+                "concatenation, pooling, flatten, image to tokens); see docs/from_flax.md")
 
 
 # ---------------------------------------------------------------- structure
