@@ -454,6 +454,8 @@ def test_the_swin_t_configs_carry_the_papers_recipe():
     assert (cfg["model"], cfg["dataset"], cfg["epochs"], cfg["batch_size"], cfg["lr"],
             cfg["momentum"], cfg["weight_decay"], tuple(cfg["milestones"])) == (
                 "swin_t", "cifar10", 160, 128, 0.001, 0.9, 1e-4, (80, 120))
+    assert (cfg["pretrained"], cfg["pretrained_new_head"]) == ("swin_t_imagenet.safetensors",
+                                                               True)
   assert loaded["easier"]["estimator"] == "easier"
   method = egp_cmd.make_method("egp", loaded["egp"])
   assert (method.estimator, method.neurons, loaded["egp"]["seed"]) == ("egp", "channels", 43)

@@ -1,13 +1,18 @@
 """EGP, Swin-T (12 GELU sites; each MLP's fc1 pruned) on CIFAR-10 at 32x32: the paper's recipe.
 
-Run:   python -m train egp --config egp_cifar10_swin_t --data-dir DIR
+Run:   python -m train egp --config egp_cifar10_swin_t --data-dir DIR \
+           --pretrained swin_t_imagenet.safetensors
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)
+       (the weights file is torchvision's swin_t ImageNet weights exported to
+       safetensors, as docs/weights.md shows; without --pretrained the run looks for
+       swin_t_imagenet.safetensors in the current directory and stops at once, saying
+       so; --config.pretrained=None trains from scratch)
        add --config.neurons=rows for the official Swin-T script's token-row entropy
 Takes: 10 iterations (dense + 9 pruning rounds) x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches: the official code's re-initialisation ablation loads this model's
   checkpoint at sparsity 1 - 0.5^4 = 93.75 % of the fc1 weights (4 rounds); its
   accuracy table could not be read here, so no target figure is given. The paper
-  fine-tunes ImageNet weights; jaxdepth trains from scratch.
+  fine-tunes torchvision's ImageNet weights, as this config does.
 
 Every iteration: SGD momentum 0.9, lr 0.001 (the Swin-T rate of the official
 per-experiment script), weight decay 1e-4, batch 128, lr x0.1 at epochs 80 and
@@ -28,5 +33,7 @@ def get_config():
   config = egp_cifar10_resnet18.get_config()
   config.model = "swin_t"
   config.lr = 0.001
+  config.pretrained = "swin_t_imagenet.safetensors"
+  config.pretrained_new_head = True
   config.neurons = "channels"   # "rows": the official Swin-T script's token rows
   return config

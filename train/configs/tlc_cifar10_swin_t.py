@@ -1,9 +1,14 @@
 """TLC, Swin-T (12 candidates: each MLP's fc1 and its GELU) on CIFAR-10 at 32x32.
 
-Run:   python -m train tlc --config tlc_cifar10_swin_t --data-dir DIR
+Run:   python -m train tlc --config tlc_cifar10_swin_t --data-dir DIR \
+           --pretrained swin_t_imagenet.safetensors
+       (the weights file is torchvision's swin_t ImageNet weights exported to
+       safetensors, as docs/weights.md shows; without --pretrained the run looks for
+       swin_t_imagenet.safetensors in the current directory and stops at once, saying
+       so; --config.pretrained=None trains from scratch)
 Takes: up to 12 iterations x 160 epochs of 351 steps (a GPU/TPU job).
-Reaches: the paper's tables were not available to this project; the paper
-  fine-tunes ImageNet weights, jaxdepth trains from scratch.
+Reaches: the paper's tables were not available to this project. The paper
+  fine-tunes torchvision's ImageNet weights, as this config does.
 
 Every iteration: SGD momentum 0.9, lr 0.001 (the official Swin-T rate), weight
 decay 1e-4, batch 128, lr x0.1 at epochs 80 and 120, a fresh optimizer, seed 43;
@@ -22,4 +27,6 @@ def get_config():
   config = tlc_cifar10_resnet18.get_config()
   config.model = "swin_t"
   config.lr = 0.001
+  config.pretrained = "swin_t_imagenet.safetensors"
+  config.pretrained_new_head = True
   return config
