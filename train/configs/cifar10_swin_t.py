@@ -21,11 +21,15 @@ classes) is replaced by a freshly initialised one (10).
 from train.configs import cifar10_resnet18
 
 
-def get_config():
-  # The same recipe row as ResNet-18 with Swin-T, its learning rate and its ImageNet start.
-  config = cifar10_resnet18.get_config()
+def use_swin_t(config):
+  """Turns a CIFAR-10 ResNet-18 recipe (of fit or of a method) into the Swin-T one."""
   config.model = "swin_t"
   config.lr = 0.001
   config.pretrained = "swin_t_imagenet.safetensors"
   config.pretrained_new_head = True
   return config
+
+
+def get_config():
+  # The same recipe row as ResNet-18 with Swin-T, its learning rate and its ImageNet start.
+  return use_swin_t(cifar10_resnet18.get_config())

@@ -2,10 +2,7 @@
 
 Run:   python -m train easier --config easier_cifar10_swin_t --data-dir DIR \
            --pretrained swin_t_imagenet.safetensors
-       (the weights file is torchvision's swin_t ImageNet weights exported to
-       safetensors, as docs/weights.md shows; without --pretrained the run looks for
-       swin_t_imagenet.safetensors in the current directory and stops at once, saying
-       so; --config.pretrained=None trains from scratch)
+       (the weights file: see cifar10_swin_t; --config.pretrained=None trains from scratch)
 Takes: 12 iterations x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches (EASIER appendix Table 5, test top-1 % after k = 0, 1, ..., 11 sites removed):
   91.66, 91.95, 91.84, 91.57, 91.73, 91.40, 91.25, 91.41, 90.83, 90.12, 87.79,
@@ -19,14 +16,9 @@ over the last training epoch in train mode, the neuron being a channel of the
 MLP's hidden layer; a removed GELU makes fc1 and fc2 one Dense after surgery.
 """
 
-from train.configs import easier_cifar10_resnet18
+from train.configs import cifar10_swin_t, easier_cifar10_resnet18
 
 
 def get_config():
-  # The Table 4 row of ResNet-18 with Swin-T and its learning rate (cifar10_swin_t's recipe).
-  config = easier_cifar10_resnet18.get_config()
-  config.model = "swin_t"
-  config.lr = 0.001
-  config.pretrained = "swin_t_imagenet.safetensors"
-  config.pretrained_new_head = True
-  return config
+  # EASIER's ResNet-18 run turned into the Swin-T recipe (cifar10_swin_t).
+  return cifar10_swin_t.use_swin_t(easier_cifar10_resnet18.get_config())

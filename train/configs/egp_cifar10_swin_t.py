@@ -3,10 +3,7 @@
 Run:   python -m train egp --config egp_cifar10_swin_t --data-dir DIR \
            --pretrained swin_t_imagenet.safetensors
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)
-       (the weights file is torchvision's swin_t ImageNet weights exported to
-       safetensors, as docs/weights.md shows; without --pretrained the run looks for
-       swin_t_imagenet.safetensors in the current directory and stops at once, saying
-       so; --config.pretrained=None trains from scratch)
+       (the weights file: see cifar10_swin_t; --config.pretrained=None trains from scratch)
        add --config.neurons=rows for the official Swin-T script's token-row entropy
 Takes: 10 iterations (dense + 9 pruning rounds) x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches: the official code's re-initialisation ablation loads this model's
@@ -24,16 +21,12 @@ channel of the GELU input (the paper's description); rho 0.5. The official
 code trains on all 50k images; jaxdepth holds out 10 % to pick the operating point.
 """
 
-from train.configs import egp_cifar10_resnet18
+from train.configs import cifar10_swin_t, egp_cifar10_resnet18
 
 
 def get_config():
-  # EGP's ResNet-18 recipe (seed 43, CIFAR normalisation, rho 0.5, 10 iterations, the
-  # entropy pass of 128) with Swin-T and its learning rate.
-  config = egp_cifar10_resnet18.get_config()
-  config.model = "swin_t"
-  config.lr = 0.001
-  config.pretrained = "swin_t_imagenet.safetensors"
-  config.pretrained_new_head = True
+  # EGP's ResNet-18 run (seed 43, CIFAR normalisation, rho 0.5, 10 iterations, the entropy
+  # pass of 128) turned into the Swin-T recipe (cifar10_swin_t).
+  config = cifar10_swin_t.use_swin_t(egp_cifar10_resnet18.get_config())
   config.neurons = "channels"   # "rows": the official Swin-T script's token rows
   return config

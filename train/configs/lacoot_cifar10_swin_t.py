@@ -3,10 +3,7 @@
 Run:   python -m train lacoot --config lacoot_cifar10_swin_t --data-dir DIR \
            --pretrained swin_t_imagenet.safetensors
        (DIR holds cifar10 prepared as ArrayRecord; see jaxdepth.data)
-       (the weights file is torchvision's swin_t ImageNet weights exported to
-       safetensors, as docs/weights.md shows; without --pretrained the run looks for
-       swin_t_imagenet.safetensors in the current directory and stops at once, saying
-       so; --config.pretrained=None trains from scratch)
+       (the weights file: see cifar10_swin_t; --config.pretrained=None trains from scratch)
 Takes: one training of 160 epochs of 351 steps (a GPU/TPU job), then 12 evaluations.
 Reference: the authors' logged run (λ = 0.1, from ImageNet weights) reached
   91.38 % test (91.60 % validation) before removal, with per-layer validation
@@ -26,17 +23,14 @@ each layer's input with its output; --order ascending removes the smallest
 distance first.
 """
 
-from train.configs import lacoot_cifar10_resnet18
+from train.configs import cifar10_swin_t, lacoot_cifar10_resnet18
 
 
 def get_config():
-  # LaCoOT's ResNet-18 run with Swin-T, its learning rate, λ and the official Swin-T settings.
-  config = lacoot_cifar10_resnet18.get_config()
-  config.model = "swin_t"
-  config.lr = 0.001
+  # LaCoOT's ResNet-18 run turned into the Swin-T recipe (cifar10_swin_t), with its λ
+  # and the official Swin-T settings.
+  config = cifar10_swin_t.use_swin_t(lacoot_cifar10_resnet18.get_config())
   config.weight = 0.1
   config.order = "zscore"
   config.score = "max_sliced"
-  config.pretrained = "swin_t_imagenet.safetensors"
-  config.pretrained_new_head = True
   return config

@@ -1,11 +1,12 @@
 """LaCoOT, Swin-T (12 Swin layers as units) on Tiny-ImageNet-200 at 64x64 with λ = 1, the authors' setting.
 
-Run:   python -m train lacoot --config lacoot_tinyimagenet_swin_t \\
-           --dataset folder:/path/to/tiny-imagenet-200
+Run:   python -m train lacoot --config lacoot_tinyimagenet_swin_t \
+           --dataset folder:/path/to/tiny-imagenet-200 \
+           --pretrained swin_t_imagenet.safetensors
        (a re-organised copy with train/, val/ and test/ each holding
        <class>/<image> folders, as the official loaders need too: the official
        val/ is not in class folders and test/ has no labels; docs/data.md)
-Takes: one training of 160 epochs of 782 steps (a GPU/TPU job), then 12 evaluations.
+Takes: one training of 160 epochs of 781 steps (a GPU/TPU job), then 12 evaluations.
 Reference: no figure of this run is in the authors' repository; their λ = 1 for
   Swin-T on Tiny-ImageNet comes from its README example.
 

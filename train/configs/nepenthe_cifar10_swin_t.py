@@ -1,6 +1,8 @@
 """NEPENTHE, Swin-T (12 GELU sites; each MLP's fc1 pruned) on CIFAR-10 at 32x32.
 
-Run:   python -m train nepenthe --config nepenthe_cifar10_swin_t --data-dir DIR
+Run:   python -m train nepenthe --config nepenthe_cifar10_swin_t --data-dir DIR \
+           --pretrained swin_t_imagenet.safetensors
+       (the weights file: see cifar10_swin_t; --config.pretrained=None trains from scratch)
 Takes: 10 iterations (dense + 9 pruning rounds) x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches: no code or table of NEPENTHE could be read; use it as EGP's loop with
   the dataset-level entropy.

@@ -2,10 +2,7 @@
 
 Run:   python -m train tlc --config tlc_cifar10_swin_t --data-dir DIR \
            --pretrained swin_t_imagenet.safetensors
-       (the weights file is torchvision's swin_t ImageNet weights exported to
-       safetensors, as docs/weights.md shows; without --pretrained the run looks for
-       swin_t_imagenet.safetensors in the current directory and stops at once, saying
-       so; --config.pretrained=None trains from scratch)
+       (the weights file: see cifar10_swin_t; --config.pretrained=None trains from scratch)
 Takes: up to 12 iterations x 160 epochs of 351 steps (a GPU/TPU job).
 Reaches: the paper's tables were not available to this project. The paper
   fine-tunes torchvision's ImageNet weights, as this config does.
@@ -19,14 +16,9 @@ channels with mean <= 0 are cut (fc1's output filter and bias masked), the other
 linearized, and surgery merges fc1 and fc2 into one Dense.
 """
 
-from train.configs import tlc_cifar10_resnet18
+from train.configs import cifar10_swin_t, tlc_cifar10_resnet18
 
 
 def get_config():
-  # The official TLC recipe row with Swin-T and its learning rate.
-  config = tlc_cifar10_resnet18.get_config()
-  config.model = "swin_t"
-  config.lr = 0.001
-  config.pretrained = "swin_t_imagenet.safetensors"
-  config.pretrained_new_head = True
-  return config
+  # The official TLC run of ResNet-18 turned into the Swin-T recipe (cifar10_swin_t).
+  return cifar10_swin_t.use_swin_t(tlc_cifar10_resnet18.get_config())
