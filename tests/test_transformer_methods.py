@@ -443,7 +443,8 @@ def test_a_tlc_iteration_on_a_tiny_swin_cuts_fc1_channels_and_merges_the_mlp(swi
 
 
 def test_the_swin_t_configs_carry_the_papers_recipe():
-  from train import easier, egp as egp_cmd, lacoot as lacoot_cmd, tlc as tlc_cmd  # pylint: disable=import-outside-toplevel
+  # pylint: disable-next=import-outside-toplevel
+  from train import easier, egp as egp_cmd, lacoot as lacoot_cmd, tlc as tlc_cmd
   spec = zoo.swin_t()
   loaded = {"easier": easier.load_config("easier_cifar10_swin_t"),
             "egp": egp_cmd.load_config("egp_cifar10_swin_t"),

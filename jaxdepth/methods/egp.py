@@ -70,9 +70,9 @@ from jaxdepth import spec as S
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
 
-__all__ = ["ESTIMATORS", "NEURONS", "DEFAULT_ITERATIONS", "row_counts", "layer_map", "check_layer_map", "prune",
-           "Allocation", "allocation", "allocate", "layer_statistics", "entropy_statistics",
-           "dead_channel_counts", "Egp", "Nepenthe"]
+__all__ = ["ESTIMATORS", "NEURONS", "DEFAULT_ITERATIONS", "layer_map", "check_layer_map", "prune",
+           "Allocation", "allocation", "allocate", "layer_statistics", "row_counts",
+           "entropy_statistics", "dead_channel_counts", "Egp", "Nepenthe"]
 
 ESTIMATORS = ("egp", "dataset", "easier")
 NEURONS = ("channels", "rows")

@@ -72,8 +72,8 @@ from jaxdepth.transformer import Attention, StochasticDepth, WindowAttention
 
 __all__ = ["PAIRINGS", "ORDERS", "SCORES", "random_projections", "slice_costs",
            "max_sliced_wasserstein", "sliced_wasserstein", "Penalty", "regularizer",
-           "find_blocks", "transformer_layers", "official_units", "compared_outputs", "check_blocks", "block_distances", "removal_order",
-           "remove_units", "LaCoOT"]
+           "find_blocks", "transformer_layers", "official_units", "compared_outputs",
+           "check_blocks", "block_distances", "removal_order", "remove_units", "LaCoOT"]
 
 PAIRINGS = ("block", "official")
 ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
@@ -318,7 +318,7 @@ def _holds(node: S.Node, kinds) -> bool:
 
 
 def transformer_layers(spec: S.Spec) -> tuple[str, ...]:
-  """Transformer layers of ``spec`` (Swin-T: ``features/s/b``; ViT: ``encoder_layer_i``), in call order.
+  """The transformer layers of ``spec`` in call order (Swin-T: ``features/s/b``).
 
   A transformer layer is a :class:`~jaxdepth.spec.Sequential` of residual
   blocks with identity shortcuts (its attention half and its MLP half), one of
