@@ -465,7 +465,8 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   log: list = []
   merged_spec, merged_variables = surgery.collapse(spec, variables, mode="exact", log=log)
   checkpoint.save_model(workdir / "chosen_merged", merged_spec, merged_variables, overwrite=True)
-  x = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))["image"]
+  x = network.batch_inputs(spec, next(iter(dataset.test.batches(
+      min(eval_batch_size, dataset.test.num_examples)))))
   same = equivalence.compare(spec, variables, merged_spec, merged_variables, x,
                              border=equivalence.border_width(merged_spec, log))
   test = training.evaluate(merged_spec, merged_variables, dataset.test,

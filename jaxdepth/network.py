@@ -44,7 +44,8 @@ from jaxdepth.text.nodes import takes_token_ids
 from jaxdepth.transformer import executor as transformer_executor
 
 __all__ = ["Network", "init", "forward", "Forward", "gates_for", "gates_by_site",
-           "site_stats_by_path", "check_node_gates", "example_input", "batch_inputs"]
+           "site_stats_by_path", "check_node_gates", "example_input", "random_input",
+           "batch_inputs"]
 
 STATS = "site_stats"
 
@@ -479,6 +480,19 @@ def example_input(spec: S.Spec, batch: int = 1):
   if takes_token_ids(spec):
     return {k: jnp.asarray(v) for k, v in text_inputs.example_text_input(spec, batch).items()}
   return jnp.zeros((batch, *spec.input_shape), jnp.float32)
+
+
+def random_input(spec: S.Spec, batch: int, seed: int = 0):
+  """A random input of ``batch`` examples for ``spec`` (timings, checks).
+
+  Standard normal images ``(batch, *spec.input_shape)``, or for a text spec
+  token ids drawn uniformly from its vocabulary, every token real and of type 0
+  (:func:`jaxdepth.text.inputs.random_text_input`).
+  """
+  if takes_token_ids(spec):
+    return {k: jnp.asarray(v) for k, v in text_inputs.random_text_input(spec, batch,
+                                                                          seed).items()}
+  return jax.random.normal(jax.random.key(seed), (batch, *spec.input_shape), jnp.float32)
 
 
 def batch_inputs(spec: S.Spec, batch):

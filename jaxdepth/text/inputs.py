@@ -21,7 +21,7 @@ import numpy as np
 
 from jaxdepth import spec as S
 
-__all__ = ["TEXT_INPUTS", "split_text_input", "example_text_input"]
+__all__ = ["TEXT_INPUTS", "split_text_input", "example_text_input", "random_text_input"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -80,3 +80,14 @@ def example_text_input(spec: S.Spec, batch: int = 1) -> dict[str, np.ndarray]:
   shape = (batch, *spec.input_shape)
   return {"input_ids": np.zeros(shape, np.int32), "attention_mask": np.ones(shape, np.int32),
           "token_type_ids": np.zeros(shape, np.int32)}
+
+
+def random_text_input(spec: S.Spec, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+  """``batch`` sequences of token ids drawn uniformly from ``spec``'s vocabulary,
+  every token real, all of type 0 (for timings and checks)."""
+  from jaxdepth.text.nodes import first_token_embedding   # pylint: disable=import-outside-toplevel
+  out = example_text_input(spec, batch)
+  vocab = first_token_embedding(spec).vocab_size
+  out["input_ids"] = np.random.default_rng(seed).integers(0, vocab, out["input_ids"].shape,
+                                                          dtype=np.int32)
+  return out

@@ -31,7 +31,7 @@ from typing import ClassVar
 from jaxdepth import spec as S
 
 __all__ = ["TokenEmbedding", "TokenPositionEmbedding", "TokenTypeEmbedding", "Tanh",
-           "takes_token_ids"]
+           "takes_token_ids", "first_token_embedding"]
 
 
 def _positive(node: str, what: str, value) -> None:
@@ -168,6 +168,12 @@ def _first_leaf(nodes) -> S.Node | None:
   return None
 
 
+def first_token_embedding(spec: S.Spec) -> TokenEmbedding | None:
+  """The :class:`TokenEmbedding` that ``spec`` starts with, or ``None``."""
+  first = _first_leaf(spec.layers)
+  return first if isinstance(first, TokenEmbedding) else None
+
+
 def takes_token_ids(spec: S.Spec) -> bool:
   """Whether ``spec`` reads token ids: its first node is a :class:`TokenEmbedding`."""
-  return isinstance(_first_leaf(spec.layers), TokenEmbedding)
+  return first_token_embedding(spec) is not None
