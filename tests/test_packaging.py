@@ -14,7 +14,8 @@ from jaxdepth import _optional, report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "torch")
+EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "torch",
+                 "safetensors")
 
 # Runs in a fresh interpreter where importing any extra's module fails, as in an
 # environment where only the core was installed.
@@ -120,6 +121,6 @@ def test_no_module_of_the_library_imports_an_extra_at_import_time():
 
 
 def test_extras_are_installed_here_as_the_test_extra_promises():
-  assert {"data", "plots", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
-  import matplotlib, PIL, grain, sklearn, tensorflow_datasets  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
+  assert {"data", "plots", "weights", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
+  import matplotlib, PIL, grain, sklearn, tensorflow_datasets, safetensors  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
   assert np.__version__ == _pins()["numpy"]
