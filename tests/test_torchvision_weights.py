@@ -539,3 +539,43 @@ def test_a_spec_without_a_torchvision_counterpart_is_refused():
   with pytest.raises(StateDictError, match=r"node 'class_token' \(class_token\) has no counterpart "
                                            r"in torchvision's swin"):
     tv.name_map(zoo.digits_vit(), architecture="swin")
+
+
+# -------------------------------------------------------------- command line
+
+
+def test_pretrained_flag_sets_the_config_and_a_missing_file_stops_the_run_at_once(
+    tmp_path, monkeypatch, capsys):
+  from train import __main__ as cli
+  from train import command
+  from train import easier as easier_cli
+  args = command.parse(easier_cli.build_parser(), ["--pretrained", "w.safetensors"])
+  cfg = command.resolve("easier_flowers_resnet18", args, extra_defaults=easier_cli.METHOD_DEFAULTS)
+  assert cfg["pretrained"] == "w.safetensors" and cfg["pretrained_new_head"] is True
+  monkeypatch.chdir(tmp_path)   # the config names resnet18_imagenet.safetensors, not here
+  assert cli.main(["easier", "--config", "easier_dtd_resnet18", "--workdir",
+                   str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err
+  assert ("error: --config.pretrained='resnet18_imagenet.safetensors': no such file. Export "
+          "torchvision's weights") in err
+  assert not (tmp_path / "w").exists()
+
+
+def test_initial_variables_import_the_file_with_a_fresh_head(tmp_path):
+  from train import command
+  from train import config as config_lib
+  spec = zoo.digits_swin()
+  shapes = tv_swin(1000, patch=2, dim=16, depths=(2, 2), heads=(2, 4), window=2, channels=1)
+  sd = _random_state_dict(shapes, seed=6, window=2)
+  path = tmp_path / "swin.safetensors"
+  safe_numpy.save_file(sd, str(path))
+  fresh = network.init(spec, jax.random.key(3))
+  cfg = {"seed": 3, "pretrained": str(path), "pretrained_new_head": True}
+  got = command.initial_variables(cfg, spec)
+  np.testing.assert_array_equal(got["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])
+  np.testing.assert_array_equal(got["params"]["features"]["1"]["0"]["mlp"]["fc1"]["kernel"],
+                                sd["features.1.0.mlp.0.weight"].T)
+  with pytest.raises(config_lib.ConfigError, match=r"'head.weight' \(1000, 32\).*new_head=True"):
+    command.initial_variables(dict(cfg, pretrained_new_head=False), spec)
+  plain = command.initial_variables(dict(cfg, pretrained=None), spec)
+  np.testing.assert_array_equal(plain["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])

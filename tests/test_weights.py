@@ -165,6 +165,9 @@ def test_name_map_errors_name_the_variable():
   with pytest.raises(StateDictError, match="puts 'conv.weight' on 'params/conv1/kernel', which the "
                                            "variables do not have"):
     sd.assign(_template(), _tensors(), {**NAME_MAP, "conv.weight": Target("params/conv1/kernel")})
+  with pytest.raises(StateDictError, match="puts 'fc.bias' on 'params/conv/bias', which another "
+                                           "entry already sets"):
+    sd.assign(_template(), _tensors(), {**NAME_MAP, "fc.bias": Target("params/conv/bias")})
   partial = {k: v for k, v in NAME_MAP.items() if k != "fc.bias"}
   with pytest.raises(StateDictError, match="no entry of the name map sets variable 'params/fc/bias'"):
     sd.assign(_template(), _tensors(**{"fc.bias": None}), partial)

@@ -60,7 +60,7 @@ from train import config as config_lib
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
-           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints", "storage_failure", "Session",
+           "check_data", "start", "Prepared", "prepare", "pretrained_problems", "initial_variables", "default_workdir", "has_checkpoints", "storage_failure", "Session",
            "listing"]
 
 EXIT_OK = 0
@@ -97,6 +97,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
   p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
   p.add_argument("--seed", help="the same as --config.seed=N")
   p.add_argument("--dtype", help="compute dtype, float32 or bfloat16 (--config.dtype)")
+  p.add_argument("--pretrained", metavar="FILE",
+                 help="start from torchvision weights: a .safetensors state dict (or a .pth "
+                      "where torch is installed); docs/weights.md says how to export one "
+                      "(the same as --config.pretrained=FILE)")
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -157,7 +161,7 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
   """
   cfg = config_lib.load(config, extra_defaults)
   flagged = [(k, str(getattr(args, k))) for k in ("model", "dataset", "data_dir", "seed",
-                                                   "dtype", *flags)
+                                                   "dtype", "pretrained", *flags)
              if getattr(args, k, None) is not None]
   cfg = config_lib.override(cfg, list(args.overrides) + flagged)
   return config_lib.to_dict(cfg)
@@ -295,7 +299,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   """
   import jax  # pylint: disable=import-outside-toplevel
   cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
-  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
@@ -308,6 +312,37 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   if jax.process_index() == 0:
     ensure_writable(workdir)
   return Prepared(cfg, workdir, ds, spec)
+
+
+def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
+  """The problem of ``cfg["pretrained"]``: a file that is not there."""
+  path = cfg["pretrained"]
+  if path is None or pathlib.Path(path).is_file():
+    return []
+  return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
+          f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
+          f"or --config.pretrained=None to start from a random initialisation"]
+
+
+def initial_variables(cfg: Mapping[str, Any], spec):
+  """The variables a run starts from: ``network.init(spec, key(seed))``, with the weights of
+  ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file.
+
+  Raises:
+    train.config.ConfigError: the file does not fit the model (the first missing,
+      unexpected or mis-shaped tensor) or cannot be read.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  variables = network.init(spec, jax.random.key(cfg["seed"]))
+  if cfg["pretrained"] is None:
+    return variables
+  from jaxdepth.weights import StateDictError, torchvision  # pylint: disable=import-outside-toplevel
+  try:
+    return torchvision.load(spec, cfg["pretrained"], template=variables,
+                            new_head=cfg["pretrained_new_head"])
+  except (StateDictError, ImportError) as e:
+    raise config_lib.ConfigError(f"--config.pretrained={cfg['pretrained']!r}: {e}") from e
 
 
 # --------------------------------------------------------------------- workdir
@@ -366,9 +401,12 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   run and a full or read-only disk keep their own exits.
   """
   from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  # A resumed run starts from its checkpoint; a fresh one from initial_variables.
+  variables = None if has_checkpoints(workdir) else initial_variables(cfg, spec)
   try:
     return driver.run(
-        method, spec, ds, config_lib.recipe_of(cfg), workdir, iterations=cfg["iterations"],
+        method, spec, ds, config_lib.recipe_of(cfg), workdir, variables=variables,
+        iterations=cfg["iterations"],
         tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
         eval_batch_size=eval_batch_size or cfg["eval_batch_size"], progress=progress,
         checkpoint_epochs=cfg["checkpoint_epochs"],

@@ -60,6 +60,8 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": config_dict.placeholder(int),  # default: the training batch size
     "eval_every": 1,              # validate every this many epochs
     "checkpoint_every_steps": config_dict.placeholder(int),  # also checkpoint inside epochs
+    "pretrained": config_dict.placeholder(str),  # torchvision state dict to start from (.safetensors)
+    "pretrained_new_head": False,  # keep a fresh classifier head (another number of classes)
 }
 
 # Keys that do not change what a run computes: they may differ when it resumes.
@@ -346,6 +348,8 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
                  f"Flax module as path/to/file.py:ClassName")
   if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
     bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
+  if not isinstance(cfg["pretrained_new_head"], bool):
+    bad("pretrained_new_head", "use true or false")
   if not isinstance(cfg["model_kwargs"], Mapping):
     bad("model_kwargs", "must be a dict of keyword arguments of the zoo function")
   return out

@@ -284,8 +284,8 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
 
   Raises:
     StateDictError: a missing, mis-shaped or unexpected tensor, a name map
-      targeting a variable the template lacks, or a template variable no
-      entry sets.
+      targeting a variable the template lacks (or one variable twice), or a
+      template variable no entry sets.
   """
   flat = traverse_util.flatten_dict(dict(template), sep=SEP)
   for prefix in keep:
@@ -304,6 +304,9 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
       raise StateDictError(f"the name map puts {key!r} on {target.path!r}, which the variables "
                            f"do not have: the name map was built for another architecture",
                            target=target.path)
+    if target.path in out:
+      raise StateDictError(f"the name map puts {key!r} on {target.path!r}, which another entry "
+                           f"already sets", target=target.path)
     if under(target.path, keep):
       continue
     for source in sources:

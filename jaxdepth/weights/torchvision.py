@@ -257,7 +257,7 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
     return sd.assign(template, tensors, names, keep=(head,) if new_head else (), what=what)
   except StateDictError as e:
     if not new_head and e.target is not None and sd.under(e.target, [head]):
-      raise StateDictError(f"{e} The classifier head ({head}) is the one that does not fit: "
+      raise StateDictError(f"{e}. The classifier head ({head}) is the one that does not fit: "
                            f"to fine-tune on another number of classes, pass new_head=True "
                            f"(on the command line --config.pretrained_new_head=true) to keep "
                            f"a freshly initialised head", key=e.key, target=e.target) from None
