@@ -368,13 +368,17 @@ class Network(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False, gates: jax.Array | None = None,
                collect_stats: bool = False, example_mask: jax.Array | None = None,
-               capture: tuple[str, ...] = (), node_gates=None):
+               capture: tuple[str, ...] = (), node_gates=None, token_inputs=None):
     sites = self.spec.sites()
     if gates is not None and gates.shape != (len(sites),):
       raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
                        f"{self.spec.name!r}, got {gates.shape}")
+    text = takes_token_ids(self.spec)
     inputs = {}
-    if takes_token_ids(self.spec):
+    if text:
+      if token_inputs is not None:
+        raise ValueError(f"spec {self.spec.name!r} reads token ids: pass its attention_mask and "
+                         f"token_type_ids in the input dict, not as token_inputs")
       x, side = text_inputs.split_text_input(self.spec, x)
       inputs = {"input_ids": x, **side}
     elif isinstance(x, Mapping):
@@ -384,6 +388,8 @@ class Network(nn.Module):
     elif x.shape[1:] != self.spec.input_shape:
       raise ValueError(f"input of shape {x.shape[1:]} (batch axis dropped) does not match "
                        f"the spec's input_shape {self.spec.input_shape}")
+    elif token_inputs is not None:
+      inputs = text_inputs.check_token_inputs(token_inputs, x.shape[0])
     if capture:
       paths = {p for p, _ in self.spec.walk()}
       unknown = [c for c in capture if c not in paths]
@@ -394,7 +400,7 @@ class Network(nn.Module):
     ctx = _Context(train=train, gates=gates, site_index={s: i for i, s in enumerate(sites)},
                    collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype,
                    capture=frozenset(capture), node_gates=node_gates, inputs=inputs)
-    if self.dtype is not None and not inputs:
+    if self.dtype is not None and not text:   # token ids stay integers
       x = x.astype(self.dtype)
     y = _run(self, self.spec.layers, x, ctx, "").astype(jnp.float32)
     if capture:
@@ -520,7 +526,7 @@ def site_stats_by_path(collection) -> dict[str, jax.Array]:
 
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
             collect_stats: bool = False, example_mask=None, dtype=None,
-            capture: tuple[str, ...] = (), node_gates=None) -> Forward:
+            capture: tuple[str, ...] = (), node_gates=None, token_inputs=None) -> Forward:
   """Runs ``spec`` as a pure function of its variables.
 
   Args:
@@ -529,6 +535,11 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     x: a batch ``(B, *spec.input_shape)``; for a text spec the token ids
       ``(B, L)`` or a dict with ``input_ids``, ``attention_mask``,
       ``token_type_ids`` (:func:`batch_inputs` picks them out of a data batch).
+    token_inputs: for a spec cut out of a text encoder after its token
+      embedding (its input is hidden states ``(B, L, D)``): the dict of per-token
+      inputs of the batch (``input_ids``, ``attention_mask``,
+      ``token_type_ids``, each ``(B, L)``), which its position embeddings,
+      masked attention and site counts read.
     train: train mode (batch statistics, dropout; needs ``rng`` if the spec has dropout).
     gates: optional ``(len(spec.sites()),)`` array; 0 turns a site into the identity.
     rng: dropout key.
@@ -551,7 +562,8 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   rngs = {"dropout": rng} if rng is not None else {}
   out = Network(spec, dtype=dtype).apply(
       variables, x, train=train, gates=gates, collect_stats=collect_stats,
-      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates, rngs=rngs,
+      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates,
+      token_inputs=token_inputs, rngs=rngs,
       mutable=mutable or False)
   if mutable:
     out, updates = out

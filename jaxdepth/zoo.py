@@ -428,7 +428,19 @@ def digits_vit(num_classes: int = 10, width: int = 16, input_shape=(8, 8, 1)) ->
 # ------------------------------------------------------------------------- text
 
 
-def bert_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier") -> Spec:
+def _sequence_length(max_length: int, input_shape) -> int:
+  """``max_length``, or the length an ``input_shape`` of ``(L,)`` gives (the training
+  command passes the dataset's input shape)."""
+  if input_shape is None:
+    return max_length
+  shape = tuple(input_shape)
+  if len(shape) != 1:
+    raise ValueError(f"a text encoder's input_shape is (sequence length,), got {input_shape!r}")
+  return shape[0]
+
+
+def bert_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier",
+              input_shape=None) -> Spec:
   """BERT-base (Devlin et al., 2019) with bert-base-uncased's configuration.
 
   Vocabulary 30,522, width 768, 12 post-LN layers of 12 heads, MLP 3072 with
@@ -441,16 +453,19 @@ def bert_base(num_classes: int = 2, max_length: int = 128, head: str = "classifi
     max_length: tokens per sequence, at most 512.
     head: ``"classifier"`` (``BertForSequenceClassification``) or ``"pooled"``
       (``BertModel``'s pooler output).
+    input_shape: ``(L,)``, another way to give ``max_length``.
 
   Returns:
     The spec (109,482,240 parameters with ``head="pooled"``, as Hugging Face's
     ``BertModel``; the classifier adds ``768 num_classes + num_classes``).
   """
-  return _text.encoder(_text.BERT_BASE, max_length=max_length, head=head,
+  return _text.encoder(_text.BERT_BASE, max_length=_sequence_length(max_length, input_shape),
+                       head=head,
                        num_classes=num_classes, name="bert_base")
 
 
-def roberta_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier") -> Spec:
+def roberta_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier",
+                 input_shape=None) -> Spec:
   """RoBERTa-base (Liu et al., 2019) with roberta-base's configuration.
 
   As :func:`bert_base` but vocabulary 50,265, 514 positions numbered from the
@@ -463,13 +478,14 @@ def roberta_base(num_classes: int = 2, max_length: int = 128, head: str = "class
     ``RobertaModel``; with the classifier, the pooler's 590,592 are replaced by
     the head's ``590,592 + 768 num_classes + num_classes``).
   """
-  return _text.encoder(_text.ROBERTA_BASE, max_length=max_length, head=head,
+  return _text.encoder(_text.ROBERTA_BASE, max_length=_sequence_length(max_length, input_shape),
+                       head=head,
                        num_classes=num_classes, name="roberta_base")
 
 
 def tiny_encoder(num_classes: int = 2, vocab_size: int = 64, max_length: int = 16,
                  width: int = 16, depth: int = 2, family: str = "bert",
-                 head: str = "classifier") -> Spec:
+                 head: str = "classifier", input_shape=None) -> Spec:
   """A tiny BERT- or RoBERTa-style encoder for tests and demos on the CPU.
 
   ``width`` hidden, ``depth`` layers of 2 heads, MLP ``2 width``, 64 positions
@@ -482,8 +498,8 @@ def tiny_encoder(num_classes: int = 2, vocab_size: int = 64, max_length: int = 1
       mlp_width=2 * width, max_positions=66 if roberta else 64,
       type_vocab_size=1 if roberta else 2, layer_norm_eps=1e-5 if roberta else 1e-12,
       dropout=0.0, attention_dropout=0.0, pad_token_id=1 if roberta else 0)
-  return _text.encoder(config, max_length=max_length, head=head, num_classes=num_classes,
-                       name="tiny_encoder")
+  return _text.encoder(config, max_length=_sequence_length(max_length, input_shape), head=head,
+                       num_classes=num_classes, name="tiny_encoder")
 
 
 # -------------------------------------------------------------------------- registry

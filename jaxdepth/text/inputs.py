@@ -21,7 +21,8 @@ import numpy as np
 
 from jaxdepth import spec as S
 
-__all__ = ["TEXT_INPUTS", "split_text_input", "example_text_input", "random_text_input"]
+__all__ = ["TEXT_INPUTS", "split_text_input", "check_token_inputs", "example_text_input",
+           "random_text_input"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -73,6 +74,27 @@ def split_text_input(spec: S.Spec, x) -> tuple[jnp.ndarray, dict]:
     raise ValueError(f"token_type_ids must be integers, got dtype "
                      f"{jnp.result_type(side['token_type_ids'])}")
   return ids, side
+
+
+def check_token_inputs(token_inputs, batch: int) -> dict:
+  """The per-token inputs given beside hidden states (``forward(token_inputs=...)``), checked.
+
+  Raises:
+    ValueError: not a dict of :data:`TEXT_INPUTS` keys, or an array that is not
+      ``(batch, L)`` like the others.
+  """
+  if not isinstance(token_inputs, Mapping):
+    raise ValueError(f"token_inputs must be a dict with keys among {list(TEXT_INPUTS)}, got "
+                     f"{type(token_inputs).__name__}")
+  unknown = sorted(set(token_inputs) - set(TEXT_INPUTS))
+  if unknown:
+    raise ValueError(f"token_inputs has keys {unknown}; expected keys among {list(TEXT_INPUTS)}")
+  out = {k: v for k, v in token_inputs.items() if v is not None}
+  shapes = {k: tuple(jnp.shape(v)) for k, v in out.items()}
+  if any(len(s) != 2 or s[0] != batch for s in shapes.values()) or len(set(shapes.values())) > 1:
+    raise ValueError(f"token_inputs must all be (batch, L) with the input's batch {batch}, got "
+                     f"{shapes}")
+  return out
 
 
 def example_text_input(spec: S.Spec, batch: int = 1) -> dict[str, np.ndarray]:
