@@ -233,7 +233,23 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
                                  f"{cfg['model_kwargs']!r}: {_message(e)}") from e
+  _check_padding_id(cfg, ds, spec)
   return ds, spec
+
+
+def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
+  """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
+  with that id, else padding tokens would be read as real ones."""
+  from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
+  encoder = getattr(ds.train, "encoder", None)
+  pad = getattr(encoder, "pad_id", None)
+  for path, node in spec.walk():
+    if isinstance(node, TokenPositionEmbedding) and node.padding_idx is not None and (
+        pad is not None and pad != node.padding_idx):
+      raise config_lib.ConfigError(
+          f"model {cfg['model']!r} numbers positions from padding id {node.padding_idx} "
+          f"({path}), but the tokenizer pads with id {pad}; use the model's own tokenizer "
+          f"(--config.tokenizer=FOLDER)")
 
 
 def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
