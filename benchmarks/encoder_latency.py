@@ -25,6 +25,14 @@ Run::
                                          [--model bert_base] [--length 128]
 
 ``--model tiny_encoder --length 16`` checks the script in seconds.
+
+Measured 2026-12-04 on the 2-core dev CPU shared with other jobs (load average
+about 12, so the absolute times are inflated and noisy; jax 0.12.0.1),
+``--batches 1 32 --rounds 3 2``, all 12 sites linearised: merged 4.83 G MACs
+instead of 11.17 G, 59.9 M parameters instead of 109.5 M, weight depth 38
+instead of 50, equal to the identity form to 2e-6 relative (12 merges, 12
+residual folds). Latency dense / identity / merged: batch 1 1.79 / 1.65 /
+0.81 s (merged vs dense 0.45), batch 32 45.9 / 43.5 / 20.0 s (0.44).
 """
 from __future__ import annotations
 

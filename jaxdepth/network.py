@@ -22,6 +22,12 @@ Call-time options (all usable inside ``jax.jit``):
   passes the same paths (e.g. every removable block, LaCoOT) compiles once for
   every pattern of removed nodes.
 
+* text: a spec that starts with a :class:`~jaxdepth.text.TokenEmbedding` reads
+  token ids, or a dict with their ``attention_mask`` and ``token_type_ids``
+  (:mod:`jaxdepth.text.inputs`); ``token_inputs`` gives that dict to a part of
+  an encoder that starts after the embedding. Padding tokens are left out of
+  the site counts.
+
 :func:`init` and :func:`forward` are the pure-function front door most code uses.
 """
 from __future__ import annotations

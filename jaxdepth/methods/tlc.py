@@ -299,9 +299,9 @@ def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype
       out[c.name] = np.asarray(_leaf(variables, c.bn)["bias"], np.float32)
     else:
       z = captured[c.site][0]
-    tokens = x.get("attention_mask") if isinstance(x, dict) else None
-    tokens = tokens if tokens is not None and tokens.shape == z.shape[:-1] else None
-    out[c.name] = np.asarray(empirical_bn(z, tokens)[1], np.float32)
+      tokens = x.get("attention_mask") if isinstance(x, dict) else None
+      tokens = tokens if tokens is not None and tokens.shape == z.shape[:-1] else None
+      out[c.name] = np.asarray(empirical_bn(z, tokens)[1], np.float32)
   return out
 
 
