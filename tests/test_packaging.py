@@ -14,8 +14,8 @@ from jaxdepth import _optional, report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "tokenizers",
-                 "torch", "safetensors")
+EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "tokenizers", "torch",
+                 "safetensors")
 
 # Runs in a fresh interpreter where importing any extra's module fails, as in an
 # environment where only the core was installed.

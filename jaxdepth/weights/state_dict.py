@@ -26,9 +26,9 @@ one the name map does not know, one of the wrong shape) raises one
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import pathlib
+import re
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -131,8 +131,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
       (read with ``torch.load(weights_only=True)``, which needs torch).
 
   Returns:
-    ``{key: array}`` in the file's order; bfloat16 tensors as ``ml_dtypes.bfloat16``
-    arrays (safetensors) or float32 (torch).
+    ``{key: array}`` (sorted by key for safetensors, in the state dict's order for
+    torch); bfloat16 tensors as ``ml_dtypes.bfloat16`` arrays (safetensors) or
+    float32 (torch).
 
   Raises:
     StateDictError: no such file, a file that is neither, a damaged file, or a
@@ -163,26 +164,14 @@ def _read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
   safe = _optional.require("safetensors", "weights", "reading safetensors files")
   try:
     with safe.safe_open(str(path), framework="numpy") as f:
-      keys = list(f.keys())
-      out = {k: f.get_tensor(k) for k in keys}
+      out = {k: f.get_tensor(k) for k in f.keys()}
   except Exception as e:  # safetensors raises its own error types (SafetensorError, ...)
     if isinstance(e, (MemoryError, KeyboardInterrupt)):
       raise
     raise StateDictError(f"{path}: not a readable safetensors file ({type(e).__name__}: {e}); "
                          f"it may be damaged or truncated. Export it again: {EXPORT_HINT}"
                          ) from e
-  return _order_by_offset(path, out)
-
-
-def _order_by_offset(path: pathlib.Path, tensors: dict[str, np.ndarray]
-                     ) -> dict[str, np.ndarray]:
-  """The tensors in the order of their bytes in the file (the exporter's order; safetensors'
-  own key listing is sorted), so "the first unexpected tensor" is the file's first."""
-  with open(path, "rb") as f:
-    n = struct.unpack("<Q", f.read(8))[0]
-    header = json.loads(f.read(n))
-  offsets = {k: v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
-  return {k: tensors[k] for k in sorted(tensors, key=lambda k: (offsets.get(k, 0), k))}
+  return out
 
 
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model")
@@ -204,9 +193,8 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
       raise
     raise StateDictError(
         f"{path}: torch.load(weights_only=True) refused it ({type(e).__name__}: "
-        f"{str(e).splitlines()[0] if str(e) else ''}). A checkpoint that pickles whole modules "
-        f"or other objects is not read; load it in PyTorch and save model.state_dict() instead"
-        ) from e
+        f"{_reason(e)}). A checkpoint that pickles whole modules or other objects is not read; "
+        f"load it in PyTorch and save model.state_dict() instead") from e
   state = _state_dict_of(obj, torch)
   if state is None:
     raise StateDictError(
@@ -214,6 +202,14 @@ def _read_torch(path: pathlib.Path) -> dict[str, np.ndarray]:
         f"or a dict with one under {' or '.join(repr(k) for k in _NESTED_KEYS)}; save "
         f"model.state_dict() instead")
   return {k: _torch_to_numpy(v, torch) for k, v in state.items()}
+
+
+def _reason(error: Exception) -> str:
+  """The gist of torch.load's refusal: its first sentence and the global it refused."""
+  text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+  first = text.strip().split(". ")[0].splitlines()[0] if text.strip() else ""
+  refused = re.search(r"Unsupported global: [^\s]+ [^\s]+", text)
+  return first + (f"; {refused.group(0)}" if refused else "")
 
 
 def _state_dict_of(obj, torch) -> Mapping[str, Any] | None:
