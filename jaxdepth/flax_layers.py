@@ -13,7 +13,9 @@ For every layer kind (``conv``, ``dense``, ``batch_norm``, ``layer_norm``,
 * the spec node and its variables, read off the layer's attributes, the traced
   input and output shapes and the layer's own variables (:func:`node_of`);
 * the layer's variables again from the spec node's (:func:`user_leaves`), so
-  trained weights go back into the user's module.
+  trained weights go back into the user's module; so do a ViT's class token and
+  position embedding, which :mod:`jaxdepth.trace_graph` reads off the user's
+  own parameters and which go back reshaped to the parameter's shape.
 
 Multi-head attention is the one layer whose variables change layout. Flax keeps
 ``query``, ``key`` and ``value`` kernels of shape ``(C, heads, d)`` and an

@@ -455,9 +455,11 @@ class Graph:
         tuple(v.aval.shape) == (ins[0].aval.shape[0], ins[0].aval.shape[2])):
       slice_eqn, index = self.token_slice(ins[0])
       return self.add("select_token", [self.value(slice_eqn.invars[0])], eqn, index=index)
-    if name == "slice":
-      self.refuse(eqn, f"a slice of a tensor of shape {tuple(ins[0].aval.shape)} (from "
-                  f"{tuple(eqn.params['start_indices'])} to {tuple(eqn.params['limit_indices'])})",
+    if name == "slice" or name in ("squeeze", "reshape") and not _is_literal(ins[0]) and (
+        ins[0] in self.producer and self.producer[ins[0]][1].primitive.name == "slice"):
+      cut = eqn if name == "slice" else self.producer[ins[0]][1]
+      self.refuse(cut, f"a slice of a tensor of shape {tuple(cut.invars[0].aval.shape)} (from "
+                  f"{tuple(cut.params['start_indices'])} to {tuple(cut.params['limit_indices'])})",
                   "the one slice jaxdepth has a node for is one token of a (B, N, C) sequence, "
                   "x[:, i] (the class-token readout, SelectToken)")
     if name in ("gather", "dynamic_slice"):
@@ -522,22 +524,23 @@ class Graph:
     chain = []
     while not (not _is_literal(u) and u in self.consts):
       if _is_literal(u) or u not in self.producer:
-        self.refuse(eqn, f"{what} that is a literal constant", todo)
+        self.refuse(eqn, f"{what}: a literal constant", todo)
       _, op = self.producer[u]
       ins = [w for w in op.invars if not _is_literal(w)]
       if (op.primitive.name not in _COPIES or len(ins) != 1
           or op.params.get("dimensions") is not None and op.primitive.name == "reshape"):
-        self.refuse(op, f"{what} that is computed, not a parameter used as it is", todo)
+        self.refuse(op, f"{what}, computed from a parameter or a constant (e.g. cropped or "
+                    f"interpolated) rather than a parameter used as it is", todo)
       chain.append(op)
       u = ins[0]
     array = self.consts[u]
     found = self.params.get(id(array))
     if found is None:
-      self.refuse(eqn, f"{what} that is a constant array of shape {np.shape(array)}, not a "
-                  f"parameter of the module", todo)
+      self.refuse(eqn, f"{what}: a constant of shape {np.shape(array)}, not a parameter of "
+                  f"the module (e.g. a fixed sin-cos table)", todo)
     collection, path = found
     if collection != "params":
-      self.refuse(eqn, f"{what} that is the variable {path} of collection {collection!r}, not a "
+      self.refuse(eqn, f"{what}: the variable {path} of collection {collection!r}, not a "
                   f"parameter (the spec would train it)", todo)
     if path in self.params_used:
       self.refuse(eqn, f"the parameter {path}, used a second time (first at "
@@ -557,11 +560,11 @@ class Graph:
             "per token, to a (B, N, C) token sequence: define it with self.param or nnx.Param "
             "and add it as it is, x + pos_embedding; keep other additions of your own "
             "arrays outside the converted module")
-    what = "an addition of an array that does not depend on the input"
+    what = "an array added to the tokens that does not depend on the input"
     path, array, probe = self.parameter(eqn, p, what, todo)
     if len(shape) != 3 or tuple(x.aval.shape) != shape:
-      self.refuse(eqn, f"{what}, the parameter {path} of shape {np.shape(array)}, to a tensor "
-                  f"of shape {tuple(x.aval.shape)}", todo)
+      self.refuse(eqn, f"an addition of the parameter {path} of shape {np.shape(array)} to a "
+                  f"tensor of shape {tuple(x.aval.shape)}, not to a token sequence", todo)
     n, c = shape[1:]
     row = np.arange(n * c, dtype=np.float64).reshape(n, c)
     if np.size(array) != n * c:
@@ -569,7 +572,7 @@ class Graph:
                   f"{n} tokens of width {c}: not a position embedding of this sequence (it "
                   f"needs exactly {n} x {c} numbers)", todo)
     if not all(np.array_equal(r, row) for r in np.broadcast_to(probe, shape)):
-      self.refuse(eqn, f"{what}, the parameter {path}, rearranged", todo)
+      self.refuse(eqn, f"an addition of the parameter {path}, rearranged", todo)
     return self.add("position_embedding", [self.value(x)], eqn, param=path,
                     value=jnp.reshape(array, (1, n, c)))
 
@@ -588,8 +591,8 @@ class Graph:
     if tuple(token.aval.shape) != (shape[0], 1, shape[2]):
       self.refuse(eqn, f"a concatenation of {token.aval.shape[1]} tokens in front of the "
                   f"sequence", todo)
-    path, array, probe = self.parameter(eqn, token, "a token that does not depend on the input",
-                                        todo)
+    path, array, probe = self.parameter(eqn, token, "a token in front of the sequence that does "
+                                        "not depend on the input", todo)
     c = shape[2]
     if np.size(array) != c or not all(np.array_equal(r, np.arange(c, dtype=np.float64))
                                       for r in probe.reshape(shape[0], c)):

@@ -665,6 +665,124 @@ def test_attention_the_spec_cannot_represent_is_refused(how, words):
   assert "test_from_flax.py:" in message and seconds < 1.0
 
 
+class AddPositionEmbs(nn.Module):
+  """The position embedding as the original ViT code writes it, a module of its own."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                    (1, inputs.shape[1], inputs.shape[2]))
+    return inputs + pe
+
+
+class TokenGlue(nn.Module):
+  """Patches to one token of width 4, its class token and position embedding spelled as
+  ``how`` says; the ways ViTs are written convert, the others are refused."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (2, 2), strides=(2, 2))(x)                     # 16 tokens
+    b, h, w, c = x.shape
+    x = x.reshape((b, h * w, c))
+    normal = nn.initializers.normal(1.0)
+    cls = self.param("cls", normal, (c,) if self.how == "broadcast" else (1, 1, c))
+    if self.how == "vision_transformer":                          # tile, then a module
+      x = AddPositionEmbs(name="posembed_input")(
+          jnp.concatenate([jnp.tile(cls, [b, 1, 1]), x], axis=1))
+      return x[:, 0]
+    if self.how == "broadcast":                                   # no unit axes, last token
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
+      return (x + self.param("pe", normal, (h * w + 1, c)))[:, -1]
+    if self.how == "too_long":                                    # a longer table, cropped
+      x = x + self.param("pe", normal, (1, h * w + 3, c))[:, :h * w]
+    if self.how == "per_channel":
+      x = x + self.param("pe", normal, (1, 1, c))
+    if self.how == "fixed":                                       # not learned
+      x = x + jnp.asarray(np.sin(np.arange(h * w * c, dtype=np.float32)).reshape(1, h * w, c))
+    if self.how == "twice":
+      pe = self.param("pe", normal, (1, h * w, c))
+      x = nn.LayerNorm()(x + pe) + pe
+    if self.how == "two_tokens":                                  # DeiT's distillation token
+      x = jnp.concatenate([jnp.tile(cls, [b, 1, 1]), jnp.tile(cls, [b, 1, 1]) * 2, x], axis=1)
+    if self.how == "token_last":
+      x = jnp.concatenate([x, jnp.tile(cls, [b, 1, 1])], axis=1)
+    if self.how == "pool_patches":                                # every token but the first
+      return x[:, 1:].mean(axis=1)
+    if self.how == "channel":
+      return x[:, :, 0]
+    return x.mean(axis=1)
+
+
+class Readout(nn.Module):
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(TokenGlue(self.how, name="tokens")(x))
+
+
+@pytest.mark.parametrize("how, index", [("vision_transformer", 0), ("broadcast", 16)])
+def test_class_token_and_position_embedding_spellings(how, index):
+  module = Readout(how)
+  x = _batch(n=4)
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)             # checked equal to the module
+  kinds = [type(n).__name__ for _, n in conv.spec.walk()]
+  assert kinds == ["Conv", "Tokens", "ClassToken", "PositionEmbedding", "SelectToken", "Dense"]
+  (select,) = [n for _, n in conv.spec.walk() if isinstance(n, jaxdepth.SelectToken)]
+  assert select.index == index
+  params = {p: n for p, n in conv.spec.walk() if isinstance(
+      n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))}
+  assert sorted(conv.paths[p] for p in params) == sorted(
+      ["tokens/cls", "tokens/posembed_input/pos_embedding" if how == "vision_transformer"
+       else "tokens/pe"])
+  trained = jax.tree.map(lambda a: 2 * a + 0.1, conv.variables)
+  back, skipped = convert.to_user_variables(conv, trained, variables)
+  assert skipped == []
+  assert jax.tree.map(jnp.shape, back) == jax.tree.map(jnp.shape, dict(variables))
+  np.testing.assert_allclose(np.asarray(module.apply(back, x)),
+                             np.asarray(network.forward(conv.spec, trained, x).logits),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("too_long", "computed from a parameter or a constant (e.g. cropped or interpolated) "
+                 "rather than a parameter used as it is (operation 'slice')"),
+    ("per_channel", "parameter tokens/pe of shape (1, 1, 4) to 16 tokens of width 4: not a "
+                    "position embedding of this sequence"),
+    ("fixed", "a constant of shape (1, 16, 4), not a parameter of the module"),
+    ("twice", "the parameter tokens/pe, used a second time"),
+    ("two_tokens", "a concatenation of 3 token sequences, 2 of them parameters"),
+    ("token_last", "a concatenation of 2 token sequences, 1 of them parameters"),
+    ("pool_patches", "a slice of a tensor of shape (2, 16, 4) (from (0, 1, 0) to (2, 16, 4))"),
+    ("channel", "a slice of a tensor of shape (2, 16, 4) (from (0, 0, 0) to (2, 16, 1))")])
+def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
+  module = Readout(how)
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert words in message and "in module tokens" in message, message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+def test_nnx_variable_that_is_not_a_parameter_is_refused():
+  class Buffered(nnx.Module):
+    def __init__(self, rngs):
+      self.patches = nnx.Conv(1, 4, (2, 2), strides=(2, 2), rngs=rngs)
+      self.cls = nnx.Variable(jnp.ones((1, 1, 4)))      # a buffer: the spec would train it
+      self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+      x = self.patches(x)
+      x = x.reshape((x.shape[0], -1, 4))
+      x = jnp.concatenate([jnp.tile(self.cls[...], (x.shape[0], 1, 1)), x], axis=1)
+      return self.head(x[:, 0])
+  message, seconds = _refusal(lambda: jaxdepth.from_nnx(Buffered(nnx.Rngs(0)), _batch(n=2)))
+  assert "the variable cls of collection 'Variable', not a parameter" in message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
 def test_activation_identified_by_what_it_computes():
   class Spelled(nn.Module):
     @nn.compact
