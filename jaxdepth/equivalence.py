@@ -162,6 +162,8 @@ def border_width(spec: S.Spec, log: Iterable | None) -> int:
         r = _window_ring(r, shape, o, n.window, n.stride, n.padding)
       elif isinstance(n, S.Pool) and n.op == "adaptive_avg":
         r = max(_adaptive_ring(r, shape[d], o[d]) for d in (0, 1))
+      elif isinstance(n, S.GroupNorm) and r > 0:   # its statistics read the whole map
+        r = -(-max(o[:2]) // 2)
       r = max(r, ring_of.get(path, 0))
       shape = o
     return r, False

@@ -207,7 +207,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def pool(node: S.Pool, x: jax.Array) -> jax.Array:
   if node.op == "global_avg":
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
   if node.op == "adaptive_avg":
     return adaptive_avg_pool(x, node.output_size)
   if node.op == "max":
@@ -263,6 +263,10 @@ def _layer_norm(module, n: S.LayerNorm, path, x, ctx):
   return nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
 
 
+def _group_norm(module, n: S.GroupNorm, path, x, ctx):
+  return nn.GroupNorm(num_groups=n.groups, epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+
+
 def _dense(module, n: S.Dense, path, x, ctx):
   bound = 1.0 / math.sqrt(x.shape[-1])
   return nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
@@ -309,7 +313,8 @@ def _concat(module, n: S.Concat, path, x, ctx):
 # ``module``'s compact scope; a node runs the entry of the first class of its MRO
 # found here (so a subclass may have its own). New node kinds add an entry.
 _EXECUTORS = {
-    S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm, S.Dense: _dense,
+    S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm,
+    S.GroupNorm: _group_norm, S.Dense: _dense,
     S.Act: _act, S.Pool: _pool, S.Flatten: _flatten, S.Dropout: _dropout,
     S.Sequential: _sequential, S.Block: _block, S.Concat: _concat,
     **transformer_executor.EXECUTORS, **text_executor.EXECUTORS,
