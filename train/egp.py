@@ -58,7 +58,7 @@ NEURONS = ("channels", "rows")
 FLAGS = ("iterations", "tolerance", "rho", "estimator", "augment")   # flags that set config keys
 NAMES = {"egp": "EGP", "nepenthe": "NEPENTHE"}
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+                  "image_size", "normalization", "dtype", "max_length")
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:

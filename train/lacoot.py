@@ -59,7 +59,7 @@ ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
 SCORES = ("sliced", "max_sliced")
 FLAGS = ("weight", "n_projections", "pairing", "order", "score", "iterations", "tolerance")
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+                  "image_size", "normalization", "dtype", "max_length")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -508,7 +508,7 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
       candidates[site] = zero
   if not candidates:
     return {}
-  x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+  x = network.example_input(spec)
   captured = network.forward(spec, variables, x, capture=tuple(candidates)).captured
   out = {}
   for site, zero in candidates.items():
