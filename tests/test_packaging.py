@@ -83,6 +83,23 @@ def test_with_matplotlib_plots_are_available():
   assert plt.__name__ == "matplotlib.pyplot" and matplotlib.get_backend().lower() == "agg"
 
 
+def test_report_plots_keep_the_backend_of_a_program_that_uses_pyplot(tmp_path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  before = matplotlib.get_backend()
+  plt.switch_backend("svg")   # the program's own choice (a notebook: its inline backend)
+  try:
+    entry = {"iteration": 0, "units_removed": 0, "units_total": 2, "val_accuracy": 0.9,
+             "test_accuracy": 0.8}
+    path = report.plot_accuracy({"iterations": [entry], "tolerance_points": 1.0},
+                                tmp_path / "accuracy.png")
+    assert matplotlib.get_backend() == "svg"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.get_fignums()   # the report's figure is closed: it never shows there
+  finally:
+    plt.switch_backend(before)
+
+
 def _requirements():
   reqs = list(PYPROJECT["project"]["dependencies"])
   for extra, items in PYPROJECT["project"]["optional-dependencies"].items():
