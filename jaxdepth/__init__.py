@@ -4,7 +4,7 @@ The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
 (:mod:`jaxdepth.network`), and every method and surgery pass maps
 ``(spec, variables) -> (spec, variables)``.
 """
-from jaxdepth import entropy, spec, stats, transformer
+from jaxdepth import entropy, spec, stats, text, transformer
 from jaxdepth import costs, zoo
 from jaxdepth.network import Forward, Network, forward, gates_by_site, gates_for, init
 from jaxdepth.spec import (

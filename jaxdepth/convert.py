@@ -16,7 +16,12 @@ user's source is never parsed. Two sources of truth are combined:
   s, concatenations on the channel axis :class:`~jaxdepth.spec.Concat` s,
   ``reshape`` to ``(B, -1)`` a Flatten and to ``(B, H W, C)``
   :class:`~jaxdepth.transformer.Tokens`, ``reduce_window`` and ``mean`` over
-  ``(H, W)`` or over the tokens pooling. A chain of element-wise operations of one tensor is
+  ``(H, W)`` or over the tokens pooling, ``x[:, i]`` of a token sequence
+  :class:`~jaxdepth.transformer.SelectToken`. A parameter of the module's own
+  (``self.param``, ``nnx.Param``) added to the tokens is a
+  :class:`~jaxdepth.transformer.PositionEmbedding`, one concatenated in front of
+  them a :class:`~jaxdepth.transformer.ClassToken`; both keep the user's array
+  and its path. A chain of element-wise operations of one tensor is
   identified *numerically*: it is evaluated on a grid of values and compared
   with every site kind of :data:`jaxdepth.spec.ACTIVATIONS` (so ``nn.relu``,
   ``jnp.maximum(x, 0)`` and ``x * jax.nn.sigmoid(x)`` are all recognised for
@@ -73,8 +78,10 @@ class Converted(NamedTuple):
   Attributes:
     spec: the architecture.
     variables: ``{"params": ..., "batch_stats": ...}`` keyed by the spec's paths.
-    paths: ``{spec node path: user module path}`` for every layer node (the
-      user's path joins the Linen scope names or NNX attribute names with ``/``).
+    paths: ``{spec node path: user path}`` for every layer node (the user's
+      module path) and every class token and position embedding (the path of
+      the user's parameter); the user's path joins the Linen scope names or NNX
+      attribute names with ``/``.
   """
   spec: S.Spec
   variables: dict[str, Any]
@@ -238,7 +245,24 @@ def _trace_linen(module, variables, x, kwargs, rngs):
     raise
   except Exception as e:  # pylint: disable=broad-except   # any failure of user code: explained
     raise tracer.error(e, x.shape, f"module {type(module).__name__}") from e
-  return closed, tracer.leaves
+  return closed, tracer.leaves, _linen_params(variables)
+
+
+def _linen_params(variables) -> dict[int, tuple[str, str]]:
+  """``{id(array): (collection, path)}`` of a Linen variables dict (the trace closes over
+  these very arrays, so a constant of the trace is found by identity)."""
+  out = {}
+
+  def walk(tree, collection, path):
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        walk(value, collection, path + (str(key),))
+      else:
+        out.setdefault(id(value), (collection, "/".join(path + (str(key),))))
+  for collection, tree in variables.items():
+    if isinstance(tree, Mapping):
+      walk(tree, collection, ())
+  return out
 
 
 def _nnx_patches(model):
@@ -249,6 +273,17 @@ def _nnx_patches(model):
       paths.setdefault(id(node), tuple(path))
   types = {type(node) for _, node in nnx.iter_graph(model) if isinstance(node, nnx.Module)}
   return paths, types
+
+
+def _nnx_params(model) -> dict[int, tuple[str, str]]:
+  """``{id(array): (collection, path)}`` of an NNX model's variables (``params`` for
+  ``nnx.Param``, else the variable type's name)."""
+  out = {}
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Variable):
+      collection = "params" if isinstance(node, nnx.Param) else type(node).__name__
+      out.setdefault(id(node.get_value()), (collection, "/".join(str(p) for p in path)))
+  return out
 
 
 def _trace_nnx(model, x, kwargs):
@@ -297,7 +332,7 @@ def _trace_nnx(model, x, kwargs):
         del cls.__call__
       else:
         cls.__call__ = original
-  return closed, tracer.leaves
+  return closed, tracer.leaves, _nnx_params(model)
 
 
 class _Builder:
@@ -347,6 +382,15 @@ class _Builder:
       return S.Flatten(_unique("flatten", taken))
     if kind == "tokens":
       return T.Tokens(_unique("tokens", taken))
+    if kind == "select_token":
+      return T.SelectToken(_unique("select_token", taken), index=n["index"])
+    if kind in ("class_token", "position_embedding"):
+      name = _unique(_clean(_relative(n["param"], scope_module)), taken)
+      node, leaf = ((T.ClassToken(name), "token") if kind == "class_token"
+                    else (T.PositionEmbedding(name), "embedding"))
+      self.paths[prefix + name] = n["param"]
+      self.variables[prefix + name] = {"params": {leaf: n["value"]}}
+      return node
     if kind == "pool":
       name = _unique(f"{n['op']}_pool", taken)
       fields = {k: n[k] for k in ("window", "stride", "padding") if k in n}
@@ -423,7 +467,7 @@ def _check_input(sample_input):
   return x
 
 
-def _convert(closed, leaves, read_vars, x, root, name) -> Converted:
+def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
   jaxpr = closed.jaxpr
   if len(jaxpr.outvars) != 1:
     raise ConversionError(f"the module returns {len(jaxpr.outvars)} arrays; jaxdepth converts "
@@ -436,7 +480,7 @@ def _convert(closed, leaves, read_vars, x, root, name) -> Converted:
           f"layer {_where(leaf.path)} ({type(leaf.module).__name__}) is called more than once "
           f"(again at {leaf.line}): a spec node owns its weights, so shared layers cannot be "
           f"converted; give each call its own layer")
-  graph = G.Graph(closed, leaves, root)
+  graph = G.Graph(closed, leaves, root, params)
   out = graph.value(jaxpr.outvars[0])
   ir = graph.ir
   start = next(i for i, n in enumerate(ir) if n["kind"] == "input")
@@ -526,9 +570,10 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
                           "({'params': ..., 'batch_stats': ...})")
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(module, train_kwarg)
-  closed, leaves = _trace_linen(module, variables, x, kwargs, rngs)
+  variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
+  closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs)
   root = type(module).__name__
-  conv = _convert(closed, leaves, _linen_reader(variables), x, root, name or root)
+  conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
     _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance)
   return conv
@@ -546,9 +591,9 @@ def from_nnx(model, sample_input, *, train_kwarg: str = "train", name: str | Non
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(model, train_kwarg)
-  closed, leaves = _trace_nnx(model, x, kwargs)
+  closed, leaves, params = _trace_nnx(model, x, kwargs)
   root = type(model).__name__
-  conv = _convert(closed, leaves, _nnx_read, x, root, name or root)
+  conv = _convert(closed, leaves, params, _nnx_read, x, root, name or root)
   if check:
     copy = nnx.clone(model)
     copy.eval()
@@ -573,7 +618,8 @@ def to_user_variables(converted: Converted, variables, like, *, spec: S.Spec | N
     ``(new, skipped)``: a copy of ``like`` in which every layer that ``spec``
     still has exactly as converted takes its variables from ``variables``
     (attention's ``qkv`` and ``proj`` split back into ``query``, ``key``,
-    ``value`` and ``out``), and the spec paths that did not go back, sorted:
+    ``value`` and ``out``; a class token or position embedding reshaped back
+    into the user's parameter), and the spec paths that did not go back, sorted:
     nodes that are new, gone or changed in ``spec`` (merged, folded, cut,
     removed; sites a method turned into identities, which the user's module
     still applies) and variables with no exact place in the user's layer (a
@@ -608,8 +654,9 @@ def to_user_variables(converted: Converted, variables, like, *, spec: S.Spec | N
       skipped.add(spath)
       continue
     for key, value in updates.items():
-      node = _lookup(users[key][0], upath.split("/") + list(key[:-1]))
-      node[key[-1]] = jnp.asarray(value)
+      *parents, last = upath.split("/") + list(key)
+      node = _lookup(users[key][0], parents)
+      node[last if last in node or not str(last).isdigit() else int(last)] = jnp.asarray(value)
   return out, sorted(skipped)
 
 
@@ -632,8 +679,9 @@ def _lookup(tree, parts):
 
 
 def _flat(tree, prefix=()) -> dict[tuple, Any]:
+  """``{key path: leaf}``; a bare leaf (a parameter's own path) is ``{(): leaf}``."""
   if not isinstance(tree, Mapping):
-    return {} if tree is None or not prefix else {prefix: tree}
+    return {} if tree is None else {prefix: tree}
   out = {}
   for k, v in tree.items():
     out.update(_flat(v, prefix + (k,)))

@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -183,7 +184,8 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
     vars_a: its variables.
     spec_b: the network to check (e.g. what surgery returned).
     vars_b: its variables.
-    x: a batch ``(B, *input_shape)`` both accept.
+    x: a batch ``(B, *input_shape)`` both accept (for text specs, the token ids
+      or the dict of :func:`jaxdepth.network.batch_inputs`).
     gates_a: optional site gates for ``spec_a`` (0 = identity), to compare the
       gated form the methods search with against the baked and merged one.
     border: also compare the last spatial feature maps, whole and without this
@@ -192,7 +194,7 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
   Returns:
     An :class:`EquivalenceReport`.
   """
-  x = jnp.asarray(x)
+  x = jax.tree.map(jnp.asarray, x)   # an array, or a text spec's dict of token arrays
   ya = network.forward(spec_a, vars_a, x, gates=gates_a).logits
   yb = network.forward(spec_b, vars_b, x).logits
   max_abs, max_rel = deviation(ya, yb)

@@ -13,7 +13,9 @@ For every layer kind (``conv``, ``dense``, ``batch_norm``, ``layer_norm``,
 * the spec node and its variables, read off the layer's attributes, the traced
   input and output shapes and the layer's own variables (:func:`node_of`);
 * the layer's variables again from the spec node's (:func:`user_leaves`), so
-  trained weights go back into the user's module.
+  trained weights go back into the user's module; so do a ViT's class token and
+  position embedding, which :mod:`jaxdepth.trace_graph` reads off the user's
+  own parameters and which go back reshaped to the parameter's shape.
 
 Multi-head attention is the one layer whose variables change layout. Flax keeps
 ``query``, ``key`` and ``value`` kernels of shape ``(C, heads, d)`` and an
@@ -300,6 +302,8 @@ def user_leaves(node: S.Node, spec_leaves: dict[tuple, Any], user_leaves_: dict[
   """
   if isinstance(node, T.Attention):
     return _attention_back(spec_leaves, user_leaves_)
+  if isinstance(node, (T.ClassToken, T.PositionEmbedding)):
+    return _parameter_back(spec_leaves, user_leaves_)
   out = {}
   for key, value in spec_leaves.items():
     if key in user_leaves_:
@@ -311,6 +315,16 @@ def user_leaves(node: S.Node, spec_leaves: dict[tuple, Any], user_leaves_: dict[
       raise CannotGoBack(f"the layer has no {'/'.join(key)}, and the spec's is not "
                          f"{_DEFAULTS.get(key[-1], 'neutral')}")
   return out
+
+
+def _parameter_back(spec_leaves, user):
+  """A class token or position embedding: the user's parameter (key ``()``) takes the
+  spec's numbers in its own shape (the conversion checked that it holds them row-major)."""
+  ((_, value),) = spec_leaves.items()
+  if set(user) != {()} or np.size(user[()]) != np.size(value):
+    raise CannotGoBack(f"the user's parameter does not hold the {np.size(value)} numbers of "
+                       f"shape {np.shape(value)}")
+  return {(): jnp.reshape(value, np.shape(user[()]))}
 
 
 def _attention_back(spec_leaves, user):

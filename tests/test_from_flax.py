@@ -261,10 +261,54 @@ class NNXTransformer(nnx.Module):
     return self.head(self.norm(x).mean(axis=1))
 
 
+class ViT(nn.Module):
+  """big_vision's way: patches, tokens plus a (1, N, C) position embedding, then the class
+  token in front; the class token's output is the readout."""
+  num_classes: int = 10
+  width: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.width, (2, 2), strides=(2, 2), padding="VALID", name="embedding")(x)
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, [n, h * w, c])
+    x = x + self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(c)),
+                       (1, h * w, c), x.dtype)
+    cls = self.param("cls", nn.initializers.normal(stddev=0.02), (1, 1, c), x.dtype)
+    x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    for i in range(2):
+      x = EncoderLayer(name=f"encoderblock_{i}")(x, train)
+    x = nn.LayerNorm(name="encoder_norm")(x)
+    return nn.Dense(self.num_classes, name="head")(x[:, 0])
+
+
+class NNXViT(nnx.Module):
+  """The NNX tutorials' way: class token first, then a (1, N + 1, C) position embedding."""
+
+  def __init__(self, num_classes=10, width=8, patches=16, *, rngs):
+    init = jax.nn.initializers.truncated_normal(stddev=0.02)
+    self.patch_embeddings = nnx.Conv(1, width, (2, 2), strides=(2, 2), padding="VALID",
+                                     rngs=rngs)
+    self.position_embeddings = nnx.Param(init(rngs.params(), (1, patches + 1, width)))
+    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, width)))
+    self.encoder = nnx.Sequential(*[NNXEncoderLayer(width, 2, rngs=rngs) for _ in range(2)])
+    self.final_norm = nnx.LayerNorm(width, rngs=rngs)
+    self.classifier = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    patches = self.patch_embeddings(x)
+    batch_size = patches.shape[0]
+    patches = patches.reshape(batch_size, -1, patches.shape[-1])
+    cls_token = jnp.tile(self.cls_token, [batch_size, 1, 1])
+    x = jnp.concat([cls_token, patches], axis=1)
+    x = self.encoder(x + self.position_embeddings)
+    return self.classifier(self.final_norm(x)[:, 0])
+
+
 LINEN = {"resnet": ResNet, "mobilenet": MobileNet, "densenet": DenseNet,
-         "transformer": Transformer}
+         "transformer": Transformer, "vit": ViT}
 NNX = {"resnet": NNXResNet, "mobilenet": NNXMobileNet, "densenet": NNXDenseNet,
-       "transformer": NNXTransformer}
+       "transformer": NNXTransformer, "vit": NNXViT}
 NETS = [(f, n) for f in ("linen", "nnx") for n in LINEN]
 
 
@@ -285,7 +329,8 @@ def _make(framework, name):
   if framework == "linen":
     module = LINEN[name]()
     variables = dict(module.init(jax.random.key(1), _batch()))
-    variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
+    if "batch_stats" in variables:
+      variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
     return module, variables
   model = NNX[name](rngs=nnx.Rngs(1))
   stats = nnx.state(model, nnx.BatchStat)
@@ -333,7 +378,7 @@ def test_train_outputs_and_batch_stats_equal_the_module(converted):
   if framework == "linen":
     want, upd = module.apply(variables, x, train=True, mutable=["batch_stats"],
                              rngs={"dropout": jax.random.key(0)})
-    user_stats = upd["batch_stats"]
+    user_stats = upd.get("batch_stats", {})
   else:
     model = nnx.clone(module)
     model.train()
@@ -351,7 +396,8 @@ def test_train_outputs_and_batch_stats_equal_the_module(converted):
                                    np.asarray(_lookup(user_stats, upath)[leaf]),
                                    rtol=1e-5, atol=1e-6)
         compared += 1
-  assert compared == 2 * sum(isinstance(n, S.BatchNorm) for _, n in conv.spec.walk()) >= 2
+  norms = sum(isinstance(n, S.BatchNorm) for _, n in conv.spec.walk())
+  assert compared == 2 * norms and (norms >= 1) == (name != "vit")
 
 
 def test_structure_of_the_converted_networks(converted):
@@ -385,6 +431,23 @@ def test_structure_of_the_converted_networks(converted):
     assert group_norm.groups == (2 if framework == "linen" else 4)
     assert {"tokens", "pool"} <= kinds and fns == {"relu", "gelu_tanh" if framework == "linen"
                                                     else "gelu"}
+  if name == "vit":
+    # patches, tokens, class token and position embedding (in the order each net adds
+    # them), 2 encoder layers, LayerNorm, the class token's output, the head
+    order = (["ClassToken", "PositionEmbedding"] if framework == "nnx"
+             else ["PositionEmbedding", "ClassToken"])
+    assert [type(n).__name__ for n in spec.layers] == (
+        ["Conv", "Tokens"] + order + ["Block"] * 4 + ["LayerNorm", "SelectToken", "Dense"])
+    blocks = [n for _, n in spec.walk() if isinstance(n, S.Block)]
+    assert [[type(c).__name__ for c in b.branch] for b in blocks] == 2 * [
+        ["LayerNorm", "Attention"], ["LayerNorm", "Dense", "Act", "Dense"]]
+    (select,) = [n for _, n in spec.walk() if isinstance(n, jaxdepth.SelectToken)]
+    assert select.index == 0 and spec.output_shape == (10,)
+    user = {"linen": ("pos_embedding", "cls"), "nnx": ("position_embeddings", "cls_token")}
+    assert {conv.paths[p] for p, n in spec.walk() if isinstance(
+        n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))} == set(user[framework])
+    tokens = 17 if framework == "nnx" else 16      # with or without the class token
+    assert conv.variables["params"][user[framework][0]]["embedding"].shape == (1, tokens, 8)
   # every layer node maps to a user path that holds its weights
   assert all(isinstance(p, str) and p for p in conv.paths.values())
   assert set(jaxdepth.costs.summary(spec)) >= {"params", "macs", "nonlinear_depth"}
@@ -599,6 +662,124 @@ def test_attention_the_spec_cannot_represent_is_refused(how, words):
   variables = module.init(jax.random.key(0), x)
   message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert words in message and "attention (MultiHeadDotProductAttention" in message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+class AddPositionEmbs(nn.Module):
+  """The position embedding as the original ViT code writes it, a module of its own."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                    (1, inputs.shape[1], inputs.shape[2]))
+    return inputs + pe
+
+
+class TokenGlue(nn.Module):
+  """Patches to one token of width 4, its class token and position embedding spelled as
+  ``how`` says; the ways ViTs are written convert, the others are refused."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (2, 2), strides=(2, 2))(x)                     # 16 tokens
+    b, h, w, c = x.shape
+    x = x.reshape((b, h * w, c))
+    normal = nn.initializers.normal(1.0)
+    cls = self.param("cls", normal, (c,) if self.how == "broadcast" else (1, 1, c))
+    if self.how == "vision_transformer":                          # tile, then a module
+      x = AddPositionEmbs(name="posembed_input")(
+          jnp.concatenate([jnp.tile(cls, [b, 1, 1]), x], axis=1))
+      return x[:, 0]
+    if self.how == "broadcast":                                   # no unit axes, last token
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
+      return (x + self.param("pe", normal, (h * w + 1, c)))[:, -1]
+    if self.how == "too_long":                                    # a longer table, cropped
+      x = x + self.param("pe", normal, (1, h * w + 3, c))[:, :h * w]
+    if self.how == "per_channel":
+      x = x + self.param("pe", normal, (1, 1, c))
+    if self.how == "fixed":                                       # not learned
+      x = x + jnp.asarray(np.sin(np.arange(h * w * c, dtype=np.float32)).reshape(1, h * w, c))
+    if self.how == "twice":
+      pe = self.param("pe", normal, (1, h * w, c))
+      x = nn.LayerNorm()(x + pe) + pe
+    if self.how == "two_tokens":                                  # DeiT's distillation token
+      x = jnp.concatenate([jnp.tile(cls, [b, 1, 1]), jnp.tile(cls, [b, 1, 1]) * 2, x], axis=1)
+    if self.how == "token_last":
+      x = jnp.concatenate([x, jnp.tile(cls, [b, 1, 1])], axis=1)
+    if self.how == "pool_patches":                                # every token but the first
+      return x[:, 1:].mean(axis=1)
+    if self.how == "channel":
+      return x[:, :, 0]
+    return x.mean(axis=1)
+
+
+class Readout(nn.Module):
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(TokenGlue(self.how, name="tokens")(x))
+
+
+@pytest.mark.parametrize("how, index", [("vision_transformer", 0), ("broadcast", 16)])
+def test_class_token_and_position_embedding_spellings(how, index):
+  module = Readout(how)
+  x = _batch(n=4)
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)             # checked equal to the module
+  kinds = [type(n).__name__ for _, n in conv.spec.walk()]
+  assert kinds == ["Conv", "Tokens", "ClassToken", "PositionEmbedding", "SelectToken", "Dense"]
+  (select,) = [n for _, n in conv.spec.walk() if isinstance(n, jaxdepth.SelectToken)]
+  assert select.index == index
+  params = {p: n for p, n in conv.spec.walk() if isinstance(
+      n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))}
+  assert sorted(conv.paths[p] for p in params) == sorted(
+      ["tokens/cls", "tokens/posembed_input/pos_embedding" if how == "vision_transformer"
+       else "tokens/pe"])
+  trained = jax.tree.map(lambda a: 2 * a + 0.1, conv.variables)
+  back, skipped = convert.to_user_variables(conv, trained, variables)
+  assert skipped == []
+  assert jax.tree.map(jnp.shape, back) == jax.tree.map(jnp.shape, dict(variables))
+  np.testing.assert_allclose(np.asarray(module.apply(back, x)),
+                             np.asarray(network.forward(conv.spec, trained, x).logits),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("too_long", "computed from a parameter or a constant (e.g. cropped or interpolated) "
+                 "rather than a parameter used as it is (operation 'slice')"),
+    ("per_channel", "parameter tokens/pe of shape (1, 1, 4) to 16 tokens of width 4: not a "
+                    "position embedding of this sequence"),
+    ("fixed", "a constant of shape (1, 16, 4), not a parameter of the module"),
+    ("twice", "the parameter tokens/pe, used a second time"),
+    ("two_tokens", "a concatenation of 3 token sequences, 2 of them parameters"),
+    ("token_last", "a concatenation of 2 token sequences, 1 of them parameters"),
+    ("pool_patches", "a slice of a tensor of shape (2, 16, 4) (from (0, 1, 0) to (2, 16, 4))"),
+    ("channel", "a slice of a tensor of shape (2, 16, 4) (from (0, 0, 0) to (2, 16, 1))")])
+def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
+  module = Readout(how)
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert words in message and "in module tokens" in message, message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+def test_nnx_variable_that_is_not_a_parameter_is_refused():
+  class Buffered(nnx.Module):
+    def __init__(self, rngs):
+      self.patches = nnx.Conv(1, 4, (2, 2), strides=(2, 2), rngs=rngs)
+      self.cls = nnx.Variable(jnp.ones((1, 1, 4)))      # a buffer: the spec would train it
+      self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+      x = self.patches(x)
+      x = x.reshape((x.shape[0], -1, 4))
+      x = jnp.concatenate([jnp.tile(self.cls[...], (x.shape[0], 1, 1)), x], axis=1)
+      return self.head(x[:, 0])
+  message, seconds = _refusal(lambda: jaxdepth.from_nnx(Buffered(nnx.Rngs(0)), _batch(n=2)))
+  assert "the variable cls of collection 'Variable', not a parameter" in message
   assert "test_from_flax.py:" in message and seconds < 1.0
 
 

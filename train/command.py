@@ -99,8 +99,9 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
   p.add_argument("--dtype", help="compute dtype, float32 or bfloat16 (--config.dtype)")
   p.add_argument("--pretrained", metavar="FILE",
                  help="start from torchvision weights: a .safetensors state dict (or a .pth "
-                      "where torch is installed); docs/weights.md says how to export one "
-                      "(the same as --config.pretrained=FILE)")
+                      "where torch is installed); docs/weights.md says how to export one; for "
+                      "a text encoder, a Hugging Face model folder (config.json, "
+                      "model.safetensors; docs/text.md) (the same as --config.pretrained=FILE)")
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -217,7 +218,8 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
     with _quiet_absl():
       ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
                      split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                     image_size=cfg["image_size"], normalization=cfg["normalization"])
+                     image_size=cfg["image_size"], normalization=cfg["normalization"],
+                     **_text_options(cfg))
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
     raise config_lib.ConfigError(" ".join(_message(e).split())) from e
@@ -231,7 +233,40 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
                                  f"{cfg['model_kwargs']!r}: {_message(e)}") from e
+  _check_padding_id(cfg, ds, spec)
   return ds, spec
+
+
+def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
+  """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
+  with that id, else padding tokens would be read as real ones."""
+  from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
+  encoder = getattr(ds.train, "encoder", None)
+  pad = getattr(encoder, "pad_id", None)
+  for path, node in spec.walk():
+    if isinstance(node, TokenPositionEmbedding) and node.padding_idx is not None and (
+        pad is not None and pad != node.padding_idx):
+      raise config_lib.ConfigError(
+          f"model {cfg['model']!r} numbers positions from padding id {node.padding_idx} "
+          f"({path}), but the tokenizer pads with id {pad}; use the model's own tokenizer "
+          f"(--config.tokenizer=FOLDER)")
+
+
+def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """``tokenizer`` and ``max_length`` of :func:`jaxdepth.data.load`: those of the config,
+  the tokenizer defaulting to the ``pretrained`` model folder for a text dataset (an
+  image dataset refuses them if set)."""
+  from jaxdepth.data import glue  # pylint: disable=import-outside-toplevel
+  text = cfg["dataset"] in glue.RECIPES
+  tokenizer, pretrained = cfg["tokenizer"], cfg["pretrained"]
+  if text and tokenizer is None and pretrained is not None and pathlib.Path(pretrained).is_dir():
+    tokenizer = pretrained
+  options: dict[str, Any] = {}
+  if tokenizer is not None:
+    options["tokenizer"] = tokenizer
+  if text or cfg["max_length"] != config_lib.DEFAULTS["max_length"]:
+    options["max_length"] = cfg["max_length"]
+  return options
 
 
 def _message(error: Exception) -> str:
@@ -315,10 +350,16 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
 
 
 def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
-  """The problem of ``cfg["pretrained"]``: a file that is not there."""
+  """The problem of ``cfg["pretrained"]``: a file that is not there (or a folder
+  without the Hugging Face ``model.safetensors``)."""
   path = cfg["pretrained"]
   if path is None or pathlib.Path(path).is_file():
     return []
+  if pathlib.Path(path).is_dir():
+    if (pathlib.Path(path) / "model.safetensors").is_file():
+      return []
+    return [f"--config.pretrained={path!r}: a folder without model.safetensors; a Hugging "
+            f"Face model folder holds config.json and model.safetensors (docs/text.md)"]
   return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
           f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
           f"or --config.pretrained=None to start from a random initialisation"]
@@ -326,7 +367,9 @@ def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
 
 def initial_variables(cfg: Mapping[str, Any], spec):
   """The variables a run starts from: ``network.init(spec, key(seed))``, with the weights of
-  ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file.
+  ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file;
+  a text encoder's from a Hugging Face folder or its ``model.safetensors``
+  (:func:`jaxdepth.weights.huggingface.load`).
 
   Raises:
     train.config.ConfigError: the file does not fit the model (the first missing,
@@ -337,8 +380,14 @@ def initial_variables(cfg: Mapping[str, Any], spec):
   variables = network.init(spec, jax.random.key(cfg["seed"]))
   if cfg["pretrained"] is None:
     return variables
-  from jaxdepth.weights import StateDictError, torchvision  # pylint: disable=import-outside-toplevel
+  from jaxdepth.text import takes_token_ids  # pylint: disable=import-outside-toplevel
+  from jaxdepth.weights import StateDictError, huggingface, torchvision  # pylint: disable=import-outside-toplevel
   try:
+    if takes_token_ids(spec):
+      path = pathlib.Path(cfg["pretrained"])
+      path = path / huggingface.WEIGHTS_FILE if path.is_dir() else path
+      return huggingface.load(spec, path, template=variables,
+                              new_head=cfg["pretrained_new_head"])
     return torchvision.load(spec, cfg["pretrained"], template=variables,
                             new_head=cfg["pretrained_new_head"])
   except (StateDictError, ImportError) as e:

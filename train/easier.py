@@ -49,7 +49,7 @@ ESTIMATORS = ("easier", "dataset")
 ENTROPY_SPLITS = ("train", "val")
 FLAGS = ("iterations", "tolerance", "estimator", "entropy_split")   # flags that set config keys
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+                  "image_size", "normalization", "dtype", "max_length")
 
 
 def build_parser() -> argparse.ArgumentParser:

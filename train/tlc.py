@@ -55,7 +55,7 @@ DEFAULT_CONFIG = "tlc_digits"
 RULES = ("first_harmful", "largest_harmless")
 FLAGS = ("iterations", "tolerance", "rule", "accuracy_threshold")   # flags that set config keys
 _IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+                  "image_size", "normalization", "dtype", "max_length")
 
 
 def build_parser() -> argparse.ArgumentParser:
