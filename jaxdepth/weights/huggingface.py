@@ -167,12 +167,9 @@ def _entries(node: S.Node, ours: str, theirs: str, base: str) -> dict:
   if isinstance(node, (X.TokenEmbedding, X.TokenPositionEmbedding, X.TokenTypeEmbedding)):
     return {f"{base}{theirs}.weight": Target(f"{p}/embedding")}
   if isinstance(node, S.LayerNorm):
-    return {f"{base}{theirs}.weight": Target(f"{p}/scale"), f"{base}{theirs}.bias": Target(f"{p}/bias")}
+    return sd.layer_norm_entries(f"{base}{theirs}", p)
   if isinstance(node, S.Dense):
-    out = {f"{base}{theirs}.weight": Target(f"{p}/kernel", sd.dense_kernel)}
-    if node.bias:
-      out[f"{base}{theirs}.bias"] = Target(f"{p}/bias")
-    return out
+    return sd.linear_entries(f"{base}{theirs}", p, bias=node.bias)
   if isinstance(node, T.Attention):
     layer = theirs.rsplit(".attention.self", 1)[0]
     names = [f"{base}{layer}.attention.self.{n}" for n in ("query", "key", "value")]

@@ -40,7 +40,7 @@ from flax import traverse_util
 from jaxdepth import _optional
 
 __all__ = ["StateDictError", "Target", "read_state_dict", "assign", "as_is", "conv_kernel",
-           "dense_kernel", "under", "EXPORT_HINT"]
+           "dense_kernel", "linear_entries", "layer_norm_entries", "under", "EXPORT_HINT"]
 
 SEP = "/"
 
@@ -102,6 +102,20 @@ class Target(NamedTuple):
   """
   path: str
   transform: Callable[..., np.ndarray] = as_is
+
+
+def linear_entries(key: str, params: str, *, bias: bool, kernel: Callable = dense_kernel
+                   ) -> dict[str, Target]:
+  """A PyTorch ``Linear`` named ``key`` onto the Dense variables under ``params``."""
+  out = {f"{key}.weight": Target(f"{params}/kernel", kernel)}
+  if bias:
+    out[f"{key}.bias"] = Target(f"{params}/bias")
+  return out
+
+
+def layer_norm_entries(key: str, params: str) -> dict[str, Target]:
+  """A PyTorch ``LayerNorm`` named ``key`` onto the LayerNorm variables under ``params``."""
+  return {f"{key}.weight": Target(f"{params}/scale"), f"{key}.bias": Target(f"{params}/bias")}
 
 
 # ------------------------------------------------------------------- reading

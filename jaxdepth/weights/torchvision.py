@@ -156,13 +156,10 @@ def _entries(node: S.Node, ours: str, theirs: str, flattened) -> dict[str, Targe
             f"{theirs}.running_var": Target(f"{b}/var"),
             f"{theirs}.num_batches_tracked": None}
   if isinstance(node, S.LayerNorm):
-    return {f"{theirs}.weight": Target(f"{p}/scale"), f"{theirs}.bias": Target(f"{p}/bias")}
+    return sd.layer_norm_entries(theirs, p)
   if isinstance(node, S.Dense):
     kernel = sd.dense_kernel if flattened is None else flattened_dense_kernel(flattened)
-    out = {f"{theirs}.weight": Target(f"{p}/kernel", kernel)}
-    if node.bias:
-      out[f"{theirs}.bias"] = Target(f"{p}/bias")
-    return out
+    return sd.linear_entries(theirs, p, bias=node.bias, kernel=kernel)
   if isinstance(node, T.WindowAttention):
     out = {f"{theirs}.relative_position_bias_table": Target(f"{p}/relative_position_bias_table"),
            f"{theirs}.relative_position_index": None,
