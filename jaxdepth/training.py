@@ -315,8 +315,8 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
   Returns:
     ``step(state, batch, gates, stats, masks=None)`` where ``batch`` has ``image``
     (or a text spec's ``input_ids``, ``attention_mask``, ``token_type_ids``:
-    :func:`jaxdepth.network.batch_inputs`), ``label``, ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)``
-    array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
+    :func:`jaxdepth.network.batch_inputs`), ``label``, ``mask``; ``gates`` is ``None``
+    or a ``(len(spec.sites()),)`` array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
     ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`)
     that keep pruned weights at 0; ``node_gates`` are ``{node path: gate}``
     (:func:`jaxdepth.network.forward`). Gates and masks are data: changing their
