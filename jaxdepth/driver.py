@@ -355,9 +355,9 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   options = method.train_options(spec, state)
   it_dir = _iteration_dir(workdir, it)
   if options.epochs == 0:   # the method only evaluates this iteration (e.g. LaCoOT's removals)
-    trained = training.FitResult(
-        variables, None, [],
-        training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed))
+    trained = training.FitResult(   # the state replicated as fit's (every process saves it)
+        variables, None, [], training.replicate(
+            training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed), mesh))
   else:
     trained = trainer(spec, variables, dataset, recipe, options=options,
                       seed=iteration_seed(seed, it),
