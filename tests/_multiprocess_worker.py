@@ -1,8 +1,9 @@
 """One process of the multi-process tests (started by tests/test_multiprocess.py).
 
 Environment:
-  MP_COORDINATOR, MP_NUM_PROCESSES, MP_PROCESS_ID: join a ``jax.distributed`` run
-    (no coordinator: a plain one-process run).
+  SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID and
+    JAX_COORDINATOR_PORT: a multi-process launch as SLURM's ``srun`` describes it;
+    the worker joins it as ``--multihost`` does (none: a plain one-process run).
   MP_DEVICES: CPU devices of this process (default 1; more are fake devices).
   MP_MESHES: device counts of the meshes the library check runs on, comma-separated
     (default: every device of every process).
@@ -29,12 +30,13 @@ import time
 
 import jax
 
+from train import command  # noqa: E402  (touches no device)
+
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("MP_DEVICES", "1")))
-if os.environ.get("MP_COORDINATOR"):
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(coordinator_address=os.environ["MP_COORDINATOR"],
-                             num_processes=int(os.environ["MP_NUM_PROCESSES"]),
-                             process_id=int(os.environ["MP_PROCESS_ID"]))
+MULTIHOST = "SLURM_JOB_ID" in os.environ
+if MULTIHOST:   # what --multihost does: jax finds the processes in SLURM's variables
+  command.maybe_initialize_distributed(True)
+  assert jax.process_count() == int(os.environ["SLURM_NTASKS"])
 
 import numpy as np  # noqa: E402
 import orbax.checkpoint as ocp  # noqa: E402
@@ -117,7 +119,8 @@ def library_check(devices: int, arrays: dict, facts: dict) -> None:
 
 def command_check(arrays: dict, facts: dict) -> None:
   for name, args in COMMANDS.items():
-    assert cli.main([name, "--workdir", str(WORKDIR / name), *TINY, *args]) == 0, name
+    launch = ["--multihost"] if MULTIHOST else []   # initialized already: nothing more
+    assert cli.main([name, "--workdir", str(WORKDIR / name), *launch, *TINY, *args]) == 0, name
     result = results[name]
     facts[name] = report.without_timings(result.report)
     arrays.update({f"{name}/chosen/{i}": a for i, a in enumerate(host(result.chosen_variables))})

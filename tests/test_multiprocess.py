@@ -60,7 +60,8 @@ def _free_port() -> int:
 
 
 def _env(**extra) -> dict[str, str]:
-  env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_", "MP_", "JAX_"))}
+  env = {k: v for k, v in os.environ.items()
+         if not k.startswith(("XLA_", "MP_", "JAX_", "SLURM_", "OMPI_", "KUBERNETES_"))}
   env.update(JAX_PLATFORMS="cpu",   # the workers share the test session's compile cache
              JAX_COMPILATION_CACHE_DIR=str(jax.config.jax_compilation_cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -74,8 +75,11 @@ def _run_all(root: pathlib.Path) -> None:
   jobs = {
       "one": dict(MP_DEVICES="2", MP_MESHES="1,2", MP_COMMANDS="1"),
       "eight": dict(MP_DEVICES="8", MP_MESHES="8"),
-      **{f"two_{i}": dict(MP_COORDINATOR=f"127.0.0.1:{port}", MP_NUM_PROCESSES="2",
-                          MP_PROCESS_ID=str(i), MP_COMMANDS="1") for i in range(2)}}
+      # The pair is launched as srun describes a job of two tasks on two nodes.
+      **{f"two_{i}": dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+                          SLURM_PROCID=str(i), SLURM_LOCALID="0",
+                          JAX_COORDINATOR_PORT=str(port), MP_COMMANDS="1")
+         for i in range(2)}}
   procs = {}
   for name, extra in jobs.items():
     workdir = root / name.split("_")[0]
@@ -210,3 +214,29 @@ def test_only_process_zero_writes_reports_logs_and_plots(runs):
             f"{method}/accuracy.png"} <= first, method
   assert {"egp/sparsity.png", "lacoot/lacoot.json", "lacoot/distances.png", "tlc/tlc.json",
           "tlc/loss_gaps.png"} <= first
+
+
+def test_launch_settings_come_from_the_environment(monkeypatch):
+  from train import command
+  from train import config as config_lib
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.config, "update", lambda name, value: None)   # gloo: not here
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name, raising=False)
+  command.maybe_initialize_distributed(False)              # a one-process run
+  assert calls == []
+  command.maybe_initialize_distributed(True)               # --multihost: jax detects it all
+  assert calls == [{}]
+  calls.clear()
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")   # read by jax itself
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
+  monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  command.maybe_initialize_distributed(False)
+  command.maybe_initialize_distributed(True)               # a second command: nothing more
+  assert calls == [{"num_processes": 4, "process_id": 3}]
+  calls.clear()
+  monkeypatch.setenv("JAX_PROCESS_ID", "three")
+  with pytest.raises(config_lib.ConfigError, match="JAX_PROCESS_ID='three': must be an integer"):
+    command.maybe_initialize_distributed(False)

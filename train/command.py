@@ -168,20 +168,34 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
 def maybe_initialize_distributed(multihost: bool) -> None:
   """``jax.distributed.initialize()`` for a multi-process launch (before any device use).
 
-  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set. On TPU
-  pods, SLURM, Open MPI or Kubernetes jax finds the processes by itself;
-  elsewhere set ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
+  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set, once per
+  process (a later call, e.g. a second command in the same process, does nothing).
+  On Cloud TPU VMs, under SLURM, Open MPI or Kubernetes jax finds the coordinator,
+  the process count and this process's id by itself; elsewhere set
+  ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
   ``JAX_PROCESS_ID`` for each process. CPU processes talk through gloo.
+
+  Raises:
+    train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
+      integer.
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if jax.distributed.is_initialized():
+    return
   kwargs = {}
-  if os.environ.get("JAX_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
-  if os.environ.get("JAX_PROCESS_ID"):
-    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  for key, variable in (("num_processes", "JAX_NUM_PROCESSES"),
+                        ("process_id", "JAX_PROCESS_ID")):
+    text = os.environ.get(variable)
+    if text:
+      try:
+        kwargs[key] = int(text)
+      except ValueError:
+        raise config_lib.ConfigError(
+            f"{variable}={text!r}: must be an integer (the {key.replace('_', ' ')} of this "
+            f"multi-process launch); set it or unset it to let jax detect it") from None
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 
