@@ -97,8 +97,8 @@ def library_check(devices: int, arrays: dict, facts: dict) -> None:
   mesh = training.make_mesh(jax.devices()[:devices])
   spec = zoo.digits_cnn(width=8)
   ds = data.load("digits")
-  # SGD: Adam turns a gradient near 0 into a step of about lr whatever its size, so the
-  # float-order differences between device counts would grow to lr within the epoch.
+  # SGD: with Adam the float-order differences between device counts grow to 4e-4 within
+  # the epoch (tests/test_multiprocess.py).
   recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="sgd", lr=0.05)
   gates = network.gates_for(spec)
   options = training.TrainOptions(gates=gates, stats_last_epoch=True)
