@@ -61,9 +61,10 @@ from train import config as config_lib
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
-           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints", "storage_failure", "Session",
-           "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser", "add_iteration_arguments",
-           "check_iterations", "main_process_say", "latencies_at"]
+           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints",
+           "storage_failure", "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs",
+           "method_parser", "add_iteration_arguments", "check_iterations", "main_process_say",
+           "latencies_at"]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -372,9 +373,14 @@ def default_config(name: str, fallback: str, model: str | None, dataset: str | N
   return matches[0] if len(matches) == 1 else fallback
 
 
+# The config keys beyond the recipe that make a run what it is (stored in run.json).
+IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                 "image_size", "normalization", "dtype")
+
+
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
-               progress: bool, info_keys: tuple[str, ...], say: Callable[[str], None],
-               eval_batch_size: int | None = None):
+               progress: bool, say: Callable[[str], None],
+               info_keys: tuple[str, ...] = IDENTITY_KEYS, eval_batch_size: int | None = None):
   """:func:`jaxdepth.driver.run` with a method config's settings.
 
   A ``ValueError`` the settings cause inside the run becomes a
@@ -400,11 +406,6 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
 
 
 # -------------------------------------------------------------- method commands
-
-# The config keys beyond the recipe that make a run what it is (stored in run.json).
-IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                 "image_size", "normalization", "dtype")
-
 
 @dataclasses.dataclass(frozen=True)
 class MethodConfigs:
@@ -452,7 +453,7 @@ class MethodConfigs:
 
 
 def method_parser(name: str, doc: str) -> argparse.ArgumentParser:
-  """The parser of method command ``name``: ``doc`` as its help, the exit codes, :func:`add_run_arguments`."""
+  """Method command ``name``'s parser: ``doc`` as help, the exit codes, :func:`add_run_arguments`."""
   p = argparse.ArgumentParser(prog=f"python -m train {name}", description=plain(doc),
                               epilog=EXIT_CODES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -76,16 +76,6 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------- configs
 
 
-def load_config(config: str) -> dict[str, Any]:
-  """A config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return CONFIGS["egp"].load(config)
-
-
-def default_config(name: str, model: str | None, dataset: str | None) -> str:
-  """The one ``<name>_*`` config for this model and dataset, else ``<name>_digits``."""
-  return CONFIGS[name].default_config(model, dataset)
-
-
 def check(cfg: dict[str, Any]) -> list[str]:
   """Problems of the method's own keys, one line each."""
   out = command.check_iterations(cfg, default="10")
@@ -158,7 +148,7 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=command.IDENTITY_KEYS, say=say)
+                               progress=args.progress, say=say)
   full = egp_report.complete(workdir, result.report)
   if jax.process_index() == 0:
     egp_report.write(workdir, full)

@@ -194,7 +194,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=command.IDENTITY_KEYS, say=say,
+                               progress=args.progress, say=say,
                                eval_batch_size=eval_batch_size)
   more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
                 eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
@@ -202,8 +202,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say("")
   say(report.table(result.report))
   lat = more["latency"]
-  say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in turns): trained "
-      f"{lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
+  say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
+      f"turns): trained {lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
       f"({lat['speedup']:.2f}x); MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, "
       f"weight depth {more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, distances "

@@ -209,7 +209,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=command.IDENTITY_KEYS, say=say)
+                               progress=args.progress, say=say)
   latency = command.latencies_at(result.report, workdir, cfg["latency_batch"])
   if jax.process_index() == 0:
     plot_gaps(result.report, workdir / "loss_gaps.png")
