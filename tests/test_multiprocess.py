@@ -107,16 +107,13 @@ def _run_all(root: pathlib.Path) -> None:
       log.close()
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-  root = tmp_path_factory.mktemp("multiprocess")
-  _run_all(root)
+def _results(root: pathlib.Path) -> dict:
   out = {}
   for name in ("one", "eight", "two_0", "two_1"):
     facts = json.loads((root / f"{name}.json").read_text())
     facts["arrays"] = dict(np.load(root / f"{name}.npz"))
     out[name] = facts
-  return root, out
+  return out
 
 
 def _close(a, b, tol: float, where: str = "") -> None:
@@ -145,8 +142,7 @@ def _holds(big, small) -> bool:
   return big == small
 
 
-def test_two_and_eight_fake_devices_train_what_one_device_trains(runs):
-  _, out = runs
+def _fake_devices_train_what_one_device_trains(out):
   one, eight = out["one"], out["eight"]
   assert (one["devices"], eight["devices"], one["processes"]) == (2, 8, 1)
   ref = {k[2:]: v for k, v in one["arrays"].items() if k.startswith("1/")}
@@ -166,8 +162,7 @@ def test_two_and_eight_fake_devices_train_what_one_device_trains(runs):
       np.testing.assert_array_equal(arrays[k], arrays[k.replace("/fit/", "/again/")])
 
 
-def test_the_two_processes_hold_identical_values(runs):
-  _, out = runs
+def _the_two_processes_hold_identical_values(out):
   first, second = out["two_0"], out["two_1"]
   assert (first["process"], second["process"], first["processes"], first["devices"]) == (
       0, 1, 2, 2)
@@ -178,8 +173,7 @@ def test_the_two_processes_hold_identical_values(runs):
     assert first[name] == second[name], name   # decisions, scores, accuracies, costs
 
 
-def test_two_processes_compute_what_one_process_computes(runs):
-  _, out = runs
+def _two_processes_compute_what_one_process_computes(out):
   pair, one = out["two_0"], out["one"]
   assert pair["arrays"].keys() == {k for k in one["arrays"] if not k.startswith("1/")}
   for k, want in one["arrays"].items():
@@ -189,9 +183,7 @@ def test_two_processes_compute_what_one_process_computes(runs):
     _close(pair[name], one[name], TOLERANCE, name)
 
 
-@pytest.mark.parametrize("method", METHODS)
-def test_every_method_runs_its_digits_default_on_two_processes(runs, method):
-  root, out = runs
+def _the_method_ran_its_digits_default_on_two_processes(root, out, method):
   rep = out["two_0"][method]
   assert rep["finished"] and rep["method"] == method
   assert len(rep["iterations"]) == {"egp": 1, "tlc": 1}.get(method, 2)
@@ -206,8 +198,7 @@ def test_every_method_runs_its_digits_default_on_two_processes(runs, method):
     assert sum(rep["iterations"][0]["decision"]["amounts"].values()) > 0
 
 
-def test_only_process_zero_writes_reports_logs_and_plots(runs):
-  _, out = runs
+def _only_process_zero_writes_reports_logs_and_plots(out):
   first, second = set(out["two_0"]["written"]), set(out["two_1"]["written"])
   # Process 1 writes its own parts of the orbax checkpoints, nothing else.
   assert second and all("/checkpoints/" in p for p in second), sorted(second)[:10]
@@ -216,6 +207,18 @@ def test_only_process_zero_writes_reports_logs_and_plots(runs):
             f"{method}/accuracy.png"} <= first, method
   assert {"egp/sparsity.png", "lacoot/lacoot.json", "lacoot/distances.png", "tlc/tlc.json",
           "tlc/loss_gaps.png"} <= first
+
+
+def test_many_processes_and_devices_compute_what_one_computes(tmp_path):
+  # One test, so that the four workers run once whichever xdist worker takes it.
+  _run_all(tmp_path)
+  out = _results(tmp_path)
+  _fake_devices_train_what_one_device_trains(out)
+  _the_two_processes_hold_identical_values(out)
+  _two_processes_compute_what_one_process_computes(out)
+  for method in METHODS:
+    _the_method_ran_its_digits_default_on_two_processes(tmp_path, out, method)
+  _only_process_zero_writes_reports_logs_and_plots(out)
 
 
 def test_launch_settings_come_from_the_environment(monkeypatch):
