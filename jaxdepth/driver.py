@@ -471,9 +471,12 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   log: list = []
   merged_spec, merged_variables = surgery.collapse(spec, variables, mode="exact", log=log)
   checkpoint.save_model(workdir / "chosen_merged", merged_spec, merged_variables, overwrite=True)
-  x = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))["image"]
+  batch = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))
+  x = network.batch_inputs(spec, batch)
+  spatial = equivalence.spatial_prefix(spec) is not None   # no feature map on token inputs
   same = equivalence.compare(spec, variables, merged_spec, merged_variables, x,
-                             border=equivalence.border_width(merged_spec, log))
+                             border=equivalence.border_width(merged_spec, log) if spatial
+                             else None)
   test = training.evaluate(merged_spec, merged_variables, dataset.test,
                            batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
   before, after = costs.summary(spec), costs.summary(merged_spec)
@@ -482,7 +485,7 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
       "edits": [edit_record(e) for e in log if e.kind != "skip"],
       "skipped": [edit_record(e) for e in log if e.kind == "skip"],
       "max_abs_diff": same.max_abs, "max_rel_diff": same.max_rel,
-      "top1_agreement": same.top1_agreement, "test_batch": int(x.shape[0]),
+      "top1_agreement": same.top1_agreement, "test_batch": int(len(batch["label"])),
       "test_accuracy": test.accuracy,
       **{f"{k}_{when}": d[k] for k in ("params", "macs", "nonlinear_depth", "weight_depth")
          for when, d in (("before", before), ("after", after))},

@@ -61,10 +61,10 @@ from train import config as config_lib
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
-           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints",
-           "storage_failure", "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs",
-           "method_parser", "add_iteration_arguments", "check_iterations", "main_process_say",
-           "latencies_at"]
+           "check_data", "start", "Prepared", "prepare", "pretrained_problems",
+           "initial_variables", "default_workdir", "has_checkpoints", "storage_failure",
+           "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
+           "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -100,6 +100,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
   p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
   p.add_argument("--seed", help="the same as --config.seed=N")
   p.add_argument("--dtype", help="compute dtype, float32 or bfloat16 (--config.dtype)")
+  p.add_argument("--pretrained", metavar="FILE",
+                 help="start from torchvision weights: a .safetensors state dict (or a .pth "
+                      "where torch is installed); docs/weights.md says how to export one; for "
+                      "a text encoder, a Hugging Face model folder (config.json, "
+                      "model.safetensors; docs/text.md) (the same as --config.pretrained=FILE)")
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -160,7 +165,7 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
   """
   cfg = config_lib.load(config, extra_defaults)
   flagged = [(k, str(getattr(args, k))) for k in ("model", "dataset", "data_dir", "seed",
-                                                   "dtype", *flags)
+                                                   "dtype", "pretrained", *flags)
              if getattr(args, k, None) is not None]
   cfg = config_lib.override(cfg, list(args.overrides) + flagged)
   return config_lib.to_dict(cfg)
@@ -230,7 +235,8 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
     with _quiet_absl():
       ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
                      split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                     image_size=cfg["image_size"], normalization=cfg["normalization"])
+                     image_size=cfg["image_size"], normalization=cfg["normalization"],
+                     **_text_options(cfg))
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
     raise config_lib.ConfigError(" ".join(message(e).split())) from e
@@ -244,7 +250,40 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
                                  f"{cfg['model_kwargs']!r}: {message(e)}") from e
+  _check_padding_id(cfg, ds, spec)
   return ds, spec
+
+
+def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
+  """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
+  with that id, else padding tokens would be read as real ones."""
+  from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
+  encoder = getattr(ds.train, "encoder", None)
+  pad = getattr(encoder, "pad_id", None)
+  for path, node in spec.walk():
+    if isinstance(node, TokenPositionEmbedding) and node.padding_idx is not None and (
+        pad is not None and pad != node.padding_idx):
+      raise config_lib.ConfigError(
+          f"model {cfg['model']!r} numbers positions from padding id {node.padding_idx} "
+          f"({path}), but the tokenizer pads with id {pad}; use the model's own tokenizer "
+          f"(--config.tokenizer=FOLDER)")
+
+
+def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """``tokenizer`` and ``max_length`` of :func:`jaxdepth.data.load`: those of the config,
+  the tokenizer defaulting to the ``pretrained`` model folder for a text dataset (an
+  image dataset refuses them if set)."""
+  from jaxdepth.data import glue  # pylint: disable=import-outside-toplevel
+  text = cfg["dataset"] in glue.RECIPES
+  tokenizer, pretrained = cfg["tokenizer"], cfg["pretrained"]
+  if text and tokenizer is None and pretrained is not None and pathlib.Path(pretrained).is_dir():
+    tokenizer = pretrained
+  options: dict[str, Any] = {}
+  if tokenizer is not None:
+    options["tokenizer"] = tokenizer
+  if text or cfg["max_length"] != config_lib.DEFAULTS["max_length"]:
+    options["max_length"] = cfg["max_length"]
+  return options
 
 
 def message(error: Exception) -> str:
@@ -312,7 +351,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   """
   import jax  # pylint: disable=import-outside-toplevel
   cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
-  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
@@ -325,6 +364,51 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   if jax.process_index() == 0:
     ensure_writable(workdir)
   return Prepared(cfg, workdir, ds, spec)
+
+
+def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
+  """The problem of ``cfg["pretrained"]``: a file that is not there (or a folder
+  without the Hugging Face ``model.safetensors``)."""
+  path = cfg["pretrained"]
+  if path is None or pathlib.Path(path).is_file():
+    return []
+  if pathlib.Path(path).is_dir():
+    if (pathlib.Path(path) / "model.safetensors").is_file():
+      return []
+    return [f"--config.pretrained={path!r}: a folder without model.safetensors; a Hugging "
+            f"Face model folder holds config.json and model.safetensors (docs/text.md)"]
+  return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
+          f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
+          f"or --config.pretrained=None to start from a random initialisation"]
+
+
+def initial_variables(cfg: Mapping[str, Any], spec):
+  """The variables a run starts from: ``network.init(spec, key(seed))``, with the weights of
+  ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file;
+  a text encoder's from a Hugging Face folder or its ``model.safetensors``
+  (:func:`jaxdepth.weights.huggingface.load`).
+
+  Raises:
+    train.config.ConfigError: the file does not fit the model (the first missing,
+      unexpected or mis-shaped tensor) or cannot be read.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  variables = network.init(spec, jax.random.key(cfg["seed"]))
+  if cfg["pretrained"] is None:
+    return variables
+  from jaxdepth.text import takes_token_ids  # pylint: disable=import-outside-toplevel
+  from jaxdepth.weights import StateDictError, huggingface, torchvision  # pylint: disable=import-outside-toplevel
+  try:
+    if takes_token_ids(spec):
+      path = pathlib.Path(cfg["pretrained"])
+      path = path / huggingface.WEIGHTS_FILE if path.is_dir() else path
+      return huggingface.load(spec, path, template=variables,
+                              new_head=cfg["pretrained_new_head"])
+    return torchvision.load(spec, cfg["pretrained"], template=variables,
+                            new_head=cfg["pretrained_new_head"])
+  except (StateDictError, ImportError) as e:
+    raise config_lib.ConfigError(f"--config.pretrained={cfg['pretrained']!r}: {e}") from e
 
 
 # --------------------------------------------------------------------- workdir
@@ -375,7 +459,7 @@ def default_config(name: str, fallback: str, model: str | None, dataset: str | N
 
 # The config keys beyond the recipe that make a run what it is (stored in run.json).
 IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                 "image_size", "normalization", "dtype")
+                 "image_size", "normalization", "dtype", "max_length")
 
 
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
@@ -388,9 +472,12 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   run and a full or read-only disk keep their own exits.
   """
   from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  # A resumed run starts from its checkpoint; a fresh one from initial_variables.
+  variables = None if has_checkpoints(workdir) else initial_variables(cfg, spec)
   try:
     return driver.run(
-        method, spec, ds, config_lib.recipe_of(cfg), workdir, iterations=cfg["iterations"],
+        method, spec, ds, config_lib.recipe_of(cfg), workdir, variables=variables,
+        iterations=cfg["iterations"],
         tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
         eval_batch_size=eval_batch_size or cfg["eval_batch_size"], progress=progress,
         checkpoint_epochs=cfg["checkpoint_epochs"],

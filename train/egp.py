@@ -23,7 +23,7 @@ mid-iteration, from the epoch checkpoints); --iterations may grow and
 --tolerance change between calls, anything else is refused. A config is a
 train/configs/egp_*.py (or nepenthe_*.py) file (python -m train list): the keys
 of python -m train fit plus iterations, tolerance, rho, estimator, augment,
-entropy_batch_size, layers and skip; --config.KEY=VALUE overrides any of them
+entropy_batch_size, layers, skip and neurons; --config.KEY=VALUE overrides any of them
 (--config.skip="'relu',"). Without --config, the command's config for --model
 and --dataset is used when exactly one matches, else <command>_digits. The
 default work directory is runs/<command>-<model>-<dataset>-seed<seed>.
@@ -49,12 +49,15 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "entropy_batch_size": config_dict.placeholder(int),  # batch of the entropy pass
     "layers": config_dict.placeholder(dict),     # {site: layer} (None: egp.layer_map)
     "skip": (),                   # sites whose layer is never pruned
+    "neurons": "channels",        # "channels", or "rows": the official Swin-T script's token rows
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
 ESTIMATORS = ("egp", "dataset", "easier")
+NEURONS = ("channels", "rows")
 FLAGS = ("iterations", "tolerance", "rho", "estimator", "augment")   # flags that set config keys
 NAMES = {"egp": "EGP", "nepenthe": "NEPENTHE"}
 CONFIGS = {name: command.MethodConfigs(name, METHOD_DEFAULTS, FLAGS) for name in NAMES}
+load_config = CONFIGS["egp"].load   # EGP and NEPENTHE configs have the same keys
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:
@@ -85,6 +88,8 @@ def check(cfg: dict[str, Any]) -> list[str]:
                f"pruned per round; the paper uses 0.5)")
   if cfg["estimator"] is not None and cfg["estimator"] not in ESTIMATORS:
     out.append(f"--estimator {cfg['estimator']!r}: use one of {', '.join(ESTIMATORS)}")
+  if cfg["neurons"] not in NEURONS:
+    out.append(f"--config.neurons={cfg['neurons']!r}: use one of {', '.join(NEURONS)}")
   batch = cfg["entropy_batch_size"]
   if batch is not None and batch <= 0:
     out.append(f"--config.entropy_batch_size={batch}: use a positive batch size, e.g. 128")
@@ -98,7 +103,7 @@ def make_method(name: str, cfg: dict[str, Any]):
   kw = {} if cfg["estimator"] is None else {"estimator": cfg["estimator"]}
   return cls(rho=cfg["rho"], augment=cfg["augment"],
              entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"],
-             skip=tuple(cfg["skip"]), **kw)
+             skip=tuple(cfg["skip"]), neurons=cfg["neurons"], **kw)
 
 
 def _check_model(name: str):
@@ -108,7 +113,7 @@ def _check_model(name: str):
     try:
       make_method(name, cfg).units(spec)
     except (KeyError, ValueError, TypeError) as e:
-      out.append(f"--config.layers / --config.skip: {command.message(e)}")
+      out.append(f"--config.layers / --config.skip / --config.neurons: {command.message(e)}")
     if ds.val is None:
       out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                  f"validation split, on which the operating point is chosen; use a fraction "

@@ -69,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
   p.add_argument("--n-projections", "--n_projections", dest="n_projections",
                  help="random directions per distance (default 50)")
   p.add_argument("--pairing",
-                 help="'block': every identity-shortcut block; 'official': the authors' units "
-                      "(ResNet-18: layerS/1; MobileNetV2: the depthwise sub-layers)")
+                 help="'block': every identity-shortcut block or transformer layer; 'official': "
+                      "the authors' units (ResNet-18: layerS/1; MobileNetV2: the depthwise "
+                      "sub-layers; Swin-T: its layers, input against the MLP output)")
   p.add_argument("--order",
                  help="removal order: ascending (distance), or an official script's rule: "
                       "deepest_first (ResNet), zscore (Swin-T), shifted (MobileNetV2)")
@@ -119,7 +120,7 @@ def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
   else:
     if not units:
       out.append(f"--config.model={cfg['model']!r}: {spec.name} has no residual block with an "
-                 f"identity shortcut for LaCoOT to remove; use a ResNet or MobileNetV2")
+                 f"identity shortcut for LaCoOT to remove; use a ResNet, MobileNetV2 or Swin-T")
   if ds.val is None:
     out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                f"validation split, on which LaCoOT measures its distances and chooses its "
