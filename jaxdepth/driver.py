@@ -355,9 +355,9 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   options = method.train_options(spec, state)
   it_dir = _iteration_dir(workdir, it)
   if options.epochs == 0:   # the method only evaluates this iteration (e.g. LaCoOT's removals)
-    trained = training.FitResult(
-        variables, None, [],
-        training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed))
+    trained = training.FitResult(   # the state replicated as fit's (every process saves it)
+        variables, None, [], training.replicate(
+            training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed), mesh))
   else:
     trained = trainer(spec, variables, dataset, recipe, options=options,
                       seed=iteration_seed(seed, it),
@@ -434,11 +434,17 @@ def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[
   """Eval-forward latency of each model at each batch size, in milliseconds.
 
   :func:`jaxdepth.timing.latencies`: medians of measurements taken in turns
-  after warm-up, so the models are compared under the same load.
+  after warm-up, so the models are compared under the same load. Each model is
+  timed on one device of this process (its variables copied there first), so a
+  model replicated over the devices of several processes is timed like one
+  loaded from disk.
 
   Returns:
     ``[{"batch": b, "<name>_ms": ms, ...}]``, one row per batch size.
   """
+  device = jax.local_devices()[0]
+  models = {name: (spec, jax.device_put(jax.device_get(variables), device))
+            for name, (spec, variables) in models.items()}
   rows = []
   for b in dict.fromkeys(int(b) for b in batch_sizes):
     row = {"batch": b}
