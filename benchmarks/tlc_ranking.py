@@ -24,21 +24,29 @@ Run::
     python benchmarks/tlc_ranking.py [--model resnet18] [--batch 128] [--rounds 5]
 
 Prints one JSON object (also written to ``--out`` when given), with the machine's
-load average before and after, since a shared machine slows everything, and
-``macs``: the multiply-accumulates each way takes, in forward passes of the
-whole network. Every candidate still runs everything after its site, so their
-ratio bounds the speed-up (1.93 for CIFAR ResNet-18's 17 candidates).
+load average before and after, since a shared machine slows everything. Wall
+seconds are what a user waits; CPU seconds (``time.process_time``, every thread
+of the process) are the work done, which other jobs on a loaded machine disturb
+far less, so both ratios are given. ``macs``: the multiply-accumulates each way
+takes, in forward passes of the whole network: every candidate still runs
+everything after its site, so their ratio bounds what prefix sharing alone can
+save (1.93 for CIFAR ResNet-18's 17 candidates). ``executed_macs``: the same
+with the multiply-accumulates the CPU executor really does (a 3x3 conv on a 2x2
+map multiplies the 4 taps that meet the map, not 9; 2.12).
 
-Measured 2026-12-02 on the 2-core dev CPU shared with other jobs (load average
-about 19-20 throughout), ResNet-18 CIFAR, batch 128, 17 candidates, medians of 3
-rounds: shared 24.4 s, naive 42.3 s, 1.74x (bound 1.93x); gaps equal to 4.8e-7.
-The same machine idle would be several times faster for both; the ratio is
-what carries over.
+Measured 2026-12-04 on the 2-core dev CPU shared with other jobs (load average 6
+to 15 during the run), ResNet-18 CIFAR, batch 128, 17 candidates, medians of 5
+interleaved rounds: wall 11.6 s shared vs 27.5 s naive, 2.36x; CPU 3.32 s vs
+8.12 s, 2.44x; gaps equal to 9.5e-7. The ratio exceeds the executed-MAC bound
+because the naive loop runs the stem (a 3-channel conv and element-wise passes
+over 32x32 maps, the slowest part per MAC) 18 times, the shared ranking once.
+The wall times on an idle machine were not measured.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import time
@@ -49,6 +57,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdepth import costs, network, zoo
+from jaxdepth import spec as S
 from jaxdepth.methods import tlc, tlc_rank
 
 
@@ -70,10 +79,29 @@ def random_variables(spec, seed: int = 0):
           "batch_stats": traverse_util.unflatten_dict(stats)}
 
 
-def macs_bound(spec, cands) -> dict:
+def executed_macs(spec) -> int:
+  """MACs per example as the CPU executor computes them.
+
+  A convolution on a map with fewer positions than kernel taps (CIFAR
+  ResNet-18's 3x3 convs on 2x2 maps) is one matrix product over the flattened
+  map with only the taps that meet it: ``P·Q·C_in·C_out`` for ``P`` input and
+  ``Q`` output positions instead of ``Q·taps·C_in·C_out``.
+  """
+  total = costs.count_macs(spec)
+  shapes = spec.shapes()
+  for path, n in spec.walk():
+    if isinstance(n, S.Conv) and n.groups == 1:
+      (h, w, c_in), (oh, ow, c_out) = shapes[path]
+      taps = math.prod(n.kernel)
+      if h * w < taps:
+        total += (h * w - taps) * oh * ow * c_in * c_out
+  return total
+
+
+def macs_bound(spec, cands, count=costs.count_macs) -> dict:
   """MACs of both ways: the naive loop's (1 + K forwards) and the shared ranking's."""
   plan = tlc_rank._plan(spec, tuple(cands))   # pylint: disable=protected-access
-  per_element = [costs.count_macs(sub) for sub in plan.elements]
+  per_element = [count(sub) for sub in plan.elements]
   total = sum(per_element)
   shared = total
   for j in plan.joins:
@@ -81,7 +109,7 @@ def macs_bound(spec, cands) -> dict:
     if j.kind == "fork":
       shared += sum(per_element[j.element:])
     elif j.kind == "branch":
-      shared += after + costs.count_macs(j.rest) + costs.count_macs(j.post)
+      shared += after + count(j.rest) + (count(j.post) if j.post else 0)
     else:
       shared += after
   naive = total * (1 + len(cands))
@@ -119,15 +147,18 @@ def main(argv=None) -> dict:
     results[name] = fn()
     compile_s[name] = round(time.perf_counter() - tic, 3)
   times = {"shared": [], "naive": []}
+  cpu = {"shared": [], "naive": []}
   for r in range(args.rounds):
     for name in (("shared", "naive") if r % 2 == 0 else ("naive", "shared")):
       fn = shared if name == "shared" else naive
-      tic = time.perf_counter()
+      tic, cpu_tic = time.perf_counter(), time.process_time()
       fn()
       times[name].append(time.perf_counter() - tic)
+      cpu[name].append(time.process_time() - cpu_tic)
   (base_s, gaps_s), (base_n, gaps_n) = results["shared"], results["naive"]
   diff = max(abs(gaps_s[k] - gaps_n[k]) for k in gaps_s)
   median = {k: statistics.median(v) for k, v in times.items()}
+  cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
   out = {
       "model": spec.name, "batch": args.batch, "candidates": len(cands),
       "macs_per_example": costs.count_macs(spec),
@@ -135,7 +166,11 @@ def main(argv=None) -> dict:
       "seconds_all": {k: [round(t, 4) for t in v] for k, v in times.items()},
       "first_call_seconds": compile_s,
       "speedup_vs_naive": round(median["naive"] / median["shared"], 3),
+      "cpu_seconds": {k: round(v, 4) for k, v in cpu_median.items()},
+      "cpu_seconds_all": {k: [round(t, 4) for t in v] for k, v in cpu.items()},
+      "cpu_speedup_vs_naive": round(cpu_median["naive"] / cpu_median["shared"], 3),
       "macs": macs_bound(spec, cands),
+      "executed_macs": macs_bound(spec, cands, executed_macs),
       "max_gap_difference": diff, "base_loss_difference": abs(base_s - base_n),
       "equal_to_1e-5": bool(diff <= 1e-5),
       "gaps": {k: round(v, 6) for k, v in gaps_s.items()},

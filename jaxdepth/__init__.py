@@ -4,12 +4,12 @@ The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
 (:mod:`jaxdepth.network`), and every method and surgery pass maps
 ``(spec, variables) -> (spec, variables)``.
 """
-from jaxdepth import entropy, spec, stats, transformer
+from jaxdepth import entropy, spec, stats, text, transformer
 from jaxdepth import costs, zoo
 from jaxdepth.network import Forward, Network, forward, gates_by_site, gates_for, init
 from jaxdepth.spec import (
-    Act, BatchNorm, Block, Concat, Conv, Dense, Dropout, Flatten, LayerNorm, Pool, Sequential, Spec,
-    SpecError, replace_node, with_identity)
+    Act, BatchNorm, Block, Concat, Conv, Dense, Dropout, Flatten, GroupNorm, LayerNorm, Pool,
+    Sequential, Spec, SpecError, replace_node, with_identity)
 from jaxdepth.transformer import (
     Attention, ClassToken, PatchMerging, PositionEmbedding, SelectToken, StochasticDepth,
     Tokens, WindowAttention)

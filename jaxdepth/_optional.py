@@ -2,7 +2,8 @@
 
 The core (specs, the executor, statistics, training steps, methods, surgery)
 needs only jax, flax, optax, orbax and numpy. Reading datasets needs the
-``data`` extra (grain, tensorflow-datasets, Pillow, scikit-learn for digits);
+``data`` extra (grain, tensorflow-datasets, Pillow, scikit-learn for digits,
+tokenizers for GLUE);
 PNG plots need ``plots`` (matplotlib). Modules import those lazily through
 :func:`require`, so ``import jaxdepth`` works without them.
 """

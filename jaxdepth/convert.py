@@ -5,15 +5,23 @@ a sample batch under ``jax.make_jaxpr`` and read the network off the trace; the
 user's source is never parsed. Two sources of truth are combined:
 
 * **layer calls**: every call of a Flax layer (``Conv``, ``Dense``/``Linear``,
-  ``BatchNorm``, ``LayerNorm``, ``Dropout``) is intercepted (Linen:
-  ``nn.intercept_methods``; NNX: the layer classes' ``__call__`` for the time of
-  the trace), its attributes, path and variables recorded, and its output
-  replaced in the trace by one opaque equation ``module(x)``;
+  ``BatchNorm``, ``LayerNorm``, ``GroupNorm``, ``Dropout``, multi-head
+  self-attention; :mod:`jaxdepth.flax_layers` says what each becomes) is
+  intercepted (Linen: ``nn.intercept_methods``; NNX: the module classes'
+  ``__call__`` for the time of the trace), its attributes, path and variables
+  recorded, and its output replaced in the trace by one opaque equation
+  ``module(x)``;
 * **glue**: everything between the layer calls is the traced program itself (a
   jaxpr). Additions of two tensors become residual :class:`~jaxdepth.spec.Block`
   s, concatenations on the channel axis :class:`~jaxdepth.spec.Concat` s,
-  ``reshape`` to ``(B, -1)`` a Flatten, ``reduce_window`` and ``mean`` over
-  ``(H, W)`` pooling. A chain of element-wise operations of one tensor is
+  ``reshape`` to ``(B, -1)`` a Flatten and to ``(B, H W, C)``
+  :class:`~jaxdepth.transformer.Tokens`, ``reduce_window`` and ``mean`` over
+  ``(H, W)`` or over the tokens pooling, ``x[:, i]`` of a token sequence
+  :class:`~jaxdepth.transformer.SelectToken`. A parameter of the module's own
+  (``self.param``, ``nnx.Param``) added to the tokens is a
+  :class:`~jaxdepth.transformer.PositionEmbedding`, one concatenated in front of
+  them a :class:`~jaxdepth.transformer.ClassToken`; both keep the user's array
+  and its path. A chain of element-wise operations of one tensor is
   identified *numerically*: it is evaluated on a grid of values and compared
   with every site kind of :data:`jaxdepth.spec.ACTIVATIONS` (so ``nn.relu``,
   ``jnp.maximum(x, 0)`` and ``x * jax.nn.sigmoid(x)`` are all recognised for
@@ -35,10 +43,12 @@ Example::
     spec, variables, paths = jaxdepth.from_flax(MyNet(), variables, x[:8])
     jaxdepth.forward(spec, variables, x).logits      # == MyNet().apply(variables, x)
     paths["BasicBlock_0/Conv_0"]    # the user's path of that spec node
+    to_user_variables(converted, trained_variables, variables)   # back into MyNet's layout
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import inspect
 import os
 import traceback
@@ -51,12 +61,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from flax.linen import linear as linen_linear
 
+from jaxdepth import flax_layers as layers
 from jaxdepth import network
 from jaxdepth import spec as S
 from jaxdepth import trace_graph as G
 from jaxdepth.trace_graph import ConversionError
+from jaxdepth.transformer import nodes as T
 
 __all__ = ["from_flax", "from_nnx", "ConversionError", "Converted", "to_user_variables"]
 
@@ -67,8 +78,10 @@ class Converted(NamedTuple):
   Attributes:
     spec: the architecture.
     variables: ``{"params": ..., "batch_stats": ...}`` keyed by the spec's paths.
-    paths: ``{spec node path: user module path}`` for every layer node (the
-      user's path joins the Linen scope names or NNX attribute names with ``/``).
+    paths: ``{spec node path: user path}`` for every layer node (the user's
+      module path) and every class token and position embedding (the path of
+      the user's parameter); the user's path joins the Linen scope names or NNX
+      attribute names with ``/``.
   """
   spec: S.Spec
   variables: dict[str, Any]
@@ -81,124 +94,179 @@ class Converted(NamedTuple):
 @dataclasses.dataclass
 class _Leaf:
   """One intercepted layer call."""
-  kind: str              # conv, dense, batch_norm, layer_norm, dropout
+  kind: str              # a kind of jaxdepth.flax_layers: conv, dense, attention, ...
   path: tuple            # the user's module path
   module: Any            # the Linen or NNX layer object
   in_shape: tuple
   out_shape: tuple
   line: str
 
+  @property
+  def where(self) -> str:
+    return f"{_where(self.path)} ({type(self.module).__name__}, {self.line})"
 
 
-_LINEN_LEAVES = ((nn.Conv, "conv"), (nn.Dense, "dense"), (nn.BatchNorm, "batch_norm"),
-                 (nn.LayerNorm, "layer_norm"), (nn.Dropout, "dropout"))
-_NNX_LEAVES = ((nnx.Conv, "conv"), (nnx.Linear, "dense"), (nnx.BatchNorm, "batch_norm"),
-               (nnx.LayerNorm, "layer_norm"), (nnx.Dropout, "dropout"))
 _CONTAINERS = ("Sequential", "List", "Dict")
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _LIBS = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (jax, flax)) + (_HERE,)
 
 
-def _user_line() -> str:
-  """``file:line (function)`` of the innermost frame outside jax, flax and jaxdepth."""
-  for frame in reversed(traceback.extract_stack()):
-    f = os.path.abspath(frame.filename)
-    if not f.startswith(_LIBS) and "site-packages" not in f and not f.startswith("<frozen"):
+def _is_user_frame(filename: str) -> bool:
+  f = os.path.abspath(filename)
+  return not f.startswith(_LIBS) and "site-packages" not in f and not f.startswith("<frozen")
+
+
+def _user_line(error: BaseException | None = None) -> str:
+  """``file:line (function)`` of the innermost frame outside jax, flax and jaxdepth: of the
+  current stack, or of where ``error`` was raised."""
+  frames = (traceback.extract_tb(error.__traceback__) if error is not None
+            else traceback.extract_stack())
+  for frame in reversed(frames):
+    if _is_user_frame(frame.filename):
       return f"{frame.filename}:{frame.lineno} ({frame.name})"
   return "unknown source line"
-
-
-def _kind(obj, table) -> str | None:
-  for cls, kind in table:
-    if type(obj) is cls:
-      return kind
-  return None
 
 
 def _where(path) -> str:
   return "/".join(str(p) for p in path) or "(the top module)"
 
 
-def _record(leaves, kind, path, module, x, y):
-  if not isinstance(x, jax.Array) or not isinstance(y, jax.Array):
-    raise ConversionError(
-        f"layer {_where(path)} ({type(module).__name__}) at {_user_line()}: called on "
-        f"{type(x).__name__}, returned {type(y).__name__}; jaxdepth converts layers called on "
-        f"one array that return one array")
-  index = len(leaves)
-  leaves.append(_Leaf(kind, tuple(path), module, tuple(x.shape), tuple(y.shape), _user_line()))
-  return G.layer_p.bind(x, index=index, shape=tuple(y.shape), dtype=y.dtype)
+class _Tracer:
+  """What one trace records: the layer calls, how deep inside a layer the code is, and the
+  module where a failure of the user's code was raised."""
+
+  def __init__(self):
+    self.leaves: list[_Leaf] = []
+    self.inside = 0          # > 0 while a recorded layer runs its own submodules
+    self.failed_in: dict[int, tuple] = {}
+
+  def run(self, path, fun, *args, **kwargs):
+    """``fun(*args, **kwargs)``, noting ``path`` as the innermost module of a failure."""
+    try:
+      return fun(*args, **kwargs)
+    except Exception as e:
+      self.failed_in.setdefault(id(e), tuple(path))
+      raise
+
+  def layer(self, kind, path, module, fun, args, kwargs):
+    """Runs a layer call and stands one opaque equation in for its output."""
+    where = f"{_where(path)} ({type(module).__name__}, {_user_line()})"
+    x = layers.call_input(kind, module, args, kwargs, where)
+    self.inside += 1
+    try:
+      y = self.run(path, fun, *args, **kwargs)
+    finally:
+      self.inside -= 1
+    if not isinstance(x, jax.Array) or not isinstance(y, jax.Array):
+      raise ConversionError(
+          f"layer {where}: called on {type(x).__name__}, returned {type(y).__name__}; "
+          f"jaxdepth converts layers called on one array that return one array")
+    index = len(self.leaves)
+    self.leaves.append(_Leaf(kind, tuple(path), module, tuple(x.shape), tuple(y.shape),
+                             _user_line()))
+    return G.layer_p.bind(x, index=index, shape=tuple(y.shape), dtype=y.dtype)
+
+  def error(self, e: Exception, shape, what: str) -> ConversionError:
+    return _error_of(e, shape, what, self.failed_in.get(id(e)))
+
+
+def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionError:
+  """A failure of the user's module on the sample input as a ConversionError saying where
+  (the innermost module, when known, and the user's source line) and what to do."""
+  name = type(e).__name__
+  text = str(e).strip().split("\n")[0]
+  where = (f"in module {_where(module_path)} " if module_path is not None else ""
+           ) + f"at {_user_line(e)}"
+  if "Rng" in name or "rng" in text.lower() and "PRNG" in text:
+    return ConversionError(
+        f"{what} needs a random number stream that was not passed, {where} ({name}: {text}). "
+        f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
+        f"random numbers only through nn.Dropout; random operations of its own cannot be "
+        f"converted: move them out of the module")
+  if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
+              "TypeError", "ValueError", "IndexError"):
+    return ConversionError(
+        f"{what} cannot run on a sample input of shape {tuple(shape)}: it failed {where} "
+        f"({name}: {text}). Pass a batch shaped like the data the module was built for, with "
+        f"the batch axis first, e.g. x[:8] of a (B, H, W, C) dataset")
+  return ConversionError(f"tracing {what} on a sample input of shape {tuple(shape)} failed "
+                         f"{where}: {name}: {text}")
 
 
 def _refuse_layer(path, module):
   raise ConversionError(
       f"layer {_where(path)} is a {type(module).__module__}.{type(module).__name__} (called at "
-      f"{_user_line()}), which jaxdepth cannot represent; supported layers: Conv, Dense/Linear, "
-      f"BatchNorm, LayerNorm, Dropout. Replace it, or keep that part outside the converted module")
+      f"{_user_line()}), which jaxdepth cannot represent; supported layers: {layers.SUPPORTED}. "
+      f"Replace it, or keep that part outside the converted module")
 
 
-def _linen_interceptor(leaves):
+def _linen_interceptor(tracer: _Tracer):
   def intercept(next_fun, args, kwargs, context):
     module = context.module
-    if context.method_name != "__call__":
+    if tracer.inside or context.method_name != "__call__":
       return next_fun(*args, **kwargs)
-    kind = _kind(module, _LINEN_LEAVES)
-    if kind is None:
-      if type(module).__module__.startswith("flax.") and type(module).__name__ not in _CONTAINERS:
-        _refuse_layer(module.path, module)
-      return next_fun(*args, **kwargs)
-    if len(args) != 1:
-      raise ConversionError(f"layer {_where(module.path)} at {_user_line()} is called with "
-                            f"{len(args)} positional arguments; jaxdepth converts one input")
-    return _record(leaves, kind, module.path, module, args[0], next_fun(*args, **kwargs))
+    kind = layers.kind_of(type(module), layers.LINEN)
+    if kind is not None:
+      return tracer.layer(kind, module.path, module, next_fun, args, kwargs)
+    if type(module).__module__.startswith("flax.") and type(module).__name__ not in _CONTAINERS:
+      _refuse_layer(module.path, module)
+    return tracer.run(module.path, next_fun, *args, **kwargs)
   return intercept
 
 
-def _error_of(e: Exception, shape, what: str) -> ConversionError:
-  """A tracing failure of the user's module as a ConversionError saying what to do."""
-  name = type(e).__name__
-  text = str(e).strip().split("\n")[0]
-  if "Rng" in name or "rng" in text.lower() and "PRNG" in text:
-    return ConversionError(
-        f"{what} needs a random number stream that was not passed ({name}: {text}). Pass "
-        f"rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws random numbers "
-        f"only through nn.Dropout; random operations of its own cannot be converted: move them "
-        f"out of the module")
-  if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
-              "TypeError", "ValueError", "IndexError"):
-    return ConversionError(
-        f"{what} cannot run on a sample input of shape {tuple(shape)} ({name}: {text}). Pass a "
-        f"batch shaped like the data the module was built for, with the batch axis first, e.g. "
-        f"x[:8] of a (B, H, W, C) dataset")
-  return ConversionError(f"tracing {what} on a sample input of shape {tuple(shape)} failed: "
-                         f"{name}: {text}")
-
-
-def _trace_linen(module, variables, x, train_kwarg, rngs):
-  leaves: list[_Leaf] = []
-  kwargs = {}
+def _eval_kwargs(module, train_kwarg: str) -> dict:
+  """``{train_kwarg: False}`` if the module's ``__call__`` takes it, else ``{}``; refuses a
+  ``__call__`` that needs more than the input and that flag."""
   try:
-    params = inspect.signature(module.__call__).parameters
+    params = list(inspect.signature(module.__call__).parameters.values())
   except (TypeError, ValueError):
-    params = {}
-  if train_kwarg in params:
-    kwargs[train_kwarg] = False
+    return {}
+  needed = [p.name for p in params[1:] if p.default is p.empty and p.name != train_kwarg
+            and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+  if needed:
+    raise ConversionError(
+        f"{type(module).__name__}.__call__ needs the argument(s) {', '.join(needed)} besides the "
+        f"input; the converter passes the input and, if __call__ takes it, {train_kwarg}=False. "
+        f"If {needed[0]!r} is the train-mode flag, pass train_kwarg={needed[0]!r}; otherwise "
+        f"give the argument a default (or wrap the module in one that supplies it)")
+  return {train_kwarg: False} if any(p.name == train_kwarg for p in params) else {}
+
+
+def _trace_linen(module, variables, x, kwargs, rngs):
+  tracer = _Tracer()
 
   def fn(x):
     return module.apply(variables, x, rngs=rngs, **kwargs)
 
   try:
-    with nn.intercept_methods(_linen_interceptor(leaves)), jax.disable_jit():
+    with nn.intercept_methods(_linen_interceptor(tracer)), jax.disable_jit():
       closed = jax.make_jaxpr(fn)(x)
   except ConversionError:
     raise
   except Exception as e:  # pylint: disable=broad-except   # any failure of user code: explained
-    raise _error_of(e, x.shape, f"module {type(module).__name__}") from e
-  return closed, leaves
+    raise tracer.error(e, x.shape, f"module {type(module).__name__}") from e
+  return closed, tracer.leaves, _linen_params(variables)
+
+
+def _linen_params(variables) -> dict[int, tuple[str, str]]:
+  """``{id(array): (collection, path)}`` of a Linen variables dict (the trace closes over
+  these very arrays, so a constant of the trace is found by identity)."""
+  out = {}
+
+  def walk(tree, collection, path):
+    for key, value in tree.items():
+      if isinstance(value, Mapping):
+        walk(value, collection, path + (str(key),))
+      else:
+        out.setdefault(id(value), (collection, "/".join(path + (str(key),))))
+  for collection, tree in variables.items():
+    if isinstance(tree, Mapping):
+      walk(tree, collection, ())
+  return out
 
 
 def _nnx_patches(model):
-  """Temporary ``__call__`` wrappers: layers emit the marker, other modules name a scope."""
+  """The path of every submodule (by identity) and the module classes to wrap."""
   paths = {}
   for path, node in nnx.iter_graph(model):
     if isinstance(node, nnx.Module):
@@ -207,29 +275,43 @@ def _nnx_patches(model):
   return paths, types
 
 
-def _trace_nnx(model, x):
-  leaves: list[_Leaf] = []
+def _nnx_params(model) -> dict[int, tuple[str, str]]:
+  """``{id(array): (collection, path)}`` of an NNX model's variables (``params`` for
+  ``nnx.Param``, else the variable type's name)."""
+  out = {}
+  for path, node in nnx.iter_graph(model):
+    if isinstance(node, nnx.Variable):
+      collection = "params" if isinstance(node, nnx.Param) else type(node).__name__
+      out.setdefault(id(node.get_value()), (collection, "/".join(str(p) for p in path)))
+  return out
+
+
+def _trace_nnx(model, x, kwargs):
+  """Traces a copy of ``model`` in eval mode, its module classes' ``__call__`` wrapped for
+  the time of the trace: layers emit the marker, other modules name a scope."""
+  tracer = _Tracer()
   model = nnx.clone(model)
   model.eval()
   paths, types = _nnx_patches(model)
   saved = {}
 
   def wrap(cls, original):
-    kind = _kind_of_type(cls, _NNX_LEAVES)
+    kind = layers.kind_of(cls, layers.NNX)
 
+    @functools.wraps(original)      # keeps the signature: flax_layers binds a call to it
     def call(self, *args, **kwargs):
       path = paths.get(id(self), ())
+      if tracer.inside or type(self) is not cls:   # inside a layer, or a subclass's super()
+        return original(self, *args, **kwargs)
       if kind is not None:
-        if len(args) != 1:
-          raise ConversionError(f"layer {_where(path)} at {_user_line()} is called with "
-                                f"{len(args)} positional arguments; jaxdepth converts one input")
-        return _record(leaves, kind, path, self, args[0], original(self, *args, **kwargs))
+        return tracer.layer(kind, path, self, lambda *a, **k: original(self, *a, **k), args,
+                            kwargs)
       if cls.__module__.startswith("flax.") and cls.__name__ not in _CONTAINERS:
         _refuse_layer(path, self)
       if not path:
-        return original(self, *args, **kwargs)
+        return tracer.run(path, original, self, *args, **kwargs)
       with jax.named_scope(str(path[-1])):
-        return original(self, *args, **kwargs)
+        return tracer.run(path, original, self, *args, **kwargs)
     return call
 
   try:
@@ -239,25 +321,18 @@ def _trace_nnx(model, x):
       saved[cls] = cls.__dict__.get("__call__")
       cls.__call__ = wrap(cls, cls.__call__)
     with jax.disable_jit():
-      closed = jax.make_jaxpr(lambda x: model(x))(x)
+      closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
   except ConversionError:
     raise
   except Exception as e:  # pylint: disable=broad-except
-    raise _error_of(e, x.shape, f"module {type(model).__name__}") from e
+    raise tracer.error(e, x.shape, f"module {type(model).__name__}") from e
   finally:
     for cls, original in saved.items():
       if original is None:
         del cls.__call__
       else:
         cls.__call__ = original
-  return closed, leaves
-
-
-def _kind_of_type(cls, table):
-  for c, kind in table:
-    if cls is c:
-      return kind
-  return None
+  return closed, tracer.leaves, _nnx_params(model)
 
 
 class _Builder:
@@ -305,6 +380,17 @@ class _Builder:
       return S.Act(name, fn=n["fn"], negative_slope=n.get("negative_slope", 0.01))
     if kind == "flatten":
       return S.Flatten(_unique("flatten", taken))
+    if kind == "tokens":
+      return T.Tokens(_unique("tokens", taken))
+    if kind == "select_token":
+      return T.SelectToken(_unique("select_token", taken), index=n["index"])
+    if kind in ("class_token", "position_embedding"):
+      name = _unique(_clean(_relative(n["param"], scope_module)), taken)
+      node, leaf = ((T.ClassToken(name), "token") if kind == "class_token"
+                    else (T.PositionEmbedding(name), "embedding"))
+      self.paths[prefix + name] = n["param"]
+      self.variables[prefix + name] = {"params": {leaf: n["value"]}}
+      return node
     if kind == "pool":
       name = _unique(f"{n['op']}_pool", taken)
       fields = {k: n[k] for k in ("window", "stride", "padding") if k in n}
@@ -312,7 +398,8 @@ class _Builder:
     leaf = self.leaves[n["index"]]
     user = "/".join(str(p) for p in leaf.path)
     name = _unique(_clean(_relative(user, scope_module) or type(leaf.module).__name__), taken)
-    node, variables = _layer(leaf, name, self.read_vars(leaf))
+    node, variables = layers.node_of(leaf.kind, leaf.module, name, leaf.in_shape,
+                                     leaf.out_shape, self.read_vars(leaf), leaf.where)
     path = prefix + name
     self.paths[path] = user
     if variables:
@@ -341,84 +428,7 @@ def _unique(name, taken) -> str:
   return out
 
 
-# ------------------------------------------------------------------ layers
-
-
-def _attr(module, *names, default=None):
-  for n in names:
-    if hasattr(module, n):
-      return getattr(module, n)
-  return default
-
-
-def _pair_of(value, default, what, where):
-  if value is None:
-    return default
-  if isinstance(value, int):
-    return (value, value)
-  value = tuple(value)
-  if len(value) != 2:
-    raise ConversionError(f"layer {where}: {what} {value} is not 2-D; jaxdepth converts 2-D "
-                          f"convolutions on (B, H, W, C) inputs")
-  return value
-
-
-def _layer(leaf: _Leaf, name: str, vars_: dict):
-  """The spec node of one layer and its variables ``{collection: {leaf: array}}``."""
-  m, where = leaf.module, f"{_where(leaf.path)} ({type(leaf.module).__name__}, {leaf.line})"
-  params = vars_.get("params", {})
-  if leaf.kind == "conv":
-    if len(leaf.in_shape) != 4:
-      raise ConversionError(f"layer {where}: a convolution on an input of shape "
-                            f"{leaf.in_shape}; jaxdepth converts 2-D convolutions on "
-                            f"(B, H, W, C) inputs")
-    kernel = _pair_of(m.kernel_size, None, "kernel_size", where)
-    strides = _pair_of(m.strides, (1, 1), "strides", where)
-    for attr in ("input_dilation", "kernel_dilation"):
-      if _pair_of(getattr(m, attr, None), (1, 1), attr, where) != (1, 1):
-        raise ConversionError(f"layer {where}: {attr}={getattr(m, attr)} is not supported; "
-                              f"use an undilated convolution")
-    padding = linen_linear.canonicalize_padding(m.padding, 2)
-    if isinstance(padding, str):
-      if padding not in ("SAME", "VALID"):
-        raise ConversionError(f"layer {where}: padding {padding!r} is not supported (zero "
-                              f"padding only); use 'SAME', 'VALID' or numbers")
-      padding = jax.lax.padtype_to_pads(leaf.in_shape[1:3], kernel, strides, padding)
-    groups = int(m.feature_group_count)
-    features = leaf.out_shape[-1]
-    node = S.Conv(name, features=features, kernel=kernel, stride=strides,
-                  padding=tuple(tuple(int(a) for a in p) for p in padding), groups=groups,
-                  bias=bool(m.use_bias))
-    return node, {"params": _pick(params, ("kernel", "bias") if m.use_bias else ("kernel",))}
-  if leaf.kind == "dense":
-    node = S.Dense(name, features=leaf.out_shape[-1], bias=bool(m.use_bias))
-    return node, {"params": _pick(params, ("kernel", "bias") if m.use_bias else ("kernel",))}
-  if leaf.kind in ("batch_norm", "layer_norm"):
-    c = leaf.in_shape[-1]
-    axes = _attr(m, "axis", "reduction_axes", default=-1)
-    if axes not in (-1, len(leaf.in_shape) - 1, (-1,), (len(leaf.in_shape) - 1,)) or (
-        leaf.kind == "layer_norm" and _attr(m, "feature_axes", default=-1) not in (-1, (-1,))):
-      raise ConversionError(f"layer {where}: normalisation over axis {axes}; jaxdepth "
-                            f"normalises the last (channel) axis")
-    dtype = jnp.float32
-    out = {"params": {"scale": params["scale"] if m.use_scale else jnp.ones((c,), dtype),
-                      "bias": params["bias"] if m.use_bias else jnp.zeros((c,), dtype)}}
-    if leaf.kind == "batch_norm":
-      out["batch_stats"] = _pick(vars_.get("batch_stats", {}), ("mean", "var"))
-      return S.BatchNorm(name, momentum=float(m.momentum), epsilon=float(m.epsilon)), out
-    return S.LayerNorm(name, epsilon=float(m.epsilon)), out
-  if tuple(_attr(m, "broadcast_dims", default=()) or ()):
-    raise ConversionError(f"layer {where}: dropout with broadcast_dims is not supported; use "
-                          f"element-wise dropout")
-  return S.Dropout(name, rate=float(m.rate)), {}
-
-
-def _pick(tree, names) -> dict:
-  missing = [n for n in names if n not in tree]
-  if missing:
-    raise ConversionError(f"the variables hold no {missing} for a layer; pass the variables "
-                          f"the module was initialised with (module.init(rng, x))")
-  return {n: jnp.asarray(tree[n]) for n in names}
+# ------------------------------------------------------------------ variables
 
 
 def _linen_reader(variables):
@@ -437,14 +447,8 @@ def _linen_reader(variables):
 
 
 def _nnx_read(leaf):
-  m = leaf.module
-  out: dict[str, dict] = {}
-  for attr in ("kernel", "bias", "scale", "mean", "var"):
-    v = getattr(m, attr, None)
-    if isinstance(v, nnx.Variable) and v.get_value() is not None:
-      col = "batch_stats" if isinstance(v, nnx.BatchStat) else "params"
-      out.setdefault(col, {})[attr] = v.get_value()
-  return out
+  return {col: nnx.to_pure_dict(nnx.state(leaf.module, kind))
+          for col, kind in (("params", nnx.Param), ("batch_stats", nnx.BatchStat))}
 
 
 # ------------------------------------------------------------------ front door
@@ -463,7 +467,7 @@ def _check_input(sample_input):
   return x
 
 
-def _convert(closed, leaves, read_vars, x, root, name) -> Converted:
+def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
   jaxpr = closed.jaxpr
   if len(jaxpr.outvars) != 1:
     raise ConversionError(f"the module returns {len(jaxpr.outvars)} arrays; jaxdepth converts "
@@ -476,7 +480,7 @@ def _convert(closed, leaves, read_vars, x, root, name) -> Converted:
           f"layer {_where(leaf.path)} ({type(leaf.module).__name__}) is called more than once "
           f"(again at {leaf.line}): a spec node owns its weights, so shared layers cannot be "
           f"converted; give each call its own layer")
-  graph = G.Graph(closed, leaves, root)
+  graph = G.Graph(closed, leaves, root, params)
   out = graph.value(jaxpr.outvars[0])
   ir = graph.ir
   start = next(i for i, n in enumerate(ir) if n["kind"] == "input")
@@ -509,10 +513,11 @@ def _verify(conv: Converted, expected, x, tolerance):
   scale = max(1.0, float(np.max(np.abs(expected))) if expected.size else 1.0)
   if not err <= tolerance * scale:
     raise ConversionError(
-        f"the converted network differs from the module by {err:.3g} on the sample input "
-        f"(tolerance {tolerance * scale:.3g}): the module does something the trace did not "
-        f"capture (e.g. a layer called with non-default arguments); please report it with the "
-        f"module")
+        f"the converted network (eval mode) differs from the module by {err:.3g} on the sample "
+        f"input (tolerance {tolerance * scale:.3g}). If the module ran in train mode, name its "
+        f"train-mode argument with train_kwarg= (it is passed False); otherwise the module does "
+        f"something the trace did not capture (e.g. a layer called with non-default "
+        f"arguments): please report it with the module")
 
 
 def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "train",
@@ -528,7 +533,7 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       shape without the batch axis.
     train_kwarg: the name of the module's train-mode argument, passed ``False``
       while tracing if ``__call__`` has it (BatchNorm running statistics,
-      deterministic dropout).
+      deterministic dropout); any other argument ``__call__`` requires is refused.
     rngs: rng streams the module needs in eval mode (rarely any).
     name: the spec's name (default: the module's class name).
     check: run the spec on ``sample_input`` and refuse a result that differs
@@ -545,7 +550,9 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   Raises:
     ConversionError: an operation or layer that cannot be represented (with the
       module path, the source line and what to do), a module that needs an rng
-      stream not passed, or a sample input the module cannot run on.
+      stream not passed or arguments besides the input and ``train_kwarg``, or a
+      sample input the module cannot run on (with the module and line where it
+      failed).
   """
   if isinstance(module, nnx.Module):
     if variables is not None and sample_input is None:
@@ -553,7 +560,8 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
     if variables is not None:
       raise ConversionError("an NNX module holds its own variables: call "
                             "from_flax(model, sample_input) or from_nnx(model, sample_input)")
-    return from_nnx(module, sample_input, name=name, check=check, tolerance=tolerance)
+    return from_nnx(module, sample_input, train_kwarg=train_kwarg, name=name, check=check,
+                    tolerance=tolerance)
   if not isinstance(module, nn.Module):
     raise ConversionError(f"from_flax converts flax.linen or flax.nnx modules, got "
                           f"{type(module).__name__}")
@@ -561,80 +569,123 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
     raise ConversionError("variables must be the module's variables dict, module.init(rng, x) "
                           "({'params': ..., 'batch_stats': ...})")
   x = _check_input(sample_input)
-  closed, leaves = _trace_linen(module, variables, x, train_kwarg, rngs)
+  kwargs = _eval_kwargs(module, train_kwarg)
+  variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
+  closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs)
   root = type(module).__name__
-  conv = _convert(closed, leaves, _linen_reader(variables), x, root, name or root)
+  conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
-    kwargs = {}
-    params = inspect.signature(module.__call__).parameters
-    if train_kwarg in params:
-      kwargs[train_kwarg] = False
     _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance)
   return conv
 
 
-def from_nnx(model, sample_input, *, name: str | None = None, check: bool = True,
-             tolerance: float = 1e-5) -> Converted:
+def from_nnx(model, sample_input, *, train_kwarg: str = "train", name: str | None = None,
+             check: bool = True, tolerance: float = 1e-5) -> Converted:
   """An ``nnx.Module`` as ``(spec, variables, paths)``; see :func:`from_flax`.
 
-  The model is traced on a copy in eval mode (``model.eval()``), so the user's
-  model and its flags are left as they were.
+  The model is traced on a copy in eval mode (``model.eval()``, and
+  ``train_kwarg=False`` if ``__call__`` takes it), so the user's model and its
+  flags are left as they were.
   """
   if not isinstance(model, nnx.Module):
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
   x = _check_input(sample_input)
-  closed, leaves = _trace_nnx(model, x)
+  kwargs = _eval_kwargs(model, train_kwarg)
+  closed, leaves, params = _trace_nnx(model, x, kwargs)
   root = type(model).__name__
-  conv = _convert(closed, leaves, _nnx_read, x, root, name or root)
+  conv = _convert(closed, leaves, params, _nnx_read, x, root, name or root)
   if check:
     copy = nnx.clone(model)
     copy.eval()
-    _verify(conv, copy(x), x, tolerance)
+    _verify(conv, copy(x, **kwargs), x, tolerance)
   return conv
 
 
-def to_user_variables(variables, paths: Mapping[str, str], like) -> tuple[dict, list[str]]:
-  """Hands spec variables back to the user's layout, where the structure allows.
+def to_user_variables(converted: Converted, variables, like, *, spec: S.Spec | None = None
+                      ) -> tuple[dict, list[str]]:
+  """Hands spec variables back to the user's module, where its structure allows.
 
   Args:
-    variables: spec variables (after training, or after surgery).
-    paths: :attr:`Converted.paths`.
+    converted: what :func:`from_flax` or :func:`from_nnx` returned (its spec and
+      paths).
+    variables: spec variables, e.g. after training, keyed like ``spec``.
     like: the user's variables as a nested dict (Linen: ``module.init(...)``;
-      NNX: ``nnx.to_pure_dict(nnx.state(model))``, with ``batch_stats`` leaves
-      where the model keeps them).
+      NNX: ``nnx.to_pure_dict(nnx.state(model))``), for names and shapes.
+    spec: the spec ``variables`` belong to, e.g. what a method or surgery
+      returned (default: ``converted.spec``).
 
   Returns:
-    ``(new, skipped)``: a copy of ``like`` with every leaf the spec still has at
-    the same shape replaced, and the spec paths that could not go back (the
-    node is gone or changed shape: surgery merged or cut it).
+    ``(new, skipped)``: a copy of ``like`` in which every layer that ``spec``
+    still has exactly as converted takes its variables from ``variables``
+    (attention's ``qkv`` and ``proj`` split back into ``query``, ``key``,
+    ``value`` and ``out``; a class token or position embedding reshaped back
+    into the user's parameter), and the spec paths that did not go back, sorted:
+    nodes that are new, gone or changed in ``spec`` (merged, folded, cut,
+    removed; sites a method turned into identities, which the user's module
+    still applies) and variables with no exact place in the user's layer (a
+    bias the layer has no room for that training made non-zero). The user's
+    module computes what ``spec`` computes with ``variables`` exactly when
+    ``skipped`` is empty.
   """
-  def to_dict(t):
-    return {k: to_dict(v) for k, v in t.items()} if isinstance(t, Mapping) else t
-  out = to_dict(like)
-  flat = {}
-  for col, tree in variables.items():
-    stack = [((), tree)]
-    while stack:
-      key, t = stack.pop()
-      if isinstance(t, Mapping):
-        stack.extend((key + (k,), v) for k, v in t.items())
-      else:
-        flat[(col, S.SEP.join(key[:-1]), key[-1])] = t
-  skipped = set()
-  for (col, spath, leaf), value in flat.items():
-    upath = paths.get(spath)
-    target = out.get(col, out) if col in out else out
-    node = target
-    for part in (upath.split("/") if upath else []):
-      node = node.get(part) if isinstance(node, dict) else None
-      if node is None:
-        break
-    if upath is None or not isinstance(node, dict) or leaf not in node or np.shape(
-        node[leaf]) != np.shape(value):
+  spec = converted.spec if spec is None else spec
+  before, after = _leaf_nodes(converted.spec), _leaf_nodes(spec)
+  skipped = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+  out = _plain(like)
+  by_collection = "params" in out
+  for spath, upath in converted.paths.items():
+    if spath in skipped:
+      continue
+    spec_leaves = {}
+    for tree in variables.values():
+      spec_leaves.update(_flat(_lookup(tree, spath.split(S.SEP))))
+    users = {}         # relative path -> (the user tree holding it, its leaf)
+    for tree in ([out[c] for c in out if isinstance(out[c], dict)] if by_collection else [out]):
+      for key, value in _flat(_lookup(tree, upath.split("/"))).items():
+        users[key] = (tree, value)
+    if not spec_leaves and isinstance(after[spath], S.Dropout):
+      continue                                   # nothing to hand back
+    if not spec_leaves or not users:
       skipped.add(spath)
       continue
-    node[leaf] = value
+    try:
+      updates = layers.user_leaves(after[spath], spec_leaves,
+                                   {k: v for k, (_, v) in users.items()})
+    except layers.CannotGoBack:
+      skipped.add(spath)
+      continue
+    for key, value in updates.items():
+      *parents, last = upath.split("/") + list(key)
+      node = _lookup(users[key][0], parents)
+      node[last if last in node or not str(last).isdigit() else int(last)] = jnp.asarray(value)
   return out, sorted(skipped)
+
+
+def _leaf_nodes(spec: S.Spec) -> dict[str, S.Node]:
+  return {p: n for p, n in spec.walk() if not isinstance(n, (S.Sequential, S.Block, S.Concat))}
+
+
+def _plain(tree):
+  return {k: _plain(v) for k, v in tree.items()} if isinstance(tree, Mapping) else tree
+
+
+def _lookup(tree, parts):
+  """``tree[p0][p1]...`` (a digit also finds an int key: NNX lists), or ``None``."""
+  for part in parts:
+    if not isinstance(tree, Mapping):
+      return None
+    key = part if part in tree or not str(part).isdigit() else int(part)
+    tree = tree.get(key)
+  return tree
+
+
+def _flat(tree, prefix=()) -> dict[tuple, Any]:
+  """``{key path: leaf}``; a bare leaf (a parameter's own path) is ``{(): leaf}``."""
+  if not isinstance(tree, Mapping):
+    return {} if tree is None else {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flat(v, prefix + (k,)))
+  return out
 
 
 # ---------------------------------------------------------------- from a file

@@ -1,7 +1,7 @@
 """Costs of an architecture, read from its spec alone (no arrays, no devices).
 
 * :func:`count_params`: trainable parameters, as PyTorch's ``parameters()`` counts
-  them (conv and dense kernels and biases, BatchNorm / LayerNorm scale and bias;
+  them (conv and dense kernels and biases, BatchNorm / LayerNorm / GroupNorm scale and bias;
   BatchNorm running statistics are buffers and are not counted).
 * :func:`count_macs`: multiply-accumulates of the convolutions and dense layers for
   one example, the convention of ptflops / fvcore for these two layer kinds.
@@ -34,7 +34,7 @@ def count_params(spec: S.Spec) -> int:
   """Number of trainable parameters of ``spec``.
 
   Conv: ``kh kw (C_in / groups) C_out (+ C_out bias)``; Dense: ``D_in D_out
-  (+ D_out)``; BatchNorm and LayerNorm: ``2 C`` (scale and bias); a node with a
+  (+ D_out)``; BatchNorm, LayerNorm and GroupNorm: ``2 C`` (scale and bias); a node with a
   ``param_count(input_shape)`` method (the transformer nodes of
   :mod:`jaxdepth.transformer.nodes`: attention, class token, position
   embedding) counts its own. Everything else has no parameters.
@@ -54,7 +54,7 @@ def count_params(spec: S.Spec) -> int:
       total += node.features if node.bias else 0
     elif isinstance(node, S.Dense):
       total += c * node.features + (node.features if node.bias else 0)
-    elif isinstance(node, (S.BatchNorm, S.LayerNorm)):
+    elif isinstance(node, (S.BatchNorm, S.LayerNorm, S.GroupNorm)):
       total += 2 * c
     elif hasattr(node, "param_count"):   # nodes that count their own (transformers)
       total += node.param_count(shape_in)

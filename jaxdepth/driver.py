@@ -355,9 +355,9 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   options = method.train_options(spec, state)
   it_dir = _iteration_dir(workdir, it)
   if options.epochs == 0:   # the method only evaluates this iteration (e.g. LaCoOT's removals)
-    trained = training.FitResult(
-        variables, None, [],
-        training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed))
+    trained = training.FitResult(   # the state replicated as fit's (every process saves it)
+        variables, None, [], training.replicate(
+            training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed), mesh))
   else:
     trained = trainer(spec, variables, dataset, recipe, options=options,
                       seed=iteration_seed(seed, it),
@@ -434,11 +434,17 @@ def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[
   """Eval-forward latency of each model at each batch size, in milliseconds.
 
   :func:`jaxdepth.timing.latencies`: medians of measurements taken in turns
-  after warm-up, so the models are compared under the same load.
+  after warm-up, so the models are compared under the same load. Each model is
+  timed on one device of this process (its variables copied there first), so a
+  model replicated over the devices of several processes is timed like one
+  loaded from disk.
 
   Returns:
     ``[{"batch": b, "<name>_ms": ms, ...}]``, one row per batch size.
   """
+  device = jax.local_devices()[0]
+  models = {name: (spec, jax.device_put(jax.device_get(variables), device))
+            for name, (spec, variables) in models.items()}
   rows = []
   for b in dict.fromkeys(int(b) for b in batch_sizes):
     row = {"batch": b}
@@ -465,9 +471,12 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   log: list = []
   merged_spec, merged_variables = surgery.collapse(spec, variables, mode="exact", log=log)
   checkpoint.save_model(workdir / "chosen_merged", merged_spec, merged_variables, overwrite=True)
-  x = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))["image"]
+  batch = next(iter(dataset.test.batches(min(eval_batch_size, dataset.test.num_examples))))
+  x = network.batch_inputs(spec, batch)
+  spatial = equivalence.spatial_prefix(spec) is not None   # no feature map on token inputs
   same = equivalence.compare(spec, variables, merged_spec, merged_variables, x,
-                             border=equivalence.border_width(merged_spec, log))
+                             border=equivalence.border_width(merged_spec, log) if spatial
+                             else None)
   test = training.evaluate(merged_spec, merged_variables, dataset.test,
                            batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
   before, after = costs.summary(spec), costs.summary(merged_spec)
@@ -476,7 +485,7 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
       "edits": [edit_record(e) for e in log if e.kind != "skip"],
       "skipped": [edit_record(e) for e in log if e.kind == "skip"],
       "max_abs_diff": same.max_abs, "max_rel_diff": same.max_rel,
-      "top1_agreement": same.top1_agreement, "test_batch": int(x.shape[0]),
+      "top1_agreement": same.top1_agreement, "test_batch": int(len(batch["label"])),
       "test_accuracy": test.accuracy,
       **{f"{k}_{when}": d[k] for k in ("params", "macs", "nonlinear_depth", "weight_depth")
          for when, d in (("before", before), ("after", after))},

@@ -27,6 +27,7 @@ import math
 from collections.abc import Iterable
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -161,6 +162,8 @@ def border_width(spec: S.Spec, log: Iterable | None) -> int:
         r = _window_ring(r, shape, o, n.window, n.stride, n.padding)
       elif isinstance(n, S.Pool) and n.op == "adaptive_avg":
         r = max(_adaptive_ring(r, shape[d], o[d]) for d in (0, 1))
+      elif isinstance(n, S.GroupNorm) and r > 0:   # its statistics read the whole map
+        r = -(-max(o[:2]) // 2)
       r = max(r, ring_of.get(path, 0))
       shape = o
     return r, False
@@ -181,7 +184,8 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
     vars_a: its variables.
     spec_b: the network to check (e.g. what surgery returned).
     vars_b: its variables.
-    x: a batch ``(B, *input_shape)`` both accept.
+    x: a batch ``(B, *input_shape)`` both accept (for text specs, the token ids
+      or the dict of :func:`jaxdepth.network.batch_inputs`).
     gates_a: optional site gates for ``spec_a`` (0 = identity), to compare the
       gated form the methods search with against the baked and merged one.
     border: also compare the last spatial feature maps, whole and without this
@@ -190,7 +194,7 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
   Returns:
     An :class:`EquivalenceReport`.
   """
-  x = jnp.asarray(x)
+  x = jax.tree.map(jnp.asarray, x)   # an array, or a text spec's dict of token arrays
   ya = network.forward(spec_a, vars_a, x, gates=gates_a).logits
   yb = network.forward(spec_b, vars_b, x).logits
   max_abs, max_rel = deviation(ya, yb)

@@ -22,12 +22,19 @@ Call-time options (all usable inside ``jax.jit``):
   passes the same paths (e.g. every removable block, LaCoOT) compiles once for
   every pattern of removed nodes.
 
+* text: a spec that starts with a :class:`~jaxdepth.text.TokenEmbedding` reads
+  token ids, or a dict with their ``attention_mask`` and ``token_type_ids``
+  (:mod:`jaxdepth.text.inputs`); ``token_inputs`` gives that dict to a part of
+  an encoder that starts after the embedding. Padding tokens are left out of
+  the site counts.
+
 :func:`init` and :func:`forward` are the pure-function front door most code uses.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -37,10 +44,14 @@ from flax import traverse_util
 
 from jaxdepth import cpu_ops
 from jaxdepth import spec as S
+from jaxdepth.text import executor as text_executor
+from jaxdepth.text import inputs as text_inputs
+from jaxdepth.text.nodes import takes_token_ids
 from jaxdepth.transformer import executor as transformer_executor
 
 __all__ = ["Network", "init", "forward", "Forward", "gates_for", "gates_by_site",
-           "site_stats_by_path", "check_node_gates"]
+           "site_stats_by_path", "check_node_gates", "example_input", "random_input",
+           "batch_inputs"]
 
 STATS = "site_stats"
 
@@ -92,11 +103,14 @@ def _packed_rows(rows: int) -> int:
   return next(d for d in range(_PACKED_ROWS, 0, -1) if rows % d == 0)
 
 
-def sign_counts(z: jax.Array, example_mask: jax.Array | None = None) -> jax.Array:
+def sign_counts(z: jax.Array, example_mask: jax.Array | None = None,
+                token_mask: jax.Array | None = None) -> jax.Array:
   """Per-channel counts of ``z > 0``, ``z < 0``, ``z == 0`` as an int32 ``(3, C)`` array.
 
   Counts run over every axis but the last (batch, spatial positions or tokens).
-  ``example_mask`` (shape ``(B,)``) leaves padded examples out. A NaN counts as zero.
+  ``example_mask`` (shape ``(B,)``) leaves padded examples out, ``token_mask``
+  (shape ``z.shape[:-1]``, a text batch's ``attention_mask``) padding tokens.
+  A NaN counts as zero.
 
   Computed with a single pass over ``z``: each element is coded as ``1`` (positive),
   ``2**16`` (negative) or ``0``, the codes are summed per example over its
@@ -113,10 +127,16 @@ def sign_counts(z: jax.Array, example_mask: jax.Array | None = None) -> jax.Arra
   positions = math.prod(z.shape[1:-1])
   rows = _packed_rows(positions)
   code = jnp.where(z > 0, 1, jnp.where(z < 0, 1 << _PACKED_SHIFT, 0)).astype(jnp.int32)
+  if token_mask is not None:
+    kept = (token_mask != 0).reshape(batch, positions)
+    if example_mask is not None:
+      kept = kept & (example_mask != 0).reshape(batch, 1)
+    code = code * kept.astype(jnp.int32).reshape(*z.shape[:-1], 1)
+    example_mask = None
   packed = jnp.sum(code.reshape(batch, positions // rows, rows, channels), axis=2)
   pos = packed & ((1 << _PACKED_SHIFT) - 1)
   neg = packed >> _PACKED_SHIFT
-  n = batch * positions
+  n = batch * positions if token_mask is None else jnp.sum(kept.astype(jnp.int32))
   if example_mask is not None:
     keep = example_mask.astype(jnp.int32).reshape(batch, 1, 1)
     pos, neg = pos * keep, neg * keep
@@ -172,7 +192,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
 
 def pool(node: S.Pool, x: jax.Array) -> jax.Array:
   if node.op == "global_avg":
-    return jnp.mean(x, axis=(1, 2))
+    return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
   if node.op == "adaptive_avg":
     return adaptive_avg_pool(x, node.output_size)
   if node.op == "max":
@@ -194,6 +214,12 @@ class _Context:
   capture: frozenset = frozenset()
   captured: dict = dataclasses.field(default_factory=dict)
   node_gates: dict | None = None
+  inputs: dict = dataclasses.field(default_factory=dict)   # a text call's per-token inputs
+
+  def token_mask(self, z: jax.Array) -> jax.Array | None:
+    """The call's ``attention_mask`` if ``z`` holds one vector per token, else ``None``."""
+    mask = self.inputs.get("attention_mask")
+    return mask if mask is not None and z.shape[:-1] == mask.shape else None
 
 
 def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
@@ -224,6 +250,10 @@ def _layer_norm(module, n: S.LayerNorm, path, x, ctx):
   return nn.LayerNorm(epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
 
 
+def _group_norm(module, n: S.GroupNorm, path, x, ctx):
+  return nn.GroupNorm(num_groups=n.groups, epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
+
+
 def _dense(module, n: S.Dense, path, x, ctx):
   bound = 1.0 / math.sqrt(x.shape[-1])
   return nn.Dense(n.features, use_bias=n.bias, kernel_init=_dense_init,
@@ -234,7 +264,7 @@ def _act(module, n: S.Act, path, x, ctx):
   if n.fn == "identity":
     return x
   if ctx.collect_stats:
-    module.sow(STATS, n.name, sign_counts(x, ctx.example_mask),
+    module.sow(STATS, n.name, sign_counts(x, ctx.example_mask, ctx.token_mask(x)),
                init_fn=lambda: None, reduce_fn=lambda _, b: b)
   y = activation(n.fn, x, n.negative_slope)
   if ctx.gates is not None:
@@ -270,10 +300,11 @@ def _concat(module, n: S.Concat, path, x, ctx):
 # ``module``'s compact scope; a node runs the entry of the first class of its MRO
 # found here (so a subclass may have its own). New node kinds add an entry.
 _EXECUTORS = {
-    S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm, S.Dense: _dense,
+    S.Conv: _conv, S.BatchNorm: _batch_norm, S.LayerNorm: _layer_norm,
+    S.GroupNorm: _group_norm, S.Dense: _dense,
     S.Act: _act, S.Pool: _pool, S.Flatten: _flatten, S.Dropout: _dropout,
     S.Sequential: _sequential, S.Block: _block, S.Concat: _concat,
-    **transformer_executor.EXECUTORS,
+    **transformer_executor.EXECUTORS, **text_executor.EXECUTORS,
 }
 
 
@@ -319,6 +350,11 @@ class _ConcatScope(nn.Module):
 class Network(nn.Module):
   """Executes ``spec`` on channel-last inputs ``(B, *spec.input_shape)``.
 
+  A text spec (one that starts with a
+  :class:`~jaxdepth.text.TokenEmbedding`) takes integer token ids ``(B, L)`` or
+  a dict ``{"input_ids", "attention_mask", "token_type_ids"}`` of such arrays
+  (:mod:`jaxdepth.text.inputs`); its sites count real tokens only.
+
   Attributes:
     spec: the architecture.
     dtype: compute dtype (``jnp.bfloat16`` on GPU/TPU); parameters stay float32
@@ -330,14 +366,28 @@ class Network(nn.Module):
   @nn.compact
   def __call__(self, x, *, train: bool = False, gates: jax.Array | None = None,
                collect_stats: bool = False, example_mask: jax.Array | None = None,
-               capture: tuple[str, ...] = (), node_gates=None):
+               capture: tuple[str, ...] = (), node_gates=None, token_inputs=None):
     sites = self.spec.sites()
     if gates is not None and gates.shape != (len(sites),):
       raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
                        f"{self.spec.name!r}, got {gates.shape}")
-    if x.shape[1:] != self.spec.input_shape:
+    text = takes_token_ids(self.spec)
+    inputs = {}
+    if text:
+      if token_inputs is not None:
+        raise ValueError(f"spec {self.spec.name!r} reads token ids: pass its attention_mask and "
+                         f"token_type_ids in the input dict, not as token_inputs")
+      x, side = text_inputs.split_text_input(self.spec, x)
+      inputs = {"input_ids": x, **side}
+    elif isinstance(x, Mapping):
+      raise ValueError(f"spec {self.spec.name!r} reads one array (B, *{self.spec.input_shape}), "
+                       f"got a dict with keys {sorted(x)}; only a spec that starts with a "
+                       f"TokenEmbedding reads text inputs")
+    elif x.shape[1:] != self.spec.input_shape:
       raise ValueError(f"input of shape {x.shape[1:]} (batch axis dropped) does not match "
                        f"the spec's input_shape {self.spec.input_shape}")
+    elif token_inputs is not None:
+      inputs = text_inputs.check_token_inputs(token_inputs, x.shape[0])
     if capture:
       paths = {p for p, _ in self.spec.walk()}
       unknown = [c for c in capture if c not in paths]
@@ -347,8 +397,8 @@ class Network(nn.Module):
       check_node_gates(self.spec, node_gates)
     ctx = _Context(train=train, gates=gates, site_index={s: i for i, s in enumerate(sites)},
                    collect_stats=collect_stats, example_mask=example_mask, dtype=self.dtype,
-                   capture=frozenset(capture), node_gates=node_gates)
-    if self.dtype is not None:
+                   capture=frozenset(capture), node_gates=node_gates, inputs=inputs)
+    if self.dtype is not None and not text:   # token ids stay integers
       x = x.astype(self.dtype)
     y = _run(self, self.spec.layers, x, ctx, "").astype(jnp.float32)
     if capture:
@@ -420,8 +470,51 @@ def init(spec: S.Spec, rng: jax.Array, *, dtype=None) -> dict[str, Any]:
   RBG key derived from ``rng`` (:func:`_init_key`), so they differ from
   ``Network(spec).init(rng, x)`` but are repeatable for a given ``rng``.
   """
-  x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+  x = example_input(spec)
   return dict(jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x))
+
+
+def example_input(spec: S.Spec, batch: int = 1):
+  """An all-zero input of ``batch`` examples that ``spec`` accepts.
+
+  ``(batch, *spec.input_shape)`` float32 zeros, or for a text spec a dict of
+  int32 ``input_ids`` (zeros), ``attention_mask`` (ones) and ``token_type_ids``
+  (zeros) of shape ``(batch, L)``.
+  """
+  if takes_token_ids(spec):
+    return {k: jnp.asarray(v) for k, v in text_inputs.example_text_input(spec, batch).items()}
+  return jnp.zeros((batch, *spec.input_shape), jnp.float32)
+
+
+def random_input(spec: S.Spec, batch: int, seed: int = 0):
+  """A random input of ``batch`` examples for ``spec`` (timings, checks).
+
+  Standard normal images ``(batch, *spec.input_shape)``, or for a text spec
+  token ids drawn uniformly from its vocabulary, every token real and of type 0
+  (:func:`jaxdepth.text.inputs.random_text_input`).
+  """
+  if takes_token_ids(spec):
+    return {k: jnp.asarray(v) for k, v in text_inputs.random_text_input(spec, batch,
+                                                                          seed).items()}
+  return jax.random.normal(jax.random.key(seed), (batch, *spec.input_shape), jnp.float32)
+
+
+def batch_inputs(spec: S.Spec, batch):
+  """What ``spec`` reads of a data batch: ``batch["image"]``, or for a text spec the
+  dict of the batch's ``input_ids``, ``attention_mask`` and ``token_type_ids``.
+
+  Raises:
+    KeyError: the batch lacks what ``spec`` reads (the message names both).
+  """
+  if takes_token_ids(spec):
+    if "input_ids" not in batch:
+      raise KeyError(f"spec {spec.name!r} reads token ids, but the batch has keys "
+                     f"{sorted(batch)}; use a text dataset (input_ids, attention_mask, "
+                     f"token_type_ids)")
+    return {k: batch[k] for k in text_inputs.TEXT_INPUTS if k in batch}
+  if "image" not in batch:
+    raise KeyError(f"spec {spec.name!r} reads images, but the batch has keys {sorted(batch)}")
+  return batch["image"]
 
 
 def site_stats_by_path(collection) -> dict[str, jax.Array]:
@@ -431,17 +524,25 @@ def site_stats_by_path(collection) -> dict[str, jax.Array]:
 
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
             collect_stats: bool = False, example_mask=None, dtype=None,
-            capture: tuple[str, ...] = (), node_gates=None) -> Forward:
+            capture: tuple[str, ...] = (), node_gates=None, token_inputs=None) -> Forward:
   """Runs ``spec`` as a pure function of its variables.
 
   Args:
     spec: the architecture.
     variables: ``{"params": ..., "batch_stats": ...}``.
-    x: a batch ``(B, *spec.input_shape)``.
+    x: a batch ``(B, *spec.input_shape)``; for a text spec the token ids
+      ``(B, L)`` or a dict with ``input_ids``, ``attention_mask``,
+      ``token_type_ids`` (:func:`batch_inputs` picks them out of a data batch).
+    token_inputs: for a spec cut out of a text encoder after its token
+      embedding (its input is hidden states ``(B, L, D)``): the dict of per-token
+      inputs of the batch (``input_ids``, ``attention_mask``,
+      ``token_type_ids``, each ``(B, L)``), which its position embeddings,
+      masked attention and site counts read.
     train: train mode (batch statistics, dropout; needs ``rng`` if the spec has dropout).
     gates: optional ``(len(spec.sites()),)`` array; 0 turns a site into the identity.
     rng: dropout key.
-    collect_stats: return per-site sign counts.
+    collect_stats: return per-site sign counts (of a text spec: over real
+      tokens only, those whose ``attention_mask`` is 1).
     example_mask: ``(B,)`` booleans; padded examples are left out of the counts.
     dtype: compute dtype.
     capture: node paths (e.g. residual blocks ``"layer1/1"``) whose input and
@@ -459,7 +560,8 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   rngs = {"dropout": rng} if rng is not None else {}
   out = Network(spec, dtype=dtype).apply(
       variables, x, train=train, gates=gates, collect_stats=collect_stats,
-      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates, rngs=rngs,
+      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates,
+      token_inputs=token_inputs, rngs=rngs,
       mutable=mutable or False)
   if mutable:
     out, updates = out

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax.numpy as jnp
 from flax import nnx
 
+from jaxdepth import network
 from jaxdepth.network import Network
 from jaxdepth.spec import Spec
 
@@ -34,7 +34,7 @@ class NNXNetwork(nnx.Module):
   def __init__(self, spec: Spec, *, dtype=None, rngs: nnx.Rngs):
     self.spec = spec
     self.net = nnx.bridge.ToNNX(Network(spec, dtype=dtype), rngs=rngs)
-    nnx.bridge.lazy_init(self.net, jnp.zeros((1, *spec.input_shape), jnp.float32))
+    nnx.bridge.lazy_init(self.net, network.example_input(spec))
 
   def __call__(self, x, *, train: bool = False, gates=None):
     """Runs the network; ``gates`` as for :class:`~jaxdepth.network.Network`.

@@ -18,7 +18,9 @@ import time
 from typing import Any
 
 import jax
-from tqdm.auto import tqdm
+# The terminal bar: a bar is drawn only on a terminal (progress_bar), and tqdm.auto would
+# warn on import in a notebook without ipywidgets.
+from tqdm import tqdm
 
 __all__ = ["MetricsLog", "LineProgress", "progress_bar", "read_metrics"]
 

@@ -26,7 +26,8 @@ entropy, beside its layer's weight counts):
   sliced and max-sliced distance of every block);
 * :func:`write`: all of them into a directory.
 
-Plots use matplotlib's Agg backend (no display needed); without matplotlib (the
+Plots use matplotlib's Agg backend (no display needed; a program that imported
+pyplot before, e.g. a notebook, keeps its own); without matplotlib (the
 ``plots`` extra) :func:`write` writes the JSON and markdown and warns that it
 skipped the plots.
 """
@@ -37,6 +38,7 @@ import json
 import math
 import os
 import pathlib
+import sys
 import warnings
 from typing import Any
 
@@ -174,7 +176,15 @@ def plots_available() -> bool:
 
 
 def _pyplot():
-  require("matplotlib", "plots", "plotting a report").use("Agg")
+  """pyplot, on the Agg backend unless the program imported pyplot first.
+
+  A program that already uses pyplot keeps its backend (a notebook's inline
+  one, a window): switching it to Agg would stop that program's own figures
+  from showing. The report's figures are closed once saved, so they never show.
+  """
+  matplotlib = require("matplotlib", "plots", "plotting a report")
+  if "matplotlib.pyplot" not in sys.modules:
+    matplotlib.use("Agg")
   return require("matplotlib.pyplot", "plots", "plotting a report")
 
 

@@ -1,7 +1,9 @@
-"""Which weight layer feeds an activation site (EGP prunes it, TLC masks it).
+"""Which weight layer feeds an activation site (EGP and NEPENTHE prune it).
 
 A site's pre-activation is made by the nearest Conv or Dense before it, through
-per-channel nodes only (BatchNorm, Dropout, stochastic depth, identity sites).
+per-channel nodes only (BatchNorm, Dropout, stochastic depth, identity sites);
+another live site, a pooling, a normalisation over channels (LayerNorm) or a
+residual block in between means no weight layer feeds it directly.
 For a site right after a residual addition (ResNet's ``relu2``, first in the
 block's ``post``) it is the last weight layer of the branch (``conv2``), the
 papers' ``convK`` for ``reluK``. Examples: ResNet ``layer1/0/relu1 ->
@@ -12,9 +14,14 @@ from __future__ import annotations
 
 from jaxdepth import spec as S
 
-__all__ = ["weight_layer"]
+__all__ = ["weight_layer", "weight_layers"]
 
-_PER_CHANNEL = (S.BatchNorm, S.Dropout, S.Act)
+_PER_CHANNEL = (S.BatchNorm, S.Dropout)
+
+
+def _passes(node: S.Node) -> bool:
+  """Whether a node between a weight layer and a site keeps the layer the site's feeder."""
+  return isinstance(node, _PER_CHANNEL) or (isinstance(node, S.Act) and node.fn == "identity")
 
 
 def _scopes(spec: S.Spec):
@@ -37,6 +44,35 @@ def _scopes(spec: S.Spec):
   yield from rec(spec.layers, "")
 
 
+def _feeder(spec: S.Spec, site: str, scopes) -> str | None:
+  prefix, _, name = site.rpartition(S.SEP)
+  prefix = prefix + S.SEP if prefix else ""
+  for scope, nodes in scopes:
+    names = [n.name for n in nodes]
+    if scope != prefix or name not in names:
+      continue
+    for n in reversed(nodes[:names.index(name)]):
+      if isinstance(n, (S.Conv, S.Dense)):
+        return scope + n.name
+      if not _passes(n):
+        break
+  return None
+
+
+def weight_layers(spec: S.Spec) -> dict[str, str | None]:
+  """``{site: weight layer or None}`` for every live site, in call order.
+
+  ``None``: no Conv or Dense feeds the site through per-channel nodes only.
+  Downsampling shortcut convs and a final classifier feed no site.
+
+  Examples: ResNet ``relu -> conv1``, ``layerX/Y/reluK -> layerX/Y/convK``;
+  MobileNetV2 every ReLU6 to its ConvBNReLU6's conv; Swin and ViT every MLP's
+  GELU to the MLP's ``fc1``.
+  """
+  scopes = list(_scopes(spec))
+  return {s: _feeder(spec, s, scopes) for s in spec.sites()}
+
+
 def weight_layer(spec: S.Spec, site: str) -> str:
   """The path of the Conv or Dense layer whose output feeds ``site``.
 
@@ -55,16 +91,8 @@ def weight_layer(spec: S.Spec, site: str) -> str:
   if site not in spec.sites():
     raise KeyError(f"{site!r} is not a live site of {spec.name!r}; live sites: "
                    f"{list(spec.sites())}")
-  prefix, _, name = site.rpartition(S.SEP)
-  prefix = prefix + S.SEP if prefix else ""
-  for scope, nodes in _scopes(spec):
-    names = [n.name for n in nodes]
-    if scope != prefix or name not in names:
-      continue
-    for n in reversed(nodes[:names.index(name)]):
-      if isinstance(n, (S.Conv, S.Dense)):
-        return scope + n.name
-      if not isinstance(n, _PER_CHANNEL):
-        break
-  raise ValueError(f"site {site!r} of {spec.name!r} is not fed by a Conv or Dense layer "
-                   f"through per-channel nodes only; it has no weight layer of its own")
+  layer = _feeder(spec, site, list(_scopes(spec)))
+  if layer is None:
+    raise ValueError(f"site {site!r} of {spec.name!r} is not fed by a Conv or Dense layer "
+                     f"through per-channel nodes only; it has no weight layer of its own")
+  return layer

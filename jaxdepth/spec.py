@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 __all__ = [
-    "Node", "Conv", "BatchNorm", "LayerNorm", "Dense", "Act", "Pool", "Flatten",
+    "Node", "Conv", "BatchNorm", "LayerNorm", "GroupNorm", "Dense", "Act", "Pool", "Flatten",
     "Dropout", "Sequential", "Block", "Concat", "Spec", "SpecError", "ACTIVATIONS",
     "node_from_dict", "replace_node", "with_identity", "map_nodes",
 ]
@@ -301,6 +301,39 @@ class LayerNorm(Node):
 
 
 @dataclasses.dataclass(frozen=True)
+class GroupNorm(Node):
+  """Group normalisation (Wu and He, "Group Normalization", ECCV 2018).
+
+  The channels (last axis) are split into ``groups`` groups of ``C / groups``
+  consecutive channels; each example is normalised per group over every
+  non-batch axis (``(H, W, C / groups)`` of an image, ``(N, C / groups)`` of a
+  token sequence), then scaled and shifted per channel:
+  ``y = γ_c (x − μ_g) / √(σ²_g + ε) + β_c``. Parameters ``scale`` and ``bias``
+  of shape ``(C,)``; no running statistics (train and eval mode compute the
+  same thing). The statistics depend on the data, so surgery merges nothing
+  across it and cuts no channel through it.
+  """
+  groups: int = 32
+  epsilon: float = 1e-5
+  kind: ClassVar[str] = "group_norm"
+
+  def __post_init__(self):
+    super().__post_init__()
+    if not _is_int(self.groups) or self.groups <= 0:
+      raise SpecError(f"node {self.name!r}: groups must be a positive int, got {self.groups!r}")
+    _number(self.name, "epsilon", self.epsilon)
+    if self.epsilon <= 0:
+      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+
+  def output_shape(self, shape, path):
+    if not shape or shape[-1] % self.groups:
+      raise SpecError(f"node {path!r}: {self.groups} groups do not divide the "
+                      f"{shape[-1] if shape else 0} channels of an input of shape {shape}; "
+                      f"choose groups dividing the channel count")
+    return shape
+
+
+@dataclasses.dataclass(frozen=True)
 class Dense(Node):
   """Affine map on the last axis, kernel ``(D_in, features)``."""
   features: int = 0
@@ -362,8 +395,8 @@ class Pool(Node):
 
   ``max``/``avg`` use ``window``, ``stride`` (default: the window), ``padding`` (PyTorch
   semantics: max pads with -inf, avg counts the padding); ``global_avg`` maps
-  ``(H, W, C) -> (C,)``; ``adaptive_avg`` maps to ``output_size`` with PyTorch's
-  bin rule."""
+  ``(H, W, C) -> (C,)`` (and a token sequence ``(N, C) -> (C,)``, the mean over the
+  tokens); ``adaptive_avg`` maps to ``output_size`` with PyTorch's bin rule."""
   op: str = "max"
   window: tuple[int, int] = (2, 2)
   stride: tuple[int, int] | None = None
@@ -388,6 +421,8 @@ class Pool(Node):
                       f"window {self.window}")
 
   def output_shape(self, shape, path):
+    if self.op == "global_avg" and len(shape) == 2:    # the mean of a token sequence
+      return shape[-1:]
     h, w, c = _spatial(shape, path, "pool")
     if self.op == "global_avg":
       return (c,)

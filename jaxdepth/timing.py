@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 
-from jaxdepth.network import Network
+from jaxdepth.network import Network, random_input
 from jaxdepth.spec import Spec
+from jaxdepth.text.nodes import takes_token_ids
 
 __all__ = ["latencies"]
 
@@ -30,7 +30,8 @@ def latencies(models: Mapping[str, tuple[Spec, Any]], batch: int, *, repeats: in
 
   Args:
     models: ``{name: (spec, variables)}``; every spec must take the same input
-      shape (one random batch, keyed by ``seed``, is fed to all).
+      (one random batch, keyed by ``seed``, is fed to all:
+      :func:`jaxdepth.network.random_input`).
     batch: examples per call.
     repeats: measurements per model (the median is kept), taken in turns.
     warmup: untimed calls per model first (the first one compiles).
@@ -49,12 +50,12 @@ def latencies(models: Mapping[str, tuple[Spec, Any]], batch: int, *, repeats: in
     raise ValueError(f"batch must be a positive int, got {batch!r}")
   if repeats < 1 or warmup < 1:
     raise ValueError(f"repeats and warmup must be >= 1, got {repeats} and {warmup}")
-  shapes = {name: tuple(spec.input_shape) for name, (spec, _) in models.items()}
+  shapes = {name: (tuple(spec.input_shape), takes_token_ids(spec))
+            for name, (spec, _) in models.items()}
   if len(set(shapes.values())) != 1:
-    raise ValueError(f"the models take different inputs {shapes}; latencies compares "
-                     f"networks on one batch")
-  x = jax.random.normal(jax.random.key(seed), (batch, *next(iter(shapes.values()))),
-                        jnp.float32)
+    raise ValueError(f"the models take different inputs {shapes} ((input shape, token ids)); "
+                     f"latencies compares networks on one batch")
+  x = random_input(next(iter(models.values()))[0], batch, seed)
   calls = {}
   for name, (spec, variables) in models.items():
     fn = jax.jit(lambda v, x, spec=spec: Network(spec).apply(v, x))

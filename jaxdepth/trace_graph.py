@@ -9,7 +9,15 @@ equation of :data:`layer_p`; this module reads the rest, the glue:
   a grid of 4001 points in ``[-8, 8]`` and matched against the site kinds
   (:data:`jaxdepth.spec.ACTIVATIONS`), or against ``c x`` (the ``1/n`` of an
   average). The result is a small IR: ``input``, ``leaf``, ``act``, ``add``,
-  ``concat``, ``flatten``, ``pool`` nodes with their inputs.
+  ``concat``, ``flatten``, ``tokens``, ``pool``, ``position_embedding``,
+  ``class_token`` and ``select_token`` nodes with their inputs.
+* A module's own parameter (``self.param``, ``nnx.Param``) enters the trace as
+  a constant; :meth:`Graph.parameter` names it (by the identity of the array
+  the trace closed over) and checks that what the code does to it only copies
+  it: it is run on ``arange`` values in place of the parameter, so the result
+  must be the parameter's numbers in row-major order, once per example. That
+  is what a learned position embedding added to the tokens and a class token
+  concatenated in front of them are.
 * :func:`dominators` and :func:`series` cut that DAG into nested chains: the
   fork of a join is its immediate dominator (Cooper, Harvey and Kennedy's
   intersection on a DAG in topological order), the paths from the fork to each
@@ -159,6 +167,29 @@ def _run_numpy(eqns, env, consts, out):
   return read(out)
 
 
+# Operations that only copy a parameter (the class token broadcast over the batch, a
+# (1, N, C) position embedding reshaped or converted), run on a probe in numpy.
+_COPIES = frozenset({"broadcast_in_dim", "reshape", "tile", "squeeze", "convert_element_type",
+                     "copy", "copy_p"})
+
+
+def _copy_numpy(eqn, x: np.ndarray) -> np.ndarray:
+  name, p = eqn.primitive.name, eqn.params
+  if name == "broadcast_in_dim":
+    shape = tuple(p["shape"])
+    expanded = [1] * len(shape)
+    for i, d in enumerate(p["broadcast_dimensions"]):
+      expanded[d] = x.shape[i]
+    return np.broadcast_to(x.reshape(expanded), shape)
+  if name == "reshape":
+    return x.reshape(tuple(p["new_sizes"]))
+  if name == "tile":
+    return np.tile(x, tuple(p["reps"]))
+  if name == "squeeze":
+    return np.squeeze(x, tuple(p["dimensions"]))
+  return x
+
+
 def _primitives(eqn):
   yield eqn.primitive.name
   inner = _inner(eqn) if eqn.primitive.name in _CALLS else None
@@ -173,8 +204,11 @@ def _is_literal(v) -> bool:
 class Graph:
   """The traced program as a value graph; :meth:`node` builds the IR lazily."""
 
-  def __init__(self, closed, leaves, root: str):
+  def __init__(self, closed, leaves, root: str, params=None):
+    """``params``: ``{id(array): (collection, user path)}`` of the module's variables."""
     self.jaxpr = closed.jaxpr
+    self.params = params or {}
+    self.params_used: dict = {}
     self.consts = dict(zip(self.jaxpr.constvars, closed.consts))
     self.leaves = leaves
     self.root = root
@@ -316,6 +350,14 @@ class Graph:
           self.depends_on_input(u) for u in self.producer[v][1].invars))
     return self._dep[v]
 
+  def refuse_random(self, eqns):
+    """Refuses the first random operation among ``eqns``, if any."""
+    random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
+        "threefry2x32", "rng_bit_generator", "rng_uniform")]
+    if random:
+      self.refuse(random[0], "a random operation outside nn.Dropout",
+                  "use nn.Dropout for dropout, or move the noise out of the module")
+
   def value(self, v) -> int:
     """IR node of any value: a source, or an element-wise function of one source."""
     if not self.depends_on_input(v):
@@ -324,11 +366,7 @@ class Graph:
         raise ConversionError("the module returns a constant or adds a constant array outside "
                               "a layer; keep parameters inside Conv, Dense, BatchNorm or "
                               "LayerNorm")
-      random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
-          "threefry2x32", "rng_bit_generator", "rng_uniform")]
-      if random:
-        self.refuse(random[0], "a random operation outside nn.Dropout",
-                    "use nn.Dropout for dropout, or move the noise out of the module")
+      self.refuse_random(eqns)
       self.refuse(eqns[-1], "a tensor that does not depend on the input",
                   "constants must live inside supported layers (Conv, Dense, BatchNorm, ...)")
     (s,) = self.sources(v)
@@ -352,16 +390,18 @@ class Graph:
       _, eqn = self.producer[s]
       name = eqn.primitive.name
       x = eqn.invars[0]
-      if name == "reduce_sum" and len(x.aval.shape) == 4 and tuple(eqn.params["axes"]) == (1, 2):
-        if math.isclose(c * x.aval.shape[1] * x.aval.shape[2], 1.0, rel_tol=1e-6):
+      spatial = tuple(range(1, len(x.aval.shape) - 1))    # (H, W) of a map, N of tokens
+      if name == "reduce_sum" and len(spatial) in (1, 2) and tuple(eqn.params["axes"]) == spatial:
+        if math.isclose(c * math.prod(x.aval.shape[1:-1]), 1.0, rel_tol=1e-6):
           return self.add("pool", [self.value(x)], eqn, op="global_avg")
       if name == "reduce_window_sum":
         pool = self.window(eqn, "avg")
         if math.isclose(c * math.prod(pool["window"]), 1.0, rel_tol=1e-6):
           return self.add("pool", [self.value(x)], eqn, **pool)
     self.refuse(eqn_v, f"a multiplication by the constant {c:g}",
-                "scale inside a layer (e.g. fold it into the next Dense or Conv), or use "
-                "jnp.mean / nn.avg_pool for averages")
+                "scale inside a layer (e.g. fold it into the next Dense or Conv); the averages "
+                "jaxdepth has nodes for are jnp.mean over (H, W) of (B, H, W, C) or over the "
+                "tokens of (B, N, C), and nn.avg_pool")
 
   def window(self, eqn, op):
     p = eqn.params
@@ -395,6 +435,8 @@ class Graph:
     if eqn.primitive is layer_p:
       return self.add("leaf", [self.value(ins[0])], eqn, index=eqn.params["index"])
     if name == "add" and len(ins) == 2:
+      if not all(self.depends_on_input(u) for u in ins):
+        return self.position_embedding(eqn, v)
       if any(tuple(u.aval.shape) != tuple(v.aval.shape) for u in ins):
         self.refuse(eqn, "an addition that broadcasts", "add tensors of the same shape")
       return self.add("add", [self.value(u) for u in ins], eqn)
@@ -403,10 +445,27 @@ class Graph:
                   "jaxdepth joins branches by addition (residual blocks) or by concatenation "
                   "on the last axis")
     if name == "concatenate":
+      if len(v.aval.shape) == 3 and eqn.params["dimension"] == 1:
+        return self.class_token(eqn, v)
       if eqn.params["dimension"] != len(v.aval.shape) - 1:
         self.refuse(eqn, "a concatenation on another axis than the last",
                     "concatenate channels: jnp.concatenate([...], axis=-1)")
       return self.add("concat", [self.value(u) for u in ins], eqn)
+    if name in ("squeeze", "reshape") and self.token_slice(ins[0]) is not None and (
+        tuple(v.aval.shape) == (ins[0].aval.shape[0], ins[0].aval.shape[2])):
+      slice_eqn, index = self.token_slice(ins[0])
+      return self.add("select_token", [self.value(slice_eqn.invars[0])], eqn, index=index)
+    if name == "slice" or name in ("squeeze", "reshape") and not _is_literal(ins[0]) and (
+        ins[0] in self.producer and self.producer[ins[0]][1].primitive.name == "slice"):
+      cut = eqn if name == "slice" else self.producer[ins[0]][1]
+      self.refuse(cut, f"a slice of a tensor of shape {tuple(cut.invars[0].aval.shape)} (from "
+                  f"{tuple(cut.params['start_indices'])} to {tuple(cut.params['limit_indices'])})",
+                  "the one slice jaxdepth has a node for is one token of a (B, N, C) sequence, "
+                  "x[:, i] (the class-token readout, SelectToken)")
+    if name in ("gather", "dynamic_slice"):
+      self.refuse(eqn, "indexing by an array or a traced index",
+                  "select a token with a Python int, x[:, 0] (SelectToken); other indexing has "
+                  "no node")
     if name == "reshape":
       x = ins[0]
       shape, new = tuple(x.aval.shape), tuple(v.aval.shape)
@@ -414,21 +473,133 @@ class Graph:
         return self.value(x)
       if len(new) == 2 and new[0] == shape[0] and new[1] == math.prod(shape[1:]):
         return self.add("flatten", [self.value(x)], eqn)
+      if len(shape) == 4 and new == (shape[0], shape[1] * shape[2], shape[3]):
+        return self.add("tokens", [self.value(x)], eqn)
       self.refuse(eqn, f"a reshape from {shape} to {new}",
                   "only flattening every axis but the batch, x.reshape((x.shape[0], -1)), "
-                  "is supported")
+                  "and an image as tokens, x.reshape((B, H * W, C)), are supported")
     if name == "reduce_window_max":
       return self.add("pool", [self.value(ins[0])], eqn, **self.window(eqn, "max"))
     if name in ("reduce_sum", "reduce_window_sum"):
       self.refuse(eqn, "a sum that is not an average",
-                  "use jnp.mean(x, axis=(1, 2)) or nn.avg_pool")
+                  "use jnp.mean(x, axis=(1, 2)) of an image, jnp.mean(x, axis=1) of tokens, "
+                  "or nn.avg_pool")
     if name.startswith("random") or name in ("threefry2x32", "rng_bit_generator"):
       self.refuse(eqn, "a random operation outside nn.Dropout",
                   "use nn.Dropout for dropout, or move the noise out of the module")
     self.refuse(eqn, "an operation jaxdepth has no node for",
-                "use the supported layers and glue (Conv, Dense, BatchNorm, LayerNorm, Dropout, "
-                "activations, residual additions, channel concatenation, pooling, flatten); "
-                "see docs/from_flax.md")
+                "use the supported layers and glue (Conv, Dense, BatchNorm, LayerNorm, "
+                "GroupNorm, Dropout, self-attention, activations, residual additions, channel "
+                "concatenation, pooling, flatten, image to tokens, class token, position "
+                "embedding, x[:, i]); see docs/from_flax.md")
+
+  # -- tokens: x[:, i], class token, position embedding ----------------------------
+
+  def token_slice(self, u):
+    """``(slice equation, i)`` if ``u`` is ``x[:, i:i + 1]`` of a sequence ``x`` (B, N, C)."""
+    if _is_literal(u) or u not in self.producer:
+      return None
+    _, eqn = self.producer[u]
+    if eqn.primitive.name != "slice":
+      return None
+    shape = tuple(eqn.invars[0].aval.shape)
+    start, limit = tuple(eqn.params["start_indices"]), tuple(eqn.params["limit_indices"])
+    strides = eqn.params.get("strides") or (1,) * len(shape)
+    if (len(shape) != 3 or any(s != 1 for s in strides) or start[0] != 0 or start[2] != 0
+        or limit[0] != shape[0] or limit[2] != shape[2] or limit[1] != start[1] + 1):
+      return None
+    return eqn, int(start[1])
+
+  def parameter(self, eqn, u, what: str, todo: str):
+    """The module's parameter the input-independent ``u`` copies.
+
+    Returns ``(user path, array, probe)``: ``probe`` is ``u`` computed with
+    ``arange(array.size)`` in place of the parameter (float64), so the caller can
+    check where each number of the parameter lands. Refuses random operations, a
+    ``u`` computed by anything but copies (reshape, broadcast, tile, squeeze,
+    dtype conversion), constants that are no parameter, variables of another
+    collection and a parameter used twice.
+    """
+    self.refuse_random(self.ancestry(u))
+    chain = []
+    while not (not _is_literal(u) and u in self.consts):
+      if _is_literal(u) or u not in self.producer:
+        self.refuse(eqn, f"{what}: a literal constant", todo)
+      _, op = self.producer[u]
+      ins = [w for w in op.invars if not _is_literal(w)]
+      if (op.primitive.name not in _COPIES or len(ins) != 1
+          or op.params.get("dimensions") is not None and op.primitive.name == "reshape"):
+        self.refuse(op, f"{what}, computed from a parameter or a constant (e.g. cropped or "
+                    f"interpolated) rather than a parameter used as it is", todo)
+      chain.append(op)
+      u = ins[0]
+    array = self.consts[u]
+    found = self.params.get(id(array))
+    if found is None:
+      self.refuse(eqn, f"{what}: a constant of shape {np.shape(array)}, not a parameter of "
+                  f"the module (e.g. a fixed sin-cos table)", todo)
+    collection, path = found
+    if collection != "params":
+      self.refuse(eqn, f"{what}: the variable {path} of collection {collection!r}, not a "
+                  f"parameter (the spec would train it)", todo)
+    if path in self.params_used:
+      self.refuse(eqn, f"the parameter {path}, used a second time (first at "
+                  f"{self.params_used[path]})", "a spec node owns its parameter: give each use "
+                  "its own")
+    self.params_used[path] = source_info_util.summarize(eqn.source_info)
+    probe = np.arange(np.size(array), dtype=np.float64).reshape(np.shape(array))
+    for op in reversed(chain):
+      probe = _copy_numpy(op, probe)
+    return path, array, probe
+
+  def position_embedding(self, eqn, v) -> int:
+    """``x + p`` of a sequence ``x`` (B, N, C) and a parameter ``p`` with N C numbers."""
+    x, p = sorted(eqn.invars, key=lambda u: not self.depends_on_input(u))
+    shape = tuple(v.aval.shape)
+    todo = ("jaxdepth's PositionEmbedding adds a learned parameter of shape (1, N, C), one row "
+            "per token, to a (B, N, C) token sequence: define it with self.param or nnx.Param "
+            "and add it as it is, x + pos_embedding; keep other additions of your own "
+            "arrays outside the converted module")
+    what = "an array added to the tokens that does not depend on the input"
+    path, array, probe = self.parameter(eqn, p, what, todo)
+    if len(shape) != 3 or tuple(x.aval.shape) != shape:
+      self.refuse(eqn, f"an addition of the parameter {path} of shape {np.shape(array)} to a "
+                  f"tensor of shape {tuple(x.aval.shape)}, not to a token sequence", todo)
+    n, c = shape[1:]
+    row = np.arange(n * c, dtype=np.float64).reshape(n, c)
+    if np.size(array) != n * c:
+      self.refuse(eqn, f"an addition of the parameter {path} of shape {np.shape(array)} to "
+                  f"{n} tokens of width {c}: not a position embedding of this sequence (it "
+                  f"needs exactly {n} x {c} numbers)", todo)
+    if not all(np.array_equal(r, row) for r in np.broadcast_to(probe, shape)):
+      self.refuse(eqn, f"an addition of the parameter {path}, rearranged", todo)
+    return self.add("position_embedding", [self.value(x)], eqn, param=path,
+                    value=jnp.reshape(array, (1, n, c)))
+
+  def class_token(self, eqn, v) -> int:
+    """``concatenate([tile(cls), x], axis=1)``: a learned token in front of the sequence."""
+    ins = eqn.invars
+    shape = tuple(v.aval.shape)
+    todo = ("jaxdepth's ClassToken puts one learned token, a parameter of C numbers (e.g. "
+            "shape (1, 1, C)), in front of the sequence: jnp.concatenate([jnp.tile(cls, "
+            "(B, 1, 1)), x], axis=1)")
+    free = [not self.depends_on_input(u) for u in ins]
+    if len(ins) != 2 or free != [True, False]:
+      self.refuse(eqn, f"a concatenation of {len(ins)} token sequences, "
+                  f"{sum(free)} of them parameters", todo)
+    token, x = ins
+    if tuple(token.aval.shape) != (shape[0], 1, shape[2]):
+      self.refuse(eqn, f"a concatenation of {token.aval.shape[1]} tokens in front of the "
+                  f"sequence", todo)
+    path, array, probe = self.parameter(eqn, token, "a token in front of the sequence that does "
+                                        "not depend on the input", todo)
+    c = shape[2]
+    if np.size(array) != c or not all(np.array_equal(r, np.arange(c, dtype=np.float64))
+                                      for r in probe.reshape(shape[0], c)):
+      self.refuse(eqn, f"a class token made from the parameter {path} of shape "
+                  f"{np.shape(array)}, not its {c} numbers as they are", todo)
+    return self.add("class_token", [self.value(x)], eqn, param=path,
+                    value=jnp.reshape(array, (1, 1, c)))
 
 
 # ---------------------------------------------------------------- structure

@@ -313,9 +313,10 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       number of real examples, is summed into ``metrics["regularizer"]``).
 
   Returns:
-    ``step(state, batch, gates, stats, masks=None)`` where ``batch`` has ``image``,
-    ``label``, ``mask``; ``gates`` is ``None`` or a ``(len(spec.sites()),)``
-    array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
+    ``step(state, batch, gates, stats, masks=None)`` where ``batch`` has ``image``
+    (or a text spec's ``input_ids``, ``attention_mask``, ``token_type_ids``:
+    :func:`jaxdepth.network.batch_inputs`), ``label``, ``mask``; ``gates`` is ``None``
+    or a ``(len(spec.sites()),)`` array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
     ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`)
     that keep pruned weights at 0; ``node_gates`` are ``{node path: gate}``
     (:func:`jaxdepth.network.forward`). Gates and masks are data: changing their
@@ -335,9 +336,10 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       variables = {"params": params}
       if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
-      out = network.forward(spec, variables, batch["image"], train=True, gates=gates, rng=rng,
-                            collect_stats=collect_stats, example_mask=mask, dtype=dtype,
-                            capture=capture, node_gates=node_gates)
+      out = network.forward(spec, variables, network.batch_inputs(spec, batch), train=True,
+                            gates=gates, rng=rng, collect_stats=collect_stats,
+                            example_mask=mask, dtype=dtype, capture=capture,
+                            node_gates=node_gates)
       value = loss(out.logits, batch["label"], mask)
       term = jnp.zeros((), jnp.float32)
       if regularizer is not None:
@@ -381,9 +383,9 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
   mesh = make_mesh() if mesh is None else mesh
 
   def step(variables, batch, gates, stats, node_gates=None):
-    out = network.forward(spec, variables, batch["image"], train=False, gates=gates,
-                          collect_stats=collect_stats, example_mask=batch["mask"], dtype=dtype,
-                          node_gates=node_gates)
+    out = network.forward(spec, variables, network.batch_inputs(spec, batch), train=False,
+                          gates=gates, collect_stats=collect_stats, example_mask=batch["mask"],
+                          dtype=dtype, node_gates=node_gates)
     if collect_stats:
       stats = site_stats.accumulate(stats, out.site_counts)
     return batch_metrics(out.logits, batch["label"], batch["mask"]), stats

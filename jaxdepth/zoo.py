@@ -23,6 +23,9 @@ name                     architecture                             input     site
 ``vit_b16``              torchvision ViT-B/16                     224x224x3   12
 ``digits_swin``          tiny Swin for digits (patch 2, window 2)  8x8x1       4
 ``digits_vit``           tiny ViT for digits (patch 2)             8x8x1       2
+``bert_base``            BERT-base (bert-base-uncased)            128 tokens  12
+``roberta_base``         RoBERTa-base                             128 tokens  12
+``tiny_encoder``         tiny BERT/RoBERTa-style encoder (tests)  16 tokens    2
 =======================  =======================================  ========  =====
 
 Use :func:`get` to build one by name and :func:`names` to list them.
@@ -33,10 +36,12 @@ from collections.abc import Callable
 
 from jaxdepth.spec import (
     Act, BatchNorm, Block, Conv, Dense, Dropout, Flatten, Node, Pool, Sequential, Spec)
+from jaxdepth.text import models as _text
 from jaxdepth.transformer import models as _tf
 
 __all__ = ["resnet18", "resnet20", "mobilenet_v2", "vgg16_bn", "digits_cnn", "digits_plain",
-           "swin_t", "vit_b16", "digits_swin", "digits_vit", "get", "names"]
+           "swin_t", "vit_b16", "digits_swin", "digits_vit", "bert_base", "roberta_base",
+           "tiny_encoder", "get", "names"]
 
 
 def _check_positive(what: str, value) -> None:
@@ -420,6 +425,83 @@ def digits_vit(num_classes: int = 10, width: int = 16, input_shape=(8, 8, 1)) ->
                  depth=2, heads=2, mlp_dim=2 * width, name="digits_vit")
 
 
+# ------------------------------------------------------------------------- text
+
+
+def _sequence_length(max_length: int, input_shape) -> int:
+  """``max_length``, or the length an ``input_shape`` of ``(L,)`` gives (the training
+  command passes the dataset's input shape)."""
+  if input_shape is None:
+    return max_length
+  shape = tuple(input_shape)
+  if len(shape) != 1:
+    raise ValueError(f"a text encoder's input_shape is (sequence length,), got {input_shape!r}")
+  return shape[0]
+
+
+def bert_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier",
+              input_shape=None) -> Spec:
+  """BERT-base (Devlin et al., 2019) with bert-base-uncased's configuration.
+
+  Vocabulary 30,522, width 768, 12 post-LN layers of 12 heads, MLP 3072 with
+  exact GELU, 512 positions, 2 token types, LayerNorm eps 1e-12; input token ids
+  padded to ``max_length`` (GLUE recipes use 128). 12 GELU sites
+  ``encoder/layer/i/mlp/gelu`` (names: :mod:`jaxdepth.text.models`).
+
+  Args:
+    num_classes: logits of the classifier (2 for SST-2, RTE, QNLI).
+    max_length: tokens per sequence, at most 512.
+    head: ``"classifier"`` (``BertForSequenceClassification``) or ``"pooled"``
+      (``BertModel``'s pooler output).
+    input_shape: ``(L,)``, another way to give ``max_length``.
+
+  Returns:
+    The spec (109,482,240 parameters with ``head="pooled"``, as Hugging Face's
+    ``BertModel``; the classifier adds ``768 num_classes + num_classes``).
+  """
+  return _text.encoder(_text.BERT_BASE, max_length=_sequence_length(max_length, input_shape),
+                       head=head,
+                       num_classes=num_classes, name="bert_base")
+
+
+def roberta_base(num_classes: int = 2, max_length: int = 128, head: str = "classifier",
+                 input_shape=None) -> Spec:
+  """RoBERTa-base (Liu et al., 2019) with roberta-base's configuration.
+
+  As :func:`bert_base` but vocabulary 50,265, 514 positions numbered from the
+  padding id 1 over real tokens, 1 token type, LayerNorm eps 1e-5; the
+  classifier is RoBERTa's own head on the first token (dense 768, tanh,
+  out_proj), without the pooler.
+
+  Returns:
+    The spec (124,645,632 parameters with ``head="pooled"``, as Hugging Face's
+    ``RobertaModel``; with the classifier, the pooler's 590,592 are replaced by
+    the head's ``590,592 + 768 num_classes + num_classes``).
+  """
+  return _text.encoder(_text.ROBERTA_BASE, max_length=_sequence_length(max_length, input_shape),
+                       head=head,
+                       num_classes=num_classes, name="roberta_base")
+
+
+def tiny_encoder(num_classes: int = 2, vocab_size: int = 64, max_length: int = 16,
+                 width: int = 16, depth: int = 2, family: str = "bert",
+                 head: str = "classifier", input_shape=None) -> Spec:
+  """A tiny BERT- or RoBERTa-style encoder for tests and demos on the CPU.
+
+  ``width`` hidden, ``depth`` layers of 2 heads, MLP ``2 width``, 64 positions
+  (66 for RoBERTa, padding id 1), 2 token types (1 for RoBERTa), no dropout.
+  ``depth`` GELU sites.
+  """
+  roberta = family == "roberta"
+  config = _text.EncoderConfig(
+      family=family, vocab_size=vocab_size, width=width, depth=depth, heads=2,
+      mlp_width=2 * width, max_positions=66 if roberta else 64,
+      type_vocab_size=1 if roberta else 2, layer_norm_eps=1e-5 if roberta else 1e-12,
+      dropout=0.0, attention_dropout=0.0, pad_token_id=1 if roberta else 0)
+  return _text.encoder(config, max_length=_sequence_length(max_length, input_shape), head=head,
+                       num_classes=num_classes, name="tiny_encoder")
+
+
 # -------------------------------------------------------------------------- registry
 
 _MODELS: dict[str, Callable[..., Spec]] = {
@@ -436,6 +518,9 @@ _MODELS: dict[str, Callable[..., Spec]] = {
     "vit_b16": vit_b16,
     "digits_swin": digits_swin,
     "digits_vit": digits_vit,
+    "bert_base": bert_base,
+    "roberta_base": roberta_base,
+    "tiny_encoder": tiny_encoder,
 }
 
 

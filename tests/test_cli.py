@@ -11,10 +11,11 @@ import subprocess
 import sys
 import time
 
+import jax
 import ml_collections
 import pytest
 
-from jaxdepth import checkpoint, data, driver, optim, progress, training, zoo
+from jaxdepth import checkpoint, data, driver, network, optim, progress, training, zoo
 from jaxdepth.methods import Easier
 from jaxdepth.spec import Act, Dense, Flatten, Spec
 from train import __main__ as cli
@@ -445,3 +446,18 @@ def test_a_workdir_with_no_intact_checkpoint_is_refused_in_one_paragraph(tmp_pat
   assert _error_lines(err)[0].startswith(
       f"error: no intact checkpoint is left in {tmp_path / 'checkpoints'} (checkpoint ")
   assert "meta/metadata has" in err and "to start the run afresh" in err
+
+
+def test_method_commands_read_latencies_from_the_report_else_time_the_saved_models(tmp_path):
+  spec = zoo.digits_cnn(width=4)
+  variables = network.init(spec, jax.random.key(0))
+  for path in ("iterations/000/model", "chosen", "chosen_merged"):
+    checkpoint.save_model(tmp_path / path, spec, variables)
+  row = {"batch": 1, "dense_ms": 1.0, "chosen_ms": 0.5, "merged_ms": 0.25}
+  report = {"chosen": {"merged": {"latency": [row]}}}
+  assert command.latencies_at(report, tmp_path, 1) == row          # the driver's figures
+  measured = command.latencies_at(report, tmp_path, 3)              # another batch: timed
+  assert measured["batch"] == 3 and set(measured) == set(row)
+  assert all(measured[k] > 0 for k in ("dense_ms", "chosen_ms", "merged_ms"))
+  (tmp_path / "chosen_merged" / "spec.json").unlink()              # what is not saved is left out
+  assert set(command.latencies_at({}, tmp_path, 3)) == {"batch", "dense_ms", "chosen_ms"}

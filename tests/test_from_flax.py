@@ -204,9 +204,112 @@ class NNXDenseNet(nnx.Module):
     return self.head(x.reshape((x.shape[0], -1)))
 
 
-LINEN = {"resnet": ResNet, "mobilenet": MobileNet, "densenet": DenseNet}
-NNX = {"resnet": NNXResNet, "mobilenet": NNXMobileNet, "densenet": NNXDenseNet}
-NETS = [(f, n) for f in ("linen", "nnx") for n in ("resnet", "mobilenet", "densenet")]
+# ------------------------------------------------------------------- transformer nets
+
+
+class EncoderLayer(nn.Module):
+  """Pre-LN: x + attn(norm(x)), then x + fc2(gelu(fc1(norm(x))))."""
+  heads: int = 2
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    y = nn.MultiHeadDotProductAttention(self.heads, deterministic=not train)(nn.LayerNorm()(x))
+    x = x + y
+    y = nn.Dense(2 * x.shape[-1])(nn.LayerNorm()(x))
+    return x + nn.Dense(x.shape[-1])(nn.gelu(y))
+
+
+class Transformer(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3), padding="SAME", use_bias=False)(x)
+    x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+    x = nn.GroupNorm(num_groups=2)(nn.Conv(8, (2, 2), strides=2)(x))    # 2x2 patches
+    b, h, w, c = x.shape
+    x = EncoderLayer()(x.reshape((b, h * w, c)), train)                  # 16 tokens
+    return nn.Dense(self.num_classes)(nn.LayerNorm()(x).mean(axis=1))
+
+
+class NNXEncoderLayer(nnx.Module):
+  def __init__(self, width, heads, *, rngs):
+    self.norm1 = nnx.LayerNorm(width, rngs=rngs)
+    self.attn = nnx.MultiHeadAttention(heads, width, decode=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(width, rngs=rngs)
+    self.fc1 = nnx.Linear(width, 2 * width, rngs=rngs)
+    self.fc2 = nnx.Linear(2 * width, width, rngs=rngs)
+
+  def __call__(self, x):
+    x = x + self.attn(self.norm1(x))
+    return x + self.fc2(nnx.gelu(self.fc1(self.norm2(x)), approximate=False))
+
+
+class NNXTransformer(nnx.Module):
+  def __init__(self, num_classes=10, *, rngs):
+    self.stem = nnx.Conv(1, 4, (3, 3), padding="SAME", use_bias=False, rngs=rngs)
+    self.bn = nnx.BatchNorm(4, momentum=0.9, rngs=rngs)
+    self.patches = nnx.Conv(4, 8, (2, 2), strides=2, rngs=rngs)
+    self.gn = nnx.GroupNorm(8, num_groups=4, rngs=rngs)
+    self.encoder = NNXEncoderLayer(8, 2, rngs=rngs)
+    self.norm = nnx.LayerNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.gn(self.patches(nnx.relu(self.bn(self.stem(x)))))
+    x = self.encoder(x.reshape((x.shape[0], -1, x.shape[-1])))
+    return self.head(self.norm(x).mean(axis=1))
+
+
+class ViT(nn.Module):
+  """big_vision's way: patches, tokens plus a (1, N, C) position embedding, then the class
+  token in front; the class token's output is the readout."""
+  num_classes: int = 10
+  width: int = 8
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(self.width, (2, 2), strides=(2, 2), padding="VALID", name="embedding")(x)
+    n, h, w, c = x.shape
+    x = jnp.reshape(x, [n, h * w, c])
+    x = x + self.param("pos_embedding", nn.initializers.normal(stddev=1 / np.sqrt(c)),
+                       (1, h * w, c), x.dtype)
+    cls = self.param("cls", nn.initializers.normal(stddev=0.02), (1, 1, c), x.dtype)
+    x = jnp.concatenate([jnp.tile(cls, [n, 1, 1]), x], axis=1)
+    for i in range(2):
+      x = EncoderLayer(name=f"encoderblock_{i}")(x, train)
+    x = nn.LayerNorm(name="encoder_norm")(x)
+    return nn.Dense(self.num_classes, name="head")(x[:, 0])
+
+
+class NNXViT(nnx.Module):
+  """The NNX tutorials' way: class token first, then a (1, N + 1, C) position embedding."""
+
+  def __init__(self, num_classes=10, width=8, patches=16, *, rngs):
+    init = jax.nn.initializers.truncated_normal(stddev=0.02)
+    self.patch_embeddings = nnx.Conv(1, width, (2, 2), strides=(2, 2), padding="VALID",
+                                     rngs=rngs)
+    self.position_embeddings = nnx.Param(init(rngs.params(), (1, patches + 1, width)))
+    self.cls_token = nnx.Param(init(rngs.params(), (1, 1, width)))
+    self.encoder = nnx.Sequential(*[NNXEncoderLayer(width, 2, rngs=rngs) for _ in range(2)])
+    self.final_norm = nnx.LayerNorm(width, rngs=rngs)
+    self.classifier = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    patches = self.patch_embeddings(x)
+    batch_size = patches.shape[0]
+    patches = patches.reshape(batch_size, -1, patches.shape[-1])
+    cls_token = jnp.tile(self.cls_token, [batch_size, 1, 1])
+    x = jnp.concat([cls_token, patches], axis=1)
+    x = self.encoder(x + self.position_embeddings)
+    return self.classifier(self.final_norm(x)[:, 0])
+
+
+LINEN = {"resnet": ResNet, "mobilenet": MobileNet, "densenet": DenseNet,
+         "transformer": Transformer, "vit": ViT}
+NNX = {"resnet": NNXResNet, "mobilenet": NNXMobileNet, "densenet": NNXDenseNet,
+       "transformer": NNXTransformer, "vit": NNXViT}
+NETS = [(f, n) for f in ("linen", "nnx") for n in LINEN]
 
 
 def _batch(seed=0, n=16):
@@ -226,7 +329,8 @@ def _make(framework, name):
   if framework == "linen":
     module = LINEN[name]()
     variables = dict(module.init(jax.random.key(1), _batch()))
-    variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
+    if "batch_stats" in variables:
+      variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
     return module, variables
   model = NNX[name](rngs=nnx.Rngs(1))
   stats = nnx.state(model, nnx.BatchStat)
@@ -274,7 +378,7 @@ def test_train_outputs_and_batch_stats_equal_the_module(converted):
   if framework == "linen":
     want, upd = module.apply(variables, x, train=True, mutable=["batch_stats"],
                              rngs={"dropout": jax.random.key(0)})
-    user_stats = upd["batch_stats"]
+    user_stats = upd.get("batch_stats", {})
   else:
     model = nnx.clone(module)
     model.train()
@@ -292,11 +396,12 @@ def test_train_outputs_and_batch_stats_equal_the_module(converted):
                                    np.asarray(_lookup(user_stats, upath)[leaf]),
                                    rtol=1e-5, atol=1e-6)
         compared += 1
-  assert compared >= 4
+  norms = sum(isinstance(n, S.BatchNorm) for _, n in conv.spec.walk())
+  assert compared == 2 * norms and (norms >= 1) == (name != "vit")
 
 
 def test_structure_of_the_converted_networks(converted):
-  _, name, _, _, conv = converted
+  framework, name, _, _, conv = converted
   spec = conv.spec
   kinds = {n.kind for _, n in spec.walk()}
   fns = {n.fn for _, n in spec.walk() if isinstance(n, S.Act)}
@@ -314,6 +419,35 @@ def test_structure_of_the_converted_networks(converted):
     assert len(concats) == 2 and all(c.branches[0] == () for c in concats)
     assert "leaky_relu" in fns and "flatten" in kinds
     assert {n.op for _, n in spec.walk() if isinstance(n, S.Pool)} == {"avg", "max"}
+  if name == "transformer":
+    # LayerNorm -> attention -> residual, LayerNorm -> Dense -> GELU -> Dense -> residual
+    blocks = [n for _, n in spec.walk() if isinstance(n, S.Block)]
+    assert [[type(c).__name__ for c in b.branch] for b in blocks] == [
+        ["LayerNorm", "Attention"], ["LayerNorm", "Dense", "Act", "Dense"]]
+    assert all(b.identity_shortcut for b in blocks)
+    (attention,) = [n for _, n in spec.walk() if isinstance(n, jaxdepth.Attention)]
+    assert attention.heads == 2 and attention.qkv_bias
+    (group_norm,) = [n for _, n in spec.walk() if isinstance(n, S.GroupNorm)]
+    assert group_norm.groups == (2 if framework == "linen" else 4)
+    assert {"tokens", "pool"} <= kinds and fns == {"relu", "gelu_tanh" if framework == "linen"
+                                                    else "gelu"}
+  if name == "vit":
+    # patches, tokens, class token and position embedding (in the order each net adds
+    # them), 2 encoder layers, LayerNorm, the class token's output, the head
+    order = (["ClassToken", "PositionEmbedding"] if framework == "nnx"
+             else ["PositionEmbedding", "ClassToken"])
+    assert [type(n).__name__ for n in spec.layers] == (
+        ["Conv", "Tokens"] + order + ["Block"] * 4 + ["LayerNorm", "SelectToken", "Dense"])
+    blocks = [n for _, n in spec.walk() if isinstance(n, S.Block)]
+    assert [[type(c).__name__ for c in b.branch] for b in blocks] == 2 * [
+        ["LayerNorm", "Attention"], ["LayerNorm", "Dense", "Act", "Dense"]]
+    (select,) = [n for _, n in spec.walk() if isinstance(n, jaxdepth.SelectToken)]
+    assert select.index == 0 and spec.output_shape == (10,)
+    user = {"linen": ("pos_embedding", "cls"), "nnx": ("position_embeddings", "cls_token")}
+    assert {conv.paths[p] for p, n in spec.walk() if isinstance(
+        n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))} == set(user[framework])
+    tokens = 17 if framework == "nnx" else 16      # with or without the class token
+    assert conv.variables["params"][user[framework][0]]["embedding"].shape == (1, tokens, 8)
   # every layer node maps to a user path that holds its weights
   assert all(isinstance(p, str) and p for p in conv.paths.values())
   assert set(jaxdepth.costs.summary(spec)) >= {"params", "macs", "nonlinear_depth"}
@@ -347,29 +481,55 @@ def test_easier_iteration_and_surgery(converted, digits, tmp_path_factory):
 # ------------------------------------------------------------------------------ hand back
 
 
-def test_weights_go_back_to_the_users_module():
-  module, variables = _make("linen", "resnet")
-  conv = jaxdepth.from_flax(module, variables, _batch())
-  doubled = jax.tree.map(lambda a: 2 * a, conv.variables)
-  back, skipped = convert.to_user_variables(doubled, conv.paths, variables)
-  assert skipped == []
-  x = _batch(6)
-  np.testing.assert_allclose(np.asarray(module.apply(back, x)),
-                             np.asarray(network.forward(conv.spec, doubled, x).logits),
-                             rtol=1e-5, atol=1e-5)
-  model, _ = _make("nnx", "densenet")
-  conv = jaxdepth.from_nnx(model, _batch())
-  doubled = jax.tree.map(lambda a: 2 * a, conv.variables)
-  back, skipped = convert.to_user_variables(doubled, conv.paths,
-                                            nnx.to_pure_dict(nnx.state(model)))
-  assert skipped == []
+def _user_outputs(framework, module, back, x):
+  """The user's module run (eval mode) with the handed-back variables ``back``."""
+  if framework == "linen":
+    return module.apply(back, x)
+  model = nnx.clone(module)
   state = nnx.state(model)
   nnx.replace_by_pure_dict(state, back)
   nnx.update(model, state)
   model.eval()
-  np.testing.assert_allclose(np.asarray(model(x)),
-                             np.asarray(network.forward(conv.spec, doubled, x).logits),
+  return model(x)
+
+
+def test_weights_go_back_to_the_users_module(converted):
+  framework, _, module, variables, conv = converted
+  like = variables if framework == "linen" else nnx.to_pure_dict(nnx.state(module))
+  trained = jax.tree.map(lambda a: 2 * a + 0.1, conv.variables)      # stands for training
+  back, skipped = convert.to_user_variables(conv, trained, like)
+  assert skipped == []
+  x = _batch(6)
+  np.testing.assert_allclose(np.asarray(_user_outputs(framework, module, back, x)),
+                             np.asarray(network.forward(conv.spec, trained, x).logits),
                              rtol=1e-5, atol=1e-5)
+
+
+def test_what_cannot_go_back_is_listed():
+  module, variables = _make("linen", "transformer")
+  conv = jaxdepth.from_flax(module, variables, _batch())
+  site = conv.spec.sites()[-1]
+  linear = S.with_identity(conv.spec, [site])       # the module still applies the GELU
+  _, skipped = convert.to_user_variables(conv, conv.variables, variables, spec=linear)
+  assert skipped == [site]
+  shallow, shallow_vars = surgery.collapse(linear, conv.variables)
+  _, skipped = convert.to_user_variables(conv, shallow_vars, variables, spec=shallow)
+  assert {site, "EncoderLayer_0_2/Dense_0", "EncoderLayer_0_2/Dense_1"} <= set(skipped)
+
+  class NoBias(nn.Module):                    # attention without biases: proj's must stay 0
+    @nn.compact
+    def __call__(self, x):
+      return nn.MultiHeadDotProductAttention(2, use_bias=False)(x).reshape((x.shape[0], -1))
+  x = jax.random.normal(jax.random.key(0), (2, 3, 4))
+  variables = NoBias().init(jax.random.key(1), x)
+  conv = jaxdepth.from_flax(NoBias(), variables, x)
+  (path,) = conv.paths
+  _, skipped = convert.to_user_variables(conv, conv.variables, variables)
+  assert skipped == []
+  moved = jax.tree.map(lambda a: a, conv.variables)
+  moved["params"][path]["proj"]["bias"] = jnp.full((4,), 0.5)
+  _, skipped = convert.to_user_variables(conv, moved, variables)
+  assert skipped == [path]
 
 
 # ------------------------------------------------------------------------------ refusals
@@ -430,12 +590,19 @@ def test_gating_product_of_two_tensors_is_refused():
   assert "'mul'" in message and "residual" in message and seconds < 1.0
 
 
+class NoisyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return Noisy(name="noisy")(x)
+
+
 def test_module_needing_an_rng_is_refused():
-  module = Noisy()
+  module = NoisyNet()
   x = _batch()
   variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
   message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "random number stream" in message and "rngs=" in message and seconds < 1.0
+  assert "in module noisy at" in message and "test_from_flax.py:" in message
   # Passing the stream gets further, to the random operation, refused as such.
   message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
                                                    rngs={"noise": jax.random.key(1)}))
@@ -447,24 +614,173 @@ def test_wrong_sample_input_is_refused():
   message, seconds = _refusal(
       lambda: jaxdepth.from_flax(module, variables, jnp.ones((4, 8, 8, 3))))
   assert "(4, 8, 8, 3)" in message and "batch shaped like the data" in message
+  assert "in module Conv_0 at" in message and "test_from_flax.py:" in message
   assert seconds < 1.0
   message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, jnp.ones((8,))))
   assert "no batch axis" in message
   model, _ = _make("nnx", "resnet")
   message, seconds = _refusal(lambda: jaxdepth.from_nnx(model, jnp.ones((2, 8, 8, 2))))
-  assert "(2, 8, 8, 2)" in message and seconds < 1.0
+  assert "(2, 8, 8, 2)" in message and "in module stem at" in message and seconds < 1.0
 
 
 def test_unsupported_layer_is_refused():
-  class Grouped(nn.Module):
+  class Upsampling(nn.Module):
     @nn.compact
     def __call__(self, x):
-      return nn.GroupNorm(num_groups=2)(nn.Conv(4, (3, 3))(x)).mean((1, 2))
-  module = Grouped()
+      return nn.ConvTranspose(4, (2, 2), (2, 2))(nn.Conv(4, (3, 3))(x)).mean((1, 2))
+  module = Upsampling()
   x = _batch()
   variables = module.init(jax.random.key(0), x)
   message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "GroupNorm" in message and "GroupNorm_0" in message and seconds < 1.0
+  assert "ConvTranspose" in message and "ConvTranspose_0" in message and seconds < 1.0
+  assert "test_from_flax.py:" in message and "GroupNorm" in message   # the supported list
+
+
+class Attending(nn.Module):
+  """Self-attention called in ways the spec's Attention cannot represent."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    tokens = nn.Dense(4)(x.reshape((x.shape[0], -1, 1)))
+    attention = nn.MultiHeadDotProductAttention(
+        2, decode=self.how == "decode", normalize_qk=self.how == "normalize_qk",
+        qkv_features=8 if self.how == "qkv_features" else None, name="attention")
+    if self.how == "mask":
+      return attention(tokens, mask=nn.make_causal_mask(tokens[..., 0]))
+    if self.how == "cross":
+      return attention(tokens, nn.Dense(4)(tokens))
+    return attention(tokens)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("mask", "attention mask"), ("cross", "cross-attention"), ("decode", "decode=True"),
+    ("normalize_qk", "normalize_qk=True"), ("qkv_features", "qkv_features=8")])
+def test_attention_the_spec_cannot_represent_is_refused(how, words):
+  module = Attending(how)
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert words in message and "attention (MultiHeadDotProductAttention" in message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+class AddPositionEmbs(nn.Module):
+  """The position embedding as the original ViT code writes it, a module of its own."""
+
+  @nn.compact
+  def __call__(self, inputs):
+    pe = self.param("pos_embedding", nn.initializers.normal(stddev=0.02),
+                    (1, inputs.shape[1], inputs.shape[2]))
+    return inputs + pe
+
+
+class TokenGlue(nn.Module):
+  """Patches to one token of width 4, its class token and position embedding spelled as
+  ``how`` says; the ways ViTs are written convert, the others are refused."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (2, 2), strides=(2, 2))(x)                     # 16 tokens
+    b, h, w, c = x.shape
+    x = x.reshape((b, h * w, c))
+    normal = nn.initializers.normal(1.0)
+    cls = self.param("cls", normal, (c,) if self.how == "broadcast" else (1, 1, c))
+    if self.how == "vision_transformer":                          # tile, then a module
+      x = AddPositionEmbs(name="posembed_input")(
+          jnp.concatenate([jnp.tile(cls, [b, 1, 1]), x], axis=1))
+      return x[:, 0]
+    if self.how == "broadcast":                                   # no unit axes, last token
+      x = jnp.concatenate([jnp.broadcast_to(cls, (b, 1, c)), x], axis=1)
+      return (x + self.param("pe", normal, (h * w + 1, c)))[:, -1]
+    if self.how == "too_long":                                    # a longer table, cropped
+      x = x + self.param("pe", normal, (1, h * w + 3, c))[:, :h * w]
+    if self.how == "per_channel":
+      x = x + self.param("pe", normal, (1, 1, c))
+    if self.how == "fixed":                                       # not learned
+      x = x + jnp.asarray(np.sin(np.arange(h * w * c, dtype=np.float32)).reshape(1, h * w, c))
+    if self.how == "twice":
+      pe = self.param("pe", normal, (1, h * w, c))
+      x = nn.LayerNorm()(x + pe) + pe
+    if self.how == "two_tokens":                                  # DeiT's distillation token
+      x = jnp.concatenate([jnp.tile(cls, [b, 1, 1]), jnp.tile(cls, [b, 1, 1]) * 2, x], axis=1)
+    if self.how == "token_last":
+      x = jnp.concatenate([x, jnp.tile(cls, [b, 1, 1])], axis=1)
+    if self.how == "pool_patches":                                # every token but the first
+      return x[:, 1:].mean(axis=1)
+    if self.how == "channel":
+      return x[:, :, 0]
+    return x.mean(axis=1)
+
+
+class Readout(nn.Module):
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(TokenGlue(self.how, name="tokens")(x))
+
+
+@pytest.mark.parametrize("how, index", [("vision_transformer", 0), ("broadcast", 16)])
+def test_class_token_and_position_embedding_spellings(how, index):
+  module = Readout(how)
+  x = _batch(n=4)
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)             # checked equal to the module
+  kinds = [type(n).__name__ for _, n in conv.spec.walk()]
+  assert kinds == ["Conv", "Tokens", "ClassToken", "PositionEmbedding", "SelectToken", "Dense"]
+  (select,) = [n for _, n in conv.spec.walk() if isinstance(n, jaxdepth.SelectToken)]
+  assert select.index == index
+  params = {p: n for p, n in conv.spec.walk() if isinstance(
+      n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))}
+  assert sorted(conv.paths[p] for p in params) == sorted(
+      ["tokens/cls", "tokens/posembed_input/pos_embedding" if how == "vision_transformer"
+       else "tokens/pe"])
+  trained = jax.tree.map(lambda a: 2 * a + 0.1, conv.variables)
+  back, skipped = convert.to_user_variables(conv, trained, variables)
+  assert skipped == []
+  assert jax.tree.map(jnp.shape, back) == jax.tree.map(jnp.shape, dict(variables))
+  np.testing.assert_allclose(np.asarray(module.apply(back, x)),
+                             np.asarray(network.forward(conv.spec, trained, x).logits),
+                             rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("too_long", "computed from a parameter or a constant (e.g. cropped or interpolated) "
+                 "rather than a parameter used as it is (operation 'slice')"),
+    ("per_channel", "parameter tokens/pe of shape (1, 1, 4) to 16 tokens of width 4: not a "
+                    "position embedding of this sequence"),
+    ("fixed", "a constant of shape (1, 16, 4), not a parameter of the module"),
+    ("twice", "the parameter tokens/pe, used a second time"),
+    ("two_tokens", "a concatenation of 3 token sequences, 2 of them parameters"),
+    ("token_last", "a concatenation of 2 token sequences, 1 of them parameters"),
+    ("pool_patches", "a slice of a tensor of shape (2, 16, 4) (from (0, 1, 0) to (2, 16, 4))"),
+    ("channel", "a slice of a tensor of shape (2, 16, 4) (from (0, 0, 0) to (2, 16, 1))")])
+def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
+  module = Readout(how)
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert words in message and "in module tokens" in message, message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+def test_nnx_variable_that_is_not_a_parameter_is_refused():
+  class Buffered(nnx.Module):
+    def __init__(self, rngs):
+      self.patches = nnx.Conv(1, 4, (2, 2), strides=(2, 2), rngs=rngs)
+      self.cls = nnx.Variable(jnp.ones((1, 1, 4)))      # a buffer: the spec would train it
+      self.head = nnx.Linear(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+      x = self.patches(x)
+      x = x.reshape((x.shape[0], -1, 4))
+      x = jnp.concatenate([jnp.tile(self.cls[...], (x.shape[0], 1, 1)), x], axis=1)
+      return self.head(x[:, 0])
+  message, seconds = _refusal(lambda: jaxdepth.from_nnx(Buffered(nnx.Rngs(0)), _batch(n=2)))
+  assert "the variable cls of collection 'Variable', not a parameter" in message
+  assert "test_from_flax.py:" in message and seconds < 1.0
 
 
 def test_activation_identified_by_what_it_computes():
@@ -490,6 +806,7 @@ def test_activation_identified_by_what_it_computes():
 USER_FILE = '''
 import flax.linen as nn
 import jax.numpy as jnp
+from flax import nnx
 
 
 class MyNet(nn.Module):
@@ -498,27 +815,65 @@ class MyNet(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     x = nn.relu(nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3))(x)))
-    y = nn.silu(nn.Conv(8, (3, 3), padding="SAME")(x))
+    y = nn.silu(nn.BatchNorm(use_running_average=not train)(
+        nn.Conv(8, (3, 3), padding="SAME")(x)))
+    y = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), padding="SAME")(y))
     x = nn.relu(x + y)
     return nn.Dense(self.num_classes)(jnp.mean(x, axis=(1, 2)))
+
+
+class MyNNXNet(nnx.Module):
+  def __init__(self, num_classes, *, rngs):
+    self.conv1 = nnx.Conv(1, 8, (3, 3), rngs=rngs)
+    self.conv2 = nnx.Conv(8, 8, (3, 3), padding="SAME", rngs=rngs)
+    self.bn2 = nnx.BatchNorm(8, rngs=rngs)
+    self.head = nnx.Linear(8, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    x = nnx.relu(self.conv1(x))
+    x = nnx.relu(x + self.bn2(self.conv2(x)))
+    return self.head(x.mean((1, 2)))
 '''
 
 
-def test_cli_runs_easier_on_a_users_module_file(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def user_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp("user") / "mynet.py"
+  path.write_text(USER_FILE)
+  return path
+
+
+def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
   from train import __main__ as cli
-  (tmp_path / "mynet.py").write_text(USER_FILE)
   workdir = tmp_path / "run"
-  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:MyNet", "--workdir",
+  assert cli.main(["easier", "--model", f"{user_file}:MyNet", "--workdir",
                    str(workdir), "--no-progress", "--config.epochs=1", "--iterations", "1"]) == 0
   saved, _ = jaxdepth.load_model(workdir / "chosen")
   assert saved.name == "MyNet" and saved.sites() == ("relu", "block/silu", "block/relu")
   assert saved.output_shape == (10,)
   capsys.readouterr()
-  assert cli.main(["easier", "--model", f"{tmp_path / 'mynet.py'}:Missing", "--workdir",
+  assert cli.main(["easier", "--model", f"{user_file}:Missing", "--workdir",
                    str(tmp_path / "other")]) == 2
   err = capsys.readouterr().err
   assert "defines no Flax module class 'Missing'" in err and "MyNet" in err
   assert not (tmp_path / "other").exists()
+
+
+@pytest.mark.parametrize("command, model", [
+    ("egp", "MyNet"), ("nepenthe", "MyNet"), ("lacoot", "MyNet"), ("tlc", "MyNet"),
+    ("lacoot", "MyNNXNet")])
+def test_every_method_command_accepts_a_users_module_file(command, model, user_file, tmp_path,
+                                                          capsys):
+  # A batch larger than the training split stops the command after every check of the
+  # settings and the model, before training: the only problem reported is that batch size,
+  # so the file's module was loaded, converted and accepted by the method's own checks.
+  from train import __main__ as cli
+  argv = [command, "--model", f"{user_file}:{model}", "--workdir", str(tmp_path / "run"),
+          "--no-progress", "--config.batch_size=100000"]
+  assert cli.main(argv) == 2
+  errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+  assert len(errors) == 1 and errors[0].startswith("error: --config.batch_size=100000: larger "
+                                                   "than the")
 
 
 def test_shared_layer_is_refused():
@@ -563,3 +918,57 @@ def test_spec_growth_concat_activations_and_padding():
     with pytest.raises(S.SpecError, match=words):
       bad()
   assert S.Conv("k", features=2, kernel=4, padding="SAME").padding == ((1, 2), (1, 2))
+
+
+def test_group_norm_node_and_token_mean():
+  spec = S.Spec((4, 4, 6), (S.Conv("a", features=6, kernel=1, bias=True),
+                            S.GroupNorm("gn", groups=3, epsilon=1e-3),
+                            S.Conv("b", features=6, kernel=1, bias=True), jaxdepth.Tokens("tokens"),
+                            S.Pool("mean", "global_avg")))
+  assert spec.output_shape == (6,) and S.Spec.from_json(spec.to_json()) == spec
+  assert '"kind": "group_norm", "name": "gn", "groups": 3, "epsilon": 0.001' in spec.to_json()
+  assert jaxdepth.costs.count_params(spec) == 2 * (6 * 6 + 6) + 2 * 6
+  variables = network.init(spec, jax.random.key(0))
+  gn = {"scale": 1 + jax.random.normal(jax.random.key(1), (6,)),
+        "bias": jax.random.normal(jax.random.key(2), (6,))}
+  variables["params"]["gn"] = gn
+  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 4, 4, 6))) * 3 + 1
+  p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in
+       variables["params"].items()}
+  a = x @ p["a"]["kernel"][0, 0] + p["a"]["bias"]
+  g = a.reshape(2, 4, 4, 3, 2)                       # groups of 2 consecutive channels
+  g = (g - g.mean((1, 2, 4), keepdims=True)) / np.sqrt(g.var((1, 2, 4), keepdims=True) + 1e-3)
+  b = g.reshape(2, 4, 4, 6) * p["gn"]["scale"] + p["gn"]["bias"]
+  want = (b @ p["b"]["kernel"][0, 0] + p["b"]["bias"]).mean((1, 2))
+  for train in (False, True):                        # no running statistics: the same
+    got = network.forward(spec, variables, jnp.asarray(x), train=train).logits
+    np.testing.assert_allclose(np.asarray(got), want, rtol=1e-4, atol=1e-4)
+  # Surgery merges nothing across it (its statistics depend on the data) and keeps it exact.
+  log = []
+  shallow, shallow_vars = surgery.collapse(spec, variables, log=log)
+  assert [type(n).__name__ for n in shallow.layers] == [
+      "Conv", "GroupNorm", "Conv", "Tokens", "Pool"] and not [e for e in log if e.kind == "merge"]
+  np.testing.assert_allclose(np.asarray(network.forward(shallow, shallow_vars, x).logits), want,
+                             rtol=1e-4, atol=1e-4)
+  with pytest.raises(S.SpecError, match="4 groups do not divide the 6 channels"):
+    S.Spec((4, 4, 6), (S.GroupNorm("gn", groups=4),))
+  with pytest.raises(S.SpecError, match="groups must be a positive int"):
+    S.GroupNorm("gn", groups=0)
+
+
+def test_a_call_needing_more_than_the_input_is_refused():
+  class Flagged(nn.Module):
+    @nn.compact
+    def __call__(self, x, training: bool):
+      x = nn.BatchNorm(use_running_average=not training)(nn.Conv(2, (3, 3))(x))
+      return x.reshape((x.shape[0], -1))
+  module = Flagged()
+  x = _batch()
+  variables = module.init(jax.random.key(0), x, training=False)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "needs the argument(s) training" in message and "train_kwarg='training'" in message
+  assert seconds < 1.0
+  conv = jaxdepth.from_flax(module, variables, x, train_kwarg="training")
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x, training=False)),
+                             rtol=1e-5, atol=1e-5)

@@ -14,7 +14,8 @@ from jaxdepth import _optional, report
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "torch")
+EXTRA_MODULES = ("matplotlib", "PIL", "grain", "sklearn", "tensorflow_datasets", "tokenizers", "torch",
+                 "safetensors")
 
 # Runs in a fresh interpreter where importing any extra's module fails, as in an
 # environment where only the core was installed.
@@ -82,6 +83,23 @@ def test_with_matplotlib_plots_are_available():
   assert plt.__name__ == "matplotlib.pyplot" and matplotlib.get_backend().lower() == "agg"
 
 
+def test_report_plots_keep_the_backend_of_a_program_that_uses_pyplot(tmp_path):
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  before, open_figures = matplotlib.get_backend(), plt.get_fignums()
+  plt.switch_backend("svg")   # the program's own choice (a notebook: its inline backend)
+  try:
+    entry = {"iteration": 0, "units_removed": 0, "units_total": 2, "val_accuracy": 0.9,
+             "test_accuracy": 0.8}
+    path = report.plot_accuracy({"iterations": [entry], "tolerance_points": 1.0},
+                                tmp_path / "accuracy.png")
+    assert matplotlib.get_backend() == "svg"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plt.get_fignums() == open_figures   # the report's figure is closed: never shown
+  finally:
+    plt.switch_backend(before)
+
+
 def _requirements():
   reqs = list(PYPROJECT["project"]["dependencies"])
   for extra, items in PYPROJECT["project"]["optional-dependencies"].items():
@@ -120,6 +138,6 @@ def test_no_module_of_the_library_imports_an_extra_at_import_time():
 
 
 def test_extras_are_installed_here_as_the_test_extra_promises():
-  assert {"data", "plots", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
-  import matplotlib, PIL, grain, sklearn, tensorflow_datasets  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
+  assert {"data", "plots", "weights", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
+  import matplotlib, PIL, grain, sklearn, tensorflow_datasets, safetensors  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
   assert np.__version__ == _pins()["numpy"]

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
@@ -60,8 +61,10 @@ from train import config as config_lib
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "set_up_runtime", "compute_dtype", "dataset_and_spec",
-           "check_data", "start", "Prepared", "prepare", "default_workdir", "has_checkpoints", "storage_failure", "Session",
-           "listing"]
+           "check_data", "start", "Prepared", "prepare", "pretrained_problems",
+           "initial_variables", "default_workdir", "has_checkpoints", "storage_failure",
+           "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
+           "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -97,6 +100,11 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
   p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
   p.add_argument("--seed", help="the same as --config.seed=N")
   p.add_argument("--dtype", help="compute dtype, float32 or bfloat16 (--config.dtype)")
+  p.add_argument("--pretrained", metavar="FILE",
+                 help="start from torchvision weights: a .safetensors state dict (or a .pth "
+                      "where torch is installed); docs/weights.md says how to export one; for "
+                      "a text encoder, a Hugging Face model folder (config.json, "
+                      "model.safetensors; docs/text.md) (the same as --config.pretrained=FILE)")
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
@@ -163,7 +171,7 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
   """
   cfg = config_lib.load(config, extra_defaults)
   flagged = [(k, str(getattr(args, k))) for k in ("model", "dataset", "data_dir", "seed",
-                                                   "dtype", *flags)
+                                                   "dtype", "pretrained", *flags)
              if getattr(args, k, None) is not None]
   cfg = config_lib.override(cfg, list(args.overrides) + flagged)
   return config_lib.to_dict(cfg)
@@ -172,20 +180,34 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
 def maybe_initialize_distributed(multihost: bool) -> None:
   """``jax.distributed.initialize()`` for a multi-process launch (before any device use).
 
-  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set. On TPU
-  pods, SLURM, Open MPI or Kubernetes jax finds the processes by itself;
-  elsewhere set ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
+  Called with ``--multihost`` or when ``JAX_COORDINATOR_ADDRESS`` is set, once per
+  process (a later call, e.g. a second command in the same process, does nothing).
+  On Cloud TPU VMs, under SLURM, Open MPI or Kubernetes jax finds the coordinator,
+  the process count and this process's id by itself; elsewhere set
+  ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES`` and
   ``JAX_PROCESS_ID`` for each process. CPU processes talk through gloo.
+
+  Raises:
+    train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
+      integer.
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
   import jax  # pylint: disable=import-outside-toplevel
-  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  if jax.distributed.is_initialized():
+    return
   kwargs = {}
-  if os.environ.get("JAX_NUM_PROCESSES"):
-    kwargs["num_processes"] = int(os.environ["JAX_NUM_PROCESSES"])
-  if os.environ.get("JAX_PROCESS_ID"):
-    kwargs["process_id"] = int(os.environ["JAX_PROCESS_ID"])
+  for key, variable in (("num_processes", "JAX_NUM_PROCESSES"),
+                        ("process_id", "JAX_PROCESS_ID")):
+    text = os.environ.get(variable)
+    if text:
+      try:
+        kwargs[key] = int(text)
+      except ValueError:
+        raise config_lib.ConfigError(
+            f"{variable}={text!r}: must be an integer (the {key.replace('_', ' ')} of this "
+            f"multi-process launch); set it or unset it to let jax detect it") from None
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
   jax.distributed.initialize(**kwargs)
 
 
@@ -219,10 +241,11 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
     with _quiet_absl():
       ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
                      split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
-                     image_size=cfg["image_size"], normalization=cfg["normalization"])
+                     image_size=cfg["image_size"], normalization=cfg["normalization"],
+                     **_text_options(cfg))
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
-    raise config_lib.ConfigError(" ".join(_message(e).split())) from e
+    raise config_lib.ConfigError(" ".join(message(e).split())) from e
   try:
     if convert.is_file_reference(cfg["model"]):   # the user's own Flax module, converted
       spec = convert.from_file(cfg["model"], input_shape=ds.input_shape,
@@ -232,11 +255,44 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
                      **cfg["model_kwargs"])
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
-                                 f"{cfg['model_kwargs']!r}: {_message(e)}") from e
+                                 f"{cfg['model_kwargs']!r}: {message(e)}") from e
+  _check_padding_id(cfg, ds, spec)
   return ds, spec
 
 
-def _message(error: Exception) -> str:
+def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
+  """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
+  with that id, else padding tokens would be read as real ones."""
+  from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
+  encoder = getattr(ds.train, "encoder", None)
+  pad = getattr(encoder, "pad_id", None)
+  for path, node in spec.walk():
+    if isinstance(node, TokenPositionEmbedding) and node.padding_idx is not None and (
+        pad is not None and pad != node.padding_idx):
+      raise config_lib.ConfigError(
+          f"model {cfg['model']!r} numbers positions from padding id {node.padding_idx} "
+          f"({path}), but the tokenizer pads with id {pad}; use the model's own tokenizer "
+          f"(--config.tokenizer=FOLDER)")
+
+
+def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """``tokenizer`` and ``max_length`` of :func:`jaxdepth.data.load`: those of the config,
+  the tokenizer defaulting to the ``pretrained`` model folder for a text dataset (an
+  image dataset refuses them if set)."""
+  from jaxdepth.data import glue  # pylint: disable=import-outside-toplevel
+  text = cfg["dataset"] in glue.RECIPES
+  tokenizer, pretrained = cfg["tokenizer"], cfg["pretrained"]
+  if text and tokenizer is None and pretrained is not None and pathlib.Path(pretrained).is_dir():
+    tokenizer = pretrained
+  options: dict[str, Any] = {}
+  if tokenizer is not None:
+    options["tokenizer"] = tokenizer
+  if text or cfg["max_length"] != config_lib.DEFAULTS["max_length"]:
+    options["max_length"] = cfg["max_length"]
+  return options
+
+
+def message(error: Exception) -> str:
   """The text of an error (a KeyError's str() would add quotes)."""
   return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
@@ -319,7 +375,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   """
   import jax  # pylint: disable=import-outside-toplevel
   cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
-  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
@@ -332,6 +388,51 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   if jax.process_index() == 0:
     ensure_writable(workdir)
   return Prepared(cfg, workdir, ds, spec)
+
+
+def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
+  """The problem of ``cfg["pretrained"]``: a file that is not there (or a folder
+  without the Hugging Face ``model.safetensors``)."""
+  path = cfg["pretrained"]
+  if path is None or pathlib.Path(path).is_file():
+    return []
+  if pathlib.Path(path).is_dir():
+    if (pathlib.Path(path) / "model.safetensors").is_file():
+      return []
+    return [f"--config.pretrained={path!r}: a folder without model.safetensors; a Hugging "
+            f"Face model folder holds config.json and model.safetensors (docs/text.md)"]
+  return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
+          f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
+          f"or --config.pretrained=None to start from a random initialisation"]
+
+
+def initial_variables(cfg: Mapping[str, Any], spec):
+  """The variables a run starts from: ``network.init(spec, key(seed))``, with the weights of
+  ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file;
+  a text encoder's from a Hugging Face folder or its ``model.safetensors``
+  (:func:`jaxdepth.weights.huggingface.load`).
+
+  Raises:
+    train.config.ConfigError: the file does not fit the model (the first missing,
+      unexpected or mis-shaped tensor) or cannot be read.
+  """
+  import jax  # pylint: disable=import-outside-toplevel
+  from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  variables = network.init(spec, jax.random.key(cfg["seed"]))
+  if cfg["pretrained"] is None:
+    return variables
+  from jaxdepth.text import takes_token_ids  # pylint: disable=import-outside-toplevel
+  from jaxdepth.weights import StateDictError, huggingface, torchvision  # pylint: disable=import-outside-toplevel
+  try:
+    if takes_token_ids(spec):
+      path = pathlib.Path(cfg["pretrained"])
+      path = path / huggingface.WEIGHTS_FILE if path.is_dir() else path
+      return huggingface.load(spec, path, template=variables,
+                              new_head=cfg["pretrained_new_head"])
+    return torchvision.load(spec, cfg["pretrained"], template=variables,
+                            new_head=cfg["pretrained_new_head"])
+  except (StateDictError, ImportError) as e:
+    raise config_lib.ConfigError(f"--config.pretrained={cfg['pretrained']!r}: {e}") from e
 
 
 # --------------------------------------------------------------------- workdir
@@ -380,9 +481,14 @@ def default_config(name: str, fallback: str, model: str | None, dataset: str | N
   return matches[0] if len(matches) == 1 else fallback
 
 
+# The config keys beyond the recipe that make a run what it is (stored in run.json).
+IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
+                 "image_size", "normalization", "dtype", "max_length")
+
+
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
-               progress: bool, info_keys: tuple[str, ...], say: Callable[[str], None],
-               eval_batch_size: int | None = None):
+               progress: bool, say: Callable[[str], None],
+               info_keys: tuple[str, ...] = IDENTITY_KEYS, eval_batch_size: int | None = None):
   """:func:`jaxdepth.driver.run` with a method config's settings.
 
   A ``ValueError`` the settings cause inside the run becomes a
@@ -390,9 +496,12 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   run and a full or read-only disk keep their own exits.
   """
   from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  # A resumed run starts from its checkpoint; a fresh one from initial_variables.
+  variables = None if has_checkpoints(workdir) else initial_variables(cfg, spec)
   try:
     return driver.run(
-        method, spec, ds, config_lib.recipe_of(cfg), workdir, iterations=cfg["iterations"],
+        method, spec, ds, config_lib.recipe_of(cfg), workdir, variables=variables,
+        iterations=cfg["iterations"],
         tolerance=cfg["tolerance"], seed=cfg["seed"], mesh=mesh, dtype=dtype,
         eval_batch_size=eval_batch_size or cfg["eval_batch_size"], progress=progress,
         checkpoint_epochs=cfg["checkpoint_epochs"],
@@ -405,6 +514,118 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
     if storage_failure(e):
       raise
     raise config_lib.ConfigError(str(e)) from e
+
+
+# -------------------------------------------------------------- method commands
+
+@dataclasses.dataclass(frozen=True)
+class MethodConfigs:
+  """The configs of a method command: ``train/configs/<name>_*.py`` with the method's keys.
+
+  Attributes:
+    name: the command (``"easier"``); without ``--config``, ``--model`` and
+      ``--dataset`` pick its config, else ``<name>_digits``.
+    defaults: the method's keys beyond those of ``python -m train fit``, with
+      their defaults.
+    flags: the command's flags that set config keys (``--iterations`` sets
+      ``iterations``).
+  """
+  name: str
+  defaults: Mapping[str, Any]
+  flags: tuple[str, ...] = ()
+
+  def load(self, config: str | pathlib.Path) -> dict[str, Any]:
+    """A config with every default filled in."""
+    return config_lib.to_dict(config_lib.load(config, self.defaults))
+
+  def default_config(self, model: str | None = None, dataset: str | None = None) -> str:
+    """The one config of this command for ``model`` and ``dataset``, else ``<name>_digits``."""
+    return default_config(self.name, f"{self.name}_digits", model, dataset, self.defaults)
+
+  def config_of(self, args: argparse.Namespace) -> str:
+    """``--config``, else :meth:`default_config` for ``--model`` and ``--dataset``."""
+    return args.config or self.default_config(args.model, args.dataset)
+
+  def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
+    """The config file, then ``--config.KEY=VALUE``, then the dedicated flags (:func:`resolve`)."""
+    return resolve(self.config_of(args), args, extra_defaults=self.defaults, flags=self.flags)
+
+  def workdir(self, cfg: Mapping[str, Any]) -> pathlib.Path:
+    """The default work directory (:func:`default_workdir`)."""
+    return default_workdir(self.name, cfg)
+
+  def prepare(self, session: "Session", args: argparse.Namespace, *,
+              check: Callable[[dict[str, Any]], list[str]] | None = None,
+              check_model: Callable[[dict[str, Any], Any, Any], list[str]] | None = None
+              ) -> Prepared:
+    """:func:`prepare` with this command's config and checks."""
+    return prepare(session, args, self.config_of(args), extra_defaults=self.defaults,
+                   flags=self.flags, check=check, check_model=check_model)
+
+
+def method_parser(name: str, doc: str) -> argparse.ArgumentParser:
+  """Method command ``name``'s parser: ``doc`` as help, the exit codes, :func:`add_run_arguments`."""
+  p = argparse.ArgumentParser(prog=f"python -m train {name}", description=plain(doc),
+                              epilog=EXIT_CODES_HELP,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  add_run_arguments(
+      p, config_help=f"a {name}_* config file or name in train/configs/ (default: the one for "
+                     f"--model/--dataset, else {name}_digits)",
+      workdir_help=f"run directory (default: runs/{name}-<model>-<dataset>-seed<seed>)")
+  return p
+
+
+def add_iteration_arguments(p: argparse.ArgumentParser, *, iterations_help: str) -> None:
+  """``--iterations`` and ``--tolerance``, the two settings a run may change when resumed."""
+  p.add_argument("--iterations", help=iterations_help)
+  p.add_argument("--tolerance",
+                 help="allowed validation-accuracy drop of the chosen model, in points "
+                      "(default: the config's, else 1)")
+
+
+def check_iterations(cfg: Mapping[str, Any], *, default: str) -> list[str]:
+  """Problems of ``iterations`` (``default``: what leaving it out means) and ``tolerance``."""
+  out = []
+  it, tol = cfg["iterations"], cfg["tolerance"]
+  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
+    out.append(f"--iterations {it!r}: iterations must be an integer >= 1 (or leave it out: "
+               f"{default})")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
+               f"e.g. 1")
+  return out
+
+
+def main_process_say() -> Callable[..., None]:
+  """``print`` on process 0, silence on the others (one copy of every line)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return print if jax.process_index() == 0 else (lambda *a, **k: None)
+
+
+def latencies_at(report: Mapping[str, Any], workdir: pathlib.Path, batch: int
+                 ) -> dict[str, Any]:
+  """Eval latency of the dense, chosen and merged models at ``batch``, in milliseconds.
+
+  The figures of the run's report (``chosen.merged.latency``: the driver times
+  the three models side by side at batch 1 and at the evaluation batch) when it
+  holds ``batch``; otherwise the saved models are timed the same way
+  (:func:`jaxdepth.driver.latencies_ms`). Every process must call it: each times
+  its own copy, and process 0's figures are the ones written.
+
+  Returns:
+    ``{"batch": batch, "dense_ms": ..., "chosen_ms": ..., "merged_ms": ...}`` (a
+    model not saved is left out).
+  """
+  from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  rows = ((report.get("chosen") or {}).get("merged") or {}).get("latency") or []
+  for row in rows:
+    if row["batch"] == batch:
+      return dict(row)
+  models = {name: checkpoint.load_model(workdir / path)
+            for name, path in (("dense", "iterations/000/model"), ("chosen", "chosen"),
+                               ("merged", "chosen_merged"))
+            if (workdir / path / "spec.json").exists()}
+  return driver.latencies_ms(models, (batch,))[0]
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:

@@ -60,6 +60,12 @@ DEFAULTS: dict[str, Any] = {
     "eval_batch_size": config_dict.placeholder(int),  # default: the training batch size
     "eval_every": 1,              # validate every this many epochs
     "checkpoint_every_steps": config_dict.placeholder(int),  # also checkpoint inside epochs
+    "pretrained": config_dict.placeholder(str),  # torchvision state dict to start from (.safetensors),
+                                                 # or a Hugging Face model folder (text encoders)
+    "pretrained_new_head": False,  # keep a fresh classifier head (another number of classes)
+    "tokenizer": config_dict.placeholder(str),  # text datasets: tokenizer.json or a folder
+                                                # holding one (default: the pretrained folder)
+    "max_length": 128,            # text datasets: tokens per sequence
 }
 
 # Keys that do not change what a run computes: they may differ when it resumes.
@@ -346,6 +352,10 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
                  f"Flax module as path/to/file.py:ClassName")
   if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
     bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
+  if not isinstance(cfg["pretrained_new_head"], bool):
+    bad("pretrained_new_head", "use true or false")
+  if not (_is_int(cfg["max_length"]) and cfg["max_length"] >= 2):
+    bad("max_length", "tokens per sequence must be an integer >= 2, e.g. 128")
   if not isinstance(cfg["model_kwargs"], Mapping):
     bad("model_kwargs", "must be a dict of keyword arguments of the zoo function")
   return out

@@ -34,7 +34,6 @@ from typing import Any
 from ml_collections import config_dict
 
 from train import command
-from train import config as config_lib
 
 NAME = "easier"
 METHOD_DEFAULTS: dict[str, Any] = {
@@ -44,28 +43,19 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "entropy_split": "train",     # split of the "dataset" estimator: "train" or "val"
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
-DEFAULT_CONFIG = "easier_digits"
 ESTIMATORS = ("easier", "dataset")
 ENTROPY_SPLITS = ("train", "val")
 FLAGS = ("iterations", "tolerance", "estimator", "entropy_split")   # flags that set config keys
-_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+CONFIGS = command.MethodConfigs(NAME, METHOD_DEFAULTS, FLAGS)
+load_config, default_config = CONFIGS.load, CONFIGS.default_config
+resolve_config, default_workdir = CONFIGS.resolve, CONFIGS.workdir
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train easier", description=command.plain(__doc__),
-                              epilog=command.EXIT_CODES_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  command.add_run_arguments(
-      p, config_help=f"an easier_* config file or name in train/configs/ (default: the one for "
-                     f"--model/--dataset, else {DEFAULT_CONFIG})",
-      workdir_help="run directory (default: runs/easier-<model>-<dataset>-seed<seed>)")
-  p.add_argument("--iterations",
-                 help="training rounds, at most one per site (default: the config's, else one "
-                      "per site)")
-  p.add_argument("--tolerance",
-                 help="allowed validation-accuracy drop of the chosen model, in points "
-                      "(default: the config's, else 1)")
+  p = command.method_parser(NAME, __doc__)
+  command.add_iteration_arguments(
+      p, iterations_help="training rounds, at most one per site (default: the config's, else "
+                         "one per site)")
   p.add_argument("--estimator",
                  help="entropy source: 'easier' = last training epoch, train mode, zeros ON "
                       "(the official code); 'dataset' = one eval-mode pass, zeros discarded "
@@ -79,32 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------- configs
 
 
-def load_config(config: str) -> dict[str, Any]:
-  """An EASIER config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
-
-
-def default_config(model: str | None, dataset: str | None) -> str:
-  """The one ``easier_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
-  return command.default_config(NAME, DEFAULT_CONFIG, model, dataset, METHOD_DEFAULTS)
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
-  return command.resolve(args.config or default_config(args.model, args.dataset), args,
-                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
-
-
 def check(cfg: dict[str, Any]) -> list[str]:
   """Problems of EASIER's own keys, one line each."""
-  out = []
-  it, tol = cfg["iterations"], cfg["tolerance"]
-  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
-    out.append(f"--iterations {it!r}: training rounds must be an integer >= 1 (or leave it "
-               f"out: one per site)")
-  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
-    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
-               f"e.g. 1")
+  out = command.check_iterations(cfg, default="one per site")
   if cfg["estimator"] not in ESTIMATORS:
     out.append(f"--estimator {cfg['estimator']!r}: use one of {', '.join(ESTIMATORS)}")
   if cfg["entropy_split"] not in ENTROPY_SPLITS:
@@ -129,10 +96,6 @@ def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
   return out
 
 
-def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return command.default_workdir(NAME, cfg)
-
-
 # -------------------------------------------------------------------------- main
 
 
@@ -151,11 +114,9 @@ def _main(session: command.Session, argv: list[str]) -> int:
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = command.prepare(
-      session, args, args.config or default_config(args.model, args.dataset),
-      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_sites)
+  cfg, workdir, ds, spec = CONFIGS.prepare(session, args, check=check, check_model=check_sites)
   method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
-  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
@@ -165,7 +126,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say)
+                               progress=args.progress, say=say)
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "

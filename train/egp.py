@@ -23,7 +23,7 @@ mid-iteration, from the epoch checkpoints); --iterations may grow and
 --tolerance change between calls, anything else is refused. A config is a
 train/configs/egp_*.py (or nepenthe_*.py) file (python -m train list): the keys
 of python -m train fit plus iterations, tolerance, rho, estimator, augment,
-entropy_batch_size, layers and skip; --config.KEY=VALUE overrides any of them
+entropy_batch_size, layers, skip and neurons; --config.KEY=VALUE overrides any of them
 (--config.skip="'relu',"). Without --config, the command's config for --model
 and --dataset is used when exactly one matches, else <command>_digits. The
 default work directory is runs/<command>-<model>-<dataset>-seed<seed>.
@@ -39,7 +39,6 @@ from typing import Any
 from ml_collections import config_dict
 
 from train import command
-from train import config as config_lib
 
 METHOD_DEFAULTS: dict[str, Any] = {
     "iterations": config_dict.placeholder(int),  # rounds; None = 10 (dense + 9 prunings)
@@ -50,28 +49,21 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "entropy_batch_size": config_dict.placeholder(int),  # batch of the entropy pass
     "layers": config_dict.placeholder(dict),     # {site: layer} (None: egp.layer_map)
     "skip": (),                   # sites whose layer is never pruned
+    "neurons": "channels",        # "channels", or "rows": the official Swin-T script's token rows
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
 ESTIMATORS = ("egp", "dataset", "easier")
+NEURONS = ("channels", "rows")
 FLAGS = ("iterations", "tolerance", "rho", "estimator", "augment")   # flags that set config keys
 NAMES = {"egp": "EGP", "nepenthe": "NEPENTHE"}
-_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+CONFIGS = {name: command.MethodConfigs(name, METHOD_DEFAULTS, FLAGS) for name in NAMES}
+load_config = CONFIGS["egp"].load   # EGP and NEPENTHE configs have the same keys
 
 
 def build_parser(name: str) -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog=f"python -m train {name}", description=command.plain(__doc__),
-                              epilog=command.EXIT_CODES_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  command.add_run_arguments(
-      p, config_help=f"a {name}_* config file or name in train/configs/ (default: the one for "
-                     f"--model/--dataset, else {name}_digits)",
-      workdir_help=f"run directory (default: runs/{name}-<model>-<dataset>-seed<seed>)")
-  p.add_argument("--iterations",
-                 help="rounds, the dense model included (default: the config's, else 10)")
-  p.add_argument("--tolerance",
-                 help="allowed validation-accuracy drop of the chosen model, in points "
-                      "(default: the config's, else 1)")
+  p = command.method_parser(name, __doc__)
+  command.add_iteration_arguments(
+      p, iterations_help="rounds, the dense model included (default: the config's, else 10)")
   p.add_argument("--rho", help="fraction of the remaining prunable weights pruned per round, "
                                "in (0, 1) (default 0.5)")
   p.add_argument("--estimator",
@@ -87,30 +79,17 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------- configs
 
 
-def load_config(config: str) -> dict[str, Any]:
-  """A config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
-
-
-def default_config(name: str, model: str | None, dataset: str | None) -> str:
-  """The one ``<name>_*`` config for this model and dataset, else ``<name>_digits``."""
-  return command.default_config(name, f"{name}_digits", model, dataset, METHOD_DEFAULTS)
-
-
 def check(cfg: dict[str, Any]) -> list[str]:
   """Problems of the method's own keys, one line each."""
-  out = []
-  it, tol, rho = cfg["iterations"], cfg["tolerance"], cfg["rho"]
-  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
-    out.append(f"--iterations {it!r}: rounds must be an integer >= 1 (or leave it out: 10)")
-  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
-    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
-               f"e.g. 1")
+  out = command.check_iterations(cfg, default="10")
+  rho = cfg["rho"]
   if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < 1):
     out.append(f"--rho {rho!r}: rho must be in (0, 1) (the fraction of the remaining weights "
                f"pruned per round; the paper uses 0.5)")
   if cfg["estimator"] is not None and cfg["estimator"] not in ESTIMATORS:
     out.append(f"--estimator {cfg['estimator']!r}: use one of {', '.join(ESTIMATORS)}")
+  if cfg["neurons"] not in NEURONS:
+    out.append(f"--config.neurons={cfg['neurons']!r}: use one of {', '.join(NEURONS)}")
   batch = cfg["entropy_batch_size"]
   if batch is not None and batch <= 0:
     out.append(f"--config.entropy_batch_size={batch}: use a positive batch size, e.g. 128")
@@ -124,7 +103,7 @@ def make_method(name: str, cfg: dict[str, Any]):
   kw = {} if cfg["estimator"] is None else {"estimator": cfg["estimator"]}
   return cls(rho=cfg["rho"], augment=cfg["augment"],
              entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"],
-             skip=tuple(cfg["skip"]), **kw)
+             skip=tuple(cfg["skip"]), neurons=cfg["neurons"], **kw)
 
 
 def _check_model(name: str):
@@ -134,18 +113,13 @@ def _check_model(name: str):
     try:
       make_method(name, cfg).units(spec)
     except (KeyError, ValueError, TypeError) as e:
-      out.append(f"--config.layers / --config.skip: {_message(e)}")
+      out.append(f"--config.layers / --config.skip / --config.neurons: {command.message(e)}")
     if ds.val is None:
       out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                  f"validation split, on which the operating point is chosen; use a fraction "
                  f"> 0, e.g. 0.1")
     return out
   return check_model
-
-
-def _message(error: Exception) -> str:
-  """The text of an error (a KeyError's str() would add quotes)."""
-  return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
 # -------------------------------------------------------------------------- main
@@ -166,11 +140,10 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = command.prepare(
-      session, args, args.config or default_config(name, args.model, args.dataset),
-      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=_check_model(name))
+  cfg, workdir, ds, spec = CONFIGS[name].prepare(session, args, check=check,
+                                                  check_model=_check_model(name))
   method = make_method(name, cfg)
-  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"{NAMES[name]} ({method.estimator} entropy, rho {method.rho}) on {spec.name}/{ds.name} "
@@ -180,7 +153,7 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say)
+                               progress=args.progress, say=say)
   full = egp_report.complete(workdir, result.report)
   if jax.process_index() == 0:
     egp_report.write(workdir, full)

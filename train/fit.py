@@ -93,7 +93,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import checkpoint, costs, network, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, costs, training  # pylint: disable=import-outside-toplevel
 
   cfg, workdir, ds, spec = command.prepare(session, args, args.config or DEFAULT_CONFIG)
   conflict = workdir_conflict(workdir, cfg)
@@ -103,7 +103,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   main_process = jax.process_index() == 0
   say = print if main_process else (lambda *a, **k: None)
   dtype = command.compute_dtype(cfg["dtype"])
-  variables = network.init(spec, jax.random.key(cfg["seed"]))
+  variables = command.initial_variables(cfg, spec)
   if main_process and not command.has_checkpoints(workdir):
     _write_run_json(workdir, cfg)     # a fresh run owns the directory from now on
   mesh = training.make_mesh()

@@ -53,59 +53,36 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "checkpoint_epochs": True,    # checkpoint every epoch of the training too
     "latency_batch": 1,           # batch size of the dense-vs-shallow latency measurement
 }
-DEFAULT_CONFIG = "lacoot_digits"
 PAIRINGS = ("block", "official")
 ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
 SCORES = ("sliced", "max_sliced")
 FLAGS = ("weight", "n_projections", "pairing", "order", "score", "iterations", "tolerance")
-_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+CONFIGS = command.MethodConfigs(NAME, METHOD_DEFAULTS, FLAGS)
+load_config, default_config = CONFIGS.load, CONFIGS.default_config
+resolve_config, default_workdir = CONFIGS.resolve, CONFIGS.workdir
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train lacoot", description=command.plain(__doc__),
-                              epilog=command.EXIT_CODES_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  command.add_run_arguments(
-      p, config_help=f"a lacoot_* config file or name in train/configs/ (default: the one for "
-                     f"--model/--dataset, else {DEFAULT_CONFIG})",
-      workdir_help="run directory (default: runs/lacoot-<model>-<dataset>-seed<seed>)")
+  p = command.method_parser(NAME, __doc__)
   p.add_argument("--weight", "--lambda", dest="weight",
                  help="λ, the weight of the max-sliced Wasserstein term (>= 0)")
   p.add_argument("--n-projections", "--n_projections", dest="n_projections",
                  help="random directions per distance (default 50)")
   p.add_argument("--pairing",
-                 help="'block': every identity-shortcut block; 'official': the authors' units "
-                      "(ResNet-18: layerS/1; MobileNetV2: the depthwise sub-layers)")
+                 help="'block': every identity-shortcut block or transformer layer; 'official': "
+                      "the authors' units (ResNet-18: layerS/1; MobileNetV2: the depthwise "
+                      "sub-layers; Swin-T: its layers, input against the MLP output)")
   p.add_argument("--order",
                  help="removal order: ascending (distance), or an official script's rule: "
                       "deepest_first (ResNet), zscore (Swin-T), shifted (MobileNetV2)")
   p.add_argument("--score", help="the ranking distance: sliced or max_sliced")
-  p.add_argument("--iterations",
-                 help="iterations (default: one per block plus the trained network)")
-  p.add_argument("--tolerance",
-                 help="allowed validation-accuracy drop of the chosen model, in points")
+  command.add_iteration_arguments(
+      p, iterations_help="iterations (default: one per block plus the trained network)")
   command.add_launch_arguments(p)
   return p
 
 
 # ----------------------------------------------------------------------- configs
-
-
-def load_config(config: str) -> dict[str, Any]:
-  """A LaCoOT config with every default filled in."""
-  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
-
-
-def default_config(model: str | None, dataset: str | None) -> str:
-  """The one ``lacoot_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
-  return command.default_config(NAME, DEFAULT_CONFIG, model, dataset, METHOD_DEFAULTS)
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
-  return command.resolve(args.config or default_config(args.model, args.dataset), args,
-                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
 
 
 def _number(v) -> bool:
@@ -114,19 +91,14 @@ def _number(v) -> bool:
 
 def check(cfg: dict[str, Any]) -> list[str]:
   """Problems of LaCoOT's own keys, one line each."""
-  out = []
-  w, n, it, tol = cfg["weight"], cfg["n_projections"], cfg["iterations"], cfg["tolerance"]
+  out = command.check_iterations(cfg, default="every removal")
+  w, n = cfg["weight"], cfg["n_projections"]
   if not (_number(w) and w >= 0 and w == w and w != float("inf")):
     out.append(f"--lambda {w!r}: λ must be a finite number >= 0 (the authors use 5 for "
                f"ResNet-18, 9 for MobileNetV2), e.g. 1")
   if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
     out.append(f"--n-projections {n!r}: n_projections must be an int >= 1 (random directions "
                f"per distance), e.g. 50")
-  if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
-    out.append(f"--iterations {it!r}: must be an integer >= 1 (or leave it out: every removal)")
-  if not (_number(tol) and tol >= 0):
-    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
-               f"e.g. 1")
   for key, known in (("pairing", PAIRINGS), ("order", ORDERS), ("score", SCORES)):
     if cfg[key] not in known:
       out.append(f"--{key} {cfg[key]!r}: use one of {', '.join(known)}")
@@ -142,23 +114,18 @@ def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
   try:
     units = method_of(cfg).units(spec)
   except (KeyError, ValueError) as e:
-    text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
     where = ("--config.blocks=" + repr(cfg["blocks"]) if cfg["blocks"] is not None
              else f"--pairing {cfg['pairing']!r}")
-    out.append(f"{where}: {text}")
+    out.append(f"{where}: {command.message(e)}")
   else:
     if not units:
       out.append(f"--config.model={cfg['model']!r}: {spec.name} has no residual block with an "
-                 f"identity shortcut for LaCoOT to remove; use a ResNet or MobileNetV2")
+                 f"identity shortcut for LaCoOT to remove; use a ResNet, MobileNetV2 or Swin-T")
   if ds.val is None:
     out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                f"validation split, on which LaCoOT measures its distances and chooses its "
                f"operating point; use a fraction > 0, e.g. 0.1")
   return out
-
-
-def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return command.default_workdir(NAME, cfg)
 
 
 def method_of(cfg: dict[str, Any]):
@@ -168,31 +135,6 @@ def method_of(cfg: dict[str, Any]):
   return LaCoOT(weight=cfg["weight"], n_projections=cfg["n_projections"], pairing=cfg["pairing"],
                 blocks=None if blocks is None else tuple(blocks), order=cfg["order"],
                 score=cfg["score"])
-
-
-def latencies(models, *, batch: int, rounds: int = 3, repeats: int = 15) -> list[float]:
-  """Seconds of one jitted eval forward of each ``(spec, variables)``: the fastest of
-  ``rounds`` medians of ``repeats`` calls, the models alternating so that other load on
-  the machine hits them alike."""
-  import statistics  # pylint: disable=import-outside-toplevel
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import network  # pylint: disable=import-outside-toplevel
-  calls = []
-  for spec, variables in models:
-    fn = jax.jit(lambda v, x, spec=spec: network.forward(spec, v, x).logits)
-    x = jax.random.normal(jax.random.key(0), (batch, *spec.input_shape))
-    fn(variables, x).block_until_ready()   # compiles
-    calls.append((fn, variables, x))
-  best = [float("inf")] * len(models)
-  for _ in range(rounds):
-    for i, (fn, variables, x) in enumerate(calls):
-      times = []
-      for _ in range(repeats):
-        tic = time.perf_counter()
-        fn(variables, x).block_until_ready()
-        times.append(time.perf_counter() - tic)
-      best[i] = min(best[i], statistics.median(times))
-  return best
 
 
 def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_batch_size: int,
@@ -209,12 +151,11 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   entries = result.report["iterations"]
   order = entries[0].get("decision", {}).get("order", [])
   chosen = result.report["chosen"]
-  dense_s, shallow_s = latencies([(spec, trained), (result.chosen_spec, result.chosen_variables)],
-                                 batch=latency_batch)
+  ms = command.latencies_at(result.report, workdir, latency_batch)
   out = {"distances": distances, "order": order, "removed": chosen["removed"],
-         "latency": {"batch": latency_batch, "dense_ms": round(1e3 * dense_s, 4),
-                     "shallow_ms": round(1e3 * shallow_s, 4),
-                     "speedup": round(dense_s / shallow_s, 3)},
+         "latency": {"batch": latency_batch, "dense_ms": ms["dense_ms"],
+                     "shallow_ms": ms["chosen_ms"],
+                     "speedup": round(ms["dense_ms"] / ms["chosen_ms"], 3)},
          "dense": costs.summary(spec), "shallow": costs.summary(result.chosen_spec)}
   if jax.process_index() == 0:
     (workdir / "lacoot.json").write_text(json.dumps(out, indent=1))
@@ -238,13 +179,11 @@ def _main(session: command.Session, argv: list[str]) -> int:
   from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = command.prepare(
-      session, args, args.config or default_config(args.model, args.dataset),
-      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  cfg, workdir, ds, spec = CONFIGS.prepare(session, args, check=check, check_model=check_model)
   recipe = config_lib.recipe_of(cfg)
   method = method_of(cfg)
   units = method.units(spec)
-  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order) on "
@@ -256,7 +195,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say,
+                               progress=args.progress, say=say,
                                eval_batch_size=eval_batch_size)
   more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
                 eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
@@ -264,8 +203,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say("")
   say(report.table(result.report))
   lat = more["latency"]
-  say(f"latency at batch {lat['batch']} (jitted eval forward, best of 3 medians): trained "
-      f"{lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
+  say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
+      f"turns): trained {lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
       f"({lat['speedup']:.2f}x); MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, "
       f"weight depth {more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, distances "

@@ -38,7 +38,6 @@ from typing import Any
 from ml_collections import config_dict
 
 from train import command
-from train import config as config_lib
 
 NAME = "tlc"
 METHOD_DEFAULTS: dict[str, Any] = {
@@ -51,25 +50,17 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "latency_batch": 1,           # batch size of the latency figures in tlc.json
     "checkpoint_epochs": True,    # checkpoint every epoch inside an iteration too
 }
-DEFAULT_CONFIG = "tlc_digits"
 RULES = ("first_harmful", "largest_harmless")
 FLAGS = ("iterations", "tolerance", "rule", "accuracy_threshold")   # flags that set config keys
-_IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                  "image_size", "normalization", "dtype")
+CONFIGS = command.MethodConfigs(NAME, METHOD_DEFAULTS, FLAGS)
+load_config, default_config = CONFIGS.load, CONFIGS.default_config
+resolve_config, default_workdir = CONFIGS.resolve, CONFIGS.workdir
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog="python -m train tlc", description=command.plain(__doc__),
-                              epilog=command.EXIT_CODES_HELP,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
-  command.add_run_arguments(
-      p, config_help=f"a tlc_* config file or name in train/configs/ (default: the one for "
-                     f"--model/--dataset, else {DEFAULT_CONFIG})",
-      workdir_help="run directory (default: runs/tlc-<model>-<dataset>-seed<seed>)")
-  p.add_argument("--iterations",
-                 help="training rounds (default: the config's, else min(40, one per site))")
-  p.add_argument("--tolerance",
-                 help="allowed validation-accuracy drop of the chosen model, in points")
+  p = command.method_parser(NAME, __doc__)
+  command.add_iteration_arguments(
+      p, iterations_help="training rounds (default: the config's, else min(40, one per site))")
   p.add_argument("--rule",
                  help="which prefix of the ranking goes: 'first_harmful' = the official code "
                       "(the first prefix that makes the loss worse), 'largest_harmless' = the "
@@ -83,36 +74,14 @@ def build_parser() -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------- configs
 
 
-def load_config(config: str) -> dict[str, Any]:
-  """A TLC config with every default filled in (the ``fit`` keys plus :data:`METHOD_DEFAULTS`)."""
-  return config_lib.to_dict(config_lib.load(config, METHOD_DEFAULTS))
-
-
-def default_config(model: str | None, dataset: str | None) -> str:
-  """The one ``tlc_*`` config for this model and dataset, else :data:`DEFAULT_CONFIG`."""
-  return command.default_config(NAME, DEFAULT_CONFIG, model, dataset, METHOD_DEFAULTS)
-
-
-def resolve_config(args: argparse.Namespace) -> dict[str, Any]:
-  """The config file, then ``--config.KEY=VALUE``, then the dedicated flags."""
-  return command.resolve(args.config or default_config(args.model, args.dataset), args,
-                         extra_defaults=METHOD_DEFAULTS, flags=FLAGS)
-
-
 def _positive_int(v) -> bool:
   return isinstance(v, int) and not isinstance(v, bool) and v >= 1
 
 
 def check(cfg: dict[str, Any]) -> list[str]:
   """Problems of TLC's own keys, one line each."""
-  out = []
-  it, tol, t = cfg["iterations"], cfg["tolerance"], cfg["accuracy_threshold"]
-  if it is not None and not _positive_int(it):
-    out.append(f"--iterations {it!r}: training rounds must be an integer >= 1 (or leave it "
-               f"out: min(40, one per site))")
-  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
-    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
-               f"e.g. 1")
+  out = command.check_iterations(cfg, default="min(40, one per site)")
+  t = cfg["accuracy_threshold"]
   if cfg["rule"] not in RULES:
     out.append(f"--rule {cfg['rule']!r}: use one of {', '.join(RULES)}")
   if not (isinstance(t, (int, float)) and not isinstance(t, bool) and 0.0 <= t <= 100.0):
@@ -141,10 +110,6 @@ def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
                f"{ds.val.num_examples} examples, fewer than one ranking batch; use at most "
                f"{ds.val.num_examples} or a larger val_fraction")
   return out
-
-
-def default_workdir(cfg: dict[str, Any]) -> pathlib.Path:
-  return command.default_workdir(NAME, cfg)
 
 
 # ---------------------------------------------------------------- TLC's figures
@@ -188,29 +153,28 @@ def plot_gaps(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None
   return path
 
 
-def summary(report: dict[str, Any], workdir: pathlib.Path, latency_batch: int) -> dict[str, Any]:
-  """TLC's figures: per iteration, and the measured latency of dense, chosen and merged."""
-  from jaxdepth import checkpoint, surgery  # pylint: disable=import-outside-toplevel
-  latency = {}
-  for name, directory in (("dense", workdir / "iterations" / "000" / "model"),
-                          ("chosen", workdir / "chosen"), ("merged", workdir / "chosen_merged")):
-    if (directory / "spec.json").exists():
-      spec, variables = checkpoint.load_model(directory)
-      latency[name] = {"seconds": surgery.measure_latency(spec, variables, batch=latency_batch),
-                       "batch": latency_batch}
-  if "dense" in latency:
-    for name in ("chosen", "merged"):
-      if name in latency:
-        latency[name]["vs_dense"] = round(latency[name]["seconds"] / latency["dense"]["seconds"],
-                                          3)
+def summary(report: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+  """TLC's figures: per iteration, the loss gaps, and the eval latency of dense, chosen and merged.
+
+  Args:
+    report: the run's report.
+    latency: :func:`train.command.latencies_at` of the run (milliseconds).
+  """
   names, grid = gap_grid(report)
+  batch = latency["batch"]
+  figures = {name: {"seconds": latency[f"{name}_ms"] / 1e3, "batch": batch}
+             for name in ("dense", "chosen", "merged") if f"{name}_ms" in latency}
+  if "dense" in figures:
+    for name in ("chosen", "merged"):
+      if name in figures:
+        figures[name]["vs_dense"] = round(latency[f"{name}_ms"] / latency["dense_ms"], 3)
   return {
       "iterations": [{"iteration": e["iteration"], "layers_removed": e["units_removed"],
                       "val_accuracy": e["val_accuracy"], "test_accuracy": e["test_accuracy"],
                       "macs": e["macs"], "params": e["params"], "depth": e["depth"],
                       "removed_now": e["removed_now"], "decision": e.get("decision")}
                      for e in report["iterations"]],
-      "loss_gaps": dict(zip(names, grid)), "chosen": report.get("chosen"), "latency": latency,
+      "loss_gaps": dict(zip(names, grid)), "chosen": report.get("chosen"), "latency": figures,
   }
 
 
@@ -232,12 +196,10 @@ def _main(session: command.Session, argv: list[str]) -> int:
   from jaxdepth.methods import TLC  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = command.prepare(
-      session, args, args.config or default_config(args.model, args.dataset),
-      extra_defaults=METHOD_DEFAULTS, flags=FLAGS, check=check, check_model=check_model)
+  cfg, workdir, ds, spec = CONFIGS.prepare(session, args, check=check, check_model=check_model)
   method = TLC(rule=cfg["rule"], accuracy_threshold=float(cfg["accuracy_threshold"]),
                batch_size=cfg["rank_batch_size"], projections=cfg["projections"])
-  say = print if jax.process_index() == 0 else (lambda *a, **k: None)
+  say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(f"TLC ({method.rule}) on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
@@ -247,16 +209,14 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, info_keys=_IDENTITY_KEYS, say=say)
+                               progress=args.progress, say=say)
+  latency = command.latencies_at(result.report, workdir, cfg["latency_batch"])
   if jax.process_index() == 0:
     plot_gaps(result.report, workdir / "loss_gaps.png")
-    figures = summary(result.report, workdir, cfg["latency_batch"])
-    (workdir / "tlc.json").write_text(json.dumps(figures, indent=1))
-    lat = figures["latency"]
-    if {"dense", "chosen", "merged"} <= set(lat):
-      say(f"latency at batch {cfg['latency_batch']}: dense {lat['dense']['seconds'] * 1e3:.2f} "
-          f"ms, chosen {lat['chosen']['seconds'] * 1e3:.2f} ms, merged "
-          f"{lat['merged']['seconds'] * 1e3:.2f} ms")
+    (workdir / "tlc.json").write_text(json.dumps(summary(result.report, latency), indent=1))
+  if {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
+    say(f"latency at batch {latency['batch']}: dense {latency['dense_ms']:.2f} ms, chosen "
+        f"{latency['chosen_ms']:.2f} ms, merged {latency['merged_ms']:.2f} ms")
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "

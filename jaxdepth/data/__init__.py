@@ -8,27 +8,34 @@
 Names (:func:`names`): ``digits`` (:mod:`.digits`, scikit-learn, no network);
 ``cifar10``, ``cifar100``, ``oxford_flowers102``, ``dtd`` (:mod:`.tfds_source`,
 prepared ArrayRecord files, never downloaded); ``folder:<path>``
-(:mod:`.folders`). Batches are pure functions of ``(seed, epoch)`` and the
+(:mod:`.folders`); the text tasks ``glue/sst2``, ``glue/rte``, ``glue/qnli``
+(:mod:`.glue`, with the user's tokenizer; batches of token ids, :mod:`.text`)::
+
+    ds = data.load("glue/rte", tokenizer="path/to/model_folder")   # holds tokenizer.json
+    batch["input_ids"], batch["attention_mask"], batch["token_type_ids"]   # int32 (B, 128)
+
+Batches are pure functions of ``(seed, epoch)`` and the
 example indices (:mod:`.pipeline`), so resuming at ``(epoch, start_batch)`` and
 sharding over processes reproduce an uninterrupted single-process run.
 """
 from __future__ import annotations
 
-from jaxdepth.data import augment, digits, folders, pipeline, rng, tfds_source
+from jaxdepth.data import augment, digits, folders, glue, pipeline, rng, text, tfds_source
 from jaxdepth.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
-from jaxdepth.data.pipeline import Batch, Dataset, DatasetNotPrepared, Split
+from jaxdepth.data.pipeline import Batch, BatchedSplit, Dataset, DatasetNotPrepared, Split
+from jaxdepth.data.text import TextSplit
 
 FOLDER_PREFIX = "folder:"
 
 __all__ = [
-    "Batch", "CIFAR_MEAN", "CIFAR_STD", "Dataset", "DatasetNotPrepared", "IMAGENET_MEAN", "IMAGENET_STD",
-    "Split", "image_folder", "load", "names",
+    "Batch", "BatchedSplit", "CIFAR_MEAN", "CIFAR_STD", "Dataset", "DatasetNotPrepared", "IMAGENET_MEAN",
+    "IMAGENET_STD", "Split", "TextSplit", "image_folder", "load", "names",
 ]
 
 
 def names() -> tuple[str, ...]:
   """The dataset names :func:`load` knows, plus ``"folder:<path>"`` for image folders."""
-  return ("digits",) + tuple(tfds_source.RECIPES) + (FOLDER_PREFIX + "<path>",)
+  return ("digits",) + tuple(tfds_source.RECIPES) + tuple(glue.RECIPES) + (FOLDER_PREFIX + "<path>",)
 
 
 def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
@@ -39,7 +46,8 @@ def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split
 
 
 def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
-         val_augment: bool = False, image_size: int | None = None, normalization: str | None = None) -> Dataset:
+         val_augment: bool = False, image_size: int | None = None, normalization: str | None = None,
+         tokenizer=None, max_length: int = text.DEFAULT_MAX_LENGTH) -> Dataset:
   """Loads a dataset by name.
 
   Args:
@@ -53,14 +61,28 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     image_size: output side for datasets of variable image size (default 224).
     normalization: tfds only: "imagenet" (default) or "cifar" (EGP's CIFAR
       statistics); digits use their train statistics, folders ImageNet's.
+    tokenizer: text datasets only (and required there): a Hugging Face
+      ``tokenizer.json``, the model folder holding it, or a ``tokenizers.Tokenizer``.
+    max_length: text datasets only: tokens per sequence (128 by default).
 
   Returns:
     A :class:`Dataset`.
 
   Raises:
-    ValueError: unknown name or bad argument.
+    ValueError: unknown name or bad argument; a text dataset without tokenizer.
+    FileNotFoundError: a tokenizer path that does not exist.
     DatasetNotPrepared: a tfds dataset whose files are not under ``data_dir``.
   """
+  if name in glue.RECIPES:
+    image_options = {"val_augment": val_augment, "image_size": image_size, "normalization": normalization}
+    given = [k for k, v in image_options.items() if v not in (None, False)]
+    if given:
+      raise ValueError(f"{name} is a text dataset: {', '.join(given)} only applies to image datasets")
+    return glue.load(name, tokenizer=tokenizer, max_length=max_length, data_dir=data_dir,
+                     val_fraction=val_fraction, split_seed=split_seed)
+  if tokenizer is not None or max_length != text.DEFAULT_MAX_LENGTH:
+    raise ValueError(f"tokenizer and max_length apply to the text datasets ({', '.join(glue.RECIPES)}) "
+                     f"only, not to {name!r}")
   if name.startswith(FOLDER_PREFIX):
     if normalization not in (None, "imagenet"):
       raise ValueError(f"image folders use ImageNet normalisation; got normalization={normalization!r}")

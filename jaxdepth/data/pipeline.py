@@ -1,14 +1,17 @@
 """Splits and their batches: the epoch order, padding, process sharding and resumption.
 
-A :class:`Split` is a set of examples that can be read by index, a
-preprocessing recipe (:mod:`augment`) and a normalisation. Its
-:meth:`Split.batches` is a pure function of its arguments:
+A :class:`Split` is a set of images that can be read by index, a
+preprocessing recipe (:mod:`augment`) and a normalisation; a
+:class:`jaxdepth.data.text.TextSplit` is a set of texts and a tokenizer. Both
+serve batches through :meth:`BatchedSplit.batches`, a pure function of its
+arguments:
 
 * the order of epoch ``e`` is ``arange(n)``, or with ``shuffle`` the permutation
   keyed by ``(seed, e)`` (:func:`rng.permutation`);
 * the global batch ``b`` holds positions ``[b G, (b + 1) G)`` of that order,
   ``G = batch_size * process_count``; without ``drop_remainder`` the last one
-  is padded to ``G`` with ``mask = False`` (image 0, label 0);
+  is padded to ``G`` with ``mask = False`` (label 0; image 0, or for text the
+  encoding of an empty text);
 * process ``p`` receives the slice ``[p B, (p + 1) B)`` of every global batch,
   so the processes' batches are disjoint and together make the global batch;
 * example ``i`` is augmented with the uniforms keyed by ``(seed, e, i)``.
@@ -25,7 +28,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,8 +47,13 @@ class Examples(Protocol):
 
   def __len__(self) -> int: ...
 
-  def read(self, indices: np.ndarray) -> tuple[Sequence[np.ndarray] | np.ndarray, np.ndarray]:
-    """Images (uint8 in [0, 255] or float in [0, 1], HWC) and integer labels of ``indices``."""
+  def read(self, indices: np.ndarray) -> tuple[Sequence | np.ndarray, np.ndarray]:
+    """The inputs and integer labels of ``indices``.
+
+    Inputs are images (uint8 in [0, 255] or float in [0, 1], HWC) for a
+    :class:`Split`, ``(first, second)`` texts (``second`` None for single
+    sentences) for a :class:`jaxdepth.data.text.TextSplit`.
+    """
 
 
 class Preprocess(Protocol):
@@ -74,14 +82,17 @@ class ArrayExamples:
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class IndexedExamples:
-  """Examples fetched one at a time by a function of their index (files, tfds sources)."""
+  """Examples fetched one at a time by a function of their index (files, tfds sources).
+
+  ``fetch(i)`` returns ``(input, label)``: an image, or a text pair.
+  """
   num_examples: int
-  fetch: Callable[[int], tuple[np.ndarray, int]]
+  fetch: Callable[[int], tuple[Any, int]]
 
   def __len__(self) -> int:
     return self.num_examples
 
-  def read(self, indices: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
+  def read(self, indices: np.ndarray) -> tuple[list[Any], np.ndarray]:
     pairs = [self.fetch(int(i)) for i in indices]
     return [p[0] for p in pairs], np.asarray([p[1] for p in pairs], np.int64)
 
@@ -124,9 +135,80 @@ def batch_plan(order: np.ndarray, batch_size: int, *, drop_remainder: bool, proc
   return slots[:, process_index]
 
 
+class BatchedSplit:
+  """What every split shares: the epoch order, the batch plan, resumption and grain's reading.
+
+  A subclass (a frozen dataclass) has ``name``, ``examples`` (anything with a
+  ``len``), ``always_augment`` and ``num_threads``, and reads one batch with
+  ``_read_batch(slots, key)``: ``slots`` the example indices of the batch
+  (``-1`` for padding), ``key`` the augmentation key ``(seed, epoch, salt)``
+  or None. :class:`Split` serves images, :class:`jaxdepth.data.text.TextSplit`
+  tokenized text.
+  """
+  name: str
+  examples: Examples
+  always_augment: bool
+  num_threads: int
+
+  @property
+  def num_examples(self) -> int:
+    return len(self.examples)
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def num_batches(self, batch_size: int, *, drop_remainder: bool, process_count: int = 1) -> int:
+    """Batches per epoch (global batches, ``batch_size`` per process)."""
+    return num_batches(self.num_examples, batch_size, drop_remainder=drop_remainder, process_count=process_count)
+
+  def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
+              augment: bool = False, drop_remainder: bool = False, start_batch: int = 0,
+              process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+    """The batches of one epoch, from ``start_batch`` on.
+
+    Args:
+      batch_size: examples per batch on this process.
+      seed, epoch: key of the order and of the augmentation.
+      shuffle: serve the epoch in a random order keyed by ``(seed, epoch)``.
+      augment: apply the training augmentation (always on if ``always_augment``;
+        a split without augmentation ignores it).
+      drop_remainder: drop the last incomplete global batch instead of padding it.
+      start_batch: index of the first batch to serve (to resume an epoch).
+      process_index, process_count: this process's share of every global batch.
+
+    Returns:
+      An iterator of dicts of arrays with a leading batch axis ``B``: the
+      split's inputs (images: ``"image"`` float32 ``(B, H, W, C)``; text: see
+      :class:`jaxdepth.data.text.TextSplit`), ``"label"`` int32 ``(B,)`` and
+      ``"mask"`` bool ``(B,)``; padded slots have ``mask = False``.
+    """
+    plan = batch_plan(epoch_order(self.num_examples, seed=seed, epoch=epoch, shuffle=shuffle, salt=self._salt),
+                      batch_size, drop_remainder=drop_remainder, process_index=process_index,
+                      process_count=process_count)
+    if not 0 <= start_batch <= len(plan):
+      raise ValueError(f"start_batch={start_batch} must be in [0, {len(plan)}] (batches in this epoch)")
+    key = (seed, epoch, self._salt) if (augment or self.always_augment) else None
+    grain = require("grain", "data", "serving batches")
+    dataset = grain.MapDataset.source(plan[start_batch:]).map(lambda slots: self._read_batch(slots, key))
+    if self.num_threads:
+      threads = min(self.num_threads, len(dataset)) or 1
+      return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
+    return (dataset[i] for i in range(len(dataset)))
+
+  @property
+  def _salt(self) -> int:
+    return zlib.crc32(self.name.encode())
+
+  def _read_batch(self, slots: np.ndarray, key: tuple[int, ...] | None) -> Batch:
+    raise NotImplementedError
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class Split:
-  """One split of a dataset (train, val or test) and how to serve it in batches.
+class Split(BatchedSplit):
+  """One split of an image dataset (train, val or test) and how to serve it in batches.
+
+  Batches (:meth:`BatchedSplit.batches`) are ``{"image": float32 (B, H, W, C),
+  "label": int32 (B,), "mask": bool (B,)}``.
 
   Attributes:
     name: "train", "val" or "test".
@@ -150,52 +232,6 @@ class Split:
   source_indices: np.ndarray
   always_augment: bool = False
   num_threads: int = 0
-
-  @property
-  def num_examples(self) -> int:
-    return len(self.examples)
-
-  def __len__(self) -> int:
-    return self.num_examples
-
-  def num_batches(self, batch_size: int, *, drop_remainder: bool, process_count: int = 1) -> int:
-    """Batches per epoch (global batches, ``batch_size`` per process)."""
-    return num_batches(self.num_examples, batch_size, drop_remainder=drop_remainder, process_count=process_count)
-
-  def batches(self, batch_size: int, *, seed: int = 0, epoch: int = 0, shuffle: bool = False,
-              augment: bool = False, drop_remainder: bool = False, start_batch: int = 0,
-              process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-    """The batches of one epoch, from ``start_batch`` on.
-
-    Args:
-      batch_size: examples per batch on this process.
-      seed, epoch: key of the order and of the augmentation.
-      shuffle: serve the epoch in a random order keyed by ``(seed, epoch)``.
-      augment: apply the training augmentation (always on if ``always_augment``).
-      drop_remainder: drop the last incomplete global batch instead of padding it.
-      start_batch: index of the first batch to serve (to resume an epoch).
-      process_index, process_count: this process's share of every global batch.
-
-    Returns:
-      An iterator of ``{"image": float32 (B, H, W, C), "label": int32 (B,),
-      "mask": bool (B,)}``; padded slots have ``mask = False``.
-    """
-    plan = batch_plan(epoch_order(self.num_examples, seed=seed, epoch=epoch, shuffle=shuffle, salt=self._salt),
-                      batch_size, drop_remainder=drop_remainder, process_index=process_index,
-                      process_count=process_count)
-    if not 0 <= start_batch <= len(plan):
-      raise ValueError(f"start_batch={start_batch} must be in [0, {len(plan)}] (batches in this epoch)")
-    key = (seed, epoch, self._salt) if (augment or self.always_augment) else None
-    grain = require("grain", "data", "serving batches")
-    dataset = grain.MapDataset.source(plan[start_batch:]).map(lambda slots: self._read_batch(slots, key))
-    if self.num_threads:
-      threads = min(self.num_threads, len(dataset)) or 1
-      return iter(dataset.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=2 * threads)))
-    return (dataset[i] for i in range(len(dataset)))
-
-  @property
-  def _salt(self) -> int:
-    return zlib.crc32(self.name.encode())
 
   def _read_batch(self, slots: np.ndarray, key: tuple[int, ...] | None) -> Batch:
     """Reads, preprocesses and normalises one batch; ``-1`` slots become masked padding."""
@@ -223,15 +259,16 @@ class Dataset:
     train, val, test: the splits (``val`` is None when ``val_fraction=0`` and
       the dataset has no official validation split).
     num_classes: number of labels.
-    input_shape: ``(H, W, C)`` of the served images.
-    class_names: label names where known (image folders), else None.
+    input_shape: the shape of one served example: ``(H, W, C)`` of the images,
+      or ``(max_length,)`` of the token sequences of a text dataset.
+    class_names: label names where known (image folders, GLUE), else None.
   """
   name: str
-  train: Split
-  val: Split | None
-  test: Split
+  train: BatchedSplit
+  val: BatchedSplit | None
+  test: BatchedSplit
   num_classes: int
-  input_shape: tuple[int, int, int]
+  input_shape: tuple[int, ...]
   class_names: tuple[str, ...] | None = None
 
   @classmethod

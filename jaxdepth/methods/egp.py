@@ -39,6 +39,11 @@ EGP and NEPENTHE differ in the entropy estimator only (:class:`Egp`,
   the whole split (zeros discarded), ``H_l`` = mean over channels.
 * ``"easier"``: the last training epoch in train mode, zeros ON (EASIER's).
 
+A neuron is a channel (the last axis of the site's input). ``neurons="rows"``
+is the official Swin-T script's reading instead: on a ``(B, H, W, C)`` map the
+neuron is the token row ``h``, its ON fraction taken over the batch, the
+width and the channels (:func:`row_counts`).
+
 The pieces are pure functions a training loop of one's own can call::
 
     layers = egp.layer_map(spec)                     # {site: weight layer}
@@ -50,6 +55,7 @@ The pieces are pure functions a training loop of one's own can call::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
@@ -59,16 +65,17 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxdepth import network, optim, surgery, training
+from jaxdepth import network, optim, sites, surgery, training
 from jaxdepth import spec as S
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
 
-__all__ = ["ESTIMATORS", "DEFAULT_ITERATIONS", "layer_map", "check_layer_map", "prune",
-           "Allocation", "allocation", "allocate", "layer_statistics", "entropy_statistics",
-           "dead_channel_counts", "Egp", "Nepenthe"]
+__all__ = ["ESTIMATORS", "NEURONS", "DEFAULT_ITERATIONS", "layer_map", "check_layer_map", "prune",
+           "Allocation", "allocation", "allocate", "layer_statistics", "row_counts",
+           "entropy_statistics", "dead_channel_counts", "Egp", "Nepenthe"]
 
 ESTIMATORS = ("egp", "dataset", "easier")
+NEURONS = ("channels", "rows")
 DEFAULT_ITERATIONS = 10   # the dense model, then 9 pruning rounds each retrained
 
 
@@ -82,17 +89,15 @@ def _has_kernel(node: S.Node) -> bool:
 def layer_map(spec: S.Spec) -> dict[str, str | None]:
   """The weight layer that feeds each site, read from the spec's structure.
 
-  Walking each node list in call order, a Conv or Dense becomes the *feeder*;
-  a BatchNorm keeps it; a live site takes it (and clears it); any other node
-  (pooling, dropout, flatten, an identity site) clears it. A residual
-  :class:`~jaxdepth.spec.Block` runs its branch with the feeder of its input, and
-  its ``post`` nodes (ResNet's ``relu2`` after the addition) with the feeder the
-  branch ends with, i.e. the branch's last conv. Shortcut convs (downsampling)
-  and a final classifier feed no site, so they are never pruned.
+  This is :func:`jaxdepth.sites.weight_layers` (one rule for the whole
+  library): the nearest Conv or Dense before the site through per-channel nodes
+  only (BatchNorm, dropout, identity sites); a residual block's site after the
+  addition (ResNet's ``relu2``) is fed by the branch's last conv. Shortcut convs
+  (downsampling) and a final classifier feed no site, so they are never pruned.
 
   ResNet: the stem ``relu`` maps to ``conv1``, ``layerX/Y/reluK`` to
   ``layerX/Y/convK``; MobileNetV2: every ReLU6 to the conv of its ConvBNReLU6;
-  a transformer MLP's GELU to its first Dense.
+  Swin-T and ViT: every MLP's GELU to the MLP's ``fc1``.
 
   Args:
     spec: the architecture.
@@ -101,30 +106,7 @@ def layer_map(spec: S.Spec) -> dict[str, str | None]:
     ``{site: layer path or None}`` for every live site, in call order (``None``:
     no weight layer feeds the site directly; it is measured but never pruned).
   """
-  out: dict[str, str | None] = {}
-
-  def run(nodes, prefix, feeder):
-    for n in nodes:
-      path = prefix + n.name
-      if _has_kernel(n):
-        feeder = path
-      elif isinstance(n, S.BatchNorm):
-        pass
-      elif isinstance(n, S.Act) and n.fn != "identity":
-        out[path] = feeder
-        feeder = None
-      elif isinstance(n, S.Sequential):
-        feeder = run(n.layers, path + S.SEP, feeder)
-      elif isinstance(n, S.Block):
-        end = run(n.branch, path + S.SEP, feeder)
-        run(n.shortcut, path + S.SEP, None)
-        feeder = run(n.post, path + S.SEP, end)
-      else:
-        feeder = None
-    return feeder
-
-  run(spec.layers, "", None)
-  return {s: out[s] for s in spec.sites()}
+  return sites.weight_layers(spec)
 
 
 def check_layer_map(spec: S.Spec, mapping: Mapping[str, str | None]) -> dict[str, str | None]:
@@ -389,9 +371,46 @@ def layer_statistics(params, masks, layers: Mapping[str, str | None]) -> dict[st
   return out
 
 
+def row_counts(z, example_mask=None) -> jax.Array:
+  """Sign counts per token row of a ``(B, H, W, C)`` map: ``(3, H)`` int32.
+
+  The neuron of the official Swin-T EGP script: row ``h`` is ON at a position
+  ``(b, w, c)`` where ``z > 0``, so its counts run over the batch, the width and
+  the channels (:func:`jaxdepth.network.sign_counts` on ``z`` with ``H`` moved
+  last). ``example_mask`` (``(B,)``) leaves padded examples out.
+  """
+  z = jnp.asarray(z)
+  if z.ndim != 4:
+    raise ValueError(f"row counts need a (B, H, W, C) map, got shape {z.shape}")
+  return network.sign_counts(jnp.moveaxis(z, 1, -1), example_mask)
+
+
+def _check_rows(spec: S.Spec):
+  shapes = spec.shapes()
+  flat = [s for s in spec.sites() if len(shapes[s][0]) != 3]
+  if flat:
+    raise ValueError(f"neurons='rows' reads token rows of (H, W, C) maps (the official Swin-T "
+                     f"script); sites {flat} of {spec.name!r} see inputs of shapes "
+                     f"{[shapes[s][0] for s in flat]}; use neurons='channels'")
+
+
+@functools.lru_cache(maxsize=8)
+def _row_stats_step(spec: S.Spec, dtype):
+  """A jitted eval-mode step folding every live site's row counts into SiteStats."""
+  sites = spec.sites()
+
+  @jax.jit
+  def step(variables, batch, gates, stats):
+    out = network.forward(spec, variables, batch["image"], gates=gates, dtype=dtype,
+                          capture=sites)
+    return site_stats.accumulate(
+        stats, {s: row_counts(out.captured[s][0], batch["mask"]) for s in sites})
+  return step
+
+
 def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates=None,
                        augment: bool = True, shuffle: bool = True, seed: int = 0, mesh=None,
-                       dtype=None) -> site_stats.SiteStats:
+                       dtype=None, neurons: str = "channels") -> site_stats.SiteStats:
   """Eval-mode site statistics of one pass over ``split`` (EGP's ``test_entropy`` pass).
 
   BatchNorm uses its running statistics; the batches are drawn as in training
@@ -410,24 +429,45 @@ def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates
     seed: the key of the order and of the augmentation.
     mesh: the device mesh.
     dtype: compute dtype.
+    neurons: ``"channels"`` (counts per channel, ``(3, C)``) or ``"rows"``
+      (per token row of a ``(B, H, W, C)`` map, ``(3, H)``: :func:`row_counts`).
 
   Returns:
     The :class:`~jaxdepth.stats.SiteStats` (``entropies(stats, "egp")`` etc.).
+
+  Raises:
+    ValueError: an unknown ``neurons``, or ``"rows"`` on a site whose input is
+      not an ``(H, W, C)`` map.
   """
+  if neurons not in NEURONS:
+    raise ValueError(f"unknown neurons {neurons!r}; expected one of {NEURONS}")
   mesh = training.make_mesh() if mesh is None else mesh
-  step = training.make_eval_step(spec, mesh=mesh, dtype=dtype, collect_stats=True)
   count = jax.process_count()
   if batch_size % count:
     raise ValueError(f"the entropy batch size {batch_size} does not split over {count} "
                      f"processes")
   kw = {} if count == 1 else {"process_index": jax.process_index(), "process_count": count}
-  stats = training.replicate(site_stats.empty_stats(spec), mesh)
+  stats = site_stats.empty_stats(spec)
+  if neurons == "rows":
+    _check_rows(spec)
+    shapes = spec.shapes()
+    stats = stats._replace(counts={s: jnp.zeros((3, shapes[s][0][0]), jnp.int32)
+                                   for s in spec.sites()})
+    step = _row_stats_step(spec, dtype)
+    if gates is None:
+      gates = network.gates_for(spec)
+  else:
+    eval_step = training.make_eval_step(spec, mesh=mesh, dtype=dtype, collect_stats=True)
+
+    def step(variables, batch, gates, stats):
+      return eval_step(variables, batch, gates, stats)[1]
+  stats = training.replicate(stats, mesh)
   variables = training.replicate(variables, mesh)
   if gates is not None:
     gates = training.replicate(jnp.asarray(gates, jnp.float32), mesh)
   for batch in split.batches(batch_size // count, seed=seed, epoch=0, shuffle=shuffle,
                              augment=augment, drop_remainder=False, **kw):
-    _, stats = step(variables, training.shard_batch(batch, mesh), gates, stats)
+    stats = step(variables, training.shard_batch(batch, mesh), gates, stats)
   return stats
 
 
@@ -468,7 +508,7 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
       candidates[site] = zero
   if not candidates:
     return {}
-  x = jnp.zeros((1, *spec.input_shape), jnp.float32)
+  x = network.example_input(spec)
   captured = network.forward(spec, variables, x, capture=tuple(candidates)).captured
   out = {}
   for site, zero in candidates.items():
@@ -511,6 +551,10 @@ class Egp:
       out are measured, never pruned).
     skip: sites whose layer is never pruned (e.g. a stem conv that is the only
       path of the signal; see the module doc).
+    neurons: ``"channels"`` (default: a neuron is a channel, as the paper
+      describes it) or ``"rows"``: the official Swin-T script's neuron, a token
+      row of the GELU's ``(B, H, W, 4C)`` input (:func:`row_counts`); only with
+      the ``"egp"`` and ``"dataset"`` estimators and sites on ``(H, W, C)`` maps.
   """
   rho: float = 0.5
   estimator: str = "egp"
@@ -518,6 +562,7 @@ class Egp:
   entropy_batch_size: int | None = None
   layers: Any = None
   skip: tuple[str, ...] = ()
+  neurons: str = "channels"
   name: str = dataclasses.field(default="egp", init=False)
   unit: str = dataclasses.field(default="site", init=False)
   score_name: str = dataclasses.field(default="entropies", init=False)
@@ -530,6 +575,11 @@ class Egp:
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"unknown entropy estimator {self.estimator!r}; expected one of "
                        f"{ESTIMATORS}")
+    if self.neurons not in NEURONS:
+      raise ValueError(f"unknown neurons {self.neurons!r}; expected one of {NEURONS}")
+    if self.neurons == "rows" and self.estimator == "easier":
+      raise ValueError("neurons='rows' needs the entropy pass of the 'egp' or 'dataset' "
+                       "estimator; the 'easier' estimator counts channels during training")
     if self.entropy_batch_size is not None and (
         not isinstance(self.entropy_batch_size, int) or self.entropy_batch_size <= 0):
       raise ValueError(f"entropy_batch_size must be a positive int or None, got "
@@ -575,7 +625,7 @@ class Egp:
             "augment": self.augment if self.estimator != "easier" else None,
             "entropy_batch_size": self.entropy_batch_size,
             "layers": None if self.layers is None else dict(self.layers),
-            "skip": list(self.skip)}
+            "skip": list(self.skip), "neurons": self.neurons}
 
   def init(self, spec: S.Spec):
     return {"gates": network.gates_for(spec), "masks": self._masks_template(spec),
@@ -583,6 +633,8 @@ class Egp:
 
   def units(self, spec: S.Spec) -> tuple[str, ...]:
     self.layer_map(spec)   # a bad map is refused before a run writes anything
+    if self.neurons == "rows":
+      _check_rows(spec)
     return spec.sites()
 
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
@@ -607,7 +659,7 @@ class Egp:
         spec, variables, context.dataset.train,
         batch_size=self.entropy_batch_size or context.eval_batch_size or 128,
         gates=state["gates"], augment=self.augment, seed=_seed_of(context.rng),
-        mesh=context.mesh, dtype=context.dtype)
+        mesh=context.mesh, dtype=context.dtype, neurons=self.neurons)
 
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, Any]:
     """Per live site: ``{"entropy", "layer"}`` and its layer's ``nnz``, ``size``, ``mean_abs_nonzero``.

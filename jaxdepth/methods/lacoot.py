@@ -38,11 +38,15 @@ outputs equal the gated network's.
 
 **Which blocks** (:func:`find_blocks`, :data:`PAIRINGS`): ``"block"`` (the
 default) every residual block with an identity shortcut and equal input and
-output shapes, compared input against output; ``"official"`` the pairings of
-the authors' code where they differ (MobileNetV2: the depthwise
-ConvBN-ReLU6 sub-layer of every stride-1 expansion block instead of the whole
-block; for a ResNet the official pairs, consecutive post-addition ReLU
-outputs, are exactly the input and output of each identity-shortcut block).
+output shapes, and every transformer layer (a Swin or ViT layer: its attention
+and MLP halves together, :func:`transformer_layers`), compared input against
+output; ``"official"`` the pairings of the authors' code where they differ
+(MobileNetV2: the depthwise ConvBN-ReLU6 sub-layer of every stride-1 expansion
+block instead of the whole block; Swin-T: the layer's input against its MLP's
+output before the stochastic depth and the residual addition,
+:func:`compared_outputs`; for a ResNet the official pairs, consecutive
+post-addition ReLU outputs, are exactly the input and output of each
+identity-shortcut block).
 
 The pieces are pure functions (:func:`max_sliced_wasserstein`,
 :func:`regularizer`, :func:`find_blocks`, :func:`block_distances`,
@@ -64,11 +68,12 @@ from ott.tools import sliced as ott_sliced
 from jaxdepth import network, training
 from jaxdepth import spec as S
 from jaxdepth.methods import base
+from jaxdepth.transformer import Attention, StochasticDepth, WindowAttention
 
 __all__ = ["PAIRINGS", "ORDERS", "SCORES", "random_projections", "slice_costs",
            "max_sliced_wasserstein", "sliced_wasserstein", "Penalty", "regularizer",
-           "find_blocks", "official_units", "check_blocks", "block_distances", "removal_order",
-           "remove_units", "LaCoOT"]
+           "find_blocks", "transformer_layers", "official_units", "compared_outputs",
+           "check_blocks", "block_distances", "removal_order", "remove_units", "LaCoOT"]
 
 PAIRINGS = ("block", "official")
 ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
@@ -199,45 +204,72 @@ class Penalty:
   Frozen and hashable, so compiled train steps are cached on it.
 
   Attributes:
-    paths: the regularized nodes.
+    paths: the regularized nodes; ``X_k`` is the input of ``paths[k]``.
     weight: λ (>= 0).
     n_projections: directions per block and step.
+    outputs: ``Y_k`` is the output of ``outputs[k]`` (``None``: of ``paths[k]``;
+      :func:`compared_outputs`).
   """
   paths: tuple[str, ...]
   weight: float = 1.0
   n_projections: int = 50
+  outputs: tuple[str, ...] | None = None
+
+  @property
+  def capture(self) -> tuple[str, ...]:
+    """Every node whose input or output the penalty reads."""
+    return tuple(dict.fromkeys(self.paths + (self.outputs or ())))
 
   def __call__(self, captured, mask, rng) -> jax.Array:
     del mask   # training batches are full (fit drops the remainder): uniform weights
-    distances = [max_sliced_wasserstein(*captured[p], rng=jax.random.fold_in(rng, k),
+    outputs = self.outputs or self.paths
+    distances = [max_sliced_wasserstein(captured[p][0], captured[q][1],
+                                        rng=jax.random.fold_in(rng, k),
                                         n_projections=self.n_projections)
-                 for k, p in enumerate(self.paths)]
+                 for k, (p, q) in enumerate(zip(self.paths, outputs))]
     return self.weight * jnp.mean(jnp.stack(distances))
 
 
-def regularizer(paths, weight: float = 1.0, n_projections: int = 50) -> training.Regularizer:
+def regularizer(paths, weight: float = 1.0, n_projections: int = 50, outputs=None
+                ) -> training.Regularizer:
   """LaCoOT's loss term as a :class:`~jaxdepth.training.Regularizer` over ``paths``.
 
   Args:
     paths: node paths (e.g. :func:`find_blocks`), captured in the training forward pass.
     weight: λ (>= 0).
     n_projections: directions drawn per block and step (>= 1).
+    outputs: one node path per block whose output is compared with the block's
+      input (``None``: the block's own output; :func:`compared_outputs`).
 
   Returns:
-    ``Regularizer("lacoot", capture=paths, fn=Penalty(...))``; its key is
+    ``Regularizer("lacoot", capture=..., fn=Penalty(...))``; its key is
     ``fold_in(step key, 1)``, a function of the seed and the step.
 
   Raises:
-    ValueError: λ < 0, fewer than 1 projection, no path.
+    ValueError: λ < 0, fewer than 1 projection, no path, ``outputs`` of another length.
   """
   paths = tuple(paths)
   if not paths:
     raise ValueError("the LaCoOT regularizer needs at least one block to regularize")
   _check_weight(weight)
   _check_count(n_projections)
-  return training.Regularizer(
-      f"lacoot(weight={float(weight)},n={int(n_projections)})", paths,
-      Penalty(paths, float(weight), int(n_projections)))
+  outputs = _check_outputs(paths, outputs)
+  penalty = Penalty(paths, float(weight), int(n_projections),
+                    None if outputs == paths else outputs)
+  name = f"lacoot(weight={float(weight)},n={int(n_projections)})"
+  if penalty.outputs is not None:
+    name = name[:-1] + f",outputs={','.join(penalty.outputs)})"
+  return training.Regularizer(name, penalty.capture, penalty)
+
+
+def _check_outputs(paths, outputs) -> tuple[str, ...]:
+  if outputs is None:
+    return tuple(paths)
+  outputs = tuple(outputs)
+  if len(outputs) != len(paths):
+    raise ValueError(f"outputs names {len(outputs)} nodes for {len(paths)} blocks; give one "
+                     f"output node per block")
+  return outputs
 
 
 def _check_weight(weight):
@@ -258,8 +290,9 @@ def find_blocks(spec: S.Spec, pairing: str = "block") -> tuple[str, ...]:
       shortcut whose input and output shapes are equal (ResNet-18: the four
       ``layerS/1`` and ``layer1/0``; ResNet-20: every stride-1 equal-width
       block; MobileNetV2: the ten stride-1 inverted residuals with a skip
-      connection). ``"official"``:
-      :func:`official_units`.
+      connection), a transformer layer counting as one unit
+      (:func:`transformer_layers`; Swin-T: the 12 ``features/s/b``).
+      ``"official"``: :func:`official_units`.
 
   Returns:
     Node paths.
@@ -269,8 +302,62 @@ def find_blocks(spec: S.Spec, pairing: str = "block") -> tuple[str, ...]:
   if pairing == "official":
     return official_units(spec)
   shapes = spec.shapes()
-  return tuple(p for p, n in spec.walk()
-               if isinstance(n, S.Block) and n.identity_shortcut and shapes[p][0] == shapes[p][1])
+  layers = set(transformer_layers(spec))
+  out = []
+  for p, n in spec.walk():
+    if any(p.startswith(layer + S.SEP) for layer in layers):
+      continue   # a half of a transformer layer: the layer is the unit
+    if p in layers or (isinstance(n, S.Block) and n.identity_shortcut
+                       and shapes[p][0] == shapes[p][1]):
+      out.append(p)
+  return tuple(out)
+
+
+def _holds(node: S.Node, kinds) -> bool:
+  return isinstance(node, kinds) or any(_holds(c, kinds) for c in node.children())
+
+
+def transformer_layers(spec: S.Spec) -> tuple[str, ...]:
+  """The transformer layers of ``spec`` in call order (Swin-T: ``features/s/b``).
+
+  A transformer layer is a :class:`~jaxdepth.spec.Sequential` of residual
+  blocks with identity shortcuts (its attention half and its MLP half), one of
+  which holds an attention node; it keeps its input shape, so it can become the
+  identity as a whole (torchvision's ``SwinTransformerBlock``, LaCoOT's Swin unit).
+  """
+  shapes = spec.shapes()
+  return tuple(
+      p for p, n in spec.walk()
+      if isinstance(n, S.Sequential) and len(n.layers) > 1
+      and all(isinstance(c, S.Block) and c.identity_shortcut for c in n.layers)
+      and _holds(n, (Attention, WindowAttention)) and shapes[p][0] == shapes[p][1])
+
+
+def _mlp_output(spec: S.Spec, layer: str) -> str:
+  """The last node of the layer's MLP half before its stochastic depth (Swin's ``mlp[4]``)."""
+  mlp = spec.node(layer).layers[-1]
+  branch = [n for n in mlp.branch if not isinstance(n, StochasticDepth)]
+  return layer + S.SEP + mlp.name + S.SEP + branch[-1].name
+
+
+def compared_outputs(spec: S.Spec, units, pairing: str = "block") -> tuple[str, ...]:
+  """The node whose output is compared with each unit's input (``Y_k``), one per unit.
+
+  ``"block"``: the unit itself (its input against its output). ``"official"``
+  on a Swin transformer (an architecture with windowed attention): for a
+  transformer layer, the last node of its MLP half before the stochastic depth
+  (``features/s/b/mlp/drop2``, torchvision's ``mlp[4]``): the authors' code
+  hooks the input of ``norm1`` (the layer's input) and the output of
+  ``mlp[4]``, the MLP branch before its residual addition, not the layer's
+  output. Other units and architectures: the unit itself.
+  """
+  units = tuple(units)
+  if pairing not in PAIRINGS:
+    raise ValueError(f"unknown LaCoOT pairing {pairing!r}; expected one of {PAIRINGS}")
+  if pairing == "block" or not any(isinstance(n, WindowAttention) for _, n in spec.walk()):
+    return units
+  layers = set(transformer_layers(spec))
+  return tuple(_mlp_output(spec, u) if u in layers else u for u in units)
 
 
 def official_units(spec: S.Spec) -> tuple[str, ...]:
@@ -285,10 +372,15 @@ def official_units(spec: S.Spec) -> tuple[str, ...]:
     ``layerS/1``'s), which are exactly ``layerS/1``'s input and output;
     ``layer1/0``, also an identity-shortcut block on the CIFAR stem, is not
     among them.
+  * Swin (an architecture with windowed attention; Swin-T: 12): every
+    transformer layer (:func:`transformer_layers`); what its input is compared
+    with is :func:`compared_outputs`.
 
   Raises:
     ValueError: an architecture the authors' code does not cover.
   """
+  if any(isinstance(n, WindowAttention) for _, n in spec.walk()):
+    return transformer_layers(spec)
   if spec.name.startswith("mobilenet_v2"):
     shapes = spec.shapes()
     out = []
@@ -306,7 +398,8 @@ def official_units(spec: S.Spec) -> tuple[str, ...]:
 
 
 def check_blocks(spec: S.Spec, paths) -> tuple[str, ...]:
-  """Checks that every path is an identity-shortcut block with equal input/output shapes.
+  """Checks that every path is an identity-shortcut block with equal input/output shapes
+  (or a transformer layer, :func:`transformer_layers`).
 
   Returns:
     The paths, as a tuple.
@@ -323,8 +416,11 @@ def check_blocks(spec: S.Spec, paths) -> tuple[str, ...]:
     raise ValueError(f"blocks repeated in {list(paths)}")
   shapes = spec.shapes()
   candidates = find_blocks(spec)
+  layers = transformer_layers(spec)
   for p in paths:
     node = spec.node(p)
+    if p in layers:
+      continue
     if not isinstance(node, S.Block):
       raise ValueError(f"{p!r} is a {node.kind} node, not a residual block; LaCoOT removes "
                        f"identity-shortcut blocks: {list(candidates)}")
@@ -342,7 +438,7 @@ def check_blocks(spec: S.Spec, paths) -> tuple[str, ...]:
 
 def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
                     batch_size: int = 256, n_projections: int = 50, node_gates=None,
-                    mesh=None, dtype=None) -> dict[str, dict[str, float]]:
+                    mesh=None, dtype=None, outputs=None) -> dict[str, dict[str, float]]:
   """Every unit's sliced and max-sliced distance on ``split``, in eval mode.
 
   Per full batch (the remainder is dropped; a split smaller than one batch is
@@ -365,11 +461,15 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
     node_gates: gates of removed units (``{path: gate}``).
     mesh: device mesh (default: every device).
     dtype: compute dtype.
+    outputs: the node whose output is compared with each unit's input
+      (:func:`compared_outputs`; ``None``: the unit's own output).
 
   Returns:
     ``{path: {"sliced": d, "max_sliced": m}}`` in the order of ``paths``.
   """
   paths = tuple(paths)
+  outputs = _check_outputs(paths, outputs)
+  capture = tuple(dict.fromkeys(paths + outputs))
   _check_count(n_projections)
   mesh = training.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
@@ -381,10 +481,11 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
 
   @jax.jit
   def one(variables, images, gates, batch_index):
-    out = network.forward(spec, variables, images, capture=paths, node_gates=gates, dtype=dtype)
+    out = network.forward(spec, variables, images, capture=capture, node_gates=gates,
+                          dtype=dtype)
     sw, msw = [], []
-    for k, p in enumerate(paths):
-      x, y = out.captured[p]
+    for k, (p, q) in enumerate(zip(paths, outputs)):
+      x, y = out.captured[p][0], out.captured[q][1]
       sw.append(sliced_wasserstein(x, y, rng=fixed, n_projections=n_projections))
       key = jax.random.fold_in(jax.random.fold_in(fresh, batch_index), k)
       msw.append(max_sliced_wasserstein(x, y, rng=key, n_projections=n_projections))
@@ -492,8 +593,10 @@ class LaCoOT:
   Attributes:
     weight: λ, the regularizer's weight (>= 0; 0 trains without it).
     n_projections: directions per distance.
-    pairing: ``"block"`` or ``"official"`` (:func:`find_blocks`).
-    blocks: explicit unit paths (identity-shortcut blocks) instead of ``pairing``'s.
+    pairing: ``"block"`` or ``"official"`` (:func:`find_blocks`; what each unit's
+      input is compared with: :func:`compared_outputs`).
+    blocks: explicit unit paths (identity-shortcut blocks, transformer layers)
+      instead of ``pairing``'s.
     order: the removal rule (:func:`removal_order`).
     score: the distance that ranks: ``"sliced"`` (fixed directions, the
       official ResNet log) or ``"max_sliced"``.
@@ -565,7 +668,9 @@ class LaCoOT:
     gates = self.node_gates(spec, state)
     if self._ranked(self._host(state)):
       return base.TrainOptions(node_gates=gates, epochs=0)
-    reg = (regularizer(self.units(spec), self.weight, self.n_projections)
+    units = self.units(spec)
+    reg = (regularizer(units, self.weight, self.n_projections,
+                       compared_outputs(spec, units, self.pairing))
            if self.weight > 0 else None)
     return base.TrainOptions(node_gates=gates, regularizer=reg)
 
@@ -580,7 +685,8 @@ class LaCoOT:
     values = block_distances(
         spec, variables, context.dataset.val, units, rng=context.rng,
         batch_size=context.eval_batch_size or 256, n_projections=self.n_projections,
-        node_gates=self.node_gates(spec, state), mesh=context.mesh, dtype=context.dtype)
+        node_gates=self.node_gates(spec, state), mesh=context.mesh, dtype=context.dtype,
+        outputs=compared_outputs(spec, units, self.pairing))
     return {u: v[self.score] for u, v in values.items()}
 
   def decide(self, scores: dict[str, float], state) -> base.Decision:

@@ -113,7 +113,7 @@ def bn_entropy(gamma, beta, clamp: float = CLAMP) -> jax.Array:
   return jnp.mean(entropy.binary_entropy(off_probability(gamma, beta), clamp))
 
 
-def empirical_bn(z) -> tuple[jax.Array, jax.Array]:
+def empirical_bn(z, mask=None) -> tuple[jax.Array, jax.Array]:
   """``(std, mean)`` of a channel-last pre-activation over every axis but the last.
 
   The stand-in for ``(γ, β)`` where no BatchNorm precedes a site. The std is the
@@ -121,6 +121,8 @@ def empirical_bn(z) -> tuple[jax.Array, jax.Array]:
 
   Args:
     z: ``(..., C)`` pre-activations (batch, positions or tokens, channels).
+    mask: optional ``z.shape[:-1]`` booleans: only these positions count (a
+      text batch's real tokens; padding tokens reach no output).
 
   Returns:
     ``(std, mean)``, each ``(C,)`` float32.
@@ -132,12 +134,15 @@ def empirical_bn(z) -> tuple[jax.Array, jax.Array]:
   z = jnp.asarray(z, jnp.float32)
   if z.ndim < 1:
     raise ValueError("empirical_bn needs a (..., C) array, got a scalar")
-  n = z.size // max(z.shape[-1], 1)
+  flat = z.reshape(-1, z.shape[-1])
+  if mask is not None:
+    flat = flat[np.asarray(mask, bool).reshape(-1)]
+  n = flat.shape[0]
   if n < 2:
     raise ValueError(f"empirical_bn needs at least two values per channel to estimate an "
-                     f"unbiased std, got shape {z.shape} ({n} value per channel); use a "
-                     f"validation batch of two or more examples")
-  flat = z.reshape(-1, z.shape[-1])
+                     f"unbiased std, got shape {z.shape} ({n} value per channel"
+                     f"{' kept by the mask' if mask is not None else ''}); use a validation "
+                     f"batch of two or more examples")
   return jnp.std(flat, axis=0, ddof=1), jnp.mean(flat, axis=0)
 
 
@@ -271,7 +276,8 @@ def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype
   Args:
     spec, variables: the network (cut channels already 0).
     cands: :class:`Candidate` s.
-    x: the validation batch, needed for candidates without a BatchNorm.
+    x: the validation batch, needed for candidates without a BatchNorm (a
+      text batch's padding tokens are left out of the empirical mean).
     gates: the current site gates (for the empirical statistics).
     dtype: compute dtype.
 
@@ -292,7 +298,10 @@ def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype
     if c.bn is not None:
       out[c.name] = np.asarray(_leaf(variables, c.bn)["bias"], np.float32)
     else:
-      out[c.name] = np.asarray(empirical_bn(captured[c.site][0])[1], np.float32)
+      z = captured[c.site][0]
+      tokens = x.get("attention_mask") if isinstance(x, dict) else None
+      tokens = tokens if tokens is not None and tokens.shape == z.shape[:-1] else None
+      out[c.name] = np.asarray(empirical_bn(z, tokens)[1], np.float32)
   return out
 
 
@@ -476,7 +485,7 @@ class TLC:
     cands = self.candidates(spec, state)
     if not cands:
       return {}
-    x, labels = self._batch(context)
+    x, labels = self._batch(spec, context)
     variables = self._masked(spec, variables, state)
     gates = state["gates"]
     betas = candidate_betas(spec, variables, cands, x, gates=gates, dtype=context.dtype)
@@ -495,7 +504,7 @@ class TLC:
                      "channels": int(masks[c.name].size), "base_loss": base_loss}
             for c in cands}
 
-  def _batch(self, context: base.Context):
+  def _batch(self, spec: S.Spec, context: base.Context):
     ds = context.dataset
     if ds is None or ds.val is None:
       raise ValueError("TLC ranks candidates on a validation batch: the dataset needs a "
@@ -505,7 +514,8 @@ class TLC:
                        f"one ranking batch of {self.batch_size}; lower the TLC batch_size or "
                        f"hold out more validation data")
     batch = next(iter(ds.val.batches(self.batch_size)))
-    return jnp.asarray(batch["image"]), jnp.asarray(batch["label"])
+    x = jax.tree.map(jnp.asarray, network.batch_inputs(spec, batch))
+    return x, jnp.asarray(batch["label"])
 
   def decide(self, scores: dict[str, Any], state) -> base.Decision:
     if not scores:

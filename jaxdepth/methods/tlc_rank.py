@@ -23,6 +23,7 @@ from flax import traverse_util
 
 from jaxdepth import network
 from jaxdepth import spec as S
+from jaxdepth.text.nodes import takes_token_ids
 from jaxdepth.training import cross_entropy
 
 __all__ = ["flat_leaves", "rank", "rank_naive", "joint_gap"]
@@ -64,6 +65,11 @@ def _loss(logits, labels, mask):
   return cross_entropy(logits, labels, mask)
 
 
+def _batch_size(x) -> int:
+  """Examples in ``x``: an array, or a text batch's dict of ``(B, L)`` token arrays."""
+  return (x["input_ids"] if isinstance(x, dict) else x).shape[0]
+
+
 @functools.partial(jax.jit, static_argnames=("spec", "cands", "dtype"))
 def _joint_loss(spec, cands, variables, x, labels, mask, gates, masks, on, dtype=None):
   """The loss with the candidates where ``on`` is 1 edited jointly (edits as data)."""
@@ -96,7 +102,7 @@ def joint_gap(spec, variables, cands, chosen, x, labels, masks, *, gates=None, m
   """
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
-  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
   stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
   if base_loss is None:
     base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
@@ -115,7 +121,7 @@ def rank_naive(spec, variables, cands, x, labels, masks, *, gates=None, mask=Non
   """
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
-  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
   stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
   base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
                                 jnp.zeros(len(cands))))
@@ -197,7 +203,7 @@ class _Join(NamedTuple):
   kind: str
   element: int
   rest: S.Spec | None = None        # "branch": the branch after the site
-  post: S.Spec | None = None        # "branch": the block's post list
+  post: S.Spec | None = None        # "branch": the block's post list (None: empty)
   shortcut: str | None = None       # "branch": last shortcut node (None: identity shortcut)
 
 
@@ -227,11 +233,12 @@ def _join(spec: S.Spec, elements: list[str], c) -> _Join:
   paths = [p for p, _ in branch]
   if c.direct and c.site in paths:
     rest = paths[paths.index(c.site) + 1:]
-    if not rest or not post:
+    if not rest:
       return fork
     shortcut = flat_leaves(block.shortcut, scope)
-    return _Join("branch", e_site, _spec_of(spec, rest, f"{spec.name}:{c.site}+"),
-                 _spec_of(spec, [p for p, _ in post], f"{spec.name}:{elements[e_site]}.post"),
+    post_spec = (_spec_of(spec, [p for p, _ in post], f"{spec.name}:{elements[e_site]}.post")
+                 if post else None)
+    return _Join("branch", e_site, _spec_of(spec, rest, f"{spec.name}:{c.site}+"), post_spec,
                  shortcut[-1][0] if shortcut else None)
   return fork
 
@@ -243,11 +250,24 @@ def _plan(spec: S.Spec, cands: tuple) -> _Plan:
   return _Plan(subs, tuple(_join(spec, elements, c) for c in cands))
 
 
-def _forward(spec, variables, h, gates_all, index, dtype, capture=()):
-  """``spec`` (a sub-spec) on ``h`` with the full network's gates; logits and captures."""
+def _forward(spec, variables, h, gates_all, index, dtype, capture=(), tokens=None):
+  """``spec`` (a sub-spec) on ``h`` with the full network's gates; logits and captures.
+
+  ``tokens``: a text batch's per-token inputs (``(B, L)`` each), repeated for
+  every chunk that ``h`` (``(n B, ...)``) holds: the token ids with them for the
+  sub-spec that embeds them, else beside the hidden states (``token_inputs``).
+  """
   sub_index = [index[s] for s in spec.sites()]
   g = gates_all[jnp.asarray(sub_index, jnp.int32)] if sub_index else None
-  out = network.forward(spec, variables, h, gates=g, dtype=dtype, capture=capture)
+  kw = {}
+  if tokens is not None:
+    n = h.shape[0] // _batch_size(tokens)
+    tiled = {k: jnp.tile(v, (n, 1)) for k, v in tokens.items() if k != "input_ids"}
+    if takes_token_ids(spec):
+      h = {**tiled, "input_ids": h}
+    else:
+      kw["token_inputs"] = {**tiled, "input_ids": jnp.tile(tokens["input_ids"], (n, 1))}
+  out = network.forward(spec, variables, h, gates=g, dtype=dtype, capture=capture, **kw)
   return out.logits, out.captured or {}
 
 
@@ -263,7 +283,7 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
     own values, ``z·keep`` (the channels cut, the site the identity) or, after a
     residual addition, ``z − (1−keep)·bn_out``; a site inside a residual branch
     then runs the rest of that branch, adds chunk 0's shortcut and runs the
-    block's post list;
+    block's post list (if any: a transformer MLP has none);
   * otherwise (**fork**: the MobileNetV2 projection quirk, nested blocks) a copy
     of chunk 0's input of the element where the edit starts runs from there
     with the edit as data (per-chunk gates and BatchNorm masks, under ``vmap``).
@@ -272,7 +292,8 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
   """
   plan = _plan(spec, cands)
   index = {s: i for i, s in enumerate(spec.sites())}
-  h = x[None]
+  tokens = x if isinstance(x, dict) else None   # a text batch: its ids flow, the rest rides along
+  h = (x["input_ids"] if tokens is not None else x)[None]
   order: list[int] = []               # candidate of each chunk after the first
   for e, sub in enumerate(plan.elements):
     forks = [k for k, j in enumerate(plan.joins) if j.kind == "fork" and j.element == e]
@@ -315,13 +336,14 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
         # the convolution into a grouped one, several times slower on CPU).
         edits = tuple((None if cands[i].bn else cands[i].weight, cands[i].bn, m[i]) for i in m)
         params = _edit_params(variables["params"], edits) if edits else variables["params"]
-        return _forward(sub, {**variables, "params": params}, hh, g, index, dtype, capture)
+        return _forward(sub, {**variables, "params": params}, hh, g, index, dtype, capture,
+                        tokens)
 
       h, captured = jax.vmap(run)(h, stacked_gates, stacked_masks)
     else:
       n = h.shape[0]
       flat, captured = _forward(sub, variables, h.reshape((-1,) + h.shape[2:]), gates, index,
-                                dtype, capture)
+                                dtype, capture, tokens)
       h = flat.reshape((n, -1) + flat.shape[1:])
       captured = {p: tuple(v.reshape((n, -1) + v.shape[1:]) for v in io)
                   for p, io in captured.items()}
@@ -337,9 +359,10 @@ def _rank_forked(spec, cands, variables, x, labels, mask, gates, masks, dtype=No
           new.append(z - (1.0 - keep) * bn_out)
         else:
           v = captured[c.site][0][0] * keep
-          v, _ = _forward(j.rest, variables, v, gates, index, dtype)
+          v, _ = _forward(j.rest, variables, v, gates, index, dtype, tokens=tokens)
           v = v + (captured[j.shortcut][1][0] if j.shortcut else h_in[0])
-          v, _ = _forward(j.post, variables, v, gates, index, dtype)
+          if j.post is not None:
+            v, _ = _forward(j.post, variables, v, gates, index, dtype, tokens=tokens)
           new.append(v)
       h = jnp.concatenate([h, jnp.stack(new)])
       order += joiners
@@ -369,7 +392,7 @@ def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dty
   if not cands:
     raise ValueError("no candidate to rank")
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
-  mask = jnp.ones(x.shape[0], bool) if mask is None else mask
+  mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
   stacked = tuple(jnp.asarray(masks[c.name], jnp.float32) for c in cands)
   losses = np.asarray(jax.device_get(_rank_forked(spec, cands, variables, x, labels, mask,
                                                   gates, stacked, dtype=dtype)), np.float64)

@@ -16,12 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxdepth import spec as S
+from jaxdepth.text import nodes as X
 from jaxdepth.transformer import nodes as T
 
 SEP = S.SEP
 INLINE = "."          # joins the names of an inlined Sequential and its children
-_OWNERS = (S.Conv, S.Dense, S.BatchNorm, S.LayerNorm, T.Attention, T.WindowAttention,
-           T.ClassToken, T.PositionEmbedding)
+_OWNERS = (S.Conv, S.Dense, S.BatchNorm, S.LayerNorm, S.GroupNorm, T.Attention,
+           T.WindowAttention, T.ClassToken, T.PositionEmbedding, X.TokenEmbedding,
+           X.TokenPositionEmbedding, X.TokenTypeEmbedding)
 
 
 class Edit(NamedTuple):

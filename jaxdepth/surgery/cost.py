@@ -68,11 +68,12 @@ def measure_latency(spec: S.Spec, variables, *, batch: int = 1, repeats: int = 1
     warmup: untimed calls (the first compiles).
 
   Returns:
-    The median wall time of a call, in seconds.
+    The median wall time of a call, in seconds, on
+    :func:`jaxdepth.network.random_input`.
   """
-  from jaxdepth.network import Network
-  fn = jax.jit(lambda v, x: Network(spec).apply(v, x))
-  x = jax.random.normal(jax.random.key(0), (batch, *spec.input_shape), jnp.float32)
+  from jaxdepth import network
+  fn = jax.jit(lambda v, x: network.Network(spec).apply(v, x))
+  x = network.random_input(spec, batch)
   for _ in range(warmup):
     fn(variables, x).block_until_ready()
   times = []

@@ -37,14 +37,15 @@ class _Attention(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x, train: bool):
+  def __call__(self, x, train: bool, attention_mask=None):
     n = self.node
     c = x.shape[-1]
     dropout = (nn.Dropout(n.attn_dropout, deterministic=not train, name="attn_dropout")
                if n.attn_dropout > 0 else None)
     if isinstance(n, T.Attention):
       qkv = _dense(3 * c, n.qkv_bias, self.dtype, "qkv")(x)
-      y = ops.multi_head_attention(qkv, n.heads, None, dropout)
+      bias = None if attention_mask is None else ops.padding_bias(attention_mask)
+      y = ops.multi_head_attention(qkv, n.heads, bias, dropout)
       return _dense(c, True, self.dtype, "proj")(y)
     _, h, w, _ = x.shape
     padded = T.padded_size((h, w), n.window) if n.pad else (h, w)
@@ -81,7 +82,13 @@ class _PositionEmbedding(nn.Module):
 
 
 def run_attention(module, n, path, x, ctx):
-  return _Attention(n, dtype=ctx.dtype, name=n.name)(x, ctx.train)
+  """Self-attention; with ``padding_mask``, keys where the call's ``attention_mask``
+  is 0 are left out (no mask given: every token is real)."""
+  mask = ctx.inputs.get("attention_mask") if getattr(n, "padding_mask", False) else None
+  if mask is not None and mask.shape != x.shape[:2]:
+    raise ValueError(f"node {path!r}: attention_mask of shape {mask.shape} does not match the "
+                     f"{x.shape[1]} tokens of its input (batch {x.shape[0]})")
+  return _Attention(n, dtype=ctx.dtype, name=n.name)(x, ctx.train, mask)
 
 
 def run_stochastic_depth(module, n, path, x, ctx):

@@ -97,10 +97,16 @@ class Attention(S.Node):
     heads: number of heads; must divide ``C``.
     qkv_bias: whether ``qkv`` has a bias (``proj`` always has one).
     attn_dropout: dropout on the attention probabilities (train mode).
+    padding_mask: no token attends to a padding token, i.e. a key whose
+      ``attention_mask`` input is 0 (text encoders, :mod:`jaxdepth.text`):
+      its score is set to the lowest float32 before the softmax, as BERT's
+      extended attention mask does. Padding tokens still attend to the real
+      ones (their outputs are computed and ignored downstream).
   """
   heads: int = 1
   qkv_bias: bool = True
   attn_dropout: float = 0.0
+  padding_mask: bool = False
   kind: ClassVar[str] = "attention"
   weight_layers: ClassVar[int] = 2   # qkv, then proj (for costs.depth)
 
@@ -108,6 +114,15 @@ class Attention(S.Node):
     super().__post_init__()
     _heads(self.heads, self.name)
     _rate(self.attn_dropout, self.name, "attn_dropout")
+    if not isinstance(self.padding_mask, bool):
+      raise S.SpecError(f"node {self.name!r}: padding_mask must be true or false, got "
+                        f"{self.padding_mask!r}")
+
+  def to_dict(self):
+    out = super().to_dict()
+    if not self.padding_mask:   # keep the JSON of the vision attention nodes as it was
+      out.pop("padding_mask")
+    return out
 
   def output_shape(self, shape, path):
     _, c = _tokens(shape, path, "attention")

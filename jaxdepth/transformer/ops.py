@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 __all__ = ["relative_position_index", "shift_mask", "window_partition", "window_merge",
-           "patch_merge", "multi_head_attention", "MASK_VALUE"]
+           "patch_merge", "multi_head_attention", "padding_bias", "MASK_VALUE"]
 
 MASK_VALUE = -100.0   # torchvision's score offset between tokens of different regions
 
@@ -77,6 +77,17 @@ def patch_merge(x: jax.Array) -> jax.Array:
   x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
   return jnp.concatenate([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2],
                           x[:, 1::2, 1::2]], axis=-1)
+
+
+def padding_bias(attention_mask: jax.Array) -> jax.Array:
+  """``(B, 1, 1, L)`` float32 score offsets: 0 for a real key, the lowest float32 for padding.
+
+  Added to the ``(B, heads, L, L)`` scores, a padding key gets a softmax weight
+  of 0 (exactly, unless every key of a row is padding: then the row is uniform,
+  never NaN), as BERT's extended attention mask ``(1 - mask) * finfo.min``.
+  """
+  low = jnp.finfo(jnp.float32).min
+  return jnp.where(attention_mask[:, None, None, :] != 0, 0.0, low).astype(jnp.float32)
 
 
 def multi_head_attention(qkv: jax.Array, heads: int, bias: jax.Array | None = None,
