@@ -11,9 +11,9 @@ backward, SGD with momentum and weight decay) in the variants the methods use:
 * ``lacoot``: LaCoOT's Wasserstein term on its official units, with node gates;
 
 and the eval step (:func:`jaxdepth.training.make_eval_step`) at batch 1 and at
-the training batch. With ``--torch-python PATH`` (a Python whose environment has
-torch, e.g. a separate virtual environment; the current one is used when it can
-import torch), the same train and eval steps in PyTorch run in a subprocess
+the training batch. With ``--torch-python PATH`` or ``JAXDEPTH_TORCH_PYTHON=PATH``
+(a Python whose environment has torch, e.g. a separate virtual environment; the
+current one is used when it can import torch), the same train and eval steps in PyTorch run in a subprocess
 (``benchmarks/torch_reference.py``), in the ``channels_last`` and ``contiguous``
 (NCHW) layouts. jaxdepth never depends on torch.
 
@@ -55,6 +55,7 @@ from jaxdepth import host_memory
 KINDS = ("plain", "gated", "stats", "masks", "lacoot")
 MODELS = ("resnet18", "mobilenet_v2")
 LAYOUTS = ("channels_last", "contiguous")
+TORCH_PYTHON_ENV = "JAXDEPTH_TORCH_PYTHON"
 # glibc's equivalent of host_memory.keep_freed_memory() for the PyTorch process.
 KEEP_MEMORY_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
                         "glibc.malloc.trim_threshold=18446744073709551615")
@@ -72,8 +73,9 @@ def parse_args(argv):
                       help="jaxdepth's compute dtype (PyTorch runs float32)")
   parser.add_argument("--no-eval", dest="eval", action="store_false",
                       help="skip the eval steps")
-  parser.add_argument("--torch-python", help="a Python that can import torch (runs "
-                                             "benchmarks/torch_reference.py)")
+  parser.add_argument("--torch-python", default=os.environ.get(TORCH_PYTHON_ENV) or None,
+                      help=f"a Python that can import torch (runs benchmarks/torch_reference.py; "
+                           f"default: ${TORCH_PYTHON_ENV})")
   parser.add_argument("--no-torch", dest="torch", action="store_false",
                       help="do not time PyTorch even when it is importable")
   parser.add_argument("--default-malloc", action="store_true",
@@ -82,8 +84,8 @@ def parse_args(argv):
   if min(args.batch, args.steps, args.repeats) <= 0:
     parser.error("--batch, --steps and --repeats must be positive")
   if args.torch_python and not pathlib.Path(args.torch_python).is_file():
-    parser.error(f"--torch-python {args.torch_python!r} is not a file; give the path of a "
-                 f"Python executable whose environment has torch")
+    parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} is not a file; "
+                 f"give the path of a Python executable whose environment has torch")
   return args
 
 
@@ -285,6 +287,7 @@ def main(argv=None):
             fast = min(LAYOUTS, key=lambda layout, n=n: wall[f"torch_{layout}_eval_{n}"])
             result["vs_torch"][f"eval_{n}/torch_{fast}_eval_{n}"] = round(
                 wall[f"eval_{n}"] / wall[f"torch_{fast}_eval_{n}"], 3)
+      result["load_average_1min_end"] = round(os.getloadavg()[0], 2)
       out["models"][model] = result
   finally:
     if worker is not None:
