@@ -33,7 +33,6 @@ Call-time options (all usable inside ``jax.jit``):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -41,9 +40,9 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import traverse_util
 
+from jaxdepth import cpu_ops
 from jaxdepth import spec as S
 from jaxdepth.text import executor as text_executor
 from jaxdepth.text import inputs as text_inputs
@@ -163,77 +162,28 @@ def adaptive_avg_pool(x: jax.Array, output_size: tuple[int, int]) -> jax.Array:
   return jnp.einsum("oh,bhwc,pw->bopc", ah, x, aw)
 
 
-def _small_map_conv(lhs, rhs, window_strides, padding, precision):
-  """A 2-D NHWC convolution on a map with fewer positions than kernel taps, as one matmul.
-
-  ``y[b, q] = Σ_p x[b, p] · W[tap(p, q)]`` over input positions ``p`` and output
-  positions ``q``, ``tap(p, q)`` the kernel tap that links them (none where the
-  window covers padding): the map flattened to ``(B, P·C_in)`` times a
-  ``(P·C_in, Q·C_out)`` matrix gathered from the kernel. It multiplies only the
-  taps that meet the map (CIFAR ResNet-18's 3x3 convs on 2x2 maps: 4 of 9 per
-  output position).
-  """
-  (h, w), (kh, kw), (sh, sw) = lhs.shape[1:3], rhs.shape[:2], window_strides
-  (top, bottom), (left, right) = padding
-  oh, ow = (h + top + bottom - kh) // sh + 1, (w + left + right - kw) // sw + 1
-  index = np.full((h * w, oh * ow), kh * kw, np.int32)   # kh * kw: a zero tap
-  for i in range(oh):
-    for j in range(ow):
-      for di in range(kh):
-        for dj in range(kw):
-          y, x = i * sh + di - top, j * sw + dj - left
-          if 0 <= y < h and 0 <= x < w:
-            index[y * w + x, i * ow + j] = di * kw + dj
-  c_in, c_out = rhs.shape[2:]
-  taps = jnp.concatenate([rhs.reshape(kh * kw, c_in, c_out), jnp.zeros((1, c_in, c_out),
-                                                                        rhs.dtype)])
-  matrix = jnp.transpose(taps[index], (0, 2, 1, 3)).reshape(h * w * c_in, oh * ow * c_out)
-  y = jnp.matmul(lhs.reshape(lhs.shape[0], -1), matrix.astype(lhs.dtype), precision=precision)
-  return y.reshape(lhs.shape[0], oh, ow, c_out)
-
-
 def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilation=None,
                          dimension_numbers=None, feature_group_count=1, precision=None, **kw):
-  """``lax.conv_general_dilated``, with faster paths for two cases XLA:CPU handles badly.
+  """``lax.conv_general_dilated``, run by :func:`jaxdepth.cpu_ops.conv` on the CPU.
 
-  On CPU, for channel-last 2-D convolutions without dilation:
-
-  * **fewer map positions than kernel taps** (CIFAR ResNet-18's 2x2 ``layer4``:
-    1.2 s for one 3x3x512 conv at batch 128 through XLA): one matrix product
-    over the flattened map with only the taps that meet it
-    (:func:`_small_map_conv`; 4x faster than the patches below on that layer);
-  * **kernel larger than the map** otherwise: ``y = patches(x) @ W``, the same
-    sum as a matrix product;
-  * **depthwise** (``groups == C_in == C_out``, MobileNetV2): ``y = Σ_{i,j}
-    shift_{i,j}(pad(x)) ⊙ W[i, j]``, one multiply-add per kernel tap (5-10x
-    faster forward, 5-40x backward).
-
-  Anything else, and every other backend, goes to ``lax.conv_general_dilated``.
+  On the CPU, a channel-last 2-D convolution without dilation, with explicit
+  non-negative padding, goes to :func:`jaxdepth.cpu_ops.conv`: the same function,
+  with its forward and backward passes written as the convolutions and matrix
+  products XLA:CPU runs fast (a tiny map as one matrix product, depthwise as
+  shifted multiply-adds, weight gradients as matrix products, no naive
+  loops). Anything else, and every other backend, goes to
+  ``lax.conv_general_dilated``.
   """
   spatial = lhs.shape[1:-1]
   nhwc = ("NHWC", "HWIO", "NHWC")
-  plain = (jax.default_backend() == "cpu" and kw == {} and len(spatial) == 2
-           and not isinstance(padding, str)
-           and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc) in (
-               dimension_numbers, jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                                  dimension_numbers))
-           and all(d is None or tuple(d) == (1,) * len(spatial) for d in (lhs_dilation,
-                                                                           rhs_dilation)))
-  if plain and feature_group_count == 1 and math.prod(spatial) < math.prod(rhs.shape[:-2]):
-    return _small_map_conv(lhs, rhs, window_strides, padding, precision)
-  if plain and feature_group_count == 1 and any(k > n for k, n in zip(rhs.shape[:-2], spatial)):
-    patches = jax.lax.conv_general_dilated_patches(
-        lhs, rhs.shape[:-2], window_strides, padding, dimension_numbers=nhwc, precision=precision)
-    kernel = jnp.moveaxis(rhs, -2, 0).reshape(-1, rhs.shape[-1])   # patches order: (C_in, kh, kw)
-    return jnp.einsum("...k,ko->...o", patches, kernel.astype(patches.dtype), precision=precision)
-  if plain and feature_group_count == lhs.shape[-1] == rhs.shape[-1] and rhs.shape[-2] == 1:
-    x = jnp.pad(lhs, ((0, 0), *padding, (0, 0)))
-    (kh, kw_), (sh, sw) = rhs.shape[:2], window_strides
-    oh, ow = (x.shape[1] - kh) // sh + 1, (x.shape[2] - kw_) // sw + 1
-    taps = [jax.lax.slice(x, (0, i, j, 0), (x.shape[0], i + sh * (oh - 1) + 1,
-                                             j + sw * (ow - 1) + 1, x.shape[3]), (1, sh, sw, 1))
-            * rhs[i, j, 0].astype(x.dtype) for i in range(kh) for j in range(kw_)]
-    return functools.reduce(jnp.add, taps)
+  if (jax.default_backend() == "cpu" and kw == {} and precision is None and len(spatial) == 2
+      and not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
+      and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc) in (
+          dimension_numbers, jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
+                                                             dimension_numbers))
+      and all(d is None or tuple(d) == (1,) * len(spatial) for d in (lhs_dilation,
+                                                                      rhs_dilation))):
+    return cpu_ops.conv(lhs, rhs, window_strides, padding, feature_group_count)
   return jax.lax.conv_general_dilated(
       lhs, rhs, window_strides, padding, lhs_dilation=lhs_dilation, rhs_dilation=rhs_dilation,
       dimension_numbers=dimension_numbers, feature_group_count=feature_group_count,
@@ -246,6 +196,8 @@ def pool(node: S.Pool, x: jax.Array) -> jax.Array:
   if node.op == "adaptive_avg":
     return adaptive_avg_pool(x, node.output_size)
   if node.op == "max":
+    if jax.default_backend() == "cpu":
+      return cpu_ops.max_pool(x, node.window, node.stride, node.padding)
     return nn.max_pool(x, node.window, node.stride, node.padding)
   return nn.avg_pool(x, node.window, node.stride, node.padding, count_include_pad=True)
 

@@ -500,9 +500,11 @@ def test_weights_go_back_to_the_users_module(converted):
   back, skipped = convert.to_user_variables(conv, trained, like)
   assert skipped == []
   x = _batch(6)
-  np.testing.assert_allclose(np.asarray(_user_outputs(framework, module, back, x)),
-                             np.asarray(network.forward(conv.spec, trained, x).logits),
-                             rtol=1e-5, atol=1e-5)
+  ours = np.asarray(network.forward(conv.spec, trained, x).logits)
+  # float32 rounding of logits of this size (the doubled weights make them up to
+  # ~6); on the CPU the executor sums a convolution in another order than lax.
+  np.testing.assert_allclose(np.asarray(_user_outputs(framework, module, back, x)), ours,
+                             rtol=1e-5, atol=1e-5 * np.abs(ours).max())
 
 
 def test_what_cannot_go_back_is_listed():

@@ -60,7 +60,7 @@ from train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
-           "resolve", "maybe_initialize_distributed", "compute_dtype", "dataset_and_spec",
+           "resolve", "maybe_initialize_distributed", "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
@@ -108,7 +108,8 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
 
 
 def add_launch_arguments(p: argparse.ArgumentParser) -> None:
-  """``--config.KEY=VALUE`` (documented; parsed by :func:`parse`), ``--multihost``, ``--no-progress``, ``--list``."""
+  """``--config.KEY=VALUE`` (documented; parsed by :func:`parse`), ``--multihost``, ``--no-progress``,
+  ``--compilation-cache``, ``--no-compilation-cache``, ``--list``."""
   p.add_argument("--config.KEY=VALUE", dest="_doc_only", metavar="", default=None,
                  help="override one config key, read as that key's type "
                       "(--config.epochs=2 --config.milestones=2,4 --config.image_size=None)")
@@ -118,6 +119,11 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
                  help="call jax.distributed.initialize() (multi-process runs)")
   p.add_argument("--no-progress", dest="progress", action="store_false",
                  help="no progress output (the per-iteration lines stay)")
+  p.add_argument("--compilation-cache", metavar="DIR",
+                 help="directory of the persistent compilation cache (default: "
+                      "$JAXDEPTH_COMPILATION_CACHE, else ~/.cache/jaxdepth/jax)")
+  p.add_argument("--no-compilation-cache", action="store_true",
+                 help="compile everything afresh (no persistent compilation cache)")
   p.add_argument("--list", action="store_true",
                  help="list this command's configs, the models and the datasets, then exit")
 
@@ -319,8 +325,26 @@ def start(session: "Session", parser: argparse.ArgumentParser, argv: list[str]
   if args.list:
     print(listing(registered_commands(), only=session.command))
     return None
+  set_up_runtime(args)
   maybe_initialize_distributed(args.multihost)
   return args
+
+
+def set_up_runtime(args: argparse.Namespace) -> None:
+  """What a command sets before JAX runs anything: host memory kept, the compilation cache.
+
+  glibc keeps freed memory (:mod:`jaxdepth.host_memory`; off with
+  ``JAXDEPTH_KEEP_HOST_MEMORY=0``) and the persistent compilation cache is on
+  (:mod:`jaxdepth.compilation_cache`; ``--compilation-cache DIR`` puts it
+  elsewhere, ``--no-compilation-cache`` turns it off).
+  """
+  from jaxdepth import compilation_cache, host_memory  # pylint: disable=import-outside-toplevel
+  if host_memory.requested():
+    host_memory.keep_freed_memory()
+  if args.no_compilation_cache:
+    compilation_cache.enable(None)
+  else:
+    compilation_cache.enable(args.compilation_cache or compilation_cache.directory())
 
 
 class Prepared(NamedTuple):

@@ -1,0 +1,296 @@
+"""Training-step speed of CIFAR ResNet-18 and MobileNetV2: jaxdepth's steps side by side, and PyTorch's.
+
+For each model (batch 128, 32x32x3 inputs, float32 unless ``--dtype``) it times
+jaxdepth's jitted train step (:func:`jaxdepth.training.make_train_step`: forward,
+backward, SGD with momentum and weight decay) in the variants the methods use:
+
+* ``plain``: no gates (``fit`` without a method);
+* ``gated``: every site gated on (EASIER, TLC, EGP train with gates);
+* ``stats``: gated, collecting every site's sign counts (EASIER's last epoch);
+* ``masks``: gated, with element-wise weight masks on the prunable kernels (EGP);
+* ``lacoot``: LaCoOT's Wasserstein term on its official units, with node gates;
+
+and the eval step (:func:`jaxdepth.training.make_eval_step`) at batch 1 and at
+the training batch. With ``--torch-python PATH`` (a Python whose environment has
+torch, e.g. a separate virtual environment; the current one is used when it can
+import torch), the same train and eval steps in PyTorch run in a subprocess
+(``benchmarks/torch_reference.py``), in the ``channels_last`` and ``contiguous``
+(NCHW) layouts. jaxdepth never depends on torch.
+
+Everything is timed side by side in one run: each repeat runs a block of steps of
+every variant in turn (the order rotating), so a change in machine load hits all
+alike; the figures are medians over steps of wall time (``*_s``) and of the
+process's CPU time (``*_cpu_s``, less sensitive to other processes on a loaded
+machine). Prints one JSON object with, per model, the times, their ratios to
+``plain`` (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's
+faster layout (``vs_torch``), and the cold compile time of each jitted step
+(``compile_s``; the persistent compilation cache is off here, see
+``benchmarks/compile_cache.py`` for a warm one).
+
+Host memory: by default, as the ``python -m train`` commands do, glibc is told
+to keep freed memory (:mod:`jaxdepth.host_memory`), and the PyTorch process gets
+the same settings through ``GLIBC_TUNABLES``; ``--default-malloc`` measures both
+with glibc's defaults.
+
+Run::
+
+    python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
+        [--repeats 3] [--kinds plain gated stats masks lacoot]
+        [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import pathlib
+import statistics
+import subprocess
+import sys
+import time
+
+from jaxdepth import host_memory
+
+KINDS = ("plain", "gated", "stats", "masks", "lacoot")
+MODELS = ("resnet18", "mobilenet_v2")
+LAYOUTS = ("channels_last", "contiguous")
+# glibc's equivalent of host_memory.keep_freed_memory() for the PyTorch process.
+KEEP_MEMORY_TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+                        "glibc.malloc.trim_threshold=18446744073709551615")
+
+
+def parse_args(argv):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+  parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                      help="train-step variants to time")
+  parser.add_argument("--batch", type=int, default=128, help="training (and eval) batch")
+  parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
+  parser.add_argument("--repeats", type=int, default=3, help="timed blocks of each variant")
+  parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                      help="jaxdepth's compute dtype (PyTorch runs float32)")
+  parser.add_argument("--no-eval", dest="eval", action="store_false",
+                      help="skip the eval steps")
+  parser.add_argument("--torch-python", help="a Python that can import torch (runs "
+                                             "benchmarks/torch_reference.py)")
+  parser.add_argument("--no-torch", dest="torch", action="store_false",
+                      help="do not time PyTorch even when it is importable")
+  parser.add_argument("--default-malloc", action="store_true",
+                      help="leave glibc's allocator settings alone (both sides)")
+  args = parser.parse_args(argv)
+  if min(args.batch, args.steps, args.repeats) <= 0:
+    parser.error("--batch, --steps and --repeats must be positive")
+  if args.torch_python and not pathlib.Path(args.torch_python).is_file():
+    parser.error(f"--torch-python {args.torch_python!r} is not a file; give the path of a "
+                 f"Python executable whose environment has torch")
+  return args
+
+
+class TorchWorker:
+  """``benchmarks/torch_reference.py`` in a subprocess: one JSON request and answer per line."""
+
+  def __init__(self, python, keep_memory):
+    env = dict(os.environ)
+    if keep_memory:
+      env["GLIBC_TUNABLES"] = KEEP_MEMORY_TUNABLES
+    script = pathlib.Path(__file__).with_name("torch_reference.py")
+    self.proc = subprocess.Popen([python, str(script)], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+    self.info = json.loads(self._line())
+
+  def _line(self):
+    line = self.proc.stdout.readline()
+    if not line:
+      raise RuntimeError(f"the PyTorch worker stopped (exit code {self.proc.wait()}); run "
+                         f"benchmarks/torch_reference.py with that Python to see why")
+    return line
+
+  def run(self, model, layout, kind, batch, steps):
+    request = {"model": model, "layout": layout, "kind": kind, "batch": batch, "steps": steps}
+    self.proc.stdin.write(json.dumps(request) + "\n")
+    self.proc.stdin.flush()
+    answer = json.loads(self._line())
+    return answer["seconds"], answer["cpu_seconds"]
+
+  def close(self):
+    self.proc.stdin.close()
+    self.proc.wait()
+
+
+def torch_python(args):
+  if not args.torch:
+    return None
+  if args.torch_python:
+    return args.torch_python
+  return sys.executable if importlib.util.find_spec("torch") is not None else None
+
+
+def jax_runners(model, args):
+  """``{name: (run(steps) -> (wall, cpu) lists, compile seconds)}`` for one model."""
+  import jax   # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp   # pylint: disable=import-outside-toplevel
+  from flax import traverse_util   # pylint: disable=import-outside-toplevel
+  from jaxdepth import network, optim, stats, training, zoo   # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import Egp, lacoot   # pylint: disable=import-outside-toplevel
+
+  spec = zoo.get(model, num_classes=10, input_shape=(32, 32, 3))
+  dtype = None if args.dtype == "float32" else jnp.dtype(args.dtype)
+  mesh = training.make_mesh(jax.devices()[:1])
+  kx, ky, kinit, kmask = jax.random.split(jax.random.key(0), 4)
+
+  def batch_of(n):
+    return training.shard_batch({
+        "image": jax.random.normal(kx, (n, *spec.input_shape), jnp.float32),
+        "label": jax.random.randint(ky, (n,), 0, 10), "mask": jnp.ones((n,), bool)}, mesh)
+
+  batch = batch_of(args.batch)
+  variables = network.init(spec, kinit)
+  recipe = optim.Recipe(lr=0.1, momentum=0.9, weight_decay=5e-4, milestones=(80, 120))
+  tx = optim.make_optimizer(recipe, 390)
+  gates = training.replicate(network.gates_for(spec), mesh)
+  steps = {"plain": training.make_train_step(spec, tx, mesh=mesh, dtype=dtype)}
+  inputs = {"plain": (None, None, None, None), "gated": (gates, None, None, None)}
+  steps["gated"] = steps["plain"]
+  if "stats" in args.kinds:
+    steps["stats"] = training.make_train_step(spec, tx, mesh=mesh, dtype=dtype,
+                                              collect_stats=True)
+    inputs["stats"] = (gates, training.replicate(stats.empty_stats(spec), mesh), None, None)
+  if "masks" in args.kinds:
+    template = traverse_util.flatten_dict(Egp().init(spec)["masks"])
+    keys = jax.random.split(kmask, len(template))
+    masks = traverse_util.unflatten_dict({p: jax.random.bernoulli(k, 0.5, m.shape)
+                                          for k, (p, m) in zip(keys, template.items())})
+    steps["masks"] = steps["plain"]
+    inputs["masks"] = (gates, None, training.replicate(masks, mesh), None)
+  if "lacoot" in args.kinds:
+    units = lacoot.official_units(spec)
+    reg = lacoot.regularizer(units, 5.0, 50)
+    steps["lacoot"] = training.make_train_step(spec, tx, mesh=mesh, dtype=dtype,
+                                               regularizer=reg)
+    inputs["lacoot"] = (None, None, None,
+                        training.replicate({u: jnp.float32(1.0) for u in units}, mesh))
+
+  runners, compile_s = {}, {}
+  for kind in args.kinds:
+    state = training.replicate(training.TrainState.create(variables, tx, 0), mesh)
+    tic = time.perf_counter()
+    compiled = steps[kind].jitted.lower(state, batch, *inputs[kind]).compile()
+    compile_s[kind] = time.perf_counter() - tic
+    holder = {"state": state}
+
+    def run(n, compiled=compiled, holder=holder, extra=inputs[kind]):
+      wall, cpu = [], []
+      for _ in range(n):
+        tic, cpu_tic = time.perf_counter(), time.process_time()
+        holder["state"], metrics, _ = compiled(holder["state"], batch, *extra)
+        jax.block_until_ready((holder["state"], metrics))
+        wall.append(time.perf_counter() - tic)
+        cpu.append(time.process_time() - cpu_tic)
+      return wall, cpu
+
+    run(1)   # warm-up (allocations, caches)
+    runners[kind] = run
+
+  if args.eval:
+    eval_step = training.make_eval_step(spec, mesh=mesh, dtype=dtype)
+    evaluated = training.replicate(variables, mesh)
+    for n in sorted({1, args.batch}):
+      data = batch_of(n)
+      tic = time.perf_counter()
+      compiled = eval_step.jitted.lower(evaluated, data, None, None, None).compile()
+      compile_s[f"eval_{n}"] = time.perf_counter() - tic
+
+      def run(steps_, compiled=compiled, data=data):
+        wall, cpu = [], []
+        for _ in range(steps_):
+          tic, cpu_tic = time.perf_counter(), time.process_time()
+          jax.block_until_ready(compiled(evaluated, data, None, None, None))
+          wall.append(time.perf_counter() - tic)
+          cpu.append(time.process_time() - cpu_tic)
+        return wall, cpu
+
+      run(1)
+      runners[f"eval_{n}"] = run
+  return runners, {k: round(v, 2) for k, v in compile_s.items()}
+
+
+def time_side_by_side(runners, args):
+  """Runs every runner ``repeats`` times ``steps`` steps, rotating the order; per-step times."""
+  names = list(runners)
+  wall = {n: [] for n in names}
+  cpu = {n: [] for n in names}
+  for r in range(args.repeats):
+    shift = r % len(names)
+    for name in names[shift:] + names[:shift]:
+      w, c = runners[name](args.steps)
+      wall[name] += w
+      cpu[name] += c
+  return ({n: statistics.median(v) for n, v in wall.items()},
+          {n: statistics.median(v) for n, v in cpu.items()})
+
+
+def ratios(times, names, base):
+  return {f"{n}/{base}": round(times[n] / times[base], 3) for n in names
+          if n != base and n in times and base in times}
+
+
+def main(argv=None):
+  args = parse_args(argv)
+  keep = not args.default_malloc and host_memory.keep_freed_memory()
+  from jaxdepth import compilation_cache   # pylint: disable=import-outside-toplevel
+  compilation_cache.enable(None)           # cold compile times
+  import jax   # pylint: disable=import-outside-toplevel
+
+  python = torch_python(args)
+  worker = TorchWorker(python, keep) if python else None
+  out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
+         "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
+         "steps": args.steps, "repeats": args.repeats, "keep_host_memory": bool(keep),
+         "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+         "load_average_1min": round(os.getloadavg()[0], 2),
+         "torch": worker.info if worker else None, "models": {}}
+  try:
+    for model in args.models:
+      runners, compile_s = jax_runners(model, args)
+      if worker is not None:
+        for layout in LAYOUTS:
+          runners[f"torch_{layout}"] = (
+              lambda n, layout=layout: worker.run(model, layout, "train", args.batch, n))
+          if args.eval:
+            for n in sorted({1, args.batch}):
+              runners[f"torch_{layout}_eval_{n}"] = (
+                  lambda k, layout=layout, n=n: worker.run(model, layout, "eval", n, k))
+      wall, cpu = time_side_by_side(runners, args)
+      kinds = [k for k in args.kinds]
+      result = {"train_s": {k: round(wall[k], 4) for k in kinds},
+                "train_cpu_s": {k: round(cpu[k], 4) for k in kinds},
+                "ratios": ratios(wall, kinds, "plain"),
+                "ratios_cpu": ratios(cpu, kinds, "plain"),
+                "compile_s": compile_s}
+      if args.eval:
+        result["eval_s"] = {n: round(t, 5) for n, t in wall.items() if n.startswith("eval_")}
+      if worker is not None:
+        result["torch_s"] = {n[len("torch_"):]: round(t, 5) for n, t in wall.items()
+                             if n.startswith("torch_")}
+        result["torch_cpu_s"] = {n[len("torch_"):]: round(t, 5) for n, t in cpu.items()
+                                 if n.startswith("torch_")}
+        best = min(LAYOUTS, key=lambda layout: wall[f"torch_{layout}"])
+        result["vs_torch"] = {f"{k}/torch_{best}": round(wall[k] / wall[f"torch_{best}"], 3)
+                              for k in kinds}
+        result["vs_torch_cpu"] = {
+            f"{k}/torch_{best}": round(cpu[k] / cpu[f"torch_{best}"], 3) for k in kinds}
+        if args.eval:
+          for n in sorted({1, args.batch}):
+            fast = min(LAYOUTS, key=lambda layout, n=n: wall[f"torch_{layout}_eval_{n}"])
+            result["vs_torch"][f"eval_{n}/torch_{fast}_eval_{n}"] = round(
+                wall[f"eval_{n}"] / wall[f"torch_{fast}_eval_{n}"], 3)
+      out["models"][model] = result
+  finally:
+    if worker is not None:
+      worker.close()
+  print(json.dumps(out))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,359 @@
+"""Convolutions and max-pooling written the way XLA:CPU runs them fast, forward and backward.
+
+XLA:CPU hands a convolution to its fast kernels only in the canonical layout
+(``NHWC`` x ``HWIO``, no dilation). Automatic differentiation of
+``lax.conv_general_dilated`` asks for other convolutions: the input gradient of a
+strided convolution dilates the output gradient, the weight gradient contracts
+over the batch (both operands are transposed first), a depthwise convolution
+becomes a grouped one. Some of these fall off the fast kernels onto naive loops
+(CIFAR ResNet-18 on a 2-core CPU: 0.6 s for the input gradient of one 3x3
+stride-2 convolution from 4x4 to 2x2, 1.2 s for the weight gradient of one 1x1
+convolution of MobileNetV2, against milliseconds as matrix products). Max-pool's
+gradient becomes index tensors and a scatter.
+
+:func:`conv` is a convolution with a custom VJP that writes every pass as what
+the fast kernels run: canonical convolutions and 2-D matrix products, plus
+element-wise fusions. With ``x`` of shape ``(B, H, W, C)``, ``w`` of shape
+``(kh, kw, C/groups, O)`` and ``T_ij`` the tap ``(i, j)`` of the zero-padded
+input (the ``(B, OH, OW, C)`` slice that kernel position ``(i, j)`` reads)::
+
+    y      = sum_ij T_ij(x) @ w[i, j]
+    dx     = sum_ij T_ij^*(dy @ w[i, j]^T)       (T^*: the tap put back in place)
+    dw_ij  = T_ij(x)^T @ dy                     (contracted over B, OH, OW)
+
+Which formulation a convolution gets depends on its shapes (:func:`plan`):
+
+* ``"depthwise"`` (``groups == C == O``): the sums above with an element-wise
+  product per tap instead of a matrix product (one fused pass for ``y`` and for
+  ``dx``, one variadic reduction over the map for the nine ``dw_ij``);
+* ``"dense"`` (the input map has no more positions than the kernel, e.g. a 3x3
+  kernel on a 2x2 map, and the batch is large enough to pay for building ``M``):
+  the convolution is one matrix ``M`` of shape
+  ``(H W C, OH OW O)`` holding each kernel tap where it applies, ``y = x M``,
+  ``dx = dy M^T``, ``dM = x^T dy`` folded back onto the taps; it multiplies by
+  no padding, so it does fewer operations than the taps;
+* ``"patches"`` (1x1 kernels, or a kernel larger than the map, or few input
+  channels): the taps side by side as one ``(B OH OW, kh kw C)`` matrix ``P``,
+  ``y = P w``, ``dw = P^T dy``, ``dx`` from ``dy w^T`` put back tap by tap;
+* ``"xla"`` (everything else): XLA's own convolution for ``y``, the transposed
+  convolution for ``dx`` when the stride is 1 (else ``dx`` as for ``"patches"``),
+  XLA's weight gradient for ``dw``.
+
+Every formulation computes the same sums as ``lax.conv_general_dilated`` (in
+another order, so results agree to float rounding), and the tests check values and
+gradients of each against it. :func:`max_pool` is ``reduce_window`` max with a
+gradient computed from the taps (the first maximum of a window gets the
+gradient, as ``lax`` does), without a scatter.
+
+These are CPU formulations: :func:`jaxdepth.network.conv_general_dilated` uses
+them when JAX's default backend is the CPU; GPUs and TPUs keep XLA's own
+convolutions.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+__all__ = ["conv", "plan", "max_pool", "PLANS"]
+
+PLANS = ("xla", "patches", "dense", "depthwise")
+
+_NHWC = ("NHWC", "HWIO", "NHWC")
+
+# Below this many input channels per tap the weight gradient as one matrix product
+# of the taps side by side beats XLA's (the first convolution of an RGB network).
+_FEW_CHANNELS = 16
+
+# Building the dense matrix moves about 3 x 4 bytes per entry (gather, write, read)
+# and saves 2 * batch * (kh kw - H W) multiply-adds per entry of H W (OH OW C O);
+# with XLA:CPU doing about 10 flops in the time of a byte of memory traffic it pays
+# when batch * (kh kw - H W) > 60 H W: from a batch of 48 on a 2x2 map with a
+# 3x3 kernel (training batches; a batch of 1 at evaluation takes the patches).
+_DENSE_BUILD_COST = 60
+
+
+def _out_size(n: int, k: int, s: int, lo: int, hi: int) -> int:
+  return (n + lo + hi - k) // s + 1
+
+
+def plan(x_shape, w_shape, strides, padding, groups: int = 1) -> str:
+  """The formulation :func:`conv` uses for these shapes (one of :data:`PLANS`)."""
+  (h, w), c = x_shape[1:3], x_shape[3]
+  kh, kw, _, o = w_shape
+  if groups != 1:
+    return "depthwise" if groups == c == o and w_shape[2] == 1 else "xla"
+  if h * w <= kh * kw and (kh, kw) != (1, 1) and (
+      x_shape[0] * (kh * kw - h * w) > _DENSE_BUILD_COST * h * w):
+    return "dense"
+  if (kh, kw) == (1, 1) or kh > h or kw > w or c < _FEW_CHANNELS:
+    return "patches"
+  return "xla"
+
+
+def _taps(xp, kernel, strides, out):
+  """The ``kh * kw`` slices of the padded input that the kernel taps read, row-major."""
+  (kh, kw), (sh, sw), (oh, ow) = kernel, strides, out
+  b, _, _, c = xp.shape
+  return [lax.slice(xp, (0, i, j, 0), (b, i + sh * (oh - 1) + 1, j + sw * (ow - 1) + 1, c),
+                    (1, sh, sw, 1)) for i in range(kh) for j in range(kw)]
+
+
+def _untap(g, tap, strides, padding, in_hw):
+  """Puts ``g`` (a tap's ``(B, OH, OW, C)`` values) back where tap ``(i, j)`` read the input.
+
+  The adjoint of taking the tap: a strided placement into the unpadded input
+  frame (the padding rows and columns are cut away by negative padding).
+  """
+  (i, j), (sh, sw), ((pt, _), (pl, _)), (h, w) = tap, strides, padding, in_hw
+  oh, ow = g.shape[1:3]
+  lo_h, lo_w = i - pt, j - pl
+  return lax.pad(g, jnp.zeros((), g.dtype), (
+      (0, 0, 0), (lo_h, h - lo_h - (sh * (oh - 1) + 1), sh - 1),
+      (lo_w, w - lo_w - (sw * (ow - 1) + 1), sw - 1), (0, 0, 0)))
+
+
+def _pad(x, padding, value=0.0):
+  return lax.pad(x, jnp.asarray(value, x.dtype), ((0, 0, 0), (*padding[0], 0),
+                                                 (*padding[1], 0), (0, 0, 0)))
+
+
+def _dot_t(a, b):
+  """``a^T @ b`` for 2-D ``a``, ``b``, contracting their first axes (no explicit transpose)."""
+  return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+
+
+def _lax_conv(x, w, strides, padding, groups=1):
+  return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=_NHWC,
+                                  feature_group_count=groups)
+
+
+# ----------------------------------------------------------------------- patches
+
+
+def _patches(x, kernel, strides, padding, out):
+  """``(B, OH, OW, kh * kw * C)``: the taps side by side (tap-major, then channel)."""
+  taps = _taps(_pad(x, padding), kernel, strides, out)
+  return taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+
+
+def _col2im(dpatches, kernel, strides, padding, in_hw):
+  """The adjoint of :func:`_patches`: every tap's slice of ``dpatches`` put back and summed."""
+  kh, kw = kernel
+  c = dpatches.shape[-1] // (kh * kw)
+  parts = [_untap(dpatches[..., t * c:(t + 1) * c], divmod(t, kw), strides, padding, in_hw)
+           for t in range(kh * kw)]
+  return functools.reduce(jnp.add, parts)
+
+
+# ------------------------------------------------------------------------- dense
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_index(in_hw, kernel, strides, padding):
+  """For every (input position, output position) the kernel tap joining them, or ``kh*kw`` (none)."""
+  (h, w), (kh, kw), (sh, sw), ((pt, pb), (pl, pr)) = in_hw, kernel, strides, padding
+  oh, ow = _out_size(h, kh, sh, pt, pb), _out_size(w, kw, sw, pl, pr)
+  index = np.full((h * w, oh * ow), kh * kw, np.int32)
+  for p in range(h * w):
+    for q in range(oh * ow):
+      i, j = p // w - sh * (q // ow) + pt, p % w - sw * (q % ow) + pl
+      if 0 <= i < kh and 0 <= j < kw:
+        index[p, q] = i * kw + j
+  return index
+
+
+def _dense_matrix(w, index):
+  """``M`` of shape ``(H W C, OH OW O)``: ``M[(p, c), (q, o)] = w[tap(p, q), c, o]`` or 0."""
+  kh, kw, c, o = w.shape
+  taps = jnp.concatenate([w.reshape(kh * kw, c, o), jnp.zeros((1, c, o), w.dtype)])
+  m = taps[index]                                   # (HW, OHOW, C, O), static gather
+  return m.transpose(0, 2, 1, 3).reshape(index.shape[0] * c, index.shape[1] * o)
+
+
+def _dense_fold(dm, index, w_shape):
+  """The adjoint of :func:`_dense_matrix`: each tap's gradient is the sum of its blocks."""
+  kh, kw, c, o = w_shape
+  blocks = dm.reshape(index.shape[0], c, index.shape[1], o)
+  out = []
+  for t in range(kh * kw):
+    pairs = np.argwhere(index == t)
+    parts = [blocks[p, :, q, :] for p, q in pairs]
+    out.append(functools.reduce(jnp.add, parts) if parts else jnp.zeros((c, o), dm.dtype))
+  return jnp.stack(out).reshape(w_shape)
+
+
+# ------------------------------------------------------------------------ passes
+
+
+def _depthwise(xp, w, strides, out):
+  """``y = sum_ij T_ij(x) * w[i, j]`` from the padded input ``xp``, one fused pass."""
+  kh, kw = w.shape[:2]
+  taps = _taps(xp, (kh, kw), strides, out)
+  return functools.reduce(jnp.add, [t * w[i, j, 0] for (i, j), t in
+                                    zip(np.ndindex(kh, kw), taps)])
+
+
+def _forward(x, w, strides, padding, groups, how):
+  b, h, wd, c = x.shape
+  kh, kw, _, o = w.shape
+  out = (_out_size(h, kh, strides[0], *padding[0]), _out_size(wd, kw, strides[1], *padding[1]))
+  if how == "depthwise":
+    return _depthwise(_pad(x, padding), w, strides, out)
+  if how == "dense":
+    m = _dense_matrix(w, _dense_index((h, wd), (kh, kw), strides, padding))
+    return (x.reshape(b, -1) @ m).reshape(b, *out, o)
+  if how == "patches":
+    p = _patches(x, (kh, kw), strides, padding, out)
+    return (p.reshape(-1, p.shape[-1]) @ w.reshape(-1, o)).reshape(b, *out, o)
+  return _lax_conv(x, w, strides, padding, groups)
+
+
+def _input_grad(dy, w, x_shape, strides, padding, groups, how):
+  b, h, wd, c = x_shape
+  kh, kw, _, o = w.shape
+  if how == "depthwise":
+    parts = [_untap(dy * w[i, j, 0], (i, j), strides, padding, (h, wd))
+             for i, j in np.ndindex(kh, kw)]
+    return functools.reduce(jnp.add, parts)
+  if how == "dense":
+    m = _dense_matrix(w, _dense_index((h, wd), (kh, kw), strides, padding))
+    return lax.dot_general(dy.reshape(b, -1), m, (((1,), (1,)), ((), ()))).reshape(x_shape)
+  if how == "xla" and strides == (1, 1):
+    zeros = jnp.zeros(x_shape, dy.dtype)
+    return jax.vjp(lambda x: _lax_conv(x, w, strides, padding, groups), zeros)[1](dy)[0]
+  dpatches = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())))
+  dpatches = dpatches.reshape(*dy.shape[:3], kh * kw * c)
+  return _col2im(dpatches, (kh, kw), strides, padding, (h, wd))
+
+
+def _weight_grad(dy, x, w_shape, strides, padding, groups, how):
+  """``dw``; for ``"depthwise"``, ``x`` is the padded input the forward pass kept."""
+  b, h, wd, c = x.shape
+  kh, kw, _, o = w_shape
+  out = dy.shape[1:3]
+  if how == "depthwise":
+    taps = _taps(x, (kh, kw), strides, out)
+    # One pass over x and dy for every tap: summed over the map first (one (B, C)
+    # row per tap), then over the batch; XLA:CPU runs a reduction over all of
+    # (B, OH, OW) at once many times slower.
+    sums = lax.reduce([t * dy for t in taps], [jnp.zeros((), dy.dtype)] * len(taps),
+                      lambda a, b: [u + v for u, v in zip(a, b)], (1, 2))
+    return jnp.sum(jnp.stack(sums), axis=1).reshape(w_shape)
+  if how == "dense":
+    index = _dense_index((h, wd), (kh, kw), strides, padding)
+    return _dense_fold(_dot_t(x.reshape(b, -1), dy.reshape(b, -1)), index, w_shape)
+  if how == "patches":
+    p = _patches(x, (kh, kw), strides, padding, out)
+    return _dot_t(p.reshape(-1, p.shape[-1]), dy.reshape(-1, o)).reshape(w_shape)
+  zeros = jnp.zeros(w_shape, dy.dtype)
+  return jax.vjp(lambda w: _lax_conv(x, w, strides, padding, groups), zeros)[1](dy)[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _conv(x, w, strides, padding, groups, how):
+  return _forward(x, w, strides, padding, groups, how)
+
+
+def _conv_fwd(x, w, strides, padding, groups, how):
+  # The input is kept as one materialised buffer (padded, for depthwise): without
+  # the barrier XLA recomputes the BatchNorm and activation that produce it inside
+  # every backward fusion that reads it (a transposition, each of nine taps).
+  if how == "depthwise":
+    xp = lax.optimization_barrier(_pad(x, padding))
+    out = (_out_size(x.shape[1], w.shape[0], strides[0], *padding[0]),
+           _out_size(x.shape[2], w.shape[1], strides[1], *padding[1]))
+    return _depthwise(xp, w, strides, out), (xp, w)
+  x = lax.optimization_barrier(x)
+  return _forward(x, w, strides, padding, groups, how), (x, w)
+
+
+def _conv_bwd(strides, padding, groups, how, residuals, dy):
+  x, w = residuals
+  x_shape = x.shape
+  if how == "depthwise":   # x is the padded input
+    (pt, pb), (pl, pr) = padding
+    x_shape = (x.shape[0], x.shape[1] - pt - pb, x.shape[2] - pl - pr, x.shape[3])
+  dy = lax.optimization_barrier(dy)   # computed once, read by both gradients
+  return (_input_grad(dy, w, x_shape, strides, padding, groups, how),
+          _weight_grad(dy, x, w.shape, strides, padding, groups, how))
+
+
+_conv.defvjp(_conv_fwd, _conv_bwd)
+
+
+def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0)),
+         groups: int = 1, how: str | None = None) -> jax.Array:
+  """A 2-D convolution of ``x`` ``(B, H, W, C)`` with ``w`` ``(kh, kw, C/groups, O)``.
+
+  The same function as ``lax.conv_general_dilated(x, w, strides, padding,
+  dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)``
+  (no dilation, explicit non-negative padding), differentiable, with every pass
+  written as ``how`` says (default :func:`plan`; the module docstring has the
+  formulas).
+
+  Raises:
+    ValueError: ``how`` is not one of :data:`PLANS`, or names a formulation that
+      does not apply to these shapes.
+  """
+  strides = tuple(int(s) for s in strides)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  if any(p < 0 for pair in padding for p in pair):
+    raise ValueError(f"conv takes non-negative padding, got {padding}")
+  planned = plan(x.shape, w.shape, strides, padding, groups)
+  how = planned if how is None else how
+  if how not in PLANS:
+    raise ValueError(f"unknown convolution formulation {how!r}; expected one of {PLANS}")
+  if (how == "depthwise") != (planned == "depthwise") or (groups != 1 and how != planned):
+    raise ValueError(f"formulation {how!r} does not apply to a convolution with "
+                     f"{groups} groups, input {x.shape} and kernel {w.shape}")
+  if how == "xla" and groups != 1:
+    return _lax_conv(x, w, strides, padding, groups)
+  return _conv(x, w, strides, padding, groups, how)
+
+
+# ---------------------------------------------------------------------- max-pool
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+  return _max_pool_fwd(x, window, strides, padding)[0]
+
+
+def _max_pool_fwd(x, window, strides, padding):
+  y = lax.reduce_window(_pad(x, padding, -jnp.inf), jnp.asarray(-jnp.inf, x.dtype), lax.max,
+                        (1, *window, 1), (1, *strides, 1), "VALID")
+  return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, residuals, dy):
+  x, y = residuals
+  taps = _taps(_pad(x, padding, -jnp.inf), window, strides, y.shape[1:3])
+  found = jnp.zeros(y.shape, bool)
+  parts = []
+  for tap, t in zip(np.ndindex(*window), taps):
+    hit = (t == y) & ~found                       # the first maximum of each window
+    found = found | hit
+    parts.append(_untap(jnp.where(hit, dy, jnp.zeros((), dy.dtype)), tap, strides, padding,
+                        x.shape[1:3]))
+  # Summed from the last tap to the first: an input that is the maximum of several
+  # windows gets their gradients in the windows' row-major order, as lax sums them.
+  return (functools.reduce(jnp.add, parts[::-1]),)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: jax.Array, window, strides, padding) -> jax.Array:
+  """Max-pooling of ``x`` ``(B, H, W, C)`` over ``window`` with -inf ``padding`` pairs.
+
+  The same values as ``flax.linen.max_pool`` (``lax.reduce_window``); the gradient
+  goes to the first maximum of each window, as ``lax``'s does, but is computed from
+  the taps and put back with padding instead of a scatter.
+  """
+  window, strides = tuple(int(k) for k in window), tuple(int(s) for s in strides)
+  padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+  return _max_pool(x, window, strides, padding)

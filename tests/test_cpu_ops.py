@@ -1,0 +1,116 @@
+"""cpu_ops: every formulation of a convolution, and max-pool, against lax (values and gradients)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import linen as nn
+from jax import lax
+
+from jaxdepth import cpu_ops
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+def _loss(conv):
+  """A scalar whose gradient is a different number at every output position."""
+  def loss(x, w):
+    y = conv(x, w)
+    return jnp.sum(jnp.sin(y) * jnp.arange(y.size, dtype=y.dtype).reshape(y.shape) / y.size)
+  return loss
+
+
+def _values_and_grads(conv):
+  """``conv(x, w)`` and the gradients of :func:`_loss` in ``x`` and ``w``, one compiled call."""
+  return jax.jit(lambda x, w: (conv(x, w), jax.grad(_loss(conv), (0, 1))(x, w)))
+
+
+def _check(how, x_shape, w_shape, strides, padding, groups=1):
+  x = jax.random.normal(jax.random.key(0), x_shape)
+  w = jax.random.normal(jax.random.key(1), w_shape)
+  ours = lambda x, w: cpu_ops.conv(x, w, strides, padding, groups, how=how)
+  ref = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC,
+                                              feature_group_count=groups)
+  (y, grads), (y_ref, grads_ref) = (_values_and_grads(f)(x, w) for f in (ours, ref))
+  assert y.shape == y_ref.shape
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+# (x shape, kernel (kh, kw, C, O), strides, padding): strided, asymmetric padding,
+# non-square kernels, a kernel larger than the map, a 1x1 map.
+DENSE_SHAPES = [
+    ((3, 5, 5, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
+    ((2, 6, 5, 4), (3, 3, 4, 2), (2, 2), ((1, 1), (1, 1))),
+    ((2, 4, 4, 2), (3, 2, 2, 3), (2, 1), ((1, 0), (0, 2))),
+    ((2, 2, 2, 5), (3, 3, 5, 3), (1, 1), ((1, 1), (1, 1))),
+    ((2, 4, 4, 3), (3, 3, 3, 4), (2, 2), ((1, 1), (1, 1))),
+    ((3, 1, 1, 4), (3, 3, 4, 2), (1, 1), ((1, 1), (1, 1))),
+    ((2, 3, 3, 3), (1, 1, 3, 4), (2, 2), ((0, 0), (0, 0))),
+    ((2, 3, 3, 2), (5, 5, 2, 3), (1, 1), ((2, 2), (2, 2))),
+]
+
+
+@pytest.mark.parametrize("how", ["xla", "patches", "dense"])
+@pytest.mark.parametrize("x_shape, w_shape, strides, padding", DENSE_SHAPES)
+def test_dense_formulations_equal_lax_values_and_gradients(how, x_shape, w_shape, strides, padding):
+  _check(how, x_shape, w_shape, strides, padding)
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding", [
+    ((2, 6, 6, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),
+    ((2, 7, 7, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 5, 4, 4), (3, 1), (2, 1), ((1, 0), (0, 2))),
+    ((2, 2, 2, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),
+])
+def test_depthwise_equals_lax_values_and_gradients(x_shape, kernel, strides, padding):
+  c = x_shape[-1]
+  _check("depthwise", x_shape, (*kernel, 1, c), strides, padding, groups=c)
+
+
+def test_grouped_convolution_keeps_lax():
+  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
+  w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))
+  assert cpu_ops.plan(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2) == "xla"
+  _check(None, x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2)
+
+
+@pytest.mark.parametrize("x_shape, w_shape, groups, expected", [
+    ((128, 2, 2, 512), (3, 3, 512, 512), 1, "dense"),    # ResNet-18 layer4 at training
+    ((1, 2, 2, 512), (3, 3, 512, 512), 1, "patches"),    # ... at batch 1: no matrix to build
+    ((128, 8, 8, 64), (1, 1, 64, 128), 1, "patches"),    # 1x1
+    ((128, 32, 32, 3), (3, 3, 3, 64), 1, "patches"),     # RGB stem
+    ((128, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),
+    ((128, 16, 16, 32), (3, 3, 1, 32), 32, "depthwise"),
+    ((128, 16, 16, 32), (3, 3, 16, 32), 2, "xla"),
+])
+def test_plan_picks_the_formulation_for_the_shapes(x_shape, w_shape, groups, expected):
+  assert cpu_ops.plan(x_shape, w_shape, (1, 1), ((1, 1), (1, 1)), groups) == expected
+
+
+def test_bad_formulations_are_refused():
+  x, w = jnp.zeros((1, 4, 4, 2)), jnp.zeros((3, 3, 2, 2))
+  with pytest.raises(ValueError, match="unknown convolution formulation 'fft'"):
+    cpu_ops.conv(x, w, how="fft")
+  with pytest.raises(ValueError, match="does not apply"):
+    cpu_ops.conv(x, w, how="depthwise")
+  with pytest.raises(ValueError, match="non-negative padding"):
+    cpu_ops.conv(x, w, padding=((-1, 0), (0, 0)))
+
+
+@pytest.mark.parametrize("x_shape, window, strides, padding", [
+    ((2, 8, 8, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),    # the ResNet stem's pool
+    ((2, 6, 6, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),
+    ((2, 5, 7, 2), (3, 2), (1, 2), ((1, 0), (0, 1))),
+])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_equals_lax_values_and_gradients(x_shape, window, strides, padding, ties):
+  x = jax.random.normal(jax.random.key(2), x_shape)
+  if ties:   # few distinct values: windows with several maxima, inputs shared by windows
+    x = jnp.round(x)
+  (y, (dx, _)), (y_ref, (dx_ref, _)) = (
+      _values_and_grads(lambda x, _, pool=pool: pool(x, window, strides, padding))(x, x)
+      for pool in (cpu_ops.max_pool, nn.max_pool))
+  np.testing.assert_array_equal(y, y_ref)
+  np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-7)
