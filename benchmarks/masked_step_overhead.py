@@ -6,7 +6,8 @@ the paper's recipe) without masks and with element-wise masks on the 17
 prunable convs (:func:`jaxdepth.methods.egp.layer_map`, half of each pruned),
 which :func:`jaxdepth.optim.keep_masked` applies to the gradient and to the
 update. The two steps are timed side by side in one process, alternating blocks
-of steps, and the medians compared, so a noisy machine affects both alike.
+of steps, and the medians compared, so a noisy machine affects both alike. Freed host
+memory is kept in the process (:mod:`jaxdepth.host_memory`), as the commands keep it.
 Prints one JSON line::
 
     {"model": "resnet18", "batch": 128, "step_s_plain": ..., "step_s_masked": ...,
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 from flax import traverse_util
 
-from jaxdepth import network, optim, training, zoo
+from jaxdepth import host_memory, network, optim, training, zoo
 from jaxdepth.methods import Egp
 
 
@@ -70,6 +71,7 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if min(args.batch, args.steps, args.repeats) <= 0:
     parser.error("--batch, --steps and --repeats must be positive")
+  keep = host_memory.keep_freed_memory()   # as the commands do
 
   spec = zoo.get(args.model, num_classes=10, input_shape=(32, 32, 3))
   kx, ky, kinit, kmask = jax.random.split(jax.random.key(args.seed), 4)
@@ -111,7 +113,8 @@ def main(argv=None):
       "overhead_min": round(min(times_masked) / min(times_plain) - 1, 4),
       "masked_kernels": len(traverse_util.flatten_dict(masks)),
       "device": jax.devices()[0].device_kind, "backend": jax.default_backend(),
-      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+      "glibc_tunables": os.environ.get("GLIBC_TUNABLES"), "keep_host_memory": keep,
+      "load_average": os.getloadavg(),
   }))
 
 

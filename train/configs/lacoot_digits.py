@@ -9,7 +9,9 @@ layer2/1-2, layer3/1-2). One training of 20 epochs with Adam (lr 3e-3, x0.1 at
 epoch 15, batch 64, one-pixel shifts) and λ = 1, 50 projections; then the
 blocks are replaced by the identity in ascending order of their validation
 distance, one more per iteration, with no fine-tuning. The chosen model is the
-deepest removal within 1 point of the trained network's validation accuracy.
+deepest removal within 2 points of the trained network's validation accuracy:
+the validation split has 144 images, so one image is 0.69 points, and with no
+fine-tuning after a removal a tolerance of 1 point allows a single image.
 """
 
 import ml_collections
@@ -30,5 +32,5 @@ def get_config():
   config.eval_batch_size = 512
   config.weight = 1.0
   config.n_projections = 50
-  config.tolerance = 1.0
+  config.tolerance = 2.0   # two validation images of 144
   return config
