@@ -1,7 +1,7 @@
 """JAX's persistent compilation cache, on by default for the ``python -m train`` commands.
 
 XLA compiles every jitted step the first time a process runs it (a CIFAR
-ResNet-18 train step: 4 s on a 2-core CPU, 7 s with site statistics). With the
+ResNet-18 train step: about 4 s on a 2-core CPU, 6-7 s with site statistics). With the
 persistent cache, compiled executables are written to a directory and a later
 process running the same computation on the same backend and versions loads
 them instead of compiling: a second run of the same command compiles nothing
