@@ -6,7 +6,8 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from jaxdepth import cpu_ops
+from jaxdepth import cpu_ops, network
+from jaxdepth import spec as S
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -114,3 +115,18 @@ def test_max_pool_equals_lax_values_and_gradients(x_shape, window, strides, padd
       for pool in (cpu_ops.max_pool, nn.max_pool))
   np.testing.assert_array_equal(y, y_ref)
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
+def test_the_executor_uses_them_on_the_cpu_only(monkeypatch, backend):
+  monkeypatch.setattr(jax, "default_backend", lambda: backend)
+  x, w = jnp.zeros((2, 4, 4, 3)), jnp.zeros((3, 3, 3, 5))
+  conv = jax.make_jaxpr(lambda x, w: network.conv_general_dilated(
+      x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC))(x, w)
+  pool = jax.make_jaxpr(lambda x: network.pool(S.Pool("p", "max", window=3, stride=2, padding=1),
+                                               x))(x)
+  names = {e.primitive.name for e in conv.eqns}, {e.primitive.name for e in pool.eqns}
+  if backend == "cpu":
+    assert names == ({"custom_vjp_call"}, {"custom_vjp_call"})
+  else:
+    assert "conv_general_dilated" in names[0] and "custom_vjp_call" not in names[0] | names[1]
