@@ -46,19 +46,29 @@ gradient computed from the taps (the first maximum of a window gets the
 gradient, as ``lax`` does), without a scatter.
 
 These are CPU formulations: :func:`jaxdepth.network.conv_general_dilated` uses
-them when JAX's default backend is the CPU; GPUs and TPUs keep XLA's own
-convolutions.
+them when JAX's default backend is the CPU (:func:`wanted`); GPUs and TPUs keep
+XLA's own convolutions.
+
+Custom VJPs support reverse-mode differentiation only: ``jax.jvp``, ``jax.jacfwd``
+and ``jax.hessian`` of a network through them fail with "can't apply
+forward-mode autodiff (jvp) to a custom_vjp function". Set
+``JAXDEPTH_CPU_CONVOLUTIONS=xla`` (before the function is traced) to have the
+executor use XLA's own convolutions and max-pool on the CPU too, which every
+transformation supports.
 """
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["conv", "plan", "max_pool", "PLANS"]
+__all__ = ["conv", "plan", "max_pool", "wanted", "PLANS", "ENV"]
+
+ENV = "JAXDEPTH_CPU_CONVOLUTIONS"
 
 PLANS = ("xla", "patches", "dense", "depthwise")
 
@@ -74,6 +84,23 @@ _FEW_CHANNELS = 16
 # when batch * (kh kw - H W) > 60 H W: from a batch of 48 on a 2x2 map with a
 # 3x3 kernel (training batches; a batch of 1 at evaluation takes the patches).
 _DENSE_BUILD_COST = 60
+
+
+def wanted(environ=None) -> bool:
+  """Whether the executor uses these formulations: on the CPU, unless ``JAXDEPTH_CPU_CONVOLUTIONS=xla``.
+
+  Read when a network is traced, so a setting changed later applies to functions
+  traced after it. ``environ`` defaults to ``os.environ``.
+
+  Raises:
+    ValueError: the variable is set to anything but ``xla`` or ``cpu_ops``.
+  """
+  environ = os.environ if environ is None else environ
+  value = environ.get(ENV, "cpu_ops").strip().lower()
+  if value not in ("xla", "cpu_ops"):
+    raise ValueError(f"{ENV}={environ[ENV]!r}: expected 'xla' (XLA's own convolutions, every "
+                     "JAX transformation) or 'cpu_ops' (the default: faster training on the CPU)")
+  return value == "cpu_ops" and jax.default_backend() == "cpu"
 
 
 def _out_size(n: int, k: int, s: int, lo: int, hi: int) -> int:

@@ -171,12 +171,13 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   with its forward and backward passes written as the convolutions and matrix
   products XLA:CPU runs fast (a tiny map as one matrix product, depthwise as
   shifted multiply-adds, weight gradients as matrix products, no naive
-  loops). Anything else, and every other backend, goes to
+  loops). Anything else, every other backend, and ``JAXDEPTH_CPU_CONVOLUTIONS=xla``
+  (for forward-mode differentiation, which the custom VJPs do not support) go to
   ``lax.conv_general_dilated``.
   """
   spatial = lhs.shape[1:-1]
   nhwc = ("NHWC", "HWIO", "NHWC")
-  if (jax.default_backend() == "cpu" and kw == {} and precision is None and len(spatial) == 2
+  if (kw == {} and precision is None and len(spatial) == 2 and cpu_ops.wanted()
       and not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
       and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc) in (
           dimension_numbers, jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,
@@ -196,7 +197,7 @@ def pool(node: S.Pool, x: jax.Array) -> jax.Array:
   if node.op == "adaptive_avg":
     return adaptive_avg_pool(x, node.output_size)
   if node.op == "max":
-    if jax.default_backend() == "cpu":
+    if cpu_ops.wanted():
       return cpu_ops.max_pool(x, node.window, node.stride, node.padding)
     return nn.max_pool(x, node.window, node.stride, node.padding)
   return nn.avg_pool(x, node.window, node.stride, node.padding, count_include_pad=True)

@@ -130,3 +130,34 @@ def test_the_executor_uses_them_on_the_cpu_only(monkeypatch, backend):
     assert names == ({"custom_vjp_call"}, {"custom_vjp_call"})
   else:
     assert "conv_general_dilated" in names[0] and "custom_vjp_call" not in names[0] | names[1]
+
+
+def test_xla_convolutions_on_request_for_forward_mode(monkeypatch):
+  """Custom VJPs refuse ``jax.jvp``; ``JAXDEPTH_CPU_CONVOLUTIONS=xla`` gives lax's ops back."""
+  spec = S.Spec((6, 6, 2), [
+      S.Conv("c1", 4, 3, padding=1), S.Act("relu1", "relu"),
+      S.Pool("p", "max", window=3, stride=2, padding=1),
+      S.Conv("c2", 3, 3, stride=2, padding=1), S.Act("relu2", "relu"),
+      S.Flatten("flat"), S.Dense("fc", 5)], name="fwd")
+  variables = network.init(spec, jax.random.key(0))
+  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
+  t = jax.random.normal(jax.random.key(2), x.shape)
+  logits = lambda x: network.forward(spec, variables, x).logits
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jvp(logits, (x,), (t,))
+  jacobian = jax.jacrev(logits)(x)                   # reverse mode through cpu_ops
+  monkeypatch.setenv(cpu_ops.ENV, "xla")
+  assert not cpu_ops.wanted()
+  names = {e.primitive.name for e in jax.make_jaxpr(logits)(x).eqns}
+  assert "conv_general_dilated" in names and "custom_vjp_call" not in names
+  y, tangent = jax.jvp(logits, (x,), (t,))
+  np.testing.assert_allclose(y, logits(x), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(tangent, jnp.einsum("bkaxyc,axyc->bk", jacobian, t),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_a_bad_convolution_setting_is_named():
+  with pytest.raises(ValueError, match="JAXDEPTH_CPU_CONVOLUTIONS='fast'.*'xla'"):
+    cpu_ops.wanted({cpu_ops.ENV: "fast"})
+  assert cpu_ops.wanted({cpu_ops.ENV: " XLA "}) is False
+  assert cpu_ops.wanted({}) is (jax.default_backend() == "cpu")
