@@ -131,6 +131,17 @@ def torch_python(args):
   return sys.executable if importlib.util.find_spec("torch") is not None else None
 
 
+def timed(call, n):
+  """Calls ``call()`` ``n`` times; the wall and CPU seconds of each call, as two lists."""
+  wall, cpu = [], []
+  for _ in range(n):
+    tic, cpu_tic = time.perf_counter(), time.process_time()
+    call()
+    wall.append(time.perf_counter() - tic)
+    cpu.append(time.process_time() - cpu_tic)
+  return wall, cpu
+
+
 def jax_runners(model, args):
   """``{name: (run(steps) -> (wall, cpu) lists, compile seconds)}`` for one model."""
   import jax   # pylint: disable=import-outside-toplevel
@@ -185,14 +196,10 @@ def jax_runners(model, args):
     holder = {"state": state}
 
     def run(n, compiled=compiled, holder=holder, extra=inputs[kind]):
-      wall, cpu = [], []
-      for _ in range(n):
-        tic, cpu_tic = time.perf_counter(), time.process_time()
+      def step():
         holder["state"], metrics, _ = compiled(holder["state"], batch, *extra)
         jax.block_until_ready((holder["state"], metrics))
-        wall.append(time.perf_counter() - tic)
-        cpu.append(time.process_time() - cpu_tic)
-      return wall, cpu
+      return timed(step, n)
 
     run(1)   # warm-up (allocations, caches)
     runners[kind] = run
@@ -206,14 +213,9 @@ def jax_runners(model, args):
       compiled = eval_step.jitted.lower(evaluated, data, None, None, None).compile()
       compile_s[f"eval_{n}"] = time.perf_counter() - tic
 
-      def run(steps_, compiled=compiled, data=data):
-        wall, cpu = [], []
-        for _ in range(steps_):
-          tic, cpu_tic = time.perf_counter(), time.process_time()
-          jax.block_until_ready(compiled(evaluated, data, None, None, None))
-          wall.append(time.perf_counter() - tic)
-          cpu.append(time.process_time() - cpu_tic)
-        return wall, cpu
+      def run(n, compiled=compiled, data=data):
+        return timed(lambda: jax.block_until_ready(compiled(evaluated, data, None, None, None)),
+                     n)
 
       run(1)
       runners[f"eval_{n}"] = run

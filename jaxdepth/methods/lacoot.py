@@ -333,6 +333,11 @@ def transformer_layers(spec: S.Spec) -> tuple[str, ...]:
       and _holds(n, (Attention, WindowAttention)) and shapes[p][0] == shapes[p][1])
 
 
+def _is_swin(spec: S.Spec) -> bool:
+  """Whether ``spec`` has windowed attention (a Swin transformer)."""
+  return any(isinstance(n, WindowAttention) for _, n in spec.walk())
+
+
 def _mlp_output(spec: S.Spec, layer: str) -> str:
   """The last node of the layer's MLP half before its stochastic depth (Swin's ``mlp[4]``)."""
   mlp = spec.node(layer).layers[-1]
@@ -354,7 +359,7 @@ def compared_outputs(spec: S.Spec, units, pairing: str = "block") -> tuple[str, 
   units = tuple(units)
   if pairing not in PAIRINGS:
     raise ValueError(f"unknown LaCoOT pairing {pairing!r}; expected one of {PAIRINGS}")
-  if pairing == "block" or not any(isinstance(n, WindowAttention) for _, n in spec.walk()):
+  if pairing == "block" or not _is_swin(spec):
     return units
   layers = set(transformer_layers(spec))
   return tuple(_mlp_output(spec, u) if u in layers else u for u in units)
@@ -379,7 +384,7 @@ def official_units(spec: S.Spec) -> tuple[str, ...]:
   Raises:
     ValueError: an architecture the authors' code does not cover.
   """
-  if any(isinstance(n, WindowAttention) for _, n in spec.walk()):
+  if _is_swin(spec):
     return transformer_layers(spec)
   if spec.name.startswith("mobilenet_v2"):
     shapes = spec.shapes()
