@@ -171,7 +171,7 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
   with its forward and backward passes written as the convolutions and matrix
   products XLA:CPU runs fast (a tiny map as one matrix product, depthwise as
   shifted multiply-adds, weight gradients as matrix products, no naive
-  loops). Anything else, every other backend, and ``JAXDEPTH_CPU_CONVOLUTIONS=xla``
+  loops). Anything else, every other backend, and ``JAXDEPTH_CPU_OPS=xla``
   (for forward-mode differentiation, which the custom VJPs do not support) go to
   ``lax.conv_general_dilated``.
   """
@@ -242,7 +242,32 @@ def _conv(module, n: S.Conv, path, x, ctx):
                  conv_general_dilated=conv_general_dilated, name=n.name)(x)
 
 
+class _TrainBatchNorm(nn.Module):
+  """``nn.BatchNorm`` in training mode, float32, as :func:`jaxdepth.cpu_ops.batch_norm`.
+
+  The same variables (``scale``, ``bias``; ``batch_stats`` ``mean``, ``var``),
+  initial values and running-average update as Flax's.
+  """
+  momentum: float
+  epsilon: float
+
+  @nn.compact
+  def __call__(self, x):
+    features = (x.shape[-1],)
+    ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
+    ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
+    scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
+    y, mean, var = cpu_ops.batch_norm(x, scale, bias, self.epsilon)
+    if not self.is_initializing():
+      ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
+      ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
+    return y
+
+
 def _batch_norm(module, n: S.BatchNorm, path, x, ctx):
+  if ctx.train and x.dtype == jnp.float32 and cpu_ops.wanted():
+    return _TrainBatchNorm(n.momentum, n.epsilon, name=n.name)(x)
   return nn.BatchNorm(use_running_average=not ctx.train, momentum=n.momentum,
                       epsilon=n.epsilon, dtype=ctx.dtype, name=n.name)(x)
 

@@ -1,4 +1,4 @@
-"""cpu_ops: every formulation of a convolution, and max-pool, against lax (values and gradients)."""
+"""cpu_ops: every formulation of a convolution, max-pool and BatchNorm, against lax and Flax (values and gradients)."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -117,6 +117,69 @@ def test_max_pool_equals_lax_values_and_gradients(x_shape, window, strides, padd
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-6, atol=1e-7)
 
 
+def _flax_batch_norm(x, scale, bias, epsilon):
+  """Flax's training-mode BatchNorm and the batch statistics it averages into its running ones."""
+  momentum = 0.5
+  features = x.shape[-1]
+  stats = {"mean": jnp.zeros(features), "var": jnp.zeros(features)}
+  y, updated = nn.BatchNorm(use_running_average=False, momentum=momentum, epsilon=epsilon).apply(
+      {"params": {"scale": scale, "bias": bias}, "batch_stats": stats}, x, mutable=["batch_stats"])
+  return (y, updated["batch_stats"]["mean"] / (1 - momentum),
+          updated["batch_stats"]["var"] / (1 - momentum))
+
+
+@pytest.mark.parametrize("x_shape, offset", [((4, 5, 3, 6), 0.0), ((3, 4, 4, 5), 3.0), ((16, 7), 1.0)])
+def test_batch_norm_equals_flax_values_and_gradients(x_shape, offset):
+  keys = jax.random.split(jax.random.key(0), 6)
+  x = offset + 2.0 * jax.random.normal(keys[0], x_shape)
+  scale = 1.0 + 0.3 * jax.random.normal(keys[1], x_shape[-1:])
+  bias = 0.3 * jax.random.normal(keys[2], x_shape[-1:])
+  # A cotangent for each output: y's differs at every position, the statistics' per channel.
+  weights = [jax.random.normal(k, s) for k, s in zip(keys[3:], (x_shape, x_shape[-1:],
+                                                                 x_shape[-1:]))]
+
+  def values_and_grads(batch_norm):
+    loss = lambda *args: sum(jnp.sum(jnp.sin(o) * w) for o, w in zip(batch_norm(*args, 1e-3),
+                                                                      weights))
+    return jax.jit(lambda *a: (batch_norm(*a, 1e-3), jax.grad(loss, (0, 1, 2))(*a)))(
+        x, scale, bias)
+
+  (outs, grads), (outs_ref, grads_ref) = (values_and_grads(f) for f in (cpu_ops.batch_norm,
+                                                                         _flax_batch_norm))
+  for a, b in zip(outs, outs_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_executor_trains_batch_norm_as_flax_does(monkeypatch):
+  """Train-mode forward, updated statistics and gradients with cpu_ops equal those with Flax's BatchNorm."""
+  spec = S.Spec((6, 6, 3), [
+      S.Conv("c1", 4, 3, padding=1), S.BatchNorm("bn1", momentum=0.8), S.Act("relu1", "relu"),
+      S.Conv("c2", 5, 3, stride=2, padding=1), S.BatchNorm("bn2"), S.Act("relu2", "relu"),
+      S.Flatten("flat"), S.Dense("fc", 5)], name="bn")
+  variables = network.init(spec, jax.random.key(0))
+  x = 1.0 + jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
+
+  def train_forward():
+    def loss(params):
+      out = network.forward(spec, {**variables, "params": params}, x, train=True)
+      weights = jnp.arange(out.logits.size).reshape(out.logits.shape) / out.logits.size
+      return jnp.sum(jnp.sin(out.logits) * weights), out.batch_stats
+    names = {e.primitive.name for e in jax.make_jaxpr(loss)(variables["params"]).eqns}
+    return names, jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+
+  names, ((value, stats), grads) = train_forward()
+  monkeypatch.setenv(cpu_ops.ENV, "xla")
+  names_ref, ((value_ref, stats_ref), grads_ref) = train_forward()
+  assert "custom_vjp_call" in names and "custom_vjp_call" not in names_ref
+  np.testing.assert_allclose(value, value_ref, rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves((stats, grads)), jax.tree.leaves((stats_ref, grads_ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert jax.tree.structure(stats) == jax.tree.structure(stats_ref)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 def test_the_executor_uses_them_on_the_cpu_only(monkeypatch, backend):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
@@ -132,17 +195,17 @@ def test_the_executor_uses_them_on_the_cpu_only(monkeypatch, backend):
     assert "conv_general_dilated" in names[0] and "custom_vjp_call" not in names[0] | names[1]
 
 
-def test_xla_convolutions_on_request_for_forward_mode(monkeypatch):
-  """Custom VJPs refuse ``jax.jvp``; ``JAXDEPTH_CPU_CONVOLUTIONS=xla`` gives lax's ops back."""
+def test_xla_ops_on_request_for_forward_mode(monkeypatch):
+  """Custom VJPs refuse ``jax.jvp``; ``JAXDEPTH_CPU_OPS=xla`` gives lax's ops and Flax's BatchNorm back."""
   spec = S.Spec((6, 6, 2), [
-      S.Conv("c1", 4, 3, padding=1), S.Act("relu1", "relu"),
+      S.Conv("c1", 4, 3, padding=1), S.BatchNorm("bn1"), S.Act("relu1", "relu"),
       S.Pool("p", "max", window=3, stride=2, padding=1),
       S.Conv("c2", 3, 3, stride=2, padding=1), S.Act("relu2", "relu"),
       S.Flatten("flat"), S.Dense("fc", 5)], name="fwd")
   variables = network.init(spec, jax.random.key(0))
   x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
   t = jax.random.normal(jax.random.key(2), x.shape)
-  logits = lambda x: network.forward(spec, variables, x).logits
+  logits = lambda x: network.forward(spec, variables, x, train=True).logits
   with pytest.raises(TypeError, match="forward-mode"):
     jax.jvp(logits, (x,), (t,))
   jacobian = jax.jacrev(logits)(x)                   # reverse mode through cpu_ops
@@ -156,8 +219,8 @@ def test_xla_convolutions_on_request_for_forward_mode(monkeypatch):
                              rtol=1e-4, atol=1e-5)
 
 
-def test_a_bad_convolution_setting_is_named():
-  with pytest.raises(ValueError, match="JAXDEPTH_CPU_CONVOLUTIONS='fast'.*'xla'"):
+def test_a_bad_cpu_ops_setting_is_named():
+  with pytest.raises(ValueError, match="JAXDEPTH_CPU_OPS='fast'.*'xla'"):
     cpu_ops.wanted({cpu_ops.ENV: "fast"})
   assert cpu_ops.wanted({cpu_ops.ENV: " XLA "}) is False
   assert cpu_ops.wanted({}) is (jax.default_backend() == "cpu")
