@@ -44,9 +44,10 @@ another order, so results agree to float rounding), and the tests check values a
 gradients of each against it. :func:`max_pool` is ``reduce_window`` max with a
 gradient computed from the taps (the first maximum of a window gets the
 gradient, as ``lax`` does), without a scatter. :func:`batch_norm` is training-mode
-BatchNorm with its gradient written out (two passes over the activations each way,
-where automatic differentiation of the mean and variance makes XLA keep and
-re-read the centred input).
+BatchNorm with its gradient written out: two passes over the activations each way
+that read only the input and the output gradient, where automatic
+differentiation of the mean and variance makes XLA write and re-read a centred
+copy of the input.
 
 These are CPU formulations: the executor (:mod:`jaxdepth.network`) uses them
 when JAX's default backend is the CPU (:func:`wanted`); GPUs and TPUs keep XLA's
@@ -427,10 +428,15 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
       d x     = scale * inv * (g - d bias / n - xc * inv * d scale / n)
                 + g_mean / n + xc * 2 g_var / n
 
-  One pass over ``x`` for the two sums forward, one for ``y``; backward, one pass
-  over ``x`` and ``g`` for the two sums and one for ``d x``. The residuals are
-  ``x`` and per-channel vectors. Where the variance is clipped to 0 (a constant
-  channel) the formula keeps the unclipped variance's gradient; there ``xc`` is 0.
+  Forward, the column sums of ``x`` and ``x^2``, then ``y = x a + b`` with
+  per-channel ``a``, ``b``; backward, the column sums of ``g`` and ``g x`` (``sum(g xc)
+  = sum(g x) - mean sum(g)``), then ``d x``. Every pass reads only ``x`` and ``g``
+  (the residuals are ``x`` and per-channel vectors), where automatic
+  differentiation of Flax's BatchNorm has XLA write and re-read a centred copy of
+  ``x``. Like Flax's fast variance, the uncentred sums lose precision in a channel
+  whose mean is many standard deviations away from 0. Where the variance is
+  clipped to 0 (a constant channel) the formula keeps the unclipped variance's
+  gradient; there ``xc`` is 0.
   """
   return _batch_norm_fwd(x, scale, bias, epsilon)[0]
 
