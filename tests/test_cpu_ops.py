@@ -70,6 +70,16 @@ def test_depthwise_equals_lax_values_and_gradients(x_shape, kernel, strides, pad
   _check("depthwise", x_shape, (*kernel, 1, c), strides, padding, groups=c)
 
 
+@pytest.mark.parametrize("x_shape, w_shape", [
+    ((2, 4, 4, 3), (3, 3, 3, 5)),      # the smallest even map: every tile touches the padding
+    ((3, 6, 8, 4), (3, 3, 4, 2)),      # non-square
+    ((2, 5, 7, 3), (3, 3, 3, 4)),      # odd sizes: a zero row and column complete the tiles
+    ((1, 3, 2, 2), (3, 3, 2, 2)),
+])
+def test_winograd_equals_lax_values_and_gradients(x_shape, w_shape):
+  _check("winograd", x_shape, w_shape, (1, 1), ((1, 1), (1, 1)))
+
+
 def test_grouped_convolution_keeps_lax():
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
   w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))
@@ -82,7 +92,10 @@ def test_grouped_convolution_keeps_lax():
     ((1, 2, 2, 512), (3, 3, 512, 512), 1, "patches"),    # ... at batch 1: no matrix to build
     ((128, 8, 8, 64), (1, 1, 64, 128), 1, "patches"),    # 1x1
     ((128, 32, 32, 3), (3, 3, 3, 64), 1, "patches"),     # RGB stem
-    ((128, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),
+    ((128, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),      # too few channels for Winograd
+    ((128, 8, 8, 128), (3, 3, 128, 128), 1, "xla"),       # ResNet-18 layer2: too few
+    ((128, 4, 4, 256), (3, 3, 256, 256), 1, "winograd"),  # ResNet-18 layer3
+    ((1, 4, 4, 256), (3, 3, 256, 256), 1, "xla"),         # ... at batch 1: too few tiles
     ((128, 16, 16, 32), (3, 3, 1, 32), 32, "depthwise"),
     ((128, 16, 16, 32), (3, 3, 16, 32), 2, "xla"),
 ])
@@ -96,6 +109,10 @@ def test_bad_formulations_are_refused():
     cpu_ops.conv(x, w, how="fft")
   with pytest.raises(ValueError, match="does not apply"):
     cpu_ops.conv(x, w, how="depthwise")
+  with pytest.raises(ValueError, match="does not apply"):
+    cpu_ops.conv(x, w, strides=(2, 2), padding=((1, 1), (1, 1)), how="winograd")
+  with pytest.raises(ValueError, match="does not apply"):
+    cpu_ops.conv(x, jnp.zeros((5, 5, 2, 2)), padding=((1, 1), (1, 1)), how="winograd")
   with pytest.raises(ValueError, match="non-negative padding"):
     cpu_ops.conv(x, w, padding=((-1, 0), (0, 0)))
 
@@ -104,6 +121,9 @@ def test_bad_formulations_are_refused():
     ((2, 8, 8, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),    # the ResNet stem's pool
     ((2, 6, 6, 3), (2, 2), (2, 2), ((0, 0), (0, 0))),
     ((2, 5, 7, 2), (3, 2), (1, 2), ((1, 0), (0, 1))),
+    ((2, 9, 7, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),    # odd maps: a last row read by one window
+    ((2, 7, 8, 2), (2, 2), (3, 3), ((0, 1), (1, 0))),    # stride > window: inputs no window reads
+    ((1, 6, 6, 2), (3, 3), (1, 1), ((1, 1), (1, 1))),    # every input in nine windows
 ])
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_equals_lax_values_and_gradients(x_shape, window, strides, padding, ties):
