@@ -270,6 +270,16 @@ def _combine(coefficients, terms):
   return out
 
 
+@jax.custom_vjp
+def _materialised_cotangent(y):
+  """``y``, with its cotangent materialised once (an optimization barrier) in the backward pass."""
+  return y
+
+
+_materialised_cotangent.defvjp(lambda y: (y, None),
+                               lambda _, g: (lax.optimization_barrier(g),))
+
+
 def _winograd(x, w):
   """A 3x3, stride-1, padding-1 convolution as Winograd F(2x2, 3x3) (see the module docstring)."""
   b, h, wd, c = x.shape
@@ -292,7 +302,7 @@ def _winograd(x, w):
   at = _WINOGRAD_AT
   rows = [[_combine(at[p], [m[a, j] for a in range(4)]) for j in range(4)] for p in range(2)]
   y = [jnp.stack([_combine(at[q], rows[p]) for q in range(2)], axis=3) for p in range(2)]
-  return jnp.stack(y, axis=2).reshape(b, 2 * th, 2 * tw, o)[:, :h, :wd]
+  return _materialised_cotangent(jnp.stack(y, axis=2).reshape(b, 2 * th, 2 * tw, o)[:, :h, :wd])
 
 
 # ------------------------------------------------------------------------ passes
