@@ -33,17 +33,17 @@ Which formulation a convolution gets depends on its shapes (:func:`plan`):
   ``dx = dy M^T``, ``dM = x^T dy`` folded back onto the taps; it multiplies by
   no padding, so it does fewer operations than the taps;
 * ``"winograd"`` (3x3 kernel, stride 1, padding 1 on each side, a map of at
-  least 4x4, enough channels, ``C O / (C + O) >= 128``, and at least 128 tiles
+  least 4x4, enough channels, ``C O / (C + O) >= 64``, and at least 128 tiles
   of 2x2 in the batch): Winograd's minimal filtering F(2x2, 3x3)
   (Lavin & Gray, 2016, "Fast Algorithms for Convolutional Neural Networks").
   Each 2x2 output tile ``Y`` comes from the 4x4 input tile ``d`` around it as
   ``Y = A^T [(G w G^T) * (B^T d B)] A``, where ``*`` is one ``(C, O)`` matrix
   product per tile position across channels: 16 matrix products of
   ``(B H W / 4, C) x (C, O)``, 2.25 times fewer multiply-adds than the nine
-  taps. ``B``, ``G`` and ``A`` hold only 0, +-1 and +-1/2, so the transforms are
-  additions; the gradients are those of the same formula (automatic
-  differentiation of matrix products and additions). Below the thresholds the
-  transforms' memory traffic costs more than the multiply-adds save;
+  taps. ``B``, ``G`` and ``A`` hold only 0, +-1 and +-1/2; the gradients are
+  those of the same formula (automatic differentiation of matrix products).
+  Below the thresholds the transforms' memory traffic costs more than the
+  multiply-adds save;
 * ``"patches"`` (1x1 kernels, or a kernel larger than the map, or few input
   channels): the taps side by side as one ``(B OH OW, kh kw C)`` matrix ``P``,
   ``y = P w``, ``dw = P^T dy``, ``dx`` from ``dy w^T`` put back tap by tap;
@@ -105,12 +105,12 @@ _DENSE_BUILD_COST = 60
 # Winograd's 16 products of (tiles, C) x (C, O) pay for input and output
 # transforms whose traffic grows with C + O, and for a weight transform whose
 # traffic grows with C O whatever the batch. Measured on a 2-core CPU at batch
-# 128, forward + backward of one convolution: 4x4x256 and 8x8x256 maps 30 %
-# faster than XLA's convolution, 8x8x128 10 %, 8x8x64 and 16x16x64 slower; in
-# the CIFAR ResNet-18 train step, Winograd on layer3 (4x4x256) makes the step
-# 3-4 % faster, and adding layer2 (8x8x128) takes that gain back. Forward alone,
-# 4x4x256 is slower up to 16 tiles (batch 4), faster from 64 (batch 16).
-_WINOGRAD_CHANNELS = 128
+# 128, both gradients of one convolution against XLA's: 4x4x256 26 % and 8x8x128
+# 9 % faster, 16x16x128 4x faster, 8x8x64 and 16x16x64 about 25 % slower; the
+# CIFAR ResNet-18 train step 5-9 % faster with layer3 (4x4x256) alone, 10-13 %
+# with layer2 (8x8x128) too, 3-10 % with layer1 (16x16x64) as well. Forward
+# alone, 4x4x256 is slower up to 16 tiles (batch 4), faster from 64 (batch 16).
+_WINOGRAD_CHANNELS = 64
 _WINOGRAD_TILES = 128
 
 
@@ -254,20 +254,9 @@ def _dense_fold(dm, index, w_shape):
 # ---------------------------------------------------------------------- winograd
 
 # F(2x2, 3x3): Y = A^T [(G w G^T) * (B^T d B)] A on 4x4 input tiles d.
-_WINOGRAD_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
-_WINOGRAD_G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
-_WINOGRAD_AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-
-
-def _combine(coefficients, terms):
-  """``sum_k coefficients[k] * terms[k]``, skipping zeros and multiplying by +-1 for free."""
-  out = None
-  for a, t in zip(coefficients, terms):
-    if a == 0:
-      continue
-    t = t if a == 1 else -t if a == -1 else t * a
-    out = t if out is None else out + t
-  return out
+_WINOGRAD_BT = np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], np.float32)
+_WINOGRAD_G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
+_WINOGRAD_AT = np.array([[1, 1, 1, 0], [0, 1, -1, -1]], np.float32)
 
 
 @jax.custom_vjp
@@ -281,28 +270,29 @@ _materialised_cotangent.defvjp(lambda y: (y, None),
 
 
 def _winograd(x, w):
-  """A 3x3, stride-1, padding-1 convolution as Winograd F(2x2, 3x3) (see the module docstring)."""
+  """A 3x3, stride-1, padding-1 convolution as Winograd F(2x2, 3x3) (see the module docstring).
+
+  Each transform is one matrix product with a Kronecker product of the 1-D
+  transforms (``B^T d B`` of all tiles is ``kron(B^T, B^T)`` times the 16 tile
+  elements stacked): few, large operations, which XLA:CPU compiles and runs faster
+  than the same additions written out.
+  """
   b, h, wd, c = x.shape
   o = w.shape[-1]
   th, tw = -(-h // 2), -(-wd // 2)                     # tiles; odd sizes get one zero row
   x = lax.optimization_barrier(x)
   xp = jnp.pad(x, ((0, 0), (1, 1 + 2 * th - h), (1, 1 + 2 * tw - wd), (0, 0)))
-  # Tile element (i, j) of every tile is a plain slice of one of the four
-  # even/odd row/column planes: the gradient puts four planes back, not 16 taps.
+  # Tile element (i, j) of every tile is a plain slice of one of the four even/odd
+  # row/column planes: the gradient puts four planes back, not 16 strided taps.
   planes = [[xp[:, p::2, q::2] for q in range(2)] for p in range(2)]
-  d = [[planes[i % 2][j % 2][:, i // 2:i // 2 + th, j // 2:j // 2 + tw] for j in range(4)]
-       for i in range(4)]
-  bt = _WINOGRAD_BT
-  cols = [[_combine(bt[a], [d[i][j] for i in range(4)]) for j in range(4)] for a in range(4)]
-  v = jnp.stack([_combine(bt[e], cols[a]) for a in range(4) for e in range(4)])
-  g = _WINOGRAD_G
-  gw = [[_combine(g[a], [w[i, j] for i in range(3)]) for j in range(3)] for a in range(4)]
-  u = jnp.stack([_combine(g[e], gw[a]) for a in range(4) for e in range(4)])
-  m = jnp.einsum("trc,tco->tro", v.reshape(16, -1, c), u).reshape(4, 4, b, th, tw, o)
-  at = _WINOGRAD_AT
-  rows = [[_combine(at[p], [m[a, j] for a in range(4)]) for j in range(4)] for p in range(2)]
-  y = [jnp.stack([_combine(at[q], rows[p]) for q in range(2)], axis=3) for p in range(2)]
-  return _materialised_cotangent(jnp.stack(y, axis=2).reshape(b, 2 * th, 2 * tw, o)[:, :h, :wd])
+  d = jnp.stack([planes[i % 2][j % 2][:, i // 2:i // 2 + th, j // 2:j // 2 + tw]
+                 for i in range(4) for j in range(4)])
+  v = (np.kron(_WINOGRAD_BT, _WINOGRAD_BT) @ d.reshape(16, -1)).reshape(16, -1, c)
+  u = (np.kron(_WINOGRAD_G, _WINOGRAD_G) @ w.reshape(9, -1)).reshape(16, c, o)
+  m = jnp.einsum("trc,tco->tro", v, u)
+  y = (np.kron(_WINOGRAD_AT, _WINOGRAD_AT) @ m.reshape(16, -1)).reshape(2, 2, b, th, tw, o)
+  y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * th, 2 * tw, o)
+  return _materialised_cotangent(y[:, :h, :wd])
 
 
 # ------------------------------------------------------------------------ passes

@@ -93,7 +93,7 @@ def test_grouped_convolution_keeps_lax():
     ((128, 8, 8, 64), (1, 1, 64, 128), 1, "patches"),    # 1x1
     ((128, 32, 32, 3), (3, 3, 3, 64), 1, "patches"),     # RGB stem
     ((128, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),      # too few channels for Winograd
-    ((128, 8, 8, 128), (3, 3, 128, 128), 1, "xla"),       # ResNet-18 layer2: too few
+    ((128, 8, 8, 128), (3, 3, 128, 128), 1, "winograd"),  # ResNet-18 layer2
     ((128, 4, 4, 256), (3, 3, 256, 256), 1, "winograd"),  # ResNet-18 layer3
     ((1, 4, 4, 256), (3, 3, 256, 256), 1, "xla"),         # ... at batch 1: too few tiles
     ((128, 16, 16, 32), (3, 3, 1, 32), 32, "depthwise"),
