@@ -287,10 +287,12 @@ def _winograd(x, w):
   planes = [[xp[:, p::2, q::2] for q in range(2)] for p in range(2)]
   d = jnp.stack([planes[i % 2][j % 2][:, i // 2:i // 2 + th, j // 2:j // 2 + tw]
                  for i in range(4) for j in range(4)])
-  v = (np.kron(_WINOGRAD_BT, _WINOGRAD_BT) @ d.reshape(16, -1)).reshape(16, -1, c)
-  u = (np.kron(_WINOGRAD_G, _WINOGRAD_G) @ w.reshape(9, -1)).reshape(16, c, o)
+  # The transforms' entries (0, +-1/4, +-1/2, +-1) are exact in every float dtype.
+  kron = lambda a, dtype: jnp.asarray(np.kron(a, a), dtype)
+  v = (kron(_WINOGRAD_BT, x.dtype) @ d.reshape(16, -1)).reshape(16, -1, c)
+  u = (kron(_WINOGRAD_G, w.dtype) @ w.reshape(9, -1)).reshape(16, c, o)
   m = jnp.einsum("trc,tco->tro", v, u)
-  y = (np.kron(_WINOGRAD_AT, _WINOGRAD_AT) @ m.reshape(16, -1)).reshape(2, 2, b, th, tw, o)
+  y = (kron(_WINOGRAD_AT, m.dtype) @ m.reshape(16, -1)).reshape(2, 2, b, th, tw, o)
   y = y.transpose(2, 3, 0, 4, 1, 5).reshape(b, 2 * th, 2 * tw, o)
   return _materialised_cotangent(y[:, :h, :wd])
 

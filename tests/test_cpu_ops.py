@@ -80,6 +80,15 @@ def test_winograd_equals_lax_values_and_gradients(x_shape, w_shape):
   _check("winograd", x_shape, w_shape, (1, 1), ((1, 1), (1, 1)))
 
 
+def test_winograd_keeps_the_dtype():
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3), jnp.bfloat16)
+  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2), jnp.bfloat16)
+  y = cpu_ops.conv(x, w, (1, 1), ((1, 1), (1, 1)), how="winograd")
+  y_ref = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
+  assert y.dtype == jnp.bfloat16
+  np.testing.assert_allclose(y.astype(jnp.float32), y_ref.astype(jnp.float32), rtol=0.05, atol=0.1)
+
+
 def test_grouped_convolution_keeps_lax():
   x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
   w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))
