@@ -261,7 +261,11 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if main_process:
     workdir.mkdir(parents=True, exist_ok=True)
     if not (workdir / "run.json").exists() or not _has_progress(workdir):
-      (workdir / "run.json").write_text(json.dumps(identity, indent=1))
+      # Atomically: the other processes read it in _check_identity meanwhile, and a
+      # half-written file is no JSON.
+      tmp = workdir / "run.json.tmp"
+      tmp.write_text(json.dumps(identity, indent=1))
+      tmp.replace(workdir / "run.json")
 
   state = method.init(spec)
   entries: list[dict[str, Any]] = []
