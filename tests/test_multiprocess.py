@@ -203,7 +203,7 @@ def _only_process_zero_writes_reports_logs_and_plots(out):
   # Process 1 writes its own parts of the orbax checkpoints, nothing else.
   assert second and all("/checkpoints/" in p for p in second), sorted(second)[:10]
   for method in METHODS:
-    assert {f"{method}/report.json.tmp", f"{method}/report.md", f"{method}/run.json",
+    assert {f"{method}/report.json.tmp", f"{method}/report.md", f"{method}/run.json.tmp",
             f"{method}/accuracy.png"} <= first, method
   assert {"egp/sparsity.png", "lacoot/lacoot.json", "lacoot/distances.png", "tlc/tlc.json",
           "tlc/loss_gaps.png"} <= first
