@@ -263,9 +263,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     if not (workdir / "run.json").exists() or not _has_progress(workdir):
       # Atomically: the other processes read it in _check_identity meanwhile, and a
       # half-written file is no JSON.
-      tmp = workdir / "run.json.tmp"
-      tmp.write_text(json.dumps(identity, indent=1))
-      tmp.replace(workdir / "run.json")
+      report_lib.write_json(workdir, identity, name="run.json")
 
   state = method.init(spec)
   entries: list[dict[str, Any]] = []

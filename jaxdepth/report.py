@@ -416,14 +416,15 @@ def without_timings(report: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def write_json(directory: str | os.PathLike, report: dict[str, Any]) -> pathlib.Path:
-  """Writes ``directory/report.json`` atomically."""
+def write_json(directory: str | os.PathLike, report: dict[str, Any],
+               name: str = "report.json") -> pathlib.Path:
+  """Writes ``directory/name`` atomically (a reader sees the old file or the new one, whole)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  tmp = directory / "report.json.tmp"
+  tmp = directory / f"{name}.tmp"
   tmp.write_text(json.dumps(report, indent=1))
-  tmp.replace(directory / "report.json")
-  return directory / "report.json"
+  tmp.replace(directory / name)
+  return directory / name
 
 
 def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pathlib.Path]:
