@@ -18,8 +18,8 @@ current one is used when it can import torch), the same train and eval steps in 
 (NCHW) layouts. jaxdepth never depends on torch.
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
-every variant in turn (the order rotating), so a change in machine load hits all
-alike; the figures are medians over steps of wall time (``*_s``) and of the
+every variant in turn (in a new, seeded random order each repeat), so a change in
+machine load hits all alike; the figures are medians over steps of wall time (``*_s``) and of the
 process's CPU time (``*_cpu_s``, less sensitive to other processes on a loaded
 machine). Prints one JSON object with, per model, the times, their ratios to
 ``plain`` (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's
@@ -38,7 +38,7 @@ with glibc's defaults.
 Run::
 
     python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
-        [--repeats 3] [--kinds plain gated stats masks lacoot]
+        [--repeats 5] [--kinds plain gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
 """
 from __future__ import annotations
@@ -48,6 +48,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import random
 import statistics
 import subprocess
 import sys
@@ -71,7 +72,7 @@ def parse_args(argv):
                       help="train-step variants to time")
   parser.add_argument("--batch", type=int, default=128, help="training (and eval) batch")
   parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
-  parser.add_argument("--repeats", type=int, default=3, help="timed blocks of each variant")
+  parser.add_argument("--repeats", type=int, default=5, help="timed blocks of each variant")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jaxdepth's compute dtype (PyTorch runs float32)")
   parser.add_argument("--no-eval", dest="eval", action="store_false",
@@ -223,13 +224,18 @@ def jax_runners(model, args):
 
 
 def time_side_by_side(runners, args):
-  """Runs every runner ``repeats`` times ``steps`` steps, rotating the order; per-step times."""
+  """Runs every runner ``repeats`` times ``steps`` steps, in a new order each repeat; per-step times.
+
+  The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
+  cyclic order, so one variant would always run right after PyTorch's process
+  and another right after it.
+  """
   names = list(runners)
   wall = {n: [] for n in names}
   cpu = {n: [] for n in names}
-  for r in range(args.repeats):
-    shift = r % len(names)
-    for name in names[shift:] + names[:shift]:
+  order = random.Random(0)
+  for _ in range(args.repeats):
+    for name in order.sample(names, len(names)):
       w, c = runners[name](args.steps)
       wall[name] += w
       cpu[name] += c
