@@ -19,9 +19,9 @@ current one is used when it can import torch), the same train and eval steps in 
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
 every variant in turn (in a new, seeded random order each repeat), so a change in
-machine load hits all alike; the figures are medians over steps of wall time (``*_s``) and of the
-process's CPU time (``*_cpu_s``, less sensitive to other processes on a loaded
-machine). Prints one JSON object with, per model, the times, their ratios to
+machine load hits all alike; the figures are medians over steps of wall time
+(``*_s``) and of the process's CPU time (``*_cpu_s``, less sensitive to other
+processes on a loaded machine). Prints one JSON object with, per model, the times, their ratios to
 ``plain`` (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's
 faster layout (``vs_torch``; ``vs_torch_fastest`` from each side's fastest step:
 when other processes share the cores PyTorch's step slows far more than XLA's,
@@ -224,7 +224,7 @@ def jax_runners(model, args):
 
 
 def time_side_by_side(runners, args):
-  """Runs every runner ``repeats`` times ``steps`` steps, in a new order each repeat; per-step times.
+  """Runs every runner ``repeats`` times ``steps`` steps, in a new order each time; per-step times.
 
   The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
   cyclic order, so one variant would always run right after PyTorch's process
