@@ -461,7 +461,7 @@ def _max_pool_fwd(x, window, strides, padding):
   return y, (first, x.shape[1:3])
 
 
-def _pool_residues(n, k, s, lo):
+def _pool_residues(k, s, lo):
   """For each residue ``r`` of an input index modulo the stride ``s``: the taps ``t`` that
   read such indices, latest first, each with the offset ``d`` of the window that reads
   input ``s q + r`` through it (window ``q + d``)."""
@@ -480,8 +480,8 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
   first, (h, w) = residuals
   (kh, kw), (sh, sw) = window, strides
   (oh, ow), zero = dy.shape[1:3], jnp.zeros((), dy.dtype)
-  rows = _pool_residues(h, kh, sh, padding[0][0])
-  cols = _pool_residues(w, kw, sw, padding[1][0])
+  rows = _pool_residues(kh, sh, padding[0][0])
+  cols = _pool_residues(kw, sw, padding[1][0])
   qh, qw = -(-h // sh), -(-w // sw)
   # A border of windows that read nothing (tap -1) makes every shifted read a plain slice.
   dh = [d for taps in rows for _, d in taps] or [0]
