@@ -225,7 +225,14 @@ class _Context:
 
 def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
   """Runs ``nodes`` inside ``module``'s compact scope."""
-  for n in nodes:
+  nodes, i = tuple(nodes), 0
+  while i < len(nodes):
+    n = nodes[i]
+    if _fuses_with_batch_norm(nodes[i:i + 2], x, ctx, prefix):
+      x = _pointwise_conv_batch_norm(module, n, nodes[i + 1], x)
+      i += 2
+      continue
+    i += 1
     path = prefix + n.name
     x_in = x
     x = _run_node(module, n, path, x, ctx)
@@ -252,17 +259,55 @@ class _TrainBatchNorm(nn.Module):
   epsilon: float
 
   @nn.compact
-  def __call__(self, x):
-    features = (x.shape[-1],)
+  def __call__(self, x, pointwise_kernel=None):
+    """BatchNorm of ``x``, or with a ``(C, O)`` ``pointwise_kernel`` of the 1x1 convolution ``x @ kernel``."""
+    features = (x.shape[-1] if pointwise_kernel is None else pointwise_kernel.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
     scale = self.param("scale", nn.initializers.ones, features, jnp.float32)
     bias = self.param("bias", nn.initializers.zeros, features, jnp.float32)
-    y, mean, var = cpu_ops.batch_norm(x, scale, bias, self.epsilon)
+    if pointwise_kernel is None:
+      y, mean, var = cpu_ops.batch_norm(x, scale, bias, self.epsilon)
+    else:
+      y, mean, var = cpu_ops.pointwise_conv_batch_norm(x, pointwise_kernel, scale, bias,
+                                                       self.epsilon)
     if not self.is_initializing():
       ra_mean.value = self.momentum * ra_mean.value + (1 - self.momentum) * mean
       ra_var.value = self.momentum * ra_var.value + (1 - self.momentum) * var
     return y
+
+
+def _fuses_with_batch_norm(pair, x, ctx: _Context, prefix: str) -> bool:
+  """Whether ``pair`` is a 1x1 conv and a BatchNorm that train as one :func:`~jaxdepth.cpu_ops.pointwise_conv_batch_norm`.
+
+  On the CPU in float32 training, for a bias-free, stride-1, unpadded 1x1
+  convolution whose shapes make it pay, when neither node is captured or gated
+  (both need the convolution's own output).
+  """
+  if len(pair) != 2 or type(pair[0]) is not S.Conv or type(pair[1]) is not S.BatchNorm:
+    return False
+  conv = pair[0]
+  paths = {prefix + n.name for n in pair}
+  return (ctx.train and x.dtype == jnp.float32 and ctx.dtype in (None, jnp.float32)
+          and conv.kernel == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
+          and conv.padding == ((0, 0), (0, 0)) and not conv.bias
+          and not paths & ctx.capture and not paths & set(ctx.node_gates or ())
+          and cpu_ops.wanted() and cpu_ops.pointwise_batch_norm_pays(x.shape[-1], conv.features))
+
+
+class _PointwiseKernel(nn.Module):
+  """The kernel of a 1x1 ``nn.Conv`` (same name, shape and initialiser), for a fused pass to use."""
+  in_features: int
+  features: int
+
+  @nn.compact
+  def __call__(self):
+    return self.param("kernel", _conv_init, (1, 1, self.in_features, self.features), jnp.float32)
+
+
+def _pointwise_conv_batch_norm(module, conv: S.Conv, bn: S.BatchNorm, x):
+  kernel = _PointwiseKernel(x.shape[-1], conv.features, name=conv.name)()
+  return _TrainBatchNorm(bn.momentum, bn.epsilon, name=bn.name)(x, kernel[0, 0])
 
 
 def _batch_norm(module, n: S.BatchNorm, path, x, ctx):

@@ -182,11 +182,48 @@ def test_batch_norm_equals_flax_values_and_gradients(x_shape, offset):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("x_shape, out, offset", [((4, 5, 3, 6), 9, 0.0), ((3, 4, 4, 2), 7, 2.0),
+                                                 ((2, 3, 3, 5), 4, 0.5)])
+def test_pointwise_conv_batch_norm_equals_conv_then_flax_batch_norm(x_shape, out, offset):
+  keys = jax.random.split(jax.random.key(0), 7)
+  x = offset + jax.random.normal(keys[0], x_shape)
+  w = jax.random.normal(keys[1], (x_shape[-1], out))
+  scale = 1.0 + 0.3 * jax.random.normal(keys[2], (out,))
+  bias = 0.3 * jax.random.normal(keys[3], (out,))
+  weights = [jax.random.normal(k, s) for k, s in zip(keys[4:], ((*x_shape[:-1], out), (out,),
+                                                                (out,)))]
+
+  def reference(x, w, scale, bias, epsilon):
+    y = lax.conv_general_dilated(x, w[None, None], (1, 1), "VALID", dimension_numbers=NHWC)
+    return _flax_batch_norm(y, scale, bias, epsilon)
+
+  def values_and_grads(fused):
+    loss = lambda *args: sum(jnp.sum(jnp.sin(o) * v) for o, v in zip(fused(*args, 1e-3), weights))
+    return jax.jit(lambda *a: (fused(*a, 1e-3), jax.grad(loss, (0, 1, 2, 3))(*a)))(
+        x, w, scale, bias)
+
+  (outs, grads), (outs_ref, grads_ref) = (values_and_grads(f) for f in (
+      cpu_ops.pointwise_conv_batch_norm, reference))
+  for a, b in zip(outs, outs_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("in_channels, out_channels, pays", [
+    (16, 96, True), (24, 144, True), (64, 384, True),       # MobileNetV2's expand layers
+    (96, 576, False), (160, 960, False), (144, 24, False), (32, 32, False)])
+def test_the_fused_pointwise_batch_norm_is_chosen_where_it_pays(in_channels, out_channels, pays):
+  assert cpu_ops.pointwise_batch_norm_pays(in_channels, out_channels) is pays
+
+
 def test_the_executor_trains_batch_norm_as_flax_does(monkeypatch):
   """Train-mode forward, updated statistics and gradients with cpu_ops equal those with Flax's BatchNorm."""
   spec = S.Spec((6, 6, 3), [
       S.Conv("c1", 4, 3, padding=1), S.BatchNorm("bn1", momentum=0.8), S.Act("relu1", "relu"),
       S.Conv("c2", 5, 3, stride=2, padding=1), S.BatchNorm("bn2"), S.Act("relu2", "relu"),
+      S.Conv("expand", 12, 1), S.BatchNorm("bn3"), S.Act("relu3", "relu6"),
       S.Flatten("flat"), S.Dense("fc", 5)], name="bn")
   variables = network.init(spec, jax.random.key(0))
   x = 1.0 + jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
@@ -199,7 +236,11 @@ def test_the_executor_trains_batch_norm_as_flax_does(monkeypatch):
     names = {e.primitive.name for e in jax.make_jaxpr(loss)(variables["params"]).eqns}
     return names, jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
 
+  fused = []
+  monkeypatch.setattr(cpu_ops, "pointwise_conv_batch_norm",
+                      lambda *a, f=cpu_ops.pointwise_conv_batch_norm: fused.append(a[1].shape) or f(*a))
   names, ((value, stats), grads) = train_forward()
+  assert fused and set(fused) == {(5, 12)}           # expand + bn3 as one pass, c1 and c2 not
   monkeypatch.setenv(cpu_ops.ENV, "xla")
   names_ref, ((value_ref, stats_ref), grads_ref) = train_forward()
   assert "custom_vjp_call" in names and "custom_vjp_call" not in names_ref
@@ -207,6 +248,28 @@ def test_the_executor_trains_batch_norm_as_flax_does(monkeypatch):
   for a, b in zip(jax.tree.leaves((stats, grads)), jax.tree.leaves((stats_ref, grads_ref))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
   assert jax.tree.structure(stats) == jax.tree.structure(stats_ref)
+
+
+def test_a_captured_or_gated_pointwise_conv_keeps_its_own_output(monkeypatch):
+  """The fused 1x1 conv + BatchNorm steps aside where a node's own output is asked for."""
+  spec = S.Spec((4, 4, 2), [S.Conv("expand", 8, 1), S.BatchNorm("bn"), S.Act("relu", "relu6"),
+                            S.Flatten("flat"), S.Dense("fc", 3)], name="pw")
+  variables = network.init(spec, jax.random.key(0))
+  params = variables["params"]
+  x = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
+  fused = []
+  monkeypatch.setattr(cpu_ops, "pointwise_conv_batch_norm",
+                      lambda *a, f=cpu_ops.pointwise_conv_batch_norm: fused.append(1) or f(*a))
+  conv = x @ params["expand"]["kernel"][0, 0]
+
+  captured = network.forward(spec, variables, x, train=True, capture=("expand",)).captured
+  np.testing.assert_allclose(captured["expand"][1], conv, rtol=1e-5, atol=1e-6)
+  logits = network.forward(spec, variables, x, train=True, node_gates={"bn": 0.0}).logits
+  expected = jax.nn.relu6(conv).reshape(3, -1) @ params["fc"]["kernel"] + params["fc"]["bias"]
+  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+  assert not fused
+  network.forward(spec, variables, x, train=True)
+  assert fused
 
 
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
