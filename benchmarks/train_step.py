@@ -18,8 +18,8 @@ current one is used when it can import torch), the same train and eval steps in 
 (NCHW) layouts. jaxdepth never depends on torch.
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
-every variant in turn (in a new, seeded random order each repeat), so a change in
-machine load hits all alike; the figures are medians over steps of wall time
+every variant in turn (in a new, seeded random order each repeat; each block
+starts with an untimed step), so a change in machine load hits all alike; the figures are medians over steps of wall time
 (``*_s``) and of the process's CPU time (``*_cpu_s``, less sensitive to other
 processes on a loaded machine). Prints one JSON object with, per model, the times, their ratios to
 ``plain`` (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's
@@ -38,7 +38,7 @@ with glibc's defaults.
 Run::
 
     python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
-        [--repeats 5] [--kinds plain gated stats masks lacoot]
+        [--repeats 5] [--warm-steps 1] [--kinds plain gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
 """
 from __future__ import annotations
@@ -73,6 +73,8 @@ def parse_args(argv):
   parser.add_argument("--batch", type=int, default=128, help="training (and eval) batch")
   parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks of each variant")
+  parser.add_argument("--warm-steps", type=int, default=1,
+                      help="untimed steps at the start of each block")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jaxdepth's compute dtype (PyTorch runs float32)")
   parser.add_argument("--no-eval", dest="eval", action="store_false",
@@ -87,6 +89,8 @@ def parse_args(argv):
   args = parser.parse_args(argv)
   if min(args.batch, args.steps, args.repeats) <= 0:
     parser.error("--batch, --steps and --repeats must be positive")
+  if args.warm_steps < 0:
+    parser.error("--warm-steps must be 0 or more")
   if args.torch_python and not pathlib.Path(args.torch_python).is_file():
     parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} is not a file; "
                  f"give the path of a Python executable whose environment has torch")
@@ -226,6 +230,11 @@ def jax_runners(model, args):
 def time_side_by_side(runners, args):
   """Runs every runner ``repeats`` times ``steps`` steps, in a new order each time; per-step times.
 
+  Each block first runs ``warm_steps`` untimed steps: the first step after
+  another program ran can pay for memory that program's steps took over (one
+  MobileNetV2 step of 3.4 s against 0.95 s, right after the other variant's
+  block), which is no cost of the step itself.
+
   The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
   cyclic order, so one variant would always run right after PyTorch's process
   and another right after it.
@@ -236,6 +245,8 @@ def time_side_by_side(runners, args):
   order = random.Random(0)
   for _ in range(args.repeats):
     for name in order.sample(names, len(names)):
+      if args.warm_steps:
+        runners[name](args.warm_steps)
       w, c = runners[name](args.steps)
       wall[name] += w
       cpu[name] += c
@@ -260,7 +271,7 @@ def main(argv=None):
   worker = TorchWorker(python, keep) if python else None
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
-         "steps": args.steps, "repeats": args.repeats, "keep_host_memory": bool(keep),
+         "steps": args.steps, "repeats": args.repeats, "warm_steps": args.warm_steps, "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),
          "torch": worker.info if worker else None, "models": {}}
