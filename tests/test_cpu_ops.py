@@ -59,6 +59,16 @@ def test_dense_formulations_equal_lax_values_and_gradients(how, x_shape, w_shape
   _check(how, x_shape, w_shape, strides, padding)
 
 
+@pytest.mark.parametrize("x_shape, w_shape, strides, padding", [
+    ((2, 16, 16, 3), (3, 3, 3, 4), (1, 1), ((1, 1), (1, 1))),
+    ((2, 16, 16, 3), (7, 7, 3, 4), (2, 2), ((3, 3), (3, 3)))])
+def test_a_few_channel_stem_equals_lax_values_and_gradients(x_shape, w_shape, strides, padding):
+  """On a map this large the patches formulation's forward pass is XLA's convolution."""
+  assert cpu_ops.plan(x_shape, w_shape, strides, padding) == "patches"
+  assert cpu_ops._lax_forward(x_shape, w_shape)   # pylint: disable=protected-access
+  _check("patches", x_shape, w_shape, strides, padding)
+
+
 @pytest.mark.parametrize("x_shape, kernel, strides, padding", [
     ((2, 6, 6, 4), (3, 3), (1, 1), ((1, 1), (1, 1))),
     ((2, 7, 7, 4), (3, 3), (2, 2), ((1, 1), (1, 1))),
