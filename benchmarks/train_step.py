@@ -231,9 +231,10 @@ def time_side_by_side(runners, args):
   """Runs every runner ``repeats`` times ``steps`` steps, in a new order each time; per-step times.
 
   Each block first runs ``warm_steps`` untimed steps: the first step after
-  another program ran can pay for memory that program's steps took over (one
+  another program's block can be far slower than the steady state (one
   MobileNetV2 step of 3.4 s against 0.95 s, right after the other variant's
-  block), which is no cost of the step itself.
+  block), and with the seeded order such a step falls on the same variant in
+  every run.
 
   The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
   cyclic order, so one variant would always run right after PyTorch's process

@@ -642,7 +642,7 @@ def pointwise_batch_norm_pays(in_channels: int, out_channels: int) -> bool:
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
 def pointwise_conv_batch_norm(x: jax.Array, w: jax.Array, scale: jax.Array, bias: jax.Array,
                               epsilon: float):
-  """:func:`batch_norm` of the 1x1 convolution ``x @ w`` (no bias), without reading the convolution's output.
+  """:func:`batch_norm` of the 1x1 convolution ``x @ w`` (no bias), from ``x``'s Gram matrix.
 
   The same function as ``batch_norm(conv(x, w[None, None]), scale, bias, epsilon)``
   with ``x`` channels last of ``n`` rows (all positions of the batch) and ``C``

@@ -260,7 +260,7 @@ class _TrainBatchNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x, pointwise_kernel=None):
-    """BatchNorm of ``x``, or with a ``(C, O)`` ``pointwise_kernel`` of the 1x1 convolution ``x @ kernel``."""
+    """BatchNorm of ``x``, or of the 1x1 convolution ``x @ pointwise_kernel`` (``(C, O)``)."""
     features = (x.shape[-1] if pointwise_kernel is None else pointwise_kernel.shape[-1],)
     ra_mean = self.variable("batch_stats", "mean", lambda: jnp.zeros(features, jnp.float32))
     ra_var = self.variable("batch_stats", "var", lambda: jnp.ones(features, jnp.float32))
@@ -278,17 +278,18 @@ class _TrainBatchNorm(nn.Module):
 
 
 def _fuses_with_batch_norm(pair, x, ctx: _Context, prefix: str) -> bool:
-  """Whether ``pair`` is a 1x1 conv and a BatchNorm that train as one :func:`~jaxdepth.cpu_ops.pointwise_conv_batch_norm`.
+  """Whether ``pair`` (a 1x1 conv, then a BatchNorm) trains as one fused CPU op.
 
-  On the CPU in float32 training, for a bias-free, stride-1, unpadded 1x1
-  convolution whose shapes make it pay, when neither node is captured or gated
-  (both need the convolution's own output).
+  That op is :func:`~jaxdepth.cpu_ops.pointwise_conv_batch_norm`: used on the CPU
+  in float32 training, for a bias-free, stride-1, unpadded 1x1 convolution whose
+  shapes make it pay, when neither node is captured or gated (both need the
+  convolution's own output).
   """
   if len(pair) != 2 or type(pair[0]) is not S.Conv or type(pair[1]) is not S.BatchNorm:
     return False
   conv = pair[0]
   paths = {prefix + n.name for n in pair}
-  return (ctx.train and x.dtype == jnp.float32 and ctx.dtype in (None, jnp.float32)
+  return (ctx.train and x.dtype == jnp.float32
           and conv.kernel == (1, 1) and conv.stride == (1, 1) and conv.groups == 1
           and conv.padding == ((0, 0), (0, 0)) and not conv.bias
           and not paths & ctx.capture and not paths & set(ctx.node_gates or ())
