@@ -282,6 +282,23 @@ def test_a_captured_or_gated_pointwise_conv_keeps_its_own_output(monkeypatch):
   assert fused
 
 
+def test_a_fused_pointwise_conv_initialises_as_flax_does(monkeypatch):
+  """Initialised in training mode through the fused op, the variables are Flax's Conv and BatchNorm's."""
+  spec = S.Spec((4, 4, 2), [S.Conv("expand", 8, 1), S.BatchNorm("bn"), S.Act("relu", "relu6"),
+                            S.Flatten("flat"), S.Dense("fc", 3)], name="pw")
+  x = jnp.ones((2, 4, 4, 2))
+  fused = []
+  monkeypatch.setattr(cpu_ops, "pointwise_conv_batch_norm",
+                      lambda *a, f=cpu_ops.pointwise_conv_batch_norm: fused.append(1) or f(*a))
+  ours = network.Network(spec).init(jax.random.key(0), x, train=True)
+  assert fused
+  monkeypatch.setenv(cpu_ops.ENV, "xla")
+  flax_ones = network.Network(spec).init(jax.random.key(0), x, train=True)
+  assert jax.tree.structure(ours) == jax.tree.structure(flax_ones)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(flax_ones)):
+    np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("backend", ["cpu", "gpu", "tpu"])
 def test_the_executor_uses_them_on_the_cpu_only(monkeypatch, backend):
   monkeypatch.setattr(jax, "default_backend", lambda: backend)
