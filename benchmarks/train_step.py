@@ -19,16 +19,16 @@ current one is used when it can import torch), the same train and eval steps in 
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
 every variant in turn (in a new, seeded random order each repeat; each block
-starts with an untimed step), so a change in machine load hits all alike; the figures are medians over steps of wall time
-(``*_s``) and of the process's CPU time (``*_cpu_s``, less sensitive to other
-processes on a loaded machine). Prints one JSON object with, per model, the times, their ratios to
-``plain`` (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's
-faster layout (``vs_torch``; ``vs_torch_fastest`` from each side's fastest step:
-when other processes share the cores PyTorch's step slows far more than XLA's,
-its CPU time growing too, as OpenMP threads spin while they wait), and the cold
-compile time of each jitted step
-(``compile_s``; the persistent compilation cache is off here, see
-``benchmarks/compile_cache.py`` for a warm one).
+starts with an untimed step), so a change in machine load hits all alike; the
+figures are medians over steps of wall time (``*_s``) and of the process's CPU
+time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
+Prints one JSON object with, per model, the times, their ratios to ``plain``
+(the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's faster
+layout (``vs_torch``; ``vs_torch_fastest`` from each side's fastest step: when
+other processes share the cores PyTorch's step slows far more than XLA's, its CPU
+time growing too, as OpenMP threads spin while they wait), and the cold compile
+time of each jitted step (``compile_s``; the persistent compilation cache is off
+here, see ``benchmarks/compile_cache.py`` for a warm one).
 
 Host memory: by default, as the ``python -m train`` commands do, glibc is told
 to keep freed memory (:mod:`jaxdepth.host_memory`), and the PyTorch process gets
@@ -272,7 +272,8 @@ def main(argv=None):
   worker = TorchWorker(python, keep) if python else None
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
-         "steps": args.steps, "repeats": args.repeats, "warm_steps": args.warm_steps, "keep_host_memory": bool(keep),
+         "steps": args.steps, "repeats": args.repeats, "warm_steps": args.warm_steps,
+         "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),
          "torch": worker.info if worker else None, "models": {}}

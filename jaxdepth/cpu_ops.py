@@ -590,16 +590,23 @@ def batch_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, epsilon: float):
   return _batch_norm_fwd(x, scale, bias, epsilon)[0]
 
 
+def _normalisation(mean, mean_square, scale, bias, epsilon):
+  """From the batch moments: ``var``, ``inv = 1 / sqrt(var + epsilon)`` and ``a``, ``b`` of ``y = x a + b``.
+
+  ``y`` as ``x a + b`` leaves no centred copy of ``x`` for XLA to keep between passes.
+  """
+  var = jnp.maximum(0.0, mean_square - mean * mean)
+  inv = lax.rsqrt(var + epsilon)
+  a = inv * scale
+  return var, inv, a, bias - mean * a
+
+
 def _batch_norm_fwd(x, scale, bias, epsilon):
   n = x.size // x.shape[-1]
   total, squares = _channel_sums(x, x * x)
   mean = total / n
-  var = jnp.maximum(0.0, squares / n - mean * mean)
-  inv = lax.rsqrt(var + epsilon)
-  # y as x * a + b: no centred copy of x for XLA to keep between the passes.
-  a = inv * scale
-  y = x * a + (bias - mean * a)
-  return (y, mean, var), (x, mean, inv, scale)
+  var, inv, a, b = _normalisation(mean, squares / n, scale, bias, epsilon)
+  return (x * a + b, mean, var), (x, mean, inv, scale)
 
 
 def _batch_norm_bwd(epsilon, residuals, cotangents):
@@ -678,10 +685,8 @@ def _pointwise_conv_batch_norm_fwd(x, w, scale, bias, epsilon):
   n = rows.shape[0]
   total, gram = jnp.sum(rows, axis=0), rows.T @ rows
   mean = total @ w / n
-  var = jnp.maximum(0.0, jnp.sum(w * (gram @ w), axis=0) / n - mean * mean)
-  inv = lax.rsqrt(var + epsilon)
-  a = inv * scale
-  y = (rows @ w) * a + (bias - mean * a)
+  var, inv, a, b = _normalisation(mean, jnp.sum(w * (gram @ w), axis=0) / n, scale, bias, epsilon)
+  y = (rows @ w) * a + b
   return (y.reshape(*x.shape[:-1], w.shape[-1]), mean, var), (x, w, total, gram, mean, inv,
                                                              scale)
 

@@ -229,7 +229,7 @@ def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
   while i < len(nodes):
     n = nodes[i]
     if _fuses_with_batch_norm(nodes[i:i + 2], x, ctx, prefix):
-      x = _pointwise_conv_batch_norm(module, n, nodes[i + 1], x)
+      x = _pointwise_conv_batch_norm(n, nodes[i + 1], x)
       i += 2
       continue
     i += 1
@@ -306,7 +306,8 @@ class _PointwiseKernel(nn.Module):
     return self.param("kernel", _conv_init, (1, 1, self.in_features, self.features), jnp.float32)
 
 
-def _pointwise_conv_batch_norm(module, conv: S.Conv, bn: S.BatchNorm, x):
+def _pointwise_conv_batch_norm(conv: S.Conv, bn: S.BatchNorm, x):
+  """``conv`` then ``bn`` in training, as one op; their variables are those of the two nodes."""
   kernel = _PointwiseKernel(x.shape[-1], conv.features, name=conv.name)()
   return _TrainBatchNorm(bn.momentum, bn.epsilon, name=bn.name)(x, kernel[0, 0])
 
