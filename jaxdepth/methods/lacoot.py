@@ -65,7 +65,7 @@ import numpy as np
 from flax import traverse_util
 from ott.tools import sliced as ott_sliced
 
-from jaxdepth import network, training
+from jaxdepth import network, threefry, training
 from jaxdepth import spec as S
 from jaxdepth.methods import base
 from jaxdepth.transformer import Attention, StochasticDepth, WindowAttention
@@ -88,10 +88,12 @@ def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax
 
   ``θ ~ N(0, I_dim)`` normalised (uniform on the sphere); drawn as
   :func:`ott.tools.sliced.random_proj_sphere` draws them, so with the same key
-  ``x @ random_projections(key, d, n)`` equals ``random_proj_sphere(x, n, key)``.
+  ``x @ random_projections(key, d, n)`` equals ``random_proj_sphere(x, n, key)``
+  (the normals through :func:`jaxdepth.threefry.normal`: ``jax.random.normal``'s
+  numbers, drawn about five times faster on the CPU).
   """
   _check_count(n_projections)
-  theta = jax.random.normal(rng, (n_projections, dim), jnp.float32)
+  theta = threefry.normal(rng, (n_projections, dim))
   theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
   return theta.T
 

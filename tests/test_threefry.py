@@ -1,0 +1,52 @@
+"""threefry: the unrolled hash draws jax.random's numbers, bit for bit."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdepth import threefry
+
+SHAPES = [(), (1,), (7,), (3, 5, 4), (50, 1031)]
+KEYS = {"typed": lambda: jax.random.key(3),
+        "folded": lambda: jax.random.fold_in(jax.random.key(11), 4),
+        "split": lambda: jax.random.split(jax.random.key(5), 3)[2],
+        "raw": lambda: jax.random.PRNGKey(8)}
+
+
+def _same(a, b):
+  """Equal shapes, dtypes and bits (floats compared as their bit patterns)."""
+  a, b = np.atleast_1d(np.asarray(a)), np.atleast_1d(np.asarray(b))
+  assert a.shape == b.shape and a.dtype == b.dtype
+  if a.dtype == np.float32:
+    a, b = a.view(np.uint32), b.view(np.uint32)
+  np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("key_kind", sorted(KEYS))
+@pytest.mark.parametrize("shape", SHAPES)
+def test_every_draw_is_jax_randoms_bit_for_bit(shape, key_kind):
+  key = KEYS[key_kind]()
+  assert threefry.applies(key, shape)
+  _same(threefry.bits(key, shape), jax.random.bits(key, shape))
+  _same(threefry.uniform(key, shape), jax.random.uniform(key, shape))
+  _same(threefry.uniform(key, shape, -2.5, 0.75), jax.random.uniform(key, shape, minval=-2.5,
+                                                                     maxval=0.75))
+  _same(threefry.normal(key, shape), jax.random.normal(key, shape))
+  _same(threefry.bernoulli(key, 0.3, shape), jax.random.bernoulli(key, 0.3, shape))
+
+
+def test_the_same_under_jit_and_vmap():
+  keys = jax.random.split(jax.random.key(0), 4)
+  ours = jax.jit(jax.vmap(lambda k: threefry.normal(k, (6, 9))))(keys)
+  _same(ours, jax.vmap(lambda k: jax.random.normal(k, (6, 9)))(keys))
+  # the hash's twenty rounds really run: a one-word change of the key changes every draw
+  other = jax.random.wrap_key_data(jax.random.key_data(keys[0]) ^ jnp.uint32([0, 1]))
+  assert (np.asarray(threefry.bits(keys[0], (64,))) != np.asarray(threefry.bits(other, (64,)))).all()
+
+
+def test_other_key_implementations_and_dtypes_are_left_to_jax_random():
+  rbg = jax.random.key(2, impl="rbg")
+  assert not threefry.applies(rbg, (4, 4))
+  _same(threefry.normal(rbg, (4, 4)), jax.random.normal(rbg, (4, 4)))
+  assert not threefry.applies(jax.random.key(2), (4,), jnp.bfloat16)
+  assert not threefry.applies(jax.random.key(2), (2**16, 2**16))
