@@ -90,7 +90,7 @@ def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax
   :func:`ott.tools.sliced.random_proj_sphere` draws them, so with the same key
   ``x @ random_projections(key, d, n)`` equals ``random_proj_sphere(x, n, key)``
   (the normals through :func:`jaxdepth.threefry.normal`: ``jax.random.normal``'s
-  numbers, drawn about five times faster on the CPU).
+  numbers, drawn several times faster on the CPU).
   """
   _check_count(n_projections)
   theta = threefry.normal(rng, (n_projections, dim))
