@@ -1,4 +1,8 @@
 """threefry: the unrolled hash draws jax.random's numbers, bit for bit."""
+import importlib.util
+import json
+import pathlib
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,3 +54,16 @@ def test_other_key_implementations_and_dtypes_are_left_to_jax_random():
   _same(threefry.normal(rbg, (4, 4)), jax.random.normal(rbg, (4, 4)))
   assert not threefry.applies(jax.random.key(2), (4,), jnp.bfloat16)
   assert not threefry.applies(jax.random.key(2), (2**16, 2**16))
+
+
+def test_random_draws_benchmark_times_both_and_finds_the_same_bits(capsys):
+  path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "random_draws.py"
+  spec = importlib.util.spec_from_file_location("random_draws", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  module.main(["--model", "resnet18", "--projections", "3", "--repeats", "2"])
+  report = json.loads(capsys.readouterr().out)
+  assert report["same_bits"] is True
+  # ResNet-18's four official units read 16x16x64, 8x8x128, 4x4x256 and 2x2x512 features
+  assert report["units"] == 4 and report["normals"] == 3 * (16384 + 8192 + 4096 + 2048)
+  assert report["wall_s_jax_random"] > 0 and report["wall_s_threefry"] > 0
