@@ -83,10 +83,10 @@ def _bits(key, shape):
 
 
 def bits(key, shape) -> jax.Array:
-  """``jax.random.bits(key, shape)`` (uint32)."""
+  """``jax.random.bits(key, shape, jnp.uint32)``."""
   shape = tuple(shape)
   if not applies(key, shape):
-    return jax.random.bits(key, shape)
+    return jax.random.bits(key, shape, jnp.uint32)
   return _bits(key, shape)
 
 
@@ -113,7 +113,7 @@ def _uniform(key, shape, minval, maxval):
 
 
 def normal(key, shape) -> jax.Array:
-  """``jax.random.normal(key, shape)`` (float32): ``sqrt(2) erfinv(u)``, ``u`` uniform on ``(-1, 1)``."""
+  """``jax.random.normal(key, shape, jnp.float32)``: ``sqrt(2) erfinv(u)``, ``u`` uniform on ``(-1, 1)``."""
   shape = tuple(shape)
   if not applies(key, shape):
     return jax.random.normal(key, shape, jnp.float32)
@@ -128,7 +128,7 @@ def _normal(key, shape):
 
 
 def bernoulli(key, p, shape) -> jax.Array:
-  """``jax.random.bernoulli(key, p, shape)`` for a float32 (or Python float) ``p``."""
+  """``jax.random.bernoulli(key, p, shape)`` with ``p`` taken as float32 (also under x64)."""
   shape = tuple(shape)
   p = jnp.asarray(p, jnp.float32)
   if not applies(key, shape):
