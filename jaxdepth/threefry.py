@@ -113,7 +113,7 @@ def _uniform(key, shape, minval, maxval):
 
 
 def normal(key, shape) -> jax.Array:
-  """``jax.random.normal(key, shape, jnp.float32)``: ``sqrt(2) erfinv(u)``, ``u`` uniform on ``(-1, 1)``."""
+  """``jax.random.normal(key, shape, jnp.float32)``: ``sqrt(2) erfinv(u)``, ``u`` on ``(-1, 1)``."""
   shape = tuple(shape)
   if not applies(key, shape):
     return jax.random.normal(key, shape, jnp.float32)
