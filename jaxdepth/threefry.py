@@ -14,10 +14,10 @@ The functions here compute exactly what ``jax.random.bits``, ``uniform``,
 ``normal`` and ``bernoulli`` compute for a Threefry key under jax's default
 ``jax_threefry_partitionable`` counters (the counter of entry ``i`` of the
 row-major array is ``i``, as 64 bits), so a program gives the same numbers
-either way (a test compares them bit for bit). Anywhere else — another key
-implementation, the legacy counters, another dtype, 2^32 entries or more, or a
-backend other than the CPU, where jax's own lowering is unrolled — they call
-``jax.random``.
+either way (a test compares them bit for bit); the floats are float32 whatever
+``jax_enable_x64`` says. Anywhere else — another key implementation, the legacy
+counters, 2^32 entries or more, or a backend other than the CPU, where jax's own
+lowering is unrolled — they call ``jax.random``.
 """
 from __future__ import annotations
 
@@ -51,7 +51,10 @@ def _key_words(key):
 
 
 def applies(key, shape, dtype=jnp.float32) -> bool:
-  """Whether these functions compute the draw themselves (else they call ``jax.random``)."""
+  """Whether these functions compute the draw themselves (else they call ``jax.random``).
+
+  ``dtype`` is the float type a caller wants; only float32 is drawn here.
+  """
   return (jax.default_backend() == "cpu" and jax.config.jax_threefry_partitionable
           and jnp.dtype(dtype) == jnp.float32 and math.prod(shape) < 2**32
           and _key_words(key) is not None)
