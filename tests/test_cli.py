@@ -115,6 +115,17 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert "--config.dataset='no_such_data': use one of digits" in capsys.readouterr().err
   assert cli.main(["nope"]) == 2
   assert "unknown command 'nope'" in capsys.readouterr().err
+  # A model that refuses the config's keyword arguments, or the dataset's inputs.
+  assert cli.main(["fit", "--workdir", str(workdir), "--model", "resnet18",
+                   "--config.model_kwargs.depth=3"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: model 'resnet18' with model_kwargs {'depth': 3} for 'digits' (inputs (8, 8, 1), "
+      "10 classes): resnet18() got an unexpected keyword argument 'depth'; give the model's "
+      "own keyword arguments with --set \"model_kwargs={...}\", or none with --set "
+      "\"model_kwargs={}\""]
+  assert cli.main(["fit", "--workdir", str(workdir), "--model", "vgg16_bn"]) == 2
+  assert "(inputs (8, 8, 1), 10 classes): node 'features/33': pool window (2, 2) does not fit" \
+      in capsys.readouterr().err
   assert not workdir.exists()
 
 

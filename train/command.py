@@ -254,10 +254,25 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
       spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
                      **cfg["model_kwargs"])
   except (KeyError, TypeError, ValueError) as e:
-    raise config_lib.ConfigError(f"model {cfg['model']!r} with model_kwargs "
-                                 f"{cfg['model_kwargs']!r}: {message(e)}") from e
+    raise config_lib.ConfigError(_model_refused(cfg, ds, e)) from e
   _check_padding_id(cfg, ds, spec)
   return ds, spec
+
+
+def _model_refused(cfg: Mapping[str, Any], ds, error: Exception) -> str:
+  """Why the model could not be built, with its arguments and the dataset's input shape.
+
+  A config's ``model_kwargs`` belong to its own model and may not apply to another
+  ``--model``: a refused keyword argument says how to replace or clear them.
+  """
+  model = cfg["model"]
+  reason = message(error).removeprefix(f"model {model!r}: ")
+  text = (f"model {model!r} with model_kwargs {cfg['model_kwargs']!r} for {cfg['dataset']!r} "
+          f"(inputs {tuple(ds.input_shape)}, {ds.num_classes} classes): {reason}")
+  if isinstance(error, TypeError) and cfg["model_kwargs"]:
+    text += ("; give the model's own keyword arguments with --set \"model_kwargs={...}\", "
+             "or none with --set \"model_kwargs={}\"")
+  return text
 
 
 def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
