@@ -435,7 +435,8 @@ def _sequence_length(max_length: int, input_shape) -> int:
     return max_length
   shape = tuple(input_shape)
   if len(shape) != 1:
-    raise ValueError(f"a text encoder's input_shape is (sequence length,), got {input_shape!r}")
+    raise ValueError(f"a text encoder's input_shape is (sequence length,), got {input_shape!r}; "
+                     f"train it on a text dataset (glue/sst2, glue/rte, glue/qnli)")
   return shape[0]
 
 

@@ -448,4 +448,9 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
   assert cli.main(["egp", "--model", "digits_cnn", "--config.layers={'relu': 'bn1'}",
                    "--workdir", str(tmp_path / "y")]) == 2
   assert "without a weight kernel" in capsys.readouterr().err
-  assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+  # The default config keeps its ResNet-20's stem out of pruning; another model has no 'relu'.
+  assert cli.main(["egp", "--model", "digits_plain", "--workdir", str(tmp_path / "z")]) == 2
+  assert ("skip names ['relu'], which are not live sites of 'digits_plain'; live sites: "
+          "['relu1', 'relu2', 'relu3', 'relu4', 'relu5']; --config.skip=() prunes every site's "
+          "layer") in capsys.readouterr().err
+  assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))

@@ -113,7 +113,10 @@ def _check_model(name: str):
     try:
       make_method(name, cfg).units(spec)
     except (KeyError, ValueError, TypeError) as e:
-      out.append(f"--config.layers / --config.skip / --config.neurons: {command.message(e)}")
+      text = command.message(e)
+      if text.startswith("skip names"):   # a config's skip is for its own model
+        text += "; --config.skip=() prunes every site's layer"
+      out.append(f"--config.layers / --config.skip / --config.neurons: {text}")
     if ds.val is None:
       out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                  f"validation split, on which the operating point is chosen; use a fraction "
