@@ -83,6 +83,12 @@ def test_nan_loss_stops_and_a_fresh_run_then_owns_the_workdir(tmp_path, capsys):
   # and run.json then says what that run is.
   assert _fit(tmp_path, "--config.epochs=1") == 0
   assert json.loads((tmp_path / "run.json").read_text())["lr"] == 0.05
+  # With Adam the parameters overflow while the loss stays finite: the checkpoint is refused.
+  assert _fit(tmp_path / "adam", "--config.epochs=1", "--config.optimizer=adam",
+              "--config.lr=1e8") == 1
+  err = capsys.readouterr().err
+  assert "the state holds NaN or infinite values; there is no intact checkpoint" in err
+  assert "Training diverged" in err and "lower the learning rate" in err
 
 
 def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):

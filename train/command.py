@@ -739,9 +739,13 @@ class Session:
   @staticmethod
   def _known(e: Exception) -> int:
     from jaxdepth import checkpoint, training  # pylint: disable=import-outside-toplevel
-    if isinstance(e, (training.NonFiniteLossError,
-                      getattr(checkpoint, "NonFiniteStateError", training.NonFiniteLossError))):
+    if isinstance(e, training.NonFiniteLossError):
       _say_error(f"error: {e}")
+      return EXIT_DIVERGED
+    if isinstance(e, checkpoint.NonFiniteStateError):   # diverged with a finite loss
+      _say_error(f"error: {e}. Training diverged: the loss stayed finite but the parameters, "
+                 f"the BatchNorm statistics or the optimizer's state overflowed; lower the "
+                 f"learning rate or check the data.")
       return EXIT_DIVERGED
     if isinstance(e, (training.RunMismatchError, checkpoint.SpecMismatchError,
                       checkpoint.DamagedCheckpointError, checkpoint.DamagedModelError)):
