@@ -568,14 +568,20 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
     ``(spec, variables)``, ready for :func:`jaxdepth.forward`.
 
   Raises:
-    FileNotFoundError: no model is saved there.
+    FileNotFoundError: no model is saved there (the message names the saved models
+      in its subdirectories: a run's ``chosen/``, ``chosen_merged/``).
     DamagedModelError: the files do not match their checksums.
     SpecMismatchError: the variables do not fit the saved spec (the node is named).
   """
   directory = pathlib.Path(directory).absolute()
   source = _current_copy(directory)
   if source is None:
-    raise FileNotFoundError(f"no saved model in {directory} (spec.json is missing)")
+    inside = [f"{d.name}/" for d in sorted(directory.glob("*"))
+              if d.is_dir() and _current_copy(d)]   # a run's directory: chosen/, ...
+    hint = ("" if not inside else
+            f"; its subdirectory {inside[0]} holds one: load that" if len(inside) == 1 else
+            f"; its subdirectories {', '.join(inside)} hold one each: load one of those")
+    raise FileNotFoundError(f"no saved model in {directory} (spec.json is missing){hint}")
   if verify:
     problem = integrity.problem(source)
     if problem is not None:

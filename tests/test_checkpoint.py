@@ -102,8 +102,14 @@ def test_saved_model_reloads_with_one_call(tmp_path):
   x = np.random.default_rng(0).normal(size=(4, 6, 6, 2)).astype(np.float32)
   np.testing.assert_array_equal(network.forward(spec, variables, x).logits,
                                 network.forward(loaded_spec, loaded, x).logits)
-  with pytest.raises(FileNotFoundError, match="spec.json"):
+  with pytest.raises(FileNotFoundError, match=r"spec.json is missing\)$"):
     checkpoint.load_model(tmp_path / "nothing")
+  # A run's directory: the error names the saved models inside it.
+  with pytest.raises(FileNotFoundError, match="its subdirectory model/ holds one: load that"):
+    checkpoint.load_model(tmp_path)
+  checkpoint.save_model(tmp_path / "chosen", spec, variables)
+  with pytest.raises(FileNotFoundError, match="its subdirectories chosen/, model/ hold one each"):
+    checkpoint.load_model(tmp_path)
 
 
 def test_restore_without_checkpoint_says_so(tmp_path):
