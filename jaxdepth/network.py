@@ -37,6 +37,7 @@ import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -595,6 +596,11 @@ def site_stats_by_path(collection) -> dict[str, jax.Array]:
   return traverse_util.flatten_dict(collection, sep=S.SEP)
 
 
+# What Flax raises when variables lack a node's parameters or hold other shapes.
+_VARIABLES_MISFIT = (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError,
+                     flax.errors.ScopeVariableNotFoundError, flax.errors.ScopeCollectionNotFound)
+
+
 def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=None,
             collect_stats: bool = False, example_mask=None, dtype=None,
             capture: tuple[str, ...] = (), node_gates=None, token_inputs=None) -> Forward:
@@ -631,11 +637,15 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   mutable = (["batch_stats"] if train and "batch_stats" in variables else []) + (
       [STATS] if collect_stats else [])
   rngs = {"dropout": rng} if rng is not None else {}
-  out = Network(spec, dtype=dtype).apply(
-      variables, x, train=train, gates=gates, collect_stats=collect_stats,
-      example_mask=example_mask, capture=tuple(capture), node_gates=node_gates,
-      token_inputs=token_inputs, rngs=rngs,
-      mutable=mutable or False)
+  try:
+    out = Network(spec, dtype=dtype).apply(
+        variables, x, train=train, gates=gates, collect_stats=collect_stats,
+        example_mask=example_mask, capture=tuple(capture), node_gates=node_gates,
+        token_inputs=token_inputs, rngs=rngs,
+        mutable=mutable or False)
+  except _VARIABLES_MISFIT as e:
+    raise ValueError(f"the variables do not fit spec {spec.name!r}; were they made for another "
+                     f"spec? (jaxdepth.init(spec, rng) makes matching ones) {e}") from e
   if mutable:
     out, updates = out
   else:

@@ -105,6 +105,16 @@ def test_bad_call_arguments_are_refused(variables):
     N.forward(SPEC, variables, jnp.zeros((2, 5, 5, 2)))
   with pytest.raises(KeyError, match="'nope'"):
     N.gates_for(SPEC, off=["nope"])
+  # Variables of another spec: a wider first conv, a missing block, no BatchNorm statistics.
+  wider = {**variables, "params": {**variables["params"], "conv": {
+      **variables["params"]["conv"], "kernel": jnp.zeros((3, 3, 2, 8))}}}
+  for bad, flax_says in ((wider, "expected to generate shape"),
+                         ({"params": {**variables["params"], "stage": {}},
+                           "batch_stats": variables["batch_stats"]}, "Could not find parameter"),
+                         ({"params": variables["params"]}, "collection \"batch_stats\"")):
+    with pytest.raises(ValueError, match=f"variables do not fit spec 'tiny'; were they made for "
+                                         f"another spec\\?.*{flax_says}"):
+      N.forward(SPEC, bad, x_batch())
 
 
 def test_bf16_compute_keeps_float32_params_and_output(variables):
