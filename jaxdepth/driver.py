@@ -9,9 +9,9 @@ NEPENTHE, LaCoOT and TLC plug in the same way) through iterations on one dataset
       measure → decide → apply                 # e.g. one more site becomes the identity
       checkpoint                               # a killed run resumes here
 
-The removal made after the last iteration is never retrained (the papers'
-tables stop at (R−1)/R for the same reason); the report says which units it
-would have removed. After the last iteration the **operating point** is the
+The removal decided after the last iteration is never applied: no iteration
+trains or evaluates it (the papers' tables stop at (R−1)/R for the same reason);
+the report says which units it would have removed. After the last iteration the **operating point** is the
 deepest cut whose validation accuracy stays within ``tolerance`` points of the
 dense model's (:func:`choose_operating_point`); it is saved as spec JSON + orbax
 (``chosen/``, reloaded by :func:`jaxdepth.checkpoint.load_model`).
@@ -65,8 +65,9 @@ __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_po
            "RunMismatchError", "latencies_ms", "edit_record"]
 
 RunMismatchError = training.RunMismatchError
-LAST_REMOVAL_NOTE = ("the removal made after the last iteration is never retrained, so the "
-                     "table stops one removal short of the last one (the papers' (R-1)/R)")
+LAST_REMOVAL_NOTE = ("the removal decided after the last iteration is never applied (no "
+                     "iteration trains or evaluates it), so the table stops one removal short "
+                     "of it (the papers' (R-1)/R)")
 
 
 class Trainer(Protocol):

@@ -72,7 +72,7 @@ def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(di
     assert e["params"] > 0 and e["macs"] > 0
     removed += e["removed_now"]
   assert rep["chosen"]["iteration"] == driver.choose_operating_point(entries, 1.0)["iteration"]
-  assert rep["finished"] and "never retrained" in rep["note"]
+  assert rep["finished"] and "never applied" in rep["note"]
 
 
 def test_each_iteration_fine_tunes_the_last_weights_with_the_removed_sites_gated(finished):
@@ -151,7 +151,7 @@ def test_report_files(finished):
   md = (workdir / "report.md").read_text()
   assert md == report.table(result.report)
   assert md.count("\n| ") == ITERATIONS + 1 + 3     # iterations and header; latency table
-  assert "**Chosen**" in md and "never retrained" in md
+  assert "**Chosen**" in md and "never applied" in md
   for name in ("accuracy.png", "entropies.png", "costs.png", "training.png"):
     assert (workdir / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   # The layout the driver's docstring (and the README) describe.
