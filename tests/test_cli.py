@@ -91,6 +91,29 @@ def test_nan_loss_stops_and_a_fresh_run_then_owns_the_workdir(tmp_path, capsys):
   assert "Training diverged" in err and "lower the learning rate" in err
 
 
+def test_an_unreadable_image_stops_the_run_naming_it_and_the_same_command_resumes(
+    tmp_path, capsys):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  images = tmp_path / "images"
+  for label, cls in enumerate(("cat", "dog")):
+    (images / cls).mkdir(parents=True)
+    for k in range(10):
+      Image.new("RGB", (8, 8), (200 * label, 30, 30 + 10 * k)).save(images / cls / f"{k}.png")
+  good = (images / "dog" / "7.png").read_bytes()
+  (images / "dog" / "7.png").write_bytes(b"not a png")
+  args = ["--dataset", f"folder:{images}", "--config.image_size=8", "--config.epochs=2",
+          "--config.batch_size=4"]
+  assert _fit(tmp_path / "run", *args) == 2
+  err = capsys.readouterr().err
+  assert f"error: cannot read image {images / 'dog' / '7.png'} (UnidentifiedImageError" in err
+  assert "Nothing was lost" in err and "Then resume with:" in err
+  assert shlex.split(err.strip().splitlines()[-1])[3:] == [
+      "fit", "--workdir", str(tmp_path / "run"), "--no-progress", *args]
+  (images / "dog" / "7.png").write_bytes(good)
+  assert _fit(tmp_path / "run", *args) == 0
+  assert json.loads((tmp_path / "run" / "report.json").read_text())["epochs"] == 2
+
+
 def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   workdir = tmp_path / "never"
   assert cli.main(["fit", "--workdir", str(workdir), "--config.lr=abc", "--config.epoch=3",

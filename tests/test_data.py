@@ -340,9 +340,27 @@ def test_image_folder_errors_name_the_problem(tmp_path):
   write_png(tmp_path / "a" / "test" / "cat" / "0.png", np.zeros((8, 8, 3)))
   with pytest.raises(ValueError, match=r"train/dog holds no images"):
     data.image_folder(tmp_path / "a")
-  write_png(tmp_path / "b" / "train" / "cat" / "0.png", np.zeros((8, 8, 3)))
+  for cls in ("cat", "dog"):
+    write_png(tmp_path / "b" / "train" / cls / "0.png", np.zeros((8, 8, 3)))
   write_png(tmp_path / "b" / "test" / "cow" / "0.png", np.zeros((8, 8, 3)))
   with pytest.raises(ValueError, match="cow"):
     data.image_folder(tmp_path / "b")
   with pytest.raises(ValueError, match="layout"):
     data.image_folder(tmp_path / "b", layout="imagenet")
+  # One class; too few images for every split to hold one (round(0.1 * 5) = 0 test images).
+  for k in range(4):
+    write_png(tmp_path / "c" / "cat" / f"{k}.png", np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match=r"c holds one class \('cat'\); a classifier needs at "
+                                       r"least two class folders"):
+    data.image_folder(tmp_path / "c")
+  write_png(tmp_path / "c" / "dog" / "0.png", np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match="only 5 images: too few .* 10 % test and 10 % validation"):
+    data.image_folder(tmp_path / "c")
+  write_png(tmp_path / "c" / "dog" / "1.png", np.zeros((8, 8, 3)))
+  six = data.image_folder(tmp_path / "c")
+  assert (len(six.train), len(six.val), len(six.test)) == (4, 1, 1)
+  # A file Pillow cannot read is named when a batch reads it.
+  (tmp_path / "c" / "dog" / "1.png").write_bytes(b"not a png")
+  with pytest.raises(data.UnreadableImageError, match=r"cannot read image .*c/dog/1.png"):
+    for split in (six.train, six.val, six.test):
+      epoch(split, 1)

@@ -510,7 +510,7 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   :class:`train.config.ConfigError` (exit code 2); a work directory of another
   run and a full or read-only disk keep their own exits.
   """
-  from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
+  from jaxdepth import checkpoint, data, driver  # pylint: disable=import-outside-toplevel
   # A resumed run starts from its checkpoint; a fresh one from initial_variables.
   variables = None if has_checkpoints(workdir) else initial_variables(cfg, spec)
   try:
@@ -523,7 +523,7 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
         info={k: cfg[k] for k in info_keys}, say=say)
-  except (driver.RunMismatchError, checkpoint.SpecMismatchError):
+  except (driver.RunMismatchError, checkpoint.SpecMismatchError, data.UnreadableImageError):
     raise
   except ValueError as e:
     if storage_failure(e):
@@ -736,9 +736,11 @@ class Session:
         return EXIT_READ_ONLY
       return self._known(e)
 
-  @staticmethod
-  def _known(e: Exception) -> int:
-    from jaxdepth import checkpoint, training  # pylint: disable=import-outside-toplevel
+  def _known(self, e: Exception) -> int:
+    from jaxdepth import checkpoint, data, training  # pylint: disable=import-outside-toplevel
+    if isinstance(e, data.UnreadableImageError):   # read by a batch, mid-run
+      _say_error(self._stopped(f"error: {e}.", "Then resume with:"))
+      return EXIT_USAGE
     if isinstance(e, training.NonFiniteLossError):
       _say_error(f"error: {e}")
       return EXIT_DIVERGED

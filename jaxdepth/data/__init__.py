@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from jaxdepth.data import augment, digits, folders, glue, pipeline, rng, text, tfds_source
 from jaxdepth.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
+from jaxdepth.data.folders import UnreadableImageError
 from jaxdepth.data.pipeline import Batch, BatchedSplit, Dataset, DatasetNotPrepared, Split
 from jaxdepth.data.text import TextSplit
 
@@ -29,7 +30,7 @@ FOLDER_PREFIX = "folder:"
 
 __all__ = [
     "Batch", "BatchedSplit", "CIFAR_MEAN", "CIFAR_STD", "Dataset", "DatasetNotPrepared", "IMAGENET_MEAN",
-    "IMAGENET_STD", "Split", "TextSplit", "image_folder", "load", "names",
+    "IMAGENET_STD", "Split", "TextSplit", "UnreadableImageError", "image_folder", "load", "names",
 ]
 
 

@@ -21,8 +21,10 @@ Layouts (``layout="auto"`` picks by looking at the folder):
   augmented like ``"domains"``.
 
 ImageNet normalisation everywhere. Images are converted to RGB. A missing
-folder, a class folder without images or a class of ``val/``/``test/`` unknown
-to ``train/`` is an error that names the path.
+folder, a class folder without images, a class of ``val/``/``test/`` unknown
+to ``train/``, a single class or too few images for a test split is an error
+that names the path; a file Pillow cannot read raises
+:class:`UnreadableImageError` (naming the file) when a batch first reads it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ from jaxdepth.data import augment, pipeline, rng
 LAYOUTS = ("auto", "splits", "domains", "classes")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 TEST_FRACTION = 0.1
+
+
+class UnreadableImageError(ValueError):
+  """An image file of a folder dataset that Pillow cannot read (the message names it)."""
 
 
 def _subdirs(path: pathlib.Path) -> list[pathlib.Path]:
@@ -71,8 +77,19 @@ def detect_layout(root: pathlib.Path) -> str:
 
 def _read_image(path: pathlib.Path) -> np.ndarray:
   pil = require("PIL.Image", "data", "reading image folders")
-  with pil.open(path) as image:
-    return np.asarray(image.convert("RGB"))
+  try:
+    with pil.open(path) as image:
+      return np.asarray(image.convert("RGB"))
+  except OSError as e:   # PIL.UnidentifiedImageError, a truncated file
+    raise UnreadableImageError(
+        f"cannot read image {path} ({type(e).__name__}: {e}); replace it with a readable image "
+        f"(removing it changes the dataset's splits: start over then)") from e
+
+
+def _at_least_two(classes: list[str], where: pathlib.Path) -> None:
+  if len(classes) < 2:
+    raise ValueError(f"{where} holds one class ({classes[0]!r}); a classifier needs at least "
+                     f"two class folders")
 
 
 def _fetcher(files: list[pathlib.Path], labels: np.ndarray):
@@ -132,6 +149,7 @@ def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float 
     if not train_dir.is_dir():
       raise FileNotFoundError(f"layout 'splits' needs {train_dir}/<class>/<image>")
     classes = [d.name for d in _class_folders(train_dir)]
+    _at_least_two(classes, train_dir)
     parts = {}
     for part in ("train", "val", "test"):
       part_dir = root / part
@@ -165,13 +183,16 @@ def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float 
   else:
     class_dirs = {d.name: [d] for d in _class_folders(root)}
   classes = sorted(class_dirs)
+  _at_least_two(classes, root)
   files, labels = _listing({c: class_dirs[c] for c in classes}, classes)
   image_size = image_size or 224
   order = rng.permutation(len(files), (split_seed, 0xF01D))
   num_test = int(round(TEST_FRACTION * len(files)))
   num_val = int(round(val_fraction * len(files)))
-  if len(files) - num_test - num_val <= 0:
-    raise ValueError(f"{root} has only {len(files)} images: too few for a train/val/test split")
+  if num_test == 0 or (val_fraction > 0 and num_val == 0) or len(files) - num_test - num_val <= 0:
+    raise ValueError(f"{root} has only {len(files)} images: too few for a train/val/test split "
+                     f"of {100 * TEST_FRACTION:g} % test and {100 * val_fraction:g} % validation "
+                     f"(each needs at least one image)")
   test_idx = np.sort(order[:num_test])
   val_idx = np.sort(order[num_test:num_test + num_val])
   train_idx = np.sort(order[num_test + num_val:])
