@@ -307,6 +307,11 @@ def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
   return options
 
 
+def epochs(n: int) -> str:
+  """``"1 epoch"``, ``"2 epochs"``."""
+  return f"{n} epoch" + ("s" if n != 1 else "")
+
+
 def message(error: Exception) -> str:
   """The text of an error (a KeyError's str() would add quotes)."""
   return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)

@@ -121,7 +121,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
       f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
-      f"{len(spec.sites())} sites; {cfg['epochs']} epochs per iteration; train/val/test "
+      f"{len(spec.sites())} sites; {command.epochs(cfg['epochs'])} per iteration; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 

@@ -145,7 +145,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
     _write_run_json(workdir, cfg)       # epochs or evaluation settings may have changed
   val = f", val {100 * report['val']['accuracy']:.2f} %" if report["val"] else ""
   say(f"{spec.name} on {ds.name}: test accuracy {100 * test.accuracy:.2f} % "
-      f"(loss {test.loss:.4f}, {test.count} images){val}; {report['epochs']} epoch{'s' * (report['epochs'] != 1)}, "
+      f"(loss {test.loss:.4f}, {test.count} images){val}; {command.epochs(report['epochs'])}, "
       f"{report['train_seconds']:.1f} s training; report {workdir / 'report.json'}")
   return 0
 
