@@ -158,6 +158,23 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert not workdir.exists()
 
 
+def test_a_model_without_activation_sites_is_refused_by_every_site_method(tmp_path, capsys):
+  (tmp_path / "linear.py").write_text(
+      "import flax.linen as nn\n\n"
+      "class Linear(nn.Module):\n"
+      "  @nn.compact\n"
+      "  def __call__(self, x):\n"
+      "    return nn.Dense(10)(x.reshape((x.shape[0], -1)))\n")
+  model = f"{tmp_path / 'linear.py'}:Linear"
+  for name in ("easier", "egp", "nepenthe", "tlc"):
+    assert cli.main([name, "--model", model, "--workdir", str(tmp_path / name)]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: --config.model={model!r}: Linear has no activation site for {name.upper()} to "
+        f"remove; a site is an activation of the network (relu, relu6, gelu, gelu_tanh, silu, "
+        f"leaky_relu, hard_swish)"]
+    assert not (tmp_path / name).exists()
+
+
 def test_batch_sizes_must_split_over_devices_and_fit_the_split():
   cfg = config_lib.to_dict(config_lib.load("digits"))
   ds = data.load("digits")

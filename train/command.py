@@ -317,6 +317,16 @@ def message(error: Exception) -> str:
   return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
 
 
+def no_sites(cfg: Mapping[str, Any], spec, method: str) -> list[str]:
+  """The problem of a model without an activation site (nothing for ``method`` to remove)."""
+  if spec.sites():
+    return []
+  from jaxdepth import spec as spec_lib  # pylint: disable=import-outside-toplevel
+  return [f"--config.model={cfg['model']!r}: {spec.name} has no activation site for {method} to "
+          f"remove; a site is an activation of the network "
+          f"({', '.join(a for a in spec_lib.ACTIVATIONS if a != 'identity')})"]
+
+
 def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) -> list[str]:
   """Problems of the batch sizes against the device count, the process count and the splits."""
   out = []

@@ -83,9 +83,9 @@ def check(cfg: dict[str, Any]) -> list[str]:
 def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
   """Problems that need the model and the data: iterations beyond the sites, no val split."""
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
-  out = []
+  out = command.no_sites(cfg, spec, "EASIER")
   sites = len(Easier().units(spec))
-  if cfg["iterations"] is not None and cfg["iterations"] > sites:
+  if sites and cfg["iterations"] is not None and cfg["iterations"] > sites:
     out.append(f"--iterations {cfg['iterations']}: {spec.name} has {sites} sites, so at most "
                f"{sites} iterations (the last one trains the network with {sites - 1} removed); "
                f"use --iterations {sites} or leave it out")

@@ -109,9 +109,10 @@ def make_method(name: str, cfg: dict[str, Any]):
 def _check_model(name: str):
   def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
     """The layer map against the model; a validation split to choose the operating point on."""
-    out = []
+    out = command.no_sites(cfg, spec, name.upper())
     try:
-      make_method(name, cfg).units(spec)
+      if not out:
+        make_method(name, cfg).units(spec)
     except (KeyError, ValueError, TypeError) as e:
       text = command.message(e)
       if text.startswith("skip names"):   # a config's skip is for its own model

@@ -96,9 +96,10 @@ def check(cfg: dict[str, Any]) -> list[str]:
 def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
   """Problems that need the model and the data: sites TLC cannot rank, a too small val split."""
   from jaxdepth.methods import tlc  # pylint: disable=import-outside-toplevel
-  out = []
+  out = command.no_sites(cfg, spec, "TLC")
   try:
-    tlc.candidates(spec, projections=cfg["projections"])
+    if not out:
+      tlc.candidates(spec, projections=cfg["projections"])
   except ValueError as e:
     out.append(f"--config.model={cfg['model']!r}: {e}")
   if ds.val is None:
