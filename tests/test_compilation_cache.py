@@ -64,3 +64,17 @@ def test_command_flags_win_over_the_environment(jax_cache_settings, monkeypatch,
   else:
     assert jax.config.jax_enable_compilation_cache
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / expected)
+
+
+def test_a_cache_directory_that_cannot_be_made_is_one_warning_and_no_cache(
+    jax_cache_settings, monkeypatch, tmp_path, capsys):
+  monkeypatch.setenv("JAXDEPTH_KEEP_HOST_MEMORY", "0")
+  (tmp_path / "a_file").write_text("")
+  parser = argparse.ArgumentParser()
+  command.add_launch_arguments(parser)
+  command.set_up_runtime(parser.parse_args(["--compilation-cache",
+                                            str(tmp_path / "a_file" / "cache")]))
+  assert not jax.config.jax_enable_compilation_cache
+  assert capsys.readouterr().err.splitlines() == [
+      f"warning: the compilation cache {tmp_path / 'a_file' / 'cache'} cannot be used (Not a "
+      f"directory); compiling without it (--compilation-cache DIR puts it elsewhere)"]

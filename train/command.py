@@ -53,6 +53,7 @@ import pathlib
 import re
 import shlex
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -366,15 +367,25 @@ def set_up_runtime(args: argparse.Namespace) -> None:
   glibc keeps freed memory (:mod:`jaxdepth.host_memory`; off with
   ``JAXDEPTH_KEEP_HOST_MEMORY=0``) and the persistent compilation cache is on
   (:mod:`jaxdepth.compilation_cache`; ``--compilation-cache DIR`` puts it
-  elsewhere, ``--no-compilation-cache`` turns it off).
+  elsewhere, ``--no-compilation-cache`` turns it off). A cache directory that
+  cannot be made or written to is one warning, and the run compiles without it
+  (JAX would warn at every compilation).
   """
   from jaxdepth import compilation_cache, host_memory  # pylint: disable=import-outside-toplevel
   if host_memory.requested():
     host_memory.keep_freed_memory()
-  if args.no_compilation_cache:
-    compilation_cache.enable(None)
-  else:
-    compilation_cache.enable(args.compilation_cache or compilation_cache.directory())
+  path = None if args.no_compilation_cache else (
+      args.compilation_cache or compilation_cache.directory())
+  if path is not None:
+    try:
+      path = pathlib.Path(path).expanduser()
+      path.mkdir(parents=True, exist_ok=True)
+      tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+      _say_error(f"warning: the compilation cache {path} cannot be used ({e.strerror or e}); "
+                 f"compiling without it (--compilation-cache DIR puts it elsewhere)")
+      path = None
+  compilation_cache.enable(path)
 
 
 class Prepared(NamedTuple):
