@@ -245,3 +245,14 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   monkeypatch.setenv("JAX_PROCESS_ID", "three")
   with pytest.raises(config_lib.ConfigError, match="JAX_PROCESS_ID='three': must be an integer"):
     command.maybe_initialize_distributed(False)
+  # --multihost where jax finds no launch: what to set, not jax's bare ValueError.
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+    monkeypatch.delenv(name)
+
+  def no_launch(**_):
+    raise ValueError("coordinator_address should be defined.")
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", no_launch)
+  with pytest.raises(config_lib.ConfigError, match=r"could not join a multi-process launch "
+                     r"\(coordinator_address should be defined.\). .* set JAX_COORDINATOR_ADDRESS"):
+    command.maybe_initialize_distributed(True)

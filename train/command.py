@@ -190,7 +190,8 @@ def maybe_initialize_distributed(multihost: bool) -> None:
 
   Raises:
     train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
-      integer.
+      integer, or jax finds no launch to join (no cluster it knows, no
+      ``JAX_COORDINATOR_ADDRESS``).
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
@@ -209,7 +210,14 @@ def maybe_initialize_distributed(multihost: bool) -> None:
             f"{variable}={text!r}: must be an integer (the {key.replace('_', ' ')} of this "
             f"multi-process launch); set it or unset it to let jax detect it") from None
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
-  jax.distributed.initialize(**kwargs)
+  try:
+    jax.distributed.initialize(**kwargs)
+  except ValueError as e:   # e.g. 'coordinator_address should be defined.'
+    raise config_lib.ConfigError(
+        f"--multihost: jax could not join a multi-process launch ({e}). Outside a Cloud TPU "
+        f"VM, SLURM, Open MPI or Kubernetes job, set JAX_COORDINATOR_ADDRESS=host:port, "
+        f"JAX_NUM_PROCESSES and JAX_PROCESS_ID for each process (docs/launch.md), or leave "
+        f"--multihost out to run on this process's devices") from None
 
 
 def compute_dtype(name: str):
