@@ -11,10 +11,11 @@ NEPENTHE, LaCoOT and TLC plug in the same way) through iterations on one dataset
 
 The removal decided after the last iteration is never applied: no iteration
 trains or evaluates it (the papers' tables stop at (R−1)/R for the same reason);
-the report says which units it would have removed. After the last iteration the **operating point** is the
-deepest cut whose validation accuracy stays within ``tolerance`` points of the
-dense model's (:func:`choose_operating_point`); it is saved as spec JSON + orbax
-(``chosen/``, reloaded by :func:`jaxdepth.checkpoint.load_model`).
+the report says which units it would have removed. After the last iteration the
+**operating point** is the deepest cut whose validation accuracy stays within
+``tolerance`` points of the dense model's (:func:`choose_operating_point`); it is
+saved as spec JSON + orbax (``chosen/``, reloaded by
+:func:`jaxdepth.checkpoint.load_model`).
 
 Work directory::
 
