@@ -75,9 +75,9 @@ EXIT_DISK_FULL = 74      # sysexits EX_IOERR
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
 
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); "
-                   "2 bad settings, or a workdir holding another run; 73 workdir read-only; "
-                   "74 disk full; 130 interrupted (73, 74 and 130 print the command that "
-                   "resumes).")
+                   "2 bad settings, a workdir holding another run, or an unreadable image; "
+                   "73 workdir read-only; 74 disk full; 130 interrupted (73, 74, 130 and the "
+                   "unreadable image print the command that resumes).")
 
 
 def plain(doc: str) -> str:
@@ -618,8 +618,8 @@ def method_parser(name: str, doc: str) -> argparse.ArgumentParser:
                               epilog=EXIT_CODES_HELP,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   add_run_arguments(
-      p, config_help=f"a {name}_* config file or name in train/configs/ (default: the one for "
-                     f"--model/--dataset, else {name}_digits)",
+      p, config_help=f"a config file, or the name of one in train/configs/ ({name}_*; default: "
+                     f"the one for --model/--dataset, else {name}_digits)",
       workdir_help=f"run directory (default: runs/{name}-<model>-<dataset>-seed<seed>)")
   return p
 
