@@ -158,6 +158,19 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert not workdir.exists()
 
 
+def test_a_config_file_that_fails_is_one_line_naming_its_line(tmp_path, capsys):
+  (tmp_path / "syntax.py").write_text("def get_config(:\n")
+  (tmp_path / "raises.py").write_text("import ml_collections\n\ndef get_config():\n"
+                                      "  return ml_collections.ConfigDict({'epochs': 1 / 0})\n")
+  for name, says in (("syntax", "importing it failed (line 1): SyntaxError: invalid syntax"),
+                     ("raises", "get_config() failed (line 4): ZeroDivisionError: division by "
+                                "zero")):
+    assert _fit(tmp_path / "run", "--config", str(tmp_path / f"{name}.py")) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: config {tmp_path / name}.py: {says}"]
+  assert not (tmp_path / "run").exists()
+
+
 def test_a_model_without_activation_sites_is_refused_by_every_site_method(tmp_path, capsys):
   (tmp_path / "linear.py").write_text(
       "import flax.linen as nn\n\n"

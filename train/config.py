@@ -31,6 +31,7 @@ import importlib.util
 import math
 import pathlib
 import re
+import traceback
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,6 +114,17 @@ def _suggest(key: str, known) -> str:
   return f"did you mean {close[0]!r}? " if close else ""
 
 
+def _failed(path: pathlib.Path, what: str, error: Exception) -> ConfigError:
+  """A config file's own error, with the line of the file it came from."""
+  lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+           if pathlib.Path(f.filename) == path]
+  line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else (
+      lines[-1] if lines else None)
+  where = f" (line {line})" if line else ""
+  text = error.msg if isinstance(error, SyntaxError) else str(error)
+  return ConfigError(f"config {path}: {what} failed{where}: {type(error).__name__}: {text}")
+
+
 def load(config: str | pathlib.Path, extra_defaults: Mapping[str, Any] | None = None
          ) -> ml_collections.ConfigDict:
   """Reads a config file (a path, or a name under ``train/configs/``) over :func:`defaults`.
@@ -126,17 +138,24 @@ def load(config: str | pathlib.Path, extra_defaults: Mapping[str, Any] | None = 
     set to the file's path.
 
   Raises:
-    ConfigError: no such file, no ``get_config()``, an unknown key or a value of
+    ConfigError: no such file, the file failing to import or its ``get_config()``
+      to run (the line is named), no ``get_config()``, an unknown key or a value of
       the wrong type.
   """
   path = _path(config)
   module_spec = importlib.util.spec_from_file_location(f"_jaxdepth_config_{path.stem}", path)
   module = importlib.util.module_from_spec(module_spec)
-  module_spec.loader.exec_module(module)
+  try:
+    module_spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except
+    raise _failed(path, "importing it", e) from e
   if not hasattr(module, "get_config"):
     raise ConfigError(f"config {path} has no get_config() function returning an "
                       f"ml_collections.ConfigDict")
-  values = module.get_config()
+  try:
+    values = module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _failed(path, "get_config()", e) from e
   if not isinstance(values, (ml_collections.ConfigDict, Mapping)):
     raise ConfigError(f"get_config() of {path} must return an ml_collections.ConfigDict, got "
                       f"{type(values).__name__}")
