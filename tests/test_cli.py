@@ -114,6 +114,22 @@ def test_an_unreadable_image_stops_the_run_naming_it_and_the_same_command_resume
   assert json.loads((tmp_path / "run" / "report.json").read_text())["epochs"] == 2
 
 
+def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, capsys):
+  import fcntl  # pylint: disable=import-outside-toplevel
+  assert _fit(tmp_path, "--config.epochs=1") == 0      # the run's lock is released at its end
+  before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  with open(tmp_path / ".lock", "rb") as other:        # another process running there
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    assert _fit(tmp_path, "--config.epochs=2") == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: {tmp_path} is in use: another run holds its lock ({tmp_path / '.lock'}). Wait "
+        f"for it to end or stop it, then run this command again (it resumes from the last "
+        f"checkpoint), or give another --workdir"]
+    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+  assert _fit(tmp_path, "--config.epochs=2") == 0      # the other run has ended
+  assert json.loads((tmp_path / "report.json").read_text())["epochs"] == 2
+
+
 def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   workdir = tmp_path / "never"
   assert cli.main(["fit", "--workdir", str(workdir), "--config.lr=abc", "--config.epoch=3",

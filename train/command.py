@@ -57,6 +57,11 @@ import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
+try:
+  import fcntl
+except ImportError:   # not POSIX: work directories are not locked
+  fcntl = None
+
 from train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
@@ -66,6 +71,8 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "initial_variables", "default_workdir", "has_checkpoints", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
            "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
+
+LOCK_FILE = ".lock"   # in a work directory, held by the command running there
 
 EXIT_OK = 0
 EXIT_DIVERGED = 1
@@ -417,7 +424,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   dataset and model (:func:`dataset_and_spec`), the batch sizes against the
   devices and the splits (:func:`check_data`) and the command's checks that need
   the model (``check_model(cfg, spec, dataset)``); finally process 0 makes sure
-  the work directory is writable.
+  the work directory is writable and locks it (:meth:`Session.hold`).
 
   Raises:
     train.config.ConfigError: one line per problem.
@@ -436,6 +443,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
     raise config_lib.ConfigError(problems)
   if jax.process_index() == 0:
     ensure_writable(workdir)
+    session.hold(workdir)
   return Prepared(cfg, workdir, ds, spec)
 
 
@@ -729,6 +737,39 @@ class Session:
     self.command = command
     self.argv = list(argv)
     self.workdir: pathlib.Path | None = None
+    self._lock: int | None = None   # the file descriptor holding the workdir's lock
+
+  def hold(self, workdir: pathlib.Path) -> None:
+    """Locks ``workdir`` for the rest of this call, so that no second command runs in it.
+
+    An exclusive ``flock`` on ``workdir/.lock`` (an empty file), released when the
+    call ends or the process dies. Two runs in one directory would overwrite each
+    other's checkpoints (a job started again while the first still runs). Where
+    the file system has no locks, the run goes on without one.
+
+    Raises:
+      train.config.ConfigError: another process holds the lock.
+    """
+    if fcntl is None:
+      return
+    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      os.close(fd)
+      raise config_lib.ConfigError(
+          f"{workdir} is in use: another run holds its lock ({workdir / LOCK_FILE}). Wait for "
+          f"it to end or stop it, then run this command again (it resumes from the last "
+          f"checkpoint), or give another --workdir") from None
+    except OSError:   # no locks on this file system
+      os.close(fd)
+      return
+    self._lock = fd
+
+  def _release(self) -> None:
+    if self._lock is not None:
+      os.close(self._lock)   # closing the descriptor drops the flock
+      self._lock = None
 
   def resume_line(self) -> str:
     """The exact command that resumes this run (``--workdir`` made explicit)."""
@@ -746,6 +787,12 @@ class Session:
 
   def run(self, body: Callable[[], int]) -> int:
     """``body()``, with every expected way of stopping turned into a paragraph and an exit code."""
+    try:
+      return self._run(body)
+    finally:
+      self._release()
+
+  def _run(self, body: Callable[[], int]) -> int:
     try:
       return body()
     except KeyboardInterrupt:
