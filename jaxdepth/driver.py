@@ -280,6 +280,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       variables, state = restored.state.variables, restored.extra
       entries = list(restored.meta["iterations"])
       say(f"resuming {workdir} after iteration {len(entries) - 1}")
+      if len(entries) > iterations:
+        say(f"the run already holds {len(entries)} iterations, more than the {iterations} "
+            f"asked: the report and the choice keep all of them")
     for done in range(len(entries)):
       _drop_epoch_checkpoints(workdir, done)
 

@@ -1,6 +1,7 @@
 """The iteration driver on digits (1-epoch iterations): report, saved models, resume, refusals."""
 import json
 import pathlib
+import shutil
 
 import jax
 import numpy as np
@@ -267,6 +268,20 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
   assert not (tmp_path / "new").exists()
+
+
+def test_fewer_iterations_than_a_run_holds_keep_them_all_and_say_so(digits, finished, tmp_path):
+  (ds, spec), (workdir, result, _) = digits, finished
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  said = []
+  again = driver.run(Easier(), spec, ds, RECIPE, copy, iterations=1, progress=False,
+                     eval_batch_size=512, say=said.append)
+  assert said[:2] == [f"resuming {copy} after iteration {ITERATIONS - 1}",
+                      f"the run already holds {ITERATIONS} iterations, more than the 1 asked: "
+                      f"the report and the choice keep all of them"]
+  assert len(again.report["iterations"]) == ITERATIONS
+  assert again.report["chosen"]["iteration"] == result.report["chosen"]["iteration"]
 
 
 def _numpy_dataset_entropy(counts):
