@@ -118,10 +118,10 @@ def _failed(path: pathlib.Path, what: str, error: Exception) -> ConfigError:
   """A config file's own error, with the line of the file it came from."""
   lines = [f.lineno for f in traceback.extract_tb(error.__traceback__)
            if pathlib.Path(f.filename) == path]
-  line = getattr(error, "lineno", None) if isinstance(error, SyntaxError) else (
-      lines[-1] if lines else None)
+  own_syntax = isinstance(error, SyntaxError) and pathlib.Path(error.filename or "") == path
+  line = error.lineno if own_syntax else (lines[-1] if lines else None)
   where = f" (line {line})" if line else ""
-  text = error.msg if isinstance(error, SyntaxError) else str(error)
+  text = error.msg if own_syntax else str(error)
   return ConfigError(f"config {path}: {what} failed{where}: {type(error).__name__}: {text}")
 
 
