@@ -53,7 +53,6 @@ import pathlib
 import re
 import shlex
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -394,8 +393,7 @@ def set_up_runtime(args: argparse.Namespace) -> None:
   if path is not None:
     try:
       path = pathlib.Path(path).expanduser()
-      path.mkdir(parents=True, exist_ok=True)
-      tempfile.TemporaryFile(dir=path).close()
+      ensure_writable(path)
     except OSError as e:
       _say_error(f"warning: the compilation cache {path} cannot be used ({e.strerror or e}); "
                  f"compiling without it (--compilation-cache DIR puts it elsewhere)")
