@@ -342,6 +342,41 @@ class Graph:
     rec(v)
     return order
 
+  def head(self, v) -> list:
+    """The equations computing ``v`` from the outputs of the layers (the module's last glue)."""
+    seen, order = set(), []
+
+    def rec(u):
+      if _is_literal(u) or u not in self.producer or not self.depends_on_input(u):
+        return
+      i, eqn = self.producer[u]
+      if i in seen or eqn.primitive is layer_p:
+        return
+      seen.add(i)
+      for w in eqn.invars:
+        rec(w)
+      order.append(eqn)
+    rec(v)
+    return order
+
+  def refuse_probabilities(self, v):
+    """Refuses a softmax, log-softmax or sigmoid applied after the last layer.
+
+    A softmax is ``exp`` next to a reduction (its normaliser); a sigmoid is ``logistic``
+    as the very last operation (SiLU, ``x * logistic(x)``, ends in a product).
+    """
+    eqns = self.head(v)
+    names = {name for eqn in eqns for name in _primitives(eqn)}
+    if "exp" in names and names & {"reduce_sum", "reduce_max", "logsumexp"}:
+      what = "a softmax or log-softmax"
+    elif eqns and eqns[-1].primitive.name == "logistic":
+      what = "a sigmoid"
+    else:
+      return
+    self.refuse(eqns[-1], f"{what} of the last layer's output",
+                "return the logits (the last layer's output): jaxdepth's losses and "
+                "accuracies take logits and apply the softmax themselves")
+
   def depends_on_input(self, v) -> bool:
     if _is_literal(v):
       return False
@@ -458,10 +493,14 @@ class Graph:
     if name == "slice" or name in ("squeeze", "reshape") and not _is_literal(ins[0]) and (
         ins[0] in self.producer and self.producer[ins[0]][1].primitive.name == "slice"):
       cut = eqn if name == "slice" else self.producer[ins[0]][1]
+      strides = cut.params.get("strides") or ()
+      step = f" in steps of {tuple(strides)}" if any(s != 1 for s in strides) else ""
       self.refuse(cut, f"a slice of a tensor of shape {tuple(cut.invars[0].aval.shape)} (from "
-                  f"{tuple(cut.params['start_indices'])} to {tuple(cut.params['limit_indices'])})",
+                  f"{tuple(cut.params['start_indices'])} to {tuple(cut.params['limit_indices'])}"
+                  f"{step})",
                   "the one slice jaxdepth has a node for is one token of a (B, N, C) sequence, "
-                  "x[:, i] (the class-token readout, SelectToken)")
+                  "x[:, i] (the class-token readout, SelectToken); subsample a map with a "
+                  "strided Conv or nn.max_pool / nn.avg_pool")
     if name in ("gather", "dynamic_slice"):
       self.refuse(eqn, "indexing by an array or a traced index",
                   "select a token with a Python int, x[:, 0] (SelectToken); other indexing has "

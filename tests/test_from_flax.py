@@ -592,6 +592,57 @@ def test_gating_product_of_two_tensors_is_refused():
   assert "'mul'" in message and "residual" in message and seconds < 1.0
 
 
+class ProbabilityHead(nn.Module):
+  head: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    x = nn.Dense(3)(x.mean((1, 2)))
+    return {"softmax": nn.softmax, "log_softmax": nn.log_softmax, "sigmoid": nn.sigmoid,
+            "silu": nn.silu}[self.head](x)
+
+
+@pytest.mark.parametrize("head, words", [("softmax", "a softmax or log-softmax"),
+                                         ("log_softmax", "a softmax or log-softmax"),
+                                         ("sigmoid", "a sigmoid")])
+def test_probabilities_at_the_output_are_refused_with_the_fix(head, words):
+  module = ProbabilityHead(head)
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert f"{words} of the last layer's output" in message, message
+  assert "return the logits" in message and "test_from_flax.py:" in message
+  assert seconds < 1.0
+
+
+def test_an_activation_after_the_last_layer_is_not_taken_for_probabilities():
+  # SiLU is x * sigmoid(x): a site, converted as the network's last node.
+  module = ProbabilityHead("silu")
+  x = _batch()
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert conv.spec.sites() == ("relu", "silu")
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
+
+
+class Subsampled(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))[:, ::2, ::2]
+    return nn.Dense(3)(x.mean((1, 2)))
+
+
+def test_a_strided_slice_is_refused_with_its_steps_and_the_alternatives():
+  module = Subsampled()
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "in steps of (1, 2, 2, 1)" in message, message
+  assert "strided Conv or nn.max_pool / nn.avg_pool" in message
+
+
 class NoisyNet(nn.Module):
   @nn.compact
   def __call__(self, x):
