@@ -57,7 +57,7 @@ TIMEOUT = 900
 
 def _free_port() -> int:
   with socket.socket() as s:
-    s.bind(("127.0.0.1", 0))
+    s.bind(("localhost", 0))
     return s.getsockname()[1]
 
 
@@ -78,7 +78,7 @@ def _run_all(root: pathlib.Path) -> None:
       "one": dict(MP_DEVICES="2", MP_MESHES="1,2", MP_COMMANDS="1"),
       "eight": dict(MP_DEVICES="8", MP_MESHES="8"),
       # The pair is launched as srun describes a job of two tasks on two nodes.
-      **{f"two_{i}": dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="127.0.0.1", SLURM_NTASKS="2",
+      **{f"two_{i}": dict(SLURM_JOB_ID="1", SLURM_STEP_NODELIST="localhost", SLURM_NTASKS="2",
                           SLURM_PROCID=str(i), SLURM_LOCALID="0",
                           JAX_COORDINATOR_PORT=str(port), MP_COMMANDS="1")
          for i in range(2)}}
@@ -235,7 +235,7 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   command.maybe_initialize_distributed(True)               # --multihost: jax detects it all
   assert calls == [{}]
   calls.clear()
-  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "10.0.0.1:1234")   # read by jax itself
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "coordinator-host:1234")   # read by jax itself
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "3")
   command.maybe_initialize_distributed(False)
