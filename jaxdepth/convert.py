@@ -481,6 +481,7 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
           f"(again at {leaf.line}): a spec node owns its weights, so shared layers cannot be "
           f"converted; give each call its own layer")
   graph = G.Graph(closed, leaves, root, params)
+  graph.refuse_preprocessing()
   graph.refuse_probabilities(jaxpr.outvars[0])
   out = graph.value(jaxpr.outvars[0])
   ir = graph.ir

@@ -359,6 +359,23 @@ class Graph:
     rec(v)
     return order
 
+  def refuse_preprocessing(self):
+    """Refuses arithmetic on the module's input before any layer (scaling, normalising)."""
+    reached = {self.input}
+    for eqn in self.jaxpr.eqns:
+      if not any(not _is_literal(u) and u in reached for u in eqn.invars):
+        continue
+      name = eqn.primitive.name
+      if name in ("convert_element_type", "copy", "copy_p"):
+        reached.update(eqn.outvars)
+      elif name in ("add", "sub", "mul", "div") and not all(
+          self.depends_on_input(u) for u in eqn.invars):
+        self.refuse(eqn, f"arithmetic on the module's input before its first layer "
+                    f"({name!r} with a constant: input scaling or normalisation)",
+                    "scale and normalise the inputs outside the module (jaxdepth's image "
+                    "datasets already come scaled to [0, 1] and normalised) and convert the "
+                    "module without it")
+
   def refuse_probabilities(self, v):
     """Refuses a softmax, log-softmax or sigmoid applied after the last layer.
 

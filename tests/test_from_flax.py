@@ -627,6 +627,31 @@ def test_an_activation_after_the_last_layer_is_not_taken_for_probabilities():
                              np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
 
 
+class Preprocessing(nn.Module):
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    if self.how == "scale":
+      x = x / 255.0
+    else:
+      x = (x.astype(jnp.float32) - jnp.array([0.5, 0.4, 0.3])) / jnp.array([0.2, 0.2, 0.2])
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(3)(x.mean((1, 2)))
+
+
+@pytest.mark.parametrize("how, op", [("scale", "'div'"), ("normalise", "'sub'")])
+def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
+  module = Preprocessing(how)
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert f"arithmetic on the module's input before its first layer ({op} with a constant" in (
+      message), message
+  assert "normalise the inputs outside the module" in message
+  assert "test_from_flax.py:" in message and seconds < 1.0
+
+
 class Subsampled(nn.Module):
   @nn.compact
   def __call__(self, x):
