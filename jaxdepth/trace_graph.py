@@ -325,32 +325,20 @@ class Graph:
                     "module": self.module_of(eqn) if eqn is not None else "", **info})
     return len(self.ir) - 1
 
-  def ancestry(self, v) -> list:
-    """The equations ``v`` is computed by, innermost last (empty for inputs and constants)."""
+  def ancestry(self, v, after_layers: bool = False) -> list:
+    """The equations ``v`` is computed by, innermost last (empty for inputs and constants).
+
+    With ``after_layers``, only the glue between the layers' outputs and ``v``: the
+    equations that depend on the input and come after every layer they read.
+    """
     seen, order = set(), []
 
     def rec(u):
-      if _is_literal(u) or u not in self.producer:
+      if _is_literal(u) or u not in self.producer or (
+          after_layers and not self.depends_on_input(u)):
         return
       i, eqn = self.producer[u]
-      if i in seen:
-        return
-      seen.add(i)
-      for w in eqn.invars:
-        rec(w)
-      order.append(eqn)
-    rec(v)
-    return order
-
-  def head(self, v) -> list:
-    """The equations computing ``v`` from the outputs of the layers (the module's last glue)."""
-    seen, order = set(), []
-
-    def rec(u):
-      if _is_literal(u) or u not in self.producer or not self.depends_on_input(u):
-        return
-      i, eqn = self.producer[u]
-      if i in seen or eqn.primitive is layer_p:
+      if i in seen or after_layers and eqn.primitive is layer_p:
         return
       seen.add(i)
       for w in eqn.invars:
@@ -382,9 +370,9 @@ class Graph:
     A softmax is ``exp`` next to a reduction (its normaliser); a sigmoid is ``logistic``
     as the very last operation (SiLU, ``x * logistic(x)``, ends in a product).
     """
-    eqns = self.head(v)
+    eqns = self.ancestry(v, after_layers=True)
     names = {name for eqn in eqns for name in _primitives(eqn)}
-    if "exp" in names and names & {"reduce_sum", "reduce_max", "logsumexp"}:
+    if "exp" in names and names & {"reduce_sum", "reduce_max"}:
       what = "a softmax or log-softmax"
     elif eqns and eqns[-1].primitive.name == "logistic":
       what = "a sigmoid"
