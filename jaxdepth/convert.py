@@ -468,6 +468,7 @@ def _check_input(sample_input):
 
 
 def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
+  closed = G.inline_checkpoints(closed)
   jaxpr = closed.jaxpr
   if len(jaxpr.outvars) != 1:
     raise ConversionError(f"the module returns {len(jaxpr.outvars)} arrays; jaxdepth converts "
@@ -479,7 +480,8 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
       raise ConversionError(
           f"layer {_where(leaf.path)} ({type(leaf.module).__name__}) is called more than once "
           f"(again at {leaf.line}): a spec node owns its weights, so shared layers cannot be "
-          f"converted; give each call its own layer")
+          f"converted; give each call its own layer (a layer inside nn.scan or a loop runs once "
+          f"per step, with stacked weights: unroll the loop into one module per step)")
   graph = G.Graph(closed, leaves, root, params)
   graph.refuse_preprocessing()
   graph.refuse_probabilities(jaxpr.outvars[0])

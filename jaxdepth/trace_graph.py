@@ -41,7 +41,8 @@ from jax.extend import core as jcore
 
 from jaxdepth import spec as S
 
-__all__ = ["ConversionError", "layer_p", "Graph", "dominators", "series", "leaf_count"]
+__all__ = ["ConversionError", "layer_p", "Graph", "dominators", "series", "leaf_count",
+           "inline_checkpoints"]
 
 
 class ConversionError(ValueError):
@@ -199,6 +200,40 @@ def _primitives(eqn):
 
 def _is_literal(v) -> bool:
   return isinstance(v, jcore.Literal)
+
+
+# What jax.checkpoint (nn.remat) leaves in a trace: a call whose body holds the layers.
+_CHECKPOINTS = frozenset({"remat2", "remat", "checkpoint"})
+
+
+def inline_checkpoints(closed):
+  """``closed`` with every ``jax.checkpoint`` call (``nn.remat``, ``nnx.remat``) replaced by
+  its body: rematerialisation changes how gradients are computed, not what the network
+  is, and the body's equations keep their source lines and module paths."""
+  if not any(e.primitive.name in _CHECKPOINTS for e in closed.jaxpr.eqns):
+    return closed
+  env: dict = {}
+
+  def read(a):
+    return a if _is_literal(a) else env.get(a, a)
+
+  def emit(eqns, out):
+    for eqn in eqns:
+      invars = [read(v) for v in eqn.invars]
+      body = eqn.params.get("jaxpr") if eqn.primitive.name in _CHECKPOINTS else None
+      if body is not None and not body.constvars:
+        env.update(zip(body.invars, invars))
+        emit(body.eqns, out)
+        env.update((o, read(v)) for o, v in zip(eqn.outvars, body.outvars))
+        continue
+      outvars = [type(v)(v.aval) for v in eqn.outvars]   # fresh: a body may be inlined twice
+      env.update(zip(eqn.outvars, outvars))
+      out.append(eqn.replace(invars=invars, outvars=outvars))
+
+  eqns: list = []
+  emit(closed.jaxpr.eqns, eqns)
+  jaxpr = closed.jaxpr.replace(eqns=eqns, outvars=[read(v) for v in closed.jaxpr.outvars])
+  return closed.replace(jaxpr=jaxpr)
 
 
 class Graph:

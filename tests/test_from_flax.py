@@ -967,6 +967,63 @@ def test_shared_layer_is_refused():
   assert "Conv_0" in message and "called more than once" in message and seconds < 1.0
 
 
+class TwoBlocks(nn.Module):
+  """Two residual blocks, rematerialised (nn.remat: the trace holds them as checkpoints) or not."""
+  remat: bool
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    block = nn.remat(BasicBlock, static_argnums=(2,)) if self.remat else BasicBlock
+    x = nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))
+    x = block(4)(x, train)
+    x = block(8, 2)(x, train)
+    return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+
+
+def test_rematerialised_blocks_convert_as_the_blocks_they_are():
+  module = TwoBlocks(remat=True)
+  x = _batch(n=4)
+  variables = _perturb_stats(module.init(jax.random.key(0), x), 1)
+  conv = jaxdepth.from_flax(module, variables, x)
+  renamed = {col: {name.replace("Checkpoint", ""): v for name, v in tree.items()}
+             for col, tree in variables.items()}
+  plain = jaxdepth.from_flax(TwoBlocks(remat=False), renamed, x)
+  # The same network, its block names prefixed as Flax names lifted modules.
+  assert conv.spec.to_json().replace("CheckpointBasicBlock", "BasicBlock") == (
+      plain.spec.to_json())
+  assert sum(isinstance(n, jaxdepth.Block) for _, n in conv.spec.walk()) == 2
+  assert conv.paths["CheckpointBasicBlock_1/Conv_2"] == "CheckpointBasicBlock_1/Conv_2"
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-5)
+  back, skipped = convert.to_user_variables(conv, conv.variables, variables)
+  assert skipped == []
+  np.testing.assert_array_equal(
+      np.asarray(back["params"]["CheckpointBasicBlock_1"]["Conv_2"]["kernel"]),
+      np.asarray(variables["params"]["CheckpointBasicBlock_1"]["Conv_2"]["kernel"]))
+
+
+def test_a_scanned_layer_is_refused_with_the_unrolled_form():
+  class Body(nn.Module):
+    @nn.compact
+    def __call__(self, c, _):
+      return c + nn.Conv(c.shape[-1], (3, 3), padding="SAME")(nn.relu(c)), None
+
+  class Scanned(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3), padding="SAME")(x)
+      x, _ = nn.scan(Body, variable_axes={"params": 0}, split_rngs={"params": True},
+                     length=3)()(x, None)
+      return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+  module = Scanned()
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "called more than once" in message and "unroll the loop into one module per step" in (
+      message), message
+  assert seconds < 1.0
+
+
 def test_spec_growth_concat_activations_and_padding():
   concat = S.Concat("cat", branches=((), (S.Conv("c", features=3, padding="SAME", bias=True),),
                                      (S.Act("s", fn="leaky_relu", negative_slope=0.3),)),
