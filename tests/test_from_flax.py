@@ -652,6 +652,35 @@ def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
   assert "test_from_flax.py:" in message and seconds < 1.0
 
 
+class HalfPrecision(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3), dtype=jnp.bfloat16)(x))
+    return nn.Dense(3)(x.mean((1, 2)))
+
+
+class NNXHalfPrecision(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(SHAPE[-1], 4, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(4, 3, dtype=jnp.bfloat16, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.conv(x)).mean((1, 2)))
+
+
+def test_a_layer_computing_in_bfloat16_is_refused_with_the_fix():
+  x = _batch(n=2)
+  module = HalfPrecision()
+  variables = module.init(jax.random.key(0), x)
+  for convert_it, where in ((lambda: jaxdepth.from_flax(module, variables, x), "layer Conv_0"),
+                            (lambda: jaxdepth.from_nnx(NNXHalfPrecision(nnx.Rngs(0)), x),
+                             "layer head")):
+    message, seconds = _refusal(convert_it)
+    assert f"{where} (" in message and "computes in bfloat16" in message, message
+    assert "convert a float32 instance of the module" in message and "--dtype" in message
+    assert seconds < 1.0
+
+
 class Subsampled(nn.Module):
   @nn.compact
   def __call__(self, x):
