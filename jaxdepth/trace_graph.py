@@ -256,6 +256,7 @@ class Graph:
     self._memo: dict = {}
     self._src: dict = {}
     self._dep: dict = {}
+    self._uses: dict | None = None
 
   # -- where -------------------------------------------------------------------
 
@@ -463,6 +464,23 @@ class Graph:
     eqn_v = self.region(v, s)[-1]
     if s in self.producer:
       _, eqn = self.producer[s]
+      if eqn.primitive.name in ("broadcast_in_dim", "reshape") and self._unit_axes_only(eqn):
+        # jnp.mean(..., keepdims=True): the sum with its reduced axes put back as ones. The
+        # spec's pool gives (B, C), so the ones must be dropped again by every use.
+        inner = eqn.invars[0]
+        if not _is_literal(inner) and inner in self.producer:
+          kept = [u for u in self.uses(v) if not (
+              u.primitive.name in ("reshape", "squeeze")
+              and len(u.outvars[0].aval.shape) == 2 and self._unit_axes_only(u))]
+          if kept:
+            reader = next((u for u in kept if u.primitive is layer_p), None)
+            by = (f"layer {self.leaves[reader.params['index']].where}" if reader is not None
+                  else repr(kept[0].primitive.name))
+            self.refuse(eqn_v, f"a global average pool with keepdims=True, read as "
+                        f"{tuple(v.aval.shape)} by {by}",
+                        "pool without keepdims, jnp.mean(x, axis=(1, 2)), which gives (B, C), "
+                        "and read it with a Dense (a 1x1 Conv on the pooled map is one)")
+          eqn = self.producer[inner][1]
       name = eqn.primitive.name
       x = eqn.invars[0]
       spatial = tuple(range(1, len(x.aval.shape) - 1))    # (H, W) of a map, N of tokens
@@ -477,6 +495,23 @@ class Graph:
                 "scale inside a layer (e.g. fold it into the next Dense or Conv); the averages "
                 "jaxdepth has nodes for are jnp.mean over (H, W) of (B, H, W, C) or over the "
                 "tokens of (B, N, C), and nn.avg_pool")
+
+  def uses(self, v) -> list:
+    """The equations that read ``v``."""
+    if self._uses is None:
+      self._uses = {}
+      for eqn in self.jaxpr.eqns:
+        for u in eqn.invars:
+          if not _is_literal(u):
+            self._uses.setdefault(u, []).append(eqn)
+    return self._uses.get(v, [])
+
+  @staticmethod
+  def _unit_axes_only(eqn) -> bool:
+    """Whether ``eqn`` only inserts or drops axes of length one."""
+    squeeze = lambda shape: tuple(d for d in shape if d != 1)
+    return (squeeze(eqn.invars[0].aval.shape) == squeeze(eqn.outvars[0].aval.shape)
+            and math.prod(eqn.invars[0].aval.shape) == math.prod(eqn.outvars[0].aval.shape))
 
   def window(self, eqn, op):
     p = eqn.params
@@ -515,6 +550,14 @@ class Graph:
       if any(tuple(u.aval.shape) != tuple(v.aval.shape) for u in ins):
         self.refuse(eqn, "an addition that broadcasts", "add tensors of the same shape")
       return self.add("add", [self.value(u) for u in ins], eqn)
+    if name in ("mul", "div") and not all(self.depends_on_input(u) for u in ins):
+      (scale,) = [u for u in ins if not self.depends_on_input(u)]
+      named = self._parameter(scale)
+      what = (f"the parameter {named[0]} of shape {named[1]}" if named else
+              f"an array of shape {tuple(scale.aval.shape)}")
+      self.refuse(eqn, f"a tensor scaled by {what} outside a layer (e.g. a layer scale)",
+                  "fold the scale into the layer before it (multiply its kernel and bias "
+                  "by it), or drop it")
     if name in _ELEMENTWISE or name in _CALLS:
       self.refuse(eqn, f"{name!r} of two tensors (not a residual addition)",
                   "jaxdepth joins branches by addition (residual blocks) or by concatenation "
@@ -545,6 +588,9 @@ class Graph:
       self.refuse(eqn, "indexing by an array or a traced index",
                   "select a token with a Python int, x[:, 0] (SelectToken); other indexing has "
                   "no node")
+    if name == "squeeze" and len(v.aval.shape) == 2 and self._unit_axes_only(eqn):
+      x = ins[0]      # (B, 1, 1, C) -> (B, C): a flatten
+      return self.add("flatten", [self.value(x)], eqn)
     if name == "reshape":
       x = ins[0]
       shape, new = tuple(x.aval.shape), tuple(v.aval.shape)
@@ -588,6 +634,19 @@ class Graph:
         or limit[0] != shape[0] or limit[2] != shape[2] or limit[1] != start[1] + 1):
       return None
     return eqn, int(start[1])
+
+  def _parameter(self, u) -> tuple[str, tuple] | None:
+    """Path and shape of the module parameter ``u`` copies (reshaped, broadcast, ...), if any."""
+    while not _is_literal(u) and u in self.producer:
+      op = self.producer[u][1]
+      ins = [w for w in op.invars if not _is_literal(w)]
+      if op.primitive.name not in _COPIES or len(ins) != 1:
+        return None
+      u = ins[0]
+    if _is_literal(u) or u not in self.consts:
+      return None
+    found = self.params.get(id(self.consts[u]))
+    return (found[1], tuple(np.shape(self.consts[u]))) if found is not None else None
 
   def parameter(self, eqn, u, what: str, todo: str):
     """The module's parameter the input-independent ``u`` copies.

@@ -681,6 +681,59 @@ def test_a_layer_computing_in_bfloat16_is_refused_with_the_fix():
     assert seconds < 1.0
 
 
+class KeepdimsPool(nn.Module):
+  read: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(4, (3, 3))(x))
+    x = jnp.mean(x, axis=(1, 2), keepdims=True)
+    if self.read == "reshape":
+      return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+    if self.read == "squeeze":
+      return nn.Dense(3)(jnp.squeeze(x, (1, 2)))
+    return nn.Conv(3, (1, 1))(x).reshape((x.shape[0], -1))
+
+
+@pytest.mark.parametrize("read", ["reshape", "squeeze"])
+def test_a_keepdims_mean_then_flattened_is_a_global_pool(read):
+  module = KeepdimsPool(read)
+  x = _batch(n=3)
+  variables = module.init(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert [type(n).__name__ for n in conv.spec.layers] == ["Conv", "Act", "Pool", "Flatten",
+                                                          "Dense"]
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
+  module = KeepdimsPool("conv")
+  x = _batch(n=3)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "a global average pool with keepdims=True, read as (3, 1, 1, 4) by layer Conv_1 (" in (
+      message), message
+  assert "pool without keepdims" in message and seconds < 1.0
+
+
+def test_a_layer_scale_is_refused_naming_the_parameter():
+  class LayerScale(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      gamma = self.param("gamma", nn.initializers.constant(1e-6), (4,))
+      x = x + gamma * nn.Conv(4, (3, 3), padding="SAME")(nn.relu(x))
+      return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
+  module = LayerScale()
+  x = _batch(n=2)
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "a tensor scaled by the parameter gamma of shape (4,) outside a layer" in message, (
+      message)
+  assert "fold the scale into the layer before it" in message and seconds < 1.0
+
+
 class Subsampled(nn.Module):
   @nn.compact
   def __call__(self, x):
