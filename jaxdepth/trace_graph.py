@@ -384,7 +384,8 @@ class Graph:
     return order
 
   def refuse_preprocessing(self):
-    """Refuses arithmetic on the module's input before any layer (scaling, normalising)."""
+    """Refuses preprocessing of the module's input before any layer: arithmetic with a
+    constant (scaling, normalising) and a transposition of the image (NCHW to NHWC)."""
     reached = {self.input}
     for eqn in self.jaxpr.eqns:
       if not any(not _is_literal(u) and u in reached for u in eqn.invars):
@@ -392,6 +393,11 @@ class Graph:
       name = eqn.primitive.name
       if name in ("convert_element_type", "copy", "copy_p"):
         reached.update(eqn.outvars)
+      elif name == "transpose" and len(eqn.invars[0].aval.shape) == 4:
+        self.refuse(eqn, f"a transposition of the module's input ({tuple(eqn.invars[0].aval.shape)}"
+                    f" to {tuple(eqn.outvars[0].aval.shape)}, e.g. NCHW to NHWC)",
+                    "jaxdepth's images are (B, H, W, C): convert the module without the "
+                    "transposition, with a sample batch of that layout")
       elif name in ("add", "sub", "mul", "div") and not all(
           self.depends_on_input(u) for u in eqn.invars):
         self.refuse(eqn, f"arithmetic on the module's input before its first layer "

@@ -634,6 +634,8 @@ class Preprocessing(nn.Module):
   def __call__(self, x):
     if self.how == "scale":
       x = x / 255.0
+    elif self.how == "nchw":
+      x = jnp.transpose(x, (0, 2, 3, 1))
     else:
       x = (x.astype(jnp.float32) - jnp.array([0.5, 0.4, 0.3])) / jnp.array([0.2, 0.2, 0.2])
     x = nn.relu(nn.Conv(4, (3, 3))(x))
@@ -650,6 +652,15 @@ def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
       message), message
   assert "normalise the inputs outside the module" in message
   assert "test_from_flax.py:" in message and seconds < 1.0
+
+
+def test_an_input_transposed_inside_the_module_is_refused_with_the_layout():
+  module = Preprocessing("nchw")
+  x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
+  variables = module.init(jax.random.key(0), x)
+  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "a transposition of the module's input ((2, 3, 8, 8) to (2, 8, 8, 3)" in message, message
+  assert "jaxdepth's images are (B, H, W, C)" in message and seconds < 1.0
 
 
 class HalfPrecision(nn.Module):
