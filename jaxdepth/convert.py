@@ -294,6 +294,7 @@ def _trace_nnx(model, x, kwargs):
   model.eval()
   paths, types = _nnx_patches(model)
   saved = {}
+  entered: list[tuple] = []    # the paths of the modules whose __call__ is running
 
   def wrap(cls, original):
     kind = layers.kind_of(cls, layers.NNX)
@@ -310,8 +311,16 @@ def _trace_nnx(model, x, kwargs):
         _refuse_layer(path, self)
       if not path:
         return tracer.run(path, original, self, *args, **kwargs)
-      with jax.named_scope(str(path[-1])):
-        return tracer.run(path, original, self, *args, **kwargs)
+      # The scope is the path below the calling module, so that a block reached through a
+      # list (blocks/0) is named by the whole of it, as Linen names it.
+      outer = entered[-1] if entered else ()
+      below = path[len(outer):] if path[:len(outer)] == outer else path
+      entered.append(path)
+      try:
+        with jax.named_scope("/".join(str(p) for p in below)):
+          return tracer.run(path, original, self, *args, **kwargs)
+      finally:
+        entered.pop()
     return call
 
   try:
@@ -351,7 +360,7 @@ class _Builder:
       if parts is None:
         node = self.leaf(n, prefix, taken, scope_module)
       else:
-        hint = (n["module"].split("/")[-1] if n["module"] else "") or (
+        hint = _relative(n["module"], scope_module) or (
             "block" if n["kind"] == "add" else "concat")
         name = _unique(_clean(hint), taken)
         inner: set = set()

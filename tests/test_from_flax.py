@@ -1095,6 +1095,57 @@ def test_rematerialised_blocks_convert_as_the_blocks_they_are():
       np.asarray(variables["params"]["CheckpointBasicBlock_1"]["Conv_2"]["kernel"]))
 
 
+class NNXStacked(nnx.Module):
+  """NNX blocks kept in a list: reached as blocks/0, blocks/1 without a call of the list."""
+
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(SHAPE[-1], 4, (3, 3), rngs=rngs)
+    self.blocks = nnx.List([NNXBasicBlock(4, 4, 1, rngs=rngs) for _ in range(2)])
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.stem(x)
+    for block in self.blocks:
+      x = block(x)
+    return self.head(x.mean((1, 2)))
+
+
+def test_nnx_blocks_in_a_list_are_named_by_their_whole_path():
+  model = NNXStacked(nnx.Rngs(0))
+  x = _batch(n=3)
+  conv = jaxdepth.from_nnx(model, x)
+  blocks = [p for p, n in conv.spec.walk() if isinstance(n, jaxdepth.Block)]
+  assert blocks == ["blocks_0", "blocks_1"]
+  assert conv.paths["blocks_1/conv1"] == "blocks/1/conv1"
+  model.eval()
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(model(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_blocks_inside_plain_modules_are_named_by_their_path():
+  class Stage(nn.Module):
+    blocks: int
+
+    @nn.compact
+    def __call__(self, x):
+      for _ in range(self.blocks):
+        x = BasicBlock(4)(x)
+      return x
+
+  class Staged(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = Stage(2)(nn.Conv(4, (3, 3))(x))
+      return nn.Dense(3)(jnp.mean(Stage(1)(x), axis=(1, 2)))
+  module = Staged()
+  x = _batch(n=2)
+  conv = jaxdepth.from_flax(module, module.init(jax.random.key(0), x), x)
+  blocks = [p for p, n in conv.spec.walk() if isinstance(n, jaxdepth.Block)]
+  # Each stage's first block is its own BasicBlock_0: named by the stage too, not renumbered.
+  assert blocks == ["Stage_0_BasicBlock_0", "Stage_0_BasicBlock_1", "Stage_1_BasicBlock_0"]
+  assert conv.paths["Stage_1_BasicBlock_0/Conv_1"] == "Stage_1/BasicBlock_0/Conv_1"
+
+
 def test_a_scanned_layer_is_refused_with_the_unrolled_form():
   class Body(nn.Module):
     @nn.compact
