@@ -207,9 +207,10 @@ _CHECKPOINTS = frozenset({"remat2", "remat", "checkpoint"})
 
 
 def inline_checkpoints(closed):
-  """``closed`` with every ``jax.checkpoint`` call (``nn.remat``, ``nnx.remat``) replaced by
-  its body: rematerialisation changes how gradients are computed, not what the network
-  is, and the body's equations keep their source lines and module paths."""
+  """``closed`` with every ``jax.checkpoint`` call (``nn.remat``) replaced by its body.
+
+  Rematerialisation changes how gradients are computed, not what the network is; the
+  body's equations keep their source lines and module paths."""
   if not any(e.primitive.name in _CHECKPOINTS for e in closed.jaxpr.eqns):
     return closed
   env: dict = {}
@@ -641,18 +642,28 @@ class Graph:
       return None
     return eqn, int(start[1])
 
-  def _parameter(self, u) -> tuple[str, tuple] | None:
-    """Path and shape of the module parameter ``u`` copies (reshaped, broadcast, ...), if any."""
-    while not _is_literal(u) and u in self.producer:
-      op = self.producer[u][1]
+  def _copies(self, u) -> tuple[list, Any]:
+    """``(chain, root)``: the copies (reshape, broadcast, tile, squeeze, dtype conversion)
+    that compute ``u``, outermost first, and the value they copy (a constant, a literal or
+    the output of anything else)."""
+    chain = []
+    while not _is_literal(u) and u not in self.consts and u in self.producer:
+      _, op = self.producer[u]
       ins = [w for w in op.invars if not _is_literal(w)]
-      if op.primitive.name not in _COPIES or len(ins) != 1:
-        return None
+      if (op.primitive.name not in _COPIES or len(ins) != 1
+          or op.params.get("dimensions") is not None and op.primitive.name == "reshape"):
+        break
+      chain.append(op)
       u = ins[0]
-    if _is_literal(u) or u not in self.consts:
+    return chain, u
+
+  def _parameter(self, u) -> tuple[str, tuple] | None:
+    """Path and shape of the module parameter ``u`` copies, if it copies one."""
+    _, root = self._copies(u)
+    if _is_literal(root) or root not in self.consts:
       return None
-    found = self.params.get(id(self.consts[u]))
-    return (found[1], tuple(np.shape(self.consts[u]))) if found is not None else None
+    found = self.params.get(id(self.consts[root]))
+    return (found[1], tuple(np.shape(self.consts[root]))) if found is not None else None
 
   def parameter(self, eqn, u, what: str, todo: str):
     """The module's parameter the input-independent ``u`` copies.
@@ -665,18 +676,12 @@ class Graph:
     collection and a parameter used twice.
     """
     self.refuse_random(self.ancestry(u))
-    chain = []
-    while not (not _is_literal(u) and u in self.consts):
-      if _is_literal(u) or u not in self.producer:
-        self.refuse(eqn, f"{what}: a literal constant", todo)
-      _, op = self.producer[u]
-      ins = [w for w in op.invars if not _is_literal(w)]
-      if (op.primitive.name not in _COPIES or len(ins) != 1
-          or op.params.get("dimensions") is not None and op.primitive.name == "reshape"):
-        self.refuse(op, f"{what}, computed from a parameter or a constant (e.g. cropped or "
-                    f"interpolated) rather than a parameter used as it is", todo)
-      chain.append(op)
-      u = ins[0]
+    chain, u = self._copies(u)
+    if _is_literal(u) or u not in self.consts and u not in self.producer:
+      self.refuse(eqn, f"{what}: a literal constant", todo)
+    if u not in self.consts:
+      self.refuse(self.producer[u][1], f"{what}, computed from a parameter or a constant (e.g. "
+                  f"cropped or interpolated) rather than a parameter used as it is", todo)
     array = self.consts[u]
     found = self.params.get(id(array))
     if found is None:
