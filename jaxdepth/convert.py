@@ -486,9 +486,9 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
     dtype = getattr(leaf.module, "dtype", None)
     if dtype is not None and jnp.dtype(dtype) != jnp.float32:
       raise ConversionError(
-          f"layer {leaf.where} computes in {jnp.dtype(dtype).name}: convert a float32 instance of the module (its layers' dtype left unset); jaxdepth "
-          f"picks the compute dtype itself (forward(..., dtype=jnp.bfloat16), --dtype on the "
-          f"command line)")
+          f"layer {leaf.where} computes in {jnp.dtype(dtype).name}: convert a float32 "
+          f"instance of the module (its layers' dtype left unset); jaxdepth picks the compute "
+          f"dtype itself (forward(..., dtype=jnp.bfloat16), --dtype on the command line)")
   calls: dict[tuple, int] = {}
   for leaf in leaves:
     calls[leaf.path] = calls.get(leaf.path, 0) + 1
