@@ -740,31 +740,33 @@ def load_class(reference: str):
   return cls
 
 
-def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0) -> Converted:
+def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
+              model_kwargs: Mapping[str, Any] | None = None) -> Converted:
   """Builds, initialises and converts the module class named by ``file.py:ClassName``.
 
   The class is constructed with ``num_classes=`` when it takes it (a Linen field
-  or an NNX ``__init__`` argument), else with no arguments (NNX: ``rngs=``
-  too), initialised on zeros of ``(2, *input_shape)`` with ``seed`` and
-  converted by :func:`from_flax`.
+  or an NNX ``__init__`` argument), with the entries of ``model_kwargs`` it takes
+  (the others, e.g. a config's arguments for its own zoo model, are left out), and
+  for NNX with ``rngs=``; then initialised on zeros of ``(2, *input_shape)`` with
+  ``seed`` and converted by :func:`from_flax`.
   """
   cls = load_class(reference)
-  kwargs = {}
   if issubclass(cls, nn.Module):
-    if "num_classes" in {f.name for f in dataclasses.fields(cls)}:
-      kwargs["num_classes"] = num_classes
+    takes = {f.name for f in dataclasses.fields(cls) if f.init} - {"parent", "name"}
   else:
-    names = inspect.signature(cls.__init__).parameters
-    if "num_classes" in names:
-      kwargs["num_classes"] = num_classes
-    if "rngs" in names:
-      kwargs["rngs"] = nnx.Rngs(seed)
+    takes = set(inspect.signature(cls.__init__).parameters) - {"self"}
+  kwargs = {k: v for k, v in (model_kwargs or {}).items() if k in takes}
+  if "num_classes" in takes:
+    kwargs["num_classes"] = num_classes
+  if "rngs" in takes and not issubclass(cls, nn.Module):
+    kwargs["rngs"] = nnx.Rngs(seed)
   try:
     module = cls(**kwargs)
   except TypeError as e:
     raise ConversionError(f"model {reference!r}: {cls.__name__}({', '.join(kwargs)}) failed "
-                          f"({e}); the class must be constructible with no arguments or with "
-                          f"num_classes") from e
+                          f"({e}); the class must be constructible with num_classes (when it "
+                          f"takes it) and the model_kwargs it takes (--set "
+                          f"\"model_kwargs={{...}}\")") from e
   x = jnp.zeros((2, *input_shape), jnp.float32)
   if isinstance(module, nnx.Module):
     return from_nnx(module, x)

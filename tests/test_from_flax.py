@@ -1014,6 +1014,44 @@ def user_file(tmp_path_factory):
   return path
 
 
+WIDE_FILE = '''
+import flax.linen as nn
+import jax.numpy as jnp
+from flax import nnx
+
+
+class Wide(nn.Module):
+  width: int
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(self.num_classes)(jnp.mean(nn.relu(nn.Conv(self.width, (3, 3))(x)), (1, 2)))
+
+
+class NNXWide(nnx.Module):
+  def __init__(self, width, num_classes, *, rngs):
+    self.conv = nnx.Conv(1, width, (3, 3), rngs=rngs)
+    self.head = nnx.Linear(width, num_classes, rngs=rngs)
+
+  def __call__(self, x):
+    return self.head(nnx.relu(self.conv(x)).mean((1, 2)))
+'''
+
+
+@pytest.mark.parametrize("name", ["Wide", "NNXWide"])
+def test_a_users_class_gets_the_model_kwargs_it_takes(name, tmp_path):
+  path = tmp_path / "wide.py"
+  path.write_text(WIDE_FILE)
+  # A config's arguments for its own zoo model (depth) are left out; width is taken.
+  conv = convert.from_file(f"{path}:{name}", input_shape=SHAPE, num_classes=4,
+                           model_kwargs={"width": 6, "depth": 20})
+  kernels = [n for _, n in conv.spec.walk() if isinstance(n, jaxdepth.Conv)]
+  assert [k.features for k in kernels] == [6] and conv.spec.output_shape == (4,)
+  with pytest.raises(jaxdepth.ConversionError, match=r"the model_kwargs it takes \(--set"):
+    convert.from_file(f"{path}:{name}", input_shape=SHAPE, num_classes=4, model_kwargs={})
+
+
 def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
   from train import __main__ as cli
   workdir = tmp_path / "run"

@@ -264,7 +264,8 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   try:
     if convert.is_file_reference(cfg["model"]):   # the user's own Flax module, converted
       spec = convert.from_file(cfg["model"], input_shape=ds.input_shape,
-                               num_classes=ds.num_classes, seed=cfg["seed"]).spec
+                               num_classes=ds.num_classes, seed=cfg["seed"],
+                               model_kwargs=cfg["model_kwargs"]).spec
     else:
       spec = zoo.get(cfg["model"], num_classes=ds.num_classes, input_shape=ds.input_shape,
                      **cfg["model_kwargs"])
