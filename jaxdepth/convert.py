@@ -183,6 +183,12 @@ def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionErr
         f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
         f"random numbers only through nn.Dropout; random operations of its own cannot be "
         f"converted: move them out of the module")
+  if name == "TraceContextError":
+    return ConversionError(
+        f"{what} runs a part of itself through an NNX transform, {where} ({name}: {text}). "
+        f"jaxdepth reads nnx.remat and nnx.jit through; other transforms (nnx.vmap, "
+        f"nnx.scan, nnx.cond, ...) cannot be converted: call the layers directly (a stack of "
+        f"layers as a list of modules)")
   if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
               "TypeError", "ValueError", "IndexError"):
     return ConversionError(
@@ -275,6 +281,38 @@ def _nnx_patches(model):
   return paths, types
 
 
+def _wrapper_codes(fn) -> tuple:
+  """The code objects (or types) of the wrappers around a function, outermost first."""
+  codes = []
+  while hasattr(fn, "__wrapped__"):
+    codes.append(getattr(fn, "__code__", type(fn)))
+    fn = fn.__wrapped__
+  return tuple(codes)
+
+
+@functools.cache
+def _remat_codes() -> tuple:
+  return _wrapper_codes(nnx.remat(lambda: None))
+
+
+def _unwrapped_nnx_transform(value):
+  """The function an ``nnx.remat`` or ``nnx.jit`` wrapper runs, else None.
+
+  Both change how a function is run, not what it computes; traced as they are, NNX's own
+  split and merge would hand the trace copies of the module from another trace level."""
+  if isinstance(value, nnx.transforms.compilation.JitWrapped):
+    return value.__wrapped__
+  if callable(value) and _wrapper_codes(value) == _remat_codes():
+    return inspect.unwrap(value)
+  return None
+
+
+def _run_plain(f=None, /, **_options):
+  """Stands in for ``nnx.remat`` and ``nnx.jit`` during the trace: the function itself (or,
+  called with options only, a decorator that returns it)."""
+  return f if callable(f) else (lambda g: g)
+
+
 def _nnx_params(model) -> dict[int, tuple[str, str]]:
   """``{id(array): (collection, path)}`` of an NNX model's variables (``params`` for
   ``nnx.Param``, else the variable type's name)."""
@@ -288,7 +326,8 @@ def _nnx_params(model) -> dict[int, tuple[str, str]]:
 
 def _trace_nnx(model, x, kwargs):
   """Traces a copy of ``model`` in eval mode, its module classes' ``__call__`` wrapped for
-  the time of the trace: layers emit the marker, other modules name a scope."""
+  the time of the trace (layers emit the marker, other modules name a scope) and
+  ``nnx.remat`` / ``nnx.jit`` running the functions they wrap."""
   tracer = _Tracer()
   model = nnx.clone(model)
   model.eval()
@@ -323,12 +362,23 @@ def _trace_nnx(model, x, kwargs):
         entered.pop()
     return call
 
+  def patch(owner, name, value):
+    saved.setdefault((owner, name), owner.__dict__.get(name))
+    setattr(owner, name, value)
+
   try:
+    # nnx.remat and nnx.jit, at a method's definition or called inside one, run the plain
+    # function for the time of the trace.
+    for owner in {c for t in types for c in t.__mro__
+                  if not c.__module__.startswith(("flax.", "builtins", "abc"))}:
+      for name, value in list(owner.__dict__.items()):
+        if (plain := _unwrapped_nnx_transform(value)) is not None:
+          patch(owner, name, plain)
+    for name in ("remat", "jit"):
+      patch(nnx, name, _run_plain)
     for cls in types:
-      if "__call__" not in dir(cls):
-        continue
-      saved[cls] = cls.__dict__.get("__call__")
-      cls.__call__ = wrap(cls, cls.__call__)
+      if "__call__" in dir(cls):
+        patch(cls, "__call__", wrap(cls, cls.__call__))
     with jax.disable_jit():
       closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
   except ConversionError:
@@ -336,11 +386,11 @@ def _trace_nnx(model, x, kwargs):
   except Exception as e:  # pylint: disable=broad-except
     raise tracer.error(e, x.shape, f"module {type(model).__name__}") from e
   finally:
-    for cls, original in saved.items():
+    for (owner, name), original in saved.items():
       if original is None:
-        del cls.__call__
+        delattr(owner, name)
       else:
-        cls.__call__ = original
+        setattr(owner, name, original)
   return closed, tracer.leaves, _nnx_params(model)
 
 

@@ -1160,6 +1160,62 @@ def test_nnx_blocks_in_a_list_are_named_by_their_whole_path():
                              np.asarray(model(x)), rtol=1e-5, atol=1e-5)
 
 
+class NNXRematBlock(NNXBasicBlock):
+  """NNXBasicBlock rematerialised at its definition, its second conv behind an nnx.jit method."""
+
+  @nnx.remat
+  def __call__(self, x):
+    y = nnx.relu(self.bn1(self.conv1(x)))
+    y = self.bn2(self.second(y))
+    return nnx.relu(x + y)
+
+  @nnx.jit
+  def second(self, y):
+    return self.conv2(y)
+
+
+class NNXTransformed(nnx.Module):
+  """NNXStacked's network with nnx.remat and nnx.jit: on methods, and called at run time."""
+
+  def __init__(self, rngs):
+    self.stem = nnx.Conv(SHAPE[-1], 4, (3, 3), rngs=rngs)
+    self.blocks = nnx.List([NNXRematBlock(4, 4, 1, rngs=rngs), NNXBasicBlock(4, 4, 1, rngs=rngs)])
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.blocks[0](self.stem(x))
+    x = nnx.remat(lambda block, x: block(x), policy=None)(self.blocks[1], x)
+    return nnx.jit(lambda head, x: head(x.mean((1, 2))))(self.head, x)
+
+
+def test_nnx_remat_and_jit_convert_as_the_functions_they_wrap():
+  transformed, stacked = NNXTransformed(nnx.Rngs(0)), NNXStacked(nnx.Rngs(0))
+  x = _batch(n=3)
+  conv = jaxdepth.from_nnx(transformed, x)
+  # nnx.remat and nnx.jit are as they were after the trace.
+  assert NNXRematBlock.__dict__["__call__"].__wrapped__ is not None
+  assert isinstance(NNXRematBlock.__dict__["second"], nnx.transforms.compilation.JitWrapped)
+  assert nnx.remat is nnx.transforms.autodiff.remat
+  plain = jaxdepth.from_nnx(stacked, x).spec.to_json()
+  assert conv.spec.to_json() == plain.replace("NNXStacked", "NNXTransformed", 1)
+  transformed.eval()
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(transformed(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_other_nnx_transforms_are_refused_naming_the_line():
+  class Conditional(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(SHAPE[-1], 4, (3, 3), rngs=rngs)
+
+    def __call__(self, x):
+      return nnx.cond(True, lambda conv, x: conv(x), lambda conv, x: x, self.conv, x).mean((1, 2))
+
+  with pytest.raises(jaxdepth.ConversionError, match=r"NNX transform, .*test_from_flax.py:\d+ "
+                     r"\(__call__\).*nnx.remat and nnx.jit.*call the layers directly"):
+    jaxdepth.from_nnx(Conditional(nnx.Rngs(0)), _batch(n=2))
+
+
 def test_blocks_inside_plain_modules_are_named_by_their_path():
   class Stage(nn.Module):
     blocks: int
