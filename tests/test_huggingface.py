@@ -1,6 +1,9 @@
 """Hugging Face BERT / RoBERTa import from a local folder: tiny random checkpoints written
 here with Hugging Face's key names, against the independent numpy forward pass."""
+import importlib.util
 import json
+import pathlib
+import sys
 
 import jax
 import numpy as np
@@ -203,3 +206,50 @@ def test_config_of_the_base_models_builds_the_zoo_specs():
                       max_position_embeddings=514)
   assert hf.spec_from_hf(bert).layers == zoo.bert_base().layers
   assert hf.spec_from_hf(roberta).layers == zoo.roberta_base().layers
+
+
+def _torch_parity():
+  path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "torch_parity.py"
+  spec = importlib.util.spec_from_file_location("torch_parity", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+FAKE_EXPORT = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+import test_huggingface as t, _encoder_reference as ref
+out, error = sys.argv[2], {error!r}
+config = t.hf_config("bert")
+tensors = t.random_state_dict(config, prefix="bert.", head="bert")
+t.write_folder(t.pathlib.Path(out) / "bert", config, tensors)
+x = t.token_inputs(config)
+y = ref.encoder_forward(t.unprefixed(tensors, "bert."), t.reference_config(config),
+                        x["input_ids"], x["attention_mask"], x["token_type_ids"])
+np.savez(out + "/bert.npz", output=y * (1 + error), **x)
+print(json.dumps({{"torch": "none", "models": ["bert"], "skipped": {{"torchvision": "fake"}}}}))
+"""
+
+
+@pytest.mark.parametrize("error, code", [(0.0, 0), (1e-3, 1)])
+def test_torch_parity_script_compares_the_exported_outputs(tmp_path, capsys, error, code):
+  """scripts/torch_parity.py with a stand-in for the torch Python (which writes a checkpoint
+  and its numpy reference logits, off by ``error``): the difference and the exit code."""
+  fake = tmp_path / "python-with-torch"
+  source = FAKE_EXPORT.format(tests=str(pathlib.Path(__file__).parent), error=error)
+  (tmp_path / "export.py").write_text(source)
+  fake.write_text(f"#!/bin/sh\nexec {sys.executable} {tmp_path / 'export.py'} \"$@\"\n")
+  fake.chmod(0o755)
+  assert _torch_parity().main(["--torch-python", str(fake)]) == code
+  report = json.loads(capsys.readouterr().out)
+  assert report["skipped"] == {"torchvision": "fake"}
+  assert report["models"]["bert"]["max_rel"] == pytest.approx(error, abs=1e-5)
+
+
+def test_torch_parity_script_needs_a_python_with_torch(capsys):
+  with pytest.raises(SystemExit) as exit_:
+    _torch_parity().main(["--torch-python", "no/such/python"])
+  assert exit_.value.code == 2
+  assert "executable whose environment has torch" in capsys.readouterr().err
