@@ -7,15 +7,15 @@ and RoBERTa); torch is no dependency of jaxdepth and never runs in its process. 
 runs ``torch_parity_export.py``, which builds randomly initialised torchvision ResNet-18,
 MobileNetV2, VGG-16-bn and Swin-T (at 224×224 and at the papers' 32×32) and Hugging Face
 ``BertForSequenceClassification`` and ``RobertaForSequenceClassification`` (2 layers, width
-32), writes their weights and their eval-mode outputs on a random input, and trains the
-ResNet-18 for three steps of ``torch.optim.SGD`` (momentum 0.9, weight decay 5e-4, batch 8
-at 64×64, train-mode BatchNorm), writing the weights and the gradient of every step (also
-computed in float64). This script loads each model with ``jaxdepth.weights.torchvision.load``
+32), writes their weights and their eval-mode outputs on a random input, and trains
+ResNet-18 and MobileNetV2 (without its dropout) for three steps of ``torch.optim.SGD``
+(momentum 0.9, weight decay 5e-4, batch 8 at 64×64, train-mode BatchNorm), writing the
+weights and the gradient of every step (also computed in float64). This script loads each model with ``jaxdepth.weights.torchvision.load``
 or ``huggingface.from_pretrained`` and runs the matching zoo spec on the same input with
 ``jaxdepth.forward``; for the training it takes the gradient of jaxdepth's training loss at
-PyTorch's weights before each step (``resnet18_gradients``: float64 against float64, and each
+PyTorch's weights before each step (``<model>_gradients``: float64 against float64, and each
 framework's float32 gradient beside them) and runs jaxdepth's SGD recipe on PyTorch's
-gradients (``resnet18_sgd``: the weights after the three steps). It prints one JSON object:
+gradients (``<model>_sgd``: the weights after the three steps). It prints one JSON object:
 per model ``max_rel``, the largest difference relative to the largest output (gradient,
 change of the weights). Exit code 1 when one exceeds ``--tolerance`` (default 1e-5).
 
@@ -38,14 +38,15 @@ import numpy as np
 TORCH_PYTHON_ENV = "JAXDEPTH_TORCH_PYTHON"
 
 
-def zoo_spec(name: str):
+def zoo_spec(name: str, input_shape=(224, 224, 3)):
   """The zoo spec a torchvision model of ``torch_parity_export.py`` loads onto."""
   from jaxdepth import zoo
-  return {"resnet18": lambda: zoo.resnet18(10, stem="imagenet", input_shape=(224, 224, 3)),
-          "mobilenet_v2": lambda: zoo.mobilenet_v2(10, variant="imagenet"),
-          "vgg16_bn": lambda: zoo.vgg16_bn(10, input_shape=(224, 224, 3)),
-          "swin_t": lambda: zoo.swin_t(10, input_shape=(224, 224, 3)),
-          "swin_t_32x32": lambda: zoo.swin_t(10, input_shape=(32, 32, 3))}[name]()
+  if name == "swin_t_32x32":
+    return zoo.swin_t(10, input_shape=(32, 32, 3))
+  return {"resnet18": lambda: zoo.resnet18(10, stem="imagenet", input_shape=input_shape),
+          "mobilenet_v2": lambda: zoo.mobilenet_v2(10, "imagenet", input_shape=input_shape),
+          "vgg16_bn": lambda: zoo.vgg16_bn(10, input_shape=input_shape),
+          "swin_t": lambda: zoo.swin_t(10, input_shape=input_shape)}[name]()
 
 
 def compare(name: str, folder: str) -> dict:
@@ -71,21 +72,23 @@ def _largest(tree) -> float:
   return max(float(np.abs(np.asarray(leaf)).max()) for leaf in jax.tree.leaves(tree))
 
 
-def _training_run(folder: str):
-  """The exported ResNet-18 run: its batches and settings, the spec, and a reader of the
+def _training_run(folder: str, model: str):
+  """The exported run of ``model``: its batches and settings, the spec, and a reader of the
   weights before step ``i`` (or, in their places, PyTorch's gradients at it, ``"float32"``
   or ``"float64"``) as jaxdepth variables."""
-  from jaxdepth import zoo
+  from jaxdepth import spec as S
   from jaxdepth.weights import read_state_dict, torchvision
-  run = dict(np.load(f"{folder}/resnet18_train.npz"))
-  spec = zoo.resnet18(10, stem="imagenet", input_shape=run["image"].shape[2:])
+  prefix = f"{folder}/{model}_train"
+  run = dict(np.load(f"{prefix}.npz"))
+  spec = zoo_spec(model, input_shape=run["image"].shape[2:])
+  if model == "mobilenet_v2":       # trained without dropout, as the export does
+    spec = S.Spec.from_json(spec.to_json().replace('"rate": 0.2', '"rate": 0.0'))
 
   def variables(i: int, gradients: str | None = None):
-    tensors = read_state_dict(f"{folder}/resnet18_train_weights_{i}.safetensors")
+    tensors = read_state_dict(f"{prefix}_weights_{i}.safetensors")
     if gradients:     # the gradients take the parameters' places; the buffers stay
       suffix = "_float64" if gradients == "float64" else ""
-      tensors.update(read_state_dict(
-          f"{folder}/resnet18_train_gradients{suffix}_{i}.safetensors"))
+      tensors.update(read_state_dict(f"{prefix}_gradients{suffix}_{i}.safetensors"))
     return torchvision.load(spec, tensors, template=_template(spec, gradients))
   return run, spec, variables
 
@@ -106,7 +109,7 @@ def _relative(ours, theirs) -> float:
           / _largest(theirs))
 
 
-def compare_gradients(folder: str) -> dict:
+def compare_gradients(folder: str, model: str) -> dict:
   """The gradient of the training loss (train-mode BatchNorm, mean cross-entropy) at
   PyTorch's weights before each step, on the same batch, against PyTorch's float64 gradient,
   relative to the largest: jaxdepth's in float64 (``max_rel``: the same function), and
@@ -123,7 +126,7 @@ def compare_gradients(folder: str) -> dict:
 
   import jaxdepth
   from jaxdepth import network, training
-  run, spec, variables = _training_run(folder)
+  run, spec, variables = _training_run(folder, model)
   tx = optax.sgd(1.0)
   step = training.make_train_step(spec, tx)
 
@@ -134,8 +137,9 @@ def compare_gradients(folder: str) -> dict:
 
   exact, ours32, theirs32, losses, running_mean = [], [], [], 0.0, 0.0
   for i, (images, labels) in enumerate(zip(run["image"], run["label"])):
-    before, reference = variables(i), variables(i, gradients="float64")["params"]
+    before = variables(i)
     with jax.enable_x64(True):
+      reference = jax.tree.map(np.asarray, variables(i, gradients="float64")["params"])
       as64 = jax.tree.map(lambda a: np.asarray(a, np.float64), before)
       exact.append(_relative(jax.grad(loss)(as64["params"], as64["batch_stats"],
                                             images.astype(np.float64), labels), reference))
@@ -155,7 +159,7 @@ def compare_gradients(folder: str) -> dict:
           "loss_max_abs": losses, "running_mean_max_abs": running_mean}
 
 
-def compare_sgd(folder: str) -> dict:
+def compare_sgd(folder: str, model: str) -> dict:
   """jaxdepth's optimizer for the papers' SGD recipe (``optim.make_optimizer``: momentum, L2
   weight decay on every parameter) fed PyTorch's gradients, step after step, from PyTorch's
   first weights: the final weights against ``torch.optim.SGD``'s, relative to the largest
@@ -164,7 +168,7 @@ def compare_sgd(folder: str) -> dict:
   import optax
 
   from jaxdepth import optim
-  run, _, variables = _training_run(folder)
+  run, _, variables = _training_run(folder, model)
   recipe = optim.Recipe(lr=float(run["lr"]), momentum=float(run["momentum"]),
                         weight_decay=float(run["weight_decay"]), batch_size=int(run["batch"]))
   tx = optim.make_optimizer(recipe, steps_per_epoch=1)
@@ -177,6 +181,16 @@ def compare_sgd(folder: str) -> dict:
   change = jax.tree.map(np.subtract, last, first)
   return {"steps": len(run["loss"]),
           "max_rel": _largest(jax.tree.map(np.subtract, params, last)) / _largest(change)}
+
+
+def compare_any(name: str, folder: str) -> dict:
+  """``<model>_gradients`` and ``<model>_sgd`` are training checks, any other name a model."""
+  model, _, check = name.rpartition("_")
+  if check == "gradients":
+    return compare_gradients(folder, model)
+  if check == "sgd":
+    return compare_sgd(folder, model)
+  return compare(name, folder)
 
 
 def main(argv=None) -> int:
@@ -200,9 +214,7 @@ def main(argv=None) -> int:
             f"{done.returncode}); its error is above", file=sys.stderr)
       return 2
     info = json.loads(done.stdout.strip().splitlines()[-1])
-    special = {"resnet18_gradients": compare_gradients, "resnet18_sgd": compare_sgd}
-    info["models"] = {name: special[name](folder) if name in special else compare(name, folder)
-                      for name in info["models"]}
+    info["models"] = {name: compare_any(name, folder) for name in info["models"]}
   info["tolerance"] = args.tolerance
   print(json.dumps(info, indent=1))
   return int(any(result["max_rel"] > args.tolerance for result in info["models"].values()))

@@ -64,37 +64,44 @@ TRAIN = {"steps": 3, "batch": 8, "size": 64, "lr": 0.01, "momentum": 0.9, "weigh
 
 
 def torchvision_training(out: str) -> list[str]:
-  """ResNet-18 trained for a few steps as the papers' code trains: train mode (batch
-  statistics), mean cross-entropy, ``torch.optim.SGD`` with momentum and L2 weight decay on
-  every parameter. Writes the weights before every step and after the last, the gradient of
-  every step (and the same gradient computed in float64), the batches and the losses."""
+  """ResNet-18 and MobileNetV2 (its dropout off: the two frameworks draw different masks)
+  trained for a few steps as the papers' code trains: train mode (batch statistics), mean
+  cross-entropy, ``torch.optim.SGD`` with momentum and L2 weight decay on every parameter.
+  Writes, per model, the weights before every step and after the last, the gradient of every
+  step (and the same gradient computed in float64), the batches and the losses."""
   import torchvision
   from safetensors.torch import save_file
-  model = _perturbed(torchvision.models.resnet18(num_classes=10)).train()
-  opt = torch.optim.SGD(model.parameters(), lr=TRAIN["lr"], momentum=TRAIN["momentum"],
-                        weight_decay=TRAIN["weight_decay"])
-  images = torch.randn(TRAIN["steps"], TRAIN["batch"], 3, TRAIN["size"], TRAIN["size"])
-  labels = torch.randint(0, 10, (TRAIN["steps"], TRAIN["batch"]))
-  losses = []
-  for i, (x, y) in enumerate(zip(images, labels)):
+  names = []
+  for name in ("resnet18", "mobilenet_v2"):
+    model = _perturbed(getattr(torchvision.models, name)(num_classes=10)).train()
+    if name == "mobilenet_v2":
+      model.classifier[0].p = 0.0
+    opt = torch.optim.SGD(model.parameters(), lr=TRAIN["lr"], momentum=TRAIN["momentum"],
+                          weight_decay=TRAIN["weight_decay"])
+    images = torch.randn(TRAIN["steps"], TRAIN["batch"], 3, TRAIN["size"], TRAIN["size"])
+    labels = torch.randint(0, 10, (TRAIN["steps"], TRAIN["batch"]))
+    losses = []
+    prefix = f"{out}/{name}_train"
+    for i, (x, y) in enumerate(zip(images, labels)):
+      save_file({k: v.contiguous() for k, v in model.state_dict().items()},
+                f"{prefix}_weights_{i}.safetensors")
+      exact = copy.deepcopy(model).double()         # the same step's gradient in float64
+      torch.nn.functional.cross_entropy(exact(x.double()), y).backward()
+      save_file({k: p.grad.contiguous() for k, p in exact.named_parameters()},
+                f"{prefix}_gradients_float64_{i}.safetensors")
+      opt.zero_grad(set_to_none=True)
+      loss = torch.nn.functional.cross_entropy(model(x), y)
+      loss.backward()
+      save_file({k: p.grad.contiguous() for k, p in model.named_parameters()},
+                f"{prefix}_gradients_{i}.safetensors")
+      opt.step()
+      losses.append(loss.item())
     save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-              f"{out}/resnet18_train_weights_{i}.safetensors")
-    exact = copy.deepcopy(model).double()         # the same step's gradient in float64
-    torch.nn.functional.cross_entropy(exact(x.double()), y).backward()
-    save_file({k: p.grad.contiguous() for k, p in exact.named_parameters()},
-              f"{out}/resnet18_train_gradients_float64_{i}.safetensors")
-    opt.zero_grad(set_to_none=True)
-    loss = torch.nn.functional.cross_entropy(model(x), y)
-    loss.backward()
-    save_file({k: p.grad.contiguous() for k, p in model.named_parameters()},
-              f"{out}/resnet18_train_gradients_{i}.safetensors")
-    opt.step()
-    losses.append(loss.item())
-  save_file({k: v.contiguous() for k, v in model.state_dict().items()},
-            f"{out}/resnet18_train_weights_{TRAIN['steps']}.safetensors")
-  np.savez(f"{out}/resnet18_train.npz", image=images.permute(0, 1, 3, 4, 2).numpy(),
-           label=labels.numpy(), loss=np.asarray(losses), **TRAIN)
-  return ["resnet18_gradients", "resnet18_sgd"]
+              f"{prefix}_weights_{TRAIN['steps']}.safetensors")
+    np.savez(f"{prefix}.npz", image=images.permute(0, 1, 3, 4, 2).numpy(),
+             label=labels.numpy(), loss=np.asarray(losses), **TRAIN)
+    names += [f"{name}_gradients", f"{name}_sgd"]
+  return names
 
 
 def huggingface_models(out: str) -> list[str]:
