@@ -13,6 +13,7 @@ import time
 
 import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from jaxdepth import checkpoint, data, driver, network, optim, progress, training, zoo
@@ -547,3 +548,36 @@ def test_method_commands_read_latencies_from_the_report_else_time_the_saved_mode
   assert all(measured[k] > 0 for k in ("dense_ms", "chosen_ms", "merged_ms"))
   (tmp_path / "chosen_merged" / "spec.json").unlink()              # what is not saved is left out
   assert set(command.latencies_at({}, tmp_path, 3)) == {"batch", "dense_ms", "chosen_ms"}
+
+
+def test_a_saved_model_or_a_spec_file_is_a_model(tmp_path, capsys):
+  """--model DIR fine-tunes a saved model from its weights; --model FILE.json trains a spec
+  from a fresh initialisation; either must fit the dataset, and is refused otherwise."""
+  assert _fit(tmp_path / "first", "--config.epochs=1") == 0
+  saved = tmp_path / "first" / "model"
+  spec, variables = checkpoint.load_model(saved)
+  cfg = {"model": str(saved), "pretrained": None, "seed": 0}
+  start = command.initial_variables(cfg, spec)
+  for ours, theirs in zip(jax.tree.leaves(start), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(theirs))
+  assert _fit(tmp_path / "tuned", "--model", str(saved), "--config.epochs=1") == 0
+  assert checkpoint.load_model(tmp_path / "tuned" / "model")[0] == spec
+
+  plain = tmp_path / "plain.json"
+  plain.write_text(zoo.digits_plain(width=8).to_json())
+  assert _fit(tmp_path / "from_json", "--model", str(plain), "--config.epochs=1") == 0
+  assert checkpoint.load_model(tmp_path / "from_json" / "model")[0] == zoo.digits_plain(width=8)
+  capsys.readouterr()
+
+  wrong = tmp_path / "wrong.json"
+  wrong.write_text(zoo.digits_plain(input_shape=(16, 16, 1)).to_json())
+  assert _fit(tmp_path / "refused", "--model", str(wrong)) == 2
+  assert "takes inputs (16, 16, 1) and gives (10,) outputs; the dataset has inputs (8, 8, 1)" in (
+      capsys.readouterr().err)
+  assert _fit(tmp_path / "refused", "--model", str(saved), "--pretrained", str(plain)) == 2
+  assert "starts from its own weights; leave --pretrained out" in capsys.readouterr().err
+  assert _fit(tmp_path / "refused", "--model", str(tmp_path / "first")) == 2
+  assert "its subdirectory model/ holds one: load that" in capsys.readouterr().err
+  assert _fit(tmp_path / "refused", "--model", str(tmp_path / "nothing.json")) == 2
+  assert "no such file or directory" in capsys.readouterr().err
+  assert not (tmp_path / "refused").exists()

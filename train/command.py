@@ -100,8 +100,10 @@ def add_run_arguments(p: argparse.ArgumentParser, *, config_help: str,
                       workdir_help: str) -> None:
   """``--config``, ``--model``, ``--dataset``, ``--workdir``, ``--data-dir``, ``--seed``, ``--dtype``."""
   p.add_argument("--config", help=config_help)
-  p.add_argument("--model", help="a zoo model, or your Flax module as path/to/file.py:Class "
-                                 "(the same as --config.model=NAME)")
+  p.add_argument("--model", help="a zoo model, your Flax module as path/to/file.py:Class, a "
+                                 "saved model's directory (the run starts from its weights: "
+                                 "a run's model/, chosen/ or chosen_merged/) or a spec JSON "
+                                 "file (the same as --config.model=NAME)")
   p.add_argument("--dataset", help="a dataset name (the same as --config.dataset=NAME)")
   p.add_argument("--workdir", help=workdir_help)
   p.add_argument("--data-dir", "--data_dir", dest="data_dir", help="tfds data directory")
@@ -245,7 +247,8 @@ def _quiet_absl() -> Iterator[None]:
 
 
 def dataset_and_spec(cfg: Mapping[str, Any]):
-  """The config's dataset (:func:`jaxdepth.data.load`) and the zoo model sized for it.
+  """The config's dataset (:func:`jaxdepth.data.load`) and its model: the zoo model sized for
+  it, the user's module converted, or a saved model's or spec file's spec (which must fit it).
 
   Raises:
     train.config.ConfigError: the dataset is not prepared (one paragraph saying
@@ -261,8 +264,13 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
     raise config_lib.ConfigError(" ".join(message(e).split())) from e
+  kind = config_lib.model_kind(cfg["model"])
+  if kind in ("saved", "spec"):
+    spec = _stored_spec(cfg["model"], kind, ds)
+    _check_padding_id(cfg, ds, spec)
+    return ds, spec
   try:
-    if convert.is_file_reference(cfg["model"]):   # the user's own Flax module, converted
+    if kind == "module":   # the user's own Flax module, converted
       spec = convert.from_file(cfg["model"], input_shape=ds.input_shape,
                                num_classes=ds.num_classes, seed=cfg["seed"],
                                model_kwargs=cfg["model_kwargs"]).spec
@@ -273,6 +281,26 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
     raise config_lib.ConfigError(_model_refused(cfg, ds, e)) from e
   _check_padding_id(cfg, ds, spec)
   return ds, spec
+
+
+def _stored_spec(model: str, kind: str, ds):
+  """The spec of a saved model's directory (``kind="saved"``) or of a spec JSON file, which
+  must take the dataset's inputs and give one output per class."""
+  from jaxdepth import checkpoint  # pylint: disable=import-outside-toplevel
+  from jaxdepth.spec import Spec  # pylint: disable=import-outside-toplevel
+  try:
+    spec = (checkpoint.load_model(model)[0] if kind == "saved" else
+            Spec.from_json(pathlib.Path(model).read_text()))
+  except (OSError, ValueError, KeyError, TypeError) as e:   # damaged or mismatched: ValueError
+    raise config_lib.ConfigError(f"--config.model={model!r}: {message(e)}") from e
+  if (tuple(spec.input_shape) != tuple(ds.input_shape)
+      or tuple(spec.output_shape) != (ds.num_classes,)):
+    raise config_lib.ConfigError(
+        f"--config.model={model!r} takes inputs {tuple(spec.input_shape)} and gives "
+        f"{tuple(spec.output_shape)} outputs; the dataset has inputs {tuple(ds.input_shape)} "
+        f"and {ds.num_classes} classes: give a model made for this dataset (or the dataset "
+        f"the model was made for, --dataset)")
+  return spec
 
 
 def _model_refused(cfg: Mapping[str, Any], ds, error: Exception) -> str:
@@ -323,9 +351,9 @@ def _text_options(cfg: Mapping[str, Any]) -> dict[str, Any]:
   return options
 
 
-def epochs(n: int) -> str:
-  """``"1 epoch"``, ``"2 epochs"``."""
-  return f"{n} epoch" + ("s" if n != 1 else "")
+def plural(n: int, noun: str) -> str:
+  """``plural(1, "epoch")`` is ``"1 epoch"``, ``plural(2, "site")`` ``"2 sites"``."""
+  return f"{n} {noun}" + ("s" if n != 1 else "")
 
 
 def message(error: Exception) -> str:
@@ -463,7 +491,8 @@ def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
 
 
 def initial_variables(cfg: Mapping[str, Any], spec):
-  """The variables a run starts from: ``network.init(spec, key(seed))``, with the weights of
+  """The variables a run starts from: a saved model's own (``--model DIR``), else
+  ``network.init(spec, key(seed))``, with the weights of
   ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file;
   a text encoder's from a Hugging Face folder or its ``model.safetensors``
   (:func:`jaxdepth.weights.huggingface.load`).
@@ -474,6 +503,9 @@ def initial_variables(cfg: Mapping[str, Any], spec):
   """
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import network  # pylint: disable=import-outside-toplevel
+  if config_lib.model_kind(cfg["model"]) == "saved":     # fine-tuning a saved model
+    from jaxdepth import checkpoint  # pylint: disable=import-outside-toplevel
+    return checkpoint.load_model(cfg["model"])[1]
   variables = network.init(spec, jax.random.key(cfg["seed"]))
   if cfg["pretrained"] is None:
     return variables

@@ -47,7 +47,7 @@ CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
 # Keys every command shares. A ``placeholder(T)`` is None by default and takes a T.
 DEFAULTS: dict[str, Any] = {
-    "model": "digits_cnn",        # a name of jaxdepth.zoo.names(), or path/to/file.py:Class
+    "model": "digits_cnn",        # a zoo name, path/to/file.py:Class, a saved model, a spec JSON
     "model_kwargs": {},           # extra keyword arguments of the zoo function
     "dataset": "digits",          # a name of jaxdepth.data.names(), or folder:<path>
     "data_dir": config_dict.placeholder(str),  # tfds data directory (prepared ArrayRecord files)
@@ -365,10 +365,17 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
     bad("dtype", f"use one of {', '.join(DTYPES)}")
   if cfg["normalization"] not in (None, *NORMALIZATIONS):
     bad("normalization", f"use one of {', '.join(NORMALIZATIONS)} or None")
-  if cfg["model"] not in zoo.names() and not (isinstance(cfg["model"], str)
-                                              and ".py:" in cfg["model"]):
-    bad("model", f"use one of {', '.join(zoo.names())} (python -m train list), or your own "
-                 f"Flax module as path/to/file.py:ClassName")
+  kind = model_kind(cfg["model"])
+  if kind is None:
+    missing = (isinstance(cfg["model"], str) and ("/" in cfg["model"] or cfg["model"].endswith(
+        ".json")) and not pathlib.Path(cfg["model"]).exists())
+    bad("model", ("no such file or directory; " if missing else "") +
+        f"use one of {', '.join(zoo.names())} (python -m train list), your own Flax module as "
+        f"path/to/file.py:ClassName, a saved model's directory (a run's model/, chosen/ or "
+        f"chosen_merged/) or a spec JSON file")
+  if kind == "saved" and cfg["pretrained"] is not None:
+    bad("pretrained", f"the saved model {cfg['model']!r} starts from its own weights; leave "
+                      f"--pretrained out")
   if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
     bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
   if not isinstance(cfg["pretrained_new_head"], bool):
@@ -378,6 +385,25 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
   if not isinstance(cfg["model_kwargs"], Mapping):
     bad("model_kwargs", "must be a dict of keyword arguments of the zoo function")
   return out
+
+
+def model_kind(model) -> str | None:
+  """What ``--config.model`` names: ``"zoo"`` (a name of ``jaxdepth.zoo``), ``"module"`` (your
+  Flax module, ``path/to/file.py:ClassName``), ``"saved"`` (a directory: a model
+  ``jaxdepth.save_model`` wrote, the run starts from its weights) or ``"spec"`` (a spec JSON
+  file, initialised afresh); None for anything else."""
+  from jaxdepth import zoo  # pylint: disable=import-outside-toplevel
+  if not isinstance(model, str):
+    return None
+  if model in zoo.names():
+    return "zoo"
+  if ".py:" in model:
+    return "module"
+  if model.endswith(".json") and pathlib.Path(model).is_file():
+    return "spec"
+  if pathlib.Path(model).is_dir():
+    return "saved"
+  return None
 
 
 def run_name(method: str, cfg: Mapping[str, Any]) -> str:

@@ -86,8 +86,9 @@ def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
   out = command.no_sites(cfg, spec, "EASIER")
   sites = len(Easier().units(spec))
   if sites and cfg["iterations"] is not None and cfg["iterations"] > sites:
-    out.append(f"--iterations {cfg['iterations']}: {spec.name} has {sites} sites, so at most "
-               f"{sites} iterations (the last one trains the network with {sites - 1} removed); "
+    out.append(f"--iterations {cfg['iterations']}: {spec.name} has "
+               f"{command.plural(sites, 'site')}, so at most {command.plural(sites, 'iteration')}"
+               f" (the last one trains the network with {sites - 1} removed); "
                f"use --iterations {sites} or leave it out")
   if ds.val is None:
     out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
@@ -121,7 +122,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   mesh = training.make_mesh()
   say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
       f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
-      f"{len(spec.sites())} sites; {command.epochs(cfg['epochs'])} per iteration; train/val/test "
+      f"{command.plural(len(spec.sites()), 'site')}; "
+      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 

@@ -152,7 +152,8 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   mesh = training.make_mesh()
   say(f"{NAMES[name]} ({method.estimator} entropy, rho {method.rho}) on {spec.name}/{ds.name} "
       f"with {pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
-      f"{len(spec.sites())} sites; {command.epochs(cfg['epochs'])} per iteration; train/val/test "
+      f"{command.plural(len(spec.sites()), 'site')}; "
+      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 

@@ -108,7 +108,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
     _write_run_json(workdir, cfg)     # a fresh run owns the directory from now on
   mesh = training.make_mesh()
   say(f"{spec.name} on {ds.name}: {costs.count_params(spec):,} parameters, "
-      f"{len(spec.sites())} sites; train/val/test {ds.train.num_examples}/"
+      f"{command.plural(len(spec.sites()), 'site')}; train/val/test {ds.train.num_examples}/"
       f"{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
@@ -145,7 +145,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
     _write_run_json(workdir, cfg)       # epochs or evaluation settings may have changed
   val = f", val {100 * report['val']['accuracy']:.2f} %" if report["val"] else ""
   say(f"{spec.name} on {ds.name}: test accuracy {100 * test.accuracy:.2f} % "
-      f"(loss {test.loss:.4f}, {test.count} images){val}; {command.epochs(report['epochs'])}, "
+      f"(loss {test.loss:.4f}, {test.count} images){val}; "
+      f"{command.plural(report['epochs'], 'epoch')}, "
       f"{report['train_seconds']:.1f} s training; report {workdir / 'report.json'}")
   return 0
 

@@ -189,7 +189,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say(f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order) on "
       f"{spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
       f"{costs.count_params(spec):,} parameters, {len(units)} removable blocks "
-      f"({', '.join(units)}); {command.epochs(cfg['epochs'])} once; train/val/test "
+      f"({', '.join(units)}); {command.plural(cfg['epochs'], 'epoch')} once; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 

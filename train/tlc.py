@@ -205,7 +205,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   mesh = training.make_mesh()
   say(f"TLC ({method.rule}) on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
       f"{costs.count_params(spec):,} parameters, {len(method.candidates(spec))} candidates; "
-      f"{command.epochs(cfg['epochs'])} per iteration; train/val/test "
+      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
       f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
