@@ -10,9 +10,9 @@ MobileNetV2, VGG-16-bn and Swin-T (at 224×224 and at the papers' 32×32) and Hu
 32), writes their weights and their eval-mode outputs on a random input, and trains
 ResNet-18 and MobileNetV2 (without its dropout) for three steps of ``torch.optim.SGD``
 (momentum 0.9, weight decay 5e-4, batch 8 at 64×64, train-mode BatchNorm), writing the
-weights and the gradient of every step (also computed in float64). This script loads each model with ``jaxdepth.weights.torchvision.load``
-or ``huggingface.from_pretrained`` and runs the matching zoo spec on the same input with
-``jaxdepth.forward``; for the training it takes the gradient of jaxdepth's training loss at
+weights and the gradient of every step (also computed in float64). This script loads each
+model with ``jaxdepth.weights.torchvision.load`` or ``huggingface.from_pretrained`` and runs the
+matching zoo spec on the same input with ``jaxdepth.forward``; for the training it takes the gradient of jaxdepth's training loss at
 PyTorch's weights before each step (``<model>_gradients``: float64 against float64, and each
 framework's float32 gradient beside them) and runs jaxdepth's SGD recipe on PyTorch's
 gradients (``<model>_sgd``: the weights after the three steps). It prints one JSON object:
@@ -50,6 +50,7 @@ def zoo_spec(name: str, input_shape=(224, 224, 3)):
 
 
 def compare(name: str, folder: str) -> dict:
+  """A model's eval-mode output on the exported input: jaxdepth's against PyTorch's."""
   import jaxdepth
   from jaxdepth.weights import huggingface, torchvision
   arrays = dict(np.load(f"{folder}/{name}.npz"))
@@ -175,7 +176,8 @@ def compare_sgd(folder: str, model: str) -> dict:
   first = params = variables(0)["params"]
   opt_state = tx.init(params)
   for i in range(len(run["loss"])):
-    updates, opt_state = tx.update(variables(i, gradients="float32")["params"], opt_state, params)
+    gradients = variables(i, gradients="float32")["params"]
+    updates, opt_state = tx.update(gradients, opt_state, params)
     params = optax.apply_updates(params, updates)
   last = variables(len(run["loss"]))["params"]
   change = jax.tree.map(np.subtract, last, first)
