@@ -12,10 +12,11 @@ ResNet-18 and MobileNetV2 (without its dropout) for three steps of ``torch.optim
 (momentum 0.9, weight decay 5e-4, batch 8 at 64×64, train-mode BatchNorm), writing the
 weights and the gradient of every step (also computed in float64). This script loads each
 model with ``jaxdepth.weights.torchvision.load`` or ``huggingface.from_pretrained`` and runs the
-matching zoo spec on the same input with ``jaxdepth.forward``; for the training it takes the gradient of jaxdepth's training loss at
-PyTorch's weights before each step (``<model>_gradients``: float64 against float64, and each
-framework's float32 gradient beside them) and runs jaxdepth's SGD recipe on PyTorch's
-gradients (``<model>_sgd``: the weights after the three steps). It prints one JSON object:
+matching zoo spec on the same input with ``jaxdepth.forward``; for the training it takes the
+gradient of jaxdepth's training loss at PyTorch's weights before each step
+(``<model>_gradients``: float64 against float64, and each framework's float32 gradient beside
+them) and runs jaxdepth's SGD recipe on PyTorch's gradients (``<model>_sgd``: the weights
+after the three steps). It prints one JSON object:
 per model ``max_rel``, the largest difference relative to the largest output (gradient,
 change of the weights). Exit code 1 when one exceeds ``--tolerance`` (default 1e-5).
 
