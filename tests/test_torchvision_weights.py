@@ -570,7 +570,7 @@ def test_initial_variables_import_the_file_with_a_fresh_head(tmp_path):
   path = tmp_path / "swin.safetensors"
   safe_numpy.save_file(sd, str(path))
   fresh = network.init(spec, jax.random.key(3))
-  cfg = {"seed": 3, "pretrained": str(path), "pretrained_new_head": True}
+  cfg = {"model": "digits_swin", "seed": 3, "pretrained": str(path), "pretrained_new_head": True}
   got = command.initial_variables(cfg, spec)
   np.testing.assert_array_equal(got["params"]["head"]["kernel"], fresh["params"]["head"]["kernel"])
   np.testing.assert_array_equal(got["params"]["features"]["1"]["0"]["mlp"]["fc1"]["kernel"],
