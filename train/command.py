@@ -898,6 +898,7 @@ def listing(commands: Mapping[str, str], only: str | None = None) -> str:
     for config in command_configs(name, commands):
       lines.append(f"  {config:28s} {config_lib.description(config)}")
     lines.append("")
-  lines.append("models (--model NAME): " + ", ".join(zoo.names()))
+  lines.append("models (--model NAME): " + ", ".join(zoo.names()) + "; or path/to/file.py:Class "
+               "(your Flax module), a saved model's directory, a spec JSON file")
   lines.append("datasets (--dataset NAME): " + ", ".join(data.names()))
   return "\n".join(lines)
