@@ -332,6 +332,27 @@ def test_split_folders_serve_native_size_and_flip_only(tmp_path):
   assert 0 < flipped < 36
 
 
+def test_sixteen_bit_images_are_scaled_to_eight_bits_and_float_ones_refused(tmp_path):
+  levels = {0: 0, 257: 1, 25700: 100, 32896: 128, 65278: 254}   # 16-bit value: 8-bit value
+  for cls in ("cat", "dog"):
+    (tmp_path / cls).mkdir()
+    for k, level in enumerate(levels):
+      Image.fromarray(np.full((8, 8), level, np.uint16)).save(tmp_path / cls / f"{k}.png")
+  assert Image.open(tmp_path / "cat" / "2.png").mode in ("I", "I;16")   # as Pillow opens them
+  ds = data.image_folder(tmp_path, image_size=8)
+  served_levels = set()
+  for split in (ds.train, ds.val, ds.test):
+    pixels = served(epoch(split, 1)) * IMAGENET[1] + IMAGENET[0]
+    served_levels |= set(np.unique(np.rint(pixels * 255)).tolist())
+  assert served_levels == set(levels.values())      # PIL's RGB conversion gave {0, 255}
+  Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "dog" / "4.tif")
+  (tmp_path / "dog" / "4.png").unlink()
+  ds = data.image_folder(tmp_path, image_size=8)
+  with pytest.raises(data.UnreadableImageError, match=r"4.tif has floating-point pixels"):
+    for split in (ds.train, ds.val, ds.test):
+      epoch(split, 1)
+
+
 def test_image_folder_errors_name_the_problem(tmp_path):
   with pytest.raises(FileNotFoundError, match="does not exist"):
     data.load(f"folder:{tmp_path / 'missing'}")

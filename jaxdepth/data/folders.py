@@ -79,11 +79,26 @@ def _read_image(path: pathlib.Path) -> np.ndarray:
   pil = require("PIL.Image", "data", "reading image folders")
   try:
     with pil.open(path) as image:
-      return np.asarray(image.convert("RGB"))
+      return _rgb8(image, path)
   except OSError as e:   # PIL.UnidentifiedImageError, a truncated file
     raise UnreadableImageError(
         f"cannot read image {path} ({type(e).__name__}: {e}); replace it with a readable image "
         f"(removing it changes the dataset's splits: start over then)") from e
+
+
+def _rgb8(image, path: pathlib.Path) -> np.ndarray:
+  """An opened image as ``(H, W, 3)`` uint8. Pillow opens 16-bit grayscale PNG and TIFF files
+  in modes ``I;16`` or ``I``, which its RGB conversion clips at 255 (nearly every pixel
+  white): they are scaled to 8 bits instead, ``round(v / 257)``. Floating-point pixels (mode
+  ``F``) have no range to scale by and are refused."""
+  if image.mode == "F":
+    raise UnreadableImageError(
+        f"image {path} has floating-point pixels (mode F), whose range jaxdepth cannot know; "
+        f"save it with 8- or 16-bit integer pixels")
+  if image.mode == "I" or image.mode.startswith("I;16"):
+    gray = np.clip(np.rint(np.asarray(image, np.float64) / 257.0), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=-1)
+  return np.asarray(image.convert("RGB"))
 
 
 def _at_least_two(classes: list[str], where: pathlib.Path) -> None:
