@@ -11,6 +11,10 @@ every model it can build it writes, into ``OUT_DIR``:
   hide a swapped or misplaced tensor);
 * ``<name>.npz``: the input (images channel-last, as jaxdepth reads them; token ids with
   padding and, for BERT, a second segment) and the model's eval-mode output.
+* ``<model>_train.npz`` (batches, settings, losses), ``<model>_train_weights_<i>.safetensors``
+  (the weights before step ``i`` and after the last) and
+  ``<model>_train_gradients[_float64]_<i>.safetensors``: ResNet-18 and MobileNetV2 trained for
+  a few SGD steps (:func:`torchvision_training`).
 
 and prints one JSON line: the versions, and the models it skipped because a package is
 missing.
