@@ -338,7 +338,8 @@ def test_sixteen_bit_images_are_scaled_to_eight_bits_and_float_ones_refused(tmp_
     (tmp_path / cls).mkdir()
     for k, level in enumerate(levels):
       Image.fromarray(np.full((8, 8), level, np.uint16)).save(tmp_path / cls / f"{k}.png")
-  assert Image.open(tmp_path / "cat" / "2.png").mode in ("I", "I;16")   # as Pillow opens them
+  with Image.open(tmp_path / "cat" / "2.png") as image:
+    assert image.mode in ("I", "I;16")                 # as Pillow opens a 16-bit grey PNG
   ds = data.image_folder(tmp_path, image_size=8)
   served_levels = set()
   for split in (ds.train, ds.val, ds.test):
