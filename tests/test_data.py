@@ -1,5 +1,4 @@
 """Tests of jaxdepth.data: values against independent numpy/Pillow computations, splits, order, resumption, sharding."""
-import time
 
 import numpy as np
 import pytest
@@ -154,12 +153,10 @@ def test_digits_augmentation_is_a_one_pixel_shift_that_changes_with_the_epoch(di
   assert_same_batches(epoch(digits.test, 256, epoch=0), epoch(digits.test, 256, epoch=3))
 
 
-def test_an_epoch_of_digits_takes_milliseconds(digits):
-  epoch(digits.train, 64, shuffle=True, augment=True)   # warm up
-  start = time.perf_counter()
+def test_an_epoch_of_digits_is_its_batches(digits):
+  """(How long it takes: benchmarks/data_pipeline.py.)"""
   batches = epoch(digits.train, 64, shuffle=True, augment=True, epoch=1)
-  elapsed = time.perf_counter() - start
-  assert len(batches) == 21 and elapsed < 0.25, elapsed
+  assert len(batches) == 21 and sum(int(b["mask"].sum()) for b in batches) == 1294
 
 
 def test_bad_arguments_are_refused(digits):
@@ -242,15 +239,16 @@ def test_flowers_and_dtd_use_official_splits_and_centre_crop_for_eval(name, num_
 
 
 @pytest.mark.parametrize("name", ["cifar10", "oxford_flowers102"])
-def test_an_unprepared_tfds_dataset_fails_at_once_saying_how_to_prepare_it(tmp_path, name):
+def test_an_unprepared_tfds_dataset_fails_at_once_saying_how_to_prepare_it(tmp_path, name,
+                                                                           network_attempts):
   version = str(tfds.builder_cls(name).VERSION)
   empty_variant = tmp_path / "half" / name / version   # a folder left by an interrupted build
   empty_variant.mkdir(parents=True)
   for data_dir in (tmp_path / "empty", tmp_path / "half"):
-    start = time.perf_counter()
     with pytest.raises(data.DatasetNotPrepared) as error:
       data.load(name, data_dir=str(data_dir))
-    assert time.perf_counter() - start < 1.0
+  assert network_attempts == []                        # no download was tried
+  assert not (tmp_path / "empty").exists()             # and nothing written
   assert f"tfds build {name} --file_format=array_record" in str(error.value) and "data_dir" in str(error.value)
   assert isinstance(error.value, RuntimeError)
 

@@ -1,7 +1,8 @@
 """Bring your own Flax model: networks written here in ordinary Linen and NNX style convert,
 match the module (eval and train mode, BatchNorm statistics included), run an EASIER
-iteration on digits and collapse through surgery; bad input is refused fast and clearly."""
-import time
+iteration on digits and collapse through surgery; bad input is refused clearly, before the
+converted spec is run."""
+from unittest import mock
 
 import flax.linen as nn
 import jax
@@ -568,28 +569,30 @@ class Gated(nn.Module):
 
 
 def _refusal(fn):
-  start = time.perf_counter()
-  with pytest.raises(jaxdepth.ConversionError) as info:
-    fn()
-  return str(info.value), time.perf_counter() - start
+  """The message of the ConversionError ``fn`` raises, which must come before the converted
+  spec is run and compared with the module (the conversion's one costly step)."""
+  ran = AssertionError("the spec was run and compared before the refusal")
+  with mock.patch.object(convert, "_verify", side_effect=ran):
+    with pytest.raises(jaxdepth.ConversionError) as info:
+      fn()
+  return str(info.value)
 
 
 def test_unsupported_op_is_refused_with_module_path_and_line():
   module = Wrapper()
   x = _batch()
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "'sin'" in message and "features" in message and "test_from_flax.py:" in message
   assert "write the activation as one of them" in message
-  assert seconds < 1.0
 
 
 def test_gating_product_of_two_tensors_is_refused():
   module = Gated()
   x = _batch()
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "'mul'" in message and "residual" in message and seconds < 1.0
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "'mul'" in message and "residual" in message
 
 
 class ProbabilityHead(nn.Module):
@@ -610,10 +613,9 @@ def test_probabilities_at_the_output_are_refused_with_the_fix(head, words):
   module = ProbabilityHead(head)
   x = _batch()
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert f"{words} of the last layer's output" in message, message
   assert "return the logits" in message and "test_from_flax.py:" in message
-  assert seconds < 1.0
 
 
 def test_an_activation_after_the_last_layer_is_not_taken_for_probabilities():
@@ -647,20 +649,20 @@ def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
   module = Preprocessing(how)
   x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert f"arithmetic on the module's input before its first layer ({op} with a constant" in (
       message), message
   assert "normalise the inputs outside the module" in message
-  assert "test_from_flax.py:" in message and seconds < 1.0
+  assert "test_from_flax.py:" in message
 
 
 def test_an_input_transposed_inside_the_module_is_refused_with_the_layout():
   module = Preprocessing("nchw")
   x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a transposition of the module's input ((2, 3, 8, 8) to (2, 8, 8, 3)" in message, message
-  assert "jaxdepth's images are (B, H, W, C)" in message and seconds < 1.0
+  assert "jaxdepth's images are (B, H, W, C)" in message
 
 
 class HalfPrecision(nn.Module):
@@ -686,10 +688,9 @@ def test_a_layer_computing_in_bfloat16_is_refused_with_the_fix():
   for convert_it, where in ((lambda: jaxdepth.from_flax(module, variables, x), "layer Conv_0"),
                             (lambda: jaxdepth.from_nnx(NNXHalfPrecision(nnx.Rngs(0)), x),
                              "layer head")):
-    message, seconds = _refusal(convert_it)
+    message = _refusal(convert_it)
     assert f"{where} (" in message and "computes in bfloat16" in message, message
     assert "convert a float32 instance of the module" in message and "--dtype" in message
-    assert seconds < 1.0
 
 
 class KeepdimsPool(nn.Module):
@@ -722,10 +723,10 @@ def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
   module = KeepdimsPool("conv")
   x = _batch(n=3)
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a global average pool with keepdims=True, read as (3, 1, 1, 4) by layer Conv_1 (" in (
       message), message
-  assert "pool without keepdims" in message and seconds < 1.0
+  assert "pool without keepdims" in message
 
 
 def test_a_layer_scale_is_refused_naming_the_parameter():
@@ -739,10 +740,10 @@ def test_a_layer_scale_is_refused_naming_the_parameter():
   module = LayerScale()
   x = _batch(n=2)
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a tensor scaled by the parameter gamma of shape (4,) outside a layer" in message, (
       message)
-  assert "fold the scale into the layer before it" in message and seconds < 1.0
+  assert "fold the scale into the layer before it" in message
 
 
 class Subsampled(nn.Module):
@@ -756,7 +757,7 @@ def test_a_strided_slice_is_refused_with_its_steps_and_the_alternatives():
   module = Subsampled()
   x = _batch(n=2)
   variables = module.init(jax.random.key(0), x)
-  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "in steps of (1, 2, 2, 1)" in message, message
   assert "strided Conv or nn.max_pool / nn.avg_pool" in message
 
@@ -771,27 +772,26 @@ def test_module_needing_an_rng_is_refused():
   module = NoisyNet()
   x = _batch()
   variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "random number stream" in message and "rngs=" in message and seconds < 1.0
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "random number stream" in message and "rngs=" in message
   assert "in module noisy at" in message and "test_from_flax.py:" in message
   # Passing the stream gets further, to the random operation, refused as such.
-  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
                                                    rngs={"noise": jax.random.key(1)}))
   assert "random operation outside nn.Dropout" in message
 
 
 def test_wrong_sample_input_is_refused():
   module, variables = _make("linen", "resnet")
-  message, seconds = _refusal(
+  message = _refusal(
       lambda: jaxdepth.from_flax(module, variables, jnp.ones((4, 8, 8, 3))))
   assert "(4, 8, 8, 3)" in message and "batch shaped like the data" in message
   assert "in module Conv_0 at" in message and "test_from_flax.py:" in message
-  assert seconds < 1.0
-  message, _ = _refusal(lambda: jaxdepth.from_flax(module, variables, jnp.ones((8,))))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, jnp.ones((8,))))
   assert "no batch axis" in message
   model, _ = _make("nnx", "resnet")
-  message, seconds = _refusal(lambda: jaxdepth.from_nnx(model, jnp.ones((2, 8, 8, 2))))
-  assert "(2, 8, 8, 2)" in message and "in module stem at" in message and seconds < 1.0
+  message = _refusal(lambda: jaxdepth.from_nnx(model, jnp.ones((2, 8, 8, 2))))
+  assert "(2, 8, 8, 2)" in message and "in module stem at" in message
 
 
 def test_unsupported_layer_is_refused():
@@ -802,8 +802,8 @@ def test_unsupported_layer_is_refused():
   module = Upsampling()
   x = _batch()
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "ConvTranspose" in message and "ConvTranspose_0" in message and seconds < 1.0
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "ConvTranspose" in message and "ConvTranspose_0" in message
   assert "test_from_flax.py:" in message and "GroupNorm" in message   # the supported list
 
 
@@ -831,9 +831,9 @@ def test_attention_the_spec_cannot_represent_is_refused(how, words):
   module = Attending(how)
   x = _batch(n=2)
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert words in message and "attention (MultiHeadDotProductAttention" in message
-  assert "test_from_flax.py:" in message and seconds < 1.0
+  assert "test_from_flax.py:" in message
 
 
 class AddPositionEmbs(nn.Module):
@@ -932,9 +932,9 @@ def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
   module = Readout(how)
   x = _batch(n=2)
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert words in message and "in module tokens" in message, message
-  assert "test_from_flax.py:" in message and seconds < 1.0
+  assert "test_from_flax.py:" in message
 
 
 def test_nnx_variable_that_is_not_a_parameter_is_refused():
@@ -949,9 +949,9 @@ def test_nnx_variable_that_is_not_a_parameter_is_refused():
       x = x.reshape((x.shape[0], -1, 4))
       x = jnp.concatenate([jnp.tile(self.cls[...], (x.shape[0], 1, 1)), x], axis=1)
       return self.head(x[:, 0])
-  message, seconds = _refusal(lambda: jaxdepth.from_nnx(Buffered(nnx.Rngs(0)), _batch(n=2)))
+  message = _refusal(lambda: jaxdepth.from_nnx(Buffered(nnx.Rngs(0)), _batch(n=2)))
   assert "the variable cls of collection 'Variable', not a parameter" in message
-  assert "test_from_flax.py:" in message and seconds < 1.0
+  assert "test_from_flax.py:" in message
 
 
 def test_activation_identified_by_what_it_computes():
@@ -1094,8 +1094,8 @@ def test_shared_layer_is_refused():
   module = Shared()
   x = _batch()
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "Conv_0" in message and "called more than once" in message and seconds < 1.0
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "Conv_0" in message and "called more than once" in message
 
 
 class TwoBlocks(nn.Module):
@@ -1256,10 +1256,9 @@ def test_a_scanned_layer_is_refused_with_the_unrolled_form():
   module = Scanned()
   x = _batch(n=2)
   variables = module.init(jax.random.key(0), x)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "called more than once" in message and "unroll the loop into one module per step" in (
       message), message
-  assert seconds < 1.0
 
 
 def test_spec_growth_concat_activations_and_padding():
@@ -1338,9 +1337,8 @@ def test_a_call_needing_more_than_the_input_is_refused():
   module = Flagged()
   x = _batch()
   variables = module.init(jax.random.key(0), x, training=False)
-  message, seconds = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "needs the argument(s) training" in message and "train_kwarg='training'" in message
-  assert seconds < 1.0
   conv = jaxdepth.from_flax(module, variables, x, train_kwarg="training")
   np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
                              np.asarray(module.apply(variables, x, training=False)),
