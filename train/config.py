@@ -392,12 +392,12 @@ def model_kind(model) -> str | None:
   Flax module, ``path/to/file.py:ClassName``), ``"saved"`` (a directory: a model
   ``jaxdepth.save_model`` wrote, the run starts from its weights) or ``"spec"`` (a spec JSON
   file, initialised afresh); None for anything else."""
-  from jaxdepth import zoo  # pylint: disable=import-outside-toplevel
+  from jaxdepth import convert, zoo  # pylint: disable=import-outside-toplevel
   if not isinstance(model, str):
     return None
   if model in zoo.names():
     return "zoo"
-  if ".py:" in model:
+  if convert.is_file_reference(model):
     return "module"
   if model.endswith(".json") and pathlib.Path(model).is_file():
     return "spec"
