@@ -3,7 +3,9 @@
 Run:   python -m train easier                  (the same as --config easier_digits)
 Takes: 37 s wall on an idle 2-core CPU (imports and compilation included, with an
        empty compilation cache).
-Reaches (seed 0): dense 98.61 % test (99.31 % validation); the chosen model has 4 of 5
+Reaches (seed 0, on the 2-core AMD EPYC the README's figures come from; other
+  processors round differently and print other figures, see the README):
+  dense 98.61 % test (99.31 % validation); the chosen model has 4 of 5
   sites removed (non-linear depth 5 -> 1) at 99.16 % test (99.31 % validation).
   Test % after k = 0..4 removals: 98.61, 98.61, 98.33, 98.33, 99.16 (on the CPU,
   with jaxdepth.cpu_ops's convolutions and BatchNorm).
