@@ -1,4 +1,5 @@
 """TLC: the BatchNorm criterion, candidates, the shared-prefix ranking, prefix rules, export."""
+import functools
 import math
 
 import jax
@@ -134,9 +135,15 @@ def _by_hand_loss(spec, variables, x, labels, cand, keep, gates):
   index = spec.sites().index(cand.site)
   g = np.array(gates)
   g[index] = 0.0
-  logits = network.forward(spec, {**variables, "params": traverse_util.unflatten_dict(
-      params, sep="/")}, x, gates=jnp.asarray(g)).logits
+  logits = _forward_logits(spec, {**variables, "params": traverse_util.unflatten_dict(
+      params, sep="/")}, x, jnp.asarray(g))
   return float(np.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels)))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_logits(spec, variables, x, gates):
+  """One plain forward, compiled once per spec (the edits change values, not shapes)."""
+  return network.forward(spec, variables, x, gates=gates).logits
 
 
 @pytest.mark.parametrize("name", ["mixed", "digits", "mobilenet_v2_projections"])
