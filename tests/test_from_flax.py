@@ -777,7 +777,7 @@ def test_module_needing_an_rng_is_refused():
   assert "in module noisy at" in message and "test_from_flax.py:" in message
   # Passing the stream gets further, to the random operation, refused as such.
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
-                                                   rngs={"noise": jax.random.key(1)}))
+                                                rngs={"noise": jax.random.key(1)}))
   assert "random operation outside nn.Dropout" in message
 
 
