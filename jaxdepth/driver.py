@@ -51,7 +51,7 @@ import os
 import pathlib
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
@@ -131,6 +131,16 @@ def _check_tolerance(tolerance):
     raise ValueError(f"tolerance must be a number of accuracy points >= 0, got {tolerance!r}")
 
 
+def _check_latency_batches(batches) -> tuple[int, ...] | None:
+  if batches is None:
+    return None
+  batches = tuple(batches)
+  if not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+    raise ValueError(f"latency_batches must be batch sizes >= 1 (or () to time nothing), got "
+                     f"{batches!r}")
+  return batches
+
+
 def _has_progress(workdir: pathlib.Path) -> bool:
   """Whether ``workdir`` holds a checkpoint to resume (of an iteration or inside one)."""
   return any(workdir.glob("checkpoints/*")) or any(workdir.glob("iterations/*/checkpoints/*"))
@@ -195,7 +205,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
         checkpoint_epochs: bool = True, fit_options: dict[str, Any] | None = None,
         trainer: Trainer | None = None, info: dict[str, Any] | None = None,
         after_iteration: Callable[[int, dict[str, Any]], None] | None = None,
-        merge: bool = True, say: Callable[[str], None] | None = None) -> RunResult:
+        merge: bool = True, latency_batches: Sequence[int] | None = None,
+        say: Callable[[str], None] | None = None) -> RunResult:
   """Runs ``method`` on ``(spec, dataset)`` for ``iterations`` iterations, resumably.
 
   Args:
@@ -226,6 +237,11 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     merge: also save the chosen model collapsed by :func:`jaxdepth.surgery.collapse`
       (exact passes only) in ``chosen_merged/``, with its distance to the chosen
       model and its costs in ``report["chosen"]["merged"]``.
+    latency_batches: batch sizes at which the merged report times the dense,
+      chosen and merged models' eval forwards (``report["chosen"]["merged"]
+      ["latency"]``; default ``(1, eval_batch_size)``). Each model is compiled
+      at each size, which on a CPU can cost more than a short run's training:
+      ``()`` times nothing and leaves the latency out of the report.
     say: where progress lines go (e.g. ``print``); silent by default.
 
   Returns:
@@ -236,6 +252,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     RunMismatchError, SpecMismatchError: ``workdir`` holds another run.
   """
   _check_tolerance(tolerance)
+  latency_batches = _check_latency_batches(latency_batches)
   if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
     raise ValueError(f"iterations must be a positive int (or None for the method's "
                      f"default), got {iterations!r}")
@@ -252,6 +269,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
               "seed": seed, "info": info or {}}
   _check_identity(workdir, identity)
   eval_batch_size = eval_batch_size or recipe.batch_size
+  latency_batches = (1, eval_batch_size) if latency_batches is None else latency_batches
   mesh = training.make_mesh() if mesh is None else mesh
   trainer = trainer or _fit_trainer(mesh, dtype, progress, dict(fit_options or {}))
   total = len(units)
@@ -324,7 +342,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     dense = checkpoint.load_model(_iteration_dir(workdir, 0) / "model")
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
                                      eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype,
-                                     dense=dense)
+                                     dense=dense, latency_batches=latency_batches)
   report = _report(identity, entries, summary, tolerance, total, method)
   if main_process:
     report_lib.write(workdir, report)
@@ -461,15 +479,16 @@ def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[
   return rows
 
 
-def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dtype, dense):
+def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dtype, dense,
+                 latency_batches):
   """Collapses the chosen model with the surgery pipeline (exact passes only) and saves it.
 
   Returns the report's ``chosen.merged`` entry: where it is, how far its logits
   are from the chosen model's on the first test batch, its test accuracy, the
   costs before and after, every surgery edit made and every merge skipped
   with its reason, and the eval latency of the dense, chosen and merged models
-  at batch 1 and at ``eval_batch_size``; ``None`` when :mod:`jaxdepth.surgery`
-  is not installed.
+  at each of ``latency_batches`` (left out when there is none); ``None`` when
+  :mod:`jaxdepth.surgery` is not installed.
   """
   try:
     from jaxdepth import equivalence, surgery  # pylint: disable=import-outside-toplevel
@@ -487,7 +506,7 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   test = training.evaluate(merged_spec, merged_variables, dataset.test,
                            batch_size=eval_batch_size, mesh=mesh, dtype=dtype)
   before, after = costs.summary(spec), costs.summary(merged_spec)
-  return {
+  out = {
       "path": "chosen_merged", "mode": "exact",
       "edits": [edit_record(e) for e in log if e.kind != "skip"],
       "skipped": [edit_record(e) for e in log if e.kind == "skip"],
@@ -496,10 +515,11 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
       "test_accuracy": test.accuracy,
       **{f"{k}_{when}": d[k] for k in ("params", "macs", "nonlinear_depth", "weight_depth")
          for when, d in (("before", before), ("after", after))},
-      "latency": latencies_ms({"dense": dense, "chosen": (spec, variables),
-                               "merged": (merged_spec, merged_variables)},
-                              (1, eval_batch_size)),
   }
+  if latency_batches:
+    out["latency"] = latencies_ms({"dense": dense, "chosen": (spec, variables),
+                                   "merged": (merged_spec, merged_variables)}, latency_batches)
+  return out
 
 
 def _chosen_summary(chosen, entries, tolerance, unit) -> dict[str, Any]:

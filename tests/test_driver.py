@@ -251,6 +251,8 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
     driver.run(Easier(estimator="dataset"), spec, ds, RECIPE, workdir, progress=False)
   with pytest.raises(ValueError, match="iterations must be"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, iterations=0)
+  with pytest.raises(ValueError, match=r"latency_batches must be batch sizes >= 1 .*\(0,\)"):
+    driver.run(Easier(), spec, ds, RECIPE, workdir, latency_batches=(0,))
   assert _snapshot(workdir) == before
   fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
   fit_run.mkdir()
@@ -262,8 +264,10 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   failed = tmp_path / "failed"
   failed.mkdir()
   (failed / "run.json").write_text(json.dumps({"method": "easier", "seed": 99}))
-  driver.run(Easier(), spec, ds, RECIPE, failed, iterations=1, progress=False)
+  again = driver.run(Easier(), spec, ds, RECIPE, failed, iterations=1, progress=False,
+                     latency_batches=())
   assert json.loads((failed / "run.json").read_text())["seed"] == 0
+  assert "latency" not in again.report["chosen"]["merged"]     # () timed nothing
   no_val = data.load("digits", val_fraction=0.0)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")

@@ -434,7 +434,7 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
   workdir = tmp_path / "run"
   rc = cli.main(["nepenthe", "--model", "digits_cnn", "--config.model_kwargs.width=8",
                  "--config.epochs=1", "--iterations", "2", "--workdir", str(workdir),
-                 "--no-progress"])
+                 "--no-progress", "--no-latency"])
   assert rc == 0
   out = capsys.readouterr().out
   assert "NEPENTHE (dataset entropy, rho 0.5)" in out and "nominal sparsity" in out

@@ -1056,7 +1056,8 @@ def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
   from train import __main__ as cli
   workdir = tmp_path / "run"
   assert cli.main(["easier", "--model", f"{user_file}:MyNet", "--workdir",
-                   str(workdir), "--no-progress", "--config.epochs=1", "--iterations", "1"]) == 0
+                   str(workdir), "--no-progress", "--no-latency", "--config.epochs=1",
+                   "--iterations", "1"]) == 0
   saved, _ = jaxdepth.load_model(workdir / "chosen")
   assert saved.name == "MyNet" and saved.sites() == ("relu", "block/silu", "block/relu")
   assert saved.output_shape == (10,)

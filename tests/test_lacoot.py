@@ -412,7 +412,7 @@ def test_command_line(tmp_path, capsys):
   from jaxdepth import report   # pylint: disable=import-outside-toplevel
   from train import __main__ as cli   # pylint: disable=import-outside-toplevel
   args = ["lacoot", "--workdir", str(tmp_path), "--no-progress", "--iterations", "3",
-          "--lambda", "2", "--n-projections", "8",
+          "--lambda", "2", "--n-projections", "8", "--no-latency",
           "--set", "epochs=1", "model_kwargs={'width': 4}", "milestones=()"]
   assert cli.main(args) == 0
   out = capsys.readouterr().out
@@ -420,12 +420,14 @@ def test_command_line(tmp_path, capsys):
   assert rep["method"] == "lacoot" and rep["model"] == "resnet20" and rep["unit"] == "block"
   assert rep["method_options"]["weight"] == 2.0 and rep["method_options"]["n_projections"] == 8
   assert [e["units_removed"] for e in rep["iterations"]] == [0, 1, 2]
-  assert report.table(rep) in out and "latency at batch 1" in out
+  assert report.table(rep) in out and "MACs 160,160 -> " in out
+  # --no-latency: nothing timed (the TLC and EASIER command tests time theirs).
+  assert "latency" not in out and "latency" not in rep["chosen"]["merged"]
   extra = json.loads((tmp_path / "lacoot.json").read_text())
   assert list(extra["distances"]) == list(rep["iterations"][0]["distances"])
   for u, d in rep["iterations"][0]["distances"].items():
     assert extra["distances"][u]["sliced"] == pytest.approx(d, rel=1e-5)
-  assert extra["latency"]["dense_ms"] > 0 and extra["latency"]["shallow_ms"] > 0
+  assert extra["latency"] is None
   assert (tmp_path / "distances.png").stat().st_size > 0
   shallow, _ = checkpoint.load_model(tmp_path / "chosen")
   assert len(lacoot.find_blocks(shallow)) == 7 - rep["chosen"]["units_removed"]

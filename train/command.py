@@ -575,9 +575,11 @@ IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_aug
 
 
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
-               progress: bool, say: Callable[[str], None],
+               progress: bool, say: Callable[[str], None], latency: bool = True,
                info_keys: tuple[str, ...] = IDENTITY_KEYS, eval_batch_size: int | None = None):
   """:func:`jaxdepth.driver.run` with a method config's settings.
+
+  ``latency=False`` (``--no-latency``) times nothing: the report has no latency.
 
   A ``ValueError`` the settings cause inside the run becomes a
   :class:`train.config.ConfigError` (exit code 2); a work directory of another
@@ -595,7 +597,8 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
         checkpoint_epochs=cfg["checkpoint_epochs"],
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
-        info={k: cfg[k] for k in info_keys}, say=say)
+        info={k: cfg[k] for k in info_keys}, latency_batches=None if latency else (),
+        say=say)
   except (driver.RunMismatchError, checkpoint.SpecMismatchError, data.UnreadableImageError):
     raise
   except ValueError as e:
@@ -660,6 +663,11 @@ def method_parser(name: str, doc: str) -> argparse.ArgumentParser:
       p, config_help=f"a config file, or the name of one in train/configs/ ({name}_*; default: "
                      f"the one for --model/--dataset, else {name}_digits)",
       workdir_help=f"run directory (default: runs/{name}-<model>-<dataset>-seed<seed>)")
+  p.add_argument("--no-latency", dest="latency", action="store_false",
+                 help="time nothing: the report leaves out the eval latency of the dense, "
+                      "chosen and merged models (each is otherwise compiled and timed at batch "
+                      "1 and at the eval batch, which on a CPU can take longer than a short "
+                      "run's training)")
   return p
 
 

@@ -128,7 +128,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, say=say)
+                               progress=args.progress, say=say, latency=args.latency)
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "

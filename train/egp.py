@@ -158,7 +158,7 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, say=say)
+                               progress=args.progress, say=say, latency=args.latency)
   full = egp_report.complete(workdir, result.report)
   if jax.process_index() == 0:
     egp_report.write(workdir, full)

@@ -138,8 +138,11 @@ def method_of(cfg: dict[str, Any]):
 
 
 def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_batch_size: int,
-           latency_batch: int, mesh=None, dtype=None) -> dict[str, Any]:
-  """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON."""
+           latency_batch: int | None, mesh=None, dtype=None) -> dict[str, Any]:
+  """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON.
+
+  ``latency_batch=None`` times nothing (``"latency": None``).
+  """
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, costs, report  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import lacoot  # pylint: disable=import-outside-toplevel
@@ -151,12 +154,14 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   entries = result.report["iterations"]
   order = entries[0].get("decision", {}).get("order", [])
   chosen = result.report["chosen"]
-  ms = command.latencies_at(result.report, workdir, latency_batch)
+  latency = None
+  if latency_batch is not None:
+    ms = command.latencies_at(result.report, workdir, latency_batch)
+    latency = {"batch": latency_batch, "dense_ms": ms["dense_ms"], "shallow_ms": ms["chosen_ms"],
+               "speedup": round(ms["dense_ms"] / ms["chosen_ms"], 3)}
   out = {"distances": distances, "order": order, "removed": chosen["removed"],
-         "latency": {"batch": latency_batch, "dense_ms": ms["dense_ms"],
-                     "shallow_ms": ms["chosen_ms"],
-                     "speedup": round(ms["dense_ms"] / ms["chosen_ms"], 3)},
-         "dense": costs.summary(spec), "shallow": costs.summary(result.chosen_spec)}
+         "latency": latency, "dense": costs.summary(spec),
+         "shallow": costs.summary(result.chosen_spec)}
   if jax.process_index() == 0:
     (workdir / "lacoot.json").write_text(json.dumps(out, indent=1))
     report.plot_unit_bars(distances, workdir / "distances.png", marked=chosen["removed"],
@@ -195,18 +200,21 @@ def _main(session: command.Session, argv: list[str]) -> int:
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, say=say,
+                               progress=args.progress, say=say, latency=args.latency,
                                eval_batch_size=eval_batch_size)
   more = extras(result, method, spec, ds, workdir, seed=cfg["seed"],
-                eval_batch_size=eval_batch_size, latency_batch=cfg["latency_batch"], mesh=mesh,
+                eval_batch_size=eval_batch_size,
+                latency_batch=cfg["latency_batch"] if args.latency else None, mesh=mesh,
                 dtype=dtype)
   say("")
   say(report.table(result.report))
   lat = more["latency"]
-  say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
-      f"turns): trained {lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
-      f"({lat['speedup']:.2f}x); MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, "
-      f"weight depth {more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
+  if lat is not None:
+    say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
+        f"turns): trained {lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
+        f"({lat['speedup']:.2f}x)")
+  say(f"MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, weight depth "
+      f"{more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, distances "
       f"{workdir / 'lacoot.json'}, model {workdir / 'chosen'} (jaxdepth.checkpoint.load_model)")
   return 0

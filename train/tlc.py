@@ -154,15 +154,17 @@ def plot_gaps(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None
   return path
 
 
-def summary(report: dict[str, Any], latency: dict[str, Any]) -> dict[str, Any]:
+def summary(report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str, Any]:
   """TLC's figures: per iteration, the loss gaps, and the eval latency of dense, chosen and merged.
 
   Args:
     report: the run's report.
-    latency: :func:`train.command.latencies_at` of the run (milliseconds).
+    latency: :func:`train.command.latencies_at` of the run (milliseconds); ``None``
+      when nothing was timed (``"latency": {}``).
   """
   names, grid = gap_grid(report)
-  batch = latency["batch"]
+  latency = latency or {}
+  batch = latency.get("batch")
   figures = {name: {"seconds": latency[f"{name}_ms"] / 1e3, "batch": batch}
              for name in ("dense", "chosen", "merged") if f"{name}_ms" in latency}
   if "dense" in figures:
@@ -210,12 +212,13 @@ def _main(session: command.Session, argv: list[str]) -> int:
       f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
-                               progress=args.progress, say=say)
-  latency = command.latencies_at(result.report, workdir, cfg["latency_batch"])
+                               progress=args.progress, say=say, latency=args.latency)
+  latency = (command.latencies_at(result.report, workdir, cfg["latency_batch"])
+             if args.latency else None)
   if jax.process_index() == 0:
     plot_gaps(result.report, workdir / "loss_gaps.png")
     (workdir / "tlc.json").write_text(json.dumps(summary(result.report, latency), indent=1))
-  if {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
+  if latency and {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
     say(f"latency at batch {latency['batch']}: dense {latency['dense_ms']:.2f} ms, chosen "
         f"{latency['chosen_ms']:.2f} ms, merged {latency['merged_ms']:.2f} ms")
   say("")
