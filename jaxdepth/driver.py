@@ -228,7 +228,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     checkpoint_epochs: also checkpoint every epoch inside an iteration (a killed
       iteration resumes mid-way); the epoch checkpoints are deleted once the
       iteration is done.
-    fit_options: more keywords of :func:`jaxdepth.training.fit` (``eval_every``, ...).
+    fit_options: more keywords of :func:`jaxdepth.training.fit` (``eval_every``, ...;
+      ``eval_batch_size`` defaults to the run's).
     trainer: replaces :func:`jaxdepth.training.fit` (see :class:`Trainer`).
     info: JSON facts stored in ``run.json`` and the report (e.g. the config); they
       are part of the run's identity.
@@ -271,7 +272,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   eval_batch_size = eval_batch_size or recipe.batch_size
   latency_batches = (1, eval_batch_size) if latency_batches is None else latency_batches
   mesh = training.make_mesh() if mesh is None else mesh
-  trainer = trainer or _fit_trainer(mesh, dtype, progress, dict(fit_options or {}))
+  # fit validates at the run's evaluation batch: one compiled eval step serves both.
+  trainer = trainer or _fit_trainer(mesh, dtype, progress,
+                                    {"eval_batch_size": eval_batch_size, **(fit_options or {})})
   total = len(units)
   iterations = method.default_iterations(spec) if iterations is None else iterations
   if variables is None:

@@ -426,7 +426,7 @@ def test_command_line(tmp_path, capsys):
   extra = json.loads((tmp_path / "lacoot.json").read_text())
   assert list(extra["distances"]) == list(rep["iterations"][0]["distances"])
   for u, d in rep["iterations"][0]["distances"].items():
-    assert extra["distances"][u]["sliced"] == pytest.approx(d, rel=1e-5)
+    assert extra["distances"][u]["sliced"] == d     # the same program as the run's measure
   assert extra["latency"] is None
   assert (tmp_path / "distances.png").stat().st_size > 0
   shallow, _ = checkpoint.load_model(tmp_path / "chosen")

@@ -148,9 +148,11 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   from jaxdepth.methods import lacoot  # pylint: disable=import-outside-toplevel
   _, trained = checkpoint.load_model(workdir / "iterations" / "000" / "model")
   units = method.units(spec)
+  # Every unit gated on, as the run measured them: the same program and the same figures.
   distances = lacoot.block_distances(
       spec, trained, ds.val, units, rng=jax.random.fold_in(jax.random.key(seed), 0),
-      batch_size=eval_batch_size, n_projections=method.n_projections, mesh=mesh, dtype=dtype)
+      batch_size=eval_batch_size, n_projections=method.n_projections,
+      node_gates={u: 1.0 for u in units}, mesh=mesh, dtype=dtype)
   entries = result.report["iterations"]
   order = entries[0].get("decision", {}).get("order", [])
   chosen = result.report["chosen"]

@@ -56,6 +56,7 @@ The pieces are pure functions (:func:`max_sliced_wasserstein`,
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -476,7 +477,6 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
   """
   paths = tuple(paths)
   outputs = _check_outputs(paths, outputs)
-  capture = tuple(dict.fromkeys(paths + outputs))
   _check_count(n_projections)
   mesh = training.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
@@ -485,9 +485,38 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
     raise ValueError(f"split of {split.num_examples} examples gives no batch of at least 2 "
                      f"over {devices} devices; a distance needs 2 samples or more")
   fixed, fresh = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
+  one = _distances_step(spec, paths, outputs, n_projections, dtype)
+  variables = training.replicate(variables, mesh)
+  # Replicated whatever they came as: the gates of a method state and plain floats give
+  # one program (and one compilation).
+  gates = None if node_gates is None else training.replicate(
+      {p: jnp.asarray(g, jnp.float32) for p, g in node_gates.items()}, mesh)
+  total_sw = total_msw = 0.0
+  count = 0
+  processes = jax.process_count()   # each process reads its share of every global batch
+  process_kw = ({"process_index": jax.process_index(), "process_count": processes}
+                if processes > 1 else {})
+  for i, batch in enumerate(split.batches(size // processes, drop_remainder=True, **process_kw)):
+    images = training.shard_batch({"image": batch["image"]}, mesh)["image"]
+    sw, msw = one(variables, images, gates, i, fixed, fresh)
+    total_sw, total_msw, count = total_sw + sw, total_msw + msw, count + 1
+  sw, msw = np.asarray(jax.device_get(total_sw)) / count, np.asarray(
+      jax.device_get(total_msw)) / count
+  return {p: {"sliced": float(sw[k]), "max_sliced": float(msw[k])} for k, p in enumerate(paths)}
+
+
+@functools.lru_cache(maxsize=8)
+def _distances_step(spec: S.Spec, paths: tuple[str, ...], outputs: tuple[str, ...],
+                    n_projections: int, dtype):
+  """The jitted per-batch distances of :func:`block_distances`, one per architecture.
+
+  The keys are arguments, not constants of the program: a second measurement of
+  the same network (the command's report after the run's own) compiles nothing.
+  """
+  capture = tuple(dict.fromkeys(paths + outputs))
 
   @jax.jit
-  def one(variables, images, gates, batch_index):
+  def one(variables, images, gates, batch_index, fixed, fresh):
     out = network.forward(spec, variables, images, capture=capture, node_gates=gates,
                           dtype=dtype)
     sw, msw = [], []
@@ -497,22 +526,7 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
       key = jax.random.fold_in(jax.random.fold_in(fresh, batch_index), k)
       msw.append(max_sliced_wasserstein(x, y, rng=key, n_projections=n_projections))
     return jnp.stack(sw), jnp.stack(msw)
-
-  variables = training.replicate(variables, mesh)
-  gates = None if node_gates is None else {p: jnp.asarray(g, jnp.float32)
-                                           for p, g in node_gates.items()}
-  total_sw = total_msw = 0.0
-  count = 0
-  processes = jax.process_count()   # each process reads its share of every global batch
-  process_kw = ({"process_index": jax.process_index(), "process_count": processes}
-                if processes > 1 else {})
-  for i, batch in enumerate(split.batches(size // processes, drop_remainder=True, **process_kw)):
-    images = training.shard_batch({"image": batch["image"]}, mesh)["image"]
-    sw, msw = one(variables, images, gates, i)
-    total_sw, total_msw, count = total_sw + sw, total_msw + msw, count + 1
-  sw, msw = np.asarray(jax.device_get(total_sw)) / count, np.asarray(
-      jax.device_get(total_msw)) / count
-  return {p: {"sliced": float(sw[k]), "max_sliced": float(msw[k])} for k, p in enumerate(paths)}
+  return one
 
 
 def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple[str, ...]:
