@@ -280,7 +280,7 @@ def test_fewer_iterations_than_a_run_holds_keep_them_all_and_say_so(digits, fini
   shutil.copytree(workdir, copy)
   said = []
   again = driver.run(Easier(), spec, ds, RECIPE, copy, iterations=1, progress=False,
-                     eval_batch_size=512, say=said.append)
+                     eval_batch_size=512, latency_batches=(), say=said.append)
   assert said[:2] == [f"resuming {copy} after iteration {ITERATIONS - 1}",
                       f"the run already holds {ITERATIONS} iterations, more than the 1 asked: "
                       f"the report and the choice keep all of them"]

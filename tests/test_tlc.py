@@ -285,7 +285,7 @@ def digits_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("tlc")
   recipe = optim.Recipe(epochs=2, batch_size=64, optimizer="adam", lr=3e-3)
   result = driver.run(tlc.TLC(batch_size=64), spec, ds, recipe, workdir, iterations=3,
-                      tolerance=100.0, progress=False, eval_batch_size=512)
+                      tolerance=100.0, progress=False, eval_batch_size=512, latency_batches=())
   return ds, spec, workdir, result
 
 

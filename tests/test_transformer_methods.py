@@ -114,7 +114,7 @@ def test_easier_end_to_end_on_a_tiny_swin(tmp_path):
   ds, spec = data.load("digits"), zoo.digits_swin(width=8)
   recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
   result = driver.run(Easier(), spec, ds, recipe, tmp_path, iterations=2, progress=False,
-                      eval_batch_size=512)
+                      eval_batch_size=512, latency_batches=())
   entries = result.report["iterations"]
   assert [e["units_total"] for e in entries] == [4, 4]
   assert list(entries[0]["entropies"]) == list(spec.sites())
@@ -352,7 +352,7 @@ def lacoot_run(swin_digits, tmp_path_factory):
                   score="max_sliced")
   return method, driver.run(method, spec, ds, RECIPE, tmp_path_factory.mktemp("lacoot_swin"),
                             variables=variables, iterations=2, progress=False,
-                            eval_batch_size=144, tolerance=100.0)
+                            eval_batch_size=144, tolerance=100.0, latency_batches=())
 
 
 def test_lacoot_trains_a_tiny_swin_and_removes_a_layer_by_the_official_rule(lacoot_run):
