@@ -169,7 +169,8 @@ class TrainState:
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                 rng=_key_data(rng))
     # Own copies: train steps donate the state, which must not free the caller's arrays.
-    return jax.tree.map(jnp.copy, state)
+    # (A transfer copies where it is: jnp.copy would compile a program per leaf shape.)
+    return jax.device_put(state, may_alias=False)
 
   @property
   def variables(self) -> dict[str, Any]:
