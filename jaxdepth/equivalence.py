@@ -23,7 +23,6 @@ map leaves no interior: the merge changed the function everywhere (ResNet-18's
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Iterable
 from typing import NamedTuple
@@ -175,16 +174,6 @@ def border_width(spec: S.Spec, log: Iterable | None) -> int:
   return r
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _logits(spec: S.Spec, variables, x, gates):
-  """Eval-mode ``network.forward(...).logits`` as one compiled program per spec and shape.
-
-  Run op by op, a forward compiles every slice, pad and add of the executor on its
-  own (dozens of small programs per network).
-  """
-  return network.forward(spec, variables, x, gates=gates).logits
-
-
 def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
             border: int | None = None) -> EquivalenceReport:
   """Compares two networks' eval-mode outputs on the batch ``x``.
@@ -206,8 +195,8 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
     An :class:`EquivalenceReport`.
   """
   x = jax.tree.map(jnp.asarray, x)   # an array, or a text spec's dict of token arrays
-  ya = _logits(spec_a, vars_a, x, gates_a)
-  yb = _logits(spec_b, vars_b, x, None)
+  ya = network.forward(spec_a, vars_a, x, gates=gates_a).logits
+  yb = network.forward(spec_b, vars_b, x).logits
   max_abs, max_rel = deviation(ya, yb)
   top1 = math.nan
   if ya.ndim == 2 and ya.shape[-1] > 1:
@@ -223,8 +212,8 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
                      f"last feature map shape; got {pa and pa.output_shape} and "
                      f"{pb and pb.output_shape}")
   gates = None if gates_a is None else jnp.asarray(gates_a)[:len(pa.sites())]
-  fa = np.asarray(_logits(pa, vars_a, x, gates))
-  fb = np.asarray(_logits(pb, vars_b, x, None))
+  fa = np.asarray(network.forward(pa, vars_a, x, gates=gates).logits)
+  fb = np.asarray(network.forward(pb, vars_b, x).logits)
   f_abs, f_rel = deviation(fa, fb)
   h, w = fa.shape[1:3]
   inner_a = fa[:, border:h - border, border:w - border]

@@ -606,6 +606,11 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
             capture: tuple[str, ...] = (), node_gates=None, token_inputs=None) -> Forward:
   """Runs ``spec`` as a pure function of its variables.
 
+  Inside a transformation (``jax.jit``, ``jax.grad``, ...) it is traced like any
+  function. Called on concrete arrays it runs as one compiled program, cached per
+  spec, settings and input shapes: run op by op, the executor would compile each of
+  its slices, pads and adds on its own (dozens of small programs per network).
+
   Args:
     spec: the architecture.
     variables: ``{"params": ..., "batch_stats": ...}``.
@@ -634,13 +639,25 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
   Returns:
     A :class:`Forward`.
   """
+  capture = tuple(capture)
+  arrays = (variables, x, gates, rng, example_mask, node_gates, token_inputs)
+  traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arrays))
+  run = _forward if traced else _forward_compiled
+  return run(spec, variables, x, train=train, gates=gates, rng=rng,
+             collect_stats=collect_stats, example_mask=example_mask, dtype=dtype,
+             capture=capture, node_gates=node_gates, token_inputs=token_inputs)
+
+
+def _forward(spec: S.Spec, variables, x, *, train, gates, rng, collect_stats, example_mask,
+             dtype, capture, node_gates, token_inputs) -> Forward:
+  """:func:`forward`'s computation."""
   mutable = (["batch_stats"] if train and "batch_stats" in variables else []) + (
       [STATS] if collect_stats else [])
   rngs = {"dropout": rng} if rng is not None else {}
   try:
     out = Network(spec, dtype=dtype).apply(
         variables, x, train=train, gates=gates, collect_stats=collect_stats,
-        example_mask=example_mask, capture=tuple(capture), node_gates=node_gates,
+        example_mask=example_mask, capture=capture, node_gates=node_gates,
         token_inputs=token_inputs, rngs=rngs,
         mutable=mutable or False)
   except _VARIABLES_MISFIT as e:
@@ -657,6 +674,10 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     counts = {s: counts[s] for s in spec.sites()}
   return Forward(logits, updates.get("batch_stats", variables.get("batch_stats")), counts,
                  captured)
+
+
+_forward_compiled = jax.jit(_forward, static_argnames=("spec", "train", "collect_stats", "dtype",
+                                                       "capture"))
 
 
 def gates_for(spec: S.Spec, off=(), *, values=None) -> jax.Array:
