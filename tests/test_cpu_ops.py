@@ -26,8 +26,8 @@ def _values_and_grads(conv):
 
 
 def _check(how, x_shape, w_shape, strides, padding, groups=1):
-  x = jax.random.normal(jax.random.key(0), x_shape)
-  w = jax.random.normal(jax.random.key(1), w_shape)
+  x = np.random.default_rng(0).standard_normal(x_shape, dtype=np.float32)
+  w = np.random.default_rng(1).standard_normal(w_shape, dtype=np.float32)
   ours = lambda x, w: cpu_ops.conv(x, w, strides, padding, groups, how=how)
   ref = lambda x, w: lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=NHWC,
                                               feature_group_count=groups)
@@ -91,8 +91,10 @@ def test_winograd_equals_lax_values_and_gradients(x_shape, w_shape):
 
 
 def test_winograd_keeps_the_dtype():
-  x = jax.random.normal(jax.random.key(0), (2, 4, 4, 3), jnp.bfloat16)
-  w = jax.random.normal(jax.random.key(1), (3, 3, 3, 2), jnp.bfloat16)
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((2, 4, 4, 3), dtype=np.float32),
+                  jnp.bfloat16)
+  w = jnp.asarray(np.random.default_rng(1).standard_normal((3, 3, 3, 2), dtype=np.float32),
+                  jnp.bfloat16)
   y = cpu_ops.conv(x, w, (1, 1), ((1, 1), (1, 1)), how="winograd")
   y_ref = lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=NHWC)
   assert y.dtype == jnp.bfloat16
@@ -100,8 +102,8 @@ def test_winograd_keeps_the_dtype():
 
 
 def test_grouped_convolution_keeps_lax():
-  x = jax.random.normal(jax.random.key(0), (2, 5, 5, 4))
-  w = jax.random.normal(jax.random.key(1), (3, 3, 2, 6))
+  x = np.random.default_rng(0).standard_normal((2, 5, 5, 4), dtype=np.float32)
+  w = np.random.default_rng(1).standard_normal((3, 3, 2, 6), dtype=np.float32)
   assert cpu_ops.plan(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2) == "xla"
   _check(None, x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2)
 
@@ -146,9 +148,9 @@ def test_bad_formulations_are_refused():
 ])
 @pytest.mark.parametrize("ties", [False, True])
 def test_max_pool_equals_lax_values_and_gradients(x_shape, window, strides, padding, ties):
-  x = jax.random.normal(jax.random.key(2), x_shape)
+  x = np.random.default_rng(2).standard_normal(x_shape, dtype=np.float32)
   if ties:   # few distinct values: windows with several maxima, inputs shared by windows
-    x = jnp.round(x)
+    x = np.round(x)
   (y, (dx, _)), (y_ref, (dx_ref, _)) = (
       _values_and_grads(lambda x, _, pool=pool: pool(x, window, strides, padding))(x, x)
       for pool in (cpu_ops.max_pool, nn.max_pool))
@@ -169,13 +171,13 @@ def _flax_batch_norm(x, scale, bias, epsilon):
 
 @pytest.mark.parametrize("x_shape, offset", [((4, 5, 3, 6), 0.0), ((3, 4, 4, 5), 3.0), ((16, 7), 1.0)])
 def test_batch_norm_equals_flax_values_and_gradients(x_shape, offset):
-  keys = jax.random.split(jax.random.key(0), 6)
-  x = offset + 2.0 * jax.random.normal(keys[0], x_shape)
-  scale = 1.0 + 0.3 * jax.random.normal(keys[1], x_shape[-1:])
-  bias = 0.3 * jax.random.normal(keys[2], x_shape[-1:])
+  rng = np.random.default_rng(0)
+  x = offset + 2.0 * rng.standard_normal(x_shape, dtype=np.float32)
+  scale = 1.0 + 0.3 * rng.standard_normal(x_shape[-1:], dtype=np.float32)
+  bias = 0.3 * rng.standard_normal(x_shape[-1:], dtype=np.float32)
   # A cotangent for each output: y's differs at every position, the statistics' per channel.
-  weights = [jax.random.normal(k, s) for k, s in zip(keys[3:], (x_shape, x_shape[-1:],
-                                                                 x_shape[-1:]))]
+  weights = [rng.standard_normal(s, dtype=np.float32) for s in (x_shape, x_shape[-1:],
+                                                                x_shape[-1:])]
 
   def values_and_grads(batch_norm):
     loss = lambda *args: sum(jnp.sum(jnp.sin(o) * w) for o, w in zip(batch_norm(*args, 1e-3),
@@ -195,13 +197,13 @@ def test_batch_norm_equals_flax_values_and_gradients(x_shape, offset):
 @pytest.mark.parametrize("x_shape, out, offset", [((4, 5, 3, 6), 9, 0.0), ((3, 4, 4, 2), 7, 2.0),
                                                  ((2, 3, 3, 5), 4, 0.5)])
 def test_pointwise_conv_batch_norm_equals_conv_then_flax_batch_norm(x_shape, out, offset):
-  keys = jax.random.split(jax.random.key(0), 7)
-  x = offset + jax.random.normal(keys[0], x_shape)
-  w = jax.random.normal(keys[1], (x_shape[-1], out))
-  scale = 1.0 + 0.3 * jax.random.normal(keys[2], (out,))
-  bias = 0.3 * jax.random.normal(keys[3], (out,))
-  weights = [jax.random.normal(k, s) for k, s in zip(keys[4:], ((*x_shape[:-1], out), (out,),
-                                                                (out,)))]
+  rng = np.random.default_rng(0)
+  x = offset + rng.standard_normal(x_shape, dtype=np.float32)
+  w = rng.standard_normal((x_shape[-1], out), dtype=np.float32)
+  scale = 1.0 + 0.3 * rng.standard_normal((out,), dtype=np.float32)
+  bias = 0.3 * rng.standard_normal((out,), dtype=np.float32)
+  weights = [rng.standard_normal(s, dtype=np.float32) for s in ((*x_shape[:-1], out), (out,),
+                                                                (out,))]
 
   def reference(x, w, scale, bias, epsilon):
     y = lax.conv_general_dilated(x, w[None, None], (1, 1), "VALID", dimension_numbers=NHWC)
@@ -236,7 +238,7 @@ def test_the_executor_trains_batch_norm_as_flax_does(monkeypatch):
       S.Conv("expand", 12, 1), S.BatchNorm("bn3"), S.Act("relu3", "relu6"),
       S.Flatten("flat"), S.Dense("fc", 5)], name="bn")
   variables = network.init(spec, jax.random.key(0))
-  x = 1.0 + jax.random.normal(jax.random.key(1), (4, 6, 6, 3))
+  x = 1.0 + np.random.default_rng(1).standard_normal((4, 6, 6, 3), dtype=np.float32)
 
   def train_forward():
     def loss(params):
@@ -266,7 +268,7 @@ def test_a_captured_or_gated_pointwise_conv_keeps_its_own_output(monkeypatch):
                             S.Flatten("flat"), S.Dense("fc", 3)], name="pw")
   variables = network.init(spec, jax.random.key(0))
   params = variables["params"]
-  x = jax.random.normal(jax.random.key(1), (3, 4, 4, 2))
+  x = np.random.default_rng(1).standard_normal((3, 4, 4, 2), dtype=np.float32)
   fused = []
   monkeypatch.setattr(cpu_ops, "pointwise_conv_batch_norm",
                       lambda *a, f=cpu_ops.pointwise_conv_batch_norm: fused.append(1) or f(*a))
@@ -322,8 +324,8 @@ def test_xla_ops_on_request_for_forward_mode(monkeypatch):
       S.Conv("c2", 3, 3, stride=2, padding=1), S.Act("relu2", "relu"),
       S.Flatten("flat"), S.Dense("fc", 5)], name="fwd")
   variables = network.init(spec, jax.random.key(0))
-  x = jax.random.normal(jax.random.key(1), (2, 6, 6, 2))
-  t = jax.random.normal(jax.random.key(2), x.shape)
+  x = np.random.default_rng(1).standard_normal((2, 6, 6, 2), dtype=np.float32)
+  t = np.random.default_rng(2).standard_normal(x.shape, dtype=np.float32)
   logits = lambda x: network.forward(spec, variables, x, train=True).logits
   with pytest.raises(TypeError, match="forward-mode"):
     jax.jvp(logits, (x,), (t,))

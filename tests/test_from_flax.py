@@ -314,22 +314,22 @@ NETS = [(f, n) for f in ("linen", "nnx") for n in LINEN]
 
 
 def _batch(seed=0, n=16):
-  return jax.random.normal(jax.random.key(seed), (n, *SHAPE))
+  return np.random.default_rng(seed).standard_normal((n, *SHAPE), dtype=np.float32)
 
 
 def _perturb_stats(tree, seed):
   """Non-trivial running statistics, so eval mode really reads them."""
   leaves, treedef = jax.tree.flatten(tree)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  rng = np.random.default_rng(seed)
   return jax.tree.unflatten(treedef, [
-      jnp.abs(l) + 0.5 + 0.3 * jax.random.uniform(k, l.shape) for l, k in zip(leaves, keys)])
+      jnp.abs(l) + 0.5 + 0.3 * rng.random(l.shape, dtype=np.float32) for l in leaves])
 
 
 def _make(framework, name):
   """``(module or model, variables or None)`` with perturbed BatchNorm statistics."""
   if framework == "linen":
     module = LINEN[name]()
-    variables = dict(module.init(jax.random.key(1), _batch()))
+    variables = dict(jax.jit(module.init)(jax.random.key(1), _batch()))
     if "batch_stats" in variables:
       variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
     return module, variables
@@ -523,8 +523,8 @@ def test_what_cannot_go_back_is_listed():
     @nn.compact
     def __call__(self, x):
       return nn.MultiHeadDotProductAttention(2, use_bias=False)(x).reshape((x.shape[0], -1))
-  x = jax.random.normal(jax.random.key(0), (2, 3, 4))
-  variables = NoBias().init(jax.random.key(1), x)
+  x = np.random.default_rng(0).standard_normal((2, 3, 4), dtype=np.float32)
+  variables = jax.jit(NoBias().init)(jax.random.key(1), x)
   conv = jaxdepth.from_flax(NoBias(), variables, x)
   (path,) = conv.paths
   _, skipped = convert.to_user_variables(conv, conv.variables, variables)
@@ -581,7 +581,7 @@ def _refusal(fn):
 def test_unsupported_op_is_refused_with_module_path_and_line():
   module = Wrapper()
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "'sin'" in message and "features" in message and "test_from_flax.py:" in message
   assert "write the activation as one of them" in message
@@ -590,7 +590,7 @@ def test_unsupported_op_is_refused_with_module_path_and_line():
 def test_gating_product_of_two_tensors_is_refused():
   module = Gated()
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "'mul'" in message and "residual" in message
 
@@ -612,7 +612,7 @@ class ProbabilityHead(nn.Module):
 def test_probabilities_at_the_output_are_refused_with_the_fix(head, words):
   module = ProbabilityHead(head)
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert f"{words} of the last layer's output" in message, message
   assert "return the logits" in message and "test_from_flax.py:" in message
@@ -622,7 +622,7 @@ def test_an_activation_after_the_last_layer_is_not_taken_for_probabilities():
   # SiLU is x * sigmoid(x): a site, converted as the network's last node.
   module = ProbabilityHead("silu")
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert conv.spec.sites() == ("relu", "silu")
   np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
@@ -647,8 +647,8 @@ class Preprocessing(nn.Module):
 @pytest.mark.parametrize("how, op", [("scale", "'div'"), ("normalise", "'sub'")])
 def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
   module = Preprocessing(how)
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  variables = module.init(jax.random.key(0), x)
+  x = np.random.default_rng(0).standard_normal((2, 8, 8, 3), dtype=np.float32)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert f"arithmetic on the module's input before its first layer ({op} with a constant" in (
       message), message
@@ -658,8 +658,8 @@ def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
 
 def test_an_input_transposed_inside_the_module_is_refused_with_the_layout():
   module = Preprocessing("nchw")
-  x = jax.random.normal(jax.random.key(0), (2, 3, 8, 8))
-  variables = module.init(jax.random.key(0), x)
+  x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a transposition of the module's input ((2, 3, 8, 8) to (2, 8, 8, 3)" in message, message
   assert "jaxdepth's images are (B, H, W, C)" in message
@@ -684,7 +684,7 @@ class NNXHalfPrecision(nnx.Module):
 def test_a_layer_computing_in_bfloat16_is_refused_with_the_fix():
   x = _batch(n=2)
   module = HalfPrecision()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   for convert_it, where in ((lambda: jaxdepth.from_flax(module, variables, x), "layer Conv_0"),
                             (lambda: jaxdepth.from_nnx(NNXHalfPrecision(nnx.Rngs(0)), x),
                              "layer head")):
@@ -711,7 +711,7 @@ class KeepdimsPool(nn.Module):
 def test_a_keepdims_mean_then_flattened_is_a_global_pool(read):
   module = KeepdimsPool(read)
   x = _batch(n=3)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert [type(n).__name__ for n in conv.spec.layers] == ["Conv", "Act", "Pool", "Flatten",
                                                           "Dense"]
@@ -722,7 +722,7 @@ def test_a_keepdims_mean_then_flattened_is_a_global_pool(read):
 def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
   module = KeepdimsPool("conv")
   x = _batch(n=3)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a global average pool with keepdims=True, read as (3, 1, 1, 4) by layer Conv_1 (" in (
       message), message
@@ -739,7 +739,7 @@ def test_a_layer_scale_is_refused_naming_the_parameter():
       return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
   module = LayerScale()
   x = _batch(n=2)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "a tensor scaled by the parameter gamma of shape (4,) outside a layer" in message, (
       message)
@@ -756,7 +756,7 @@ class Subsampled(nn.Module):
 def test_a_strided_slice_is_refused_with_its_steps_and_the_alternatives():
   module = Subsampled()
   x = _batch(n=2)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "in steps of (1, 2, 2, 1)" in message, message
   assert "strided Conv or nn.max_pool / nn.avg_pool" in message
@@ -771,7 +771,7 @@ class NoisyNet(nn.Module):
 def test_module_needing_an_rng_is_refused():
   module = NoisyNet()
   x = _batch()
-  variables = module.init({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
+  variables = jax.jit(module.init)({"params": jax.random.key(0), "noise": jax.random.key(1)}, x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "random number stream" in message and "rngs=" in message
   assert "in module noisy at" in message and "test_from_flax.py:" in message
@@ -801,7 +801,7 @@ def test_unsupported_layer_is_refused():
       return nn.ConvTranspose(4, (2, 2), (2, 2))(nn.Conv(4, (3, 3))(x)).mean((1, 2))
   module = Upsampling()
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "ConvTranspose" in message and "ConvTranspose_0" in message
   assert "test_from_flax.py:" in message and "GroupNorm" in message   # the supported list
@@ -830,7 +830,7 @@ class Attending(nn.Module):
 def test_attention_the_spec_cannot_represent_is_refused(how, words):
   module = Attending(how)
   x = _batch(n=2)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert words in message and "attention (MultiHeadDotProductAttention" in message
   assert "test_from_flax.py:" in message
@@ -897,7 +897,7 @@ class Readout(nn.Module):
 def test_class_token_and_position_embedding_spellings(how, index):
   module = Readout(how)
   x = _batch(n=4)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)             # checked equal to the module
   kinds = [type(n).__name__ for _, n in conv.spec.walk()]
   assert kinds == ["Conv", "Tokens", "ClassToken", "PositionEmbedding", "SelectToken", "Dense"]
@@ -931,7 +931,7 @@ def test_class_token_and_position_embedding_spellings(how, index):
 def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
   module = Readout(how)
   x = _batch(n=2)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert words in message and "in module tokens" in message, message
   assert "test_from_flax.py:" in message
@@ -966,7 +966,7 @@ def test_activation_identified_by_what_it_computes():
       return x.reshape((x.shape[0], -1))
   module = Spelled()
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert [conv.spec.node(s).fn for s in conv.spec.sites()] == ["relu", "silu", "gelu"]
 
@@ -1094,7 +1094,7 @@ def test_shared_layer_is_refused():
       return conv(nn.relu(conv(x))).reshape((x.shape[0], -1))
   module = Shared()
   x = _batch()
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "Conv_0" in message and "called more than once" in message
 
@@ -1115,7 +1115,7 @@ class TwoBlocks(nn.Module):
 def test_rematerialised_blocks_convert_as_the_blocks_they_are():
   module = TwoBlocks(remat=True)
   x = _batch(n=4)
-  variables = _perturb_stats(module.init(jax.random.key(0), x), 1)
+  variables = _perturb_stats(jax.jit(module.init)(jax.random.key(0), x), 1)
   conv = jaxdepth.from_flax(module, variables, x)
   renamed = {col: {name.replace("Checkpoint", ""): v for name, v in tree.items()}
              for col, tree in variables.items()}
@@ -1234,7 +1234,7 @@ def test_blocks_inside_plain_modules_are_named_by_their_path():
       return nn.Dense(3)(jnp.mean(Stage(1)(x), axis=(1, 2)))
   module = Staged()
   x = _batch(n=2)
-  conv = jaxdepth.from_flax(module, module.init(jax.random.key(0), x), x)
+  conv = jaxdepth.from_flax(module, jax.jit(module.init)(jax.random.key(0), x), x)
   blocks = [p for p, n in conv.spec.walk() if isinstance(n, jaxdepth.Block)]
   # Each stage's first block is its own BasicBlock_0: named by the stage too, not renumbered.
   assert blocks == ["Stage_0_BasicBlock_0", "Stage_0_BasicBlock_1", "Stage_1_BasicBlock_0"]
@@ -1256,7 +1256,7 @@ def test_a_scanned_layer_is_refused_with_the_unrolled_form():
       return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
   module = Scanned()
   x = _batch(n=2)
-  variables = module.init(jax.random.key(0), x)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
   assert "called more than once" in message and "unroll the loop into one module per step" in (
       message), message
@@ -1273,7 +1273,7 @@ def test_spec_growth_concat_activations_and_padding():
   assert jaxdepth.costs.count_params(spec) == 3 * 3 * 2 * 3 + 3
   assert jaxdepth.costs.count_macs(spec) == 4 * 4 * 3 * 3 * 3 * 2
   variables = network.init(spec, jax.random.key(0))
-  x = np.asarray(jax.random.normal(jax.random.key(1), (3, 4, 4, 2))) * 4
+  x = np.random.default_rng(1).standard_normal((3, 4, 4, 2), dtype=np.float32) * 4
   y = np.asarray(network.forward(spec, variables, jnp.asarray(x)).logits).reshape(3, 4, 4, 7)
   k = np.asarray(variables["params"]["cat"]["c"]["kernel"], np.float64)
   b = np.asarray(variables["params"]["cat"]["c"]["bias"], np.float64)
@@ -1302,10 +1302,10 @@ def test_group_norm_node_and_token_mean():
   assert '"kind": "group_norm", "name": "gn", "groups": 3, "epsilon": 0.001' in spec.to_json()
   assert jaxdepth.costs.count_params(spec) == 2 * (6 * 6 + 6) + 2 * 6
   variables = network.init(spec, jax.random.key(0))
-  gn = {"scale": 1 + jax.random.normal(jax.random.key(1), (6,)),
-        "bias": jax.random.normal(jax.random.key(2), (6,))}
+  gn = {"scale": 1 + np.random.default_rng(1).standard_normal((6,), dtype=np.float32),
+        "bias": np.random.default_rng(2).standard_normal((6,), dtype=np.float32)}
   variables["params"]["gn"] = gn
-  x = np.asarray(jax.random.normal(jax.random.key(3), (2, 4, 4, 6))) * 3 + 1
+  x = np.random.default_rng(3).standard_normal((2, 4, 4, 6), dtype=np.float32) * 3 + 1
   p = {k: {n: np.asarray(a, np.float64) for n, a in v.items()} for k, v in
        variables["params"].items()}
   a = x @ p["a"]["kernel"][0, 0] + p["a"]["bias"]

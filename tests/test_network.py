@@ -23,7 +23,7 @@ def variables():
 
 
 def x_batch(b=4, seed=1):
-  return jax.random.normal(jax.random.key(seed), (b, *SPEC.input_shape))
+  return np.random.default_rng(seed).standard_normal((b, *SPEC.input_shape), dtype=np.float32)
 
 
 def test_variables_are_keyed_by_spec_names(variables):
@@ -61,8 +61,8 @@ def reference_forward(v, x, gates=(1.0, 1.0, 1.0)):
 def randomised(v, seed=3):
   """Random BN statistics so that eval mode is not the identity normalisation."""
   leaves, tree = jax.tree.flatten(v["batch_stats"])
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  leaves = [jax.random.uniform(k, l.shape, minval=0.5, maxval=2.0) for k, l in zip(keys, leaves)]
+  rng = np.random.default_rng(seed)
+  leaves = [rng.uniform(0.5, 2.0, l.shape).astype(np.float32) for l in leaves]
   return {**v, "batch_stats": jax.tree.unflatten(tree, leaves)}
 
 
@@ -169,8 +169,9 @@ def test_cpu_convolution_paths_equal_lax_with_gradients(hw, kernel, stride, pad,
   values and gradients as lax.conv_general_dilated."""
   node = S.Conv("c", features=4 if groups == 4 else 5, kernel=kernel, stride=stride, padding=pad,
                 groups=groups)
-  x = jax.random.normal(jax.random.key(0), (3, hw, hw, 4))
-  k = jax.random.normal(jax.random.key(1), (*node.kernel, 4 // groups, node.features))
+  x = np.random.default_rng(0).standard_normal((3, hw, hw, 4), dtype=np.float32)
+  k = np.random.default_rng(1).standard_normal((*node.kernel, 4 // groups, node.features),
+                                               dtype=np.float32)
   dn = ("NHWC", "HWIO", "NHWC")
 
   def via(fn):
