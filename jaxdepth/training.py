@@ -136,6 +136,14 @@ def _key_data(rng) -> jax.Array:
   return rng
 
 
+def _own_copy(x):
+  """``x`` copied into buffers of its own: by a transfer, where it is (``jnp.copy``
+  compiles a program per shape); a multi-process array only by a compiled copy."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return jnp.copy(x)
+  return jax.device_put(x, may_alias=False)
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a training run carries from step to step (a pytree).
@@ -169,8 +177,7 @@ class TrainState:
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
                 rng=_key_data(rng))
     # Own copies: train steps donate the state, which must not free the caller's arrays.
-    # (A transfer copies where it is: jnp.copy would compile a program per leaf shape.)
-    return jax.device_put(state, may_alias=False)
+    return jax.tree.map(_own_copy, state)
 
   @property
   def variables(self) -> dict[str, Any]:
