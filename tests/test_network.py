@@ -98,6 +98,28 @@ def test_gates_switch_sites_without_recompiling(variables):
   assert fwd._cache_size() == 1
 
 
+def test_an_eager_forward_is_one_compiled_program_per_shape(variables, monkeypatch):
+  """Called on concrete arrays, forward traces once and reruns the compiled program while
+  the spec, settings and shapes stay; inside jit it is traced as the same function."""
+  spec = S.with_identity(SPEC, ["stage/0/relu2"])    # a spec no other test runs eagerly
+  traces = []
+  apply = N.Network.apply
+  monkeypatch.setattr(N.Network, "apply",
+                      lambda self, *a, **kw: traces.append(1) or apply(self, *a, **kw))
+  v, x = randomised(variables), x_batch(5)
+  first = N.forward(spec, v, x).logits
+  again = N.forward(spec, v, x + 1.0).logits
+  assert len(traces) == 1
+  np.testing.assert_allclose(first, reference_forward(v, x, (1.0, 1.0, 0.0)), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(again, reference_forward(v, x + 1.0, (1.0, 1.0, 0.0)), rtol=1e-5,
+                             atol=1e-5)
+  N.forward(spec, v, x_batch(6))                     # another batch size: another program
+  assert len(traces) == 2
+  inside = jax.jit(lambda v, x: N.forward(spec, v, x).logits)(v, x)
+  assert len(traces) == 3
+  np.testing.assert_allclose(inside, first, rtol=1e-6, atol=1e-6)
+
+
 def test_bad_call_arguments_are_refused(variables):
   with pytest.raises(ValueError, match="gates must have shape \\(3,\\)"):
     N.forward(SPEC, variables, x_batch(), gates=jnp.ones(2))
