@@ -403,8 +403,7 @@ X32 = np.random.default_rng(1).normal(size=(2, 3, 32, 32)).astype(np.float32)   
 
 
 def _jax_logits(spec, variables, x_nchw):
-  return np.asarray(jax.jit(lambda v, x: network.forward(spec, v, x).logits)(
-      variables, x_nchw.transpose(0, 2, 3, 1)))
+  return np.asarray(network.forward(spec, variables, x_nchw.transpose(0, 2, 3, 1)).logits)
 
 
 @pytest.fixture(scope="module")
