@@ -19,7 +19,8 @@ current one is used when it can import torch), the same train and eval steps in 
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
 every variant in turn (in a new, seeded random order each repeat; each block
-starts with an untimed step), so a change in machine load hits all alike; the
+starts with an untimed step; an eval block times ``--eval-steps`` calls, as one
+call at batch 1 takes milliseconds), so a change in machine load hits all alike; the
 figures are medians over steps of wall time (``*_s``) and of the process's CPU
 time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
 Prints one JSON object with, per model, the times, their ratios to ``plain``
@@ -38,7 +39,7 @@ with glibc's defaults.
 Run::
 
     python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
-        [--repeats 5] [--warm-steps 1] [--kinds plain gated stats masks lacoot]
+        [--eval-steps 10] [--repeats 5] [--warm-steps 1] [--kinds plain gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
 """
 from __future__ import annotations
@@ -71,7 +72,8 @@ def parse_args(argv):
   parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                       help="train-step variants to time")
   parser.add_argument("--batch", type=int, default=128, help="training (and eval) batch")
-  parser.add_argument("--steps", type=int, default=2, help="steps per timed block")
+  parser.add_argument("--steps", type=int, default=2, help="train steps per timed block")
+  parser.add_argument("--eval-steps", type=int, default=10, help="eval steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks of each variant")
   parser.add_argument("--warm-steps", type=int, default=1,
                       help="untimed steps at the start of each block")
@@ -87,8 +89,8 @@ def parse_args(argv):
   parser.add_argument("--default-malloc", action="store_true",
                       help="leave glibc's allocator settings alone (both sides)")
   args = parser.parse_args(argv)
-  if min(args.batch, args.steps, args.repeats) <= 0:
-    parser.error("--batch, --steps and --repeats must be positive")
+  if min(args.batch, args.steps, args.eval_steps, args.repeats) <= 0:
+    parser.error("--batch, --steps, --eval-steps and --repeats must be positive")
   if args.warm_steps < 0:
     parser.error("--warm-steps must be 0 or more")
   if args.torch_python and not pathlib.Path(args.torch_python).is_file():
@@ -228,7 +230,9 @@ def jax_runners(model, args):
 
 
 def time_side_by_side(runners, args):
-  """Runs every runner ``repeats`` times ``steps`` steps, in a new order each time; per-step times.
+  """Runs every runner ``repeats`` blocks of ``steps`` (eval: ``eval_steps``), in a new order each time.
+
+  Returns the per-step median wall and CPU seconds and the fastest wall seconds of each runner.
 
   Each block first runs ``warm_steps`` untimed steps: the first step after
   another program's block can be far slower than the steady state (one
@@ -248,7 +252,7 @@ def time_side_by_side(runners, args):
     for name in order.sample(names, len(names)):
       if args.warm_steps:
         runners[name](args.warm_steps)
-      w, c = runners[name](args.steps)
+      w, c = runners[name](args.eval_steps if "eval" in name else args.steps)
       wall[name] += w
       cpu[name] += c
   return ({n: statistics.median(v) for n, v in wall.items()},
@@ -272,7 +276,7 @@ def main(argv=None):
   worker = TorchWorker(python, keep) if python else None
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
-         "steps": args.steps, "repeats": args.repeats, "warm_steps": args.warm_steps,
+         "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats, "warm_steps": args.warm_steps,
          "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),

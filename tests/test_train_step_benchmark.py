@@ -1,0 +1,47 @@
+"""benchmarks/train_step.py's timing loop: block sizes, warm-up steps and the refusals of its options
+(the steps themselves are CIFAR ResNet-18 and MobileNetV2 at batch 128: too big for a CPU test)."""
+import importlib.util
+import pathlib
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def benchmark():
+  spec = importlib.util.spec_from_file_location("train_step_benchmark",
+                                                ROOT / "benchmarks" / "train_step.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
+  args = benchmark.parse_args(["--steps", "2", "--eval-steps", "5", "--repeats", "3",
+                               "--warm-steps", "1", "--no-torch"])
+  calls = []
+
+  def runner(name, seconds):
+    def run(n):
+      calls.append((name, n))
+      return [seconds] * n, [seconds / 2] * n
+    return run
+
+  runners = {"plain": runner("plain", 0.5), "eval_1": runner("eval_1", 0.01),
+             "torch_contiguous_eval_1": runner("torch_contiguous_eval_1", 0.02)}
+  wall, cpu, fastest = benchmark.time_side_by_side(runners, args)
+
+  for name in runners:
+    block = 5 if "eval" in name else 2
+    assert [n for called, n in calls if called == name] == [1, block] * 3   # warm-up, then timed
+  assert wall == {"plain": 0.5, "eval_1": 0.01, "torch_contiguous_eval_1": 0.02}
+  assert cpu == {"plain": 0.25, "eval_1": 0.005, "torch_contiguous_eval_1": 0.01}
+  assert fastest == wall
+
+
+@pytest.mark.parametrize("option", ["--steps", "--eval-steps", "--repeats", "--batch"])
+def test_a_block_of_no_steps_is_refused(benchmark, option, capsys):
+  with pytest.raises(SystemExit):
+    benchmark.parse_args([option, "0"])
+  assert "--eval-steps" in capsys.readouterr().err
