@@ -44,6 +44,15 @@ Which formulation a convolution gets depends on its shapes (:func:`plan`):
   those of the same formula (automatic differentiation of matrix products).
   Below the thresholds the transforms' memory traffic costs more than the
   multiply-adds save;
+* ``"winograd_dw"`` (the same 3x3 convolutions short of Winograd's channel
+  threshold, with ``C O / (C + O) >= 32``, on a 16x16 map, with at least 2048
+  tiles in the batch: ResNet-18's CIFAR layer1, 64 channels, at batch 128):
+  XLA's own convolution for ``y`` and ``dx`` (as ``"xla"``) and the gradient in
+  ``w`` of Winograd's formula for ``dw``: per tile position ``t``,
+  ``dU_t = V_t^T dM_t`` over all tiles (``V`` the transformed input tiles, ``dM``
+  the output gradient through ``A``), folded back onto the nine taps by ``G``.
+  There XLA:CPU's weight gradient (a convolution whose window is as large as the
+  map) is the slow pass, while XLA's ``y`` and ``dx`` beat Winograd's;
 * ``"patches"`` (1x1 kernels, or a kernel larger than the map, or few input
   channels): the taps side by side as one ``(B OH OW, kh kw C)`` matrix ``P``,
   ``y = P w``, ``dw = P^T dy``, ``dx`` from ``dy w^T`` put back tap by tap
@@ -54,7 +63,7 @@ Which formulation a convolution gets depends on its shapes (:func:`plan`):
   XLA's weight gradient for ``dw``.
 
 Every formulation computes the same function as ``lax.conv_general_dilated`` (the
-same sums in another order, or for ``"winograd"`` an algebraically equal formula),
+same sums in another order, or for the Winograd plans an algebraically equal formula),
 so results agree to float rounding, and the tests check values and gradients of
 each against it. :func:`max_pool` takes the maximum over the taps and keeps which tap holds the
 first maximum of each window; its gradient goes there (as ``lax``'s does),
@@ -92,7 +101,7 @@ __all__ = ["conv", "plan", "max_pool", "batch_norm", "pointwise_conv_batch_norm"
 
 ENV = "JAXDEPTH_CPU_OPS"
 
-PLANS = ("xla", "patches", "dense", "depthwise", "winograd")
+PLANS = ("xla", "patches", "dense", "depthwise", "winograd", "winograd_dw")
 
 _NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -123,6 +132,19 @@ _DENSE_BUILD_COST = 60
 # alone, 4x4x256 is slower up to 16 tiles (batch 4), faster from 64 (batch 16).
 _WINOGRAD_CHANNELS = 64
 _WINOGRAD_TILES = 128
+
+# Below that threshold Winograd still pays for the weight gradient alone on 16x16
+# maps, where XLA:CPU's is a convolution with a 16x16 window. Measured on a 2-core
+# CPU (Intel Xeon, AVX-512), the weight gradient alone against XLA's, batch 128:
+# 16x16x64 0.57-0.69, 16x16x64 -> 128 0.46, 16x16x32 0.82; slower on 32x32 maps
+# (32x32x64 1.07, 32x32x32 1.12), with too few tiles (16x16x64 at batch 16 1.65).
+# Train steps, in-process A/B: CIFAR ResNet-18 (layer1's four 16x16x64 convs) 0.91
+# and 0.93, VGG-16-BN (one 16x16 64 -> 128 conv) 0.95 and 0.96. Not taken where the
+# whole step did not gain: ResNet-20's 8x8x64 and 16x16x32 convs (0.97-1.11, noise
+# as large as any gain).
+_WINOGRAD_DW_CHANNELS = 32
+_WINOGRAD_DW_TILES = 2048
+_WINOGRAD_DW_MAP = (16, 16)
 
 
 def wanted(environ=None) -> bool:
@@ -157,9 +179,12 @@ def plan(x_shape, w_shape, strides, padding, groups: int = 1) -> str:
       x_shape[0] * (kh * kw - h * w) > _DENSE_BUILD_COST * h * w):
     return "dense"
   tiles = x_shape[0] * -(-h // 2) * -(-w // 2)
-  if (_winograd_applies(x_shape, w_shape, strides, padding, groups) and min(h, w) >= 4
-      and c * o >= _WINOGRAD_CHANNELS * (c + o) and tiles >= _WINOGRAD_TILES):
-    return "winograd"
+  if _winograd_applies(x_shape, w_shape, strides, padding, groups) and min(h, w) >= 4:
+    if c * o >= _WINOGRAD_CHANNELS * (c + o) and tiles >= _WINOGRAD_TILES:
+      return "winograd"
+    if (c * o >= _WINOGRAD_DW_CHANNELS * (c + o) and tiles >= _WINOGRAD_DW_TILES
+        and (h, w) == _WINOGRAD_DW_MAP):
+      return "winograd_dw"
   if (kh, kw) == (1, 1) or kh > h or kw > w or c < _FEW_CHANNELS:
     return "patches"
   return "xla"
@@ -356,7 +381,7 @@ def _input_grad(dy, w, x_shape, strides, padding, groups, how):
   if how == "dense":
     m = _dense_matrix(w, _dense_index((h, wd), (kh, kw), strides, padding))
     return lax.dot_general(dy.reshape(b, -1), m, (((1,), (1,)), ((), ()))).reshape(x_shape)
-  if how == "xla" and strides == (1, 1):
+  if how in ("xla", "winograd_dw") and strides == (1, 1):
     zeros = jnp.zeros(x_shape, dy.dtype)
     return jax.vjp(lambda x: _lax_conv(x, w, strides, padding, groups), zeros)[1](dy)[0]
   dpatches = lax.dot_general(dy.reshape(-1, o), w.reshape(-1, o), (((1,), (1,)), ((), ())))
@@ -384,6 +409,8 @@ def _weight_grad(dy, x, w_shape, strides, padding, groups, how):
     p = _patches(x, (kh, kw), strides, padding, out)
     return _dot_t(p.reshape(-1, p.shape[-1]), dy.reshape(-1, o)).reshape(w_shape)
   zeros = jnp.zeros(w_shape, dy.dtype)
+  if how == "winograd_dw":   # only the transforms and products that dw needs are kept
+    return jax.vjp(lambda w: _winograd(x, w), zeros)[1](dy)[0]
   return jax.vjp(lambda w: _lax_conv(x, w, strides, padding, groups), zeros)[1](dy)[0]
 
 
@@ -447,7 +474,8 @@ def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0)),
   if how not in PLANS:
     raise ValueError(f"unknown convolution formulation {how!r}; expected one of {PLANS}")
   if ((how == "depthwise") != (planned == "depthwise") or (groups != 1 and how != planned)
-      or how == "winograd" and not _winograd_applies(x.shape, w.shape, strides, padding, groups)):
+      or how in ("winograd", "winograd_dw")
+      and not _winograd_applies(x.shape, w.shape, strides, padding, groups)):
     raise ValueError(f"formulation {how!r} does not apply to a convolution with "
                      f"{groups} groups, input {x.shape} and kernel {w.shape}")
   if how == "xla" and groups != 1:

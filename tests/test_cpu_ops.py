@@ -86,8 +86,9 @@ def test_depthwise_equals_lax_values_and_gradients(x_shape, kernel, strides, pad
     ((2, 5, 7, 3), (3, 3, 3, 4)),      # odd sizes: a zero row and column complete the tiles
     ((1, 3, 2, 2), (3, 3, 2, 2)),
 ])
-def test_winograd_equals_lax_values_and_gradients(x_shape, w_shape):
-  _check("winograd", x_shape, w_shape, (1, 1), ((1, 1), (1, 1)))
+@pytest.mark.parametrize("how", ["winograd", "winograd_dw"])
+def test_winograd_equals_lax_values_and_gradients(how, x_shape, w_shape):
+  _check(how, x_shape, w_shape, (1, 1), ((1, 1), (1, 1)))
 
 
 def test_winograd_keeps_the_dtype():
@@ -113,7 +114,11 @@ def test_grouped_convolution_keeps_lax():
     ((1, 2, 2, 512), (3, 3, 512, 512), 1, "patches"),    # ... at batch 1: no matrix to build
     ((128, 8, 8, 64), (1, 1, 64, 128), 1, "patches"),    # 1x1
     ((128, 32, 32, 3), (3, 3, 3, 64), 1, "patches"),     # RGB stem
-    ((128, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),      # too few channels for Winograd
+    ((128, 16, 16, 64), (3, 3, 64, 64), 1, "winograd_dw"),  # ResNet-18 layer1
+    ((16, 16, 16, 64), (3, 3, 64, 64), 1, "xla"),        # ... at batch 16: too few tiles
+    ((128, 32, 32, 64), (3, 3, 64, 64), 1, "xla"),       # a 32x32 map
+    ((128, 16, 16, 32), (3, 3, 32, 32), 1, "xla"),       # too few channels
+    ((128, 8, 8, 64), (3, 3, 64, 64), 1, "xla"),         # an 8x8 map
     ((128, 8, 8, 128), (3, 3, 128, 128), 1, "winograd"),  # ResNet-18 layer2
     ((128, 4, 4, 256), (3, 3, 256, 256), 1, "winograd"),  # ResNet-18 layer3
     ((1, 4, 4, 256), (3, 3, 256, 256), 1, "xla"),         # ... at batch 1: too few tiles
@@ -134,6 +139,8 @@ def test_bad_formulations_are_refused():
     cpu_ops.conv(x, w, strides=(2, 2), padding=((1, 1), (1, 1)), how="winograd")
   with pytest.raises(ValueError, match="does not apply"):
     cpu_ops.conv(x, jnp.zeros((5, 5, 2, 2)), padding=((1, 1), (1, 1)), how="winograd")
+  with pytest.raises(ValueError, match="does not apply"):
+    cpu_ops.conv(x, w, strides=(2, 2), padding=((1, 1), (1, 1)), how="winograd_dw")
   with pytest.raises(ValueError, match="non-negative padding"):
     cpu_ops.conv(x, w, padding=((-1, 0), (0, 0)))
 
