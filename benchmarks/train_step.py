@@ -230,7 +230,7 @@ def jax_runners(model, args):
 
 
 def time_side_by_side(runners, args):
-  """Runs every runner ``repeats`` blocks of ``steps`` (eval: ``eval_steps``), in a new order each time.
+  """Runs each runner in ``repeats`` blocks of ``steps`` (eval: ``eval_steps``), in a new order.
 
   Returns the per-step median wall and CPU seconds and the fastest wall seconds of each runner.
 
@@ -276,7 +276,8 @@ def main(argv=None):
   worker = TorchWorker(python, keep) if python else None
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
-         "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats, "warm_steps": args.warm_steps,
+         "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats,
+         "warm_steps": args.warm_steps,
          "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),
