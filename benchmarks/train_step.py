@@ -18,9 +18,10 @@ current one is used when it can import torch), the same train and eval steps in 
 (NCHW) layouts. jaxdepth never depends on torch.
 
 Everything is timed side by side in one run: each repeat runs a block of steps of
-every variant in turn (in a new, seeded random order each repeat; each block
-starts with an untimed step; an eval block times ``--eval-steps`` calls, as one
-call at batch 1 takes milliseconds), so a change in machine load hits all alike; the
+every variant in turn (in a new, seeded random order each repeat; a train block
+starts with an untimed step, an eval block with ``--eval-warm-steps`` untimed
+calls and times ``--eval-steps`` calls, as one call at batch 1 takes
+milliseconds), so a change in machine load hits all alike; the
 figures are medians over steps of wall time (``*_s``) and of the process's CPU
 time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
 Prints one JSON object with, per model, the times, their ratios to ``plain``
@@ -39,7 +40,7 @@ with glibc's defaults.
 Run::
 
     python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
-        [--eval-steps 10] [--repeats 5] [--warm-steps 1] [--kinds plain gated stats masks lacoot]
+        [--eval-steps 10] [--repeats 5] [--warm-steps 1] [--eval-warm-steps 5] [--kinds plain gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
 """
 from __future__ import annotations
@@ -76,7 +77,9 @@ def parse_args(argv):
   parser.add_argument("--eval-steps", type=int, default=10, help="eval steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks of each variant")
   parser.add_argument("--warm-steps", type=int, default=1,
-                      help="untimed steps at the start of each block")
+                      help="untimed steps at the start of each train block")
+  parser.add_argument("--eval-warm-steps", type=int, default=5,
+                      help="untimed calls at the start of each eval block")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                       help="jaxdepth's compute dtype (PyTorch runs float32)")
   parser.add_argument("--no-eval", dest="eval", action="store_false",
@@ -91,8 +94,8 @@ def parse_args(argv):
   args = parser.parse_args(argv)
   if min(args.batch, args.steps, args.eval_steps, args.repeats) <= 0:
     parser.error("--batch, --steps, --eval-steps and --repeats must be positive")
-  if args.warm_steps < 0:
-    parser.error("--warm-steps must be 0 or more")
+  if min(args.warm_steps, args.eval_warm_steps) < 0:
+    parser.error("--warm-steps and --eval-warm-steps must be 0 or more")
   if args.torch_python and not pathlib.Path(args.torch_python).is_file():
     parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} is not a file; "
                  f"give the path of a Python executable whose environment has torch")
@@ -234,11 +237,13 @@ def time_side_by_side(runners, args):
 
   Returns the per-step median wall and CPU seconds and the fastest wall seconds of each runner.
 
-  Each block first runs ``warm_steps`` untimed steps: the first step after
-  another program's block can be far slower than the steady state (one
-  MobileNetV2 step of 3.4 s against 0.95 s, right after the other variant's
-  block), and with the seeded order such a step falls on the same variant in
-  every run.
+  Each block first runs ``warm_steps`` untimed steps (an eval block
+  ``eval_warm_steps``): the first step after another program's block can be
+  far slower than the steady state (one MobileNetV2 step of 3.4 s against
+  0.95 s, right after the other variant's block), and with the seeded order
+  such a step falls on the same variant in every run. A batch-1 eval call takes
+  a few calls to get there: ResNet-18's, after a train block or a 0.1 s pause,
+  took 5-7 ms for its first three or four calls against 2.7-3 ms after.
 
   The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
   cyclic order, so one variant would always run right after PyTorch's process
@@ -250,9 +255,11 @@ def time_side_by_side(runners, args):
   order = random.Random(0)
   for _ in range(args.repeats):
     for name in order.sample(names, len(names)):
-      if args.warm_steps:
-        runners[name](args.warm_steps)
-      w, c = runners[name](args.eval_steps if "eval" in name else args.steps)
+      evaluates = "eval" in name
+      warm = args.eval_warm_steps if evaluates else args.warm_steps
+      if warm:
+        runners[name](warm)
+      w, c = runners[name](args.eval_steps if evaluates else args.steps)
       wall[name] += w
       cpu[name] += c
   return ({n: statistics.median(v) for n, v in wall.items()},
@@ -277,7 +284,7 @@ def main(argv=None):
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
          "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats,
-         "warm_steps": args.warm_steps,
+         "warm_steps": args.warm_steps, "eval_warm_steps": args.eval_warm_steps,
          "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),

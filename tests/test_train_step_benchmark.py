@@ -19,7 +19,7 @@ def benchmark():
 
 def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
   args = benchmark.parse_args(["--steps", "2", "--eval-steps", "5", "--repeats", "3",
-                               "--warm-steps", "1", "--no-torch"])
+                               "--warm-steps", "1", "--eval-warm-steps", "4", "--no-torch"])
   calls = []
 
   def runner(name, seconds):
@@ -33,8 +33,8 @@ def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
   wall, cpu, fastest = benchmark.time_side_by_side(runners, args)
 
   for name in runners:
-    block = 5 if "eval" in name else 2
-    assert [n for called, n in calls if called == name] == [1, block] * 3   # warm-up, then timed
+    warm, block = (4, 5) if "eval" in name else (1, 2)
+    assert [n for called, n in calls if called == name] == [warm, block] * 3   # warm-up, timed
   assert wall == {"plain": 0.5, "eval_1": 0.01, "torch_contiguous_eval_1": 0.02}
   assert cpu == {"plain": 0.25, "eval_1": 0.005, "torch_contiguous_eval_1": 0.01}
   assert fastest == wall
@@ -45,3 +45,10 @@ def test_a_block_of_no_steps_is_refused(benchmark, option, capsys):
   with pytest.raises(SystemExit):
     benchmark.parse_args([option, "0"])
   assert "--eval-steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option", ["--warm-steps", "--eval-warm-steps"])
+def test_a_negative_warm_up_is_refused(benchmark, option, capsys):
+  with pytest.raises(SystemExit):
+    benchmark.parse_args([option, "-1"])
+  assert "--eval-warm-steps must be 0 or more" in capsys.readouterr().err
