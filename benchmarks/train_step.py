@@ -26,7 +26,9 @@ figures are medians over steps of wall time (``*_s``) and of the process's CPU
 time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
 Prints one JSON object with, per model, the times, their ratios to ``plain``
 (the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's faster
-layout (``vs_torch``; ``vs_torch_fastest`` from each side's fastest step: when
+layout (``vs_torch``; ``ratios_paired`` and ``vs_torch_paired`` are medians over
+repeats of the ratio of two blocks of the same repeat, which cancels the
+machine's drift between repeats; ``vs_torch_fastest`` from each side's fastest step: when
 other processes share the cores PyTorch's step slows far more than XLA's, its CPU
 time growing too, as OpenMP threads spin while they wait), and the cold compile
 time of each jitted step (``compile_s``; the persistent compilation cache is off
@@ -235,7 +237,9 @@ def jax_runners(model, args):
 def time_side_by_side(runners, args):
   """Runs each runner in ``repeats`` blocks of ``steps`` (eval: ``eval_steps``), in a new order.
 
-  Returns the per-step median wall and CPU seconds and the fastest wall seconds of each runner.
+  Returns the per-step median wall and CPU seconds and the fastest wall seconds of
+  each runner, and the median wall seconds of each of its blocks (one per repeat,
+  for :func:`paired_ratios`).
 
   Each block first runs ``warm_steps`` untimed steps (an eval block
   ``eval_warm_steps``): the first step after another program's block can be
@@ -260,16 +264,31 @@ def time_side_by_side(runners, args):
       if warm:
         runners[name](warm)
       w, c = runners[name](args.eval_steps if evaluates else args.steps)
-      wall[name] += w
+      wall[name].append(w)
       cpu[name] += c
-  return ({n: statistics.median(v) for n, v in wall.items()},
+  every = {n: [t for block in v for t in block] for n, v in wall.items()}
+  return ({n: statistics.median(v) for n, v in every.items()},
           {n: statistics.median(v) for n, v in cpu.items()},
-          {n: min(v) for n, v in wall.items()})
+          {n: min(v) for n, v in every.items()},
+          {n: [statistics.median(block) for block in v] for n, v in wall.items()})
 
 
 def ratios(times, names, base):
   return {f"{n}/{base}": round(times[n] / times[base], 3) for n in names
           if n != base and n in times and base in times}
+
+
+def paired_ratios(blocks, names, base):
+  """``n / base`` as the median over repeats of the ratio of their blocks in that repeat.
+
+  The two blocks of one repeat ran within seconds of each other, so a drift of
+  the machine's speed over minutes (30 % between runs here) cancels in each
+  ratio; the ratio of the overall medians (:func:`ratios`) keeps it when the
+  drift falls on one variant's blocks more than on another's.
+  """
+  return {f"{n}/{base}": round(statistics.median(a / b for a, b in zip(blocks[n], blocks[base])),
+                               3)
+          for n in names if n != base and n in blocks and base in blocks}
 
 
 def main(argv=None):
@@ -300,12 +319,13 @@ def main(argv=None):
             for n in sorted({1, args.batch}):
               runners[f"torch_{layout}_eval_{n}"] = (
                   lambda k, layout=layout, n=n: worker.run(model, layout, "eval", n, k))
-      wall, cpu, fastest = time_side_by_side(runners, args)
+      wall, cpu, fastest, blocks = time_side_by_side(runners, args)
       kinds = [k for k in args.kinds]
       result = {"train_s": {k: round(wall[k], 4) for k in kinds},
                 "train_cpu_s": {k: round(cpu[k], 4) for k in kinds},
                 "ratios": ratios(wall, kinds, "plain"),
                 "ratios_cpu": ratios(cpu, kinds, "plain"),
+                "ratios_paired": paired_ratios(blocks, kinds, "plain"),
                 "compile_s": compile_s}
       if args.eval:
         result["eval_s"] = {n: round(t, 5) for n, t in wall.items() if n.startswith("eval_")}
@@ -317,6 +337,7 @@ def main(argv=None):
         best = min(LAYOUTS, key=lambda layout: wall[f"torch_{layout}"])
         result["vs_torch"] = {f"{k}/torch_{best}": round(wall[k] / wall[f"torch_{best}"], 3)
                               for k in kinds}
+        result["vs_torch_paired"] = paired_ratios(blocks, kinds, f"torch_{best}")
         result["vs_torch_cpu"] = {
             f"{k}/torch_{best}": round(cpu[k] / cpu[f"torch_{best}"], 3) for k in kinds}
         best_min = min(LAYOUTS, key=lambda layout: fastest[f"torch_{layout}"])
@@ -328,6 +349,8 @@ def main(argv=None):
             fast = min(LAYOUTS, key=lambda layout, n=n: wall[f"torch_{layout}_eval_{n}"])
             result["vs_torch"][f"eval_{n}/torch_{fast}_eval_{n}"] = round(
                 wall[f"eval_{n}"] / wall[f"torch_{fast}_eval_{n}"], 3)
+            result["vs_torch_paired"].update(
+                paired_ratios(blocks, [f"eval_{n}"], f"torch_{fast}_eval_{n}"))
       result["load_average_1min_end"] = round(os.getloadavg()[0], 2)
       out["models"][model] = result
   finally:

@@ -30,7 +30,7 @@ def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
 
   runners = {"plain": runner("plain", 0.5), "eval_1": runner("eval_1", 0.01),
              "torch_contiguous_eval_1": runner("torch_contiguous_eval_1", 0.02)}
-  wall, cpu, fastest = benchmark.time_side_by_side(runners, args)
+  wall, cpu, fastest, blocks = benchmark.time_side_by_side(runners, args)
 
   for name in runners:
     warm, block = (4, 5) if "eval" in name else (1, 2)
@@ -38,6 +38,17 @@ def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
   assert wall == {"plain": 0.5, "eval_1": 0.01, "torch_contiguous_eval_1": 0.02}
   assert cpu == {"plain": 0.25, "eval_1": 0.005, "torch_contiguous_eval_1": 0.01}
   assert fastest == wall
+  assert blocks == {name: [seconds] * 3 for name, seconds in wall.items()}
+
+
+def test_paired_ratios_cancel_a_drift_between_repeats(benchmark):
+  # The machine's speed moves from repeat to repeat (1x, 2x, 3x, 1x); "gated" is
+  # 1.1x "plain" in three repeats, and its first block fell on a moment three
+  # times slower: the paired ratio says 1.1, the ratio of the medians 1.83.
+  blocks = {"plain": [1.0, 2.0, 3.0, 1.0], "gated": [3.3, 2.2, 3.3, 1.1]}
+  assert benchmark.paired_ratios(blocks, ["plain", "gated"], "plain") == {"gated/plain": 1.1}
+  medians = {"plain": 1.5, "gated": 2.75}   # statistics.median of each list
+  assert benchmark.ratios(medians, ["gated"], "plain") == {"gated/plain": 1.833}
 
 
 @pytest.mark.parametrize("option", ["--steps", "--eval-steps", "--repeats", "--batch"])
