@@ -15,16 +15,35 @@ system. The ``python -m train`` commands call it at start-up unless
 ``JAXDEPTH_KEEP_HOST_MEMORY=0``; call it first thing in a script of your own
 (before JAX runs anything: threads created earlier keep their own arenas).
 It does nothing where the C library is not glibc (macOS, musl).
+
+Huge pages: with 4 KiB pages a MobileNetV2 step walks 2.7 GB of temporaries
+through some 660,000 page-table entries. glibc asks the kernel for transparent
+huge pages (2 MiB) on the memory it takes for the heap when the tunable
+``glibc.malloc.hugetlb=1`` is set, which glibc reads once, when the process
+starts (Linux's default THP mode, ``madvise``, gives huge pages only to memory
+asked for so). :data:`TUNABLES` is that tunable with the three settings above;
+:func:`restart_with_tunables` starts the process again with them in
+``GLIBC_TUNABLES`` (the ``python -m train`` commands do, first thing). A
+MobileNetV2 train step took 0.90 s with them against 1.13 s with
+:func:`keep_freed_memory` alone (CIFAR, batch 128, 2-core CPU); ResNet-18's,
+whose temporaries are 0.4 GB, moved by less than the noise; PyTorch's steps did
+not move either.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
+import sys
 
-__all__ = ["ENV", "keep_freed_memory", "requested"]
+__all__ = ["ENV", "TUNABLES", "keep_freed_memory", "requested", "restart_with_tunables",
+           "with_tunables"]
 
 ENV = "JAXDEPTH_KEEP_HOST_MEMORY"
+
+# keep_freed_memory()'s settings as glibc tunables, and transparent huge pages for the heap.
+TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
+            "glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.hugetlb=1")
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -38,13 +57,49 @@ def requested(environ=None) -> bool:
 
 def keep_freed_memory() -> bool:
   """Makes glibc keep freed memory for reuse; returns whether it could (glibc only)."""
-  name = ctypes.util.find_library("c")
-  try:
-    libc = ctypes.CDLL(name)
-    mallopt = libc.mallopt
-    libc.gnu_get_libc_version   # only glibc has it
-  except (OSError, AttributeError, TypeError):
+  libc = _glibc()
+  if libc is None:
     return False
+  mallopt = libc.mallopt
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))   # -1: SIZE_MAX, never trim
+
+
+def with_tunables(current: str | None) -> str:
+  """``GLIBC_TUNABLES`` with :data:`TUNABLES` added to ``current`` (whose tunables keep their values)."""
+  entries = [e for e in (current or "").split(":") if e]
+  names = {e.split("=", 1)[0] for e in entries}
+  return ":".join(entries + [t for t in TUNABLES.split(":") if t.split("=", 1)[0] not in names])
+
+
+def restart_with_tunables() -> None:
+  """Starts this process again, same command line, with :data:`TUNABLES` in ``GLIBC_TUNABLES``.
+
+  Returns (doing nothing) when they are there already, when
+  ``JAXDEPTH_KEEP_HOST_MEMORY`` is off, where the C library is not glibc, or
+  where the interpreter cannot be started again (no ``sys.executable``). Call
+  it first thing in a script's ``if __name__ == "__main__":`` block, before
+  anything worth keeping happened: the process is replaced (same pid, stdin
+  and files; ``sys.orig_argv`` runs again).
+  """
+  current = os.environ.get("GLIBC_TUNABLES")
+  wanted = with_tunables(current)
+  if (wanted == current or not requested() or _glibc() is None or not sys.executable
+      or not sys.orig_argv):
+    return
+  os.environ["GLIBC_TUNABLES"] = wanted
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os.execv(sys.executable, sys.orig_argv)
+
+
+def _glibc() -> ctypes.CDLL | None:
+  """The C library where it is glibc, else None."""
+  try:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    libc.gnu_get_libc_version   # only glibc has it
+    libc.mallopt
+  except (OSError, AttributeError, TypeError):
+    return None
+  return libc
