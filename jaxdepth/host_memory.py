@@ -1,4 +1,4 @@
-"""Keeps freed host memory in the process, so that XLA:CPU stops faulting its buffers in at every step.
+"""glibc's settings for XLA:CPU's host buffers: freed memory kept for the next step, huge pages.
 
 XLA:CPU allocates the buffers of a jitted computation (its temporaries: 0.4 GB
 for a CIFAR ResNet-18 train step at batch 128, 2.7 GB for MobileNetV2) from
@@ -20,14 +20,14 @@ Huge pages: with 4 KiB pages a MobileNetV2 step walks 2.7 GB of temporaries
 through some 660,000 page-table entries. glibc asks the kernel for transparent
 huge pages (2 MiB) on the memory it takes for the heap when the tunable
 ``glibc.malloc.hugetlb=1`` is set, which glibc reads once, when the process
-starts (Linux's default THP mode, ``madvise``, gives huge pages only to memory
+starts (Linux's usual THP mode, ``madvise``, gives huge pages only to memory
 asked for so). :data:`TUNABLES` is that tunable with the three settings above;
 :func:`restart_with_tunables` starts the process again with them in
-``GLIBC_TUNABLES`` (the ``python -m train`` commands do, first thing). A
-MobileNetV2 train step took 0.90 s with them against 1.13 s with
-:func:`keep_freed_memory` alone (CIFAR, batch 128, 2-core CPU); ResNet-18's,
-whose temporaries are 0.4 GB, moved by less than the noise; PyTorch's steps did
-not move either.
+``GLIBC_TUNABLES`` (the ``python -m train`` commands do, first thing). Side by
+side (``benchmarks/host_memory.py``, CIFAR, batch 128, a 2-core CPU), a
+MobileNetV2 train step took 0.90-0.92 of its time with freed memory kept alone;
+ResNet-18's, with 0.4 GB of temporaries, 0.95-1.08 in two runs: no change
+beyond the noise.
 """
 from __future__ import annotations
 
