@@ -9,10 +9,12 @@ process starts:
 
 * ``default``: glibc's defaults (large blocks are fresh ``mmap`` pages, faulted
   in and zero-filled at every step);
-* ``keep``: freed memory kept for reuse (what
-  :func:`jaxdepth.host_memory.keep_freed_memory` sets);
+* ``keep``: freed memory kept for reuse (:data:`jaxdepth.host_memory.TUNABLES`,
+  what :func:`jaxdepth.host_memory.keep_freed_memory` sets and the
+  ``python -m train`` commands use);
 * ``huge_pages``: ``keep`` and transparent huge pages for the heap
-  (:data:`jaxdepth.host_memory.TUNABLES`, what ``python -m train`` starts with).
+  (``glibc.malloc.hugetlb=1``: glibc asks the kernel for them on the memory it
+  takes, which Linux's usual THP mode, ``madvise``, requires).
 
 The workers run blocks of steps in turn, in a new seeded order each repeat
 (each block after one untimed step), so a change in the machine's speed hits
@@ -43,9 +45,8 @@ from jaxdepth import host_memory
 MODELS = ("resnet18", "mobilenet_v2")
 SETTINGS = {
     "default": None,
-    "keep": ":".join(t for t in host_memory.TUNABLES.split(":")
-                     if not t.startswith("glibc.malloc.hugetlb=")),
-    "huge_pages": host_memory.TUNABLES,
+    "keep": host_memory.TUNABLES,
+    "huge_pages": host_memory.TUNABLES + ":glibc.malloc.hugetlb=1",
 }
 
 

@@ -34,10 +34,9 @@ time growing too, as OpenMP threads spin while they wait), and the cold compile
 time of each jitted step (``compile_s``; the persistent compilation cache is off
 here, see ``benchmarks/compile_cache.py`` for a warm one).
 
-Host memory: by default, as the ``python -m train`` commands do, the script
-starts again with :data:`jaxdepth.host_memory.TUNABLES` in ``GLIBC_TUNABLES``
-(glibc keeps freed memory and asks for transparent huge pages), and the PyTorch
-process gets the same ``GLIBC_TUNABLES``; ``--default-malloc`` measures both
+Host memory: by default, as the ``python -m train`` commands do, glibc is told
+to keep freed memory (:mod:`jaxdepth.host_memory`), and the PyTorch process gets
+the same settings through ``GLIBC_TUNABLES``; ``--default-malloc`` measures both
 with glibc's defaults.
 
 Run::
@@ -109,7 +108,7 @@ class TorchWorker:
   def __init__(self, python, keep_memory):
     env = dict(os.environ)
     if keep_memory:
-      env["GLIBC_TUNABLES"] = host_memory.with_tunables(env.get("GLIBC_TUNABLES"))
+      env["GLIBC_TUNABLES"] = host_memory.TUNABLES
     script = pathlib.Path(__file__).with_name("torch_reference.py")
     self.proc = subprocess.Popen([python, str(script)], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, text=True, env=env)
@@ -303,7 +302,7 @@ def main(argv=None):
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
          "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats,
          "warm_steps": args.warm_steps, "eval_warm_steps": args.eval_warm_steps,
-         "keep_host_memory": bool(keep), "glibc_tunables": os.environ.get("GLIBC_TUNABLES"),
+         "keep_host_memory": bool(keep),
          "cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
          "load_average_1min": round(os.getloadavg()[0], 2),
          "torch": worker.info if worker else None, "models": {}}
@@ -359,6 +358,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-  if not parse_args(sys.argv[1:]).default_malloc:
-    host_memory.restart_with_tunables()   # as the python -m train commands do
   main()

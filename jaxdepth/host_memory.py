@@ -1,4 +1,4 @@
-"""glibc's settings for XLA:CPU's host buffers: freed memory kept for the next step, huge pages.
+"""Keeps freed host memory in the process, so that XLA:CPU stops faulting its buffers in at every step.
 
 XLA:CPU allocates the buffers of a jitted computation (its temporaries: 0.4 GB
 for a CIFAR ResNet-18 train step at batch 128, 2.7 GB for MobileNetV2) from
@@ -16,34 +16,27 @@ system. The ``python -m train`` commands call it at start-up unless
 (before JAX runs anything: threads created earlier keep their own arenas).
 It does nothing where the C library is not glibc (macOS, musl).
 
-Huge pages: with 4 KiB pages a MobileNetV2 step walks 2.7 GB of temporaries
-through some 660,000 page-table entries. glibc asks the kernel for transparent
-huge pages (2 MiB) on the memory it takes for the heap when the tunable
-``glibc.malloc.hugetlb=1`` is set, which glibc reads once, when the process
-starts (Linux's usual THP mode, ``madvise``, gives huge pages only to memory
-asked for so). :data:`TUNABLES` is that tunable with the three settings above;
-:func:`restart_with_tunables` starts the process again with them in
-``GLIBC_TUNABLES`` (the ``python -m train`` commands do, first thing). Side by
-side (``benchmarks/host_memory.py``, CIFAR, batch 128, a 2-core CPU), a
-MobileNetV2 train step took 0.90-0.92 of its time with freed memory kept alone;
-ResNet-18's, with 0.4 GB of temporaries, 0.95-1.08 in two runs: no change
-beyond the noise.
+For a process you start, :data:`TUNABLES` is the same as ``GLIBC_TUNABLES``
+(glibc reads it when the process starts). Measured side by side
+(``benchmarks/host_memory.py``, CIFAR, batch 128, a 2-core CPU), a train step
+with the memory kept took 0.70-0.73 of its time under glibc's defaults for
+MobileNetV2, 0.83-0.86 for ResNet-18; transparent huge pages for the heap on top
+(``glibc.malloc.hugetlb=1``) moved it by less than the noise (0.92-1.06 and
+0.97-1.08), so the commands do not ask for them.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
-import sys
 
-__all__ = ["ENV", "TUNABLES", "keep_freed_memory", "requested", "restart_with_tunables",
-           "with_tunables"]
+__all__ = ["ENV", "TUNABLES", "keep_freed_memory", "requested"]
 
 ENV = "JAXDEPTH_KEEP_HOST_MEMORY"
 
-# keep_freed_memory()'s settings as glibc tunables, and transparent huge pages for the heap.
+# keep_freed_memory()'s settings as glibc tunables, for GLIBC_TUNABLES of a process one starts.
 TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-            "glibc.malloc.trim_threshold=18446744073709551615:glibc.malloc.hugetlb=1")
+            "glibc.malloc.trim_threshold=18446744073709551615")
 
 # glibc's mallopt parameters (malloc.h).
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
@@ -57,49 +50,14 @@ def requested(environ=None) -> bool:
 
 def keep_freed_memory() -> bool:
   """Makes glibc keep freed memory for reuse; returns whether it could (glibc only)."""
-  libc = _glibc()
-  if libc is None:
+  name = ctypes.util.find_library("c")
+  try:
+    libc = ctypes.CDLL(name)
+    mallopt = libc.mallopt
+    libc.gnu_get_libc_version   # only glibc has it
+  except (OSError, AttributeError, TypeError):
     return False
-  mallopt = libc.mallopt
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))   # -1: SIZE_MAX, never trim
 
-
-def with_tunables(current: str | None) -> str:
-  """``GLIBC_TUNABLES`` with :data:`TUNABLES` added to ``current`` (whose tunables keep their values)."""
-  entries = [e for e in (current or "").split(":") if e]
-  names = {e.split("=", 1)[0] for e in entries}
-  return ":".join(entries + [t for t in TUNABLES.split(":") if t.split("=", 1)[0] not in names])
-
-
-def restart_with_tunables() -> None:
-  """Starts this process again, same command line, with :data:`TUNABLES` in ``GLIBC_TUNABLES``.
-
-  Returns (doing nothing) when they are there already, when
-  ``JAXDEPTH_KEEP_HOST_MEMORY`` is off, where the C library is not glibc, or
-  where the interpreter cannot be started again (no ``sys.executable``). Call
-  it first thing in a script's ``if __name__ == "__main__":`` block, before
-  anything worth keeping happened: the process is replaced (same pid, stdin
-  and files; ``sys.orig_argv`` runs again).
-  """
-  current = os.environ.get("GLIBC_TUNABLES")
-  wanted = with_tunables(current)
-  if (wanted == current or not requested() or _glibc() is None or not sys.executable
-      or not sys.orig_argv):
-    return
-  os.environ["GLIBC_TUNABLES"] = wanted
-  sys.stdout.flush()
-  sys.stderr.flush()
-  os.execv(sys.executable, sys.orig_argv)
-
-
-def _glibc() -> ctypes.CDLL | None:
-  """The C library where it is glibc, else None."""
-  try:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"))
-    libc.gnu_get_libc_version   # only glibc has it
-    libc.mallopt
-  except (OSError, AttributeError, TypeError):
-    return None
-  return libc

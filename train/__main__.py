@@ -46,6 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-  from jaxdepth import host_memory  # pylint: disable=import-outside-toplevel
-  host_memory.restart_with_tunables()   # glibc reads its tunables at start-up only
   sys.exit(main())
