@@ -60,4 +60,3 @@ def keep_freed_memory() -> bool:
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
   return all(mallopt(param, value) == 1 for param, value in (
       (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))   # -1: SIZE_MAX, never trim
-
