@@ -1,21 +1,14 @@
 """benchmarks/host_memory.py's settings and options (its steps are too big for a CPU test)."""
-import importlib.util
-import pathlib
-
 import pytest
 
 from jaxdepth import host_memory
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import _scripts
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-  spec = importlib.util.spec_from_file_location("host_memory_benchmark",
-                                                ROOT / "benchmarks" / "host_memory.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _scripts.load("benchmarks/host_memory.py")
 
 
 def test_the_settings_differ_by_one_thing_each(benchmark):

@@ -1,6 +1,5 @@
 """Hugging Face BERT / RoBERTa import from a local folder: tiny random checkpoints written
 here with Hugging Face's key names, against the independent numpy forward pass."""
-import importlib.util
 import json
 import pathlib
 import sys
@@ -15,6 +14,7 @@ from jaxdepth.weights import StateDictError
 from jaxdepth.weights import huggingface as hf
 
 import _encoder_reference as ref
+import _scripts
 
 LENGTH = 12
 
@@ -209,11 +209,7 @@ def test_config_of_the_base_models_builds_the_zoo_specs():
 
 
 def _torch_parity():
-  path = pathlib.Path(__file__).resolve().parent.parent / "scripts" / "torch_parity.py"
-  spec = importlib.util.spec_from_file_location("torch_parity", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _scripts.load("scripts/torch_parity.py")
 
 
 FAKE_EXPORT = """

@@ -1,16 +1,12 @@
 """benchmarks/swin_step.py runs: its jitted train and eval steps compile once and report JSON
 (on the tiny digits Swin; the Swin-T settings are what the script is run with)."""
-import importlib.util
 import json
-import pathlib
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import _scripts
 
 
 def test_swin_step_benchmark_reports_both_steps_as_json(capsys):
-  spec = importlib.util.spec_from_file_location("swin_step", ROOT / "benchmarks" / "swin_step.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _scripts.load("benchmarks/swin_step.py")
   module.main(["--model", "digits_swin", "--settings", "8:4", "--rounds", "2"])
   report = json.loads(capsys.readouterr().out)
   (result,) = report["results"]

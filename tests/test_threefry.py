@@ -1,7 +1,5 @@
 """threefry: the unrolled hash draws jax.random's numbers, bit for bit."""
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +7,8 @@ import numpy as np
 import pytest
 
 from jaxdepth import threefry
+
+import _scripts
 
 SHAPES = [(), (1,), (7,), (3, 5, 4), (50, 1031)]
 KEYS = {"typed": lambda: jax.random.key(3),
@@ -57,10 +57,7 @@ def test_other_key_implementations_and_dtypes_are_left_to_jax_random():
 
 
 def test_random_draws_benchmark_times_both_and_finds_the_same_bits(capsys):
-  path = pathlib.Path(__file__).resolve().parent.parent / "benchmarks" / "random_draws.py"
-  spec = importlib.util.spec_from_file_location("random_draws", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  module = _scripts.load("benchmarks/random_draws.py")
   module.main(["--model", "resnet18", "--projections", "3", "--repeats", "2"])
   report = json.loads(capsys.readouterr().out)
   assert report["same_bits"] is True

@@ -1,20 +1,13 @@
 """benchmarks/train_step.py's timing loop: block sizes, warm-up steps and the refusals of its options
 (the steps themselves are CIFAR ResNet-18 and MobileNetV2 at batch 128: too big for a CPU test)."""
-import importlib.util
-import pathlib
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
+import _scripts
 
 
 @pytest.fixture(scope="module")
 def benchmark():
-  spec = importlib.util.spec_from_file_location("train_step_benchmark",
-                                                ROOT / "benchmarks" / "train_step.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return _scripts.load("benchmarks/train_step.py")
 
 
 def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
