@@ -17,22 +17,26 @@ current one is used when it can import torch), the same train and eval steps in 
 (``benchmarks/torch_reference.py``), in the ``channels_last`` and ``contiguous``
 (NCHW) layouts. jaxdepth never depends on torch.
 
-Everything is timed side by side in one run: each repeat runs a block of steps of
-every variant in turn (in a new, seeded random order each repeat; a train block
-starts with an untimed step, an eval block with ``--eval-warm-steps`` untimed
-calls and times ``--eval-steps`` calls, as one call at batch 1 takes
-milliseconds), so a change in machine load hits all alike; the
-figures are medians over steps of wall time (``*_s``) and of the process's CPU
-time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
+Everything is timed side by side in one run: each repeat runs a block of every
+program in turn, in a new, seeded random order each repeat, so a change in
+machine load hits all alike. jaxdepth's train-step variants share one block:
+after an untimed step of each, ``--steps`` rounds of one step of each, in order
+and then in reverse; PyTorch's steps run in blocks of ``--steps`` after an
+untimed one; an eval block times ``--eval-steps`` calls after
+``--eval-warm-steps`` untimed ones (one call at batch 1 takes milliseconds).
+The figures are medians over steps of wall time (``*_s``) and of the process's
+CPU time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
 Prints one JSON object with, per model, the times, their ratios to ``plain``
-(the benchmark's claim is ``plain <= gated <= stats``), to PyTorch's faster
-layout (``vs_torch``; ``ratios_paired`` and ``vs_torch_paired`` are medians over
-repeats of the ratio of two blocks of the same repeat, which cancels the
-machine's drift between repeats; ``vs_torch_fastest`` from each side's fastest step: when
-other processes share the cores PyTorch's step slows far more than XLA's, its CPU
-time growing too, as OpenMP threads spin while they wait), and the cold compile
-time of each jitted step (``compile_s``; the persistent compilation cache is off
-here, see ``benchmarks/compile_cache.py`` for a warm one).
+(the benchmark's claim is ``plain <= gated <= stats``; ``ratios_paired`` is the
+median over rounds of the ratio of two variants' steps of the same round, which
+leaves out the machine's drift, and ``ratios_paired_ci95`` its 95 % bootstrap
+interval), to PyTorch's faster layout (``vs_torch``; ``vs_torch_paired``, the
+median over repeats of the ratio of two blocks of the same repeat;
+``vs_torch_fastest`` from each side's fastest step: when other processes share
+the cores PyTorch's step slows far more than XLA's, its CPU time growing too, as
+OpenMP threads spin while they wait), and the cold compile time of each jitted
+step (``compile_s``; the persistent compilation cache is off here, see
+``benchmarks/compile_cache.py`` for a warm one).
 
 Host memory: by default, as the ``python -m train`` commands do, glibc is told
 to keep freed memory (:mod:`jaxdepth.host_memory`), and the PyTorch process gets
@@ -41,7 +45,7 @@ with glibc's defaults.
 
 Run::
 
-    python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 2]
+    python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 4]
         [--eval-steps 10] [--repeats 5] [--warm-steps 1] [--eval-warm-steps 5]
         [--kinds plain gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
@@ -73,11 +77,13 @@ def parse_args(argv):
   parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                       help="train-step variants to time")
   parser.add_argument("--batch", type=int, default=128, help="training (and eval) batch")
-  parser.add_argument("--steps", type=int, default=2, help="train steps per timed block")
+  parser.add_argument("--steps", type=int, default=4,
+                      help="timed rounds of one step of each jaxdepth train variant per block "
+                           "(PyTorch: timed steps per block)")
   parser.add_argument("--eval-steps", type=int, default=10, help="eval steps per timed block")
   parser.add_argument("--repeats", type=int, default=5, help="timed blocks of each variant")
   parser.add_argument("--warm-steps", type=int, default=1,
-                      help="untimed steps at the start of each train block")
+                      help="untimed steps (of each variant) at the start of each train block")
   parser.add_argument("--eval-warm-steps", type=int, default=5,
                       help="untimed calls at the start of each eval block")
   parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -232,43 +238,73 @@ def jax_runners(model, args):
   return runners, {k: round(v, 2) for k, v in compile_s.items()}
 
 
-def time_side_by_side(runners, args):
+def time_side_by_side(runners, args, interleaved=()):
   """Runs each runner in ``repeats`` blocks of ``steps`` (eval: ``eval_steps``), in a new order.
 
-  Returns the per-step median wall and CPU seconds and the fastest wall seconds of
-  each runner, and the median wall seconds of each of its blocks (one per repeat,
-  for :func:`paired_ratios`).
+  The runners named in ``interleaved`` (jaxdepth's train-step variants) share
+  one block instead: after each one's warm-up steps, ``steps`` rounds of one
+  step of each, in order and then in reverse (ABC CBA ABC ...). The steps of
+  one round ran within a few seconds of each other, and the reversal gives each
+  variant every place in the round, so a ratio of two variants' steps taken
+  round by round (:func:`paired_ratios` of ``rounds``) leaves out the machine's
+  drift, which here moves a ResNet-18 step between 0.46 and 0.73 s over a
+  minute; two identical compiled steps alternated this way measured 1.00 and
+  1.02, where blocks of two steps of each, interleaved with PyTorch's and the
+  eval blocks, put ResNet-18's gated step 6-13 % faster than the plain one.
 
-  Each block first runs ``warm_steps`` untimed steps (an eval block
-  ``eval_warm_steps``): the first step after another program's block can be
-  far slower than the steady state (one MobileNetV2 step of 3.4 s against
+  Returns the per-step median wall and CPU seconds and the fastest wall seconds
+  of each runner, the median wall seconds of each of its blocks (one per repeat,
+  for :func:`paired_ratios` against another block of the same repeat), and, for
+  the interleaved runners, the wall seconds of each round's step.
+
+  Each block first runs ``warm_steps`` untimed steps of each of its runners (an
+  eval block ``eval_warm_steps``): the first step after another program's block
+  can be far slower than the steady state (one MobileNetV2 step of 3.4 s against
   0.95 s, right after the other variant's block), and with the seeded order
   such a step falls on the same variant in every run. A batch-1 eval call takes
   a few calls to get there: ResNet-18's, after a train block or a 0.1 s pause,
   took 5-7 ms for its first three or four calls against 2.7-3 ms after.
 
-  The orders are shuffled (with a fixed seed), not rotated: a rotation keeps the
-  cyclic order, so one variant would always run right after PyTorch's process
-  and another right after it.
+  The orders of the blocks are shuffled (with a fixed seed), not rotated: a
+  rotation keeps the cyclic order, so one block would always run right after
+  PyTorch's process and another right after it.
   """
   names = list(runners)
+  together = [n for n in names if n in interleaved]
+  units = ([tuple(together)] if together else []) + [n for n in names if n not in together]
   wall = {n: [] for n in names}
   cpu = {n: [] for n in names}
+  rounds = {n: [] for n in together}
   order = random.Random(0)
   for _ in range(args.repeats):
-    for name in order.sample(names, len(names)):
-      evaluates = "eval" in name
+    for unit in order.sample(units, len(units)):
+      if isinstance(unit, tuple):
+        if args.warm_steps:
+          for name in unit:
+            runners[name](args.warm_steps)
+        block = {name: [] for name in unit}
+        for r in range(args.steps):
+          for name in (unit if r % 2 == 0 else unit[::-1]):
+            (w,), (c,) = runners[name](1)
+            block[name].append(w)
+            rounds[name].append(w)
+            cpu[name].append(c)
+        for name in unit:
+          wall[name].append(block[name])
+        continue
+      evaluates = "eval" in unit
       warm = args.eval_warm_steps if evaluates else args.warm_steps
       if warm:
-        runners[name](warm)
-      w, c = runners[name](args.eval_steps if evaluates else args.steps)
-      wall[name].append(w)
-      cpu[name] += c
+        runners[unit](warm)
+      w, c = runners[unit](args.eval_steps if evaluates else args.steps)
+      wall[unit].append(w)
+      cpu[unit] += c
   every = {n: [t for block in v for t in block] for n, v in wall.items()}
   return ({n: statistics.median(v) for n, v in every.items()},
           {n: statistics.median(v) for n, v in cpu.items()},
           {n: min(v) for n, v in every.items()},
-          {n: [statistics.median(block) for block in v] for n, v in wall.items()})
+          {n: [statistics.median(block) for block in v] for n, v in wall.items()},
+          rounds)
 
 
 def ratios(times, names, base):
@@ -287,6 +323,26 @@ def paired_ratios(blocks, names, base):
   return {f"{n}/{base}": round(statistics.median(a / b for a, b in zip(blocks[n], blocks[base])),
                                3)
           for n in names if n != base and n in blocks and base in blocks}
+
+
+def paired_interval(rounds, names, base, resamples=2000, seed=0):
+  """A 95 % bootstrap interval of each :func:`paired_ratios` ``n / base`` of ``rounds``.
+
+  Resamples the per-round ratios with replacement (seeded) and takes the 2.5th
+  and 97.5th percentiles of their medians: an interval that holds 1 says the
+  two steps are level within what this run can tell apart.
+  """
+  draw = random.Random(seed)
+  out = {}
+  for n in names:
+    if n == base or n not in rounds or base not in rounds:
+      continue
+    per_round = [a / b for a, b in zip(rounds[n], rounds[base])]
+    medians = sorted(statistics.median(draw.choices(per_round, k=len(per_round)))
+                     for _ in range(resamples))
+    out[f"{n}/{base}"] = [round(medians[int(0.025 * resamples)], 3),
+                          round(medians[int(0.975 * resamples) - 1], 3)]
+  return out
 
 
 def main(argv=None):
@@ -317,13 +373,14 @@ def main(argv=None):
             for n in sorted({1, args.batch}):
               runners[f"torch_{layout}_eval_{n}"] = (
                   lambda k, layout=layout, n=n: worker.run(model, layout, "eval", n, k))
-      wall, cpu, fastest, blocks = time_side_by_side(runners, args)
-      kinds = [k for k in args.kinds]
+      kinds = list(args.kinds)
+      wall, cpu, fastest, blocks, rounds = time_side_by_side(runners, args, interleaved=kinds)
       result = {"train_s": {k: round(wall[k], 4) for k in kinds},
                 "train_cpu_s": {k: round(cpu[k], 4) for k in kinds},
                 "ratios": ratios(wall, kinds, "plain"),
                 "ratios_cpu": ratios(cpu, kinds, "plain"),
-                "ratios_paired": paired_ratios(blocks, kinds, "plain"),
+                "ratios_paired": paired_ratios(rounds, kinds, "plain"),
+                "ratios_paired_ci95": paired_interval(rounds, kinds, "plain"),
                 "compile_s": compile_s}
       if args.eval:
         result["eval_s"] = {n: round(t, 5) for n, t in wall.items() if n.startswith("eval_")}

@@ -1,5 +1,7 @@
 """benchmarks/train_step.py's timing loop: block sizes, warm-up steps and the refusals of its options
 (the steps themselves are CIFAR ResNet-18 and MobileNetV2 at batch 128: too big for a CPU test)."""
+import statistics
+
 import pytest
 
 import _scripts
@@ -10,7 +12,7 @@ def benchmark():
   return _scripts.load("benchmarks/train_step.py")
 
 
-def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
+def test_eval_blocks_time_eval_steps_and_torch_blocks_steps(benchmark):
   args = benchmark.parse_args(["--steps", "2", "--eval-steps", "5", "--repeats", "3",
                                "--warm-steps", "1", "--eval-warm-steps", "4", "--no-torch"])
   calls = []
@@ -21,17 +23,52 @@ def test_eval_blocks_time_eval_steps_and_train_blocks_steps(benchmark):
       return [seconds] * n, [seconds / 2] * n
     return run
 
-  runners = {"plain": runner("plain", 0.5), "eval_1": runner("eval_1", 0.01),
+  runners = {"torch_channels_last": runner("torch_channels_last", 0.5),
+             "eval_1": runner("eval_1", 0.01),
              "torch_contiguous_eval_1": runner("torch_contiguous_eval_1", 0.02)}
-  wall, cpu, fastest, blocks = benchmark.time_side_by_side(runners, args)
+  wall, cpu, fastest, blocks, rounds = benchmark.time_side_by_side(runners, args)
 
   for name in runners:
     warm, block = (4, 5) if "eval" in name else (1, 2)
     assert [n for called, n in calls if called == name] == [warm, block] * 3   # warm-up, timed
-  assert wall == {"plain": 0.5, "eval_1": 0.01, "torch_contiguous_eval_1": 0.02}
-  assert cpu == {"plain": 0.25, "eval_1": 0.005, "torch_contiguous_eval_1": 0.01}
+  assert wall == {"torch_channels_last": 0.5, "eval_1": 0.01, "torch_contiguous_eval_1": 0.02}
+  assert cpu == {"torch_channels_last": 0.25, "eval_1": 0.005, "torch_contiguous_eval_1": 0.01}
   assert fastest == wall
   assert blocks == {name: [seconds] * 3 for name, seconds in wall.items()}
+  assert rounds == {}
+
+
+def test_train_variants_alternate_step_by_step_in_one_block(benchmark):
+  args = benchmark.parse_args(["--steps", "3", "--repeats", "2", "--warm-steps", "1",
+                               "--no-torch", "--no-eval"])
+  calls, clock = [], iter(range(1, 1000))
+
+  def runner(name):
+    def run(n):
+      calls.append((name, n))
+      if name.startswith("torch"):
+        return [0.5] * n, [0.0] * n
+      return [float(next(clock)) for _ in range(n)], [0.0] * n
+    return run
+
+  runners = {name: runner(name) for name in ("plain", "gated", "stats", "torch_contiguous")}
+  wall, _, _, blocks, rounds = benchmark.time_side_by_side(
+      runners, args, interleaved=["plain", "gated", "stats"])
+
+  jax_calls = [call for call in calls if call[0] != "torch_contiguous"]
+  one_block = ([("plain", 1), ("gated", 1), ("stats", 1)]                   # warm-up
+               + [("plain", 1), ("gated", 1), ("stats", 1),                 # round 1
+                  ("stats", 1), ("gated", 1), ("plain", 1),                 # round 2, reversed
+                  ("plain", 1), ("gated", 1), ("stats", 1)])                # round 3
+  assert jax_calls == one_block * 2
+  assert [n for name, n in calls if name == "torch_contiguous"] == [1, 3] * 2
+  # Each round's step, in the order the rounds ran (the fake clock counts the calls,
+  # of jaxdepth's steps; the first block's warm-up took 1 to 3).
+  assert all(len(rounds[name]) == 6 for name in ("plain", "gated", "stats"))
+  assert rounds["plain"][:3] == [4, 9, 10] and rounds["stats"][:3] == [6, 7, 12]
+  assert "torch_contiguous" not in rounds
+  assert [len(b) for b in blocks.values()] == [2, 2, 2, 2]
+  assert wall["gated"] == statistics.median(rounds["gated"])
 
 
 def test_paired_ratios_cancel_a_drift_between_repeats(benchmark):
@@ -56,3 +93,12 @@ def test_a_negative_warm_up_is_refused(benchmark, option, capsys):
   with pytest.raises(SystemExit):
     benchmark.parse_args([option, "-1"])
   assert "--eval-warm-steps must be 0 or more" in capsys.readouterr().err
+
+
+def test_the_paired_interval_holds_the_ratio_and_shrinks_to_it_without_noise(benchmark):
+  rounds = {"plain": [1.0, 2.0, 1.5, 3.0, 1.0], "gated": [1.1, 2.2, 1.65, 3.3, 1.1]}
+  assert benchmark.paired_interval(rounds, ["plain", "gated"], "plain") == {"gated/plain": [1.1, 1.1]}
+  noisy = {"plain": [1.0] * 21, "gated": [0.9, 1.1] * 10 + [1.0]}
+  low, high = benchmark.paired_interval(noisy, ["gated"], "plain")["gated/plain"]
+  assert low == 0.9 and high == 1.1 and low < benchmark.paired_ratios(noisy, ["gated"], "plain")[
+      "gated/plain"] < high
