@@ -313,12 +313,13 @@ def ratios(times, names, base):
 
 
 def paired_ratios(blocks, names, base):
-  """``n / base`` as the median over repeats of the ratio of their blocks in that repeat.
+  """``n / base`` as the median of the ratios of their times taken pair by pair.
 
-  The two blocks of one repeat ran within seconds of each other, so a drift of
-  the machine's speed over minutes (30 % between runs here) cancels in each
-  ratio; the ratio of the overall medians (:func:`ratios`) keeps it when the
-  drift falls on one variant's blocks more than on another's.
+  ``blocks`` holds one time per repeat (the median of a block) or per round (one
+  step) for each name; the two times of a pair ran within seconds of each other,
+  so a drift of the machine's speed over minutes (30 % between runs here) cancels
+  in each ratio; the ratio of the overall medians (:func:`ratios`) keeps it when
+  the drift falls on one variant's blocks more than on another's.
   """
   return {f"{n}/{base}": round(statistics.median(a / b for a, b in zip(blocks[n], blocks[base])),
                                3)
