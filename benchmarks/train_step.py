@@ -274,7 +274,6 @@ def time_side_by_side(runners, args, interleaved=()):
   units = ([tuple(together)] if together else []) + [n for n in names if n not in together]
   wall = {n: [] for n in names}
   cpu = {n: [] for n in names}
-  rounds = {n: [] for n in together}
   order = random.Random(0)
   for _ in range(args.repeats):
     for unit in order.sample(units, len(units)):
@@ -287,7 +286,6 @@ def time_side_by_side(runners, args, interleaved=()):
           for name in (unit if r % 2 == 0 else unit[::-1]):
             (w,), (c,) = runners[name](1)
             block[name].append(w)
-            rounds[name].append(w)
             cpu[name].append(c)
         for name in unit:
           wall[name].append(block[name])
@@ -304,7 +302,7 @@ def time_side_by_side(runners, args, interleaved=()):
           {n: statistics.median(v) for n, v in cpu.items()},
           {n: min(v) for n, v in every.items()},
           {n: [statistics.median(block) for block in v] for n, v in wall.items()},
-          rounds)
+          {n: every[n] for n in together})   # one step per round, rounds in order
 
 
 def ratios(times, names, base):

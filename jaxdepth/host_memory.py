@@ -34,12 +34,12 @@ __all__ = ["ENV", "TUNABLES", "keep_freed_memory", "requested"]
 
 ENV = "JAXDEPTH_KEEP_HOST_MEMORY"
 
-# keep_freed_memory()'s settings as glibc tunables, for GLIBC_TUNABLES of a process one starts.
-TUNABLES = ("glibc.malloc.arena_max=1:glibc.malloc.mmap_max=0:"
-            "glibc.malloc.trim_threshold=18446744073709551615")
+# What keep_freed_memory() sets: (glibc tunable, mallopt parameter of malloc.h, value). One
+# arena, no mmap for large blocks, never trim the heap (-1: SIZE_MAX).
+_SETTINGS = (("arena_max", -8, 1), ("mmap_max", -4, 0), ("trim_threshold", -1, -1))
 
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+# The same settings as glibc tunables, for GLIBC_TUNABLES of a process one starts.
+TUNABLES = ":".join(f"glibc.malloc.{name}={value % 2**64}" for name, _, value in _SETTINGS)
 
 
 def requested(environ=None) -> bool:
@@ -58,5 +58,4 @@ def keep_freed_memory() -> bool:
   except (OSError, AttributeError, TypeError):
     return False
   mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-  return all(mallopt(param, value) == 1 for param, value in (
-      (_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))   # -1: SIZE_MAX, never trim
+  return all(mallopt(param, value) == 1 for _, param, value in _SETTINGS)
