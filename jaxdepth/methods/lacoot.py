@@ -97,8 +97,9 @@ def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax
   # Materialised once: the norm and the division both read the normals, and XLA fused
   # the whole Threefry hash into each of their passes and into a third, hashing every
   # number three times. CIFAR MobileNetV2's LaCoOT train step (13 blocks, 28 M normals)
-  # took 0.94 of its time with the barrier, the same numbers bit for bit (2-core CPU,
-  # steps taking turns, 8 and 12 rounds); ResNet-18's (1.5 M normals) the same time.
+  # took 0.936-0.950 of its time with the barrier, the same numbers bit for bit (2-core
+  # CPU, steps taking turns, three runs of 8-16 rounds); ResNet-18's (1.5 M normals) the
+  # same time within the noise.
   theta = jax.lax.optimization_barrier(threefry.normal(rng, (n_projections, dim)))
   theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
   return theta.T
