@@ -7,7 +7,6 @@ checkpoint by name, resume from the intact one before it and end bit-identical t
 an uninterrupted run. With no intact checkpoint left it must refuse, changing
 nothing.
 """
-import dataclasses
 import hashlib
 import json
 import logging

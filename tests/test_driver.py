@@ -54,7 +54,7 @@ def _params(directory):
 
 
 def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(digits, finished):
-  (ds, spec), (workdir, result, _) = digits, finished
+  (_, spec), (workdir, result, _) = digits, finished
   rep = json.loads((workdir / "report.json").read_text())
   assert rep == json.loads(json.dumps(result.report))
   entries = rep["iterations"]
@@ -124,8 +124,8 @@ def test_saved_models_reload_and_score_what_the_report_says(digits, finished):
                             "weight_depth": costs.depth(collapsed).weight_depth}
 
 
-def test_the_merged_report_lists_edits_skips_and_latencies(digits, finished):
-  (ds, spec), (workdir, result, _) = digits, finished
+def test_the_merged_report_lists_edits_skips_and_latencies(finished):
+  workdir, result, _ = finished
   chosen = result.report["chosen"]
   merged = chosen["merged"]
   shallow, variables = checkpoint.load_model(workdir / "chosen")

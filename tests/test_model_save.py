@@ -1,7 +1,6 @@
 """Saved models: atomic overwrite (killed at every step of a save, in-process and by
 SIGKILL), checksums, and load errors that name the node."""
 import os
-import pathlib
 import random
 import signal
 import subprocess

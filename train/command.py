@@ -356,6 +356,24 @@ def plural(n: int, noun: str) -> str:
   return f"{n} {noun}" + ("s" if n != 1 else "")
 
 
+def data_and_devices(ds, workdir: pathlib.Path, mesh) -> str:
+  """The end of a command's first line: the splits' sizes, the devices, the work directory."""
+  import jax  # pylint: disable=import-outside-toplevel
+  return (f"train/val/test {ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/"
+          f"{ds.test.num_examples}; {mesh.devices.size} {jax.devices()[0].platform} device(s); "
+          f"workdir {workdir}")
+
+
+def method_summary(title: str, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, mesh, *,
+                   removable: str, training: str = "per iteration") -> str:
+  """A method command's first line: ``title`` (the method and its settings) on the model and
+  data, what it may remove, its epochs (``training`` says when), then :func:`data_and_devices`."""
+  from jaxdepth import costs  # pylint: disable=import-outside-toplevel
+  return (f"{title} on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
+          f"{costs.count_params(spec):,} parameters, {removable}; "
+          f"{plural(cfg['epochs'], 'epoch')} {training}; {data_and_devices(ds, workdir, mesh)}")
+
+
 def message(error: Exception) -> str:
   """The text of an error (a KeyError's str() would add quotes)."""
   return str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)

@@ -26,7 +26,6 @@ The default work directory is runs/easier-<model>-<dataset>-seed<seed>.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 from typing import Any
@@ -110,8 +109,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   args = command.start(session, build_parser(), argv)
   if args is None:
     return 0
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
@@ -120,12 +118,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
-  say(f"EASIER ({method.estimator} entropy) on {spec.name}/{ds.name} with "
-      f"{pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
-      f"{command.plural(len(spec.sites()), 'site')}; "
-      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
-      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+  say(command.method_summary(f"EASIER ({method.estimator} entropy)", spec, ds, cfg, workdir, mesh,
+                             removable=command.plural(len(spec.sites()), "site")))
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
                                progress=args.progress, say=say, latency=args.latency)

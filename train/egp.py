@@ -31,7 +31,6 @@ default work directory is runs/<command>-<model>-<dataset>-seed<seed>.
 from __future__ import annotations
 
 import argparse
-import pathlib
 import sys
 import time
 from typing import Any
@@ -140,7 +139,7 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
@@ -150,12 +149,9 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
-  say(f"{NAMES[name]} ({method.estimator} entropy, rho {method.rho}) on {spec.name}/{ds.name} "
-      f"with {pathlib.Path(cfg['config']).stem}: {costs.count_params(spec):,} parameters, "
-      f"{command.plural(len(spec.sites()), 'site')}; "
-      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
-      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+  say(command.method_summary(f"{NAMES[name]} ({method.estimator} entropy, rho {method.rho})", spec,
+                             ds, cfg, workdir, mesh,
+                             removable=command.plural(len(spec.sites()), "site")))
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
                                progress=args.progress, say=say, latency=args.latency)

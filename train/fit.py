@@ -101,16 +101,14 @@ def _main(session: command.Session, argv: list[str]) -> int:
     raise config_lib.ConfigError(conflict)
   recipe = config_lib.recipe_of(cfg)
   main_process = jax.process_index() == 0
-  say = print if main_process else (lambda *a, **k: None)
+  say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   variables = command.initial_variables(cfg, spec)
   if main_process and not command.has_checkpoints(workdir):
     _write_run_json(workdir, cfg)     # a fresh run owns the directory from now on
   mesh = training.make_mesh()
   say(f"{spec.name} on {ds.name}: {costs.count_params(spec):,} parameters, "
-      f"{command.plural(len(spec.sites()), 'site')}; train/val/test {ds.train.num_examples}/"
-      f"{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+      f"{command.plural(len(spec.sites()), 'site')}; {command.data_and_devices(ds, workdir, mesh)}")
 
   # ------------------------------------------------------------------------ fit
   tic = time.perf_counter()

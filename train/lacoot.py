@@ -182,8 +182,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   args = command.start(session, build_parser(), argv)
   if args is None:
     return 0
-  import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import report, training  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
   cfg, workdir, ds, spec = CONFIGS.prepare(session, args, check=check, check_model=check_model)
@@ -193,12 +192,10 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
-  say(f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order) on "
-      f"{spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
-      f"{costs.count_params(spec):,} parameters, {len(units)} removable blocks "
-      f"({', '.join(units)}); {command.plural(cfg['epochs'], 'epoch')} once; train/val/test "
-      f"{ds.train.num_examples}/{ds.val.num_examples}/{ds.test.num_examples}; "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+  say(command.method_summary(
+      f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order)",
+      spec, ds, cfg, workdir, mesh, removable=f"{len(units)} removable blocks ({', '.join(units)})",
+      training="once"))
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,

@@ -195,7 +195,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   if args is None:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxdepth import costs, report, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import report, training  # pylint: disable=import-outside-toplevel
   from jaxdepth.methods import TLC  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
@@ -205,11 +205,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
-  say(f"TLC ({method.rule}) on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
-      f"{costs.count_params(spec):,} parameters, {len(method.candidates(spec))} candidates; "
-      f"{command.plural(cfg['epochs'], 'epoch')} per iteration; train/val/test "
-      f"{ds.train.num_examples}/{ds.val.num_examples if ds.val else 0}/{ds.test.num_examples}; "
-      f"{mesh.devices.size} {jax.devices()[0].platform} device(s); workdir {workdir}")
+  say(command.method_summary(f"TLC ({method.rule})", spec, ds, cfg, workdir, mesh,
+                             removable=f"{len(method.candidates(spec))} candidates"))
 
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
                                progress=args.progress, say=say, latency=args.latency)
