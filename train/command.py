@@ -365,13 +365,13 @@ def data_and_devices(ds, workdir: pathlib.Path, mesh) -> str:
 
 
 def method_summary(title: str, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, mesh, *,
-                   removable: str, training: str = "per iteration") -> str:
+                   removable: str, schedule: str = "per iteration") -> str:
   """A method command's first line: ``title`` (the method and its settings) on the model and
-  data, what it may remove, its epochs (``training`` says when), then :func:`data_and_devices`."""
+  data, what it may remove, its epochs (``schedule`` says when), then :func:`data_and_devices`."""
   from jaxdepth import costs  # pylint: disable=import-outside-toplevel
   return (f"{title} on {spec.name}/{ds.name} with {pathlib.Path(cfg['config']).stem}: "
           f"{costs.count_params(spec):,} parameters, {removable}; "
-          f"{plural(cfg['epochs'], 'epoch')} {training}; {data_and_devices(ds, workdir, mesh)}")
+          f"{plural(cfg['epochs'], 'epoch')} {schedule}; {data_and_devices(ds, workdir, mesh)}")
 
 
 def message(error: Exception) -> str:

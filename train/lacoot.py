@@ -195,7 +195,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say(command.method_summary(
       f"LaCoOT (λ={method.weight}, {method.n_projections} projections, {method.order} order)",
       spec, ds, cfg, workdir, mesh, removable=f"{len(units)} removable blocks ({', '.join(units)})",
-      training="once"))
+      schedule="once"))
 
   eval_batch_size = cfg["eval_batch_size"] or recipe.batch_size
   result = command.run_method(method, spec, ds, cfg, workdir, mesh=mesh, dtype=dtype,
