@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdepth import checkpoint, data, driver, network, optim, progress, training, zoo
+from jaxdepth import checkpoint, costs, data, driver, network, optim, progress, training, zoo
 from jaxdepth.methods import Easier
 from jaxdepth.spec import Act, Dense, Flatten, Spec
 from train import __main__ as cli
@@ -44,6 +44,11 @@ def test_fit_trains_reports_and_resumes(tmp_path, capsys):
   assert err == ""                                      # --no-progress: no progress lines
   report = json.loads((tmp_path / "report.json").read_text())
   assert report["model"] == "digits_cnn" and report["dataset"] == "digits"
+  ds, spec = data.load("digits"), zoo.get("digits_cnn")    # the config's defaults
+  assert out.splitlines()[0] == (
+      f"digits_cnn on digits: {costs.count_params(spec):,} parameters, {len(spec.sites())} sites; "
+      f"train/val/test {ds.train.num_examples}/{ds.val.num_examples}/{ds.test.num_examples}; "
+      f"{jax.device_count()} cpu device(s); workdir {tmp_path}")
   assert f"test accuracy {100 * report['test']['accuracy']:.2f} %" in out
   # The saved model reloads with one call and scores what the report says.
   spec, variables = checkpoint.load_model(tmp_path / "model")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from jaxdepth import checkpoint, data, driver, equivalence, network, optim, stats, surgery
+from jaxdepth import checkpoint, costs, data, driver, equivalence, network, optim, stats, surgery
 from jaxdepth import report as report_lib
 from jaxdepth import training, zoo
 from jaxdepth.methods import Egp, Nepenthe, egp, egp_report
@@ -438,7 +438,13 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
                  "--no-progress", "--no-latency"])
   assert rc == 0
   out = capsys.readouterr().out
-  assert "NEPENTHE (dataset entropy, rho 0.5)" in out and "nominal sparsity" in out
+  spec, ds = zoo.get("digits_cnn", width=8), data.load("digits")
+  assert out.splitlines()[0] == (
+      f"NEPENTHE (dataset entropy, rho 0.5) on digits_cnn/digits with nepenthe_digits: "
+      f"{costs.count_params(spec):,} parameters, {len(spec.sites())} sites; 1 epoch per "
+      f"iteration; train/val/test {ds.train.num_examples}/{ds.val.num_examples}/"
+      f"{ds.test.num_examples}; {jax.device_count()} cpu device(s); workdir {workdir}")
+  assert "nominal sparsity" in out
   report = json.loads((workdir / "report.json").read_text())
   assert report["method"] == "nepenthe" and report["method_options"]["estimator"] == "dataset"
   assert "pruning" in report["iterations"][-1]
