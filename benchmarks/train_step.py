@@ -5,6 +5,10 @@ jaxdepth's jitted train step (:func:`jaxdepth.training.make_train_step`: forward
 backward, SGD with momentum and weight decay) in the variants the methods use:
 
 * ``plain``: no gates (``fit`` without a method);
+* ``control``: the plain step compiled a second time, with its own state: its
+  ratio to ``plain`` is what two identical programs measure in the same run
+  (separate executables and buffers; here up to 1-2 % apart), the scale on
+  which the other variants' ratios can be read;
 * ``gated``: every site gated on (EASIER, TLC, EGP train with gates);
 * ``stats``: gated, collecting every site's sign counts (EASIER's last epoch);
 * ``masks``: gated, with element-wise weight masks on the prunable kernels (EGP);
@@ -27,7 +31,8 @@ untimed one; an eval block times ``--eval-steps`` calls after
 The figures are medians over steps of wall time (``*_s``) and of the process's
 CPU time (``*_cpu_s``, less sensitive to other processes on a loaded machine).
 Prints one JSON object with, per model, the times, their ratios to ``plain``
-(the benchmark's claim is ``plain <= gated <= stats``; ``ratios_paired`` is the
+(the benchmark's claim is ``plain <= gated <= stats``, read against
+``control / plain``; ``ratios_paired`` is the
 median over rounds of the ratio of two variants' steps of the same round, which
 leaves out the machine's drift, and ``ratios_paired_ci95`` its 95 % bootstrap
 interval), to PyTorch's faster layout (``vs_torch``; ``vs_torch_paired``, the
@@ -47,7 +52,7 @@ Run::
 
     python benchmarks/train_step.py [--models resnet18 mobilenet_v2] [--steps 4]
         [--eval-steps 10] [--repeats 5] [--warm-steps 1] [--eval-warm-steps 5]
-        [--kinds plain gated stats masks lacoot]
+        [--kinds plain control gated stats masks lacoot]
         [--torch-python /path/to/venv/bin/python] [--dtype bfloat16]
 """
 from __future__ import annotations
@@ -65,7 +70,7 @@ import time
 
 from jaxdepth import host_memory
 
-KINDS = ("plain", "gated", "stats", "masks", "lacoot")
+KINDS = ("plain", "control", "gated", "stats", "masks", "lacoot")
 MODELS = ("resnet18", "mobilenet_v2")
 LAYOUTS = ("channels_last", "contiguous")
 TORCH_PYTHON_ENV = "JAXDEPTH_TORCH_PYTHON"
@@ -184,6 +189,10 @@ def jax_runners(model, args):
   steps = {"plain": training.make_train_step(spec, tx, mesh=mesh, dtype=dtype)}
   inputs = {"plain": (None, None, None, None), "gated": (gates, None, None, None)}
   steps["gated"] = steps["plain"]
+  # A second jitted function: the same program, compiled again (the same jitted
+  # function would hand back the executable it compiled for "plain").
+  steps["control"] = training.make_train_step(spec, tx, mesh=mesh, dtype=dtype)
+  inputs["control"] = inputs["plain"]
   if "stats" in args.kinds:
     steps["stats"] = training.make_train_step(spec, tx, mesh=mesh, dtype=dtype,
                                               collect_stats=True)
