@@ -116,8 +116,8 @@ def _pins():
 def test_lower_bounds_are_the_pinned_tested_versions():
   pins = _pins()
   for req in _requirements():
-    m = re.fullmatch(r"([A-Za-z0-9_.\-]+)>=([0-9.]+)", req)
-    assert m, f"{req!r}: declare a tested lower bound, 'name>=version'"
+    m = re.fullmatch(r"([A-Za-z0-9_.\-]+)>=([0-9.]+)(,!=[0-9.]+)*", req)
+    assert m, f"{req!r}: declare a tested lower bound, 'name>=version' (and any '!=version')"
     name, low = re.sub(r"[-_.]+", "-", m[1]).lower(), m[2]
     assert pins.get(name) == low, f"{name}: pyproject says >={low}, constraints.txt pins {pins.get(name)}"
 
