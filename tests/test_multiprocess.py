@@ -255,7 +255,7 @@ def _run_cache_pair(caches: list[pathlib.Path]) -> list[dict]:
 def test_processes_run_a_program_together_when_only_one_found_it_in_its_cache(tmp_path):
   """One process loads the train step from its persistent compilation cache, the other
   compiles it (a node-local cache, a process started later): both must run the same
-  program. jax 0.12.1 hangs here, in the step's first collective; pyproject.toml
+  program. With jax 0.12.1 both wait forever in the first step; pyproject.toml
   excludes that version."""
   warm, cold = tmp_path / "warm", tmp_path / "cold"   # cold stays empty: only process 0 writes
   both_compiled = _run_cache_pair([warm, warm])
