@@ -24,11 +24,12 @@ state = training.replicate(training.TrainState.create(network.init(spec, jax.ran
                            mesh)
 step = training.make_train_step(spec, tx, mesh=mesh)
 rng = np.random.default_rng(jax.process_index())
-local = {"image": rng.standard_normal((16, 8, 8, 1), np.float32),
-         "label": rng.integers(0, 10, 16).astype(np.int32), "mask": np.ones(16, bool)}
+batch = training.shard_batch({"image": rng.standard_normal((16, 8, 8, 1), np.float32),
+                              "label": rng.integers(0, 10, 16).astype(np.int32),
+                              "mask": np.ones(16, bool)}, mesh)
 losses = []
 for _ in range(2):
-  state, metrics, _ = step(state, training.shard_batch(local, mesh), None, None)
+  state, metrics, _ = step(state, batch, None, None)
   losses.append(training.mean_metrics(metrics)["loss"])
 print(json.dumps({"losses": losses,   # the parameters are replicated: this process's copy
                   "params_sum": float(sum(np.sum(np.asarray(x.addressable_data(0), np.float64))
