@@ -98,10 +98,16 @@ def test_dataset_from_arrays_trains_with_fit():
   ds = Dataset.from_arrays(train=(x, y), test=(xt, yt), val_fraction=0.25)
   spec = S.Spec(ds.input_shape, (S.Flatten("flatten"), S.Dense("fc", features=ds.num_classes)))
   recipe = optim.Recipe(epochs=2, batch_size=16, optimizer="adam", lr=1e-2)
-  result = training.fit(spec, network.init(spec, jax.random.key(0)), ds, recipe,
-                        progress=False)
+  initial = network.init(spec, jax.random.key(0))
+  result = training.fit(spec, initial, ds, recipe, progress=False)
   assert [r["epoch"] for r in result.history] == [1, 2]
-  assert 0 <= result.history[-1]["val_accuracy"] <= 1
+  kernel, bias = (np.asarray(result.variables["params"]["fc"][k]) for k in ("kernel", "bias"))
+  assert not np.array_equal(kernel, initial["params"]["fc"]["kernel"])
+  # The reported validation accuracy is that of the trained weights on the 16 held-out images.
+  val = next(ds.val.batches(16, drop_remainder=False))
+  assert val["mask"].sum() == 16
+  predicted = (val["image"].reshape(16, -1) @ kernel + bias).argmax(-1)
+  assert result.history[-1]["val_accuracy"] == pytest.approx((predicted == val["label"]).mean())
 
 
 @pytest.mark.parametrize("kwargs, message", [

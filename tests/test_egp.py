@@ -324,8 +324,9 @@ def test_pruned_weights_stay_zero_and_masks_add_up_to_the_amounts(finished):
     assert int(np.size(m) - np.count_nonzero(m)) == pruned, layer
   first = entries[0]["decision"]
   assert first["global_sparsity"] == 0.0
-  assert sum(first["amounts"].values()) == int(first["budget"]) or sum(
-      first["amounts"].values()) <= first["budget"]
+  # Each layer's share of the budget, rounded down: the sum falls short by less than one per layer.
+  amounts = first["amounts"].values()
+  assert first["budget"] - len(amounts) < sum(amounts) <= first["budget"]
   assert first["nominal_sparsity"] == 0.5 and entries[1]["decision"]["nominal_sparsity"] == 0.75
 
 
@@ -337,7 +338,8 @@ def test_a_site_reaches_zero_entropy_and_becomes_the_identity(finished):
   it, site = removed[0]
   assert entries[it]["entropies"][site]["entropy"] == 0.0
   assert site in entries[it]["decision"]["zero_entropy"]
-  later = entries[it + 1:] if it + 1 < len(entries) else []
+  later = entries[it + 1:]
+  assert later, "the first removal came in the last iteration: nothing checks it stays removed"
   for e in later:
     assert site in e["removed"] and site not in e["entropies"]
     layer = entries[it]["entropies"][site]["layer"]

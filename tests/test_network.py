@@ -141,8 +141,13 @@ def test_bad_call_arguments_are_refused(variables):
 
 def test_bf16_compute_keeps_float32_params_and_output(variables):
   out = N.forward(SPEC, variables, x_batch(), dtype=jnp.bfloat16)
+  f32 = N.forward(SPEC, variables, x_batch()).logits
   assert out.logits.dtype == jnp.float32
-  np.testing.assert_allclose(out.logits, N.forward(SPEC, variables, x_batch()).logits, atol=0.1)
+  assert not np.array_equal(out.logits, f32)   # it did compute in bfloat16
+  np.testing.assert_allclose(out.logits, f32, atol=0.02)
+  trained = N.forward(SPEC, variables, x_batch(), train=True, rng=jax.random.key(0),
+                      dtype=jnp.bfloat16)
+  assert {v.dtype for v in jax.tree.leaves(trained.batch_stats)} == {jnp.dtype(jnp.float32)}
 
 
 @pytest.mark.parametrize("size, out", [((7, 5), (3, 2)), ((1, 1), (7, 7)), ((4, 4), (2, 2))])

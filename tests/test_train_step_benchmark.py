@@ -85,7 +85,7 @@ def test_paired_ratios_cancel_a_drift_between_repeats(benchmark):
 def test_a_block_of_no_steps_is_refused(benchmark, option, capsys):
   with pytest.raises(SystemExit):
     benchmark.parse_args([option, "0"])
-  assert "--eval-steps" in capsys.readouterr().err
+  assert "--batch, --steps, --eval-steps and --repeats must be positive" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("option", ["--warm-steps", "--eval-warm-steps"])

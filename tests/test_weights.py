@@ -176,8 +176,15 @@ def test_name_map_errors_name_the_variable():
 def test_assign_accepts_an_abstract_template():
   import jax
   abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _template())
-  out = sd.assign(abstract, _tensors(), NAME_MAP)
-  assert out["params"]["fc"]["kernel"].shape == (4, 5)
+  t = _tensors()
+  out = sd.assign(abstract, t, NAME_MAP)
+  # The same arrays as from a concrete template (whose layout the test above checks).
+  concrete = sd.assign(_template(), t, NAME_MAP)
+  for got, want in zip(jax.tree.leaves(out), jax.tree.leaves(concrete), strict=True):
+    assert isinstance(got, (np.ndarray, jax.Array)) and got.dtype == want.dtype
+    np.testing.assert_array_equal(got, want)
+  np.testing.assert_array_equal(out["params"]["fc"]["kernel"], t["fc.weight"].T)
+  np.testing.assert_array_equal(out["batch_stats"]["bn"]["var"], t["bn.running_var"])
 
 
 # ---------------------------------------------------------------------- reading
