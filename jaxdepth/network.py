@@ -666,6 +666,9 @@ def _forward(spec: S.Spec, variables, x, *, train, gates, rng, collect_stats, ex
   except _VARIABLES_MISFIT as e:
     raise ValueError(f"the variables do not fit spec {spec.name!r}; were they made for another "
                      f"spec? (jaxdepth.init(spec, rng) makes matching ones) {e}") from e
+  except flax.errors.InvalidRngError as e:
+    raise ValueError(f"spec {spec.name!r} has dropout, which train mode draws from a key: pass "
+                     f"rng=jax.random.key(...) (a new one each step), or train=False") from e
   if mutable:
     out, updates = out
   else:

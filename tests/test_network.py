@@ -150,6 +150,14 @@ def test_bf16_compute_keeps_float32_params_and_output(variables):
   assert {v.dtype for v in jax.tree.leaves(trained.batch_stats)} == {jnp.dtype(jnp.float32)}
 
 
+def test_train_mode_without_a_dropout_key_says_to_pass_one(variables):
+  with pytest.raises(ValueError, match=r"spec 'tiny' has dropout.*pass rng=jax.random.key"):
+    N.forward(SPEC, variables, x_batch(), train=True)
+  a, b = (N.forward(SPEC, variables, x_batch(), train=True, rng=jax.random.key(k)).logits
+          for k in (0, 1))
+  assert not np.array_equal(a, b)   # the key does draw the dropout
+
+
 @pytest.mark.parametrize("size, out", [((7, 5), (3, 2)), ((1, 1), (7, 7)), ((4, 4), (2, 2))])
 def test_adaptive_avg_pool_matches_pytorch_bins(size, out):
   x = np.random.default_rng(0).normal(size=(2, *size, 3)).astype(np.float32)
