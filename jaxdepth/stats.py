@@ -17,14 +17,16 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdepth import entropy as E
 from jaxdepth.spec import Spec
 
-__all__ = ["SiteStats", "empty_stats", "accumulate", "entropies", "ESTIMATORS",
+__all__ = ["SiteStats", "empty_stats", "accumulate", "entropies", "ESTIMATORS", "COUNT_MAX",
            "always_off", "always_on"]
 
 ESTIMATORS = ("easier", "egp", "dataset")
+COUNT_MAX = int(np.iinfo(np.int32).max)   # where a total count stops (int32, jit's integers)
 
 
 @jax.tree_util.register_dataclass
@@ -68,9 +70,14 @@ def empty_stats(spec: Spec) -> SiteStats:
 
 
 def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStats:
-  """Folds one batch's ``{site: (3, C)}`` sign counts into ``stats`` (pure, jit-able)."""
+  """Folds one batch's ``{site: (3, C)}`` sign counts into ``stats`` (pure, jit-able).
+
+  A total that would pass :data:`COUNT_MAX` stays there instead of wrapping
+  around, so zero counts stay exact and :func:`entropies` can refuse a fraction it
+  no longer knows.
+  """
   return SiteStats(
-      counts={s: stats.counts[s] + batch_counts[s] for s in stats.counts},
+      counts={s: _saturating_add(stats.counts[s], batch_counts[s]) for s in stats.counts},
       egp_sum={s: stats.egp_sum[s] + E.egp_batch_entropy(batch_counts[s])
                for s in stats.counts},
       easier_sum={s: stats.easier_sum[s] + E.easier_batch_entropy(batch_counts[s])
@@ -78,11 +85,28 @@ def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStat
       batches=stats.batches + 1, sites=stats.sites)
 
 
+def _saturating_add(total, batch):
+  """``total + batch`` for non-negative int32 counts, held at :data:`COUNT_MAX`."""
+  return jnp.where(total > COUNT_MAX - batch, COUNT_MAX, total + batch)
+
+
 def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:
-  """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`, in call order."""
+  """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`, in call order.
+
+  Raises:
+    ValueError: an unknown estimator, or ``"dataset"`` on counts that reached
+      :data:`COUNT_MAX` (more values of one sign in a channel than int32 holds).
+  """
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
   if estimator == "dataset":
+    full = [s for s, c in jax.device_get(stats.counts).items() if np.any(c == COUNT_MAX)]
+    if full:
+      raise ValueError(
+          f"the 'dataset' estimator cannot measure {list(stats.ordered(dict.fromkeys(full)))}: "
+          f"a channel there has {COUNT_MAX:,} or more values of one sign in the split, past "
+          f"what its int32 counts hold; measure on fewer examples (a smaller entropy split) or "
+          f"use a per-batch estimator ('easier' or 'egp')")
     values = {s: E.dataset_entropy(c) for s, c in stats.counts.items()}
   else:
     sums = stats.egp_sum if estimator == "egp" else stats.easier_sum

@@ -114,3 +114,31 @@ def test_site_statistics_accumulate_on_device_in_a_jitted_step():
   np.testing.assert_array_equal(St.always_on(stats.counts["site"]), [True, False, False, False, False])
   with pytest.raises(ValueError, match="unknown estimator"):
     St.entropies(stats, "shannon")
+
+
+def test_a_channel_rarely_off_over_a_large_split_keeps_its_entropy():
+  # 46 million values (CIFAR's training split at a 32x32 map), OFF once, twice, ON once.
+  n = 45000 * 32 * 32
+  counts = np.array([[n - 1, n - 2, 1], [1, 2, n - 1], [0, 0, 0]], np.int32)
+  got = np.asarray(E.dataset_channel_entropy(counts))
+  ref = [-p * np.log2(p) - (1 - p) * np.log2(1 - p) for p in ((n - 1) / n, (n - 2) / n, 1 / n)]
+  np.testing.assert_allclose(got, ref, rtol=1e-5)
+  assert float(E.dataset_entropy(counts[:, :1])) > 0.0
+
+
+def test_counts_past_int32_stop_there_and_the_dataset_estimator_says_so():
+  spec = S.Spec(input_shape=(3,), layers=(S.Act("site", fn="relu"), S.Dense("head", features=2)))
+  stats = St.empty_stats(spec)
+  near = St.COUNT_MAX - 5
+  stats = stats._replace(counts={"site": jnp.array([[near, 7, 0], [3, 0, 0], [0, 0, near]],
+                                                   jnp.int32)})
+  batch = {"site": jnp.array([[10, 1, 0], [2, 0, 0], [0, 0, 5]], jnp.int32)}
+  stats = jax.jit(St.accumulate)(stats, batch)
+  np.testing.assert_array_equal(
+      stats.counts["site"], [[St.COUNT_MAX, 8, 0], [5, 0, 0], [0, 0, St.COUNT_MAX]])
+  np.testing.assert_array_equal(St.always_off(stats.counts["site"]), [False, False, True])
+  np.testing.assert_array_equal(St.always_on(stats.counts["site"]), [False, True, False])
+  with pytest.raises(ValueError, match=r"cannot measure \['site'\].*2,147,483,647 or more.*"
+                                       r"per-batch estimator \('easier' or 'egp'\)"):
+    St.entropies(stats, "dataset")
+  assert set(St.entropies(stats, "easier")) == {"site"}   # the per-batch sums are unaffected
