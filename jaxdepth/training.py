@@ -551,6 +551,20 @@ def _check_fit_arguments(recipe: optim.Recipe, mesh: Mesh, eval_batch_size, eval
                        f"devices; use a multiple of {devices}")
 
 
+def _check_outputs_fit_classes(spec: Spec, dataset) -> None:
+  """Refuses a model that does not give one output per class of ``dataset``.
+
+  With fewer outputs, labels past them make the loss NaN (a "diverged" run); with
+  more, the model trains on classes that do not exist.
+  """
+  classes = getattr(dataset, "num_classes", None)
+  if classes is not None and tuple(spec.output_shape) != (classes,):
+    raise ValueError(
+        f"spec {spec.name!r} gives {tuple(spec.output_shape)} outputs, but the dataset "
+        f"{getattr(dataset, 'name', '')!r} has {classes} classes: give it a head of {classes} "
+        f"outputs (e.g. zoo.get(name, num_classes={classes}))")
+
+
 def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
         options: TrainOptions | None = None, workdir: str | os.PathLike | None = None,
         seed: int = 0, mesh: Mesh | None = None, dtype=None, progress: bool = True,
@@ -610,10 +624,12 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
 
   Raises:
     ValueError: ``eval_every`` < 1, a batch size < 1 or not a multiple of the
-      device count, or a training split smaller than one batch.
+      device count, a training split smaller than one batch, or a spec whose
+      outputs are not one per class of ``dataset``.
   """
   mesh = make_mesh() if mesh is None else mesh
   _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
+  _check_outputs_fit_classes(spec, dataset)
   options = TrainOptions() if options is None else options
   if options.epochs is not None:
     recipe = recipe.replace(epochs=options.epochs)

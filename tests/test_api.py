@@ -110,6 +110,17 @@ def test_dataset_from_arrays_trains_with_fit():
   assert result.history[-1]["val_accuracy"] == pytest.approx((predicted == val["label"]).mean())
 
 
+def test_fit_refuses_a_head_that_is_not_one_output_per_class(tmp_path):
+  (x, y), (xt, yt) = _arrays(64, 4), _arrays(16, 5)
+  ds = Dataset.from_arrays(train=(x, y), test=(xt, yt), num_classes=10)
+  spec = S.Spec(ds.input_shape, (S.Flatten("flatten"), S.Dense("fc", features=7)))
+  with pytest.raises(ValueError, match=r"gives \(7,\) outputs, but the dataset 'arrays' has 10 "
+                                       r"classes.*num_classes=10"):
+    training.fit(spec, network.init(spec, jax.random.key(0)), ds, optim.Recipe(epochs=1),
+                 workdir=tmp_path / "run", progress=False)
+  assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(train=([1, 2], [0, 1])), r"train images must be \(N, H, W, C\)"),
     (dict(train=(np.full((4, 3, 3, 1), 2.0), [0, 1, 0, 1])), r"must lie in \[0, 1\]"),

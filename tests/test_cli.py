@@ -136,6 +136,17 @@ def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, 
   assert json.loads((tmp_path / "report.json").read_text())["epochs"] == 2
 
 
+def test_a_workdir_that_is_a_file_is_refused_and_the_file_kept(tmp_path, capsys):
+  notes = tmp_path / "notes"
+  notes.write_text("mine\n")
+  for workdir in (notes, notes / "run"):
+    assert _fit(workdir) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: --workdir {str(workdir)!r}: {str(notes)!r} is a file, not a directory; give a "
+        f"directory for the run"]
+  assert notes.read_text() == "mine\n"
+
+
 def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   workdir = tmp_path / "never"
   assert cli.main(["fit", "--workdir", str(workdir), "--config.lr=abc", "--config.epoch=3",
@@ -585,4 +596,10 @@ def test_a_saved_model_or_a_spec_file_is_a_model(tmp_path, capsys):
   assert "its subdirectory model/ holds one: load that" in capsys.readouterr().err
   assert _fit(tmp_path / "refused", "--model", str(tmp_path / "nothing.json")) == 2
   assert "no such file or directory" in capsys.readouterr().err
+  module = tmp_path / "seven.py"   # a module of the user's whose head ignores num_classes
+  module.write_text("import flax.linen as nn\n\n\nclass Net(nn.Module):\n"
+                    "  @nn.compact\n  def __call__(self, x, train=False):\n"
+                    "    return nn.Dense(7)(x.reshape((x.shape[0], -1)))\n")
+  assert _fit(tmp_path / "refused", "--model", f"{module}:Net") == 2
+  assert "gives (7,) outputs; the dataset 'digits' has 10 classes" in capsys.readouterr().err
   assert not (tmp_path / "refused").exists()

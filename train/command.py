@@ -279,6 +279,11 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
                      **cfg["model_kwargs"])
   except (KeyError, TypeError, ValueError) as e:
     raise config_lib.ConfigError(_model_refused(cfg, ds, e)) from e
+  if tuple(spec.output_shape) != (ds.num_classes,):
+    raise config_lib.ConfigError(
+        f"--config.model={cfg['model']!r} gives {tuple(spec.output_shape)} outputs; the dataset "
+        f"{cfg['dataset']!r} has {ds.num_classes} classes: end the model in one output per class "
+        f"(a module whose constructor takes num_classes is given the dataset's)")
   _check_padding_id(cfg, ds, spec)
   return ds, spec
 
@@ -487,7 +492,11 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   if problems:
     raise config_lib.ConfigError(problems)
   if jax.process_index() == 0:
-    ensure_writable(workdir)
+    try:
+      ensure_writable(workdir)
+    except NotADirectoryError as e:
+      raise config_lib.ConfigError(f"--workdir {str(workdir)!r}: {e.strerror}; give a directory "
+                                   f"for the run") from e
     session.hold(workdir)
   return Prepared(cfg, workdir, ds, spec)
 
@@ -556,7 +565,16 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
 
 
 def ensure_writable(workdir: pathlib.Path) -> None:
-  """Creates ``workdir`` and writes (then removes) a probe file; raises OSError if it cannot."""
+  """Creates ``workdir`` and writes (then removes) a probe file; raises OSError if it cannot.
+
+  Raises:
+    NotADirectoryError: ``workdir``, or a directory above it, is a file (the
+      exception's ``filename``).
+  """
+  for path in (workdir, *workdir.parents):
+    if path.exists() and not path.is_dir():
+      raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a file, not a directory",
+                               str(path))
   workdir.mkdir(parents=True, exist_ok=True)
   probe = workdir / f".write-test-{os.getpid()}"
   probe.write_bytes(b"")
