@@ -162,7 +162,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   if stored.get("method") == identity["method"] and not _has_progress(workdir):
     return
   if stored.get("method") != identity["method"]:
-    what = f"a {stored['method']!r} run" if stored.get("method") else "a run of another program"
+    what = (f"a {stored['method']!r} run" if stored.get("method") else
+            "a run without a method (python -m train fit, or another program)")
     raise RunMismatchError(f"work directory {workdir} holds {what}, not a {identity['method']!r} "
                            f"run; use another directory")
   if stored.get("spec") != identity["spec"]:

@@ -136,6 +136,18 @@ def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, 
   assert json.loads((tmp_path / "report.json").read_text())["epochs"] == 2
 
 
+def test_fit_in_a_methods_workdir_says_whose_it_is_in_one_line(tmp_path, capsys):
+  (tmp_path / "checkpoints" / "3").mkdir(parents=True)
+  (tmp_path / "run.json").write_text(json.dumps({"method": "easier", "spec": {}}))
+  before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+  assert _fit(tmp_path) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: work directory {tmp_path} holds a 'easier' run (python -m train easier), not a "
+      f"'fit' run; use another --workdir"]
+  assert {p: p.read_bytes() for p in tmp_path.rglob("*")
+          if p.is_file() and p.name != ".lock"} == before   # the lock it held is released
+
+
 def test_a_workdir_that_is_a_file_is_refused_and_the_file_kept(tmp_path, capsys):
   notes = tmp_path / "notes"
   notes.write_text("mine\n")

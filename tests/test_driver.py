@@ -257,7 +257,7 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
   fit_run.mkdir()
   (fit_run / "run.json").write_text(json.dumps({"model": "digits_cnn", "dataset": "digits"}))
-  with pytest.raises(driver.RunMismatchError, match="holds a run of another program"):
+  with pytest.raises(driver.RunMismatchError, match=r"holds a run without a method \(python -m train fit"):
     driver.run(Easier(), spec, ds, RECIPE, fit_run)
   assert [p.name for p in fit_run.iterdir()] == ["run.json"]
   # A run of the same method that stopped before saving anything owns nothing.

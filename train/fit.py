@@ -63,6 +63,9 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
     return (f"work directory {workdir} holds checkpoints but no run.json (another program's "
             f"run?); use another --workdir")
   stored = json.loads(path.read_text())
+  if stored.get("method"):   # a method's run (python -m train easier, egp, ...)
+    return (f"work directory {workdir} holds a {stored['method']!r} run (python -m train "
+            f"{stored['method']}), not a 'fit' run; use another --workdir")
   asked = json.loads(json.dumps(cfg, default=str))
   diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
            for k in sorted(set(stored) | set(asked))
