@@ -677,6 +677,13 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       restored = ckpt.restore(state, extra=loop)   # restored leaves keep the replicated shardings
       state, loop = restored.state, restored.extra
       history = list(restored.meta.get("history", []))
+      if int(state.step) > total:
+        done = restored.meta.get("recipe", {}).get("epochs")
+        raise RunMismatchError(
+            f"work directory {workdir} holds a run trained for {int(state.step)} steps "
+            f"({done} epochs asked then), past the {total} of the {recipe.epochs} epochs asked "
+            f"now; epochs may grow on resume, not shrink: ask for at least {done}, or use "
+            f"another directory")
     log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
   if gates is not None:
     gates = replicate(jnp.asarray(gates, jnp.float32), mesh)
