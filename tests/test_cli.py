@@ -192,6 +192,14 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert _error_lines(capsys.readouterr().err) == [
       "error: --config.batch_size=5000: larger than the 1,294 examples of the training split "
       "of digits, so an epoch would have no step; use at most 1294"]
+  # A validation split that leaves too little to train on is named as the cause.
+  ds = data.load("digits", val_fraction=0.999)
+  assert cli.main(["fit", "--workdir", str(workdir), "--config.val_fraction=0.999"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: --config.batch_size=32: larger than the {ds.train.num_examples} examples of the "
+      f"training split of digits, so an epoch would have no step; use at most "
+      f"{ds.train.num_examples} (--config.val_fraction=0.999 holds out {ds.val.num_examples:,} "
+      f"for validation; lower it or the batch size)"]
   assert not workdir.exists()                           # nothing was written
   assert cli.main(["fit", "--workdir", str(workdir), "--config", "no_such_config"]) == 2
   assert "digits" in capsys.readouterr().err            # lists the known configs

@@ -410,8 +410,12 @@ def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) 
         break
   train = ds.train.num_examples
   if bs > train:
+    val = ds.val.num_examples if cfg.get("val_fraction") and ds.val is not None else 0
+    held_out = (f" (--config.val_fraction={cfg['val_fraction']} holds out {val:,} for "
+                f"validation; lower it or the batch size)" if bs <= train + val else "")
     out.append(f"--config.batch_size={bs}: larger than the {train:,} examples of the training "
-               f"split of {ds.name}, so an epoch would have no step; use at most {train}")
+               f"split of {ds.name}, so an epoch would have no step; use at most {train}"
+               f"{held_out}")
   return out
 
 
