@@ -46,7 +46,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 from jaxdepth import network
 from jaxdepth import optim
 from jaxdepth import stats as site_stats
-from jaxdepth.checkpoint import Checkpointer
+from jaxdepth.checkpoint import Checkpointer, all_finite
 from jaxdepth.progress import MetricsLog, progress_bar
 from jaxdepth.spec import Spec
 
@@ -60,7 +60,9 @@ DATA_AXIS = "data"
 
 
 class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite; the run stopped without saving it."""
+  """Training diverged: the loss, or the state (parameters, BatchNorm statistics,
+  optimizer state) while the loss stayed finite, became NaN or infinite; the run
+  stopped without saving it."""
 
 
 class RunMismatchError(ValueError):
@@ -729,12 +731,14 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                           acc=f"{running['accuracy']:.3f}", refresh=False)
         if checkpoint_every_steps and step % checkpoint_every_steps == 0:
           _check_loss(mean_metrics(loop["metrics"])["loss"], epoch, step, ckpt)
+          _check_state(state, epoch, step, ckpt)
           save(step)
       if step % spe:
         raise RuntimeError(f"the training split gave fewer batches than the "
                            f"{spe} its num_batches() announced (epoch {epoch})")
       train = mean_metrics(loop["metrics"])
       _check_loss(train["loss"], epoch, step, ckpt)
+      _check_state(state, epoch, step, ckpt)
       record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
                 "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
       if "regularizer" in train:
@@ -763,13 +767,26 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
 def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):
   if math.isfinite(loss):
     return
-  good = ckpt.latest_intact_step() if ckpt is not None else None
-  if good is not None:
-    kept = f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
-  elif ckpt is not None and ckpt.latest_step() is not None:
-    kept = f"no intact checkpoint is left in {ckpt.directory}"
-  else:
-    kept = "nothing was saved"
   raise NonFiniteLossError(
       f"training loss became {loss} in epoch {epoch + 1} (by step {step}); stopped, and "
-      f"{kept}. Lower the learning rate or check the data.")
+      f"{_kept(ckpt)}. Lower the learning rate or check the data.")
+
+
+def _check_state(state, epoch: int, step: int, ckpt: Checkpointer | None):
+  """Refuses to go on (or save) once an update overflowed while the loss it saw was finite."""
+  if all_finite(state):
+    return
+  raise NonFiniteLossError(
+      f"training diverged in epoch {epoch + 1} (by step {step}): the loss stayed finite but the "
+      f"parameters, the BatchNorm statistics or the optimizer's state became NaN or infinite; "
+      f"stopped, and {_kept(ckpt)}. Lower the learning rate or check the data.")
+
+
+def _kept(ckpt: Checkpointer | None) -> str:
+  """What is left to resume from, in words."""
+  good = ckpt.latest_intact_step() if ckpt is not None else None
+  if good is not None:
+    return f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
+  if ckpt is not None and ckpt.latest_step() is not None:
+    return f"no intact checkpoint is left in {ckpt.directory}"
+  return "nothing was saved"

@@ -110,6 +110,19 @@ def test_dataset_from_arrays_trains_with_fit():
   assert result.history[-1]["val_accuracy"] == pytest.approx((predicted == val["label"]).mean())
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")
+def test_fit_stops_when_the_parameters_overflow_under_a_finite_loss():
+  (x, y), (xt, yt) = _arrays(64, 4), _arrays(16, 5)
+  ds = Dataset.from_arrays(train=(x, y), test=(xt, yt))
+  spec = S.Spec(ds.input_shape, (S.Flatten("flatten"), S.Dense("fc", features=ds.num_classes)))
+  # One step an epoch: its loss is computed before the update, which overflows float32.
+  recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="sgd", lr=1e39)
+  with pytest.raises(training.NonFiniteLossError, match=r"training diverged in epoch 1 \(by "
+                     r"step 1\): the loss stayed finite .* nothing was saved\. Lower the "
+                     r"learning rate"):
+    training.fit(spec, network.init(spec, jax.random.key(0)), ds, recipe, progress=False)
+
+
 def test_fit_refuses_a_head_that_is_not_one_output_per_class(tmp_path):
   (x, y), (xt, yt) = _arrays(64, 4), _arrays(16, 5)
   ds = Dataset.from_arrays(train=(x, y), test=(xt, yt), num_classes=10)
