@@ -538,13 +538,32 @@ def _init_key(rng: jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(jnp.resize(words, (4,)), impl="rbg")
 
 
-def init(spec: S.Spec, rng: jax.Array, *, dtype=None) -> dict[str, Any]:
+def init(spec: S.Spec, rng, *, dtype=None) -> dict[str, Any]:
   """Initial variables of ``Network(spec)`` (a plain dict: ``params``, ``batch_stats``).
 
   The draws follow PyTorch's initialisers (see the module constants) from an
   RBG key derived from ``rng`` (:func:`_init_key`), so they differ from
   ``Network(spec).init(rng, x)`` but are repeatable for a given ``rng``.
+
+  Args:
+    spec: the architecture.
+    rng: a JAX key (``jax.random.key(0)``, or raw ``uint32`` key data), or an int
+      seed, taken as ``jax.random.key(seed)`` (as :meth:`TrainState.create
+      <jaxdepth.training.TrainState.create>` takes one): ``init(spec, 0)`` equals
+      ``init(spec, jax.random.key(0))``.
+    dtype: compute dtype, as for :class:`Network`.
+
+  Raises:
+    TypeError: ``rng`` is neither a key nor an int.
   """
+  if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
+    rng = jax.random.key(int(rng))
+  dtype_of = getattr(rng, "dtype", None)
+  if not isinstance(rng, (jax.Array, np.ndarray)) or not (
+      jnp.issubdtype(dtype_of, jax.dtypes.prng_key) or dtype_of == jnp.uint32):
+    what = (f"a {dtype_of} array" if isinstance(rng, (jax.Array, np.ndarray))
+            else f"the {type(rng).__name__} {rng!r}")
+    raise TypeError(f"rng must be a JAX key, e.g. jax.random.key(0), or an int seed; got {what}")
   x = example_input(spec)
   return dict(jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x))
 
@@ -641,8 +660,28 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
 
   Returns:
     A :class:`Forward`.
+
+  Raises:
+    TypeError: ``x`` or ``gates`` is not an array (a list, a dict of gates).
+    ValueError: ``x`` of the wrong shape (one example without its batch axis, ...),
+      gates of the wrong length, or variables that do not fit ``spec``.
   """
   capture = tuple(capture)
+  if not isinstance(x, Mapping):         # a dict is a text batch, whose keys Network checks
+    if not hasattr(x, "shape"):
+      if takes_token_ids(spec):
+        raise TypeError(f"x must be an array of token ids (B, L) or a dict of such arrays "
+                        f"(jaxdepth.text.inputs), got a {type(x).__name__}")
+      raise TypeError(f"x must be an array (B, {', '.join(map(str, spec.input_shape))}), got a "
+                      f"{type(x).__name__}; convert it with np.asarray(x, np.float32)")
+    if tuple(x.shape) == spec.input_shape and not takes_token_ids(spec):
+      raise ValueError(f"x needs a leading batch axis: (B, {', '.join(map(str, x.shape))}), got "
+                       f"one example of shape {tuple(x.shape)}; pass x[None] for a batch of one")
+  if gates is not None and not hasattr(gates, "shape"):
+    hint = ("values={site: gate}" if isinstance(gates, Mapping) else "off=[site, ...]")
+    raise TypeError(f"gates must be an array of shape ({len(spec.sites())},), one gate per live "
+                    f"site of {spec.name!r} in call order, got a {type(gates).__name__}; build it "
+                    f"by name with jaxdepth.gates_for(spec, {hint})")
   arrays = (variables, x, gates, rng, example_mask, node_gates, token_inputs)
   traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arrays))
   run = _forward if traced else _forward_compiled

@@ -15,9 +15,11 @@ it (``nnx.Param`` for ``params``, ``nnx.BatchStat`` for ``batch_stats``);
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from flax import nnx
+import numpy as np
+from flax import nnx, traverse_util
 
 from jaxdepth import network
 from jaxdepth.network import Network
@@ -60,14 +62,67 @@ def to_nnx(spec: Spec, variables: dict[str, Any], *, dtype=None, rngs: nnx.Rngs 
   Returns:
     The module; call it with ``train=`` and ``gates=`` as ``Network``. In train mode
     its BatchNorm statistics update in place.
+
+  Raises:
+    TypeError: ``variables`` is not a dict of collections.
+    ValueError: ``variables`` lacks a collection the spec has (e.g. ``batch_stats``
+      of a spec with BatchNorm: the module would run on freshly initialised
+      statistics), or its entries are not those of ``spec`` (other names or
+      shapes: variables made for another spec).
   """
+  if not isinstance(variables, Mapping):
+    raise TypeError(f"variables must be a dict {{'params': ..., 'batch_stats': ...}} as from "
+                    f"jaxdepth.init(spec, rng), got {type(variables).__name__}")
   model = NNXNetwork(spec, dtype=dtype, rngs=rngs or nnx.Rngs(params=0, dropout=0))
+  states = {}
   for collection, kind in _COLLECTIONS:
-    if collection in variables:
-      state = nnx.state(model.net, kind)
-      nnx.replace_by_pure_dict(state, variables[collection])
-      nnx.update(model.net, state)
+    state = nnx.state(model.net, kind)
+    expected = traverse_util.flatten_dict(nnx.to_pure_dict(state))
+    if not expected:
+      continue
+    if collection not in variables:
+      raise ValueError(f"the variables do not fit spec {spec.name!r}: they have no "
+                       f"{collection!r} collection (keys {sorted(variables)}), which the spec "
+                       f"needs; pass {{'params': ..., 'batch_stats': ...}} as jaxdepth.init(spec, "
+                       f"rng) makes (or as saved with the model)")
+    _check_collection(spec, collection, expected, variables[collection])
+    states[collection] = state
+  for collection, state in states.items():
+    nnx.replace_by_pure_dict(state, variables[collection])
+    nnx.update(model.net, state)
   return model
+
+
+def _check_collection(spec: Spec, collection: str, expected: dict, given) -> None:
+  """Raises a clear error unless ``given`` has the names and shapes of ``expected``.
+
+  Args:
+    spec: the architecture (for the message).
+    collection: the collection's name (``"params"``, ``"batch_stats"``).
+    expected: the module's ``{path tuple: array}`` of that collection.
+    given: the caller's nested dict of that collection.
+  """
+  hint = "were they made for another spec? (jaxdepth.init(spec, rng) makes matching ones)"
+  if not isinstance(given, Mapping):
+    raise ValueError(f"the variables do not fit spec {spec.name!r}: their {collection!r} is a "
+                     f"{type(given).__name__}, not a dict of arrays; {hint}")
+  flat = traverse_util.flatten_dict(given)
+  missing = sorted("/".join(map(str, k)) for k in set(expected) - set(flat))
+  extra = sorted("/".join(map(str, k)) for k in set(flat) - set(expected))
+  wrong = [f"{'/'.join(map(str, k))} is {tuple(np.shape(flat[k]))}, not {tuple(v.shape)}"
+           for k, v in expected.items() if k in flat and np.shape(flat[k]) != tuple(v.shape)]
+  problems = [f"{what} {_few(names)}" for what, names in (
+      ("lacks", missing), ("has entries the spec does not:", extra),
+      ("holds other shapes:", wrong)) if names]
+  if problems:
+    raise ValueError(f"the variables do not fit spec {spec.name!r}: their {collection!r} "
+                     f"{'; '.join(problems)}; {hint}")
+
+
+def _few(names: list[str], n: int = 5) -> str:
+  """The first ``n`` of ``names`` as a list, with how many more there are."""
+  more = f" and {len(names) - n} more" if len(names) > n else ""
+  return f"{names[:n]}{more}"
 
 
 def variables_of(model: NNXNetwork) -> dict[str, Any]:

@@ -92,6 +92,29 @@ def test_choose_takes_the_argmin_and_every_zero_first_in_call_order():
     easier.choose({})
 
 
+def test_choose_refuses_non_finite_entropies_and_a_list_of_values():
+  with pytest.raises(ValueError, match=r"entropies of sites \['b', 'c'\] are not finite "
+                                       r"\(\[nan, inf\]\)"):
+    easier.choose({"a": 0.3, "b": float("nan"), "c": float("inf")})
+  with pytest.raises(ValueError, match=r"sites \['a'\] are not finite"):
+    easier.choose({"a": jnp.float32(jnp.nan), "b": jnp.float32(0.2)})     # as measure returns
+  with pytest.raises(TypeError, match=r"choose needs \{site: entropy\}.*got a list"):
+    easier.choose([0.1, 0.2])
+
+
+def test_one_string_for_a_list_of_sites_is_refused_with_the_fix(measured):
+  spec, variables, batches = measured
+  fix = r"got the string 'r1'; write \['r1'\]"
+  with pytest.raises(TypeError, match=f"sites must be a collection of site paths, {fix}"):
+    easier.remove(spec, variables, "r1")
+  with pytest.raises(TypeError, match=f"sites must be a collection of site paths, {fix}"):
+    easier.apply(network.gates_for(spec), "r1", spec=spec)
+  s, _ = _stats_and_counts(spec, variables, batches[:1], True)
+  with pytest.raises(TypeError, match=f"live_sites must be a collection of site paths, {fix}"):
+    easier.measure(s, "r1")
+  assert list(easier.measure(s, ["r1"])) == ["r1"]
+
+
 def test_gates_and_baked_identities_compute_the_same_network(measured):
   spec, variables, batches = measured
   gates = easier.apply(network.gates_for(spec), ("r1", "r2"), spec=spec)

@@ -142,6 +142,19 @@ def test_bad_distance_input_is_named(clouds):
     lacoot.regularizer(UNITS, n_projections=0)
 
 
+def test_an_int_for_a_key_is_refused_and_raw_key_data_still_works(clouds):
+  x, y, _ = clouds
+  for distance in (lacoot.max_sliced_wasserstein, lacoot.sliced_wasserstein):
+    with pytest.raises(TypeError, match=r"rng must be a JAX key, e.g. jax.random.key\(0\); "
+                                        r"got the int 0"):
+      distance(x, y, rng=0)
+  with pytest.raises(TypeError, match=r"rng must be a JAX key.*got a float32 array"):
+    lacoot.random_projections(jnp.zeros(2), 18, 9)
+  key = jax.random.key(5)
+  np.testing.assert_array_equal(lacoot.max_sliced_wasserstein(x, y, rng=jax.random.key_data(key)),
+                                lacoot.max_sliced_wasserstein(x, y, rng=key))
+
+
 # --------------------------------------------------------------------- blocks
 
 

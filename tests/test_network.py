@@ -139,6 +139,34 @@ def test_bad_call_arguments_are_refused(variables):
       N.forward(SPEC, bad, x_batch())
 
 
+def test_inputs_and_gates_of_the_wrong_kind_are_named(variables):
+  x = x_batch()
+  with pytest.raises(ValueError, match=r"x needs a leading batch axis: \(B, 6, 6, 2\).*x\[None\]"):
+    N.forward(SPEC, variables, x[0])
+  np.testing.assert_allclose(N.forward(SPEC, variables, x[0][None]).logits,
+                             N.forward(SPEC, variables, x).logits[:1], rtol=1e-5, atol=1e-6)
+  with pytest.raises(TypeError, match=r"x must be an array \(B, 6, 6, 2\), got a list"):
+    N.forward(SPEC, variables, x.tolist())
+  with pytest.raises(TypeError, match=r"gates must be an array of shape \(3,\).*got a dict; "
+                                      r"build it by name with jaxdepth.gates_for\(spec, values="):
+    N.forward(SPEC, variables, x, gates={"relu": 0.0})
+  with pytest.raises(TypeError, match=r"got a list; build it by name with .*off=\["):
+    N.forward(SPEC, variables, x, gates=[1.0, 0.0, 1.0])
+
+
+def test_init_takes_an_int_seed_as_its_key_and_names_anything_else():
+  spec = S.Spec(input_shape=(4,), layers=(S.Dense("head", features=3),))
+  keyed = N.init(spec, jax.random.key(7))
+  for seed in (7, np.int64(7)):
+    seeded = N.init(spec, seed)
+    assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), seeded, keyed))
+  for bad, named in (("7", "the str '7'"), (0.5, "the float 0.5"), (True, "the bool True"),
+                     (jnp.zeros(2), "a float32 array")):
+    with pytest.raises(TypeError, match=f"rng must be a JAX key, e.g. jax.random.key\\(0\\), "
+                                        f"or an int seed; got {named}"):
+      N.init(spec, bad)
+
+
 def test_bf16_compute_keeps_float32_params_and_output(variables):
   out = N.forward(SPEC, variables, x_batch(), dtype=jnp.bfloat16)
   f32 = N.forward(SPEC, variables, x_batch()).logits

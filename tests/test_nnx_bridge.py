@@ -3,6 +3,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 import jaxdepth
@@ -59,3 +60,25 @@ def test_dropout_draws_fresh_masks_in_train_mode_and_none_in_eval():
   a, b = model(x, train=True), model(x, train=True)
   assert not np.allclose(a, b)
   np.testing.assert_array_equal(model(x), model(x))
+
+
+def test_variables_that_do_not_fit_the_spec_are_refused_by_name():
+  v = jaxdepth.init(SPEC, jax.random.key(0))
+  # Only params of a spec with BatchNorm: the statistics would be silently re-initialised.
+  with pytest.raises(ValueError, match=r"do not fit spec .*no 'batch_stats' collection"):
+    nnx_bridge.to_nnx(SPEC, {"params": v["params"]})
+  with pytest.raises(ValueError, match=r"no 'params' collection"):
+    nnx_bridge.to_nnx(SPEC, v["params"])                   # the params without their key
+  # Variables of another spec: other names, then the same names with other shapes.
+  other = S.Spec(input_shape=(6, 6, 2), layers=(
+      S.Conv("conv", features=4, padding=1), S.BatchNorm("bn3"), S.Pool("gap", "global_avg"),
+      S.Dense("head", features=3)))
+  with pytest.raises(ValueError, match=r"were they made for another spec\?") as e:
+    nnx_bridge.to_nnx(SPEC, jaxdepth.init(other, jax.random.key(0)))
+  assert "'params' lacks ['blk/bn/bias'" in str(e.value) and "'bn3/bias'" in str(e.value)
+  wider = S.Spec(input_shape=(6, 6, 2), layers=(*SPEC.layers[:-1], S.Dense("head", features=5)))
+  with pytest.raises(ValueError, match=r"'params' holds other shapes: .*'head/kernel is "
+                                       r"\(4, 5\), not \(4, 3\)'"):
+    nnx_bridge.to_nnx(SPEC, jaxdepth.init(wider, jax.random.key(0)))
+  with pytest.raises(TypeError, match="variables must be a dict"):
+    nnx_bridge.to_nnx(SPEC, [v["params"]])

@@ -43,6 +43,8 @@ the end); :class:`Easier` wires them into :mod:`jaxdepth.driver`::
 from __future__ import annotations
 
 import dataclasses
+import math
+from collections.abc import Mapping
 from typing import Any
 
 import jax
@@ -76,10 +78,11 @@ def measure(stats: site_stats.SiteStats, live_sites, estimator: str = "easier"
   Raises:
     ValueError: unknown estimator, no site, or statistics of no data.
     KeyError: a site the statistics do not hold.
+    TypeError: ``live_sites`` given as one string instead of a collection of names.
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown EASIER estimator {estimator!r}; expected one of {ESTIMATORS}")
-  live_sites = tuple(live_sites)
+  live_sites = _site_names(live_sites, "live_sites")
   if not live_sites:
     raise ValueError("no live site to measure: every site is already removed")
   unknown = [s for s in live_sites if s not in stats.counts]
@@ -102,9 +105,22 @@ def choose(entropies: dict[str, float]) -> tuple[str, ...]:
 
   Returns:
     The sites to turn into identities, in call order (at least one).
+
+  Raises:
+    TypeError: ``entropies`` is not a ``{site: entropy}`` dict (e.g. a list of values).
+    ValueError: no entropy, or a NaN or infinite one (statistics of no data, or a
+      diverged run): the lowest would be meaningless.
   """
+  if not isinstance(entropies, Mapping):
+    raise TypeError(f"choose needs {{site: entropy}} (as easier.measure returns), got a "
+                    f"{type(entropies).__name__}; the site names say which site to remove")
   if not entropies:
     raise ValueError("no entropies to choose from: every site is already removed")
+  bad = [s for s, h in entropies.items() if not math.isfinite(float(h))]
+  if bad:
+    raise ValueError(f"the entropies of sites {bad} are not finite "
+                     f"({[float(entropies[s]) for s in bad]}), so the lowest is undefined; "
+                     f"check that their statistics hold data and that training did not diverge")
   lowest = min(entropies, key=entropies.__getitem__)
   return tuple(s for s, h in entropies.items() if s == lowest or h == 0.0)
 
@@ -122,14 +138,15 @@ def apply(gates, sites, *, spec: Spec):
 
   Raises:
     KeyError: a name that is not a live site (not a site, or already off).
-    TypeError: a spec given instead of gates (use :func:`remove`), or no ``spec``.
+    TypeError: a spec given instead of gates (use :func:`remove`), no ``spec``, or
+      ``sites`` given as one string instead of a collection of names.
   """
   if isinstance(gates, Spec):
     raise TypeError("easier.apply turns sites off in a gate array; to bake removed sites into "
                     "a model use easier.remove(spec, variables, sites) -> (spec, variables)")
   if spec is None:
     raise TypeError("apply(gates, sites) needs spec= to know which gate is which site")
-  sites = tuple(sites)
+  sites = _site_names(sites, "sites")
   live = base.live_sites(spec, gates)
   unknown = [s for s in sites if s not in live]
   if unknown:
@@ -155,8 +172,21 @@ def remove(spec: Spec, variables, sites) -> tuple[Spec, Any]:
 
   Raises:
     KeyError: a name that is not a site of ``spec``.
+    TypeError: ``sites`` given as one string instead of a collection of names.
   """
-  return with_identity(spec, tuple(sites)), variables
+  return with_identity(spec, _site_names(sites, "sites")), variables
+
+
+def _site_names(sites, what: str) -> tuple[str, ...]:
+  """``sites`` as a tuple of names; one string is refused (it would be split into letters).
+
+  Raises:
+    TypeError: ``sites`` is a string.
+  """
+  if isinstance(sites, str):
+    raise TypeError(f"{what} must be a collection of site paths, got the string {sites!r}; "
+                    f"write [{sites!r}]")
+  return tuple(sites)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -94,6 +94,7 @@ def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax
   numbers, drawn several times faster on the CPU).
   """
   _check_count(n_projections)
+  _check_key(rng)
   # Materialised once: the norm and the division both read the normals, and XLA fused
   # the whole Threefry hash into each of their passes and into a third, hashing every
   # number three times. CIFAR MobileNetV2's LaCoOT train step (13 blocks, 28 M normals)
@@ -103,6 +104,21 @@ def random_projections(rng: jax.Array, dim: int, n_projections: int = 50) -> jax
   theta = jax.lax.optimization_barrier(threefry.normal(rng, (n_projections, dim)))
   theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
   return theta.T
+
+
+def _check_key(rng):
+  """Raises a clear error unless ``rng`` is a JAX key (typed, or raw ``uint32`` key data).
+
+  An int seed is refused rather than taken as ``jax.random.key(seed)``: the
+  directions must be fresh per step and block (keys folded from the run's key),
+  and a fixed seed passed on every call would draw the same ones each time.
+  """
+  dtype = getattr(rng, "dtype", None)
+  if not isinstance(rng, (jax.Array, np.ndarray)) or not (
+      jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32):
+    what = (f"a {dtype} array" if isinstance(rng, (jax.Array, np.ndarray))
+            else f"the {type(rng).__name__} {rng!r}")
+    raise TypeError(f"rng must be a JAX key, e.g. jax.random.key(0); got {what}")
 
 
 def _check_count(n_projections):
@@ -134,8 +150,9 @@ def slice_costs(x, y, *, projections=None, rng=None, n_projections: int = 50) ->
     y: ``(B', ...)`` samples with the same ``D`` (``B' = B`` in LaCoOT).
     projections: ``(D, n)`` unit directions as columns (``x @ projections`` are
       the projected samples); a constant (no gradient flows into it).
-    rng: a key to draw ``n_projections`` directions when ``projections`` is not
-      given (:func:`random_projections`).
+    rng: a JAX key (``jax.random.key(...)``, not an int seed) to draw
+      ``n_projections`` directions when ``projections`` is not given
+      (:func:`random_projections`).
     n_projections: how many directions to draw.
 
   Returns:
@@ -146,6 +163,7 @@ def slice_costs(x, y, *, projections=None, rng=None, n_projections: int = 50) ->
     ValueError: fewer than 2 samples, different feature sizes, projections of
       the wrong shape, or neither ``projections`` nor ``rng`` (ott-jax would
       silently use the same fixed key on every call).
+    TypeError: ``rng`` is not a JAX key (e.g. an int).
   """
   x, y = _flat(x, "x"), _flat(y, "y")
   if x.shape[1] != y.shape[1]:
@@ -468,7 +486,7 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
     variables: its variables.
     split: a data split (usually validation).
     paths: the units.
-    rng: a key.
+    rng: a JAX key (not an int seed).
     batch_size: global batch size (rounded down to a multiple of the device
       count; in a multi-process run each process reads its share).
     n_projections: directions per distance.
@@ -484,6 +502,7 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
   paths = tuple(paths)
   outputs = _check_outputs(paths, outputs)
   _check_count(n_projections)
+  _check_key(rng)
   mesh = training.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
   size = min(batch_size, split.num_examples) // devices * devices
