@@ -725,7 +725,15 @@ def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> 
 
 
 def with_identity(spec: Spec, sites) -> Spec:
-  """Bakes the given sites in as identities (``Act(fn='identity')``)."""
+  """Bakes the given sites in as identities (``Act(fn='identity')``).
+
+  Raises:
+    TypeError: ``sites`` is one string (a collection of paths is wanted).
+    KeyError: a name that is not a live site of ``spec``.
+  """
+  if isinstance(sites, str):
+    raise TypeError(f"sites must be a collection of site paths, got the string {sites!r}; "
+                    f"write [{sites!r}]")
   sites = set(sites)
   unknown = sites - set(spec.sites())
   if unknown:

@@ -197,6 +197,8 @@ def test_edits_return_new_valid_specs():
   assert flat.node("r1") == S.Act("r1", fn="identity")
   with pytest.raises(KeyError, match="not live sites.*'zz'"):
     S.with_identity(spec, ["zz"])
+  with pytest.raises(TypeError, match=r"got the string 'r1'; write \['r1'\]"):
+    S.with_identity(spec, "r1")
   removed = S.replace_node(spec, "r1", None)
   assert [p for p, _ in removed.walk()] == ["c", "d", "r2"]
   with pytest.raises(S.SpecError, match="branch output shape"):
