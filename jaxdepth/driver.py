@@ -253,6 +253,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     ValueError: bad argument (tolerance < 0, no validation split, ...).
     RunMismatchError, SpecMismatchError: ``workdir`` holds another run.
   """
+  if isinstance(method, type):
+    raise TypeError(f"method must be an instance, e.g. {method.__name__}(), got the class "
+                    f"{method.__name__}")
   _check_tolerance(tolerance)
   latency_batches = _check_latency_batches(latency_batches)
   if iterations is not None and (not isinstance(iterations, int) or iterations < 1):

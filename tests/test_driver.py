@@ -251,6 +251,9 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
     driver.run(Easier(estimator="dataset"), spec, ds, RECIPE, workdir, progress=False)
   with pytest.raises(ValueError, match="iterations must be"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, iterations=0)
+  with pytest.raises(TypeError, match=r"method must be an instance, e.g. Easier\(\), got the "
+                                      r"class Easier"):
+    driver.run(Easier, spec, ds, RECIPE, workdir)
   with pytest.raises(ValueError, match=r"latency_batches must be batch sizes >= 1 .*\(0,\)"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, latency_batches=(0,))
   assert _snapshot(workdir) == before
