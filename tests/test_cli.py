@@ -206,6 +206,10 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert not workdir.exists()                           # nothing was written
   assert cli.main(["fit", "--workdir", str(workdir), "--config", "no_such_config"]) == 2
   assert "digits" in capsys.readouterr().err            # lists the known configs
+  assert cli.main(["fit", "--workdir", str(workdir), "--config", "easier_digits"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --config easier_digits is a config of python -m train easier, not of fit: run it "
+      "there, or pick one of python -m train fit --list"]
   assert cli.main(["fit", "--workdir", str(workdir), "--dataset", "no_such_data"]) == 2
   assert "--config.dataset='no_such_data': use one of digits" in capsys.readouterr().err
   assert cli.main(["nope"]) == 2

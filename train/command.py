@@ -484,7 +484,15 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
     train.config.ConfigError: one line per problem.
   """
   import jax  # pylint: disable=import-outside-toplevel
-  cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+  try:
+    cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+  except config_lib.ConfigError as e:
+    owner = _owner_of_config(str(config), session.command)
+    if owner is None:
+      raise
+    raise config_lib.ConfigError(
+        f"--config {config} is a config of python -m train {owner}, not of {session.command}: "
+        f"run it there, or pick one of python -m train {session.command} --list") from e
   problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)
@@ -921,6 +929,13 @@ def _say_error(text: str) -> None:
 
 
 # ----------------------------------------------------------------------- listing
+
+
+def _owner_of_config(config: str, command: str) -> str | None:
+  """The other command whose shipped configs include ``config`` (a name), else None."""
+  commands = registered_commands()
+  owners = [c for c in commands if c != command and config in command_configs(c, commands)]
+  return owners[0] if owners else None
 
 
 def registered_commands() -> Mapping[str, Any]:
