@@ -375,6 +375,8 @@ def test_cut_channels_from_collected_site_counts():
     surgery.cut_channels(spec, v, {"c1": counts["relu"]})
   with pytest.raises(ValueError, match="expected \\(3, 6\\)"):
     surgery.cut_channels(spec, v, {"relu": np.zeros((3, 5))})
+  with pytest.raises(TypeError, match="site_counts must map each site.*got a list"):
+    surgery.cut_channels(spec, v, [counts["relu"]])
 
 
 def test_cut_channels_through_a_depthwise_conv_and_into_a_bias():

@@ -240,9 +240,14 @@ def cut_channels(spec: S.Spec, variables, site_counts: Mapping[str, object], *,
     every input on which the cut channels are OFF.
 
   Raises:
+    TypeError: ``site_counts`` is not a ``{site: counts}`` mapping.
     KeyError: a site of ``site_counts`` is not a live site of ``spec``.
     ValueError: counts of the wrong shape.
   """
+  if not isinstance(site_counts, Mapping):
+    raise TypeError(f"site_counts must map each site to its (3, C) sign counts, e.g. the "
+                    f"SiteStats.counts of an evaluation with collect_stats=True; got a "
+                    f"{type(site_counts).__name__}")
   live = spec.sites()
   shapes = spec.shapes()
   counts = {}
