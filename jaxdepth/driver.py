@@ -267,6 +267,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   units = method.units(spec)
   if not units:
     raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
+  check_data = getattr(method, "check_data", None)   # optional (see base.Method)
+  if check_data is not None:
+    check_data(spec, dataset)
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   identity = {"method": method.name, "method_options": method.options(),

@@ -14,6 +14,7 @@ of an epoch is one transfer, never one per batch::
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,7 @@ from jaxdepth import entropy as E
 from jaxdepth.spec import Spec
 
 __all__ = ["SiteStats", "empty_stats", "accumulate", "entropies", "ESTIMATORS", "COUNT_MAX",
-           "always_off", "always_on"]
+           "check_count_capacity", "always_off", "always_on"]
 
 ESTIMATORS = ("easier", "egp", "dataset")
 COUNT_MAX = int(np.iinfo(np.int32).max)   # where a total count stops (int32, jit's integers)
@@ -88,6 +89,36 @@ def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStat
 def _saturating_add(total, batch):
   """``total + batch`` for non-negative int32 counts, held at :data:`COUNT_MAX`."""
   return jnp.where(total > COUNT_MAX - batch, COUNT_MAX, total + batch)
+
+
+def check_count_capacity(spec: Spec, examples: int, *, split: str, neuron_axis: int = -1
+                         ) -> None:
+  """Refuses, before any work, a dataset-level count that would pass :data:`COUNT_MAX`.
+
+  A site whose input has shape ``shape`` counts ``prod(shape) / shape[neuron_axis]``
+  values per neuron and example (``H W`` per channel of an ``(H, W, C)`` map).
+
+  Args:
+    spec: the architecture.
+    examples: the examples of the split the counts will cover.
+    split: its name, for the message.
+    neuron_axis: the axis of the site's input that holds the neurons (``-1``:
+      channels; ``0``: the rows of a map).
+
+  Raises:
+    ValueError: a neuron would see more values than int32 counts hold.
+  """
+  shapes = spec.shapes()
+  values = {s: examples * math.prod(shapes[s][0]) // shapes[s][0][neuron_axis]
+            for s in spec.sites()}
+  over = {s: v for s, v in values.items() if v >= COUNT_MAX}
+  if over:
+    site, most = max(over.items(), key=lambda item: item[1])
+    raise ValueError(
+        f"the 'dataset' estimator would count {most:,} values per neuron at site {site!r} "
+        f"({len(over)} site(s) past {COUNT_MAX:,}, what int32 counts hold) over the "
+        f"{examples:,} examples of the {split!r} split: measure on a smaller split or use a "
+        f"per-batch estimator ('easier' or 'egp')")
 
 
 def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxdepth import checkpoint, costs, data, driver, network, optim, report, surgery, training, zoo
-from jaxdepth.methods import Easier
+from jaxdepth.methods import Easier, Egp
 from train import __main__ as cli
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
@@ -337,3 +337,21 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   assert "no key 'iteration' in config easier_digits; did you mean 'iterations'?" in (
       capsys.readouterr().err)
   assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("method, split", [(Easier(estimator="dataset"), "train"),
+                                           (Easier(estimator="dataset", entropy_split="val"), "val"),
+                                           (Egp(estimator="dataset"), "train")])
+def test_dataset_counts_too_large_for_int32_are_refused_before_anything_is_written(
+    method, split, tmp_path):
+  import types  # pylint: disable=import-outside-toplevel
+  spec = zoo.digits_plain(width=8)
+  big = types.SimpleNamespace(num_examples=10**8)      # 10^8 images of 6x6 maps and more
+  small = types.SimpleNamespace(num_examples=1000)
+  ds = types.SimpleNamespace(name="huge", train=big if split == "train" else small,
+                             val=big if split == "val" else small, test=small)
+  with pytest.raises(ValueError, match=f"over the 100,000,000 examples of the '{split}' split"):
+    driver.run(method, spec, ds, RECIPE, tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  # The per-batch estimators keep no dataset-level count: the same data is fine for them.
+  (Easier() if isinstance(method, Easier) else Egp()).check_data(spec, ds)

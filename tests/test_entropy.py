@@ -142,3 +142,18 @@ def test_counts_past_int32_stop_there_and_the_dataset_estimator_says_so():
                                        r"per-batch estimator \('easier' or 'egp'\)"):
     St.entropies(stats, "dataset")
   assert set(St.entropies(stats, "easier")) == {"site"}   # the per-batch sums are unaffected
+
+
+def test_dataset_counts_that_would_pass_int32_are_refused_before_any_work():
+  spec = S.Spec(input_shape=(8, 8, 4), layers=(
+      S.Act("site", fn="relu"), S.Flatten("flat"), S.Dense("head", features=2)))
+  per_example = 8 * 8                                    # values per channel and example
+  St.check_count_capacity(spec, St.COUNT_MAX // per_example, split="train")
+  with pytest.raises(ValueError, match=r"would count 2,147,483,648 values per neuron at site "
+                                       r"'site'.*over the 33,554,432 examples of the 'train' "
+                                       r"split.*per-batch estimator"):
+    St.check_count_capacity(spec, St.COUNT_MAX // per_example + 1, split="train")
+  # Per row of the map (EGP's neurons="rows"): 8 x 4 values per row and example.
+  St.check_count_capacity(spec, St.COUNT_MAX // 32, split="train", neuron_axis=0)
+  with pytest.raises(ValueError, match="'site'"):
+    St.check_count_capacity(spec, St.COUNT_MAX // 32 + 1, split="train", neuron_axis=0)

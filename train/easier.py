@@ -93,6 +93,12 @@ def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
     out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                f"validation split, on which EASIER chooses its operating point; use a fraction "
                f"> 0, e.g. 0.1")
+  else:
+    try:
+      Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"]).check_data(spec, ds)
+    except ValueError as e:
+      out.append(f"--estimator {cfg['estimator']} --entropy-split {cfg['entropy_split']}: "
+                 f"{command.message(e)}")
   return out
 
 

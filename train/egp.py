@@ -117,6 +117,12 @@ def _check_model(name: str):
       if text.startswith("skip names"):   # a config's skip is for its own model
         text += "; --config.skip=() prunes every site's layer"
       out.append(f"--config.layers / --config.skip / --config.neurons: {text}")
+    if not out:
+      method = make_method(name, cfg)
+      try:
+        method.check_data(spec, ds)
+      except ValueError as e:
+        out.append(f"--estimator {method.estimator}: {command.message(e)}")
     if ds.val is None:
       out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                  f"validation split, on which the operating point is chosen; use a fraction "

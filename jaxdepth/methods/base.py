@@ -114,6 +114,9 @@ class Method(Protocol):
   Optional attribute: ``score_unit``, the unit of numeric scores for the report's
   axes and tables (``"bits"`` for entropies); read with ``getattr(method,
   "score_unit", None)``, so a method without one still satisfies the protocol.
+  Optional method: ``check_data(spec, dataset)``, which raises ``ValueError`` on
+  data the method cannot measure (EASIER's and EGP's dataset-level counts on a
+  split too large for them); the driver calls it before writing anything.
   """
   name: str
   unit: str

@@ -228,6 +228,13 @@ class Easier:
   def live_units(self, spec: Spec, state) -> tuple[str, ...]:
     return base.live_sites(spec, state["gates"])
 
+  def check_data(self, spec: Spec, dataset) -> None:
+    """Refuses a split whose dataset-level counts would pass int32 (only for ``"dataset"``)."""
+    if self.estimator == "dataset":
+      split = getattr(dataset, self.entropy_split)
+      if split is not None:
+        site_stats.check_count_capacity(spec, split.num_examples, split=self.entropy_split)
+
   def default_iterations(self, spec: Spec) -> int:
     return len(spec.sites())
 

@@ -640,6 +640,12 @@ class Egp:
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
     return base.live_sites(spec, state["gates"])
 
+  def check_data(self, spec: S.Spec, dataset) -> None:
+    """Refuses a training split whose dataset-level counts would pass int32 (``"dataset"``)."""
+    if self.estimator == "dataset":
+      site_stats.check_count_capacity(spec, dataset.train.num_examples, split="train",
+                                      neuron_axis=0 if self.neurons == "rows" else -1)
+
   def default_iterations(self, spec: S.Spec) -> int:
     return DEFAULT_ITERATIONS
 
