@@ -27,6 +27,7 @@ Every process of a multi-host run must call :meth:`Checkpointer.save` and
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import pathlib
@@ -427,8 +428,17 @@ class Checkpointer:
 # D.previous (old) + D.saving (new, complete); D (new) + D.previous (old). The newest
 # complete copy is therefore D, else a sealed D.saving, else D.previous, which is
 # what load_model reads and what the next save_model puts back in place first.
+#
+# Both siblings carry a marker, an empty directory named _MARK (the checksum manifest
+# lists files only, so it is not part of the sealed model): D.saving gets it as soon as
+# it is made, D just before it is renamed to D.previous, and D loses it once the new
+# model is in place. Only a sibling with the marker, or an empty directory (nothing to
+# lose), is ever read, moved or deleted as a copy of D; a file or directory of the
+# user's that happens to be named D.saving or D.previous is refused, never touched. A
+# marked directory is deleted marker last, so a deletion killed midway leaves it marked.
 
-_MODEL_FILES = {"spec.json", "variables", integrity.MANIFEST}
+_MARK = ".jaxdepth-save_model"
+_MODEL_FILES = {"spec.json", "variables", integrity.MANIFEST, _MARK}
 
 
 def _beside(directory: pathlib.Path, what: str) -> pathlib.Path:
@@ -439,8 +449,42 @@ def _rename(src: pathlib.Path, dst: pathlib.Path) -> None:
   os.replace(src, dst)
 
 
+def _marked(path: pathlib.Path) -> bool:
+  """True for a directory that save_model made or moved aside (it holds the marker)."""
+  return not path.is_symlink() and (path / _MARK).is_dir()
+
+
+def _ours(path: pathlib.Path) -> bool:
+  """True for a sibling save_model may move or delete: marked, or an empty directory."""
+  if path.is_symlink() or not path.is_dir():
+    return False
+  return _marked(path) or not any(path.iterdir())
+
+
+def _unmark(path: pathlib.Path) -> None:
+  try:
+    os.rmdir(path / _MARK)
+  except (FileNotFoundError, NotADirectoryError):
+    pass
+
+
 def _remove(path: pathlib.Path) -> None:
-  shutil.rmtree(path, ignore_errors=True)
+  """Deletes a sibling save_model made (nothing else), its marker last; failures are logged."""
+  if not _ours(path):
+    return
+  try:
+    for child in path.iterdir():
+      if child.name == _MARK:
+        continue
+      if child.is_dir() and not child.is_symlink():
+        shutil.rmtree(child)
+      else:
+        child.unlink()
+    _unmark(path)
+    path.rmdir()
+  except OSError as e:
+    log.warning("could not delete %s, left over from saving a model (%s); delete it by hand",
+                path, e)
 
 
 def _is_model(path: pathlib.Path) -> bool:
@@ -456,23 +500,89 @@ def _current_copy(directory: pathlib.Path) -> pathlib.Path | None:
   if _is_model(directory):
     return directory
   saving, previous = _beside(directory, "saving"), _beside(directory, "previous")
-  if _sealed(saving):
+  if _marked(saving) and _sealed(saving):
     return saving
-  if _is_model(previous):
+  if _marked(previous) and _is_model(previous):
     return previous
   return None
 
 
+def _refuse_what_is_in_the_way(directory: pathlib.Path) -> None:
+  """Raises if ``directory`` is a file, or a sibling save_model writes through is not its own."""
+  if directory.exists() and not directory.is_dir():
+    raise NotADirectoryError(f"cannot save a model as {directory}: it is a file; give a "
+                             f"directory (a new or empty one, or one holding a saved model)")
+  for what in ("saving", "previous"):
+    path = _beside(directory, what)
+    if not (path.exists() or path.is_symlink()) or _ours(path):
+      continue
+    if path.is_symlink():
+      kind = "a symbolic link"
+    elif path.is_dir():
+      names = sorted(p.name for p in path.iterdir())
+      kind = f"a directory holding {names[:5]}{' ...' if len(names) > 5 else ''}"
+    else:
+      kind = "a file"
+    raise FileExistsError(
+        f"cannot save a model as {directory}: {path} is in the way. save_model writes "
+        f"through {directory.name}.saving and {directory.name}.previous beside the model "
+        f"directory, and {path.name} is {kind} that save_model did not write, so it is left "
+        f"alone. Move {path} away (or rename it), or save the model under another name.")
+
+
 def _put_back(directory: pathlib.Path) -> None:
-  """Completes or undoes an interrupted save of ``directory`` (process 0 only)."""
+  """Completes or undoes an interrupted save of ``directory`` (process 0 only).
+
+  Only siblings that save_model marked as its own are moved or deleted (see above).
+  """
   saving, previous = _beside(directory, "saving"), _beside(directory, "previous")
+  _unmark(directory)   # killed after marking D to move it aside, or after the new one came in
   current = _current_copy(directory)
   if current is not None and current != directory and not (
       directory.is_dir() and any(directory.iterdir())):
     _rename(current, directory)   # replaces an empty directory, never anything else
-  if _is_model(directory):
+    _unmark(directory)
+  if _ours(previous) and (_is_model(directory) or not _is_model(previous)):
     _remove(previous)
-  _remove(saving)
+  if _ours(saving):
+    _remove(saving)
+
+
+def _variables_difference(stored, expected, *, given: bool = False) -> str | None:
+  """Names the first node whose variables differ from those a spec expects.
+
+  ``stored`` is what was saved (or, with ``given``, the variables passed to
+  :func:`save_model`); ``expected`` holds the spec's shapes.
+  """
+  def flat(tree):
+    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+  def node(path):   # "params/layer1/0/conv1/kernel" -> "layer1/0/conv1"
+    return "/".join(path.split("/")[1:-1]) or path
+
+  a, b = flat(stored), flat(expected)
+  for path, want in b.items():
+    if path not in a:
+      return (f"node {node(path)!r} has no {path!r} in the variables (shape {want} expected)"
+              if given else f"node {node(path)!r} has no saved {path!r} (shape {want} expected)")
+    if a[path] != want:
+      return (f"node {node(path)!r}: {path!r} has shape {a[path]} in the variables but the "
+              f"spec needs {want}" if given else
+              f"node {node(path)!r}: {path!r} is saved with shape {a[path]} but spec.json needs "
+              f"{want}")
+  for path, have in a.items():
+    if path not in b:
+      return (f"node {node(path)!r}: {path!r} (shape {have}) is in the variables but the spec "
+              f"has no such variable" if given else
+              f"node {node(path)!r}: {path!r} (shape {have}) is saved but spec.json has no such "
+              f"variable")
+  return None
+
+
+def _spec_shapes(spec: Spec):
+  """The variables :func:`jaxdepth.network.init` makes for ``spec``, as shapes only."""
+  return jax.eval_shape(lambda k: network.init(spec, k), jax.random.key(0))
 
 
 def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
@@ -480,23 +590,37 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   """Saves a model as ``directory/spec.json`` + ``directory/variables`` (orbax), sealed.
 
   The model is written beside (``<directory>.saving``), sealed with a checksum
-  manifest (:mod:`jaxdepth.integrity`) and renamed into place, so a process
-  killed at any point leaves either the previous model or the new one loadable.
+  manifest (:mod:`jaxdepth.integrity`) and renamed into place, the old one moved
+  aside to ``<directory>.previous`` meanwhile, so a process killed at any point
+  leaves either the previous model or the new one loadable. Those two names are
+  save_model's own: a file or directory of yours by either name is never touched
+  (the save is refused instead).
 
   Args:
     directory: the model directory (created).
     spec: the architecture.
-    variables: ``{"params": ..., "batch_stats": ...}``.
+    variables: ``{"params": ..., "batch_stats": ...}``, as :func:`jaxdepth.network.init`
+      makes them for ``spec`` (checked before anything is written).
     overwrite: replace a model already saved there.
 
   Returns:
     The directory.
 
   Raises:
-    FileExistsError: a model is there and ``overwrite`` is false, or the directory
-      holds other files than a saved model (never replaced).
+    SpecMismatchError: the variables do not fit ``spec`` (the node is named).
+    NotADirectoryError: ``directory`` is a file.
+    FileExistsError: a model is there and ``overwrite`` is false, the directory
+      holds other files than a saved model (never replaced), or something that
+      save_model did not write is named ``<directory>.saving`` or ``<directory>.previous``.
   """
   directory = pathlib.Path(directory).absolute()
+  diff = _variables_difference(variables, _spec_shapes(spec), given=True)
+  if diff is not None:
+    raise SpecMismatchError(
+        f"cannot save the model as {directory}: the variables do not fit spec {spec.name!r}: "
+        f"{diff}. Nothing was written. Pass the variables made for this spec (by "
+        f"jaxdepth.init, or returned with it by a method), or the spec they were made for.")
+  _refuse_what_is_in_the_way(directory)
   main = jax.process_index() == 0
   if main:
     _put_back(directory)
@@ -512,6 +636,7 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   saving, previous = _beside(directory, "saving"), _beside(directory, "previous")
   if main:
     saving.mkdir(parents=True)
+    (saving / _MARK).mkdir()
   _sync("jaxdepth_save_model_mkdir")
   if jax.process_count() > 1:   # host values: every process calls, orbax writes them once
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
@@ -521,35 +646,52 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   if main:
     (saving / "spec.json").write_text(spec.to_json(indent=1))
     integrity.write_manifest(saving)
-    if directory.exists():
+    aside = directory.exists()
+    if aside:
+      (directory / _MARK).mkdir(exist_ok=True)
       _rename(directory, previous)
     _rename(saving, directory)
-    _remove(previous)
+    _unmark(directory)
+    if aside:
+      _remove(previous)
   _sync("jaxdepth_save_model_done")
   return directory
 
 
-def _variables_difference(stored, expected) -> str | None:
-  """Names the first node whose stored variables differ from those a spec expects."""
-  def flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in path): leaf
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+def _unreadable_variables(source: pathlib.Path) -> str | None:
+  """Says which part of ``source/variables`` is missing or cut short, else ``None``.
 
-  def node(path):   # "params/layer1/0/conv1/kernel" -> "layer1/0/conv1"
-    return "/".join(path.split("/")[1:-1]) or path
-
-  a, b = flat(stored), flat(expected)
-  for path, want in b.items():
-    if path not in a:
-      return f"node {node(path)!r} has no saved {path!r} (shape {tuple(want.shape)} expected)"
-    if tuple(a[path].shape) != tuple(want.shape):
-      return (f"node {node(path)!r}: {path!r} is saved with shape {tuple(a[path].shape)} but "
-              f"spec.json needs {tuple(want.shape)}")
-  for path, have in a.items():
-    if path not in b:
-      return (f"node {node(path)!r}: {path!r} (shape {tuple(have.shape)}) is saved but spec.json "
-              f"has no such variable")
+  Looked at before orbax reads the variables (orbax reports a missing file as
+  variables that do not fit, among tracebacks from its closed event loop): the
+  directory must be there, and every ``variables/`` file that the checksum manifest
+  lists must be there with the size it was written with. The bytes themselves are
+  compared only when loading with ``verify``.
+  """
+  variables = source / "variables"
+  if not variables.is_dir():
+    return ("its variables/ directory is missing" if not variables.exists() else
+            "variables is not a directory")
+  try:
+    listed = json.loads((source / integrity.MANIFEST).read_bytes())["files"]
+    sizes = {name: int(e["size"]) for name, e in listed.items()
+             if name.startswith("variables/")}
+  except (OSError, ValueError, KeyError, TypeError, AttributeError):
+    return None   # no manifest (an older jaxdepth) or a garbled one: orbax finds out
+  for name, size in sorted(sizes.items()):
+    path = source / name
+    if not path.is_file():
+      return f"{name} is missing"
+    have = path.stat().st_size
+    if have != size:
+      return (f"{name} has {have} bytes where {size} were written "
+              f"({'truncated' if have < size else 'overwritten'})")
   return None
+
+
+def _damaged_variables(source: pathlib.Path, problem: str) -> DamagedModelError:
+  return DamagedModelError(
+      f"the saved variables of the model in {source} are missing or damaged: {problem}. "
+      f"Save the model again, or load it from the run that made it.")
 
 
 def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding | None = None,
@@ -562,7 +704,9 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
   Args:
     directory: the model directory.
     sharding: where the arrays go (default: the first local device).
-    verify: check the files against the checksums saved with them first.
+    verify: check the files against the checksums saved with them first. Without,
+      a missing ``variables/`` directory, or a file of it missing or of another size
+      than written, is still refused (orbax cannot read them).
 
   Returns:
     ``(spec, variables)``, ready for :func:`jaxdepth.forward`.
@@ -570,7 +714,8 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
   Raises:
     FileNotFoundError: no model is saved there (the message names the saved models
       in its subdirectories: a run's ``chosen/``, ``chosen_merged/``).
-    DamagedModelError: the files do not match their checksums.
+    DamagedModelError: the files do not match their checksums, or the saved
+      variables are missing or unreadable.
     SpecMismatchError: the variables do not fit the saved spec (the node is named).
   """
   directory = pathlib.Path(directory).absolute()
@@ -586,15 +731,27 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
     problem = integrity.problem(source)
     if problem is not None:
       raise DamagedModelError(
-          f"the model in {source} is damaged: {problem}. Save it again, or pass verify=False "
-          f"to load it unchecked (a model saved by an older jaxdepth has no checksums).")
+          f"the model in {source} is damaged: {problem}. Save the model again, or load it from "
+          f"the run that made it. To read it unchecked anyway, from Python only: "
+          f"load_model(..., verify=False) (a model saved by an older jaxdepth has no "
+          f"checksums); the command line always checks and has no option to skip it.")
+  problem = _unreadable_variables(source)
+  if problem is not None:
+    raise _damaged_variables(source, problem)
   spec = Spec.from_json((source / "spec.json").read_text())
-  shapes = jax.eval_shape(lambda k: network.init(spec, k), jax.random.key(0))
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
-                        shapes)
+                        _spec_shapes(spec))
   with ocp.StandardCheckpointer() as ckptr:
-    diff = _variables_difference(ckptr.metadata(source / "variables").item_metadata, target)
+    try:
+      stored = ckptr.metadata(source / "variables").item_metadata
+    except Exception as e:  # pylint: disable=broad-except  # orbax lets parse errors through
+      raise _damaged_variables(
+          source, f"orbax could not read their metadata ({type(e).__name__}: {e})") from e
+    if stored is None:   # orbax logged why and went on
+      raise _damaged_variables(source, "orbax could not read their metadata "
+                                       "(variables/_METADATA or the files it names)")
+    diff = _variables_difference(stored, target)
     if diff is not None:
       raise SpecMismatchError(f"the variables in {source} do not fit its spec.json: {diff}")
     variables = ckptr.restore(source / "variables", target)

@@ -152,3 +152,124 @@ def test_save_model_never_replaces_a_directory_of_other_files(tmp_path):
   with pytest.raises(FileExistsError, match=r"other files than a saved model \(\['notes.txt'\]"):
     checkpoint.save_model(tmp_path, SPEC, _variables(0), overwrite=True)
   assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def _snapshot(directory):
+  """Every file below ``directory`` with its bytes (to check it was left alone)."""
+  return {p.relative_to(directory).as_posix(): p.read_bytes()
+          for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def _users_directory(path):
+  (path / "sub").mkdir(parents=True)
+  (path / "notes.txt").write_text("mine")
+  (path / "sub" / "results.csv").write_text("a,b\n1,2\n")
+  return _snapshot(path)
+
+
+@pytest.mark.parametrize("what", ["previous", "saving"])
+def test_save_model_leaves_a_users_directory_named_like_its_own_siblings_alone(tmp_path, what):
+  model = tmp_path / "first" / "model"             # no model saved there yet
+  theirs = model.with_name(f"model.{what}")
+  before = _users_directory(theirs)
+  def refused(theirs):
+    return (rf"{theirs} is in the way.*a directory holding \['notes.txt', 'sub'\] that "
+            rf"save_model did not write.*Move {theirs} away")
+  with pytest.raises(FileExistsError, match=refused(theirs)):
+    checkpoint.save_model(model, SPEC, _variables(0))
+  assert _snapshot(theirs) == before and not model.exists()
+  model = checkpoint.save_model(tmp_path / "second" / "model", SPEC, _variables(0))
+  theirs = model.with_name(f"model.{what}")
+  before, saved = _users_directory(theirs), _snapshot(model)
+  with pytest.raises(FileExistsError, match=refused(theirs)):
+    checkpoint.save_model(model, SPEC, _variables(1), overwrite=True)
+  assert _snapshot(theirs) == before and _snapshot(model) == saved
+
+
+def test_a_users_own_model_named_like_the_previous_copy_is_neither_loaded_nor_moved(tmp_path):
+  theirs = checkpoint.save_model(tmp_path / "model.previous", SPEC, _variables(1))
+  before = _snapshot(theirs)
+  with pytest.raises(FileNotFoundError,
+                     match=r"no saved model in .*model \(spec.json is missing\)"):
+    checkpoint.load_model(tmp_path / "model")
+  with pytest.raises(FileExistsError, match=r"model.previous is in the way"):
+    checkpoint.save_model(tmp_path / "model", SPEC, _variables(0), overwrite=True)
+  assert _snapshot(theirs) == before and not (tmp_path / "model").exists()
+  assert _which(theirs, [_variables(1)]) == 0
+
+
+def test_save_model_refuses_a_file_and_leaves_it_where_it_is(tmp_path):
+  target = tmp_path / "afile"
+  target.write_text("x")
+  with pytest.raises(NotADirectoryError, match=rf"{target}: it is a file; give a directory"):
+    checkpoint.save_model(target, SPEC, _variables(0), overwrite=True)
+  assert target.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+
+def test_save_model_refuses_variables_of_another_architecture_before_writing(tmp_path):
+  other = S.replace_node(SPEC, "conv", S.Conv("conv", features=5, kernel=3, padding=1))
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=r"variables do not fit spec 'small': node 'bn': 'batch_stats/bn/mean' "
+                           r"has shape \(5,\) in the variables but the spec needs \(4,\)\. "
+                           r"Nothing was written"):
+    checkpoint.save_model(tmp_path / "new", SPEC, network.init(other, jax.random.key(0)))
+  assert not (tmp_path / "new").exists() and _leftovers(tmp_path / "new") == []
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  before = _snapshot(directory)
+  missing = {"params": _variables(1)["params"]}   # no batch_stats
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=r"node 'bn' has no 'batch_stats/bn/mean' in the variables"):
+    checkpoint.save_model(directory, SPEC, missing, overwrite=True)
+  assert _snapshot(directory) == before and _leftovers(directory) == []
+
+
+_LOAD_UNCHECKED = textwrap.dedent("""
+    import sys
+    from jaxdepth import checkpoint
+    try:
+      checkpoint.load_model(sys.argv[1], verify=False)
+    except Exception as e:
+      print(type(e).__name__, e, flush=True)
+""")
+
+
+def test_missing_or_damaged_variables_are_reported_as_such_without_orbax_tracebacks(tmp_path):
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  keep = tmp_path / "variables.bak"
+  (directory / "variables").rename(keep)
+  advice = r"\. Save the model again, or load it from the run that made it\."
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=r"saved variables of the model in .*model are missing or damaged: its "
+                           r"variables/ directory is missing" + advice):
+    checkpoint.load_model(directory, verify=False)
+  keep.rename(directory / "variables")
+  data_file = max((p for p in (directory / "variables" / "d").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+  rel = data_file.relative_to(directory).as_posix()
+  data_file.unlink()
+  # In a process of its own: orbax's tracebacks come from its threads, up to the exit.
+  child = subprocess.run([sys.executable, "-c", _LOAD_UNCHECKED, str(directory)],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert child.returncode == 0, child.stderr
+  assert child.stdout.startswith("DamagedModelError the saved variables of the model in ")
+  assert f"are missing or damaged: {rel} is missing. Save the model again" in child.stdout
+  assert "Event loop is closed" not in child.stderr
+  # A model without checksums (an older jaxdepth) whose orbax metadata is cut short.
+  older = checkpoint.save_model(tmp_path / "older", SPEC, _variables(0))
+  (older / integrity.MANIFEST).unlink()
+  meta = older / "variables" / "_METADATA"
+  meta.write_bytes(meta.read_bytes()[:40])
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=r"are missing or damaged: orbax could not read their metadata"):
+    checkpoint.load_model(older, verify=False)
+
+
+def test_the_damaged_model_advice_fits_python_and_the_command_line(tmp_path):
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  (directory / "spec.json").write_text((directory / "spec.json").read_text() + " ")
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=r"damaged: spec.json has \d+ bytes .*Save the model again.*from "
+                           r"Python only: load_model\(\.\.\., verify=False\).*the command line "
+                           r"always checks and has no option to skip it"):
+    checkpoint.load_model(directory)
