@@ -270,6 +270,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   check_data = getattr(method, "check_data", None)   # optional (see base.Method)
   if check_data is not None:
     check_data(spec, dataset)
+  if variables is not None:   # abstractly: raises the forward pass's "do not fit spec" error
+    jax.eval_shape(lambda v: network.forward(spec, v, network.example_input(spec)).logits,
+                   variables)
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   identity = {"method": method.name, "method_options": method.options(),

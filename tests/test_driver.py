@@ -254,6 +254,10 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(TypeError, match=r"method must be an instance, e.g. Easier\(\), got the "
                                       r"class Easier"):
     driver.run(Easier, spec, ds, RECIPE, workdir)
+  other = network.init(zoo.digits_cnn(width=16), jax.random.key(0))
+  with pytest.raises(ValueError, match=f"the variables do not fit spec {spec.name!r}"):
+    driver.run(Easier(), spec, ds, RECIPE, tmp_path / "new", variables=other)
+  assert not (tmp_path / "new").exists()
   with pytest.raises(ValueError, match=r"latency_batches must be batch sizes >= 1 .*\(0,\)"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, latency_batches=(0,))
   assert _snapshot(workdir) == before
