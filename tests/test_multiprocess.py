@@ -53,6 +53,7 @@ import pytest
 
 from jaxdepth import report
 
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 WORKER = pathlib.Path(__file__).with_name("_multiprocess_worker.py")
 CACHE_PAIR_WORKER = pathlib.Path(__file__).with_name("_cache_pair_worker.py")
 METHODS = ("easier", "egp", "nepenthe", "lacoot", "tlc")
@@ -302,3 +303,34 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   with pytest.raises(config_lib.ConfigError, match=r"could not join a multi-process launch "
                      r"\(coordinator_address should be defined.\). .* set JAX_COORDINATOR_ADDRESS"):
     command.maybe_initialize_distributed(True)
+
+
+def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):
+  """Process 0 alone checks and locks the work directory: held by another run, it refuses,
+  and process 1, which found nothing wrong itself, must stop with it instead of waiting for it
+  in the first train step."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "run"
+  workdir.mkdir()
+  port = _free_port()
+  with open(workdir / ".lock", "wb") as other:          # another run holds the directory
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "train", "fit", "--workdir", str(workdir), "--no-progress",
+         "--config.epochs=1"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                 JAX_PROCESS_ID=str(i))) for i in range(2)]
+    try:
+      outs = [p.communicate(timeout=CACHE_PAIR_TIMEOUT)[0] for p in procs]
+    except subprocess.TimeoutExpired:
+      raise AssertionError(f"the pair did not stop in {CACHE_PAIR_TIMEOUT} s") from None
+    finally:
+      for p in procs:
+        p.kill()
+        p.wait()
+  assert [p.returncode for p in procs] == [2, 2], "\n".join(outs)
+  assert f"{workdir} is in use: another run holds its lock" in outs[0]
+  assert ("another process of this launch refused the run before any work (its output says "
+          "why); process 1 stops too") in outs[1]
+  assert sorted(p.name for p in workdir.iterdir()) == [".lock"]

@@ -480,9 +480,39 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   the model (``check_model(cfg, spec, dataset)``); finally process 0 makes sure
   the work directory is writable and locks it (:meth:`Session.hold`).
 
+  In a multi-process launch every process stops when any one refuses (its own
+  files, the lock process 0 takes): the others would wait for it in the run's
+  first collective.
+
   Raises:
     train.config.ConfigError: one line per problem.
   """
+  import jax  # pylint: disable=import-outside-toplevel
+  failure = prepared = None
+  try:
+    prepared = _prepare_here(session, args, config, extra_defaults=extra_defaults, flags=flags,
+                             check=check, check_model=check_model)
+  except Exception as e:  # pylint: disable=broad-except  # raised below, after the others know
+    failure = e
+  if jax.process_count() > 1 and _any_process(failure is not None) and failure is None:
+    raise config_lib.ConfigError(
+        f"another process of this launch refused the run before any work (its output says "
+        f"why); process {jax.process_index()} stops too")
+  if failure is not None:
+    raise failure
+  return prepared
+
+
+def _any_process(flag: bool) -> bool:
+  """Whether ``flag`` holds on any process of the launch (a collective: every process calls it)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+
+
+def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_model
+                  ) -> Prepared:
+  """:func:`prepare` on this process alone."""
   import jax  # pylint: disable=import-outside-toplevel
   try:
     cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
