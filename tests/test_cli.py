@@ -273,6 +273,11 @@ def test_batch_sizes_must_split_over_devices_and_fit_the_split():
       "multiple of 8, e.g. 496"]
   cfg.update(batch_size=32, eval_batch_size=None)
   assert command.check_data(cfg, ds, devices=8) == []
+  # EGP's entropy pass has a batch of its own (egp and nepenthe configs).
+  cfg["entropy_batch_size"] = 63
+  assert command.check_data(cfg, ds, devices=2) == [
+      "--config.entropy_batch_size=63: the global batch must split evenly over the 2 devices; use "
+      "a multiple of 2, e.g. 62"]
 
 
 def test_library_functions_validate_their_arguments(digits_spec_and_data):

@@ -76,5 +76,6 @@ def test_a_cache_directory_that_cannot_be_made_is_one_warning_and_no_cache(
                                             str(tmp_path / "a_file" / "cache")]))
   assert not jax.config.jax_enable_compilation_cache
   assert capsys.readouterr().err.splitlines() == [
-      f"warning: the compilation cache {tmp_path / 'a_file' / 'cache'} cannot be used (Not a "
-      f"directory); compiling without it (--compilation-cache DIR puts it elsewhere)"]
+      f"warning: the compilation cache {tmp_path / 'a_file' / 'cache'} cannot be used "
+      f"({str(tmp_path / 'a_file')!r} is a file, not a directory); compiling without it "
+      f"(--compilation-cache DIR puts it elsewhere)"]

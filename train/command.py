@@ -52,7 +52,9 @@ import os
 import pathlib
 import re
 import shlex
+import socket
 import sys
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -398,8 +400,8 @@ def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) 
   """Problems of the batch sizes against the device count, the process count and the splits."""
   out = []
   bs = cfg["batch_size"]
-  for key in ("batch_size", "eval_batch_size"):
-    value = cfg[key]
+  for key in ("batch_size", "eval_batch_size", "entropy_batch_size"):   # the last: EGP's
+    value = cfg.get(key)
     if value is None:
       continue
     for count, what in ((devices, "devices"), (processes, "processes")):
@@ -618,9 +620,11 @@ def ensure_writable(workdir: pathlib.Path) -> None:
       raise NotADirectoryError(errno.ENOTDIR, f"{str(path)!r} is a file, not a directory",
                                str(path))
   workdir.mkdir(parents=True, exist_ok=True)
-  probe = workdir / f".write-test-{os.getpid()}"
+  # Unique across hosts (containers often give every process the same pid): the directory
+  # may be shared, a compilation cache that every process of a launch probes at once.
+  probe = workdir / f".write-test-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex}"
   probe.write_bytes(b"")
-  probe.unlink()
+  probe.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------ exits
