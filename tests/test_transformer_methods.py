@@ -350,13 +350,14 @@ def lacoot_run(swin_digits, tmp_path_factory):
   spec, variables, ds = swin_digits
   method = LaCoOT(weight=0.1, n_projections=8, pairing="official", order="zscore",
                   score="max_sliced")
-  return method, driver.run(method, spec, ds, RECIPE, tmp_path_factory.mktemp("lacoot_swin"),
-                            variables=variables, iterations=2, progress=False,
-                            eval_batch_size=144, tolerance=100.0, latency_batches=())
+  workdir = tmp_path_factory.mktemp("lacoot_swin")
+  return method, driver.run(method, spec, ds, RECIPE, workdir, variables=variables, iterations=2,
+                            progress=False, eval_batch_size=144, tolerance=100.0,
+                            latency_batches=()), workdir
 
 
 def test_lacoot_trains_a_tiny_swin_and_removes_a_layer_by_the_official_rule(lacoot_run):
-  _, result = lacoot_run
+  _, result, _ = lacoot_run
   first, second = result.report["iterations"]
   assert first["units_total"] == 4 and list(first["distances"]) == list(LAYERS)
   assert first["decision"]["order"] == list(lacoot.removal_order(first["distances"], "zscore"))
@@ -365,9 +366,22 @@ def test_lacoot_trains_a_tiny_swin_and_removes_a_layer_by_the_official_rule(laco
   assert second["macs"] < first["macs"]
 
 
+def test_the_commands_lacoot_json_holds_the_distances_the_official_pairing_ranked(
+    swin_digits, lacoot_run):
+  from train import lacoot as lacoot_cli   # pylint: disable=import-outside-toplevel
+  spec, _, ds = swin_digits
+  method, result, workdir = lacoot_run
+  out = lacoot_cli.extras(result, method, spec, ds, workdir, seed=0, eval_batch_size=144,
+                          latency_batch=None)
+  ranked = result.report["iterations"][0]["distances"]
+  assert list(out["distances"]) == list(ranked)
+  for u, d in ranked.items():   # input of the layer against its MLP branch, as the run measured
+    assert out["distances"][u]["max_sliced"] == pytest.approx(d, rel=1e-6)
+
+
 def test_swin_layers_gated_off_equal_the_surgery(swin_digits, lacoot_run):
   spec, variables, ds = swin_digits
-  method, _ = lacoot_run
+  method, _, _ = lacoot_run
   x = next(ds.test.batches(16))["image"]
   off = ("features/1/1", "features/3/0", "features/3/1")   # a whole stage's layers too
   gates = {u: jnp.float32(u not in off) for u in method.units(spec)}

@@ -152,7 +152,8 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   distances = lacoot.block_distances(
       spec, trained, ds.val, units, rng=jax.random.fold_in(jax.random.key(seed), 0),
       batch_size=eval_batch_size, n_projections=method.n_projections,
-      node_gates={u: 1.0 for u in units}, mesh=mesh, dtype=dtype)
+      node_gates={u: 1.0 for u in units}, mesh=mesh, dtype=dtype,
+      outputs=lacoot.compared_outputs(spec, units, method.pairing))
   entries = result.report["iterations"]
   order = entries[0].get("decision", {}).get("order", [])
   chosen = result.report["chosen"]
