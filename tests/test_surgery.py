@@ -446,3 +446,52 @@ def test_passes_do_not_touch_their_inputs_and_refuse_bad_arguments():
   other = zoo.digits_cnn(width=4)
   with pytest.raises(ValueError, match="no parameters for node"):
     surgery.fold_batchnorm(other, v)
+
+
+def _two_padded_convs(name, out):
+  """``conv 3x3 -> identity -> conv 3x3``, both zero-padded: an interior-only merge (ring 1)."""
+  return dict(name=name, layers=(S.Conv("a", features=32, kernel=3, padding=1, bias=True),
+                                 S.Act("r", fn="identity"),
+                                 S.Conv("b", features=out, kernel=3, padding=1, bias=True)))
+
+
+@pytest.mark.parametrize("nesting", ["sequential_then_its_list", "block_in_a_block"])
+def test_an_interior_ring_survives_a_merge_of_a_merged_node(nesting):
+  # The inner merge differs on a ring of 1; the enclosing list (or block) then merges (folds)
+  # the result again in the same pass, which must carry that ring on.
+  if nesting == "sequential_then_its_list":
+    spec = S.Spec((8, 8, 2), (S.Sequential(**_two_padded_convs("s", 1)), S.BatchNorm("bn")))
+  else:
+    inner = _two_padded_convs("inner", 2)
+    spec = S.Spec((8, 8, 2), (S.Block("outer", branch=(
+        S.Block(inner["name"], branch=inner["layers"]),)),))
+  variables = random_variables(spec, 0)
+  log = []
+  shallow, shallow_vars = surgery.collapse(spec, variables, mode="interior", log=log)
+  x = np.random.default_rng(1).normal(size=(2, *spec.input_shape))
+  want, got = run(spec, variables, x, np.float64), run(shallow, shallow_vars, x, np.float64)
+  assert equivalence.border_width(shallow, log) == 1
+  assert relative(want[:, 1:-1, 1:-1], got[:, 1:-1, 1:-1]) < 1e-6
+  assert relative(want, got) > 1e-2                     # the border does differ
+
+
+def test_a_residual_fold_is_weighed_with_its_post_and_a_refused_one_is_logged():
+  # Summing a depthwise branch with a dense 1x1 shortcut costs more than the two apart;
+  # a convolution after the addition (post) stays either way and must not hide that.
+  import re  # pylint: disable=import-outside-toplevel
+  figures = []   # the block's MACs, without and with post
+  for post in ((), (S.Conv("pc", features=64, kernel=3, padding=1),)):
+    spec = S.Spec((8, 8, 16), (S.Block("blk", branch=(
+        S.Conv("dw", features=16, kernel=3, padding=1, groups=16), S.BatchNorm("bn")),
+        shortcut=(S.Conv("sc", features=16, kernel=1),), post=post),))
+    log = []
+    shallow, _ = surgery.collapse(spec, random_variables(spec, 0), log=log)
+    assert costs.count_macs(shallow) == costs.count_macs(spec)   # nothing folded
+    assert not any(e.kind == "fold_residual" for e in log)
+    (skip,) = [e for e in log if e.kind == "skip" and e.path == "blk"]
+    found = re.fullmatch(r"folding would raise the MACs \(([\d,]+) -> ([\d,]+)\)", skip.reason)
+    assert found, skip.reason
+    before, after = (int(g.replace(",", "")) for g in found.groups())
+    figures.append(before)
+    assert before < after
+  assert figures[1] > figures[0] + 8 * 8 * 16 * 64 * 9   # the post conv counts on both sides

@@ -61,6 +61,19 @@ def rings(log: Iterable[Edit] | None) -> dict[str, int]:
   return {p: r for p, r in out.items() if r > 0}
 
 
+def set_ring(ring_of: dict[str, int], path: str, ring: int) -> None:
+  """Records the ring of the node a pass just made at ``path`` (0: exact, forgotten).
+
+  A pass reads ``ring_of`` again for the nodes it makes later in the same call (a
+  list merged again by its enclosing list, a block folded inside a folded block),
+  so it must hold the new node's ring, not the one at that path before.
+  """
+  if ring > 0:
+    ring_of[path] = ring
+  else:
+    ring_of.pop(path, None)
+
+
 # ------------------------------------------------------------------- variables
 
 
@@ -209,12 +222,13 @@ def flat_view(nodes, prefix: str, in_shape) -> list[Element]:
 
 
 def inline(nodes, prefix: str, scopes: set[str], node_vars: dict, log: list | None,
-           ring_of: Mapping[str, int]) -> tuple:
+           ring_of: dict[str, int]) -> tuple:
   """Splices the Sequentials named in ``scopes`` (inlined names) into the list.
 
   A child ``c`` of an inlined Sequential ``s`` becomes ``s.c``; its variables (and
   those of everything under it) move with it in ``node_vars``. Nodes with a
-  known ring get an ``inline`` edit so that the ring follows them.
+  known ring keep it in ``ring_of`` and get an ``inline`` edit, so that the ring
+  follows them.
   """
   def rec(nodes, name_prefix):
     out = []
@@ -243,9 +257,11 @@ def inline(nodes, prefix: str, scopes: set[str], node_vars: dict, log: list | No
       moved[old_key] = new_key
   for old_key, new_key in moved.items():
     node_vars[new_key] = node_vars.pop(old_key)
-    if log is not None and ring_of.get(old_key, 0):
-      log.append(Edit("inline", new_key, f"moved from {old_key}", exact=False,
-                      ring=ring_of[old_key]))
+    ring = ring_of.pop(old_key, 0)
+    if ring:
+      ring_of[new_key] = ring
+      if log is not None:
+        log.append(Edit("inline", new_key, f"moved from {old_key}", exact=False, ring=ring))
   return new
 
 

@@ -30,7 +30,7 @@ from jaxdepth import costs
 from jaxdepth import spec as S
 from jaxdepth.surgery import _tree
 
-__all__ = ["COSTS", "make_cost", "work", "measure_latency"]
+__all__ = ["COSTS", "NAMES", "make_cost", "work", "measure_latency", "words"]
 
 COSTS = ("macs", "latency", "none")
 
@@ -135,3 +135,11 @@ def make_cost(kind: str, *, batch: int = 1) -> CostFn:
   def latency(nodes, node_vars, in_shape):
     return (_timed(_anonymous(tuple(nodes)), tuple(in_shape), batch), count(nodes))
   return latency
+
+
+NAMES = {"macs": "MACs", "latency": "latency", "none": "node count"}   # for messages
+
+
+def words(value) -> str:
+  """A cost's first field for people: seconds of latency in µs, else a count."""
+  return f"{value * 1e6:.1f} µs" if isinstance(value, float) else f"{value:,}"

@@ -171,10 +171,6 @@ def _not_exact_reason(a: L.LinearOp, b: L.LinearOp, merged: L.LinearOp) -> str:
           f"them; mode='interior' merges it, differing on a ring of {merged.ring})")
 
 
-def _cost_words(value) -> str:
-  return f"{value * 1e6:.1f} µs" if isinstance(value, float) else f"{value:,}"
-
-
 def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, cost_name, max_chain):
   """Splits one chain into segments of least total cost.
 
@@ -239,8 +235,8 @@ def _best_segments(elems, offset, node_vars, ring_of, mode, cost_fn, cost_name, 
       apart = options[(k, k)][0][0] + options[(k + 1, k + 1)][0][0]
       together = options[(k, k + 1)][0][0]
       if together >= apart:
-        skipped.append((k, f"merging would raise the {cost_name} ({_cost_words(apart)} -> "
-                           f"{_cost_words(together)})"))
+        skipped.append((k, f"merging would raise the {cost_name} ({C.words(apart)} -> "
+                           f"{C.words(together)})"))
         continue
     kept = " | ".join(" + ".join(e.name for e in elems[s.first - offset:s.last - offset + 1])
                       for s in segments) or "no merge"
@@ -278,7 +274,7 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
   if not isinstance(max_chain, int) or max_chain < 2:
     raise ValueError(f"max_chain must be an int >= 2, got {max_chain!r}")
   cost_fn = C.make_cost(cost, batch=latency_batch)
-  cost_name = {"macs": "MACs", "latency": "latency", "none": "node count"}[cost]
+  cost_name = C.NAMES[cost]
   node_vars = _tree.split_variables(spec, variables)
   ring_of = _tree.rings(log)
   skip_seen: set[str] = set()
@@ -310,6 +306,7 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
         for rel, entry in s.node_vars.items():
           node_vars[prefix + rel] = entry
         out.append(s.node)
+        _tree.set_ring(ring_of, prefix + s.node.name, s.op.ring)
         if log is not None:
           log.append(_tree.Edit(
               "merge", prefix + s.node.name,

@@ -101,24 +101,39 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     of the sites in ``post`` do not change.
   """
   cost_fn = C.make_cost(cost, batch=latency_batch)
+  cost_name = C.NAMES[cost]
   node_vars = _tree.split_variables(spec, variables)
   ring_of = _tree.rings(log)
+
+  def skip(prefix, block: S.Block, reason: str) -> None:
+    """Logs a fold not made, of a block whose branch is linear (a candidate)."""
+    if log is not None:
+      log.append(_tree.Edit("skip", prefix + block.name,
+                            f"block {prefix + block.name}: branch and shortcut not folded",
+                            reason=reason))
 
   def fold_one(prefix, block: S.Block, in_shape):
     scope = prefix + block.name + S.SEP
     branch = _single_op(block.branch, scope, in_shape, node_vars, ring_of)
     shortcut = _single_op(block.shortcut, scope, in_shape, node_vars, ring_of)
+    linear = branch is not None and branch[0] is not None
+    corrected = (None if linear else
+                 _corrected_block(block.branch, scope, in_shape, node_vars, ring_of))
     if shortcut is None:
+      if linear or corrected is not None:
+        skip(prefix, block, "the shortcut is not one linear op")
       return None
-    if branch is None or branch[0] is None:
-      corrected = _corrected_block(block.branch, scope, in_shape, node_vars, ring_of)
+    if not linear:
       if corrected is None:
-        return None
+        return None   # a live nonlinearity in the branch: not a candidate
       return fold_into_corrected(prefix, block, in_shape, corrected, shortcut[1])
     (elem, a), (_, b) = branch, shortcut
+    not_summed = ("branch and shortcut do not sum into one op (their strides, paddings or "
+                  "kernels do not line up)")
     try:
       op = L.add(a, b)
     except L.NotMergeable:
+      skip(prefix, block, not_summed)
       return None
     post_names = {n.name for n in block.post}
     if block.post:
@@ -128,17 +143,25 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     try:
       node, new_vars = L.to_node(op, name, dense=isinstance(elem.node, S.Dense))
     except L.NotMergeable:
+      skip(prefix, block, not_summed)
       return None
     before_vars = {p[len(prefix):]: v for p, v in node_vars.items() if p.startswith(scope)}
-    if cost_fn((node,), {name: new_vars}, in_shape) > cost_fn((block,), before_vars, in_shape):
-      return None
-    if block.post:
+    if block.post:   # post stays either way: the block against the op followed by it
       path = scope + name
       new = S.Sequential(block.name, layers=(node, *block.post))
+      after_vars = {**{k: v for k, v in before_vars.items()
+                       if k.split(S.SEP)[1] in post_names}, f"{block.name}{S.SEP}{name}": new_vars}
     else:
       path = prefix + block.name
       new = node
+      after_vars = {name: new_vars}
+    after, before = cost_fn((new,), after_vars, in_shape), cost_fn((block,), before_vars, in_shape)
+    if after > before:
+      skip(prefix, block, f"folding would raise the {cost_name} ({C.words(before[0])} -> "
+                          f"{C.words(after[0])})")
+      return None
     node_vars[path] = new_vars
+    _tree.set_ring(ring_of, path, op.ring)
     if log is not None:
       log.append(_tree.Edit("fold_residual", path,
                             f"block {prefix + block.name}: branch {elem.name} + "
@@ -154,10 +177,13 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     try:
       op = L.add(a, b)
     except L.NotMergeable:
+      skip(prefix, block, "branch and shortcut do not sum into one op (their strides, paddings "
+                          "or kernels do not line up)")
       return None
     extra = inner.node.shortcut
     taken = {n.name for n in extra + block.post}
     if elem.node.name in taken or len(taken) < len(extra) + len(block.post):
+      skip(prefix, block, "the folded block's node names would clash")
       return None
     node, new_vars = L.to_node(op, elem.node.name, dense=isinstance(elem.node, S.Dense))
     new = S.Block(block.name, branch=(node,), shortcut=extra, post=block.post)
@@ -171,10 +197,14 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
         if rest.split(S.SEP)[0] in {n.name for n in extra}:
           moved[scope + rest] = node_vars[key]
           after_vars[block.name + S.SEP + rest] = node_vars[key]
-    if cost_fn((new,), after_vars, in_shape) > cost_fn((block,), before_vars, in_shape):
+    after, before = cost_fn((new,), after_vars, in_shape), cost_fn((block,), before_vars, in_shape)
+    if after > before:
+      skip(prefix, block, f"folding would raise the {cost_name} ({C.words(before[0])} -> "
+                          f"{C.words(after[0])})")
       return None
     node_vars.update(moved)
     node_vars[scope + node.name] = new_vars
+    _tree.set_ring(ring_of, scope + node.name, op.ring)
     if log is not None:
       log.append(_tree.Edit("fold_residual", scope + node.name,
                             f"block {prefix + block.name}: corrected merge + "
