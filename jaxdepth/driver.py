@@ -401,7 +401,9 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
                       seed=iteration_seed(seed, it),
                       workdir=it_dir if checkpoint_epochs else None,
                       desc=f"iteration {it} ({len(removed)}/{total} {method.unit}s removed)")
-  _write_history(it_dir / "metrics.jsonl", trained.history)
+  history = it_dir / "metrics.jsonl"
+  if not checkpoint_epochs or not history.exists():   # fit with the workdir writes it as it goes
+    _write_history(history, trained.history)
 
   def evaluate(split, collect_stats=False):
     return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
@@ -439,11 +441,14 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
 
 
 def _write_history(path: pathlib.Path, history) -> None:
-  """Writes an iteration's per-epoch records to ``metrics.jsonl`` unless fit already did."""
-  if jax.process_index() != 0 or path.exists():
+  """Writes an iteration's per-epoch records to ``metrics.jsonl`` (replacing, atomically,
+  what a run that stopped before its checkpoint may have left there)."""
+  if jax.process_index() != 0:
     return
   path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text("".join(json.dumps(r) + "\n" for r in history))
+  tmp = path.with_suffix(".tmp")
+  tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+  tmp.replace(path)
 
 
 def _merged_costs(spec, variables) -> dict[str, int] | None:

@@ -137,20 +137,22 @@ class MetricsLog:
 
   Args:
     path: the log file (its directory is created).
-    truncate_after_step: on opening, drop records whose ``step`` is larger: the
-      log of a resumed run then holds each step once, as if never interrupted.
+    records: when given, what the file holds on opening, in place of what it
+      held (atomically): a resumed run's history as its checkpoint saved it. The
+      log then holds each epoch once, as if never interrupted, whether the run
+      stopped before a line's checkpoint completed, after it but before the line,
+      or in the middle of writing a line.
   """
 
-  def __init__(self, path: str | os.PathLike, *, truncate_after_step: int | None = None):
+  def __init__(self, path: str | os.PathLike, *, records: list[dict[str, Any]] | None = None):
     self.path = pathlib.Path(path)
     self.enabled = jax.process_index() == 0
     if not self.enabled:
       return
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    if truncate_after_step is not None and self.path.exists():
-      kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after_step]
+    if records is not None:
       tmp = self.path.with_suffix(".tmp")
-      tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+      tmp.write_text("".join(json.dumps(_jsonable(r)) + "\n" for r in records))
       tmp.replace(self.path)
 
   def write(self, record: dict[str, Any]) -> None:

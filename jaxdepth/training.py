@@ -679,14 +679,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       restored = ckpt.restore(state, extra=loop)   # restored leaves keep the replicated shardings
       state, loop = restored.state, restored.extra
       history = list(restored.meta.get("history", []))
-      if int(state.step) > total:
-        done = restored.meta.get("recipe", {}).get("epochs")
-        raise RunMismatchError(
-            f"work directory {workdir} holds a run trained for {int(state.step)} steps "
-            f"({done} epochs asked then), past the {total} of the {recipe.epochs} epochs asked "
-            f"now; epochs may grow on resume, not shrink: ask for at least {done}, or use "
-            f"another directory")
-    log = MetricsLog(workdir / "metrics.jsonl", truncate_after_step=int(state.step))
+      _check_epochs_left(int(state.step), spe, recipe.epochs,
+                         restored.meta.get("recipe", {}).get("epochs"), workdir)
+    log = MetricsLog(workdir / "metrics.jsonl", records=history)   # the checkpoint's
   if gates is not None:
     gates = replicate(jnp.asarray(gates, jnp.float32), mesh)
   if node_gates is not None:
@@ -755,13 +750,33 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       history.append(record)
       loop["metrics"] = replicate(_zero_metrics(regularizer is not None), mesh)
       save(step)
-      if log is not None:
+      if log is not None:   # a resume rewrites the log from the checkpoint's history
         log.write(record)
   finally:
     bar.close()
     if ckpt is not None:
       ckpt.close()
   return FitResult(state.variables, loop["stats"] if stats_last_epoch else None, history, state)
+
+
+def _check_epochs_left(step: int, spe: int, epochs: int, saved_epochs: int | None, workdir):
+  """Refuses a resume with fewer epochs once the new last epoch has begun.
+
+  The last epoch is special (its statistics are collected, it is always validated):
+  an epoch trained, even in part, as a middle one cannot become the last. Fewer
+  epochs than the run was started with are fine while the new last one has not begun
+  (a long run stopped early), more epochs always.
+  """
+  grown = saved_epochs is None or epochs >= saved_epochs
+  if step <= (epochs if grown else epochs - 1) * spe:
+    return
+  least = -(-step // spe) + 1
+  least = least if saved_epochs is None else min(least, saved_epochs)
+  raise RunMismatchError(
+      f"work directory {workdir} holds a run of {saved_epochs} epochs trained for {step} steps "
+      f"(into epoch {-(-step // spe)}), and {epochs} are asked now: epoch {epochs} would be "
+      f"the last after being trained as a middle one (the last epoch's statistics and "
+      f"validation differ); ask for at least {least} epochs, or use another directory")
 
 
 def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):

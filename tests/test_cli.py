@@ -137,15 +137,16 @@ def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, 
     assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
   assert _fit(tmp_path, "--config.epochs=2") == 0      # the other run has ended
   assert json.loads((tmp_path / "report.json").read_text())["epochs"] == 2
-  # Epochs may grow on resume, not shrink: the weights have had two.
+  # Fewer epochs than the weights have had are refused.
   capsys.readouterr()
   before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
   steps = data.load("digits").train.num_batches(32, drop_remainder=True)   # an epoch at batch 32
   assert _fit(tmp_path, "--config.epochs=1") == 2
   assert _error_lines(capsys.readouterr().err) == [
-      f"error: work directory {tmp_path} holds a run trained for {2 * steps} steps (2 epochs "
-      f"asked then), past the {steps} of the 1 epochs asked now; epochs may grow on resume, not "
-      f"shrink: ask for at least 2, or use another directory"]
+      f"error: work directory {tmp_path} holds a run of 2 epochs trained for {2 * steps} "
+      f"steps (into epoch 2), and 1 are asked now: epoch 1 would be the last after being "
+      f"trained as a middle one (the last epoch's statistics and validation differ); ask for "
+      f"at least 2 epochs, or use another directory"]
   assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
 
 

@@ -359,3 +359,16 @@ def test_dataset_counts_too_large_for_int32_are_refused_before_anything_is_writt
   assert not (tmp_path / "run").exists()
   # The per-batch estimators keep no dataset-level count: the same data is fine for them.
   (Easier() if isinstance(method, Easier) else Egp()).check_data(spec, ds)
+
+
+def test_without_epoch_checkpoints_each_iteration_log_is_this_runs(digits, tmp_path):
+  # A run that stopped before its first checkpoint owns nothing, but may have left an
+  # iteration's metrics.jsonl: the run that takes the directory over writes its own.
+  stale = tmp_path / "iterations" / "000" / "metrics.jsonl"
+  stale.parent.mkdir(parents=True)
+  stale.write_text(json.dumps({"epoch": 1, "step": 1, "train_loss": 123.0}) + "\n")
+  result = _run(digits, tmp_path, checkpoint_epochs=False)
+  for it, entry in enumerate(result.report["iterations"]):
+    logged = [json.loads(line) for line in
+              (tmp_path / "iterations" / f"{it:03d}" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in logged] == [entry["train_loss"]]

@@ -274,6 +274,55 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
                  workdir=tmp_path, dtype=jnp.bfloat16)
 
 
+def test_a_run_killed_in_its_last_epochs_refuses_fewer_epochs(digits, tmp_path):
+  # Killed in epoch 2 of 3: asked for 2 epochs, the step is within them, but epoch 2 was
+  # trained as a middle epoch (no statistics), so it cannot become the last one.
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
+  three = RECIPE.replace(epochs=3)
+  with pytest.raises(KeyboardInterrupt):
+    training.fit(spec, variables, killed, three, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path, checkpoint_every_steps=4)
+  with pytest.raises(training.RunMismatchError, match=r"holds a run of 3 epochs trained for "
+                     r"\d+ steps \(into epoch 2\), and 2 are asked now: epoch 2 would be the "
+                     r"last after being trained as a middle one .* at least 3 epochs"):
+    training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path)
+
+
+def test_the_log_keeps_every_epoch_when_a_line_is_lost_or_cut_short(
+    digits, reference, tmp_path, monkeypatch):
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  write = progress.MetricsLog.write
+  calls = []
+
+  def interrupted_once(self, record):   # Ctrl-C between epoch 2's checkpoint and its line
+    calls.append(record["epoch"])
+    if len(calls) == 2:
+      raise KeyboardInterrupt
+    write(self, record)
+
+  monkeypatch.setattr(progress.MetricsLog, "write", interrupted_once)
+  with pytest.raises(KeyboardInterrupt):
+    training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path)
+  monkeypatch.undo()
+  log = tmp_path / "metrics.jsonl"
+  assert [r["epoch"] for r in progress.read_metrics(log)] == [1]   # epoch 2 saved, not logged
+  resumed = training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3,
+                         progress=False, workdir=tmp_path)   # nothing left to train
+  _same(reference.variables, resumed.variables)
+  assert _without_time(progress.read_metrics(log)) == _without_time(reference.history)
+  with log.open("a") as f:
+    f.write('{"epoch": 3, "st')                        # a line the disk did not take whole
+  training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
+               workdir=tmp_path)
+  assert _without_time(progress.read_metrics(log)) == _without_time(reference.history)
+
+
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
   spec = _tiny_cnn()
   spe = digits.train.num_batches(64, drop_remainder=True)
