@@ -14,8 +14,8 @@ run.json (the settings of the run it holds), checkpoints/ (orbax, every
 epoch), metrics.jsonl (one line per epoch), model/ (the final model, for
 jaxdepth.checkpoint.load_model) and report.json. Running the same command
 again resumes from the latest checkpoint (a finished run is just
-re-evaluated); epochs may grow and the evaluation and checkpoint cadence may
-change, any other change (model, data, recipe, seed, dtype) is refused and
+re-evaluated); epochs may grow, or shrink while the new last epoch has not
+begun, and the evaluation and checkpoint cadence may change, any other change (model, data, recipe, seed, dtype) is refused and
 named. A NaN loss stops the run, keeping the last good checkpoint. Ctrl-C, a
 full disk or a read-only work directory stop it cleanly with the command that
 resumes. --multihost (or JAX_COORDINATOR_ADDRESS in the environment) calls
@@ -53,8 +53,8 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
   """Why ``workdir`` cannot resume this run (settings that change the result differ), or ``None``.
 
   Only a work directory holding checkpoints belongs to a run; every key but
-  :data:`train.config.FREE_KEYS` (``epochs`` may grow, evaluation and checkpoint
-  cadence may change) must then be the same.
+  :data:`train.config.FREE_KEYS` (``epochs``, within what ``training.fit`` allows;
+  the evaluation and checkpoint cadence) must then be the same.
   """
   path = workdir / "run.json"
   if not command.has_checkpoints(workdir):
