@@ -53,7 +53,7 @@ from jaxdepth.transformer import executor as transformer_executor
 
 __all__ = ["Network", "init", "forward", "Forward", "gates_for", "gates_by_site",
            "site_stats_by_path", "check_node_gates", "example_input", "random_input",
-           "batch_inputs"]
+           "batch_inputs", "not_a_key"]
 
 STATS = "site_stats"
 
@@ -538,6 +538,15 @@ def _init_key(rng: jax.Array) -> jax.Array:
   return jax.random.wrap_key_data(jnp.resize(words, (4,)), impl="rbg")
 
 
+def not_a_key(rng) -> str | None:
+  """``None`` for a JAX key (typed, or raw ``uint32`` key data), else what ``rng`` is, in words."""
+  dtype = getattr(rng, "dtype", None)
+  if isinstance(rng, (jax.Array, np.ndarray)):
+    return None if jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32 else (
+        f"a {dtype} array")
+  return f"the {type(rng).__name__} {rng!r}"
+
+
 def init(spec: S.Spec, rng, *, dtype=None) -> dict[str, Any]:
   """Initial variables of ``Network(spec)`` (a plain dict: ``params``, ``batch_stats``).
 
@@ -558,11 +567,8 @@ def init(spec: S.Spec, rng, *, dtype=None) -> dict[str, Any]:
   """
   if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
     rng = jax.random.key(int(rng))
-  dtype_of = getattr(rng, "dtype", None)
-  if not isinstance(rng, (jax.Array, np.ndarray)) or not (
-      jnp.issubdtype(dtype_of, jax.dtypes.prng_key) or dtype_of == jnp.uint32):
-    what = (f"a {dtype_of} array" if isinstance(rng, (jax.Array, np.ndarray))
-            else f"the {type(rng).__name__} {rng!r}")
+  what = not_a_key(rng)
+  if what is not None:
     raise TypeError(f"rng must be a JAX key, e.g. jax.random.key(0), or an int seed; got {what}")
   x = example_input(spec)
   return dict(jax.jit(Network(spec, dtype=dtype).init)(_init_key(rng), x))

@@ -231,16 +231,16 @@ def test_many_processes_and_devices_compute_what_one_computes(tmp_path):
   _only_process_zero_writes_reports_logs_and_plots(out)
 
 
-def _run_cache_pair(caches: list[pathlib.Path]) -> list[dict]:
-  """Runs ``_cache_pair_worker.py`` as a two-process launch, process i with cache ``caches[i]``."""
+def _launch_pair(argv: list[str], envs: list[dict[str, str]]) -> list[tuple[int, str]]:
+  """Runs ``argv`` as a two-process launch joined through ``JAX_COORDINATOR_ADDRESS``, process
+  i with the extra environment ``envs[i]``: ``(exit code, output)`` of each (SIGKILLed at the
+  timeout: jax catches SIGTERM)."""
   port = _free_port()
-  procs = []
-  for i, cache in enumerate(caches):
-    env = _env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-               JAX_PROCESS_ID=str(i))
-    env["JAX_COMPILATION_CACHE_DIR"] = str(cache)
-    procs.append(subprocess.Popen([sys.executable, str(CACHE_PAIR_WORKER)], env=env, text=True,
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
+  procs = [subprocess.Popen(
+      argv, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+      env={**_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                  JAX_PROCESS_ID=str(i)), **extra})
+      for i, extra in enumerate(envs)]
   try:
     outs = [p.communicate(timeout=CACHE_PAIR_TIMEOUT)[0] for p in procs]
   except subprocess.TimeoutExpired:
@@ -249,8 +249,15 @@ def _run_cache_pair(caches: list[pathlib.Path]) -> list[dict]:
     for p in procs:
       p.kill()
       p.wait()
-  assert all(p.returncode == 0 for p in procs), "\n".join(o[-3000:] for o in outs)
-  return [json.loads(o.strip().splitlines()[-1]) for o in outs]
+  return [(p.returncode, out) for p, out in zip(procs, outs)]
+
+
+def _run_cache_pair(caches: list[pathlib.Path]) -> list[dict]:
+  """Runs ``_cache_pair_worker.py`` as a two-process launch, process i with cache ``caches[i]``."""
+  ran = _launch_pair([sys.executable, str(CACHE_PAIR_WORKER)],
+                     [{"JAX_COMPILATION_CACHE_DIR": str(cache)} for cache in caches])
+  assert all(code == 0 for code, _ in ran), "\n".join(out[-3000:] for _, out in ran)
+  return [json.loads(out.strip().splitlines()[-1]) for _, out in ran]
 
 
 def test_processes_run_a_program_together_when_only_one_found_it_in_its_cache(tmp_path):
@@ -312,25 +319,12 @@ def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):
   import fcntl  # pylint: disable=import-outside-toplevel
   workdir = tmp_path / "run"
   workdir.mkdir()
-  port = _free_port()
   with open(workdir / ".lock", "wb") as other:          # another run holds the directory
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "train", "fit", "--workdir", str(workdir), "--no-progress",
-         "--config.epochs=1"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
-                 JAX_PROCESS_ID=str(i))) for i in range(2)]
-    try:
-      outs = [p.communicate(timeout=CACHE_PAIR_TIMEOUT)[0] for p in procs]
-    except subprocess.TimeoutExpired:
-      raise AssertionError(f"the pair did not stop in {CACHE_PAIR_TIMEOUT} s") from None
-    finally:
-      for p in procs:
-        p.kill()
-        p.wait()
-  assert [p.returncode for p in procs] == [2, 2], "\n".join(outs)
-  assert f"{workdir} is in use: another run holds its lock" in outs[0]
+    ran = _launch_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+                        "--no-progress", "--config.epochs=1"], [{}, {}])
+  assert [code for code, _ in ran] == [2, 2], "\n".join(out for _, out in ran)
+  assert f"{workdir} is in use: another run holds its lock" in ran[0][1]
   assert ("another process of this launch refused the run before any work (its output says "
-          "why); process 1 stops too") in outs[1]
+          "why); process 1 stops too") in ran[1][1]
   assert sorted(p.name for p in workdir.iterdir()) == [".lock"]

@@ -113,11 +113,8 @@ def _check_key(rng):
   directions must be fresh per step and block (keys folded from the run's key),
   and a fixed seed passed on every call would draw the same ones each time.
   """
-  dtype = getattr(rng, "dtype", None)
-  if not isinstance(rng, (jax.Array, np.ndarray)) or not (
-      jnp.issubdtype(dtype, jax.dtypes.prng_key) or dtype == jnp.uint32):
-    what = (f"a {dtype} array" if isinstance(rng, (jax.Array, np.ndarray))
-            else f"the {type(rng).__name__} {rng!r}")
+  what = network.not_a_key(rng)
+  if what is not None:
     raise TypeError(f"rng must be a JAX key, e.g. jax.random.key(0); got {what}")
 
 
