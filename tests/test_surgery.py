@@ -495,3 +495,21 @@ def test_a_residual_fold_is_weighed_with_its_post_and_a_refused_one_is_logged():
     figures.append(before)
     assert before < after
   assert figures[1] > figures[0] + 8 * 8 * 16 * 64 * 9   # the post conv counts on both sides
+
+
+def test_a_skip_next_to_a_block_goes_when_the_folded_block_is_merged_across_it():
+  # drop_noops finds a residual block after the identity (nothing to merge across yet); a
+  # later round folds the block into one conv and merges it with the conv before.
+  blk = S.Block("blk", branch=(S.Conv("c1", features=4, kernel=1), S.BatchNorm("bn")))
+  for after in (blk, S.Act("r")):                     # folded then merged / a live site
+    spec = S.Spec((6, 6, 4), (S.Conv("c", features=4, kernel=1, bias=True),
+                              S.Act("i", fn="identity"), after, S.Act("last")))
+    variables = random_variables(spec, 0)
+    log = []
+    shallow, shallow_vars = surgery.collapse(spec, variables, log=log)
+    x = np.random.default_rng(1).normal(size=(2, *spec.input_shape))
+    assert relative(run(spec, variables, x, np.float64),
+                    run(shallow, shallow_vars, x, np.float64)) < 1e-6
+    skips = [e for e in log if e.kind == "skip" and e.path == "i"]
+    merged = any(e.kind == "merge" and "c + blk" in e.detail for e in log)
+    assert (merged, len(skips)) == ((True, 0) if after is blk else (False, 1))

@@ -41,6 +41,8 @@ class Edit(NamedTuple):
     macs_before: multiply-accumulates of the replaced nodes (per example).
     macs_after: multiply-accumulates of the new node.
     reason: why a ``skip`` was skipped (empty for the edits made).
+    between: for the ``skip`` of a dropped identity site, the paths of the nodes
+      on either side of it (a later merge of the two makes the record stale).
   """
   kind: str
   path: str
@@ -50,6 +52,7 @@ class Edit(NamedTuple):
   macs_before: int = 0
   macs_after: int = 0
   reason: str = ""
+  between: tuple[str, ...] = ()
 
 
 def rings(log: Iterable[Edit] | None) -> dict[str, int]:

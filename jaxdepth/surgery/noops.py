@@ -37,8 +37,11 @@ def _neighbour_words(e, side: str) -> str | None:
   return f"the {side} node {e.path} is a {e.node.kind}, which is not an affine op"
 
 
-def _unmergeable_sites(spec: S.Spec) -> list[tuple[str, str]]:
-  """``(site, reason)`` for identity sites without an affine op on both sides.
+def _unmergeable_sites(spec: S.Spec) -> list[tuple[str, str, tuple[str, ...]]]:
+  """``(site, reason, neighbours)`` for identity sites without an affine op on both sides.
+
+  ``neighbours`` holds the paths of the nodes before and after the site when it has
+  both (a residual block next to it may be folded into one op later), else ``()``.
 
   Such a site is dropped but no merge can follow: the previous or the next node
   (through Sequentials, skipping other no-ops) is a pool, a flatten, a live
@@ -71,7 +74,8 @@ def _unmergeable_sites(spec: S.Spec) -> list[tuple[str, str]]:
       elif after is None:
         reasons.append(f"it closes {where}")
       if reasons:
-        out.append((e.path, "; ".join(reasons)))
+        between = (before.path, after.path) if before is not None and after is not None else ()
+        out.append((e.path, "; ".join(reasons), between))
 
   visit(spec.layers, "", spec.input_shape, "the network")
   return out
@@ -95,7 +99,8 @@ def drop_noops(spec: S.Spec, variables, *, dropout: bool = True, log: list | Non
   node_vars = _tree.split_variables(spec, variables)
   if log is not None:
     log.extend(_tree.Edit("skip", path, f"{path}: identity dropped, nothing merged across it",
-                          reason=reason) for path, reason in _unmergeable_sites(spec))
+                          reason=reason, between=between)
+               for path, reason, between in _unmergeable_sites(spec))
 
   def gone(n):
     if isinstance(n, S.Act) and n.fn == "identity":

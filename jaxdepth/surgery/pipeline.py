@@ -105,4 +105,9 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
   # Each round logs the merges it skipped; only the last round's describe the result.
   log[loop_start:] = [e for i, e in enumerate(log[loop_start:], loop_start)
                       if e.kind != "skip" or i >= round_start]
+  # An identity dropped next to a block that a round then folded and merged with the node
+  # on its other side: the node after it is gone into that merge, and so is the skip.
+  paths = {p for p, _ in spec.walk()}
+  log[:loop_start] = [e for e in log[:loop_start]
+                      if not (e.kind == "skip" and e.between and e.between[-1] not in paths)]
   return merge.crop_kernels(spec, variables, log=log)
