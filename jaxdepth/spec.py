@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 __all__ = [
     "Node", "Conv", "BatchNorm", "LayerNorm", "GroupNorm", "Dense", "Act", "Pool", "Flatten",
     "Dropout", "Sequential", "Block", "Concat", "Spec", "SpecError", "ACTIVATIONS",
-    "node_from_dict", "replace_node", "with_identity", "map_nodes",
+    "node_from_dict", "replace_node", "with_identity", "site_paths", "map_nodes",
 ]
 
 ACTIVATIONS = ("relu", "relu6", "gelu", "gelu_tanh", "silu", "leaky_relu", "hard_swish",
@@ -724,6 +724,18 @@ def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> 
   return map_nodes(spec, lambda p, n: new if p == path else n)
 
 
+def site_paths(sites, what: str = "sites") -> tuple[str, ...]:
+  """``sites`` as a tuple of paths; one string is refused (it would be split into letters).
+
+  Raises:
+    TypeError: ``sites`` is a string (``what`` names the argument in the message).
+  """
+  if isinstance(sites, str):
+    raise TypeError(f"{what} must be a collection of site paths, got the string {sites!r}; "
+                    f"write [{sites!r}]")
+  return tuple(sites)
+
+
 def with_identity(spec: Spec, sites) -> Spec:
   """Bakes the given sites in as identities (``Act(fn='identity')``).
 
@@ -731,10 +743,7 @@ def with_identity(spec: Spec, sites) -> Spec:
     TypeError: ``sites`` is one string (a collection of paths is wanted).
     KeyError: a name that is not a live site of ``spec``.
   """
-  if isinstance(sites, str):
-    raise TypeError(f"sites must be a collection of site paths, got the string {sites!r}; "
-                    f"write [{sites!r}]")
-  sites = set(sites)
+  sites = set(site_paths(sites))
   unknown = sites - set(spec.sites())
   if unknown:
     raise KeyError(f"not live sites of spec {spec.name!r}: {sorted(unknown)}; "

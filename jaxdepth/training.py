@@ -687,11 +687,11 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   if node_gates is not None:
     node_gates = replicate({p: jnp.asarray(g, jnp.float32) for p, g in node_gates.items()}, mesh)
 
-  def save(step):
+  def save(step):   # after _check_state, which did the checkpoint's finiteness check
     if ckpt is not None:
       ckpt.save(step, state, extra=loop, meta={
           "recipe": recipe.to_dict(), "run": run, "history": history,
-          "spec_name": spec.name, "user": meta or {}})
+          "spec_name": spec.name, "user": meta or {}}, check_finite=False)
 
   step = int(state.step)
   bar = progress_bar(total=total, initial=step, desc=desc or f"{spec.name} on {dataset.name}",

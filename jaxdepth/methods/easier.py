@@ -53,7 +53,7 @@ import jax.numpy as jnp
 from jaxdepth import network
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
-from jaxdepth.spec import Spec, with_identity
+from jaxdepth.spec import Spec, site_paths, with_identity
 
 __all__ = ["ESTIMATORS", "SPLITS", "measure", "choose", "apply", "remove", "Easier"]
 
@@ -82,7 +82,7 @@ def measure(stats: site_stats.SiteStats, live_sites, estimator: str = "easier"
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown EASIER estimator {estimator!r}; expected one of {ESTIMATORS}")
-  live_sites = _site_names(live_sites, "live_sites")
+  live_sites = site_paths(live_sites, "live_sites")
   if not live_sites:
     raise ValueError("no live site to measure: every site is already removed")
   unknown = [s for s in live_sites if s not in stats.counts]
@@ -146,7 +146,7 @@ def apply(gates, sites, *, spec: Spec):
                     "a model use easier.remove(spec, variables, sites) -> (spec, variables)")
   if spec is None:
     raise TypeError("apply(gates, sites) needs spec= to know which gate is which site")
-  sites = _site_names(sites, "sites")
+  sites = site_paths(sites)
   live = base.live_sites(spec, gates)
   unknown = [s for s in sites if s not in live]
   if unknown:
@@ -174,19 +174,7 @@ def remove(spec: Spec, variables, sites) -> tuple[Spec, Any]:
     KeyError: a name that is not a site of ``spec``.
     TypeError: ``sites`` given as one string instead of a collection of names.
   """
-  return with_identity(spec, _site_names(sites, "sites")), variables
-
-
-def _site_names(sites, what: str) -> tuple[str, ...]:
-  """``sites`` as a tuple of names; one string is refused (it would be split into letters).
-
-  Raises:
-    TypeError: ``sites`` is a string.
-  """
-  if isinstance(sites, str):
-    raise TypeError(f"{what} must be a collection of site paths, got the string {sites!r}; "
-                    f"write [{sites!r}]")
-  return tuple(sites)
+  return with_identity(spec, sites), variables
 
 
 @dataclasses.dataclass(frozen=True)

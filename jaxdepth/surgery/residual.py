@@ -46,6 +46,9 @@ from jaxdepth.surgery import linear as L
 
 __all__ = ["fold_residuals", "remove_blocks"]
 
+_NOT_SUMMED = ("branch and shortcut do not sum into one op (their strides, paddings or kernels "
+               "do not line up)")
+
 
 def _single_op(nodes, prefix, in_shape, node_vars, ring_of):
   """The one affine op a list of nodes reduces to (through Sequentials and no-ops).
@@ -112,6 +115,14 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
                             f"block {prefix + block.name}: branch and shortcut not folded",
                             reason=reason))
 
+  def costlier(prefix, block: S.Block, new, after_vars, before_vars, in_shape) -> bool:
+    """Whether ``new`` costs more than ``block`` (the fold is then skipped, and logged)."""
+    after, before = cost_fn((new,), after_vars, in_shape), cost_fn((block,), before_vars, in_shape)
+    if after > before:
+      skip(prefix, block, f"folding would raise the {cost_name} ({C.words(before[0])} -> "
+                          f"{C.words(after[0])})")
+    return after > before
+
   def fold_one(prefix, block: S.Block, in_shape):
     scope = prefix + block.name + S.SEP
     branch = _single_op(block.branch, scope, in_shape, node_vars, ring_of)
@@ -128,12 +139,10 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
         return None   # a live nonlinearity in the branch: not a candidate
       return fold_into_corrected(prefix, block, in_shape, corrected, shortcut[1])
     (elem, a), (_, b) = branch, shortcut
-    not_summed = ("branch and shortcut do not sum into one op (their strides, paddings or "
-                  "kernels do not line up)")
     try:
       op = L.add(a, b)
     except L.NotMergeable:
-      skip(prefix, block, not_summed)
+      skip(prefix, block, _NOT_SUMMED)
       return None
     post_names = {n.name for n in block.post}
     if block.post:
@@ -143,22 +152,18 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     try:
       node, new_vars = L.to_node(op, name, dense=isinstance(elem.node, S.Dense))
     except L.NotMergeable:
-      skip(prefix, block, not_summed)
+      skip(prefix, block, _NOT_SUMMED)
       return None
     before_vars = {p[len(prefix):]: v for p, v in node_vars.items() if p.startswith(scope)}
     if block.post:   # post stays either way: the block against the op followed by it
       path = scope + name
       new = S.Sequential(block.name, layers=(node, *block.post))
-      after_vars = {**{k: v for k, v in before_vars.items()
-                       if k.split(S.SEP)[1] in post_names}, f"{block.name}{S.SEP}{name}": new_vars}
+      after_vars = {f"{block.name}{S.SEP}{name}": new_vars}
     else:
       path = prefix + block.name
       new = node
       after_vars = {name: new_vars}
-    after, before = cost_fn((new,), after_vars, in_shape), cost_fn((block,), before_vars, in_shape)
-    if after > before:
-      skip(prefix, block, f"folding would raise the {cost_name} ({C.words(before[0])} -> "
-                          f"{C.words(after[0])})")
+    if costlier(prefix, block, new, after_vars, before_vars, in_shape):
       return None
     node_vars[path] = new_vars
     _tree.set_ring(ring_of, path, op.ring)
@@ -177,8 +182,7 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     try:
       op = L.add(a, b)
     except L.NotMergeable:
-      skip(prefix, block, "branch and shortcut do not sum into one op (their strides, paddings "
-                          "or kernels do not line up)")
+      skip(prefix, block, _NOT_SUMMED)
       return None
     extra = inner.node.shortcut
     taken = {n.name for n in extra + block.post}
@@ -197,10 +201,7 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
         if rest.split(S.SEP)[0] in {n.name for n in extra}:
           moved[scope + rest] = node_vars[key]
           after_vars[block.name + S.SEP + rest] = node_vars[key]
-    after, before = cost_fn((new,), after_vars, in_shape), cost_fn((block,), before_vars, in_shape)
-    if after > before:
-      skip(prefix, block, f"folding would raise the {cost_name} ({C.words(before[0])} -> "
-                          f"{C.words(after[0])})")
+    if costlier(prefix, block, new, after_vars, before_vars, in_shape):
       return None
     node_vars.update(moved)
     node_vars[scope + node.name] = new_vars
