@@ -100,6 +100,7 @@ class _Leaf:
   in_shape: tuple
   out_shape: tuple
   line: str
+  mode: bool | None = None   # flax_layers.mode_of: running statistics / dropout off
 
   @property
   def where(self) -> str:
@@ -163,7 +164,7 @@ class _Tracer:
           f"jaxdepth converts layers called on one array that return one array")
     index = len(self.leaves)
     self.leaves.append(_Leaf(kind, tuple(path), module, tuple(x.shape), tuple(y.shape),
-                             _user_line()))
+                             _user_line(), layers.mode_of(kind, module, args, kwargs)))
     return G.layer_p.bind(x, index=index, shape=tuple(y.shape), dtype=y.dtype)
 
   def error(self, e: Exception, shape, what: str) -> ConversionError:
@@ -183,14 +184,24 @@ def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionErr
         f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
         f"random numbers only through nn.Dropout; random operations of its own cannot be "
         f"converted: move them out of the module")
+  if name == "ModifyScopeVariableError" or (name == "TraceContextError"
+                                            and "mutate BatchStat" in text):
+    return ConversionError(
+        f"{what} updates its variables in eval mode, {where} ({name}: {text}): e.g. a "
+        f"BatchNorm on batch statistics (use_running_average=False) whatever the mode. Make "
+        f"it follow the module's train flag (use_running_average=not train)")
   if name == "TraceContextError":
     return ConversionError(
         f"{what} runs a part of itself through an NNX transform, {where} ({name}: {text}). "
         f"jaxdepth reads nnx.remat and nnx.jit through; other transforms (nnx.vmap, "
         f"nnx.scan, nnx.cond, ...) cannot be converted: call the layers directly (a stack of "
         f"layers as a list of modules)")
-  if name in ("ScopeParamShapeError", "ScopeParamNotFoundError", "ScopeCollectionNotFound",
-              "TypeError", "ValueError", "IndexError"):
+  if name in ("ScopeParamNotFoundError", "ScopeCollectionNotFound"):
+    return ConversionError(
+        f"the variables passed for {what} lack one the module reads, {where} ({name}: {text}). "
+        f"Pass the whole dict module.init(rng, x) returned (params and, with BatchNorm, "
+        f"batch_stats), not a part of it")
+  if name in ("ScopeParamShapeError", "TypeError", "ValueError", "IndexError"):
     return ConversionError(
         f"{what} cannot run on a sample input of shape {tuple(shape)}: it failed {where} "
         f"({name}: {text}). Pass a batch shaped like the data the module was built for, with "
@@ -238,11 +249,11 @@ def _eval_kwargs(module, train_kwarg: str) -> dict:
   return {train_kwarg: False} if any(p.name == train_kwarg for p in params) else {}
 
 
-def _trace_linen(module, variables, x, kwargs, rngs):
+def _trace_linen(module, variables, x, kwargs, rngs, mutable=False):
   tracer = _Tracer()
 
   def fn(x):
-    return module.apply(variables, x, rngs=rngs, **kwargs)
+    return module.apply(variables, x, rngs=rngs, mutable=mutable, **kwargs)
 
   try:
     with nn.intercept_methods(_linen_interceptor(tracer)), jax.disable_jit():
@@ -324,13 +335,16 @@ def _nnx_params(model) -> dict[int, tuple[str, str]]:
   return out
 
 
-def _trace_nnx(model, x, kwargs):
-  """Traces a copy of ``model`` in eval mode, its module classes' ``__call__`` wrapped for
-  the time of the trace (layers emit the marker, other modules name a scope) and
-  ``nnx.remat`` / ``nnx.jit`` running the functions they wrap."""
+def _trace_nnx(model, x, kwargs, train=False):
+  """Traces a copy of ``model`` in eval mode (``train``: in train mode), its module
+  classes' ``__call__`` wrapped for the time of the trace (layers emit the marker, other
+  modules name a scope) and ``nnx.remat`` / ``nnx.jit`` running the functions they wrap."""
   tracer = _Tracer()
   model = nnx.clone(model)
-  model.eval()
+  if train:
+    model.train()
+  else:
+    model.eval()
   paths, types = _nnx_patches(model)
   saved = {}
   entered: list[tuple] = []    # the paths of the modules whose __call__ is running
@@ -380,7 +394,18 @@ def _trace_nnx(model, x, kwargs):
       if "__call__" in dir(cls):
         patch(cls, "__call__", wrap(cls, cls.__call__))
     with jax.disable_jit():
-      closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
+      if train:
+        # Train mode updates BatchNorm statistics, which NNX allows only to a model made
+        # inside the trace: a copy merged there, its submodules' paths noted for the wrappers.
+        graphdef, state = nnx.split(model)
+
+        def run(state, x):
+          inner = nnx.merge(graphdef, state)
+          paths.update(_nnx_patches(inner)[0])
+          return inner(x, **kwargs)
+        closed = jax.make_jaxpr(run)(state, x)
+      else:
+        closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
   except ConversionError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -576,6 +601,45 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
   return Converted(spec, variables, builder.paths)
 
 
+def _rate(leaf: _Leaf) -> float:
+  """The dropout rate of a dropout or attention layer (0 for other kinds)."""
+  return float(getattr(leaf.module, {"dropout": "rate", "attention": "dropout_rate"}.get(
+      leaf.kind, ""), 0.0) or 0.0)
+
+
+def _check_modes(eval_leaves, train_leaves, train_kwarg: str):
+  """Refuses a layer whose mode does not follow the module's own.
+
+  The spec's BatchNorm and dropout follow :func:`jaxdepth.forward`'s ``train``: batch
+  statistics and dropout in train mode, running statistics and no dropout in eval mode.
+  A layer pinned to one mode (a frozen BatchNorm, ``use_running_average=True``; a dropout
+  with ``deterministic=True``) computes in the module's train mode what the spec would not.
+  """
+  todo = (f"make it follow the module's mode ({train_kwarg}), or keep it outside the "
+          f"converted module")
+  for leaf in eval_leaves:
+    if leaf.kind == "batch_norm" and leaf.mode is False:
+      raise ConversionError(f"layer {leaf.where} normalises with batch statistics in eval "
+                            f"mode (use_running_average=False); {todo}")
+    if _rate(leaf) > 0 and leaf.mode is False:
+      raise ConversionError(f"layer {leaf.where} drops units in eval mode "
+                            f"(deterministic=False); {todo}")
+  for leaf in train_leaves:
+    if leaf.kind == "batch_norm" and leaf.mode:
+      raise ConversionError(f"layer {leaf.where} keeps its running statistics in train mode "
+                            f"(use_running_average=True, a frozen BatchNorm), which the spec's "
+                            f"BatchNorm does not; {todo}, or fold it into the layer before it")
+    if _rate(leaf) > 0 and leaf.mode:
+      raise ConversionError(f"layer {leaf.where} never drops units (deterministic=True) with "
+                            f"rate {_rate(leaf)}, while the spec's dropout drops in train "
+                            f"mode; {todo}, or set its rate to 0")
+
+
+def _train_mode_error(e: ConversionError, train_kwarg: str) -> ConversionError:
+  return ConversionError(f"in train mode ({train_kwarg}=True, the mode the spec is trained "
+                         f"in): {e}")
+
+
 def _verify(conv: Converted, expected, x, tolerance):
   got = network.forward(conv.spec, conv.variables, x).logits
   expected = np.asarray(expected, np.float64)
@@ -642,6 +706,15 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   kwargs = _eval_kwargs(module, train_kwarg)
   variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
   closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs)
+  train_leaves = []
+  if kwargs:          # a module without a train flag has one mode, the spec's eval mode
+    try:
+      _, train_leaves, _ = _trace_linen(module, variables, x, {train_kwarg: True},
+                                        {"dropout": jax.random.key(0), **(rngs or {})},
+                                        mutable=True)
+    except ConversionError as e:
+      raise _train_mode_error(e, train_kwarg) from e
+  _check_modes(leaves, train_leaves, train_kwarg)
   root = type(module).__name__
   conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
@@ -662,6 +735,11 @@ def from_nnx(model, sample_input, *, train_kwarg: str = "train", name: str | Non
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(model, train_kwarg)
   closed, leaves, params = _trace_nnx(model, x, kwargs)
+  try:
+    _, train_leaves, _ = _trace_nnx(model, x, {k: True for k in kwargs}, train=True)
+  except ConversionError as e:
+    raise _train_mode_error(e, train_kwarg) from e
+  _check_modes(leaves, train_leaves, train_kwarg)
   root = type(model).__name__
   conv = _convert(closed, leaves, params, _nnx_read, x, root, name or root)
   if check:
@@ -797,8 +875,8 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
   The class is constructed with ``num_classes=`` when it takes it (a Linen field
   or an NNX ``__init__`` argument), with the entries of ``model_kwargs`` it takes
   (the others, e.g. a config's arguments for its own zoo model, are left out), and
-  for NNX with ``rngs=``; then initialised on zeros of ``(2, *input_shape)`` with
-  ``seed`` and converted by :func:`from_flax`.
+  for NNX with ``rngs=``; then initialised with ``seed`` and converted (and checked) by
+  :func:`from_flax` on a standard-normal sample of shape ``(2, *input_shape)``.
   """
   cls = load_class(reference)
   if issubclass(cls, nn.Module):
@@ -817,10 +895,13 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
                           f"({e}); the class must be constructible with num_classes (when it "
                           f"takes it) and the model_kwargs it takes (--set "
                           f"\"model_kwargs={{...}}\")") from e
-  x = jnp.zeros((2, *input_shape), jnp.float32)
+  # A standard-normal sample, not zeros: the conversion's check compares the module and
+  # the spec on it, and on zeros most networks output their (zero) biases whatever they are.
+  init_key, sample_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
+  x = jax.random.normal(sample_key, (2, *input_shape), jnp.float32)
   if isinstance(module, nnx.Module):
     return from_nnx(module, x)
-  keys = dict(zip(("params", "dropout"), jax.random.split(jax.random.key(seed))))
+  keys = {"params": init_key, "dropout": dropout_key}
   try:
     variables = module.init(keys, x)
   except Exception as e:  # pylint: disable=broad-except

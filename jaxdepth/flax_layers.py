@@ -4,9 +4,9 @@ both ways.
 For every layer kind (``conv``, ``dense``, ``batch_norm``, ``layer_norm``,
 ``group_norm``, ``dropout``, ``attention``) this module says
 
-* which Linen and NNX classes are of that kind (:data:`LINEN`, :data:`NNX`;
-  exact types, so a subclass with a ``__call__`` of its own is traced through
-  like any user module);
+* which Linen and NNX classes are of that kind (:data:`LINEN`, :data:`NNX`, and
+  their subclasses without a ``__call__`` of their own; a subclass with one is
+  traced through like any user module);
 * how a call must look to be converted (:func:`call_input`): one input array,
   and for attention self-attention without mask, cache or custom attention
   function;
@@ -42,8 +42,8 @@ from jaxdepth import spec as S
 from jaxdepth.trace_graph import ConversionError
 from jaxdepth.transformer import nodes as T
 
-__all__ = ["LINEN", "NNX", "SUPPORTED", "kind_of", "call_input", "node_of", "user_leaves",
-           "CannotGoBack"]
+__all__ = ["LINEN", "NNX", "SUPPORTED", "kind_of", "call_input", "mode_of", "node_of",
+           "user_leaves", "CannotGoBack"]
 
 LINEN = ((nn.Conv, "conv"), (nn.Dense, "dense"), (nn.BatchNorm, "batch_norm"),
          (nn.LayerNorm, "layer_norm"), (nn.GroupNorm, "group_norm"), (nn.Dropout, "dropout"),
@@ -58,9 +58,16 @@ _DEFAULT_ATTENTION = (nn.dot_product_attention, nnx.dot_product_attention)
 
 
 def kind_of(cls, table) -> str | None:
-  """The layer kind of class ``cls`` in ``table`` (:data:`LINEN` or :data:`NNX`), if any."""
+  """The layer kind of class ``cls`` in ``table`` (:data:`LINEN` or :data:`NNX`), if any.
+
+  A subclass is of its layer's kind when it computes what the layer computes: no class
+  between it and the layer defines a ``__call__`` (one that only changes defaults, e.g.
+  ``class Conv3x3(nn.Conv): kernel_size = (3, 3)``); one with a ``__call__`` of its own is
+  user code, traced through.
+  """
   for c, kind in table:
-    if cls is c:
+    if cls is c or (issubclass(cls, c) and not any(
+        "__call__" in k.__dict__ for k in cls.__mro__[:cls.__mro__.index(c)])):
       return kind
   return None
 
@@ -80,10 +87,40 @@ def call_input(kind: str, module, args, kwargs, where: str):
   """
   if kind == "attention":
     return _attention_input(module, args, kwargs, where)
-  if len(args) != 1:
-    raise ConversionError(f"layer {where} is called with {len(args)} positional arguments; "
-                          f"jaxdepth converts layers called on one input")
-  return args[0]
+  try:
+    bound = inspect.signature(type(module).__call__).bind(module, *args, **kwargs)
+  except TypeError as e:
+    raise ConversionError(f"layer {where}: {e}") from None
+  x, *rest = list(bound.arguments.items())[1:]
+  for name, value in rest:
+    if value is not None and name not in _CALL_ARGUMENTS:
+      raise ConversionError(f"layer {where} is called with {name}=...; jaxdepth converts "
+                            f"{kind} layers called on their input alone (the spec's node has "
+                            f"no {name}): leave it out, or keep this layer outside the "
+                            f"converted module")
+  return x[1]
+
+
+# Call arguments that leave what the layer computes as the spec node computes it: the
+# mode flags (read by mode_of), dropout's random stream and NNX's output sharding.
+_CALL_ARGUMENTS = ("use_running_average", "deterministic", "rng", "rngs", "out_sharding")
+_MODE = {"batch_norm": "use_running_average", "dropout": "deterministic",
+         "attention": "deterministic"}
+
+
+def mode_of(kind: str, module, args, kwargs) -> bool | None:
+  """The mode flag a layer call runs with: for BatchNorm whether it uses its running
+  statistics (``use_running_average``), for dropout and attention whether dropout is off
+  (``deterministic``); ``None`` for other kinds or when neither the call nor the layer sets
+  it. The call's argument wins over the layer's attribute, as in Flax."""
+  name = _MODE.get(kind)
+  if name is None:
+    return None
+  value = inspect.signature(type(module).__call__).bind(module, *args, **kwargs).arguments.get(
+      name)
+  if value is None:
+    value = getattr(module, name, None)
+  return None if value is None else bool(value)
 
 
 def _attention_input(module, args, kwargs, where):
@@ -192,6 +229,7 @@ def node_of(kind: str, module, name: str, in_shape, out_shape, variables: dict, 
     where: the layer's path, class and source line, for messages.
   """
   m, params = module, variables.get("params", {})
+  _refuse_replaced_internals(m, where)
   if kind == "conv":
     return _conv(m, name, in_shape, out_shape, params, where)
   if kind == "dense":
@@ -219,11 +257,32 @@ def node_of(kind: str, module, name: str, in_shape, out_shape, variables: dict, 
   return S.Dropout(name, rate=float(m.rate)), {}
 
 
+# Attributes that change what a layer computes beyond what the spec node keeps: a kernel
+# mask, or a convolution / matrix product replaced by the user's own function.
+_REPLACED = {"mask": (None,), "conv_general_dilated": (None, jax.lax.conv_general_dilated),
+             "dot_general": (None, jax.lax.dot_general), "conv_general_dilated_cls": (None,),
+             "dot_general_cls": (None,), "qkv_dot_general": (None,),
+             "out_dot_general": (None,), "qkv_dot_general_cls": (None,),
+             "out_dot_general_cls": (None,)}
+
+
+def _refuse_replaced_internals(m, where):
+  for name, defaults in _REPLACED.items():
+    value = getattr(m, name, None)
+    if not any(value is d for d in defaults):
+      raise ConversionError(f"layer {where} sets {name}, which changes what it computes "
+                            f"beyond the spec node (a plain {type(m).__name__}); leave "
+                            f"{name} at its default, or keep this layer outside the "
+                            f"converted module")
+
+
 def _conv(m, name, in_shape, out_shape, params, where):
   if len(in_shape) != 4:
     raise ConversionError(f"layer {where}: a convolution on an input of shape {in_shape}; "
                           f"jaxdepth converts 2-D convolutions on (B, H, W, C) inputs")
-  kernel = _pair_of(m.kernel_size, None, "kernel_size", where)
+  # An int kernel_size is a 1-D convolution to Flax (kernel_size=(k,)), not k x k.
+  kernel = _pair_of((m.kernel_size,) if isinstance(m.kernel_size, int) else m.kernel_size,
+                    None, "kernel_size", where)
   strides = _pair_of(m.strides, (1, 1), "strides", where)
   for attr in ("input_dilation", "kernel_dilation"):
     if _pair_of(getattr(m, attr, None), (1, 1), attr, where) != (1, 1):

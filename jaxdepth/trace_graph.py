@@ -100,7 +100,10 @@ _ACTIVATION_OPS = frozenset({
     "integer_pow", "pow", "select_n", "ge", "gt", "le", "lt", "eq", "ne", "abs", "sign",
     "convert_element_type", "copy", "copy_p", "clamp", "broadcast_in_dim", "exp", "expm1",
     "log1p", "stop_gradient", "square", "sqrt", "rsqrt"}) | _CALLS
-_GRID = np.linspace(-8.0, 8.0, 4001)
+# Dense where activations bend, and out to ±1e6, so that a clamp far from 0 (a stability
+# clip(x, -10, 10), which is no site) is not taken for the identity or a ReLU.
+_FAR = np.logspace(1.0, 6.0, 26)
+_GRID = np.concatenate([-_FAR[::-1], np.linspace(-8.0, 8.0, 4001), _FAR])
 _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 

@@ -402,7 +402,7 @@ def test_train_outputs_and_batch_stats_equal_the_module(converted):
 
 
 def test_structure_of_the_converted_networks(converted):
-  framework, name, _, _, conv = converted
+  framework, name, module, module_variables, conv = converted
   spec = conv.spec
   kinds = {n.kind for _, n in spec.walk()}
   fns = {n.fn for _, n in spec.walk() if isinstance(n, S.Act)}
@@ -449,8 +449,17 @@ def test_structure_of_the_converted_networks(converted):
         n, (jaxdepth.ClassToken, jaxdepth.PositionEmbedding))} == set(user[framework])
     tokens = 17 if framework == "nnx" else 16      # with or without the class token
     assert conv.variables["params"][user[framework][0]]["embedding"].shape == (1, tokens, 8)
-  # every layer node maps to a user path that holds its weights
-  assert all(isinstance(p, str) and p for p in conv.paths.values())
+  # every layer node with weights maps to the user's path that holds them
+  user = (nnx.to_pure_dict(nnx.state(module)) if framework == "nnx"
+          else {"params": module_variables["params"]})
+  kernels = 0
+  for spath, upath in conv.paths.items():
+    if isinstance(spec.node(spath), (S.Conv, S.Dense)):
+      held = _lookup(user if framework == "nnx" else user["params"], upath)
+      np.testing.assert_array_equal(held["kernel"],
+                                    _lookup(conv.variables["params"], spath)["kernel"])
+      kernels += 1
+  assert kernels == sum(isinstance(n, (S.Conv, S.Dense)) for _, n in spec.walk())
   assert set(jaxdepth.costs.summary(spec)) >= {"params", "macs", "nonlinear_depth"}
 
 
@@ -969,6 +978,161 @@ def test_activation_identified_by_what_it_computes():
   variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert [conv.spec.node(s).fn for s in conv.spec.sites()] == ["relu", "silu", "gelu"]
+
+
+def test_a_clamp_far_from_zero_is_no_activation():
+  class Clamped(nn.Module):
+    low: float
+
+    @nn.compact
+    def __call__(self, x):
+      x = jnp.clip(nn.Conv(4, (3, 3))(x), self.low, 10.0)     # identity / ReLU within ±8
+      return x.reshape((x.shape[0], -1))
+  x = _batch()
+  for low in (-10.0, 0.0):
+    module = Clamped(low)
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+    assert "no known activation" in message and "test_from_flax.py:" in message
+
+
+class PinnedModes(nn.Module):
+  """A layer whose mode does not follow ``train``: a frozen BatchNorm (by attribute or by
+  the call's argument) or a dropout that never drops."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.Conv(4, (3, 3))(x)
+    if self.how == "frozen attribute":
+      x = nn.BatchNorm(use_running_average=True)(x)
+    elif self.how == "frozen call":
+      x = nn.BatchNorm()(x, use_running_average=True)
+    elif self.how == "batch statistics in eval":
+      x = nn.BatchNorm()(x, use_running_average=False)
+    else:
+      x = nn.BatchNorm(use_running_average=not train)(x)
+      x = nn.Dropout(0.5, deterministic=True)(x)
+    return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+
+
+@pytest.mark.parametrize("how, words", [
+    ("frozen attribute", "keeps its running statistics in train mode"),
+    ("frozen call", "keeps its running statistics in train mode"),
+    ("batch statistics in eval", "in eval mode"),
+    ("dropout off", "never drops units (deterministic=True) with rate 0.5")])
+def test_a_layer_pinned_to_one_mode_is_refused(how, words):
+  module = PinnedModes(how)
+  x = _batch()
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert words in message and "test_from_flax.py:" in message
+  assert ("deterministic" if how == "dropout off" else "use_running_average") in message
+  assert ("Dropout_0" if how == "dropout off" else "BatchNorm_0") in message
+
+
+class NNXFrozen(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x):
+    x = self.bn(self.conv(x), use_running_average=True)     # model.train() cannot change it
+    return self.head(nnx.relu(x).mean((1, 2)))
+
+
+def test_an_nnx_batch_norm_pinned_by_its_call_is_refused():
+  message = _refusal(lambda: jaxdepth.from_nnx(NNXFrozen(nnx.Rngs(0)), _batch()))
+  assert "keeps its running statistics in train mode" in message and "layer bn " in message
+  with mock.patch.object(NNXFrozen, "__call__", lambda self, x: self.head(
+      self.bn(self.conv(x), use_running_average=False).mean((1, 2)))):
+    message = _refusal(lambda: jaxdepth.from_nnx(NNXFrozen(nnx.Rngs(0)), _batch()))
+  assert "updates its variables in eval mode" in message and "in module bn " in message
+
+
+def test_layer_arguments_the_spec_has_no_room_for_are_refused():
+  class Masked(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      mask = jnp.zeros((3, 3, 1, 4)).at[1, 1].set(1.0)
+      return nn.Conv(4, (3, 3), mask=mask)(x).reshape((x.shape[0], -1))
+
+  class MaskedNorm(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.Conv(4, (3, 3))(x)
+      return nn.LayerNorm()(x, mask=x > 0).reshape((x.shape[0], -1))
+
+  class NNXMasked(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 4, (3, 3), mask=jnp.ones((3, 3, 1, 4)), rngs=rngs)
+
+    def __call__(self, x):
+      return self.conv(x).reshape((x.shape[0], -1))
+  x = _batch()
+  for module, words in ((Masked(), "Conv_0 (Conv, "), (MaskedNorm(), "LayerNorm_0 (LayerNorm, ")):
+    variables = jax.jit(module.init)(jax.random.key(0), x)
+    message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+    assert words in message and "mask" in message and "test_from_flax.py:" in message
+  message = _refusal(lambda: jaxdepth.from_nnx(NNXMasked(nnx.Rngs(0)), x))
+  assert "layer conv " in message and "sets mask" in message
+
+
+def test_an_int_kernel_size_is_a_1d_convolution_and_refused():
+  class Conv1d(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Conv(4, kernel_size=3)(x).reshape((x.shape[0], -1))   # along W, rows batched
+  module, x = Conv1d(), _batch()
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "kernel_size (3,) is not 2-D" in message and "Conv_0" in message
+
+
+class Conv3x3(nn.Conv):
+  """A Flax layer with other defaults and no ``__call__`` of its own."""
+  features: int = 4
+  kernel_size: tuple = (3, 3)
+
+
+class NNXHead(nnx.Linear):
+  pass
+
+
+def test_a_layer_subclass_that_only_changes_defaults_converts_as_the_layer():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.relu(Conv3x3()(x)).mean((1, 2)))
+
+  class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+      self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+      self.head = NNXHead(4, 3, rngs=rngs)
+
+    def __call__(self, x):
+      return self.head(nnx.relu(self.conv(x)).mean((1, 2)))
+  x = _batch()
+  module = Net()
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert [type(n).__name__ for n in conv.spec.layers] == ["Conv", "Act", "Pool", "Dense"]
+  np.testing.assert_allclose(network.forward(conv.spec, conv.variables, x).logits,
+                             module.apply(variables, x), atol=1e-5)
+  model = NNXNet(nnx.Rngs(0))
+  conv = jaxdepth.from_nnx(model, x)
+  assert conv.paths["head"] == "head"
+  np.testing.assert_allclose(network.forward(conv.spec, conv.variables, x).logits, model(x),
+                             atol=1e-5)
+
+
+def test_variables_lacking_a_collection_are_refused_as_such():
+  module, variables = _make("linen", "resnet")
+  x = _batch()
+  message = _refusal(lambda: jaxdepth.from_flax(module, {"params": variables["params"]}, x))
+  assert "batch_stats" in message and "module.init(rng, x)" in message
+  assert "batch shaped like the data" not in message
 
 
 # ------------------------------------------------------------------------------ the CLI
