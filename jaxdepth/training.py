@@ -81,7 +81,8 @@ class Regularizer(NamedTuple):
     name: a short name, stored with checkpoints (a resumed run must use the same).
     capture: node paths whose ``(input, output)`` ``fn`` reads.
     fn: ``fn(captured, mask, rng) -> scalar``, ``captured = {path: (x, y)}`` over
-      the global batch, ``mask`` the ``(B,)`` real-example flags, ``rng`` a key
+      the global batch, ``mask`` the ``(B,)`` real-example flags (a text batch: the
+      ``(B, L)`` flags of the real tokens of real examples), ``rng`` a key
       that is a function of the run seed and the step (so a resumed run draws
       the same keys). It must be hashable (compiled steps are cached on it): a
       module-level function or a frozen dataclass instance.
@@ -292,6 +293,14 @@ def mean_metrics(sums: dict[str, Any]) -> dict[str, float]:
   return out
 
 
+def _real_mask(batch, mask: jax.Array) -> jax.Array:
+  """What a regularizer reads as real: the ``(B,)`` example flags, or for a text batch the
+  ``(B, L)`` flags of its real tokens (``attention_mask``) in real examples."""
+  if "attention_mask" not in batch:
+    return mask
+  return (batch["attention_mask"] != 0) & mask.astype(bool)[:, None]
+
+
 def _zero_metrics(regularizer: bool = False) -> dict[str, jax.Array]:
   keys = ("loss", "correct", "count") + (("regularizer",) if regularizer else ())
   return {k: jnp.zeros((), jnp.float32) for k in keys}
@@ -353,7 +362,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       value = loss(out.logits, batch["label"], mask)
       term = jnp.zeros((), jnp.float32)
       if regularizer is not None:
-        term = regularizer.fn(out.captured, mask, jax.random.fold_in(rng, 1))
+        term = regularizer.fn(out.captured, _real_mask(batch, mask), jax.random.fold_in(rng, 1))
       return value + term, (out, term)
 
     (_, (out, term)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

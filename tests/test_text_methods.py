@@ -1,7 +1,7 @@
-"""TLC and EASIER on text encoders: the ranking on a padded token batch against the naive
-reference, empirical means over real tokens, encoder slices with token inputs, and both
-methods end to end on the tiny encoder with mock GLUE (the TLC one through the command line,
-from a tiny Hugging Face folder)."""
+"""TLC, EASIER and LaCoOT on text encoders: the ranking on a padded token batch against the
+naive reference, empirical means over real tokens, encoder slices with token inputs,
+LaCoOT's distances blind to padding, and the methods end to end on the tiny encoder with mock
+GLUE (the TLC one through the command line, from a tiny Hugging Face folder)."""
 import json
 
 import jax
@@ -11,7 +11,7 @@ import tensorflow_datasets as tfds
 
 from jaxdepth import data, driver, network, optim, zoo
 from jaxdepth import spec as S
-from jaxdepth.methods import Easier, tlc
+from jaxdepth.methods import Easier, LaCoOT, lacoot, tlc
 from train import config as config_lib
 from train import tlc as tlc_cli
 
@@ -78,6 +78,35 @@ def test_an_encoder_slice_reads_token_inputs_beside_hidden_states():
     network.forward(spec, variables, x, token_inputs=x)
 
 
+def test_lacoot_compares_real_tokens_only():
+  """Padding ids change the padding positions' hidden states, not the logits: neither the
+  training penalty nor the measured distances may see them."""
+  spec, variables = model("bert")
+  x = token_batch("bert")
+  real = x["attention_mask"] == 1
+  assert not real.all()
+  repadded = dict(x, input_ids=np.where(real, x["input_ids"], 7))
+  units = lacoot.find_blocks(spec)
+  assert units == ("encoder/layer/0", "encoder/layer/1")
+  reg = lacoot.regularizer(units, 1.0, 8)
+  key = jax.random.key(0)
+  values, captured = [], []
+  for inputs in (x, repadded):
+    out = network.forward(spec, variables, inputs, capture=reg.capture)
+    captured.append(out.captured["encoder/layer/0"][1])
+    values.append(float(reg.fn(out.captured, jax.numpy.asarray(real), key)))
+  # the padding positions' states differ, the penalty does not
+  assert not np.allclose(captured[0], captured[1])
+  assert values[0] == pytest.approx(values[1], rel=1e-6)
+  # against the same distance computed by hand on the zeroed states
+  out = network.forward(spec, variables, x, capture=reg.capture)
+  keep = real[..., None].astype(np.float32)
+  by_hand = np.mean([float(lacoot.max_sliced_wasserstein(
+      out.captured[u][0] * keep, out.captured[u][1] * keep,
+      rng=jax.random.fold_in(key, k), n_projections=8)) for k, u in enumerate(units)])
+  assert values[0] == pytest.approx(by_hand, rel=1e-5)
+
+
 # ----------------------------------------------------------------- end to end
 
 
@@ -101,6 +130,23 @@ def test_easier_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
   first = entries[0]["entropies"]
   assert entries[0]["removed_now"] == entries[1]["removed"] == [min(first, key=first.get)]
   assert set(first) == set(spec.sites())
+
+
+def test_lacoot_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
+  with tfds.testing.mock_data(as_data_source_fn=fake_glue_source):
+    ds = data.load("glue/sst2", tokenizer=tokenizer_path, max_length=16)
+  spec = zoo.tiny_encoder(vocab_size=32, input_shape=ds.input_shape)
+  recipe = optim.Recipe(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3)
+  result = driver.run(LaCoOT(n_projections=4), spec, ds, recipe, tmp_path / "lacoot",
+                      progress=False, merge=False, checkpoint_epochs=False,
+                      eval_batch_size=4)
+  entries = result.report["iterations"]
+  assert [e["units_removed"] for e in entries] == [0, 1, 2]
+  distances = entries[0]["distances"]
+  assert set(distances) == {"encoder/layer/0", "encoder/layer/1"}
+  assert all(np.isfinite(d) and d > 0 for d in distances.values())
+  # ascending distance: the closer layer goes first
+  assert entries[0]["removed_now"] == [min(distances, key=distances.get)]
 
 
 def test_tlc_end_to_end_from_a_hugging_face_folder_through_the_command(tmp_path, capsys):

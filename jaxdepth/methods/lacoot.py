@@ -72,7 +72,7 @@ from jaxdepth.methods import base
 from jaxdepth.transformer import Attention, StochasticDepth, WindowAttention
 
 __all__ = ["PAIRINGS", "ORDERS", "SCORES", "random_projections", "slice_costs",
-           "max_sliced_wasserstein", "sliced_wasserstein", "Penalty", "regularizer",
+           "max_sliced_wasserstein", "sliced_wasserstein", "Penalty", "real_tokens", "regularizer",
            "find_blocks", "transformer_layers", "official_units", "compared_outputs",
            "check_blocks", "block_distances", "removal_order", "remove_units", "LaCoOT"]
 
@@ -245,13 +245,28 @@ class Penalty:
     return tuple(dict.fromkeys(self.paths + (self.outputs or ())))
 
   def __call__(self, captured, mask, rng) -> jax.Array:
-    del mask   # training batches are full (fit drops the remainder): uniform weights
+    # Training batches are full (fit drops the remainder): uniform weights. A text batch's
+    # mask flags its real tokens, whose positions alone are compared.
+    tokens = mask if jnp.ndim(mask) == 2 else None
     outputs = self.outputs or self.paths
-    distances = [max_sliced_wasserstein(captured[p][0], captured[q][1],
+    distances = [max_sliced_wasserstein(real_tokens(captured[p][0], tokens),
+                                        real_tokens(captured[q][1], tokens),
                                         rng=jax.random.fold_in(rng, k),
                                         n_projections=self.n_projections)
                  for k, (p, q) in enumerate(zip(self.paths, outputs))]
     return self.weight * jnp.mean(jnp.stack(distances))
+
+
+def real_tokens(z: jax.Array, tokens: jax.Array | None) -> jax.Array:
+  """``z`` with a text batch's padding positions set to 0 (``tokens``: its ``(B, L)``
+  real-token flags; ``None`` or another shape than ``z``'s leading axes: ``z`` unchanged).
+
+  A padding position's hidden state depends on the padding ids, not on the sentence, and
+  reaches no real token; zeroed on both sides it adds nothing to a distance.
+  """
+  if tokens is None or tuple(z.shape[:-1]) != tuple(tokens.shape):
+    return z
+  return z * (tokens != 0)[..., None].astype(z.dtype)
 
 
 def regularizer(paths, weight: float = 1.0, n_projections: int = 50, outputs=None
@@ -519,8 +534,10 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
   process_kw = ({"process_index": jax.process_index(), "process_count": processes}
                 if processes > 1 else {})
   for i, batch in enumerate(split.batches(size // processes, drop_remainder=True, **process_kw)):
-    images = training.shard_batch({"image": batch["image"]}, mesh)["image"]
-    sw, msw = one(variables, images, gates, i, fixed, fresh)
+    x = network.batch_inputs(spec, batch)       # images, or a text batch's token inputs
+    inputs = (training.shard_batch(x, mesh) if isinstance(x, dict)
+              else training.shard_batch({"image": x}, mesh)["image"])
+    sw, msw = one(variables, inputs, gates, i, fixed, fresh)
     total_sw, total_msw, count = total_sw + sw, total_msw + msw, count + 1
   sw, msw = np.asarray(jax.device_get(total_sw)) / count, np.asarray(
       jax.device_get(total_msw)) / count
@@ -538,12 +555,13 @@ def _distances_step(spec: S.Spec, paths: tuple[str, ...], outputs: tuple[str, ..
   capture = tuple(dict.fromkeys(paths + outputs))
 
   @jax.jit
-  def one(variables, images, gates, batch_index, fixed, fresh):
-    out = network.forward(spec, variables, images, capture=capture, node_gates=gates,
+  def one(variables, inputs, gates, batch_index, fixed, fresh):
+    out = network.forward(spec, variables, inputs, capture=capture, node_gates=gates,
                           dtype=dtype)
+    tokens = inputs.get("attention_mask") if isinstance(inputs, dict) else None
     sw, msw = [], []
     for k, (p, q) in enumerate(zip(paths, outputs)):
-      x, y = out.captured[p][0], out.captured[q][1]
+      x, y = real_tokens(out.captured[p][0], tokens), real_tokens(out.captured[q][1], tokens)
       sw.append(sliced_wasserstein(x, y, rng=fixed, n_projections=n_projections))
       key = jax.random.fold_in(jax.random.fold_in(fresh, batch_index), k)
       msw.append(max_sliced_wasserstein(x, y, rng=key, n_projections=n_projections))
