@@ -157,6 +157,32 @@ def test_pretraining_checkpoint_needs_new_head_and_keeps_the_fresh_one(tmp_path)
                       for n in ("query", "key", "value")]))
 
 
+def test_masked_lm_checkpoint_without_pooler_starts_pooler_and_classifier_fresh(tmp_path):
+  """``BertForMaskedLM`` is saved without a pooler: with new_head=True the pooler is fresh
+  too (as Hugging Face fine-tunes such a checkpoint); without, the error says so."""
+  config = hf_config("bert")
+  tensors = random_state_dict(config, prefix="bert.", head="none", seed=3)
+  tensors["cls.predictions.bias"] = np.zeros(50, np.float32)              # MLM head, unused
+  assert not any("pooler" in k for k in tensors)
+  folder = write_folder(tmp_path, config, tensors)
+  with pytest.raises(StateDictError, match=r"has no pooler \(bert.pooler.\*\), as a "
+                                           r"masked-LM checkpoint.*new_head=True"):
+    hf.from_pretrained(folder, max_length=LENGTH)
+  spec, variables = hf.from_pretrained(folder, max_length=LENGTH, new_head=True, seed=5)
+  fresh = network.init(spec, jax.random.key(5))["params"]
+  for part in ("pooler", "classifier"):
+    jax.tree.map(np.testing.assert_array_equal, variables["params"][part], fresh[part])
+  np.testing.assert_array_equal(
+      variables["params"]["encoder"]["layer"]["1"]["mlp"]["output"]["kernel"],
+      tensors["bert.encoder.layer.1.output.dense.weight"].T)
+  # a file that has a pooler still loads it, whatever new_head says
+  tensors = random_state_dict(config, prefix="bert.", head="pooled", seed=3)
+  _, variables = hf.from_pretrained(write_folder(tmp_path / "pooled", config, tensors),
+                                    max_length=LENGTH, new_head=True)
+  np.testing.assert_array_equal(variables["params"]["pooler"]["dense"]["kernel"],
+                                tensors["bert.pooler.dense.weight"].T)
+
+
 @pytest.mark.parametrize("edit, message", [
     (lambda t: t.pop("bert.encoder.layer.1.output.dense.bias"),
      r"has no tensor 'bert.encoder.layer.1.output.dense.bias' \(for "

@@ -39,7 +39,8 @@ not use are skipped: the ``position_ids`` and ``token_type_ids`` buffers, the
 pre-training heads (``cls.*``, ``lm_head.*``) and, for RoBERTa's classifier,
 which has no pooler, ``pooler.*``. A checkpoint without a classifier (a
 pre-trained model) loads with ``new_head=True``: the classifier keeps its fresh
-initialisation, to be fine-tuned.
+initialisation, to be fine-tuned, and so does BERT's pooler where the file has
+none (a masked-LM checkpoint).
 """
 from __future__ import annotations
 
@@ -282,9 +283,19 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
     template = make() if new_head else jax.eval_shape(make)
   heads = [p for p in ("params/classifier",) if any(
       path == "classifier" for path, _ in spec.walk())]
+  # A masked-LM checkpoint has no pooler (Hugging Face saves it without one); with a fresh
+  # classifier the pooler starts fresh too, as in Hugging Face's own fine-tuning.
+  pooler = [p for p in ("params/pooler",) if any(path == "pooler" for path, _ in spec.walk())
+            and not any(k.startswith(f"{prefix}pooler.") for k in tensors)]
   try:
-    return sd.assign(template, tensors, names, keep=heads if new_head else (), what=what)
+    return sd.assign(template, tensors, names, keep=heads + pooler if new_head else (),
+                     what=what)
   except StateDictError as e:
+    if not new_head and e.target is not None and sd.under(e.target, pooler):
+      raise StateDictError(f"{what} has no pooler ({prefix}pooler.*), as a masked-LM "
+                           f"checkpoint is saved; pass new_head=True to start the pooler and "
+                           f"the classifier freshly initialised, to be fine-tuned",
+                           key=e.key, target=e.target) from None
     if not new_head and e.target is not None and sd.under(e.target, heads):
       raise StateDictError(f"{e} The classifier is what does not fit: to start from a "
                            f"pre-trained encoder (no classifier in the file) or another number "
