@@ -211,7 +211,8 @@ def test_cifar_augmentation_is_pad4_crop_and_flip_and_val_augment_is_opt_in():
     flipped = [closest(shifts_and_flips(plain[k], 4, flips=False), image) > 1e-5 for k, image in enumerate(aug[0])]
     assert 0 < sum(flipped) < len(flipped)
     val_plain = served(epoch(ds.val, 8))
-    np.testing.assert_array_equal(served(epoch(quirk.val, 8, augment=False, epoch=0)), served(epoch(quirk.val, 8, epoch=0)))
+    np.testing.assert_array_equal(served(epoch(quirk.val, 8, augment=False, epoch=0)),
+                                  served(epoch(quirk.val, 8, augment=True, epoch=0)))
     assert not np.allclose(served(epoch(quirk.val, 8)), val_plain)       # the quirk: val is augmented
     np.testing.assert_array_equal(served(epoch(ds.val, 8, epoch=4)), val_plain)   # default: it is not
     np.testing.assert_array_equal(served(epoch(ds.test, 8, epoch=4)), served(epoch(ds.test, 8)))
@@ -303,6 +304,30 @@ def test_plain_class_folders_are_detected_and_split(tmp_path):
   np.testing.assert_allclose(pixels, np.array([COLOURS[ds.class_names[y]] for y in labels]) / 255.0, atol=1e-5)
 
 
+def test_a_class_folder_named_train_is_a_class(tmp_path):
+  colours = {"bus": (200, 30, 30), "car": (30, 200, 30), "train": (30, 30, 200)}   # as CIFAR-100's "train"
+  for cls, colour in colours.items():
+    for k in range(5):
+      write_png(tmp_path / cls / f"{k}.png", np.broadcast_to(colour, (8, 8, 3)))
+
+  def check(ds):
+    assert ds.class_names == ("bus", "car", "train") and (len(ds.train), len(ds.val), len(ds.test)) == (11, 2, 2)
+    labels = served(epoch(ds.train, 11), "label")
+    pixels = served(epoch(ds.train, 11))[:, 0, 0] * IMAGENET[1] + IMAGENET[0]
+    np.testing.assert_allclose(pixels, np.array([colours[ds.class_names[y]] for y in labels]) / 255.0, atol=1e-5)
+
+  check(data.load(f"folder:{tmp_path}", image_size=8))
+  for k in range(5):   # "train" holds only a folder now, but bus/ and car/ hold images: still classes
+    write_png(tmp_path / "train" / "side" / f"{k}.png", np.broadcast_to(colours["train"], (8, 8, 3)))
+    (tmp_path / "train" / f"{k}.png").unlink()
+  check(data.load(f"folder:{tmp_path}", image_size=8))
+  check(data.load(f"folder:{tmp_path}", image_size=8, layout="classes"))
+  with pytest.raises(ValueError, match=r"train holds one class \('side'\)"):
+    data.load(f"folder:{tmp_path}", layout="splits")      # the layout is passed through
+  with pytest.raises(ValueError, match=r"layout applies to image folders \(folder:<path>\) only"):
+    data.load("digits", layout="classes")
+
+
 def test_split_folders_serve_native_size_and_flip_only(tmp_path):
   rng = np.random.default_rng(0)
   originals = {}
@@ -384,3 +409,52 @@ def test_image_folder_errors_name_the_problem(tmp_path):
   with pytest.raises(data.UnreadableImageError, match=r"cannot read image .*c/dog/1.png"):
     for split in (six.train, six.val, six.test):
       epoch(split, 1)
+
+
+# --- one's own arrays (Dataset.from_arrays) ---
+
+def test_from_arrays_refuses_an_empty_hold_out_and_nan_pixels():
+  x, y = np.random.default_rng(0).random((20, 4, 4, 1)), np.arange(20) % 2
+  with pytest.raises(ValueError, match=r"val_fraction=0.02 holds out no example of the 20 train ones "
+                                       r"\(round\(0.02 \* 20\) = 0\).*val_fraction >= 1/20"):
+    data.Dataset.from_arrays(train=(x, y), test=(x, y), val_fraction=0.02)
+  with pytest.raises(ValueError, match=r"val_fraction=0.9 holds out all 1 train examples.*lower it"):
+    data.Dataset.from_arrays(train=(x[:1], y[:1]), test=(x, y), val_fraction=0.9)
+  ds = data.Dataset.from_arrays(train=(x, y), test=(x, y), val_fraction=0.05)
+  assert (len(ds.train), len(ds.val)) == (19, 1)
+  nan = x.copy()
+  nan[3, 1, 2, 0] = np.nan
+  for split in ("train", "test"):
+    with pytest.raises(ValueError, match=rf"{split} float images hold 1 NaN pixels; they must lie in \[0, 1\]"):
+      data.Dataset.from_arrays(**{"train": (x, y), "test": (x, y), split: (nan, y)})
+
+
+class _TwoShapes:
+  """A recipe whose evaluation view is narrower than its training view."""
+  num_uniforms = 1
+
+  def evaluate(self, images):
+    return images[:, :, :2]
+
+  def train(self, images, u):
+    return images
+
+
+def test_from_arrays_tries_the_recipe_and_serves_its_shape():
+  rng = np.random.default_rng(0)
+  rgb, y = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8), np.arange(6) % 2
+  crop = augment.ResizedCrop(size=8)
+  # Pillow cannot take float or one-channel images: refused here, not at the first batch.
+  for train, test, where in ((rgb / 255.0, rgb / 255.0, r"train images \(float64"),
+                             (rgb[..., 0], rgb[..., 0], r"train images \(uint8, \(16, 16, 1\)"),
+                             (rgb, rgb / 255.0, r"test images \(float64")):
+    with pytest.raises(ValueError, match=rf"fails on the {where}.*TypeError.*need uint8 images with 3 channels"):
+      data.Dataset.from_arrays(train=(train, y), test=(test, y), augment=crop)
+  with pytest.raises(ValueError, match=r"serves one train image of \(16, 16, 3\) as .*one H, W, C for both views"):
+    data.Dataset.from_arrays(train=(rgb, y), test=(rgb, y), augment=_TwoShapes())
+  # A recipe that resizes: the dataset serves its 8x8 output (shorter side 16 -> round(8 / 0.875) = 9, centre 8x8).
+  ds = data.Dataset.from_arrays(train=(rgb, y), test=(rgb, y), augment=crop, normalization=None)
+  assert ds.input_shape == ds.test.image_shape == (8, 8, 3)
+  want = [np.asarray(Image.fromarray(im).resize((9, 9), Image.BILINEAR).crop((0, 0, 8, 8))) / 255.0 for im in rgb]
+  np.testing.assert_allclose(served(epoch(ds.test, 4)), np.stack(want), atol=1e-6)
+  assert served(epoch(ds.train, 4, augment=True)).shape == (6, 8, 8, 3)

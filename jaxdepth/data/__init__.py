@@ -48,7 +48,7 @@ def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split
 
 def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
          val_augment: bool = False, image_size: int | None = None, normalization: str | None = None,
-         tokenizer=None, max_length: int = text.DEFAULT_MAX_LENGTH) -> Dataset:
+         tokenizer=None, max_length: int = text.DEFAULT_MAX_LENGTH, layout: str | None = None) -> Dataset:
   """Loads a dataset by name.
 
   Args:
@@ -65,6 +65,8 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     tokenizer: text datasets only (and required there): a Hugging Face
       ``tokenizer.json``, the model folder holding it, or a ``tokenizers.Tokenizer``.
     max_length: text datasets only: tokens per sequence (128 by default).
+    layout: image folders only: "splits", "domains" or "classes" (:mod:`.folders`);
+      default: detected from the folder.
 
   Returns:
     A :class:`Dataset`.
@@ -75,7 +77,8 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     DatasetNotPrepared: a tfds dataset whose files are not under ``data_dir``.
   """
   if name in glue.RECIPES:
-    image_options = {"val_augment": val_augment, "image_size": image_size, "normalization": normalization}
+    image_options = {"val_augment": val_augment, "image_size": image_size, "normalization": normalization,
+                     "layout": layout}
     given = [k for k, v in image_options.items() if v not in (None, False)]
     if given:
       raise ValueError(f"{name} is a text dataset: {', '.join(given)} only applies to image datasets")
@@ -87,8 +90,11 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
   if name.startswith(FOLDER_PREFIX):
     if normalization not in (None, "imagenet"):
       raise ValueError(f"image folders use ImageNet normalisation; got normalization={normalization!r}")
-    return image_folder(name[len(FOLDER_PREFIX):], val_fraction=val_fraction, split_seed=split_seed,
-                        val_augment=val_augment, image_size=image_size)
+    return image_folder(name[len(FOLDER_PREFIX):], layout="auto" if layout is None else layout,
+                        val_fraction=val_fraction, split_seed=split_seed, val_augment=val_augment,
+                        image_size=image_size)
+  if layout is not None:
+    raise ValueError(f"layout applies to image folders ({FOLDER_PREFIX}<path>) only, not to {name!r}")
   if name == "digits":
     return digits.load(val_fraction=val_fraction, split_seed=split_seed, val_augment=val_augment,
                        image_size=image_size, normalization=normalization)

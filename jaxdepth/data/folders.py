@@ -2,7 +2,9 @@
 
 Layouts (``layout="auto"`` picks by looking at the folder):
 
-* ``"splits"`` (Tiny-ImageNet style; chosen when ``root/train`` exists):
+* ``"splits"`` (Tiny-ImageNet style; chosen when ``root/train`` holds folders
+  and no sub-folder of ``root`` holds images itself, so that a class folder
+  named ``train`` beside others, as CIFAR-100's, makes a ``"classes"`` folder):
   ``root/{train,val,test}/<class>/<image>``. ``val/`` is optional; without
   ``test/``, ``val/`` is the test split and there is no validation split (EGP
   tests on ``val/``). Classes are the folder names under ``train/``.
@@ -63,14 +65,22 @@ def _class_folders(path: pathlib.Path) -> list[pathlib.Path]:
   return classes
 
 
+def _holds_images(folder: pathlib.Path) -> bool:
+  """Whether ``folder`` itself (not a sub-folder) holds an image file."""
+  return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
+
+
 def detect_layout(root: pathlib.Path) -> str:
-  """"splits" if ``root/train`` exists, "domains" if every sub-folder holds folders and no images, else "classes"."""
-  if (root / "train").is_dir():
-    return "splits"
+  """The layout of ``root``: "splits" if ``root/train`` holds folders and no sub-folder of ``root``
+  holds images itself (a ``train`` folder of images is a class), "domains" if every sub-folder holds
+  folders and no images, else "classes"."""
   subdirs = _subdirs(root)
   if not subdirs:
     raise ValueError(f"{root} holds no folders; expected one of the layouts {LAYOUTS[1:]} (see jaxdepth.data.folders)")
-  if all(_subdirs(d) and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in d.iterdir()) for d in subdirs):
+  with_images = {d.name for d in subdirs if _holds_images(d)}
+  if "train" in {d.name for d in subdirs} and _subdirs(root / "train") and not with_images:
+    return "splits"
+  if all(_subdirs(d) and d.name not in with_images for d in subdirs):
     return "domains"
   return "classes"
 

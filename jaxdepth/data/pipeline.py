@@ -291,10 +291,15 @@ class Dataset:
       name: the dataset's name (part of a run's identity).
       num_classes: number of labels (default: the largest label + 1).
       val_fraction: without ``val``, hold out this share of ``train`` for
-        validation (seeded by ``split_seed``; 0 = no validation split).
+        validation (seeded by ``split_seed``; 0 = no validation split); it
+        must hold out at least one example and keep one.
       split_seed: seeds that hold-out.
       augment: the training augmentation, a recipe of :mod:`jaxdepth.data.augment`
-        (e.g. ``PadCropFlip(pad=4)``); default none.
+        (e.g. ``PadCropFlip(pad=4)``); default none. It is tried on the first
+        image of each split here, and the images it serves (both views) give
+        ``input_shape`` (``ResizedCrop(size=8)`` serves 16x16 arrays as 8x8);
+        the Pillow-based ``ResizedCrop`` (and ``ResizeFlip`` where it resizes)
+        need uint8 images with 3 channels.
       normalization: ``"train"``: per-channel mean and std of the train images
         (in [0, 1]); ``(mean, std)``: given per-channel values; ``None``: none.
       class_names: optional label names.
@@ -304,8 +309,10 @@ class Dataset:
       beyond the channel axis).
 
     Raises:
-      ValueError: arrays of the wrong shape, dtype, range or length, a label out
-        of range, or both ``val`` and ``val_fraction``.
+      ValueError: arrays of the wrong shape, dtype, range (NaN included) or
+        length, a label out of range, both ``val`` and ``val_fraction``, a
+        ``val_fraction`` that holds out no example or keeps none, or an
+        ``augment`` recipe that fails on the images or serves two shapes.
     """
     from jaxdepth.data import augment as augment_lib  # pylint: disable=import-outside-toplevel
     x_train, y_train = _checked_arrays("train", train)
@@ -323,6 +330,15 @@ class Dataset:
                          f"every split must have one image shape")
     elif val_fraction:
       keep, held = holdout(len(y_train), val_fraction, seed=split_seed, salt=2)
+      rounded = f"round({val_fraction} * {len(y_train)}) = {len(held)}"
+      if not len(held):
+        raise ValueError(f"val_fraction={val_fraction} holds out no example of the {len(y_train)} "
+                         f"train ones ({rounded}), which would make an empty validation split: use "
+                         f"val_fraction >= 1/{len(y_train)}, val=(images, labels), or val_fraction=0 "
+                         f"for no validation split")
+      if not len(keep):
+        raise ValueError(f"val_fraction={val_fraction} holds out all {len(y_train)} train examples "
+                         f"({rounded}), leaving none to train on: lower it")
       x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[keep], y_train[keep]
     else:
       x_val = y_val = None
@@ -348,15 +364,20 @@ class Dataset:
       if len(mean) != shape[-1] or len(std) != shape[-1] or min(std) <= 0:
         raise bad
     recipe = augment if augment is not None else augment_lib.PadCropFlip(pad=0, flip=False)
+    served = _served_shape(recipe, "train", x_train)
+    for split_name, x in (("val", x_val), ("test", x_test)):
+      other = served if x is None else _served_shape(recipe, split_name, x)
+      if other != served:
+        raise ValueError(f"augment={recipe!r} serves {split_name} images as {other} but train "
+                         f"images as {served}; every split must be served in one shape")
 
     def split(split_name, x, y):
-      return Split(split_name, ArrayExamples(x, y), recipe, mean, std, tuple(shape),
-                   np.arange(len(y)))
+      return Split(split_name, ArrayExamples(x, y), recipe, mean, std, served, np.arange(len(y)))
 
     return cls(name=name, train=split("train", x_train, y_train),
                val=None if x_val is None else split("val", x_val, y_val),
                test=split("test", x_test, y_test), num_classes=num_classes,
-               input_shape=tuple(shape),
+               input_shape=served,
                class_names=None if class_names is None else tuple(class_names))
 
 
@@ -373,9 +394,13 @@ def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
     if not np.issubdtype(x.dtype, np.floating):
       raise ValueError(f"{split} images must be uint8 in [0, 255] or float in [0, 1], got "
                        f"{x.dtype}")
-    if x.size and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
-      raise ValueError(f"{split} float images must lie in [0, 1], got [{float(x.min()):.3g}, "
-                       f"{float(x.max()):.3g}]; divide by the maximum (or pass uint8)")
+    low, high = (float(x.min()), float(x.max())) if x.size else (0.0, 1.0)   # NaN where a pixel is
+    if math.isnan(low) or math.isnan(high):
+      raise ValueError(f"{split} float images hold {int(np.isnan(x).sum())} NaN pixels; they must "
+                       f"lie in [0, 1]: replace or drop those images")
+    if low < 0.0 or high > 1.0:
+      raise ValueError(f"{split} float images must lie in [0, 1], got [{low:.3g}, {high:.3g}]; "
+                       f"divide by the maximum (or pass uint8)")
   if y.ndim != 1 or len(y) != len(x):
     raise ValueError(f"{split} labels must be (N,) with N = {len(x)} images, got shape {y.shape}")
   if not np.issubdtype(y.dtype, np.integer):
@@ -385,6 +410,29 @@ def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
   if int(y.min()) < 0:
     raise ValueError(f"{split} labels must be >= 0, got {int(y.min())}")
   return x, y.astype(np.int64)
+
+
+def _served_shape(recipe: Preprocess, split: str, x: np.ndarray) -> tuple[int, int, int]:
+  """``(H, W, C)`` of the images ``recipe`` serves from ``x``'s first image, for evaluation and
+  training alike (else a ValueError that says why), so that a recipe the arrays cannot feed
+  fails here and not at the first batch."""
+  try:
+    views = {"evaluation": np.asarray(recipe.evaluate(x[:1])),
+             "training": np.asarray(recipe.train(x[:1], np.full((1, recipe.num_uniforms), 0.5)))}
+  except Exception as e:  # pylint: disable=broad-except
+    raise ValueError(
+        f"augment={recipe!r} fails on the {split} images ({x.dtype}, {x.shape[1:]}): "
+        f"{type(e).__name__}: {e}. Pillow-based recipes (ResizedCrop; ResizeFlip where it "
+        f"resizes) need uint8 images with 3 channels: convert the arrays, or use PadCropFlip"
+    ) from e
+  shapes = {view: image.shape for view, image in views.items()}
+  if len(set(shapes.values())) > 1 or len(shapes["training"]) != 4 or shapes["training"][0] != 1:
+    raise ValueError(f"augment={recipe!r} serves one {split} image of {x.shape[1:]} as {shapes}; "
+                     f"a recipe must serve (1, H, W, C) with one H, W, C for both views")
+  if shapes["training"][-1] != x.shape[-1]:
+    raise ValueError(f"augment={recipe!r} turns the {x.shape[-1]} channels of the {split} "
+                     f"images into {shapes['training'][-1]}; it must keep the channels")
+  return tuple(int(d) for d in shapes["training"][1:])
 
 
 def holdout(num_examples: int, fraction: float, *, seed: int, salt: int = 0) -> tuple[np.ndarray, np.ndarray]:
