@@ -36,6 +36,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax.numpy as jnp
@@ -57,15 +58,17 @@ class Recipe:
     batch_size: global batch size (over every device and process).
     optimizer: one of :data:`OPTIMIZERS`.
     lr: base learning rate.
-    momentum: SGD momentum (ignored by Adam).
-    nesterov: Nesterov momentum for SGD.
-    weight_decay: L2 (``sgd``, ``adam``) or decoupled (``adamw``) decay.
+    momentum: SGD momentum in ``[0, 1)`` (ignored by Adam).
+    nesterov: Nesterov momentum for SGD (needs ``momentum > 0``).
+    weight_decay: L2 (``sgd``, ``adam``) or decoupled (``adamw``) decay, ``>= 0``.
     milestones: epochs at which the learning rate is multiplied by ``gamma``.
-    gamma: the MultiStep factor.
-    b1: Adam's first-moment decay.
-    b2: Adam's second-moment decay.
-    eps: Adam's epsilon (added to the square root, as in PyTorch).
+    gamma: the MultiStep factor, ``> 0``.
+    b1: Adam's first-moment decay, in ``[0, 1)``.
+    b2: Adam's second-moment decay, in ``[0, 1)``.
+    eps: Adam's epsilon (added to the square root, as in PyTorch), ``>= 0``.
     augment: train with the dataset's augmentation.
+
+  A value out of its range is refused when the recipe is built, by field name.
   """
   epochs: int = 160
   batch_size: int = 128
@@ -89,11 +92,24 @@ class Recipe:
       raise ValueError(f"recipe epochs must be an int >= 0, got {self.epochs!r}")
     if not isinstance(self.batch_size, int) or self.batch_size <= 0:
       raise ValueError(f"recipe batch_size must be a positive int, got {self.batch_size!r}")
-    if not self.lr > 0:
-      raise ValueError(f"recipe lr must be > 0, got {self.lr!r}")
-    if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-      raise ValueError(f"recipe needs weight_decay >= 0 and 0 <= momentum < 1, got "
-                       f"weight_decay={self.weight_decay!r}, momentum={self.momentum!r}")
+    if not (math.isfinite(self.lr) and self.lr > 0):
+      raise ValueError(f"recipe lr must be a finite number > 0, got {self.lr!r}")
+    for name in ("weight_decay", "eps"):
+      value = getattr(self, name)
+      if not (math.isfinite(value) and value >= 0):
+        raise ValueError(f"recipe {name} must be a finite number >= 0, got {value!r}")
+    # b1 or b2 = 1 keeps Adam's moment at 0 and divides it by 1 - 1 ** t = 0: NaN weights
+    for name in ("momentum", "b1", "b2"):
+      value = getattr(self, name)
+      if not 0 <= value < 1:
+        raise ValueError(f"recipe {name} must be in [0, 1), got {value!r}")
+    if self.nesterov and (self.optimizer != "sgd" or self.momentum == 0):
+      raise ValueError(f"recipe nesterov=True needs optimizer='sgd' and momentum in (0, 1) "
+                       f"(as torch.optim.SGD), got optimizer={self.optimizer!r}, "
+                       f"momentum={self.momentum!r}")
+    if not (math.isfinite(self.gamma) and self.gamma > 0):
+      raise ValueError(f"recipe gamma (the learning-rate factor at each milestone) must be a "
+                       f"finite number > 0, e.g. 0.1, got {self.gamma!r}")
     if list(self.milestones) != sorted(set(self.milestones)) or any(
         m <= 0 for m in self.milestones):
       raise ValueError(f"recipe milestones must be increasing positive epochs, got "

@@ -100,12 +100,24 @@ def _unit(key, shape):
 
 
 def uniform(key, shape, minval=0.0, maxval=1.0) -> jax.Array:
-  """``jax.random.uniform(key, shape, jnp.float32, minval, maxval)``."""
+  """``jax.random.uniform(key, shape, jnp.float32, minval, maxval)``.
+
+  ``minval`` and ``maxval`` are scalars or arrays that broadcast to ``shape``,
+  taken as float32 and broadcast as ``jax.random.uniform`` takes them.
+  """
   shape = tuple(shape)
   if not applies(key, shape):
     return jax.random.uniform(key, shape, jnp.float32, minval, maxval)
-  minval = lax.convert_element_type(minval, jnp.float32)
-  maxval = lax.convert_element_type(maxval, jnp.float32)
+  # as jax.random.uniform: float32 first, then leading 1s up to the rank of shape
+  minval = lax.broadcast_to_rank(lax.convert_element_type(minval, jnp.float32), len(shape))
+  maxval = lax.broadcast_to_rank(lax.convert_element_type(maxval, jnp.float32), len(shape))
+  try:
+    fits = np.broadcast_shapes(minval.shape, maxval.shape, shape) == shape
+  except ValueError:
+    fits = False
+  if not fits:
+    raise ValueError(f"uniform's minval {minval.shape} and maxval {maxval.shape} must "
+                     f"broadcast to the shape drawn, {shape}")
   return _uniform(key, shape, minval, maxval)
 
 

@@ -103,10 +103,26 @@ def test_winograd_keeps_the_dtype():
 
 
 def test_grouped_convolution_keeps_lax():
+  """A grouped, not depthwise, convolution is lax's own (its gradient jax's), one per group."""
   x = np.random.default_rng(0).standard_normal((2, 5, 5, 4), dtype=np.float32)
   w = np.random.default_rng(1).standard_normal((3, 3, 2, 6), dtype=np.float32)
-  assert cpu_ops.plan(x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2) == "xla"
-  _check(None, x.shape, w.shape, (1, 1), ((1, 1), (1, 1)), groups=2)
+  strides, padding = (2, 1), ((1, 0), (0, 2))
+  assert cpu_ops.plan(x.shape, w.shape, strides, padding, groups=2) == "xla"
+  ours = lambda x, w: cpu_ops.conv(x, w, strides, padding, groups=2)
+  eqns = jax.make_jaxpr(ours)(x, w).jaxpr.eqns
+  assert [(e.primitive.name, e.params.get("feature_group_count")) for e in eqns] == [
+      ("conv_general_dilated", 2)]
+
+  def per_group(x, w):   # group g: input channels 2g, 2g+1 -> output channels 3g..3g+2
+    return jnp.concatenate([
+        lax.conv_general_dilated(x[..., 2 * g:2 * g + 2], w[..., 3 * g:3 * g + 3], strides,
+                                 padding, dimension_numbers=NHWC) for g in range(2)], axis=-1)
+
+  (y, grads), (y_ref, grads_ref) = (_values_and_grads(f)(x, w) for f in (ours, per_group))
+  assert y.shape == y_ref.shape == (2, 2, 5, 6)   # (5 + 1 - 3) // 2 + 1, 5 + 2 - 3 + 1
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("x_shape, w_shape, groups, expected", [

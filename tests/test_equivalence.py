@@ -85,6 +85,25 @@ def test_border_width_follows_rings_through_the_network():
   assert equivalence.border_width(spec, log) == 3
   assert equivalence.border_width(spec, []) == 0
 
+  def width(net, ring):
+    return equivalence.border_width(net, [surgery.Edit("merge", "m", "test", exact=False,
+                                                       ring=ring)])
+
+  # rings that each window changes (16 rows, a ring r is rows 0..r-1 and 16-r..15):
+  # c (3x3, pad 1): its row 1 reads rows 0-2, so ring 1 -> 2
+  assert width(S.Spec(spec.input_shape, spec.layers[:2]), 1) == 2
+  # ring 3 -> 4 through c; mp (window 2, stride 2): its rows 0, 1 read rows 0-3 -> 2
+  assert width(S.Spec(spec.input_shape, spec.layers[:3]), 3) == 2
+  # then on 8 rows: c1 (3x3, stride 2, pad 1) row 1 reads rows 1-3, row 3 reads 5-7 -> 2;
+  # sc (1x1, stride 2) row 0 reads row 0, row 3 reads row 6 -> 1; the block: max(2, 1)
+  assert width(spec, 3) == 2
+  # the last map of an adaptive pool, 16 rows -> 4 bins of 4: ring 3 (rows 0-2, 13-15)
+  # touches bins 0 and 3 only -> 1; ring 5 (rows 0-4, 11-15) touches all four -> 2
+  adaptive = S.Spec((16, 16, 2), (S.Conv("m", features=2, kernel=1),
+                                  S.Pool("ap", "adaptive_avg", output_size=(4, 4)),
+                                  S.Flatten("fl"), S.Dense("fc", features=2)))
+  assert width(adaptive, 3) == 1 and width(adaptive, 5) == 2
+
 
 def test_compare_refuses_what_it_cannot_compare():
   v = random_variables(SMALL)

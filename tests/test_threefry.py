@@ -39,6 +39,18 @@ def test_every_draw_is_jax_randoms_bit_for_bit(shape, key_kind):
   _same(threefry.bernoulli(key, 0.3, shape), jax.random.bernoulli(key, 0.3, shape))
 
 
+def test_array_bounds_broadcast_to_the_shape_as_in_jax_random():
+  key, shape = jax.random.key(3), (3, 5, 4)
+  rng = np.random.default_rng(0)
+  lo = rng.normal(size=(5, 1))                      # float64, taken as float32 by both
+  hi = jnp.asarray(lo, jnp.float32) + jnp.arange(1, 5, dtype=jnp.float32)   # (5, 4)
+  for minval, maxval in [(lo, hi), (jnp.zeros(4), jnp.arange(1, 5)), (-1.0, np.float32([2.0]))]:
+    _same(threefry.uniform(key, shape, minval, maxval),
+          jax.random.uniform(key, shape, jnp.float32, minval, maxval))
+  with pytest.raises(ValueError, match=r"minval \(2, 3, 5, 4\).*broadcast to the shape drawn"):
+    threefry.uniform(key, shape, jnp.zeros((2, 3, 5, 4)), 1.0)
+
+
 def test_the_same_under_jit_and_vmap():
   keys = jax.random.split(jax.random.key(0), 4)
   ours = jax.jit(jax.vmap(lambda k: threefry.normal(k, (6, 9))))(keys)

@@ -84,6 +84,20 @@ def test_recipe_refuses_bad_values_by_name():
     optim.Recipe(milestones=(120, 80))
   with pytest.raises(ValueError, match="unknown recipe fields"):
     optim.Recipe.from_dict({"learning_rate": 0.1})
+  # values that optax would take and turn into NaN weights, another optimizer, or a failure later
+  for field, value, words in [("b1", 1.0, r"b1 must be in \[0, 1\), got 1.0"),
+                              ("b2", 1.0, r"b2 must be in \[0, 1\), got 1.0"),
+                              ("gamma", 0.0, r"gamma .* must be a finite number > 0"),
+                              ("eps", float("inf"), r"eps must be a finite number >= 0"),
+                              ("weight_decay", float("nan"), r"weight_decay must be a finite"),
+                              ("lr", float("inf"), r"lr must be a finite number > 0")]:
+    with pytest.raises(ValueError, match=words):
+      optim.Recipe(optimizer="adam", milestones=(2,), **{field: value})
+  with pytest.raises(ValueError, match=r"nesterov=True needs optimizer='sgd' and momentum in "
+                                       r"\(0, 1\).*momentum=0.0"):
+    optim.Recipe(optimizer="sgd", momentum=0.0, nesterov=True)
+  with pytest.raises(ValueError, match="nesterov=True needs optimizer='sgd'.*'adamw'"):
+    optim.Recipe(optimizer="adamw", nesterov=True)
   assert optim.Recipe.from_dict(optim.Recipe(milestones=(3,)).to_dict()) == optim.Recipe(
       milestones=(3,))
 
