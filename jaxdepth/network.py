@@ -672,7 +672,7 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     ValueError: ``x`` of the wrong shape (one example without its batch axis, ...),
       gates of the wrong length, or variables that do not fit ``spec``.
   """
-  capture = tuple(capture)
+  capture = S.site_paths(capture, "capture", "node paths")
   if not isinstance(x, Mapping):         # a dict is a text batch, whose keys Network checks
     if not hasattr(x, "shape"):
       if takes_token_ids(spec):

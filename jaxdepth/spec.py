@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, ClassVar
 
 __all__ = [
@@ -101,6 +101,18 @@ def _named_padding(value, kernel, stride, node: str):
 def _set(obj, **fields):
   for k, v in fields.items():
     object.__setattr__(obj, k, v)
+
+
+def _check_bias(node) -> None:
+  if not isinstance(node.bias, bool):   # a JSON "false" (a string) would be a bias
+    raise SpecError(f"node {node.name!r}: bias must be true or false, got {node.bias!r}")
+
+
+def _check_epsilon(node) -> None:
+  _number(node.name, "epsilon", node.epsilon)
+  if not (math.isfinite(node.epsilon) and node.epsilon > 0):
+    raise SpecError(f"node {node.name!r}: epsilon must be a finite number > 0, got "
+                    f"{node.epsilon}")
 
 
 _REGISTRY: dict[str, type[Node]] = {}
@@ -250,6 +262,7 @@ class Conv(Node):
     if self.features % self.groups:
       raise SpecError(f"node {self.name!r}: features={self.features} is not divisible by "
                       f"groups={self.groups}")
+    _check_bias(self)
 
   def output_shape(self, shape, path):
     h, w, c = _spatial(shape, path, "conv")
@@ -277,8 +290,7 @@ class BatchNorm(Node):
     _number(self.name, "epsilon", self.epsilon)
     if not 0.0 <= self.momentum < 1.0:
       raise SpecError(f"node {self.name!r}: momentum must be in [0, 1), got {self.momentum}")
-    if self.epsilon <= 0:
-      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+    _check_epsilon(self)
 
   def output_shape(self, shape, path):
     return shape
@@ -292,9 +304,7 @@ class LayerNorm(Node):
 
   def __post_init__(self):
     super().__post_init__()
-    _number(self.name, "epsilon", self.epsilon)
-    if self.epsilon <= 0:
-      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+    _check_epsilon(self)
 
   def output_shape(self, shape, path):
     return shape
@@ -321,9 +331,7 @@ class GroupNorm(Node):
     super().__post_init__()
     if not _is_int(self.groups) or self.groups <= 0:
       raise SpecError(f"node {self.name!r}: groups must be a positive int, got {self.groups!r}")
-    _number(self.name, "epsilon", self.epsilon)
-    if self.epsilon <= 0:
-      raise SpecError(f"node {self.name!r}: epsilon must be > 0, got {self.epsilon}")
+    _check_epsilon(self)
 
   def output_shape(self, shape, path):
     if not shape or shape[-1] % self.groups:
@@ -345,6 +353,7 @@ class Dense(Node):
     if not _is_int(self.features) or self.features <= 0:
       raise SpecError(f"node {self.name!r}: dense features must be a positive int, "
                       f"got {self.features!r}")
+    _check_bias(self)
 
   def output_shape(self, shape, path):
     if not shape:
@@ -378,6 +387,10 @@ class Act(Node):
         self.negative_slope):
       raise SpecError(f"node {self.name!r}: negative_slope must be a finite number, "
                       f"got {self.negative_slope!r}")
+    if self.fn != "leaky_relu":
+      # Only leaky_relu reads it: other sites (a leaky_relu baked to the identity included)
+      # hold the default, so that they equal what their JSON, which omits it, reads back.
+      _set(self, negative_slope=0.01)
 
   def to_dict(self):
     out = super().to_dict()
@@ -464,6 +477,17 @@ class Dropout(Node):
 # ------------------------------------------------------------------------ containers
 
 
+def _nodes(value, where: str, what: str) -> tuple:
+  """A container's ``layers`` / ``branch`` / ... as a tuple; one node (not in a list) is
+  refused by name, since iterating it would fail with a raw TypeError."""
+  if isinstance(value, Node) or isinstance(value, (str, bytes, Mapping)) or not isinstance(
+      value, Iterable):
+    raise SpecError(f"{where}: {what} must be a list of spec nodes, got {value!r}"
+                    + (f"; put the one node in a list: {what}=[{type(value).__name__}(...)]"
+                       if isinstance(value, Node) else ""))
+  return tuple(value)
+
+
 def _check_unique(nodes: tuple[Node, ...], where: str):
   seen: set[str] = set()
   for n in nodes:
@@ -488,7 +512,7 @@ class Sequential(Node):
 
   def __post_init__(self):
     super().__post_init__()
-    _set(self, layers=tuple(self.layers))
+    _set(self, layers=_nodes(self.layers, f"node {self.name!r}", "layers"))
     _check_unique(self.layers, f"node {self.name!r}")
 
   def children(self):
@@ -512,7 +536,9 @@ class Block(Node):
 
   def __post_init__(self):
     super().__post_init__()
-    _set(self, branch=tuple(self.branch), shortcut=tuple(self.shortcut), post=tuple(self.post))
+    where = f"node {self.name!r}"
+    _set(self, branch=_nodes(self.branch, where, "branch"),
+         shortcut=_nodes(self.shortcut, where, "shortcut"), post=_nodes(self.post, where, "post"))
     if not self.branch:
       raise SpecError(f"node {self.name!r}: a block needs a non-empty branch")
     _check_unique(self.branch + self.shortcut + self.post, f"node {self.name!r}")
@@ -596,7 +622,11 @@ class Spec:
   name: str = "network"
 
   def __post_init__(self):
-    _set(self, input_shape=tuple(self.input_shape), layers=tuple(self.layers))
+    if isinstance(self.input_shape, (str, bytes)) or not isinstance(self.input_shape, Iterable):
+      raise SpecError(f"spec {self.name!r}: input_shape must be a list of positive ints, e.g. "
+                      f"[28, 28, 1], got {self.input_shape!r}")
+    _set(self, input_shape=tuple(self.input_shape),
+         layers=_nodes(self.layers, f"spec {self.name!r}", "layers"))
     if not self.input_shape or any(not _is_int(d) or d <= 0 for d in self.input_shape):
       raise SpecError(f"spec {self.name!r}: input_shape must be positive ints, "
                       f"got {self.input_shape!r}")
@@ -674,7 +704,7 @@ class Spec:
     if not d["layers"]:   # in code, an empty spec is the identity (e.g. a prefix of a net)
       raise SpecError(f"spec {d.get('name')!r}: layers is empty; a spec needs at least one "
                       f"node")
-    return cls(input_shape=tuple(d["input_shape"]),
+    return cls(input_shape=d["input_shape"],
                layers=tuple(node_from_dict(n) for n in d["layers"]),
                name=d.get("name", "network"))
 
@@ -724,14 +754,15 @@ def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> 
   return map_nodes(spec, lambda p, n: new if p == path else n)
 
 
-def site_paths(sites, what: str = "sites") -> tuple[str, ...]:
+def site_paths(sites, what: str = "sites", of: str = "site paths") -> tuple[str, ...]:
   """``sites`` as a tuple of paths; one string is refused (it would be split into letters).
 
   Raises:
-    TypeError: ``sites`` is a string (``what`` names the argument in the message).
+    TypeError: ``sites`` is a string (``what`` names the argument in the message, ``of``
+      what it collects).
   """
   if isinstance(sites, str):
-    raise TypeError(f"{what} must be a collection of site paths, got the string {sites!r}; "
+    raise TypeError(f"{what} must be a collection of {of}, got the string {sites!r}; "
                     f"write [{sites!r}]")
   return tuple(sites)
 

@@ -52,7 +52,7 @@ def _check_positive(what: str, value) -> None:
 def _input_shape(input_shape, default: tuple[int, ...]) -> tuple[int, ...]:
   if input_shape is None:
     return default
-  shape = tuple(input_shape)
+  shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else ()
   if len(shape) != 3:
     raise ValueError(f"input_shape must be (height, width, channels), got {input_shape!r}")
   return shape

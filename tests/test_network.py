@@ -199,9 +199,12 @@ def test_adaptive_avg_pool_matches_pytorch_bins(size, out):
 
 
 def test_site_counts_are_listed_in_site_order(variables):
-  out = N.forward(SPEC, variables, x_batch(), collect_stats=True)
+  out = N.forward(SPEC, variables, x_batch(), collect_stats=True, capture=("relu",))
   assert list(out.site_counts) == list(SPEC.sites())
-  # every pre-activation value is counted exactly once: B*H*W per channel
+  # each channel's pre-activations counted by sign, recounted here from the site's input
+  z = np.asarray(out.captured["relu"][0])
+  np.testing.assert_array_equal(np.asarray(out.site_counts["relu"])[:2],
+                                [(z > 0).sum((0, 1, 2)), (z < 0).sum((0, 1, 2))])
   assert np.all(np.asarray(out.site_counts["relu"]).sum(0) == 4 * 6 * 6)
 
 

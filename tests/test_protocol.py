@@ -94,6 +94,9 @@ def test_captured_block_input_and_output_are_the_blocks_own(tiny):
                                 np.asarray(network.forward(spec, variables, x).logits))
   with pytest.raises(KeyError, match="no/such"):
     network.forward(spec, variables, x, capture=("no/such",))
+  with pytest.raises(TypeError, match=r"capture must be a collection of node paths, got the "
+                                      r"string 'layer1/1'; write \['layer1/1'\]"):
+    network.forward(spec, variables, x, capture=block)
 
 
 def _mean_square_gap(captured, mask, rng):

@@ -30,7 +30,8 @@ def conv_stack(draw, prefix: str, channels: int, allow_blocks: bool, depth: int 
       nodes.append(S.BatchNorm(name, momentum=draw(st.sampled_from([0.9, 0.99])),
                                epsilon=draw(st.sampled_from([1e-5, 1e-3]))))
     elif choice == "act":
-      nodes.append(S.Act(name, fn=draw(st.sampled_from(S.ACTIVATIONS))))
+      nodes.append(S.Act(name, fn=draw(st.sampled_from(S.ACTIVATIONS)),
+                         negative_slope=draw(st.sampled_from([0.01, 0.2]))))
     elif choice == "dropout":
       nodes.append(S.Dropout(name, rate=draw(st.sampled_from([0.0, 0.1, 0.5]))))
     elif choice == "block":
@@ -113,6 +114,16 @@ def transformer_specs(draw):
 @given(specs())
 def test_json_round_trip_is_lossless(spec):
   _assert_round_trip(spec)
+  # so is a spec with sites baked in (a leaky_relu with its own slope among them)
+  if spec.sites():
+    _assert_round_trip(S.with_identity(spec, spec.sites()[::2]))
+
+
+def test_a_leaky_relu_baked_to_the_identity_round_trips():
+  spec = small(S.Conv("c", features=2), S.Act("a", fn="leaky_relu", negative_slope=0.2))
+  baked = S.with_identity(spec, ["a"])
+  assert baked.node("a") == S.Act("a", fn="identity")
+  _assert_round_trip(baked)
 
 
 @settings(max_examples=60, deadline=None)
@@ -170,6 +181,20 @@ def test_paths_are_hierarchical_and_in_call_order():
     (lambda: small(S.Conv("a/b", features=2)), "without '/'"),
     (lambda: small(S.Dropout("d", rate=1.5)), "'d'.*rate"),
     (lambda: small(S.Pool("p", "median")), "'p'.*unknown pool op"),
+    (lambda: small(S.Conv("c", features=4, bias="false")),
+     "'c': bias must be true or false, got 'false'"),
+    (lambda: small(S.Conv("c", features=4), S.Flatten("f"), S.Dense("d", features=2, bias=1)),
+     "'d': bias must be true or false, got 1"),
+    (lambda: small(S.BatchNorm("bn", epsilon=float("nan"))), "'bn': epsilon must be a finite"),
+    (lambda: small(S.LayerNorm("ln", epsilon=float("inf"))), "'ln': epsilon must be a finite"),
+    (lambda: small(S.GroupNorm("gn", groups=1, epsilon=float("nan"))),
+     "'gn': epsilon must be a finite"),
+    (lambda: small(S.Sequential("s", layers=S.Conv("c", features=2))),
+     r"node 's': layers must be a list of spec nodes, got Conv.*layers=\[Conv\(...\)\]"),
+    (lambda: small(S.Block("b", branch=S.Conv("c", features=3, padding=1))),
+     r"node 'b': branch must be a list of spec nodes.*branch=\[Conv\(...\)\]"),
+    (lambda: S.Spec(784, (S.Flatten("f"),), name="n"),
+     r"spec 'n': input_shape must be a list of positive ints, e.g. \[28, 28, 1\], got 784"),
 ])
 def test_invalid_specs_name_the_node_and_problem(build, message):
   with pytest.raises(S.SpecError, match=message):
@@ -235,6 +260,15 @@ def test_json_features_true_is_refused_naming_the_path():
                                         r"got False"):
     S.Spec.from_dict(dict(_nested(conv), layers=[{"kind": "dense", "name": "fc",
                                                   "features": False}]))
+
+
+def test_json_bias_and_input_shape_of_the_wrong_type_are_refused():
+  conv = {"kind": "conv", "name": "conv1", "features": 4, "kernel": 3, "padding": 1}
+  with pytest.raises(S.SpecError, match=r"node 'stage/0/conv1': bias must be true or false, "
+                                        r"got 'false'"):
+    S.Spec.from_dict(_nested(dict(conv, bias="false")))
+  with pytest.raises(S.SpecError, match=r"spec 'n': input_shape must be a list of positive ints"):
+    S.Spec.from_dict(dict(_nested(conv), input_shape=784))
 
 
 def test_an_empty_layers_list_is_refused():

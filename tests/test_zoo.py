@@ -198,5 +198,7 @@ def test_registry_errors_are_clear():
     zoo.vgg16_bn(num_classes=0)
   with pytest.raises(ValueError, match="input_shape"):
     zoo.resnet18(input_shape=(32, 32))
+  with pytest.raises(ValueError, match=r"input_shape must be \(height, width, channels\), got 32"):
+    zoo.resnet18(input_shape=32)
   with pytest.raises(ValueError, match=r"got \(8, 8, 1\); train it on a text dataset"):
     zoo.tiny_encoder(input_shape=(8, 8, 1))
