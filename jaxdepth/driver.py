@@ -66,6 +66,8 @@ __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_po
            "RunMismatchError", "latencies_ms", "edit_record"]
 
 RunMismatchError = training.RunMismatchError
+# The report's note when the last iteration decided a removal (not after a method's stop rule
+# or LaCoOT's last evaluation, which decide none).
 LAST_REMOVAL_NOTE = ("the removal decided after the last iteration is never applied (no "
                      "iteration trains or evaluates it), so the table stops one removal short "
                      "of it (the papers' (R-1)/R)")
@@ -560,5 +562,6 @@ def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, An
       "unit": method.unit, "units_total": total, "score_name": method.score_name,
       "score_unit": getattr(method, "score_unit", None),
       "tolerance_points": tolerance, "finished": chosen is not None,
-      "note": LAST_REMOVAL_NOTE, "iterations": entries, "chosen": chosen,
+      "note": LAST_REMOVAL_NOTE if entries and entries[-1]["removed_now"] else None,
+      "iterations": entries, "chosen": chosen,
   }

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from jaxdepth import checkpoint, costs, data, driver, network, optim, report, surgery, training, zoo
-from jaxdepth.methods import Easier, Egp
+from jaxdepth.methods import TLC, Easier, Egp
 from train import __main__ as cli
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
@@ -74,6 +74,19 @@ def test_report_has_one_entry_per_iteration_and_the_sites_come_off_one_by_one(di
     removed += e["removed_now"]
   assert rep["chosen"]["iteration"] == driver.choose_operating_point(entries, 1.0)["iteration"]
   assert rep["finished"] and "never applied" in rep["note"]
+
+
+def test_the_note_on_the_last_removal_is_left_out_when_the_last_iteration_removed_nothing(
+    digits, tmp_path):
+  ds, spec = digits
+  # TLC's stop rule (validation below 100 %) holds after iteration 0, which then decides nothing.
+  result = driver.run(TLC(accuracy_threshold=100.0), spec, ds, RECIPE, tmp_path,
+                      iterations=ITERATIONS, progress=False, eval_batch_size=512,
+                      latency_batches=())
+  (entry,) = result.report["iterations"]
+  assert entry["val_accuracy"] < 1.0 and entry["removed_now"] == []
+  assert result.report["note"] is None
+  assert "never applied" not in (tmp_path / "report.md").read_text()
 
 
 def test_each_iteration_fine_tunes_the_last_weights_with_the_removed_sites_gated(finished):

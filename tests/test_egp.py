@@ -383,6 +383,24 @@ def test_report_completion_and_plots(finished, tmp_path):
   assert "## Pruning" in text and "| 0 | 0.0 | 0.0 |" in text
 
 
+def test_the_pruning_table_shows_a_dash_for_figures_not_computed(tmp_path):
+  spec = zoo.digits_plain()
+  variables = network.init(spec, jax.random.key(0))
+  checkpoint.save_model(tmp_path / "iterations" / "000" / "model", spec, variables)
+  params = costs.count_params(spec)
+  nonzero = sum(int(np.count_nonzero(x)) for x in jax.tree.leaves(variables["params"]))
+  assert nonzero < params                                   # zero biases
+  rep = {"method": "egp", "method_options": {"rho": 0.5}, "iterations": [
+      {"iteration": 0, "params": params,
+       "decision": {"round": 1, "global_sparsity": 0.0, "zero_entropy": []}}]}
+  full = egp_report.complete(tmp_path, rep, merge=False)    # no merged costs
+  assert "merged" not in full["iterations"][0]["pruning"]
+  assert egp_report.table(full).splitlines()[2] == (
+      f"| 0 | 0.0 | 0.0 | {nonzero:,} / {params:,} | – | – | – |")
+  # The driver's report, before complete(): only the parameter count is known.
+  assert egp_report.table(rep).splitlines()[2] == f"| 0 | – | – | – / {params:,} | – | – | – |"
+
+
 def test_a_killed_run_resumes_bit_identical(digits, finished, tmp_path):
   workdir, result, _ = finished
 

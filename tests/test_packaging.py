@@ -1,6 +1,7 @@
 """Packaging: the core imports and runs without the extras; the extras' errors say what to install;
 pyproject's lower bounds are the tested versions pinned in constraints.txt."""
 import ast
+import json
 import pathlib
 import re
 import subprocess
@@ -74,6 +75,45 @@ def test_report_without_matplotlib_writes_json_and_markdown_and_says_plots_were_
   assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
   with pytest.raises(ImportError, match=r"plotting a report needs .*'matplotlib'.*jaxdepth\[plots\]"):
     report._pyplot()  # pylint: disable=protected-access
+
+
+def test_egp_report_without_matplotlib_writes_its_table_and_skips_the_sparsity_plot(
+    tmp_path, monkeypatch):
+  from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "matplotlib", None)   # as if the plots extra were absent
+  monkeypatch.setattr(report, "table", lambda r: "the table\n")  # its content is not at issue here
+  pruning = {"nonzero_params": 60, "params": 100, "nominal_sparsity": 0.5, "global_sparsity": 0.4,
+             "zero_entropy": [], "merged": {"macs": 900, "nonlinear_depth": 2}}
+  rep = {"method": "egp", "iterations": [   # a layer's sparsity: plot_sparsity would draw it
+      {"iteration": 0, "params": 100, "pruning": pruning,
+       "decision": {"layer_sparsity": {"conv": 0.4}, "global_sparsity": 0.4}}]}
+  with pytest.warns(UserWarning, match=r"no plots .*jaxdepth\[plots\]"):
+    written = egp_report.write(tmp_path, rep)
+  assert set(written) == {"json", "markdown"}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["report.json", "report.md"]
+  assert (tmp_path / "report.md").read_text().endswith(
+      "## Pruning\n\n" + egp_report.table(rep))
+  assert "| 0 | 50.0 | 40.0 | 60 / 100 | 900 | 2 | – |" in egp_report.table(rep)
+
+
+@pytest.mark.parametrize("command,args", [
+    ("tlc", ["--config.iterations=1", "--accuracy-threshold", "0", "--config.rank_batch_size=64",
+             "--config.model_kwargs={'width': 8}"]),
+    ("lacoot", ["--iterations", "1", "--n-projections", "8", "--config.model_kwargs={'width': 4}",
+                "--config.milestones=()"])])
+def test_method_commands_without_matplotlib_finish_print_their_tables_and_resume(
+    command, args, tmp_path, monkeypatch, capsys):
+  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.setitem(sys.modules, "matplotlib", None)   # as if the plots extra were absent
+  argv = [command, "--workdir", str(tmp_path), "--no-progress", "--no-latency",
+          "--config.epochs=1", *args]
+  for _ in range(2):   # the run, then the same command again (it resumes the finished run)
+    with pytest.warns(UserWarning, match=r"no plots .*jaxdepth\[plots\]"):
+      assert cli.main(argv) == 0
+    rep = json.loads((tmp_path / "report.json").read_text())
+    assert report.table(rep) in capsys.readouterr().out
+  assert (tmp_path / f"{command}.json").exists()
+  assert not list(tmp_path.glob("*.png"))
 
 
 def test_with_matplotlib_plots_are_available():

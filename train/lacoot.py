@@ -14,7 +14,9 @@ validation accuracy is saved in WORKDIR/chosen/ with the blocks really
 gone (jaxdepth.checkpoint.load_model), beside report.json,
 report.md, accuracy.png, distances.png (every block's sliced and
 max-sliced distance) and lacoot.json (those distances and the measured
-latency of the trained network against the chosen shallow one).
+latency of the trained network against the chosen shallow one). Without
+matplotlib (the plots extra) no PNG is drawn; the rest is written and the run
+says so.
 
 Running the same command again resumes (mid-training from the epoch
 checkpoints, or after the last finished iteration); --tolerance may change
@@ -141,7 +143,8 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
            latency_batch: int | None, mesh=None, dtype=None) -> dict[str, Any]:
   """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON.
 
-  ``latency_batch=None`` times nothing (``"latency": None``).
+  ``latency_batch=None`` times nothing (``"latency": None``). Without matplotlib
+  (the ``plots`` extra) the plot is left out, as :func:`jaxdepth.report.write` does.
   """
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, costs, report  # pylint: disable=import-outside-toplevel
@@ -167,9 +170,10 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
          "shallow": costs.summary(result.chosen_spec)}
   if jax.process_index() == 0:
     (workdir / "lacoot.json").write_text(json.dumps(out, indent=1))
-    report.plot_unit_bars(distances, workdir / "distances.png", marked=chosen["removed"],
-                          title=f"LaCoOT distances per block ({spec.name}, validation)",
-                          ylabel="2-Wasserstein distance")
+    if report.plots_available():   # else the driver said it drew no plot (the plots extra)
+      report.plot_unit_bars(distances, workdir / "distances.png", marked=chosen["removed"],
+                            title=f"LaCoOT distances per block ({spec.name}, validation)",
+                            ylabel="2-Wasserstein distance")
   return out
 
 

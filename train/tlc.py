@@ -17,7 +17,9 @@ points of the dense model's validation accuracy is saved in ``WORKDIR/chosen/``
 folded, what became linear merged), with ``report.md``, ``report.json``,
 the driver's plots (``accuracy.png``, ``costs.png``, ...), ``loss_gaps.png``
 (the gap of every candidate at every iteration) and ``tlc.json`` (those figures
-with the measured latency of the dense, chosen and merged models).
+with the measured latency of the dense, chosen and merged models). Without
+matplotlib (the ``plots`` extra) no PNG is drawn; the rest is written and the
+run says so.
 
 Running the same command again resumes; ``--iterations`` may grow and
 ``--tolerance`` change between calls. A config is a ``train/configs/tlc_*.py``
@@ -213,7 +215,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   latency = (command.latencies_at(result.report, workdir, cfg["latency_batch"])
              if args.latency else None)
   if jax.process_index() == 0:
-    plot_gaps(result.report, workdir / "loss_gaps.png")
+    if report.plots_available():   # else the driver said it drew no plot (the plots extra)
+      plot_gaps(result.report, workdir / "loss_gaps.png")
     (workdir / "tlc.json").write_text(json.dumps(summary(result.report, latency), indent=1))
   if latency and {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
     say(f"latency at batch {latency['batch']}: dense {latency['dense_ms']:.2f} ms, chosen "

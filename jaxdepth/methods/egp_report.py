@@ -76,6 +76,11 @@ def _pct(x) -> str:
   return "–" if x is None else f"{100 * x:.1f}"
 
 
+def _count(x) -> str:
+  """An integer with thousands separators; '–' when the figure is missing (not computed)."""
+  return "–" if x is None else f"{x:,}"
+
+
 def table(report: dict[str, Any]) -> str:
   """Markdown: per iteration, nominal and real sparsity, weights, merged costs, collapsed sites."""
   lines = ["| iter | nominal sparsity % | real sparsity % | non-zero / total params | "
@@ -86,9 +91,10 @@ def table(report: dict[str, Any]) -> str:
     merged = p.get("merged") or {}
     lines.append(
         f"| {e['iteration']} | {_pct(p.get('nominal_sparsity'))} | "
-        f"{_pct(p.get('global_sparsity'))} | {p.get('nonzero_params', '–'):,} / "
-        f"{p.get('params', e['params']):,} | {merged.get('macs', '–'):,} | "
-        f"{merged.get('nonlinear_depth', '–')} | {', '.join(p.get('zero_entropy') or []) or '–'} |")
+        f"{_pct(p.get('global_sparsity'))} | {_count(p.get('nonzero_params'))} / "
+        f"{_count(p.get('params', e.get('params')))} | {_count(merged.get('macs'))} | "
+        f"{_count(merged.get('nonlinear_depth'))} | "
+        f"{', '.join(p.get('zero_entropy') or []) or '–'} |")
   return "\n".join(lines) + "\n"
 
 
@@ -123,12 +129,17 @@ def plot_sparsity(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Pa
 
 
 def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pathlib.Path]:
-  """The common report files (:func:`jaxdepth.report.write`) plus the sparsity table and plot."""
+  """The common report files (:func:`jaxdepth.report.write`) plus the sparsity table and plot.
+
+  Without matplotlib (the ``plots`` extra) no plot is drawn, the sparsity plot
+  included (:func:`jaxdepth.report.write` warns that it drew none); the tables are written.
+  """
   directory = pathlib.Path(directory)
   out = report_lib.write(directory, report)
   with open(directory / "report.md", "a", encoding="utf-8") as f:
     f.write("\n## Pruning\n\n" + table(report))
-  sparsity = plot_sparsity(report, directory / "sparsity.png")
-  if sparsity is not None:
-    out["sparsity_plot"] = sparsity
+  if report_lib.plots_available():
+    sparsity = plot_sparsity(report, directory / "sparsity.png")
+    if sparsity is not None:
+      out["sparsity_plot"] = sparsity
   return out
