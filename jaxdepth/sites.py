@@ -3,7 +3,10 @@
 A site's pre-activation is made by the nearest Conv or Dense before it, through
 per-channel nodes only (BatchNorm, Dropout, stochastic depth, identity sites);
 another live site, a pooling, a normalisation over channels (LayerNorm) or a
-residual block in between means no weight layer feeds it directly.
+residual block in between means no weight layer feeds it directly. A Sequential
+is only a name scope: the search goes on through its boundary. In a Concat each
+branch is a chain of its own; a site first in the Concat's ``post`` reads the
+concatenation, which no single weight layer makes.
 For a site right after a residual addition (ResNet's ``relu2``, first in the
 block's ``post``) it is the last weight layer of the branch (``conv2``), the
 papers' ``convK`` for ``reluK``. Examples: ResNet ``layer1/0/relu1 ->
@@ -14,7 +17,7 @@ from __future__ import annotations
 
 from jaxdepth import spec as S
 
-__all__ = ["weight_layer", "weight_layers"]
+__all__ = ["weight_layer", "weight_layers", "flat_leaves"]
 
 _PER_CHANNEL = (S.BatchNorm, S.Dropout)
 
@@ -24,38 +27,51 @@ def _passes(node: S.Node) -> bool:
   return isinstance(node, _PER_CHANNEL) or (isinstance(node, S.Act) and node.fn == "identity")
 
 
-def _scopes(spec: S.Spec):
-  """``(prefix, nodes)`` for every node list of ``spec``; a Block gives its branch
-  followed by its post (what feeds ``post[0]`` is the branch), and its shortcut."""
-  def rec(nodes, prefix):
-    yield prefix, tuple(nodes)
-    for n in nodes:
-      yield from inside(n, prefix + n.name + S.SEP)
+def flat_leaves(nodes, prefix: str) -> list[tuple[str, S.Node]]:
+  """``(path, node)`` of a node list with its Sequentials opened (a Sequential is
+  only a name scope, so a conv inside one still feeds the site after it); Blocks
+  and Concats stay whole."""
+  out = []
+  for n in nodes:
+    if isinstance(n, S.Sequential):
+      out += flat_leaves(n.layers, prefix + n.name + S.SEP)
+    else:
+      out.append((prefix + n.name, n))
+  return out
 
-  def inside(n, prefix):
-    if isinstance(n, S.Block):
-      yield prefix, n.branch + n.post
-      yield prefix, n.shortcut
-      for c in n.children():
-        yield from inside(c, prefix + c.name + S.SEP)
-    elif isinstance(n, S.Sequential):
-      yield from rec(n.layers, prefix)
+
+def _scopes(spec: S.Spec):
+  """Every flat ``[(path, node)]`` list of ``spec`` (Sequentials opened); a Block
+  gives its branch followed by its post (what feeds ``post[0]`` is the branch) and
+  its shortcut; a Concat each branch and its post (what feeds ``post[0]`` is the
+  concatenation: no single layer)."""
+  def rec(nodes, prefix):
+    flat = flat_leaves(nodes, prefix)
+    yield flat
+    for path, n in flat:
+      scope = path + S.SEP
+      if isinstance(n, S.Block):
+        yield from rec(n.branch + n.post, scope)
+        yield from rec(n.shortcut, scope)
+      elif isinstance(n, S.Concat):
+        for branch in n.branches:
+          yield from rec(branch, scope)
+        yield from rec(n.post, scope)
 
   yield from rec(spec.layers, "")
 
 
 def _feeder(spec: S.Spec, site: str, scopes) -> str | None:
-  prefix, _, name = site.rpartition(S.SEP)
-  prefix = prefix + S.SEP if prefix else ""
-  for scope, nodes in scopes:
-    names = [n.name for n in nodes]
-    if scope != prefix or name not in names:
+  for flat in scopes:
+    paths = [p for p, _ in flat]
+    if site not in paths:
       continue
-    for n in reversed(nodes[:names.index(name)]):
+    for path, n in reversed(flat[:paths.index(site)]):
       if isinstance(n, (S.Conv, S.Dense)):
-        return scope + n.name
+        return path
       if not _passes(n):
         break
+    return None
   return None
 
 

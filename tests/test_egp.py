@@ -12,8 +12,9 @@ from flax import traverse_util
 from jaxdepth import checkpoint, costs, data, driver, equivalence, network, optim, stats, surgery
 from jaxdepth import report as report_lib
 from jaxdepth import training, zoo
-from jaxdepth.methods import Egp, Nepenthe, egp, egp_report
-from jaxdepth.spec import Act, Block, Dense, Flatten, LayerNorm, Spec
+from jaxdepth.methods import Egp, Nepenthe, base, egp, egp_report
+from jaxdepth.spec import (Act, BatchNorm, Block, Concat, Conv, Dense, Flatten, LayerNorm, Pool,
+                           Sequential, Spec)
 from train import __main__ as cli
 
 F32 = np.float32
@@ -196,6 +197,29 @@ def test_layer_map_of_a_transformer_mlp_is_its_first_dense():
   assert egp.layer_map(spec) == {"block/gelu": "block/fc1"}
 
 
+def test_layer_map_reads_concat_branches_and_looks_through_sequentials():
+  spec = Spec((6, 6, 2), (
+      Sequential("stem", layers=(Conv("conv", features=4, padding=1), BatchNorm("bn"))),
+      Act("relu"),
+      Concat("mix", branches=((Conv("a", features=3, kernel=1), BatchNorm("a_bn"), Act("a_relu")),
+                              (Conv("b", features=2, padding=1), Act("b_relu"))),
+             post=(Act("joined"), Conv("p", features=4, kernel=1), Act("p_relu"))),
+      Pool("gap", "global_avg"), Dense("fc", features=3)))
+  assert egp.layer_map(spec) == {"relu": "stem/conv", "mix/a_relu": "mix/a", "mix/b_relu": "mix/b",
+                                 "mix/joined": None,     # reads both branches: no single layer
+                                 "mix/p_relu": "mix/p"}
+  # The masks EGP keeps are those layers' kernels, where the parameters are.
+  method = Egp()
+  variables = network.init(spec, jax.random.key(0))
+  decision = base.Decision((), {"amounts": {"stem/conv": 7, "mix/a": 5}})
+  pruned, state = method.apply(spec, variables, method.init(spec), decision)
+  masks, params = _flat(state["masks"]), _flat(pruned["params"])
+  assert set(masks) == {(*l.split("/"), "kernel") for l in ("stem/conv", "mix/a", "mix/b", "mix/p")}
+  for path, amount in ((("stem", "conv", "kernel"), 7), (("mix", "a", "kernel"), 5)):
+    assert masks[path].shape == params[path].shape
+    assert np.count_nonzero(~masks[path]) == np.count_nonzero(params[path] == 0) == amount
+
+
 def test_a_bad_layer_map_is_named():
   spec = zoo.digits_cnn(width=8)
   with pytest.raises(KeyError, match="'nope', which is not a node"):
@@ -331,7 +355,7 @@ def test_pruned_weights_stay_zero_and_masks_add_up_to_the_amounts(finished):
 
 
 def test_a_site_reaches_zero_entropy_and_becomes_the_identity(finished):
-  _, result, _ = finished
+  _, result, calls = finished
   entries = result.report["iterations"]
   removed = [(e["iteration"], s) for e in entries for s in e["removed_now"]]
   assert removed, "no site reached zero entropy"
@@ -342,8 +366,12 @@ def test_a_site_reaches_zero_entropy_and_becomes_the_identity(finished):
   assert later, "the first removal came in the last iteration: nothing checks it stays removed"
   for e in later:
     assert site in e["removed"] and site not in e["entropies"]
-    layer = entries[it]["entropies"][site]["layer"]
-    assert layer not in e["decision"]["amounts"]        # frozen: never pruned again
+  # Frozen: its layer's mask (the weights it kept when the site went) never changes again.
+  kernel = (*entries[it]["entropies"][site]["layer"].split("/"), "kernel")
+  masks = [_flat(c["options"].masks)[kernel] for c in calls[it:]]
+  masks.append(_flat(result.state["masks"])[kernel])
+  assert len({int(np.count_nonzero(m)) for m in masks}) == 1
+  assert all(np.array_equal(m, masks[0]) for m in masks)
 
 
 def test_exported_and_merged_models_compute_the_masked_network(digits, finished):

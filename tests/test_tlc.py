@@ -11,7 +11,8 @@ from flax import traverse_util
 
 from jaxdepth import costs, network, zoo
 from jaxdepth.methods import base, tlc
-from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Flatten, Pool, Spec
+from jaxdepth.spec import (Act, BatchNorm, Concat, Conv, Dense, Flatten, Pool, Spec,
+                           with_identity)
 
 
 def _phi(x):
@@ -93,6 +94,25 @@ def test_a_site_without_a_weight_layer_before_it_is_refused():
                           Act("r"), Pool("g", "global_avg"), Dense("fc", features=2)))
   with pytest.raises(ValueError, match="'r'.*no weight layer"):
     tlc.candidates(spec)
+
+
+def _inception(classes=3):
+  """A stem, then two conv → BatchNorm → ReLU branches joined on the channels."""
+  return Spec((8, 8, 1), (
+      Conv("stem", features=4, padding=1), BatchNorm("bn"), Act("relu"),
+      Concat("mix", branches=((Conv("a", features=4, kernel=1), BatchNorm("a_bn"), Act("a_relu")),
+                              (Conv("b", features=4, padding=1), BatchNorm("b_bn"),
+                               Act("b_relu")))),
+      Pool("gap", "global_avg"), Dense("fc", features=classes)), name="incept")
+
+
+def test_sites_inside_a_concat_are_refused_with_the_reason():
+  spec = _inception()
+  with pytest.raises(ValueError, match=r"\['mix/a_relu', 'mix/b_relu'\] of 'incept' sit inside "
+                                       r"Concat 'mix'.*with_identity"):
+    tlc.candidates(spec)
+  shallow = with_identity(spec, ("mix/a_relu", "mix/b_relu"))     # what the message advises
+  assert [c.site for c in tlc.candidates(shallow)] == ["relu"]
 
 
 # ------------------------------------------------------------------ ranking
@@ -359,3 +379,14 @@ def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
   figures = json.loads((tmp_path / "c" / "tlc.json").read_text())
   assert {"dense", "chosen", "merged"} <= set(figures["latency"])
   assert len(figures["iterations"]) == 2
+
+
+def test_cli_refuses_a_model_with_sites_inside_a_concat(tmp_path, capsys):
+  from train import __main__ as cli
+  model = tmp_path / "incept.json"
+  model.write_text(_inception(classes=10).to_json())
+  assert cli.main(["tlc", "--model", str(model), "--workdir", str(tmp_path / "w"),
+                   "--no-progress"]) == 2
+  err = capsys.readouterr().err
+  assert "['mix/a_relu', 'mix/b_relu']" in err and "inside Concat 'mix'" in err
+  assert "Traceback" not in err and not (tmp_path / "w" / "run.json").exists()

@@ -63,8 +63,8 @@ from flax import traverse_util
 from jaxdepth import entropy, network, optim
 from jaxdepth import spec as S
 from jaxdepth.methods import base
-from jaxdepth.methods.tlc_rank import flat_leaves as _flat
 from jaxdepth.methods.tlc_rank import joint_gap, rank, rank_naive
+from jaxdepth.sites import flat_leaves as _flat
 
 __all__ = ["RULES", "Candidate", "off_probability", "bn_entropy", "empirical_bn", "candidates",
            "candidate_betas", "keep_masks", "rank", "rank_naive", "joint_gap", "choose",
@@ -199,6 +199,19 @@ def _producer(seq, i) -> tuple[str | None, str | None]:
   return None, None
 
 
+def _unreached(spec: S.Spec, missing) -> str:
+  """Why live sites that no list of :func:`_lists` holds (those inside a Concat, or in
+  a block nested in another block's post) have no candidate."""
+  concats = [p for p, n in spec.walk() if isinstance(n, S.Concat)]
+  inside = list(dict.fromkeys(c for s in missing for c in concats if s.startswith(c + S.SEP)))
+  where = (f"inside Concat {', '.join(map(repr, inside))} (parallel branches joined on the "
+           f"channel axis), which TLC does not support" if inside else
+           "inside a residual block nested in another block's post, where TLC does not look")
+  return (f"sites {missing} of {spec.name!r} sit {where}: TLC's candidates are sites in a chain "
+          f"of layers or in a residual block's branch, shortcut or post; make these sites "
+          f"identities first (jaxdepth.with_identity) or use another method")
+
+
 def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[Candidate, ...]:
   """Every weight layer → [BatchNorm] → site triple of ``spec``, in call order of the sites.
 
@@ -220,7 +233,8 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
 
   Raises:
     ValueError: a live site without a weight layer (optionally through one
-      BatchNorm) right before it: TLC cannot cut or linearize it.
+      BatchNorm) right before it: TLC cannot cut or linearize it; or a live
+      site inside a Concat's branches or post, which TLC does not rank.
   """
   sites = spec.sites()
   live = sites if live is None else tuple(live)
@@ -245,6 +259,9 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
             and not (i + 1 < len(seq) and isinstance(seq[i + 1][1], S.Act))
             and not path.split(S.SEP)[-1].startswith("shortcut")):
         projection.append((seq[i - 1][0], path))
+  missing = [s for s in sites if s in live and s not in found]
+  if missing:
+    raise ValueError(_unreached(spec, missing))
   out = [found[s] for s in sites if s in live]
   regular = {c.bn for c in found.values()}
   projection = [(w, bn) for w, bn in projection if bn not in regular]

@@ -23,21 +23,11 @@ from flax import traverse_util
 
 from jaxdepth import network
 from jaxdepth import spec as S
+from jaxdepth.sites import flat_leaves
 from jaxdepth.text.nodes import takes_token_ids
 from jaxdepth.training import cross_entropy
 
-__all__ = ["flat_leaves", "rank", "rank_naive", "joint_gap"]
-
-
-def flat_leaves(nodes, prefix: str) -> list[tuple[str, S.Node]]:
-  """Leaves of a node list with its Sequentials opened (Blocks stay whole)."""
-  out = []
-  for n in nodes:
-    if isinstance(n, S.Sequential):
-      out += flat_leaves(n.layers, prefix + n.name + S.SEP)
-    else:
-      out.append((prefix + n.name, n))
-  return out
+__all__ = ["rank", "rank_naive", "joint_gap"]
 
 
 # ------------------------------------------------------------------ edits as data
