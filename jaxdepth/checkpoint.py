@@ -41,7 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxdepth import integrity, network
-from jaxdepth.spec import Spec
+from jaxdepth.spec import Spec, check_spec
 
 __all__ = ["Checkpointer", "Restored", "SpecMismatchError", "NonFiniteStateError",
            "DamagedCheckpointError", "DamagedModelError",
@@ -613,6 +613,7 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
       holds other files than a saved model (never replaced), or something that
       save_model did not write is named ``<directory>.saving`` or ``<directory>.previous``.
   """
+  check_spec(spec, "save_model(directory, spec, variables)")
   directory = pathlib.Path(directory).absolute()
   diff = _variables_difference(variables, _spec_shapes(spec), given=True)
   if diff is not None:

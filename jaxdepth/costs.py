@@ -158,6 +158,7 @@ def summary(spec: S.Spec) -> dict[str, Any]:
   Keys: ``name``, ``input_shape``, ``output_shape``, ``params``, ``macs``, and the
   fields of :class:`Depth`.
   """
+  S.check_spec(spec, "summary(spec)")
   return {"name": spec.name, "input_shape": list(spec.input_shape),
           "output_shape": list(spec.output_shape), "params": count_params(spec),
           "macs": count_macs(spec), **depth(spec)._asdict()}

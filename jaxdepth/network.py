@@ -668,10 +668,16 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     A :class:`Forward`.
 
   Raises:
-    TypeError: ``x`` or ``gates`` is not an array (a list, a dict of gates).
+    TypeError: ``spec`` is not a Spec or ``variables`` not a dict (arguments swapped),
+      ``x`` or ``gates`` is not an array (a list, a dict of gates).
     ValueError: ``x`` of the wrong shape (one example without its batch axis, ...),
       gates of the wrong length, or variables that do not fit ``spec``.
   """
+  S.check_spec(spec, "forward(spec, variables, x)")
+  if not isinstance(variables, Mapping):
+    raise TypeError(f"forward(spec, variables, x): variables must be the dict jaxdepth.init "
+                    f"makes ({{'params': ..., 'batch_stats': ...}}), got a "
+                    f"{type(variables).__name__}")
   capture = S.site_paths(capture, "capture", "node paths")
   if not isinstance(x, Mapping):         # a dict is a text batch, whose keys Network checks
     if not hasattr(x, "shape"):

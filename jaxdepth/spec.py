@@ -754,6 +754,14 @@ def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> 
   return map_nodes(spec, lambda p, n: new if p == path else n)
 
 
+def check_spec(spec, call: str) -> None:
+  """Refuses a ``spec`` argument that is not a :class:`Spec` (e.g. the variables, passed in
+  its place or with the arguments swapped); ``call`` shows the call's argument order."""
+  if not isinstance(spec, Spec):
+    raise TypeError(f"{call}: spec must be a jaxdepth Spec, got a {type(spec).__name__}; "
+                    f"check the order of the arguments")
+
+
 def site_paths(sites, what: str = "sites", of: str = "site paths") -> tuple[str, ...]:
   """``sites`` as a tuple of paths; one string is refused (it would be split into letters).
 

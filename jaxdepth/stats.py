@@ -125,11 +125,15 @@ def entropies(stats: SiteStats, estimator: str = "easier") -> dict[str, float]:
   """Layer entropy (bits) of every site under one of :data:`ESTIMATORS`, in call order.
 
   Raises:
-    ValueError: an unknown estimator, or ``"dataset"`` on counts that reached
+    ValueError: an unknown estimator, statistics of no batch (no entropy is 0 bits:
+      that would read as a linear site), or ``"dataset"`` on counts that reached
       :data:`COUNT_MAX` (more values of one sign in a channel than int32 holds).
   """
   if estimator not in ESTIMATORS:
     raise ValueError(f"unknown estimator {estimator!r}; expected one of {ESTIMATORS}")
+  if int(jax.device_get(stats.batches)) == 0:
+    raise ValueError("the statistics hold no batch; accumulate some data first (steps made "
+                     "with collect_stats=True, or fit with stats_last_epoch=True)")
   if estimator == "dataset":
     full = [s for s, c in jax.device_get(stats.counts).items() if np.any(c == COUNT_MAX)]
     if full:

@@ -144,6 +144,14 @@ def test_counts_past_int32_stop_there_and_the_dataset_estimator_says_so():
   assert set(St.entropies(stats, "easier")) == {"site"}   # the per-batch sums are unaffected
 
 
+@pytest.mark.parametrize("estimator", St.ESTIMATORS)
+def test_statistics_of_no_batch_have_no_entropy(estimator):
+  """Not 0 bits, which would read as linear sites (EASIER would remove them all)."""
+  spec = S.Spec(input_shape=(3,), layers=(S.Act("site", fn="relu"), S.Dense("head", features=2)))
+  with pytest.raises(ValueError, match=r"the statistics hold no batch.*collect_stats=True"):
+    St.entropies(St.empty_stats(spec), estimator)
+
+
 def test_dataset_counts_that_would_pass_int32_are_refused_before_any_work():
   spec = S.Spec(input_shape=(8, 8, 4), layers=(
       S.Act("site", fn="relu"), S.Flatten("flat"), S.Dense("head", features=2)))

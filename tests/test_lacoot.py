@@ -312,6 +312,12 @@ def test_removal_orders():
   assert lacoot.removal_order(dict(zip(names, swin)), "zscore") == expected
   with pytest.raises(ValueError, match="unknown LaCoOT removal order"):
     lacoot.removal_order(d, "random")
+  # block_distances' {unit: {"sliced", "max_sliced"}} is named, with the one-number form
+  measured = {u: {"sliced": v, "max_sliced": 2 * v} for u, v in d.items()}
+  with pytest.raises(TypeError, match=r"one number.*\{u: d\['max_sliced'\] for u, d in "):
+    lacoot.removal_order(measured)
+  assert lacoot.removal_order({u: m["max_sliced"] for u, m in measured.items()}) == (
+      "b", "d", "a", "c")
 
 
 # ------------------------------------------------------------- through the driver
@@ -412,6 +418,9 @@ def test_bad_method_settings_are_named():
     LaCoOT(score="wasserstein")
   with pytest.raises(ValueError, match="no official LaCoOT pairing"):
     LaCoOT(pairing="official").units(zoo.resnet20(width=4, input_shape=(8, 8, 1)))
+  with pytest.raises(TypeError, match=r"paths must be a collection of node paths, got the "
+                                      r"string 'layer1/1'; write \['layer1/1'\]"):
+    lacoot.regularizer("layer1/1")
 
 
 # ------------------------------------------------------------------ command line

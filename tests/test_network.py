@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxdepth import checkpoint, costs
 from jaxdepth import network as N
 from jaxdepth import spec as S
 
@@ -248,3 +249,19 @@ def test_cpu_convolution_paths_equal_lax_with_gradients(hw, kernel, stride, pad,
   np.testing.assert_allclose(ours(x, k), ref(x, k), rtol=1e-5, atol=1e-5)
   for a, b in zip(jax.grad(ours, (0, 1))(x, k), jax.grad(ref, (0, 1))(x, k)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_arguments_swapped_or_in_the_wrong_place_are_named(variables, tmp_path):
+  x = x_batch()
+  with pytest.raises(TypeError, match=r"forward\(spec, variables, x\): spec must be a jaxdepth "
+                                      r"Spec, got a dict; check the order of the arguments"):
+    N.forward(variables, SPEC, x)
+  with pytest.raises(TypeError, match=r"variables must be the dict jaxdepth.init makes .*got a "
+                                      r"Spec"):
+    N.forward(SPEC, SPEC, x)
+  with pytest.raises(TypeError, match=r"save_model\(directory, spec, variables\): spec must be "
+                                      r"a jaxdepth Spec, got a dict"):
+    checkpoint.save_model(tmp_path / "m", variables, SPEC)
+  assert not (tmp_path / "m").exists()
+  with pytest.raises(TypeError, match=r"summary\(spec\): spec must be a jaxdepth Spec"):
+    costs.summary(variables)

@@ -287,7 +287,7 @@ def regularizer(paths, weight: float = 1.0, n_projections: int = 50, outputs=Non
   Raises:
     ValueError: λ < 0, fewer than 1 projection, no path, ``outputs`` of another length.
   """
-  paths = tuple(paths)
+  paths = S.site_paths(paths, "paths", "node paths")
   if not paths:
     raise ValueError("the LaCoOT regularizer needs at least one block to regularize")
   _check_weight(weight)
@@ -591,6 +591,10 @@ def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple
   if rule not in ORDERS:
     raise ValueError(f"unknown LaCoOT removal order {rule!r}; expected one of {ORDERS}")
   names = list(distances)
+  if any(isinstance(v, dict) for v in distances.values()):   # what block_distances returns
+    raise TypeError(f"distances maps each unit to one number; block_distances gives both "
+                    f"kinds per unit: pass {{u: d['max_sliced'] for u, d in distances.items()}} "
+                    f"(or 'sliced', one of {SCORES})")
   d = np.asarray([distances[u] for u in names], np.float64)
   ascending = [int(i) for i in np.argsort(d, kind="stable")]
   if rule == "ascending":
