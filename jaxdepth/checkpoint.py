@@ -184,7 +184,9 @@ class Checkpointer:
   """The checkpoints of one run of one architecture, in ``directory``.
 
   Every checkpoint is sealed with a checksum manifest (:mod:`jaxdepth.integrity`)
-  once orbax has written it, and checked against it before it is read. Reading
+  once orbax has written it, and checked against it before it is read. One that a
+  stopped run left unsealed (killed between orbax's write and the seal) is that
+  run's unfinished save: it is removed when the directory is opened, with a warning. Reading
   "the latest" checkpoint means the newest *intact* one: a newer damaged one is
   reported (a warning naming its step and what is wrong) and moved aside to
   ``directory/damaged-<step>``, never deleted. Cleanup keeps the ``keep`` newest
@@ -217,6 +219,7 @@ class Checkpointer:
     self._sealer: threading.Thread | None = None
     self._sealer_error: BaseException | None = None
     self._intact: set[int] = set()          # steps sealed or verified by this object
+    self._drop_unsealed()
     options = ocp.CheckpointManagerOptions(enable_async_checkpointing=async_save,
                                            cleanup_tmp_directories=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -335,6 +338,25 @@ class Checkpointer:
 
   def _step_dir(self, step: int) -> pathlib.Path:
     return self.directory / str(step)
+
+  def _drop_unsealed(self) -> None:
+    """Removes the checkpoints a stopped run left unsealed, before anything reads them.
+
+    Orbax writes a checkpoint and only then is it sealed (its checksums, written last,
+    :meth:`_seal`); a run killed in between leaves one without ``checksums.json``. That is
+    the run's own unfinished save, not a damaged one: the run resumes from the checkpoint
+    before it (or from the start) and writes it again, bit for bit.
+    """
+    unsealed = (sorted(int(p.name) for p in self.directory.iterdir() if p.name.isdigit()
+                       and p.is_dir() and not (p / integrity.MANIFEST).exists())
+                if self.directory.is_dir() else [])
+    if jax.process_index() == 0:
+      for step in unsealed:
+        log.warning("checkpoint %d in %s was not finished when its run stopped (it has no %s); "
+                    "removed it: the run goes on from the checkpoint before it", step,
+                    self.directory, integrity.MANIFEST)
+        shutil.rmtree(self._step_dir(step))
+    _sync("jaxdepth_checkpoint_unsealed_dropped")   # every process, whatever it saw
 
   def _seal(self, step: int) -> None:
     if jax.process_index() == 0:

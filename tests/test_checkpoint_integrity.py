@@ -5,7 +5,7 @@ copies that work directory, damages one file of its latest checkpoint (a flipped
 bit, a truncation, garbled JSON) and fits again: the run must report the damaged
 checkpoint by name, resume from the intact one before it and end bit-identical to
 an uninterrupted run. With no intact checkpoint left it must refuse, changing
-nothing.
+nothing. A checkpoint left unsealed by a killed run is an unfinished save, dropped.
 """
 import hashlib
 import json
@@ -158,6 +158,35 @@ def test_with_no_intact_checkpoint_left_the_run_refuses_and_changes_nothing(
                            rf".*Nothing was changed.*move it away"):
     _fit(digits, workdir)
   assert _digest(workdir) == before
+
+
+@pytest.mark.parametrize("unsealed", ["latest", "every"])
+def test_an_unsealed_checkpoint_is_an_unfinished_save_and_the_run_ends_bit_identical(
+    digits, reference, finished, tmp_path, caplog, unsealed):
+  """A run killed after orbax wrote a checkpoint and before its seal (checksums.json, written
+  last; a half-written checksums.json.tmp may be there) resumes from the checkpoint before it,
+  or, when that was the only one, starts afresh: no refusal, nothing moved aside as damaged."""
+  workdir = tmp_path / "run"
+  shutil.copytree(finished, workdir)
+  ckdir = workdir / "checkpoints"
+  steps = _steps(workdir)
+  for s in (steps[-1:] if unsealed == "latest" else steps):
+    manifest = ckdir / str(s) / integrity.MANIFEST
+    manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxdepth"):
+    resumed = _fit(digits, workdir)
+  _same(reference.variables, resumed.variables)
+  assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+  warned = [r.getMessage() for r in caplog.records if r.name == "jaxdepth"]
+  dropped = steps[-1:] if unsealed == "latest" else steps
+  assert len(warned) == len(dropped) and all(
+      re.search(rf"checkpoint {s} in .*checkpoints was not finished when its run stopped", w)
+      for s, w in zip(dropped, warned)), warned
+  assert not [p for p in ckdir.iterdir() if p.name.startswith("damaged")]
+  assert _steps(workdir) == steps
+  for s in _steps(workdir):
+    assert integrity.problem(ckdir / str(s)) is None
 
 
 def _state(seed=0):
