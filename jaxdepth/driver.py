@@ -153,6 +153,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
 
   A ``run.json`` of the same method with no checkpoint beside it (a run that
   stopped before saving anything) owns nothing: the new run takes the directory over.
+  The digest of the initial variables is compared only when variables are given:
+  ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -175,10 +177,15 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"work directory {workdir} holds a run of another model "
         f"({stored['spec'].get('name')!r}): {diff or 'the spec names differ'}; use another "
         f"directory")
+  if "variables" not in identity:
+    stored.pop("variables", None)
   diffs = _differences(stored, identity)
   if diffs:
+    hint = (" (variables is a digest of the initial variables: a run started from "
+            "init(spec, key(seed)) has none; pass the variables it started from, or None to "
+            "resume it)" if stored.get("variables") != identity.get("variables") else "")
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
-                           f"({'; '.join(diffs)}); use another directory")
+                           f"({'; '.join(diffs)}){hint}; use another directory")
 
 
 def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:
@@ -218,7 +225,12 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     dataset: train, val (required: the operating point is picked on it) and test.
     recipe: the per-iteration schedule (a fresh optimizer every iteration).
     workdir: the run's directory (created; a run there is resumed).
-    variables: initial variables (default ``jaxdepth.init(spec, key(seed))``).
+    variables: initial variables (default ``jaxdepth.init(spec, key(seed))``). Given
+      ones are part of the run's identity (a digest,
+      :func:`jaxdepth.training.variables_digest`): a ``workdir`` holding a run started
+      from others is refused; ``None`` resumes a run from its iteration checkpoints
+      (an iteration 0 stopped mid-way resumes only from the variables it started
+      from: its epoch checkpoints hold their digest too).
     iterations: rounds (default ``method.default_iterations(spec)``). Iteration
       ``i`` trains (when the method asks for epochs) and evaluates the network
       with the removals decided in iterations ``0 .. i-1``.
@@ -277,13 +289,15 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
                    variables)
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
+  mesh = training.make_mesh() if mesh is None else mesh
   identity = {"method": method.name, "method_options": method.options(),
               "spec": spec.to_dict(), "dataset": dataset.name, "recipe": recipe.to_dict(),
               "seed": seed, "info": info or {}}
+  if variables is not None:   # given ones are part of the identity (None: the run's own)
+    identity["variables"] = training.variables_digest(variables, mesh)
   _check_identity(workdir, identity)
   eval_batch_size = eval_batch_size or recipe.batch_size
   latency_batches = (1, eval_batch_size) if latency_batches is None else latency_batches
-  mesh = training.make_mesh() if mesh is None else mesh
   # fit validates at the run's evaluation batch: one compiled eval step serves both.
   trainer = trainer or _fit_trainer(mesh, dtype, progress,
                                     {"eval_batch_size": eval_batch_size, **(fit_options or {})})

@@ -11,9 +11,16 @@ result equals the single-device computation on the whole batch, unlike ``pmap``
 without a ``pmean`` (per-device statistics) or PyTorch DDP without SyncBN.
 
 The loss is the softmax cross-entropy averaged over the real examples of the
-batch; padded examples (``mask`` False) count for nothing::
+batch (``mask`` True)::
 
     L(w) = sum_i m_i * CE(f_w(x_i), y_i) / max(1, sum_i m_i)
+
+The loss counts the real examples only, but train-mode BatchNorm normalises with
+the statistics of the whole batch, padded rows included (and a regularizer may
+read them too), so a padded batch changes what the real examples compute: train
+on full batches, ``split.batches(..., drop_remainder=True)`` as :func:`fit` does
+(a train step refuses a numpy batch with padded rows). Evaluation is per example
+(BatchNorm's running statistics), so padded examples there count for nothing.
 
 Metrics come out of the steps as on-device *sums* (``loss``: summed
 cross-entropy, ``correct``, ``count``) so that they add up over batches and
@@ -34,6 +41,7 @@ import math
 import os
 import pathlib
 import time
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import flax
@@ -48,12 +56,13 @@ from jaxdepth import optim
 from jaxdepth import stats as site_stats
 from jaxdepth.checkpoint import Checkpointer, all_finite
 from jaxdepth.progress import MetricsLog, progress_bar
-from jaxdepth.spec import Spec
+from jaxdepth.spec import Spec, check_spec
 
 __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
+    "variables_digest",
 ]
 
 DATA_AXIS = "data"
@@ -147,6 +156,17 @@ def _own_copy(x):
   return jax.device_put(x, may_alias=False)
 
 
+def _check_variables(variables, where: str) -> None:
+  """Refuses what is not a variables dict (the ``params`` alone, a spec) by name."""
+  if isinstance(variables, Mapping) and "params" in variables:
+    return
+  got = (f"a dict with keys {sorted(map(str, variables))[:6]} (the params alone?): pass "
+         f"variables, not variables['params']" if isinstance(variables, Mapping)
+         else f"a {type(variables).__name__}")
+  raise TypeError(f"{where} takes the variables dict {{'params': ..., 'batch_stats': ...}} of "
+                  f"jaxdepth.init, got {got}")
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything a training run carries from step to step (a pytree).
@@ -175,6 +195,7 @@ class TrainState:
       tx: the optimizer.
       rng: an int seed or a key, for dropout.
     """
+    _check_variables(variables, "TrainState.create")
     params = variables["params"]
     state = cls(step=jnp.zeros((), jnp.int32), params=params,
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -314,6 +335,14 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
                     loss=None, regularizer: Regularizer | None = None):
   """A jitted SGD step: ``(state, batch, gates, stats, masks=None, node_gates=None) -> (state, metrics, stats)``.
 
+  Train on full batches. The loss counts the real examples only (``mask`` True),
+  but train-mode BatchNorm normalises with the statistics of the whole batch,
+  padded rows included, and a regularizer may read them too: a padded batch
+  changes the real examples' results. Serve ``split.batches(...,
+  drop_remainder=True)`` as :func:`fit` does; a batch whose ``mask`` is a numpy
+  array (what ``batches()`` serves) with a padded row is refused. A device array
+  (:func:`shard_batch`'s) is not fetched to check it.
+
   Args:
     spec: the architecture.
     tx: the optimizer (the one ``state.opt_state`` was made by); it is wrapped by
@@ -332,24 +361,47 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       number of real examples, is summed into ``metrics["regularizer"]``).
 
   Returns:
-    ``step(state, batch, gates, stats, masks=None)`` where ``batch`` has ``image``
+    ``step(state, batch, gates, stats, masks=None, node_gates=None)`` where ``state``
+    is a :class:`TrainState`; ``batch`` has ``image``
     (or a text spec's ``input_ids``, ``attention_mask``, ``token_type_ids``:
-    :func:`jaxdepth.network.batch_inputs`), ``label``, ``mask``; ``gates`` is ``None``
+    :func:`jaxdepth.network.batch_inputs`), ``label`` (integer classes, ``(B,)``) and
+    ``mask`` (``(B,)`` bool, all True); ``gates`` is ``None``
     or a ``(len(spec.sites()),)`` array; ``stats`` is a SiteStats (``None`` unless ``collect_stats``);
-    ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`)
-    that keep pruned weights at 0; ``node_gates`` are ``{node path: gate}``
+    ``masks`` are element-wise weight masks (:func:`jaxdepth.optim.apply_masks`):
+    the step zeroes the pruned weights before its forward pass and keeps them
+    at 0; ``node_gates`` are ``{node path: gate}``
     (:func:`jaxdepth.network.forward`). Gates and masks are data: changing their
     values does not recompile. ``metrics`` are the batch's summed ``loss``, ``correct``,
     ``count`` (cross-entropy whatever ``loss`` is).
+
+  Raises:
+    TypeError, ValueError: (when called) a state that is not a TrainState, a batch
+      without ``label`` or ``mask``, labels that are not integer classes ``(B,)``
+      (numpy labels, with the default loss: outside the spec's outputs), a numpy
+      batch with padded rows, or ``stats=None`` with ``collect_stats``.
   """
+  check_spec(spec, "make_train_step(spec, tx)")
   mesh = make_mesh() if mesh is None else mesh
+  classes = _num_classes(spec) if loss is None else None   # labels a custom loss reads are its own
   loss = cross_entropy if loss is None else loss
   masked_tx = optim.keep_masked(tx)
   capture = regularizer.capture if regularizer is not None else ()
 
   def step(state: TrainState, batch, gates, stats, masks, node_gates):
+    # Checked while tracing: no cost per step.
+    if not isinstance(state, TrainState):
+      raise TypeError(f"the train step takes a TrainState, got a {type(state).__name__}: make "
+                      f"one with TrainState.create(variables, tx, rng) and pass the state "
+                      f"each step returns")
+    _check_batch(batch, "the train step")
+    if collect_stats and stats is None:
+      raise TypeError("this train step collects site statistics (collect_stats=True): pass "
+                      "stats=jaxdepth.empty_stats(spec), then the stats each step returns, "
+                      "not None")
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mask = batch["mask"]
+    # Pruned weights are 0 from this step on (fit's already are: x where kept, 0 where 0).
+    params = optim.apply_masks(state.params, masks)
 
     def loss_fn(params):
       variables = {"params": params}
@@ -365,10 +417,10 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
         term = regularizer.fn(out.captured, _real_mask(batch, mask), jax.random.fold_in(rng, 1))
       return value + term, (out, term)
 
-    (_, (out, term)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = masked_tx.update(grads, state.opt_state, state.params, masks=masks)
+    (_, (out, term)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    updates, opt_state = masked_tx.update(grads, state.opt_state, params, masks=masks)
     new_state = state.replace(
-        step=state.step + 1, params=optax.apply_updates(state.params, updates),
+        step=state.step + 1, params=optax.apply_updates(params, updates),
         batch_stats=out.batch_stats if state.batch_stats else state.batch_stats,
         opt_state=opt_state)
     if collect_stats:
@@ -384,10 +436,70 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
 
   @functools.wraps(step)
   def train_step(state, batch, gates, stats, masks=None, node_gates=None):
+    _check_host_batch(batch, classes, "the train step", full=True)
     return jitted(state, batch, gates, stats, masks, node_gates)
 
   train_step.jitted = jitted
   return train_step
+
+
+def _num_classes(spec: Spec) -> int | None:
+  """The number of classes a spec's ``(C,)`` output scores, else ``None``."""
+  shape = tuple(spec.output_shape)
+  return shape[0] if len(shape) == 1 else None
+
+
+def _check_batch(batch, where: str) -> None:
+  """Refuses, while tracing, a batch without ``label`` and ``mask`` or labels that are
+  not integer classes of shape ``(B,)`` (optax's own error never says "labels")."""
+  if not isinstance(batch, Mapping):
+    raise TypeError(f"{where} takes a batch dict with 'image' (or a text spec's token "
+                    f"arrays), 'label' and 'mask', as split.batches() serves, got a "
+                    f"{type(batch).__name__}")
+  missing = [k for k in ("label", "mask") if k not in batch]
+  if missing:
+    raise ValueError(f"{where}: the batch has no {' or '.join(map(repr, missing))} (it has "
+                     f"{sorted(batch)}); 'label' holds the (B,) integer classes, 'mask' the "
+                     f"(B,) bool flags of the real examples (np.ones(B, bool) for a full "
+                     f"batch), as split.batches() serves them")
+  label = batch["label"]
+  dtype, shape = getattr(label, "dtype", None), tuple(getattr(label, "shape", ()))
+  if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and len(shape) == 1:
+    return
+  if len(shape) == 2 and shape[1] > 1:
+    hint = "one-hot labels? pass labels.argmax(-1)"
+  elif len(shape) == 2 and shape[1] == 1:
+    hint = "pass labels[:, 0]"
+  else:
+    hint = "pass labels.astype(np.int32)"
+  raise TypeError(f"{where}: batch['label'] must be integer class indices of shape (B,), got "
+                  f"{dtype} of shape {shape}: {hint}")
+
+
+def _check_host_batch(batch, classes: int | None, where: str, *, full: bool) -> None:
+  """Refuses, on the host, a numpy batch with padded rows (``full``) or labels outside
+  ``[0, classes)``. Device arrays are left alone: fetching them would cost a transfer."""
+  if not isinstance(batch, Mapping):
+    return
+  mask, label = batch.get("mask"), batch.get("label")
+  if not isinstance(mask, np.ndarray):
+    mask = None
+  if full and mask is not None and not mask.all():
+    padded = int(np.size(mask) - np.count_nonzero(mask))
+    raise ValueError(
+        f"train steps need full batches: this batch has {padded} "
+        f"padded examples (mask False) of {np.size(mask)}, and train-mode BatchNorm's batch "
+        f"statistics (and a regularizer) would read them, changing the real examples' results; "
+        f"use split.batches(..., drop_remainder=True) as fit does")
+  if (classes is None or not isinstance(label, np.ndarray) or label.ndim != 1
+      or not np.issubdtype(label.dtype, np.integer)):
+    return
+  if mask is not None and mask.shape == label.shape:
+    label = label[mask.astype(bool)]
+  if label.size and (label.min() < 0 or label.max() >= classes):
+    raise ValueError(f"{where}: labels run from {label.min()} to {label.max()}, but the spec "
+                     f"gives {classes} outputs (classes 0 .. {classes - 1}): map the labels "
+                     f"to 0 .. {classes - 1}, or give the model one output per class")
 
 
 @functools.lru_cache(maxsize=64)
@@ -402,6 +514,7 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
   mesh = make_mesh() if mesh is None else mesh
 
   def step(variables, batch, gates, stats, node_gates=None):
+    _check_batch(batch, "the eval step")   # while tracing
     out = network.forward(spec, variables, network.batch_inputs(spec, batch), train=False,
                           gates=gates, collect_stats=collect_stats, example_mask=batch["mask"],
                           dtype=dtype, node_gates=node_gates)
@@ -458,14 +571,26 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
 
   Returns:
     An :class:`Evaluation`.
+
+  Raises:
+    TypeError: ``split`` is not a split (e.g. the whole Dataset).
+    ValueError: a label outside the spec's outputs (the loss would be NaN).
   """
+  check_spec(spec, "evaluate(spec, variables, split)")
+  if not hasattr(split, "batches"):
+    got = (f"the Dataset {getattr(split, 'name', '')!r}" if hasattr(split, "train")
+           else f"a {type(split).__name__}")
+    raise TypeError(f"evaluate takes one split of a dataset, e.g. dataset.test or dataset.val, "
+                    f"got {got}")
   mesh = make_mesh() if mesh is None else mesh
+  classes = _num_classes(spec)
   step = make_eval_step(spec, mesh=mesh, dtype=dtype, collect_stats=collect_stats)
   stats = site_stats.empty_stats(spec) if collect_stats else None
   sums = _zero_metrics()
   variables = replicate(variables, mesh)
   local, process_kw = _per_process(batch_size)
   for batch in split.batches(local, drop_remainder=False, **process_kw):
+    _check_host_batch(batch, classes, "evaluate", full=False)   # numpy labels: cheap
     metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats, node_gates)
     sums = jax.tree.map(jnp.add, sums, metrics)
   sums = jax.device_get(sums)
@@ -493,7 +618,8 @@ class FitResult(NamedTuple):
     variables: the trained Flax variables.
     stats: train-mode :class:`~jaxdepth.stats.SiteStats` of the last epoch (when
       ``stats_last_epoch``), else ``None``.
-    history: one dict per epoch: ``epoch``, ``step``, ``lr``, ``train_loss``,
+    history: one dict per epoch: ``epoch``, ``step``, ``lr`` (the recipe's, at the
+      epoch's last step; ``None`` with a custom ``tx``), ``train_loss``,
       ``train_accuracy``, ``val_loss``, ``val_accuracy`` (when there is a
       validation split), ``seconds``.
     state: the final :class:`TrainState` (optimizer state included).
@@ -522,6 +648,18 @@ def _digest(tree) -> str | None:
   return h.hexdigest()[:16]
 
 
+def variables_digest(variables, mesh: Mesh | None = None) -> str:
+  """A short content hash of variables (their paths and every bit), the same on every process.
+
+  The leaves are replicated over ``mesh`` (default :func:`make_mesh`) first, so each
+  process reads the full copy its own devices hold (a multi-process run's global
+  arrays, sharded or not, are resharded, never fetched from another host); in a
+  multi-process run every process must call it, as :func:`fit` does.
+  """
+  replicated = replicate(variables, make_mesh() if mesh is None else mesh)
+  return _digest(jax.tree.map(lambda x: np.asarray(x.addressable_data(0)), replicated))
+
+
 def _gate_values(node_gates) -> dict[str, float] | None:
   """``{path: gate}`` as JSON floats (a run's identity), or ``None``."""
   if node_gates is None:
@@ -538,7 +676,10 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
   diffs += [f"{k}: {meta.get('run', {}).get(k)!r} stored, {v!r} asked"
             for k, v in run.items() if meta.get("run", {}).get(k) != v]
   if diffs:
-    raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}); "
+    hint = (" (variables is a digest of the initial variables: resume from the ones the run "
+            "started with)" if meta.get("run", {}).get("variables") != run.get("variables")
+            else "")
+    raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
                            f"resume it with the same settings or use another directory")
 
 
@@ -602,8 +743,13 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
-  dataset, seed, compute dtype, options) raise :class:`RunMismatchError`.
-  Only ``recipe.epochs`` may change between calls, to extend a run. Checkpoints
+  dataset, seed, compute dtype, options, the initial variables: a digest of
+  them, masks applied, :func:`variables_digest`) raise :class:`RunMismatchError`.
+  Only ``recipe.epochs`` may change between calls, to extend a run. A custom
+  ``tx`` is recorded only as being one (optax transformations cannot be
+  compared): keeping it the same on resume is the caller's part; one whose state
+  has another structure (``sgd`` after ``adam``) raises :class:`RunMismatchError`
+  on restore, one with other hyperparameters cannot be told apart. Checkpoints
   are checked against their checksums: a damaged latest one is reported and moved
   aside, and the run resumes from the newest intact one (still bit-identical);
   with none intact, :class:`~jaxdepth.checkpoint.DamagedCheckpointError` says so.
@@ -623,7 +769,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     mesh: device mesh (default: every device).
     dtype: compute dtype (e.g. ``jnp.bfloat16``).
     progress: show a progress bar with ETA (process 0 only).
-    tx: an optimizer to use instead of the recipe's (e.g. wrapped with masks).
+    tx: an optimizer to use instead of the recipe's (the recipe's ``optimizer``, ``lr``
+      and schedule fields are then unused; ``history``'s ``lr`` is ``None``). A
+      resume must pass the same one.
     eval_batch_size: validation batch size (default: the training batch size).
     eval_every: validate every this many epochs (and after the last).
     checkpoint_every_steps: also checkpoint inside epochs, every this many steps.
@@ -634,10 +782,22 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     A :class:`FitResult`.
 
   Raises:
+    TypeError: ``dataset`` is not a Dataset (e.g. its train split), ``recipe`` not a
+      Recipe, ``variables`` not a variables dict.
     ValueError: ``eval_every`` < 1, a batch size < 1 or not a multiple of the
       device count, a training split smaller than one batch, or a spec whose
       outputs are not one per class of ``dataset``.
+    RunMismatchError: ``workdir`` holds a run with other settings (see above).
   """
+  check_spec(spec, "fit(spec, variables, dataset, recipe)")
+  if not hasattr(dataset, "train"):
+    got = "one split of it" if hasattr(dataset, "batches") else f"a {type(dataset).__name__}"
+    raise TypeError(f"fit takes the whole Dataset (it trains on dataset.train and validates "
+                    f"on dataset.val), e.g. data.load('digits'), got {got}")
+  if not isinstance(recipe, optim.Recipe):
+    raise TypeError(f"recipe must be an optim.Recipe, got a {type(recipe).__name__} (from a "
+                    f"dict: optim.Recipe.from_dict(d))")
+  _check_variables(variables, "fit")
   mesh = make_mesh() if mesh is None else mesh
   _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
   _check_outputs_fit_classes(spec, dataset)
@@ -676,6 +836,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   state = replicate(TrainState.create(variables, tx, seed), mesh)
   if masks is not None:   # pruned weights start at exactly 0 (both sides on the mesh)
     state = state.replace(params=optim.apply_masks(state.params, masks))
+  if workdir is not None:   # the starting point is part of the run's identity
+    run["variables"] = variables_digest(state.variables, mesh)
   loop = replicate({"metrics": _zero_metrics(regularizer is not None),
                     "stats": site_stats.empty_stats(spec) if stats_last_epoch else None}, mesh)
   history: list[dict[str, Any]] = []
@@ -684,8 +846,22 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     workdir = pathlib.Path(workdir)
     ckpt = Checkpointer(workdir / "checkpoints", spec)
     if ckpt.latest_step() is not None:
-      _check_same_run(ckpt.meta(), recipe, run, f"work directory {workdir}")
-      restored = ckpt.restore(state, extra=loop)   # restored leaves keep the replicated shardings
+      where = f"work directory {workdir}"
+      # The initial variables once the restore has checked the architecture (whose
+      # difference would change their digest too, and is the better message).
+      _check_same_run(ckpt.meta(), recipe, {k: v for k, v in run.items() if k != "variables"},
+                      where)
+      try:
+        restored = ckpt.restore(state, extra=loop)   # restored leaves keep the replicated shardings
+      except ValueError as e:   # orbax: "... tree structures do not match"
+        if "tree structure" not in str(e):
+          raise
+        raise RunMismatchError(
+            f"work directory {workdir} holds a train state of another structure than this "
+            f"call's: most likely another optimizer (a custom tx must be the one the run "
+            f"started with, e.g. not sgd after adam); resume with it or use another directory "
+            f"({str(e).splitlines()[0]})") from e
+      _check_same_run(restored.meta, recipe, run, where)
       state, loop = restored.state, restored.extra
       history = list(restored.meta.get("history", []))
       _check_epochs_left(int(state.step), spe, recipe.epochs,
@@ -743,7 +919,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       train = mean_metrics(loop["metrics"])
       _check_loss(train["loss"], epoch, step, ckpt)
       _check_state(state, epoch, step, ckpt)
-      record = {"epoch": epoch + 1, "step": step, "lr": float(schedule(step - 1)),
+      record = {"epoch": epoch + 1, "step": step,   # a custom tx's rate is not fit's to know
+                "lr": None if custom_tx else float(schedule(step - 1)),
                 "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
       if "regularizer" in train:
         record["train_regularizer"] = train["regularizer"]

@@ -170,3 +170,16 @@ def test_latencies_time_models_side_by_side():
     timing.latencies({**models, "other": (other, network.init(other, jax.random.key(0)))}, 4)
   with pytest.raises(ValueError, match="batch must be a positive int"):
     timing.latencies(models, 0)
+
+
+def test_evaluate_refuses_labels_past_the_models_outputs():
+  # One's own labels 1..3 (counted from 1) for a 3-output head: the loss would be NaN.
+  (x, y), (xt, yt) = _arrays(20, 6), _arrays(12, 7)
+  ds = Dataset.from_arrays(train=(x, y + 1), test=(xt, yt + 1), val_fraction=0.0)
+  spec = S.Spec(ds.input_shape, (S.Flatten("flatten"), S.Dense("fc", features=3)))
+  variables = network.init(spec, jax.random.key(0))
+  with pytest.raises(ValueError, match=r"evaluate: labels run from 1 to 3, but the spec gives 3 "
+                                       r"outputs \(classes 0 .. 2\)"):
+    training.evaluate(spec, variables, ds.test)
+  shifted = Dataset.from_arrays(train=(x, y), test=(xt, yt), val_fraction=0.0)
+  assert training.evaluate(spec, variables, shifted.test).count == 12

@@ -273,6 +273,11 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   assert not (tmp_path / "new").exists()
   with pytest.raises(ValueError, match=r"latency_batches must be batch sizes >= 1 .*\(0,\)"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, latency_batches=(0,))
+  # The run started from init(spec, key(0)): other starting weights are another run.
+  with pytest.raises(driver.RunMismatchError, match=r"variables: None there, '[0-9a-f]{16}' "
+                     r"asked\) \(variables is a digest of the initial variables"):
+    driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False,
+               variables=network.init(spec, jax.random.key(1)))
   assert _snapshot(workdir) == before
   fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
   fit_run.mkdir()

@@ -388,3 +388,151 @@ def test_train_state_create_copies_what_the_step_donates():
            "mask": np.ones(2, bool)}
   step(state, batch, None, None)
   assert math.isfinite(float(variables["params"]["fc"]["kernel"].sum()))  # not deleted
+
+
+# ------------------------------------------------------- hand-written loops, mistakes
+
+
+def _numpy_batch(n=8, padded=0, seed=5):
+  rng = np.random.default_rng(seed)
+  return {"image": rng.normal(size=(n, 6, 6, 4)).astype(np.float32),
+          "label": rng.integers(0, 3, n).astype(np.int32),
+          "mask": np.arange(n) < n - padded}
+
+
+def test_a_train_step_refuses_a_padded_numpy_batch():
+  # Train-mode BatchNorm reads the padded rows: the real examples' results would change.
+  spec = _block_spec()
+  tx = optax.sgd(0.1)
+  step = training.make_train_step(spec, tx, mesh=training.make_mesh(jax.devices()[:1]))
+  state = training.TrainState.create(network.init(spec, jax.random.key(0)), tx, 0)
+  with pytest.raises(ValueError, match=r"train steps need full batches: this batch has 3 padded "
+                     r"examples \(mask False\) of 8, and train-mode BatchNorm's batch statistics "
+                     r".*split.batches\(\.\.\., drop_remainder=True\) as fit does"):
+    step(state, _numpy_batch(padded=3), None, None)
+  _, metrics, _ = step(state, _numpy_batch(), None, None)   # a full batch trains
+  assert float(metrics["count"]) == 8 and math.isfinite(float(metrics["loss"]))
+
+
+def test_masks_zero_the_pruned_weights_in_a_hand_written_step():
+  # The state holds unpruned weights (no fit to mask them first): the step's forward pass
+  # must already see them at 0, and they stay exactly +0.
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  kernel = np.asarray(variables["params"]["stem"]["kernel"])
+  keep = np.random.default_rng(6).random(kernel.shape) < 0.5
+  masks = {"stem": {"kernel": jnp.asarray(keep)}}
+  tx = optax.sgd(0.1)
+  step = training.make_train_step(spec, tx, mesh=training.make_mesh(jax.devices()[:1]),
+                                  donate=False)
+  batch = _numpy_batch()
+  state, metrics, _ = step(training.TrainState.create(variables, tx, 0), batch, None, None, masks)
+  new = np.asarray(state.params["stem"]["kernel"])
+  assert np.all(new[~keep] == 0) and not np.any(np.signbit(new[~keep]))
+  assert not np.array_equal(new[keep], kernel[keep])   # the kept weights trained
+  pruned = {**variables, "params": {**variables["params"], "stem": {
+      **variables["params"]["stem"], "kernel": np.where(keep, kernel, 0.0).astype(np.float32)}}}
+  logits = network.forward(spec, pruned, batch["image"], train=True).logits
+  expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).sum()
+  np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+
+
+def test_variables_digest_reads_every_bit_the_same_on_any_placement():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  one, two = training.make_mesh(jax.devices()[:1]), training.make_mesh(jax.devices()[:2])
+  digest = training.variables_digest(variables, one)
+  assert training.variables_digest(jax.tree.map(np.asarray, variables), two) == digest
+  sharded = jax.device_put(variables["params"]["fc"]["kernel"],   # (4, 3), rows over 2 devices
+                           jax.sharding.NamedSharding(two, jax.sharding.PartitionSpec("data")))
+  assert len(sharded.sharding.device_set) == 2
+  placed = {**variables, "params": {**variables["params"], "fc": {
+      **variables["params"]["fc"], "kernel": sharded}}}
+  assert training.variables_digest(placed, two) == digest
+  kernel = np.asarray(variables["params"]["fc"]["kernel"]).copy()
+  kernel.view(np.uint32)[1, 2] ^= 1                         # one bit of one weight
+  flipped = {**variables, "params": {**variables["params"], "fc": {
+      **variables["params"]["fc"], "kernel": kernel}}}
+  assert training.variables_digest(flipped, one) != digest
+  assert training.variables_digest(network.init(spec, jax.random.key(1)), one) != digest
+
+
+def test_fit_refuses_a_workdir_of_other_initial_variables(digits, tmp_path):
+  spec = _tiny_cnn()
+  one = RECIPE.replace(epochs=1)
+  training.fit(spec, network.init(spec, jax.random.key(0)), digits, one, seed=3,
+               progress=False, workdir=tmp_path)
+  with pytest.raises(training.RunMismatchError, match=r"variables: '[0-9a-f]{16}' stored, "
+                     r"'[0-9a-f]{16}' asked\) \(variables is a digest of the initial variables"):
+    training.fit(spec, network.init(spec, jax.random.key(1)), digits, one, seed=3,
+                 progress=False, workdir=tmp_path)
+
+
+def test_fit_with_a_custom_tx_records_no_recipe_lr_and_refuses_another_optimizer_on_resume(
+    digits, tmp_path):
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  one = RECIPE.replace(epochs=1)
+  first = training.fit(spec, variables, digits, one, tx=optax.adam(1e-2), seed=3,
+                       progress=False, workdir=tmp_path)
+  assert [r["lr"] for r in first.history] == [None]   # not the recipe's 0.05, never used
+  with pytest.raises(training.RunMismatchError, match=r"holds a train state of another structure "
+                     r"than this call's: most likely another optimizer \(a custom tx must be the "
+                     r"one the run started with"):
+    training.fit(spec, variables, digits, RECIPE, tx=optax.sgd(1e-2, momentum=0.9), seed=3,
+                 progress=False, workdir=tmp_path)
+
+
+def _step(spec, batch, *, state=None, stats=None, **kw):
+  """One train step on one device from a fresh state."""
+  tx = optax.sgd(0.1)
+  step = training.make_train_step(spec, tx, mesh=training.make_mesh(jax.devices()[:1]), **kw)
+  if state is None:
+    state = training.TrainState.create(network.init(spec, jax.random.key(0)), tx, 0)
+  return step(state, batch, None, stats)
+
+
+_MISTAKES = {   # what is done wrong: (call(digits, spec, variables, batch), error, words)
+    "evaluate(dataset)": (lambda ds, spec, v, b: training.evaluate(spec, v, ds), TypeError,
+                          r"evaluate takes one split of a dataset, e.g. dataset.test or "
+                          r"dataset.val, got the Dataset 'digits'"),
+    "evaluate(variables, spec)": (lambda ds, spec, v, b: training.evaluate(v, spec, ds.test),
+                                  TypeError, r"evaluate\(spec, variables, split\): spec must "
+                                             r"be a jaxdepth Spec, got a dict"),
+    "fit(split)": (lambda ds, spec, v, b: training.fit(spec, v, ds.train, RECIPE, progress=False),
+                   TypeError, r"fit takes the whole Dataset .* got one split of it"),
+    "fit(recipe dict)": (lambda ds, spec, v, b: training.fit(spec, v, ds, RECIPE.to_dict()),
+                         TypeError, r"recipe must be an optim.Recipe, got a dict .*from_dict"),
+    "batch without mask": (
+        lambda ds, spec, v, b: _step(spec, {"image": b["image"], "label": b["label"]}),
+        ValueError, r"the train step: the batch has no 'mask' \(it has \['image', 'label'\]\)"),
+    "one-hot labels": (
+        lambda ds, spec, v, b: _step(spec, {**b, "label": np.eye(3, dtype=np.float32)[b["label"]]}),
+        TypeError, r"batch\['label'\] must be integer class indices of shape \(B,\), got float32 "
+                   r"of shape \(8, 3\): one-hot labels\? pass labels.argmax\(-1\)"),
+    "float labels": (
+        lambda ds, spec, v, b: _step(spec, {**b, "label": b["label"].astype(np.float32)}),
+        TypeError, r"got float32 of shape \(8,\): pass labels.astype\(np.int32\)"),
+    "labels out of range": (
+        lambda ds, spec, v, b: _step(spec, {**b, "label": b["label"] + 3}),
+        ValueError, r"labels run from 3 to 5, but the spec gives 3 outputs"),
+    "variables for the state": (
+        lambda ds, spec, v, b: _step(spec, b, state=v), TypeError,
+        r"the train step takes a TrainState, got a dict: make one with TrainState.create"),
+    "stats None": (
+        lambda ds, spec, v, b: _step(spec, b, collect_stats=True), TypeError,
+        r"collect_stats=True\): pass stats=jaxdepth.empty_stats\(spec\)"),
+    "TrainState.create(params)": (
+        lambda ds, spec, v, b: training.TrainState.create(v["params"], optax.sgd(0.1), 0),
+        TypeError, r"takes the variables dict .* got a dict with keys \['block', 'bn0', 'fc', "
+                   r"'stem'\] \(the params alone\?\): pass variables, not variables\['params'\]"),
+}
+
+
+@pytest.mark.parametrize("mistake", list(_MISTAKES))
+def test_plausible_mistakes_are_named(digits, mistake):
+  call, error, words = _MISTAKES[mistake]
+  # digits' 8x8x1 images for the dataset calls, _block_spec's 6x6x4 ones for the steps
+  spec = _tiny_cnn() if "fit" in mistake or "evaluate" in mistake else _block_spec()
+  with pytest.raises(error, match=words):
+    call(digits, spec, network.init(spec, jax.random.key(0)), _numpy_batch())
