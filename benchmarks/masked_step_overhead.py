@@ -4,8 +4,8 @@ Times the jitted train step of :func:`jaxdepth.training.make_train_step` on
 ResNet-18 (CIFAR stem, 32x32x3 inputs, SGD momentum 0.9 with L2 weight decay,
 the paper's recipe) without masks and with element-wise masks on the 17
 prunable convs (:func:`jaxdepth.methods.egp.layer_map`, half of each pruned),
-which :func:`jaxdepth.optim.keep_masked` applies to the gradient and to the
-update. The two steps are timed side by side in one process, alternating blocks
+which the step applies to the weights (:func:`jaxdepth.optim.apply_masks`) and
+:func:`jaxdepth.optim.keep_masked` to the gradient and to the update. The two steps are timed side by side in one process, alternating blocks
 of steps, and the medians compared, so a noisy machine affects both alike. Freed host
 memory is kept in the process (:mod:`jaxdepth.host_memory`), as the commands keep it.
 Prints one JSON line::
