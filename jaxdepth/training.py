@@ -62,7 +62,7 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
-    "variables_digest",
+    "variables_digest", "check_variables", "check_split",
 ]
 
 DATA_AXIS = "data"
@@ -156,7 +156,7 @@ def _own_copy(x):
   return jax.device_put(x, may_alias=False)
 
 
-def _check_variables(variables, where: str) -> None:
+def check_variables(variables, where: str) -> None:
   """Refuses what is not a variables dict (the ``params`` alone, a spec) by name."""
   if isinstance(variables, Mapping) and "params" in variables:
     return
@@ -165,6 +165,15 @@ def _check_variables(variables, where: str) -> None:
          else f"a {type(variables).__name__}")
   raise TypeError(f"{where} takes the variables dict {{'params': ..., 'batch_stats': ...}} of "
                   f"jaxdepth.init, got {got}")
+
+
+def check_split(split, where: str) -> None:
+  """Refuses what is not one split of a dataset (the whole Dataset, say) by name."""
+  if not hasattr(split, "batches"):
+    got = (f"the Dataset {getattr(split, 'name', '')!r}" if hasattr(split, "train")
+           else f"a {type(split).__name__}")
+    raise TypeError(f"{where} takes one split of a dataset, e.g. dataset.test or dataset.val, "
+                    f"got {got}")
 
 
 @flax.struct.dataclass
@@ -195,7 +204,7 @@ class TrainState:
       tx: the optimizer.
       rng: an int seed or a key, for dropout.
     """
-    _check_variables(variables, "TrainState.create")
+    check_variables(variables, "TrainState.create")
     params = variables["params"]
     state = cls(step=jnp.zeros((), jnp.int32), params=params,
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -577,11 +586,7 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
     ValueError: a label outside the spec's outputs (the loss would be NaN).
   """
   check_spec(spec, "evaluate(spec, variables, split)")
-  if not hasattr(split, "batches"):
-    got = (f"the Dataset {getattr(split, 'name', '')!r}" if hasattr(split, "train")
-           else f"a {type(split).__name__}")
-    raise TypeError(f"evaluate takes one split of a dataset, e.g. dataset.test or dataset.val, "
-                    f"got {got}")
+  check_split(split, "evaluate")
   mesh = make_mesh() if mesh is None else mesh
   classes = _num_classes(spec)
   step = make_eval_step(spec, mesh=mesh, dtype=dtype, collect_stats=collect_stats)
@@ -797,7 +802,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   if not isinstance(recipe, optim.Recipe):
     raise TypeError(f"recipe must be an optim.Recipe, got a {type(recipe).__name__} (from a "
                     f"dict: optim.Recipe.from_dict(d))")
-  _check_variables(variables, "fit")
+  check_variables(variables, "fit")
   mesh = make_mesh() if mesh is None else mesh
   _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
   _check_outputs_fit_classes(spec, dataset)

@@ -169,6 +169,26 @@ def test_prune_refuses_bad_amounts():
     egp.prune(w, m, 1.5)
   with pytest.raises(ValueError, match=r"mask has shape \(4,\), the weight \(2, 2\)"):
     egp.prune(w, np.ones(4), 1)
+  with pytest.raises(TypeError, match=r"prune takes one weight array and its mask array, got a "
+                                      r"dict"):
+    egp.prune(w, {"kernel": m}, 1)
+
+
+def test_the_own_loop_functions_name_the_arguments_mixed_up():
+  spec = zoo.digits_cnn(width=4)
+  variables = network.init(spec, jax.random.key(0))
+  layers = egp.layer_map(spec)
+  with pytest.raises(TypeError, match=r"layer_statistics takes the params collection, "
+                                      r"variables\['params'\]"):
+    egp.layer_statistics(variables, None, layers)
+  assert set(egp.layer_statistics(variables["params"], None, layers)) == {
+      l for l in layers.values() if l}
+  with pytest.raises(TypeError, match=r"dead_channel_counts takes the variables dict"):
+    egp.dead_channel_counts(spec, variables["params"], layers)
+  digits = data.load("digits")
+  with pytest.raises(TypeError, match=r"entropy_statistics takes one split of a dataset, e.g. "
+                                      r"dataset.test or dataset.val, got the Dataset 'digits'"):
+    egp.entropy_statistics(spec, variables, digits, batch_size=64)
 
 
 # -------------------------------------------------------------------- layer map

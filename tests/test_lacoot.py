@@ -318,6 +318,20 @@ def test_removal_orders():
     lacoot.removal_order(measured)
   assert lacoot.removal_order({u: m["max_sliced"] for u, m in measured.items()}) == (
       "b", "d", "a", "c")
+  with pytest.raises(TypeError, match=r"distances must be a dict \{unit: distance\}"):
+    lacoot.removal_order([0.3, 0.1])
+
+
+def test_the_own_loop_functions_refuse_one_string_and_a_whole_dataset(tiny):
+  spec, variables, ds = tiny
+  write = r"must be a collection of node paths, got the string 'layer1/1'; write \['layer1/1'\]"
+  with pytest.raises(TypeError, match=write):
+    lacoot.remove_units(spec, variables, "layer1/1")
+  with pytest.raises(TypeError, match=write):
+    lacoot.block_distances(spec, variables, ds.val, "layer1/1", rng=jax.random.key(0))
+  with pytest.raises(TypeError, match=r"block_distances takes one split of a dataset.*got the "
+                                      r"Dataset 'digits'"):
+    lacoot.block_distances(spec, variables, ds, UNITS, rng=jax.random.key(0))
 
 
 # ------------------------------------------------------------- through the driver

@@ -194,6 +194,38 @@ def test_shared_ranking_equals_the_naive_loop_and_edits_made_by_hand(name):
     assert abs(gaps[c.name] - by_hand) < 1e-4, c.name
 
 
+def test_ranking_inputs_a_user_can_get_wrong_are_named():
+  spec = _mixed_spec()
+  variables = _randomized(spec, 3)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(8, *spec.input_shape)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
+  cands = tlc.candidates(spec)
+  betas = tlc.candidate_betas(spec, variables, cands, x)
+  masks = tlc.keep_masks(betas)
+  with pytest.raises(ValueError, match=r"keep-mask of candidate 'r1' must be 6 zeros and ones"
+                                       r".*not the betas themselves"):
+    tlc.rank(spec, variables, cands, x, labels, betas)       # keep_masks skipped
+  with pytest.raises(TypeError, match=r"chosen must be a collection of candidate names, got the "
+                                      r"string 'r1'"):
+    tlc.joint_gap(spec, variables, cands, "r1", x, labels, masks)
+  with pytest.raises(KeyError, match=r"chosen names no candidate: \['c1'\]"):
+    tlc.joint_gap(spec, variables, cands, ["c1"], x, labels, masks)     # a weight path
+  with pytest.raises(TypeError, match=r"live must be a collection of site paths"):
+    tlc.candidates(spec, live="r1")
+  with pytest.raises(KeyError, match=r"live names no live site of 'mixed': \['rleu'\]"):
+    tlc.candidates(spec, live=["rleu"])
+  with pytest.raises(TypeError, match=r"one-hot\? pass labels.argmax\(-1\)"):
+    tlc.rank(spec, variables, cands, x, jax.nn.one_hot(labels, 4), masks)
+  with pytest.raises(TypeError, match=r"not the whole batch dict"):
+    tlc.rank_naive(spec, variables, cands, {"image": x, "label": labels}, labels, masks)
+  with pytest.raises(TypeError, match=r"candidate_betas takes the variables dict"):
+    tlc.candidate_betas(spec, variables["params"], cands, x)
+  # what the messages ask for works
+  assert tlc.joint_gap(spec, variables, cands, ["r1"], x, labels, masks) == pytest.approx(
+      tlc.rank(spec, variables, cands, x, labels, masks)[1]["r1"], abs=1e-5)
+
+
 def test_empirical_statistics_are_the_pre_activation_mean():
   spec = _mixed_spec()
   variables = _randomized(spec, 5)

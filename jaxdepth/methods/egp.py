@@ -44,13 +44,24 @@ is the official Swin-T script's reading instead: on a ``(B, H, W, C)`` map the
 neuron is the token row ``h``, its ON fraction taken over the batch, the
 width and the channels (:func:`row_counts`).
 
-The pieces are pure functions a training loop of one's own can call::
+The pieces are pure functions a training loop of one's own can call. ``masks``
+has the nesting of ``params``, a bool array at each pruned layer's ``kernel``
+(what :func:`jaxdepth.optim.apply_masks` and the train step read)::
 
     layers = egp.layer_map(spec)                     # {site: weight layer}
-    H = ...                                          # {site: bits}
-    stats = egp.layer_statistics(params, masks, layers)
-    amounts = egp.allocate([H[s] for s in sites], [mean_abs...], [nnz...], rho=0.5)
-    masks[layer] = egp.prune(kernel, masks[layer], amount)
+    H = site_stats.entropies(egp.entropy_statistics(spec, variables, ds.train,
+                                                    batch_size=64), "egp")
+    stats = egp.layer_statistics(variables["params"], masks, layers)
+    pruned = [s for s in H if layers[s]]
+    amounts = egp.allocate([H[s] for s in pruned],
+                           [stats[layers[s]]["mean_abs_nonzero"] for s in pruned],
+                           [stats[layers[s]]["nnz"] for s in pruned], rho=0.5)
+    flat_masks = traverse_util.flatten_dict(masks)
+    flat_params = traverse_util.flatten_dict(variables["params"])
+    for s, amount in zip(pruned, amounts):
+      key = (*layers[s].split("/"), "kernel")
+      flat_masks[key] = egp.prune(flat_params[key], flat_masks[key], amount)
+    masks = traverse_util.unflatten_dict(flat_masks)
 """
 from __future__ import annotations
 
@@ -182,6 +193,10 @@ def prune(weight, mask, amount: int):
     ValueError: shapes differ, or ``amount`` is negative, not an int, or more than
       the unmasked weights.
   """
+  if isinstance(mask, Mapping) or isinstance(weight, Mapping):
+    raise TypeError("prune takes one weight array and its mask array, got a dict (a layer's "
+                    "{'kernel': ...}?); pass flat_params[(*layer.split('/'), 'kernel')] and the "
+                    "mask at the same key")
   w = np.asarray(jax.device_get(weight))
   m = np.asarray(jax.device_get(mask)) != 0
   if w.shape != m.shape:
@@ -358,6 +373,9 @@ def layer_statistics(params, masks, layers: Mapping[str, str | None]) -> dict[st
     ``{layer: {"nnz", "size", "mean_abs_nonzero"}}`` (float32 mean, 0.0 without
     non-zero weights), in the order of ``layers``.
   """
+  if isinstance(params, Mapping) and "params" in params:
+    raise TypeError("layer_statistics takes the params collection, variables['params'], not "
+                    "the whole variables dict")
   flat = traverse_util.flatten_dict(_masked_on_host(params, masks))
   out = {}
   for layer in layers.values():
@@ -441,6 +459,7 @@ def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates
   """
   if neurons not in NEURONS:
     raise ValueError(f"unknown neurons {neurons!r}; expected one of {NEURONS}")
+  training.check_split(split, "entropy_statistics")
   mesh = training.make_mesh() if mesh is None else mesh
   count = jax.process_count()
   if batch_size % count:
@@ -492,6 +511,7 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
     ``{site: (3, C) int}`` with a positive count of 0 for the dead channels and
     1 for the others, for the sites that have a dead channel.
   """
+  training.check_variables(variables, "dead_channel_counts")
   nodes = dict(spec.walk())
   flat = traverse_util.flatten_dict(variables["params"])
   post = {p + S.SEP + n.name for p, b in nodes.items() if isinstance(b, S.Block)

@@ -511,10 +511,11 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
   Returns:
     ``{path: {"sliced": d, "max_sliced": m}}`` in the order of ``paths``.
   """
-  paths = tuple(paths)
+  paths = S.site_paths(paths, "paths", "node paths")
   outputs = _check_outputs(paths, outputs)
   _check_count(n_projections)
   _check_key(rng)
+  training.check_split(split, "block_distances")
   mesh = training.make_mesh() if mesh is None else mesh
   devices = mesh.devices.size
   size = min(batch_size, split.num_examples) // devices * devices
@@ -590,6 +591,9 @@ def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple
   """
   if rule not in ORDERS:
     raise ValueError(f"unknown LaCoOT removal order {rule!r}; expected one of {ORDERS}")
+  if not isinstance(distances, dict):
+    raise TypeError(f"distances must be a dict {{unit: distance}} in call order, got a "
+                    f"{type(distances).__name__}")
   names = list(distances)
   if any(isinstance(v, dict) for v in distances.values()):   # what block_distances returns
     raise TypeError(f"distances maps each unit to one number; block_distances gives both "
@@ -624,7 +628,7 @@ def remove_units(spec: S.Spec, variables, paths) -> tuple[S.Spec, dict[str, Any]
     KeyError: a path names no node.
     ValueError: a node whose output shape differs from its input shape.
   """
-  paths = tuple(paths)
+  paths = S.site_paths(paths, "paths", "node paths")
   if not paths:
     return spec, variables
   network.check_node_gates(spec, {p: 0.0 for p in paths})

@@ -60,7 +60,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from jaxdepth import entropy, network, optim
+from jaxdepth import entropy, network, optim, training
 from jaxdepth import spec as S
 from jaxdepth.methods import base
 from jaxdepth.methods.tlc_rank import joint_gap, rank, rank_naive
@@ -235,9 +235,14 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
     ValueError: a live site without a weight layer (optionally through one
       BatchNorm) right before it: TLC cannot cut or linearize it; or a live
       site inside a Concat's branches or post, which TLC does not rank.
+    TypeError, KeyError: ``live`` is one string, or names what is no live site.
   """
   sites = spec.sites()
-  live = sites if live is None else tuple(live)
+  live = sites if live is None else S.site_paths(live, "live")
+  unknown = sorted(set(live) - set(sites))
+  if unknown:
+    raise KeyError(f"live names no live site of {spec.name!r}: {unknown}; its sites are "
+                   f"{list(sites)}")
   found: dict[str, Candidate] = {}
   projection: list[tuple[str, str]] = []
   for seq, before, after_addition in _lists(spec.layers, ""):
@@ -301,6 +306,7 @@ def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype
   Returns:
     ``{candidate name: (C,) float32}``.
   """
+  training.check_variables(variables, "candidate_betas")
   out = {}
   empirical = [c for c in cands if c.bn is None]
   captured = {}

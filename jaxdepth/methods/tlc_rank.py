@@ -74,6 +74,38 @@ def _joint_loss(spec, cands, variables, x, labels, mask, gates, masks, on, dtype
   return _loss(logits, labels, mask)
 
 
+def _check_inputs(x, labels) -> None:
+  """Refuses a whole data batch for ``x`` and labels that are not ``(B,)`` classes."""
+  if isinstance(x, dict) and "image" in x:
+    raise TypeError("x is the network's input, batch['image'] (or a text spec's token "
+                    "arrays), not the whole batch dict; pass labels=batch['label'] beside it")
+  shape = np.shape(labels)
+  if len(shape) != 1 or not np.issubdtype(np.asarray(labels).dtype, np.integer):
+    raise TypeError(f"labels must be integer classes of shape (B,), got "
+                    f"{np.asarray(labels).dtype} of shape {shape}"
+                    + (" (one-hot? pass labels.argmax(-1))" if len(shape) == 2 else ""))
+
+
+def _checked_masks(spec, cands, masks) -> tuple:
+  """The candidates' keep-masks in candidate order, each checked to be ``C`` zeros and ones
+  (``C`` the weight layer's output channels): β values (:func:`candidate_betas`) in their
+  place would scale the weights instead of cutting channels, and rank otherwise."""
+  out = []
+  for c in cands:
+    if c.name not in masks:
+      raise KeyError(f"masks hold no keep-mask for candidate {c.name!r}; build them with "
+                     f"keep_masks(candidate_betas(...))")
+    m = np.asarray(jax.device_get(masks[c.name]))
+    channels = spec.node(c.weight).features
+    if m.shape != (channels,) or not np.isin(m, (0, 1)).all():
+      raise ValueError(f"the keep-mask of candidate {c.name!r} must be {channels} zeros and ones "
+                       f"(keep_masks(betas)), got {m.dtype} values of shape {m.shape}"
+                       + ("" if m.shape != (channels,) else
+                          "; pass keep_masks(betas), not the betas themselves"))
+    out.append(masks[c.name])
+  return tuple(out)
+
+
 def joint_gap(spec, variables, cands, chosen, x, labels, masks, *, gates=None, mask=None,
               base_loss=None, dtype=None) -> float:
   """The loss gap of the joint edit of the ``chosen`` candidates (names).
@@ -89,15 +121,25 @@ def joint_gap(spec, variables, cands, chosen, x, labels, masks, *, gates=None, m
 
   Returns:
     ``L(T_chosen(network)) − L(network)``.
+
+  Raises:
+    TypeError: ``chosen`` is one string (a collection of names is wanted).
+    KeyError: a chosen name that is no candidate's (a weight path, a typo).
   """
+  _check_inputs(x, labels)
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
+  chosen = set(S.site_paths(chosen, "chosen", "candidate names"))
+  unknown = sorted(chosen - {c.name for c in cands})
+  if unknown:
+    raise KeyError(f"chosen names no candidate: {unknown}; the candidates are "
+                   f"{[c.name for c in cands]}")
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
-  stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
+  stacked = tuple(jnp.asarray(m) for m in _checked_masks(spec, cands, masks))
   if base_loss is None:
     base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
                                   jnp.zeros(len(cands)), dtype=dtype))
-  on = jnp.asarray([1.0 if c.name in set(chosen) else 0.0 for c in cands])
+  on = jnp.asarray([1.0 if c.name in chosen else 0.0 for c in cands])
   return float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked, on,
                            dtype=dtype)) - base_loss
 
@@ -109,10 +151,11 @@ def rank_naive(spec, variables, cands, x, labels, masks, *, gates=None, mask=Non
   Returns:
     ``(base_loss, {name: gap})``.
   """
+  _check_inputs(x, labels)
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
-  stacked = tuple(jnp.asarray(masks[c.name]) for c in cands)
+  stacked = tuple(jnp.asarray(m) for m in _checked_masks(spec, cands, masks))
   base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
                                 jnp.zeros(len(cands))))
   gaps = {}
@@ -381,9 +424,10 @@ def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dty
   cands = tuple(cands)
   if not cands:
     raise ValueError("no candidate to rank")
+  _check_inputs(x, labels)
   gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
-  stacked = tuple(jnp.asarray(masks[c.name], jnp.float32) for c in cands)
+  stacked = tuple(jnp.asarray(m, jnp.float32) for m in _checked_masks(spec, cands, masks))
   losses = np.asarray(jax.device_get(_rank_forked(spec, cands, variables, x, labels, mask,
                                                   gates, stacked, dtype=dtype)), np.float64)
   base_loss = float(losses[0])
