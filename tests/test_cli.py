@@ -331,6 +331,10 @@ def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   lines = _error_lines(capsys.readouterr().err)
   assert lines[0].startswith("error: --tolerance -1.0: tolerance must be a number")
   assert lines[1] == "error: --estimator 'paper': use one of easier, dataset"
+  assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--entropy-split", "val"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --entropy-split val: only the 'dataset' estimator measures on a split (the "
+      "'easier' one reads the last training epoch); add --estimator dataset"]
   assert not (tmp_path / "w").exists()
 
 
@@ -646,3 +650,20 @@ def test_a_saved_model_or_a_spec_file_is_a_model(tmp_path, capsys):
   assert _fit(tmp_path / "refused", "--model", f"{module}:Net") == 2
   assert "gives (7,) outputs; the dataset 'digits' has 10 classes" in capsys.readouterr().err
   assert not (tmp_path / "refused").exists()
+
+
+def test_weights_refused_after_the_workdir_was_made_leave_no_directory(tmp_path, capsys):
+  """The weights are read once the run's directory is made and locked; refusing them (exit 2)
+  takes the directory away again, as bad input writes nothing. One that was there stays."""
+  bogus = tmp_path / "bogus.safetensors"
+  bogus.write_bytes(b"not a safetensors file")
+  workdir = tmp_path / "new" / "run"
+  argv = ["fit", "--pretrained", str(bogus), "--config.epochs=1", "--no-progress",
+          "--workdir", str(workdir)]
+  assert cli.main(argv) == 2
+  assert "--config.pretrained=" in capsys.readouterr().err
+  assert not workdir.exists()
+  workdir.mkdir()
+  (workdir / "notes.txt").write_text("mine")
+  assert cli.main(argv) == 2
+  assert sorted(p.name for p in workdir.iterdir()) == [".lock", "notes.txt"]

@@ -16,6 +16,8 @@ from jaxdepth.methods import Egp, Nepenthe, base, egp, egp_report
 from jaxdepth.spec import (Act, BatchNorm, Block, Concat, Conv, Dense, Flatten, LayerNorm, Pool,
                            Sequential, Spec)
 from train import __main__ as cli
+from train import command, egp as egp_cli
+from train import config as config_lib
 
 F32 = np.float32
 
@@ -497,6 +499,17 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="iterations must be"):
     driver.run(Egp(entropy_batch_size=128), spec, ds, RECIPE, workdir, iterations=0)
   assert _snapshot(workdir) == before
+
+
+def test_no_augment_plains_the_entropy_pass_and_leaves_training_augmented():
+  for argv, entropy, training in (([], True, True), (["--no-augment"], False, True),
+                                  (["--config.augment=false"], True, False)):
+    cfg = egp_cli.CONFIGS["egp"].resolve(command.parse(egp_cli.build_parser("egp"), argv))
+    assert egp_cli.make_method("egp", cfg).augment is entropy, argv
+    assert config_lib.recipe_of(cfg).augment is training, argv
+  with pytest.raises(ValueError, match=r"a command's own keys \['augment'\] are keys of every "
+                                       r"command too"):
+    config_lib.defaults({"augment": True})
 
 
 def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):

@@ -536,12 +536,13 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   if problems:
     raise config_lib.ConfigError(problems)
   if jax.process_index() == 0:
+    made = not workdir.exists()
     try:
       ensure_writable(workdir)
     except NotADirectoryError as e:
       raise config_lib.ConfigError(f"--workdir {str(workdir)!r}: {e.strerror}; give a directory "
                                    f"for the run") from e
-    session.hold(workdir)
+    session.hold(workdir, made=made)
   return Prepared(cfg, workdir, ds, spec)
 
 
@@ -859,18 +860,22 @@ class Session:
     self.argv = list(argv)
     self.workdir: pathlib.Path | None = None
     self._lock: int | None = None   # the file descriptor holding the workdir's lock
+    self._made: pathlib.Path | None = None   # the workdir, if this call created it
 
-  def hold(self, workdir: pathlib.Path) -> None:
+  def hold(self, workdir: pathlib.Path, *, made: bool = False) -> None:
     """Locks ``workdir`` for the rest of this call, so that no second command runs in it.
 
     An exclusive ``flock`` on ``workdir/.lock`` (an empty file), released when the
     call ends or the process dies. Two runs in one directory would overwrite each
     other's checkpoints (a job started again while the first still runs). Where
-    the file system has no locks, the run goes on without one.
+    the file system has no locks, the run goes on without one. ``made``: this call
+    created ``workdir``; if it then refuses the run (exit 2) before writing anything
+    there, the directory goes again.
 
     Raises:
       train.config.ConfigError: another process holds the lock.
     """
+    self._made = workdir if made else None
     if fcntl is None:
       return
     fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -908,10 +913,23 @@ class Session:
 
   def run(self, body: Callable[[], int]) -> int:
     """``body()``, with every expected way of stopping turned into a paragraph and an exit code."""
+    code = None
     try:
-      return self._run(body)
+      code = self._run(body)
+      return code
     finally:
       self._release()
+      if code == EXIT_USAGE:
+        self._forget_made_workdir()
+
+  def _forget_made_workdir(self) -> None:
+    """Removes the workdir this call created, when a refusal left nothing in it but the lock
+    (bad input writes nothing, e.g. weights found not to fit after the directory was made)."""
+    made = self._made
+    if made is None or not made.is_dir() or set(os.listdir(made)) - {LOCK_FILE}:
+      return
+    (made / LOCK_FILE).unlink(missing_ok=True)
+    made.rmdir()
 
   def _run(self, body: Callable[[], int]) -> int:
     try:

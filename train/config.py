@@ -95,7 +95,12 @@ def defaults(extra: Mapping[str, Any] | None = None) -> ml_collections.ConfigDic
       default and takes a ``T``.
   """
   recipe = optim.Recipe()
-  values = {**DEFAULTS, **{k: getattr(recipe, k) for k in _RECIPE_KEYS}, **(extra or {})}
+  common = {**DEFAULTS, **{k: getattr(recipe, k) for k in _RECIPE_KEYS}}
+  clash = sorted(set(extra or {}) & set(common))
+  if clash:   # one key would set both the command's setting and the shared one
+    raise ValueError(f"a command's own keys {clash} are keys of every command too; name them "
+                     f"apart")
+  values = {**common, **(extra or {})}
   return ml_collections.ConfigDict(copy.deepcopy(values))
 
 

@@ -76,6 +76,10 @@ def check(cfg: dict[str, Any]) -> list[str]:
   if cfg["entropy_split"] not in ENTROPY_SPLITS:
     out.append(f"--entropy-split {cfg['entropy_split']!r}: use one of "
                f"{', '.join(ENTROPY_SPLITS)}")
+  elif cfg["entropy_split"] != "train" and cfg["estimator"] != "dataset":
+    out.append(f"--entropy-split {cfg['entropy_split']}: only the 'dataset' estimator measures "
+               f"on a split (the {cfg['estimator']!r} one reads the last training epoch); add "
+               f"--estimator dataset")
   return out
 
 

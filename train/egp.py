@@ -22,7 +22,7 @@ Running the same command again resumes after the last finished iteration (or
 mid-iteration, from the epoch checkpoints); --iterations may grow and
 --tolerance change between calls, anything else is refused. A config is a
 train/configs/egp_*.py (or nepenthe_*.py) file (python -m train list): the keys
-of python -m train fit plus iterations, tolerance, rho, estimator, augment,
+of python -m train fit plus iterations, tolerance, rho, estimator, entropy_augment,
 entropy_batch_size, layers, skip and neurons; --config.KEY=VALUE overrides any of them
 (--config.skip="'relu',"). Without --config, the command's config for --model
 and --dataset is used when exactly one matches, else <command>_digits. The
@@ -44,7 +44,7 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "tolerance": 1.0,             # allowed validation drop of the chosen model, in points
     "rho": 0.5,                   # fraction of the remaining prunable weights pruned per round
     "estimator": config_dict.placeholder(str),   # None: "egp" (EGP) or "dataset" (NEPENTHE)
-    "augment": True,              # the entropy pass sees the training augmentation
+    "entropy_augment": True,      # the entropy pass sees the training augmentation
     "entropy_batch_size": config_dict.placeholder(int),  # batch of the entropy pass
     "layers": config_dict.placeholder(dict),     # {site: layer} (None: egp.layer_map)
     "skip": (),                   # sites whose layer is never pruned
@@ -53,7 +53,7 @@ METHOD_DEFAULTS: dict[str, Any] = {
 }
 ESTIMATORS = ("egp", "dataset", "easier")
 NEURONS = ("channels", "rows")
-FLAGS = ("iterations", "tolerance", "rho", "estimator", "augment")   # flags that set config keys
+FLAGS = ("iterations", "tolerance", "rho", "estimator", "entropy_augment")   # flags setting keys
 NAMES = {"egp": "EGP", "nepenthe": "NEPENTHE"}
 CONFIGS = {name: command.MethodConfigs(name, METHOD_DEFAULTS, FLAGS) for name in NAMES}
 load_config = CONFIGS["egp"].load   # EGP and NEPENTHE configs have the same keys
@@ -69,8 +69,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
                  help="entropy: 'egp' = per-batch mean over non-constant channels (EGP's code), "
                       "'dataset' = dataset-level, zeros discarded (NEPENTHE), 'easier' = last "
                       "training epoch, train mode")
-  p.add_argument("--no-augment", dest="augment", action="store_const", const="false",
-                 help="measure entropy on the training split without its augmentation")
+  p.add_argument("--no-augment", dest="entropy_augment", action="store_const", const="false",
+                 help="measure entropy on the training split without its augmentation (training "
+                      "keeps it: --config.augment=false turns that off)")
   command.add_launch_arguments(p)
   return p
 
@@ -100,7 +101,7 @@ def make_method(name: str, cfg: dict[str, Any]):
   from jaxdepth.methods import Egp, Nepenthe  # pylint: disable=import-outside-toplevel
   cls = {"egp": Egp, "nepenthe": Nepenthe}[name]
   kw = {} if cfg["estimator"] is None else {"estimator": cfg["estimator"]}
-  return cls(rho=cfg["rho"], augment=cfg["augment"],
+  return cls(rho=cfg["rho"], augment=cfg["entropy_augment"],
              entropy_batch_size=cfg["entropy_batch_size"], layers=cfg["layers"],
              skip=tuple(cfg["skip"]), neurons=cfg["neurons"], **kw)
 

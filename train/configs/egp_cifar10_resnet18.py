@@ -28,6 +28,6 @@ def get_config():
   config.tolerance = 1.0
   config.rho = 0.5
   config.estimator = "egp"
-  config.augment = True
+  config.entropy_augment = True
   config.entropy_batch_size = 128
   return config
