@@ -667,3 +667,13 @@ def test_weights_refused_after_the_workdir_was_made_leave_no_directory(tmp_path,
   (workdir / "notes.txt").write_text("mine")
   assert cli.main(argv) == 2
   assert sorted(p.name for p in workdir.iterdir()) == [".lock", "notes.txt"]
+
+
+def test_a_text_dataset_without_a_tokenizer_names_the_command_line_options(tmp_path, capsys):
+  assert cli.main(["fit", "--dataset", "glue/sst2", "--model", "tiny_encoder", "--workdir",
+                   str(tmp_path / "w")]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --dataset glue/sst2 is a text dataset and needs a tokenizer: give "
+      "--config.tokenizer=PATH (a Hugging Face tokenizer.json, or the model folder holding it) "
+      "or --pretrained FOLDER (a Hugging Face model folder, whose tokenizer.json is used)"]
+  assert not (tmp_path / "w").exists()

@@ -265,7 +265,13 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
                      **_text_options(cfg))
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
-    raise config_lib.ConfigError(" ".join(message(e).split())) from e
+    text = " ".join(message(e).split())
+    if text.startswith("text datasets need a tokenizer"):   # the library's words for tokenizer=
+      text = (f"--dataset {cfg['dataset']} is a text dataset and needs a tokenizer: give "
+              f"--config.tokenizer=PATH (a Hugging Face tokenizer.json, or the model folder "
+              f"holding it) or --pretrained FOLDER (a Hugging Face model folder, whose "
+              f"tokenizer.json is used)")
+    raise config_lib.ConfigError(text) from e
   kind = config_lib.model_kind(cfg["model"])
   if kind in ("saved", "spec"):
     spec = _stored_spec(cfg["model"], kind, ds)

@@ -247,7 +247,7 @@ class Penalty:
   def __call__(self, captured, mask, rng) -> jax.Array:
     # Training batches are full (fit drops the remainder): uniform weights. A text batch's
     # mask flags its real tokens, whose positions alone are compared.
-    tokens = mask if jnp.ndim(mask) == 2 else None
+    tokens = mask if getattr(mask, "ndim", 0) == 2 else None
     outputs = self.outputs or self.paths
     distances = [max_sliced_wasserstein(real_tokens(captured[p][0], tokens),
                                         real_tokens(captured[q][1], tokens),
