@@ -211,6 +211,11 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert _error_lines(capsys.readouterr().err) == [
       "error: --config easier_digits is a config of python -m train easier, not of fit: run it "
       "there, or pick one of python -m train fit --list"]
+  # EGP's config has NEPENTHE's keys, but under nepenthe's name it would run EGP's estimator
+  assert cli.main(["nepenthe", "--workdir", str(workdir), "--config", "egp_digits"]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --config egp_digits is a config of python -m train egp, not of nepenthe: run it "
+      "there, or pick one of python -m train nepenthe --list"]
   assert cli.main(["fit", "--workdir", str(workdir), "--dataset", "no_such_data"]) == 2
   assert "--config.dataset='no_such_data': use one of digits" in capsys.readouterr().err
   assert cli.main(["nope"]) == 2

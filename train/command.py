@@ -522,15 +522,21 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
                   ) -> Prepared:
   """:func:`prepare` on this process alone."""
   import jax  # pylint: disable=import-outside-toplevel
+  # Another method's shipped config is refused even when its keys are known here (EGP's and
+  # NEPENTHE's are the same): run under this command's name, it would be the other method.
+  # A fit config (a training recipe) is what every method's configs build on: it is taken.
+  owner = _owner_of_config(str(config), session.command)
+  refused = config_lib.ConfigError(
+      f"--config {config} is a config of python -m train {owner}, not of {session.command}: "
+      f"run it there, or pick one of python -m train {session.command} --list")
+  if owner not in (None, "fit"):
+    raise refused
   try:
     cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
   except config_lib.ConfigError as e:
-    owner = _owner_of_config(str(config), session.command)
     if owner is None:
       raise
-    raise config_lib.ConfigError(
-        f"--config {config} is a config of python -m train {owner}, not of {session.command}: "
-        f"run it there, or pick one of python -m train {session.command} --list") from e
+    raise refused from e
   problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)
