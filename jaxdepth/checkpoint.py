@@ -26,12 +26,14 @@ Every process of a multi-host run must call :meth:`Checkpointer.save` and
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import logging
 import os
 import pathlib
 import shutil
+import signal
 import threading
 from typing import Any, NamedTuple
 
@@ -156,6 +158,30 @@ def _sync(name: str) -> None:
     ocp.multihost.sync_global_processes(f"{name}_{next(_barriers)}")
 
 
+@contextlib.contextmanager
+def _ctrl_c_held():
+  """Holds Ctrl-C (SIGINT) back while a checkpoint is handed to orbax, then raises it.
+
+  Interrupted inside ``CheckpointManager.save``, orbax's own background threads go on
+  and fail as the interpreter shuts down, printing tracebacks after the command's
+  clean "Interrupted" paragraph (the checkpoint itself is discarded on resume either
+  way). The signal is only held in the main thread, where Python handles it, and only
+  over Python's own handler.
+  """
+  if (threading.current_thread() is not threading.main_thread()
+      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    yield
+    return
+  caught = []
+  signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+  try:
+    yield
+  finally:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+  if caught:
+    raise KeyboardInterrupt
+
+
 def _aside(directory: pathlib.Path, name: str) -> pathlib.Path:
   """A free path ``directory/name`` (``name.2``, ``name.3``... when taken)."""
   path, n = directory / name, 1
@@ -273,14 +299,15 @@ class Checkpointer:
     if extra is not None:
       items["extra"] = ocp.args.StandardSave(extra)
     step = int(step)
-    self._manager.save(step, args=ocp.args.Composite(**items))
-    if self._async:
-      self._sealer = threading.Thread(target=self._seal_when_written, args=(step,),
-                                      name=f"jaxdepth-seal-{step}", daemon=True)
-      self._sealer.start()
-    else:
-      self._seal(step)
-      self._cleanup()
+    with _ctrl_c_held():   # orbax's own threads are not left half-way (a traceback at exit)
+      self._manager.save(step, args=ocp.args.Composite(**items))
+      if self._async:
+        self._sealer = threading.Thread(target=self._seal_when_written, args=(step,),
+                                        name=f"jaxdepth-seal-{step}", daemon=True)
+        self._sealer.start()
+      else:
+        self._seal(step)
+        self._cleanup()
 
   def stored_spec(self, step: int | None = None) -> Spec:
     """The architecture saved in checkpoint ``step`` (default: the latest intact)."""

@@ -10,9 +10,11 @@ nothing. A checkpoint left unsealed by a killed run is an unfinished save, dropp
 import hashlib
 import json
 import logging
+import os
 import pathlib
 import re
 import shutil
+import signal
 
 import jax
 import jax.numpy as jnp
@@ -218,3 +220,23 @@ def test_the_nan_guard_names_only_an_intact_checkpoint_and_keep_spares_it(tmp_pa
     ckpt.save(4, good)
     ckpt.wait()
     assert ckpt.all_steps() == [4] and ckpt.latest_intact_step() == 4
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_ctrl_c_during_a_save_comes_after_the_checkpoint_is_handed_over(tmp_path, async_save):
+  """Ctrl-C (SIGINT) arriving while orbax takes a checkpoint is held until the save is handed
+  over (sealed, when saving synchronously), then raised: orbax's threads are never cut off
+  half-way, which printed their tracebacks after the command's "Interrupted" paragraph."""
+  state = _state()
+  with checkpoint.Checkpointer(tmp_path, SPEC, async_save=async_save) as ckpt:
+    save = ckpt._manager.save
+
+    def interrupted_save(*args, **kwargs):
+      os.kill(os.getpid(), signal.SIGINT)      # Ctrl-C, delivered before orbax starts
+      return save(*args, **kwargs)
+    ckpt._manager.save = interrupted_save
+    with pytest.raises(KeyboardInterrupt):
+      ckpt.save(1, state)
+    ckpt.wait()
+  assert integrity.problem(tmp_path / "1") is None
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
