@@ -98,6 +98,17 @@ def _damage(path: pathlib.Path, how: str):
   path.write_bytes(raw)
 
 
+def _resumed_warnings(digits, reference, workdir, caplog) -> list[str]:
+  """Fits again in ``workdir``, which must end bit-identical to ``reference``; returns the
+  warnings jaxdepth logged meanwhile."""
+  caplog.clear()
+  with caplog.at_level(logging.WARNING, logger="jaxdepth"):
+    resumed = _fit(digits, workdir)
+  _same(reference.variables, resumed.variables)
+  assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
+  return [r.getMessage() for r in caplog.records if r.name == "jaxdepth"]
+
+
 def _digest(directory):
   return {p.relative_to(directory).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
           for p in sorted(directory.rglob("*")) if p.is_file()}
@@ -128,12 +139,7 @@ def test_a_damaged_latest_checkpoint_is_reported_and_the_run_ends_bit_identical(
     shutil.copytree(finished, workdir)
     ckdir = workdir / "checkpoints"
     _damage(ckdir / str(latest) / rel, how)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="jaxdepth"):
-      resumed = _fit(digits, workdir)
-    _same(reference.variables, resumed.variables)
-    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
-    warned = [r.getMessage() for r in caplog.records if r.name == "jaxdepth"]
+    warned = _resumed_warnings(digits, reference, workdir, caplog)
     assert len(warned) == 1, (kind, warned)
     assert re.search(rf"checkpoint {latest} in .*checkpoints is damaged: .*resuming from "
                      rf"checkpoint {latest - EVERY}", warned[0]), (kind, warned)
@@ -175,12 +181,7 @@ def test_an_unsealed_checkpoint_is_an_unfinished_save_and_the_run_ends_bit_ident
   for s in (steps[-1:] if unsealed == "latest" else steps):
     manifest = ckdir / str(s) / integrity.MANIFEST
     manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))
-  caplog.clear()
-  with caplog.at_level(logging.WARNING, logger="jaxdepth"):
-    resumed = _fit(digits, workdir)
-  _same(reference.variables, resumed.variables)
-  assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in reference.history]
-  warned = [r.getMessage() for r in caplog.records if r.name == "jaxdepth"]
+  warned = _resumed_warnings(digits, reference, workdir, caplog)
   dropped = steps[-1:] if unsealed == "latest" else steps
   assert len(warned) == len(dropped) and all(
       re.search(rf"checkpoint {s} in .*checkpoints was not finished when its run stopped", w)

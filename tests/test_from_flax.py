@@ -587,20 +587,24 @@ def _refusal(fn):
   return str(info.value)
 
 
+def _linen_refusal(module, x=None):
+  """:func:`_refusal` of converting a Linen ``module`` initialised on ``x`` (default
+  :func:`_batch`)."""
+  x = _batch() if x is None else x
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  return _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+
+
 def test_unsupported_op_is_refused_with_module_path_and_line():
   module = Wrapper()
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert "'sin'" in message and "features" in message and "test_from_flax.py:" in message
   assert "write the activation as one of them" in message
 
 
 def test_gating_product_of_two_tensors_is_refused():
   module = Gated()
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert "'mul'" in message and "residual" in message
 
 
@@ -620,9 +624,7 @@ class ProbabilityHead(nn.Module):
                                          ("sigmoid", "a sigmoid")])
 def test_probabilities_at_the_output_are_refused_with_the_fix(head, words):
   module = ProbabilityHead(head)
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert f"{words} of the last layer's output" in message, message
   assert "return the logits" in message and "test_from_flax.py:" in message
 
@@ -657,8 +659,7 @@ class Preprocessing(nn.Module):
 def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
   module = Preprocessing(how)
   x = np.random.default_rng(0).standard_normal((2, 8, 8, 3), dtype=np.float32)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, x)
   assert f"arithmetic on the module's input before its first layer ({op} with a constant" in (
       message), message
   assert "normalise the inputs outside the module" in message
@@ -668,8 +669,7 @@ def test_input_preprocessing_inside_the_module_is_refused_with_the_fix(how, op):
 def test_an_input_transposed_inside_the_module_is_refused_with_the_layout():
   module = Preprocessing("nchw")
   x = np.random.default_rng(0).standard_normal((2, 3, 8, 8), dtype=np.float32)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, x)
   assert "a transposition of the module's input ((2, 3, 8, 8) to (2, 8, 8, 3)" in message, message
   assert "jaxdepth's images are (B, H, W, C)" in message
 
@@ -730,9 +730,7 @@ def test_a_keepdims_mean_then_flattened_is_a_global_pool(read):
 
 def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
   module = KeepdimsPool("conv")
-  x = _batch(n=3)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=3))
   assert "a global average pool with keepdims=True, read as (3, 1, 1, 4) by layer Conv_1 (" in (
       message), message
   assert "pool without keepdims" in message
@@ -747,9 +745,7 @@ def test_a_layer_scale_is_refused_naming_the_parameter():
       x = x + gamma * nn.Conv(4, (3, 3), padding="SAME")(nn.relu(x))
       return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
   module = LayerScale()
-  x = _batch(n=2)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=2))
   assert "a tensor scaled by the parameter gamma of shape (4,) outside a layer" in message, (
       message)
   assert "fold the scale into the layer before it" in message
@@ -764,9 +760,7 @@ class Subsampled(nn.Module):
 
 def test_a_strided_slice_is_refused_with_its_steps_and_the_alternatives():
   module = Subsampled()
-  x = _batch(n=2)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=2))
   assert "in steps of (1, 2, 2, 1)" in message, message
   assert "strided Conv or nn.max_pool / nn.avg_pool" in message
 
@@ -809,9 +803,7 @@ def test_unsupported_layer_is_refused():
     def __call__(self, x):
       return nn.ConvTranspose(4, (2, 2), (2, 2))(nn.Conv(4, (3, 3))(x)).mean((1, 2))
   module = Upsampling()
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert "ConvTranspose" in message and "ConvTranspose_0" in message
   assert "test_from_flax.py:" in message and "GroupNorm" in message   # the supported list
 
@@ -838,9 +830,7 @@ class Attending(nn.Module):
     ("normalize_qk", "normalize_qk=True"), ("qkv_features", "qkv_features=8")])
 def test_attention_the_spec_cannot_represent_is_refused(how, words):
   module = Attending(how)
-  x = _batch(n=2)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=2))
   assert words in message and "attention (MultiHeadDotProductAttention" in message
   assert "test_from_flax.py:" in message
 
@@ -939,9 +929,7 @@ def test_class_token_and_position_embedding_spellings(how, index):
     ("channel", "a slice of a tensor of shape (2, 16, 4) (from (0, 0, 0) to (2, 16, 1))")])
 def test_token_glue_the_spec_cannot_represent_is_refused(how, words):
   module = Readout(how)
-  x = _batch(n=2)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=2))
   assert words in message and "in module tokens" in message, message
   assert "test_from_flax.py:" in message
 
@@ -991,8 +979,7 @@ def test_a_clamp_far_from_zero_is_no_activation():
   x = _batch()
   for low in (-10.0, 0.0):
     module = Clamped(low)
-    variables = jax.jit(module.init)(jax.random.key(0), x)
-    message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+    message = _linen_refusal(module, x)
     assert "no known activation" in message and "test_from_flax.py:" in message
 
 
@@ -1023,9 +1010,7 @@ class PinnedModes(nn.Module):
     ("dropout off", "never drops units (deterministic=True) with rate 0.5")])
 def test_a_layer_pinned_to_one_mode_is_refused(how, words):
   module = PinnedModes(how)
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert words in message and "test_from_flax.py:" in message
   assert ("deterministic" if how == "dropout off" else "use_running_average") in message
   assert ("Dropout_0" if how == "dropout off" else "BatchNorm_0") in message
@@ -1072,8 +1057,7 @@ def test_layer_arguments_the_spec_has_no_room_for_are_refused():
       return self.conv(x).reshape((x.shape[0], -1))
   x = _batch()
   for module, words in ((Masked(), "Conv_0 (Conv, "), (MaskedNorm(), "LayerNorm_0 (LayerNorm, ")):
-    variables = jax.jit(module.init)(jax.random.key(0), x)
-    message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+    message = _linen_refusal(module, x)
     assert words in message and "mask" in message and "test_from_flax.py:" in message
   message = _refusal(lambda: jaxdepth.from_nnx(NNXMasked(nnx.Rngs(0)), x))
   assert "layer conv " in message and "sets mask" in message
@@ -1085,8 +1069,7 @@ def test_an_int_kernel_size_is_a_1d_convolution_and_refused():
     def __call__(self, x):
       return nn.Conv(4, kernel_size=3)(x).reshape((x.shape[0], -1))   # along W, rows batched
   module, x = Conv1d(), _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, x)
   assert "kernel_size (3,) is not 2-D" in message and "Conv_0" in message
 
 
@@ -1257,9 +1240,7 @@ def test_shared_layer_is_refused():
       conv = nn.Conv(1, (3, 3), padding="SAME")
       return conv(nn.relu(conv(x))).reshape((x.shape[0], -1))
   module = Shared()
-  x = _batch()
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module)
   assert "Conv_0" in message and "called more than once" in message
 
 
@@ -1419,9 +1400,7 @@ def test_a_scanned_layer_is_refused_with_the_unrolled_form():
                      length=3)()(x, None)
       return nn.Dense(3)(jnp.mean(x, axis=(1, 2)))
   module = Scanned()
-  x = _batch(n=2)
-  variables = jax.jit(module.init)(jax.random.key(0), x)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  message = _linen_refusal(module, _batch(n=2))
   assert "called more than once" in message and "unroll the loop into one module per step" in (
       message), message
 
