@@ -690,7 +690,7 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   _sync("jaxdepth_save_model_mkdir")
   if jax.process_count() > 1:   # host values: every process calls, orbax writes them once
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
-  with ocp.StandardCheckpointer() as ckptr:
+  with _ctrl_c_held(), ocp.StandardCheckpointer() as ckptr:   # no orbax thread left half-way
     ckptr.save(saving / "variables", dict(variables), force=True)
   _sync("jaxdepth_save_model_written")
   if main:

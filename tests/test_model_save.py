@@ -273,3 +273,24 @@ def test_the_damaged_model_advice_fits_python_and_the_command_line(tmp_path):
                            r"Python only: load_model\(\.\.\., verify=False\).*the command line "
                            r"always checks and has no option to skip it"):
     checkpoint.load_model(directory)
+
+
+def test_ctrl_c_during_a_model_save_comes_after_orbax_has_written(tmp_path, monkeypatch):
+  """Ctrl-C arriving while orbax writes a model's variables is held until orbax is done (its
+  threads cut off half-way printed tracebacks after the command's "Interrupted" paragraph),
+  then raised before the save is sealed: the model saved before stays the one loaded."""
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  save = checkpoint.ocp.StandardCheckpointer.save
+  written = []
+
+  def interrupted_save(self, *args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)        # Ctrl-C, delivered before orbax writes
+    out = save(self, *args, **kwargs)
+    written.append(True)                       # reached only if the signal was held
+    return out
+  monkeypatch.setattr(checkpoint.ocp.StandardCheckpointer, "save", interrupted_save)
+  with pytest.raises(KeyboardInterrupt):
+    checkpoint.save_model(directory, SPEC, _variables(1), overwrite=True)
+  assert written == [True]
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  assert _which(directory, [_variables(0), _variables(1)]) == 0
