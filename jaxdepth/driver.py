@@ -188,6 +188,23 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
                            f"({'; '.join(diffs)}){hint}; use another directory")
 
 
+def _check_own_start(workdir: pathlib.Path, variables, mesh) -> None:
+  """Refuses to restart from ``init(spec, key(seed))`` a run that began from given variables.
+
+  ``variables=None`` resumes from the run's iteration checkpoints; when none is left
+  (the run was stopped before sealing its first one, which opening the directory
+  removed), the run would silently start again from a random initialisation.
+  """
+  path = workdir / "run.json"
+  stored = json.loads(path.read_text()).get("variables") if path.exists() else None
+  if stored is None or stored == training.variables_digest(variables, mesh):
+    return
+  raise RunMismatchError(
+      f"work directory {workdir} holds a run that started from given variables (digest "
+      f"{stored}), and no iteration checkpoint is left to resume it from; pass the variables "
+      f"it started from (variables=...), or use another directory")
+
+
 def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:
   """``key: stored there, asked`` for every differing key, nested dicts opened."""
   out = []
@@ -224,13 +241,15 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     spec: the architecture (every unit live).
     dataset: train, val (required: the operating point is picked on it) and test.
     recipe: the per-iteration schedule (a fresh optimizer every iteration).
-    workdir: the run's directory (created; a run there is resumed).
+    workdir: the run's directory (created; a run there is resumed, with the same
+      settings, ``eval_batch_size`` included: it is the statistics' batch too).
     variables: initial variables (default ``jaxdepth.init(spec, key(seed))``). Given
       ones are part of the run's identity (a digest,
       :func:`jaxdepth.training.variables_digest`): a ``workdir`` holding a run started
       from others is refused; ``None`` resumes a run from its iteration checkpoints
-      (an iteration 0 stopped mid-way resumes only from the variables it started
-      from: its epoch checkpoints hold their digest too).
+      (a run with no sealed iteration checkpoint yet resumes only from the variables
+      it started from: ``run.json`` and iteration 0's epoch checkpoints hold their
+      digest).
     iterations: rounds (default ``method.default_iterations(spec)``). Iteration
       ``i`` trains (when the method asks for epochs) and evaluates the network
       with the removals decided in iterations ``0 .. i-1``.
@@ -290,20 +309,23 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   mesh = training.make_mesh() if mesh is None else mesh
+  eval_batch_size = eval_batch_size or recipe.batch_size
+  # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
+  # LaCoOT's distances): another one changes the decisions.
   identity = {"method": method.name, "method_options": method.options(),
               "spec": spec.to_dict(), "dataset": dataset.name, "recipe": recipe.to_dict(),
-              "seed": seed, "info": info or {}}
+              "seed": seed, "eval_batch_size": eval_batch_size, "info": info or {}}
   if variables is not None:   # given ones are part of the identity (None: the run's own)
     identity["variables"] = training.variables_digest(variables, mesh)
   _check_identity(workdir, identity)
-  eval_batch_size = eval_batch_size or recipe.batch_size
   latency_batches = (1, eval_batch_size) if latency_batches is None else latency_batches
   # fit validates at the run's evaluation batch: one compiled eval step serves both.
   trainer = trainer or _fit_trainer(mesh, dtype, progress,
                                     {"eval_batch_size": eval_batch_size, **(fit_options or {})})
   total = len(units)
   iterations = method.default_iterations(spec) if iterations is None else iterations
-  if variables is None:
+  own_start = variables is None
+  if own_start:
     variables = network.init(spec, jax.random.key(seed))
 
   main_process = jax.process_index() == 0
@@ -318,6 +340,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   entries: list[dict[str, Any]] = []
   ckpt = checkpoint.Checkpointer(workdir / "checkpoints", spec, keep=2, async_save=False)
   try:
+    if own_start and ckpt.latest_step() is None:
+      _check_own_start(workdir, variables, mesh)
     if ckpt.latest_step() is not None:
       template = training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed)
       # Restore targets replicated over the mesh, as saved (host-local arrays cannot be

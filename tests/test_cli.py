@@ -16,7 +16,8 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxdepth import checkpoint, costs, data, driver, network, optim, progress, training, zoo
+from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim, progress,
+                     training, zoo)
 from jaxdepth.methods import Easier
 from jaxdepth.spec import Act, Dense, Flatten, Spec
 from train import __main__ as cli
@@ -655,6 +656,24 @@ def test_a_saved_model_or_a_spec_file_is_a_model(tmp_path, capsys):
   assert _fit(tmp_path / "refused", "--model", f"{module}:Net") == 2
   assert "gives (7,) outputs; the dataset 'digits' has 10 classes" in capsys.readouterr().err
   assert not (tmp_path / "refused").exists()
+
+
+def test_a_method_on_a_saved_model_resumes_from_it_after_a_kill_before_the_first_seal(tmp_path):
+  """A method command killed between orbax's write of its first iteration checkpoint and the
+  seal (the unfinished save is removed on resume) restarted from a random initialisation, not
+  from --model DIR: the resumed run now ends bit-identical to an uninterrupted one."""
+  assert _fit(tmp_path / "first", "--config.epochs=1") == 0
+  argv = ["easier", "--model", str(tmp_path / "first" / "model"), "--iterations", "1",
+          "--config.epochs=1", "--no-latency", "--no-progress", "--workdir"]
+  assert cli.main([*argv, str(tmp_path / "whole")]) == 0
+  assert cli.main([*argv, str(tmp_path / "cut")]) == 0
+  manifest = tmp_path / "cut" / "checkpoints" / "1" / integrity.MANIFEST
+  manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))   # killed before the seal
+  assert cli.main([*argv, str(tmp_path / "cut")]) == 0
+  whole = checkpoint.load_model(tmp_path / "whole" / "chosen")[1]
+  cut = checkpoint.load_model(tmp_path / "cut" / "chosen")[1]
+  for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(cut), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_weights_refused_after_the_workdir_was_made_leave_no_directory(tmp_path, capsys):

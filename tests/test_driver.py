@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxdepth import checkpoint, costs, data, driver, network, optim, report, surgery, training, zoo
+from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim, report, surgery,
+                     training, zoo)
 from jaxdepth.methods import TLC, Easier, Egp
 from train import __main__ as cli
 
@@ -278,6 +279,9 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
                      r"asked\) \(variables is a digest of the initial variables"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False,
                variables=network.init(spec, jax.random.key(1)))
+  # The evaluation batch is the statistics' batch too: another one is another run.
+  with pytest.raises(driver.RunMismatchError, match="eval_batch_size: 512 there, 256 asked"):
+    driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False, eval_batch_size=256)
   assert _snapshot(workdir) == before
   fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
   fit_run.mkdir()
@@ -297,6 +301,31 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
   assert not (tmp_path / "new").exists()
+
+
+def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpoint_is_left(
+    digits, tmp_path):
+  """A run killed before sealing its only iteration checkpoint (dropped as unfinished when the
+  directory is opened) and resumed with ``variables=None`` would start again from
+  ``init(spec, key(seed))``; given the variables it started from, it ends as before."""
+  ds, spec = digits
+  start = network.init(spec, jax.random.key(1))
+
+  def run(variables):
+    return driver.run(Easier(), spec, ds, RECIPE, tmp_path, variables=variables, iterations=1,
+                      progress=False, eval_batch_size=512, latency_batches=())
+
+  first = run(start)
+  chosen = _params(tmp_path / "chosen")
+  manifest = tmp_path / "checkpoints" / "1" / integrity.MANIFEST
+  manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))   # killed before the seal
+  with pytest.raises(driver.RunMismatchError, match=r"started from given variables \(digest "
+                     r"[0-9a-f]{16}\), and no iteration checkpoint is left .*pass the variables"):
+    run(None)
+  again = run(start)
+  assert report.without_timings(again.report) == report.without_timings(first.report)
+  for a, b in zip(_params(tmp_path / "chosen"), chosen, strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_fewer_iterations_than_a_run_holds_keep_them_all_and_say_so(digits, finished, tmp_path):

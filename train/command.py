@@ -681,8 +681,9 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   run and a full or read-only disk keep their own exits.
   """
   from jaxdepth import checkpoint, data, driver  # pylint: disable=import-outside-toplevel
-  # A resumed run starts from its checkpoint; a fresh one from initial_variables.
-  variables = None if has_checkpoints(workdir) else initial_variables(cfg, spec)
+  # Given on a resume too: their digest is checked against the run's, and a run whose only
+  # checkpoint was never sealed (removed as unfinished) starts again from them.
+  variables = initial_variables(cfg, spec)
   try:
     return driver.run(
         method, spec, ds, config_lib.recipe_of(cfg), workdir, variables=variables,
