@@ -380,8 +380,8 @@ def test_accuracy_collapse_stops_the_run(tmp_path):
   assert entries[0]["removed_now"] == [] and "stop" in entries[0]["decision"]
 
 
-def test_a_validation_split_smaller_than_one_batch_is_refused():
-  from jaxdepth import data
+def test_a_validation_split_smaller_than_one_batch_is_refused_before_any_training(tmp_path):
+  from jaxdepth import data, driver, optim
   ds, spec = data.load("digits"), zoo.digits_cnn(width=8)
   method = tlc.TLC(batch_size=1000)
   context = base.Context(iteration=0, train_stats=None, eval_stats=None,
@@ -389,6 +389,16 @@ def test_a_validation_split_smaller_than_one_batch_is_refused():
   state = method.init(spec)
   with pytest.raises(ValueError, match="144 examples, fewer than one ranking batch of 1000"):
     method.measure(spec, network.init(spec, jax.random.key(0)), state, context)
+  trained = []   # the driver refuses before iteration 0 trains (it used to, then refuse)
+
+  def trainer(*args, **kw):
+    trained.append(True)
+    raise AssertionError("trained")
+
+  recipe = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
+  with pytest.raises(ValueError, match="144 examples, fewer than one ranking batch of 1000"):
+    driver.run(method, spec, ds, recipe, tmp_path / "run", progress=False, trainer=trainer)
+  assert trained == [] and not (tmp_path / "run").exists()
 
 
 def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):

@@ -527,15 +527,20 @@ class TLC:
                      "channels": int(masks[c.name].size), "base_loss": base_loss}
             for c in cands}
 
-  def _batch(self, spec: S.Spec, context: base.Context):
-    ds = context.dataset
-    if ds is None or ds.val is None:
+  def check_data(self, spec: S.Spec, dataset) -> None:
+    """Refuses a dataset without one ranking batch of validation data, before any training."""
+    del spec
+    if dataset is None or dataset.val is None:
       raise ValueError("TLC ranks candidates on a validation batch: the dataset needs a "
                        "validation split (load it with val_fraction > 0)")
-    if ds.val.num_examples < self.batch_size:
-      raise ValueError(f"the validation split holds {ds.val.num_examples} examples, fewer than "
-                       f"one ranking batch of {self.batch_size}; lower the TLC batch_size or "
-                       f"hold out more validation data")
+    if dataset.val.num_examples < self.batch_size:
+      raise ValueError(f"the validation split holds {dataset.val.num_examples} examples, fewer "
+                       f"than one ranking batch of {self.batch_size}; lower the TLC batch_size "
+                       f"or hold out more validation data")
+
+  def _batch(self, spec: S.Spec, context: base.Context):
+    ds = context.dataset
+    self.check_data(spec, ds)   # an own loop's context may come without the driver's check
     batch = next(iter(ds.val.batches(self.batch_size)))
     x = jax.tree.map(jnp.asarray, network.batch_inputs(spec, batch))
     return x, jnp.asarray(batch["label"])
