@@ -386,13 +386,12 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     ckpt.close()
 
   chosen = choose_operating_point(entries, tolerance)
-  chosen_spec, chosen_variables = checkpoint.load_model(   # replicated: every process saves
-      _iteration_dir(workdir, chosen["iteration"]) / "model",
-      sharding=training.replicated_sharding(mesh))
+  chosen_spec, chosen_variables = _iteration_model(   # replicated: every process saves
+      workdir, chosen["iteration"], sharding=training.replicated_sharding(mesh))
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance, method.unit)
   if merge:
-    dense = checkpoint.load_model(_iteration_dir(workdir, 0) / "model")
+    dense = _iteration_model(workdir, 0)
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
                                      eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype,
                                      dense=dense, latency_batches=latency_batches)
@@ -418,6 +417,28 @@ def _more(method, spec, state, entries) -> bool:
 
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
   return workdir / "iterations" / f"{it:03d}"
+
+
+def _iteration_model(workdir: pathlib.Path, it: int, **kw):
+  """The model iteration ``it`` saved; a damaged one says how the run can make it again.
+
+  With the later iteration checkpoints moved aside, the run resumes before iteration
+  ``it`` (from checkpoint ``it``, or from its start for iteration 0) and trains it and
+  the later ones again, bit-identical on a CPU; the run keeps only its last two.
+  """
+  try:
+    return checkpoint.load_model(_iteration_dir(workdir, it) / "model", **kw)
+  except checkpoint.DamagedModelError as e:
+    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+    later = [f"checkpoints/{s}" for s in steps if s > it]
+    if it == 0 or it in steps:
+      start = f"checkpoint {it}" if it else "the variables it started from"
+      redo = (f"move {', '.join(later)} out of {workdir} and run it again: it resumes from "
+              f"{start} and trains iteration {it} and the later ones again")
+    else:
+      redo = (f"the run no longer holds the checkpoint taken before iteration {it}; run it "
+              f"again in a new directory")
+    raise checkpoint.DamagedModelError(f"{e} Iteration {it} of this run saved it: {redo}") from e
 
 
 def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:

@@ -328,6 +328,36 @@ def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpo
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_damaged_iteration_model_says_how_the_run_makes_it_again(digits, finished, tmp_path):
+  """A damaged model of the last iteration stopped every rerun of a finished run with advice a
+  command-line user could not follow; moving the later checkpoint aside, as the error now
+  says, trains that iteration again and the run ends as before."""
+  workdir, result, _ = finished
+  run = tmp_path / "run"
+  shutil.copytree(workdir, run)
+  last = ITERATIONS - 1
+  model = run / "iterations" / f"{last:03d}" / "model"
+  damaged = max((p for p in (model / "variables").rglob("*") if p.is_file()),
+                key=lambda p: p.stat().st_size)
+  damaged.write_bytes(damaged.read_bytes()[:-8])
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=rf"Iteration {last} of this run saved it: move checkpoints/{last + 1} "
+                           rf"out of .* resumes from checkpoint {last} and trains iteration "
+                           rf"{last} and the later ones again"):
+    driver._iteration_model(run, last)   # what the run raises where it loads that model
+  with pytest.raises(checkpoint.DamagedModelError, match="no longer holds the checkpoint taken "
+                                                         "before iteration 1; run it again in"):
+    spec_1 = run / "iterations" / "001" / "model" / "spec.json"
+    spec_1.write_text(spec_1.read_text() + " ")
+    driver._iteration_model(run, 1)
+  shutil.move(run / "checkpoints" / str(last + 1), tmp_path / "aside")
+  again = _run(digits, run)
+  assert report.without_timings(again.report) == report.without_timings(result.report)
+  for a, b in zip(_params(model), _params(workdir / "iterations" / f"{last:03d}" / "model"),
+                  strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_fewer_iterations_than_a_run_holds_keep_them_all_and_say_so(digits, finished, tmp_path):
   (ds, spec), (workdir, result, _) = digits, finished
   copy = tmp_path / "copy"
