@@ -218,6 +218,36 @@ def test_unsupported_configs_are_refused_by_field(tmp_path, change, message):
     hf.from_pretrained(folder)
 
 
+@pytest.mark.parametrize("family, change, message", [
+    ("bert", {"hidden_act": "relu"}, r"config.json: hidden_act 'relu' is not supported.*cannot "
+                                     r"run this checkpoint"),
+    ("bert", {"hidden_act": "gelu_new"}, "hidden_act 'gelu_new' is not supported"),
+    ("bert", {"layer_norm_eps": 1e-5}, r"its config.json describes another encoder than --model "
+                                       r"'tiny_encoder': layer_norm_eps 1e-05 in config.json, "
+                                       r"1e-12 in the model\..*pass --model model.json"),
+    ("roberta", {"pad_token_id": 3}, r"pad_token_id 3 in config.json, 1 in the model"),
+])
+def test_command_line_refuses_a_folder_whose_config_is_not_the_model(tmp_path, family, change,
+                                                                     message):
+  """--pretrained FOLDER loads onto the --model spec: the folder's config.json must describe it
+  (tensors alone would load whatever the activation, epsilon or padding id)."""
+  from jaxdepth import zoo
+  from train import command
+  from train import config as config_lib
+  config = hf_config(family, vocab_size=64, max_position_embeddings=66 if family == "roberta"
+                     else 64)
+  tensors = random_state_dict(config, prefix=f"{family}.", head="pooled")
+  spec = zoo.tiny_encoder(family=family)
+  cfg = {"model": "tiny_encoder", "seed": 0, "pretrained": None, "pretrained_new_head": True}
+  good = write_folder(tmp_path / "good", config, tensors)
+  got = command.initial_variables(dict(cfg, pretrained=str(good)), spec)   # dropouts aside
+  np.testing.assert_array_equal(got["params"]["embeddings"]["norm"]["scale"],
+                                tensors[f"{family}.embeddings.LayerNorm.weight"])
+  bad = write_folder(tmp_path / "bad", dict(config, **change), tensors)
+  with pytest.raises(config_lib.ConfigError, match=message):
+    command.initial_variables(dict(cfg, pretrained=str(bad)), spec)
+
+
 def test_a_folder_without_the_files_says_what_it_needs(tmp_path):
   with pytest.raises(FileNotFoundError, match="config.json not found.*model.safetensors"):
     hf.from_pretrained(tmp_path)

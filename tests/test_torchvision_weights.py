@@ -532,6 +532,16 @@ def test_another_number_of_classes_suggests_a_new_head(resnet):
   np.testing.assert_array_equal(got["batch_stats"]["bn1"]["var"], sd["bn1.running_var"])
 
 
+def test_a_new_head_needs_a_template_with_values(resnet):
+  """An eval_shape template has no head values to keep: refused, not returned as placeholders."""
+  spec, sd = resnet
+  abstract = jax.eval_shape(lambda: network.init(spec, jax.random.key(0)))
+  with pytest.raises(StateDictError, match=r"params/fc/(bias|kernel) is a ShapeDtypeStruct, not an "
+                                           r"array.*pass freshly initialised variables, "
+                                           r"jaxdepth.init\(spec, key\)"):
+    tv.load(spec, sd, template=abstract, new_head=True)
+
+
 def test_a_spec_without_a_torchvision_counterpart_is_refused():
   with pytest.raises(StateDictError, match="no torchvision name map for the spec 'digits_cnn'"):
     tv.name_map(zoo.digits_cnn())
@@ -558,6 +568,25 @@ def test_pretrained_flag_sets_the_config_and_a_missing_file_stops_the_run_at_onc
   assert ("error: --config.pretrained='resnet18_imagenet.safetensors': no such file. Export "
           "torchvision's weights") in err
   assert not (tmp_path / "w").exists()
+
+
+def test_pretrained_torchvision_weights_on_another_model_say_what_the_command_line_takes(
+    tmp_path, capsys):
+  from train import __main__ as cli
+  shapes = tv_swin(1000, patch=2, dim=16, depths=(2, 2), heads=(2, 4), window=2, channels=1)
+  path = tmp_path / "swin.safetensors"
+  safe_numpy.save_file(_random_state_dict(shapes, seed=6, window=2), str(path))
+  assert cli.main(["fit", "--model", "digits_cnn", "--pretrained", str(path), "--no-progress",
+                   "--config.epochs=1", "--workdir", str(tmp_path / "w")]) == 2
+  err = capsys.readouterr().err
+  assert (f"error: --config.pretrained={str(path)!r}: --model 'digits_cnn' (spec 'digits_cnn') "
+          f"has no torchvision name map. --pretrained loads torchvision's") in err
+  assert "onto the zoo's resnet18, resnet18_imagenet," in err and "architecture=" not in err
+  assert "save it with jaxdepth.save_model(DIR, spec, variables) and pass --model DIR" in err
+  assert not (tmp_path / "w").exists()
+  from train import command   # every model the message names has a torchvision name map
+  for name in command._TORCHVISION_MODELS:
+    tv.name_map(zoo.get(name))
 
 
 def test_initial_variables_import_the_file_with_a_fresh_head(tmp_path):

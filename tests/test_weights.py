@@ -150,6 +150,17 @@ def test_keep_leaves_template_values_and_skips_their_tensors():
     sd.assign(template, t, NAME_MAP, keep=("params/head",))
 
 
+def test_keep_needs_template_values_not_shapes():
+  import jax
+  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), _template())
+  with pytest.raises(StateDictError, match=r"the template's params/fc/(bias|kernel) is a "
+                                           r"ShapeDtypeStruct, not an array.*jaxdepth.init"):
+    sd.assign(abstract, _tensors(), NAME_MAP, keep=("params/fc",))
+  abstract["params"]["fc"] = _template()["params"]["fc"]   # values where kept: enough
+  out = sd.assign(abstract, _tensors(), NAME_MAP, keep=("params/fc",))
+  np.testing.assert_array_equal(out["params"]["fc"]["kernel"], 0.0)
+
+
 def test_several_sources_combine_into_one_variable():
   template = {"params": {"qkv": {"kernel": np.zeros((4, 12), np.float32)}}}
   ws = {n: RNG.normal(size=(4, 4)).astype(np.float32) for n in ("q.weight", "k.weight", "v.weight")}
@@ -212,6 +223,19 @@ def test_not_a_state_dict_file(tmp_path):
     sd.read_state_dict(path)
   with pytest.raises(StateDictError, match="no such file"):
     sd.read_state_dict(tmp_path / "absent.safetensors")
+
+
+def test_a_zip_that_is_not_torch_save_is_neither(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)   # not sent to torch, installed or not
+  path = tmp_path / "weights.npz"
+  np.savez(path, **_tensors())
+  with pytest.raises(StateDictError, match=r"weights.npz is neither a safetensors file nor a "
+                                           r"PyTorch checkpoint: a zip archive without "
+                                           r"torch.save's <name>/data.pkl \(a numpy .npz"):
+    sd.read_state_dict(path)
+  with pytest.raises(StateDictError, match=r"save_file\(dict\(numpy.load\('weights.npz'\)\), "
+                                           r"'weights.safetensors'\)"):
+    sd.read_state_dict(path)
 
 
 def test_truncated_safetensors_file(tmp_path):

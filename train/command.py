@@ -579,32 +579,98 @@ def initial_variables(cfg: Mapping[str, Any], spec):
   ``network.init(spec, key(seed))``, with the weights of
   ``cfg["pretrained"]`` (:func:`jaxdepth.weights.torchvision.load`) when it names a file;
   a text encoder's from a Hugging Face folder or its ``model.safetensors``
-  (:func:`jaxdepth.weights.huggingface.load`).
+  (:func:`jaxdepth.weights.huggingface.load`), the folder's ``config.json`` (where it has
+  one) describing the model's encoder.
 
   Raises:
     train.config.ConfigError: the file does not fit the model (the first missing,
-      unexpected or mis-shaped tensor) or cannot be read.
+      unexpected or mis-shaped tensor) or cannot be read; a ``config.json`` that
+      jaxdepth cannot run or that describes another encoder than the model; torchvision
+      weights for a model that has no torchvision name map.
   """
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import network  # pylint: disable=import-outside-toplevel
   if config_lib.model_kind(cfg["model"]) == "saved":     # fine-tuning a saved model
     from jaxdepth import checkpoint  # pylint: disable=import-outside-toplevel
     return checkpoint.load_model(cfg["model"])[1]
-  variables = network.init(spec, jax.random.key(cfg["seed"]))
   if cfg["pretrained"] is None:
-    return variables
+    return network.init(spec, jax.random.key(cfg["seed"]))
   from jaxdepth.text import takes_token_ids  # pylint: disable=import-outside-toplevel
   from jaxdepth.weights import StateDictError, huggingface, torchvision  # pylint: disable=import-outside-toplevel
+  path = pathlib.Path(cfg["pretrained"])
+  if takes_token_ids(spec):
+    if path.is_dir():
+      _check_hf_config(cfg, spec, path / huggingface.CONFIG_FILE)
+      path = path / huggingface.WEIGHTS_FILE
+  else:
+    _check_torchvision_model(cfg, spec)
+  variables = network.init(spec, jax.random.key(cfg["seed"]))
   try:
     if takes_token_ids(spec):
-      path = pathlib.Path(cfg["pretrained"])
-      path = path / huggingface.WEIGHTS_FILE if path.is_dir() else path
       return huggingface.load(spec, path, template=variables,
                               new_head=cfg["pretrained_new_head"])
     return torchvision.load(spec, cfg["pretrained"], template=variables,
                             new_head=cfg["pretrained_new_head"])
   except (StateDictError, ImportError) as e:
     raise config_lib.ConfigError(f"--config.pretrained={cfg['pretrained']!r}: {e}") from e
+
+
+def _check_hf_config(cfg: Mapping[str, Any], spec, config_path: pathlib.Path) -> None:
+  """Refuses a Hugging Face folder whose ``config.json`` jaxdepth cannot run or that describes
+  another encoder than ``spec``: its tensors would load onto any encoder of their shapes,
+  whatever its activation, ``layer_norm_eps`` or padding id, and compute another function."""
+  import json  # pylint: disable=import-outside-toplevel
+  from jaxdepth.weights import StateDictError, huggingface  # pylint: disable=import-outside-toplevel
+  if not config_path.is_file():
+    return
+  where = f"--config.pretrained={cfg['pretrained']!r}"
+  try:
+    config = json.loads(config_path.read_text())
+  except (OSError, ValueError) as e:   # json.JSONDecodeError is a ValueError
+    raise config_lib.ConfigError(f"{where}: {config_path} is not readable JSON ({e}); "
+                                 f"save_pretrained writes the folder's config.json") from e
+  if not isinstance(config, Mapping):
+    raise config_lib.ConfigError(f"{where}: {config_path} holds a {type(config).__name__}, "
+                                 f"not the JSON object of a Hugging Face config")
+  try:
+    differences = huggingface.config_differences(spec, config, where=huggingface.CONFIG_FILE)
+  except StateDictError as e:
+    raise config_lib.ConfigError(f"{where}: {e}") from e
+  except ValueError as e:
+    raise config_lib.ConfigError(f"{where}: {e}; jaxdepth's BERT/RoBERTa encoders cannot run "
+                                 f"this checkpoint") from e
+  if differences:
+    length, classes = spec.input_shape[0], spec.output_shape[0]
+    raise config_lib.ConfigError(
+        f"{where}: its config.json describes another encoder than --model {cfg['model']!r}: "
+        f"{'; '.join(differences)}. Give the --model that config.json describes (the zoo's "
+        f"bert_base is bert-base-uncased, roberta_base roberta-base), or its spec as a file: "
+        f"write jaxdepth.weights.huggingface.spec_from_hf(config, max_length={length}, "
+        f"num_classes={classes}).to_json() to model.json and pass --model model.json")
+
+
+# The zoo models that torchvision's weights load onto (jaxdepth.weights.torchvision).
+_TORCHVISION_MODELS = ("resnet18", "resnet18_imagenet", "mobilenet_v2", "mobilenet_v2_imagenet",
+                       "vgg16_bn", "swin_t", "swin_t_imagenet", "digits_swin")
+
+
+def _check_torchvision_model(cfg: Mapping[str, Any], spec) -> None:
+  """Refuses ``--pretrained FILE`` for a model without a torchvision name map (the library's
+  way out, ``architecture=``, has no flag)."""
+  from jaxdepth.weights import StateDictError, torchvision  # pylint: disable=import-outside-toplevel
+  try:
+    torchvision.architecture_of(spec)
+  except StateDictError as e:
+    raise config_lib.ConfigError(
+        f"--config.pretrained={cfg['pretrained']!r}: --model {cfg['model']!r} (spec "
+        f"{spec.name!r}) has no torchvision name map. --pretrained loads torchvision's "
+        f"ResNet-18, MobileNetV2, VGG-16-bn and Swin-T weights onto the zoo's "
+        f"{', '.join(_TORCHVISION_MODELS[:-1])} and {_TORCHVISION_MODELS[-1]} (or a spec "
+        f"file of one), and a Hugging Face folder onto a text encoder. To start another "
+        f"model from weights of your own, place them on its variables in Python "
+        f"(jaxdepth.weights.assign with a name map of yours, docs/weights.md), save it with "
+        f"jaxdepth.save_model(DIR, spec, variables) and pass --model DIR without --pretrained"
+        ) from e
 
 
 # --------------------------------------------------------------------- workdir

@@ -7,7 +7,9 @@ by other means) holds ``config.json`` and ``model.safetensors``.
 placed by the name map below (:func:`name_map`, applied by
 :func:`jaxdepth.weights.state_dict.assign`, which raises one
 :class:`~jaxdepth.weights.StateDictError` naming the first missing, unexpected
-or mis-shaped tensor).
+or mis-shaped tensor). :func:`config_differences` compares a config with a spec
+built otherwise (the command line's ``--model``), since weights load onto any
+encoder of their shapes, whatever its ``layer_norm_eps`` or padding id.
 
 Name map (``i`` the layer; every Linear ``weight`` is transposed to a kernel,
 LayerNorm's ``weight`` becomes ``scale``, an embedding's ``weight`` the table
@@ -62,8 +64,8 @@ from jaxdepth.transformer import nodes as T
 from jaxdepth.weights import state_dict as sd
 from jaxdepth.weights.state_dict import StateDictError, Target
 
-__all__ = ["config_from_hf", "num_labels", "spec_from_hf", "name_map", "load", "from_pretrained",
-           "CONFIG_FILE", "WEIGHTS_FILE"]
+__all__ = ["config_from_hf", "num_labels", "spec_from_hf", "config_differences", "name_map",
+           "load", "from_pretrained", "CONFIG_FILE", "WEIGHTS_FILE"]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
@@ -134,6 +136,67 @@ def spec_from_hf(config: Mapping[str, Any], *, max_length: int = 128,
   classes = num_labels(config) if num_classes is None else num_classes
   return text_models.encoder(encoder_config, max_length=max_length, head=head,
                              num_classes=classes, name=config["model_type"])
+
+
+def _encoder_fields(spec: S.Spec) -> dict[str, Any]:
+  """The Hugging Face config fields of an encoder spec that set what its weights compute
+  (not its dropouts); a field that differs between layers is the tuple of its values."""
+  nodes = dict(spec.walk())
+  family = _family(spec)
+
+  def one(values):
+    values = tuple(sorted(set(values)))
+    return values[0] if len(values) == 1 else values
+
+  words = nodes.get("embeddings/word_embeddings")
+  positions = nodes["embeddings/position_embeddings"]
+  types = nodes.get("embeddings/token_type_embeddings")
+  layers = nodes.get("encoder/layer")
+  out = {"model_type": family,
+         "vocab_size": getattr(words, "vocab_size", None),
+         "hidden_size": getattr(words, "features", None),
+         "num_hidden_layers": len(layers.children()) if layers is not None else 0,
+         "num_attention_heads": one(n.heads for n in nodes.values()
+                                    if isinstance(n, T.Attention)),
+         "intermediate_size": one(n.features for p, n in nodes.items()
+                                  if p.endswith("/mlp/intermediate")),
+         "hidden_act": one(n.fn for p, n in nodes.items() if p.endswith("/mlp/gelu")),
+         "max_position_embeddings": positions.max_positions,
+         "type_vocab_size": getattr(types, "type_vocab_size", None),
+         "layer_norm_eps": one(n.epsilon for n in nodes.values() if isinstance(n, S.LayerNorm))}
+  if family == "roberta":   # BERT's positions do not depend on the padding id
+    out["pad_token_id"] = positions.padding_idx
+  return out
+
+
+def config_differences(spec: S.Spec, config: Mapping[str, Any], *, where: str = "config.json"
+                       ) -> list[str]:
+  """How the encoder a Hugging Face config describes differs from the encoder ``spec``.
+
+  Weights of one load onto the other when only fields that change no shape
+  differ (``layer_norm_eps``, RoBERTa's ``pad_token_id``), and then compute
+  another function: a caller that builds its spec otherwise than
+  :func:`spec_from_hf` checks with this. Dropout rates are not compared (they
+  are training settings), nor the head.
+
+  Args:
+    spec: an encoder spec (:func:`jaxdepth.text.encoder`).
+    config: the parsed ``config.json``.
+    where: how messages name it.
+
+  Returns:
+    One ``"<field> <value> in <where>, <value> in the model"`` per differing
+    field, by Hugging Face's names; empty when they agree.
+
+  Raises:
+    ValueError: an unsupported config (:func:`config_from_hf`).
+    StateDictError: ``spec`` is not a BERT/RoBERTa encoder.
+  """
+  theirs = _encoder_fields(text_models.encoder(config_from_hf(config, where=where),
+                                               max_length=1, head="pooled"))
+  ours = _encoder_fields(spec)
+  return [f"{k} {theirs[k]!r} in {where}, {ours.get(k)!r} in the model"
+          for k in theirs if theirs[k] != ours.get(k)]
 
 
 # ------------------------------------------------------------------ name map
@@ -259,7 +322,8 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
     source: a safetensors file, or a ``{key: array}`` already read.
     template: variables to fill (default: the shapes of ``network.init(spec)``);
       with ``new_head`` its classifier values are kept, so pass freshly
-      initialised variables (default: ``network.init(spec, key(0))``).
+      initialised variables, arrays rather than a ``jax.eval_shape`` (default:
+      ``network.init(spec, key(0))``).
     new_head: keep the template's classifier instead of importing one (a
       pre-trained checkpoint, or another number of classes).
 

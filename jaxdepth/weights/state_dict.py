@@ -30,9 +30,11 @@ import os
 import pathlib
 import re
 import struct
+import zipfile
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
@@ -130,9 +132,23 @@ def _safetensors_header(head: bytes, size: int) -> bool:
   return 0 < n <= size - 8 and head[8:9] == b"{"
 
 
-def _is_torch_checkpoint(head: bytes) -> bool:
-  """``torch.save``'s zip container, or its legacy bare pickle (protocol 2+)."""
-  return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+def _is_zip(head: bytes) -> bool:
+  return head.startswith(b"PK\x03\x04")
+
+
+def _is_torch_checkpoint(path: pathlib.Path, head: bytes) -> bool:
+  """``torch.save``'s zip container (a zip holding ``<name>/data.pkl``, which tells it from
+  any other zip, a numpy ``.npz`` among them), or its legacy bare pickle (protocol 2+)."""
+  if head[:1] == b"\x80":
+    return True
+  if not _is_zip(head):
+    return False
+  try:
+    with zipfile.ZipFile(path) as z:
+      names = z.namelist()
+  except (zipfile.BadZipFile, OSError):
+    return False
+  return any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names)
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -167,8 +183,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     raise StateDictError(f"{path} is named .safetensors but is not a safetensors file (it does "
                          f"not start with a header length and a JSON table); it may be "
                          f"truncated or of another format. Export it again: {EXPORT_HINT}")
-  if _is_torch_checkpoint(head):
+  if _is_torch_checkpoint(path, head):
     return _read_torch(path)
+  if _is_zip(head):
+    raise StateDictError(
+        f"{path} is neither a safetensors file nor a PyTorch checkpoint: a zip archive without "
+        f"torch.save's <name>/data.pkl (a numpy .npz is such a zip, and not a weights format "
+        f"jaxdepth reads). Save the arrays as safetensors, with the state dict's names as keys: "
+        f"safetensors.numpy.save_file(dict(numpy.load({path.name!r})), "
+        f"{path.stem + '.safetensors'!r}); or export the model's state dict to safetensors "
+        f"{EXPORT_HINT}")
   raise StateDictError(f"{path} is neither a safetensors file nor a PyTorch checkpoint (it starts "
                        f"with {head[:8]!r}); export the model's state dict to safetensors "
                        f"{EXPORT_HINT}")
@@ -285,7 +309,8 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
     keep: variable path prefixes (``"params/fc"``) whose template values are
       kept and whose source tensors are skipped unchecked, e.g. a new
       classifier head for another number of classes. A prefix must name
-      template variables.
+      template variables, and those must be arrays (values to keep, not
+      ``jax.ShapeDtypeStruct``).
     what: how messages name ``tensors`` (a file name).
 
   Returns:
@@ -294,14 +319,21 @@ def assign(template: Mapping[str, Any], tensors: Mapping[str, np.ndarray],
 
   Raises:
     StateDictError: a missing, mis-shaped or unexpected tensor, a name map
-      targeting a variable the template lacks (or one variable twice), or a
-      template variable no entry sets.
+      targeting a variable the template lacks (or one variable twice), a
+      template variable no entry sets, or a kept one without a value.
   """
   flat = traverse_util.flatten_dict(dict(template), sep=SEP)
   for prefix in keep:
     if not any(under(p, [prefix]) for p in flat):
       raise StateDictError(f"keep={prefix!r} names no variable; variable paths look like "
                            f"{next(iter(flat))!r}")
+  for path, leaf in flat.items():
+    if under(path, keep) and not isinstance(leaf, (np.ndarray, np.generic, jax.Array)):
+      raise StateDictError(
+          f"the template's {path} is a {type(leaf).__name__}, not an array: keeping the "
+          f"template's values (new_head=True, or keep=) needs values; pass freshly initialised "
+          f"variables, jaxdepth.init(spec, key), as the template, not their jax.eval_shape",
+          target=path)
   keys = list(tensors)
   out: dict[str, Any] = {}
   known: set[str] = set()

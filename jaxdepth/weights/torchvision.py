@@ -226,7 +226,8 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
       ``{key: array}`` already read (:func:`~jaxdepth.weights.read_state_dict`).
     template: variables whose structure, shapes and dtypes to fill (default:
       those of ``network.init(spec, ...)``); with ``new_head`` its head values
-      are kept, so pass your freshly initialised variables.
+      are kept, so pass your freshly initialised variables (arrays: a
+      ``jax.eval_shape`` template has no values to keep and is refused).
     new_head: keep the template's classifier head (:data:`HEADS`) instead of
       importing the file's: fine-tuning on another number of classes (ImageNet
       weights on Flowers-102).
