@@ -299,6 +299,13 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   monkeypatch.setenv("JAX_PROCESS_ID", "three")
   with pytest.raises(config_lib.ConfigError, match="JAX_PROCESS_ID='three': must be an integer"):
     command.maybe_initialize_distributed(False)
+  # Numbered from 1 by mistake: the last process is refused, not left waiting for ever.
+  for bad in ("4", "-1"):
+    monkeypatch.setenv("JAX_PROCESS_ID", bad)
+    with pytest.raises(config_lib.ConfigError, match=rf"JAX_PROCESS_ID={bad} with "
+                       rf"JAX_NUM_PROCESSES=4: process ids are 0-based, 0 to 3"):
+      command.maybe_initialize_distributed(False)
+  assert calls == []
   # --multihost where jax finds no launch: what to set, not jax's bare ValueError.
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     monkeypatch.delenv(name)
@@ -308,8 +315,13 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", no_launch)
   with pytest.raises(config_lib.ConfigError, match=r"could not join a multi-process launch "
-                     r"\(coordinator_address should be defined.\). .* set JAX_COORDINATOR_ADDRESS"):
+                     r"\(coordinator_address should be defined.\). .* set JAX_COORDINATOR_ADDRESS"
+                     r".* or leave --multihost out"):
     command.maybe_initialize_distributed(True)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "coordinator-host:1234")   # the trigger named
+  with pytest.raises(config_lib.ConfigError, match=r"^JAX_COORDINATOR_ADDRESS: jax could not "
+                     r"join .* or unset JAX_COORDINATOR_ADDRESS to run"):
+    command.maybe_initialize_distributed(False)
 
 
 def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):

@@ -200,11 +200,13 @@ def maybe_initialize_distributed(multihost: bool) -> None:
 
   Raises:
     train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
-      integer, or jax finds no launch to join (no cluster it knows, no
-      ``JAX_COORDINATOR_ADDRESS``).
+      integer, the id is not in ``[0, JAX_NUM_PROCESSES)`` (a process outside the
+      range waits for ever for a launch that cannot start), or jax finds no launch to
+      join (no cluster it knows, no ``JAX_COORDINATOR_ADDRESS``).
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
+  trigger = "--multihost" if multihost else "JAX_COORDINATOR_ADDRESS"
   import jax  # pylint: disable=import-outside-toplevel
   if jax.distributed.is_initialized():
     return
@@ -219,15 +221,23 @@ def maybe_initialize_distributed(multihost: bool) -> None:
         raise config_lib.ConfigError(
             f"{variable}={text!r}: must be an integer (the {key.replace('_', ' ')} of this "
             f"multi-process launch); set it or unset it to let jax detect it") from None
+  count, index = kwargs.get("num_processes"), kwargs.get("process_id")
+  if (count is not None and count < 1) or (index is not None and (
+      index < 0 or (count is not None and index >= count))):
+    raise config_lib.ConfigError(
+        f"JAX_PROCESS_ID={index} with JAX_NUM_PROCESSES={count}: process ids are 0-based, "
+        f"0 to {'JAX_NUM_PROCESSES - 1' if count is None else max(count - 1, 0)}, one per "
+        f"process of the launch (the first process is 0)")
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:   # e.g. 'coordinator_address should be defined.'
+    way_out = ("leave --multihost out" if multihost else "unset JAX_COORDINATOR_ADDRESS")
     raise config_lib.ConfigError(
-        f"--multihost: jax could not join a multi-process launch ({e}). Outside a Cloud TPU "
+        f"{trigger}: jax could not join a multi-process launch ({e}). Outside a Cloud TPU "
         f"VM, SLURM, Open MPI or Kubernetes job, set JAX_COORDINATOR_ADDRESS=host:port, "
-        f"JAX_NUM_PROCESSES and JAX_PROCESS_ID for each process (docs/launch.md), or leave "
-        f"--multihost out to run on this process's devices") from None
+        f"JAX_NUM_PROCESSES and JAX_PROCESS_ID for each process (docs/launch.md), or "
+        f"{way_out} to run on this process's devices") from None
 
 
 def compute_dtype(name: str):
