@@ -42,32 +42,24 @@ Run::
     python benchmarks/surgery_latency.py [--batches 1 128] [--rounds 30 7] [--allocators]
                                          [--models resnet18 mobilenet_v2 swin_t]
 
-Measured 2026-11-24 on the 2-core dev CPU (jax 0.12.0.1, default allocator,
-after the executor's CPU paths for depthwise and tiny-map convolutions), eval
-latency ratio to the identity-swapped form at batch 1 / 128:
+What surgery makes of these sites (default ``cost="macs"``; the ``forms``
+entry of the output counts merges, residual folds and BatchNorm folds per form):
 
-* MobileNetV2, ``merged_exact``: 0.81 / 0.73 (3.10 -> 2.51 ms; 197 -> 143 ms;
-  equal to 8e-7 relative; 88.0 -> 73.2 M MACs, weight depth 53 -> 43);
-  ``merged_interior``: 0.78 / 0.70 (weight depth 33, 5e-4 relative on logits).
-* ResNet-18, ``merged_exact``: 1.16 / 1.00, i.e. no gain (only BatchNorm
-  folding is exact: with ``relu1`` gone, the two 3x3 convs of a block meet the
-  zero padding; the batch-1 figure is within this machine's noise for a 8 ms
-  call); ``merged_interior``: 0.85 / 0.91, from one merge in ``layer4/1`` on
-  its 2x2 map, where the ring is the whole map (logits change, ~0.33 relative).
-* The identity form itself is 0.95-1.00 of the dense network.
-* An earlier run with ``--allocators`` found the two allocator settings equal
-  within noise for JAX.
+* MobileNetV2, ``merged_exact``: each linearized inverted residual (expand 1x1,
+  depthwise 3x3, project 1x1) becomes one 3x3 conv, exactly (with the border
+  correction).
+* ResNet-18, ``merged_exact``: only BatchNorm folding and no-op removal (with
+  ``relu1`` gone, the two 3x3 convs of a block meet the zero padding);
+  ``merged_interior``: one merge, in ``layer4/1`` on its 2x2 map, where the
+  merged kernel's outer taps read only padding and it is cropped back to one
+  3x3 conv, then folded with the block's identity shortcut (the ring is the
+  whole map: logits change). In every other block the merge would cost more
+  multiply-adds than the two 3x3 convs and is not made.
+* Swin-T: every MLP becomes one Dense, exactly; the attention stays.
 
-Swin-T, every GELU linearized (``--models swin_t --batches 1 128 --rounds 5 3``,
-2026-12-02, the same CPU shared with other jobs at load average 19-26):
-``merged_exact`` has 468.4 M MACs instead of 518.0 M (-9.6 %: at 32x32 the
-zero-padded 7x7 windows make attention the larger part), 12.4 M parameters
-instead of 27.5 M, weight depth 41 instead of 53, equal to the identity form
-to 9e-7 relative. Latency, merged vs identity: 0.92 at batch 1 (42 vs 46 ms),
-0.67 at batch 128 (11.9 vs 17.7 s); under that load the timing noise is of the
-same size (``dense_folded`` computes exactly what ``dense`` does and measured
-1.33x; ``merged_interior`` is the same network as ``merged_exact`` here), so
-these latency ratios show no more than the MAC count does.
+The measured ratios, with the machine and the load they were measured under,
+are in the README's Benchmarks section (``surgery_latency.py``); an earlier run
+with ``--allocators`` found the two allocator settings equal within noise.
 """
 from __future__ import annotations
 

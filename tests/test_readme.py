@@ -3,7 +3,8 @@
 They run in a fresh interpreter (one CPU device, the README's view of the world)
 in a scratch working directory; afterwards the test reads the tour's final
 model (as the block with the EASIER loop left it) and scores it on the digits
-test split itself.
+test split itself. Two tests check what the README's prose says surgery makes of
+the tour's sites and of the surgery benchmark's against what surgery computes.
 """
 import json
 import os
@@ -13,6 +14,10 @@ import subprocess
 import sys
 
 import numpy as np
+
+import _scripts
+import jaxdepth
+from jaxdepth import surgery, zoo
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -39,9 +44,11 @@ for batch in tour["ds"].test.batches(128, seed=0, epoch=0):
   masks.append(np.asarray(batch["mask"]))
 np.savez(sys.argv[2], logits=np.concatenate(logits), labels=np.concatenate(labels),
          mask=np.concatenate(masks))
+collapsed, _ = jaxdepth.surgery.collapse(tour["shallow"], tour["variables"])
 json.dump({"removed": list(tour["removed_sites"](tour["spec"], tour["gates"])),
            "identity_sites": [p for p, n in tour["shallow"].walk()
-                              if isinstance(n, jaxdepth.Act) and n.fn == "identity"]},
+                              if isinstance(n, jaxdepth.Act) and n.fn == "identity"],
+           "surgery": jaxdepth.surgery.summary(tour["shallow"], collapsed)},
           open(sys.argv[3], "w"))
 """
 
@@ -78,3 +85,28 @@ def test_readme_python_blocks_run_verbatim_and_the_tour_ends_trained(tmp_path):
   print(f"README tour: {result['removed']} removed, test accuracy {accuracy:.4f}")
   assert accuracy > 0.8, accuracy
   assert (tmp_path / "out" / "digits_shallow" / "spec.json").exists()
+  # The prose before the surgery block quotes what exact surgery makes of the removed sites.
+  readme = (ROOT / "README.md").read_text()
+  before_block = readme[:readme.index("surgery.collapse(shallow, variables)")]
+  prose = before_block.rsplit("\n```\n", 1)[-1]
+  depth = {k: result["surgery"][k]["weight_depth"] for k in ("before", "after")}
+  macs = {k: result["surgery"][k]["macs"] for k in ("before", "after")}
+  assert f"weight depth {depth['before']} → {depth['after']}" in prose, (depth, prose)
+  assert ("MACs unchanged" in prose) == (macs["before"] == macs["after"]), (macs, prose)
+
+
+def test_the_readme_names_the_one_interior_merge_of_the_resnet18_surgery_benchmark():
+  # benchmarks/surgery_latency.py's ResNet-18 sites and weights, collapsed as its
+  # merged_interior form is (no timing).
+  bench = _scripts.load("benchmarks/surgery_latency.py")
+  spec = zoo.get("resnet18")
+  log = []
+  merged, _ = surgery.collapse(jaxdepth.with_identity(spec, bench.MODELS["resnet18"](spec)),
+                               bench.random_variables(spec), mode="interior", log=log)
+  assert [e.path for e in log if e.kind == "merge"] == ["layer4/1/conv1"]
+  assert [e.path for e in log if e.kind == "fold_residual"] == ["layer4/1/conv1"]
+  assert {n.kernel for _, n in merged.walk() if isinstance(n, jaxdepth.Conv)} == {(3, 3), (1, 1)}
+  readme = (ROOT / "README.md").read_text()
+  entry = readme[readme.index("- `surgery_latency.py`"):]
+  entry = entry[:entry.index("\n- ")]
+  assert "one merge, in `layer4/1`" in entry and "5×5" not in entry, entry

@@ -1,10 +1,12 @@
 """benchmarks/train_step.py's timing loop: block sizes, warm-up steps and the refusals of its options
 (the steps themselves are CIFAR ResNet-18 and MobileNetV2 at batch 128: too big for a CPU test)."""
+import ast
 import statistics
 
 import pytest
 
 import _scripts
+from jaxdepth import optim
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +105,21 @@ def test_the_paired_interval_holds_the_ratio_and_shrinks_to_it_without_noise(ben
   low, high = benchmark.paired_interval(noisy, ["gated"], "plain")["gated/plain"]
   median = benchmark.paired_ratios(noisy, ["gated"], "plain")["gated/plain"]
   assert (low, median, high) == (0.9, 1.0, 1.1)
+
+
+def _keywords(path, callee):
+  """The literal keyword arguments of the one call to ``callee`` (a dotted name) in ``path``."""
+  calls = [node for node in ast.walk(ast.parse((_scripts.ROOT / path).read_text()))
+           if isinstance(node, ast.Call) and ast.unparse(node.func) == callee]
+  assert len(calls) == 1, (path, callee, len(calls))
+  return {k.arg: ast.literal_eval(k.value) for k in calls[0].keywords}
+
+
+def test_torch_reference_steps_with_the_sgd_recipe_of_jaxdepths_timed_step():
+  # torch isn't a dependency (it may be absent here): the two scripts are read, not run.
+  recipe = optim.Recipe(**_keywords("benchmarks/train_step.py", "optim.Recipe"))
+  torch_sgd = {"nesterov": False, "weight_decay": 0.0,          # torch.optim.SGD's defaults
+               **_keywords("benchmarks/torch_reference.py", "torch.optim.SGD")}
+  assert recipe.optimizer == "sgd"
+  for key in ("lr", "momentum", "weight_decay", "nesterov"):
+    assert torch_sgd[key] == getattr(recipe, key), (key, torch_sgd[key], getattr(recipe, key))
