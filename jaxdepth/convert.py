@@ -51,6 +51,7 @@ import dataclasses
 import functools
 import inspect
 import os
+import sys
 import traceback
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -136,7 +137,8 @@ class _Tracer:
   """What one trace records: the layer calls, how deep inside a layer the code is, and the
   module where a failure of the user's code was raised."""
 
-  def __init__(self):
+  def __init__(self, flag: _Flag | None):
+    self.flag = flag         # the mode argument the module was passed (None: none), for messages
     self.leaves: list[_Leaf] = []
     self.inside = 0          # > 0 while a recorded layer runs its own submodules
     self.failed_in: dict[int, tuple] = {}
@@ -168,12 +170,14 @@ class _Tracer:
     return G.layer_p.bind(x, index=index, shape=tuple(y.shape), dtype=y.dtype)
 
   def error(self, e: Exception, shape, what: str) -> ConversionError:
-    return _error_of(e, shape, what, self.failed_in.get(id(e)))
+    return _error_of(e, shape, what, self.failed_in.get(id(e)), self.flag)
 
 
-def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionError:
+def _error_of(e: Exception, shape, what: str, module_path=None, flag: _Flag | None = None
+              ) -> ConversionError:
   """A failure of the user's module on the sample input as a ConversionError saying where
-  (the innermost module, when known, and the user's source line) and what to do."""
+  (the innermost module, when known, and the user's source line) and what to do (``flag``:
+  the module's mode argument)."""
   name = type(e).__name__
   text = str(e).strip().split("\n")[0]
   where = (f"in module {_where(module_path)} " if module_path is not None else ""
@@ -183,13 +187,17 @@ def _error_of(e: Exception, shape, what: str, module_path=None) -> ConversionErr
         f"{what} needs a random number stream that was not passed, {where} ({name}: {text}). "
         f"Pass rngs={{'<stream>': jax.random.key(0)}} to from_flax if the module draws "
         f"random numbers only through nn.Dropout; random operations of its own cannot be "
-        f"converted: move them out of the module")
+        f"converted: move them out of the module"
+        + (f". A dropout drawing in eval mode does not follow the module's mode flag "
+           f"({flag.follow('deterministic')}){flag.swap()}" if flag else ""))
   if name == "ModifyScopeVariableError" or (name == "TraceContextError"
                                             and "mutate BatchStat" in text):
+    follow = (f"the module's mode flag ({flag.follow('use_running_average')}){flag.swap()}"
+              if flag else "the module's train flag (use_running_average=not train)")
     return ConversionError(
         f"{what} updates its variables in eval mode, {where} ({name}: {text}): e.g. a "
         f"BatchNorm on batch statistics (use_running_average=False) whatever the mode. Make "
-        f"it follow the module's train flag (use_running_average=not train)")
+        f"it follow {follow}")
   if name == "TraceContextError":
     return ConversionError(
         f"{what} runs a part of itself through an NNX transform, {where} ({name}: {text}). "
@@ -231,26 +239,75 @@ def _linen_interceptor(tracer: _Tracer):
   return intercept
 
 
-def _eval_kwargs(module, train_kwarg: str) -> dict:
-  """``{train_kwarg: False}`` if the module's ``__call__`` takes it, else ``{}``; refuses a
+class _Flag(NamedTuple):
+  """The module's mode argument: its name and its value in eval mode (``train``: False;
+  ``deterministic``: True)."""
+  name: str
+  eval: bool
+
+  def __str__(self) -> str:      # how messages show the train mode
+    return f"{self.name}={not self.eval}"
+
+  def follow(self, attribute: str) -> str:
+    """A layer's ``attribute`` that is True in eval mode (``use_running_average``,
+    ``deterministic``) set from this flag."""
+    return f"{attribute}={self.name if self.eval else 'not ' + self.name}"
+
+  def swap(self) -> str:
+    """Advice for a flag that means the opposite of what it was declared as ('' for
+    ``train``, which cannot)."""
+    if self == _Flag("train", False):
+      return ""
+    if self.eval:
+      return (f"; if {self.name} is True in train mode, pass train_kwarg={self.name!r} instead "
+              f"of eval_kwarg")
+    return (f"; if {self.name} is True in eval mode (like Flax's deterministic), pass "
+            f"eval_kwarg={self.name!r} instead of train_kwarg")
+
+
+def _flag(train_kwarg: str, eval_kwarg: str | None) -> _Flag:
+  """The mode argument ``train_kwarg`` (True in train mode) or ``eval_kwarg`` (True in eval
+  mode) names; refuses both."""
+  if eval_kwarg is None:
+    return _Flag(train_kwarg, False)
+  if train_kwarg != "train":
+    raise ConversionError(
+        f"train_kwarg={train_kwarg!r} and eval_kwarg={eval_kwarg!r} both name the module's "
+        f"mode argument; pass one: train_kwarg for an argument that is True in train mode, "
+        f"eval_kwarg for one that is True in eval mode (like Flax's deterministic)")
+  return _Flag(eval_kwarg, True)
+
+
+def _eval_kwargs(module, flag: _Flag) -> dict:
+  """``{flag.name: flag.eval}`` if the module's ``__call__`` takes it, else ``{}``; refuses a
   ``__call__`` that needs more than the input and that flag."""
   try:
     params = list(inspect.signature(module.__call__).parameters.values())
   except (TypeError, ValueError):
     return {}
-  needed = [p.name for p in params[1:] if p.default is p.empty and p.name != train_kwarg
+  needed = [p.name for p in params[1:] if p.default is p.empty and p.name != flag.name
             and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
   if needed:
+    first = needed[0]
+    if first == "deterministic":
+      advice = (f"'deterministic' is True in eval mode, as Flax's own: pass "
+                f"eval_kwarg='deterministic' (if it is True in train mode instead, pass "
+                f"train_kwarg='deterministic')")
+    else:
+      advice = (f"if {first!r} is the mode flag, pass train_kwarg={first!r} when it is True in "
+                f"train mode, or eval_kwarg={first!r} when it is True in eval mode (like Flax's "
+                f"deterministic)")
     raise ConversionError(
         f"{type(module).__name__}.__call__ needs the argument(s) {', '.join(needed)} besides the "
-        f"input; the converter passes the input and, if __call__ takes it, {train_kwarg}=False. "
-        f"If {needed[0]!r} is the train-mode flag, pass train_kwarg={needed[0]!r}; otherwise "
-        f"give the argument a default (or wrap the module in one that supplies it)")
-  return {train_kwarg: False} if any(p.name == train_kwarg for p in params) else {}
+        f"input; the converter passes the input and, if __call__ takes it, "
+        f"{flag.name}={flag.eval} in eval mode ({flag} in train mode). {advice[0].upper()}"
+        f"{advice[1:]}; otherwise give the argument a default (or wrap the module in one that "
+        f"supplies it)")
+  return {flag.name: flag.eval} if any(p.name == flag.name for p in params) else {}
 
 
-def _trace_linen(module, variables, x, kwargs, rngs, mutable=False):
-  tracer = _Tracer()
+def _trace_linen(module, variables, x, kwargs, rngs, flag: _Flag, mutable=False):
+  tracer = _Tracer(flag if kwargs else None)
 
   def fn(x):
     return module.apply(variables, x, rngs=rngs, mutable=mutable, **kwargs)
@@ -335,11 +392,11 @@ def _nnx_params(model) -> dict[int, tuple[str, str]]:
   return out
 
 
-def _trace_nnx(model, x, kwargs, train=False):
+def _trace_nnx(model, x, kwargs, flag: _Flag, train=False):
   """Traces a copy of ``model`` in eval mode (``train``: in train mode), its module
   classes' ``__call__`` wrapped for the time of the trace (layers emit the marker, other
   modules name a scope) and ``nnx.remat`` / ``nnx.jit`` running the functions they wrap."""
-  tracer = _Tracer()
+  tracer = _Tracer(flag if kwargs else None)
   model = nnx.clone(model)
   if train:
     model.train()
@@ -566,6 +623,8 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
           f"dtype itself (forward(..., dtype=jnp.bfloat16), --dtype on the command line)")
   calls: dict[tuple, int] = {}
   for leaf in leaves:
+    if not jax.tree.leaves(read_vars(leaf)):
+      continue        # weightless (a Dropout): each call becomes a node of its own
     calls[leaf.path] = calls.get(leaf.path, 0) + 1
     if calls[leaf.path] == 2:
       raise ConversionError(
@@ -607,40 +666,45 @@ def _rate(leaf: _Leaf) -> float:
       leaf.kind, ""), 0.0) or 0.0)
 
 
-def _check_modes(eval_leaves, train_leaves, train_kwarg: str):
+def _check_modes(eval_leaves, train_leaves, flag: _Flag | None):
   """Refuses a layer whose mode does not follow the module's own.
 
   The spec's BatchNorm and dropout follow :func:`jaxdepth.forward`'s ``train``: batch
   statistics and dropout in train mode, running statistics and no dropout in eval mode.
   A layer pinned to one mode (a frozen BatchNorm, ``use_running_average=True``; a dropout
   with ``deterministic=True``) computes in the module's train mode what the spec would not.
+  ``flag``: the mode argument the module was passed (None: none).
   """
-  todo = (f"make it follow the module's mode ({train_kwarg}), or keep it outside the "
-          f"converted module")
+  def todo(attribute):
+    follow = f" ({flag.follow(attribute)})" if flag else ""
+    return f"make it follow the module's mode{follow}, or keep it outside the converted module"
+  swap = flag.swap() if flag else ""   # in eval mode, a flag meaning the opposite shows first
   for leaf in eval_leaves:
     if leaf.kind == "batch_norm" and leaf.mode is False:
       raise ConversionError(f"layer {leaf.where} normalises with batch statistics in eval "
-                            f"mode (use_running_average=False); {todo}")
+                            f"mode (use_running_average=False); "
+                            f"{todo('use_running_average')}{swap}")
     if _rate(leaf) > 0 and leaf.mode is False:
       raise ConversionError(f"layer {leaf.where} drops units in eval mode "
-                            f"(deterministic=False); {todo}")
+                            f"(deterministic=False); {todo('deterministic')}{swap}")
   for leaf in train_leaves:
     if leaf.kind == "batch_norm" and leaf.mode:
       raise ConversionError(f"layer {leaf.where} keeps its running statistics in train mode "
                             f"(use_running_average=True, a frozen BatchNorm), which the spec's "
-                            f"BatchNorm does not; {todo}, or fold it into the layer before it")
+                            f"BatchNorm does not; {todo('use_running_average')}, or fold it "
+                            f"into the layer before it")
     if _rate(leaf) > 0 and leaf.mode:
       raise ConversionError(f"layer {leaf.where} never drops units (deterministic=True) with "
                             f"rate {_rate(leaf)}, while the spec's dropout drops in train "
-                            f"mode; {todo}, or set its rate to 0")
+                            f"mode; {todo('deterministic')}, or set its rate to 0")
 
 
-def _train_mode_error(e: ConversionError, train_kwarg: str) -> ConversionError:
-  return ConversionError(f"in train mode ({train_kwarg}=True, the mode the spec is trained "
-                         f"in): {e}")
+def _train_mode_error(e: ConversionError, flag: _Flag | None) -> ConversionError:
+  mode = f"{flag}, " if flag else ""
+  return ConversionError(f"in train mode ({mode}the mode the spec is trained in): {e}")
 
 
-def _verify(conv: Converted, expected, x, tolerance):
+def _verify(conv: Converted, expected, x, tolerance, flag: _Flag):
   got = network.forward(conv.spec, conv.variables, x).logits
   expected = np.asarray(expected, np.float64)
   err = float(np.max(np.abs(np.asarray(got, np.float64) - expected))) if expected.size else 0.0
@@ -649,14 +713,16 @@ def _verify(conv: Converted, expected, x, tolerance):
     raise ConversionError(
         f"the converted network (eval mode) differs from the module by {err:.3g} on the sample "
         f"input (tolerance {tolerance * scale:.3g}). If the module ran in train mode, name its "
-        f"train-mode argument with train_kwarg= (it is passed False); otherwise the module does "
-        f"something the trace did not capture (e.g. a layer called with non-default "
-        f"arguments): please report it with the module")
+        f"mode argument (the converter passed {flag.name}={flag.eval} if __call__ takes it): "
+        f"train_kwarg= for one that is True in train mode, eval_kwarg= for one that is True "
+        f"in eval mode (like Flax's deterministic); otherwise the module does something the "
+        f"trace did not capture (e.g. a layer called with non-default arguments): please "
+        f"report it with the module")
 
 
 def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "train",
-              rngs=None, name: str | None = None, check: bool = True,
-              tolerance: float = 1e-5) -> Converted:
+              eval_kwarg: str | None = None, rngs=None, name: str | None = None,
+              check: bool = True, tolerance: float = 1e-5) -> Converted:
   """A Linen module (or an NNX module: see :func:`from_nnx`) as ``(spec, variables, paths)``.
 
   Args:
@@ -665,9 +731,13 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       ``None`` for an NNX module.
     sample_input: a batch ``(B, *input_shape)``; the spec's input shape is its
       shape without the batch axis.
-    train_kwarg: the name of the module's train-mode argument, passed ``False``
-      while tracing if ``__call__`` has it (BatchNorm running statistics,
-      deterministic dropout); any other argument ``__call__`` requires is refused.
+    train_kwarg: the name of the module's train-mode argument (True in train
+      mode), passed ``False`` while tracing if ``__call__`` has it (BatchNorm
+      running statistics, deterministic dropout); any other argument
+      ``__call__`` requires is refused.
+    eval_kwarg: instead of ``train_kwarg``, the name of an argument that is
+      True in eval mode and False in train mode (Flax's ``deterministic``),
+      passed ``True`` while tracing; passing both is refused.
     rngs: rng streams the module needs in eval mode (rarely any).
     name: the spec's name (default: the module's class name).
     check: run the spec on ``sample_input`` and refuse a result that differs
@@ -684,7 +754,7 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   Raises:
     ConversionError: an operation or layer that cannot be represented (with the
       module path, the source line and what to do), a module that needs an rng
-      stream not passed or arguments besides the input and ``train_kwarg``, or a
+      stream not passed or arguments besides the input and its mode flag, or a
       sample input the module cannot run on (with the module and line where it
       failed).
   """
@@ -694,58 +764,62 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
     if variables is not None:
       raise ConversionError("an NNX module holds its own variables: call "
                             "from_flax(model, sample_input) or from_nnx(model, sample_input)")
-    return from_nnx(module, sample_input, train_kwarg=train_kwarg, name=name, check=check,
-                    tolerance=tolerance)
+    return from_nnx(module, sample_input, train_kwarg=train_kwarg, eval_kwarg=eval_kwarg,
+                    name=name, check=check, tolerance=tolerance)
   if not isinstance(module, nn.Module):
     raise ConversionError(f"from_flax converts flax.linen or flax.nnx modules, got "
                           f"{type(module).__name__}")
   if not isinstance(variables, Mapping) or "params" not in variables:
     raise ConversionError("variables must be the module's variables dict, module.init(rng, x) "
                           "({'params': ..., 'batch_stats': ...})")
+  flag = _flag(train_kwarg, eval_kwarg)
   x = _check_input(sample_input)
-  kwargs = _eval_kwargs(module, train_kwarg)
+  kwargs = _eval_kwargs(module, flag)
   variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
-  closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs)
+  closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs, flag)
   train_leaves = []
   if kwargs:          # a module without a train flag has one mode, the spec's eval mode
     try:
-      _, train_leaves, _ = _trace_linen(module, variables, x, {train_kwarg: True},
+      _, train_leaves, _ = _trace_linen(module, variables, x, {flag.name: not flag.eval},
                                         {"dropout": jax.random.key(0), **(rngs or {})},
-                                        mutable=True)
+                                        flag, mutable=True)
     except ConversionError as e:
-      raise _train_mode_error(e, train_kwarg) from e
-  _check_modes(leaves, train_leaves, train_kwarg)
+      raise _train_mode_error(e, flag) from e
+  _check_modes(leaves, train_leaves, flag if kwargs else None)
   root = type(module).__name__
   conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
-    _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance)
+    _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance, flag)
   return conv
 
 
-def from_nnx(model, sample_input, *, train_kwarg: str = "train", name: str | None = None,
-             check: bool = True, tolerance: float = 1e-5) -> Converted:
+def from_nnx(model, sample_input, *, train_kwarg: str = "train",
+             eval_kwarg: str | None = None, name: str | None = None, check: bool = True,
+             tolerance: float = 1e-5) -> Converted:
   """An ``nnx.Module`` as ``(spec, variables, paths)``; see :func:`from_flax`.
 
   The model is traced on a copy in eval mode (``model.eval()``, and
-  ``train_kwarg=False`` if ``__call__`` takes it), so the user's model and its
-  flags are left as they were.
+  ``train_kwarg=False`` or ``eval_kwarg=True`` if ``__call__`` takes it), so the
+  user's model and its flags are left as they were.
   """
   if not isinstance(model, nnx.Module):
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
+  flag = _flag(train_kwarg, eval_kwarg)
   x = _check_input(sample_input)
-  kwargs = _eval_kwargs(model, train_kwarg)
-  closed, leaves, params = _trace_nnx(model, x, kwargs)
+  kwargs = _eval_kwargs(model, flag)
+  closed, leaves, params = _trace_nnx(model, x, kwargs, flag)
   try:
-    _, train_leaves, _ = _trace_nnx(model, x, {k: True for k in kwargs}, train=True)
+    _, train_leaves, _ = _trace_nnx(model, x, {k: not v for k, v in kwargs.items()}, flag,
+                                    train=True)
   except ConversionError as e:
-    raise _train_mode_error(e, train_kwarg) from e
-  _check_modes(leaves, train_leaves, train_kwarg)
+    raise _train_mode_error(e, flag if kwargs else None) from e
+  _check_modes(leaves, train_leaves, flag if kwargs else None)
   root = type(model).__name__
   conv = _convert(closed, leaves, params, _nnx_read, x, root, name or root)
   if check:
     copy = nnx.clone(model)
     copy.eval()
-    _verify(conv, copy(x, **kwargs), x, tolerance)
+    _verify(conv, copy(x, **kwargs), x, tolerance, flag)
   return conv
 
 
@@ -854,9 +928,13 @@ def load_class(reference: str):
     raise ConversionError(f"model {reference!r}: no file {path!r}; give path/to/file.py:ClassName")
   module_spec = importlib.util.spec_from_file_location(f"jaxdepth_user_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
+  # Registered while it runs, as an import does: dataclasses (a Linen module is one) look
+  # their module up there to resolve string annotations (from __future__ import annotations).
+  sys.modules[module_spec.name] = module
   try:
     module_spec.loader.exec_module(module)
   except Exception as e:  # pylint: disable=broad-except   # the user's file: say which
+    sys.modules.pop(module_spec.name, None)
     raise ConversionError(f"model {reference!r}: importing {path!r} failed: "
                           f"{type(e).__name__}: {e}") from e
   cls = getattr(module, attr, None)

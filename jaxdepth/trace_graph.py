@@ -8,9 +8,11 @@ equation of :data:`layer_p`; this module reads the rest, the glue:
   function of exactly one source; such a chain is evaluated in float64 numpy on
   a grid of 4001 points in ``[-8, 8]`` and matched against the site kinds
   (:data:`jaxdepth.spec.ACTIVATIONS`), or against ``c x`` (the ``1/n`` of an
-  average). The result is a small IR: ``input``, ``leaf``, ``act``, ``add``,
-  ``concat``, ``flatten``, ``tokens``, ``pool``, ``position_embedding``,
-  ``class_token`` and ``select_token`` nodes with their inputs.
+  average; a chain from a sum that goes on after that division is cut there, the
+  rest being an activation of the average). The result is a small IR:
+  ``input``, ``leaf``, ``act``, ``add``, ``concat``, ``flatten``, ``tokens``,
+  ``pool``, ``position_embedding``, ``class_token`` and ``select_token`` nodes
+  with their inputs.
 * A module's own parameter (``self.param``, ``nnx.Param``) enters the trace as
   a constant; :meth:`Graph.parameter` names it (by the identity of the array
   the trace closed over) and checks that what the code does to it only copies
@@ -460,6 +462,15 @@ class Graph:
       return self.node(v)
     if v in self._memo:
       return self._memo[v]
+    average = self.average_in(v, s)
+    if average is not None:
+      # An activation of an average (LeNet's relu(avg_pool(x)), gelu(jnp.mean(x, (1, 2)))):
+      # the pool is its division, the rest of the chain the activation.
+      kind, val = self.identify(v, average)
+      if kind == "act":
+        out = self.add("act", [self.value(average)], self.region(v, average)[-1], **val)
+        self._memo[v] = out
+        return out
     kind, val = self.identify(v, s)
     if kind == "identity":
       out = self.value(s)
@@ -470,6 +481,37 @@ class Graph:
     self._memo[v] = out
     return out
 
+  def average_in(self, v, s):
+    """``s / n`` (or ``s * c``) when ``s`` is a sum (``reduce_sum``, ``reduce_window_sum``, or
+    the sum with kept axes) and the element-wise chain from ``s`` to ``v`` starts with that
+    division by a constant and goes on after it; else None.
+
+    An average ends in an element-wise division, so without this cut the pool's division
+    and the activation after it would be identified as one function (relu(t / 4) is no
+    site)."""
+    if s not in self.producer:
+      return None
+    _, eqn = self.producer[s]
+    if eqn.primitive.name in ("broadcast_in_dim", "reshape") and self._unit_axes_only(eqn):
+      inner = eqn.invars[0]
+      if _is_literal(inner) or inner not in self.producer:
+        return None
+      eqn = self.producer[inner][1]
+    if eqn.primitive.name not in ("reduce_sum", "reduce_window_sum"):
+      return None
+    readers = [e for e in self.region(v, s) if any(u is s for u in e.invars)]
+    if len(readers) != 1:
+      return None
+    (first,) = readers
+    name, ins = first.primitive.name, first.invars
+    if (name not in ("mul", "div") or len(ins) != 2 or len(first.outvars) != 1
+        or name == "div" and ins[0] is not s):
+      return None
+    other = ins[1] if ins[0] is s else ins[0]
+    if other is s or self.depends_on_input(other) or first.outvars[0] is v:
+      return None
+    return first.outvars[0]
+
   def pool_of_scale(self, v, s, c) -> int:
     eqn_v = self.region(v, s)[-1]
     if s in self.producer:
@@ -479,9 +521,7 @@ class Graph:
         # spec's pool gives (B, C), so the ones must be dropped again by every use.
         inner = eqn.invars[0]
         if not _is_literal(inner) and inner in self.producer:
-          kept = [u for u in self.uses(v) if not (
-              u.primitive.name in ("reshape", "squeeze")
-              and len(u.outvars[0].aval.shape) == 2 and self._unit_axes_only(u))]
+          kept = self.unflattened_uses(v)
           if kept:
             reader = next((u for u in kept if u.primitive is layer_p), None)
             by = (f"layer {self.leaves[reader.params['index']].where}" if reader is not None
@@ -505,6 +545,22 @@ class Graph:
                 "scale inside a layer (e.g. fold it into the next Dense or Conv); the averages "
                 "jaxdepth has nodes for are jnp.mean over (H, W) of (B, H, W, C) or over the "
                 "tokens of (B, N, C), and nn.avg_pool")
+
+  def unflattened_uses(self, v) -> list:
+    """The equations reading ``v`` (B, 1, 1, C) before its ones are dropped again: its uses
+    but reshapes and squeezes to (B, C), and through element-wise functions of ``v`` alone
+    (an activation), their results' uses."""
+    kept = []
+    for u in self.uses(v):
+      if (u.primitive.name in ("reshape", "squeeze") and len(u.outvars[0].aval.shape) == 2
+          and self._unit_axes_only(u)):
+        continue
+      if _elementwise(u) and len(u.outvars) == 1 and all(
+          w is v or not self.depends_on_input(w) for w in u.invars):
+        kept.extend(self.unflattened_uses(u.outvars[0]))
+      else:
+        kept.append(u)
+    return kept
 
   def uses(self, v) -> list:
     """The equations that read ``v``."""

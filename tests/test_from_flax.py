@@ -2,6 +2,7 @@
 match the module (eval and train mode, BatchNorm statistics included), run an EASIER
 iteration on digits and collapse through surgery; bad input is refused clearly, before the
 converted spec is run."""
+import sys
 from unittest import mock
 
 import flax.linen as nn
@@ -736,6 +737,40 @@ def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
   assert "pool without keepdims" in message
 
 
+class PoolThenAct(nn.Module):
+  """An activation right after an average: LeNet's order, a global mean, kept axes."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), padding="SAME")(x)
+    if self.how == "avg_pool":
+      x = nn.relu(nn.avg_pool(x, (2, 2), strides=(2, 2))).reshape((x.shape[0], -1))
+    elif self.how == "mean":
+      x = nn.gelu(jnp.mean(x, axis=(1, 2)))
+    else:
+      x = nn.relu6(jnp.mean(x, axis=(1, 2), keepdims=True)).reshape((x.shape[0], -1))
+    return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize("how, fn, pool", [("avg_pool", "relu", "avg"),
+                                           ("mean", "gelu_tanh", "global_avg"),
+                                           ("keepdims", "relu6", "global_avg")])
+def test_an_activation_right_after_an_average_is_the_pool_then_the_site(how, fn, pool):
+  # The average's division by the window size and the activation are one element-wise
+  # chain in the trace; the pool must take the division only.
+  module = PoolThenAct(how)
+  x = _batch(n=3)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  kinds = [type(n).__name__ for n in conv.spec.layers]
+  assert kinds[:3] == ["Conv", "Pool", "Act"] and conv.spec.layers[1].op == pool
+  assert [conv.spec.node(s).fn for s in conv.spec.sites()] == [fn]
+  x = _batch(5, n=4)
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-5)
+
+
 def test_a_layer_scale_is_refused_naming_the_parameter():
   class LayerScale(nn.Module):
     @nn.compact
@@ -1199,6 +1234,21 @@ def test_a_users_class_gets_the_model_kwargs_it_takes(name, tmp_path):
     convert.from_file(f"{path}:{name}", input_shape=SHAPE, num_classes=4, model_kwargs={})
 
 
+def test_a_users_file_with_postponed_annotations_loads(tmp_path):
+  # Linen resolves a dataclass's string annotations through sys.modules[cls.__module__]:
+  # the file must be registered there while it runs.
+  path = tmp_path / "future.py"
+  path.write_text("from __future__ import annotations\n" + WIDE_FILE)
+  conv = convert.from_file(f"{path}:Wide", input_shape=SHAPE, num_classes=4,
+                           model_kwargs={"width": 6})
+  assert conv.spec.sites() == ("relu",) and conv.spec.output_shape == (4,)
+  broken = tmp_path / "broken.py"
+  broken.write_text("from __future__ import annotations\nraise RuntimeError('no')\n")
+  with pytest.raises(jaxdepth.ConversionError, match="importing .* failed: RuntimeError: no"):
+    convert.load_class(f"{broken}:Wide")
+  assert "jaxdepth_user_broken" not in sys.modules
+
+
 def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
   from train import __main__ as cli
   workdir = tmp_path / "run"
@@ -1242,6 +1292,52 @@ def test_shared_layer_is_refused():
   module = Shared()
   message = _linen_refusal(module)
   assert "Conv_0" in message and "called more than once" in message
+
+
+class NNXSharedDropout(nnx.Module):
+  """One weightless dropout called after two layers (or twice in a row)."""
+  def __init__(self, rngs, twice_in_a_row=False):
+    self.l1 = nnx.Linear(64, 16, rngs=rngs)
+    self.l2 = nnx.Linear(16, 16, rngs=rngs)
+    self.l3 = nnx.Linear(16, 10, rngs=rngs)
+    self.dropout = nnx.Dropout(0.5, rngs=rngs)
+    self.twice_in_a_row = twice_in_a_row
+
+  def __call__(self, x):
+    x = x.reshape((x.shape[0], -1))
+    if self.twice_in_a_row:
+      return self.dropout(self.dropout(self.l1(x)))
+    x = self.dropout(nnx.relu(self.l1(x)))
+    x = self.dropout(nnx.relu(self.l2(x)))
+    return self.l3(x)
+
+
+def test_a_weightless_layer_called_twice_is_a_node_per_call():
+  model = NNXSharedDropout(nnx.Rngs(0))
+  x = _batch()
+  conv = jaxdepth.from_nnx(model, x)
+  drops = [(p, n) for p, n in conv.spec.walk() if isinstance(n, S.Dropout)]
+  assert [(p, n.rate) for p, n in drops] == [("dropout", 0.5), ("dropout_2", 0.5)]
+  assert conv.paths["dropout"] == conv.paths["dropout_2"] == "dropout"
+  copy = nnx.clone(model)
+  copy.eval()
+  x = _batch(3)
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(copy(x)), rtol=1e-5, atol=1e-5)
+  # Train mode: each call draws its own mask at the layer's rate. Two calls in a row keep a
+  # unit with probability 1/4 (one shared mask would keep 1/2), scaled by 1 / (1/4).
+  model = NNXSharedDropout(nnx.Rngs(0), twice_in_a_row=True)
+  conv = jaxdepth.from_nnx(model, x)
+  x = _batch(4, n=256)
+  got = np.asarray(network.forward(conv.spec, conv.variables, x, train=True,
+                                   rng=jax.random.key(0)).logits)
+  full = np.asarray(network.forward(conv.spec, conv.variables, x).logits)
+  kept = got != 0
+  assert abs(kept.mean() - 0.25) < 0.03, kept.mean()
+  np.testing.assert_allclose(got[kept], 4 * full[kept], rtol=1e-5, atol=1e-5)
+  _, skipped = convert.to_user_variables(conv, conv.variables,
+                                         nnx.to_pure_dict(nnx.state(model)))
+  assert skipped == []
 
 
 class TwoBlocks(nn.Module):
@@ -1487,3 +1583,64 @@ def test_a_call_needing_more_than_the_input_is_refused():
   np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
                              np.asarray(module.apply(variables, x, training=False)),
                              rtol=1e-5, atol=1e-5)
+
+
+class Deterministic(nn.Module):
+  """Flax's own flag: ``deterministic`` is True in eval mode."""
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = nn.relu(nn.BatchNorm(use_running_average=deterministic)(nn.Conv(4, (3, 3))(x)))
+    x = nn.Dropout(0.5, deterministic=deterministic)(x.mean((1, 2)))
+    return nn.Dense(3)(x)
+
+
+class NNXDeterministic(nnx.Module):
+  def __init__(self, rngs):
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+    self.bn = nnx.BatchNorm(4, rngs=rngs)
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+
+  def __call__(self, x, deterministic: bool):
+    return self.head(nnx.relu(self.bn(self.conv(x), use_running_average=deterministic)
+                              ).mean((1, 2)))
+
+
+def test_a_flag_true_in_eval_mode_is_named_with_eval_kwarg():
+  module = Deterministic()
+  x = _batch()
+  variables = dict(module.init(jax.random.key(0), x, deterministic=True))
+  variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
+  assert "needs the argument(s) deterministic" in message and (
+      "pass eval_kwarg='deterministic'" in message), message
+  # Declared as a train flag, it runs BatchNorm on batch statistics in eval mode: the message
+  # says which keyword the flag wants rather than blaming the layer alone.
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
+                                                train_kwarg="deterministic"))
+  assert "use_running_average=not deterministic" in message and (
+      "pass eval_kwarg='deterministic' instead of train_kwarg" in message), message
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x, train_kwarg="train_",
+                                                eval_kwarg="deterministic"))
+  assert "both name the module's mode argument; pass one" in message
+  conv = jaxdepth.from_flax(module, variables, x, eval_kwarg="deterministic")
+  x = _batch(3)
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x, deterministic=True)),
+                             rtol=1e-5, atol=1e-5)
+  # Train mode: batch statistics, updated statistics and the same dropout mask (the spec's
+  # dropout sits at the module's scope path).
+  want, upd = module.apply(variables, x, deterministic=False, mutable=["batch_stats"],
+                           rngs={"dropout": jax.random.key(0)})
+  out = network.forward(conv.spec, conv.variables, x, train=True, rng=jax.random.key(0))
+  np.testing.assert_allclose(np.asarray(out.logits), np.asarray(want), rtol=1e-5, atol=1e-5)
+  for leaf in ("mean", "var"):
+    np.testing.assert_allclose(np.asarray(out.batch_stats["BatchNorm_0"][leaf]),
+                               np.asarray(upd["batch_stats"]["BatchNorm_0"][leaf]),
+                               rtol=1e-5, atol=1e-6)
+  model = NNXDeterministic(nnx.Rngs(0))
+  nnx.update(model, _perturb_stats(nnx.state(model, nnx.BatchStat), 2))
+  conv = jaxdepth.from_nnx(model, x, eval_kwarg="deterministic")
+  for deterministic, train in ((True, False), (False, True)):
+    want = nnx.clone(model)(x, deterministic=deterministic)
+    got = network.forward(conv.spec, conv.variables, x, train=train).logits
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
