@@ -45,8 +45,10 @@ def main(argv=None) -> None:
 
   spec = zoo.digits_plain()
   tx = optax.sgd(0.05, momentum=0.9)
-  step = training.make_train_step(spec, tx)
-  state = training.TrainState.create(network.init(spec, jax.random.key(0)), tx, rng=0)
+  mesh = training.make_mesh()
+  step = training.make_train_step(spec, tx, mesh=mesh)
+  state = training.replicate(
+      training.TrainState.create(network.init(spec, jax.random.key(0)), tx, rng=0), mesh)
   batch = next(ds.train.batches(args.batch, seed=0, epoch=0, drop_remainder=True))
   state, metrics, _ = step(state, batch, None, None)            # compile
   jax.block_until_ready(metrics)

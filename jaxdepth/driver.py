@@ -61,6 +61,7 @@ from jaxdepth import report as report_lib
 from jaxdepth.data import Dataset
 from jaxdepth.methods import base
 from jaxdepth.spec import Spec
+from jaxdepth.text.inputs import check_vocabulary
 
 __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_point",
            "RunMismatchError", "latencies_ms", "edit_record"]
@@ -283,7 +284,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     A :class:`RunResult`.
 
   Raises:
-    ValueError: bad argument (tolerance < 0, no validation split, ...).
+    ValueError: bad argument (tolerance < 0, no validation split, a tokenizer whose
+      ids run past the spec's embedding, ...).
     RunMismatchError, SpecMismatchError: ``workdir`` holds another run.
   """
   if isinstance(method, type):
@@ -303,6 +305,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   check_data = getattr(method, "check_data", None)   # optional (see base.Method)
   if check_data is not None:
     check_data(spec, dataset)
+  check_vocabulary(spec, dataset)   # a larger tokenizer: a NaN loss at the first step
   if variables is not None:   # abstractly: raises the forward pass's "do not fit spec" error
     jax.eval_shape(lambda v: network.forward(spec, v, network.example_input(spec)).logits,
                    variables)

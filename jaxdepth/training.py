@@ -57,6 +57,7 @@ from jaxdepth import stats as site_stats
 from jaxdepth.checkpoint import Checkpointer, all_finite
 from jaxdepth.progress import MetricsLog, progress_bar
 from jaxdepth.spec import Spec, check_spec
+from jaxdepth.text.inputs import check_vocabulary
 
 __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
@@ -265,6 +266,23 @@ def replicate(tree, mesh: Mesh):
   return jax.tree.map(put, tree)
 
 
+def _on_mesh(trees, mesh: Mesh, sharding: NamedSharding):
+  """``trees`` with every leaf on ``sharding`` (``mesh``'s replicated one), a step's outputs
+  passed through.
+
+  A jitted step compiles one program per placement of its arguments: a fresh
+  ``TrainState.create`` or ``empty_stats`` (one device), then the step's own
+  replicated outputs, would compile twice. Runs every step, so it only reads the
+  leaves' shardings (a step's outputs hold ``sharding`` itself) and transfers
+  nothing unless a leaf is elsewhere.
+  """
+  for leaf in jax.tree.leaves(trees):
+    placed = getattr(leaf, "sharding", None)
+    if placed is not sharding and placed != sharding:
+      return replicate(trees, mesh)
+  return trees
+
+
 def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   """Splits a batch over the ``'data'`` axis of ``mesh``.
 
@@ -357,7 +375,9 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
     tx: the optimizer (the one ``state.opt_state`` was made by); it is wrapped by
       :func:`jaxdepth.optim.keep_masked`, whose state is ``tx``'s.
     mesh: the device mesh (default :func:`make_mesh`); the batch is split over
-      its ``'data'`` axis, the state replicated. BatchNorm statistics are over the
+      its ``'data'`` axis, the state replicated (a state, gates, stats or masks not
+      yet replicated, a fresh :meth:`TrainState.create`'s say, are placed there by
+      the step: one transfer, no second compile). BatchNorm statistics are over the
       global batch.
     dtype: compute dtype, e.g. ``jnp.bfloat16``; parameters and optimizer stay float32.
     collect_stats: fold every live site's sign counts (train mode, padded examples
@@ -446,6 +466,8 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
   @functools.wraps(step)
   def train_step(state, batch, gates, stats, masks=None, node_gates=None):
     _check_host_batch(batch, classes, "the train step", full=True)
+    state, gates, stats, masks, node_gates = _on_mesh((state, gates, stats, masks, node_gates),
+                                                      mesh, rep)
     return jitted(state, batch, gates, stats, masks, node_gates)
 
   train_step.jitted = jitted
@@ -537,6 +559,8 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
 
   @functools.wraps(step)
   def eval_step(variables, batch, gates, stats, node_gates=None):
+    variables, gates, stats, node_gates = _on_mesh((variables, gates, stats, node_gates),
+                                                  mesh, rep)
     return jitted(variables, batch, gates, stats, node_gates)
 
   eval_step.jitted = jitted
@@ -790,8 +814,10 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     TypeError: ``dataset`` is not a Dataset (e.g. its train split), ``recipe`` not a
       Recipe, ``variables`` not a variables dict.
     ValueError: ``eval_every`` < 1, a batch size < 1 or not a multiple of the
-      device count, a training split smaller than one batch, or a spec whose
-      outputs are not one per class of ``dataset``.
+      device count, a training split smaller than one batch, a spec whose
+      outputs are not one per class of ``dataset``, or a tokenizer whose ids or
+      token types run past the spec's embeddings
+      (:func:`jaxdepth.text.inputs.check_vocabulary`).
     RunMismatchError: ``workdir`` holds a run with other settings (see above).
   """
   check_spec(spec, "fit(spec, variables, dataset, recipe)")
@@ -806,6 +832,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   mesh = make_mesh() if mesh is None else mesh
   _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
   _check_outputs_fit_classes(spec, dataset)
+  check_vocabulary(spec, dataset)   # else ids past the embedding: a NaN loss at step 1
   options = TrainOptions() if options is None else options
   if options.epochs is not None:
     recipe = recipe.replace(epochs=options.epochs)

@@ -420,6 +420,24 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   assert _snapshot(tmp_path) == before
 
 
+def test_a_tokenizer_larger_than_the_embedding_is_refused_before_anything_is_written(tmp_path):
+  # Its ids past the table would read NaN rows: a NaN loss at the first step.
+  from test_glue import bert_tokenizer, load   # pylint: disable=import-outside-toplevel
+  bert_tokenizer().save(str(tmp_path / "tokenizer.json"))              # 25 tokens
+  ds = load("glue/sst2", tokenizer=tmp_path / "tokenizer.json", max_length=16)
+  recipe = optim.Recipe(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3)
+  small = zoo.tiny_encoder(vocab_size=12, input_shape=ds.input_shape)
+  with pytest.raises(ValueError, match=r"the tokenizer has 25 tokens, but spec 'tiny_encoder' "
+                     r"embeds 12 .*use the model's own tokenizer, or a model whose vocab_size is "
+                     r"at least 25"):
+    driver.run(Easier(), small, ds, recipe, tmp_path / "run", progress=False)
+  assert not (tmp_path / "run").exists()
+  exact = zoo.tiny_encoder(vocab_size=25, input_shape=ds.input_shape)
+  result = driver.run(Easier(), exact, ds, recipe, tmp_path / "run", iterations=1,
+                      progress=False, merge=False, checkpoint_epochs=False, latency_batches=())
+  assert np.isfinite(result.report["iterations"][0]["val_accuracy"])
+
+
 @pytest.mark.parametrize("method, split", [(Easier(estimator="dataset"), "train"),
                                            (Easier(estimator="dataset", entropy_split="val"), "val"),
                                            (Egp(estimator="dataset"), "train")])

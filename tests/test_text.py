@@ -9,8 +9,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxdepth import costs, equivalence, network, surgery, training, zoo
+from jaxdepth import costs, equivalence, network, optim, surgery, training, zoo
 from jaxdepth import spec as S
+from jaxdepth.text import inputs
 from jaxdepth.text import Tanh, TokenEmbedding, TokenPositionEmbedding, TokenTypeEmbedding
 from jaxdepth.transformer import Attention
 
@@ -163,6 +164,17 @@ def test_out_of_vocabulary_ids_give_nan_logits():
   ids[0, 3] = VOCAB
   y = np.asarray(network.forward(spec, variables, ids).logits)
   assert np.isnan(y[0]).all() and np.isfinite(y[1:]).all()
+
+
+def test_negative_ids_and_token_types_give_nan_logits():
+  # jnp.take wraps negative indices: -1 would read the last row, -VOCAB the first.
+  spec, variables = model("bert")
+  x = token_batch("bert")
+  ids, types = x["input_ids"].copy(), x["token_type_ids"].copy()
+  ids[0, 3], ids[1, 2], types[2, 0] = -1, -VOCAB, -1
+  y = np.asarray(network.forward(spec, variables, dict(x, input_ids=ids,
+                                                       token_type_ids=types)).logits)
+  assert np.isnan(y[:3]).all() and np.isfinite(y[3]).all()
 
 
 def test_bfloat16_compute_keeps_token_ids_exact():
@@ -347,6 +359,35 @@ def test_train_and_eval_steps_read_token_batches():
   logits = network.forward(spec, state.variables, network.batch_inputs(spec, batch)).logits
   want = optax.softmax_cross_entropy_with_integer_labels(logits[:3], batch["label"][:3]).sum()
   np.testing.assert_allclose(float(metrics["loss"]), float(want), rtol=1e-5)
+
+
+def test_fit_refuses_a_tokenizer_past_the_embeddings_before_training(tmp_path):
+  # Ids (or token types) past a table read NaN rows: the loss would be NaN at the first step.
+  from test_glue import bert_tokenizer, load   # pylint: disable=import-outside-toplevel
+  tokenizer = tmp_path / "tokenizer.json"
+  bert_tokenizer().save(str(tokenizer))        # 25 tokens; pairs give token types 0 and 1
+  sst2 = load("glue/sst2", tokenizer=tokenizer, max_length=16)
+  rte = load("glue/rte", tokenizer=tokenizer, max_length=16)
+  recipe = optim.Recipe(epochs=1, batch_size=4, optimizer="adamw", lr=1e-3)
+
+  def fit(spec, ds, **kw):
+    return training.fit(spec, network.init(spec, jax.random.key(0)), ds, recipe,
+                        progress=False, **kw)
+
+  small = zoo.tiny_encoder(vocab_size=24, input_shape=sst2.input_shape)
+  with pytest.raises(ValueError, match=r"the tokenizer has 25 tokens, but spec 'tiny_encoder' "
+                     r"embeds 24 \(vocab_size of 'word_embeddings'\).*use the model's own "
+                     r"tokenizer, or a model whose vocab_size is at least 25"):
+    fit(small, sst2, workdir=tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+  one_type = zoo.tiny_encoder(family="roberta", input_shape=rte.input_shape)
+  with pytest.raises(ValueError, match=r"the tokenizer gives sentence pairs 2 token types, but "
+                     r"spec 'tiny_encoder' embeds 1 \(type_vocab_size of "
+                     r"'embeddings/token_type_embeddings'\).*type_vocab_size is at least 2"):
+    fit(one_type, rte)
+  inputs.check_vocabulary(one_type, sst2)     # single sentences: every token of type 0
+  exact = zoo.tiny_encoder(vocab_size=25, input_shape=rte.input_shape)
+  assert np.isfinite(fit(exact, rte).history[-1]["train_loss"])
 
 
 # --------------------------------------------------------------- surgery

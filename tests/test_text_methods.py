@@ -132,6 +132,20 @@ def test_easier_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
   assert set(first) == set(spec.sites())
 
 
+def test_fit_command_refuses_a_tokenizer_past_the_embedding_before_anything_is_written(
+    tmp_path, tokenizer_path, capsys):
+  # python -m train fit printed the library's ValueError as a traceback, after writing run.json.
+  from train import __main__ as cli   # pylint: disable=import-outside-toplevel
+  with tfds.testing.mock_data(as_data_source_fn=fake_glue_source):
+    rc = cli.main(["fit", "--dataset", "glue/sst2", "--model", "tiny_encoder", "--no-progress",
+                   f"--config.tokenizer={tokenizer_path}", "--config.max_length=16",
+                   "--config.model_kwargs={'vocab_size': 12}", "--workdir", str(tmp_path / "w")])
+  assert rc == 2
+  assert ("error: --model 'tiny_encoder' with this tokenizer: the tokenizer has 25 tokens, but "
+          "spec 'tiny_encoder' embeds 12") in capsys.readouterr().err
+  assert not (tmp_path / "w").exists()
+
+
 def test_lacoot_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
   with tfds.testing.mock_data(as_data_source_fn=fake_glue_source):
     ds = data.load("glue/sst2", tokenizer=tokenizer_path, max_length=16)

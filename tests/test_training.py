@@ -390,6 +390,49 @@ def test_train_state_create_copies_what_the_step_donates():
   assert math.isfinite(float(variables["params"]["fc"]["kernel"].sum()))  # not deleted
 
 
+def test_a_train_step_compiles_once_on_a_fresh_state_and_fresh_stats():
+  # A fresh TrainState.create and empty_stats sit on one device, what the step returns on the
+  # mesh: the step places them itself rather than compiling a program per placement.
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  tx = optax.sgd(0.1, momentum=0.9)
+  mesh = training.make_mesh(jax.devices()[:2])
+  rng = np.random.default_rng(7)
+  batches = [{"image": rng.normal(size=(8, 6, 6, 4)).astype(np.float32),
+              "label": rng.integers(0, 3, 8).astype(np.int32), "mask": np.ones(8, bool)}
+             for _ in range(3)]
+
+  def run(place):
+    step = training.make_train_step(spec, tx, mesh=mesh, collect_stats=True)
+    state, out = place(training.TrainState.create(variables, tx, 0)), []
+    for i, batch in enumerate(batches):
+      fresh = i != 1   # a fresh empty_stats at calls 0 and 2 (a new epoch's), the returned one at 1
+      site_stats = place(stats.empty_stats(spec)) if fresh else site_stats
+      state, metrics, site_stats = step(state, batch, place(network.gates_for(spec)), site_stats)
+      out.append((metrics, site_stats))
+    return step.jitted._cache_size(), jax.device_get((state, out))
+
+  placed_size, placed = run(lambda tree: training.replicate(tree, mesh))
+  fresh_size, fresh = run(lambda tree: tree)
+  assert placed_size == 1 and fresh_size == 1
+  for a, b in zip(jax.tree.leaves(placed), jax.tree.leaves(fresh)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_an_eval_step_compiles_once_on_unplaced_and_replicated_variables():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  mesh = training.make_mesh(jax.devices()[:2])
+  # a step of its own: make_eval_step's cache would share one with other tests
+  step = training.make_eval_step.__wrapped__(spec, mesh=mesh, collect_stats=True)
+  batch, gates = _numpy_batch(), network.gates_for(spec)
+  raw, _ = step(variables, batch, gates, stats.empty_stats(spec))
+  placed, _ = step(training.replicate(variables, mesh), batch, training.replicate(gates, mesh),
+                   training.replicate(stats.empty_stats(spec), mesh))
+  assert step.jitted._cache_size() == 1
+  assert jax.device_get(raw) == jax.device_get(placed)
+
+
 # ------------------------------------------------------- hand-written loops, mistakes
 
 

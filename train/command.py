@@ -344,8 +344,14 @@ def _model_refused(cfg: Mapping[str, Any], ds, error: Exception) -> str:
 
 def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
   """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
-  with that id, else padding tokens would be read as real ones."""
+  with that id, else padding tokens would be read as real ones. Its ids and token types
+  must fit the model's tables (:func:`jaxdepth.text.inputs.check_vocabulary`)."""
   from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
+  from jaxdepth.text.inputs import check_vocabulary  # pylint: disable=import-outside-toplevel
+  try:
+    check_vocabulary(spec, ds)
+  except ValueError as e:
+    raise config_lib.ConfigError(f"--model {cfg['model']!r} with this tokenizer: {e}") from e
   encoder = getattr(ds.train, "encoder", None)
   pad = getattr(encoder, "pad_id", None)
   for path, node in spec.walk():

@@ -17,13 +17,15 @@ __all__ = ["EXECUTORS", "position_ids"]
 
 
 class _Table(nn.Module):
-  """A learned ``(rows, features)`` table, read by integer ids."""
+  """A learned ``(rows, features)`` table, read by integer ids; an id outside
+  ``[0, rows)`` reads a row of NaNs."""
   rows: int
   features: int
 
   @nn.compact
   def __call__(self, ids):
     table = self.param("embedding", nn.initializers.normal(0.02), (self.rows, self.features))
+    ids = jnp.where(ids < 0, self.rows, ids)   # take wraps negative ids onto real rows
     return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
 
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from jaxdepth import spec as S
 
-__all__ = ["TEXT_INPUTS", "split_text_input", "check_token_inputs", "example_text_input",
-           "random_text_input"]
+__all__ = ["TEXT_INPUTS", "split_text_input", "check_token_inputs", "check_vocabulary",
+           "example_text_input", "random_text_input"]
 
 TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -95,6 +95,46 @@ def check_token_inputs(token_inputs, batch: int) -> dict:
     raise ValueError(f"token_inputs must all be (batch, L) with the input's batch {batch}, got "
                      f"{shapes}")
   return out
+
+
+def check_vocabulary(spec: S.Spec, data) -> None:
+  """Refuses data whose tokenizer gives token ids (or token types) past ``spec``'s tables.
+
+  An id outside an embedding table reads a row of NaNs (a compiled step cannot
+  raise), so a tokenizer with a larger vocabulary than the model's would only show
+  as a NaN loss at the first step. ``data`` is a dataset (its train split is read)
+  or one split; a spec that does not read token ids, or data without a tokenizer
+  (``split.encoder``), passes.
+
+  Raises:
+    ValueError: the tokenizer has more tokens than the model's ``vocab_size``, or
+      its sentence pairs give token types past a ``type_vocab_size``.
+  """
+  from jaxdepth.text.nodes import (   # pylint: disable=import-outside-toplevel
+      TokenTypeEmbedding, first_token_embedding)
+  embedding = first_token_embedding(spec)
+  split = getattr(data, "train", data)
+  encoder = getattr(split, "encoder", None)
+  tokenizer = getattr(encoder, "tokenizer", None)
+  if embedding is None or tokenizer is None:
+    return
+  vocab = tokenizer.get_vocab_size(with_added_tokens=True)
+  if vocab > embedding.vocab_size:
+    raise ValueError(
+        f"the tokenizer has {vocab} tokens, but spec {spec.name!r} embeds "
+        f"{embedding.vocab_size} (vocab_size of {embedding.name!r}): ids from "
+        f"{embedding.vocab_size} on would read NaN rows and the loss would be NaN at the first "
+        f"step; use the model's own tokenizer, or a model whose vocab_size is at least {vocab}")
+  if not getattr(split, "pairs", False):
+    return
+  types = int(np.max(encoder([("a", "a")], pairs=True)["token_type_ids"])) + 1
+  for path, node in spec.walk():
+    if isinstance(node, TokenTypeEmbedding) and node.type_vocab_size < types:
+      raise ValueError(
+          f"the tokenizer gives sentence pairs {types} token types, but spec {spec.name!r} "
+          f"embeds {node.type_vocab_size} (type_vocab_size of {path!r}): the second sentence's "
+          f"tokens would read NaN rows and the loss would be NaN at the first step; use the "
+          f"model's own tokenizer, or a model whose type_vocab_size is at least {types}")
 
 
 def example_text_input(spec: S.Spec, batch: int = 1) -> dict[str, np.ndarray]:
