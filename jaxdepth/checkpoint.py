@@ -35,6 +35,7 @@ import pathlib
 import shutil
 import signal
 import threading
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -634,6 +635,35 @@ def _spec_shapes(spec: Spec):
   return jax.eval_shape(lambda k: network.init(spec, k), jax.random.key(0))
 
 
+def _without_empty(tree):
+  """``tree`` without the collections and sub-dicts that hold no arrays.
+
+  A train state of a BatchNorm-free model holds ``"batch_stats": {}``; saved as is, it
+  would give the stored tree an entry that the spec's variables (what :func:`load_model`
+  restores into) do not have.
+  """
+  if not isinstance(tree, Mapping):
+    return tree
+  return {k: _without_empty(v) for k, v in tree.items() if jax.tree.leaves(v)}
+
+
+def _restore_target(target, stored):
+  """``target`` plus the entries of ``stored`` (orbax metadata) that hold no arrays.
+
+  Models saved before :func:`save_model` dropped empty entries may hold such an entry
+  (``"batch_stats": {}``), and orbax restores only into a tree of the stored structure.
+  """
+  if not hasattr(stored, "items") or not isinstance(target, Mapping):
+    return target
+  out = dict(target)
+  for k, v in stored.items():
+    if k in out:
+      out[k] = _restore_target(out[k], v)
+    elif not jax.tree.leaves(v):
+      out[k] = v
+  return out
+
+
 def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
                overwrite: bool = False) -> pathlib.Path:
   """Saves a model as ``directory/spec.json`` + ``directory/variables`` (orbax), sealed.
@@ -649,7 +679,8 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
     directory: the model directory (created).
     spec: the architecture.
     variables: ``{"params": ..., "batch_stats": ...}``, as :func:`jaxdepth.network.init`
-      makes them for ``spec`` (checked before anything is written).
+      makes them for ``spec`` (checked before anything is written). Entries that hold no
+      arrays (the ``"batch_stats": {}`` of a BatchNorm-free model) are not saved.
     overwrite: replace a model already saved there.
 
   Returns:
@@ -683,15 +714,16 @@ def save_model(directory: str | os.PathLike, spec: Spec, variables, *,
   if others:
     raise FileExistsError(f"{directory} holds other files than a saved model ({others[:5]}); "
                           f"save the model into a new or empty directory")
+  variables = _without_empty(variables)
   saving, previous = _beside(directory, "saving"), _beside(directory, "previous")
   if main:
     saving.mkdir(parents=True)
     (saving / _MARK).mkdir()
   _sync("jaxdepth_save_model_mkdir")
   if jax.process_count() > 1:   # host values: every process calls, orbax writes them once
-    variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+    variables = jax.tree.map(np.asarray, jax.device_get(variables))
   with _ctrl_c_held(), ocp.StandardCheckpointer() as ckptr:   # no orbax thread left half-way
-    ckptr.save(saving / "variables", dict(variables), force=True)
+    ckptr.save(saving / "variables", variables, force=True)
   _sync("jaxdepth_save_model_written")
   if main:
     (saving / "spec.json").write_text(spec.to_json(indent=1))
@@ -804,5 +836,5 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
     diff = _variables_difference(stored, target)
     if diff is not None:
       raise SpecMismatchError(f"the variables in {source} do not fit its spec.json: {diff}")
-    variables = ckptr.restore(source / "variables", target)
-  return spec, dict(variables)
+    variables = ckptr.restore(source / "variables", _restore_target(target, stored))
+  return spec, _without_empty(variables)

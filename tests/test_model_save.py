@@ -223,6 +223,27 @@ def test_save_model_refuses_variables_of_another_architecture_before_writing(tmp
   assert _snapshot(directory) == before and _leftovers(directory) == []
 
 
+def test_entries_holding_no_arrays_are_not_saved_and_old_models_with_them_load(tmp_path,
+                                                                               monkeypatch):
+  # A BatchNorm-free model's train state holds "batch_stats": {} (the spec's variables do not).
+  plain = S.Spec((6, 6, 2), (S.Conv("conv", features=4, kernel=3, padding=1), S.Act("relu"),
+                             S.Pool("pool", "global_avg"), S.Dense("fc", features=3)), name="plain")
+  params = network.init(plain, jax.random.key(0))["params"]
+  with_empties = {"params": {**params, "unused": {}}, "batch_stats": {}}
+  directory = checkpoint.save_model(tmp_path / "model", plain, with_empties)
+  spec, loaded = checkpoint.load_model(directory)
+  assert spec == plain and jax.tree.structure(loaded) == jax.tree.structure({"params": params})
+  jax.tree.map(np.testing.assert_array_equal, loaded, {"params": params})
+  with monkeypatch.context() as m:   # as an older save_model wrote it: the empty entries too
+    m.setattr(checkpoint, "_without_empty", lambda tree: tree)
+    older = checkpoint.save_model(tmp_path / "older", plain, with_empties)
+  with checkpoint.ocp.StandardCheckpointer() as ckptr:
+    assert "batch_stats" in ckptr.metadata(older / "variables").item_metadata.keys()
+  spec, loaded = checkpoint.load_model(older)
+  assert spec == plain and jax.tree.structure(loaded) == jax.tree.structure({"params": params})
+  jax.tree.map(np.testing.assert_array_equal, loaded, {"params": params})
+
+
 _LOAD_UNCHECKED = textwrap.dedent("""
     import sys
     from jaxdepth import checkpoint

@@ -444,8 +444,53 @@ def test_passes_do_not_touch_their_inputs_and_refuse_bad_arguments():
   with pytest.raises(ValueError, match="max_chain"):
     surgery.merge_linear(spec, v, max_chain=1)
   other = zoo.digits_cnn(width=4)
-  with pytest.raises(ValueError, match="no parameters for node"):
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=r"fold_batchnorm\(spec, variables\): the variables do not fit spec "
+                           r"'digits_cnn': node 'bn1'"):
     surgery.fold_batchnorm(other, v)
+
+
+ENTRIES = {   # every public entry taking (spec, variables), called with what else it needs
+    "collapse": surgery.collapse, "fold_batchnorm": surgery.fold_batchnorm,
+    "drop_noops": surgery.drop_noops, "merge_linear": surgery.merge_linear,
+    "fold_residuals": surgery.fold_residuals, "crop_kernels": surgery.crop_kernels,
+    "remove_blocks": lambda s, v: surgery.remove_blocks(s, v, []),
+    "cut_channels": lambda s, v: surgery.cut_channels(s, v, {}),
+    "measure_latency": surgery.measure_latency}
+
+
+@pytest.mark.parametrize("entry", sorted(ENTRIES))
+def test_every_entry_refuses_what_is_not_a_spec_and_variables_of_another_spec(entry):
+  spec = S.with_identity(zoo.digits_plain(), ["relu5"])                 # 10 classes
+  v = network.init(zoo.digits_plain(), jax.random.key(0))
+  for args, got in (((spec.to_json(), v), "str"), ((v, spec), "dict")):
+    with pytest.raises(TypeError, match=rf"{entry}\(spec, variables.*\): spec must be a "
+                                        rf"jaxdepth Spec, got a {got}; check the order"):
+      ENTRIES[entry](*args)
+  five = network.init(zoo.digits_plain(num_classes=5), jax.random.key(0))
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=rf"{entry}\(spec, variables.*\): the variables do not fit spec "
+                           r"'digits_plain': node 'fc': 'params/fc/bias' has shape \(5,\) in "
+                           r"the variables but the spec needs \(10,\)\. Pass the variables"):
+    ENTRIES[entry](spec, five)
+
+
+def test_collapse_names_the_first_node_of_variables_of_another_width():
+  spec = S.with_identity(zoo.digits_plain(), ["relu5"])
+  narrower = network.init(zoo.digits_plain(width=16), jax.random.key(0))
+  with pytest.raises(checkpoint.SpecMismatchError,
+                     match=r"node 'bn1': 'batch_stats/bn1/mean' has shape \(16,\) in the "
+                           r"variables but the spec needs \(32,\)"):
+    surgery.collapse(spec, narrower)
+
+
+def test_summary_refuses_what_is_not_a_spec():
+  spec = zoo.digits_plain(width=8)
+  v = network.init(spec, jax.random.key(0))
+  for args, got in (((spec, v), "dict"), ((spec.to_json(), spec), "str")):
+    with pytest.raises(TypeError, match=rf"summary\(before, after\): spec must be a jaxdepth "
+                                        rf"Spec, got a {got}"):
+      surgery.summary(*args)
 
 
 def _two_padded_convs(name, out):

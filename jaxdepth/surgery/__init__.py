@@ -18,11 +18,14 @@ pass                     what it does
 :func:`collapse`         all of them in a sensible order
 =======================  ==========================================================
 
-Each pass is a pure ``(spec, variables) -> (spec, variables)`` function (a
+Each pass is a pure ``(spec, variables) -> (spec, variables)`` function that
+first checks its arguments: a ``spec`` that is not a Spec is a ``TypeError``,
+variables that do not fit it (made for another spec) a
+:class:`~jaxdepth.checkpoint.SpecMismatchError` naming the node. A
 ``log`` list, when given, receives one :class:`Edit` per change, and one of
 kind ``"skip"`` per merge not made, whose ``reason`` says why: an identity site
 with nothing affine on one side, two ops whose merge is not exact at the
-zero-padded border, a merge that would raise the cost). What is exact
+zero-padded border, a merge that would raise the cost. What is exact
 and what is not: BatchNorm folding, dropping no-ops, dense and 1x1 merges,
 residual folds and kernel crops are exact everywhere, and so is a biased 1x1
 op before a padded conv once a small fixed border correction is added beside

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax.numpy as jnp
 import numpy as np
 
+from jaxdepth import checkpoint
 from jaxdepth import spec as S
 from jaxdepth.text import nodes as X
 from jaxdepth.transformer import nodes as T
@@ -78,6 +79,32 @@ def set_ring(ring_of: dict[str, int], path: str, ring: int) -> None:
 
 
 # ------------------------------------------------------------------- variables
+
+
+def check_model(spec: S.Spec, variables, call: str) -> None:
+  """Refuses a ``spec`` that is not a Spec, and variables that do not fit it.
+
+  Every public entry (:func:`~jaxdepth.surgery.collapse`, each pass) starts here:
+  variables made for another spec would otherwise give a model of another shape
+  silently (a head of another width), or fail deep inside a pass. ``call`` shows
+  the call's argument order.
+
+  Raises:
+    TypeError: ``spec`` is not a Spec, or ``variables`` not a dict.
+    jaxdepth.checkpoint.SpecMismatchError: the variables do not fit ``spec`` (the
+      first node that differs is named).
+  """
+  S.check_spec(spec, call)
+  if not isinstance(variables, Mapping):
+    raise TypeError(f"{call}: variables must be the dict jaxdepth.init makes "
+                    f"({{'params': ..., 'batch_stats': ...}}), got a {type(variables).__name__}")
+  diff = checkpoint._variables_difference(variables, checkpoint._spec_shapes(spec), given=True)
+  if diff is not None:
+    raise checkpoint.SpecMismatchError(
+        f"{call}: the variables do not fit spec {spec.name!r}: {diff}. Pass the variables "
+        f"made for this spec (by jaxdepth.init, or returned with it by a method or a surgery "
+        f"pass), or the spec they were made for (with jaxdepth.with_identity for the sites a "
+        f"method removed).")
 
 
 def split_variables(spec: S.Spec, variables: Mapping[str, Any]) -> dict[str, dict]:

@@ -240,10 +240,19 @@ def cut_channels(spec: S.Spec, variables, site_counts: Mapping[str, object], *,
     every input on which the cut channels are OFF.
 
   Raises:
-    TypeError: ``site_counts`` is not a ``{site: counts}`` mapping.
+    TypeError: ``spec`` is not a Spec, or ``site_counts`` not a ``{site: counts}`` mapping.
     KeyError: a site of ``site_counts`` is not a live site of ``spec``.
     ValueError: counts of the wrong shape.
+    jaxdepth.checkpoint.SpecMismatchError: ``variables`` do not fit ``spec`` (the node
+      is named).
   """
+  _tree.check_model(spec, variables, "cut_channels(spec, variables, site_counts)")
+  return _cut_channels(spec, variables, site_counts, log=log)
+
+
+def _cut_channels(spec: S.Spec, variables, site_counts: Mapping[str, object], *,
+                  log: list | None = None):
+  """:func:`cut_channels` on variables already checked to fit ``spec`` (collapse checks once)."""
   if not isinstance(site_counts, Mapping):
     raise TypeError(f"site_counts must map each site to its (3, C) sign counts, e.g. the "
                     f"SiteStats.counts of an evaluation with collect_stats=True; got a "

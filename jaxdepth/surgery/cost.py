@@ -71,6 +71,7 @@ def measure_latency(spec: S.Spec, variables, *, batch: int = 1, repeats: int = 1
     The median wall time of a call, in seconds, on
     :func:`jaxdepth.network.random_input`.
   """
+  _tree.check_model(spec, variables, "measure_latency(spec, variables)")
   from jaxdepth import network
   fn = jax.jit(lambda v, x: network.Network(spec).apply(v, x))
   x = network.random_input(spec, batch)

@@ -46,6 +46,12 @@ def fold_batchnorm(spec: S.Spec, variables, *, log: list | None = None):
     ``(spec, variables)`` of an equal network (eval mode) without those
     BatchNorms; the convs they went into get a bias.
   """
+  _tree.check_model(spec, variables, "fold_batchnorm(spec, variables)")
+  return _fold_batchnorm(spec, variables, log=log)
+
+
+def _fold_batchnorm(spec: S.Spec, variables, *, log: list | None = None):
+  """:func:`fold_batchnorm` on variables already checked to fit ``spec`` (collapse checks once)."""
   node_vars = _tree.split_variables(spec, variables)
   ring_of = _tree.rings(log)
 

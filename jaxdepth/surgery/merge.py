@@ -270,6 +270,14 @@ def merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "m
     or, for an exact merge that needs a border correction, a Block of that
     name holding ``merged``, ``ones`` and ``border``.
   """
+  _tree.check_model(spec, variables, "merge_linear(spec, variables)")
+  return _merge_linear(spec, variables, mode=mode, cost=cost, max_chain=max_chain,
+                       latency_batch=latency_batch, log=log)
+
+
+def _merge_linear(spec: S.Spec, variables, *, mode: str = "exact", cost: str = "macs",
+                  max_chain: int = 4, latency_batch: int = 1, log: list | None = None):
+  """:func:`merge_linear` on variables already checked to fit ``spec`` (collapse checks once)."""
   check_mode(mode)
   if not isinstance(max_chain, int) or max_chain < 2:
     raise ValueError(f"max_chain must be an int >= 2, got {max_chain!r}")
@@ -342,6 +350,12 @@ def crop_kernels(spec: S.Spec, variables, *, log: list | None = None):
   Returns:
     ``(spec, variables)`` of an equal network with smaller kernels where possible.
   """
+  _tree.check_model(spec, variables, "crop_kernels(spec, variables)")
+  return _crop_kernels(spec, variables, log=log)
+
+
+def _crop_kernels(spec: S.Spec, variables, *, log: list | None = None):
+  """:func:`crop_kernels` on variables already checked to fit ``spec`` (collapse checks once)."""
   node_vars = _tree.split_variables(spec, variables)
   ring_of = _tree.rings(log)
 

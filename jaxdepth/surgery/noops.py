@@ -96,6 +96,12 @@ def drop_noops(spec: S.Spec, variables, *, dropout: bool = True, log: list | Non
   Returns:
     ``(spec, variables)`` of an equal network (eval mode).
   """
+  _tree.check_model(spec, variables, "drop_noops(spec, variables)")
+  return _drop_noops(spec, variables, dropout=dropout, log=log)
+
+
+def _drop_noops(spec: S.Spec, variables, *, dropout: bool = True, log: list | None = None):
+  """:func:`drop_noops` on variables already checked to fit ``spec`` (collapse checks once)."""
   node_vars = _tree.split_variables(spec, variables)
   if log is not None:
     log.extend(_tree.Edit("skip", path, f"{path}: identity dropped, nothing merged across it",

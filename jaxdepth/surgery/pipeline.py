@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 from jaxdepth import costs
 from jaxdepth import spec as S
-from jaxdepth.surgery import channels, fold_bn, merge, noops, residual
+from jaxdepth.surgery import _tree, channels, fold_bn, merge, noops, residual
 from jaxdepth.surgery.cost import COSTS
 
 __all__ = ["collapse", "layers_removed", "summary"]
@@ -43,7 +43,13 @@ def summary(before: S.Spec, after: S.Spec) -> dict:
     ``layers_removed`` (identity sites in ``before``), and ``macs``, ``params``
     and :func:`jaxdepth.costs.depth` (active sites, nonlinear and weight depth)
     of both specs.
+
+  Raises:
+    TypeError: ``before`` or ``after`` is not a Spec.
   """
+  S.check_spec(before, "summary(before, after)")
+  S.check_spec(after, "summary(before, after)")
+
   def figures(spec):
     return {"macs": costs.count_macs(spec), "params": costs.count_params(spec),
             **costs.depth(spec)._asdict()}
@@ -81,25 +87,32 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
   Returns:
     ``(spec, variables)``: a normal jaxdepth model (save it with
     :func:`jaxdepth.checkpoint.save_model`, train it, measure it).
+
+  Raises:
+    TypeError: ``spec`` is not a Spec (the arguments swapped, a JSON string).
+    jaxdepth.checkpoint.SpecMismatchError: ``variables`` do not fit ``spec`` (made for
+      another spec: another head or width); the first node that differs is named.
+    ValueError: an unknown ``mode`` or ``cost``.
   """
+  _tree.check_model(spec, variables, "collapse(spec, variables)")
   merge.check_mode(mode)
   if cost not in COSTS:
     raise ValueError(f"unknown cost {cost!r}; expected one of {COSTS}")
   log = [] if log is None else log
   if site_counts is not None:
-    spec, variables = channels.cut_channels(spec, variables, site_counts, log=log)
+    spec, variables = channels._cut_channels(spec, variables, site_counts, log=log)
   if remove_blocks:
-    spec, variables = residual.remove_blocks(spec, variables, remove_blocks, log=log)
-  spec, variables = fold_bn.fold_batchnorm(spec, variables, log=log)
-  spec, variables = noops.drop_noops(spec, variables, log=log)
+    spec, variables = residual._remove_blocks(spec, variables, remove_blocks, log=log)
+  spec, variables = fold_bn._fold_batchnorm(spec, variables, log=log)
+  spec, variables = noops._drop_noops(spec, variables, log=log)
   loop_start = len(log)
   for _ in range(16):
     before, round_start = spec, len(log)
-    spec, variables = merge.merge_linear(spec, variables, mode=mode, cost=cost,
-                                         max_chain=max_chain, latency_batch=latency_batch,
-                                         log=log)
-    spec, variables = residual.fold_residuals(spec, variables, cost=cost,
-                                              latency_batch=latency_batch, log=log)
+    spec, variables = merge._merge_linear(spec, variables, mode=mode, cost=cost,
+                                          max_chain=max_chain, latency_batch=latency_batch,
+                                          log=log)
+    spec, variables = residual._fold_residuals(spec, variables, cost=cost,
+                                               latency_batch=latency_batch, log=log)
     if spec == before:
       break
   # Each round logs the merges it skipped; only the last round's describe the result.
@@ -110,4 +123,4 @@ def collapse(spec: S.Spec, variables, *, mode: str = "exact",
   paths = {p for p, _ in spec.walk()}
   log[:loop_start] = [e for e in log[:loop_start]
                       if not (e.kind == "skip" and e.between and e.between[-1] not in paths)]
-  return merge.crop_kernels(spec, variables, log=log)
+  return merge._crop_kernels(spec, variables, log=log)

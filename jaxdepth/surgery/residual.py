@@ -103,6 +103,13 @@ def fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch
     name holding the op (named like the branch op) and ``post``, so the paths
     of the sites in ``post`` do not change.
   """
+  _tree.check_model(spec, variables, "fold_residuals(spec, variables)")
+  return _fold_residuals(spec, variables, cost=cost, latency_batch=latency_batch, log=log)
+
+
+def _fold_residuals(spec: S.Spec, variables, *, cost: str = "macs", latency_batch: int = 1,
+                    log: list | None = None):
+  """:func:`fold_residuals` on variables already checked to fit ``spec`` (collapse checks once)."""
   cost_fn = C.make_cost(cost, batch=latency_batch)
   cost_name = C.NAMES[cost]
   node_vars = _tree.split_variables(spec, variables)
@@ -256,7 +263,16 @@ def remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
   Raises:
     KeyError: a path names no node.
     ValueError: a path is not a block with an identity shortcut.
+    TypeError: ``spec`` is not a Spec.
+    jaxdepth.checkpoint.SpecMismatchError: ``variables`` do not fit ``spec`` (the node
+      is named).
   """
+  _tree.check_model(spec, variables, "remove_blocks(spec, variables, paths)")
+  return _remove_blocks(spec, variables, paths, log=log)
+
+
+def _remove_blocks(spec: S.Spec, variables, paths, *, log: list | None = None):
+  """:func:`remove_blocks` on variables already checked to fit ``spec`` (collapse checks once)."""
   paths = [paths] if isinstance(paths, str) else list(paths)
   shapes = spec.shapes()
   for p in paths:
