@@ -466,6 +466,46 @@ def test_a_killed_lacoot_run_resumes_to_the_same_result(tiny, finished, tmp_path
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_shifted_never_counts_the_unit_it_never_removes_and_stops_after_its_last(tiny,
+                                                                                 tmp_path):
+  """Under "shifted" the last unit in call order is not in the removal order: it stays in
+  every saved model, is never counted as removed, and the run ends once the order's last
+  removal is evaluated (not one duplicate evaluation per iteration asked)."""
+  spec, variables, ds = tiny
+
+  def untrained(spec, variables, dataset, recipe, **kw):
+    return training.FitResult(variables, None, [], training.TrainState.create(
+        variables, optim.make_optimizer(recipe, 1), 0))
+
+  method = LaCoOT(n_projections=16, order="shifted")
+  assert method.default_iterations(spec) == len(UNITS)   # the trained network, then 2 removals
+
+  def run(iterations):
+    return driver.run(method, spec, ds, RECIPE, tmp_path, variables=variables, progress=False,
+                      eval_batch_size=64, tolerance=100.0, iterations=iterations,
+                      trainer=untrained, merge=False)
+
+  entries = run(10).report["iterations"]
+  order = entries[0]["decision"]["order"]
+  assert order == list(lacoot.removal_order(entries[0]["distances"], "shifted"))
+  assert len(order) == 2 and UNITS[-1] not in order
+  assert [e["units_removed"] for e in entries] == [0, 1, 2]
+  assert [e["removed_now"] for e in entries] == [[order[0]], [order[1]], []]
+  for e in entries:
+    shallow, _ = checkpoint.load_model(tmp_path / f"iterations/{e['iteration']:03d}/model")
+    gone = [u for u in UNITS if u not in lacoot.find_blocks(shallow)]
+    assert e["removed"] == gone and e["units_removed"] == len(gone)
+    assert UNITS[-1] not in e["removed"] and list(e["distances"]) == [
+        u for u in UNITS if u not in gone]
+  assert UNITS[-1] in entries[-1]["decision"]["stop"]   # why the run ended
+  result = run(12)   # more iterations asked of the finished run: nothing is left to do
+  assert result.report["iterations"] == entries
+  chosen = result.report["chosen"]
+  assert chosen["units_removed"] == 2 and chosen["removed"] == sorted(order, key=UNITS.index)
+  assert UNITS[-1] in lacoot.find_blocks(result.chosen_spec)
+  assert float(result.state["gates"][UNITS.index(UNITS[-1])]) == 1.0
+
+
 def test_bad_method_settings_are_named():
   with pytest.raises(ValueError, match="λ must be a finite number >= 0"):
     LaCoOT(weight=-0.5)

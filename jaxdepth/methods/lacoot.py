@@ -721,11 +721,15 @@ class LaCoOT:
   Iteration 0 trains with the regularizer, measures every unit's validation
   distance and ranks the units (:func:`removal_order`); every later iteration
   trains nothing (``TrainOptions(epochs=0)``) and evaluates the network with
-  one more unit gated to the identity, until all are. The state is
+  one more unit gated to the identity, until the order's units all are. The state is
   ``{"gates": (n,) f32, "rank": (n,) i32, "distances": (n,) f32, "ranked": i32}``:
-  a unit's gate (0 = removed), its place in the removal order (``-1``: never
-  removed), its validation distance, and whether the ranking is made (after
-  iteration 0).
+  a unit's gate (0 = removed), its place in the removal order (``-1``: not in
+  it, never removed: the last unit under ``"shifted"``), its validation
+  distance, and the stage: 0 before the ranking, 1 once it is made (after
+  iteration 0), 2 once the order's last removal has been evaluated.
+
+  The live units are those whose gate is on (a unit the order never reaches stays
+  live, and in the saved model); none at stage 2, which ends the run.
 
   Attributes:
     weight: λ, the regularizer's weight (>= 0; 0 trains without it).
@@ -785,17 +789,20 @@ class LaCoOT:
     return bool(state["ranked"])
 
   def _live_indices(self, state) -> list[int]:
+    """The units whose gate is on, ranked or not; none once the order is done."""
     state = self._host(state)
-    ranked = self._ranked(state)
-    return [i for i in range(len(state["gates"]))
-            if state["gates"][i] != 0 and (not ranked or state["rank"][i] >= 0)]
+    if int(state["ranked"]) == 2:
+      return []
+    return [i for i in range(len(state["gates"])) if state["gates"][i] != 0]
 
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
     units = self.units(spec)
     return tuple(units[i] for i in self._live_indices(state))
 
   def default_iterations(self, spec: S.Spec) -> int:
-    return len(self.units(spec)) + 1   # the trained network, then one removal more each
+    # The trained network, then one removal more each; "shifted" never removes the last unit.
+    n = len(self.units(spec))
+    return n if self.order == "shifted" else n + 1
 
   def node_gates(self, spec: S.Spec, state) -> dict[str, jax.Array]:
     """``{unit: gate}`` for :func:`jaxdepth.network.forward`."""
@@ -835,10 +842,13 @@ class LaCoOT:
     live = self._live_indices(state)
     if len(live) != len(scores):
       raise ValueError(f"{len(scores)} scores for {len(live)} live units")
-    if not live:
-      return base.Decision(())
     names = dict(zip(live, scores))
-    nxt = min(live, key=lambda i: host["rank"][i])
+    ranked = [i for i in live if host["rank"][i] >= 0]
+    if not ranked:   # the order is done; a unit it never reaches stays
+      kept = [names[i] for i in live]
+      return base.Decision((), {"stop": f"the {self.order!r} removal order never removes "
+                                        f"{', '.join(kept)}"} if kept else None)
+    nxt = min(ranked, key=lambda i: host["rank"][i])
     return base.Decision((names[nxt],))
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
@@ -857,10 +867,12 @@ class LaCoOT:
       if scores is not None:
         distances = np.asarray([scores[u] for u in units], np.float32)
     gates = np.where([u in decision.remove for u in units], 0.0, host["gates"])
+    # Nothing removed and no ranked unit left: the order's last removal was just evaluated.
+    done = not decision.remove and not any(r >= 0 and g != 0 for r, g in zip(rank, gates))
     return variables, {"gates": jnp.asarray(gates, jnp.float32),
                        "rank": jnp.asarray(rank, jnp.int32),
                        "distances": jnp.asarray(distances, jnp.float32),
-                       "ranked": jnp.ones((), jnp.int32)}
+                       "ranked": jnp.asarray(2 if done else 1, jnp.int32)}
 
   def export(self, spec: S.Spec, variables, state):
     host = self._host(state)
