@@ -24,6 +24,9 @@ from train import __main__ as cli
 from train import command
 from train import config as config_lib
 from train import easier as easier_cli
+from train import egp as egp_cli
+from train import lacoot as lacoot_cli
+from train import tlc as tlc_cli
 
 # An upper-case document name other than README.md: a citation of a file users do not have.
 _CITED_DOC = re.compile(r"\b(?!README\.md)[A-Z][A-Z_]+\.md\b")
@@ -410,6 +413,39 @@ def test_overrides_are_read_as_the_type_of_their_key():
                               ("config", "x")])
   assert [line.split(":")[0] for line in e.value.lines] == [
       "--config.epochs=2.5", "--config.val_augment=maybe", "--config.lr=None", "--config.config=x"]
+
+
+def test_a_dotted_override_fills_a_dict_that_is_none_by_default():
+  cfg = config_lib.load("egp_digits", egp_cli.METHOD_DEFAULTS)
+  assert cfg.layers is None
+  assert config_lib.override(cfg, [("layers.relu", "conv1")])["layers"] == {"relu": "conv1"}
+
+
+def test_a_tuple_of_names_is_comma_separated_and_numbers_stay_numbers():
+  lacoot = config_lib.load("lacoot_digits", lacoot_cli.METHOD_DEFAULTS)
+  assert config_lib.override(lacoot, [("blocks", "layer1/1, layer2/1")]).blocks == (
+      "layer1/1", "layer2/1")
+  egp = config_lib.load("egp_digits", egp_cli.METHOD_DEFAULTS)
+  for text in ("relu", "relu,", "'relu',"):
+    assert config_lib.override(egp, [("skip", text)]).skip == ("relu",)
+  assert config_lib.override(egp, [("skip", "()")]).skip == ()
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.override(egp, [("milestones", "a,b"), ("milestones", "2.5"), ("skip", "None")])
+  assert [line.split(" (it is")[0] for line in e.value.lines] == [
+      "--config.milestones=a,b: milestones takes a tuple of integers, e.g. 2,4 or ()",
+      "--config.milestones=2.5: milestones takes a tuple of integers, e.g. 2,4 or ()",
+      "--config.skip=None: skip takes a tuple, e.g. layer1/1,layer2/1 or relu or ()"]
+
+
+def test_a_config_file_may_set_only_a_placeholder_key_to_none(tmp_path):
+  path = tmp_path / "nones.py"
+  path.write_text("from train.configs import tlc_digits\n\ndef get_config():\n"
+                  "  config = tlc_digits.get_config()\n  config.augment = None\n"
+                  "  config.iterations = None\n  return config\n")
+  with pytest.raises(config_lib.ConfigError) as e:
+    config_lib.load(path, tlc_cli.METHOD_DEFAULTS)
+  assert e.value.lines == [f"config {path}: augment=None, but augment takes true or false "
+                           f"(default True); set it to one or leave it out"]
 
 
 def test_set_still_works_as_config_overrides(tmp_path):

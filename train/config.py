@@ -18,8 +18,10 @@ a few keys::
 
 On the command line ``--config NAME_OR_PATH`` selects a file and
 ``--config.KEY=VALUE`` overrides one key; the value is read as the key's type
-(``--config.lr=0.05``, ``--config.milestones=2,4``, ``--config.image_size=None``)
-and a value of another type is refused by name. Unknown keys are refused too.
+(``--config.lr=0.05``, ``--config.milestones=2,4``, ``--config.image_size=None``,
+a tuple of names comma-separated: ``--config.skip=relu``,
+``--config.blocks=layer1/1,layer2/1``) and a value of another type is refused by
+name, as are unknown keys and, in a file, None for a key that takes no None.
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ import math
 import pathlib
 import re
 import traceback
+import typing
 from collections.abc import Mapping
 from typing import Any
 
@@ -74,6 +77,10 @@ FREE_KEYS = ("config", "data_dir", "eval_batch_size", "eval_every", "checkpoint_
              "epochs")
 
 _RECIPE_KEYS = tuple(f.name for f in dataclasses.fields(optim.Recipe))
+# Tuple keys of the recipe whose items are numbers (milestones: tuple[int, ...]).
+_NUMBER_TUPLES = {name: typing.get_args(hint)[0]
+                  for name, hint in typing.get_type_hints(optim.Recipe).items()
+                  if typing.get_origin(hint) is tuple}
 DTYPES = ("float32", "bfloat16")
 NORMALIZATIONS = ("imagenet", "cifar")
 
@@ -171,6 +178,10 @@ def load(config: str | pathlib.Path, extra_defaults: Mapping[str, Any] | None = 
       problems.append(f"config {path}: unknown key {key!r}; {_suggest(key, out.keys())}"
                       f"known keys: {', '.join(sorted(out.keys()))}")
       continue
+    if value is None and not _nullable(out, key):   # a ConfigDict would take it silently
+      problems.append(f"config {path}: {key}=None, but {key} takes {_type_words(out, key)} "
+                      f"(default {out[key]!r}); set it to one or leave it out")
+      continue
     try:
       out[key] = value.to_dict() if isinstance(value, ml_collections.ConfigDict) else value
     except TypeError:
@@ -197,10 +208,22 @@ def _nullable(cfg: ml_collections.ConfigDict, key: str) -> bool:
   return isinstance(field, config_dict.FieldReference) or cfg[key] is None
 
 
+def _item_type(cfg: ml_collections.ConfigDict, key: str) -> type:
+  """The items' type of a tuple key: the recipe's annotation, else its items now, else str."""
+  if key in _NUMBER_TUPLES:
+    return _NUMBER_TUPLES[key]
+  items = cfg[key] or ()
+  return int if items and all(_is_int(v) for v in items) else (
+      float if items and all(_is_number(v) for v in items) else str)
+
+
 def _type_words(cfg, key) -> str:
   kind = _type_of(cfg, key)
+  tuples = {int: "a tuple of integers, e.g. 2,4 or ()", float: "a tuple of numbers, e.g. 0.5,1 "
+            "or ()", str: "a tuple, e.g. layer1/1,layer2/1 or relu or ()"}
   words = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
-           tuple: "a tuple, e.g. 2,4 or ()", dict: "a dict, e.g. {'width': 8}"}
+           tuple: tuples[_item_type(cfg, key)] if kind is tuple else None,
+           dict: "a dict, e.g. {'width': 8}"}
   text = words.get(kind, "a Python literal")
   return f"{text} or None" if _nullable(cfg, key) and kind is not type(None) else text
 
@@ -226,15 +249,35 @@ def _parse(cfg: ml_collections.ConfigDict, key: str, text: str) -> Any:
     if len(stripped) >= 2 and stripped[0] == stripped[-1] and stripped[0] in "'\"":
       return stripped[1:-1]
     return text
+  if kind is tuple:
+    return _parse_tuple(cfg, key, stripped)
   try:
     value = ast.literal_eval(stripped)
   except (ValueError, SyntaxError):
-    if kind in (tuple, dict):
+    if kind is dict:
       raise ValueError from None
     return text
-  if kind is tuple:
-    value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
-  elif kind is dict and not isinstance(value, dict):
+  if kind is dict and not isinstance(value, dict):
+    raise ValueError
+  return value
+
+
+def _parse_tuple(cfg: ml_collections.ConfigDict, key: str, text: str) -> tuple:
+  """A Python literal (``2,4``, ``()``, ``"'relu',"``); for a tuple of strings also plain
+  comma-separated names (``layer1/1,layer2/1``, ``relu``; empty items dropped)."""
+  items = _item_type(cfg, key)
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if items is not str:
+      raise ValueError from None
+    value = text
+  if items is str and isinstance(value, str):
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+  value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if items is not str and not all((_is_int if items is int else _is_number)(v) for v in value):
+    raise ValueError
+  if any(v is None for v in value):
     raise ValueError
   return value
 
@@ -265,8 +308,9 @@ def override(cfg: ml_collections.ConfigDict, assignments: list[tuple[str, str]]
         value = ast.literal_eval(text)
       except (ValueError, SyntaxError):
         value = text
-      inner = out[head].to_dict() if isinstance(out[head], ml_collections.ConfigDict) else dict(
-          out[head])
+      current = out[head]   # None: a placeholder dict not set yet
+      inner = (current.to_dict() if isinstance(current, ml_collections.ConfigDict)
+               else dict(current or {}))
       inner[rest] = value
       out[head] = inner
       continue

@@ -18,7 +18,9 @@ Layouts (``layout="auto"`` picks by looking at the folder):
   Training: random resized crop to ``image_size`` (default 224) with area
   80-100 %, flip, colour jitter 0.4 (brightness, contrast, saturation, hue; in
   a fixed order, not torchvision's random one). Evaluation: shorter side to
-  ``image_size``, centre crop.
+  ``image_size``, centre crop; the test split always, validation unless
+  ``val_augment`` (TLC's and EASIER's code augment validation and test alike:
+  one training transform for the whole concatenated dataset).
 * ``"classes"`` (plain ImageFolder): ``root/<class>/<image>``; split and
   augmented like ``"domains"``.
 

@@ -2,7 +2,8 @@
 
 Run:   python -m train fit --config flowers102 --data-dir DIR
        (DIR holds oxford_flowers102 prepared as ArrayRecord; see jaxdepth.data)
-Takes: 50 epochs of 64 steps at batch 16 (the tfds train split has 1,020 images).
+Takes: 50 epochs of 63 steps at batch 16 (the tfds train split has 1,020 images;
+       the last partial batch is dropped).
 Reaches: the paper fine-tunes ImageNet weights (with mixup 0.8 / cutmix 1.0);
          jaxdepth trains from scratch without them, so expect far less.
 

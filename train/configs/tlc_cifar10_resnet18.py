@@ -11,8 +11,9 @@ lr x0.1 at epochs 80 and 120, a fresh optimizer (seed 43 as the official
 scripts); 45k/5k train/validation split, crop (pad 4) + flip, ImageNet
 normalisation. Candidates are ranked on the first 128 validation images; the
 official prefix rule. --config.val_augment=True reproduces the official
-validation split, which keeps the training augmentation (so the ranking batch
-is augmented differently at every call).
+validation split, which keeps the training augmentation; the ranking batch is
+then augmented, but with the same fixed draw at every iteration and run (the
+official code draws a new augmentation at every call).
 """
 
 from train.configs import cifar10_resnet18
