@@ -76,8 +76,12 @@ convolution and that BatchNorm as one function, its statistics and gradient
 computed from the narrow input's Gram matrix without passes over the wide output.
 
 These are CPU formulations: the executor (:mod:`jaxdepth.network`) uses them
-when JAX's default backend is the CPU (:func:`wanted`); GPUs and TPUs keep XLA's
-own convolutions and Flax's BatchNorm.
+when JAX's default backend is the CPU (:func:`wanted`), the convolutions and
+BatchNorm for float32 only (max-pool for any dtype); GPUs and TPUs, and bfloat16
+compute on the CPU, keep XLA's own convolutions and Flax's BatchNorm (XLA:CPU
+miscompiles a bfloat16 matrix product followed by a bias, a residual add, a ReLU
+and a mean into NaN or garbage, and the matrix-product plans make exactly that of
+a biased residual block before global average pooling).
 
 Custom VJPs support reverse-mode differentiation only: ``jax.jvp``, ``jax.jacfwd``
 and ``jax.hessian`` of a network through them fail with "can't apply

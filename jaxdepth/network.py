@@ -168,18 +168,22 @@ def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None, r
                          dimension_numbers=None, feature_group_count=1, precision=None, **kw):
   """``lax.conv_general_dilated``, run by :func:`jaxdepth.cpu_ops.conv` on the CPU.
 
-  On the CPU, a channel-last 2-D convolution without dilation, with explicit
-  non-negative padding, goes to :func:`jaxdepth.cpu_ops.conv`: the same function,
-  with its forward and backward passes written as the convolutions and matrix
-  products XLA:CPU runs fast (a tiny map as one matrix product, depthwise as
+  On the CPU, a float32, channel-last 2-D convolution without dilation, with
+  explicit non-negative padding, goes to :func:`jaxdepth.cpu_ops.conv`: the same
+  function, with its forward and backward passes written as the convolutions and
+  matrix products XLA:CPU runs fast (a tiny map as one matrix product, depthwise as
   shifted multiply-adds, weight gradients as matrix products, no naive
   loops). Anything else, every other backend, and ``JAXDEPTH_CPU_OPS=xla``
   (for forward-mode differentiation, which the custom VJPs do not support) go to
-  ``lax.conv_general_dilated``.
+  ``lax.conv_general_dilated``, bfloat16 included: XLA:CPU miscompiles a bfloat16
+  matrix product followed by a bias, a residual add, a ReLU and a mean (NaN, inf
+  or values off by 1e37 from a batch of about 64), which is what the matrix-product
+  plans make of a biased residual block before global average pooling.
   """
   spatial = lhs.shape[1:-1]
   nhwc = ("NHWC", "HWIO", "NHWC")
   if (kw == {} and precision is None and len(spatial) == 2 and cpu_ops.wanted()
+      and lhs.dtype == rhs.dtype == jnp.float32
       and not isinstance(padding, str) and all(p >= 0 for pair in padding for p in pair)
       and jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, nhwc) in (
           dimension_numbers, jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape,

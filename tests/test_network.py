@@ -179,6 +179,23 @@ def test_bf16_compute_keeps_float32_params_and_output(variables):
   assert {v.dtype for v in jax.tree.leaves(trained.batch_stats)} == {jnp.dtype(jnp.float32)}
 
 
+def test_bf16_residual_block_on_a_tiny_map_stays_finite_on_the_cpu():
+  """Biased 3x3 convs on a 2x2 map, a residual add, ReLU, global average pool (a
+  collapsed ResNet's tail): as cpu_ops' matrix products XLA:CPU miscompiled this in
+  bfloat16 from a batch of about 64 (NaN, inf, values off by 1e37), so bfloat16
+  convs keep lax's."""
+  block = S.Block("b", branch=(S.Conv("conv1", features=16, padding=1, bias=True), S.Act("relu1"),
+                               S.Conv("conv2", features=16, padding=1, bias=True)),
+                  post=(S.Act("relu2"),))
+  spec = S.Spec(input_shape=(2, 2, 16), layers=(block, S.Pool("gap", "global_avg")), name="tail")
+  variables = N.init(spec, jax.random.key(0))
+  x = np.abs(np.random.default_rng(0).standard_normal((256, 2, 2, 16), dtype=np.float32))
+  bf16 = np.asarray(N.forward(spec, variables, x, dtype=jnp.bfloat16).logits)
+  f32 = np.asarray(N.forward(spec, variables, x).logits)
+  assert np.isfinite(bf16).all()
+  np.testing.assert_allclose(bf16, f32, atol=0.05 * np.abs(f32).max())
+
+
 def test_train_mode_without_a_dropout_key_says_to_pass_one(variables):
   with pytest.raises(ValueError, match=r"spec 'tiny' has dropout.*pass rng=jax.random.key"):
     N.forward(SPEC, variables, x_batch(), train=True)
