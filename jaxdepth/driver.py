@@ -19,7 +19,8 @@ saved as spec JSON + orbax (``chosen/``, reloaded by
 
 Work directory::
 
-    run.json             what is run (method, its options, spec, dataset, recipe, seed)
+    run.json             what is run (method, its options, spec, dataset, recipe, seed,
+                         compute dtype)
     checkpoints/         orbax, one per finished iteration: train state (variables,
                          optimizer state, rng), method state, the report so far
     iterations/NNN/      metrics.jsonl (one line per epoch: train loss and accuracy,
@@ -40,9 +41,9 @@ Determinism: iteration ``i`` trains with the seed :func:`iteration_seed` (seed,
 i), which keys its data order, augmentation and dropout; so a killed run
 started again with the same arguments ends with the same report and
 parameters as an uninterrupted one (bit for bit on CPU). A work directory
-holding another run (another model, dataset, recipe, method option or seed) is
-refused before anything is written; only ``iterations`` and ``tolerance`` may
-change between calls (more iterations continue a finished run).
+holding another run (another model, dataset, recipe, method option, seed or
+compute dtype) is refused before anything is written; only ``iterations`` and
+``tolerance`` may change between calls (more iterations continue a finished run).
 """
 from __future__ import annotations
 
@@ -156,6 +157,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   stopped before saving anything) owns nothing: the new run takes the directory over.
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
+  A ``run.json`` written before the compute dtype was recorded resumes with any.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -180,6 +182,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"directory")
   if "variables" not in identity:
     stored.pop("variables", None)
+  if "dtype" not in stored:   # a run.json written before the dtype was recorded says nothing
+    stored["dtype"] = identity["dtype"]
   diffs = _differences(stored, identity)
   if diffs:
     hint = (" (variables is a digest of the initial variables: a run started from "
@@ -257,7 +261,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     tolerance: allowed validation-accuracy drop of the operating point, in points.
     seed: initialisation and the per-iteration seeds (:func:`iteration_seed`).
     mesh: the device mesh (default: every device).
-    dtype: compute dtype.
+    dtype: compute dtype (part of the run's identity, as ``"float32"`` for ``None``).
     eval_batch_size: batch size of the evaluations (default: the recipe's).
     progress: progress bars.
     checkpoint_epochs: also checkpoint every epoch inside an iteration (a killed
@@ -317,7 +321,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   # LaCoOT's distances): another one changes the decisions.
   identity = {"method": method.name, "method_options": method.options(),
               "spec": spec.to_dict(), "dataset": dataset.name, "recipe": recipe.to_dict(),
-              "seed": seed, "eval_batch_size": eval_batch_size, "info": info or {}}
+              "seed": seed, "dtype": training.dtype_name(dtype),
+              "eval_batch_size": eval_batch_size, "info": info or {}}
   if variables is not None:   # given ones are part of the identity (None: the run's own)
     identity["variables"] = training.variables_digest(variables, mesh)
   _check_identity(workdir, identity)
@@ -620,7 +625,8 @@ def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, An
   return {
       "method": identity["method"], "method_options": identity["method_options"],
       "model": identity["spec"]["name"], "dataset": identity["dataset"],
-      "recipe": identity["recipe"], "seed": identity["seed"], "info": identity["info"],
+      "recipe": identity["recipe"], "seed": identity["seed"], "dtype": identity["dtype"],
+      "info": identity["info"],
       "unit": method.unit, "units_total": total, "score_name": method.score_name,
       "score_unit": getattr(method, "score_unit", None),
       "tolerance_points": tolerance, "finished": chosen is not None,

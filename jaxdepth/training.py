@@ -63,7 +63,7 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
-    "variables_digest", "check_variables", "check_split",
+    "variables_digest", "dtype_name", "check_variables", "check_split",
 ]
 
 DATA_AXIS = "data"
@@ -696,18 +696,26 @@ def _gate_values(node_gates) -> dict[str, float] | None:
   return {p: float(jax.device_get(g)) for p, g in sorted(node_gates.items())}
 
 
+def dtype_name(dtype) -> str:
+  """The compute dtype as a run records it: ``None`` (no cast) computes as ``"float32"``."""
+  return "float32" if dtype is None else jnp.dtype(dtype).name
+
+
 def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
   stored = dict(meta.get("recipe", {}))
   asked = recipe.to_dict()
   stored.pop("epochs", None), asked.pop("epochs", None)
   diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
            for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
-  diffs += [f"{k}: {meta.get('run', {}).get(k)!r} stored, {v!r} asked"
-            for k, v in run.items() if meta.get("run", {}).get(k) != v]
+  stored_run = dict(meta.get("run", {}))
+  # Checkpoints written before the dtype was normalised record dtype=None as None.
+  stored_run["dtype"] = stored_run.get("dtype") or "float32"
+  diffs += [f"{k}: {stored_run.get(k)!r} stored, {v!r} asked"
+            for k, v in run.items() if stored_run.get(k) != v]
   if diffs:
     hint = (" (variables is a digest of the initial variables: resume from the ones the run "
-            "started with)" if meta.get("run", {}).get("variables") != run.get("variables")
-            else "")
+            "started with)" if "variables" in run
+            and stored_run.get("variables") != run["variables"] else "")
     raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
                            f"resume it with the same settings or use another directory")
 
@@ -772,8 +780,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
-  dataset, seed, compute dtype, options, the initial variables: a digest of
-  them, masks applied, :func:`variables_digest`) raise :class:`RunMismatchError`.
+  dataset, seed, compute dtype (``None`` is ``float32``), options, the initial
+  variables: a digest of them, masks applied, :func:`variables_digest`) raise
+  :class:`RunMismatchError`.
   Only ``recipe.epochs`` may change between calls, to extend a run. A custom
   ``tx`` is recorded only as being one (optax transformations cannot be
   compared): keeping it the same on resume is the caller's part; one whose state
@@ -858,7 +867,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
   run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
-         "custom_tx": custom_tx, "dtype": None if dtype is None else jnp.dtype(dtype).name,
+         "custom_tx": custom_tx, "dtype": dtype_name(dtype),
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),
          "regularizer": None if regularizer is None else regularizer.name,

@@ -4,6 +4,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -301,6 +302,30 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
   assert not (tmp_path / "new").exists()
+
+
+def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
+  # fit refuses another dtype only inside an iteration; its epoch checkpoints go once it ends.
+  ds, spec = digits
+
+  def run(dtype, iterations=1):
+    return driver.run(Easier(), spec, ds, RECIPE, tmp_path, iterations=iterations, dtype=dtype,
+                      progress=False, eval_batch_size=512, latency_batches=(), merge=False)
+
+  first = run(jnp.bfloat16)
+  assert first.report["dtype"] == "bfloat16"
+  assert json.loads((tmp_path / "run.json").read_text())["dtype"] == "bfloat16"
+  before = _snapshot(tmp_path)
+  with pytest.raises(driver.RunMismatchError, match="dtype: 'bfloat16' there, 'float32' asked"):
+    run(None, iterations=2)
+  assert _snapshot(tmp_path) == before
+  # The same dtype by another name resumes (the finished run trains nothing more).
+  assert run("bfloat16").report["iterations"] == first.report["iterations"]
+  # A run.json written before the dtype was recorded says nothing of it.
+  stored = json.loads((tmp_path / "run.json").read_text())
+  del stored["dtype"]
+  (tmp_path / "run.json").write_text(json.dumps(stored))
+  assert run(jnp.dtype("bfloat16")).report["dtype"] == "bfloat16"
 
 
 def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpoint_is_left(

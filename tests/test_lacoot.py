@@ -524,6 +524,24 @@ def test_bad_method_settings_are_named():
     lacoot.regularizer("layer1/1")
 
 
+def test_a_validation_split_of_one_example_is_refused_before_any_training(tiny, tmp_path):
+  spec, variables, _ = tiny
+  ds = data.load("digits", val_fraction=0.001)
+  assert ds.val.num_examples == 1
+  trained = []   # the driver refuses before iteration 0 trains (it used to, then refuse)
+
+  def trainer(*args, **kw):
+    trained.append(True)
+    raise AssertionError("trained")
+
+  with pytest.raises(ValueError, match=r"holds 1 example\(s\); LaCoOT's distances need 2 "
+                                       r"samples or more: hold out more validation data \(a "
+                                       r"larger val_fraction\)"):
+    driver.run(LaCoOT(), spec, ds, RECIPE, tmp_path / "run", variables=variables,
+               progress=False, trainer=trainer)
+  assert trained == [] and not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ command line
 
 

@@ -283,9 +283,35 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   with pytest.raises(training.RunMismatchError, match="lr"):
     training.fit(spec, variables, digits, RECIPE.replace(lr=0.1), options=STATS,
                  seed=3, progress=False, workdir=tmp_path)
-  with pytest.raises(training.RunMismatchError, match="dtype: None stored, 'bfloat16' asked"):
+  with pytest.raises(training.RunMismatchError, match="dtype: 'float32' stored, 'bfloat16' asked"):
     training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
                  workdir=tmp_path, dtype=jnp.bfloat16)
+
+
+def test_dtype_none_and_float32_resume_each_other_bit_identical(
+    digits, reference, tmp_path, monkeypatch):
+  # They compute the same; a checkpoint written before the dtype was normalised holds None.
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  old = lambda dtype: None if dtype is None else jnp.dtype(dtype).name  # noqa: E731
+  for first, then, recorded in ((None, jnp.float32, old), (jnp.float32, None, None)):
+    workdir = tmp_path / str(first)
+    killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
+    with monkeypatch.context() as m:
+      if recorded is not None:
+        m.setattr(training, "dtype_name", recorded)
+      with pytest.raises(KeyboardInterrupt):
+        training.fit(spec, variables, killed, RECIPE, options=STATS, seed=3, progress=False,
+                     workdir=workdir, dtype=first)
+    resumed = training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3,
+                           progress=False, workdir=workdir, dtype=then)
+    _same(reference.variables, resumed.variables)
+    assert _without_time(resumed.history) == _without_time(reference.history)
+    with pytest.raises(training.RunMismatchError,
+                       match="dtype: 'float32' stored, 'bfloat16' asked"):
+      training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
+                   workdir=workdir, dtype=jnp.bfloat16)
 
 
 def test_a_run_killed_in_its_last_epochs_refuses_fewer_epochs(digits, tmp_path):
@@ -508,6 +534,10 @@ def test_fit_refuses_a_workdir_of_other_initial_variables(digits, tmp_path):
   with pytest.raises(training.RunMismatchError, match=r"variables: '[0-9a-f]{16}' stored, "
                      r"'[0-9a-f]{16}' asked\) \(variables is a digest of the initial variables"):
     training.fit(spec, network.init(spec, jax.random.key(1)), digits, one, seed=3,
+                 progress=False, workdir=tmp_path)
+  # Another setting with the same variables: no word of the variables.
+  with pytest.raises(training.RunMismatchError, match=r"\(seed: 3 stored, 4 asked\); resume"):
+    training.fit(spec, network.init(spec, jax.random.key(0)), digits, one, seed=4,
                  progress=False, workdir=tmp_path)
 
 

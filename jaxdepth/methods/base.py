@@ -116,8 +116,9 @@ class Method(Protocol):
   "score_unit", None)``, so a method without one still satisfies the protocol.
   Optional method: ``check_data(spec, dataset)``, which raises ``ValueError`` on
   data the method cannot measure (EASIER's and EGP's dataset-level counts on a
-  split too large for them, TLC's ranking batch on a smaller validation split); the
-  driver calls it before writing anything.
+  split too large for them, TLC's ranking batch on a smaller validation split,
+  LaCoOT's distances on fewer than 2 validation examples); the driver calls it
+  before writing anything.
   """
   name: str
   unit: str

@@ -818,14 +818,23 @@ class LaCoOT:
            if self.weight > 0 else None)
     return base.TrainOptions(node_gates=gates, regularizer=reg)
 
+  def check_data(self, spec: S.Spec, dataset) -> None:
+    """Refuses a dataset without 2 validation examples (a distance's least), before training."""
+    del spec
+    if dataset is None or dataset.val is None:
+      raise ValueError("LaCoOT measures its distances on the validation split; the dataset "
+                       "has none (load it with val_fraction > 0)")
+    if dataset.val.num_examples < 2:
+      raise ValueError(f"the validation split holds {dataset.val.num_examples} example(s); "
+                       f"LaCoOT's distances need 2 samples or more: hold out more validation "
+                       f"data (a larger val_fraction)")
+
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, float]:
     host = self._host(state)
     units = self.units(spec)
     if self._ranked(host):   # the distances the ranking was made on
       return {units[i]: float(host["distances"][i]) for i in self._live_indices(state)}
-    if context.dataset is None or context.dataset.val is None:
-      raise ValueError("LaCoOT measures its distances on the validation split; the dataset "
-                       "has none (load it with val_fraction > 0)")
+    self.check_data(spec, context.dataset)   # an own loop's context may come without the driver's
     values = block_distances(
         spec, variables, context.dataset.val, units, rng=context.rng,
         batch_size=context.eval_batch_size or 256, n_projections=self.n_projections,
