@@ -954,7 +954,9 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
   or an NNX ``__init__`` argument), with the entries of ``model_kwargs`` it takes
   (the others, e.g. a config's arguments for its own zoo model, are left out), and
   for NNX with ``rngs=``; then initialised with ``seed`` and converted (and checked) by
-  :func:`from_flax` on a standard-normal sample of shape ``(2, *input_shape)``.
+  :func:`from_flax` on a standard-normal sample of shape ``(2, *input_shape)``. The
+  mode flag is read from ``__call__``'s arguments: ``train`` (True in train mode), else
+  Flax's ``deterministic`` (True in eval mode, ``eval_kwarg``).
   """
   cls = load_class(reference)
   if issubclass(cls, nn.Module):
@@ -977,11 +979,18 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
   # the spec on it, and on zeros most networks output their (zero) biases whatever they are.
   init_key, sample_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
   x = jax.random.normal(sample_key, (2, *input_shape), jnp.float32)
-  if isinstance(module, nnx.Module):
-    return from_nnx(module, x)
-  keys = {"params": init_key, "dropout": dropout_key}
   try:
-    variables = module.init(keys, x)
+    called = set(inspect.signature(module.__call__).parameters)
+  except (TypeError, ValueError):
+    called = set()
+  mode = ({"eval_kwarg": "deterministic"} if "deterministic" in called and "train" not in called
+          else {})
+  if isinstance(module, nnx.Module):
+    return from_nnx(module, x, **mode)
+  keys = {"params": init_key, "dropout": dropout_key}
+  eval_kwargs = _eval_kwargs(module, _flag("train", mode.get("eval_kwarg")))
+  try:
+    variables = module.init(keys, x, **eval_kwargs)
   except Exception as e:  # pylint: disable=broad-except
     raise _error_of(e, x.shape, f"module {cls.__name__}") from e
-  return from_flax(module, variables, x)
+  return from_flax(module, variables, x, **mode)

@@ -157,7 +157,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   stopped before saving anything) owns nothing: the new run takes the directory over.
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
-  A ``run.json`` written before the compute dtype was recorded resumes with any.
+  A ``run.json`` written before the compute dtype and the evaluation batch were recorded
+  resumes with any.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -182,8 +183,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"directory")
   if "variables" not in identity:
     stored.pop("variables", None)
-  if "dtype" not in stored:   # a run.json written before the dtype was recorded says nothing
-    stored["dtype"] = identity["dtype"]
+  for key in ("dtype", "eval_batch_size"):   # not recorded by older run.json files: any
+    stored.setdefault(key, identity[key])
   diffs = _differences(stored, identity)
   if diffs:
     hint = (" (variables is a digest of the initial variables: a run started from "

@@ -499,6 +499,9 @@ class Graph:
       eqn = self.producer[inner][1]
     if eqn.primitive.name not in ("reduce_sum", "reduce_window_sum"):
       return None
+    if eqn.primitive.name == "reduce_sum" and tuple(eqn.params["axes"]) != tuple(
+        range(1, len(eqn.invars[0].aval.shape) - 1)):
+      return None   # a sum over other axes than (H, W) or the tokens is no average pool
     readers = [e for e in self.region(v, s) if any(u is s for u in e.invars)]
     if len(readers) != 1:
       return None

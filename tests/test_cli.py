@@ -429,6 +429,7 @@ def test_a_tuple_of_names_is_comma_separated_and_numbers_stay_numbers():
   for text in ("relu", "relu,", "'relu',"):
     assert config_lib.override(egp, [("skip", text)]).skip == ("relu",)
   assert config_lib.override(egp, [("skip", "()")]).skip == ()
+  assert config_lib.override(egp, [("milestones", "2.0,4.0")]).milestones == (2, 4)
   with pytest.raises(config_lib.ConfigError) as e:
     config_lib.override(egp, [("milestones", "a,b"), ("milestones", "2.5"), ("skip", "None")])
   assert [line.split(" (it is")[0] for line in e.value.lines] == [

@@ -321,9 +321,10 @@ def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
   assert _snapshot(tmp_path) == before
   # The same dtype by another name resumes (the finished run trains nothing more).
   assert run("bfloat16").report["iterations"] == first.report["iterations"]
-  # A run.json written before the dtype was recorded says nothing of it.
+  # A run.json written before the dtype and the evaluation batch were recorded says nothing of
+  # them: it resumes.
   stored = json.loads((tmp_path / "run.json").read_text())
-  del stored["dtype"]
+  del stored["dtype"], stored["eval_batch_size"]
   (tmp_path / "run.json").write_text(json.dumps(stored))
   assert run(jnp.dtype("bfloat16")).report["dtype"] == "bfloat16"
 

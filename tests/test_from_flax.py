@@ -771,6 +771,16 @@ def test_an_activation_right_after_an_average_is_the_pool_then_the_site(how, fn,
                              np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-5)
 
 
+def test_an_activation_of_a_mean_over_the_channels_is_not_taken_for_a_pool():
+  class ChannelMean(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(jnp.sum(nn.Conv(4, (3, 3))(x), axis=-1, keepdims=True) / 4.0)
+      return nn.Dense(3)(x.reshape(x.shape[0], -1))
+  message = _linen_refusal(ChannelMean(), _batch(n=2))
+  assert "no known activation" in message and "global average pool" not in message, message
+
+
 def test_a_layer_scale_is_refused_naming_the_parameter():
   class LayerScale(nn.Module):
     @nn.compact
@@ -1247,6 +1257,42 @@ def test_a_users_file_with_postponed_annotations_loads(tmp_path):
   with pytest.raises(jaxdepth.ConversionError, match="importing .* failed: RuntimeError: no"):
     convert.load_class(f"{broken}:Wide")
   assert "jaxdepth_user_broken" not in sys.modules
+
+
+MODE_FILE = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class Train(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=not train)(
+        jnp.mean(nn.relu(x), (1, 2))))
+
+
+class Deterministic(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    x = nn.BatchNorm(use_running_average=deterministic)(nn.Conv(4, (3, 3))(x))
+    return nn.Dense(self.num_classes)(nn.Dropout(0.5, deterministic=deterministic)(
+        jnp.mean(nn.relu(x), (1, 2))))
+"""
+
+
+@pytest.mark.parametrize("name", ["Train", "Deterministic"])
+def test_a_users_file_with_a_required_mode_flag_converts(name, tmp_path):
+  # The command line cannot pass train_kwarg= or eval_kwarg=: from_file reads the flag's name.
+  path = tmp_path / "modes.py"
+  path.write_text(MODE_FILE)
+  conv = convert.from_file(f"{path}:{name}", input_shape=SHAPE, num_classes=4)
+  kinds = [type(n).__name__ for _, n in conv.spec.walk()]
+  assert "BatchNorm" in kinds and "Dropout" in kinds and conv.spec.sites() == ("relu",)
 
 
 def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):

@@ -238,6 +238,18 @@ def test_a_zip_that_is_not_torch_save_is_neither(tmp_path, monkeypatch):
     sd.read_state_dict(path)
 
 
+def test_a_truncated_zip_is_damaged_not_a_numpy_archive(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)
+  whole = tmp_path / "whole.npz"
+  np.savez(whole, **_tensors())
+  cut = tmp_path / "weights.pth"            # a download cut short
+  cut.write_bytes(whole.read_bytes()[:len(whole.read_bytes()) // 2])
+  with pytest.raises(StateDictError, match=r"weights.pth starts as a zip archive .* it is damaged "
+                                           r"or truncated; download or export it again") as e:
+    sd.read_state_dict(cut)
+  assert "numpy" not in str(e.value)
+
+
 def test_truncated_safetensors_file(tmp_path):
   path = tmp_path / "w.safetensors"
   safe_numpy.save_file(_tensors(), str(path))

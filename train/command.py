@@ -666,8 +666,9 @@ def _check_hf_config(cfg: Mapping[str, Any], spec, config_path: pathlib.Path) ->
 
 
 # The zoo models that torchvision's weights load onto (jaxdepth.weights.torchvision).
-_TORCHVISION_MODELS = ("resnet18", "resnet18_imagenet", "mobilenet_v2", "mobilenet_v2_imagenet",
-                       "vgg16_bn", "swin_t", "swin_t_imagenet", "digits_swin")
+_TORCHVISION_MODELS = ("resnet18", "resnet18_imagenet", "resnet20", "mobilenet_v2",
+                       "mobilenet_v2_imagenet", "vgg16_bn", "swin_t", "swin_t_imagenet",
+                       "digits_swin")
 
 
 def _check_torchvision_model(cfg: Mapping[str, Any], spec) -> None:

@@ -275,6 +275,8 @@ def _parse_tuple(cfg: ml_collections.ConfigDict, key: str, text: str) -> tuple:
   if items is str and isinstance(value, str):
     return tuple(part.strip() for part in value.split(",") if part.strip())
   value = tuple(value) if isinstance(value, (tuple, list)) else (value,)
+  if items is int:   # 2.0 is the integer 2, as the recipe reads it; 2.5 is refused
+    value = tuple(int(v) if _is_number(v) and float(v).is_integer() else v for v in value)
   if items is not str and not all((_is_int if items is int else _is_number)(v) for v in value):
     raise ValueError
   if any(v is None for v in value):

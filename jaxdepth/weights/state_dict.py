@@ -146,8 +146,10 @@ def _is_torch_checkpoint(path: pathlib.Path, head: bytes) -> bool:
   try:
     with zipfile.ZipFile(path) as z:
       names = z.namelist()
-  except (zipfile.BadZipFile, OSError):
-    return False
+  except (zipfile.BadZipFile, OSError) as e:   # a download cut short, most likely
+    raise StateDictError(f"{path} starts as a zip archive (a PyTorch checkpoint's container) but "
+                         f"cannot be read as one ({e}): it is damaged or truncated; download or "
+                         f"export it again") from e
   return any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names)
 
 
