@@ -285,7 +285,7 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
   kind = config_lib.model_kind(cfg["model"])
   if kind in ("saved", "spec"):
     spec = _stored_spec(cfg["model"], kind, ds)
-    _check_padding_id(cfg, ds, spec)
+    _check_tokenizer(cfg, ds, spec)
     return ds, spec
   try:
     if kind == "module":   # the user's own Flax module, converted
@@ -302,7 +302,7 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
         f"--config.model={cfg['model']!r} gives {tuple(spec.output_shape)} outputs; the dataset "
         f"{cfg['dataset']!r} has {ds.num_classes} classes: end the model in one output per class "
         f"(a module whose constructor takes num_classes is given the dataset's)")
-  _check_padding_id(cfg, ds, spec)
+  _check_tokenizer(cfg, ds, spec)
   return ds, spec
 
 
@@ -342,10 +342,11 @@ def _model_refused(cfg: Mapping[str, Any], ds, error: Exception) -> str:
   return text
 
 
-def _check_padding_id(cfg: Mapping[str, Any], ds, spec) -> None:
-  """A RoBERTa-style encoder numbers positions from its padding id: the tokenizer must pad
-  with that id, else padding tokens would be read as real ones. Its ids and token types
-  must fit the model's tables (:func:`jaxdepth.text.inputs.check_vocabulary`)."""
+def _check_tokenizer(cfg: Mapping[str, Any], ds, spec) -> None:
+  """The tokenizer's ids and token types must fit the model's tables
+  (:func:`jaxdepth.text.inputs.check_vocabulary`), and a RoBERTa-style encoder, which
+  numbers positions from its padding id, needs a tokenizer that pads with that id (else
+  padding tokens would be read as real ones)."""
   from jaxdepth.text import TokenPositionEmbedding  # pylint: disable=import-outside-toplevel
   from jaxdepth.text.inputs import check_vocabulary  # pylint: disable=import-outside-toplevel
   try:
@@ -699,7 +700,8 @@ def default_workdir(method: str, cfg: Mapping[str, Any]) -> pathlib.Path:
 
 
 def has_checkpoints(workdir: pathlib.Path) -> bool:
-  """Whether ``workdir/checkpoints`` holds a finished orbax step (a numbered directory)."""
+  """Whether ``workdir/checkpoints`` holds an orbax step (a numbered directory, sealed or not:
+  a run's unfinished save, which opening the checkpoints removes, counts too)."""
   directory = pathlib.Path(workdir) / "checkpoints"
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
