@@ -307,17 +307,17 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   units = method.units(spec)
   if not units:
     raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
+  mesh = training.make_mesh() if mesh is None else mesh
+  eval_batch_size = eval_batch_size or recipe.batch_size
   check_data = getattr(method, "check_data", None)   # optional (see base.Method)
   if check_data is not None:
-    check_data(spec, dataset)
+    check_data(spec, dataset, eval_batch_size=eval_batch_size, mesh=mesh)
   check_vocabulary(spec, dataset)   # a larger tokenizer: a NaN loss at the first step
   if variables is not None:   # abstractly: raises the forward pass's "do not fit spec" error
     jax.eval_shape(lambda v: network.forward(spec, v, network.example_input(spec)).logits,
                    variables)
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
-  mesh = training.make_mesh() if mesh is None else mesh
-  eval_batch_size = eval_batch_size or recipe.batch_size
   # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
   # LaCoOT's distances): another one changes the decisions.
   identity = {"method": method.name, "method_options": method.options(),

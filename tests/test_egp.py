@@ -488,6 +488,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(KeyError, match="'conv9', which is not a node"):
     _run(digits, tmp_path / "new", Egp(layers={"relu": "conv9"}))
   assert not (tmp_path / "new").exists()
+  # An entropy batch the two devices do not split failed only after iteration 0 trained.
+  for method, kw in ((Egp(entropy_batch_size=129), {}), (Nepenthe(), {"eval_batch_size": 129})):
+    with pytest.raises(ValueError, match="the entropy batch of 129 examples does not split over "
+                                         "2 devices; use an entropy_batch_size"):
+      driver.run(method, spec, ds, RECIPE, tmp_path / "new", progress=False, **kw)
+    assert not (tmp_path / "new").exists()
   before = _snapshot(workdir)
   with pytest.raises(checkpoint.SpecMismatchError, match="another model"):
     driver.run(Egp(entropy_batch_size=128), zoo.digits_cnn(width=16), ds, RECIPE, workdir,

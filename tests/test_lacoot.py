@@ -542,6 +542,27 @@ def test_a_validation_split_of_one_example_is_refused_before_any_training(tiny, 
   assert trained == [] and not (tmp_path / "run").exists()
 
 
+def test_an_evaluation_batch_of_one_example_is_refused_before_any_training(tiny, tmp_path):
+  # The distances' batch is the run's evaluation batch: batches of 1 used to fail only
+  # after iteration 0 had trained (and the directory then held that batch in its identity).
+  spec, variables, _ = tiny
+  ds = data.load("digits", val_fraction=0.1)
+  assert ds.val.num_examples > 2
+  trained = []
+
+  def trainer(*args, **kw):
+    trained.append(True)
+    raise AssertionError("trained")
+
+  with pytest.raises(ValueError, match=r"batch_size=1 on a split of \d+ examples gives batches "
+                                       r"of 1; a distance needs 2 samples or more: use a larger "
+                                       r"eval_batch_size"):
+    driver.run(LaCoOT(), spec, ds, RECIPE, tmp_path / "run", variables=variables,
+               progress=False, trainer=trainer, eval_batch_size=1,
+               mesh=training.make_mesh(jax.devices()[:1]))
+  assert trained == [] and not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------ command line
 
 

@@ -114,11 +114,12 @@ class Method(Protocol):
   Optional attribute: ``score_unit``, the unit of numeric scores for the report's
   axes and tables (``"bits"`` for entropies); read with ``getattr(method,
   "score_unit", None)``, so a method without one still satisfies the protocol.
-  Optional method: ``check_data(spec, dataset)``, which raises ``ValueError`` on
-  data the method cannot measure (EASIER's and EGP's dataset-level counts on a
-  split too large for them, TLC's ranking batch on a smaller validation split,
-  LaCoOT's distances on fewer than 2 validation examples); the driver calls it
-  before writing anything.
+  Optional method: ``check_data(spec, dataset, *, eval_batch_size=None, mesh=None)``,
+  which raises ``ValueError`` on data the method cannot measure (EASIER's and EGP's
+  dataset-level counts on a split too large for them, EGP's entropy batch that the
+  mesh does not split, TLC's ranking batch on a smaller validation split, LaCoOT's
+  distances on batches of fewer than 2 examples); the driver calls it with the run's
+  evaluation batch and mesh before writing anything.
   """
   name: str
   unit: str

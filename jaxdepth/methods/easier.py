@@ -213,8 +213,10 @@ class Easier:
   def live_units(self, spec: Spec, state) -> tuple[str, ...]:
     return base.live_sites(spec, state["gates"])
 
-  def check_data(self, spec: Spec, dataset) -> None:
+  def check_data(self, spec: Spec, dataset, *, eval_batch_size: int | None = None,
+                 mesh=None) -> None:
     """Refuses a split whose dataset-level counts would pass int32 (only for ``"dataset"``)."""
+    del eval_batch_size, mesh   # the evaluations' batch is checked by fit
     if self.estimator == "dataset":
       split = getattr(dataset, self.entropy_split)
       if split is not None:

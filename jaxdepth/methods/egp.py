@@ -426,6 +426,15 @@ def _row_stats_step(spec: S.Spec, dtype):
   return step
 
 
+def check_entropy_batch(batch_size: int, mesh) -> None:
+  """Refuses an entropy batch that the mesh's devices (or the processes) do not split."""
+  for count, what in ((mesh.devices.size, "devices"), (jax.process_count(), "processes")):
+    if batch_size % count:
+      raise ValueError(f"the entropy batch of {batch_size} examples does not split over "
+                       f"{count} {what}; use an entropy_batch_size (or, without one, an "
+                       f"eval_batch_size) divisible by {count}")
+
+
 def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates=None,
                        augment: bool = True, shuffle: bool = True, seed: int = 0, mesh=None,
                        dtype=None, neurons: str = "channels") -> site_stats.SiteStats:
@@ -461,10 +470,8 @@ def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates
     raise ValueError(f"unknown neurons {neurons!r}; expected one of {NEURONS}")
   training.check_split(split, "entropy_statistics")
   mesh = training.make_mesh() if mesh is None else mesh
+  check_entropy_batch(batch_size, mesh)
   count = jax.process_count()
-  if batch_size % count:
-    raise ValueError(f"the entropy batch size {batch_size} does not split over {count} "
-                     f"processes")
   kw = {} if count == 1 else {"process_index": jax.process_index(), "process_count": count}
   stats = site_stats.empty_stats(spec)
   if neurons == "rows":
@@ -660,8 +667,14 @@ class Egp:
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
     return base.live_sites(spec, state["gates"])
 
-  def check_data(self, spec: S.Spec, dataset) -> None:
-    """Refuses a training split whose dataset-level counts would pass int32 (``"dataset"``)."""
+  def check_data(self, spec: S.Spec, dataset, *, eval_batch_size: int | None = None,
+                 mesh=None) -> None:
+    """Refuses a training split whose dataset-level counts would pass int32
+    (``"dataset"``), and an entropy batch the mesh does not split (the per-batch
+    estimators; ``eval_batch_size`` is the run's, the entropy batch's default)."""
+    batch_size = self.entropy_batch_size or eval_batch_size
+    if self.estimator != "easier" and batch_size is not None and mesh is not None:
+      check_entropy_batch(batch_size, mesh)
     if self.estimator == "dataset":
       site_stats.check_count_capacity(spec, dataset.train.num_examples, split="train",
                                       neuron_axis=0 if self.neurons == "rows" else -1)

@@ -520,6 +520,20 @@ def check_blocks(spec: S.Spec, paths) -> tuple[str, ...]:
 # --------------------------------------------------------------- measurement
 
 
+def check_distance_batch(batch_size: int, examples: int) -> None:
+  """Refuses a batch of :func:`block_distances` that holds fewer than 2 examples of a
+  split of ``examples``, or (with more than one batch) that the processes do not split."""
+  real = min(batch_size, examples)
+  if real < 2:
+    raise ValueError(f"batch_size={batch_size} on a split of {examples} examples gives "
+                     f"batches of {real}; a distance needs 2 samples or more: use a larger "
+                     f"eval_batch_size (or hold out more validation data)")
+  processes = jax.process_count()
+  if real < examples and real % processes:
+    raise ValueError(f"batch_size={batch_size} does not split over {processes} processes; use "
+                     f"a multiple of {processes}")
+
+
 def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
                     batch_size: int = 256, n_projections: int = 50, node_gates=None,
                     mesh=None, dtype=None, outputs=None) -> dict[str, dict[str, float]]:
@@ -561,15 +575,10 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
   _check_key(rng)
   training.check_split(split, "block_distances")
   mesh = training.make_mesh() if mesh is None else mesh
+  check_distance_batch(batch_size, split.num_examples)
   devices, processes = mesh.devices.size, jax.process_count()
   real = min(batch_size, split.num_examples)   # examples per batch
-  if real < 2:
-    raise ValueError(f"batch_size={batch_size} on a split of {split.num_examples} examples "
-                     f"gives batches of {real}; a distance needs 2 samples or more")
   whole = real == split.num_examples           # one batch: the pipeline pads it
-  if not whole and real % processes:
-    raise ValueError(f"batch_size={batch_size} does not split over {processes} processes; use "
-                     f"a multiple of {processes}")
   size = -(-real // devices) * devices         # the global batch, padded up
   fixed, fresh = jax.random.fold_in(rng, 0), jax.random.fold_in(rng, 1)
   one = _distances_step(spec, paths, outputs, n_projections, dtype)
@@ -818,9 +827,11 @@ class LaCoOT:
            if self.weight > 0 else None)
     return base.TrainOptions(node_gates=gates, regularizer=reg)
 
-  def check_data(self, spec: S.Spec, dataset) -> None:
-    """Refuses a dataset without 2 validation examples (a distance's least), before training."""
-    del spec
+  def check_data(self, spec: S.Spec, dataset, *, eval_batch_size: int | None = None,
+                 mesh=None) -> None:
+    """Refuses, before training, a dataset without 2 validation examples (a distance's
+    least) and an ``eval_batch_size`` (the distances' batch) that gives batches of fewer."""
+    del spec, mesh   # the distance batches are padded up to the device count
     if dataset is None or dataset.val is None:
       raise ValueError("LaCoOT measures its distances on the validation split; the dataset "
                        "has none (load it with val_fraction > 0)")
@@ -828,6 +839,8 @@ class LaCoOT:
       raise ValueError(f"the validation split holds {dataset.val.num_examples} example(s); "
                        f"LaCoOT's distances need 2 samples or more: hold out more validation "
                        f"data (a larger val_fraction)")
+    if eval_batch_size is not None:
+      check_distance_batch(eval_batch_size, dataset.val.num_examples)
 
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, float]:
     host = self._host(state)

@@ -527,9 +527,10 @@ class TLC:
                      "channels": int(masks[c.name].size), "base_loss": base_loss}
             for c in cands}
 
-  def check_data(self, spec: S.Spec, dataset) -> None:
+  def check_data(self, spec: S.Spec, dataset, *, eval_batch_size: int | None = None,
+                 mesh=None) -> None:
     """Refuses a dataset without one ranking batch of validation data, before any training."""
-    del spec
+    del spec, eval_batch_size, mesh   # the ranking batch is its own, on one program
     if dataset is None or dataset.val is None:
       raise ValueError("TLC ranks candidates on a validation batch: the dataset needs a "
                        "validation split (load it with val_fraction > 0)")
