@@ -157,8 +157,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   stopped before saving anything) owns nothing: the new run takes the directory over.
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
-  A ``run.json`` written before the compute dtype and the evaluation batch were recorded
-  resumes with any.
+  A ``run.json`` written before the compute dtype, the evaluation batch and the data
+  (:func:`jaxdepth.training.data_identity`) were recorded resumes with any.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -183,7 +183,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"directory")
   if "variables" not in identity:
     stored.pop("variables", None)
-  for key in ("dtype", "eval_batch_size"):   # not recorded by older run.json files: any
+  for key in ("dtype", "eval_batch_size", "data"):   # not recorded by older run.json files: any
     stored.setdefault(key, identity[key])
   diffs = _differences(stored, identity)
   if diffs:
@@ -321,7 +321,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
   # LaCoOT's distances): another one changes the decisions.
   identity = {"method": method.name, "method_options": method.options(),
-              "spec": spec.to_dict(), "dataset": dataset.name, "recipe": recipe.to_dict(),
+              "spec": spec.to_dict(), "dataset": dataset.name,
+              "data": training.data_identity(dataset), "recipe": recipe.to_dict(),
               "seed": seed, "dtype": training.dtype_name(dtype),
               "eval_batch_size": eval_batch_size, "info": info or {}}
   if variables is not None:   # given ones are part of the identity (None: the run's own)

@@ -63,7 +63,7 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
-    "variables_digest", "dtype_name", "check_variables", "check_split",
+    "variables_digest", "data_identity", "dtype_name", "check_variables", "check_split",
 ]
 
 DATA_AXIS = "data"
@@ -677,6 +677,22 @@ def _digest(tree) -> str | None:
   return h.hexdigest()[:16]
 
 
+def data_identity(dataset) -> dict[str, Any]:
+  """What a run records of its data: the classes, the example shape, every split's size
+  and a digest of which source examples each split holds, in which order.
+
+  A folder that gained or lost files, another ``val_fraction`` or ``split_seed`` change
+  the splits (and the steps per epoch) under the same dataset name: a resume on them
+  would mix two datasets, so :func:`fit` and :func:`jaxdepth.driver.run` refuse it.
+  """
+  splits = {name: getattr(dataset, name) for name in ("train", "val", "test")}
+  return {"classes": int(dataset.num_classes), "input_shape": list(dataset.input_shape),
+          "examples": {name: None if split is None else int(split.num_examples)
+                       for name, split in splits.items()},
+          "splits": _digest({name: np.asarray(split.source_indices, np.int64)
+                             for name, split in splits.items() if split is not None})}
+
+
 def variables_digest(variables, mesh: Mesh | None = None) -> str:
   """A short content hash of variables (their paths and every bit), the same on every process.
 
@@ -708,10 +724,19 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
   diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
            for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
   stored_run = dict(meta.get("run", {}))
-  # Checkpoints written before the dtype was normalised record dtype=None as None.
+  # Checkpoints written before the dtype was normalised record dtype=None as None;
+  # those written before the data was recorded resume with any.
   stored_run["dtype"] = stored_run.get("dtype") or "float32"
-  diffs += [f"{k}: {stored_run.get(k)!r} stored, {v!r} asked"
-            for k, v in run.items() if stored_run.get(k) != v]
+  if stored_run.get("data") is None:
+    stored_run["data"] = run.get("data")
+  for k, v in run.items():
+    if stored_run.get(k) == v:
+      continue
+    if k == "data":   # name the counts that differ rather than two dicts
+      diffs += [f"data {key}: {stored_run[k].get(key)!r} stored, {v.get(key)!r} asked"
+                for key in v if stored_run[k].get(key) != v.get(key)]
+    else:
+      diffs.append(f"{k}: {stored_run.get(k)!r} stored, {v!r} asked")
   if diffs:
     hint = (" (variables is a digest of the initial variables: resume from the ones the run "
             "started with)" if "variables" in run
@@ -780,7 +805,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   last-epoch statistics and epoch metrics in progress are checkpointed too). A
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
-  dataset, seed, compute dtype (``None`` is ``float32``), options, the initial
+  dataset: its name and its splits, :func:`data_identity`; seed, compute dtype (``None`` is ``float32``), options, the initial
   variables: a digest of them, masks applied, :func:`variables_digest`) raise
   :class:`RunMismatchError`.
   Only ``recipe.epochs`` may change between calls, to extend a run. A custom
@@ -866,7 +891,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                                  regularizer=regularizer)
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
-  run = {"dataset": dataset.name, "seed": seed, "stats_last_epoch": stats_last_epoch,
+  run = {"dataset": dataset.name, "data": data_identity(dataset), "seed": seed, "stats_last_epoch": stats_last_epoch,
          "custom_tx": custom_tx, "dtype": dtype_name(dtype),
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),

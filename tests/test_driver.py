@@ -283,6 +283,12 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   # The evaluation batch is the statistics' batch too: another one is another run.
   with pytest.raises(driver.RunMismatchError, match="eval_batch_size: 512 there, 256 asked"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False, eval_batch_size=256)
+  # The same dataset name with other splits is other data (it resumed on them, mixing the two).
+  halved = data.load("digits", val_fraction=0.5)
+  with pytest.raises(driver.RunMismatchError,
+                     match=rf"data.examples.train: {ds.train.num_examples} there, "
+                           rf"{halved.train.num_examples} asked; data.examples.val: "):
+    _run((halved, spec), workdir)
   assert _snapshot(workdir) == before
   fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
   fit_run.mkdir()
@@ -321,10 +327,10 @@ def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
   assert _snapshot(tmp_path) == before
   # The same dtype by another name resumes (the finished run trains nothing more).
   assert run("bfloat16").report["iterations"] == first.report["iterations"]
-  # A run.json written before the dtype and the evaluation batch were recorded says nothing of
-  # them: it resumes.
+  # A run.json written before the dtype, the evaluation batch and the data were recorded says
+  # nothing of them: it resumes.
   stored = json.loads((tmp_path / "run.json").read_text())
-  del stored["dtype"], stored["eval_batch_size"]
+  del stored["dtype"], stored["eval_batch_size"], stored["data"]
   (tmp_path / "run.json").write_text(json.dumps(stored))
   assert run(jnp.dtype("bfloat16")).report["dtype"] == "bfloat16"
 

@@ -286,6 +286,21 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
   with pytest.raises(training.RunMismatchError, match="dtype: 'float32' stored, 'bfloat16' asked"):
     training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3, progress=False,
                  workdir=tmp_path, dtype=jnp.bfloat16)
+  # The same dataset name with other splits is other data: it used to resume, mixing the two.
+  n = {s: getattr(digits, s).num_examples for s in ("train", "val", "test")}
+  halved = data.load("digits", val_fraction=0.5)
+  m = {s: getattr(halved, s).num_examples for s in ("train", "val", "test")}
+  with pytest.raises(training.RunMismatchError,
+                     match=rf"data examples: \{{'train': {n['train']}, 'val': {n['val']}, 'test': "
+                           rf"{n['test']}\}} stored, \{{'train': {m['train']}, 'val': "
+                           rf"{m['val']}, 'test': {m['test']}\}} asked; data splits: '[0-9a-f]+' "
+                           rf"stored, '[0-9a-f]+' asked"):
+    training.fit(spec, variables, halved, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path)
+  # Another split seed: the same sizes, other examples in each split.
+  with pytest.raises(training.RunMismatchError, match=r"\(data splits: '[0-9a-f]+' stored"):
+    training.fit(spec, variables, data.load("digits", split_seed=1), RECIPE, options=STATS,
+                 seed=3, progress=False, workdir=tmp_path)
 
 
 def test_dtype_none_and_float32_resume_each_other_bit_identical(
@@ -299,8 +314,9 @@ def test_dtype_none_and_float32_resume_each_other_bit_identical(
     workdir = tmp_path / str(first)
     killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
     with monkeypatch.context() as m:
-      if recorded is not None:
+      if recorded is not None:   # a checkpoint of then: no data recorded either
         m.setattr(training, "dtype_name", recorded)
+        m.setattr(training, "data_identity", lambda dataset: None)
       with pytest.raises(KeyboardInterrupt):
         training.fit(spec, variables, killed, RECIPE, options=STATS, seed=3, progress=False,
                      workdir=workdir, dtype=first)
