@@ -127,6 +127,46 @@ def test_an_unreadable_image_stops_the_run_naming_it_and_the_same_command_resume
   assert json.loads((tmp_path / "run" / "report.json").read_text())["epochs"] == 2
 
 
+def test_config_layout_names_the_layout_of_a_folder_detection_refuses(tmp_path, capsys,
+                                                                       monkeypatch):
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  images = tmp_path / "images"     # <class>/<year>/: reads as <domain>/<class>/ too
+  for label, cls in enumerate(("cat", "dog")):
+    for year in ("2019", "2020"):
+      (images / cls / year).mkdir(parents=True)
+      for k in range(4):
+        Image.new("RGB", (8, 8), (200 * label, 30, 30 + 10 * k)).save(images / cls / year / f"{k}.png")
+  args = ["--dataset", f"folder:{images}", "--config.image_size=8", "--config.batch_size=64"]
+  workdir = tmp_path / "never"
+  assert _fit(workdir, *args) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: {images} holds 2 folders (cat, dog) of 2 kinds of folder (2019, 2020): read as "
+      f"'domains' (root/<domain>/<class>/<image>) its classes would be 2019, 2020, read as "
+      f"'classes' with sub-folders (root/<class>/<sub-folder>/<image>) they would be cat, dog, "
+      f"and jaxdepth guesses 'domains' only when there are more classes than domains; name the "
+      f"layout: layout='domains' or layout='classes' (on the command line --config.layout=domains "
+      f"or --config.layout=classes)"]
+  loaded = []
+  real_load = data.load
+  monkeypatch.setattr(data, "load", lambda *a, **k: loaded.append(real_load(*a, **k)) or loaded[-1])
+  for layout, classes in (("classes", ("cat", "dog")), ("domains", ("2019", "2020"))):
+    # The batch of 64 is larger than the 12 training images: refused once the data is loaded.
+    assert _fit(workdir, *args, f"--config.layout={layout}") == 2
+    assert loaded[-1].class_names == classes
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: --config.batch_size=64: larger than the 12 examples of the training split of "
+        f"folder:{images}, so an epoch would have no step; use at most 12"]
+  assert _fit(workdir, *args, "--config.layout=imagenet") == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --config.layout='imagenet': use one of splits, domains, classes, or None to detect "
+      "it from the folder"]
+  assert _fit(workdir, "--config.layout=classes") == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: --config.layout='classes': the layout of an image folder (--dataset folder:<path>); "
+      "'digits' is not one: leave it out"]
+  assert not workdir.exists()
+
+
 def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, capsys):
   import fcntl  # pylint: disable=import-outside-toplevel
   assert _fit(tmp_path, "--config.epochs=1") == 0      # the run's lock is released at its end

@@ -162,6 +162,11 @@ def test_an_epoch_of_digits_is_its_batches(digits):
 def test_bad_arguments_are_refused(digits):
   with pytest.raises(ValueError, match="val_fraction"):
     data.load("digits", val_fraction=1.0)
+  # A positive share that rounds to no image would silently be no validation split.
+  with pytest.raises(ValueError, match=r"val_fraction=0.0001 holds out no example of the 1438 digits "
+                                       r"beside the test split \(round\(0.0001 \* 1438\) = 0\), which "
+                                       r"would make an empty validation split: use val_fraction >= 1/1438"):
+    data.load("digits", val_fraction=1e-4)
   with pytest.raises(ValueError, match="8x8"):
     data.load("digits", image_size=32)
   with pytest.raises(ValueError, match="batch_size"):
@@ -183,6 +188,9 @@ def test_cifar_split_is_90_10_of_train_and_normalised_with_imagenet_statistics()
     np.testing.assert_array_equal(np.sort(np.r_[ds.train.source_indices, ds.val.source_indices]), np.arange(50))
     assert set(reseeded.val.source_indices) != set(ds.val.source_indices)
     assert egp.val is None and len(egp.train) == 50
+    with pytest.raises(ValueError, match=r"val_fraction=0.005 holds out no example of the 50 examples "
+                                         r"of cifar10's train split \(round\(0.005 \* 50\) = 0\)"):
+      data.load("cifar10", val_fraction=0.005)
 
     def expected(source, indices, stats):
       raw = np.stack([source[int(i)]["image"] for i in indices]) / 255.0
@@ -273,22 +281,23 @@ def write_png(path, pixels):
 
 
 def test_domain_folders_are_pooled_and_split_80_10_10(tmp_path):
+  colours = {**COLOURS, "cow": (30, 200, 30)}     # more classes than domains: detected as domains
   for domain in ("art", "photo"):
-    for cls, colour in COLOURS.items():
+    for cls, colour in colours.items():
       for k in range(5):
         write_png(tmp_path / domain / cls / f"{k}.png", np.broadcast_to(colour, (8, 8, 3)))
   ds = data.load(f"folder:{tmp_path}", image_size=8)
-  assert ds.class_names == ("cat", "dog") and (ds.num_classes, ds.input_shape) == (2, (8, 8, 3))
-  assert (len(ds.train), len(ds.val), len(ds.test)) == (16, 2, 2)
+  assert ds.class_names == ("cat", "cow", "dog") and (ds.num_classes, ds.input_shape) == (3, (8, 8, 3))
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (24, 3, 3)
   parts = [ds.train.source_indices, ds.val.source_indices, ds.test.source_indices]
-  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(20))
+  np.testing.assert_array_equal(np.sort(np.concatenate(parts)), np.arange(30))
   for split in (ds.train, ds.val, ds.test):
     batches = epoch(split, 4)
     pixels = served(batches) * IMAGENET[1] + IMAGENET[0]
-    colours = np.array([COLOURS[ds.class_names[y]] for y in served(batches, "label")]) / 255.0
-    np.testing.assert_allclose(pixels, np.broadcast_to(colours[:, None, None], pixels.shape), atol=1e-5)
+    want = np.array([colours[ds.class_names[y]] for y in served(batches, "label")]) / 255.0
+    np.testing.assert_allclose(pixels, np.broadcast_to(want[:, None, None], pixels.shape), atol=1e-5)
   jittered = [served(epoch(ds.train, 8, augment=True, epoch=e)) for e in (0, 1)]
-  assert jittered[0].shape == (16, 8, 8, 3) and not np.allclose(jittered[0], jittered[1])
+  assert jittered[0].shape == (24, 8, 8, 3) and not np.allclose(jittered[0], jittered[1])
   same = data.image_folder(tmp_path, layout="domains", image_size=8)
   np.testing.assert_array_equal(same.test.source_indices, ds.test.source_indices)
 
@@ -326,6 +335,77 @@ def test_a_class_folder_named_train_is_a_class(tmp_path):
     data.load(f"folder:{tmp_path}", layout="splits")      # the layout is passed through
   with pytest.raises(ValueError, match=r"layout applies to image folders \(folder:<path>\) only"):
     data.load("digits", layout="classes")
+
+
+def test_folders_that_two_layouts_fit_are_refused_until_layout_names_one(tmp_path):
+  kaggle = tmp_path / "kaggle"     # labelled train/<class>/, unlabelled test/
+  for cls, colour in COLOURS.items():
+    for k in range(5):
+      write_png(kaggle / "train" / cls / f"{k}.png", np.broadcast_to(colour, (8, 8, 3)))
+  for k in range(3):
+    write_png(kaggle / "test" / f"u{k}.png", np.zeros((8, 8, 3)))
+  with pytest.raises(ValueError, match=rf"{kaggle} holds folders named like splits \(train, test\), but "
+                                       r"test holds images directly.*its classes would be test, train.*"
+                                       r"layout='classes' \(on the command line --config.layout=classes\)"):
+    data.load(f"folder:{kaggle}", image_size=8)
+  assert data.load(f"folder:{kaggle / 'train'}", image_size=8).class_names == ("cat", "dog")
+  nested = tmp_path / "nested"     # <class>/<year>/: as many kinds of sub-folder as classes
+  for cls, colour in COLOURS.items():
+    for year in ("2019", "2020"):
+      for k in range(5):
+        write_png(nested / cls / year / f"{k}.png", np.broadcast_to(colour, (8, 8, 3)))
+  with pytest.raises(ValueError, match=rf"{nested} holds 2 folders \(cat, dog\) of 2 kinds of folder "
+                                       r"\(2019, 2020\).*layout='domains' or layout='classes'"):
+    data.load(f"folder:{nested}", image_size=8)
+  ds = data.load(f"folder:{nested}", image_size=8, layout="classes")
+  assert ds.class_names == ("cat", "dog") and len(ds.train) + len(ds.val) + len(ds.test) == 20
+  pixels = served(epoch(ds.train, 16))[:, 0, 0] * IMAGENET[1] + IMAGENET[0]
+  want = np.array([COLOURS[ds.class_names[y]] for y in served(epoch(ds.train, 16), "label")]) / 255.0
+  np.testing.assert_allclose(pixels, want, atol=1e-5)
+  assert data.load(f"folder:{nested}", image_size=8, layout="domains").class_names == ("2019", "2020")
+
+
+def test_class_folders_follow_links_to_folders_once_and_skip_dot_folders(tmp_path):
+  store = tmp_path / "store"
+  for k in range(4):
+    write_png(store / f"{k}.png", np.zeros((8, 8, 3)))
+  write_png(store / ".cache" / "hidden.png", np.zeros((8, 8, 3)))
+  for cls in ("cat", "dog"):
+    for k in range(3):
+      write_png(tmp_path / "ds" / cls / f"{k}.png", np.full((8, 8, 3), 9))
+  (tmp_path / "ds" / "cat" / "more").symlink_to(store, target_is_directory=True)
+  (tmp_path / "ds" / "cat" / "again").symlink_to(store, target_is_directory=True)   # read once
+  (store / "loop").symlink_to(tmp_path / "ds" / "cat", target_is_directory=True)     # a cycle
+  (tmp_path / "ds" / "dog" / ".hidden").mkdir()
+  write_png(tmp_path / "ds" / "dog" / ".hidden" / "x.png", np.zeros((8, 8, 3)))
+  ds = data.load(f"folder:{tmp_path / 'ds'}", layout="classes", image_size=8, val_fraction=0.0)
+  labels = np.concatenate([served(epoch(s, 8), "label") for s in (ds.train, ds.test)])
+  assert np.bincount(labels).tolist() == [3 + 4, 3]   # cat: its own 3 and the 4 linked; dog: 3
+  assert data.folders._images_in(tmp_path / "ds" / "cat")[:4] == [tmp_path / "ds" / "cat" / f"{k}.png"
+                                                                   for k in (0, 1, 2)] + [
+      tmp_path / "ds" / "cat" / "again" / "0.png"]
+
+
+def test_split_folders_without_val_hold_out_val_fraction_of_train(tmp_path):
+  rng = np.random.default_rng(1)
+  for part, count in (("train", 5), ("test", 2)):
+    for cls in ("n01", "n02"):
+      for k in range(count):
+        write_png(tmp_path / part / cls / f"{k}.png", rng.integers(0, 256, (8, 8, 3)))
+  ds = data.image_folder(tmp_path, val_fraction=0.2)
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (8, 2, 4)
+  assert not set(ds.train.source_indices) & set(ds.val.source_indices)
+  images = {part: {x.tobytes() for x in served(epoch(split, 10))} for part, split in
+            (("train", ds.train), ("val", ds.val))}
+  assert len(images["train"]) == 8 and len(images["val"]) == 2 and not images["train"] & images["val"]
+  everything = data.image_folder(tmp_path, val_fraction=0.0)
+  assert everything.val is None and {x.tobytes() for x in served(epoch(everything.train, 10))} == (
+      images["train"] | images["val"])
+  reseeded = data.image_folder(tmp_path, val_fraction=0.2, split_seed=3)
+  assert set(reseeded.val.source_indices) != set(ds.val.source_indices)
+  with pytest.raises(ValueError, match=r"val_fraction=0.01 holds out no example of the 10 images of "
+                                       r".*train \(round\(0.01 \* 10\) = 0\)"):
+    data.image_folder(tmp_path, val_fraction=0.01)
 
 
 def test_split_folders_serve_native_size_and_flip_only(tmp_path):
@@ -415,7 +495,7 @@ def test_image_folder_errors_name_the_problem(tmp_path):
 
 def test_from_arrays_refuses_an_empty_hold_out_and_nan_pixels():
   x, y = np.random.default_rng(0).random((20, 4, 4, 1)), np.arange(20) % 2
-  with pytest.raises(ValueError, match=r"val_fraction=0.02 holds out no example of the 20 train ones "
+  with pytest.raises(ValueError, match=r"val_fraction=0.02 holds out no example of the 20 train examples "
                                        r"\(round\(0.02 \* 20\) = 0\).*val_fraction >= 1/20"):
     data.Dataset.from_arrays(train=(x, y), test=(x, y), val_fraction=0.02)
   with pytest.raises(ValueError, match=r"val_fraction=0.9 holds out all 1 train examples.*lower it"):

@@ -272,7 +272,7 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
       ds = data.load(cfg["dataset"], data_dir=cfg["data_dir"], val_fraction=cfg["val_fraction"],
                      split_seed=cfg["split_seed"], val_augment=cfg["val_augment"],
                      image_size=cfg["image_size"], normalization=cfg["normalization"],
-                     **_text_options(cfg))
+                     layout=cfg["layout"], **_text_options(cfg))
   except (data.DatasetNotPrepared, KeyError, ValueError, FileNotFoundError, NotADirectoryError
           ) as e:
     text = " ".join(message(e).split())
@@ -751,7 +751,7 @@ def default_config(name: str, fallback: str, model: str | None, dataset: str | N
 
 # The config keys beyond the recipe that make a run what it is (stored in run.json).
 IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                 "image_size", "normalization", "dtype", "max_length")
+                 "image_size", "normalization", "layout", "dtype", "max_length")
 
 
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,

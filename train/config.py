@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
     "val_augment": False,         # the official code's quirk: val keeps train augmentation
     "image_size": config_dict.placeholder(int),      # side for variable-size datasets (224)
     "normalization": config_dict.placeholder(str),   # tfds: "imagenet" (default) or "cifar"
+    "layout": config_dict.placeholder(str),  # folder:<path>: "splits", "domains" or "classes"
+                                             # (None: detected from the folder)
     "seed": 0,                    # init, data order, augmentation and dropout
     "dtype": "float32",           # compute dtype: "float32" or "bfloat16"
     "eval_batch_size": config_dict.placeholder(int),  # default: the training batch size
@@ -416,6 +418,13 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
     bad("dtype", f"use one of {', '.join(DTYPES)}")
   if cfg["normalization"] not in (None, *NORMALIZATIONS):
     bad("normalization", f"use one of {', '.join(NORMALIZATIONS)} or None")
+  if cfg["layout"] is not None:
+    if cfg["layout"] not in data.folders.LAYOUTS[1:]:   # "auto" is None here
+      bad("layout", f"use one of {', '.join(data.folders.LAYOUTS[1:])}, or None to detect it "
+                    f"from the folder")
+    elif not str(cfg["dataset"]).startswith(data.FOLDER_PREFIX):
+      bad("layout", f"the layout of an image folder (--dataset {data.FOLDER_PREFIX}<path>); "
+                    f"{cfg['dataset']!r} is not one: leave it out")
   kind = model_kind(cfg["model"])
   if kind is None:
     missing = (isinstance(cfg["model"], str) and ("/" in cfg["model"] or cfg["model"].endswith(

@@ -54,9 +54,16 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
   Args:
     name: one of :func:`names`; ``"folder:<path>"`` loads an image folder.
     data_dir: tfds data directory holding the prepared ArrayRecord files.
-    val_fraction: share of the training data held out for validation, where
-      the dataset has no official validation split (0 = no validation split).
-    split_seed: seeds that hold-out.
+    val_fraction: the share held out for validation where the dataset has no
+      official validation split (0 = no validation split; a positive share that
+      rounds to no example is refused). It is a share of: ``digits``' 1,438
+      non-test images; the tfds ``train`` split of ``cifar10``/``cifar100``
+      and of the GLUE tasks; for image folders, of ``train/``'s images in the
+      "splits" layout without a ``val/`` that serves as validation, and of all
+      images in the "domains" and "classes" layouts (beside 10 % for test).
+      Unused by ``oxford_flowers102``, ``dtd`` and "splits" folders with
+      ``val/`` and ``test/``: their validation split is their own.
+    split_seed: seeds that hold-out (and the test share of "domains"/"classes" folders).
     val_augment: the validation split keeps the training augmentation (the
       official EASIER/LaCoOT/TLC code's quirk); off by default.
     image_size: output side for datasets of variable image size (default 224).
@@ -66,7 +73,8 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
       ``tokenizer.json``, the model folder holding it, or a ``tokenizers.Tokenizer``.
     max_length: text datasets only: tokens per sequence (128 by default).
     layout: image folders only: "splits", "domains" or "classes" (:mod:`.folders`);
-      default: detected from the folder.
+      default: detected from the folder, refused (ValueError) where two layouts
+      fit it equally (:func:`.folders.detect_layout`).
 
   Returns:
     A :class:`Dataset`.

@@ -29,7 +29,8 @@ def load(*, val_fraction: float = 0.1, split_seed: int = 0, val_augment: bool = 
   """Loads the digits with the splits and normalisation described in the module docstring.
 
   Args:
-    val_fraction: share of the non-test images held out for validation.
+    val_fraction: share of the 1,438 non-test images held out for validation (0: no
+      validation split; a share that rounds to no image is refused).
     split_seed: seeds the train/validation split.
     val_augment: the validation split applies the training augmentation.
     image_size: must be None or 8 (the digits are 8x8).
@@ -46,7 +47,8 @@ def load(*, val_fraction: float = 0.1, split_seed: int = 0, val_augment: bool = 
   images = (raw.images.astype(np.float32) / 16.0)[..., None]
   labels = raw.target.astype(np.int64)
   rest, test = pipeline.holdout(len(labels), TEST_FRACTION, seed=_TEST_SEED, salt=1)
-  train_pos, val_pos = pipeline.holdout(len(rest), val_fraction, seed=split_seed, salt=2)
+  train_pos, val_pos = pipeline.validation_holdout(len(rest), val_fraction, seed=split_seed, salt=2,
+                                                   of="digits beside the test split")
   train, val = rest[train_pos], rest[val_pos]
   mean = (float(images[train].mean(dtype=np.float64)),)
   std = (float(images[train].std(dtype=np.float64)),)

@@ -1,20 +1,24 @@
 """Datasets stored as folders of images (read with Pillow), in the layouts of ``docs/data.md``.
 
-Layouts (``layout="auto"`` picks by looking at the folder):
+Layouts (``layout="auto"`` picks by looking at the folder, :func:`detect_layout`, and
+refuses to guess where two layouts fit it equally):
 
 * ``"splits"`` (Tiny-ImageNet style; chosen when ``root/train`` holds folders
   and no sub-folder of ``root`` holds images itself, so that a class folder
   named ``train`` beside others, as CIFAR-100's, makes a ``"classes"`` folder):
   ``root/{train,val,test}/<class>/<image>``. ``val/`` is optional; without
-  ``test/``, ``val/`` is the test split and there is no validation split (EGP
-  tests on ``val/``). Classes are the folder names under ``train/``.
+  ``test/``, ``val/`` is the test split (EGP tests on ``val/``). Without a
+  ``val/`` that serves as validation, ``val_fraction`` of ``train/`` is held out
+  for validation (seeded by ``split_seed``). Classes are the folder names under ``train/``.
   Augmentation: horizontal flip only. Images are served as ``image_size``
   squares (default: the height of the first training image), resized only
   where they differ (Tiny-ImageNet is 64x64 throughout).
-* ``"domains"`` (PACS/VLCS; chosen when every sub-folder holds folders and no images):
-  ``root/<domain>/<class>/<image>``. All domains are concatenated, then split
-  80/10/10 by a permutation seeded by ``split_seed`` (test fraction 0.1,
-  validation ``val_fraction``) — not leave-one-domain-out, like TLC and EASIER.
+* ``"domains"`` (PACS/VLCS; chosen when every sub-folder holds folders and no
+  images, and the folders under them have more distinct names, the classes,
+  than there are domains): ``root/<domain>/<class>/<image>``. All domains are
+  concatenated, then split 80/10/10 by a permutation seeded by ``split_seed``
+  (test fraction 0.1, validation ``val_fraction`` of all images) — not
+  leave-one-domain-out, like TLC and EASIER.
   Training: random resized crop to ``image_size`` (default 224) with area
   80-100 %, flip, colour jitter 0.4 (brightness, contrast, saturation, hue; in
   a fixed order, not torchvision's random one). Evaluation: shorter side to
@@ -22,7 +26,10 @@ Layouts (``layout="auto"`` picks by looking at the folder):
   ``val_augment`` (TLC's and EASIER's code augment validation and test alike:
   one training transform for the whole concatenated dataset).
 * ``"classes"`` (plain ImageFolder): ``root/<class>/<image>``; split and
-  augmented like ``"domains"``.
+  augmented like ``"domains"``. A class's images may lie in its sub-folders at
+  any depth (links to folders are followed); where no class folder holds images
+  itself (``root/<class>/<year>/<image>``), "auto" takes the folder for
+  ``"domains"`` or refuses to guess: name the layout then.
 
 ImageNet normalisation everywhere. Images are converted to RGB. A missing
 folder, a class folder without images, a class of ``val/``/``test/`` unknown
@@ -32,6 +39,7 @@ that names the path; a file Pillow cannot read raises
 """
 from __future__ import annotations
 
+import os
 import pathlib
 
 import numpy as np
@@ -42,6 +50,7 @@ from jaxdepth.data import augment, pipeline, rng
 LAYOUTS = ("auto", "splits", "domains", "classes")
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
 TEST_FRACTION = 0.1
+SPLIT_NAMES = ("test", "val", "valid", "validation")   # beside "train": a folder of splits
 
 
 class UnreadableImageError(ValueError):
@@ -53,7 +62,19 @@ def _subdirs(path: pathlib.Path) -> list[pathlib.Path]:
 
 
 def _images_in(class_dir: pathlib.Path) -> list[pathlib.Path]:
-  files = sorted(p for p in class_dir.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+  """The images under ``class_dir`` at any depth, sorted. Symbolic links to folders are followed
+  (as torchvision's ``ImageFolder`` does); a folder reached twice (a link cycle, two links to
+  one folder) is read once, and folders named ``.*`` are skipped at every level."""
+  files, seen = [], set()
+  for folder, subfolders, names in os.walk(class_dir, followlinks=True):
+    real = os.path.realpath(folder)
+    if real in seen:
+      subfolders[:] = []
+      continue
+    seen.add(real)
+    subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))   # a fixed walk order
+    files += [pathlib.Path(folder, n) for n in names if pathlib.Path(n).suffix.lower() in IMAGE_SUFFIXES]
+  files = sorted(p for p in files if p.is_file())
   if not files:
     raise ValueError(f"class folder {class_dir} holds no images (expected files ending in "
                      f"{', '.join(sorted(IMAGE_SUFFIXES))}); remove it or add images")
@@ -72,18 +93,60 @@ def _holds_images(folder: pathlib.Path) -> bool:
   return any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir())
 
 
+def _some(names) -> str:
+  names = sorted(names)
+  return ", ".join(names[:6]) + (f", ... ({len(names)} in all)" if len(names) > 6 else "")
+
+
+def _name_it(*layouts: str) -> str:
+  return (f"name the layout: layout={layouts[0]!r}"
+          + "".join(f" or layout={other!r}" for other in layouts[1:])
+          + " (on the command line --config.layout=" + " or --config.layout=".join(layouts) + ")")
+
+
 def detect_layout(root: pathlib.Path) -> str:
   """The layout of ``root``: "splits" if ``root/train`` holds folders and no sub-folder of ``root``
   holds images itself (a ``train`` folder of images is a class), "domains" if every sub-folder holds
-  folders and no images, else "classes"."""
+  folders and no images, else "classes".
+
+  Two guesses are refused (ValueError asking for ``layout=``) rather than taken:
+
+  * "classes" when the folders are named like splits (``train`` beside ``test``, ``val``,
+    ``valid`` or ``validation``): Kaggle's ``train/<class>/`` beside an unlabelled ``test/``
+    would make ``train`` and ``test`` the two classes;
+  * "domains" when the folders under the sub-folders have no more distinct names than there are
+    sub-folders: ``root/<class>/<year>/`` reads as well as ``root/<domain>/<class>/``, and the
+    labels would be the years. Domain datasets have more classes than domains (PACS: 7 in 4).
+  """
   subdirs = _subdirs(root)
   if not subdirs:
     raise ValueError(f"{root} holds no folders; expected one of the layouts {LAYOUTS[1:]} (see jaxdepth.data.folders)")
+  names = {d.name for d in subdirs}
   with_images = {d.name for d in subdirs if _holds_images(d)}
-  if "train" in {d.name for d in subdirs} and _subdirs(root / "train") and not with_images:
+  if "train" in names and _subdirs(root / "train") and not with_images:
     return "splits"
   if all(_subdirs(d) and d.name not in with_images for d in subdirs):
+    inner = {c.name for d in subdirs for c in _subdirs(d)}
+    if len(inner) <= len(subdirs):
+      raise ValueError(
+          f"{root} holds {len(subdirs)} folders ({_some(names)}) of {len(inner)} kinds of "
+          f"folder ({_some(inner)}): read as 'domains' (root/<domain>/<class>/<image>) its "
+          f"classes would be {_some(inner)}, read as 'classes' with sub-folders "
+          f"(root/<class>/<sub-folder>/<image>) they would be {_some(names)}, and jaxdepth "
+          f"guesses 'domains' only when there are more classes than domains; "
+          f"{_name_it('domains', 'classes')}")
     return "domains"
+  split_like = sorted(names & set(SPLIT_NAMES))
+  if "train" in names and split_like:
+    images = (f"{_some(with_images)} {'holds' if len(with_images) == 1 else 'hold'} images directly"
+              if with_images else "train holds no class folders")
+    raise ValueError(
+        f"{root} holds folders named like splits (train, {', '.join(split_like)}), but {images}, "
+        f"so it is not a 'splits' layout (root/{{train,val,test}}/<class>/<image>, every split "
+        f"in class folders), and read as 'classes' its classes would be {_some(names)}. Load "
+        f"{root / 'train'} alone for its classes (split into train, validation and test; "
+        f"unlabelled images cannot be scored), put every split's images in class folders, or "
+        f"{_name_it('classes')} if those folders are classes")
   return "classes"
 
 
@@ -143,8 +206,11 @@ def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float 
   Args:
     root: the dataset folder.
     layout: "auto", "splits", "domains" or "classes".
-    val_fraction: validation share for "domains"/"classes" (unused by "splits").
-    split_seed: seeds the 80/10/10 permutation of "domains"/"classes".
+    val_fraction: the validation share: of all images for "domains"/"classes"
+      (beside 10 % for test); of ``train/``'s images for "splits" without a
+      ``val/`` that serves as validation (unused where there is one).
+    split_seed: seeds the 80/10/10 permutation of "domains"/"classes", and the
+      hold-out of "splits".
     val_augment: the validation split applies the training augmentation.
     image_size: output side (see the layouts for the default).
     name: the Dataset's name (default ``"folder:<root>"``).
@@ -194,8 +260,17 @@ def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float 
     if image_size is None:
       image_size = _read_image(parts["train"][0][0]).shape[0]
     recipe = augment.ResizeFlip(size=image_size)
-    train = split("train", *parts["train"], recipe, image_size)
-    val = split("val", *parts["val"], recipe, image_size, val_augment) if "val" in parts else None
+    files, labels = parts["train"]
+    keep, held = np.arange(len(files)), np.arange(0)
+    if "val" not in parts:   # no official validation split: hold out val_fraction of train/
+      keep, held = pipeline.validation_holdout(len(files), val_fraction, seed=split_seed, salt=0xF01D,
+                                               of=f"images of {train_dir}")
+    train = split("train", [files[i] for i in keep], labels[keep], recipe, image_size, indices=keep)
+    val = None
+    if "val" in parts:
+      val = split("val", *parts["val"], recipe, image_size, val_augment)
+    elif len(held):
+      val = split("val", [files[i] for i in held], labels[held], recipe, image_size, val_augment, held)
     test = split("test", *parts["test"], recipe, image_size)
     return pipeline.Dataset(name, train, val, test, len(classes), (image_size, image_size, 3), tuple(classes))
 

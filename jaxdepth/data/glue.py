@@ -63,7 +63,8 @@ def load(name: str, *, tokenizer: Any = None, max_length: int = text.DEFAULT_MAX
       ``tokenizers.Tokenizer`` (:func:`jaxdepth.data.text.load_tokenizer`).
     max_length: tokens per sequence, special tokens included.
     data_dir: where the prepared ArrayRecord files are (tfds' default if None).
-    val_fraction: share of GLUE's train held out for validation.
+    val_fraction: share of GLUE's train held out for validation (0: no validation
+      split; a share that rounds to no example is refused).
     split_seed: seeds that hold-out.
 
   Returns:
@@ -81,7 +82,8 @@ def load(name: str, *, tokenizer: Any = None, max_length: int = text.DEFAULT_MAX
   require("tensorflow_datasets.text.glue", "data", "GLUE datasets")   # registers the builder with tfds
   train_source = tfds_source.open_source(name, "train", data_dir)
   test_source = tfds_source.open_source(name, "validation", data_dir)
-  train_positions, val_positions = pipeline.holdout(len(train_source), val_fraction, seed=split_seed)
+  train_positions, val_positions = pipeline.validation_holdout(
+      len(train_source), val_fraction, seed=split_seed, of=f"examples of {name}'s train split")
   pairs = len(recipe.text_features) == 2
 
   def split(split_name: str, source: Any, positions: np.ndarray) -> text.TextSplit:

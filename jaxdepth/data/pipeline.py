@@ -329,16 +329,8 @@ class Dataset:
         raise ValueError(f"val images have shape {x_val.shape[1:]}, train images {shape}; "
                          f"every split must have one image shape")
     elif val_fraction:
-      keep, held = holdout(len(y_train), val_fraction, seed=split_seed, salt=2)
-      rounded = f"round({val_fraction} * {len(y_train)}) = {len(held)}"
-      if not len(held):
-        raise ValueError(f"val_fraction={val_fraction} holds out no example of the {len(y_train)} "
-                         f"train ones ({rounded}), which would make an empty validation split: use "
-                         f"val_fraction >= 1/{len(y_train)}, val=(images, labels), or val_fraction=0 "
-                         f"for no validation split")
-      if not len(keep):
-        raise ValueError(f"val_fraction={val_fraction} holds out all {len(y_train)} train examples "
-                         f"({rounded}), leaving none to train on: lower it")
+      keep, held = validation_holdout(len(y_train), val_fraction, seed=split_seed, salt=2,
+                                      of="train examples", alternative="val=(images, labels), ")
       x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[keep], y_train[keep]
     else:
       x_val = y_val = None
@@ -445,6 +437,27 @@ def holdout(num_examples: int, fraction: float, *, seed: int, salt: int = 0) -> 
   held = int(round(fraction * num_examples))
   order = rng.permutation(num_examples, (seed, salt, 0x5B11))
   return np.sort(order[:num_examples - held]), np.sort(order[num_examples - held:])
+
+
+def validation_holdout(num_examples: int, fraction: float, *, seed: int, salt: int = 0,
+                       of: str = "train examples", alternative: str = "") -> tuple[np.ndarray, np.ndarray]:
+  """:func:`holdout` of a validation split, refusing a positive ``fraction`` that holds out no
+  example (it would silently mean no validation split) or keeps none to train on.
+
+  ``of`` names the ``num_examples`` in the message ("images of data/train"); ``alternative``
+  is another remedy to offer beside a larger fraction and ``val_fraction=0``.
+  """
+  keep, held = holdout(num_examples, fraction, seed=seed, salt=salt)
+  rounded = f"round({fraction} * {num_examples}) = {len(held)}"
+  if fraction and not len(held):
+    raise ValueError(f"val_fraction={fraction} holds out no example of the {num_examples} {of} "
+                     f"({rounded}), which would make an empty validation split: use "
+                     f"val_fraction >= 1/{num_examples}, {alternative}or val_fraction=0 for no "
+                     f"validation split")
+  if fraction and not len(keep):
+    raise ValueError(f"val_fraction={fraction} holds out all {num_examples} {of} ({rounded}), "
+                     f"leaving none to train on: lower it")
+  return keep, held
 
 
 def check_fraction(name: str, value: float) -> None:

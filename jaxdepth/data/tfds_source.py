@@ -96,7 +96,8 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
   Args:
     name: a key of :data:`RECIPES`.
     data_dir: where the prepared ArrayRecord files are (tfds' default if None).
-    val_fraction: share of ``train`` held out for validation (CIFAR only).
+    val_fraction: share of ``train`` held out for validation (CIFAR only; 0: no
+      validation split; a share that rounds to no example is refused).
     split_seed: seeds that hold-out.
     val_augment: the validation split applies the training augmentation.
     image_size: output side for variable-size datasets (default 224); CIFAR
@@ -129,7 +130,8 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
   train_source = open_source(name, "train", data_dir)
   test_source = open_source(name, "test", data_dir)
   if recipe.val_split is None:
-    train_positions, val_positions = pipeline.holdout(len(train_source), val_fraction, seed=split_seed)
+    train_positions, val_positions = pipeline.validation_holdout(
+        len(train_source), val_fraction, seed=split_seed, of=f"examples of {name}'s train split")
     val_source = train_source
   else:
     val_source = open_source(name, recipe.val_split, data_dir)
