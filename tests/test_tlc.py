@@ -226,6 +226,41 @@ def test_ranking_inputs_a_user_can_get_wrong_are_named():
       tlc.rank(spec, variables, cands, x, labels, masks)[1]["r1"], abs=1e-5)
 
 
+def test_ranking_refuses_gates_of_another_length_and_candidates_on_removed_sites():
+  spec = _mixed_spec()
+  variables = _randomized(spec, 3)
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(8, *spec.input_shape)), jnp.float32)
+  labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
+  cands = tlc.candidates(spec)
+  masks = tlc.keep_masks(tlc.candidate_betas(spec, variables, cands, x))
+  n = len(spec.sites())
+  short = jnp.ones(n - 1)          # out of bounds: the last site would read the gate before it
+  off = network.gates_for(spec, off=["r1"])
+  calls = {"rank": functools.partial(tlc.rank, spec, variables, cands, x, labels, masks),
+           "rank_naive": functools.partial(tlc.rank_naive, spec, variables, cands, x, labels,
+                                           masks),
+           "joint_gap": functools.partial(tlc.joint_gap, spec, variables, cands, ["r2"], x,
+                                          labels, masks)}
+  for name, call in calls.items():
+    with pytest.raises(ValueError, match=rf"gates must have shape \({n},\).*got \({n - 1},\)"):
+      call(gates=short)
+    with pytest.raises(ValueError, match=r"candidates on sites \['r1'\], which the gates already "
+                                         r"removed \(gate 0\).*live_sites\(spec, gates\)"):
+      call(gates=off)
+
+
+def test_candidates_refuse_a_gate_array_for_live():
+  spec = _mixed_spec()
+  gates = network.gates_for(spec, off=["r1"])
+  for live in (gates, np.asarray(gates), np.asarray(gates).tolist()):
+    with pytest.raises(TypeError, match=r"live must be a collection of site paths.*float.*"
+                                        r"live_sites\(spec, gates\)"):
+      tlc.candidates(spec, live=live)
+  assert [c.site for c in tlc.candidates(spec, live=base.live_sites(spec, gates))] == [
+      s for s in spec.sites() if s != "r1"]
+
+
 def test_empirical_statistics_are_the_pre_activation_mean():
   spec = _mixed_spec()
   variables = _randomized(spec, 5)
@@ -324,6 +359,37 @@ def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
   # an empty decision stops the run
   _, stopped = method.apply(spec, new_vars, new_state, base.Decision((), {"stop": "x"}))
   assert method.live_units(spec, stopped) == () and method.live_units(spec, new_state)
+
+
+def test_a_decision_applied_twice_is_refused_as_already_removed():
+  spec = zoo.digits_cnn(width=8)
+  variables = network.init(spec, jax.random.key(0))
+  method = tlc.TLC()
+  state = method.init(spec)
+  decision = base.Decision(("relu2",), {"cut": {"relu2": [0]}})
+  _, once = method.apply(spec, variables, state, decision)
+  with pytest.raises(ValueError, match=r"sites \['relu2'\] of 'digits_cnn' are already removed "
+                                       r"\(gate 0\); a decision applies once"):
+    method.apply(spec, variables, once, decision)
+  with pytest.raises(KeyError, match=r"cannot remove \['rleu'\]: not live sites"):
+    method.apply(spec, variables, state, base.Decision(("rleu",), {}))
+
+
+def test_val_accuracy_in_percent_is_refused_as_not_a_fraction():
+  spec = zoo.digits_cnn(width=8)
+  method = tlc.TLC(batch_size=64)
+  variables = network.init(spec, jax.random.key(0))
+
+  def context(accuracy):
+    return base.Context(iteration=0, train_stats=None, eval_stats=None, rng=jax.random.key(0),
+                        val_accuracy=accuracy)
+
+  for percent in (5.0, 36.1, -0.1):
+    with pytest.raises(ValueError, match=r"val_accuracy is a fraction in \[0, 1\].*got "
+                                         rf"{percent}; divide an accuracy in percent by 100"):
+      method.measure(spec, variables, method.init(spec), context(percent))
+  # 5 % as a fraction is below the 20 % threshold: the stop rule holds, nothing is ranked
+  assert method.measure(spec, variables, method.init(spec), context(0.05)) == {}
 
 
 # ------------------------------------------------------------------ end to end

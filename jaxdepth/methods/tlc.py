@@ -235,10 +235,16 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
     ValueError: a live site without a weight layer (optionally through one
       BatchNorm) right before it: TLC cannot cut or linearize it; or a live
       site inside a Concat's branches or post, which TLC does not rank.
-    TypeError, KeyError: ``live`` is one string, or names what is no live site.
+    TypeError, KeyError: ``live`` is one string or no site paths (a gate array), or
+      names what is no live site.
   """
   sites = spec.sites()
   live = sites if live is None else S.site_paths(live, "live")
+  odd = next((s for s in live if not isinstance(s, str)), None)
+  if odd is not None:
+    raise TypeError(f"live must be a collection of site paths, got {type(odd).__name__} "
+                    f"entries (a gate array?); for gates pass "
+                    f"live=jaxdepth.methods.live_sites(spec, gates)")
   unknown = sorted(set(live) - set(sites))
   if unknown:
     raise KeyError(f"live names no live site of {spec.name!r}: {unknown}; its sites are "
@@ -498,7 +504,15 @@ class TLC:
     the candidate's edit alone, the joint gap ``G(n)`` of the prefix of the
     ranking that ends with it (``None`` where not evaluated), its channels with
     ``β ≤ 0`` and its channel count.
+
+    Raises:
+      ValueError: ``context.val_accuracy`` outside [0, 1] (a percentage: the stop
+        rule compares a fraction and would never hold).
     """
+    acc = context.val_accuracy
+    if acc is not None and not 0.0 <= acc <= 1.0:
+      raise ValueError(f"Context.val_accuracy is a fraction in [0, 1] (as the report holds "
+                       f"it), got {acc!r}; divide an accuracy in percent by 100")
     live = self.live_units(spec, state)
     if len(live) <= 1:
       return {}
@@ -568,17 +582,30 @@ class TLC:
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
     if not decision.remove:
       return variables, {**state, "stopped": jnp.ones((), jnp.int32)}
-    by_name = {c.name: c for c in self.candidates(spec, state)}
-    masks = dict(traverse_util.flatten_dict(state["masks"], sep=S.SEP))
-    for name, cut in (decision.details or {}).get("cut", {}).items():
-      w = by_name[name].weight
-      masks[w] = jnp.asarray(masks[w]).at[jnp.asarray(cut, jnp.int32)].set(0.0) if cut else masks[w]
     gates = state["gates"]
-    index = {s: i for i, s in enumerate(spec.sites())}
     live = set(self.live_units(spec, state))
+    cuts = (decision.details or {}).get("cut", {})
+    by_name = {c.name: c for c in self.candidates(spec, state)}
+    removed = set(base.removed_sites(spec, gates))
+    again = [s for s in list(decision.remove) + list(cuts) if s in removed]
+    if again:
+      raise ValueError(f"cannot apply the decision: sites {list(dict.fromkeys(again))} of "
+                       f"{spec.name!r} are already removed (gate 0); a decision applies once, "
+                       f"to the state it was decided on: measure and decide on the new state")
     unknown = [s for s in decision.remove if s not in live]
     if unknown:
-      raise KeyError(f"cannot remove {unknown}: not live sites of {spec.name!r}")
+      why = ("the run has stopped: no site is live" if bool(jax.device_get(state["stopped"]))
+             else "no such sites")
+      raise KeyError(f"cannot remove {unknown}: not live sites of {spec.name!r} ({why})")
+    unknown = [n for n in cuts if n not in by_name]
+    if unknown:
+      raise KeyError(f"the decision cuts channels of {unknown}, which are no live candidates "
+                     f"of {spec.name!r}; its candidates are {list(by_name)}")
+    masks = dict(traverse_util.flatten_dict(state["masks"], sep=S.SEP))
+    for name, cut in cuts.items():
+      w = by_name[name].weight
+      masks[w] = jnp.asarray(masks[w]).at[jnp.asarray(cut, jnp.int32)].set(0.0) if cut else masks[w]
+    index = {s: i for i, s in enumerate(spec.sites())}
     gates = gates.at[jnp.asarray([index[s] for s in decision.remove], jnp.int32)].set(0.0)
     new = {"gates": gates, "masks": _nested(masks), "stopped": state["stopped"]}
     return self._masked(spec, variables, new), new

@@ -86,6 +86,22 @@ def _check_inputs(x, labels) -> None:
                     + (" (one-hot? pass labels.argmax(-1))" if len(shape) == 2 else ""))
 
 
+def _checked_gates(spec, cands, gates) -> jax.Array:
+  """The site gates as float32 (default all on), checked to hold one gate per site of
+  ``spec`` (a shorter array would be read out of bounds, clamped to its last gate) and
+  to keep every candidate's site on: a removed site's edit changes nothing."""
+  if gates is None:
+    return network.gates_for(spec)
+  gates = jnp.asarray(gates, jnp.float32)
+  by_site = network.gates_by_site(spec, gates)
+  off = list(dict.fromkeys(c.site for c in cands if by_site[c.site] == 0))
+  if off:
+    raise ValueError(f"candidates on sites {off}, which the gates already removed (gate 0); "
+                     f"rank only the live sites' candidates: tlc.candidates(spec, "
+                     f"live=jaxdepth.methods.live_sites(spec, gates))")
+  return gates
+
+
 def _checked_masks(spec, cands, masks) -> tuple:
   """The candidates' keep-masks in candidate order, each checked to be ``C`` zeros and ones
   (``C`` the weight layer's output channels): β values (:func:`candidate_betas`) in their
@@ -125,10 +141,12 @@ def joint_gap(spec, variables, cands, chosen, x, labels, masks, *, gates=None, m
   Raises:
     TypeError: ``chosen`` is one string (a collection of names is wanted).
     KeyError: a chosen name that is no candidate's (a weight path, a typo).
+    ValueError: ``gates`` without one entry per site of ``spec``, or a candidate whose
+      site they already removed (gate 0).
   """
   _check_inputs(x, labels)
-  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
+  gates = _checked_gates(spec, cands, gates)
   chosen = set(S.site_paths(chosen, "chosen", "candidate names"))
   unknown = sorted(chosen - {c.name for c in cands})
   if unknown:
@@ -150,10 +168,14 @@ def rank_naive(spec, variables, cands, x, labels, masks, *, gates=None, mask=Non
 
   Returns:
     ``(base_loss, {name: gap})``.
+
+  Raises:
+    ValueError: ``gates`` without one entry per site of ``spec``, or a candidate whose
+      site they already removed (gate 0).
   """
   _check_inputs(x, labels)
-  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
   cands = tuple(cands)
+  gates = _checked_gates(spec, cands, gates)
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
   stacked = tuple(jnp.asarray(m) for m in _checked_masks(spec, cands, masks))
   base_loss = float(_joint_loss(spec, cands, variables, x, labels, mask, gates, stacked,
@@ -411,8 +433,8 @@ def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dty
 
   Args:
     spec, variables: the network (cut channels already 0); ``gates`` its site
-      gates (default all on).
-    cands: the live candidates (:func:`candidates`).
+      gates, one per site (default all on).
+    cands: the live candidates (:func:`candidates`): none on a site the gates removed.
     x, labels: the validation batch; ``mask`` marks its real examples.
     masks: ``{name: (C,)}`` keep-masks of the edits (:func:`keep_masks`).
     dtype: compute dtype.
@@ -420,12 +442,16 @@ def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dty
   Returns:
     ``(base_loss, {name: gap})``, gaps in candidate order; equal to
     :func:`rank_naive` up to float rounding.
+
+  Raises:
+    ValueError: ``gates`` without one entry per site of ``spec``, or a candidate whose
+      site they already removed (gate 0).
   """
   cands = tuple(cands)
   if not cands:
     raise ValueError("no candidate to rank")
   _check_inputs(x, labels)
-  gates = network.gates_for(spec) if gates is None else jnp.asarray(gates, jnp.float32)
+  gates = _checked_gates(spec, cands, gates)
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
   stacked = tuple(jnp.asarray(m, jnp.float32) for m in _checked_masks(spec, cands, masks))
   losses = np.asarray(jax.device_get(_rank_forked(spec, cands, variables, x, labels, mask,
