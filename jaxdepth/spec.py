@@ -763,23 +763,33 @@ def check_spec(spec, call: str) -> None:
 
 
 def site_paths(sites, what: str = "sites", of: str = "site paths") -> tuple[str, ...]:
-  """``sites`` as a tuple of paths; one string is refused (it would be split into letters).
+  """``sites`` as a tuple of paths; one string is refused (it would be split into letters),
+  and so are entries that are no strings (a gate array is no list of names).
 
   Raises:
-    TypeError: ``sites`` is a string (``what`` names the argument in the message, ``of``
-      what it collects).
+    TypeError: ``sites`` is a string or holds a non-string (``what`` names the argument in
+      the message, ``of`` what it collects).
   """
   if isinstance(sites, str):
     raise TypeError(f"{what} must be a collection of {of}, got the string {sites!r}; "
                     f"write [{sites!r}]")
-  return tuple(sites)
+  paths = tuple(sites)
+  odd = next((p for p in paths if not isinstance(p, str)), None)
+  if odd is not None:
+    got = (f"a {sites.dtype} array of shape {tuple(sites.shape)}" if hasattr(sites, "dtype")
+           else f"{type(odd).__name__} entries")
+    hint = ("; for the sites a gate array turns off (or keeps) pass "
+            "jaxdepth.methods.removed_sites(spec, gates) (or live_sites(spec, gates))"
+            if of == "site paths" else "")
+    raise TypeError(f"{what} must be a collection of {of}, got {got}{hint}")
+  return paths
 
 
 def with_identity(spec: Spec, sites) -> Spec:
   """Bakes the given sites in as identities (``Act(fn='identity')``).
 
   Raises:
-    TypeError: ``sites`` is one string (a collection of paths is wanted).
+    TypeError: ``sites`` is one string or a gate array (a collection of paths is wanted).
     KeyError: a name that is not a live site of ``spec``.
   """
   sites = set(site_paths(sites))

@@ -115,6 +115,24 @@ def test_one_string_for_a_list_of_sites_is_refused_with_the_fix(measured):
   assert list(easier.measure(s, ["r1"])) == ["r1"]
 
 
+def test_a_gate_array_for_a_list_of_sites_is_refused_with_the_fix(measured):
+  spec, variables, batches = measured
+  gates = easier.apply(network.gates_for(spec), ("r1",), spec=spec)
+  fix = (r"sites must be a collection of site paths, got a float32 array of shape \(4,\); "
+         r"for the sites a gate array turns off .*methods.removed_sites\(spec, gates\)")
+  with pytest.raises(TypeError, match=fix):
+    easier.remove(spec, variables, gates)
+  with pytest.raises(TypeError, match=fix):
+    easier.apply(gates, gates, spec=spec)
+  s, _ = _stats_and_counts(spec, variables, batches[:1], True)
+  with pytest.raises(TypeError, match="live_" + fix):
+    easier.measure(s, gates)
+  with pytest.raises(TypeError, match=r"got float entries; for the sites a gate array"):
+    easier.remove(spec, variables, np.asarray(gates).tolist())
+  shallow, _ = easier.remove(spec, variables, base.removed_sites(spec, gates))   # the fix
+  assert shallow.sites() == ("after1", "after2", "r2")
+
+
 def test_gates_and_baked_identities_compute_the_same_network(measured):
   spec, variables, batches = measured
   gates = easier.apply(network.gates_for(spec), ("r1", "r2"), spec=spec)

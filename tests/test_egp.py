@@ -2,6 +2,7 @@
 import json
 import math
 import pathlib
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -191,6 +192,39 @@ def test_the_own_loop_functions_name_the_arguments_mixed_up():
   with pytest.raises(TypeError, match=r"entropy_statistics takes one split of a dataset, e.g. "
                                       r"dataset.test or dataset.val, got the Dataset 'digits'"):
     egp.entropy_statistics(spec, variables, digits, batch_size=64)
+
+
+def test_the_module_docs_own_loop_runs_and_prunes_the_smallest_weights():
+  snippet = textwrap.dedent(egp.__doc__.rsplit("::\n", 1)[1])   # the docstring's last block
+  spec = zoo.digits_cnn(width=4)
+  variables = network.init(spec, jax.random.key(0))
+  namespace = {"egp": egp, "site_stats": stats, "traverse_util": traverse_util, "spec": spec,
+               "variables": variables, "ds": data.load("digits")}
+  exec(snippet, namespace)  # pylint: disable=exec-used
+  masks, amounts, pruned = namespace["masks"], namespace["amounts"], namespace["pruned"]
+  layers = egp.layer_map(spec)
+  flat_masks = traverse_util.flatten_dict(masks, sep="/")
+  flat_params = traverse_util.flatten_dict(variables["params"], sep="/")
+  assert sum(amounts) > 0 and set(flat_masks) == {f"{layers[s]}/kernel" for s in pruned}
+  for s, amount in zip(pruned, amounts):
+    w = np.abs(np.asarray(flat_params[f"{layers[s]}/kernel"]))
+    m = np.asarray(flat_masks[f"{layers[s]}/kernel"])
+    assert (~m).sum() == amount
+    if 0 < amount < w.size:
+      assert w[~m].max() <= w[m].min()
+
+
+def test_measure_names_a_context_rng_that_is_no_key():
+  spec = zoo.digits_cnn(width=4)
+  variables = network.init(spec, jax.random.key(0))
+  method = Egp()
+  context = base.Context(iteration=0, train_stats=None, eval_stats=None, rng=0,
+                         dataset=data.load("digits"), eval_batch_size=64)
+  with pytest.raises(TypeError, match=r"context.rng must be a JAX key, e.g. "
+                                      r"jax.random.key\(0\) .*; got the int 0"):
+    method.measure(spec, variables, method.init(spec), context)
+  for key in (jax.random.key(3), jax.random.PRNGKey(3)):           # typed, raw uint32
+    assert egp._seed_of(key) == int(jax.random.randint(key, (), 0, 2**31 - 1))
 
 
 # -------------------------------------------------------------------- layer map
@@ -431,6 +465,8 @@ def test_report_completion_and_plots(finished, tmp_path):
   assert files["scores_plot"].name == "entropies.png"
   text = (tmp_path / "report.md").read_text()
   assert "## Pruning" in text and "| 0 | 0.0 | 0.0 |" in text
+  # Entropies in bits, as EASIER's (the report said no unit).
+  assert result.report["score_unit"] == "bits" and "lowest of entropies (bits)" in text
 
 
 def test_the_pruning_table_shows_a_dash_for_figures_not_computed(tmp_path):

@@ -162,14 +162,16 @@ def remove(spec: Spec, variables, sites) -> tuple[Spec, Any]:
   Args:
     spec: the architecture.
     variables: its Flax variables.
-    sites: site paths to turn into ``Act(fn="identity")``.
+    sites: site paths to turn into ``Act(fn="identity")``; for those a gate array
+      turns off, pass ``base.removed_sites(spec, gates)``.
 
   Returns:
     ``(spec, variables)``.
 
   Raises:
     KeyError: a name that is not a site of ``spec``.
-    TypeError: ``sites`` given as one string instead of a collection of names.
+    TypeError: ``sites`` given as one string or as a gate array instead of a
+      collection of names.
   """
   return with_identity(spec, sites), variables
 

@@ -46,9 +46,12 @@ width and the channels (:func:`row_counts`).
 
 The pieces are pure functions a training loop of one's own can call. ``masks``
 has the nesting of ``params``, a bool array at each pruned layer's ``kernel``
-(what :func:`jaxdepth.optim.apply_masks` and the train step read)::
+(what :func:`jaxdepth.optim.apply_masks` and the train step read). The first round,
+from ``spec``, its trained ``variables`` and a dataset ``ds`` (later rounds start
+from the masks it leaves, and train with them in between)::
 
     layers = egp.layer_map(spec)                     # {site: weight layer}
+    masks = egp.initial_masks(spec, layers)          # all True: nothing pruned yet
     H = site_stats.entropies(egp.entropy_statistics(spec, variables, ds.train,
                                                     batch_size=64), "egp")
     stats = egp.layer_statistics(variables["params"], masks, layers)
@@ -81,9 +84,10 @@ from jaxdepth import spec as S
 from jaxdepth import stats as site_stats
 from jaxdepth.methods import base
 
-__all__ = ["ESTIMATORS", "NEURONS", "DEFAULT_ITERATIONS", "layer_map", "check_layer_map", "prune",
-           "Allocation", "allocation", "allocate", "layer_statistics", "row_counts",
-           "entropy_statistics", "dead_channel_counts", "Egp", "Nepenthe"]
+__all__ = ["ESTIMATORS", "NEURONS", "DEFAULT_ITERATIONS", "layer_map", "check_layer_map",
+           "initial_masks", "prune", "Allocation", "allocation", "allocate",
+           "layer_statistics", "row_counts", "entropy_statistics", "dead_channel_counts", "Egp",
+           "Nepenthe"]
 
 ESTIMATORS = ("egp", "dataset", "easier")
 NEURONS = ("channels", "rows")
@@ -161,6 +165,31 @@ def check_layer_map(spec: S.Spec, mapping: Mapping[str, str | None]) -> dict[str
 
 def _kernel_path(layer: str) -> tuple[str, ...]:
   return (*layer.split(S.SEP), "kernel")
+
+
+def initial_masks(spec: S.Spec, layers: Mapping[str, str | None]):
+  """The masks before any pruning: all ``True`` at the kernel of each mapped layer.
+
+  Args:
+    spec: the architecture.
+    layers: ``{site: layer or None}`` (:func:`layer_map`); unmapped sites get no mask.
+
+  Returns:
+    ``masks`` with the nesting of ``params`` (what :func:`prune` updates and
+    :func:`jaxdepth.optim.apply_masks` reads).
+  """
+  shapes = spec.shapes()
+  nodes = dict(spec.walk())
+  flat = {}
+  for layer in layers.values():
+    if layer is None:
+      continue
+    node = nodes[layer]
+    c_in = shapes[layer][0][-1]
+    shape = ((*node.kernel, c_in // node.groups, node.features) if isinstance(node, S.Conv)
+             else (c_in, node.features))
+    flat[_kernel_path(layer)] = jnp.ones(shape, bool)
+  return traverse_util.unflatten_dict(flat)
 
 
 def _masked_on_host(params, masks):
@@ -551,6 +580,15 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
 
 
 def _seed_of(rng) -> int:
+  """The entropy pass's augmentation seed, drawn from the context's key.
+
+  An int is refused rather than taken as a seed: the driver passes a key folded from
+  the run's seed and the iteration, so each pass augments afresh.
+  """
+  what = network.not_a_key(rng)
+  if what is not None:
+    raise TypeError(f"context.rng must be a JAX key, e.g. jax.random.key(0) (EGP draws the "
+                    f"entropy pass's augmentation seed from it); got {what}")
   return int(jax.random.randint(rng, (), 0, 2**31 - 1))
 
 
@@ -593,6 +631,7 @@ class Egp:
   name: str = dataclasses.field(default="egp", init=False)
   unit: str = dataclasses.field(default="site", init=False)
   score_name: str = dataclasses.field(default="entropies", init=False)
+  score_unit: str = dataclasses.field(default="bits", init=False)
 
   def __post_init__(self):
     if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not (
@@ -631,20 +670,6 @@ class Egp:
                      f"sites: {list(out)}")
     return {s: None if s in self.skip else l for s, l in out.items()}
 
-  def _masks_template(self, spec: S.Spec):
-    shapes = spec.shapes()
-    nodes = dict(spec.walk())
-    flat = {}
-    for layer in self.layer_map(spec).values():
-      if layer is None:
-        continue
-      node = nodes[layer]
-      c_in = shapes[layer][0][-1]
-      shape = ((*node.kernel, c_in // node.groups, node.features) if isinstance(node, S.Conv)
-               else (c_in, node.features))
-      flat[_kernel_path(layer)] = jnp.ones(shape, bool)
-    return traverse_util.unflatten_dict(flat)
-
   # -- protocol ------------------------------------------------------------------
 
   def options(self) -> dict[str, Any]:
@@ -655,7 +680,7 @@ class Egp:
             "skip": list(self.skip), "neurons": self.neurons}
 
   def init(self, spec: S.Spec):
-    return {"gates": network.gates_for(spec), "masks": self._masks_template(spec),
+    return {"gates": network.gates_for(spec), "masks": initial_masks(spec, self.layer_map(spec)),
             "round": jnp.zeros((), jnp.int32)}
 
   def units(self, spec: S.Spec) -> tuple[str, ...]:
