@@ -76,7 +76,19 @@ def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStat
   A total that would pass :data:`COUNT_MAX` stays there instead of wrapping
   around, so zero counts stay exact and :func:`entropies` can refuse a fraction it
   no longer knows.
+
+  Raises:
+    TypeError: ``stats`` is not a SiteStats, or ``batch_counts`` is ``None`` (what
+      ``forward(...).site_counts`` is without ``collect_stats=True``).
+    ValueError: ``stats`` are of another spec than the counts (other sites or widths).
   """
+  if not isinstance(stats, SiteStats):
+    raise TypeError(f"accumulate folds counts into a SiteStats (empty_stats(spec)), got a "
+                    f"{type(stats).__name__}")
+  if batch_counts is None:
+    raise TypeError("accumulate got no counts (None): forward(...).site_counts is None unless "
+                    "forward(..., collect_stats=True)")
+  _check_same_sites(stats, batch_counts)
   return SiteStats(
       counts={s: _saturating_add(stats.counts[s], batch_counts[s]) for s in stats.counts},
       egp_sum={s: stats.egp_sum[s] + E.egp_batch_entropy(batch_counts[s])
@@ -84,6 +96,26 @@ def accumulate(stats: SiteStats, batch_counts: dict[str, jax.Array]) -> SiteStat
       easier_sum={s: stats.easier_sum[s] + E.easier_batch_entropy(batch_counts[s])
                   for s in stats.counts},
       batches=stats.batches + 1, sites=stats.sites)
+
+
+def _check_same_sites(stats: SiteStats, batch_counts) -> None:
+  """Refuses statistics of another spec than the counts (a bare KeyError or a broadcast
+  error otherwise); sites and shapes are static, so under jit this costs nothing per step."""
+  missing = [s for s in batch_counts if s not in stats.counts]
+  extra = [s for s in stats.counts if s not in batch_counts]
+  shapes = {s: (jnp.shape(stats.counts[s]), jnp.shape(batch_counts[s]))
+            for s in stats.counts if s in batch_counts}
+  diffs = [f"site {s!r} holds {held} in the statistics, {counted} counted"
+           for s, (held, counted) in shapes.items() if held != counted]
+  if extra:
+    diffs.insert(0, f"the statistics' sites {extra} are not counted")
+  if missing:
+    diffs.insert(0, f"sites {missing} are counted but not in the statistics")
+  if not diffs:
+    return
+  raise ValueError(f"the site statistics are of another spec than the counts folded into them "
+                   f"({'; '.join(diffs)}): make them with empty_stats(spec) of the spec that "
+                   f"is run (the step's or forward's)")
 
 
 def _saturating_add(total, batch):

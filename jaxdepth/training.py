@@ -140,13 +140,27 @@ class TrainOptions(NamedTuple):
 
 
 def _key_data(rng) -> jax.Array:
-  """Raw ``uint32`` key data from an int seed, a typed key or raw key data."""
-  if isinstance(rng, (int, np.integer)):
+  """Raw ``uint32`` key data from an int seed (a Python, numpy or 0-d jax integer), a typed
+  key or raw key data; anything else is refused here rather than at the first step."""
+  if isinstance(rng, (int, np.integer)) and not isinstance(rng, bool):
     return jax.random.key_data(jax.random.key(int(rng)))
-  rng = jnp.asarray(rng)
-  if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key):
-    return jax.random.key_data(rng)
-  return rng
+  shape = jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))).shape
+  dtype, got = getattr(rng, "dtype", None), tuple(getattr(rng, "shape", (None,)))
+  if dtype is not None and jnp.issubdtype(dtype, jax.dtypes.prng_key) and got == ():
+    if jax.random.key_data(rng).shape == shape:   # not a key of another PRNG implementation
+      return jax.random.key_data(rng)
+  elif dtype is not None and jnp.issubdtype(dtype, jnp.integer) and got == ():
+    return jax.random.key_data(jax.random.key(rng))   # the same key as the Python int's
+  elif dtype == jnp.uint32 and got == shape:
+    return jnp.asarray(rng)
+  if dtype is None:
+    what = f"a {type(rng).__name__}"
+  elif jnp.issubdtype(dtype, jax.dtypes.prng_key):
+    what = f"a key of shape {got} and dtype {dtype}"
+  else:
+    what = f"{dtype} of shape {got}"
+  raise TypeError(f"TrainState.create: rng takes an int seed, a key (jax.random.key(seed)) or "
+                  f"its uint32 key data of shape {shape} (jax.random.PRNGKey(seed)), got {what}")
 
 
 def _own_copy(x):
@@ -203,7 +217,13 @@ class TrainState:
     Args:
       variables: ``{"params": ..., "batch_stats": ...}`` from :func:`jaxdepth.init`.
       tx: the optimizer.
-      rng: an int seed or a key, for dropout.
+      rng: an int seed (a Python, numpy or 0-d jax integer: the same state for the same
+        value), a key (``jax.random.key(seed)``) or its ``uint32`` key data
+        (``jax.random.PRNGKey(seed)``), for dropout.
+
+    Raises:
+      TypeError: ``variables`` is not a variables dict, or ``rng`` none of the above
+        (a float, an array of keys).
     """
     check_variables(variables, "TrainState.create")
     params = variables["params"]
@@ -292,18 +312,26 @@ def shard_batch(batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
   the global array is assembled with ``jax.make_array_from_process_local_data``.
   """
   sharding = _batch_sharding(mesh)
-  n = mesh.devices.size
   size = len(next(iter(batch.values())))
   if jax.process_count() == 1:
-    if size % n:
-      raise ValueError(f"a batch of {size} examples does not split over {n} devices; use a "
-                       f"batch size divisible by {n}")
+    _check_batch_splits(batch, mesh, "shard_batch")
     return jax.device_put(batch, sharding)
   local = len(mesh.local_devices)
   if size % local:
     raise ValueError(f"a process-local batch of {size} examples does not split over this "
                      f"process's {local} devices")
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def _check_batch_splits(batch, mesh: Mesh, where: str) -> None:
+  """Refuses, on the host, a batch whose examples do not split over ``mesh``'s devices
+  (jit's own error names neither the batch nor what to do)."""
+  n = mesh.devices.size
+  for leaf in jax.tree.leaves(batch):
+    shape = tuple(getattr(leaf, "shape", ()))
+    if shape and shape[0] % n:
+      raise ValueError(f"{where}: a batch of {shape[0]} examples does not split over {n} "
+                       f"devices; use a batch size divisible by {n}")
 
 
 # ------------------------------------------------------------------------- loss
@@ -372,8 +400,9 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
 
   Args:
     spec: the architecture.
-    tx: the optimizer (the one ``state.opt_state`` was made by); it is wrapped by
-      :func:`jaxdepth.optim.keep_masked`, whose state is ``tx``'s.
+    tx: the optimizer (the one ``state.opt_state`` was made by: a state of another
+      optimizer is refused); it is wrapped by :func:`jaxdepth.optim.keep_masked`, whose
+      state is ``tx``'s.
     mesh: the device mesh (default :func:`make_mesh`); the batch is split over
       its ``'data'`` axis, the state replicated (a state, gates, stats or masks not
       yet replicated, a fresh :meth:`TrainState.create`'s say, are placed there by
@@ -400,14 +429,17 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
     the step zeroes the pruned weights before its forward pass and keeps them
     at 0; ``node_gates`` are ``{node path: gate}``
     (:func:`jaxdepth.network.forward`). Gates and masks are data: changing their
-    values does not recompile. ``metrics`` are the batch's summed ``loss``, ``correct``,
-    ``count`` (cross-entropy whatever ``loss`` is).
+    values does not recompile (gates and node gates are cast to float32 first, so Python
+    floats, ints, bools and float32 arrays of them are one program). ``metrics`` are the
+    batch's summed ``loss``, ``correct``, ``count`` (cross-entropy whatever ``loss`` is).
 
   Raises:
-    TypeError, ValueError: (when called) a state that is not a TrainState, a batch
-      without ``label`` or ``mask``, labels that are not integer classes ``(B,)``
-      (numpy labels, with the default loss: outside the spec's outputs), a numpy
-      batch with padded rows, or ``stats=None`` with ``collect_stats``.
+    TypeError, ValueError: (when called) a state that is not a TrainState or whose
+      ``opt_state`` another optimizer made, a batch without ``label`` or ``mask``, labels
+      that are not integer classes ``(B,)`` (numpy labels, with the default loss: outside
+      the spec's outputs), a numpy batch with padded rows, a batch whose examples do not
+      split over the mesh's devices, ``stats=None`` with ``collect_stats``, or stats of
+      another spec.
   """
   check_spec(spec, "make_train_step(spec, tx)")
   mesh = make_mesh() if mesh is None else mesh
@@ -422,11 +454,13 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       raise TypeError(f"the train step takes a TrainState, got a {type(state).__name__}: make "
                       f"one with TrainState.create(variables, tx, rng) and pass the state "
                       f"each step returns")
+    if jax.tree.structure(state.opt_state) != jax.tree.structure(
+        jax.eval_shape(tx.init, state.params)):
+      raise TypeError("the train step: the state's opt_state was made by another optimizer "
+                      "than this step's tx (its structure is not tx.init(params)'s): make the "
+                      "state with TrainState.create(variables, tx, rng) with the step's tx")
     _check_batch(batch, "the train step")
-    if collect_stats and stats is None:
-      raise TypeError("this train step collects site statistics (collect_stats=True): pass "
-                      "stats=jaxdepth.empty_stats(spec), then the stats each step returns, "
-                      "not None")
+    _check_stats_given(stats, collect_stats, "train")
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     mask = batch["mask"]
     # Pruned weights are 0 from this step on (fit's already are: x where kept, 0 where 0).
@@ -466,12 +500,42 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
   @functools.wraps(step)
   def train_step(state, batch, gates, stats, masks=None, node_gates=None):
     _check_host_batch(batch, classes, "the train step", full=True)
+    _check_batch_splits(batch, mesh, "the train step")
+    gates, node_gates = _float32_gates(gates, node_gates)
     state, gates, stats, masks, node_gates = _on_mesh((state, gates, stats, masks, node_gates),
                                                       mesh, rep)
     return jitted(state, batch, gates, stats, masks, node_gates)
 
   train_step.jitted = jitted
   return train_step
+
+
+def _check_stats_given(stats, collect_stats: bool, kind: str) -> None:
+  """Refuses, while tracing, ``stats=None`` to a step that collects site statistics."""
+  if collect_stats and stats is None:
+    raise TypeError(f"this {kind} step collects site statistics (collect_stats=True): pass "
+                    f"stats=jaxdepth.empty_stats(spec), then the stats each step returns, "
+                    f"not None")
+
+
+def _float32_gates(gates, node_gates):
+  """Gates and node gates as float32 (strong, not weak-typed) arrays: Python floats, ints or
+  float32 arrays of the same gates would each compile a program of their own. Numbers and
+  numpy arrays are cast on the host, a device array that already is float32 is passed
+  through, anything else (a list of gates) is left for the forward pass to refuse by name."""
+  def cast(g):
+    if isinstance(g, jax.Array):
+      strong = g.dtype == jnp.float32 and not getattr(g, "weak_type", False)
+      return g if strong else g.astype(jnp.float32)
+    if isinstance(g, (np.ndarray, np.generic, int, float)):
+      return np.asarray(g, np.float32)
+    return g
+
+  if gates is not None:
+    gates = cast(gates)
+  if isinstance(node_gates, Mapping):
+    node_gates = {p: cast(g) for p, g in node_gates.items()}
+  return gates, node_gates
 
 
 def _num_classes(spec: Spec) -> int | None:
@@ -540,12 +604,16 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
 
   BatchNorm uses its running statistics, dropout is off. With ``collect_stats``
   every live site's sign counts (eval mode, padded examples left out) are folded
-  into ``stats``. Steps are cached per ``(spec, mesh, dtype, collect_stats)``.
+  into ``stats`` (a :class:`~jaxdepth.stats.SiteStats` of ``spec``, not ``None``).
+  Gates and node gates are cast to float32, so their number type compiles no other
+  program; a batch whose examples do not split over the mesh's devices is refused.
+  Steps are cached per ``(spec, mesh, dtype, collect_stats)``.
   """
   mesh = make_mesh() if mesh is None else mesh
 
   def step(variables, batch, gates, stats, node_gates=None):
     _check_batch(batch, "the eval step")   # while tracing
+    _check_stats_given(stats, collect_stats, "eval")
     out = network.forward(spec, variables, network.batch_inputs(spec, batch), train=False,
                           gates=gates, collect_stats=collect_stats, example_mask=batch["mask"],
                           dtype=dtype, node_gates=node_gates)
@@ -559,6 +627,8 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
 
   @functools.wraps(step)
   def eval_step(variables, batch, gates, stats, node_gates=None):
+    _check_batch_splits(batch, mesh, "the eval step")
+    gates, node_gates = _float32_gates(gates, node_gates)
     variables, gates, stats, node_gates = _on_mesh((variables, gates, stats, node_gates),
                                                   mesh, rep)
     return jitted(variables, batch, gates, stats, node_gates)

@@ -116,6 +116,31 @@ def test_site_statistics_accumulate_on_device_in_a_jitted_step():
     St.entropies(stats, "shannon")
 
 
+def test_accumulate_refuses_no_counts_and_statistics_of_another_spec():
+  spec = S.Spec(input_shape=(3, 3, 5), layers=(
+      S.Act("site", fn="relu"), S.Flatten("flat"), S.Dense("head", features=2)))
+  x = jnp.asarray(hand_built_batch(np.random.default_rng(3)))
+  out = N.forward(spec, N.init(spec, jax.random.key(0)), x, collect_stats=True)
+  with pytest.raises(TypeError, match=r"accumulate got no counts \(None\): forward\(\.\.\.\)"
+                                      r"\.site_counts is None unless forward\(\.\.\., "
+                                      r"collect_stats=True\)"):
+    St.accumulate(St.empty_stats(spec), N.forward(spec, N.init(spec, jax.random.key(0)), x)
+                  .site_counts)
+  with pytest.raises(TypeError, match=r"accumulate folds counts into a SiteStats "
+                                      r"\(empty_stats\(spec\)\), got a NoneType"):
+    St.accumulate(None, out.site_counts)
+  deeper = S.Spec(input_shape=(3, 3, 4), layers=(
+      S.Act("site", fn="relu"), S.Flatten("flat"), S.Dense("mid", features=4),
+      S.Act("more", fn="relu"), S.Dense("head", features=2)))
+  with pytest.raises(ValueError, match=r"^the site statistics are of another spec than the "
+                                       r"counts folded into them \(the statistics' sites "
+                                       r"\['more'\] are not counted; site 'site' holds \(3, 4\) "
+                                       r"in the statistics, \(3, 5\) counted\): make them with "
+                                       r"empty_stats\(spec\)"):
+    jax.jit(St.accumulate)(St.empty_stats(deeper), out.site_counts)
+  assert int(St.accumulate(St.empty_stats(spec), out.site_counts).batches) == 1
+
+
 def test_a_channel_rarely_off_over_a_large_split_keeps_its_entropy():
   # 46 million values (CIFAR's training split at a 32x32 map), OFF once, twice, ON once.
   n = 45000 * 32 * 32

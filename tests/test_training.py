@@ -432,6 +432,26 @@ def test_train_state_create_copies_what_the_step_donates():
   assert math.isfinite(float(variables["params"]["fc"]["kernel"].sum()))  # not deleted
 
 
+def test_train_state_create_takes_a_jax_integer_seed_and_refuses_a_float():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  tx = optax.sgd(0.1)
+  by_int = jax.device_get(training.TrainState.create(variables, tx, 3))
+  np.testing.assert_array_equal(by_int.rng, jax.random.key_data(jax.random.key(3)))
+  for seed in (jnp.int32(3), jnp.asarray(3, jnp.uint32), np.array(3)):
+    _same(jax.device_get(training.TrainState.create(variables, tx, seed)), by_int)
+  drawn = jax.random.randint(jax.random.key(0), (), 0, 2**31 - 1)
+  np.testing.assert_array_equal(training.TrainState.create(variables, tx, drawn).rng,
+                                jax.random.key_data(jax.random.key(int(drawn))))
+  for bad, got in ((3.0, r"a float"), (jnp.float32(3), r"float32 of shape \(\)"),
+                   (jnp.arange(3, dtype=jnp.uint32), r"uint32 of shape \(3,\)"),
+                   (jax.random.split(jax.random.key(0), 2), r"a key of shape \(2,\) and dtype")):
+    with pytest.raises(TypeError, match=r"TrainState.create: rng takes an int seed, a key "
+                       r"\(jax.random.key\(seed\)\) or its uint32 key data of shape \(2,\) "
+                       rf"\(jax.random.PRNGKey\(seed\)\), got {got}"):
+      training.TrainState.create(variables, tx, bad)
+
+
 def test_a_train_step_compiles_once_on_a_fresh_state_and_fresh_stats():
   # A fresh TrainState.create and empty_stats sit on one device, what the step returns on the
   # mesh: the step places them itself rather than compiling a program per placement.
@@ -475,6 +495,29 @@ def test_an_eval_step_compiles_once_on_unplaced_and_replicated_variables():
   assert jax.device_get(raw) == jax.device_get(placed)
 
 
+def test_gates_of_any_number_type_compile_one_program_and_act_alike():
+  # Python floats, float32 arrays and Python ints (or bools) of the same gates are one program.
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  mesh = training.make_mesh(jax.devices()[:2])
+  tx = optax.sgd(0.1)
+  train = training.make_train_step(spec, tx, mesh=mesh, donate=False)
+  evaluate = training.make_eval_step.__wrapped__(spec, mesh=mesh)
+  state, batch = training.TrainState.create(variables, tx, 0), _numpy_batch()
+  ones = np.ones(len(spec.sites()))
+  kinds = [(jnp.asarray(ones, jnp.float32), {"block": 0.0}), (ones, {"block": jnp.float32(0)}),
+           (ones.astype(int), {"block": 0}), (ones.astype(bool), {"block": False})]
+  trained = [train(state, batch, gates, None, None, node)[1] for gates, node in kinds]
+  evaluated = [evaluate(variables, batch, gates, None, node)[0] for gates, node in kinds]
+  assert train.jitted._cache_size() == 1 and evaluate.jitted._cache_size() == 1
+  for a in trained[1:]:
+    _same(a, trained[0])
+  for a in evaluated[1:]:
+    _same(a, evaluated[0])
+  on = evaluate(variables, batch, None, None, {"block": 1.0})[0]   # the gate acts
+  assert float(on["loss"]) != float(evaluated[0]["loss"])
+
+
 # ------------------------------------------------------- hand-written loops, mistakes
 
 
@@ -497,6 +540,22 @@ def test_a_train_step_refuses_a_padded_numpy_batch():
     step(state, _numpy_batch(padded=3), None, None)
   _, metrics, _ = step(state, _numpy_batch(), None, None)   # a full batch trains
   assert float(metrics["count"]) == 8 and math.isfinite(float(metrics["loss"]))
+
+
+def test_steps_refuse_a_batch_the_devices_do_not_split():
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  mesh = training.make_mesh(jax.devices()[:2])
+  tx = optax.sgd(0.1)
+  train = training.make_train_step(spec, tx, mesh=mesh)
+  evaluate = training.make_eval_step.__wrapped__(spec, mesh=mesh)
+  words = r"a batch of 7 examples does not split over 2 devices; use a batch size divisible by 2"
+  with pytest.raises(ValueError, match=r"the train step: " + words):
+    train(training.TrainState.create(variables, tx, 0), _numpy_batch(n=7), None, None)
+  with pytest.raises(ValueError, match=r"the eval step: " + words):
+    evaluate(variables, _numpy_batch(n=7), None, None)
+  with pytest.raises(ValueError, match=r"shard_batch: " + words):
+    training.shard_batch(_numpy_batch(n=7), mesh)
 
 
 def test_masks_zero_the_pruned_weights_in_a_hand_written_step():
@@ -610,7 +669,23 @@ _MISTAKES = {   # what is done wrong: (call(digits, spec, variables, batch), err
         r"the train step takes a TrainState, got a dict: make one with TrainState.create"),
     "stats None": (
         lambda ds, spec, v, b: _step(spec, b, collect_stats=True), TypeError,
-        r"collect_stats=True\): pass stats=jaxdepth.empty_stats\(spec\)"),
+        r"this train step collects site statistics \(collect_stats=True\): pass "
+        r"stats=jaxdepth.empty_stats\(spec\)"),
+    "eval stats None": (
+        lambda ds, spec, v, b: training.make_eval_step(spec, collect_stats=True)(v, b, None, None),
+        TypeError, r"this eval step collects site statistics \(collect_stats=True\): pass "
+                   r"stats=jaxdepth.empty_stats\(spec\), then the stats each step returns"),
+    "stats of another spec": (
+        lambda ds, spec, v, b: _step(spec, b, collect_stats=True, stats=stats.empty_stats(
+            S.with_identity(spec, ["block/relu1"]))),
+        ValueError, r"the site statistics are of another spec than the counts folded into them "
+                    r"\(sites \['block/relu1'\] are counted but not in the statistics\): "
+                    r"make them with empty_stats\(spec\)"),
+    "state of another optimizer": (   # a plain sgd step, a recipe's state (momentum, decay)
+        lambda ds, spec, v, b: _step(spec, b, state=training.TrainState.create(
+            v, optim.make_optimizer(RECIPE, 10), 0)), TypeError,
+        r"the train step: the state's opt_state was made by another optimizer than this step's "
+        r"tx .*TrainState.create\(variables, tx, rng\) with the step's tx"),
     "TrainState.create(params)": (
         lambda ds, spec, v, b: training.TrainState.create(v["params"], optax.sgd(0.1), 0),
         TypeError, r"takes the variables dict .* got a dict with keys \['block', 'bn0', 'fc', "
