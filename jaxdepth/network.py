@@ -242,10 +242,15 @@ def _run(module: nn.Module, nodes, x, ctx: _Context, prefix: str):
     path = prefix + n.name
     x_in = x
     x = _run_node(module, n, path, x, ctx)
-    if path in ctx.capture:
-      ctx.captured[path] = (x_in, x)
-    if ctx.node_gates is not None and path in ctx.node_gates:
+    gated = ctx.node_gates is not None and path in ctx.node_gates
+    if gated:
       x = jnp.where(ctx.node_gates[path] != 0, x, x_in)
+    if path in ctx.capture:   # what the node passes on: a gated-off node's input
+      # In training, materialised as the ungated output was: fused into the regularizer's
+      # projections, the select changed their rounding (a LaCoOT digits run moved 0.3
+      # points); the eval-mode distances read it bit-identically without the barrier.
+      ctx.captured[path] = (x_in, jax.lax.optimization_barrier(x) if gated and ctx.train
+                            else x)
   return x
 
 
@@ -493,7 +498,7 @@ class Forward(NamedTuple):
     batch_stats: updated BatchNorm statistics in train mode, else the input ones.
     site_counts: ``{site path: (3, C) int32}`` sign counts when collected, else ``None``.
     captured: ``{node path: (input, output)}`` of the nodes named in ``capture``
-      (in the compute dtype), else ``None``.
+      (in the compute dtype; the output after the node's own gate), else ``None``.
   """
   logits: jax.Array
   batch_stats: Any
@@ -664,6 +669,10 @@ def forward(spec: S.Spec, variables, x, *, train: bool = False, gates=None, rng=
     capture: node paths (e.g. residual blocks ``"layer1/1"``) whose input and
       output to return in ``Forward.captured``, inside the same forward pass
       (LaCoOT's regularizer reads them); only those are kept, so memory stays bounded.
+      The output is what the node passes on: for a node in ``node_gates`` the
+      gated output, its input where the gate is 0 (a removed block's input and
+      output are equal, their distance 0 and without gradient). A node inside a
+      gated-off node still holds the output it computed, which goes nowhere.
     node_gates: optional ``{node path: scalar}``; a node whose gate is 0 is the
       identity (its input passes through), e.g. a removed residual block. Only
       nodes whose input and output shapes are equal (:func:`check_node_gates`).

@@ -12,7 +12,7 @@ from ott.tools import sliced as ott_sliced
 
 from jaxdepth import checkpoint, data, driver, network, optim, training, zoo
 from jaxdepth import report as report_lib
-from jaxdepth.methods import LaCoOT, lacoot
+from jaxdepth.methods import Decision, LaCoOT, lacoot
 from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Pool, Sequential, Spec
 
 RECIPE = optim.Recipe(epochs=1, batch_size=32, optimizer="adam", lr=3e-3)
@@ -296,6 +296,36 @@ def test_regularized_step_is_the_same_on_one_device_and_sharded_over_two(tiny):
   assert float(expected) > 0
 
 
+def test_a_gated_unit_measures_0_and_its_regularizer_moves_nothing(tiny):
+  """A removed unit passes its input on: its distance is 0 and, with plain SGD, a
+  regularized step leaves its parameters as they were."""
+  spec, variables, ds = tiny
+  gates = {u: float(u != "layer1/1") for u in UNITS}
+  batch = next(ds.train.batches(16, seed=0, epoch=0, shuffle=True))
+  tx = optax.sgd(0.05)
+  step = training.make_train_step(spec, tx, regularizer=lacoot.regularizer(UNITS, weight=5.0),
+                                  donate=False)
+  new, _, _ = step(training.TrainState.create(variables, tx, 0), batch, None, None, None, gates)
+
+  def moved(unit):
+    a, b = (p[unit.split("/")[0]][unit.split("/")[1]] for p in (new.params, variables["params"]))
+    return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a),
+                                                               jax.tree.leaves(b)))
+  assert moved("layer1/1") == 0.0
+  assert moved("layer1/0") > 0 and moved("layer2/1") > 0
+  kw = dict(rng=jax.random.key(1), batch_size=64, n_projections=16)
+  d = lacoot.block_distances(spec, variables, ds.val, UNITS, node_gates=gates, **kw)
+  assert d["layer1/1"] == {"sliced": 0.0, "max_sliced": 0.0}
+  assert d["layer1/0"]["sliced"] > 0 and d["layer2/1"]["sliced"] > 0
+  # compared with another node than its own output (an official pairing), still 0
+  outputs = ("layer1/0", "layer1/1/conv2", "layer2/1")
+  d = lacoot.block_distances(spec, variables, ds.val, UNITS, node_gates=gates,
+                             outputs=outputs, **kw)
+  assert d["layer1/1"] == {"sliced": 0.0, "max_sliced": 0.0}
+  live = lacoot.block_distances(spec, variables, ds.val, UNITS, outputs=outputs, **kw)
+  assert live["layer1/1"]["sliced"] > 0
+
+
 def test_a_regularized_run_resumes_bit_identical(tiny, tmp_path):
   """The directions of step t come from (seed, t): stopping after epoch 1 and resuming
   ends where the uninterrupted run ends, bit for bit."""
@@ -522,6 +552,26 @@ def test_bad_method_settings_are_named():
   with pytest.raises(TypeError, match=r"paths must be a collection of node paths, got the "
                                       r"string 'layer1/1'; write \['layer1/1'\]"):
     lacoot.regularizer("layer1/1")
+
+
+def test_a_state_of_another_spec_and_a_removed_unit_removed_again_are_refused(tiny):
+  spec, variables, _ = tiny                       # 3 units
+  method = LaCoOT()
+  small = {**method.init(zoo.digits_cnn(width=8)), "gates": jnp.asarray([1.0, 0.0])}   # 2
+  other = r"holds 2 gates for the 3 units of 'tiny_resnet': it belongs to another spec"
+  for call in (lambda: method.live_units(spec, small), lambda: method.node_gates(spec, small),
+               lambda: method.train_options(spec, small),
+               lambda: method.export(spec, variables, small),
+               lambda: method.apply(spec, variables, small, Decision(()))):
+    with pytest.raises(ValueError, match=other):
+      call()
+  ranked = {"gates": jnp.asarray([0.0, 1.0, 1.0]), "rank": jnp.asarray([0, 1, 2]),
+            "distances": jnp.asarray([0.1, 0.2, 0.3]), "ranked": jnp.asarray(1)}
+  with pytest.raises(KeyError, match=r"cannot remove \['layer1/0'\]: not live units \(removed "
+                                     r"already\); live units: \['layer1/1', 'layer2/1'\]"):
+    method.apply(spec, variables, ranked, Decision(("layer1/0",)))
+  _, state = method.apply(spec, variables, ranked, Decision(("layer1/1",)))
+  assert method.live_units(spec, state) == ("layer2/1",)
 
 
 def test_a_validation_split_of_one_example_is_refused_before_any_training(tiny, tmp_path):

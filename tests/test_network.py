@@ -226,6 +226,23 @@ def test_site_counts_are_listed_in_site_order(variables):
   assert np.all(np.asarray(out.site_counts["relu"]).sum(0) == 4 * 6 * 6)
 
 
+def test_a_captured_node_holds_what_it_passes_on_under_its_node_gate(variables):
+  v, x = variables, x_batch()
+  inner = []
+  for gate in (1.0, 0.0):
+    out = N.forward(SPEC, v, x, capture=("stage/0", "stage/0/conv2", "pool"),
+                    node_gates={"stage/0": jnp.float32(gate)})
+    block_in, block_out = (np.asarray(z) for z in out.captured["stage/0"])
+    np.testing.assert_array_equal(block_out, np.asarray(out.captured["pool"][0]))
+    if gate == 0:    # gated off: the identity, its output its input
+      np.testing.assert_array_equal(block_out, block_in)
+    else:
+      assert not np.allclose(block_out, block_in)
+    inner.append(np.asarray(out.captured["stage/0/conv2"][1]))
+  # a node inside it keeps the output it computed, gated or not (the branch's last conv)
+  np.testing.assert_array_equal(inner[0], inner[1])
+
+
 def test_init_is_repeatable_and_follows_pytorch_initialisers():
   spec = S.Spec(input_shape=(8, 8, 16), layers=(
       S.Conv("conv", features=64, kernel=3, padding=1), S.BatchNorm("bn"), S.Flatten("flat"),

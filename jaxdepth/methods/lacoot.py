@@ -272,7 +272,10 @@ class Penalty:
     weight: λ (>= 0).
     n_projections: directions per block and step.
     outputs: ``Y_k`` is the output of ``outputs[k]`` (``None``: of ``paths[k]``;
-      :func:`compared_outputs`).
+      :func:`compared_outputs`). A unit gated to 0 passes its input on, so its
+      own output gives ``Y_k = X_k`` (distance 0, no gradient); another node's
+      output, computed inside it, does not know the gate: leave a removed unit
+      out of ``paths`` when ``outputs`` names other nodes.
   """
   paths: tuple[str, ...]
   weight: float = 1.0
@@ -560,7 +563,8 @@ def block_distances(spec: S.Spec, variables, split, paths, *, rng: jax.Array,
       the device count; in a multi-process run each process reads its share,
       and with more than one batch the process count must divide it).
     n_projections: directions per distance.
-    node_gates: gates of removed units (``{path: gate}``).
+    node_gates: gates of removed units (``{path: gate}``); a unit whose gate is 0
+      passes its input on, so its distance is 0 (whatever node ``outputs`` names).
     mesh: device mesh (default: every device).
     dtype: compute dtype.
     outputs: the node whose output is compared with each unit's input
@@ -638,7 +642,10 @@ def _distances_step(spec: S.Spec, paths: tuple[str, ...], outputs: tuple[str, ..
     tokens = inputs.get("attention_mask") if isinstance(inputs, dict) else None
     sw, msw = [], []
     for k, (p, q) in enumerate(zip(paths, outputs)):
-      x, y = real_tokens(out.captured[p][0], tokens), real_tokens(out.captured[q][1], tokens)
+      y = out.captured[q][1]
+      if q != p and gates is not None and p in gates:   # a removed unit's own output: its input
+        y = jnp.where(gates[p] != 0, y, out.captured[p][0])
+      x, y = real_tokens(out.captured[p][0], tokens), real_tokens(y, tokens)
       sw.append(sliced_wasserstein(x, y, rng=fixed, n_projections=n_projections, mask=mask))
       key = jax.random.fold_in(jax.random.fold_in(fresh, batch_index), k)
       msw.append(max_sliced_wasserstein(x, y, rng=key, n_projections=n_projections,
@@ -804,8 +811,25 @@ class LaCoOT:
       return []
     return [i for i in range(len(state["gates"])) if state["gates"][i] != 0]
 
-  def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+  def _checked_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    """The units of ``spec``, once ``state`` is known to hold one entry per unit.
+
+    Without the check a state made for another spec indexes past its arrays (JAX
+    clamps the index) or stops short of the units, silently.
+    """
     units = self.units(spec)
+    sizes = {k: np.shape(state[k]) for k in ("gates", "rank", "distances") if k in state}
+    wrong = {k: v for k, v in sizes.items() if v != (len(units),)}
+    if wrong:
+      k, shape = next(iter(wrong.items()))
+      n = shape[0] if len(shape) == 1 else shape
+      raise ValueError(f"the LaCoOT state holds {n} {k} for the {len(units)} units of "
+                       f"{spec.name!r}: it belongs to another spec (or other blocks or "
+                       f"pairing); make it with LaCoOT.init(spec)")
+    return units
+
+  def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    units = self._checked_units(spec, state)
     return tuple(units[i] for i in self._live_indices(state))
 
   def default_iterations(self, spec: S.Spec) -> int:
@@ -815,7 +839,7 @@ class LaCoOT:
 
   def node_gates(self, spec: S.Spec, state) -> dict[str, jax.Array]:
     """``{unit: gate}`` for :func:`jaxdepth.network.forward`."""
-    return {u: state["gates"][i] for i, u in enumerate(self.units(spec))}
+    return {u: state["gates"][i] for i, u in enumerate(self._checked_units(spec, state))}
 
   def train_options(self, spec: S.Spec, state) -> base.TrainOptions:
     gates = self.node_gates(spec, state)
@@ -844,7 +868,7 @@ class LaCoOT:
 
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, float]:
     host = self._host(state)
-    units = self.units(spec)
+    units = self._checked_units(spec, state)
     if self._ranked(host):   # the distances the ranking was made on
       return {units[i]: float(host["distances"][i]) for i in self._live_indices(state)}
     self.check_data(spec, context.dataset)   # an own loop's context may come without the driver's
@@ -874,11 +898,16 @@ class LaCoOT:
     return base.Decision((names[nxt],))
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
-    units = self.units(spec)
+    units = self._checked_units(spec, state)
     host = self._host(state)
     unknown = [u for u in decision.remove if u not in units]
     if unknown:
       raise KeyError(f"cannot remove {unknown}: not units of {spec.name!r}: {list(units)}")
+    live = self.live_units(spec, state)
+    stale = [u for u in decision.remove if u not in live]
+    if stale:
+      why = "the removal order is done" if int(host["ranked"]) == 2 else "removed already"
+      raise KeyError(f"cannot remove {stale}: not live units ({why}); live units: {list(live)}")
     rank, distances = host["rank"], host["distances"]
     if not self._ranked(host):
       order = decision.details["order"]
@@ -898,6 +927,6 @@ class LaCoOT:
 
   def export(self, spec: S.Spec, variables, state):
     host = self._host(state)
-    units = self.units(spec)
+    units = self._checked_units(spec, state)
     return remove_units(spec, variables, [u for i, u in enumerate(units)
                                           if host["gates"][i] == 0])
