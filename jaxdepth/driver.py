@@ -44,6 +44,9 @@ parameters as an uninterrupted one (bit for bit on CPU). A work directory
 holding another run (another model, dataset, recipe, method option, seed or
 compute dtype) is refused before anything is written; only ``iterations`` and
 ``tolerance`` may change between calls (more iterations continue a finished run).
+The run's saved results (``iterations/*/model``, ``report.json``, ``chosen/``) make the
+directory its own as its checkpoints do: with ``checkpoints/`` deleted, a run with
+other settings is refused all the same, and so is this run (it cannot resume).
 """
 from __future__ import annotations
 
@@ -145,16 +148,32 @@ def _check_latency_batches(batches) -> tuple[int, ...] | None:
   return batches
 
 
-def _has_progress(workdir: pathlib.Path) -> bool:
+def _has_checkpoints(workdir: pathlib.Path) -> bool:
   """Whether ``workdir`` holds a checkpoint to resume (of an iteration or inside one)."""
   return any(workdir.glob("checkpoints/*")) or any(workdir.glob("iterations/*/checkpoints/*"))
+
+
+def _results(workdir: pathlib.Path) -> list[str]:
+  """The results a run saved in ``workdir``: iteration models, the report, the chosen model."""
+  return [name for name, there in (
+      ("iterations/*/model", any(workdir.glob("iterations/*/model"))),
+      ("report.json", (workdir / "report.json").exists()),
+      ("chosen/", (workdir / "chosen").exists())) if there]
+
+
+def _has_progress(workdir: pathlib.Path) -> bool:
+  """Whether ``workdir`` holds a run's checkpoints or saved results (then the run owns it)."""
+  return _has_checkpoints(workdir) or bool(_results(workdir))
 
 
 def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   """Refuses a work directory that holds another run (before anything is written).
 
-  A ``run.json`` of the same method with no checkpoint beside it (a run that
-  stopped before saving anything) owns nothing: the new run takes the directory over.
+  A ``run.json`` of the same method with no checkpoint and no saved result beside it
+  (a run that stopped before saving anything) owns nothing: the new run takes the
+  directory over. A run whose report is there but whose iteration checkpoints are gone
+  (``checkpoints/`` deleted to save space) is refused even with the same settings: it
+  can be neither resumed nor extended, and training it again would overwrite its results.
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
   A ``run.json`` written before the compute dtype, the evaluation batch and the data
@@ -192,6 +211,13 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
             "resume it)" if stored.get("variables") != identity.get("variables") else "")
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
                            f"({'; '.join(diffs)}){hint}; use another directory")
+  finished = [r for r in _results(workdir) if r != "iterations/*/model"]
+  if finished and not any(workdir.glob("checkpoints/*")):
+    raise RunMismatchError(
+        f"work directory {workdir} holds this run's results ({', '.join(finished)}) but its "
+        f"iteration checkpoints (checkpoints/) are gone: it can be neither resumed nor "
+        f"extended, and training it again would overwrite them. To train it again from its "
+        f"start, move {workdir} aside or delete it; or use another directory")
 
 
 def _check_own_start(workdir: pathlib.Path, variables, mesh) -> None:
@@ -291,7 +317,10 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   Raises:
     ValueError: bad argument (tolerance < 0, no validation split, a tokenizer whose
       ids run past the spec's embedding, ...).
-    RunMismatchError, SpecMismatchError: ``workdir`` holds another run.
+    RunMismatchError, SpecMismatchError: ``workdir`` holds another run (or this one's
+      results without its iteration checkpoints).
+    DamagedModelError: a model an iteration saved, which the choice (or the timing)
+      reads, is damaged or missing; the message says how the run makes it again.
   """
   if isinstance(method, type):
     raise TypeError(f"method must be an instance, e.g. {method.__name__}(), got the class "
@@ -400,8 +429,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       workdir, chosen["iteration"], sharding=training.replicated_sharding(mesh))
   checkpoint.save_model(workdir / "chosen", chosen_spec, chosen_variables, overwrite=True)
   summary = _chosen_summary(chosen, entries, tolerance, method.unit)
-  if merge:
-    dense = _iteration_model(workdir, 0)
+  if merge:   # the dense model only times: not loaded when nothing is timed
+    dense = _iteration_model(workdir, 0) if latency_batches else None
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
                                      eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype,
                                      dense=dense, latency_batches=latency_batches)
@@ -430,7 +459,8 @@ def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
 
 
 def _iteration_model(workdir: pathlib.Path, it: int, **kw):
-  """The model iteration ``it`` saved; a damaged one says how the run can make it again.
+  """The model iteration ``it`` saved; a damaged or missing one says how the run can make it
+  again (:class:`~jaxdepth.checkpoint.DamagedModelError`, either way).
 
   With the later iteration checkpoints moved aside, the run resumes before iteration
   ``it`` (from checkpoint ``it``, or from its start for iteration 0) and trains it and
@@ -438,7 +468,8 @@ def _iteration_model(workdir: pathlib.Path, it: int, **kw):
   """
   try:
     return checkpoint.load_model(_iteration_dir(workdir, it) / "model", **kw)
-  except checkpoint.DamagedModelError as e:
+  except (checkpoint.DamagedModelError, FileNotFoundError) as e:
+    problem = str(e) if isinstance(e, checkpoint.DamagedModelError) else f"{e}."
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
     later = [f"checkpoints/{s}" for s in steps if s > it]
     if it == 0 or it in steps:
@@ -448,7 +479,8 @@ def _iteration_model(workdir: pathlib.Path, it: int, **kw):
     else:
       redo = (f"the run no longer holds the checkpoint taken before iteration {it}; run it "
               f"again in a new directory")
-    raise checkpoint.DamagedModelError(f"{e} Iteration {it} of this run saved it: {redo}") from e
+    raise checkpoint.DamagedModelError(
+        f"{problem} Iteration {it} of this run saved it: {redo}") from e
 
 
 def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:

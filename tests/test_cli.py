@@ -6,6 +6,7 @@ import os
 import pathlib
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -779,3 +780,87 @@ def test_a_text_dataset_without_a_tokenizer_names_the_command_line_options(tmp_p
       "--config.tokenizer=PATH (a Hugging Face tokenizer.json, or the model folder holding it) "
       "or --pretrained FOLDER (a Hugging Face model folder, whose tokenizer.json is used)"]
   assert not (tmp_path / "w").exists()
+
+
+def test_a_run_from_a_saved_model_resumes_with_its_path_spelled_another_way(
+    tmp_path, monkeypatch, capsys):
+  """--model DIR was compared as typed: DIR/ (tab completion) or a relative spelling refused the
+  resume, fit's refusal even advising to delete the run."""
+  assert _fit(tmp_path / "first", "--config.epochs=1") == 0
+  saved = tmp_path / "first" / "model"
+  argv = ["easier", "--config.epochs=1", "--no-latency", "--no-progress", "--workdir",
+          str(tmp_path / "run"), "--model"]
+  assert cli.main([*argv, str(saved), "--iterations", "1"]) == 0
+  monkeypatch.chdir(tmp_path)
+  assert cli.main([*argv, "first/model/", "--iterations", "2"]) == 0
+  assert len(json.loads((tmp_path / "run" / "report.json").read_text())["iterations"]) == 2
+  # A run.json written before paths were resolved holds the path as typed then: it resumes.
+  run_json = tmp_path / "run" / "run.json"
+  stored = json.loads(run_json.read_text())
+  stored["info"]["model"] = "first/model/"
+  run_json.write_text(json.dumps(stored))
+  assert cli.main([*argv, str(saved), "--iterations", "2"]) == 0
+  capsys.readouterr()
+  assert cli.main([*argv, "digits_cnn", "--iterations", "2"]) == 2      # another model is not
+  assert "info.model: 'first/model/' there, 'digits_cnn' asked" in capsys.readouterr().err
+
+  assert _fit(tmp_path / "tuned", "--model", str(saved), "--config.epochs=1") == 0
+  assert _fit(tmp_path / "tuned", "--model", "./first/model/", "--config.epochs=2") == 0
+  assert json.loads((tmp_path / "tuned" / "report.json").read_text())["epochs"] == 2
+
+
+def test_a_fit_whose_checkpoints_were_deleted_is_never_taken_over(tmp_path, capsys):
+  assert _fit(tmp_path, "--config.epochs=1") == 0
+  shutil.rmtree(tmp_path / "checkpoints")               # to save space
+  before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  capsys.readouterr()
+  assert _fit(tmp_path, "--config.epochs=1", "--config.lr=0.01") == 2
+  assert "lr: 0.05 stored, 0.01 asked" in capsys.readouterr().err
+  assert _fit(tmp_path, "--config.epochs=1") == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: work directory {tmp_path} holds this run's results (model/, report.json) but its "
+      f"checkpoints/ are gone: it can be neither resumed nor re-evaluated, and training it again "
+      f"would overwrite them. To train it again from the start, move {tmp_path} aside or delete "
+      f"it; or use another --workdir."]
+  assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+
+
+def test_a_call_refused_the_lock_leaves_the_directory_it_made_to_the_run_holding_it(
+    tmp_path, capsys):
+  """Call A made the fresh workdir, B locked it first: A's refusal removed B's lock file and
+  directory, so a third call could run beside B."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path / "w"
+  workdir.mkdir()                                      # by A (made=True)
+  with open(workdir / ".lock", "wb") as other:         # B holds the lock
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    session = command.Session("easier", ["--workdir", str(workdir)])
+    assert session.run(lambda: session.hold(workdir, made=True) or 0) == 2
+    assert "is in use: another run holds its lock" in capsys.readouterr().err
+    assert (workdir / ".lock").exists()
+    third = command.Session("easier", ["--workdir", str(workdir)])
+    assert third.run(lambda: third.hold(workdir) or 0) == 2      # B's lock still holds
+  # Holding the lock, a call that made the directory takes it away when it refuses the run.
+  session = command.Session("easier", ["--workdir", str(workdir)])
+  assert session.run(lambda: session.hold(workdir, made=True) or 2) == 2
+  assert not workdir.exists()
+
+
+def test_tlc_json_is_strict_json_with_null_for_candidates_not_ranked(tmp_path):
+  """Candidates not ranked at an iteration (removed before it) were written as bare NaN, which
+  JSON parsers other than Python's refuse."""
+  def entry(i, gaps):
+    return {"iteration": i, "units_removed": i, "val_accuracy": 0.9, "test_accuracy": 0.8,
+            "macs": 10, "params": 5, "depth": {}, "removed_now": [],
+            "loss_gaps": {k: {"gap": g} for k, g in gaps.items()}}
+
+  rep = {"iterations": [entry(0, {"a": 0.5, "b": -0.25}), entry(1, {"b": 0.125})],
+         "chosen": None}
+  path = tlc_cli.write_summary(tmp_path, tlc_cli.summary(rep, None))
+
+  def refuse(constant):
+    raise ValueError(f"not JSON: {constant}")
+
+  figures = json.loads(path.read_text(), parse_constant=refuse)
+  assert figures["loss_gaps"] == {"a": [0.5, None], "b": [-0.25, 0.125]}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["tlc.json"]   # no temporary left

@@ -350,7 +350,9 @@ def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpo
   first = run(start)
   chosen = _params(tmp_path / "chosen")
   manifest = tmp_path / "checkpoints" / "1" / integrity.MANIFEST
-  manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))   # killed before the seal
+  manifest.rename(manifest.with_name(integrity.MANIFEST + ".tmp"))   # killed before the seal,
+  for name in ("report.json", "report.md", "chosen", "chosen_merged"):   # so before these
+    shutil.rmtree(tmp_path / name) if (tmp_path / name).is_dir() else (tmp_path / name).unlink()
   with pytest.raises(driver.RunMismatchError, match=r"started from given variables \(digest "
                      r"[0-9a-f]{16}\), and no iteration checkpoint is left .*pass the variables"):
     run(None)
@@ -450,6 +452,15 @@ def test_command_line_with_the_dataset_estimator_on_val(digits, tmp_path, capsys
   assert "no key 'iteration' in config easier_digits; did you mean 'iterations'?" in (
       capsys.readouterr().err)
   assert _snapshot(tmp_path) == before
+  # A deleted iteration model, where a rerun reads it, is one error line and exit 2 (not a
+  # traceback and 1, the code of a diverged run); unread (nothing timed), it is no matter.
+  shutil.rmtree(tmp_path / "iterations" / "000" / "model")
+  assert cli.main(args + ["--no-latency", "--tolerance", "100"]) == 0
+  capsys.readouterr()
+  assert cli.main(args) == 2
+  err = capsys.readouterr().err
+  assert "Traceback" not in err and "error: no saved model in " in err
+  assert "Iteration 0 of this run saved it: move checkpoints/" in err
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused_before_anything_is_written(tmp_path):
@@ -499,3 +510,57 @@ def test_without_epoch_checkpoints_each_iteration_log_is_this_runs(digits, tmp_p
     logged = [json.loads(line) for line in
               (tmp_path / "iterations" / f"{it:03d}" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in logged] == [entry["train_loss"]]
+
+
+def test_a_run_whose_checkpoints_were_deleted_is_never_taken_over(digits, finished, tmp_path):
+  """With checkpoints/ deleted (to save space), a run with other settings took the directory
+  over and mixed the old iterations into its report and plots; the saved results now make the
+  directory the run's, and the run itself, which cannot resume, is refused too."""
+  (ds, spec), (workdir, _, _) = digits, finished
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "checkpoints")
+  before = _snapshot(copy)
+  with pytest.raises(driver.RunMismatchError, match="lr: 0.003 there, 0.01 asked"):
+    driver.run(Easier(), spec, ds, RECIPE.replace(lr=0.01), copy, iterations=1, progress=False,
+               eval_batch_size=512, latency_batches=())
+  with pytest.raises(driver.RunMismatchError,
+                     match="method_options.estimator: 'easier' there, 'dataset' asked"):
+    driver.run(Easier(estimator="dataset"), spec, ds, RECIPE, copy, iterations=1,
+               progress=False, eval_batch_size=512, latency_batches=())
+  with pytest.raises(driver.RunMismatchError,
+                     match=r"holds this run's results \(report.json, chosen/\) but its iteration "
+                           r"checkpoints \(checkpoints/\) are gone: it can be neither resumed "
+                           r"nor extended.* move .* aside or delete it; or use another"):
+    _run(digits, copy, latency_batches=())
+  assert _snapshot(copy) == before
+  # Only an iteration's model left (a run stopped between saving it and its checkpoint,
+  # without epoch checkpoints): still the run's, against other settings.
+  for name in ("report.json", "chosen", "chosen_merged"):
+    shutil.rmtree(copy / name) if (copy / name).is_dir() else (copy / name).unlink()
+  for it in range(1, ITERATIONS):
+    shutil.rmtree(copy / "iterations" / f"{it:03d}")
+  before = _snapshot(copy)
+  with pytest.raises(driver.RunMismatchError, match="lr: 0.003 there, 0.01 asked"):
+    driver.run(Easier(), spec, ds, RECIPE.replace(lr=0.01), copy, iterations=1, progress=False,
+               eval_batch_size=512, latency_batches=())
+  assert _snapshot(copy) == before
+
+
+def test_a_missing_iteration_model_is_refused_as_a_damaged_one_and_read_only_when_needed(
+    digits, finished, tmp_path):
+  """A deleted iteration model crashed every rerun with a raw FileNotFoundError (exit 1, the
+  code of a diverged run); and iteration 0's was read even when nothing was timed."""
+  workdir, result, _ = finished
+  copy = tmp_path / "copy"
+  shutil.copytree(workdir, copy)
+  shutil.rmtree(copy / "iterations" / "000" / "model")
+  untimed = _run(digits, copy, tolerance=100.0, latency_batches=())   # the deepest cut: not 0
+  assert untimed.report["chosen"]["iteration"] == ITERATIONS - 1
+  assert untimed.report["iterations"] == result.report["iterations"]
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=rf"no saved model in .*iterations/000/model \(spec.json is missing\)\. "
+                           rf"Iteration 0 of this run saved it: move checkpoints/{ITERATIONS - 1}, "
+                           rf"checkpoints/{ITERATIONS} out of .* resumes from the variables it "
+                           rf"started from and trains iteration 0 and the later ones again"):
+    _run(digits, copy, tolerance=100.0, latency_batches=(1,))   # timing needs the dense model

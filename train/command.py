@@ -47,6 +47,7 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import json
 import logging
 import os
 import pathlib
@@ -69,7 +70,8 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "maybe_initialize_distributed", "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems",
-           "initial_variables", "default_workdir", "has_checkpoints", "storage_failure",
+           "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
+           "same_setting", "recorded_paths", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
            "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
@@ -706,6 +708,49 @@ def has_checkpoints(workdir: pathlib.Path) -> bool:
   return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
+# Config keys that name files or folders: a run compares them resolved, so that a resume may
+# spell them another way (``d``, ``d/``, ``./d``, ``/abs/d``: tab completion, another cwd).
+PATH_KEYS = ("model", "pretrained", "tokenizer")
+
+
+def _resolved(key: str, value):
+  """``value`` of ``key`` as an absolute path where it names one (``file.py:Class`` with its
+  file resolved); a zoo name, ``None`` or any other key's value as it is."""
+  if key not in PATH_KEYS or not isinstance(value, str):
+    return value
+  if key == "model":
+    kind = config_lib.model_kind(value)
+    if kind == "module":
+      path, _, attr = value.rpartition(":")
+      return f"{pathlib.Path(path).resolve()}:{attr}"
+    if kind not in ("saved", "spec"):
+      return value
+  return str(pathlib.Path(value).resolve())
+
+
+def same_setting(key: str, stored, asked) -> bool:
+  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved."""
+  return stored == asked or _resolved(key, stored) == _resolved(key, asked)
+
+
+def recorded_paths(cfg: Mapping[str, Any]) -> dict[str, Any]:
+  """``cfg`` with its :data:`PATH_KEYS` resolved, as ``run.json`` records them."""
+  return {k: _resolved(k, v) for k, v in cfg.items()}
+
+
+def _recorded_info(cfg: Mapping[str, Any], keys: tuple[str, ...],
+                   workdir: pathlib.Path) -> dict[str, Any]:
+  """The config keys ``keys`` as a method run records them (``info``, part of its identity):
+  paths resolved, or spelled as the ``run.json`` there has them when they name the same
+  (a run.json written before paths were resolved resumes)."""
+  try:
+    stored = json.loads((workdir / "run.json").read_text()).get("info") or {}
+  except (OSError, ValueError, AttributeError):   # none yet (or not a run's): the driver says
+    stored = {}
+  return {k: stored[k] if k in PATH_KEYS and k in stored and same_setting(k, stored[k], cfg[k])
+          else _resolved(k, cfg[k]) for k in keys}
+
+
 def ensure_writable(workdir: pathlib.Path) -> None:
   """Creates ``workdir`` and writes (then removes) a probe file; raises OSError if it cannot.
 
@@ -760,6 +805,8 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
   """:func:`jaxdepth.driver.run` with a method config's settings.
 
   ``latency=False`` (``--no-latency``) times nothing: the report has no latency.
+  The ``info_keys`` of the config are recorded in the run's identity, paths resolved
+  (:func:`same_setting`: ``--model d`` resumes a run started with ``--model d/``).
 
   A ``ValueError`` the settings cause inside the run becomes a
   :class:`train.config.ConfigError` (exit code 2); a work directory of another
@@ -778,7 +825,7 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
         checkpoint_epochs=cfg["checkpoint_epochs"],
         fit_options={"eval_every": cfg["eval_every"],
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
-        info={k: cfg[k] for k in info_keys}, latency_batches=None if latency else (),
+        info=_recorded_info(cfg, info_keys, workdir), latency_batches=None if latency else (),
         say=say)
   except (driver.RunMismatchError, checkpoint.SpecMismatchError, data.UnreadableImageError):
     raise
@@ -968,27 +1015,28 @@ class Session:
     other's checkpoints (a job started again while the first still runs). Where
     the file system has no locks, the run goes on without one. ``made``: this call
     created ``workdir``; if it then refuses the run (exit 2) before writing anything
-    there, the directory goes again.
+    there, the directory goes again, but only once this call holds the lock (refused it,
+    the directory stays to the run holding it).
 
     Raises:
       train.config.ConfigError: another process holds the lock.
     """
+    if fcntl is not None:
+      fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock = fd
+      except BlockingIOError:
+        os.close(fd)
+        raise config_lib.ConfigError(
+            f"{workdir} is in use: another run holds its lock ({workdir / LOCK_FILE}). Wait "
+            f"for it to end or stop it, then run this command again (it resumes from the last "
+            f"checkpoint), or give another --workdir") from None
+      except OSError:   # no locks on this file system
+        os.close(fd)
+    # Only once the directory is this call's: refused, a call that created the directory
+    # but lost the lock to another would take away the directory that one runs in.
     self._made = workdir if made else None
-    if fcntl is None:
-      return
-    fd = os.open(workdir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-      os.close(fd)
-      raise config_lib.ConfigError(
-          f"{workdir} is in use: another run holds its lock ({workdir / LOCK_FILE}). Wait for "
-          f"it to end or stop it, then run this command again (it resumes from the last "
-          f"checkpoint), or give another --workdir") from None
-    except OSError:   # no locks on this file system
-      os.close(fd)
-      return
-    self._lock = fd
 
   def _release(self) -> None:
     if self._lock is not None:

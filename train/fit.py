@@ -15,11 +15,15 @@ epoch), metrics.jsonl (one line per epoch), model/ (the final model, for
 jaxdepth.checkpoint.load_model) and report.json. Running the same command
 again resumes from the latest checkpoint (a finished run is just
 re-evaluated); epochs may grow, or shrink while the new last epoch has not
-begun, and the evaluation and checkpoint cadence may change, any other change (model, data, recipe, seed, dtype) is refused and
-named. A NaN loss stops the run, keeping the last good checkpoint. Ctrl-C, a
-full disk or a read-only work directory stop it cleanly with the command that
-resumes. --multihost (or JAX_COORDINATOR_ADDRESS in the environment) calls
-jax.distributed.initialize() first; every process runs the same command.
+begun, and the evaluation and checkpoint cadence may change, any other change
+(model, data, recipe, seed, dtype) is refused and named (a path, e.g. --model
+DIR, may be spelled another way). A run whose checkpoints/ were deleted cannot
+resume: with its model/ or report.json there, it is refused, as a run with
+other settings is. A NaN loss stops the run, keeping the last good checkpoint.
+Ctrl-C, a full disk or a read-only work directory stop it cleanly with the
+command that resumes. --multihost (or JAX_COORDINATOR_ADDRESS in the
+environment) calls jax.distributed.initialize() first; every process runs the
+same command.
 """
 from __future__ import annotations
 
@@ -52,15 +56,20 @@ def build_parser() -> argparse.ArgumentParser:
 def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
   """Why ``workdir`` cannot resume this run (settings that change the result differ), or ``None``.
 
-  Only a work directory holding checkpoints belongs to a run; every key but
-  :data:`train.config.FREE_KEYS` (``epochs``, within what ``training.fit`` allows;
-  the evaluation and checkpoint cadence) must then be the same.
+  Only a work directory holding checkpoints or a run's results (``model/``,
+  ``report.json``) belongs to a run; every key but :data:`train.config.FREE_KEYS`
+  (``epochs``, within what ``training.fit`` allows; the evaluation and checkpoint
+  cadence) must then be the same, paths (``model``, ``pretrained``, ``tokenizer``)
+  compared resolved (:func:`train.command.same_setting`). A run whose results are
+  there but whose checkpoints are gone cannot resume: it is refused too.
   """
   path = workdir / "run.json"
-  if not command.has_checkpoints(workdir):
+  results = [name for name in ("model/", "report.json") if (workdir / name).exists()]
+  if not command.has_checkpoints(workdir) and not results:
     return None
   if not path.exists():
-    return (f"work directory {workdir} holds checkpoints but no run.json (another program's "
+    what = "checkpoints" if command.has_checkpoints(workdir) else " and ".join(results)
+    return (f"work directory {workdir} holds {what} but no run.json (another program's "
             f"run?); use another --workdir")
   stored = json.loads(path.read_text())
   if stored.get("method"):   # a method's run (python -m train easier, egp, ...)
@@ -69,7 +78,13 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
   asked = json.loads(json.dumps(cfg, default=str))
   diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
            for k in sorted(set(stored) | set(asked))
-           if k not in config_lib.FREE_KEYS and stored.get(k) != asked.get(k)]
+           if k not in config_lib.FREE_KEYS
+           and not command.same_setting(k, stored.get(k), asked.get(k))]
+  if not diffs and not command.has_checkpoints(workdir):
+    return (f"work directory {workdir} holds this run's results ({', '.join(results)}) but its "
+            f"checkpoints/ are gone: it can be neither resumed nor re-evaluated, and training "
+            f"it again would overwrite them. To train it again from the start, move {workdir} "
+            f"aside or delete it; or use another --workdir.")
   if not diffs:
     return None
   what = (f"a run of {stored.get('model')} on {stored.get('dataset')}, not of {cfg['model']} on "
@@ -80,8 +95,10 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
 
 
 def _write_run_json(workdir: pathlib.Path, cfg: dict[str, Any]) -> None:
+  """Writes ``run.json`` atomically, paths resolved (a resume from another directory reads
+  them the same)."""
   tmp = workdir / "run.json.tmp"
-  tmp.write_text(json.dumps(cfg, indent=1, default=str))
+  tmp.write_text(json.dumps(command.recorded_paths(cfg), indent=1, default=str))
   tmp.replace(workdir / "run.json")
 
 

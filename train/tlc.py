@@ -16,10 +16,10 @@ points of the dense model's validation accuracy is saved in ``WORKDIR/chosen/``
 (channels cut, identities baked in) and ``WORKDIR/chosen_merged/`` (BatchNorms
 folded, what became linear merged), with ``report.md``, ``report.json``,
 the driver's plots (``accuracy.png``, ``costs.png``, ...), ``loss_gaps.png``
-(the gap of every candidate at every iteration) and ``tlc.json`` (those figures
-with the measured latency of the dense, chosen and merged models). Without
-matplotlib (the ``plots`` extra) no PNG is drawn; the rest is written and the
-run says so.
+(the gap of every candidate at every iteration) and ``tlc.json`` (those figures,
+``null`` where a candidate was not ranked, with the measured latency of the
+dense, chosen and merged models). Without matplotlib (the ``plots`` extra) no
+PNG is drawn; the rest is written and the run says so.
 
 Running the same command again resumes; ``--iterations`` may grow and
 ``--tolerance`` change between calls. A config is a ``train/configs/tlc_*.py``
@@ -183,6 +183,27 @@ def summary(report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str,
   }
 
 
+def _json_value(value):
+  """``value`` with every non-finite float (NaN: a candidate not ranked) as ``None``."""
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: _json_value(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [_json_value(v) for v in value]
+  return value
+
+
+def write_summary(workdir: pathlib.Path, figures: dict[str, Any]) -> pathlib.Path:
+  """Writes :func:`summary`'s figures to ``workdir/tlc.json``: strict JSON (``null`` where a
+  candidate was not ranked, or a figure is not finite), atomically as the report."""
+  path = workdir / "tlc.json"
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(_json_value(figures), indent=1, allow_nan=False))
+  tmp.replace(path)
+  return path
+
+
 # -------------------------------------------------------------------------- main
 
 
@@ -217,7 +238,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
   if jax.process_index() == 0:
     if report.plots_available():   # else the driver said it drew no plot (the plots extra)
       plot_gaps(result.report, workdir / "loss_gaps.png")
-    (workdir / "tlc.json").write_text(json.dumps(summary(result.report, latency), indent=1))
+    write_summary(workdir, summary(result.report, latency))
   if latency and {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
     say(f"latency at batch {latency['batch']}: dense {latency['dense_ms']:.2f} ms, chosen "
         f"{latency['chosen_ms']:.2f} ms, merged {latency['merged_ms']:.2f} ms")
