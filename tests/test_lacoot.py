@@ -574,21 +574,25 @@ def test_a_state_of_another_spec_and_a_removed_unit_removed_again_are_refused(ti
   assert method.live_units(spec, state) == ("layer2/1",)
 
 
+def _never_trains(trained):
+  """A trainer that records being called and fails: the driver must refuse before it."""
+  def trainer(*args, **kw):
+    trained.append(True)
+    raise AssertionError("trained")
+  return trainer
+
+
 def test_a_validation_split_of_one_example_is_refused_before_any_training(tiny, tmp_path):
   spec, variables, _ = tiny
   ds = data.load("digits", val_fraction=0.001)
   assert ds.val.num_examples == 1
   trained = []   # the driver refuses before iteration 0 trains (it used to, then refuse)
 
-  def trainer(*args, **kw):
-    trained.append(True)
-    raise AssertionError("trained")
-
   with pytest.raises(ValueError, match=r"holds 1 example\(s\); LaCoOT's distances need 2 "
                                        r"samples or more: hold out more validation data \(a "
                                        r"larger val_fraction\)"):
     driver.run(LaCoOT(), spec, ds, RECIPE, tmp_path / "run", variables=variables,
-               progress=False, trainer=trainer)
+               progress=False, trainer=_never_trains(trained))
   assert trained == [] and not (tmp_path / "run").exists()
 
 
@@ -600,15 +604,11 @@ def test_an_evaluation_batch_of_one_example_is_refused_before_any_training(tiny,
   assert ds.val.num_examples > 2
   trained = []
 
-  def trainer(*args, **kw):
-    trained.append(True)
-    raise AssertionError("trained")
-
   with pytest.raises(ValueError, match=r"batch_size=1 on a split of \d+ examples gives batches "
                                        r"of 1; a distance needs 2 samples or more: use a larger "
                                        r"eval_batch_size"):
     driver.run(LaCoOT(), spec, ds, RECIPE, tmp_path / "run", variables=variables,
-               progress=False, trainer=trainer, eval_batch_size=1,
+               progress=False, trainer=_never_trains(trained), eval_batch_size=1,
                mesh=training.make_mesh(jax.devices()[:1]))
   assert trained == [] and not (tmp_path / "run").exists()
 
