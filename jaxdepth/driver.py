@@ -50,6 +50,7 @@ other settings is refused all the same, and so is this run (it cannot resume).
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import pathlib
@@ -220,6 +221,21 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"start, move {workdir} aside or delete it; or use another directory")
 
 
+def _check_data(method, spec: Spec, dataset, eval_batch_size: int, mesh) -> None:
+  """The method's optional ``check_data`` (see :class:`base.Method`), given the run's
+  evaluation batch and mesh, or called as ``check_data(spec, dataset)`` where a method of
+  one's own takes only those (the protocol's form before they were passed)."""
+  check_data = getattr(method, "check_data", None)
+  if check_data is None:
+    return
+  params = inspect.signature(check_data).parameters
+  if ({"eval_batch_size", "mesh"} <= params.keys()
+      or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())):
+    check_data(spec, dataset, eval_batch_size=eval_batch_size, mesh=mesh)
+  else:
+    check_data(spec, dataset)
+
+
 def _check_own_start(workdir: pathlib.Path, variables, mesh) -> None:
   """Refuses to restart from ``init(spec, key(seed))`` a run that began from given variables.
 
@@ -338,9 +354,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
   mesh = training.make_mesh() if mesh is None else mesh
   eval_batch_size = eval_batch_size or recipe.batch_size
-  check_data = getattr(method, "check_data", None)   # optional (see base.Method)
-  if check_data is not None:
-    check_data(spec, dataset, eval_batch_size=eval_batch_size, mesh=mesh)
+  _check_data(method, spec, dataset, eval_batch_size, mesh)
   check_vocabulary(spec, dataset)   # a larger tokenizer: a NaN loss at the first step
   if variables is not None:   # abstractly: raises the forward pass's "do not fit spec" error
     jax.eval_shape(lambda v: network.forward(spec, v, network.example_input(spec)).logits,

@@ -754,13 +754,16 @@ def data_identity(dataset) -> dict[str, Any]:
   A folder that gained or lost files, another ``val_fraction`` or ``split_seed`` change
   the splits (and the steps per epoch) under the same dataset name: a resume on them
   would mix two datasets, so :func:`fit` and :func:`jaxdepth.driver.run` refuse it.
+  A split of one's own without ``source_indices`` (which
+  :class:`jaxdepth.data.pipeline.BatchedSplit` does not require) is recorded by its size only.
   """
   splits = {name: getattr(dataset, name) for name in ("train", "val", "test")}
   return {"classes": int(dataset.num_classes), "input_shape": list(dataset.input_shape),
           "examples": {name: None if split is None else int(split.num_examples)
                        for name, split in splits.items()},
           "splits": _digest({name: np.asarray(split.source_indices, np.int64)
-                             for name, split in splits.items() if split is not None})}
+                             for name, split in splits.items()
+                             if getattr(split, "source_indices", None) is not None})}
 
 
 def variables_digest(variables, mesh: Mesh | None = None) -> str:

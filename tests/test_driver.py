@@ -310,6 +310,24 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   assert not (tmp_path / "new").exists()
 
 
+def test_a_method_of_ones_own_with_the_two_argument_check_data_is_still_checked(digits, tmp_path):
+  # The protocol's check_data(spec, dataset) before the driver passed eval_batch_size and mesh.
+  ds, spec = digits
+  checked, trained = [], []
+
+  class Mine(Easier):
+    def check_data(self, spec, dataset):   # pylint: disable=arguments-differ
+      checked.append(dataset.name)
+
+  def trainer(*args, **kw):
+    trained.append(True)
+    raise RuntimeError("stop after the check")
+
+  with pytest.raises(RuntimeError, match="stop after the check"):
+    driver.run(Mine(), spec, ds, RECIPE, tmp_path, progress=False, trainer=trainer)
+  assert checked == ["digits"] and trained == [True]
+
+
 def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
   # fit refuses another dtype only inside an iteration; its epoch checkpoints go once it ends.
   ds, spec = digits

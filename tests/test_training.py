@@ -303,6 +303,27 @@ def test_killed_run_resumes_to_the_same_parameters(digits, reference, tmp_path):
                  seed=3, progress=False, workdir=tmp_path)
 
 
+def test_the_data_identity_sees_another_split_of_ones_own_arrays_and_takes_any_split():
+  rng = np.random.default_rng(0)
+  train = (rng.random((40, 4, 4, 1), np.float32), rng.integers(0, 3, 40))
+  test = (rng.random((8, 4, 4, 1), np.float32), rng.integers(0, 3, 8))
+
+  def arrays(seed):
+    return data.Dataset.from_arrays(train=train, test=test, val_fraction=0.25, split_seed=seed)
+
+  first, again, other = arrays(0), arrays(0), arrays(1)
+  assert training.data_identity(first) == training.data_identity(again)
+  # The same sizes, other examples held out: the splits' digest tells them apart (every
+  # split's indices were 0..n-1 of its own array).
+  assert training.data_identity(first)["examples"] == training.data_identity(other)["examples"]
+  assert training.data_identity(first)["splits"] != training.data_identity(other)["splits"]
+  np.testing.assert_array_equal(np.sort(np.r_[first.train.source_indices,
+                                              first.val.source_indices]), np.arange(40))
+  # A split of one's own need not have source_indices: it is recorded by its size.
+  bare = dataclasses.replace(first, train=type("Bare", (), {"num_examples": 30})())
+  assert training.data_identity(bare)["examples"]["train"] == 30
+
+
 def test_dtype_none_and_float32_resume_each_other_bit_identical(
     digits, reference, tmp_path, monkeypatch):
   # They compute the same; a checkpoint written before the dtype was normalised holds None.

@@ -323,6 +323,7 @@ class Dataset:
                        f"every split must have one image shape")
     if val is not None and val_fraction:
       raise ValueError("give either val=(images, labels) or val_fraction, not both")
+    sources = {}   # split -> indices into the array it came from (default: all, in order)
     if val is not None:
       x_val, y_val = _checked_arrays("val", val)
       if x_val.shape[1:] != shape:
@@ -332,6 +333,7 @@ class Dataset:
       keep, held = validation_holdout(len(y_train), val_fraction, seed=split_seed, salt=2,
                                       of="train examples", alternative="val=(images, labels), ")
       x_val, y_val, x_train, y_train = x_train[held], y_train[held], x_train[keep], y_train[keep]
+      sources = {"train": keep, "val": held}   # which of the given train examples each holds
     else:
       x_val = y_val = None
     labels = [y for y in (y_train, y_val, y_test) if y is not None]
@@ -364,7 +366,8 @@ class Dataset:
                          f"images as {served}; every split must be served in one shape")
 
     def split(split_name, x, y):
-      return Split(split_name, ArrayExamples(x, y), recipe, mean, std, served, np.arange(len(y)))
+      return Split(split_name, ArrayExamples(x, y), recipe, mean, std, served,
+                   sources.get(split_name, np.arange(len(y))))
 
     return cls(name=name, train=split("train", x_train, y_train),
                val=None if x_val is None else split("val", x_val, y_val),

@@ -119,7 +119,8 @@ class Method(Protocol):
   dataset-level counts on a split too large for them, EGP's entropy batch that the
   mesh does not split, TLC's ranking batch on a smaller validation split, LaCoOT's
   distances on batches of fewer than 2 examples); the driver calls it with the run's
-  evaluation batch and mesh before writing anything.
+  evaluation batch and mesh before writing anything (a ``check_data(spec, dataset)``
+  that takes neither is called with the two arguments).
   """
   name: str
   unit: str

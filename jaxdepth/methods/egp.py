@@ -455,13 +455,13 @@ def _row_stats_step(spec: S.Spec, dtype):
   return step
 
 
-def check_entropy_batch(batch_size: int, mesh) -> None:
-  """Refuses an entropy batch that the mesh's devices (or the processes) do not split."""
+def check_entropy_batch(batch_size: int, mesh, setting: str = "batch_size") -> None:
+  """Refuses an entropy batch that the mesh's devices (or the processes) do not split;
+  ``setting`` names what sets it in the message."""
   for count, what in ((mesh.devices.size, "devices"), (jax.process_count(), "processes")):
     if batch_size % count:
       raise ValueError(f"the entropy batch of {batch_size} examples does not split over "
-                       f"{count} {what}; use an entropy_batch_size (or, without one, an "
-                       f"eval_batch_size) divisible by {count}")
+                       f"{count} {what}; use {setting} divisible by {count}")
 
 
 def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates=None,
@@ -699,7 +699,8 @@ class Egp:
     estimators; ``eval_batch_size`` is the run's, the entropy batch's default)."""
     batch_size = self.entropy_batch_size or eval_batch_size
     if self.estimator != "easier" and batch_size is not None and mesh is not None:
-      check_entropy_batch(batch_size, mesh)
+      check_entropy_batch(batch_size, mesh, "an entropy_batch_size (or, without one, an "
+                                            "eval_batch_size)")
     if self.estimator == "dataset":
       site_stats.check_count_capacity(spec, dataset.train.num_examples, split="train",
                                       neuron_axis=0 if self.neurons == "rows" else -1)

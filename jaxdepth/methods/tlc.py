@@ -239,12 +239,7 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
       names what is no live site.
   """
   sites = spec.sites()
-  live = sites if live is None else S.site_paths(live, "live")
-  odd = next((s for s in live if not isinstance(s, str)), None)
-  if odd is not None:
-    raise TypeError(f"live must be a collection of site paths, got {type(odd).__name__} "
-                    f"entries (a gate array?); for gates pass "
-                    f"live=jaxdepth.methods.live_sites(spec, gates)")
+  live = sites if live is None else S.site_paths(live, "live")   # names a gate array
   unknown = sorted(set(live) - set(sites))
   if unknown:
     raise KeyError(f"live names no live site of {spec.name!r}: {unknown}; its sites are "
