@@ -58,7 +58,7 @@ entry of the output counts merges, residual folds and BatchNorm folds per form):
 * Swin-T: every MLP becomes one Dense, exactly; the attention stays.
 
 The measured ratios, with the machine and the load they were measured under,
-are in the README's Benchmarks section (``surgery_latency.py``); an earlier run
+are in docs/benchmarks.md (``surgery_latency.py``); an earlier run
 with ``--allocators`` found the two allocator settings equal within noise.
 """
 from __future__ import annotations

@@ -807,6 +807,22 @@ def test_a_run_from_a_saved_model_resumes_with_its_path_spelled_another_way(
   assert _fit(tmp_path / "tuned", "--model", str(saved), "--config.epochs=1") == 0
   assert _fit(tmp_path / "tuned", "--model", "./first/model/", "--config.epochs=2") == 0
   assert json.loads((tmp_path / "tuned" / "report.json").read_text())["epochs"] == 2
+  # The same model, another lr: other settings, not "a run of <resolved path>, not of first/model".
+  capsys.readouterr()
+  assert _fit(tmp_path / "tuned", "--model", "first/model", "--config.lr=0.01") == 2
+  assert f"work directory {tmp_path / 'tuned'} holds a run with other settings (lr: " in (
+      capsys.readouterr().err)
+
+
+def test_a_method_run_records_its_tokenizer_and_older_runs_resume_without_one(tmp_path):
+  # A resume with another tokenizer trained on other token ids (the run never compared it).
+  assert "tokenizer" in command.IDENTITY_KEYS
+  cfg = {k: None for k in command.IDENTITY_KEYS} | {"model": "digits_cnn", "tokenizer": "t.json"}
+  made = command._recorded_info(cfg, command.IDENTITY_KEYS, tmp_path)  # pylint: disable=protected-access
+  assert made["tokenizer"] == str((pathlib.Path.cwd() / "t.json").resolve())
+  older = {k: v for k, v in made.items() if k not in ("tokenizer", "layout")}
+  (tmp_path / "run.json").write_text(json.dumps({"method": "easier", "info": older}))
+  assert command._recorded_info(cfg, command.IDENTITY_KEYS, tmp_path) == older  # pylint: disable=protected-access
 
 
 def test_a_fit_whose_checkpoints_were_deleted_is_never_taken_over(tmp_path, capsys):
@@ -840,10 +856,14 @@ def test_a_call_refused_the_lock_leaves_the_directory_it_made_to_the_run_holding
     assert (workdir / ".lock").exists()
     third = command.Session("easier", ["--workdir", str(workdir)])
     assert third.run(lambda: third.hold(workdir) or 0) == 2      # B's lock still holds
-  # Holding the lock, a call that made the directory takes it away when it refuses the run.
+  # Holding the lock, a call that made the directory takes it away when it refuses the run,
+  # before it lets the lock go (a run locking it in between lost its directory).
   session = command.Session("easier", ["--workdir", str(workdir)])
+  released = session._release  # pylint: disable=protected-access
+  there_at_release = []
+  session._release = lambda: there_at_release.append(workdir.exists()) or released()  # pylint: disable=protected-access
   assert session.run(lambda: session.hold(workdir, made=True) or 2) == 2
-  assert not workdir.exists()
+  assert not workdir.exists() and there_at_release == [False]
 
 
 def test_tlc_json_is_strict_json_with_null_for_candidates_not_ranked(tmp_path):

@@ -742,11 +742,14 @@ def _recorded_info(cfg: Mapping[str, Any], keys: tuple[str, ...],
                    workdir: pathlib.Path) -> dict[str, Any]:
   """The config keys ``keys`` as a method run records them (``info``, part of its identity):
   paths resolved, or spelled as the ``run.json`` there has them when they name the same
-  (a run.json written before paths were resolved resumes)."""
+  (a run.json written before paths were resolved resumes, and one written before a key
+  joined :data:`IDENTITY_KEYS` resumes with any value of it)."""
   try:
     stored = json.loads((workdir / "run.json").read_text()).get("info") or {}
   except (OSError, ValueError, AttributeError):   # none yet (or not a run's): the driver says
     stored = {}
+  # A key the run.json there does not record predates it (its run resumes with any).
+  keys = [k for k in keys if not stored or k in stored]
   return {k: stored[k] if k in PATH_KEYS and k in stored and same_setting(k, stored[k], cfg[k])
           else _resolved(k, cfg[k]) for k in keys}
 
@@ -796,7 +799,7 @@ def default_config(name: str, fallback: str, model: str | None, dataset: str | N
 
 # The config keys beyond the recipe that make a run what it is (stored in run.json).
 IDENTITY_KEYS = ("model", "model_kwargs", "val_fraction", "split_seed", "val_augment",
-                 "image_size", "normalization", "layout", "dtype", "max_length")
+                 "image_size", "normalization", "layout", "tokenizer", "dtype", "max_length")
 
 
 def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, *, mesh, dtype,
@@ -1064,9 +1067,9 @@ class Session:
       code = self._run(body)
       return code
     finally:
-      self._release()
-      if code == EXIT_USAGE:
+      if code == EXIT_USAGE:   # while the lock is held: a run taking it then keeps its directory
         self._forget_made_workdir()
+      self._release()
 
   def _forget_made_workdir(self) -> None:
     """Removes the workdir this call created, when a refusal left nothing in it but the lock

@@ -16,8 +16,8 @@ jaxdepth.checkpoint.load_model) and report.json. Running the same command
 again resumes from the latest checkpoint (a finished run is just
 re-evaluated); epochs may grow, or shrink while the new last epoch has not
 begun, and the evaluation and checkpoint cadence may change, any other change
-(model, data, recipe, seed, dtype) is refused and named (a path, e.g. --model
-DIR, may be spelled another way). A run whose checkpoints/ were deleted cannot
+(model, data, recipe, seed, dtype) is refused and named (--model, --pretrained
+and --config.tokenizer paths may be spelled another way). A run whose checkpoints/ were deleted cannot
 resume: with its model/ or report.json there, it is refused, as a run with
 other settings is. A NaN loss stops the run, keeping the last good checkpoint.
 Ctrl-C, a full disk or a read-only work directory stop it cleanly with the
@@ -87,9 +87,10 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
             f"aside or delete it; or use another --workdir.")
   if not diffs:
     return None
+  same_model = command.same_setting("model", stored.get("model"), cfg["model"])
   what = (f"a run of {stored.get('model')} on {stored.get('dataset')}, not of {cfg['model']} on "
-          f"{cfg['dataset']}" if (stored.get("model"), stored.get("dataset")) != (
-              cfg["model"], cfg["dataset"]) else "a run with other settings")
+          f"{cfg['dataset']}" if not same_model or stored.get("dataset") != cfg["dataset"]
+          else "a run with other settings")
   return (f"work directory {workdir} holds {what} ({'; '.join(diffs)}). Resume it with the same "
           f"settings, use another --workdir, or delete {workdir} to start over.")
 
