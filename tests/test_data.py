@@ -313,6 +313,18 @@ def test_plain_class_folders_are_detected_and_split(tmp_path):
   np.testing.assert_allclose(pixels, np.array([COLOURS[ds.class_names[y]] for y in labels]) / 255.0, atol=1e-5)
 
 
+def test_a_validation_share_of_no_image_names_the_fraction_not_the_folder(tmp_path):
+  # It said the folder "has only 10 images: too few", whatever its size.
+  for cls, colour in COLOURS.items():
+    for k in range(5):
+      write_png(tmp_path / cls / f"{k}.png", np.broadcast_to(colour, (4, 4, 3)))
+  with pytest.raises(ValueError, match=r"val_fraction=0.01 holds out no example of the 10 images "
+                                       r".* \(round\(0.01 \* 10\) = 0\).*val_fraction >= 1/10"):
+    data.image_folder(tmp_path, image_size=4, val_fraction=0.01)
+  with pytest.raises(ValueError, match=r"has only 10 images: too few .*round\(0.9 \* 10\) = 9"):
+    data.image_folder(tmp_path, image_size=4, val_fraction=0.9)
+
+
 def test_a_class_folder_named_train_is_a_class(tmp_path):
   colours = {"bus": (200, 30, 30), "car": (30, 200, 30), "train": (30, 30, 200)}   # as CIFAR-100's "train"
   for cls, colour in colours.items():

@@ -291,10 +291,16 @@ def load(root: str | pathlib.Path, *, layout: str = "auto", val_fraction: float 
   order = rng.permutation(len(files), (split_seed, 0xF01D))
   num_test = int(round(TEST_FRACTION * len(files)))
   num_val = int(round(val_fraction * len(files)))
-  if num_test == 0 or (val_fraction > 0 and num_val == 0) or len(files) - num_test - num_val <= 0:
+  if val_fraction > 0 and num_val == 0 and num_test > 0:   # the fraction, not the folder
+    raise ValueError(f"val_fraction={val_fraction} holds out no example of the {len(files)} "
+                     f"images of {root} (round({val_fraction} * {len(files)}) = 0), which would "
+                     f"make an empty validation split: use val_fraction >= 1/{len(files)}, or "
+                     f"val_fraction=0 for no validation split")
+  if num_test == 0 or len(files) - num_test - num_val <= 0:
     raise ValueError(f"{root} has only {len(files)} images: too few for a train/val/test split "
                      f"of {100 * TEST_FRACTION:g} % test and {100 * val_fraction:g} % validation "
-                     f"(each needs at least one image)")
+                     f"(each needs at least one image; round({val_fraction} * {len(files)}) = "
+                     f"{num_val} for validation)")
   test_idx = np.sort(order[:num_test])
   val_idx = np.sort(order[num_test:num_test + num_val])
   train_idx = np.sort(order[num_test + num_val:])
