@@ -48,7 +48,7 @@ from jaxdepth.spec import Spec, check_spec
 
 __all__ = ["Checkpointer", "Restored", "SpecMismatchError", "NonFiniteStateError",
            "DamagedCheckpointError", "DamagedModelError",
-           "spec_difference", "save_model", "load_model", "all_finite"]
+           "spec_difference", "save_model", "load_model", "load_spec", "all_finite"]
 
 
 class SpecMismatchError(ValueError):
@@ -776,6 +776,45 @@ def _damaged_variables(source: pathlib.Path, problem: str) -> DamagedModelError:
       f"Save the model again, or load it from the run that made it.")
 
 
+def load_spec(directory: str | os.PathLike, *, verify: bool = True) -> Spec:
+  """The spec of a model written by :func:`save_model`, its files checked as
+  :func:`load_model` checks them, without reading the variables.
+
+  It touches only this host's files (no orbax, no collective): in a multi-process
+  run, where each process checks its own inputs before they agree to go on, a
+  process may refuse while another reads this.
+
+  Raises:
+    FileNotFoundError, DamagedModelError: as :func:`load_model`.
+  """
+  return _checked_model(directory, verify)[1]
+
+
+def _checked_model(directory, verify: bool) -> tuple[pathlib.Path, Spec]:
+  """The current copy of the model saved in ``directory``, checked, and its spec."""
+  directory = pathlib.Path(directory).absolute()
+  source = _current_copy(directory)
+  if source is None:
+    inside = [f"{d.name}/" for d in sorted(directory.glob("*"))
+              if d.is_dir() and _current_copy(d)]   # a run's directory: chosen/, ...
+    hint = ("" if not inside else
+            f"; its subdirectory {inside[0]} holds one: load that" if len(inside) == 1 else
+            f"; its subdirectories {', '.join(inside)} hold one each: load one of those")
+    raise FileNotFoundError(f"no saved model in {directory} (spec.json is missing){hint}")
+  if verify:
+    problem = integrity.problem(source)
+    if problem is not None:
+      raise DamagedModelError(
+          f"the model in {source} is damaged: {problem}. Save the model again, or load it from "
+          f"the run that made it. To read it unchecked anyway, from Python only: "
+          f"load_model(..., verify=False) (a model saved by an older jaxdepth has no "
+          f"checksums); the command line always checks and has no option to skip it.")
+  problem = _unreadable_variables(source)
+  if problem is not None:
+    raise _damaged_variables(source, problem)
+  return source, Spec.from_json((source / "spec.json").read_text())
+
+
 def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding | None = None,
                verify: bool = True) -> tuple[Spec, dict[str, Any]]:
   """Loads a model written by :func:`save_model`.
@@ -800,27 +839,7 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
       variables are missing or unreadable.
     SpecMismatchError: the variables do not fit the saved spec (the node is named).
   """
-  directory = pathlib.Path(directory).absolute()
-  source = _current_copy(directory)
-  if source is None:
-    inside = [f"{d.name}/" for d in sorted(directory.glob("*"))
-              if d.is_dir() and _current_copy(d)]   # a run's directory: chosen/, ...
-    hint = ("" if not inside else
-            f"; its subdirectory {inside[0]} holds one: load that" if len(inside) == 1 else
-            f"; its subdirectories {', '.join(inside)} hold one each: load one of those")
-    raise FileNotFoundError(f"no saved model in {directory} (spec.json is missing){hint}")
-  if verify:
-    problem = integrity.problem(source)
-    if problem is not None:
-      raise DamagedModelError(
-          f"the model in {source} is damaged: {problem}. Save the model again, or load it from "
-          f"the run that made it. To read it unchecked anyway, from Python only: "
-          f"load_model(..., verify=False) (a model saved by an older jaxdepth has no "
-          f"checksums); the command line always checks and has no option to skip it.")
-  problem = _unreadable_variables(source)
-  if problem is not None:
-    raise _damaged_variables(source, problem)
-  spec = Spec.from_json((source / "spec.json").read_text())
+  source, spec = _checked_model(directory, verify)
   sharding = sharding or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
   target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
                         _spec_shapes(spec))

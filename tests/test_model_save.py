@@ -131,6 +131,25 @@ def test_a_damaged_model_is_refused_naming_the_file(tmp_path):
     checkpoint.load_model(directory)
 
 
+def test_load_spec_checks_the_files_and_reads_no_variables(tmp_path, monkeypatch):
+  # The command line's per-process checks read a saved model's spec: through orbax, a
+  # process refusing first left the others waiting in a collective (a multi-process hang).
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+
+  def no_orbax(*args, **kwargs):
+    raise AssertionError("orbax used")
+
+  monkeypatch.setattr(checkpoint.ocp, "StandardCheckpointer", no_orbax)
+  assert checkpoint.load_spec(directory) == SPEC
+  data_file = max((p for p in (directory / "variables").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+  data_file.write_bytes(data_file.read_bytes()[:-1])
+  with pytest.raises(checkpoint.DamagedModelError, match="damaged"):
+    checkpoint.load_spec(directory)
+  with pytest.raises(FileNotFoundError, match="no saved model in"):
+    checkpoint.load_spec(tmp_path)
+
+
 def test_variables_that_do_not_fit_the_spec_name_the_node(tmp_path):
   directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
   wider = S.replace_node(SPEC, "conv", S.Conv("conv", features=5, kernel=3, padding=1))
