@@ -330,6 +330,10 @@ def _check_batch_splits(batch, mesh: Mesh, where: str) -> None:
   for leaf in jax.tree.leaves(batch):
     shape = tuple(getattr(leaf, "shape", ()))
     if shape and shape[0] % n:
+      if jax.process_count() > 1 and not isinstance(leaf, jax.Array):
+        raise ValueError(f"{where}: a host batch of {shape[0]} examples in a run of "
+                         f"{jax.process_count()} processes: pass each process's slice through "
+                         f"training.shard_batch(batch, mesh), which assembles the global batch")
       raise ValueError(f"{where}: a batch of {shape[0]} examples does not split over {n} "
                        f"devices; use a batch size divisible by {n}")
 

@@ -5,6 +5,7 @@ a second; everything else is numpy references or single steps.
 """
 import dataclasses
 import math
+from unittest import mock
 
 import jax
 import jax.numpy as jnp
@@ -577,6 +578,13 @@ def test_steps_refuse_a_batch_the_devices_do_not_split():
     evaluate(variables, _numpy_batch(n=7), None, None)
   with pytest.raises(ValueError, match=r"shard_batch: " + words):
     training.shard_batch(_numpy_batch(n=7), mesh)
+  # In a multi-process run a host batch is a process's slice: the remedy is shard_batch, not
+  # a batch size the global device count divides (jit refuses numpy inputs there anyway).
+  with mock.patch.object(jax, "process_count", lambda: 2):
+    with pytest.raises(ValueError, match=r"the train step: a host batch of 7 examples in a run of "
+                                         r"2 processes: pass each process's slice through "
+                                         r"training.shard_batch\(batch, mesh\)"):
+      train(training.TrainState.create(variables, tx, 0), _numpy_batch(n=7), None, None)
 
 
 def test_masks_zero_the_pruned_weights_in_a_hand_written_step():
