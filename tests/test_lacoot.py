@@ -13,7 +13,7 @@ from ott.tools import sliced as ott_sliced
 from jaxdepth import checkpoint, data, driver, network, optim, training, zoo
 from jaxdepth import report as report_lib
 from jaxdepth.methods import Decision, LaCoOT, lacoot
-from jaxdepth.spec import Act, BatchNorm, Conv, Dense, Pool, Sequential, Spec
+from jaxdepth.spec import Act, BatchNorm, Block, Conv, Dense, Pool, Sequential, Spec
 
 RECIPE = optim.Recipe(epochs=1, batch_size=32, optimizer="adam", lr=3e-3)
 
@@ -534,6 +534,60 @@ def test_shifted_never_counts_the_unit_it_never_removes_and_stops_after_its_last
   assert chosen["units_removed"] == 2 and chosen["removed"] == sorted(order, key=UNITS.index)
   assert UNITS[-1] in lacoot.find_blocks(result.chosen_spec)
   assert float(result.state["gates"][UNITS.index(UNITS[-1])]) == 1.0
+
+
+def nested_spec() -> Spec:
+  """``outer`` holds the block ``outer/inner``; ``tail`` is a plain block after them."""
+  inner = Block("inner", branch=(Act("relu"), Conv("conv", features=4, kernel=3, padding=1)))
+  return Spec((8, 8, 1), (
+      Conv("conv1", features=4, kernel=3, padding=1),
+      Block("outer", branch=(inner, Act("relu"), Conv("conv", features=4, kernel=1))),
+      Block("tail", branch=(Act("relu"), Conv("conv", features=4, kernel=1))),
+      Pool("avgpool", "global_avg"), Dense("fc", features=10)), name="nested")
+
+
+def test_a_block_inside_a_removed_block_goes_with_it_uncounted(tiny, tmp_path):
+  """Once ``outer`` is removed, ``outer/inner`` is gone too: its own turn would evaluate the
+  same network again and count one removal more. A nested unit ranked before its outer
+  one keeps its turn (removing it first changes the network)."""
+  assert lacoot.removal_order({"outer": 0.1, "outer/inner": 0.2, "tail": 0.3}) == (
+      "outer", "tail")
+  assert lacoot.removal_order({"outer": 0.2, "outer/inner": 0.1, "tail": 0.3}) == (
+      "outer/inner", "outer", "tail")
+  assert lacoot.removal_order({"a": 0.3, "a/b": 0.1, "a/b/c": 0.2}) == ("a/b", "a")
+  spec, ds = nested_spec(), tiny[2]
+  units = ("outer", "outer/inner", "tail")
+  assert lacoot.find_blocks(spec) == units
+  variables = network.init(spec, jax.random.key(0))
+  params = {k: dict(v) for k, v in variables["params"].items()}
+  for block in ("outer", "tail"):   # their last conv at 0: the identity, distance 0, first
+    params[block]["conv"] = jax.tree.map(jnp.zeros_like, params[block]["conv"])
+  variables = {"params": params}
+
+  def untrained(spec, variables, dataset, recipe, **kw):
+    return training.FitResult(variables, None, [], training.TrainState.create(
+        variables, optim.make_optimizer(recipe, 1), 0))
+
+  result = driver.run(LaCoOT(n_projections=16), spec, ds, RECIPE, tmp_path, variables=variables,
+                      progress=False, eval_batch_size=64, tolerance=100.0, trainer=untrained,
+                      merge=False, latency_batches=())
+  entries = result.report["iterations"]
+  distances = entries[0]["distances"]
+  assert distances["outer"] == distances["tail"] == 0 < distances["outer/inner"]
+  assert entries[0]["decision"]["order"] == ["outer", "tail"]
+  assert [e["removed_now"] for e in entries] == [["outer"], ["tail"], []]
+  assert [e["units_removed"] for e in entries] == [0, 1, 2]
+  assert [e["removed"] for e in entries] == [[], ["outer"], ["outer", "tail"]]
+  assert [list(e["distances"]) for e in entries[1:]] == [["tail"], []]   # not the gone one
+  assert "decision" not in entries[-1]   # no stop rule: nothing is left to remove
+  # every iteration evaluates another network: fewer parameters each time
+  counts = [e["params"] for e in entries]
+  assert counts == sorted(set(counts), reverse=True)
+  chosen = result.report["chosen"]
+  assert chosen["units_removed"] == 2 and chosen["removed"] == ["outer", "tail"]
+  assert lacoot.find_blocks(result.chosen_spec) == ()
+  assert float(result.state["gates"][units.index("outer/inner")]) == 1.0
+  assert int(result.state["rank"][units.index("outer/inner")]) == -2
 
 
 def test_bad_method_settings_are_named():

@@ -31,8 +31,10 @@ on the validation split (eval mode, full batches, the mean over batches; a
 batch padded up to the device count compares its real rows alone, sorted
 here: :func:`slice_costs`'s ``mask``);
 blocks are then replaced by the identity one more at a time in a removal
-order (:data:`ORDERS`, ascending distance by default), each cumulative removal
-is evaluated, and the driver keeps the deepest one within its tolerance.
+order (:data:`ORDERS`, ascending distance by default; a block nested in one
+the order removes earlier goes with it, uncounted, :func:`removal_order`), each
+cumulative removal is evaluated, and the driver keeps the deepest one within its
+tolerance.
 During the run a removed block is a node gate at 0
 (:func:`jaxdepth.network.forward`'s ``node_gates``: data, one compilation);
 :func:`remove_units` takes it out of the spec for the saved model, whose
@@ -670,8 +672,15 @@ def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple
       at ``j − 1``; the first position removes nothing and the last unit is
       never removed).
 
+  A unit nested in one that comes earlier in the order (a path under another
+  unit's path, ``block/block`` after ``block``) is left out: removing the outer
+  unit removes it too, so its own turn would evaluate the same network again
+  and count one removal more. One that comes before its outer unit keeps its
+  place (removing it first changes the network).
+
   Returns:
-    Unit names in removal order (all units, or all but the last for ``"shifted"``).
+    Unit names in removal order (all units, or all but the last for ``"shifted"``;
+    less the units nested in an earlier one).
   """
   if rule not in ORDERS:
     raise ValueError(f"unknown LaCoOT removal order {rule!r}; expected one of {ORDERS}")
@@ -686,16 +695,27 @@ def removal_order(distances: dict[str, float], rule: str = "ascending") -> tuple
   d = np.asarray([distances[u] for u in names], np.float64)
   ascending = [int(i) for i in np.argsort(d, kind="stable")]
   if rule == "ascending":
-    return tuple(names[i] for i in ascending)
-  if rule == "deepest_first":
-    return tuple(reversed(names))
-  if rule == "shifted":
-    return tuple(names[i - 1] for i in ascending if i > 0)
-  std = d.std()
-  z = np.abs(d - d.mean()) / std if std > 0 else np.zeros_like(d)
-  pct = np.asarray([((d < v).sum() + (d <= v).sum()) * 50.0 / len(d) for v in d])
-  score = z + pct / 100.0
-  return tuple(names[int(i)] for i in np.argsort(score, kind="stable"))
+    order = [names[i] for i in ascending]
+  elif rule == "deepest_first":
+    order = list(reversed(names))
+  elif rule == "shifted":
+    order = [names[i - 1] for i in ascending if i > 0]
+  else:
+    std = d.std()
+    z = np.abs(d - d.mean()) / std if std > 0 else np.zeros_like(d)
+    pct = np.asarray([((d < v).sum() + (d <= v).sum()) * 50.0 / len(d) for v in d])
+    score = z + pct / 100.0
+    order = [names[int(i)] for i in np.argsort(score, kind="stable")]
+  kept = []
+  for u in order:
+    if _outer(u, kept) is None:
+      kept.append(u)
+  return tuple(kept)
+
+
+def _outer(unit: str, units) -> str | None:
+  """The first of ``units`` that holds ``unit`` (its path is under it), or ``None``."""
+  return next((v for v in units if unit.startswith(v + S.SEP)), None)
 
 
 # ------------------------------------------------------------------- surgery
@@ -740,12 +760,17 @@ class LaCoOT:
   one more unit gated to the identity, until the order's units all are. The state is
   ``{"gates": (n,) f32, "rank": (n,) i32, "distances": (n,) f32, "ranked": i32}``:
   a unit's gate (0 = removed), its place in the removal order (``-1``: not in
-  it, never removed: the last unit under ``"shifted"``), its validation
-  distance, and the stage: 0 before the ranking, 1 once it is made (after
-  iteration 0), 2 once the order's last removal has been evaluated.
+  it, never removed: the last unit under ``"shifted"``; ``-2``: nested in a unit
+  the order removes before it, :func:`removal_order`, so removed with that one),
+  its validation distance, and the stage: 0 before the ranking, 1 once it is made
+  (after iteration 0), 2 once the order's last removal has been evaluated.
 
   The live units are those whose gate is on (a unit the order never reaches stays
-  live, and in the saved model); none at stage 2, which ends the run.
+  live, and in the saved model); none at stage 2, which ends the run. A unit nested
+  in a removed one keeps its gate on: it is gone with the outer unit (export
+  removes the outer node), is not counted as removed (the outer unit is), and once
+  ranked is neither measured nor removed: when only such units are left, the
+  next iteration removes nothing and ends the run.
 
   Attributes:
     weight: λ, the regularizer's weight (>= 0; 0 trains without it).
@@ -811,6 +836,12 @@ class LaCoOT:
       return []
     return [i for i in range(len(state["gates"])) if state["gates"][i] != 0]
 
+  def _in_play(self, state) -> list[int]:
+    """The live units less those nested in a unit the order removes before them (rank
+    ``-2``): what :meth:`measure` scores and :meth:`decide` may remove."""
+    rank = self._host(state)["rank"]
+    return [i for i in self._live_indices(state) if rank[i] != -2]
+
   def _checked_units(self, spec: S.Spec, state) -> tuple[str, ...]:
     """The units of ``spec``, once ``state`` is known to hold one entry per unit.
 
@@ -870,7 +901,7 @@ class LaCoOT:
     host = self._host(state)
     units = self._checked_units(spec, state)
     if self._ranked(host):   # the distances the ranking was made on
-      return {units[i]: float(host["distances"][i]) for i in self._live_indices(state)}
+      return {units[i]: float(host["distances"][i]) for i in self._in_play(state)}
     self.check_data(spec, context.dataset)   # an own loop's context may come without the driver's
     values = block_distances(
         spec, variables, context.dataset.val, units, rng=context.rng,
@@ -885,9 +916,10 @@ class LaCoOT:
       order = removal_order(scores, self.order)
       return base.Decision(order[:1], {"order": list(order), "rule": self.order,
                                        "score": self.score, "distances": dict(scores)})
-    live = self._live_indices(state)
+    live = self._in_play(state)
     if len(live) != len(scores):
-      raise ValueError(f"{len(scores)} scores for {len(live)} live units")
+      raise ValueError(f"{len(scores)} scores for {len(live)} live units (measure's: the live "
+                       f"units less those nested in a unit removed before them)")
     names = dict(zip(live, scores))
     ranked = [i for i in live if host["rank"][i] >= 0]
     if not ranked:   # the order is done; a unit it never reaches stays
@@ -914,6 +946,9 @@ class LaCoOT:
       rank = np.full(len(units), -1, np.int32)
       for r, u in enumerate(order):
         rank[units.index(u)] = r
+      for i, u in enumerate(units):   # removed with the unit that holds it
+        if rank[i] < 0 and _outer(u, order) is not None:
+          rank[i] = -2
       scores = decision.details.get("distances")
       if scores is not None:
         distances = np.asarray([scores[u] for u in units], np.float32)
