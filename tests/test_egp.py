@@ -17,7 +17,7 @@ from jaxdepth.methods import Egp, Nepenthe, base, egp, egp_report
 from jaxdepth.spec import (Act, BatchNorm, Block, Concat, Conv, Dense, Flatten, LayerNorm, Pool,
                            Sequential, Spec)
 from train import __main__ as cli
-from train import command, egp as egp_cli
+from train import command, easier as easier_cli, egp as egp_cli
 from train import config as config_lib
 
 F32 = np.float32
@@ -578,9 +578,89 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
   assert cli.main(["egp", "--model", "digits_cnn", "--config.layers={'relu': 'bn1'}",
                    "--workdir", str(tmp_path / "y")]) == 2
   assert "without a weight kernel" in capsys.readouterr().err
-  # The default config keeps its ResNet-20's stem out of pruning; another model has no 'relu'.
-  assert cli.main(["egp", "--model", "digits_plain", "--workdir", str(tmp_path / "z")]) == 2
+  # The default config keeps its ResNet-20's stem out of pruning; a skip given for another
+  # model is kept, and digits_plain has no 'relu'.
+  assert cli.main(["egp", "--model", "digits_plain", "--config.skip=relu",
+                   "--workdir", str(tmp_path / "z")]) == 2
   assert ("skip names ['relu'], which are not live sites of 'digits_plain'; live sites: "
           "['relu1', 'relu2', 'relu3', 'relu4', 'relu5']; --config.skip=() prunes every site's "
           "layer") in capsys.readouterr().err
   assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
+
+
+_MYNET = """
+import flax.linen as nn, jax.numpy as jnp
+
+class MyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), padding="SAME")(x))
+    x = nn.silu(x)
+    x = jnp.concatenate([x, nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))], axis=-1)
+    return nn.Dense(10)(x.mean(axis=(1, 2)))
+
+class WNet(nn.Module):
+  num_classes: int = 10
+  width: int = 32
+  @nn.compact
+  def __call__(self, x):
+    x = nn.relu(nn.Conv(self.width, (3, 3))(x))
+    x = nn.relu(nn.Conv(self.width, (3, 3))(x))
+    return nn.Dense(self.num_classes)(x.mean((1, 2)))
+"""
+
+
+def test_a_users_model_runs_without_the_default_configs_resnet_settings(tmp_path, capsys):
+  """egp_digits's skip=("relu",) and model_kwargs={"width": 8} are its ResNet-20's: a
+  user's module is pruned whole, sized as its own class says, and a note says so."""
+  (tmp_path / "mynet.py").write_text(_MYNET)
+  model = f"{tmp_path / 'mynet.py'}:MyNet"
+  workdir = tmp_path / "run"
+  assert cli.main(["egp", "--model", model, "--workdir", str(workdir), "--config.epochs=1",
+                   "--iterations", "1", "--no-progress", "--no-latency"]) == 0
+  err = capsys.readouterr().err
+  assert (f"note: --model {model!r} is not the model of config egp_digits (resnet20): its "
+          f"settings for resnet20 (model_kwargs={{'width': 8}}, skip=('relu',)) are left out, "
+          f"so model_kwargs={{}}, skip=(); set them for this model with --config.KEY=VALUE"
+          ) in err.splitlines()
+  info = json.loads((workdir / "run.json").read_text())["info"]
+  assert info["model_kwargs"] == {}
+  assert json.loads((workdir / "report.json").read_text())["method_options"]["skip"] == []
+
+
+def _resolved(name, *argv):
+  """The config ``python -m train NAME ARGV`` runs with."""
+  if name == "easier":
+    return easier_cli.resolve_config(command.parse(easier_cli.build_parser(), list(argv)))
+  return egp_cli.CONFIGS[name].resolve(command.parse(egp_cli.build_parser(name), list(argv)))
+
+
+def test_another_model_keeps_its_own_fields_and_the_settings_given_for_it(tmp_path, capsys):
+  (tmp_path / "wnet.py").write_text(_MYNET)
+  model = f"{tmp_path / 'wnet.py'}:WNet"
+  # conv 3x3x1x32, conv 3x3x32x32, dense 32x10, with biases: WNet's own width 32
+  own = (9 * 32 + 32) + (9 * 32 * 32 + 32) + (32 * 10 + 10)
+  for name in ("easier", "egp", "nepenthe"):
+    cfg = _resolved(name, "--model", model)
+    _, spec = command.dataset_and_spec(cfg)
+    assert costs.count_params(spec) == own, name
+  # Set on the command line, they stay: whole or one keyword argument.
+  cfg = _resolved("egp", "--model", model, "--config.skip=relu",
+                  "--config.model_kwargs.width=4")
+  assert cfg["skip"] == ("relu",) and cfg["model_kwargs"] == {"width": 4}
+  assert costs.count_params(command.dataset_and_spec(cfg)[1]) == (
+      (9 * 4 + 4) + (9 * 4 * 4 + 4) + (4 * 10 + 10))
+  # The config's own model (by name, as the default) keeps the config's settings.
+  for argv in ((), ("--model", "resnet20")):
+    cfg = _resolved("egp", *argv)
+    assert cfg["skip"] == ("relu",) and cfg["model_kwargs"] == {"width": 8}
+  # Another zoo name is another model too.
+  cfg = _resolved("egp", "--model", "digits_cnn")
+  assert cfg["skip"] == () and cfg["model_kwargs"] == {}
+  # A config's weights file is its model's (torchvision ResNet-18 weights); --pretrained stays.
+  argv = ("--config", "easier_flowers_resnet18", "--model", "digits_cnn", "--dataset", "digits")
+  assert _resolved("easier", *argv)["pretrained"] is None
+  assert _resolved("easier", *argv, "--pretrained", "w.safetensors")["pretrained"] == (
+      "w.safetensors")
+  assert _resolved("easier", "--config", "easier_flowers_resnet18")["pretrained"] == (
+      "resnet18_imagenet.safetensors")

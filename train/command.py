@@ -68,7 +68,8 @@ from train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
-           "resolve", "maybe_initialize_distributed", "set_up_runtime", "compute_dtype", "dataset_and_spec",
+           "resolve", "model_settings_left_out", "left_out_note", "maybe_initialize_distributed",
+           "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
            "same_setting", "recorded_paths", "storage_failure",
@@ -177,17 +178,71 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
   """The config file, then the ``--config.KEY`` overrides, then the dedicated ``flags`` of ``args``.
 
   Every value is type-checked against its key (:func:`train.config.override`);
-  :func:`prepare` then checks the ranges.
+  :func:`prepare` then checks the ranges. When the command line names another model
+  than the config's own, the config's :data:`train.config.MODEL_KEYS` that it does not
+  set take their defaults (:func:`model_settings_left_out`).
 
   Raises:
     train.config.ConfigError: one line per problem.
   """
+  return _resolve(config, args, extra_defaults=extra_defaults, flags=flags)[0]
+
+
+def _resolve(config, args, *, extra_defaults, flags) -> tuple[dict[str, Any], str | None]:
+  """:func:`resolve`, and the note saying which settings for the config's own model were
+  left out (None: none)."""
   cfg = config_lib.load(config, extra_defaults)
   flagged = [(k, str(getattr(args, k))) for k in ("model", "dataset", "data_dir", "seed",
                                                    "dtype", "pretrained", *flags)
              if getattr(args, k, None) is not None]
-  cfg = config_lib.override(cfg, list(args.overrides) + flagged)
-  return config_lib.to_dict(cfg)
+  assignments = list(args.overrides) + flagged
+  out = config_lib.override(cfg, assignments)
+  left_out = model_settings_left_out(cfg, out["model"], assignments, extra_defaults)
+  if left_out:   # again over the defaults: ``--config.model_kwargs.width=16`` adds to none
+    base = config_lib.defaults(extra_defaults)
+    for key in left_out:
+      cfg[key] = base[key]
+    out = config_lib.override(cfg, assignments)
+    return config_lib.to_dict(out), left_out_note(cfg["model"], out, left_out)
+  return config_lib.to_dict(out), None
+
+
+def model_settings_left_out(cfg, model: str, assignments: list[tuple[str, str]],
+                            extra_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+  """The settings of config ``cfg`` for its own model that ``model``, another one, does not take.
+
+  A config's :data:`train.config.MODEL_KEYS` (``model_kwargs={"width": 8}``,
+  ``skip=("relu",)``, ...) belong to its model: given another ``--model`` (a zoo name,
+  a file, a saved model, a spec JSON) they would size the user's module or name its
+  sites, so each one that differs from its default and that no ``assignments`` sets
+  whole (``--config.skip=relu`` keeps it) goes back to its default
+  (``--config.model_kwargs.width=16`` then adds to the default's none).
+
+  Returns:
+    ``{key: the config's value}`` of the keys that take their defaults; empty for the
+    config's own model.
+  """
+  if same_setting("model", cfg["model"], model):
+    return {}
+  base = config_lib.defaults(extra_defaults)
+  given = {key for key, _ in assignments}
+  return {key: _plain(cfg[key]) for key in config_lib.MODEL_KEYS
+          if key in cfg and key not in given and _plain(cfg[key]) != _plain(base[key])}
+
+
+def _plain(value):
+  return value.to_dict() if hasattr(value, "to_dict") else value
+
+
+def left_out_note(own: str, cfg, left_out: Mapping[str, Any]) -> str:
+  """The note saying which settings for the config's own model ``own`` another model
+  (``cfg["model"]``) left out, and what they are now."""
+  config = pathlib.Path(cfg["config"]).stem
+  was = ", ".join(f"{k}={v!r}" for k, v in left_out.items())
+  now = ", ".join(f"{k}={_plain(cfg[k])!r}" for k in left_out)
+  return (f"note: --model {cfg['model']!r} is not the model of config {config} ({own}): its "
+          f"settings for {own} ({was}) are left out, so {now}; set them for this model with "
+          f"--config.KEY=VALUE")
 
 
 def maybe_initialize_distributed(multihost: bool) -> None:
@@ -331,8 +386,9 @@ def _stored_spec(model: str, kind: str, ds):
 def _model_refused(cfg: Mapping[str, Any], ds, error: Exception) -> str:
   """Why the model could not be built, with its arguments and the dataset's input shape.
 
-  A config's ``model_kwargs`` belong to its own model and may not apply to another
-  ``--model``: a refused keyword argument says how to replace or clear them.
+  A config's own ``model_kwargs`` are left out for another ``--model`` (:func:`resolve`);
+  those given on the command line may not apply: a refused keyword argument says how to
+  replace or clear them.
   """
   model = cfg["model"]
   reason = message(error).removeprefix(f"model {model!r}: ")
@@ -551,11 +607,13 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   if owner not in (None, "fit"):
     raise refused
   try:
-    cfg = resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+    cfg, note = _resolve(config, args, extra_defaults=extra_defaults, flags=flags)
   except config_lib.ConfigError as e:
     if owner is None:
       raise
     raise refused from e
+  if note and jax.process_index() == 0:
+    _say_error(note)
   problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
   if problems:
     raise config_lib.ConfigError(problems)

@@ -43,8 +43,9 @@ from ml_collections import config_dict
 
 from jaxdepth import optim
 
-__all__ = ["CONFIG_DIR", "DEFAULTS", "FREE_KEYS", "DTYPES", "ConfigError", "defaults", "load", "override",
-           "to_dict", "recipe_of", "available", "description", "check", "run_name"]
+__all__ = ["CONFIG_DIR", "DEFAULTS", "MODEL_KEYS", "FREE_KEYS", "DTYPES", "ConfigError",
+           "defaults", "load", "override", "to_dict", "recipe_of", "available", "description",
+           "check", "run_name"]
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent / "configs"
 
@@ -73,6 +74,11 @@ DEFAULTS: dict[str, Any] = {
                                                 # holding one (default: the pretrained folder)
     "max_length": 128,            # text datasets: tokens per sequence
 }
+
+# Keys that belong to a config's own model: its constructor's arguments, the sites or blocks
+# its method settings name, the weights file of its architecture. With another ``--model``
+# those the command line does not set take their defaults (train.command.resolve).
+MODEL_KEYS = ("model_kwargs", "layers", "skip", "blocks", "pretrained")
 
 # Keys that do not change what a run computes: they may differ when it resumes.
 FREE_KEYS = ("config", "data_dir", "eval_batch_size", "eval_every", "checkpoint_every_steps",

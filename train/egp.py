@@ -115,7 +115,7 @@ def _check_model(name: str):
         make_method(name, cfg).units(spec)
     except (KeyError, ValueError, TypeError) as e:
       text = command.message(e)
-      if text.startswith("skip names"):   # a config's skip is for its own model
+      if text.startswith("skip names"):   # given for another model (a config's own is not)
         text += "; --config.skip=() prunes every site's layer"
       out.append(f"--config.layers / --config.skip / --config.neurons: {text}")
     if not out:
