@@ -814,6 +814,20 @@ def test_a_run_from_a_saved_model_resumes_with_its_path_spelled_another_way(
       capsys.readouterr().err)
 
 
+def test_a_saved_models_spec_is_read_without_orbax_before_the_processes_agree(tmp_path,
+                                                                            monkeypatch):
+  # Each process checks its inputs, then they agree to go on: an orbax read here (a collective)
+  # paired with another process's agreement when that one refused first, and both hung.
+  spec = zoo.digits_cnn(width=4)
+  saved = checkpoint.save_model(tmp_path / "model", spec, network.init(spec, jax.random.key(0)))
+
+  def no_orbax(*args, **kwargs):
+    raise AssertionError("orbax used before the processes agreed")
+
+  monkeypatch.setattr(checkpoint.ocp, "StandardCheckpointer", no_orbax)
+  assert command._stored_spec(str(saved), "saved", data.load("digits")) == spec  # pylint: disable=protected-access
+
+
 def test_a_method_run_records_its_tokenizer_and_older_runs_resume_without_one(tmp_path):
   # A resume with another tokenizer trained on other token ids (the run never compared it).
   assert "tokenizer" in command.IDENTITY_KEYS

@@ -365,11 +365,15 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
 
 def _stored_spec(model: str, kind: str, ds):
   """The spec of a saved model's directory (``kind="saved"``) or of a spec JSON file, which
-  must take the dataset's inputs and give one output per class."""
+  must take the dataset's inputs and give one output per class.
+
+  Read from this host's files only (:func:`jaxdepth.checkpoint.load_spec`, no orbax): in a
+  multi-process launch every process checks its inputs before they agree to go on, and a
+  collective here would leave a process that refused earlier waiting for the others."""
   from jaxdepth import checkpoint  # pylint: disable=import-outside-toplevel
   from jaxdepth.spec import Spec  # pylint: disable=import-outside-toplevel
   try:
-    spec = (checkpoint.load_model(model)[0] if kind == "saved" else
+    spec = (checkpoint.load_spec(model) if kind == "saved" else
             Spec.from_json(pathlib.Path(model).read_text()))
   except (OSError, ValueError, KeyError, TypeError) as e:   # damaged or mismatched: ValueError
     raise config_lib.ConfigError(f"--config.model={model!r}: {message(e)}") from e
