@@ -193,7 +193,8 @@ def _error_of(e: Exception, shape, what: str, module_path=None, flag: _Flag | No
   if name == "ModifyScopeVariableError" or (name == "TraceContextError"
                                             and "mutate BatchStat" in text):
     follow = (f"the module's mode flag ({flag.follow('use_running_average')}){flag.swap()}"
-              if flag else "the module's train flag (use_running_average=not train)")
+              if flag else "a mode flag of __call__ (train with use_running_average=not "
+              "train, or deterministic with use_running_average=deterministic)")
     return ConversionError(
         f"{what} updates its variables in eval mode, {where} ({name}: {text}): e.g. a "
         f"BatchNorm on batch statistics (use_running_average=False) whatever the mode. Make "
@@ -276,6 +277,46 @@ def _flag(train_kwarg: str, eval_kwarg: str | None) -> _Flag:
         f"mode argument; pass one: train_kwarg for an argument that is True in train mode, "
         f"eval_kwarg for one that is True in eval mode (like Flax's deterministic)")
   return _Flag(eval_kwarg, True)
+
+
+_TRAINING = ("training", "is_training")     # Keras-style train flags, which are not read
+
+
+def _mode_flag(module, train_kwarg: str, eval_kwarg: str | None,
+               command_line: bool = False) -> _Flag:
+  """The module's mode argument: the one named (:func:`_flag`), else, when ``__call__``
+  takes no ``train``, Flax's ``deterministic`` (True in eval mode) if it takes that.
+
+  A bool ``training`` or ``is_training`` argument (with no flag named) is refused: left at
+  its default, the module would be traced in one mode only, its layers' modes unchecked.
+  ``command_line``: advice for ``--model file.py:Class``, which cannot name a flag.
+  """
+  flag = _flag(train_kwarg, eval_kwarg)
+  if flag != _Flag("train", False):
+    return flag
+  try:
+    params = inspect.signature(module.__call__).parameters
+  except (TypeError, ValueError):
+    return flag
+  if "train" in params:
+    return flag
+  if "deterministic" in params:
+    return _Flag("deterministic", True)
+  for name in _TRAINING:
+    p = params.get(name)
+    if p is not None and (p.annotation in (p.empty, bool, "bool") or isinstance(p.default, bool)):
+      if command_line:
+        advice = (f"a model file's flag must be called train (True in train mode) or "
+                  f"deterministic (True in eval mode): rename it, or wrap the class in a module "
+                  f"whose __call__(x, train) calls it with {name}=train")
+      else:
+        advice = (f"pass train_kwarg={name!r} (or eval_kwarg={name!r} if it is True in eval "
+                  f"mode)")
+      raise ConversionError(
+          f"{type(module).__name__}.__call__ takes {name!r}, a mode flag the converter does "
+          f"not read by itself (it reads train, True in train mode, or deterministic, True in "
+          f"eval mode), so the module would be traced in one mode only; {advice}")
+  return flag
 
 
 def _eval_kwargs(module, flag: _Flag) -> dict:
@@ -737,7 +778,10 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       ``__call__`` requires is refused.
     eval_kwarg: instead of ``train_kwarg``, the name of an argument that is
       True in eval mode and False in train mode (Flax's ``deterministic``),
-      passed ``True`` while tracing; passing both is refused.
+      passed ``True`` while tracing; passing both is refused. With neither
+      named and no ``train`` argument, a ``deterministic`` argument is taken
+      as this flag, and a bool ``training`` or ``is_training`` is refused
+      (name it with ``train_kwarg``).
     rngs: rng streams the module needs in eval mode (rarely any).
     name: the spec's name (default: the module's class name).
     check: run the spec on ``sample_input`` and refuse a result that differs
@@ -772,7 +816,7 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   if not isinstance(variables, Mapping) or "params" not in variables:
     raise ConversionError("variables must be the module's variables dict, module.init(rng, x) "
                           "({'params': ..., 'batch_stats': ...})")
-  flag = _flag(train_kwarg, eval_kwarg)
+  flag = _mode_flag(module, train_kwarg, eval_kwarg)
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(module, flag)
   variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
@@ -804,7 +848,7 @@ def from_nnx(model, sample_input, *, train_kwarg: str = "train",
   """
   if not isinstance(model, nnx.Module):
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
-  flag = _flag(train_kwarg, eval_kwarg)
+  flag = _mode_flag(model, train_kwarg, eval_kwarg)
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(model, flag)
   closed, leaves, params = _trace_nnx(model, x, kwargs, flag)
@@ -919,13 +963,19 @@ def is_file_reference(name) -> bool:
 
 
 def load_class(reference: str):
-  """The class named by ``path/to/file.py:ClassName`` (the file is imported, not parsed)."""
+  """The class named by ``path/to/file.py:ClassName`` (the file is imported, not parsed,
+  with its folder put first on ``sys.path``, so that it imports the modules beside it)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
   import pathlib  # pylint: disable=import-outside-toplevel
   path, _, attr = reference.rpartition(":")
   file = pathlib.Path(path)
   if not file.is_file():
     raise ConversionError(f"model {reference!r}: no file {path!r}; give path/to/file.py:ClassName")
+  # The file's folder first on the path, as `python file.py` puts it, so that it imports the
+  # modules next to it; kept there, for the imports its functions make when they run.
+  folder = str(file.resolve().parent)
+  if sys.path[:1] != [folder]:
+    sys.path.insert(0, folder)
   module_spec = importlib.util.spec_from_file_location(f"jaxdepth_user_{file.stem}", file)
   module = importlib.util.module_from_spec(module_spec)
   # Registered while it runs, as an import does: dataclasses (a Linen module is one) look
@@ -956,7 +1006,8 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
   for NNX with ``rngs=``; then initialised with ``seed`` and converted (and checked) by
   :func:`from_flax` on a standard-normal sample of shape ``(2, *input_shape)``. The
   mode flag is read from ``__call__``'s arguments: ``train`` (True in train mode), else
-  Flax's ``deterministic`` (True in eval mode, ``eval_kwarg``).
+  Flax's ``deterministic`` (True in eval mode, ``eval_kwarg``); a ``training`` or
+  ``is_training`` flag is refused (the command line cannot name a flag).
   """
   cls = load_class(reference)
   if issubclass(cls, nn.Module):
@@ -979,16 +1030,12 @@ def from_file(reference: str, *, input_shape, num_classes: int, seed: int = 0,
   # the spec on it, and on zeros most networks output their (zero) biases whatever they are.
   init_key, sample_key, dropout_key = jax.random.split(jax.random.key(seed), 3)
   x = jax.random.normal(sample_key, (2, *input_shape), jnp.float32)
-  try:
-    called = set(inspect.signature(module.__call__).parameters)
-  except (TypeError, ValueError):
-    called = set()
-  mode = ({"eval_kwarg": "deterministic"} if "deterministic" in called and "train" not in called
-          else {})
+  flag = _mode_flag(module, "train", None, command_line=True)
+  mode = {"eval_kwarg": flag.name} if flag.eval else {}
   if isinstance(module, nnx.Module):
     return from_nnx(module, x, **mode)
   keys = {"params": init_key, "dropout": dropout_key}
-  eval_kwargs = _eval_kwargs(module, _flag("train", mode.get("eval_kwarg")))
+  eval_kwargs = _eval_kwargs(module, flag)
   try:
     variables = module.init(keys, x, **eval_kwargs)
   except Exception as e:  # pylint: disable=broad-except

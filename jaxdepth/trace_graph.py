@@ -9,7 +9,9 @@ equation of :data:`layer_p`; this module reads the rest, the glue:
   a grid of 4001 points in ``[-8, 8]`` and matched against the site kinds
   (:data:`jaxdepth.spec.ACTIVATIONS`), or against ``c x`` (the ``1/n`` of an
   average; a chain from a sum that goes on after that division is cut there, the
-  rest being an activation of the average). The result is a small IR:
+  rest being an activation of the average; a window sum divided by counts that
+  are all the window's size, ``count_include_pad=False`` with nothing padded, is
+  that average too). The result is a small IR:
   ``input``, ``leaf``, ``act``, ``add``, ``concat``, ``flatten``, ``tokens``,
   ``pool``, ``position_embedding``, ``class_token`` and ``select_token`` nodes
   with their inputs.
@@ -33,8 +35,10 @@ to do.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -136,6 +140,22 @@ _NUMPY = {
     "rsqrt": lambda x: 1.0 / np.sqrt(x), "copy": lambda x: x, "copy_p": lambda x: x,
     "stop_gradient": lambda x: x, "clamp": lambda lo, x, hi: np.clip(x, lo, hi),
 }
+
+
+_LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (jax, flax)) + (
+    os.path.dirname(os.path.abspath(__file__)),)
+
+
+def _line(source_info) -> str:
+  """``file:line:column (function)`` of the innermost frame of the user's own code (outside
+  jax, flax, jaxdepth and installed packages) that made an equation; jax's own guess, which
+  stops at Flax (nn.avg_pool's pooling.py), when there is none."""
+  for frame in source_info_util.user_frames(source_info.traceback):
+    name = os.path.abspath(frame.file_name)
+    if not name.startswith(_LIBRARIES) and "site-packages" not in name:
+      column = f":{frame.start_column}" if frame.start_column else ""
+      return f"{frame.file_name}:{frame.start_line}{column} ({frame.function_name})"
+  return source_info_util.summarize(source_info)
 
 
 def _run_numpy(eqns, env, consts, out):
@@ -275,7 +295,7 @@ class Graph:
 
   def refuse(self, eqn, what: str, todo: str):
     where = self.module_of(eqn) or "(the top module)"
-    line = source_info_util.summarize(eqn.source_info)
+    line = _line(eqn.source_info)
     raise ConversionError(f"{what} (operation {eqn.primitive.name!r}) in module {where} at "
                           f"{line} cannot be converted: {todo}")
 
@@ -549,6 +569,37 @@ class Graph:
                 "jaxdepth has nodes for are jnp.mean over (H, W) of (B, H, W, C) or over the "
                 "tokens of (B, N, C), and nn.avg_pool")
 
+  def average_by_counts(self, eqn, window_sum, counts) -> int | None:
+    """A window sum divided by an array of counts (``nn.avg_pool(...,
+    count_include_pad=False)``: the sum of a window of ones) as an average pool when every
+    count is the window's size, i.e. nothing is padded; refuses it over padding. None for
+    another array over a window sum without padding (the caller refuses a scale)."""
+    pool = self.window(window_sum, "avg")
+    value = self.constant_value(counts)
+    if value is not None and np.allclose(value, math.prod(pool["window"]), rtol=1e-6):
+      return self.add("pool", [self.value(window_sum.invars[0])], window_sum, **pool)
+    if any(q != (0, 0) for q in pool["padding"]):
+      self.refuse(eqn, f"an average pool over padding {pool['padding']} that leaves the "
+                  f"padding out (nn.avg_pool(..., count_include_pad=False)): a window at the "
+                  f"border is divided by fewer elements than the others",
+                  "the spec's avg pool divides every window by its size: pass "
+                  "count_include_pad=True (the default), or padding='VALID'")
+    return None
+
+  def constant_value(self, u) -> np.ndarray | None:
+    """The value of the input-independent ``u``, run by jax from the trace's constants
+    (None where that fails)."""
+    env = {}
+    read = lambda w: w.val if _is_literal(w) else env[w] if w in env else self.consts[w]
+    try:
+      for e in self.ancestry(u):
+        outs = e.primitive.bind(*(read(w) for w in e.invars), **e.params)
+        for var, val in zip(e.outvars, outs if e.primitive.multiple_results else [outs]):
+          env[var] = val
+      return np.asarray(read(u))
+    except Exception:  # pylint: disable=broad-except   # not computable here: not a count
+      return None
+
   def unflattened_uses(self, v) -> list:
     """The equations reading ``v`` (B, 1, 1, C) before its ones are dropped again: its uses
     but reshapes and squeezes to (B, C), and through element-wise functions of ``v`` alone
@@ -621,6 +672,11 @@ class Graph:
       return self.add("add", [self.value(u) for u in ins], eqn)
     if name in ("mul", "div") and not all(self.depends_on_input(u) for u in ins):
       (scale,) = [u for u in ins if not self.depends_on_input(u)]
+      if name == "div" and scale is ins[1] and ins[0] in self.producer and (
+          self.producer[ins[0]][1].primitive.name == "reduce_window_sum"):
+        pool = self.average_by_counts(eqn, self.producer[ins[0]][1], scale)
+        if pool is not None:
+          return pool
       named = self._parameter(scale)
       what = (f"the parameter {named[0]} of shape {named[1]}" if named else
               f"an array of shape {tuple(scale.aval.shape)}")
@@ -757,7 +813,7 @@ class Graph:
       self.refuse(eqn, f"the parameter {path}, used a second time (first at "
                   f"{self.params_used[path]})", "a spec node owns its parameter: give each use "
                   "its own")
-    self.params_used[path] = source_info_util.summarize(eqn.source_info)
+    self.params_used[path] = _line(eqn.source_info)
     probe = np.arange(np.size(array), dtype=np.float64).reshape(np.shape(array))
     for op in reversed(chain):
       probe = _copy_numpy(op, probe)

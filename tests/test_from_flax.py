@@ -771,6 +771,44 @@ def test_an_activation_right_after_an_average_is_the_pool_then_the_site(how, fn,
                              np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-5)
 
 
+class PoolLeavingPadOut(nn.Module):
+  padding: str
+  window: int = 2
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3), padding="SAME")(x)
+    x = nn.avg_pool(x, (self.window,) * 2, strides=(2, 2), padding=self.padding,
+                    count_include_pad=False)
+    return nn.Dense(3)(nn.relu(x).reshape((x.shape[0], -1)))
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_an_average_leaving_out_padding_where_there_is_none_is_the_avg_pool(padding):
+  # count_include_pad=False divides by a window sum of ones: the window size everywhere when
+  # nothing is padded (VALID, or SAME with 2x2 windows in steps of 2 on 8x8).
+  module = PoolLeavingPadOut(padding)
+  x = _batch(n=3)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  pool = conv.spec.layers[1]
+  assert type(pool).__name__ == "Pool" and pool.op == "avg" and pool.window == (2, 2)
+  x = _batch(5, n=4)
+  want = jax.nn.relu(nn.avg_pool(nn.Conv(4, (3, 3), padding="SAME").apply(
+      {"params": variables["params"]["Conv_0"]}, x), (2, 2), (2, 2)))
+  want = want.reshape((4, -1)) @ variables["params"]["Dense_0"]["kernel"] + (
+      variables["params"]["Dense_0"]["bias"])
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+def test_an_average_leaving_out_padding_over_padding_is_refused_at_the_users_line():
+  message = _linen_refusal(PoolLeavingPadOut("SAME", window=3))
+  assert "average pool over padding ((0, 1), (0, 1)) that leaves the padding out" in message
+  assert "count_include_pad=True" in message and "padding='VALID'" in message
+  assert "test_from_flax.py:" in message and "pooling.py" not in message, message
+
+
 def test_an_activation_of_a_mean_over_the_channels_is_not_taken_for_a_pool():
   class ChannelMean(nn.Module):
     @nn.compact
@@ -1295,6 +1333,51 @@ def test_a_users_file_with_a_required_mode_flag_converts(name, tmp_path):
   assert "BatchNorm" in kinds and "Dropout" in kinds and conv.spec.sites() == ("relu",)
 
 
+def test_a_users_file_imports_the_modules_beside_it(tmp_path):
+  # As `python model.py` would: the file's folder is on the path while it is imported, and
+  # after (an import inside a function runs when the module is traced).
+  (tmp_path / "twofile_blocks.py").write_text(
+      "import flax.linen as nn\n\n\nclass Blk(nn.Module):\n  @nn.compact\n"
+      "  def __call__(self, x):\n    return x + nn.Conv(x.shape[-1], (3, 3), "
+      "padding='SAME')(nn.relu(x))\n")
+  (tmp_path / "twofile_model.py").write_text(
+      "import flax.linen as nn\nfrom twofile_blocks import Blk\n\n\nclass Net(nn.Module):\n"
+      "  num_classes: int = 10\n\n  @nn.compact\n  def __call__(self, x):\n"
+      "    import twofile_blocks\n"
+      "    x = twofile_blocks.Blk()(nn.Conv(4, (3, 3), padding='SAME')(x))\n"
+      "    return nn.Dense(self.num_classes)(x.mean((1, 2)))\n")
+  try:
+    assert convert.load_class(f"{tmp_path / 'twofile_model.py'}:Net").__name__ == "Net"
+    conv = convert.from_file(f"{tmp_path / 'twofile_model.py'}:Net", input_shape=SHAPE,
+                             num_classes=4)
+    assert conv.spec.sites() == ("Blk_0/relu",) and conv.spec.output_shape == (4,)
+  finally:
+    sys.modules.pop("twofile_blocks", None)
+    while str(tmp_path) in sys.path:
+      sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("flag", ["training", "is_training"])
+def test_a_users_file_with_a_keras_style_flag_is_refused_with_command_line_advice(flag, tmp_path):
+  path = tmp_path / "keras.py"
+  path.write_text(f"""
+import flax.linen as nn
+
+
+class K(nn.Module):
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x, {flag}: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=not {flag})(nn.Conv(4, (3, 3))(x)))
+    return nn.Dense(self.num_classes)(x.mean((1, 2)))
+""")
+  message = _refusal(lambda: convert.from_file(f"{path}:K", input_shape=SHAPE, num_classes=4))
+  assert f"takes {flag!r}" in message and "train_kwarg" not in message, message
+  assert "must be called train (True in train mode) or deterministic" in message
+  assert f"rename it, or wrap the class" in message and f"{flag}=train" in message
+
+
 def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
   from train import __main__ as cli
   workdir = tmp_path / "run"
@@ -1617,17 +1700,17 @@ def test_group_norm_node_and_token_mean():
 def test_a_call_needing_more_than_the_input_is_refused():
   class Flagged(nn.Module):
     @nn.compact
-    def __call__(self, x, training: bool):
-      x = nn.BatchNorm(use_running_average=not training)(nn.Conv(2, (3, 3))(x))
+    def __call__(self, x, train_mode: bool):
+      x = nn.BatchNorm(use_running_average=not train_mode)(nn.Conv(2, (3, 3))(x))
       return x.reshape((x.shape[0], -1))
   module = Flagged()
   x = _batch()
-  variables = module.init(jax.random.key(0), x, training=False)
+  variables = module.init(jax.random.key(0), x, train_mode=False)
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "needs the argument(s) training" in message and "train_kwarg='training'" in message
-  conv = jaxdepth.from_flax(module, variables, x, train_kwarg="training")
+  assert "needs the argument(s) train_mode" in message and "train_kwarg='train_mode'" in message
+  conv = jaxdepth.from_flax(module, variables, x, train_kwarg="train_mode")
   np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
-                             np.asarray(module.apply(variables, x, training=False)),
+                             np.asarray(module.apply(variables, x, train_mode=False)),
                              rtol=1e-5, atol=1e-5)
 
 
@@ -1656,9 +1739,6 @@ def test_a_flag_true_in_eval_mode_is_named_with_eval_kwarg():
   x = _batch()
   variables = dict(module.init(jax.random.key(0), x, deterministic=True))
   variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
-  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x))
-  assert "needs the argument(s) deterministic" in message and (
-      "pass eval_kwarg='deterministic'" in message), message
   # Declared as a train flag, it runs BatchNorm on batch statistics in eval mode: the message
   # says which keyword the flag wants rather than blaming the layer alone.
   message = _refusal(lambda: jaxdepth.from_flax(module, variables, x,
@@ -1690,3 +1770,60 @@ def test_a_flag_true_in_eval_mode_is_named_with_eval_kwarg():
     want = nnx.clone(model)(x, deterministic=deterministic)
     got = network.forward(conv.spec, conv.variables, x, train=train).logits
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+class DeterministicByDefault(nn.Module):
+  """Flax's flag with a default, as nn.Dropout has it: False, train mode."""
+  @nn.compact
+  def __call__(self, x, deterministic: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=deterministic)(nn.Conv(4, (3, 3))(x)))
+    return nn.Dense(3)(nn.Dropout(0.5, deterministic=deterministic)(x.mean((1, 2))))
+
+
+class NNXDeterministicByDefault(NNXDeterministic):
+  def __call__(self, x, deterministic: bool = False):
+    return super().__call__(x, deterministic)
+
+
+@pytest.mark.parametrize("required", [True, False])
+def test_a_deterministic_flag_is_read_without_eval_kwarg(required):
+  # With no flag named and no train argument, deterministic is the eval flag, as from_file
+  # reads it: passed True in eval mode and False in the train-mode trace.
+  module = Deterministic() if required else DeterministicByDefault()
+  x = _batch()
+  variables = dict(module.init(jax.random.key(0), x, deterministic=True))
+  variables["batch_stats"] = _perturb_stats(variables["batch_stats"], 2)
+  conv = jaxdepth.from_flax(module, variables, x)
+  x = _batch(3)
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x, deterministic=True)),
+                             rtol=1e-5, atol=1e-5)
+  model = NNXDeterministic(nnx.Rngs(0)) if required else NNXDeterministicByDefault(nnx.Rngs(0))
+  nnx.update(model, _perturb_stats(nnx.state(model, nnx.BatchStat), 2))
+  conv = jaxdepth.from_nnx(model, x)
+  for deterministic, train in ((True, False), (False, True)):
+    want = nnx.clone(model)(x, deterministic=deterministic)
+    got = network.forward(conv.spec, conv.variables, x, train=train).logits
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("flag", ["training", "is_training"])
+def test_a_keras_style_flag_must_be_named(flag):
+  # Left at its default it would trace one mode only, and a layer pinned to one mode (the
+  # dropout here) would pass unchecked.
+  namespace = {}
+  exec(f"""
+class Pinned(nn.Module):
+  @nn.compact
+  def __call__(self, x, {flag}: bool = False):
+    x = nn.relu(nn.BatchNorm(use_running_average=not {flag})(nn.Conv(4, (3, 3))(x)))
+    return nn.Dense(3)(nn.Dropout(0.5, deterministic=True)(x.mean((1, 2))))
+""", {"nn": nn}, namespace)
+  module = namespace["Pinned"]()
+  message = _linen_refusal(module)
+  assert f"Pinned.__call__ takes {flag!r}" in message and (
+      f"pass train_kwarg={flag!r}" in message), message
+  x = _batch()
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  message = _refusal(lambda: jaxdepth.from_flax(module, variables, x, train_kwarg=flag))
+  assert "never drops units (deterministic=True)" in message
