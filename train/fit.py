@@ -17,9 +17,9 @@ again resumes from the latest checkpoint (a finished run is just
 re-evaluated); epochs may grow, or shrink while the new last epoch has not
 begun, and the evaluation and checkpoint cadence may change, any other change
 (model, data, recipe, seed, dtype) is refused and named (--model, --pretrained
-and --config.tokenizer paths may be spelled another way). A run whose checkpoints/ were deleted cannot
-resume: with its model/ or report.json there, it is refused, as a run with
-other settings is. A NaN loss stops the run, keeping the last good checkpoint.
+and --config.tokenizer paths may be spelled another way). A run whose
+checkpoints/ were deleted cannot resume: with its model/ or report.json there,
+it is refused, as a run with other settings is. A NaN loss stops the run, keeping the last good checkpoint.
 Ctrl-C, a full disk or a read-only work directory stop it cleanly with the
 command that resumes. --multihost (or JAX_COORDINATOR_ADDRESS in the
 environment) calls jax.distributed.initialize() first; every process runs the
