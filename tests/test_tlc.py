@@ -194,13 +194,18 @@ def test_shared_ranking_equals_the_naive_loop_and_edits_made_by_hand(name):
     assert abs(gaps[c.name] - by_hand) < 1e-4, c.name
 
 
-def test_ranking_inputs_a_user_can_get_wrong_are_named():
+def _ranking_inputs():
+  """The mixed spec, its variables, a batch of 8 with labels, and its candidates."""
   spec = _mixed_spec()
   variables = _randomized(spec, 3)
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(8, *spec.input_shape)), jnp.float32)
   labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
-  cands = tlc.candidates(spec)
+  return spec, variables, x, labels, tlc.candidates(spec)
+
+
+def test_ranking_inputs_a_user_can_get_wrong_are_named():
+  spec, variables, x, labels, cands = _ranking_inputs()
   betas = tlc.candidate_betas(spec, variables, cands, x)
   masks = tlc.keep_masks(betas)
   with pytest.raises(ValueError, match=r"keep-mask of candidate 'r1' must be 6 zeros and ones"
@@ -227,12 +232,7 @@ def test_ranking_inputs_a_user_can_get_wrong_are_named():
 
 
 def test_ranking_refuses_gates_of_another_length_and_candidates_on_removed_sites():
-  spec = _mixed_spec()
-  variables = _randomized(spec, 3)
-  rng = np.random.default_rng(4)
-  x = jnp.asarray(rng.normal(size=(8, *spec.input_shape)), jnp.float32)
-  labels = jnp.asarray(rng.integers(0, 4, 8), jnp.int32)
-  cands = tlc.candidates(spec)
+  spec, variables, x, labels, cands = _ranking_inputs()
   masks = tlc.keep_masks(tlc.candidate_betas(spec, variables, cands, x))
   n = len(spec.sites())
   short = jnp.ones(n - 1)          # out of bounds: the last site would read the gate before it
