@@ -239,7 +239,7 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
       names what is no live site.
   """
   sites = spec.sites()
-  live = sites if live is None else S.site_paths(live, "live")   # names a gate array
+  live = sites if live is None else S.site_paths(live, "live")   # refuses a gate array
   unknown = sorted(set(live) - set(sites))
   if unknown:
     raise KeyError(f"live names no live site of {spec.name!r}: {unknown}; its sites are "
