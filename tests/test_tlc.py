@@ -390,6 +390,10 @@ def test_val_accuracy_in_percent_is_refused_as_not_a_fraction():
       method.measure(spec, variables, method.init(spec), context(percent))
   # 5 % as a fraction is below the 20 % threshold: the stop rule holds, nothing is ranked
   assert method.measure(spec, variables, method.init(spec), context(0.05)) == {}
+  # The params alone: a bare KeyError 'params' from the masking once it ranked; named up front.
+  with pytest.raises(TypeError, match=r"TLC.measure takes the variables dict .*pass variables, "
+                                      r"not variables\['params'\]"):
+    method.measure(spec, variables["params"], method.init(spec), context(0.05))
 
 
 # ------------------------------------------------------------------ end to end

@@ -503,7 +503,9 @@ class TLC:
     Raises:
       ValueError: ``context.val_accuracy`` outside [0, 1] (a percentage: the stop
         rule compares a fraction and would never hold).
+      TypeError: ``variables`` is not the variables dict (``variables["params"]``).
     """
+    training.check_variables(variables, "TLC.measure")
     acc = context.val_accuracy
     if acc is not None and not 0.0 <= acc <= 1.0:
       raise ValueError(f"Context.val_accuracy is a fraction in [0, 1] (as the report holds "
