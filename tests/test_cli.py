@@ -39,6 +39,11 @@ def _fit(tmp_path, *args):
   return cli.main(["fit", "--workdir", str(tmp_path), "--no-progress", *args])
 
 
+def _files(directory):
+  """Every file under ``directory`` and its bytes (what a refused call must leave as it was)."""
+  return {p: p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
 def _error_lines(err):
   return [line for line in err.splitlines() if line.startswith("error: ")]
 
@@ -171,7 +176,7 @@ def test_config_layout_names_the_layout_of_a_folder_detection_refuses(tmp_path, 
 def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, capsys):
   import fcntl  # pylint: disable=import-outside-toplevel
   assert _fit(tmp_path, "--config.epochs=1") == 0      # the run's lock is released at its end
-  before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  before = _files(tmp_path)
   with open(tmp_path / ".lock", "rb") as other:        # another process running there
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
     assert _fit(tmp_path, "--config.epochs=2") == 2
@@ -179,12 +184,12 @@ def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, 
         f"error: {tmp_path} is in use: another run holds its lock ({tmp_path / '.lock'}). Wait "
         f"for it to end or stop it, then run this command again (it resumes from the last "
         f"checkpoint), or give another --workdir"]
-    assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+    assert _files(tmp_path) == before
   assert _fit(tmp_path, "--config.epochs=2") == 0      # the other run has ended
   assert json.loads((tmp_path / "report.json").read_text())["epochs"] == 2
   # Fewer epochs than the weights have had are refused.
   capsys.readouterr()
-  before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  before = _files(tmp_path)
   steps = data.load("digits").train.num_batches(32, drop_remainder=True)   # an epoch at batch 32
   assert _fit(tmp_path, "--config.epochs=1") == 2
   assert _error_lines(capsys.readouterr().err) == [
@@ -192,7 +197,7 @@ def test_a_workdir_in_use_by_another_run_is_refused_and_left_as_it_is(tmp_path, 
       f"steps (into epoch 2), and 1 are asked now: epoch 1 would be the last after being "
       f"trained as a middle one (the last epoch's statistics and validation differ); ask for "
       f"at least 2 epochs, or use another directory"]
-  assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+  assert _files(tmp_path) == before
 
 
 def test_fit_in_a_methods_workdir_says_whose_it_is_in_one_line(tmp_path, capsys):
@@ -842,7 +847,7 @@ def test_a_method_run_records_its_tokenizer_and_older_runs_resume_without_one(tm
 def test_a_fit_whose_checkpoints_were_deleted_is_never_taken_over(tmp_path, capsys):
   assert _fit(tmp_path, "--config.epochs=1") == 0
   shutil.rmtree(tmp_path / "checkpoints")               # to save space
-  before = {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()}
+  before = _files(tmp_path)
   capsys.readouterr()
   assert _fit(tmp_path, "--config.epochs=1", "--config.lr=0.01") == 2
   assert "lr: 0.05 stored, 0.01 asked" in capsys.readouterr().err
@@ -852,7 +857,7 @@ def test_a_fit_whose_checkpoints_were_deleted_is_never_taken_over(tmp_path, caps
       f"checkpoints/ are gone: it can be neither resumed nor re-evaluated, and training it again "
       f"would overwrite them. To train it again from the start, move {tmp_path} aside or delete "
       f"it; or use another --workdir."]
-  assert {p: p.read_bytes() for p in sorted(tmp_path.rglob("*")) if p.is_file()} == before
+  assert _files(tmp_path) == before
 
 
 def test_a_call_refused_the_lock_leaves_the_directory_it_made_to_the_run_holding_it(
