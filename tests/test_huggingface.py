@@ -165,8 +165,11 @@ def test_masked_lm_checkpoint_without_pooler_starts_pooler_and_classifier_fresh(
   tensors["cls.predictions.bias"] = np.zeros(50, np.float32)              # MLM head, unused
   assert not any("pooler" in k for k in tensors)
   folder = write_folder(tmp_path, config, tensors)
-  with pytest.raises(StateDictError, match=r"has no pooler \(bert.pooler.\*\), as a "
-                                           r"masked-LM checkpoint.*new_head=True"):
+  with pytest.raises(StateDictError, match=r"has no pooler \(bert.pooler.\*\) for "
+                                           r"params/pooler/dense/kernel: Hugging Face saves "
+                                           r"masked-LM checkpoints without one\. Pass "
+                                           r"new_head=True .* to start the pooler and the "
+                                           r"classifier"):
     hf.from_pretrained(folder, max_length=LENGTH)
   spec, variables = hf.from_pretrained(folder, max_length=LENGTH, new_head=True, seed=5)
   fresh = network.init(spec, jax.random.key(5))["params"]
@@ -181,6 +184,77 @@ def test_masked_lm_checkpoint_without_pooler_starts_pooler_and_classifier_fresh(
                                     max_length=LENGTH, new_head=True)
   np.testing.assert_array_equal(variables["params"]["pooler"]["dense"]["kernel"],
                                 tensors["bert.pooler.dense.weight"].T)
+
+
+def test_fine_tuned_bert_classifier_loads_as_the_pooled_encoder(tmp_path):
+  """A ``BertForSequenceClassification`` file read as ``BertModel`` (head="pooled"): its
+  classifier is skipped, as Hugging Face skips it; a classifier tensor of another name is not."""
+  config = hf_config("bert")
+  tensors = random_state_dict(config, prefix="bert.", head="bert", seed=4)
+  for new_head in (False, True):
+    spec, variables = hf.from_pretrained(write_folder(tmp_path, config, tensors),
+                                         max_length=LENGTH, head="pooled", new_head=new_head)
+    x = token_inputs(config, seed=1)
+    got = np.asarray(network.forward(spec, variables, x).logits)
+    want = ref.encoder_forward(unprefixed(tensors, "bert."), reference_config(config),
+                               x["input_ids"], x["attention_mask"], x["token_type_ids"],
+                               head="pooled")
+    np.testing.assert_allclose(got, want, atol=1e-4)
+  for foreign in ("classifier.out_proj.weight", "classifier.extra.weight"):
+    folder = write_folder(tmp_path / foreign, config,
+                          dict(tensors, **{foreign: np.zeros((2, 16), np.float32)}))
+    with pytest.raises(StateDictError, match=rf"holds tensor '{foreign}' \(2, 16\), which this "
+                                             r"architecture does not have"):
+      hf.from_pretrained(folder, max_length=LENGTH, head="pooled")
+
+
+def test_roberta_classifier_has_no_pooler_for_the_pooled_encoder(tmp_path):
+  """``RobertaForSequenceClassification`` is saved without a pooler: head="pooled" says so and
+  what to do; with new_head=True the pooler starts fresh and the classifier is skipped."""
+  config = hf_config("roberta")
+  tensors = random_state_dict(config, prefix="roberta.", head="roberta", seed=4)
+  folder = write_folder(tmp_path, config, tensors)
+  with pytest.raises(StateDictError) as error:
+    hf.from_pretrained(folder, max_length=LENGTH, head="pooled")
+  message = str(error.value)
+  assert "masked-LM checkpoint is saved" not in message
+  for words in ("has no pooler (roberta.pooler.*) for params/pooler/dense/kernel",
+                "masked-LM checkpoints and RoBERTa's sequence classifiers without one",
+                "new_head=True (on the command line --config.pretrained_new_head=true) to start "
+                "the pooler freshly initialised", 'classifier head (head="classifier")'):
+    assert words in message
+  spec, variables = hf.from_pretrained(folder, max_length=LENGTH, head="pooled", new_head=True,
+                                       seed=5)
+  fresh = network.init(spec, jax.random.key(5))["params"]["pooler"]["dense"]
+  jax.tree.map(np.testing.assert_array_equal, variables["params"]["pooler"]["dense"], fresh)
+  with_pooler = dict(unprefixed(tensors, "roberta."),
+                     **{"pooler.dense.weight": np.asarray(fresh["kernel"]).T,
+                        "pooler.dense.bias": np.asarray(fresh["bias"])})
+  x = token_inputs(config, seed=1)
+  got = np.asarray(network.forward(spec, variables, x).logits)
+  want = ref.encoder_forward(with_pooler, reference_config(config), x["input_ids"],
+                             x["attention_mask"], x["token_type_ids"], head="pooled")
+  np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("head, classes, message", [
+    ("pooled", None, r"has no tensor 'classifier.weight' \(for params/classifier/kernel\): the "
+                     r"file has no classifier, as a pre-trained checkpoint has none\. To "
+                     r"fine-tune its encoder, pass new_head=True \(on the command line "
+                     r"--config.pretrained_new_head=true\)"),
+    ("bert", 3, r"expects \(16, 3\): .*number of classes\. The classifier is what does not "
+                r"fit: .* pass new_head=True \(on the command line "
+                r"--config.pretrained_new_head=true\)"),
+])
+def test_classifier_refusal_names_new_head_in_both_spellings(tmp_path, head, classes, message):
+  """A file without a classifier, or with one of another size: the library's new_head=True and
+  the command line's --config.pretrained_new_head=true, what is missing said first."""
+  config = hf_config("bert")
+  tensors = random_state_dict(config, prefix="bert.", head=head)
+  folder = write_folder(tmp_path, config, tensors)
+  with pytest.raises(StateDictError, match=message) as error:
+    hf.from_pretrained(folder, max_length=LENGTH, num_classes=classes)
+  assert "not a checkpoint of this architecture" not in str(error.value)
 
 
 @pytest.mark.parametrize("edit, message", [

@@ -36,13 +36,16 @@ The encoder's keys carry the model type as a prefix (``bert.``, ``roberta.``)
 in the checkpoints of task models (``BertForSequenceClassification``, masked
 language models) and none in a bare ``BertModel``; both are read. As Hugging
 Face does when loading, ``LayerNorm.gamma`` / ``.beta`` (old checkpoints) are
-read as ``.weight`` / ``.bias``. Known tensors that a sequence classifier does
-not use are skipped: the ``position_ids`` and ``token_type_ids`` buffers, the
-pre-training heads (``cls.*``, ``lm_head.*``) and, for RoBERTa's classifier,
-which has no pooler, ``pooler.*``. A checkpoint without a classifier (a
-pre-trained model) loads with ``new_head=True``: the classifier keeps its fresh
-initialisation, to be fine-tuned, and so does BERT's pooler where the file has
-none (a masked-LM checkpoint).
+read as ``.weight`` / ``.bias``. Known tensors that the spec does not use are
+skipped: the ``position_ids`` and ``token_type_ids`` buffers, the pre-training
+heads (``cls.*``, ``lm_head.*``), for RoBERTa's classifier, which has no
+pooler, ``pooler.*``, and for ``head="pooled"`` (no classifier) the file's
+classifier (BERT's ``classifier.{weight, bias}``, RoBERTa's
+``classifier.{dense, out_proj}.*``), as Hugging Face's ``BertModel`` ignores
+it. A checkpoint without a classifier (a pre-trained model) loads with
+``new_head=True``: the classifier keeps its fresh initialisation, to be
+fine-tuned, and so does the pooler where the file has none (a masked-LM
+checkpoint, or RoBERTa's sequence classifier read with ``head="pooled"``).
 """
 from __future__ import annotations
 
@@ -300,15 +303,24 @@ def _prefix(tensors: Mapping[str, np.ndarray], family: str) -> str:
   return f"{family}." if any(k.startswith(f"{family}.embeddings.") for k in tensors) else ""
 
 
+_CLASSIFIER_KEYS = {   # a family's sequence-classifier tensors (never prefixed)
+    "bert": ("classifier.weight", "classifier.bias"),
+    "roberta": tuple(f"classifier.{m}.{v}" for m in ("dense", "out_proj")
+                     for v in ("weight", "bias"))}
+
+
 def _unused(tensors, spec: S.Spec, prefix: str) -> dict[str, None]:
-  """Known tensors that the spec does not use (buffers, pre-training heads, an unused pooler)."""
-  has_pooler = any(p == "pooler" for p, _ in spec.walk())
+  """Known tensors that the spec does not use (buffers, pre-training heads, an unused pooler,
+  the classifier of the file's family when the spec has none)."""
+  paths = {p for p, _ in spec.walk()}
+  classifier = () if "classifier" in paths else _CLASSIFIER_KEYS[_family(spec)]
   out = {}
   for key in tensors:
     rest = key[len(prefix):] if key.startswith(prefix) else key
     if (rest in ("embeddings.position_ids", "embeddings.token_type_ids")
         or key.startswith(("cls.", "lm_head."))
-        or (not has_pooler and rest.startswith("pooler.") and key.startswith(prefix))):
+        or ("pooler" not in paths and rest.startswith("pooler.") and key.startswith(prefix))
+        or key in classifier):
       out[key] = None
   return out
 
@@ -325,7 +337,8 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
       initialised variables, arrays rather than a ``jax.eval_shape`` (default:
       ``network.init(spec, key(0))``).
     new_head: keep the template's classifier instead of importing one (a
-      pre-trained checkpoint, or another number of classes).
+      pre-trained checkpoint, or another number of classes), and its pooler
+      where the file has none.
 
   Returns:
     ``{"params": ...}`` for :func:`jaxdepth.forward`.
@@ -347,8 +360,9 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
     template = make() if new_head else jax.eval_shape(make)
   heads = [p for p in ("params/classifier",) if any(
       path == "classifier" for path, _ in spec.walk())]
-  # A masked-LM checkpoint has no pooler (Hugging Face saves it without one); with a fresh
-  # classifier the pooler starts fresh too, as in Hugging Face's own fine-tuning.
+  # A masked-LM checkpoint has no pooler (Hugging Face saves it without one), nor has RoBERTa's
+  # sequence classifier; with new_head the pooler starts fresh, as in Hugging Face's own
+  # fine-tuning (and as its RobertaModel does on such a file).
   pooler = [p for p in ("params/pooler",) if any(path == "pooler" for path, _ in spec.walk())
             and not any(k.startswith(f"{prefix}pooler.") for k in tensors)]
   try:
@@ -356,14 +370,27 @@ def load(spec: S.Spec, source: str | os.PathLike | Mapping[str, np.ndarray], *,
                      what=what)
   except StateDictError as e:
     if not new_head and e.target is not None and sd.under(e.target, pooler):
-      raise StateDictError(f"{what} has no pooler ({prefix}pooler.*), as a masked-LM "
-                           f"checkpoint is saved; pass new_head=True to start the pooler and "
-                           f"the classifier freshly initialised, to be fine-tuned",
+      saved = ("masked-LM checkpoints and RoBERTa's sequence classifiers"
+               if family == "roberta" else "masked-LM checkpoints")
+      other = (", or use RoBERTa's classifier head (head=\"classifier\"), which has no pooler"
+               if family == "roberta" and not heads else "")
+      fresh = "the pooler and the classifier" if heads else "the pooler"
+      raise StateDictError(f"{what} has no pooler ({prefix}pooler.*) for {e.target}: "
+                           f"Hugging Face saves {saved} without one. "
+                           f"Pass new_head=True (on the command line "
+                           f"--config.pretrained_new_head=true) to start {fresh} freshly "
+                           f"initialised, to be fine-tuned{other}",
                            key=e.key, target=e.target) from None
     if not new_head and e.target is not None and sd.under(e.target, heads):
-      raise StateDictError(f"{e} The classifier is what does not fit: to start from a "
-                           f"pre-trained encoder (no classifier in the file) or another number "
-                           f"of classes, pass new_head=True to keep a freshly initialised one",
+      if not any(k.startswith("classifier.") for k in tensors):
+        raise StateDictError(f"{what} has no tensor {e.key!r} (for {e.target}): the file has "
+                             f"no classifier, as a pre-trained checkpoint has none. To "
+                             f"fine-tune its encoder, pass new_head=True (on the command line "
+                             f"--config.pretrained_new_head=true) to start a freshly "
+                             f"initialised classifier", key=e.key, target=e.target) from None
+      raise StateDictError(f"{e}. The classifier is what does not fit: to start a freshly "
+                           f"initialised one (another number of classes), pass new_head=True "
+                           f"(on the command line --config.pretrained_new_head=true)",
                            key=e.key, target=e.target) from None
     raise
 
@@ -383,7 +410,8 @@ def from_pretrained(folder: str | os.PathLike, *, max_length: int = 128,
     max_length: tokens per sequence of the spec.
     head: ``"classifier"`` or ``"pooled"`` (:func:`jaxdepth.text.encoder`).
     num_classes: classifier size (default: the config's :func:`num_labels`).
-    new_head: initialise the classifier (from ``seed``) instead of importing it.
+    new_head: initialise the classifier (from ``seed``) instead of importing it, and
+      the pooler where the file has none.
     seed: initialisation of a new classifier.
 
   Returns:
