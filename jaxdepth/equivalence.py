@@ -193,6 +193,13 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
 
   Returns:
     An :class:`EquivalenceReport`.
+
+  Raises:
+    ValueError: ``border`` is given but a network has no last spatial feature
+      map, or the two maps differ in shape (channels cut there by
+      ``collapse(site_counts=...)``: which channels were kept is not known
+      here, so the maps cannot be matched; compare without ``border``, and
+      measure the border on the network collapsed without ``site_counts``).
   """
   x = jax.tree.map(jnp.asarray, x)   # an array, or a text spec's dict of token arrays
   ya = network.forward(spec_a, vars_a, x, gates=gates_a).logits
@@ -207,10 +214,16 @@ def compare(spec_a: S.Spec, vars_a, spec_b: S.Spec, vars_b, x, *, gates_a=None,
   if not isinstance(border, int) or border < 0:
     raise ValueError(f"border must be a non-negative int, got {border!r}")
   pa, pb = spatial_prefix(spec_a), spatial_prefix(spec_b)
-  if pa is None or pb is None or pa.output_shape != pb.output_shape:
-    raise ValueError("border comparison needs two networks on (H, W, C) inputs with the same "
-                     f"last feature map shape; got {pa and pa.output_shape} and "
-                     f"{pb and pb.output_shape}")
+  if pa is None or pb is None:
+    raise ValueError("border comparison needs two networks on (H, W, C) inputs, with a last "
+                     f"spatial feature map; got inputs {spec_a.input_shape} and "
+                     f"{spec_b.input_shape}; compare without border= (the logits only)")
+  if pa.output_shape != pb.output_shape:
+    raise ValueError("border comparison compares the last feature maps position by position, "
+                     f"but they differ in shape: {pa.output_shape} and {pb.output_shape} "
+                     "(collapse(site_counts=...) may have cut channels there); compare without "
+                     "border= (the logits only), and measure the border on the network "
+                     "collapsed without site_counts, before its channels are cut")
   gates = None if gates_a is None else jnp.asarray(gates_a)[:len(pa.sites())]
   fa = np.asarray(network.forward(pa, vars_a, x, gates=gates).logits)
   fb = np.asarray(network.forward(pb, vars_b, x).logits)

@@ -113,3 +113,22 @@ def test_compare_refuses_what_it_cannot_compare():
   dv = random_variables(dense)
   with pytest.raises(ValueError, match="feature map"):
     equivalence.compare(dense, dv, dense, dv, x_for(dense), border=0)
+
+
+def test_border_comparison_after_a_channel_cut_says_what_to_do():
+  spec = S.Spec((6, 6, 3), (S.Conv("c1", features=8, kernel=1, bias=True), S.Act("r"),
+                            S.Conv("c2", features=6, kernel=1), S.BatchNorm("bn"), S.Act("r2"),
+                            S.Pool("gp", "global_avg"), S.Dense("fc", features=3)))
+  v = random_variables(spec)
+  v["params"]["bn"]["bias"][::2] = -100.0    # 3 channels of r2 never ON: cut at the last map
+  x = x_for(spec)
+  counts = network.forward(spec, v, x, collect_stats=True).site_counts
+  log = []
+  cut, cv = surgery.collapse(spec, v, mode="interior", site_counts=counts, log=log)
+  assert equivalence.border_width(cut, log) == 0
+  assert equivalence.compare(spec, v, cut, cv, x).max_rel < 1e-5
+  with pytest.raises(ValueError, match=r"differ in shape: \(6, 6, 6\) and \(6, 6, 3\).*compare "
+                                       r"without border=.*collapsed without site_counts"):
+    equivalence.compare(spec, v, cut, cv, x, border=0)
+  whole, wv = surgery.collapse(spec, v, mode="interior")   # no cut: the border is measured
+  assert equivalence.compare(spec, v, whole, wv, x, border=0).interior_max_rel < 1e-5

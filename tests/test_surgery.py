@@ -112,7 +112,9 @@ def test_which_merges_are_exact_everywhere(first, second, exact):
   v = random_variables(spec)
   log = []
   merged, mv = surgery.merge_linear(spec, v, mode="exact", cost="none", log=log)
-  assert (len(merged.layers) == 1) == exact
+  # a bias reaching the pad is merged as a border-corrected Block instead of one conv
+  assert (len(merged.layers) == 1 and isinstance(merged.layers[0], S.Conv)) == exact
+  flax_equal(spec, v, merged, mv, tol=1e-5)
   merged_i, mv_i = surgery.merge_linear(spec, v, mode="interior", cost="none", log=log)
   assert len(merged_i.layers) == 1
   rep = flax_equal(spec, v, merged_i, mv_i, tol=np.inf, border=1)
@@ -241,6 +243,25 @@ def test_bias_before_a_padded_conv_is_corrected_exactly():
   plain, pv = surgery.merge_linear(spec, v, mode="exact")
   assert isinstance(plain.layers[0], S.Conv)          # no bias: no correction needed
   assert relative(run(spec, v, x), run(plain, pv, x)) < 1e-5
+
+
+def test_cost_none_makes_the_border_corrected_merge_and_not_again():
+  # The corrected merge is a block of three convs for two: "none" (every allowed merge)
+  # makes it all the same, and leaves the correction's own ones + border pair alone.
+  spec = chain(S.Conv("a", features=8, kernel=1, bias=True),
+               S.Conv("b", features=6, kernel=3, padding=1, stride=2), shape=(11, 10, 4))
+  v = random_variables(spec, 7)
+  log = []
+  merged, mv = surgery.merge_linear(spec, v, mode="exact", cost="none", log=log)
+  (blk,) = merged.layers
+  assert isinstance(blk, S.Block) and [n.name for n in blk.shortcut] == ["ones", "border"]
+  assert [e.kind for e in log] == ["merge"] and "border correction" in log[0].detail
+  flax_equal(spec, v, merged, mv, tol=1e-5)
+  log = []
+  again, av = surgery.merge_linear(merged, mv, mode="exact", cost="none", log=log)
+  assert again == merged
+  (skip,) = log
+  assert skip.kind == "skip" and "is a border correction" in skip.reason
 
 
 def test_identity_shortcut_lands_on_the_kernel_centre():

@@ -11,8 +11,10 @@ yardsticks (:data:`COSTS`):
 * ``"latency"``: the median eval time of the nodes, measured on this machine at
   ``batch`` examples (a jitted forward of a small spec made of just those nodes).
   Identical node configurations are timed once per process.
-* ``"none"``: the number of nodes, so every allowed merge is made (for tests
-  and for studying what merging does).
+* ``"none"``: the number of nodes at the top level of the piece, so every
+  allowed merge is made (for tests and for studying what merging does): a
+  merged segment or a folded block is one node, even where it is a block
+  holding a border correction.
 """
 from __future__ import annotations
 
@@ -128,8 +130,10 @@ def make_cost(kind: str, *, batch: int = 1) -> CostFn:
     return sum(1 for _, n in _walk(nodes) if not isinstance(n, S.Sequential)
                and not _tree.is_noop(n))
 
-  if kind == "none":
-    return lambda nodes, node_vars, in_shape: (count(nodes), count(nodes))
+  if kind == "none":   # top-level nodes only: a border-corrected merge is one node, not four
+    def top(nodes):
+      return sum(1 for n in nodes if not _tree.is_noop(n))
+    return lambda nodes, node_vars, in_shape: (top(nodes), top(nodes))
   if kind == "macs":
     return lambda nodes, node_vars, in_shape: (work(nodes, in_shape), count(nodes))
 

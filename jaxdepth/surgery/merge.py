@@ -129,10 +129,11 @@ def _bias_corrected(elems, first: L.LinearOp, rest: L.LinearOp):
       Block(branch=(merged,), shortcut=(ones, border))
 
   is equal everywhere, for the price of ``C_in + kh kw C_out`` extra MACs per
-  position instead of the chain's.
+  position instead of the chain's. A first op with a zero kernel (``ones``
+  itself) is left alone: its corrected form would be the same pair again.
   """
   if (not first.spatial or first.kernel.shape[:2] != (1, 1) or any(any(p) for p in first.padding)
-      or first.zero_bias or not rest.lossless):
+      or first.zero_bias or not rest.lossless or not np.any(first.kernel)):
     return None
   weights = [e for e in elems if isinstance(e.node, (S.Conv, S.Dense))]
   if not weights:
@@ -163,6 +164,9 @@ def _bias_corrected(elems, first: L.LinearOp, rest: L.LinearOp):
 def _not_exact_reason(a: L.LinearOp, b: L.LinearOp, merged: L.LinearOp) -> str:
   """Why ``b ∘ a`` is not exact everywhere, in words."""
   (kh1, kw1), (kh2, kw2) = a.kernel.shape[:2], b.kernel.shape[:2]
+  if (kh1, kw1) == (1, 1) and not np.any(a.kernel):
+    return ("the pair is a border correction (a map of constants through a padded "
+            f"{kh2}x{kw2} conv), exact as it is; merging it would rebuild the same pair")
   if (kh1, kw1) == (1, 1) and not any(any(p) for p in a.padding):
     what = f"a biased 1x1 op before a padded {kh2}x{kw2} conv"
   else:
