@@ -888,14 +888,18 @@ def to_user_variables(converted: Converted, variables, like, *, spec: S.Spec | N
     into the user's parameter), and the spec paths that did not go back, sorted:
     nodes that are new, gone or changed in ``spec`` (merged, folded, cut,
     removed; sites a method turned into identities, which the user's module
-    still applies) and variables with no exact place in the user's layer (a
-    bias the layer has no room for that training made non-zero). The user's
-    module computes what ``spec`` computes with ``variables`` exactly when
-    ``skipped`` is empty.
+    still applies), the conv and dense layers whose values surgery may have
+    rewritten under the same name and fields (one whose input lost channels,
+    one next to a gone or changed node holding values: a BatchNorm folded
+    into it, an op merged into it), and variables with no exact place in the
+    user's layer (a bias the layer has no room for that training made
+    non-zero); a skipped layer keeps the user's variables. The user's module computes what ``spec`` computes with
+    ``variables`` exactly when ``skipped`` is empty.
   """
   spec = converted.spec if spec is None else spec
   before, after = _leaf_nodes(converted.spec), _leaf_nodes(spec)
   skipped = {p for p in before.keys() | after.keys() if before.get(p) != after.get(p)}
+  skipped |= _rewritten(converted.spec, spec, skipped)
   out = _plain(like)
   by_collection = "params" in out
   for spath, upath in converted.paths.items():
@@ -928,6 +932,58 @@ def to_user_variables(converted: Converted, variables, like, *, spec: S.Spec | N
 
 def _leaf_nodes(spec: S.Spec) -> dict[str, S.Node]:
   return {p: n for p, n in spec.walk() if not isinstance(n, (S.Sequential, S.Block, S.Concat))}
+
+
+def _rewritten(before: S.Spec, after: S.Spec, changed: set[str]) -> set[str]:
+  """Conv and dense layers of ``before`` whose node ``after`` keeps but whose values it may not.
+
+  Surgery writes what it merges or folds into the first weight layer of the
+  chain, under that layer's name: a conv that had a bias keeps its node when a
+  BatchNorm is folded into it or the op after it is merged into it, and a layer
+  whose input lost channels keeps its node with a smaller kernel. The spec
+  cannot say which neighbour went where, so a layer counts as rewritten when
+  its input shape changed, or when next to it (across nodes gone or changed)
+  a node that holds values (anything but an activation or dropout) is gone or
+  changed: a BatchNorm folded into the layer after it marks that one too.
+  """
+  shapes_before, shapes_after = before.shapes(), after.shapes()
+  nodes_after = dict(after.walk())
+
+  def kept(path, node):
+    if isinstance(node, (S.Block, S.Concat)):   # its inside is compared node by node
+      return type(nodes_after.get(path)) is type(node)
+    return path not in changed
+
+  out = set()
+
+  def visit(nodes, prefix):
+    view = []                                   # a list with its Sequentials opened,
+    def flat(nodes, prefix):                    # as surgery merges across them
+      for n in nodes:
+        path = prefix + n.name
+        if isinstance(n, S.Sequential):
+          flat(n.layers, path + S.SEP)
+        else:
+          view.append((path, n))
+          for child in ([n.branch, n.shortcut, n.post] if isinstance(n, S.Block) else
+                        [*n.branches, n.post] if isinstance(n, S.Concat) else []):
+            visit(child, path + S.SEP)
+    flat(nodes, prefix)
+    for i, (path, node) in enumerate(view):
+      if not isinstance(node, (S.Conv, S.Dense)) or not kept(path, node):
+        continue
+      if shapes_before[path][0] != shapes_after[path][0]:
+        out.add(path)
+        continue
+      for step in (-1, 1):
+        j = i + step
+        while 0 <= j < len(view) and not kept(*view[j]):
+          if not isinstance(view[j][1], (S.Act, S.Dropout)):
+            out.add(path)
+          j += step
+
+  visit(before.layers, "")
+  return out
 
 
 def _plain(tree):

@@ -545,6 +545,42 @@ def test_what_cannot_go_back_is_listed():
   assert skipped == [path]
 
 
+
+class BiasedConvBatchNorm(nn.Module):
+  two: bool          # a bias-free Conv_0 + BatchNorm_0 before, or a plain Conv_0
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    if self.two:
+      x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), use_bias=False)(x))
+    else:
+      x = nn.Conv(8, (1, 1))(x)
+    x = nn.Conv(8, (1, 1))(nn.relu(x))             # Conv_1 has a bias: its node stays
+    x = nn.BatchNorm(use_running_average=not train)(x)
+    return nn.Dense(10)(jnp.mean(nn.relu(x), axis=(1, 2)))
+
+
+@pytest.mark.parametrize("two", [False, True])
+def test_a_conv_a_batchnorm_was_folded_into_is_skipped_though_its_node_stays(two):
+  module = BiasedConvBatchNorm(two)
+  x = np.random.default_rng(0).standard_normal((2, 8, 8, 3), dtype=np.float32)
+  variables = module.init(jax.random.key(1), x)
+  variables = {"params": variables["params"], "batch_stats": jax.tree.map(   # trained statistics
+      lambda a: a + 0.7, variables["batch_stats"])}
+  conv = jaxdepth.from_flax(module, variables, x)
+  shallow, shallow_vars = surgery.collapse(conv.spec, conv.variables)
+  assert shallow.node("Conv_1") == conv.spec.node("Conv_1")    # only its values changed
+  trained = jax.tree.map(lambda a: 2 * a + 0.1, shallow_vars)
+  back, skipped = convert.to_user_variables(conv, trained, variables, spec=shallow)
+  assert skipped == (["BatchNorm_0", "BatchNorm_1", "Conv_0", "Conv_1"] if two else
+                     ["BatchNorm_0", "Conv_1"])
+  for name in ("kernel", "bias"):                  # the user's own, not the folded ones
+    np.testing.assert_array_equal(back["params"]["Conv_1"][name],
+                                  variables["params"]["Conv_1"][name])
+    np.testing.assert_array_equal(back["params"]["Dense_0"][name],     # a layer kept goes back
+                                  trained["params"]["Dense_0"][name])
+
+
 # ------------------------------------------------------------------------------ refusals
 
 
