@@ -14,7 +14,9 @@ that is checked before anything is read back:
   Restoring resumes from the newest intact checkpoint (a damaged newer one is
   reported and moved aside), checks the stored spec against the expected one and
   refuses another architecture with a :class:`SpecMismatchError` that names the
-  node that differs.
+  node that differs; a restore template of other paths or shapes than the stored
+  state (another width, another optimizer) is refused the same way, naming the
+  first path that differs (read from orbax's metadata, before any array).
 * **Saved models** (:func:`save_model`, :func:`load_model`): ``spec.json`` beside an
   orbax checkpoint of the variables. ``load_model(dir)`` rebuilds both with no
   Python beyond jaxdepth, which is how a shallow model produced by a method is
@@ -340,10 +342,15 @@ class Checkpointer:
     Raises:
       FileNotFoundError: there is no checkpoint.
       DamagedCheckpointError: no intact checkpoint is left (or ``step`` is damaged).
-      SpecMismatchError: the checkpoint holds another architecture.
+      SpecMismatchError: the checkpoint holds another architecture, or a state (or
+        extra) whose paths or shapes differ from the template's (the first such path
+        is named; checked on orbax's metadata, before any array is read).
     """
     step = self._step(step)
     _check_spec(self.stored_spec(step), self.spec, f"checkpoint {step} in {self.directory}")
+    self._check_template(step, "state", state)
+    if extra is not None:
+      self._check_template(step, "extra", extra)
     items = {"state": ocp.args.StandardRestore(_abstract(state)),
              "meta": ocp.args.JsonRestore()}
     if extra is not None:
@@ -351,6 +358,29 @@ class Checkpointer:
     out = self._read(step, items)
     return Restored(step, out.state, out.extra if extra is not None else None,
                     dict(out.meta or {}))
+
+  def _check_template(self, step: int, item: str, template) -> None:
+    """Refuses a template whose paths or shapes differ from the stored ``item``'s.
+
+    Orbax would refuse it too, with its own words (a tree-structure mismatch, or
+    a shape and a ``strict=False`` that does not apply); this reads only the
+    metadata, no array.
+    """
+    if not (self._step_dir(step) / item).is_dir():   # orbax's restore says so
+      return
+    with ocp.StandardCheckpointer() as ckptr:
+      stored = ckptr.metadata(self._step_dir(step) / item).item_metadata
+    if stored is None:   # orbax logged why; its restore says more
+      return
+    diff = _template_difference(stored, template)
+    if diff is not None:
+      what = "a train state" if item == "state" else "an extra pytree"
+      optimizer = ", with the optimizer the run was saved with" if item == "state" else ""
+      raise SpecMismatchError(
+          f"checkpoint {step} in {self.directory} holds {what} whose tree structure or "
+          f"shapes differ from the template passed as {item}= to restore: {diff}. Pass a "
+          f"template made for spec {self.spec.name!r} (the architecture saved there)"
+          f"{optimizer}, or use another directory for another model.")
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are written and sealed."""
@@ -598,15 +628,49 @@ def _put_back(directory: pathlib.Path) -> None:
     _remove(saving)
 
 
+def _key(k) -> str:
+  """One step of a pytree path as orbax names it (a dict key, field name or index)."""
+  for attr in ("key", "name", "idx"):
+    if hasattr(k, attr):
+      return str(getattr(k, attr))
+  return str(k)
+
+
+def _flat_shapes(tree) -> dict[str, tuple[int, ...]]:
+  """``{"params/conv/kernel": shape}`` for every leaf: arrays, ShapeDtypeStructs or
+  orbax's ArrayMetadata alike (dataclass fields and NamedTuples named as orbax
+  stores them, as dict keys)."""
+  def shape(leaf):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      return tuple(jax.eval_shape(jax.random.key_data, leaf).shape)   # stored as key data
+    return tuple(np.shape(leaf))
+  return {"/".join(_key(k) for k in path): shape(leaf)
+          for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _template_difference(stored, template) -> str | None:
+  """Names the first path whose presence or shape differs between a stored pytree
+  (orbax metadata) and a restore template, or ``None``."""
+  a, b = _flat_shapes(stored), _flat_shapes(template)
+  for path, want in b.items():
+    if path not in a:
+      return f"{path!r} (shape {want}) is in the template but not in the checkpoint"
+    if a[path] != want:
+      return f"{path!r} is saved with shape {a[path]} but the template has {want}"
+  for path, have in a.items():
+    if path not in b:
+      return f"{path!r} (shape {have}) is in the checkpoint but not in the template"
+  return None
+
+
 def _variables_difference(stored, expected, *, given: bool = False) -> str | None:
   """Names the first node whose variables differ from those a spec expects.
 
   ``stored`` is what was saved (or, with ``given``, the variables passed to
   :func:`save_model`); ``expected`` holds the spec's shapes.
   """
-  def flat(tree):
-    return {"/".join(str(getattr(k, "key", k)) for k in path): tuple(np.shape(leaf))
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = _flat_shapes
 
   def node(path):   # "params/layer1/0/conv1/kernel" -> "layer1/0/conv1"
     return "/".join(path.split("/")[1:-1]) or path

@@ -70,6 +70,31 @@ def test_restore_refuses_another_architecture_naming_the_difference(tmp_path, ot
       ckpt.restore(_state(other))
 
 
+def test_restore_refuses_a_template_of_another_width_or_structure_naming_the_path(tmp_path):
+  spec = _spec()
+  with checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    ckpt.save(1, _state(spec), extra={"masks": {"relu": jnp.ones(6)}})
+  with checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    # A template of another width: same paths, other shapes (orbax: "strict=False").
+    with pytest.raises(checkpoint.SpecMismatchError,
+                       match=r"holds a train state whose tree structure or shapes differ from the "
+                             r"template passed as state= to restore: 'params/bn/bias' is saved "
+                             r"with shape \(6,\) but the template has \(8,\)\. Pass a template "
+                             r"made for spec 'small'"):
+      ckpt.restore(_state(_spec(features=8)))
+    # A template of another structure (a node less).
+    other = S.replace_node(spec, "bn", None)
+    with pytest.raises(checkpoint.SpecMismatchError,
+                       match=r"'batch_stats/bn/mean' \(shape \(6,\)\) is in the checkpoint but "
+                             r"not in the template"):
+      ckpt.restore(_state(other))
+    # And an extra pytree of another structure.
+    with pytest.raises(checkpoint.SpecMismatchError,
+                       match=r"holds an extra pytree whose .*'masks/conv' \(shape \(6,\)\) is in "
+                             r"the template but not in the checkpoint"):
+      ckpt.restore(_state(spec), extra={"masks": {"conv": jnp.zeros(6)}})
+
+
 def test_spec_difference_ignores_the_label_and_sees_order():
   assert checkpoint.spec_difference(_spec(name="a"), _spec(name="b")) is None
   a = S.Spec((4,), (S.Dense("x", features=4), S.Dense("y", features=4)))

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import jax
 import ml_collections
@@ -831,6 +832,21 @@ def test_a_saved_models_spec_is_read_without_orbax_before_the_processes_agree(tm
 
   monkeypatch.setattr(checkpoint.ocp, "StandardCheckpointer", no_orbax)
   assert command._stored_spec(str(saved), "saved", data.load("digits")) == spec  # pylint: disable=protected-access
+
+
+def test_a_text_model_of_another_length_is_told_the_max_length_it_takes(tmp_path):
+  # A text dataset tokenized to 128 (the default max_length); the model was made for 16 tokens.
+  glue_like = types.SimpleNamespace(input_shape=(128,), num_classes=2)
+  short = tmp_path / "short.json"
+  short.write_text(zoo.tiny_encoder(max_length=16).to_json())
+  with pytest.raises(config_lib.ConfigError, match=r"takes 16 tokens per example, but the "
+                     r"dataset is tokenized to 128: use --config.max_length=16 \(the model's"):
+    command._stored_spec(str(short), "spec", glue_like)  # pylint: disable=protected-access
+  # Other classes too: another model is needed, whatever the length.
+  three = tmp_path / "three.json"
+  three.write_text(zoo.tiny_encoder(num_classes=3, max_length=16).to_json())
+  with pytest.raises(config_lib.ConfigError, match="give a model made for this dataset"):
+    command._stored_spec(str(three), "spec", glue_like)  # pylint: disable=protected-access
 
 
 def test_a_method_run_records_its_tokenizer_and_older_runs_resume_without_one(tmp_path):

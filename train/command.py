@@ -365,18 +365,27 @@ def dataset_and_spec(cfg: Mapping[str, Any]):
 
 def _stored_spec(model: str, kind: str, ds):
   """The spec of a saved model's directory (``kind="saved"``) or of a spec JSON file, which
-  must take the dataset's inputs and give one output per class.
+  must take the dataset's inputs and give one output per class (a text model of another
+  length is told the ``--config.max_length`` it takes).
 
   Read from this host's files only (:func:`jaxdepth.checkpoint.load_spec`, no orbax): in a
   multi-process launch every process checks its inputs before they agree to go on, and a
   collective here would leave a process that refused earlier waiting for the others."""
   from jaxdepth import checkpoint  # pylint: disable=import-outside-toplevel
   from jaxdepth.spec import Spec  # pylint: disable=import-outside-toplevel
+  from jaxdepth.text import takes_token_ids  # pylint: disable=import-outside-toplevel
   try:
     spec = (checkpoint.load_spec(model) if kind == "saved" else
             Spec.from_json(pathlib.Path(model).read_text()))
   except (OSError, ValueError, KeyError, TypeError) as e:   # damaged or mismatched: ValueError
     raise config_lib.ConfigError(f"--config.model={model!r}: {message(e)}") from e
+  if (takes_token_ids(spec) and len(spec.input_shape) == len(ds.input_shape) == 1
+      and tuple(spec.input_shape) != tuple(ds.input_shape)
+      and tuple(spec.output_shape) == (ds.num_classes,)):   # only the text length differs
+    raise config_lib.ConfigError(
+        f"--config.model={model!r} takes {spec.input_shape[0]} tokens per example, but the "
+        f"dataset is tokenized to {ds.input_shape[0]}: use --config.max_length="
+        f"{spec.input_shape[0]} (the model's length)")
   if (tuple(spec.input_shape) != tuple(ds.input_shape)
       or tuple(spec.output_shape) != (ds.num_classes,)):
     raise config_lib.ConfigError(
