@@ -368,9 +368,10 @@ class Checkpointer:
     """
     if not (self._step_dir(step) / item).is_dir():   # orbax's restore says so
       return
-    with ocp.StandardCheckpointer() as ckptr:
-      stored = ckptr.metadata(self._step_dir(step) / item).item_metadata
-    if stored is None:   # orbax logged why; its restore says more
+    # The item's own handler: a Checkpointer's metadata() wants the step's
+    # _CHECKPOINT_METADATA in the item folder and logs a warning where it is not.
+    stored = ocp.StandardCheckpointHandler().metadata(self._step_dir(step) / item)
+    if stored is None:   # orbax's restore says why
       return
     diff = _template_difference(stored, template)
     if diff is not None:

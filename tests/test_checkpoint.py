@@ -1,4 +1,6 @@
 """Checkpoints: round trips with optax state and extra pytrees, spec refusal, NaN refusal, models."""
+import logging
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,6 +95,18 @@ def test_restore_refuses_a_template_of_another_width_or_structure_naming_the_pat
                        match=r"holds an extra pytree whose .*'masks/conv' \(shape \(6,\)\) is in "
                              r"the template but not in the checkpoint"):
       ckpt.restore(_state(spec), extra={"masks": {"conv": jnp.zeros(6)}})
+
+
+def test_restoring_with_the_right_template_logs_no_warning(tmp_path, caplog):
+  """The template check reads each item's metadata without orbax warning that the item
+  folder has no step metadata (a line on every resume of every command)."""
+  spec = _spec()
+  with checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    ckpt.save(1, _state(spec), extra={"masks": {"relu": jnp.ones(6)}})
+  with caplog.at_level(logging.WARNING), checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    restored = ckpt.restore(_state(spec), extra={"masks": {"relu": jnp.zeros(6)}})
+  assert np.array_equal(restored.extra["masks"]["relu"], np.ones(6))
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_spec_difference_ignores_the_label_and_sees_order():
