@@ -820,6 +820,37 @@ def test_a_run_from_a_saved_model_resumes_with_its_path_spelled_another_way(
       capsys.readouterr().err)
 
 
+def test_a_folder_dataset_resumes_with_its_path_spelled_another_way(tmp_path, monkeypatch,
+                                                                      capsys):
+  """--dataset folder:DIR was compared as typed: an absolute or ./DIR/ spelling of the same
+  folder refused the resume (fit: "a run ... on folder:images, not ... on folder:/.../images")."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  for label, cls in enumerate(("cat", "dog")):
+    (tmp_path / "images" / cls).mkdir(parents=True)
+    for k in range(10):
+      Image.new("RGB", (8, 8), (200 * label, 30, 30 + 10 * k)).save(
+          tmp_path / "images" / cls / f"{k}.png")
+  (tmp_path / "other").mkdir()
+  shutil.copytree(tmp_path / "images", tmp_path / "other" / "images")
+  monkeypatch.chdir(tmp_path)
+  args = ["--config.image_size=8", "--config.batch_size=4"]
+  assert _fit(tmp_path / "fit", "--dataset", "folder:images", "--config.epochs=1", *args) == 0
+  assert _fit(tmp_path / "fit", "--dataset", f"folder:{tmp_path / 'images'}/",
+              "--config.epochs=2", *args) == 0
+  report = json.loads((tmp_path / "fit" / "report.json").read_text())
+  assert (report["epochs"], report["dataset"]) == (2, "folder:images")
+  capsys.readouterr()
+  assert _fit(tmp_path / "fit", "--dataset", "folder:other/images", "--config.epochs=2",
+              *args) == 2   # another folder is another dataset
+  assert "'folder:images' stored, 'folder:other/images' asked" in capsys.readouterr().err
+
+  argv = ["easier", "--model", "digits_plain", "--config.epochs=1", "--no-latency",
+          "--no-progress", "--workdir", str(tmp_path / "run"), *args]
+  assert cli.main([*argv, "--dataset", "folder:images", "--iterations", "1"]) == 0
+  assert cli.main([*argv, "--dataset", "folder:./images/", "--iterations", "2"]) == 0
+  assert len(json.loads((tmp_path / "run" / "report.json").read_text())["iterations"]) == 2
+
+
 def test_a_saved_models_spec_is_read_without_orbax_before_the_processes_agree(tmp_path,
                                                                             monkeypatch):
   # Each process checks its inputs, then they agree to go on: an orbax read here (a collective)

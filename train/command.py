@@ -72,7 +72,7 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
-           "same_setting", "recorded_paths", "storage_failure",
+           "same_setting", "dataset_as_recorded", "recorded_paths", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
            "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
@@ -632,6 +632,7 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
     raise config_lib.ConfigError(problems)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
   session.workdir = workdir
+  cfg = dataset_as_recorded(cfg, workdir)
   ds, spec = dataset_and_spec(cfg)
   problems = check_data(cfg, ds, devices=jax.device_count(), processes=jax.process_count())
   problems += check_model(cfg, spec, ds) if check_model else []
@@ -799,9 +800,33 @@ def _resolved(key: str, value):
   return str(pathlib.Path(value).resolve())
 
 
+def _folder(value) -> pathlib.Path | None:
+  """The resolved folder of a ``folder:<path>`` dataset, or ``None`` (another dataset)."""
+  from jaxdepth.data import FOLDER_PREFIX  # pylint: disable=import-outside-toplevel
+  if not isinstance(value, str) or not value.startswith(FOLDER_PREFIX):
+    return None
+  return pathlib.Path(value[len(FOLDER_PREFIX):]).resolve()
+
+
 def same_setting(key: str, stored, asked) -> bool:
-  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved."""
+  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved, and
+  a ``folder:<path>`` dataset by its folder (recorded as given: it is the dataset's name)."""
+  if key == "dataset" and _folder(stored) is not None:
+    return _folder(stored) == _folder(asked)
   return stored == asked or _resolved(key, stored) == _resolved(key, asked)
+
+
+def dataset_as_recorded(cfg: Mapping[str, Any], workdir: pathlib.Path) -> Mapping[str, Any]:
+  """``cfg`` with its ``folder:`` dataset spelled as the run in ``workdir`` recorded it, where
+  both name the same folder (``folder:d`` resumes as ``folder:./d/`` or ``folder:/abs/d``:
+  the dataset's name is part of a run's identity)."""
+  try:
+    stored = json.loads((pathlib.Path(workdir) / "run.json").read_text()).get("dataset")
+  except (OSError, ValueError, AttributeError):   # none yet (or not a run's): nothing to match
+    return cfg
+  if stored != cfg["dataset"] and same_setting("dataset", stored, cfg["dataset"]):
+    return {**cfg, "dataset": stored}
+  return cfg
 
 
 def recorded_paths(cfg: Mapping[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,8 @@ jaxdepth.checkpoint.load_model) and report.json. Running the same command
 again resumes from the latest checkpoint (a finished run is just
 re-evaluated); epochs may grow, or shrink while the new last epoch has not
 begun, and the evaluation and checkpoint cadence may change, any other change
-(model, data, recipe, seed, dtype) is refused and named (--model, --pretrained
-and --config.tokenizer paths may be spelled another way). A run whose
+(model, data, recipe, seed, dtype) is refused and named (--model, --pretrained,
+--config.tokenizer and --dataset folder: paths may be spelled another way). A run whose
 checkpoints/ were deleted cannot resume: with its model/ or report.json there,
 it is refused, as a run with other settings is. A NaN loss stops the run, keeping the last good checkpoint.
 Ctrl-C, a full disk or a read-only work directory stop it cleanly with the
