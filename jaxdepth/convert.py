@@ -64,7 +64,7 @@ import numpy as np
 from flax import nnx
 
 from jaxdepth import flax_layers as layers
-from jaxdepth import network
+from jaxdepth import network, nnx_bridge
 from jaxdepth import spec as S
 from jaxdepth import trace_graph as G
 from jaxdepth.trace_graph import ConversionError
@@ -802,6 +802,11 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       sample input the module cannot run on (with the module and line where it
       failed).
   """
+  if isinstance(module, network.Network):
+    raise ConversionError("from_flax: this module is already a jaxdepth network "
+                          "(jaxdepth.Network(spec)): its spec is module.spec and the variables "
+                          "of jaxdepth.init(module.spec, rng) are keyed by the spec's paths; use "
+                          "them as they are")
   if isinstance(module, nnx.Module):
     if variables is not None and sample_input is None:
       variables, sample_input = None, variables
@@ -848,6 +853,10 @@ def from_nnx(model, sample_input, *, train_kwarg: str = "train",
   """
   if not isinstance(model, nnx.Module):
     raise ConversionError(f"from_nnx converts flax.nnx modules, got {type(model).__name__}")
+  if isinstance(model, nnx_bridge.NNXNetwork):
+    raise ConversionError("from_nnx: this module is already a jaxdepth network (made by "
+                          "nnx_bridge.to_nnx): use model.spec and nnx_bridge.variables_of(model) "
+                          "as they are")
   flag = _mode_flag(model, train_kwarg, eval_kwarg)
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(model, flag)

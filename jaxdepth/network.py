@@ -572,8 +572,10 @@ def init(spec: S.Spec, rng, *, dtype=None) -> dict[str, Any]:
     dtype: compute dtype, as for :class:`Network`.
 
   Raises:
-    TypeError: ``rng`` is neither a key nor an int.
+    TypeError: ``spec`` is not a Spec (a zoo name, a zoo function not called, the
+      arguments swapped) or ``rng`` is neither a key nor an int.
   """
+  S.check_spec(spec, "init(spec, rng)")
   if isinstance(rng, (int, np.integer)) and not isinstance(rng, (bool, np.bool_)):
     rng = jax.random.key(int(rng))
   what = not_a_key(rng)

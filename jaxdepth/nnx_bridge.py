@@ -23,7 +23,7 @@ from flax import nnx, traverse_util
 
 from jaxdepth import network
 from jaxdepth.network import Network
-from jaxdepth.spec import Spec
+from jaxdepth.spec import Spec, check_spec
 
 __all__ = ["NNXNetwork", "to_nnx", "variables_of"]
 
@@ -64,12 +64,14 @@ def to_nnx(spec: Spec, variables: dict[str, Any], *, dtype=None, rngs: nnx.Rngs 
     its BatchNorm statistics update in place.
 
   Raises:
-    TypeError: ``variables`` is not a dict of collections.
+    TypeError: ``spec`` is not a Spec (a zoo name, a zoo function not called, the
+      arguments swapped) or ``variables`` is not a dict of collections.
     ValueError: ``variables`` lacks a collection the spec has (e.g. ``batch_stats``
       of a spec with BatchNorm: the module would run on freshly initialised
       statistics), or its entries are not those of ``spec`` (other names or
       shapes: variables made for another spec).
   """
+  check_spec(spec, "to_nnx(spec, variables)")
   if not isinstance(variables, Mapping):
     raise TypeError(f"variables must be a dict {{'params': ..., 'batch_stats': ...}} as from "
                     f"jaxdepth.init(spec, rng), got {type(variables).__name__}")
@@ -126,7 +128,17 @@ def _few(names: list[str], n: int = 5) -> str:
 
 
 def variables_of(model: NNXNetwork) -> dict[str, Any]:
-  """The ``{"params", "batch_stats"}`` dict of a module made by :func:`to_nnx`."""
+  """The ``{"params", "batch_stats"}`` dict of a module made by :func:`to_nnx`.
+
+  Raises:
+    TypeError: ``model`` is not such a module (e.g. already a variables dict).
+  """
+  if not isinstance(model, NNXNetwork):
+    hint = ("; it is already the variables: use it as it is" if isinstance(model, Mapping) else
+            "; of another NNX module, nnx.state(model) gives its state, and "
+            "jaxdepth.from_nnx(model, x) converts it" if isinstance(model, nnx.Module) else "")
+    raise TypeError(f"variables_of(model): model must be a module made by "
+                    f"nnx_bridge.to_nnx(spec, variables), got a {type(model).__name__}{hint}")
   out = {}
   for collection, kind in _COLLECTIONS:
     pure = nnx.to_pure_dict(nnx.state(model.net, kind))

@@ -756,10 +756,18 @@ def replace_node(spec: Spec, path: str, new: Node | tuple[Node, ...] | None) -> 
 
 def check_spec(spec, call: str) -> None:
   """Refuses a ``spec`` argument that is not a :class:`Spec` (e.g. the variables, passed in
-  its place or with the arguments swapped); ``call`` shows the call's argument order."""
-  if not isinstance(spec, Spec):
-    raise TypeError(f"{call}: spec must be a jaxdepth Spec, got a {type(spec).__name__}; "
-                    f"check the order of the arguments")
+  its place or with the arguments swapped, a zoo name, a zoo function not called); ``call``
+  shows the call's argument order."""
+  if isinstance(spec, Spec):
+    return
+  if isinstance(spec, str):
+    raise TypeError(f"{call}: spec must be a jaxdepth Spec, got the string {spec!r}; build "
+                    f"the Spec first, e.g. jaxdepth.zoo.get({spec!r}) for a zoo model")
+  if callable(spec) and isinstance(getattr(spec, "__name__", None), str):
+    raise TypeError(f"{call}: spec must be a jaxdepth Spec, got the function {spec.__name__}; "
+                    f"call it to build the Spec: {spec.__name__}()")
+  raise TypeError(f"{call}: spec must be a jaxdepth Spec, got a {type(spec).__name__}; "
+                  f"check the order of the arguments")
 
 
 def site_paths(sites, what: str = "sites", of: str = "site paths") -> tuple[str, ...]:

@@ -639,6 +639,18 @@ def test_unsupported_op_is_refused_with_module_path_and_line():
   assert "write the activation as one of them" in message
 
 
+def test_a_jaxdepth_network_given_for_conversion_is_told_it_is_one_already():
+  spec = jaxdepth.zoo.digits_cnn(width=4)
+  v, x = jaxdepth.init(spec, 0), network.example_input(spec)
+  with pytest.raises(convert.ConversionError,
+                     match=r"from_flax: this module is already a jaxdepth network .*module\.spec"):
+    convert.from_flax(network.Network(spec), v, x)
+  from jaxdepth import nnx_bridge  # pylint: disable=import-outside-toplevel
+  with pytest.raises(convert.ConversionError,
+                     match=r"from_nnx: this module is already a jaxdepth network .*variables_of"):
+    convert.from_nnx(nnx_bridge.to_nnx(spec, v), x)
+
+
 def test_gating_product_of_two_tensors_is_refused():
   module = Gated()
   message = _linen_refusal(module)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdepth import checkpoint, costs
+from jaxdepth import checkpoint, costs, zoo
 from jaxdepth import network as N
 from jaxdepth import spec as S
 
@@ -166,6 +166,17 @@ def test_init_takes_an_int_seed_as_its_key_and_names_anything_else():
     with pytest.raises(TypeError, match=f"rng must be a JAX key, e.g. jax.random.key\\(0\\), "
                                         f"or an int seed; got {named}"):
       N.init(spec, bad)
+
+
+def test_init_names_a_zoo_name_a_zoo_function_or_swapped_arguments_in_place_of_the_spec():
+  with pytest.raises(TypeError, match=r"init\(spec, rng\): spec must be a jaxdepth Spec, got the "
+                                      r"string 'digits_cnn'; .*jaxdepth.zoo.get\('digits_cnn'\)"):
+    N.init("digits_cnn", 0)
+  with pytest.raises(TypeError, match=r"got the function digits_cnn; call it .*digits_cnn\(\)"):
+    N.init(zoo.digits_cnn, 0)
+  with pytest.raises(TypeError, match=r"init\(spec, rng\): spec must be a jaxdepth Spec, got a "
+                                      r"dict; check the order"):
+    N.init({"params": {}}, S.Spec(input_shape=(4,), layers=(S.Dense("head", features=3),)))
 
 
 def test_bf16_compute_keeps_float32_params_and_output(variables):

@@ -82,3 +82,19 @@ def test_variables_that_do_not_fit_the_spec_are_refused_by_name():
     nnx_bridge.to_nnx(SPEC, jaxdepth.init(wider, jax.random.key(0)))
   with pytest.raises(TypeError, match="variables must be a dict"):
     nnx_bridge.to_nnx(SPEC, [v["params"]])
+
+
+def test_a_zoo_name_a_zoo_function_or_variables_in_place_of_the_module_are_named():
+  v = jaxdepth.init(SPEC, jax.random.key(0))
+  with pytest.raises(TypeError, match=r"to_nnx\(spec, variables\): spec must be a jaxdepth Spec, "
+                                      r"got the string 'digits_cnn'; .*jaxdepth.zoo.get\('digits_cnn'\)"):
+    nnx_bridge.to_nnx("digits_cnn", v)
+  with pytest.raises(TypeError, match=r"got the function digits_cnn; call it .*digits_cnn\(\)"):
+    nnx_bridge.to_nnx(jaxdepth.zoo.digits_cnn, v)
+  with pytest.raises(TypeError, match=r"spec must be a jaxdepth Spec, got a dict; check the order"):
+    nnx_bridge.to_nnx(v, SPEC)
+  with pytest.raises(TypeError, match=r"variables_of\(model\): model must be a module made by "
+                                      r"nnx_bridge.to_nnx.*got a dict; it is already the variables"):
+    nnx_bridge.variables_of(v)
+  with pytest.raises(TypeError, match=r"got a Linear; of another NNX module, nnx.state"):
+    nnx_bridge.variables_of(nnx.Linear(2, 3, rngs=nnx.Rngs(0)))
