@@ -5,7 +5,9 @@ needs only jax, flax, optax, orbax and numpy. Reading datasets needs the
 ``data`` extra (grain, tensorflow-datasets, Pillow, scikit-learn for digits,
 tokenizers for GLUE);
 PNG plots need ``plots`` (matplotlib). Modules import those lazily through
-:func:`require`, so ``import jaxdepth`` works without them.
+:func:`require`, so ``import jaxdepth`` works without them. A missing one is a
+:class:`MissingExtraError` (an ImportError), which ``python -m train`` reports as one
+line and exit code 2, as it does bad settings.
 """
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ import importlib
 import types
 
 
+class MissingExtraError(ImportError):
+  """An optional dependency is not installed; the message names the extra to install."""
+
+
 def require(module: str, extra: str, purpose: str) -> types.ModuleType:
-  """Imports ``module``, or raises an ImportError that names the extra to install.
+  """Imports ``module``, or raises a :class:`MissingExtraError` naming the extra to install.
 
   Args:
     module: dotted module name, e.g. ``"PIL.Image"``.
@@ -23,11 +29,14 @@ def require(module: str, extra: str, purpose: str) -> types.ModuleType:
 
   Returns:
     The imported module.
+
+  Raises:
+    MissingExtraError: ``module`` cannot be imported (the ImportError is its cause).
   """
   try:
     return importlib.import_module(module)
   except ImportError as error:
-    raise ImportError(
+    raise MissingExtraError(
         f"{purpose} needs the optional package '{module.split('.')[0]}', which is not installed; "
         f"install jaxdepth's '{extra}' extra: pip install 'jaxdepth[{extra}]' "
         f"(or pip install -e '.[{extra}]' in a clone)") from error

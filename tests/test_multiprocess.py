@@ -324,6 +324,102 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
     command.maybe_initialize_distributed(False)
 
 
+@pytest.mark.parametrize("address", ["localhost", "localhost:abc", "localhost:70000", "::1:1234",
+                                     "localhost:"])
+def test_a_mistyped_coordinator_address_is_refused_before_jax_reads_it(address, monkeypatch):
+  """jax crashes on these (an IndexError without a port, a segfault in gRPC on ``abc``)."""
+  from train import command
+  from train import config as config_lib
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("initialized"))
+  monkeypatch.setattr(jax.config, "update", lambda name, value: None)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", address)
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  with pytest.raises(config_lib.ConfigError, match=rf"^JAX_COORDINATOR_ADDRESS={address!r}: must "
+                     rf"be host:port, the host of process 0 and a free port from 1 to 65535"):
+    command.maybe_initialize_distributed(False)
+
+
+def test_coordinator_port_and_address_checks(monkeypatch):
+  """A derived address's port (``JAX_COORDINATOR_PORT``), an IPv6 host, process 0's busy port,
+  and what jax raises when joining fails (a coordinator not reachable, Open MPI 5 without
+  mpi4py) are one ``error:`` line each, not a traceback."""
+  from train import command
+  from train import config as config_lib
+  calls = []
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax.config, "update", lambda name, value: None)
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "JAX_COORDINATOR_PORT", "JAX_COORDINATOR_BIND_ADDRESS"):
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv("JAX_COORDINATOR_PORT", "http")
+  with pytest.raises(config_lib.ConfigError, match=r"^JAX_COORDINATOR_PORT='http': must be a port "
+                     r"number from 1 to 65535"):
+    command.maybe_initialize_distributed(True)
+  monkeypatch.setenv("JAX_COORDINATOR_PORT", "1234")
+  command.maybe_initialize_distributed(True)
+  monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "[::1]:1234")
+  monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  command.maybe_initialize_distributed(False)
+  assert calls == [{}, {"num_processes": 2, "process_id": 1}]
+  with socket.socket() as busy:   # process 0's coordinator could not listen there
+    busy.bind(("", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", f"localhost:{port}")
+    monkeypatch.setenv("JAX_PROCESS_ID", "0")
+    with pytest.raises(config_lib.ConfigError, match=rf"port {port} is in use on this host .*pick "
+                       rf"a free port"):
+      command.maybe_initialize_distributed(False)
+  assert len(calls) == 2
+
+  def unreachable(**_):
+    raise jax.errors.JaxRuntimeError("DEADLINE_EXCEEDED: Barrier timed out\nmore")
+  monkeypatch.setattr(jax.distributed, "initialize", unreachable)
+  monkeypatch.setenv("JAX_PROCESS_ID", "1")
+  with pytest.raises(config_lib.ConfigError, match=r"^JAX_COORDINATOR_ADDRESS: jax.distributed."
+                     r"initialize\(\) failed \(DEADLINE_EXCEEDED: Barrier timed out\)\. Check that "
+                     r"JAX_COORDINATOR_ADDRESS .* free port .* or unset JAX_COORDINATOR_ADDRESS"):
+    command.maybe_initialize_distributed(False)
+
+
+def test_open_mpi_5_without_mpi4py_is_refused_naming_it(tmp_path):
+  """What mpirun of Open MPI 5 sets, with --multihost: jax needs mpi4py (in no extra). In a
+  subprocess: jax refuses to initialize once the test session has used a device."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "OMPI_", "SLURM_"))}
+  env.update(JAX_PLATFORMS="cpu", OMPI_VERSION="5.0.3", OMPI_COMM_WORLD_SIZE="1",
+             OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_LOCAL_RANK="0")
+  code = "import sys; sys.modules['mpi4py'] = None; from train import __main__ as cli; " \
+         "sys.exit(cli.main(sys.argv[1:]))"
+  done = subprocess.run([sys.executable, "-c", code, "fit", "--multihost", "--workdir",
+                         str(tmp_path / "run"), "--no-progress", "--no-compilation-cache"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr
+  assert ("error: --multihost: jax.distributed.initialize() failed (Open MPI 5 or newer requires "
+          "mpi4py for distributed initialization). Install mpi4py in every process's environment "
+          "(pip install mpi4py; no jaxdepth extra has it); or leave --multihost out") in done.stderr
+  assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("workdir", ["gs://my-bucket/runs/r1", "s3://b/r", "GS://b/r"])
+def test_an_object_store_workdir_is_refused_and_nothing_is_made(workdir, tmp_path, monkeypatch,
+                                                                 capsys):
+  """pathlib would take ``gs://b/r`` for the local folder ``gs:/b/r``: trained in, then refused
+  by orbax at the first checkpoint."""
+  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["fit", "--workdir", workdir, "--no-progress", "--no-compilation-cache",
+                   "--config.epochs=1"]) == 2
+  err = capsys.readouterr().err
+  assert (f"error: --workdir {workdir!r}: object stores are not supported as work directories; "
+          f"mount a POSIX shared file system") in err and "and give its path" in err
+  assert list(tmp_path.iterdir()) == []
+
+
 def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):
   """Process 0 alone checks and locks the work directory: held by another run, it refuses,
   and process 1, which found nothing wrong itself, must stop with it instead of waiting for it

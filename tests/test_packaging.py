@@ -64,6 +64,31 @@ def test_require_names_the_extra_and_keeps_the_cause(monkeypatch):
   assert _optional.require("json", "data", "x").dumps([1]) == "[1]"
 
 
+def test_a_command_without_the_data_extra_says_what_to_install_and_exits_2(
+    tmp_path, monkeypatch, capsys):
+  """The README's first command without scikit-learn: one line and exit 2, not a traceback."""
+  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  for name in ("sklearn", "sklearn.datasets"):   # as if the data extra were absent
+    monkeypatch.setitem(sys.modules, name, None)
+  assert cli.main(["easier", "--workdir", str(tmp_path / "run"), "--no-progress",
+                   "--no-compilation-cache"]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: the digits dataset needs the optional package 'sklearn'")
+  assert "pip install 'jaxdepth[data]'" in err and "Traceback" not in err
+  assert not (tmp_path / "run").exists()
+  with pytest.raises(_optional.MissingExtraError):   # an ImportError still, for library users
+    _optional.require("sklearn.datasets", "data", "the digits dataset")
+
+
+def test_an_import_error_that_is_a_bug_keeps_its_traceback(monkeypatch):
+  from train import command  # pylint: disable=import-outside-toplevel
+
+  def broken():
+    raise ImportError("cannot import name 'gone' from 'jaxdepth'")
+  with pytest.raises(ImportError, match="cannot import name 'gone'"):
+    command.Session("fit", []).run(broken)
+
+
 def test_report_without_matplotlib_writes_json_and_markdown_and_says_plots_were_skipped(
     tmp_path, monkeypatch):
   monkeypatch.setitem(sys.modules, "matplotlib", None)   # as if the plots extra were absent

@@ -32,7 +32,8 @@ code  meaning
 ====  =========================================================================
 0     done
 1     training diverged (NaN or infinite loss); the last good checkpoint is kept
-2     bad settings or arguments, or a work directory holding another run
+2     bad settings or arguments, a missing optional extra, or a work directory holding
+      another run
 73    the work directory is read-only (or not writable)
 74    the disk is full
 130   interrupted (Ctrl-C, SIGINT)
@@ -70,7 +71,7 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
            "resolve", "model_settings_left_out", "left_out_note", "maybe_initialize_distributed",
            "set_up_runtime", "compute_dtype", "dataset_and_spec",
-           "check_data", "start", "Prepared", "prepare", "pretrained_problems",
+           "check_data", "start", "Prepared", "prepare", "pretrained_problems", "workdir_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
            "same_setting", "dataset_as_recorded", "recorded_paths", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
@@ -86,7 +87,8 @@ EXIT_DISK_FULL = 74      # sysexits EX_IOERR
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
 
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); "
-                   "2 bad settings, a workdir holding another run, or an unreadable image; "
+                   "2 bad settings, a missing extra, a workdir holding another run, or an "
+                   "unreadable image; "
                    "73 workdir read-only; 74 disk full; 130 interrupted (73, 74, 130 and the "
                    "unreadable image print the command that resumes).")
 
@@ -258,8 +260,10 @@ def maybe_initialize_distributed(multihost: bool) -> None:
   Raises:
     train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
       integer, the id is not in ``[0, JAX_NUM_PROCESSES)`` (a process outside the
-      range waits for ever for a launch that cannot start), or jax finds no launch to
-      join (no cluster it knows, no ``JAX_COORDINATOR_ADDRESS``).
+      range waits for ever for a launch that cannot start), ``JAX_COORDINATOR_ADDRESS``
+      is not ``host:port`` (or, for process 0, its port is in use), jax finds no launch
+      to join (no cluster it knows, no ``JAX_COORDINATOR_ADDRESS``), or joining fails
+      (the coordinator unreachable, Open MPI 5 without mpi4py).
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
@@ -285,16 +289,68 @@ def maybe_initialize_distributed(multihost: bool) -> None:
         f"JAX_PROCESS_ID={index} with JAX_NUM_PROCESSES={count}: process ids are 0-based, "
         f"0 to {'JAX_NUM_PROCESSES - 1' if count is None else max(count - 1, 0)}, one per "
         f"process of the launch (the first process is 0)")
+  problem = _coordinator_problem(index)
+  if problem:
+    raise config_lib.ConfigError(problem)
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  way_out = ("leave --multihost out" if multihost else "unset JAX_COORDINATOR_ADDRESS")
   try:
     jax.distributed.initialize(**kwargs)
   except ValueError as e:   # e.g. 'coordinator_address should be defined.'
-    way_out = ("leave --multihost out" if multihost else "unset JAX_COORDINATOR_ADDRESS")
     raise config_lib.ConfigError(
         f"{trigger}: jax could not join a multi-process launch ({e}). Outside a Cloud TPU "
         f"VM, SLURM, Open MPI or Kubernetes job, set JAX_COORDINATOR_ADDRESS=host:port, "
         f"JAX_NUM_PROCESSES and JAX_PROCESS_ID for each process (docs/launch.md), or "
         f"{way_out} to run on this process's devices") from None
+  except RuntimeError as e:   # JaxRuntimeError too: no coordinator, a busy port, no mpi4py
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0].rstrip(".")
+    advice = ("Install mpi4py in every process's environment (pip install mpi4py; no jaxdepth "
+              "extra has it)" if "mpi4py" in first else
+              "Check that JAX_COORDINATOR_ADDRESS (or the address jax derives from the cluster) "
+              "names the host of process 0 and a free port that every process can reach (pick "
+              "another port if it is in use), and that every process of the launch was started")
+    raise config_lib.ConfigError(
+        f"{trigger}: jax.distributed.initialize() failed ({first}). {advice}; or {way_out} to "
+        f"run on this process's devices (docs/launch.md)") from None
+
+
+def _port_number(text: str) -> int | None:
+  """``text`` as a TCP port (1 to 65535), else None."""
+  return int(text) if text.isdigit() and 1 <= int(text) <= 65535 else None
+
+
+def _coordinator_problem(process_id: int | None) -> str | None:
+  """What is wrong with ``JAX_COORDINATOR_ADDRESS`` (or ``JAX_COORDINATOR_PORT``), else None.
+
+  Checked before ``jax.distributed.initialize()``, which crashes on such a mistake (an
+  IndexError without a port; a segfault in gRPC with a port that is not a number). For
+  process 0 (``JAX_PROCESS_ID=0``) the port must be free on this host: the coordinator
+  listens there.
+  """
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS")
+  if not address:
+    text = os.environ.get("JAX_COORDINATOR_PORT")   # the port of an address jax derives
+    if text and _port_number(text.strip()) is None:
+      return (f"JAX_COORDINATOR_PORT={text!r}: must be a port number from 1 to 65535 (the "
+              f"coordinator's port on the first host of the launch), or unset")
+    return None
+  host, colon, port = address.strip().rpartition(":")
+  bracketed = host.startswith("[") and host.endswith("]")   # an IPv6 host: [::1]
+  if (not colon or not host or _port_number(port) is None
+      or (any(c in host for c in ":[]") and not bracketed)):
+    return (f"JAX_COORDINATOR_ADDRESS={address!r}: must be host:port, the host of process 0 and "
+            f"a free port from 1 to 65535 (e.g. 10.0.0.1:1234, or [::1]:1234 for an IPv6 host)")
+  if process_id == 0 and not os.environ.get("JAX_COORDINATOR_BIND_ADDRESS"):
+    try:   # where jax's coordinator binds: every address, this port
+      with socket.socket(socket.AF_INET6 if socket.has_ipv6 else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind(("::" if socket.has_ipv6 else "", int(port)))
+    except OSError as e:
+      if e.errno == errno.EADDRINUSE:
+        return (f"JAX_COORDINATOR_ADDRESS={address!r}: port {port} is in use on this host "
+                f"(process 0, where the coordinator listens); pick a free port for every "
+                f"process of the launch")
+  return None
 
 
 def compute_dtype(name: str):
@@ -628,6 +684,7 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   if note and jax.process_index() == 0:
     _say_error(note)
   problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
+  problems += workdir_problems(args.workdir)
   if problems:
     raise config_lib.ConfigError(problems)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
@@ -647,6 +704,20 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
                                    f"for the run") from e
     session.hold(workdir, made=made)
   return Prepared(cfg, workdir, ds, spec)
+
+
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def workdir_problems(workdir: str | None) -> list[str]:
+  """The problem of ``--workdir``: a URL (``gs://``, ``s3://``, ...), which pathlib would take
+  for a local folder named ``gs:`` (made, trained in, then refused by orbax at the first
+  checkpoint)."""
+  if workdir is None or not _URL.match(str(workdir)):
+    return []
+  return [f"--workdir {str(workdir)!r}: object stores are not supported as work directories; "
+          f"mount a POSIX shared file system (NFS, Filestore, Lustre, ...) on every host "
+          f"and give its path (docs/launch.md)"]
 
 
 def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
@@ -1202,7 +1273,10 @@ class Session:
       return self._known(e)
 
   def _known(self, e: Exception) -> int:
-    from jaxdepth import checkpoint, data, training  # pylint: disable=import-outside-toplevel
+    from jaxdepth import _optional, checkpoint, data, training  # pylint: disable=import-outside-toplevel
+    if isinstance(e, _optional.MissingExtraError):   # what to install; other ImportErrors are bugs
+      _say_error(f"error: {e}")
+      return EXIT_USAGE
     if isinstance(e, data.UnreadableImageError):   # read by a batch, mid-run
       _say_error(self._stopped(f"error: {e}.", "Then resume with:"))
       return EXIT_USAGE
