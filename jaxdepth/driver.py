@@ -139,6 +139,19 @@ def _check_tolerance(tolerance):
     raise ValueError(f"tolerance must be a number of accuracy points >= 0, got {tolerance!r}")
 
 
+def _check_epochs(method: base.Method, spec: Spec, recipe: optim.Recipe) -> None:
+  """Refuses a run whose first iteration measures statistics its training collects (the
+  method's ``train_options`` ask for ``stats_last_epoch``) and that trains no epoch."""
+  options = method.train_options(spec, method.init(spec))
+  epochs = recipe.epochs if options.epochs is None else options.epochs
+  if options.stats_last_epoch and epochs == 0:
+    raise ValueError(
+        f"recipe epochs=0, but {method.name} measures the statistics of the last training "
+        f"epoch of each iteration, and 0 epochs collect none; train at least one epoch "
+        f"(epochs >= 1), or use an estimator that measures on its own (e.g. "
+        f"estimator='dataset')")
+
+
 def _check_latency_batches(batches) -> tuple[int, ...] | None:
   if batches is None:
     return None
@@ -332,7 +345,9 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
 
   Raises:
     ValueError: bad argument (tolerance < 0, no validation split, a tokenizer whose
-      ids run past the spec's embedding, ...).
+      ids run past the spec's embedding, ``recipe.epochs=0`` for a method that measures
+      the statistics of its training's last epoch, ...).
+    TypeError: ``seed`` is not an integer (numpy and 0-d jax integers are taken).
     RunMismatchError, SpecMismatchError: ``workdir`` holds another run (or this one's
       results without its iteration checkpoints).
     DamagedModelError: a model an iteration saved, which the choice (or the timing)
@@ -341,6 +356,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if isinstance(method, type):
     raise TypeError(f"method must be an instance, e.g. {method.__name__}(), got the class "
                     f"{method.__name__}")
+  seed = training.check_seed(seed)
   _check_tolerance(tolerance)
   latency_batches = _check_latency_batches(latency_batches)
   if iterations is not None and (not isinstance(iterations, int) or iterations < 1):
@@ -352,6 +368,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   units = method.units(spec)
   if not units:
     raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
+  _check_epochs(method, spec, recipe)
   mesh = training.make_mesh() if mesh is None else mesh
   eval_batch_size = eval_batch_size or recipe.batch_size
   _check_data(method, spec, dataset, eval_batch_size, mesh)

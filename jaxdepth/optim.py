@@ -37,9 +37,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -65,10 +67,13 @@ class Recipe:
     gamma: the MultiStep factor, ``> 0``.
     b1: Adam's first-moment decay, in ``[0, 1)``.
     b2: Adam's second-moment decay, in ``[0, 1)``.
-    eps: Adam's epsilon (added to the square root, as in PyTorch), ``>= 0``.
+    eps: Adam's epsilon (added to the square root, as in PyTorch), ``> 0`` for ``adam`` and
+      ``adamw`` (at 0 a zero gradient entry, a dead channel's, gives a 0 / 0 update).
     augment: train with the dataset's augmentation.
 
-  A value out of its range is refused when the recipe is built, by field name.
+  A value out of its range or of another type (``"0.1"``, ``"false"``, a milestone of 2.5)
+  is refused when the recipe is built, by field name; numpy and 0-d jax scalars become
+  Python ``int``, ``float`` and ``bool`` (the recipe is written to JSON).
   """
   epochs: int = 160
   batch_size: int = 128
@@ -85,19 +90,28 @@ class Recipe:
   augment: bool = True
 
   def __post_init__(self):
-    object.__setattr__(self, "milestones", tuple(int(m) for m in self.milestones))
+    # numpy or 0-d jax scalars (np.int64 from np.arange, np.float32) become Python ones: the
+    # recipe is written to JSON (run.json, checkpoints) and compared there.
+    for f in dataclasses.fields(self):
+      object.__setattr__(self, f.name, _field_value(f.name, getattr(self, f.name)))
     if self.optimizer not in OPTIMIZERS:
       raise ValueError(f"recipe optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}")
-    if not isinstance(self.epochs, int) or self.epochs < 0:
+    if self.epochs < 0:
       raise ValueError(f"recipe epochs must be an int >= 0, got {self.epochs!r}")
-    if not isinstance(self.batch_size, int) or self.batch_size <= 0:
+    if self.batch_size <= 0:
       raise ValueError(f"recipe batch_size must be a positive int, got {self.batch_size!r}")
     if not (math.isfinite(self.lr) and self.lr > 0):
       raise ValueError(f"recipe lr must be a finite number > 0, got {self.lr!r}")
-    for name in ("weight_decay", "eps"):
-      value = getattr(self, name)
-      if not (math.isfinite(value) and value >= 0):
-        raise ValueError(f"recipe {name} must be a finite number >= 0, got {value!r}")
+    if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+      raise ValueError(f"recipe weight_decay must be a finite number >= 0, got "
+                       f"{self.weight_decay!r}")
+    # Adam divides by sqrt(v) + eps: with eps = 0 a weight whose gradient is exactly 0 (a dead
+    # channel) gets 0 / 0, a NaN update
+    if self.optimizer in ("adam", "adamw") and not (math.isfinite(self.eps) and self.eps > 0):
+      raise ValueError(f"recipe eps must be a finite number > 0 for {self.optimizer} (it keeps "
+                       f"a zero gradient's update from being 0 / 0), e.g. 1e-8, got {self.eps!r}")
+    if not (math.isfinite(self.eps) and self.eps >= 0):
+      raise ValueError(f"recipe eps must be a finite number >= 0, got {self.eps!r}")
     # b1 or b2 = 1 keeps Adam's moment at 0 and divides it by 1 - 1 ** t = 0: NaN weights
     for name in ("momentum", "b1", "b2"):
       value = getattr(self, name)
@@ -131,6 +145,62 @@ class Recipe:
 
   def replace(self, **changes) -> Recipe:
     return dataclasses.replace(self, **changes)
+
+
+_INTS = ("epochs", "batch_size")
+_BOOLS = ("nesterov", "augment")
+
+
+def _field_value(name: str, value):
+  """``value`` of the recipe field ``name`` as a Python value of the field's type; a value of
+  another type is refused naming the field (``"0.1"``, a bool for a number, 2.5 epochs)."""
+  def refuse(what):
+    return ValueError(f"recipe {name} must be {what}, got {value!r} ({type(value).__name__})")
+
+  if name == "optimizer":
+    if not isinstance(value, str):
+      raise refuse(f"one of {OPTIMIZERS}")
+    return str(value)
+  if name in _BOOLS:
+    if not isinstance(value, (bool, np.bool_)):
+      raise refuse("True or False")
+    return bool(value)
+  if name == "milestones":
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+      raise refuse("a tuple of epochs, e.g. (80, 120)")
+    try:
+      return tuple(_integer(m) for m in value)
+    except (TypeError, ValueError):
+      raise refuse("a tuple of whole epochs, e.g. (80, 120)") from None
+  if name in _INTS:
+    try:
+      return _integer(value, whole_floats=False)
+    except (TypeError, ValueError):
+      raise refuse("an int") from None
+  if isinstance(value, (str, bytes, bool, np.bool_)) or np.ndim(value) != 0:
+    raise refuse("a number")
+  try:
+    number = float(value)
+  except (TypeError, ValueError):
+    raise refuse("a number") from None
+  if isinstance(value, (int, float)):
+    return number
+  try:   # np.float32(0.05) is 0.05, the shortest decimal of its own precision
+    return float(str(np.asarray(value)))
+  except ValueError:
+    return number
+
+
+def _integer(value, whole_floats: bool = True) -> int:
+  """``value`` as a Python int: an integer of any kind but bool, or (``whole_floats``) a
+  float with a whole value (a milestone of 2.0 is epoch 2, as the command line reads it)."""
+  if isinstance(value, (bool, np.bool_)):
+    raise TypeError(value)
+  if whole_floats and isinstance(value, (float, np.floating)):
+    if not float(value).is_integer():
+      raise ValueError(value)
+    return int(value)
+  return operator.index(value)
 
 
 def make_schedule(recipe: Recipe, steps_per_epoch: int) -> optax.Schedule:

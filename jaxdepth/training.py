@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import os
 import pathlib
 import time
@@ -63,7 +64,7 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
-    "variables_digest", "data_identity", "dtype_name", "check_variables", "check_split",
+    "variables_digest", "data_identity", "dtype_name", "check_variables", "check_seed", "check_split",
 ]
 
 DATA_AXIS = "data"
@@ -169,6 +170,21 @@ def _own_copy(x):
   if isinstance(x, jax.Array) and not x.is_fully_addressable:
     return jnp.copy(x)
   return jax.device_put(x, may_alias=False)
+
+
+def check_seed(seed) -> int:
+  """``seed`` as a Python int (np.int64 from np.arange, a 0-d jax integer): it goes to JSON.
+
+  Raises:
+    TypeError: ``seed`` is no integer (a float, a string, a bool).
+    ValueError: it does not fit the 64 bits ``jax.random.key`` takes.
+  """
+  if isinstance(seed, (bool, np.bool_)) or not hasattr(type(seed), "__index__"):
+    raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+  seed = operator.index(seed)
+  if not -2**63 <= seed < 2**63:
+    raise ValueError(f"seed must fit 64 bits (jax.random.key takes it), got {seed}")
+  return seed
 
 
 def check_variables(variables, where: str) -> None:
@@ -923,7 +939,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
 
   Raises:
     TypeError: ``dataset`` is not a Dataset (e.g. its train split), ``recipe`` not a
-      Recipe, ``variables`` not a variables dict.
+      Recipe, ``variables`` not a variables dict, ``seed`` not an integer (numpy and 0-d
+      jax integers are taken, as Python ints).
     ValueError: ``eval_every`` < 1, a batch size < 1 or not a multiple of the
       device count, a training split smaller than one batch, a spec whose
       outputs are not one per class of ``dataset``, or a tokenizer whose ids or
@@ -940,6 +957,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
     raise TypeError(f"recipe must be an optim.Recipe, got a {type(recipe).__name__} (from a "
                     f"dict: optim.Recipe.from_dict(d))")
   check_variables(variables, "fit")
+  seed = check_seed(seed)
   mesh = make_mesh() if mesh is None else mesh
   _check_fit_arguments(recipe, mesh, eval_batch_size, eval_every, checkpoint_every_steps)
   _check_outputs_fit_classes(spec, dataset)

@@ -950,3 +950,32 @@ def test_tlc_json_is_strict_json_with_null_for_candidates_not_ranked(tmp_path):
   figures = json.loads(path.read_text(), parse_constant=refuse)
   assert figures["loss_gaps"] == {"a": [0.5, None], "b": [-0.25, 0.125]}
   assert sorted(p.name for p in tmp_path.iterdir()) == ["tlc.json"]   # no temporary left
+
+
+def test_recipe_rules_are_checked_with_the_settings_in_one_line_each(tmp_path, capsys,
+                                                                      monkeypatch):
+  workdir = tmp_path / "never"
+  for args, says in [
+      (["--config.optimizer=adam", "--config.nesterov=true"],
+       "error: --config.nesterov=True: Nesterov momentum needs --config.optimizer=sgd and "
+       "--config.momentum in (0, 1)"),
+      (["--config.optimizer=adam", "--config.eps=0"],   # sqrt(v) + 0: 0 / 0 on a dead channel
+       "error: --config.eps=0.0: adam's epsilon must be a number > 0"),
+      # jax.random.key reads the seed as an int64
+      ([f"--config.seed={2**63}"],
+       f"error: --config.seed={2**63}: a seed must be at most 2**63 - 1 = {2**63 - 1}")]:
+    assert _fit(workdir, "--config.epochs=1", *args) == 2
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and lines[0].startswith(says), lines
+  assert not workdir.exists()
+  cfg = config_lib.to_dict(config_lib.override(config_lib.load("digits"),
+                                               [("seed", str(2**63 - 1))]))
+  assert config_lib.check(cfg) == []
+  # A recipe rule the checks missed is still the settings' fault: one line, exit 2.
+  monkeypatch.setattr(config_lib, "check", lambda cfg: [])
+  assert _fit(workdir, "--config.epochs=1", "--config.optimizer=adam",
+              "--config.nesterov=true") == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: recipe nesterov=True needs optimizer='sgd' and momentum in (0, 1) (as "
+      "torch.optim.SGD), got optimizer='adam', momentum=0.9"]
+  assert not workdir.exists()

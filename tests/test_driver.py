@@ -582,3 +582,35 @@ def test_a_missing_iteration_model_is_refused_as_a_damaged_one_and_read_only_whe
                            rf"checkpoints/{ITERATIONS} out of .* resumes from the variables it "
                            rf"started from and trains iteration 0 and the later ones again"):
     _run(digits, copy, tolerance=100.0, latency_batches=(1,))   # timing needs the dense model
+
+
+def test_no_training_epochs_are_refused_where_the_method_measures_its_training(digits, tmp_path):
+  # The 'easier' estimators read the last epoch's statistics: 0 epochs left none, and the run
+  # failed after iteration 0 with a word about stats_last_epoch, leaving checkpoints behind.
+  ds, spec = digits
+  none = RECIPE.replace(epochs=0)
+  for method in (Easier(), Egp(estimator="easier")):
+    with pytest.raises(ValueError, match=r"recipe epochs=0, but .* measures the statistics of "
+                                         r"the last training epoch.*\(epochs >= 1\), or use an "
+                                         r"estimator that measures on its own"):
+      driver.run(method, spec, ds, none, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+  # An estimator that measures on its own needs no training: the run goes on to it.
+  def trainer(*args, **kw):
+    raise RuntimeError("stop at the training")
+
+  with pytest.raises(RuntimeError, match="stop at the training"):
+    driver.run(Easier(estimator="dataset"), spec, ds, none, tmp_path / "dataset",
+               progress=False, trainer=trainer)
+
+
+def test_a_numpy_seed_runs_and_is_recorded_as_an_int(digits, tmp_path):
+  # `for seed in np.arange(3): driver.run(..., seed=seed)`: the seed goes to run.json
+  ds, spec = digits
+  result = driver.run(Easier(), spec, ds, RECIPE, tmp_path, iterations=1, progress=False,
+                      seed=np.int64(2), latency_batches=())
+  assert json.loads((tmp_path / "run.json").read_text())["seed"] == 2
+  assert len(result.report["iterations"]) == 1
+  with pytest.raises(TypeError, match="seed must be an integer, got 2.0"):
+    driver.run(Easier(), spec, ds, RECIPE, tmp_path / "other", seed=2.0)
+  assert not (tmp_path / "other").exists()

@@ -4,6 +4,7 @@ The digits runs use a tiny CNN (one conv, BN, dropout) so each compiles in about
 a second; everything else is numpy references or single steps.
 """
 import dataclasses
+import json
 import math
 from unittest import mock
 
@@ -89,7 +90,9 @@ def test_recipe_refuses_bad_values_by_name():
   for field, value, words in [("b1", 1.0, r"b1 must be in \[0, 1\), got 1.0"),
                               ("b2", 1.0, r"b2 must be in \[0, 1\), got 1.0"),
                               ("gamma", 0.0, r"gamma .* must be a finite number > 0"),
-                              ("eps", float("inf"), r"eps must be a finite number >= 0"),
+                              ("eps", float("inf"), r"eps must be a finite number > 0"),
+                              # Adam's sqrt(v) + eps: a zero gradient entry would be 0 / 0
+                              ("eps", 0.0, r"eps must be a finite number > 0 for adam"),
                               ("weight_decay", float("nan"), r"weight_decay must be a finite"),
                               ("lr", float("inf"), r"lr must be a finite number > 0")]:
     with pytest.raises(ValueError, match=words):
@@ -101,6 +104,30 @@ def test_recipe_refuses_bad_values_by_name():
     optim.Recipe(optimizer="adamw", nesterov=True)
   assert optim.Recipe.from_dict(optim.Recipe(milestones=(3,)).to_dict()) == optim.Recipe(
       milestones=(3,))
+  # values of another type: named, never read as something else (2.5 as epoch 2, "false" as True)
+  for field, value, words in [("lr", "0.1", r"lr must be a number, got '0.1' \(str\)"),
+                              ("momentum", True, r"momentum must be a number, got True"),
+                              ("epochs", 2.0, r"epochs must be an int, got 2.0"),
+                              ("batch_size", True, r"batch_size must be an int, got True"),
+                              ("milestones", (2.5,), r"milestones must be a tuple of whole epochs"),
+                              ("milestones", "80,120", r"milestones must be a tuple of epochs"),
+                              ("augment", "false", r"augment must be True or False, got 'false'"),
+                              ("nesterov", "yes", r"nesterov must be True or False, got 'yes'")]:
+    with pytest.raises(ValueError, match=words):
+      optim.Recipe(**{field: value})
+  assert optim.Recipe(eps=0.0).eps == 0.0        # SGD has no epsilon
+  assert optim.Recipe(milestones=(2.0, 4)).milestones == (2, 4)   # as the command line reads it
+
+
+def test_recipe_takes_numpy_and_jax_scalars_as_python_numbers():
+  # np.int64 from np.arange, np.float32 from an array: the recipe goes to JSON (run.json)
+  recipe = optim.Recipe(epochs=np.int64(3), batch_size=jnp.int32(64), lr=np.float32(0.1),
+                        milestones=np.arange(1, 3), nesterov=np.bool_(True))
+  d = json.loads(json.dumps(recipe.to_dict()))
+  assert d == optim.Recipe(epochs=3, batch_size=64, lr=0.1, milestones=(1, 2),
+                           nesterov=True).to_dict()
+  assert [type(d[k]) for k in ("epochs", "batch_size", "lr", "nesterov")] == [int, int, float, bool]
+  assert optim.Recipe.from_dict(d) == recipe
 
 
 # ------------------------------------------------------------------------ loss
@@ -643,6 +670,23 @@ def test_fit_refuses_a_workdir_of_other_initial_variables(digits, tmp_path):
   with pytest.raises(training.RunMismatchError, match=r"\(seed: 3 stored, 4 asked\); resume"):
     training.fit(spec, network.init(spec, jax.random.key(0)), digits, one, seed=4,
                  progress=False, workdir=tmp_path)
+
+
+def test_fit_takes_a_numpy_seed_and_writes_its_checkpoints(digits, tmp_path):
+  # `for seed in np.arange(3): fit(..., seed=seed)`: the seed goes to the checkpoints' JSON
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  one = RECIPE.replace(epochs=1)
+  result = training.fit(spec, variables, digits, one, seed=np.int64(3), progress=False,
+                        workdir=tmp_path)
+  assert len(result.history) == 1
+  assert not [p.name for p in (tmp_path / "checkpoints").iterdir() if "tmp" in p.name]
+  # the same run as seed=3: it resumes (a finished run), refused as another seed it would not be
+  again = training.fit(spec, variables, digits, one, seed=3, progress=False, workdir=tmp_path)
+  _same(result.variables, again.variables)
+  for bad in (3.0, "3", True):
+    with pytest.raises(TypeError, match=f"seed must be an integer, got {bad!r}"):
+      training.fit(spec, variables, digits, one, seed=bad, progress=False)
 
 
 def test_fit_with_a_custom_tx_records_no_recipe_lr_and_refuses_another_optimizer_on_resume(

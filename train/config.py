@@ -90,6 +90,7 @@ _NUMBER_TUPLES = {name: typing.get_args(hint)[0]
                   for name, hint in typing.get_type_hints(optim.Recipe).items()
                   if typing.get_origin(hint) is tuple}
 DTYPES = ("float32", "bfloat16")
+SEED_MAX = 2**63 - 1   # jax.random.key reads a Python int seed as an int64
 NORMALIZATIONS = ("imagenet", "cifar")
 
 
@@ -399,6 +400,9 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
   for key in ("seed", "split_seed"):
     if not (_is_int(cfg[key]) and cfg[key] >= 0):
       bad(key, "a seed must be an integer >= 0")
+  if _is_int(cfg["seed"]) and cfg["seed"] > SEED_MAX:   # jax.random.key takes 64-bit seeds
+    bad("seed", f"a seed must be at most 2**63 - 1 = {SEED_MAX} (jax.random.key takes 64-bit "
+                f"seeds)")
   if not (_is_number(cfg["lr"]) and cfg["lr"] > 0):
     bad("lr", "the learning rate must be a number > 0, e.g. 0.05")
   if not (_is_number(cfg["momentum"]) and 0 <= cfg["momentum"] < 1):
@@ -406,9 +410,14 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
   for key in ("b1", "b2"):
     if not (_is_number(cfg[key]) and 0 <= cfg[key] < 1):
       bad(key, "an Adam decay must be a number in [0, 1)")
-  for key in ("weight_decay", "eps"):
-    if not (_is_number(cfg[key]) and cfg[key] >= 0):
-      bad(key, "must be a number >= 0")
+  if not (_is_number(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
+    bad("weight_decay", "must be a number >= 0")
+  if cfg["optimizer"] in ("adam", "adamw"):
+    if not (_is_number(cfg["eps"]) and cfg["eps"] > 0):
+      bad("eps", f"{cfg['optimizer']}'s epsilon must be a number > 0, e.g. 1e-8 (at 0 a zero "
+                 f"gradient, a dead channel's, gives a 0 / 0 update)")
+  elif not (_is_number(cfg["eps"]) and cfg["eps"] >= 0):
+    bad("eps", "must be a number >= 0")
   if not (_is_number(cfg["gamma"]) and cfg["gamma"] > 0):
     bad("gamma", "the learning-rate factor at each milestone must be a number > 0, e.g. 0.1")
   ms = cfg["milestones"]
@@ -418,6 +427,10 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
                       "(or () for no decay)")
   if cfg["optimizer"] not in optim.OPTIMIZERS:
     bad("optimizer", f"use one of {', '.join(optim.OPTIMIZERS)}")
+  if cfg["nesterov"] is True and not (cfg["optimizer"] == "sgd" and cfg["momentum"] != 0):
+    bad("nesterov", f"Nesterov momentum needs --config.optimizer=sgd and --config.momentum in "
+                    f"(0, 1) (as torch.optim.SGD), not optimizer {cfg['optimizer']!r} with "
+                    f"momentum {cfg['momentum']!r}; leave it false")
   if not (_is_number(cfg["val_fraction"]) and 0 <= cfg["val_fraction"] < 1):
     bad("val_fraction", "the share of train held out for validation must be in [0, 1), e.g. 0.1")
   if cfg["dtype"] not in DTYPES:

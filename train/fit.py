@@ -120,7 +120,10 @@ def _main(session: command.Session, argv: list[str]) -> int:
   conflict = workdir_conflict(workdir, cfg)
   if conflict:
     raise config_lib.ConfigError(conflict)
-  recipe = config_lib.recipe_of(cfg)
+  try:   # a rule of the recipe config.check does not know is still the settings' fault
+    recipe = config_lib.recipe_of(cfg)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e)) from e
   main_process = jax.process_index() == 0
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])
