@@ -349,6 +349,84 @@ def test_entropy_pass_matches_per_batch_numpy_on_digits():
     assert got[s] == pytest.approx(np.mean(per_batch[s]), abs=2e-6), s
 
 
+def _mlp():
+  return Spec((8, 8, 1), (Flatten("flat"), Dense("fc1", features=16), Act("relu"),
+                          Dense("fc2", features=16), Act("relu2"), Dense("head", features=10)))
+
+
+def test_a_last_batch_of_one_example_adds_to_the_counts_but_not_to_the_per_batch_mean():
+  # 1294 = 3 * 431 + 1: the last batch holds one example, and one example leaves every
+  # channel of a Dense-fed site constant (0 bits), which pulled the mean over batches down.
+  spec = _mlp()
+  variables = network.init(spec, jax.random.key(3))
+  split = data.load("digits").train
+  assert split.num_examples % 431 == 1
+  mesh = training.make_mesh(jax.devices()[:1])
+  acc = egp.entropy_statistics(spec, variables, split, batch_size=431, seed=5, mesh=mesh)
+  got = stats.entropies(acc, "egp")
+  per_batch = {s: [] for s in spec.sites()}
+  totals = {s: 0 for s in spec.sites()}
+  for batch in split.batches(431, seed=5, epoch=0, shuffle=True, augment=True):
+    counts = network.forward(spec, variables, batch["image"], collect_stats=True,
+                             example_mask=batch["mask"]).site_counts
+    for s, c in counts.items():
+      c = np.asarray(c, np.float64)
+      totals[s] = totals[s] + c
+      if batch["mask"].sum() > 1:
+        p = c[0] / c.sum(0)
+        mixed = (p > 0) & (p < 1)
+        per_batch[s].append(_h2(p[mixed]).mean() if mixed.any() else 0.0)
+  assert int(acc.batches) == 3
+  for s in spec.sites():
+    assert len(per_batch[s]) == 3 and min(per_batch[s]) > 0, s
+    assert got[s] == pytest.approx(np.mean(per_batch[s]), abs=2e-6), s
+    np.testing.assert_array_equal(np.asarray(acc.counts[s]), totals[s])   # every example
+    assert totals[s].sum() == split.num_examples * 16
+
+
+def test_an_entropy_batch_of_one_is_refused_for_the_per_batch_estimator(tmp_path):
+  # A batch of one made every Dense-fed site "0 bits" and removed them all after iteration 0.
+  with pytest.raises(ValueError, match=r"an entropy batch of 1 example \(entropy_batch_size\) "
+                                       r"is too small for the 'egp' estimator.*set "
+                                       r"entropy_batch_size to 2 or more"):
+    Egp(entropy_batch_size=1)
+  with pytest.raises(ValueError, match="too small for the 'egp' estimator"):
+    Nepenthe(estimator="egp", entropy_batch_size=1)
+  assert Nepenthe(entropy_batch_size=1).entropy_batch_size == 1   # whole-split counts
+  ds, spec = data.load("digits"), _mlp()
+  with pytest.raises(ValueError, match=r"entropy batch of 1 example \(the eval_batch_size, used "
+                                       r"without an entropy_batch_size\)"):
+    Egp().check_data(spec, ds, eval_batch_size=1)
+  Egp(entropy_batch_size=2).check_data(spec, ds, eval_batch_size=1)
+  with pytest.raises(ValueError, match="the eval_batch_size, used without an entropy_batch_size"):
+    driver.run(Egp(), spec, ds, RECIPE, tmp_path / "run", progress=False, eval_batch_size=1)
+  assert not (tmp_path / "run").exists()
+  # The command line says it with its keys, before anything is loaded.
+  def problems(name, *argv):
+    cfg = egp_cli.CONFIGS[name].resolve(command.parse(egp_cli.build_parser(name), list(argv)))
+    return egp_cli.check(cfg, name)
+  assert any(p.startswith("--config.entropy_batch_size=1: the 'egp' estimator averages")
+             for p in problems("egp", "--config.entropy_batch_size=1"))
+  assert any(p.startswith("--config.eval_batch_size=1, the entropy batch without an "
+                          "entropy_batch_size: the 'egp' estimator")
+             for p in problems("egp", "--config.eval_batch_size=1"))
+  assert problems("egp", "--config.entropy_batch_size=2", "--config.eval_batch_size=1") == []
+  assert problems("nepenthe", "--config.entropy_batch_size=1") == []
+  assert problems("nepenthe", "--estimator", "egp", "--config.entropy_batch_size=1") != []
+
+
+def test_numpy_scalars_are_taken_and_a_string_for_a_bool_is_refused():
+  method = Egp(rho=np.float32(0.25), entropy_batch_size=np.int64(64))
+  assert type(method.rho) is float and method.rho == 0.25
+  assert type(method.entropy_batch_size) is int and method.entropy_batch_size == 64
+  json.dumps(method.options())
+  assert egp.allocate([1.0, 2.0], [0.5, 0.5], [100, 100], rho=np.float32(0.5)) == \
+      egp.allocate([1.0, 2.0], [0.5, 0.5], [100, 100], rho=0.5)
+  assert Egp(augment=np.bool_(False)).augment is False
+  with pytest.raises(TypeError, match="augment must be True or False.*got 'false'"):
+    Egp(augment="false")
+
+
 # ----------------------------------------------------------------- end to end
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)

@@ -330,6 +330,31 @@ def test_bad_options_are_named():
     tlc.TLC(batch_size=0)
 
 
+def test_a_ranking_batch_of_one_is_refused_up_front():
+  # It was taken, then refused by empirical_bn only after iteration 0 had trained.
+  with pytest.raises(ValueError, match=r"batch_size=1: the ranking batch "
+                                       r"\(--config.rank_batch_size of python -m train tlc\) "
+                                       r"needs at least 2 examples"):
+    tlc.TLC(batch_size=1)
+  assert tlc.TLC(batch_size=2).batch_size == 2
+  from train import command, tlc as tlc_cli
+  cfg = tlc_cli.CONFIGS.resolve(command.parse(tlc_cli.build_parser(),
+                                              ["--config.rank_batch_size=1"]))
+  assert any(p.startswith("--config.rank_batch_size=1: the ranking batch (TLC's batch_size) "
+                          "needs at least 2 examples") for p in tlc_cli.check(cfg))
+
+
+def test_numpy_scalars_are_taken_and_a_string_for_a_bool_is_refused():
+  method = tlc.TLC(accuracy_threshold=np.float32(20), batch_size=np.int64(64),
+                   projections=np.bool_(True))
+  assert type(method.accuracy_threshold) is float and method.accuracy_threshold == 20.0
+  assert type(method.batch_size) is int and method.batch_size == 64
+  assert method.projections is True
+  # "false" is a true string: it turned the MobileNetV2 quirk on
+  with pytest.raises(TypeError, match="projections must be True or False.*got 'false'"):
+    tlc.TLC(projections="false")
+
+
 def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
   spec = zoo.digits_cnn(width=8)
   variables = _randomized(spec, 7)

@@ -79,8 +79,9 @@ def build_parser(name: str) -> argparse.ArgumentParser:
 # ----------------------------------------------------------------------- configs
 
 
-def check(cfg: dict[str, Any]) -> list[str]:
-  """Problems of the method's own keys, one line each."""
+def check(cfg: dict[str, Any], name: str = "egp") -> list[str]:
+  """Problems of the method's own keys, one line each (``name``: the command, whose
+  estimator is the default)."""
   out = command.check_iterations(cfg, default="10")
   rho = cfg["rho"]
   if not (isinstance(rho, (int, float)) and not isinstance(rho, bool) and 0 < rho < 1):
@@ -93,6 +94,15 @@ def check(cfg: dict[str, Any]) -> list[str]:
   batch = cfg["entropy_batch_size"]
   if batch is not None and batch <= 0:
     out.append(f"--config.entropy_batch_size={batch}: use a positive batch size, e.g. 128")
+  elif (cfg["estimator"] or ("egp" if name == "egp" else "dataset")) == "egp":
+    key, size = (("entropy_batch_size", batch) if batch is not None else
+                 ("eval_batch_size", cfg["eval_batch_size"] or cfg["batch_size"]))
+    if isinstance(size, int) and size < 2:   # a bad batch size is config.check's
+      used = "" if batch is not None else ", the entropy batch without an entropy_batch_size"
+      out.append(f"--config.{key}={size}{used}: the 'egp' estimator averages entropies over "
+                 f"the channels that change sign within a batch, and with one example a site "
+                 f"fed by a Dense layer measures 0 bits and is removed; set "
+                 f"--config.entropy_batch_size to 2 or more, e.g. 128")
   return out
 
 
@@ -150,7 +160,8 @@ def _main(session: command.Session, name: str, argv: list[str]) -> int:
   from jaxdepth.methods import egp_report  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = CONFIGS[name].prepare(session, args, check=check,
+  cfg, workdir, ds, spec = CONFIGS[name].prepare(session, args,
+                                                  check=lambda cfg: check(cfg, name),
                                                   check_model=_check_model(name))
   method = make_method(name, cfg)
   say = command.main_process_say()

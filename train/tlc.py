@@ -92,6 +92,10 @@ def check(cfg: dict[str, Any]) -> list[str]:
   for key in ("rank_batch_size", "latency_batch"):
     if not _positive_int(cfg[key]):
       out.append(f"--config.{key}={cfg[key]!r}: must be an integer >= 1")
+  if _positive_int(cfg["rank_batch_size"]) and cfg["rank_batch_size"] < 2:
+    out.append("--config.rank_batch_size=1: the ranking batch (TLC's batch_size) needs at "
+               "least 2 examples: one gives a site without a BatchNorm (fed by a Dense layer) "
+               "no std to stand in for its scale; use 2 or more, e.g. 128")
   return out
 
 

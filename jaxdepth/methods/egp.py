@@ -34,7 +34,8 @@ EGP and NEPENTHE differ in the entropy estimator only (:class:`Egp`,
 * ``"egp"`` (EGP's default): one eval-mode pass over the training split *with*
   the training augmentation, shuffled; per batch ``p_c = #(z>0)/n`` (zeros OFF)
   and ``H^b`` = mean of ``h2(p_c)`` over the channels with ``0 < p_c < 1``
-  (``0`` if none; clamp 1e-5); ``H_l`` = mean of ``H^b`` over batches.
+  (``0`` if none; clamp 1e-5); ``H_l`` = mean of ``H^b`` over batches (a last
+  batch of one example left out; an entropy batch of one is refused).
 * ``"dataset"`` (NEPENTHE's default): the same pass, ``p_c = #(z>0)/#(z≠0)`` over
   the whole split (zeros discarded), ``H_l`` = mean over channels.
 * ``"easier"``: the last training epoch in train mode, zeros ON (EASIER's).
@@ -71,6 +72,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -313,9 +315,10 @@ def allocation(entropy: Sequence[float], mean_abs_nonzero: Sequence[float],
     ValueError: ``rho`` outside (0, 1), sequences of different lengths,
       negative or non-finite values, non-integer counts.
   """
-  if isinstance(rho, bool) or not isinstance(rho, (int, float)) or not 0.0 < rho < 1.0:
+  if isinstance(rho, bool) or not isinstance(rho, numbers.Real) or not 0.0 < rho < 1.0:
     raise ValueError(f"rho must be in (0, 1) (the fraction of the remaining weights pruned "
                      f"per iteration; the paper uses 0.5), got {rho!r}")
+  rho = float(rho)
   h = _check_vector(entropy, "entropy").astype(np.float32)
   m = _check_vector(mean_abs_nonzero, "mean_abs_nonzero", h.shape[0]).astype(np.float32)
   counts = _check_vector(nnz, "nnz", h.shape[0])
@@ -471,7 +474,10 @@ def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates
 
   BatchNorm uses its running statistics; the batches are drawn as in training
   (shuffled and augmented, keyed by ``seed``) unless told otherwise. The last
-  batch is padded and its padding left out of the counts.
+  batch is padded and its padding left out of the counts. A last batch of a
+  single example (after full ones) adds to the counts but not to the per-batch
+  sums: one example leaves every channel of a Dense-fed site constant, an entropy
+  of 0 that would pull the mean over batches down.
 
   Args:
     spec: the architecture.
@@ -520,9 +526,16 @@ def entropy_statistics(spec: S.Spec, variables, split, *, batch_size: int, gates
   variables = training.replicate(variables, mesh)
   if gates is not None:
     gates = training.replicate(jnp.asarray(gates, jnp.float32), mesh)
-  for batch in split.batches(batch_size // count, seed=seed, epoch=0, shuffle=shuffle,
-                             augment=augment, drop_remainder=False, **kw):
-    stats = step(variables, training.shard_batch(batch, mesh), gates, stats)
+  total = split.num_examples
+  lone = total // batch_size if total > batch_size and total % batch_size == 1 else None
+  for i, batch in enumerate(split.batches(batch_size // count, seed=seed, epoch=0,
+                                          shuffle=shuffle, augment=augment,
+                                          drop_remainder=False, **kw)):
+    folded = step(variables, training.shard_batch(batch, mesh), gates, stats)
+    if i == lone:   # a last batch of one example: its counts only (see above)
+      folded = folded._replace(egp_sum=stats.egp_sum, easier_sum=stats.easier_sum,
+                               batches=stats.batches)
+    stats = folded
   return stats
 
 
@@ -579,6 +592,18 @@ def dead_channel_counts(spec: S.Spec, variables, layers: Mapping[str, str | None
 # ------------------------------------------------------------------------ method
 
 
+def _check_per_batch(batch_size: int, setting: str) -> None:
+  """Refuses an entropy batch of one example for the ``"egp"`` estimator: it averages over
+  the channels that change sign within a batch, and a site fed by a Dense layer has one
+  value per channel and example, so every such site would measure 0 bits and be removed."""
+  if batch_size < 2:
+    raise ValueError(f"an entropy batch of {batch_size} example ({setting}) is too small for "
+                     f"the 'egp' estimator: it averages entropies over the channels that change "
+                     f"sign within a batch, and a site fed by a Dense layer would then measure "
+                     f"0 bits and be removed; set entropy_batch_size to 2 or more (EGP's code "
+                     f"uses 128)")
+
+
 def _seed_of(rng) -> int:
   """The entropy pass's augmentation seed, drawn from the context's key.
 
@@ -611,7 +636,7 @@ class Egp:
       choice); ``False`` measures the plain training split.
     entropy_batch_size: batch size of the entropy pass (``None``: the run's
       evaluation batch size). The per-batch estimators depend on it; EGP's code
-      uses its training batch (128).
+      uses its training batch (128). The ``"egp"`` estimator needs at least 2.
     layers: ``{site: layer}`` to prune instead of :func:`layer_map` (sites left
       out are measured, never pruned).
     skip: sites whose layer is never pruned (e.g. a stem conv that is the only
@@ -634,10 +659,15 @@ class Egp:
   score_unit: str = dataclasses.field(default="bits", init=False)
 
   def __post_init__(self):
-    if isinstance(self.rho, bool) or not isinstance(self.rho, (int, float)) or not (
+    if isinstance(self.rho, bool) or not isinstance(self.rho, numbers.Real) or not (
         0.0 < self.rho < 1.0):
       raise ValueError(f"rho must be in (0, 1) (the fraction of the remaining weights pruned "
                        f"per iteration; the paper uses 0.5), got {self.rho!r}")
+    object.__setattr__(self, "rho", float(self.rho))   # a NumPy scalar too, recorded as JSON
+    if not isinstance(self.augment, (bool, np.bool_)):
+      raise TypeError(f"augment must be True or False (the entropy pass uses the training "
+                      f"augmentation), got {self.augment!r}")
+    object.__setattr__(self, "augment", bool(self.augment))
     if self.estimator not in ESTIMATORS:
       raise ValueError(f"unknown entropy estimator {self.estimator!r}; expected one of "
                        f"{ESTIMATORS}")
@@ -646,10 +676,13 @@ class Egp:
     if self.neurons == "rows" and self.estimator == "easier":
       raise ValueError("neurons='rows' needs the entropy pass of the 'egp' or 'dataset' "
                        "estimator; the 'easier' estimator counts channels during training")
-    if self.entropy_batch_size is not None and (
-        not isinstance(self.entropy_batch_size, int) or self.entropy_batch_size <= 0):
-      raise ValueError(f"entropy_batch_size must be a positive int or None, got "
-                       f"{self.entropy_batch_size!r}")
+    batch = self.entropy_batch_size
+    if batch is not None:
+      if isinstance(batch, bool) or not isinstance(batch, numbers.Integral) or batch <= 0:
+        raise ValueError(f"entropy_batch_size must be a positive int or None, got {batch!r}")
+      object.__setattr__(self, "entropy_batch_size", int(batch))
+      if self.estimator == "egp":
+        _check_per_batch(int(batch), "entropy_batch_size")
     if self.layers is not None:
       if not isinstance(self.layers, Mapping):
         raise TypeError(f"layers must be a mapping {{site: layer}}, got "
@@ -695,9 +728,13 @@ class Egp:
   def check_data(self, spec: S.Spec, dataset, *, eval_batch_size: int | None = None,
                  mesh=None) -> None:
     """Refuses a training split whose dataset-level counts would pass int32
-    (``"dataset"``), and an entropy batch the mesh does not split (the per-batch
-    estimators; ``eval_batch_size`` is the run's, the entropy batch's default)."""
+    (``"dataset"``), an entropy batch the mesh does not split and one of a single
+    example for the per-batch ``"egp"`` estimator (``eval_batch_size`` is the
+    run's, the entropy batch's default)."""
     batch_size = self.entropy_batch_size or eval_batch_size
+    if self.estimator == "egp" and batch_size is not None:
+      _check_per_batch(batch_size, "entropy_batch_size" if self.entropy_batch_size else
+                       "the eval_batch_size, used without an entropy_batch_size")
     if self.estimator != "easier" and batch_size is not None and mesh is not None:
       check_entropy_batch(batch_size, mesh, "an entropy_batch_size (or, without one, an "
                                             "eval_batch_size)")

@@ -53,6 +53,7 @@ and bakes the identities in, and the driver merges what became linear.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from typing import Any, NamedTuple
 
 import jax
@@ -412,7 +413,8 @@ class TLC:
     accuracy_threshold: stop once the validation accuracy (percent) is below it
       (the official 20).
     batch_size: size of the validation batch the gaps are measured on (the first
-      batch of the validation split, in order; 128 as the official CIFAR code).
+      batch of the validation split, in order; 128 as the official CIFAR code; at
+      least 2, which :func:`empirical_bn` needs on a Dense-fed site).
     projections: the official MobileNetV2 candidate quirk (:func:`candidates`).
     max_iterations: the default number of iterations (the official 40).
   """
@@ -429,13 +431,25 @@ class TLC:
     if self.rule not in RULES:
       raise ValueError(f"unknown TLC prefix rule {self.rule!r}; expected one of {RULES}")
     t = self.accuracy_threshold
-    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0.0 <= t <= 100.0:
+    if isinstance(t, bool) or not isinstance(t, numbers.Real) or not 0.0 <= t <= 100.0:
       raise ValueError(f"accuracy_threshold is a validation accuracy in percent and must be "
                        f"in [0, 100], got {t!r}")
+    object.__setattr__(self, "accuracy_threshold", float(t))   # a NumPy scalar too
     for what in ("batch_size", "max_iterations"):
       v = getattr(self, what)
-      if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+      if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise ValueError(f"{what} must be a positive int, got {v!r}")
+      object.__setattr__(self, what, int(v))
+    if self.batch_size < 2:
+      raise ValueError(f"batch_size={self.batch_size}: the ranking batch (--config.rank_batch_size "
+                       f"of python -m train tlc) needs at least 2 examples: one example gives a "
+                       f"site without a BatchNorm (fed by a Dense layer) one value per channel, "
+                       f"with no std to stand in for the BatchNorm's scale; use 2 or more (the "
+                       f"official code ranks on 128)")
+    if not isinstance(self.projections, (bool, np.bool_)):
+      raise TypeError(f"projections must be True or False (the official MobileNetV2 quirk), "
+                      f"got {self.projections!r}")
+    object.__setattr__(self, "projections", bool(self.projections))
 
   def options(self) -> dict[str, Any]:
     return {"rule": self.rule, "accuracy_threshold": self.accuracy_threshold,
