@@ -1,5 +1,9 @@
 """Tests of jaxdepth.data: values against independent numpy/Pillow computations, splits, order, resumption, sharding."""
 
+import io
+import os
+import shutil
+
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
@@ -173,6 +177,16 @@ def test_bad_arguments_are_refused(digits):
     epoch(digits.train, 0)
 
 
+@pytest.mark.parametrize("name,argument,value", [
+    ("cifar10", "val_fraction", None), ("digits", "val_fraction", "0.1"),
+    ("digits", "split_seed", None), ("cifar10", "split_seed", 1.5), ("dtd", "image_size", 0),
+    ("dtd", "image_size", -5), ("dtd", "image_size", 16.0), ("oxford_flowers102", "image_size", True)])
+def test_load_refuses_arguments_of_the_wrong_kind(name, argument, value):
+  with tfds.testing.mock_data(num_examples=4):
+    with pytest.raises(ValueError, match=rf"^{argument}={value!r} must be "):
+      data.load(name, **{argument: value})
+
+
 # --- tfds through tfds.data_source (mocked, offline) ---
 
 def test_cifar_split_is_90_10_of_train_and_normalised_with_imagenet_statistics():
@@ -260,6 +274,91 @@ def test_an_unprepared_tfds_dataset_fails_at_once_saying_how_to_prepare_it(tmp_p
   assert not (tmp_path / "empty").exists()             # and nothing written
   assert f"tfds build {name} --file_format=array_record" in str(error.value) and "data_dir" in str(error.value)
   assert isinstance(error.value, RuntimeError)
+
+
+def write_prepared_cifar10(data_dir, sizes=(("train", 20), ("test", 10))):
+  """A real prepared cifar10 (ArrayRecord files and tfds metadata, written without TensorFlow): its
+  examples' labels, by split."""
+  from array_record.python import array_record_module   # pylint: disable=import-outside-toplevel
+  builder = tfds.builder("cifar10", data_dir=str(data_dir), file_format="array_record")
+  folder, rng, labels, splits = builder.data_dir, np.random.default_rng(0), {}, []
+  os.makedirs(folder)
+  for split, n in sizes:
+    writer = array_record_module.ArrayRecordWriter(os.path.join(folder, f"cifar10-{split}.array_record-00000-of-00001"),
+                                                   "group_size:1")
+    labels[split] = (np.arange(n) * 3 + len(split)) % 10
+    for i in range(n):
+      png = io.BytesIO()   # tfds would need TensorFlow to encode an array
+      Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(png, format="PNG")
+      png.seek(0)
+      example = {"id": f"{split}_{i}", "image": png, "label": int(labels[split][i])}
+      writer.write(builder.info.features.serialize_example(example))
+    writer.close()
+    template = tfds.core.ShardedFileTemplate(data_dir=folder, template="{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}",
+                                             dataset_name="cifar10", split=split, filetype_suffix="array_record")
+    splits.append(tfds.core.SplitInfo(name=split, shard_lengths=[n], num_bytes=0, filename_template=template))
+  builder.info.set_splits(tfds.core.SplitDict(splits))
+  builder.info.set_file_format("array_record")
+  builder.info.write_to_directory(folder)
+  return labels
+
+
+CIFAR_VERSION = str(tfds.builder_cls("cifar10").VERSION)
+
+
+def test_a_partly_copied_tfds_dataset_fails_at_load_naming_the_file(tmp_path):
+  labels = write_prepared_cifar10(tmp_path / "full")
+  ds = data.load("cifar10", data_dir=str(tmp_path / "full"))
+  assert (len(ds.train), len(ds.val), len(ds.test)) == (18, 2, 10)
+  np.testing.assert_array_equal(served(epoch(ds.test, 4), "label"), labels["test"])
+  shard = {split: f"cifar10/{CIFAR_VERSION}/cifar10-{split}.array_record-00000-of-00001" for split in ("train", "test")}
+  for case in ("missing", "empty", "short", "cut", "corrupted"):
+    shutil.copytree(tmp_path / "full", tmp_path / case)
+  (tmp_path / "missing" / shard["test"]).unlink()
+  (tmp_path / "empty" / shard["test"]).write_bytes(b"")
+  for case, size in (("short", 20000), ("cut", 100000)):   # below and above ArrayRecord's 64 KB block
+    with open(tmp_path / case / shard["train"], "r+b") as f:
+      f.truncate(size)
+  for case, split, problem in (("missing", "test", "is missing"), ("empty", "test", "is empty"),
+                               ("short", "train", "cannot be read"), ("cut", "train", "cannot be read")):
+    with pytest.raises(data.DatasetNotPrepared) as error:
+      data.load("cifar10", data_dir=str(tmp_path / case))
+    message = str(error.value)
+    assert f"the file {tmp_path / case / shard[split]} of its '{split}' split {problem}" in message, message
+    assert "tfds build cifar10 --file_format=array_record" in message
+  # A file damaged inside, its index intact, loads; reading the damaged example names the file.
+  with open(tmp_path / "corrupted" / shard["test"], "r+b") as f:
+    f.seek(5000)
+    f.write(bytes(3000))
+  ds = data.load("cifar10", data_dir=str(tmp_path / "corrupted"))
+  with pytest.raises(data.DatasetNotPrepared, match=rf"the file {tmp_path / 'corrupted' / shard['test']} of its "
+                                                    rf"'test' split cannot be read at example \d \(Corrupted"):
+    epoch(ds.test, 4)
+
+
+def test_a_tfds_data_dir_may_start_with_a_tilde(tmp_path, monkeypatch):
+  monkeypatch.setenv("HOME", str(tmp_path))
+  labels = write_prepared_cifar10(tmp_path / "tfds")
+  ds = data.load("cifar10", data_dir="~/tfds")
+  np.testing.assert_array_equal(served(epoch(ds.test, 4), "label"), labels["test"])
+
+
+def test_an_unprepared_tfds_dataset_says_where_it_looked(tmp_path):
+  write_prepared_cifar10(tmp_path / "dd")
+  old = tmp_path / "old" / "cifar10"
+  old.mkdir(parents=True)
+  shutil.copytree(tmp_path / "dd" / "cifar10" / CIFAR_VERSION, old / "3.0.1")
+  for data_dir, says in ((tmp_path / "dd" / "cifar10",   # the dataset's own folder
+                          f"there is no folder {tmp_path}/dd/cifar10/cifar10/{CIFAR_VERSION}; data_dir itself holds "
+                          f"the version folder(s) {CIFAR_VERSION}, so it is the dataset's own folder: pass the "
+                          f"folder above it, data_dir='{tmp_path}/dd'"),
+                         (tmp_path / "old", f"there is no folder {tmp_path}/old/cifar10/{CIFAR_VERSION}; "
+                                            f"{old} holds version 3.0.1 only"),
+                         (tmp_path / "nowhere", f"there is no folder {tmp_path}/nowhere/cifar10/{CIFAR_VERSION} "
+                                                f"({tmp_path}/nowhere does not exist)")):
+    with pytest.raises(data.DatasetNotPrepared) as error:
+      data.load("cifar10", data_dir=str(data_dir))
+    assert says in str(error.value) and "Random access" not in str(error.value), str(error.value)
 
 
 def test_cifar_refuses_a_resize_and_unknown_normalisation():
@@ -519,6 +618,18 @@ def test_from_arrays_refuses_an_empty_hold_out_and_nan_pixels():
   for split in ("train", "test"):
     with pytest.raises(ValueError, match=rf"{split} float images hold 1 NaN pixels; they must lie in \[0, 1\]"):
       data.Dataset.from_arrays(**{"train": (x, y), "test": (x, y), split: (nan, y)})
+
+
+def test_from_arrays_refuses_pytorch_channel_first_images():
+  x, y = np.random.default_rng(0).integers(0, 256, (20, 3, 8, 8), dtype=np.uint8), np.arange(20) % 3
+  for bad in ({"train": (x, y), "test": (x.transpose(0, 2, 3, 1), y)},
+              {"train": (x.transpose(0, 2, 3, 1), y), "test": (x[:, :1] / 255.0, y)}):
+    split = "train" if bad["train"][0] is x else "test"
+    with pytest.raises(ValueError, match=rf"{split} images of shape \(20, [13], 8, 8\) look like PyTorch's \(N, C, "
+                                         rf"H, W\) layout; pass \(N, H, W, C\) images: x.transpose\(0, 2, 3, 1\)"):
+      data.Dataset.from_arrays(**bad)
+  ds = data.Dataset.from_arrays(train=(x.transpose(0, 2, 3, 1), y), test=(x.transpose(0, 2, 3, 1), y))
+  assert ds.input_shape == (8, 8, 3)
 
 
 class _TwoShapes:

@@ -20,6 +20,8 @@ sharding over processes reproduce an uninterrupted single-process run.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from jaxdepth.data import augment, digits, folders, glue, pipeline, rng, text, tfds_source
 from jaxdepth.data.augment import CIFAR_MEAN, CIFAR_STD, IMAGENET_MEAN, IMAGENET_STD
 from jaxdepth.data.folders import UnreadableImageError
@@ -53,7 +55,7 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
 
   Args:
     name: one of :func:`names`; ``"folder:<path>"`` loads an image folder.
-    data_dir: tfds data directory holding the prepared ArrayRecord files.
+    data_dir: tfds data directory holding the prepared ArrayRecord files (``~`` is expanded).
     val_fraction: the share held out for validation where the dataset has no
       official validation split (0 = no validation split; a positive share that
       rounds to no example is refused). It is a share of: ``digits``' 1,438
@@ -80,10 +82,19 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     A :class:`Dataset`.
 
   Raises:
-    ValueError: unknown name or bad argument; a text dataset without tokenizer.
+    ValueError: unknown name or bad argument (``val_fraction`` not a number in
+      [0, 1), ``split_seed`` not an integer, ``image_size`` not a positive
+      integer or None); a text dataset without tokenizer.
     FileNotFoundError: a tokenizer path that does not exist.
-    DatasetNotPrepared: a tfds dataset whose files are not under ``data_dir``.
+    DatasetNotPrepared: a tfds dataset whose files are not all under
+      ``data_dir`` (a missing, empty or cut-short shard file included).
   """
+  pipeline.check_fraction("val_fraction", val_fraction)
+  if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)):
+    raise ValueError(f"split_seed={split_seed!r} must be an integer")
+  if image_size is not None and (isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer))
+                                 or image_size <= 0):
+    raise ValueError(f"image_size={image_size!r} must be a positive integer (or None for the dataset's default)")
   if name in glue.RECIPES:
     image_options = {"val_augment": val_augment, "image_size": image_size, "normalization": normalization,
                      "layout": layout}

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -286,7 +287,8 @@ class Dataset:
     Args:
       train, test: ``(images, labels)``: images ``(N, H, W, C)`` (or ``(N, H, W)``,
         one channel), uint8 in [0, 255] or float in [0, 1]; labels ``(N,)``
-        integers in ``[0, num_classes)``.
+        integers in ``[0, num_classes)``. Images 1 or 3 pixels high with other
+        than 1, 3 or 4 channels are refused as PyTorch's ``(N, C, H, W)``.
       val: ``(images, labels)`` of a validation split, or ``None``.
       name: the dataset's name (part of a run's identity).
       num_classes: number of labels (default: the largest label + 1).
@@ -309,7 +311,7 @@ class Dataset:
       beyond the channel axis).
 
     Raises:
-      ValueError: arrays of the wrong shape, dtype, range (NaN included) or
+      ValueError: arrays of the wrong shape (``(N, C, H, W)`` included), dtype, range (NaN included) or
         length, a label out of range, both ``val`` and ``val_fraction``, a
         ``val_fraction`` that holds out no example or keeps none, or an
         ``augment`` recipe that fails on the images or serves two shapes.
@@ -381,6 +383,9 @@ def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
   if not isinstance(pair, (tuple, list)) or len(pair) != 2:
     raise ValueError(f"{split} must be a pair (images, labels), got {type(pair).__name__}")
   x, y = np.asarray(pair[0]), np.asarray(pair[1])
+  if x.ndim == 4 and x.shape[1] in (1, 3) and x.shape[3] not in (1, 3, 4):
+    raise ValueError(f"{split} images of shape {x.shape} look like PyTorch's (N, C, H, W) layout; "
+                     f"pass (N, H, W, C) images: x.transpose(0, 2, 3, 1)")
   if x.ndim == 3:
     x = x[..., None]
   if x.ndim != 4:
@@ -464,8 +469,8 @@ def validation_holdout(num_examples: int, fraction: float, *, seed: int, salt: i
 
 
 def check_fraction(name: str, value: float) -> None:
-  if not 0.0 <= value < 1.0:
-    raise ValueError(f"{name}={value} must be in [0, 1)")
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+    raise ValueError(f"{name}={value!r} must be a number in [0, 1)")
 
 
 def default_threads() -> int:

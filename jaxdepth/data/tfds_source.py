@@ -17,11 +17,14 @@ Recipes (``docs/data.md``):
 
 The data must be prepared beforehand in the ArrayRecord format; this module
 never downloads (``download=False``) and raises :class:`DatasetNotPrepared`
-within milliseconds when the files are missing.
+within milliseconds when the files are missing, empty or cut short (and at the
+first read of a file damaged inside).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from typing import Any
 
 import numpy as np
@@ -52,14 +55,79 @@ NORMALIZATIONS = {
 }
 
 
-def how_to_prepare(name: str, data_dir: str | None) -> str:
+def how_to_prepare(name: str, data_dir: str | None, problem: str = "") -> str:
+  """What is wrong (``problem``, e.g. where jaxdepth looked) and the command that prepares ``name``."""
   where = f"data_dir={data_dir!r}" if data_dir else "the default tfds data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
   return (
-      f"tfds dataset {name!r} is not prepared in the ArrayRecord format under {where}. "
+      f"tfds dataset {name!r} is not prepared in the ArrayRecord format under {where}"
+      f"{': ' + problem if problem else ''}. "
       f"Prepare it once on a machine with TensorFlow and internet access: "
       f"`pip install tensorflow tensorflow-datasets && tfds build {name} --file_format=array_record "
       f"--data_dir=DIR`, copy DIR here and pass it as data_dir (--data_dir on the command line). "
       f"jaxdepth never downloads at load time; the offline default dataset is 'digits'.")
+
+
+_VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+def _versions(folder: str) -> list[str]:
+  """The tfds version folders (``3.0.2``) in ``folder``, oldest first."""
+  try:
+    found = [v for v in os.listdir(folder) if _VERSION.match(v) and os.path.isdir(os.path.join(folder, v))]
+  except OSError:
+    return []
+  return sorted(found, key=lambda v: tuple(int(x) for x in v.split(".")))
+
+
+def _where_it_looked(tfds: Any, name: str, data_dir: str | None) -> str:
+  """Where the files of ``name`` should be and what is there instead, for :class:`DatasetNotPrepared`."""
+  root = data_dir or getattr(tfds.core.constants, "DATA_DIR", os.path.expanduser("~/tensorflow_datasets"))
+  folder = os.path.join(root, *name.split("/"))
+  base, _, config = name.partition("/")
+  try:   # the version this tfds reads: the builder's, or its config's (glue/sst2)
+    builder = tfds.builder_cls(base)
+    configs = {c.name: c for c in getattr(builder, "BUILDER_CONFIGS", ())}
+    version = str((configs[config].version if config else None) or builder.VERSION)
+  except Exception:  # pylint: disable=broad-except   (a builder tfds cannot import: version unknown)
+    version = None
+  looked = os.path.join(folder, version) if version else folder
+  found = _versions(folder)
+  if version in found:
+    return (f"{looked} holds no ArrayRecord files of it (prepared in another file format, "
+            f"or its build was interrupted)")
+  if found and version is None:
+    return (f"{folder} holds version {', '.join(found)}, none of them readable (prepared in another "
+            f"file format, or its build was interrupted)")
+  if found:
+    return (f"there is no folder {looked}; {folder} holds version {', '.join(found)} only, and this "
+            f"tensorflow-datasets reads {version}: prepare it again with this release")
+  inside = _versions(root)
+  if inside:
+    root, tail = root.rstrip(os.sep), os.path.join(*name.split("/"))
+    parent = root[:-len(tail)].rstrip(os.sep) if root.endswith(os.sep + tail) else os.path.dirname(root)
+    return (f"there is no folder {looked}; data_dir itself holds the version folder(s) {', '.join(inside)}, "
+            f"so it is the dataset's own folder: pass the folder above it, data_dir={parent!r}")
+  return f"there is no folder {looked}" + ("" if os.path.isdir(root) else f" ({root} does not exist)")
+
+
+def _shards(source: Any, split: str) -> list[tuple[str, int]]:
+  """``(file, examples)`` of each shard of ``split``, in order; none for the sources of
+  ``tfds.testing.mock_data``, which serve examples without files."""
+  splits = getattr(getattr(source, "dataset_info", None), "splits", {})
+  if split not in splits:
+    return []
+  info = splits[split]
+  return [(os.fspath(path), int(n)) for path, n in zip(info.filepaths, info.shard_lengths)]
+
+
+def _bad_shard(name: str, split: str, data_dir: str | None, path: str, problem: str) -> pipeline.DatasetNotPrepared:
+  return pipeline.DatasetNotPrepared(how_to_prepare(
+      name, data_dir, f"the file {path} of its {split!r} split {problem}; copy the prepared "
+      f"folder again (completely), or prepare it again"))
+
+
+def _one_line(error: Exception) -> str:
+  return " ".join(str(error).split()) or type(error).__name__
 
 
 def open_source(name: str, split: str, data_dir: str | None) -> Any:
@@ -69,23 +137,57 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
   ``AssertionError`` ("could not find data"), a missing-file error or, once a
   builder for an empty folder has been made in this process, ``KeyError``
   ("`splits` is empty"), depending on what is absent; all of them become
-  :class:`DatasetNotPrepared`.
+  :class:`DatasetNotPrepared`, saying where jaxdepth looked. tfds opens the
+  shard files lazily, at the first read; so that a partly copied dataset fails
+  here and not in the middle of a run, every shard of the split must exist and
+  its index (read from the file's end, a few kilobytes) must count the examples
+  that tfds' ``dataset_info.json`` gives it. ``~`` in ``data_dir`` is expanded.
   """
   tfds = require("tensorflow_datasets", "data", "tfds datasets")
+  data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
   try:
-    return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as error:
-    said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise pipeline.DatasetNotPrepared(f"{how_to_prepare(name, data_dir)} (tfds: {said})") from error
+    raise pipeline.DatasetNotPrepared(how_to_prepare(name, data_dir, _where_it_looked(tfds, name, data_dir))) from error
+  array_record = require("array_record.python.array_record_module", "data", "tfds datasets")
+  for path, expected in _shards(source, split):
+    if "://" not in path and not os.path.isfile(path):   # (remote files: the reader says)
+      raise _bad_shard(name, split, data_dir, path, "is missing")
+    if "://" not in path and not os.path.getsize(path):
+      raise _bad_shard(name, split, data_dir, path, "is empty")
+    try:
+      reader = array_record.ArrayRecordReader(path)
+      found = reader.num_records()   # 0 where the index cannot be read (a file cut short)
+      reader.close()
+    except RuntimeError as error:
+      raise _bad_shard(name, split, data_dir, path, f"cannot be read ({_one_line(error)})") from error
+    if found != expected:
+      raise _bad_shard(name, split, data_dir, path,
+                       f"holds {found} readable examples of its {expected} (cut short or corrupted)")
+  return source
 
 
-def _fetcher(source: Any, positions: np.ndarray):
-  """Reads example ``positions[i]`` of a tfds source as (uint8 HWC image, label)."""
+def _fetcher(source: Any, positions: np.ndarray, name: str = "", data_dir: str | None = None):
+  """Reads example ``positions[i]`` of a tfds source as (uint8 HWC image, label); a file that
+  cannot be read is a :class:`DatasetNotPrepared` naming it."""
   def fetch(i: int) -> tuple[np.ndarray, int]:
-    example = source[int(positions[i])]
+    try:
+      example = source[int(positions[i])]
+    except RuntimeError as error:
+      raise _unreadable(source, int(positions[i]), name, data_dir, error) from error
     image = np.asarray(example["image"], np.uint8)
     return (image[..., None] if image.ndim == 2 else image), int(example["label"])
   return fetch
+
+
+def _unreadable(source: Any, position: int, name: str, data_dir: str | None,
+                error: Exception) -> pipeline.DatasetNotPrepared:
+  """The error for example ``position`` of ``source`` that the reader could not read."""
+  split = str(source.split)
+  shards = _shards(source, split)
+  ends = np.cumsum([n for _, n in shards])
+  path = shards[int(np.searchsorted(ends, position, side="right"))][0] if shards and position < ends[-1] else "?"
+  return _bad_shard(name, split, data_dir, path, f"cannot be read at example {position} ({_one_line(error)})")
 
 
 def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, split_seed: int = 0,
@@ -108,7 +210,7 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     A :class:`pipeline.Dataset`.
 
   Raises:
-    DatasetNotPrepared: the files are not under ``data_dir``.
+    DatasetNotPrepared: the files are not all under ``data_dir`` (``~`` expanded).
   """
   recipe = RECIPES[name]
   normalization = normalization or "imagenet"
@@ -127,6 +229,7 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     transform = augment.ResizedCrop(size=size)
   shape = (size, size, 3)
 
+  data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
   train_source = open_source(name, "train", data_dir)
   test_source = open_source(name, "test", data_dir)
   if recipe.val_split is None:
@@ -138,7 +241,7 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     train_positions, val_positions = np.arange(len(train_source)), np.arange(len(val_source))
 
   def split(split_name: str, source: Any, positions: np.ndarray, always_augment: bool = False) -> pipeline.Split:
-    examples = pipeline.IndexedExamples(len(positions), _fetcher(source, positions))
+    examples = pipeline.IndexedExamples(len(positions), _fetcher(source, positions, name, data_dir))
     return pipeline.Split(split_name, examples, transform, mean, std, shape, positions,
                           always_augment=always_augment, num_threads=pipeline.default_threads())
 
