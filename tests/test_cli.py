@@ -134,6 +134,28 @@ def test_an_unreadable_image_stops_the_run_naming_it_and_the_same_command_resume
   assert json.loads((tmp_path / "run" / "report.json").read_text())["epochs"] == 2
 
 
+def test_a_tfds_file_damaged_inside_stops_the_run_naming_it_and_the_same_command_resumes(
+    tmp_path, capsys):
+  """Its index intact, the file passes the checks at load; the batch that reads the damaged
+  example raised a raw traceback (exit 1, "training diverged")."""
+  from _prepared_tfds import CIFAR_VERSION, write_prepared_cifar10  # pylint: disable=import-outside-toplevel
+  write_prepared_cifar10(tmp_path / "tfds")
+  shard = (tmp_path / "tfds" / "cifar10" / CIFAR_VERSION /
+           "cifar10-train.array_record-00000-of-00001")
+  good = shard.read_bytes()
+  with open(shard, "r+b") as f:
+    f.seek(5000)
+    f.write(bytes(3000))
+  args = ["--model", "digits_plain", "--dataset", "cifar10", "--data-dir", str(tmp_path / "tfds"),
+          "--config.epochs=1", "--config.batch_size=6", "--config.milestones=()"]
+  assert _fit(tmp_path / "run", *args) == 2
+  err = capsys.readouterr().err
+  assert f"error: tfds dataset 'cifar10' is not prepared" in err and f"the file {shard}" in err
+  assert "Traceback" not in err and "Then resume with:" in err
+  shard.write_bytes(good)
+  assert _fit(tmp_path / "run", *args) == 0
+
+
 def test_config_layout_names_the_layout_of_a_folder_detection_refuses(tmp_path, capsys,
                                                                        monkeypatch):
   from PIL import Image  # pylint: disable=import-outside-toplevel

@@ -1277,7 +1277,7 @@ class Session:
     if isinstance(e, _optional.MissingExtraError):   # what to install; other ImportErrors are bugs
       _say_error(f"error: {e}")
       return EXIT_USAGE
-    if isinstance(e, data.UnreadableImageError):   # read by a batch, mid-run
+    if isinstance(e, (data.UnreadableImageError, data.DatasetNotPrepared)):   # read by a batch
       _say_error(self._stopped(f"error: {e}.", "Then resume with:"))
       return EXIT_USAGE
     if isinstance(e, training.NonFiniteLossError):
