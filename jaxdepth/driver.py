@@ -191,7 +191,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
   A ``run.json`` written before the compute dtype, the evaluation batch and the data
-  (:func:`jaxdepth.training.data_identity`) were recorded resumes with any.
+  (:func:`jaxdepth.training.data_identity`), or some of the data's keys, were recorded
+  resumes with any.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -218,6 +219,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     stored.pop("variables", None)
   for key in ("dtype", "eval_batch_size", "data"):   # not recorded by older run.json files: any
     stored.setdefault(key, identity[key])
+  if isinstance(stored["data"], dict) and isinstance(identity["data"], dict):
+    stored["data"] = {**identity["data"], **stored["data"]}   # keys recorded since: any
   diffs = _differences(stored, identity)
   if diffs:
     hint = (" (variables is a digest of the initial variables: a run started from "
@@ -539,10 +542,15 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
   if not checkpoint_epochs or not history.exists():   # fit with the workdir writes it as it goes
     _write_history(history, trained.history)
 
+  # A split that augments always (val_augment) serves the view of fit's last validation:
+  # a function of the iteration, so a resumed run evaluates the same.
+  epochs = recipe.epochs if options.epochs is None else options.epochs
+
   def evaluate(split, collect_stats=False):
     return training.evaluate(spec, trained.variables, split, batch_size=eval_batch_size,
                              gates=options.gates, mesh=mesh, dtype=dtype,
-                             collect_stats=collect_stats, node_gates=options.node_gates)
+                             collect_stats=collect_stats, node_gates=options.node_gates,
+                             seed=iteration_seed(seed, it), epoch=max(epochs - 1, 0))
 
   val, test = evaluate(dataset.val), evaluate(dataset.test)
   splits = {"train": dataset.train, "val": dataset.val, "test": dataset.test}

@@ -41,6 +41,7 @@ import math
 import operator
 import os
 import pathlib
+import re
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -677,7 +678,7 @@ class Evaluation(NamedTuple):
 
 def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
              mesh: Mesh | None = None, dtype=None, collect_stats: bool = False,
-             node_gates=None) -> Evaluation:
+             node_gates=None, seed: int = 0, epoch: int = 0) -> Evaluation:
   """Loss and accuracy of ``variables`` on every example of ``split`` (eval mode).
 
   Args:
@@ -691,6 +692,10 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
     dtype: compute dtype.
     collect_stats: also return the sites' sign counts on this split.
     node_gates: optional ``{node path: gate}`` (0 = that node is the identity).
+    seed, epoch: the augmentation key of a split that augments always
+      (``load(..., val_augment=True)``: the official code's validation quirk draws
+      another view at every evaluation; :func:`fit` passes its seed and the epoch).
+      The other splits serve the same batches whatever they are.
 
   Returns:
     An :class:`Evaluation`.
@@ -708,7 +713,7 @@ def evaluate(spec: Spec, variables, split, *, batch_size: int = 256, gates=None,
   sums = _zero_metrics()
   variables = replicate(variables, mesh)
   local, process_kw = _per_process(batch_size)
-  for batch in split.batches(local, drop_remainder=False, **process_kw):
+  for batch in split.batches(local, drop_remainder=False, seed=seed, epoch=epoch, **process_kw):
     _check_host_batch(batch, classes, "evaluate", full=False)   # numpy labels: cheap
     metrics, stats = step(variables, shard_batch(batch, mesh), gates, stats, node_gates)
     sums = jax.tree.map(jnp.add, sums, metrics)
@@ -769,21 +774,64 @@ def _digest(tree) -> str | None:
 
 def data_identity(dataset) -> dict[str, Any]:
   """What a run records of its data: the classes, the example shape, every split's size
-  and a digest of which source examples each split holds, in which order.
+  and a digest of which source examples each split holds, in which order; and how each
+  split serves them: its normalisation, augmentation recipe and ``always_augment``
+  (images), its tokenizer (a digest) and ``max_length`` (text).
 
   A folder that gained or lost files, another ``val_fraction`` or ``split_seed`` change
-  the splits (and the steps per epoch) under the same dataset name: a resume on them
-  would mix two datasets, so :func:`fit` and :func:`jaxdepth.driver.run` refuse it.
+  the splits (and the steps per epoch) under the same dataset name, another
+  ``normalization``, augmentation, ``val_augment`` or tokenizer the batches: a resume on
+  them would mix two datasets, so :func:`fit` and :func:`jaxdepth.driver.run` refuse it.
   A split of one's own without ``source_indices`` (which
-  :class:`jaxdepth.data.pipeline.BatchedSplit` does not require) is recorded by its size only.
+  :class:`jaxdepth.data.pipeline.BatchedSplit` does not require) is recorded by its size
+  only, and one without the serving attributes without them. A key a stored identity
+  lacks (a run recorded before it was) is not compared on resume.
   """
   splits = {name: getattr(dataset, name) for name in ("train", "val", "test")}
-  return {"classes": int(dataset.num_classes), "input_shape": list(dataset.input_shape),
-          "examples": {name: None if split is None else int(split.num_examples)
-                       for name, split in splits.items()},
-          "splits": _digest({name: np.asarray(split.source_indices, np.int64)
-                             for name, split in splits.items()
-                             if getattr(split, "source_indices", None) is not None})}
+  served = {name: split for name, split in splits.items() if split is not None}
+  identity = {"classes": int(dataset.num_classes), "input_shape": list(dataset.input_shape),
+              "examples": {name: None if split is None else int(split.num_examples)
+                           for name, split in splits.items()},
+              "splits": _digest({name: np.asarray(split.source_indices, np.int64)
+                                 for name, split in served.items()
+                                 if getattr(split, "source_indices", None) is not None})}
+  for key, read in (("normalization", _normalization), ("augment", _augment_recipe),
+                    ("always_augment", lambda s: bool(getattr(s, "always_augment", False))),
+                    ("tokenizer", _tokenizer_digest), ("max_length", _max_length)):
+    values = {name: read(split) for name, split in served.items()}
+    if any(v is not None for v in values.values()):
+      identity[key] = values
+  return identity
+
+
+def _normalization(split) -> dict[str, list[float]] | None:
+  """A split's per-channel mean and std (6 significant digits: JSON-safe settings)."""
+  if getattr(split, "mean", None) is None or getattr(split, "std", None) is None:
+    return None
+  return {k: [float(f"{float(v):.6g}") for v in np.ravel(getattr(split, k))]
+          for k in ("mean", "std")}
+
+
+def _augment_recipe(split) -> str | None:
+  """A split's preprocessing recipe by its repr (a dataclass's: its fields), memory
+  addresses left out (they change between processes)."""
+  recipe = getattr(split, "recipe", None)
+  if recipe is None:
+    return None
+  return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(recipe).__module__}.{recipe!r}")
+
+
+def _tokenizer_digest(split) -> str | None:
+  """A digest of a text split's tokenizer (its JSON: vocabulary, normaliser, special tokens)."""
+  tokenizer = getattr(getattr(split, "encoder", None), "tokenizer", None)
+  if tokenizer is None or not hasattr(tokenizer, "to_str"):
+    return None
+  return hashlib.sha256(tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def _max_length(split) -> int | None:
+  length = getattr(getattr(split, "encoder", None), "max_length", None)
+  return None if length is None else int(length)
 
 
 def variables_digest(variables, mesh: Mesh | None = None) -> str:
@@ -822,11 +870,13 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
   stored_run["dtype"] = stored_run.get("dtype") or "float32"
   if stored_run.get("data") is None:
     stored_run["data"] = run.get("data")
+  elif run.get("data") is not None:   # keys recorded since (normalization, ...): any
+    stored_run["data"] = {**run["data"], **stored_run["data"]}
   for k, v in run.items():
     if stored_run.get(k) == v:
       continue
-    if k == "data":   # name the counts that differ rather than two dicts
-      diffs += [f"data {key}: {stored_run[k].get(key)!r} stored, {v.get(key)!r} asked"
+    if k == "data":   # name the entries that differ rather than two dicts
+      diffs += [_data_difference(key, stored_run[k].get(key), v.get(key))
                 for key in v if stored_run[k].get(key) != v.get(key)]
     else:
       diffs.append(f"{k}: {stored_run.get(k)!r} stored, {v!r} asked")
@@ -836,6 +886,16 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
             and stored_run.get("variables") != run["variables"] else "")
     raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
                            f"resume it with the same settings or use another directory")
+
+
+def _data_difference(key: str, stored, asked) -> str:
+  """``data key: stored, asked``, per split where both are per-split dicts."""
+  if (key not in ("examples", "splits") and isinstance(stored, dict)
+      and isinstance(asked, dict)):
+    return "; ".join(f"data {key} of {name}: {stored.get(name)!r} stored, {asked.get(name)!r} "
+                     f"asked" for name in dict.fromkeys([*asked, *stored])
+                     if stored.get(name) != asked.get(name))
+  return f"data {key}: {stored!r} stored, {asked!r} asked"
 
 
 def _check_fit_arguments(recipe: optim.Recipe, mesh: Mesh, eval_batch_size, eval_every,
@@ -887,7 +947,9 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   e.g. one per iteration of a method, compile once); steps per epoch are ``floor(num_train / batch_size)`` (the last
   partial batch is dropped, a different one each epoch since the order is
   reshuffled). Epoch ``e`` reads ``dataset.train.batches(batch_size, seed=seed,
-  epoch=e, shuffle=True, augment=recipe.augment, drop_remainder=True)``, and the
+  epoch=e, shuffle=True, augment=recipe.augment, drop_remainder=True)`` and validates
+  with ``evaluate(..., seed=seed, epoch=e)`` (a validation split that augments always
+  draws that epoch's view), and the
   dropout key of step ``t`` is ``fold_in(key(seed), t)``: the run is a pure function
   of its inputs and ``seed``, and on CPU it is bit-for-bit repeatable.
 
@@ -1089,7 +1151,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                  "acc": f"{train['accuracy']:.3f}"}
       if dataset.val is not None and ((epoch + 1) % eval_every == 0 or last):
         val = evaluate(spec, state.variables, dataset.val, batch_size=eval_batch_size,
-                       gates=gates, mesh=mesh, dtype=dtype, node_gates=node_gates)
+                       gates=gates, mesh=mesh, dtype=dtype, node_gates=node_gates,
+                       seed=seed, epoch=epoch)
         record.update(val_loss=val.loss, val_accuracy=val.accuracy)
         postfix["val_acc"] = f"{val.accuracy:.3f}"
       bar.set_postfix(**postfix)

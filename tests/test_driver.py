@@ -614,3 +614,41 @@ def test_a_numpy_seed_runs_and_is_recorded_as_an_int(digits, tmp_path):
   with pytest.raises(TypeError, match="seed must be an integer, got 2.0"):
     driver.run(Easier(), spec, ds, RECIPE, tmp_path / "other", seed=2.0)
   assert not (tmp_path / "other").exists()
+
+
+def test_the_quirks_validation_view_is_the_iterations_and_val_augment_is_part_of_the_run(
+    digits, tmp_path):
+  _, spec = digits
+  quirk = data.load("digits", val_augment=True)   # validation augmented at every evaluation
+  calls = []
+
+  def run(ds):
+    return driver.run(Easier(), spec, ds, RECIPE, tmp_path, iterations=1, progress=False,
+                      eval_batch_size=512, latency_batches=(), merge=False,
+                      trainer=_recording_trainer(calls))
+
+  entry = run(quirk).report["iterations"][0]
+  # The view of fit's last validation: (the iteration's seed, its last epoch), not (0, 0).
+  logged = json.loads((tmp_path / "iterations/000/metrics.jsonl").read_text().splitlines()[-1])
+  assert entry["val_loss"] == logged["val_loss"]
+  seed = driver.iteration_seed(0, 0)
+  assert calls[0]["seed"] == seed
+
+  def val(seed, epoch):
+    return training.evaluate(spec, calls[0]["trained"], quirk.val, batch_size=512, seed=seed,
+                             epoch=epoch).loss
+
+  assert entry["val_loss"] == pytest.approx(val(seed, RECIPE.epochs - 1), rel=1e-6)
+  assert entry["val_loss"] != pytest.approx(val(0, 0), rel=1e-6)
+  before = _snapshot(tmp_path)
+  with pytest.raises(driver.RunMismatchError,
+                     match=r"data\.always_augment\.val: True there, False asked"):
+    run(digits[0])
+  assert _snapshot(tmp_path) == before
+  # A run.json written before the normalisation, augmentation and val_augment were recorded
+  # resumes with any (the finished run trains nothing more).
+  stored = json.loads((tmp_path / "run.json").read_text())
+  for key in ("normalization", "augment", "always_augment"):
+    del stored["data"][key]
+  (tmp_path / "run.json").write_text(json.dumps(stored))
+  assert run(quirk).report["iterations"][0] == entry

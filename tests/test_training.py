@@ -773,3 +773,96 @@ def test_plausible_mistakes_are_named(digits, mistake):
   spec = _tiny_cnn() if "fit" in mistake or "evaluate" in mistake else _block_spec()
   with pytest.raises(error, match=words):
     call(digits, spec, network.init(spec, jax.random.key(0)), _numpy_batch())
+
+
+def test_another_normalization_is_another_run_and_older_runs_resume_with_any(
+    digits, reference, tmp_path, monkeypatch):
+  # The normalisation, augmentation and val_augment change every batch under the same name.
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  killed = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 6))
+  recorded = training.data_identity
+  with monkeypatch.context() as m:   # a checkpoint of before they were recorded
+    m.setattr(training, "data_identity", lambda dataset: {
+        k: v for k, v in recorded(dataset).items()
+        if k not in ("normalization", "augment", "always_augment")})
+    with pytest.raises(KeyboardInterrupt):
+      training.fit(spec, variables, killed, RECIPE, options=STATS, seed=3, progress=False,
+                   workdir=tmp_path, checkpoint_every_steps=4)
+  resumed = training.fit(spec, variables, digits, RECIPE, options=STATS, seed=3,
+                         progress=False, workdir=tmp_path)
+  _same(reference.variables, resumed.variables)
+  # Its checkpoints now record them.
+  other = dataclasses.replace(digits, **{
+      s: dataclasses.replace(getattr(digits, s), mean=(0.5,), std=(0.25,))
+      for s in ("train", "val", "test")})
+  mean, std = (float(f"{getattr(digits.train, k)[0]:.6g}") for k in ("mean", "std"))
+  with pytest.raises(training.RunMismatchError,
+                     match=rf"\(data normalization of train: \{{'mean': \[{mean}\], 'std': "
+                           rf"\[{std}\]\}} stored, \{{'mean': \[0.5\], 'std': \[0.25\]\}} "
+                           rf"asked; data normalization of val: .*\); resume it with the "
+                           rf"same settings"):
+    training.fit(spec, variables, other, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path)
+  with pytest.raises(training.RunMismatchError,
+                     match=r"\(data always_augment of val: False stored, True asked\)"):
+    training.fit(spec, variables, data.load("digits", val_augment=True), RECIPE,
+                 options=STATS, seed=3, progress=False, workdir=tmp_path)
+  flipped = dataclasses.replace(digits, train=dataclasses.replace(
+      digits.train, recipe=dataclasses.replace(digits.train.recipe, flip=True)))
+  with pytest.raises(training.RunMismatchError, match=r"data augment of train: '.*flip=False\)' "
+                                                      r"stored, '.*flip=True\)' asked"):
+    training.fit(spec, variables, flipped, RECIPE, options=STATS, seed=3, progress=False,
+                 workdir=tmp_path)
+
+
+def test_the_data_identity_records_the_tokenizer_and_max_length():
+  tokenizers = pytest.importorskip("tokenizers")
+  tfds = pytest.importorskip("tensorflow_datasets")
+
+  def tokenizer(letters):
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *letters])}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordPiece(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.BertPreTokenizer()
+    tok.post_processor = tokenizers.processors.BertProcessing(("[SEP]", 3), ("[CLS]", 2))
+    return tok
+
+  with tfds.testing.mock_data(num_examples=10):
+    def identity(tok, max_length):
+      return training.data_identity(data.load("glue/sst2", tokenizer=tok, max_length=max_length))
+
+    first = identity(tokenizer("ab"), 16)
+    assert identity(tokenizer("ab"), 16) == first
+    assert first["max_length"] == {"train": 16, "val": 16, "test": 16}
+    assert identity(tokenizer("ab"), 32)["max_length"]["train"] == 32
+    other = identity(tokenizer("abc"), 16)
+    assert other["tokenizer"]["train"] != first["tokenizer"]["train"]
+    assert {**other, "tokenizer": first["tokenizer"]} == first
+
+
+def test_an_always_augmented_validation_draws_each_epochs_view_and_resumes_bit_identical(
+    tmp_path):
+  # The official code's quirk (val_augment) draws another augmentation at every evaluation.
+  quirk = data.load("digits", val_augment=True)
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  first = training.fit(spec, variables, quirk, RECIPE.replace(epochs=1), seed=3,
+                       progress=False, workdir=tmp_path)
+  extended = training.fit(spec, variables, quirk, RECIPE, seed=3, progress=False,
+                          workdir=tmp_path)
+  whole = training.fit(spec, variables, quirk, RECIPE, seed=3, progress=False)
+  _same(whole.variables, extended.variables)
+  assert _without_time(extended.history) == _without_time(whole.history)
+
+  def val(variables, epoch, seed=3):
+    return training.evaluate(spec, variables, quirk.val, batch_size=64, seed=seed, epoch=epoch)
+
+  assert whole.history[0]["val_loss"] == val(first.variables, 0).loss
+  assert whole.history[1]["val_loss"] == val(whole.variables, 1).loss
+  views = {val(whole.variables, epoch, seed).loss for seed, epoch in ((3, 1), (3, 0), (0, 0))}
+  assert len(views) == 3
+  # A split that does not augment serves the same batches whatever the seed and epoch.
+  plain = data.load("digits").val
+  assert (training.evaluate(spec, whole.variables, plain, seed=3, epoch=1)
+          == training.evaluate(spec, whole.variables, plain))
