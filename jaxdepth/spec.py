@@ -760,6 +760,9 @@ def check_spec(spec, call: str) -> None:
   shows the call's argument order."""
   if isinstance(spec, Spec):
     return
+  if isinstance(spec, str) and spec.lstrip().startswith("{"):
+    raise TypeError(f"{call}: spec must be a jaxdepth Spec, got a str holding JSON; read it "
+                    f"first: jaxdepth.Spec.from_json(text)")
   if isinstance(spec, str):
     raise TypeError(f"{call}: spec must be a jaxdepth Spec, got the string {spec!r}; build "
                     f"the Spec first, e.g. jaxdepth.zoo.get({spec!r}) for a zoo model")

@@ -484,9 +484,11 @@ ENTRIES = {   # every public entry taking (spec, variables), called with what el
 def test_every_entry_refuses_what_is_not_a_spec_and_variables_of_another_spec(entry):
   spec = S.with_identity(zoo.digits_plain(), ["relu5"])                 # 10 classes
   v = network.init(zoo.digits_plain(), jax.random.key(0))
-  for args, got in (((spec.to_json(), v), "str"), ((v, spec), "dict")):
+  for args, got in (((spec.to_json(), v), r"str holding JSON; read it first: "
+                                         r"jaxdepth\.Spec\.from_json\(text\)"),
+                    ((v, spec), "dict; check the order")):
     with pytest.raises(TypeError, match=rf"{entry}\(spec, variables.*\): spec must be a "
-                                        rf"jaxdepth Spec, got a {got}; check the order"):
+                                        rf"jaxdepth Spec, got a {got}"):
       ENTRIES[entry](*args)
   five = network.init(zoo.digits_plain(num_classes=5), jax.random.key(0))
   with pytest.raises(checkpoint.SpecMismatchError,
