@@ -386,6 +386,32 @@ def test_apply_then_export_computes_the_masked_network_with_fewer_channels():
   assert method.live_units(spec, stopped) == () and method.live_units(spec, new_state)
 
 
+def test_export_deletes_the_cut_channels_of_a_removed_gelu_site():
+  # Swin's mlp fc1 -> gelu -> fc2: removed, the site is the identity and its cut channels 0
+  spec = zoo.digits_swin()
+  variables = _randomized(spec, 3)
+  method = tlc.TLC()
+  state = method.init(spec)
+  c = {c.name: c for c in method.candidates(spec)}["features/1/1/mlp/gelu"]
+  assert spec.node(c.site).fn == "gelu" and c.direct
+  cut = [0, 5, 6, 40]
+  decision = base.Decision((c.site,), {"cut": {c.name: cut}})
+  new_vars, new_state = method.apply(spec, variables, state, decision)
+  shallow_spec, shallow_vars = method.export(spec, new_vars, new_state)
+  fc2 = "features/1/1/mlp/fc2"
+  (shape_in, shape_out), d_out = spec.shapes()[c.weight], spec.shapes()[fc2][1][-1]
+  d_in, width = shape_in[-1], shape_out[-1]
+  assert spec.node(c.weight).bias and shallow_spec.node(c.weight).features == width - len(cut)
+  deleted = len(cut) * (d_in + 1) + len(cut) * d_out       # fc1 kernel columns + bias, fc2 rows
+  assert costs.count_params(spec) - costs.count_params(shallow_spec) == deleted
+  assert np.asarray(tlc._leaf(shallow_vars, fc2)["kernel"]).shape == (width - len(cut), d_out)
+  assert shallow_spec.node(c.site).fn == "identity"
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(5, 8, 8, 1)), jnp.float32)
+  expected = network.forward(spec, new_vars, x, gates=new_state["gates"]).logits
+  got = network.forward(shallow_spec, shallow_vars, x).logits
+  np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
 def test_a_decision_applied_twice_is_refused_as_already_removed():
   spec = zoo.digits_cnn(width=8)
   variables = network.init(spec, jax.random.key(0))

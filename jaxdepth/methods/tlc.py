@@ -624,10 +624,12 @@ class TLC:
   def export(self, spec: S.Spec, variables, state):
     """The masked network with its cut channels removed and its identities baked in.
 
-    Channels cut at a site that reads its BatchNorm directly are deleted with the
-    next layer's matching inputs (:func:`jaxdepth.surgery.cut_channels`, exact:
-    they are 0 there); the rest stay as zero weights. The result computes what
-    the gated, masked network computes.
+    Channels cut at a removed site that reads its BatchNorm (or weight layer)
+    directly are deleted with the next layer's matching inputs
+    (:func:`jaxdepth.surgery.cut_channels`, exact: they are 0 there and the site
+    is now the identity, whatever its function was: ReLU, GELU, ...); the rest
+    stay as zero weights. The result computes what the gated, masked network
+    computes.
     """
     from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
     variables = self._masked(spec, variables, state)
@@ -635,11 +637,15 @@ class TLC:
     flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
     counts = {}
     for c in self.candidates(spec):
-      if c.direct and c.site in removed and spec.node(c.site).fn in ("relu", "relu6"):
+      if c.direct and c.site in removed:
         keep = np.asarray(jax.device_get(flat_masks[c.weight])) != 0
         if not keep.all():
           counts[c.site] = np.stack([keep, ~keep, np.zeros_like(keep)]).astype(np.int32)
     if counts:
-      spec_cut, variables = surgery.cut_channels(spec, variables, counts)
-      spec = spec_cut
+      # cut_channels deletes channels at rectifiers only (GELU of an OFF value is not 0);
+      # these sites become identities, where a cut channel is exactly 0 as after a ReLU,
+      # so a ReLU stands in for their function until with_identity bakes the identity in.
+      as_relu = S.map_nodes(spec, lambda p, n: dataclasses.replace(n, fn="relu")
+                            if p in counts else n)
+      spec, variables = surgery.cut_channels(as_relu, variables, counts)
     return S.with_identity(spec, removed), variables
