@@ -615,14 +615,16 @@ def edit_record(edit) -> dict[str, Any]:
   return out
 
 
-def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[str, Any]]:
+def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes, *, dtype=None
+                 ) -> list[dict[str, Any]]:
   """Eval-forward latency of each model at each batch size, in milliseconds.
 
   :func:`jaxdepth.timing.latencies`: medians of measurements taken in turns
   after warm-up, so the models are compared under the same load. Each model is
   timed on one device of this process (its variables copied there first), so a
   model replicated over the devices of several processes is timed like one
-  loaded from disk.
+  loaded from disk. ``dtype`` is the compute dtype (``None``: float32), that of
+  the run whose models are timed, so the figures are those of its evaluation.
 
   Returns:
     ``[{"batch": b, "<name>_ms": ms, ...}]``, one row per batch size.
@@ -634,7 +636,8 @@ def latencies_ms(models: dict[str, tuple[Spec, Any]], batch_sizes) -> list[dict[
   for b in dict.fromkeys(int(b) for b in batch_sizes):
     row = {"batch": b}
     row.update({f"{name}_ms": round(1e3 * t, 4)
-                for name, t in timing.latencies(models, b, repeats=15, min_seconds=5e-3).items()})
+                for name, t in timing.latencies(models, b, repeats=15, min_seconds=5e-3,
+                                                 dtype=dtype).items()})
     rows.append(row)
   return rows
 
@@ -678,7 +681,8 @@ def _save_merged(spec, variables, dataset, workdir, *, eval_batch_size, mesh, dt
   }
   if latency_batches:
     out["latency"] = latencies_ms({"dense": dense, "chosen": (spec, variables),
-                                   "merged": (merged_spec, merged_variables)}, latency_batches)
+                                   "merged": (merged_spec, merged_variables)}, latency_batches,
+                                  dtype=dtype)
   return out
 
 

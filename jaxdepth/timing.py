@@ -25,7 +25,8 @@ __all__ = ["latencies"]
 
 
 def latencies(models: Mapping[str, tuple[Spec, Any]], batch: int, *, repeats: int = 9,
-              warmup: int = 2, min_seconds: float = 2e-3, seed: int = 0) -> dict[str, float]:
+              warmup: int = 2, min_seconds: float = 2e-3, seed: int = 0,
+              dtype=None) -> dict[str, float]:
   """Median seconds of one jitted eval forward of each model at ``batch`` examples.
 
   Args:
@@ -37,6 +38,8 @@ def latencies(models: Mapping[str, tuple[Spec, Any]], batch: int, *, repeats: in
     warmup: untimed calls per model first (the first one compiles).
     min_seconds: each measurement repeats the call until it lasts this long
       (the count is fixed per model from one timed call) and divides.
+    dtype: compute dtype, as for :class:`~jaxdepth.network.Network` (``None``:
+      float32); time a run's models in the dtype it evaluates them in.
 
   Returns:
     ``{name: seconds}`` in the order of ``models``.
@@ -58,7 +61,7 @@ def latencies(models: Mapping[str, tuple[Spec, Any]], batch: int, *, repeats: in
   x = random_input(next(iter(models.values()))[0], batch, seed)
   calls = {}
   for name, (spec, variables) in models.items():
-    fn = jax.jit(lambda v, x, spec=spec: Network(spec).apply(v, x))
+    fn = jax.jit(lambda v, x, spec=spec: Network(spec, dtype=dtype).apply(v, x))
     for _ in range(warmup):
       fn(variables, x).block_until_ready()
     tic = time.perf_counter()

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim, report, surgery,
-                     training, zoo)
+                     timing, training, zoo)
 from jaxdepth.methods import TLC, Easier, Egp
 from train import __main__ as cli
+from train import command
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
 ITERATIONS = 3
@@ -351,6 +352,42 @@ def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
   del stored["dtype"], stored["eval_batch_size"], stored["data"]
   (tmp_path / "run.json").write_text(json.dumps(stored))
   assert run(jnp.dtype("bfloat16")).report["dtype"] == "bfloat16"
+
+
+def _record_timed_dtypes(monkeypatch):
+  """The dtype each network timed by jaxdepth.timing computes in, read off its jaxpr (the
+  logits are float32 either way)."""
+  seen, real = [], timing.Network
+
+  class Recording:
+    def __init__(self, spec, **kw):
+      self.network = real(spec, **kw)
+
+    def apply(self, variables, x):
+      ops = str(jax.make_jaxpr(self.network.apply)(variables, x))
+      seen.append("bfloat16" if "bf16[" in ops else "float32")
+      return self.network.apply(variables, x)
+
+  monkeypatch.setattr(timing, "Network", Recording)
+  return seen
+
+
+def test_latencies_are_timed_in_the_runs_compute_dtype(digits, tmp_path, monkeypatch):
+  ds, spec = digits
+  seen = _record_timed_dtypes(monkeypatch)
+  result = driver.run(Easier(), spec, ds, RECIPE, tmp_path, iterations=1, dtype=jnp.bfloat16,
+                      progress=False, eval_batch_size=512, latency_batches=(1,))
+  assert [row["batch"] for row in result.report["chosen"]["merged"]["latency"]] == [1]
+  assert seen == ["bfloat16"] * 3                     # dense, chosen and merged
+  seen.clear()                                        # a batch the report lacks: timed again
+  assert command.latencies_at(result.report, tmp_path, 2)["batch"] == 2
+  assert seen == ["bfloat16"] * 3
+  seen.clear()                                        # a float32 run's models stay float32
+  command.latencies_at({**result.report, "dtype": "float32"}, tmp_path, 2)
+  assert seen == ["float32"] * 3
+  seen.clear()
+  timing.latencies({"chosen": checkpoint.load_model(tmp_path / "chosen")}, 2, repeats=1)
+  assert seen == ["float32"]
 
 
 def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpoint_is_left(

@@ -1103,13 +1103,15 @@ def latencies_at(report: Mapping[str, Any], workdir: pathlib.Path, batch: int
   The figures of the run's report (``chosen.merged.latency``: the driver times
   the three models side by side at batch 1 and at the evaluation batch) when it
   holds ``batch``; otherwise the saved models are timed the same way
-  (:func:`jaxdepth.driver.latencies_ms`). Every process must call it: each times
-  its own copy, and process 0's figures are the ones written.
+  (:func:`jaxdepth.driver.latencies_ms`), in the run's compute dtype (the
+  report's ``"dtype"``; float32 when it has none). Every process must call it:
+  each times its own copy, and process 0's figures are the ones written.
 
   Returns:
     ``{"batch": batch, "dense_ms": ..., "chosen_ms": ..., "merged_ms": ...}`` (a
     model not saved is left out).
   """
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, driver  # pylint: disable=import-outside-toplevel
   rows = ((report.get("chosen") or {}).get("merged") or {}).get("latency") or []
   for row in rows:
@@ -1119,7 +1121,9 @@ def latencies_at(report: Mapping[str, Any], workdir: pathlib.Path, batch: int
             for name, path in (("dense", "iterations/000/model"), ("chosen", "chosen"),
                                ("merged", "chosen_merged"))
             if (workdir / path / "spec.json").exists()}
-  return driver.latencies_ms(models, (batch,))[0]
+  dtype = report.get("dtype", "float32")
+  return driver.latencies_ms(models, (batch,),
+                             dtype=None if dtype == "float32" else jnp.dtype(dtype))[0]
 
 
 def _chain(error: BaseException) -> Iterator[BaseException]:
