@@ -520,10 +520,88 @@ def test_a_config_file_may_set_only_a_placeholder_key_to_none(tmp_path):
 
 def test_set_still_works_as_config_overrides(tmp_path):
   args = command.parse(easier_cli.build_parser(),
-                       ["--set", "epochs=2", "lr=0.5", "--config.epochs=3", "--iterations", "2"])
-  assert args.overrides == [("epochs", "3"), ("epochs", "2"), ("lr", "0.5")]
+                       ["--set", "epochs=2", "lr=0.5", "--config.epochs=2", "--iterations", "2"])
+  assert args.overrides == [("epochs", "2"), ("epochs", "2"), ("lr", "0.5")]
   cfg = easier_cli.resolve_config(args)
   assert cfg["epochs"] == 2 and cfg["lr"] == 0.5 and cfg["iterations"] == 2
+
+
+@pytest.mark.parametrize("argv, line", [
+    (["--set", "epochs=2", "--config.epochs=3"],
+     "--config.epochs=3 and --set epochs=2 give epochs two values; give it once"),
+    (["--config.epochs=3", "--set", "epochs=2"],
+     "--config.epochs=3 and --set epochs=2 give epochs two values; give it once"),
+    (["--model", "digits_plain", "--config.model=digits_cnn"],
+     "--config.model=digits_cnn and --model digits_plain give model two values; give it once"),
+    (["--seed", "1", "--config.seed=2"],
+     "--config.seed=2 and --seed 1 give seed two values; give it once"),
+    (["--iterations", "3", "--set", "iterations=4"],
+     "--set iterations=4 and --iterations 3 give iterations two values; give it once")])
+def test_a_key_given_two_values_by_two_spellings_is_refused(argv, line):
+  args = command.parse(easier_cli.build_parser(), argv)
+  with pytest.raises(config_lib.ConfigError) as e:
+    easier_cli.resolve_config(args)
+  assert e.value.lines == [line]
+  # The same value twice is one setting; one spelling twice takes the last.
+  args = command.parse(easier_cli.build_parser(), ["--seed", "1", "--config.seed=1",
+                                                   "--config.epochs=3", "--config.epochs=4"])
+  cfg = easier_cli.resolve_config(args)
+  assert cfg["seed"] == 1 and cfg["epochs"] == 4
+
+
+def test_a_bad_flag_value_is_named_as_typed(capsys):
+  args = command.parse(easier_cli.build_parser(), ["--seed", "abc", "--set", "lr=x"])
+  with pytest.raises(config_lib.ConfigError) as e:
+    easier_cli.resolve_config(args)
+  assert [line.split(":")[0] for line in e.value.lines] == ["--set lr=x", "--seed abc"]
+
+
+def test_config_model_and_dataset_pick_the_default_config_as_the_flags_do():
+  flags = command.parse(easier_cli.build_parser(), ["--model", "vgg16_bn", "--dataset", "cifar10"])
+  keys = command.parse(easier_cli.build_parser(),
+                       ["--config.model=vgg16_bn", "--set", "dataset=cifar10"])
+  assert easier_cli.CONFIGS.config_of(flags) == "easier_cifar10_vgg16"
+  assert easier_cli.CONFIGS.config_of(keys) == "easier_cifar10_vgg16"
+
+
+def test_another_methods_config_is_refused_by_path_as_by_name(tmp_path, capsys):
+  path = config_lib.CONFIG_DIR / "nepenthe_digits.py"
+  for config in (str(path), os.path.relpath(path)):
+    assert cli.main(["egp", "--workdir", str(tmp_path / "w"), "--config", config]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: --config {config} is a config of python -m train nepenthe, not of egp: run it "
+        f"there, or pick one of python -m train egp --list"]
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_file_or_folder_named_like_a_shipped_config_does_not_hide_it(tmp_path, monkeypatch,
+                                                                       capsys):
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / "digits").mkdir()                    # e.g. the images of a folder dataset
+  (tmp_path / "easier_digits").write_text("not a config")
+  assert cli.main(["list"]) == 0
+  assert "easier_digits" in capsys.readouterr().out
+  assert config_lib.load("digits").config == str(config_lib.CONFIG_DIR / "digits.py")
+  assert config_lib.load("easier_digits", easier_cli.METHOD_DEFAULTS).config == str(
+      config_lib.CONFIG_DIR / "easier_digits.py")
+  # Your own config is a path ending in .py.
+  (tmp_path / "mine").write_text("import ml_collections\n\ndef get_config():\n"
+                                 "  return ml_collections.ConfigDict({'epochs': 4})\n")
+  with pytest.raises(config_lib.ConfigError, match="--config mine: no such config; give a path "
+                                                   "to a .py file"):
+    config_lib.load("mine")
+  (tmp_path / "mine").rename(tmp_path / "mine.py")
+  assert config_lib.load("mine.py").epochs == 4
+
+
+def test_an_empty_or_missing_pretrained_path_says_what_to_give():
+  cfg = config_lib.to_dict(config_lib.load("digits"))
+  assert command.pretrained_problems({**cfg, "pretrained": ""}) == [
+      "--config.pretrained='': empty; give a file or folder of weights, or "
+      "--config.pretrained=None to start from a random initialisation"]
+  (line,) = command.pretrained_problems({**cfg, "pretrained": "no/such/bert"})
+  assert line.startswith("--config.pretrained='no/such/bert': no such file or folder; give a "
+                         "Hugging Face model folder holding config.json and model.safetensors")
 
 
 # ------------------------------------------------------------------ discoverable
@@ -549,6 +627,13 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   assert cli.main(["--list"]) == 0 and capsys.readouterr().out == out
   assert cli.main(["easier", "--list"]) == 0
   assert capsys.readouterr().out.startswith("configs of python -m train easier")
+
+
+@pytest.mark.parametrize("name", ["easier", "egp", "nepenthe", "tlc", "lacoot"])
+def test_method_help_says_iterations_may_grow_on_resume(name, capsys):
+  with pytest.raises(SystemExit):
+    cli.main([name, "--help"])
+  assert "--iterations may grow" in " ".join(capsys.readouterr().out.split())
 
 
 @pytest.mark.parametrize("name", ["fit", "easier", "tlc"])

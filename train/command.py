@@ -147,10 +147,13 @@ def add_launch_arguments(p: argparse.ArgumentParser) -> None:
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
   """Parses ``argv``; ``--config.KEY=VALUE`` (or ``--config.KEY VALUE``) go to ``args.overrides``.
 
-  ``args.overrides`` is a list of ``(key, text)`` in command-line order, ``--set``
-  assignments included.
+  ``args.overrides`` is a list of ``(key, text)``: the ``--config.KEY`` assignments in
+  command-line order, then the ``--set`` ones in theirs (``args.spelled`` holds how each
+  was written). A key given twice in one spelling takes the last value; a key that two
+  spellings (``--config.KEY``, ``--set``, a flag such as ``--seed``) give different
+  values is refused by :func:`resolve`.
   """
-  rest, overrides = [], []
+  rest, overrides, spelled = [], [], []
   i = 0
   while i < len(argv):
     token = argv[i]
@@ -161,6 +164,7 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
           parser.error(f"{token} needs a value: {token}=VALUE")
         text, i = argv[i + 1], i + 1
       overrides.append((key, text))
+      spelled.append(f"--config.{key}={text}")
     else:
       rest.append(token)
     i += 1
@@ -170,8 +174,30 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     if not sep or not key:
       parser.error(f"--set expects KEY=VALUE, got {item!r}")
     overrides.append((key, text))
-  args.overrides = overrides
+    spelled.append(f"--set {item}")
+  args.overrides, args.spelled = overrides, spelled
   return args
+
+
+def _flag(key: str) -> str:
+  """The dedicated flag that sets ``key`` (``data_dir``: ``--data-dir``)."""
+  return "--" + key.replace("_", "-")
+
+
+def _conflicts(assignments: list[tuple[str, str]], spelled: list[str]) -> list[str]:
+  """One line per key that two spellings (``--config.KEY``, ``--set``, a flag) give
+  different values: which wins is not for the order of the command line to decide."""
+  given: dict[str, dict[str, tuple[str, str]]] = {}
+  for (key, text), written in zip(assignments, spelled):
+    kind = "--config" if written.startswith("--config.") else written.split()[0]
+    given.setdefault(key, {})[kind] = (text.strip(), written)   # the last of each spelling
+  out = []
+  for key, kinds in given.items():
+    values = list(kinds.values())
+    other = next((w for t, w in values[1:] if t != values[0][0]), None)
+    if other is not None:
+      out.append(f"{values[0][1]} and {other} give {key} two values; give it once")
+  return out
 
 
 def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
@@ -182,7 +208,8 @@ def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
   Every value is type-checked against its key (:func:`train.config.override`);
   :func:`prepare` then checks the ranges. When the command line names another model
   than the config's own, the config's :data:`train.config.MODEL_KEYS` that it does not
-  set take their defaults (:func:`model_settings_left_out`).
+  set take their defaults (:func:`model_settings_left_out`). A key that two spellings
+  (``--config.KEY``, ``--set``, a flag) give different values is refused.
 
   Raises:
     train.config.ConfigError: one line per problem.
@@ -198,13 +225,20 @@ def _resolve(config, args, *, extra_defaults, flags) -> tuple[dict[str, Any], st
                                                    "dtype", "pretrained", *flags)
              if getattr(args, k, None) is not None]
   assignments = list(args.overrides) + flagged
-  out = config_lib.override(cfg, assignments)
+  spelled = getattr(args, "spelled", None)
+  if spelled is None or len(spelled) != len(args.overrides):
+    spelled = [f"--config.{k}={t}" for k, t in args.overrides]
+  spelled = [*spelled, *(f"{_flag(k)} {t}" for k, t in flagged)]
+  conflicts = _conflicts(assignments, spelled)
+  if conflicts:
+    raise config_lib.ConfigError(conflicts)
+  out = config_lib.override(cfg, assignments, spelled)
   left_out = model_settings_left_out(cfg, out["model"], assignments, extra_defaults)
   if left_out:   # again over the defaults: ``--config.model_kwargs.width=16`` adds to none
     base = config_lib.defaults(extra_defaults)
     for key in left_out:
       cfg[key] = base[key]
-    out = config_lib.override(cfg, assignments)
+    out = config_lib.override(cfg, assignments, spelled)
     return config_lib.to_dict(out), left_out_note(cfg["model"], out, left_out)
   return config_lib.to_dict(out), None
 
@@ -669,7 +703,7 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   # Another method's shipped config is refused even when its keys are known here (EGP's and
   # NEPENTHE's are the same): run under this command's name, it would be the other method.
   # A fit config (a training recipe) is what every method's configs build on: it is taken.
-  owner = _owner_of_config(str(config), session.command)
+  owner = _owner_of_config(config, session.command)
   refused = config_lib.ConfigError(
       f"--config {config} is a config of python -m train {owner}, not of {session.command}: "
       f"run it there, or pick one of python -m train {session.command} --list")
@@ -724,6 +758,9 @@ def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
   """The problem of ``cfg["pretrained"]``: a file that is not there (or a folder
   without the Hugging Face ``model.safetensors``)."""
   path = cfg["pretrained"]
+  if path is not None and not str(path).strip():   # pathlib reads "" as "."
+    return [f"--config.pretrained={path!r}: empty; give a file or folder of weights, or "
+            f"--config.pretrained=None to start from a random initialisation"]
   if path is None or pathlib.Path(path).is_file():
     return []
   if pathlib.Path(path).is_dir():
@@ -731,9 +768,14 @@ def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
       return []
     return [f"--config.pretrained={path!r}: a folder without model.safetensors; a Hugging "
             f"Face model folder holds config.json and model.safetensors (docs/text.md)"]
-  return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
-          f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
-          f"or --config.pretrained=None to start from a random initialisation"]
+  if pathlib.Path(path).suffix in (".safetensors", ".pth"):
+    return [f"--config.pretrained={path!r}: no such file. Export torchvision's weights to a "
+            f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
+            f"or --config.pretrained=None to start from a random initialisation"]
+  return [f"--config.pretrained={path!r}: no such file or folder; give a Hugging Face model "
+          f"folder holding config.json and model.safetensors (docs/text.md) or a torchvision "
+          f".safetensors (or .pth) file (docs/weights.md), or --config.pretrained=None to start "
+          f"from a random initialisation"]
 
 
 def initial_variables(cfg: Mapping[str, Any], spec):
@@ -1032,8 +1074,11 @@ class MethodConfigs:
     return default_config(self.name, f"{self.name}_digits", model, dataset, self.defaults)
 
   def config_of(self, args: argparse.Namespace) -> str:
-    """``--config``, else :meth:`default_config` for ``--model`` and ``--dataset``."""
-    return args.config or self.default_config(args.model, args.dataset)
+    """``--config``, else :meth:`default_config` for the model and dataset the command line
+    gives (``--model`` or ``--config.model=``/``--set model=``, the same for the dataset)."""
+    given = dict(args.overrides)   # the last assignment of each key
+    return args.config or self.default_config(args.model or given.get("model"),
+                                              args.dataset or given.get("dataset"))
 
   def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
     """The config file, then ``--config.KEY=VALUE``, then the dedicated flags (:func:`resolve`)."""
@@ -1306,8 +1351,13 @@ def _say_error(text: str) -> None:
 # ----------------------------------------------------------------------- listing
 
 
-def _owner_of_config(config: str, command: str) -> str | None:
-  """The other command whose shipped configs include ``config`` (a name), else None."""
+def _owner_of_config(config: str | pathlib.Path, command: str) -> str | None:
+  """The other command whose shipped configs include ``config`` (a name, or the path of a
+  file under ``train/configs/``), else None."""
+  path = pathlib.Path(config)
+  if path.suffix == ".py" and path.resolve().parent == config_lib.CONFIG_DIR:
+    config = path.stem
+  config = str(config)
   commands = registered_commands()
   owners = [c for c in commands if c != command and config in command_configs(c, commands)]
   return owners[0] if owners else None

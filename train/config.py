@@ -16,12 +16,13 @@ a few keys::
       config.model = "mobilenet_v2"
       return config
 
-On the command line ``--config NAME_OR_PATH`` selects a file and
-``--config.KEY=VALUE`` overrides one key; the value is read as the key's type
-(``--config.lr=0.05``, ``--config.milestones=2,4``, ``--config.image_size=None``,
-a tuple of names comma-separated: ``--config.skip=relu``,
-``--config.blocks=layer1/1,layer2/1``) and a value of another type is refused by
-name, as are unknown keys and, in a file, None for a key that takes no None.
+On the command line ``--config NAME_OR_PATH`` selects a file (a shipped config's name,
+else the path of your own ``.py`` file) and ``--config.KEY=VALUE`` overrides one
+key; the value is read as the key's type (``--config.lr=0.05``,
+``--config.milestones=2,4``, ``--config.image_size=None``, a tuple of names
+comma-separated: ``--config.skip=relu``, ``--config.blocks=layer1/1,layer2/1``)
+and a value of another type is refused by name, as are unknown keys and, in a
+file, None for a key that takes no None.
 """
 from __future__ import annotations
 
@@ -121,8 +122,11 @@ def defaults(extra: Mapping[str, Any] | None = None) -> ml_collections.ConfigDic
 
 
 def _path(config: str | pathlib.Path) -> pathlib.Path:
+  """The file of ``--config``: a path ending in .py (your own config), else the name of a
+  shipped one, even where the current directory holds a file or folder of that name (a
+  data folder ``pacs/``)."""
   path = pathlib.Path(config)
-  if path.suffix != ".py" and not path.exists():
+  if path.suffix != ".py":
     path = CONFIG_DIR / f"{config}.py"
   if not path.is_file():
     raise ConfigError(f"--config {config}: no such config; give a path to a .py file or one of "
@@ -293,27 +297,30 @@ def _parse_tuple(cfg: ml_collections.ConfigDict, key: str, text: str) -> tuple:
   return value
 
 
-def override(cfg: ml_collections.ConfigDict, assignments: list[tuple[str, str]]
-             ) -> ml_collections.ConfigDict:
+def override(cfg: ml_collections.ConfigDict, assignments: list[tuple[str, str]],
+             spelled: list[str] | None = None) -> ml_collections.ConfigDict:
   """Applies ``(key, text)`` overrides, each read as its key's type (see :func:`_parse`).
 
-  ``key`` may be dotted into a dict key (``model_kwargs.width``).
+  ``key`` may be dotted into a dict key (``model_kwargs.width``). ``spelled`` says how
+  each was written on the command line, for the error lines (default
+  ``--config.KEY=TEXT``; ``--seed abc`` is named as the user typed it).
 
   Raises:
     ConfigError: one line per unknown key or ill-typed value.
   """
   out = copy.deepcopy(cfg)
   problems = []
-  for key, text in assignments:
+  for i, (key, text) in enumerate(assignments):
+    given = spelled[i] if spelled else f"--config.{key}={text}"
     head, _, rest = key.partition(".")
     if head not in out or head == "config":
-      problems.append(f"--config.{key}={text}: no key {head!r} in config "
+      problems.append(f"{given}: no key {head!r} in config "
                       f"{pathlib.Path(out.get('config', '?')).stem}; {_suggest(head, out.keys())}"
                       f"known keys: {', '.join(sorted(k for k in out.keys() if k != 'config'))}")
       continue
     if rest:
       if _type_of(out, head) is not dict:
-        problems.append(f"--config.{key}={text}: {head} is not a dict; write --config.{head}=VALUE")
+        problems.append(f"{given}: {head} is not a dict; write --config.{head}=VALUE")
         continue
       try:
         value = ast.literal_eval(text)
@@ -328,7 +335,7 @@ def override(cfg: ml_collections.ConfigDict, assignments: list[tuple[str, str]]
     try:
       out[head] = _parse(out, head, text)
     except (ValueError, TypeError):
-      problems.append(f"--config.{key}={text}: {key} takes {_type_words(out, key)} "
+      problems.append(f"{given}: {key} takes {_type_words(out, key)} "
                       f"(it is {out[key]!r} now)")
   if problems:
     raise ConfigError(problems)
@@ -357,8 +364,8 @@ def available(prefix: str | None = None, exclude: tuple[str, ...] = ()) -> list[
 
 
 def description(name: str) -> str:
-  """The first line of a config file's docstring (read without running the file)."""
-  tree = ast.parse(_path(name).read_text())
+  """The first line of shipped config ``name``'s docstring (read without running the file)."""
+  tree = ast.parse((CONFIG_DIR / f"{name}.py").read_text())
   doc = ast.get_docstring(tree) or ""
   return doc.strip().splitlines()[0] if doc.strip() else ""
 

@@ -19,8 +19,8 @@ matplotlib (the plots extra) no PNG is drawn; the rest is written and the run
 says so.
 
 Running the same command again resumes (mid-training from the epoch
-checkpoints, or after the last finished iteration); --tolerance may change
-between calls, anything else is refused. A config is a
+checkpoints, or after the last finished iteration); --iterations may grow and
+--tolerance may change between calls, anything else is refused. A config is a
 train/configs/lacoot_*.py file (python -m train list): the keys of python -m
 train fit plus weight (λ), n_projections, pairing, blocks, order, score,
 iterations, tolerance and latency_batch; --config.KEY=VALUE overrides any of
