@@ -402,8 +402,7 @@ def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--iterations", "x",
                    "--tolerance", "-1", "--estimator", "paper"]) == 2
   lines = _error_lines(capsys.readouterr().err)
-  assert lines == ["error: --config.iterations=x: iterations takes an integer or None (it is 5 "
-                   "now)"]
+  assert lines == ["error: --iterations x: iterations takes an integer or None (it is 5 now)"]
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--tolerance", "-1",
                    "--estimator", "paper"]) == 2
   lines = _error_lines(capsys.readouterr().err)
