@@ -229,7 +229,6 @@ def load(name: str, *, data_dir: str | None = None, val_fraction: float = 0.1, s
     transform = augment.ResizedCrop(size=size)
   shape = (size, size, 3)
 
-  data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
   train_source = open_source(name, "train", data_dir)
   test_source = open_source(name, "test", data_dir)
   if recipe.val_split is None:
