@@ -929,7 +929,8 @@ def test_a_run_from_a_saved_model_resumes_with_its_path_spelled_another_way(
 def test_a_folder_dataset_resumes_with_its_path_spelled_another_way(tmp_path, monkeypatch,
                                                                       capsys):
   """--dataset folder:DIR was compared as typed: an absolute or ./DIR/ spelling of the same
-  folder refused the resume (fit: "a run ... on folder:images, not ... on folder:/.../images")."""
+  folder refused the resume (fit: "a run ... on folder:images, not ... on folder:/.../images");
+  so was --config.normalization=imagenet, the folder's default, on a run started without it."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
   for label, cls in enumerate(("cat", "dog")):
     (tmp_path / "images" / cls).mkdir(parents=True)
@@ -955,6 +956,13 @@ def test_a_folder_dataset_resumes_with_its_path_spelled_another_way(tmp_path, mo
   assert cli.main([*argv, "--dataset", "folder:images", "--iterations", "1"]) == 0
   assert cli.main([*argv, "--dataset", "folder:./images/", "--iterations", "2"]) == 0
   assert len(json.loads((tmp_path / "run" / "report.json").read_text())["iterations"]) == 2
+  # The folder's default normalization spelled out is the same run (it was refused).
+  assert cli.main([*argv, "--dataset", "folder:images", "--iterations", "3",
+                   "--config.normalization=imagenet"]) == 0
+  assert len(json.loads((tmp_path / "run" / "report.json").read_text())["iterations"]) == 3
+  assert _fit(tmp_path / "fit", "--dataset", "folder:images", "--config.epochs=3",
+              "--config.normalization=imagenet", *args) == 0
+  assert json.loads((tmp_path / "fit" / "report.json").read_text())["epochs"] == 3
 
 
 def test_a_saved_models_spec_is_read_without_orbax_before_the_processes_agree(tmp_path,

@@ -921,11 +921,17 @@ def _folder(value) -> pathlib.Path | None:
   return pathlib.Path(value[len(FOLDER_PREFIX):]).resolve()
 
 
-def same_setting(key: str, stored, asked) -> bool:
-  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved, and
-  a ``folder:<path>`` dataset by its folder (recorded as given: it is the dataset's name)."""
+def same_setting(key: str, stored, asked, dataset: str | None = None) -> bool:
+  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved,
+  a ``folder:<path>`` dataset by its folder (recorded as given: it is the dataset's name),
+  and ``normalization`` of ``dataset`` with ``None`` read as that dataset's default
+  (``--config.normalization=imagenet`` resumes a cifar10 run started without it)."""
   if key == "dataset" and _folder(stored) is not None:
     return _folder(stored) == _folder(asked)
+  if key == "normalization" and dataset is not None and stored != asked:
+    from jaxdepth import data  # pylint: disable=import-outside-toplevel
+    default = data.default_normalization(dataset)
+    return (stored or default) == (asked or default)
   return stored == asked or _resolved(key, stored) == _resolved(key, asked)
 
 
@@ -950,16 +956,17 @@ def recorded_paths(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def _recorded_info(cfg: Mapping[str, Any], keys: tuple[str, ...],
                    workdir: pathlib.Path) -> dict[str, Any]:
   """The config keys ``keys`` as a method run records them (``info``, part of its identity):
-  paths resolved, or spelled as the ``run.json`` there has them when they name the same
-  (a run.json written before paths were resolved resumes, and one written before a key
-  joined :data:`IDENTITY_KEYS` resumes with any value of it)."""
+  paths resolved, or spelled as the ``run.json`` there has them when they mean the same
+  (:func:`same_setting`: a run.json written before paths were resolved resumes, and so does a
+  run started without ``normalization`` asked with its default spelled out); one written
+  before a key joined :data:`IDENTITY_KEYS` resumes with any value of it."""
   try:
     stored = json.loads((workdir / "run.json").read_text()).get("info") or {}
   except (OSError, ValueError, AttributeError):   # none yet (or not a run's): the driver says
     stored = {}
   # A key the run.json there does not record predates it (its run resumes with any).
   keys = [k for k in keys if not stored or k in stored]
-  return {k: stored[k] if k in PATH_KEYS and k in stored and same_setting(k, stored[k], cfg[k])
+  return {k: stored[k] if k in stored and same_setting(k, stored[k], cfg[k], cfg.get("dataset"))
           else _resolved(k, cfg[k]) for k in keys}
 
 

@@ -79,7 +79,7 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
   diffs = [f"{k}: {stored.get(k)!r} stored, {asked.get(k)!r} asked"
            for k in sorted(set(stored) | set(asked))
            if k not in config_lib.FREE_KEYS
-           and not command.same_setting(k, stored.get(k), asked.get(k))]
+           and not command.same_setting(k, stored.get(k), asked.get(k), cfg.get("dataset"))]
   if not diffs and not command.has_checkpoints(workdir):
     return (f"work directory {workdir} holds this run's results ({', '.join(results)}) but its "
             f"checkpoints/ are gone: it can be neither resumed nor re-evaluated, and training "

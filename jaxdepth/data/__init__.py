@@ -32,13 +32,23 @@ FOLDER_PREFIX = "folder:"
 
 __all__ = [
     "Batch", "BatchedSplit", "CIFAR_MEAN", "CIFAR_STD", "Dataset", "DatasetNotPrepared", "IMAGENET_MEAN",
-    "IMAGENET_STD", "Split", "TextSplit", "UnreadableImageError", "image_folder", "load", "names",
+    "IMAGENET_STD", "Split", "TextSplit", "UnreadableImageError", "default_normalization", "image_folder",
+    "load", "names",
 ]
 
 
 def names() -> tuple[str, ...]:
   """The dataset names :func:`load` knows, plus ``"folder:<path>"`` for image folders."""
   return ("digits",) + tuple(tfds_source.RECIPES) + tuple(glue.RECIPES) + (FOLDER_PREFIX + "<path>",)
+
+
+def default_normalization(name: str) -> str | None:
+  """The normalisation :func:`load` gives ``name`` when ``normalization=None``: ``"train"``
+  (the train split's statistics) for the digits, ``"imagenet"`` for the tfds datasets and
+  image folders, ``None`` for the text tasks (token ids are not normalised)."""
+  if name == "digits":
+    return "train"
+  return None if name in glue.RECIPES else "imagenet"
 
 
 def image_folder(path, *, layout: str = "auto", val_fraction: float = 0.1, split_seed: int = 0,
