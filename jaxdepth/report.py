@@ -19,7 +19,8 @@ entropy, beside its layer's weight counts):
 * :func:`plot_costs`: accuracy against MACs, non-linear depth and weight
   depth of the merged networks;
 * :func:`plot_scores`: every unit's score across iterations (a heat map;
-  removed units blank), saved as ``entropies.png`` for EASIER;
+  removed units blank, signed scores centred on 0), saved as ``<score_name>.png``
+  (``entropies.png`` for EASIER, ``loss_gaps.png`` for TLC);
 * :func:`plot_training`: per-epoch loss and accuracy of every iteration (from
   its ``metrics.jsonl``, :func:`read_histories`);
 * :func:`plot_unit_bars`: several numbers per unit side by side (e.g. LaCoOT's
@@ -308,10 +309,16 @@ def _scores_figure(report):
            for e in entries] for s in sites]
   fig, ax = plt.subplots(figsize=(max(6.0, 1.0 + 0.45 * len(entries)),
                                   max(2.5, 0.8 + 0.28 * len(sites))), dpi=120)
-  image = ax.imshow(grid, aspect="auto", cmap="viridis", interpolation="nearest")
-  for i, e in enumerate(entries):  # mark what each iteration removed
-    for s in e.get("removed_now") or []:
-      ax.plot(i, sites.index(s), "x", color="red", ms=8)
+  finite = [v for row in grid for v in row if not math.isnan(v)]
+  signed = min(finite) < 0 < max(finite)   # TLC's loss gaps: 0 is the middle colour
+  bound = max(abs(v) for v in finite)
+  image = ax.imshow(grid, aspect="auto", cmap="coolwarm" if signed else "viridis",
+                    vmin=-bound if signed else None, vmax=bound if signed else None,
+                    interpolation="nearest")
+  for i, e in enumerate(entries):  # mark what each iteration removed (or chose, by score name)
+    marked = [*(e.get("removed_now") or []), *((e.get("decision") or {}).get("chosen") or [])]
+    for row in sorted({sites.index(s) for s in marked if s in sites}):
+      ax.plot(i, row, "x", color="black" if signed else "red", ms=8)
   ax.set_yticks(range(len(sites)), sites, fontsize="small")
   ax.set_ylabel(f"{report.get('unit', 'site')} (call order)")
   ax.set_xticks(range(len(entries)), [str(e["iteration"]) for e in entries])

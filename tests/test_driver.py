@@ -210,6 +210,22 @@ def test_plots_mark_the_chosen_point_on_validation_and_label_their_units(finishe
       assert ax.get_ylabel() and (ax.get_xlabel() or ax is scores.axes[1])
 
 
+def test_signed_scores_are_centred_on_zero_and_marks_follow_the_scored_units():
+  """TLC's loss gaps are signed (a colour map centred on 0), and with MobileNetV2's projection
+  quirk a candidate is named by its weight layer while the removed site is another: the heat map
+  raised ValueError (list.index) there, so report.write failed after the run."""
+  entries = [{"iteration": 0, "removed_now": ["b/relu"], "decision": {"chosen": ["b/conv3"]},
+              "loss_gaps": {"a/relu": {"gap": -0.5}, "b/conv3": {"gap": 2.0}}},
+             {"iteration": 1, "removed_now": [], "loss_gaps": {"a/relu": {"gap": 0.25}}}]
+  fig = report._scores_figure({"iterations": entries, "score_name": "loss_gaps"})
+  image = fig.axes[0].images[0]
+  assert image.get_cmap().name == "coolwarm" and image.get_clim() == (-2.0, 2.0)
+  marks = [(list(l.get_xdata()), list(l.get_ydata())) for l in fig.axes[0].lines]
+  assert marks == [([0], [1])]     # iteration 0, row b/conv3 (b/relu is no row)
+  unsigned = report._scores_figure({"iterations": entries[1:], "score_name": "loss_gaps"})
+  assert unsigned.axes[0].images[0].get_cmap().name == "viridis"
+
+
 def test_choose_operating_point():
   def entry(i, val):
     return {"iteration": i, "units_removed": i, "val_accuracy": val}

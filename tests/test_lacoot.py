@@ -694,7 +694,8 @@ def test_command_line(tmp_path, capsys):
   for u, d in rep["iterations"][0]["distances"].items():
     assert extra["distances"][u]["sliced"] == d     # the same program as the run's measure
   assert extra["latency"] is None
-  assert (tmp_path / "distances.png").stat().st_size > 0
+  assert (tmp_path / "block_distances.png").stat().st_size > 0   # the bars, and
+  assert (tmp_path / "distances.png").stat().st_size > 0         # the driver's heat map
   shallow, _ = checkpoint.load_model(tmp_path / "chosen")
   assert len(lacoot.find_blocks(shallow)) == 7 - rep["chosen"]["units_removed"]
   # Refusals name what is wrong; nothing is written.

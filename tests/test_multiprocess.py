@@ -215,7 +215,7 @@ def _only_process_zero_writes_reports_logs_and_plots(out):
   for method in METHODS:
     assert {f"{method}/report.json.tmp", f"{method}/report.md", f"{method}/run.json.tmp",
             f"{method}/accuracy.png"} <= first, method
-  assert {"egp/sparsity.png", "lacoot/lacoot.json", "lacoot/distances.png", "tlc/tlc.json.tmp",
+  assert {"egp/sparsity.png", "lacoot/lacoot.json", "lacoot/block_distances.png", "tlc/tlc.json.tmp",
           "tlc/loss_gaps.png"} <= first
 
 

@@ -12,7 +12,8 @@ it replaces one more block by the identity and evaluates validation and test.
 The deepest removal within --tolerance points of the trained network's
 validation accuracy is saved in WORKDIR/chosen/ with the blocks really
 gone (jaxdepth.checkpoint.load_model), beside report.json,
-report.md, accuracy.png, distances.png (every block's sliced and
+report.md, accuracy.png, distances.png (the driver's heat map of the
+distances at every iteration), block_distances.png (every block's sliced and
 max-sliced distance) and lacoot.json (those distances and the measured
 latency of the trained network against the chosen shallow one). Without
 matplotlib (the plots extra) no PNG is drawn; the rest is written and the run
@@ -171,7 +172,7 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
   if jax.process_index() == 0:
     (workdir / "lacoot.json").write_text(json.dumps(out, indent=1))
     if report.plots_available():   # else the driver said it drew no plot (the plots extra)
-      report.plot_unit_bars(distances, workdir / "distances.png", marked=chosen["removed"],
+      report.plot_unit_bars(distances, workdir / "block_distances.png", marked=chosen["removed"],
                             title=f"LaCoOT distances per block ({spec.name}, validation)",
                             ylabel="2-Wasserstein distance")
   return out

@@ -15,8 +15,8 @@ below ``accuracy_threshold`` (20 %). The deepest cut within ``--tolerance``
 points of the dense model's validation accuracy is saved in ``WORKDIR/chosen/``
 (channels cut, identities baked in) and ``WORKDIR/chosen_merged/`` (BatchNorms
 folded, what became linear merged), with ``report.md``, ``report.json``,
-the driver's plots (``accuracy.png``, ``costs.png``, ...), ``loss_gaps.png``
-(the gap of every candidate at every iteration) and ``tlc.json`` (those figures,
+the driver's plots (``accuracy.png``, ``costs.png``, ``loss_gaps.png``: the gap
+of every candidate at every iteration, ...) and ``tlc.json`` (those gaps,
 ``null`` where a candidate was not ranked, with the measured latency of the
 dense, chosen and merged models). Without matplotlib (the ``plots`` extra) no
 PNG is drawn; the rest is written and the run says so.
@@ -132,34 +132,6 @@ def gap_grid(report: dict[str, Any]) -> tuple[list[str], list[list[float]]]:
   return names, grid
 
 
-def plot_gaps(report: dict[str, Any], path: pathlib.Path) -> pathlib.Path | None:
-  """Heat map of the loss gap per candidate per iteration; x marks what went after it."""
-  from jaxdepth.report import _pyplot  # pylint: disable=import-outside-toplevel
-  names, grid = gap_grid(report)
-  if not names:
-    return None
-  plt = _pyplot()
-  entries = report["iterations"]
-  fig, ax = plt.subplots(figsize=(max(4.0, 1.2 + 0.5 * len(entries)),
-                                  max(2.5, 0.8 + 0.28 * len(names))), dpi=120)
-  finite = [abs(v) for row in grid for v in row if not math.isnan(v)] or [1.0]
-  bound = max(finite)
-  image = ax.imshow(grid, aspect="auto", cmap="coolwarm", vmin=-bound, vmax=bound,
-                    interpolation="nearest")
-  for i, e in enumerate(entries):
-    for k in (e.get("decision") or {}).get("chosen", []):
-      ax.plot(i, names.index(k), "x", color="black", ms=8)
-  ax.set_yticks(range(len(names)), names, fontsize="small")
-  ax.set_xticks(range(len(entries)), [str(e["iteration"]) for e in entries])
-  ax.set_xlabel("iteration (x: removed after it)")
-  ax.set_title("TLC loss gap per candidate (validation batch)")
-  fig.colorbar(image, ax=ax, label="loss gap")
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return path
-
-
 def summary(report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str, Any]:
   """TLC's figures: per iteration, the loss gaps, and the eval latency of dense, chosen and merged.
 
@@ -240,8 +212,6 @@ def _main(session: command.Session, argv: list[str]) -> int:
   latency = (command.latencies_at(result.report, workdir, cfg["latency_batch"])
              if args.latency else None)
   if jax.process_index() == 0:
-    if report.plots_available():   # else the driver said it drew no plot (the plots extra)
-      plot_gaps(result.report, workdir / "loss_gaps.png")
     write_summary(workdir, summary(result.report, latency))
   if latency and {"dense_ms", "chosen_ms", "merged_ms"} <= set(latency):
     say(f"latency at batch {latency['batch']}: dense {latency['dense_ms']:.2f} ms, chosen "
