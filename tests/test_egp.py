@@ -540,6 +540,10 @@ def test_report_completion_and_plots(finished, tmp_path):
       "nonlinear_depth"]
   files = egp_report.write(tmp_path, full)
   assert files["sparsity_plot"].stat().st_size > 1000
+  axes = egp_report._sparsity_figure(full).axes[0]  # pylint: disable=protected-access
+  axes.figure.canvas.draw()
+  ticks = [t for t in axes.get_xticks() if axes.get_xlim()[0] <= t <= axes.get_xlim()[1]]
+  assert ticks and all(t == int(t) for t in ticks)       # iterations (it drew 0.5, 1.5, ...)
   assert files["scores_plot"].name == "entropies.png"
   text = (tmp_path / "report.md").read_text()
   assert "## Pruning" in text and "| 0 | 0.0 | 0.0 |" in text

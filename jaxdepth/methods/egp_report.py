@@ -100,6 +100,11 @@ def table(report: dict[str, Any]) -> str:
 
 def plot_sparsity(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Path | None:
   """Each pruned layer's sparsity across iterations (lines; PNG), ``None`` without decisions."""
+  fig = _sparsity_figure(report)
+  return None if fig is None else report_lib._save(fig, path)  # pylint: disable=protected-access
+
+
+def _sparsity_figure(report):
   entries = [e for e in report.get("iterations", []) if e.get("decision")]
   if not entries:
     return None
@@ -117,15 +122,13 @@ def plot_sparsity(report: dict[str, Any], path: str | os.PathLike) -> pathlib.Pa
   ax.plot(x, [100 * e["decision"].get("global_sparsity", np.nan) for e in entries], "k--",
           lw=2, label="all pruned layers")
   ax.set_xlabel("iteration (pruning rounds before its training)")
+  ax.xaxis.set_major_locator(report_lib._integer_ticks())  # pylint: disable=protected-access
   ax.set_ylabel("weights pruned (%)")
   ax.set_ylim(-2, 102)
   ax.set_title(f"{report.get('method', '').upper()}: sparsity per layer")
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize="x-small", ncol=1 + len(layers) // 12)
-  fig.tight_layout()
-  fig.savefig(path)
-  plt.close(fig)
-  return pathlib.Path(path)
+  return fig
 
 
 def write(directory: str | os.PathLike, report: dict[str, Any]) -> dict[str, pathlib.Path]:
