@@ -227,3 +227,24 @@ def test_a_missing_tokenizer_or_unprepared_data_fail_at_once_saying_what_to_do(t
       data.load("glue/rte", tokenizer=tokenizer_path, data_dir=str(data_dir))
     assert network_attempts == []                     # no download was tried
     assert "tfds build glue/rte --file_format=array_record" in str(error.value) and "data_dir" in str(error.value)
+
+
+class _DamagedSource(list):
+  """GLUE examples whose file is damaged at one example (ArrayRecord raises RuntimeError)."""
+  split = "train"
+
+  def __getitem__(self, i):
+    if i == 5:
+      raise RuntimeError("Corrupted record")
+    return super().__getitem__(i)
+
+
+def test_a_damaged_glue_file_is_named_with_what_to_do_not_a_raw_reader_error(tokenizer_path):
+  def damaged(builder, split, **kwargs):
+    return _DamagedSource(fake_glue_source(builder, split, **kwargs))
+
+  with tfds.testing.mock_data(as_data_source_fn=damaged):
+    ds = data.load("glue/sst2", tokenizer=tokenizer_path, val_fraction=0)
+  with pytest.raises(data.DatasetNotPrepared, match=r"of its 'train' split cannot be read at "
+                     r"example 5 \(Corrupted record\); copy the prepared folder again"):
+    epoch(ds.train, 4)

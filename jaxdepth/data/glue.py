@@ -44,10 +44,12 @@ RECIPES = {
 }
 
 
-def _fetcher(source: Any, positions: np.ndarray, features: tuple[str, ...]):
-  """Reads example ``positions[i]`` of a tfds source as ((first, second or None), label)."""
+def _fetcher(source: Any, positions: np.ndarray, features: tuple[str, ...], name: str,
+             data_dir: str | None):
+  """Reads example ``positions[i]`` of a tfds source as ((first, second or None), label); a
+  file that cannot be read is a :class:`DatasetNotPrepared` naming it."""
   def fetch(i: int) -> tuple[text.TextPair, int]:
-    example = source[int(positions[i])]
+    example = tfds_source.read_example(source, int(positions[i]), name, data_dir)
     texts = [text.as_text(example[f]) for f in features]
     return (texts[0], texts[1] if len(texts) > 1 else None), int(example["label"])
   return fetch
@@ -87,7 +89,8 @@ def load(name: str, *, tokenizer: Any = None, max_length: int = text.DEFAULT_MAX
   pairs = len(recipe.text_features) == 2
 
   def split(split_name: str, source: Any, positions: np.ndarray) -> text.TextSplit:
-    examples = pipeline.IndexedExamples(len(positions), _fetcher(source, positions, recipe.text_features))
+    fetch = _fetcher(source, positions, recipe.text_features, name, data_dir)
+    examples = pipeline.IndexedExamples(len(positions), fetch)
     return text.TextSplit(split_name, examples, encoder, pairs, positions,
                           num_threads=pipeline.default_threads())
 

@@ -167,14 +167,19 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
   return source
 
 
+def read_example(source: Any, position: int, name: str, data_dir: str | None) -> dict[str, Any]:
+  """Example ``position`` of a tfds source (every tfds and GLUE read); a file that cannot be
+  read is a :class:`DatasetNotPrepared` naming it."""
+  try:
+    return source[position]
+  except RuntimeError as error:
+    raise _unreadable(source, position, name, data_dir, error) from error
+
+
 def _fetcher(source: Any, positions: np.ndarray, name: str = "", data_dir: str | None = None):
-  """Reads example ``positions[i]`` of a tfds source as (uint8 HWC image, label); a file that
-  cannot be read is a :class:`DatasetNotPrepared` naming it."""
+  """Reads example ``positions[i]`` of a tfds source as (uint8 HWC image, label)."""
   def fetch(i: int) -> tuple[np.ndarray, int]:
-    try:
-      example = source[int(positions[i])]
-    except RuntimeError as error:
-      raise _unreadable(source, int(positions[i]), name, data_dir, error) from error
+    example = read_example(source, int(positions[i]), name, data_dir)
     image = np.asarray(example["image"], np.uint8)
     return (image[..., None] if image.ndim == 2 else image), int(example["label"])
   return fetch
@@ -183,7 +188,7 @@ def _fetcher(source: Any, positions: np.ndarray, name: str = "", data_dir: str |
 def _unreadable(source: Any, position: int, name: str, data_dir: str | None,
                 error: Exception) -> pipeline.DatasetNotPrepared:
   """The error for example ``position`` of ``source`` that the reader could not read."""
-  split = str(source.split)
+  split = str(getattr(source, "split", "?"))
   shards = _shards(source, split)
   ends = np.cumsum([n for _, n in shards])
   path = shards[int(np.searchsorted(ends, position, side="right"))][0] if shards and position < ends[-1] else "?"
