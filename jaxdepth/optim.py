@@ -278,32 +278,52 @@ def apply_masks(tree, masks):
 
 
 def keep_masked(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
-  """Wraps ``inner`` so that pruned weights stay exactly 0 through training.
+  """Wraps ``inner`` so that pruned weights are exactly 0 after every update.
 
-  The masks are data, passed to every update (``tx.update(g, s, params,
-  masks=masks)``; see :func:`apply_masks` for their form), so changing them
-  recompiles nothing. With ``m`` the mask of a weight::
+  The masks are data, passed to every update with the current weights
+  (``tx.update(g, s, params, masks=masks)``; see :func:`apply_masks` for their
+  form), so changing them recompiles nothing. With ``m`` the mask of a weight::
 
       g' = m * g                      the gradient
-      u, s = inner.update(g', s, w)   momentum and Adam moments of a pruned weight see only 0;
-                                      an L2 term ``wd * w`` is 0 since w = 0
-      u' = m * u                      the update
+      u, s = inner.update(g', s, w)   momentum and Adam moments of a pruned weight see only 0
+      u' = u where m, else -w         the update: w + u' is exactly +0.0 where pruned
 
-  so a weight that is 0 and masked stays bitwise 0 after any number of
-  SGD(+momentum, +L2), Adam or AdamW steps. Without ``masks`` the wrapper is
-  ``inner`` unchanged. The state is ``inner``'s (same structure), so a
-  checkpoint of the wrapped optimizer restores into the plain one and back.
+  so after ``optax.apply_updates`` a pruned (finite) weight is bitwise ``+0.0``
+  whatever it held before, whether or not ``params`` were zeroed first
+  (:func:`apply_masks`), after any number of SGD(+momentum, +L2), Adam or AdamW
+  steps; where it already is 0 the update is ``-0.0`` and the result the same.
+  Without ``masks`` the wrapper is ``inner`` unchanged. The state is ``inner``'s
+  (same structure), so a checkpoint of the wrapped optimizer restores into the
+  plain one and back.
 
   Args:
     inner: any optax transformation.
 
   Returns:
-    An ``optax.GradientTransformationExtraArgs`` taking ``masks=`` in ``update``.
+    An ``optax.GradientTransformationExtraArgs`` taking ``masks=`` in ``update``;
+    ``update`` raises ``TypeError`` for ``masks`` without ``params`` (the update
+    that zeroes a pruned weight is ``-w``).
   """
   inner = optax.with_extra_args_support(inner)
 
   def update(updates, state, params=None, *, masks=None, **extra):
+    if masks is not None and params is None:
+      raise TypeError("keep_masked: update(updates, state, params, masks=masks) needs the "
+                      "current params with masks (a pruned weight's update is -w, so that "
+                      "it is exactly 0 after optax.apply_updates): pass them")
     updates, state = inner.update(apply_masks(updates, masks), state, params, **extra)
-    return apply_masks(updates, masks), state
+    return _zeroing_updates(updates, masks, params), state
 
   return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
+def _zeroing_updates(updates, masks, params):
+  """``updates`` (masked by :func:`apply_masks` already: names and shapes checked) with
+  every pruned entry ``-w``: ``w + (-w)`` is exactly ``+0.0`` for a finite ``w``."""
+  if masks is None:
+    return updates
+  flat, flat_params = traverse_util.flatten_dict(updates), traverse_util.flatten_dict(params)
+  for path, mask in traverse_util.flatten_dict(masks).items():
+    u = flat[path]
+    flat[path] = jnp.where(mask, u, -jnp.asarray(flat_params[path]).astype(u.dtype))
+  return traverse_util.unflatten_dict(flat)

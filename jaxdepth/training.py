@@ -199,6 +199,23 @@ def check_variables(variables, where: str) -> None:
                   f"jaxdepth.init, got {got}")
 
 
+def _check_float32(variables, where: str) -> None:
+  """Refuses floating ``params`` or ``batch_stats`` that are not float32, naming the first
+  such leaf: half-precision parameters train silently wrong (float16 Adam moments underflow,
+  NaN at the first step), and bfloat16 compute is the step's ``dtype``, not the state's."""
+  for name in ("params", "batch_stats"):
+    leaves, _ = jax.tree_util.tree_flatten_with_path(variables.get(name, {}))
+    for path, leaf in leaves:
+      dtype = getattr(leaf, "dtype", None)
+      if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float32:
+        where_leaf = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+        raise TypeError(
+            f"{where}: {name}/{where_leaf} is {jnp.dtype(dtype).name}; parameters, BatchNorm "
+            f"statistics and optimizer state stay float32: pass float32 variables "
+            f"(jax.tree.map(lambda a: a.astype(jnp.float32), variables)) and compute in half "
+            f"precision with make_train_step(spec, tx, dtype=jnp.bfloat16)")
+
+
 def check_split(split, where: str) -> None:
   """Refuses what is not one split of a dataset (the whole Dataset, say) by name."""
   if not hasattr(split, "batches"):
@@ -239,10 +256,13 @@ class TrainState:
         (``jax.random.PRNGKey(seed)``), for dropout.
 
     Raises:
-      TypeError: ``variables`` is not a variables dict, or ``rng`` none of the above
-        (a float, an array of keys).
+      TypeError: ``variables`` is not a variables dict, holds floating ``params`` or
+        ``batch_stats`` that are not float32 (parameters and optimizer state stay
+        float32: compute in bfloat16 with ``make_train_step(..., dtype=jnp.bfloat16)``),
+        or ``rng`` is none of the above (a float, an array of keys).
     """
     check_variables(variables, "TrainState.create")
+    _check_float32(variables, "TrainState.create")
     params = variables["params"]
     state = cls(step=jnp.zeros((), jnp.int32), params=params,
                 batch_stats=variables.get("batch_stats", {}), opt_state=tx.init(params),
@@ -429,10 +449,12 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       yet replicated, a fresh :meth:`TrainState.create`'s say, are placed there by
       the step: one transfer, no second compile). BatchNorm statistics are over the
       global batch.
-    dtype: compute dtype, e.g. ``jnp.bfloat16``; parameters and optimizer stay float32.
+    dtype: compute dtype, e.g. ``jnp.bfloat16``; parameters and optimizer stay float32
+      (:meth:`TrainState.create` refuses half-precision variables).
     collect_stats: fold every live site's sign counts (train mode, padded examples
       left out) into ``stats``, a :class:`~jaxdepth.stats.SiteStats`.
-    donate: donate the input state's buffers (the state passed in is consumed;
+    donate: donate the input state's buffers (the state passed in is consumed, and
+      passing it to a step again is refused: use the state the step returned;
       :meth:`TrainState.create` copies the variables it is given, so they stay valid).
     loss: ``loss(logits, labels, mask) -> scalar``, the mean over the real
       examples (default :func:`cross_entropy`).
@@ -461,6 +483,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
       the spec's outputs), a numpy batch with padded rows, a batch whose examples do not
       split over the mesh's devices, ``stats=None`` with ``collect_stats``, or stats of
       another spec.
+    RuntimeError: (when called) a state an earlier step consumed (``donate``).
   """
   check_spec(spec, "make_train_step(spec, tx)")
   mesh = make_mesh() if mesh is None else mesh
@@ -520,6 +543,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
 
   @functools.wraps(step)
   def train_step(state, batch, gates, stats, masks=None, node_gates=None):
+    _check_not_donated(state, "the train step")
     _check_host_batch(batch, classes, "the train step", full=True)
     _check_batch_splits(batch, mesh, "the train step")
     gates, node_gates = _float32_gates(gates, node_gates)
@@ -529,6 +553,17 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
 
   train_step.jitted = jitted
   return train_step
+
+
+def _check_not_donated(state, where: str) -> None:
+  """Refuses a state whose buffers an earlier donating step consumed, by name (jax's own
+  error is "Array has been deleted"). One leaf's flag, read on the host: no device sync."""
+  is_deleted = getattr(getattr(state, "step", None), "is_deleted", None)
+  if isinstance(state, TrainState) and is_deleted is not None and is_deleted():
+    raise RuntimeError(
+        f"{where}: this state was consumed by an earlier step, which donates the state it is "
+        f"given (its buffers are reused for the new state): pass the state that step returned, "
+        f"or make the step with make_train_step(..., donate=False) to keep using a state")
 
 
 def _check_stats_given(stats, collect_stats: bool, kind: str) -> None:

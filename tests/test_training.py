@@ -207,6 +207,24 @@ def test_bfloat16_compute_keeps_float32_parameters():
   assert not np.array_equal(bf16_state.params["fc"]["kernel"], f32_state.params["fc"]["kernel"])
 
 
+def test_train_state_create_refuses_half_precision_variables_naming_a_leaf():
+  # float16 parameters with Adam are NaN at the first step; bfloat16 compute is the step's dtype.
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  tx = optax.adam(1e-3)
+  for dtype in (jnp.bfloat16, jnp.float16):
+    half = {**variables, "params": {**variables["params"], "fc": {
+        **variables["params"]["fc"], "kernel": variables["params"]["fc"]["kernel"].astype(dtype)}}}
+    with pytest.raises(TypeError, match=rf"TrainState.create: params/fc/kernel is "
+                       rf"{jnp.dtype(dtype).name}; parameters, BatchNorm statistics and optimizer "
+                       rf"state stay float32: .* make_train_step\(spec, tx, dtype=jnp.bfloat16\)"):
+      training.TrainState.create(half, tx, 0)
+  stats_half = {**variables, "batch_stats": {**variables["batch_stats"], "bn0": jax.tree.map(
+      lambda a: a.astype(jnp.bfloat16), variables["batch_stats"]["bn0"])}}
+  with pytest.raises(TypeError, match=r"batch_stats/bn0/mean is bfloat16"):
+    training.TrainState.create(stats_half, tx, 0)
+
+
 # ---------------------------------------------------------------- the fit loop
 
 
@@ -481,6 +499,27 @@ def test_train_state_create_copies_what_the_step_donates():
   assert math.isfinite(float(variables["params"]["fc"]["kernel"].sum()))  # not deleted
 
 
+def test_a_train_step_refuses_a_state_an_earlier_step_consumed():
+  # jax's own error, "Array has been deleted with shape=int32[]", says neither why nor what to do.
+  spec = _block_spec()
+  variables = network.init(spec, jax.random.key(0))
+  tx = optax.sgd(0.1)
+  mesh = training.make_mesh(jax.devices()[:1])
+  state = training.TrainState.create(variables, tx, 0)
+  step = training.make_train_step(spec, tx, mesh=mesh)
+  new_state, _, _ = step(state, _numpy_batch(), None, None)
+  with pytest.raises(RuntimeError, match=r"the train step: this state was consumed by an earlier "
+                     r"step, which donates .* pass the state that step returned, or make the "
+                     r"step with make_train_step\(..., donate=False\)"):
+    step(state, _numpy_batch(), None, None)
+  step(new_state, _numpy_batch(), None, None)   # the returned state is the one to go on with
+  keep = training.make_train_step(spec, tx, mesh=mesh, donate=False)
+  state = training.TrainState.create(variables, tx, 0)
+  once, _, _ = keep(state, _numpy_batch(), None, None)
+  again, _, _ = keep(state, _numpy_batch(), None, None)
+  _same(jax.device_get(once), jax.device_get(again))
+
+
 def test_train_state_create_takes_a_jax_integer_seed_and_refuses_a_float():
   spec = _block_spec()
   variables = network.init(spec, jax.random.key(0))
@@ -635,6 +674,42 @@ def test_masks_zero_the_pruned_weights_in_a_hand_written_step():
   logits = network.forward(spec, pruned, batch["image"], train=True).logits
   expected = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).sum()
   np.testing.assert_allclose(float(metrics["loss"]), float(expected), rtol=1e-5)
+
+
+@pytest.mark.parametrize("inner", [optax.chain(optax.add_decayed_weights(0.1),
+                                                optax.sgd(0.1, momentum=0.9)),
+                                    optax.adam(0.1)], ids=["sgd", "adam"])
+def test_keep_masked_zeroes_pruned_weights_a_users_loop_did_not_zero_first(inner):
+  # A plain optax loop whose params were never passed through apply_masks: after one update
+  # the pruned weights are exactly +0.0 and stay so, the kept ones train as with `inner`.
+  rng = np.random.default_rng(8)
+  w0 = jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32))
+  keep = rng.random((4, 5)) < 0.5
+  grads = [jnp.asarray(rng.normal(size=(4, 5)).astype(np.float32)) for _ in range(4)]
+  masks = {"w": jnp.asarray(keep)}
+  tx = optim.keep_masked(inner)
+
+  def run(w, zero_first):
+    params = optim.apply_masks({"w": w}, masks) if zero_first else {"w": w}
+    state = tx.init(params)
+    for g in grads:
+      updates, state = tx.update({"w": g}, state, params, masks=masks)
+      params = optax.apply_updates(params, updates)
+      got = np.asarray(params["w"])
+      assert np.all(got[~keep] == 0) and not np.any(np.signbit(got[~keep]))
+    return np.asarray(params["w"])
+
+  unzeroed = run(w0, zero_first=False)
+  np.testing.assert_array_equal(unzeroed[keep], _apply(inner, w0, grads)[keep])
+  # Weights already at 0 end bit for bit where masking the gradient and the update leaves them.
+  params, state = optim.apply_masks({"w": w0}, masks), inner.init({"w": w0})
+  for g in grads:
+    u, state = inner.update(optim.apply_masks({"w": g}, masks), state, params)
+    params = optax.apply_updates(params, optim.apply_masks(u, masks))
+  np.testing.assert_array_equal(run(w0, zero_first=True), np.asarray(params["w"]))
+  with pytest.raises(TypeError, match=r"keep_masked: update\(updates, state, params, "
+                                      r"masks=masks\) needs the current params"):
+    tx.update({"w": grads[0]}, tx.init({"w": w0}), masks=masks)
 
 
 def test_variables_digest_reads_every_bit_the_same_on_any_placement():
