@@ -21,7 +21,7 @@ the merged form is faster).
 
 Run::
 
-    python benchmarks/encoder_latency.py [--batches 1 32] [--rounds 5 3] [--sites 12]
+    python benchmarks/encoder_latency.py [--batches 1 32] [--rounds 5 3] [--sites N]
                                          [--model bert_base] [--length 128]
 
 ``--model tiny_encoder --length 16`` checks the script in seconds.
@@ -97,20 +97,21 @@ def run(model, length, n_sites, batches, rounds):
   return report
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--model", default="bert_base", choices=["bert_base", "roberta_base",
                                                                 "tiny_encoder"])
   parser.add_argument("--length", type=int, default=128, help="tokens per sequence")
-  parser.add_argument("--sites", type=int, default=12,
-                      help="GELU sites linearised (the last ones)")
+  parser.add_argument("--sites", type=int, default=None,
+                      help="GELU sites linearised (the last ones; default: all of the model's)")
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 32])
   parser.add_argument("--rounds", type=int, nargs="+", default=[5, 3],
                       help="timed rounds per batch size (one number per --batches entry)")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   if len(args.rounds) != len(args.batches):
     parser.error("give one --rounds entry per --batches entry")
   sites = len(zoo.get(args.model, max_length=args.length).sites())
+  args.sites = sites if args.sites is None else args.sites
   if not 0 <= args.sites <= sites:
     parser.error(f"--sites must be between 0 and {sites}")
   print(json.dumps(run(args.model, args.length, args.sites, args.batches, args.rounds)))

@@ -315,6 +315,13 @@ def test_bad_inputs_are_refused_with_what_to_do():
     network.forward(spec, variables, x["input_ids"].astype(np.float32))
   with pytest.raises(ValueError, match="attention_mask of shape"):
     network.forward(spec, variables, dict(x, attention_mask=x["attention_mask"][:, :4]))
+  # A tokenizer's lists (called without return_tensors) crashed inside the trace.
+  lists = {k: np.asarray(v).tolist() for k, v in x.items()}
+  for given in (lists, dict(x, attention_mask=lists["attention_mask"])):
+    key = "input_ids" if given is lists else "attention_mask"
+    with pytest.raises(TypeError, match=rf"{key} must be an array \(B, L\), got a list: convert "
+                       rf"it with np.asarray\(value, np.int32\)"):
+      network.forward(spec, variables, given)
   image_spec = zoo.digits_plain()
   with pytest.raises(ValueError, match="only a spec that starts with a TokenEmbedding"):
     network.forward(image_spec, network.init(image_spec, jax.random.key(0)), x)

@@ -136,7 +136,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say("")
   say(report.table(result.report))
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, model "
-      f"{workdir / 'chosen'} (jaxdepth.checkpoint.load_model)")
+      f"{workdir / 'chosen'}, merged {workdir / 'chosen_merged'} "
+      f"(jaxdepth.checkpoint.load_model)")
   return 0
 
 

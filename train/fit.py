@@ -167,7 +167,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
     _write_run_json(workdir, cfg)       # epochs or evaluation settings may have changed
   val = f", val {100 * report['val']['accuracy']:.2f} %" if report["val"] else ""
   say(f"{spec.name} on {ds.name}: test accuracy {100 * test.accuracy:.2f} % "
-      f"(loss {test.loss:.4f}, {test.count} images){val}; "
+      f"(loss {test.loss:.4f}, {command.plural(test.count, 'example')}){val}; "
       f"{command.plural(report['epochs'], 'epoch')}, "
       f"{report['train_seconds']:.1f} s training; report {workdir / 'report.json'}")
   return 0

@@ -221,7 +221,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say(f"MACs {more['dense']['macs']:,} -> {more['shallow']['macs']:,}, weight depth "
       f"{more['dense']['weight_depth']} -> {more['shallow']['weight_depth']}")
   say(f"{time.perf_counter() - tic:.1f} s; report {workdir / 'report.json'}, distances "
-      f"{workdir / 'lacoot.json'}, model {workdir / 'chosen'} (jaxdepth.checkpoint.load_model)")
+      f"{workdir / 'lacoot.json'}, model {workdir / 'chosen'}, merged "
+      f"{workdir / 'chosen_merged'} (jaxdepth.checkpoint.load_model)")
   return 0
 
 

@@ -43,6 +43,7 @@ def split_text_input(spec: S.Spec, x) -> tuple[jnp.ndarray, dict]:
     The ids and the side inputs that were given, every array ``(B, L)``.
 
   Raises:
+    TypeError: an input that is not an array (a tokenizer's lists), named.
     ValueError: a missing ``input_ids``, an unknown key, a shape that is not
       ``(B, L)`` or ids that are not integers, each named.
   """
@@ -59,6 +60,11 @@ def split_text_input(spec: S.Spec, x) -> tuple[jnp.ndarray, dict]:
     side = {k: x[k] for k in TEXT_INPUTS[1:] if k in x and x[k] is not None}
   else:
     ids, side = x, {}
+  for key, value in {"input_ids": ids, **side}.items():
+    if not hasattr(value, "shape"):   # a tokenizer's lists (called without return_tensors)
+      raise TypeError(f"{key} must be an array (B, L), got a {type(value).__name__}: convert it "
+                      f"with np.asarray(value, np.int32), or call the tokenizer with "
+                      f"return_tensors='np'")
   expected = tuple(spec.input_shape)
   if jnp.ndim(ids) != 2 or tuple(jnp.shape(ids)[1:]) != expected:
     raise ValueError(f"input_ids of shape {tuple(jnp.shape(ids))} do not match spec "
