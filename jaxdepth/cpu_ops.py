@@ -83,6 +83,12 @@ miscompiles a bfloat16 matrix product followed by a bias, a residual add, a ReLU
 and a mean into NaN or garbage, and the matrix-product plans make exactly that of
 a biased residual block before global average pooling).
 
+A batch sharded over a mesh with Explicit axes (``jax.make_mesh``'s default in
+jax 0.12) gives the same values: the products that sum over the batch (weight
+gradients, the Gram matrix) come out replicated, and a convolution that
+:func:`plan` gives to Winograd (whose tiles merge the batch with the map) is
+XLA's there.
+
 Custom VJPs support reverse-mode differentiation only: ``jax.jvp``, ``jax.jacfwd``
 and ``jax.hessian`` of a network through them fail with "can't apply
 forward-mode autodiff (jvp) to a custom_vjp function". Set
@@ -99,6 +105,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxdepth.explicit_axes import explicit_mesh
 
 __all__ = ["conv", "plan", "max_pool", "batch_norm", "pointwise_conv_batch_norm",
            "pointwise_batch_norm_pays", "wanted", "PLANS", "ENV"]
@@ -226,9 +235,25 @@ def _pad(x, padding, value=0.0):
                                                  (*padding[1], 0), (0, 0, 0)))
 
 
+def _batch_summed(*operands):
+  """``out_sharding`` of a product of ``operands`` that sums over the batch: replicated on
+  an Explicit mesh that shards the batch (each device's partial sums all-reduced), else
+  ``None`` (JAX's default)."""
+  mesh = explicit_mesh(*operands)
+  return None if mesh is None else NamedSharding(mesh, P())
+
+
+def _zeros_like_weight(shape, dtype, dy):
+  """Zeros of a weight's shape, the primal that ``jax.vjp`` transposes a convolution at;
+  replicated on an Explicit mesh that shards ``dy``'s batch, so JAX's transposition
+  (a product over the batch) knows where its result goes."""
+  zeros, replicated = jnp.zeros(shape, dtype), _batch_summed(dy)
+  return zeros if replicated is None else jax.sharding.reshard(zeros, replicated)
+
+
 def _dot_t(a, b):
   """``a^T @ b`` for 2-D ``a``, ``b``, contracting their first axes (no explicit transpose)."""
-  return lax.dot_general(a, b, (((0,), (0,)), ((), ())))
+  return lax.dot_general(a, b, (((0,), (0,)), ((), ())), out_sharding=_batch_summed(a, b))
 
 
 def _lax_conv(x, w, strides, padding, groups=1):
@@ -412,7 +437,7 @@ def _weight_grad(dy, x, w_shape, strides, padding, groups, how):
   if how == "patches":
     p = _patches(x, (kh, kw), strides, padding, out)
     return _dot_t(p.reshape(-1, p.shape[-1]), dy.reshape(-1, o)).reshape(w_shape)
-  zeros = jnp.zeros(w_shape, dy.dtype)
+  zeros = _zeros_like_weight(w_shape, dy.dtype, dy)
   if how == "winograd_dw":   # only the transforms and products that dw needs are kept
     return jax.vjp(lambda w: _winograd(x, w), zeros)[1](dy)[0]
   return jax.vjp(lambda w: _lax_conv(x, w, strides, padding, groups), zeros)[1](dy)[0]
@@ -474,6 +499,8 @@ def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0)),
   if any(p < 0 for pair in padding for p in pair):
     raise ValueError(f"conv takes non-negative padding, got {padding}")
   planned = plan(x.shape, w.shape, strides, padding, groups)
+  if how is None and planned in ("winograd", "winograd_dw") and explicit_mesh(x) is not None:
+    planned = "xla"   # Winograd's tiles merge the batch with the map: not on an Explicit mesh
   how = planned if how is None else how
   if how not in PLANS:
     raise ValueError(f"unknown convolution formulation {how!r}; expected one of {PLANS}")
@@ -482,6 +509,11 @@ def conv(x: jax.Array, w: jax.Array, strides=(1, 1), padding=((0, 0), (0, 0)),
       and not _winograd_applies(x.shape, w.shape, strides, padding, groups)):
     raise ValueError(f"formulation {how!r} does not apply to a convolution with "
                      f"{groups} groups, input {x.shape} and kernel {w.shape}")
+  if how in ("winograd", "winograd_dw") and explicit_mesh(x) is not None:
+    raise ValueError(f"formulation {how!r} does not run on a batch sharded over Explicit mesh "
+                     f"axes {explicit_mesh(x).explicit_axes}: leave how=None (XLA's "
+                     "convolution there) or shard over jaxdepth.training.make_mesh() or "
+                     "axis_types=(AxisType.Auto,)")
   if how == "xla" and groups != 1:
     return _lax_conv(x, w, strides, padding, groups)
   if how == "winograd":
@@ -557,7 +589,10 @@ def _max_pool_bwd(window, strides, padding, residuals, dy):
           total = total + jnp.where(first[at] == th * kw + tw, dy_padded[at], zero)
       row.append(total)
     classes.append(jnp.stack(row, axis=3))                 # (B, qh, qw, sw, C)
-  dx = jnp.stack(classes, axis=2).reshape(dy.shape[0], qh * sh, qw * sw, dy.shape[3])
+  # On an Explicit mesh the merge keeps dy's sharding (the batch's), which JAX does not infer.
+  dx = jnp.stack(classes, axis=2).reshape(
+      dy.shape[0], qh * sh, qw * sw, dy.shape[3],
+      out_sharding=None if explicit_mesh(dy) is None else jax.typeof(dy).sharding)
   return (dx[:, :h, :w],)
 
 
@@ -715,7 +750,7 @@ def pointwise_conv_batch_norm(x: jax.Array, w: jax.Array, scale: jax.Array, bias
 def _pointwise_conv_batch_norm_fwd(x, w, scale, bias, epsilon):
   rows = x.reshape(-1, x.shape[-1])
   n = rows.shape[0]
-  total, gram = jnp.sum(rows, axis=0), rows.T @ rows
+  total, gram = jnp.sum(rows, axis=0), _dot_t(rows, rows)
   mean = total @ w / n
   var, inv, a, b = _normalisation(mean, jnp.sum(w * (gram @ w), axis=0) / n, scale, bias, epsilon)
   y = (rows @ w) * a + b
@@ -729,7 +764,7 @@ def _pointwise_conv_batch_norm_bwd(epsilon, residuals, cotangents):
   rows, g = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
   n = rows.shape[0]
   d_bias = jnp.sum(g, axis=0)
-  p = rows.T @ g
+  p = _dot_t(rows, g)
   g_yc = jnp.sum(w * p, axis=0) - mean * d_bias
   c1 = scale * inv
   c3 = 2.0 * g_var / n - c1 * inv * inv * g_yc / n

@@ -6,7 +6,7 @@ import pytest
 from flax import linen as nn
 from jax import lax
 
-from jaxdepth import cpu_ops, network
+from jaxdepth import cpu_ops, network, zoo
 from jaxdepth import spec as S
 
 NHWC = ("NHWC", "HWIO", "NHWC")
@@ -244,6 +244,56 @@ def test_pointwise_conv_batch_norm_equals_conv_then_flax_batch_norm(x_shape, out
   for a, b in zip(grads, grads_ref):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def _explicit_batch(a, spec=jax.P("data")):
+  """``a`` with its batch sharded over ``jax.make_mesh``'s default (Explicit) axes
+  (``spec=jax.P()``: replicated there)."""
+  mesh = jax.make_mesh((2,), ("data",))
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  return jax.device_put(a, jax.sharding.NamedSharding(mesh, spec))
+
+
+@pytest.mark.parametrize("op, x_shape, w_shape", [
+    ("patches", (4, 5, 5, 3), (3, 3, 3, 4)), ("dense", (4, 2, 2, 5), (3, 3, 5, 3)),
+    ("xla", (4, 5, 5, 3), (3, 3, 3, 4)), ("max_pool", (4, 8, 8, 3), None),
+    ("pointwise_bn", (4, 5, 3, 6), (6, 9))])
+def test_a_batch_sharded_over_explicit_axes_gives_the_unsharded_values_and_gradients(
+    op, x_shape, w_shape):
+  """JAX asks where a product over a sharded batch (a weight gradient, a Gram matrix) and a
+  merge of the sharded batch go: replicated, and the batch's sharding."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal(x_shape, dtype=np.float32)
+  w = rng.standard_normal(w_shape or (1,), dtype=np.float32)
+  fn = {"max_pool": lambda x, w: cpu_ops.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1))) * w,
+        "pointwise_bn": lambda x, w: cpu_ops.pointwise_conv_batch_norm(
+            x, w, jnp.ones(9), jnp.zeros(9), 1e-3)[0]}.get(
+                op, lambda x, w: cpu_ops.conv(x, w, (1, 1), ((1, 1), (1, 1)), how=op))
+  (y, grads), (y_ref, grads_ref) = (_values_and_grads(fn)(a, w) for a in (_explicit_batch(x), x))
+  np.testing.assert_allclose(y, y_ref, rtol=1e-5, atol=1e-5)
+  for a, b in zip(grads, grads_ref):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  with pytest.raises(ValueError, match=r"'winograd' does not run on a batch sharded over "
+                                       r"Explicit mesh axes \('data',\).*make_mesh\(\)"):
+    cpu_ops.conv(_explicit_batch(np.ones((2, 4, 4, 3), np.float32)), np.ones((3, 3, 3, 2),
+                 np.float32), (1, 1), ((1, 1), (1, 1)), how="winograd")
+
+
+def test_the_executor_trains_a_batch_sharded_over_explicit_axes(monkeypatch):
+  """digits_cnn's fused 1x1 convolution + BatchNorm (a Gram matrix over the batch) and the
+  weight gradients, jitted on a batch over ``jax.make_mesh`` (the variables replicated there,
+  as JAX's own gradients of Flax's Dense need): the unsharded numbers."""
+  monkeypatch.delenv(cpu_ops.ENV, raising=False)
+  spec = zoo.digits_cnn(width=8)
+  variables = network.init(spec, jax.random.key(0))
+  x = np.random.default_rng(0).standard_normal((4, 8, 8, 1), dtype=np.float32)
+  step = jax.jit(jax.value_and_grad(
+      lambda v, x: jnp.sum(jnp.sin(network.forward(spec, v, x, train=True).logits))))
+  (loss, grads), (loss_ref, grads_ref) = (step(_explicit_batch(variables, jax.P()),
+                                                _explicit_batch(x)), step(variables, x))
+  assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("in_channels, out_channels, pays", [

@@ -186,6 +186,9 @@ def test_the_own_loop_functions_name_the_arguments_mixed_up():
     egp.layer_statistics(variables, None, layers)
   assert set(egp.layer_statistics(variables["params"], None, layers)) == {
       l for l in layers.values() if l}
+  with pytest.raises(ValueError, match=r"the params hold no kernel for layer 'conv3' of the "
+                                       r"layer map: the map belongs to another model"):
+    egp.layer_statistics(variables["params"], None, egp.layer_map(zoo.digits_plain(width=4)))
   with pytest.raises(TypeError, match=r"dead_channel_counts takes the variables dict"):
     egp.dead_channel_counts(spec, variables["params"], layers)
   digits = data.load("digits")

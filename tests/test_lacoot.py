@@ -372,6 +372,40 @@ def test_block_distances_do_not_depend_on_the_device_count(tiny):
     lacoot.block_distances(spec, variables, val, UNITS, rng=jax.random.key(1), batch_size=1)
 
 
+def _explicit_mesh():
+  """``jax.make_mesh``'s default in jax 0.12: Explicit axes, a sharded batch typed as such."""
+  mesh = jax.make_mesh((2,), ("data",))
+  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
+  return mesh
+
+
+def test_distances_of_a_batch_sharded_over_explicit_axes_equal_the_unsharded(tiny):
+  """JAX sorts only along unsharded axes: the projections are gathered before the sort."""
+  mesh = _explicit_mesh()
+  rng = np.random.default_rng(0)
+  x, y = rng.standard_normal((8, 3, 2), dtype=np.float32), rng.standard_normal((8, 6), np.float32)
+  mask = np.arange(8) < 6
+  batch = lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.P("data")))
+
+  def distances(x, y, mask):
+    kw = dict(rng=jax.random.key(3), n_projections=5)
+    d = lambda x, y: (lacoot.max_sliced_wasserstein(x, y, **kw)
+                      + lacoot.sliced_wasserstein(x, y, mask=mask, **kw))
+    return d(x, y), jax.grad(d)(x, y)
+
+  (d, g), (d_ref, g_ref) = (jax.jit(distances)(*args) for args in ((batch(x), batch(y),
+                                                                     batch(mask)), (x, y, mask)))
+  assert float(d) == pytest.approx(float(d_ref), rel=1e-6)
+  np.testing.assert_allclose(g, g_ref, rtol=1e-5, atol=1e-7)
+  spec, variables, ds = tiny
+  explicit, auto = (lacoot.block_distances(spec, variables, ds.val, UNITS, rng=jax.random.key(1),
+                                           n_projections=8, mesh=m)
+                    for m in (mesh, training.make_mesh(jax.devices()[:2])))
+  for u in UNITS:
+    for kind in lacoot.SCORES:
+      assert explicit[u][kind] == pytest.approx(auto[u][kind], rel=1e-6), (u, kind)
+
+
 # ------------------------------------------------------------------ removal order
 
 

@@ -250,6 +250,31 @@ def test_ranking_refuses_gates_of_another_length_and_candidates_on_removed_sites
       call(gates=off)
 
 
+def test_ranking_a_batch_sharded_over_explicit_mesh_axes_gives_the_unsharded_values():
+  # jax.make_mesh's axes are Explicit: the shared ranking's reshape would refuse the batch
+  spec, variables, x, labels, cands = _ranking_inputs()
+  masks = tlc.keep_masks(tlc.candidate_betas(spec, variables, cands, x))
+  mesh = jax.make_mesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Explicit,))
+  sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+  base_loss, gaps = tlc.rank(spec, variables, cands, jax.device_put(x, sharded),
+                             jax.device_put(labels, sharded), masks)
+  expected_loss, expected = tlc.rank(spec, variables, cands, x, labels, masks)
+  assert base_loss == pytest.approx(expected_loss, abs=1e-6)
+  assert gaps == pytest.approx(expected, abs=1e-6)
+
+
+def test_candidate_betas_refuse_variables_of_another_model():
+  spec = zoo.digits_cnn(width=4)
+  cands = tlc.candidates(spec)
+  with pytest.raises(ValueError, match=r"the variables hold no 'layer1/0/conv1' \(candidate "
+                                       r"'layer1/0/relu1' of 'digits_cnn', 4 channels\): they "
+                                       r"belong to another model"):
+    tlc.candidate_betas(spec, network.init(zoo.digits_plain(width=4), jax.random.key(0)), cands)
+  with pytest.raises(ValueError, match=r"the variables hold a kernel of shape \(3, 3, 1, 8\) for "
+                                       r"'conv1' .*4 channels\): they belong to another model"):
+    tlc.candidate_betas(spec, network.init(zoo.digits_cnn(width=8), jax.random.key(0)), cands)
+
+
 def test_candidates_refuse_a_gate_array_for_live():
   spec = _mixed_spec()
   gates = network.gates_for(spec, off=["r1"])
@@ -424,6 +449,30 @@ def test_a_decision_applied_twice_is_refused_as_already_removed():
     method.apply(spec, variables, once, decision)
   with pytest.raises(KeyError, match=r"cannot remove \['rleu'\]: not live sites"):
     method.apply(spec, variables, state, base.Decision(("rleu",), {}))
+
+
+def test_a_state_of_another_spec_is_refused_by_name():
+  spec = zoo.digits_cnn(width=4)
+  method = tlc.TLC()
+  variables = network.init(spec, jax.random.key(0))
+  wide = method.init(zoo.digits_cnn(width=8))        # a bare broadcast error before
+  other = method.init(zoo.digits_plain(width=4))
+  for call in (lambda s: method.train_options(spec, s), lambda s: method.live_units(spec, s),
+               lambda s: method.export(spec, variables, s),
+               lambda s: method.apply(spec, variables, s, base.Decision(("relu2",), {}))):
+    with pytest.raises(ValueError, match=r"the TLC state holds a mask of shape \(8,\) for the 4 "
+                                         r"channels of 'conv1' of 'digits_cnn': it belongs to "
+                                         r"another spec .*make it with TLC\(\).init\(spec\)"):
+      call(wide)
+    with pytest.raises(ValueError, match=r"the TLC state holds gates of shape \(5,\) for the 6 "
+                                         r"sites of 'digits_cnn': it belongs to another spec"):
+      call(other)
+  state = method.init(spec)
+  masks = traverse_util.flatten_dict(state["masks"], sep="/")
+  del masks["layer1/0/conv1"]
+  with pytest.raises(ValueError, match=r"no mask for the 4 channels of 'layer1/0/conv1'"):
+    method.train_options(spec, {**state, "masks": traverse_util.unflatten_dict(masks, sep="/")})
+  assert method.live_units(spec, method.init(spec)) == spec.sites()   # what the message says
 
 
 def test_val_accuracy_in_percent_is_refused_as_not_a_fraction():

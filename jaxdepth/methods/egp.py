@@ -404,6 +404,10 @@ def layer_statistics(params, masks, layers: Mapping[str, str | None]) -> dict[st
   Returns:
     ``{layer: {"nnz", "size", "mean_abs_nonzero"}}`` (float32 mean, 0.0 without
     non-zero weights), in the order of ``layers``.
+
+  Raises:
+    TypeError: the whole variables dict for ``params``.
+    ValueError: a mapped layer without a kernel in ``params`` (a map of another model).
   """
   if isinstance(params, Mapping) and "params" in params:
     raise TypeError("layer_statistics takes the params collection, variables['params'], not "
@@ -413,6 +417,10 @@ def layer_statistics(params, masks, layers: Mapping[str, str | None]) -> dict[st
   for layer in layers.values():
     if layer is None:
       continue
+    if _kernel_path(layer) not in flat:
+      raise ValueError(f"the params hold no kernel for layer {layer!r} of the layer map: the "
+                       f"map belongs to another model than the params; build it with "
+                       f"layer_map(spec) of the spec the params were made for")
     w = np.asarray(jax.device_get(flat[_kernel_path(layer)]), np.float32)
     nonzero = np.abs(w[w != 0])
     out[layer] = {"nnz": int(nonzero.size), "size": int(w.size),

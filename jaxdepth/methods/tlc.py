@@ -293,6 +293,26 @@ def _leaf(variables, path: str, collection: str = "params"):
   return node
 
 
+def _check_fits(spec: S.Spec, variables, cands) -> None:
+  """Refuses variables without each candidate's weight layer and BatchNorm at ``spec``'s
+  channel count (variables of another model would fail on a bare key or shape)."""
+  for c in cands:
+    channels = spec.node(c.weight).features
+    for path, leaf in ((c.weight, "kernel"), (c.bn, "bias")):
+      if path is None:
+        continue
+      try:
+        shape = np.shape(_leaf(variables, path)[leaf])
+      except (KeyError, TypeError, IndexError):
+        shape = None
+      if shape is None or shape[-1:] != (channels,):
+        held = "no" if shape is None else f"a {leaf} of shape {shape} for"
+        raise ValueError(f"the variables hold {held} {path!r} (candidate {c.name!r} of "
+                         f"{spec.name!r}, {channels} channels): they belong to another model; "
+                         f"pass the variables made for this spec (jaxdepth.init(spec, rng)), "
+                         f"or the spec and candidates they were made for")
+
+
 def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype=None
                     ) -> dict[str, np.ndarray]:
   """Each candidate's ``β`` per channel: the BatchNorm bias, else the empirical mean.
@@ -307,8 +327,13 @@ def candidate_betas(spec: S.Spec, variables, cands, x=None, *, gates=None, dtype
 
   Returns:
     ``{candidate name: (C,) float32}``.
+
+  Raises:
+    ValueError: ``variables`` without a candidate's weight layer or BatchNorm at
+      ``spec``'s channel count (variables of another model).
   """
   training.check_variables(variables, "candidate_betas")
+  _check_fits(spec, variables, cands)
   out = {}
   empirical = [c for c in cands if c.bn is None]
   captured = {}
@@ -406,7 +431,8 @@ class TLC:
 
   The state is ``{"gates": (n_sites,), "masks": {weight path: (C,)}, "stopped": ()}``:
   the site gates, every candidate weight layer's channel keep-mask (1 kept, 0
-  cut), and whether a stop rule fired.
+  cut), and whether a stop rule fired. A state of another spec (another model or
+  width, or ``projections``) is refused with a ValueError.
 
   Attributes:
     rule: ``"first_harmful"`` (official) or ``"largest_harmless"`` (:func:`choose`).
@@ -456,8 +482,36 @@ class TLC:
             "batch_size": self.batch_size, "projections": self.projections}
 
   def candidates(self, spec: S.Spec, state=None) -> tuple[Candidate, ...]:
-    live = None if state is None else base.live_sites(spec, state["gates"])
+    live = None if state is None else base.live_sites(spec, self._checked(spec, state)["gates"])
     return candidates(spec, projections=self.projections, live=live)
+
+  def _checked(self, spec: S.Spec, state):
+    """``state``, once known to hold one gate per site of ``spec`` and one mask per
+    candidate weight layer at its channel count.
+
+    Without the check a state made for another spec (another model or width, or
+    another ``projections``) fails in a broadcast of its masks or a bare key.
+    """
+    sites = spec.sites()
+    masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    channels = {c.weight: spec.node(c.weight).features for c in self.candidates(spec)}
+    gates = np.shape(state["gates"])
+    wrong = [(w, np.shape(m)) for w, m in masks.items() if np.shape(m) != (channels.get(w),)]
+    missing = [w for w in channels if w not in masks]
+    if gates != (len(sites),):
+      why = f"gates of shape {gates} for the {len(sites)} sites"
+    elif missing or wrong:
+      w, shape = wrong[0] if wrong else (missing[0], None)
+      why = (f"no mask for the {channels[w]} channels of {w!r}" if shape is None else
+             f"a mask of shape {shape} for {w!r}, which is no candidate weight layer"
+             if w not in channels else
+             f"a mask of shape {shape} for the {channels[w]} channels of {w!r}")
+    else:
+      return state
+    setting = "projections=True" if self.projections else ""
+    raise ValueError(f"the TLC state holds {why} of {spec.name!r}: it belongs to another spec "
+                     f"(another model or width, or projections setting); make it with "
+                     f"TLC({setting}).init(spec)")
 
   def init(self, spec: S.Spec):
     shapes = spec.shapes()
@@ -471,6 +525,7 @@ class TLC:
 
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
     """The live sites; none once a stop rule held (``state["stopped"]``)."""
+    state = self._checked(spec, state)
     if bool(jax.device_get(state["stopped"])):
       return ()
     return base.live_sites(spec, state["gates"])
@@ -480,7 +535,7 @@ class TLC:
 
   def _weight_masks(self, spec: S.Spec, state) -> dict[str, Any]:
     """Element-wise masks of every candidate's leaves (kernel, bias, BatchNorm scale and bias)."""
-    flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
+    flat_masks = traverse_util.flatten_dict(self._checked(spec, state)["masks"], sep=S.SEP)
     shapes = spec.shapes()
     out = {}
     for c in self.candidates(spec):

@@ -22,6 +22,7 @@ import numpy as np
 from flax import traverse_util
 
 from jaxdepth import network
+from jaxdepth.explicit_axes import replicated
 from jaxdepth import spec as S
 from jaxdepth.sites import flat_leaves
 from jaxdepth.text.nodes import takes_token_ids
@@ -450,6 +451,9 @@ def rank(spec, variables, cands, x, labels, masks, *, gates=None, mask=None, dty
   cands = tuple(cands)
   if not cands:
     raise ValueError("no candidate to rank")
+  # The candidates are folded into the batch axis, a reshape that JAX refuses on a batch
+  # sharded over Explicit mesh axes: such a batch is ranked whole (the same values).
+  x, labels, mask = replicated((x, labels, mask))
   _check_inputs(x, labels)
   gates = _checked_gates(spec, cands, gates)
   mask = jnp.ones(_batch_size(x), bool) if mask is None else mask
