@@ -12,7 +12,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-__all__ = ["explicit_mesh", "replicated"]
+__all__ = ["explicit_mesh", "replicated", "batch_sharding"]
 
 
 def explicit_mesh(*arrays):
@@ -31,3 +31,14 @@ def replicated(tree):
     mesh = explicit_mesh(a)
     return a if mesh is None else jax.sharding.reshard(a, NamedSharding(mesh, PartitionSpec()))
   return jax.tree.map(one, tree)
+
+
+def batch_sharding(x, ndim: int):
+  """``out_sharding`` of an op on ``x`` whose result of ``ndim`` axes keeps ``x``'s batch
+  (its first axis): the batch sharded as ``x``'s, the other axes whole, where Explicit
+  axes shard ``x`` (JAX cannot infer it for a reshape that splits or merges several
+  axes at once, nor for a parameter broadcast to the batch); else ``None``, JAX's default."""
+  mesh = explicit_mesh(x)
+  if mesh is None:
+    return None
+  return NamedSharding(mesh, PartitionSpec(jax.typeof(x).sharding.spec[0], *(None,) * (ndim - 1)))

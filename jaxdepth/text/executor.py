@@ -11,6 +11,7 @@ from __future__ import annotations
 import flax.linen as nn
 import jax.numpy as jnp
 
+from jaxdepth.explicit_axes import batch_sharding
 from jaxdepth.text import nodes as N
 
 __all__ = ["EXECUTORS", "position_ids"]
@@ -26,7 +27,11 @@ class _Table(nn.Module):
   def __call__(self, ids):
     table = self.param("embedding", nn.initializers.normal(0.02), (self.rows, self.features))
     ids = jnp.where(ids < 0, self.rows, ids)   # take wraps negative ids onto real rows
-    return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+    sharding = batch_sharding(ids, ids.ndim + 1)
+    if sharding is None:
+      return jnp.take(table, ids, axis=0, mode="fill", fill_value=jnp.nan)
+    # On a batch sharded over Explicit mesh axes the rows read are sharded as the ids.
+    return table.at[ids].get(mode="fill", fill_value=jnp.nan, out_sharding=sharding)
 
 
 def position_ids(node: N.TokenPositionEmbedding, input_ids) -> jnp.ndarray:

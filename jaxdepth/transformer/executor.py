@@ -18,6 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxdepth.explicit_axes import batch_sharding
 from jaxdepth.transformer import nodes as T
 from jaxdepth.transformer import ops
 
@@ -70,8 +71,10 @@ class _ClassToken(nn.Module):
   @nn.compact
   def __call__(self, x):
     token = self.param("token", nn.initializers.zeros, (1, 1, x.shape[-1]))
-    return jnp.concatenate([jnp.broadcast_to(token.astype(x.dtype), (x.shape[0], 1, x.shape[-1])),
-                            x], axis=1)
+    # On an Explicit mesh the token's copies are sharded as the batch they join.
+    token = jnp.broadcast_to(token.astype(x.dtype), (x.shape[0], 1, x.shape[-1]),
+                             out_sharding=batch_sharding(x, 3))
+    return jnp.concatenate([token, x], axis=1)
 
 
 class _PositionEmbedding(nn.Module):

@@ -3,13 +3,18 @@
 Window layout: a padded map ``(B, Hp, Wp, C)`` cut into ``(Hp/wh)(Wp/ww)``
 windows of ``M = wh ww`` tokens becomes ``(B, nW, M, C)``, windows in
 row-major order and tokens row-major inside a window, as torchvision orders
-them (so the relative position index and the shift mask line up with it).
+them (so the relative position index and the shift mask line up with it). On a
+batch sharded over Explicit mesh axes, the reshapes that cut and merge windows
+keep the batch's sharding (JAX does not infer it for a reshape that splits or
+merges several axes at once).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxdepth.explicit_axes import batch_sharding
 
 __all__ = ["relative_position_index", "shift_mask", "window_partition", "window_merge",
            "patch_merge", "multi_head_attention", "padding_bias", "MASK_VALUE"]
@@ -59,16 +64,18 @@ def window_partition(x: jax.Array, window: tuple[int, int]) -> jax.Array:
   """``(B, Hp, Wp, C) -> (B, nW, M, C)``."""
   b, hp, wp, c = x.shape
   wh, ww = window
-  x = x.reshape(b, hp // wh, wh, wp // ww, ww, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, (hp // wh) * (wp // ww), wh * ww, c)
+  x = x.reshape(b, hp // wh, wh, wp // ww, ww, c,
+                out_sharding=batch_sharding(x, 6)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, (hp // wh) * (wp // ww), wh * ww, c, out_sharding=batch_sharding(x, 4))
 
 
 def window_merge(x: jax.Array, window: tuple[int, int], padded: tuple[int, int]) -> jax.Array:
   """Inverse of :func:`window_partition`: ``(B, nW, M, C) -> (B, Hp, Wp, C)``."""
   b, _, _, c = x.shape
   (wh, ww), (hp, wp) = window, padded
-  x = x.reshape(b, hp // wh, wp // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5)
-  return x.reshape(b, hp, wp, c)
+  x = x.reshape(b, hp // wh, wp // ww, wh, ww, c,
+                out_sharding=batch_sharding(x, 6)).transpose(0, 1, 3, 2, 4, 5)
+  return x.reshape(b, hp, wp, c, out_sharding=batch_sharding(x, 4))
 
 
 def patch_merge(x: jax.Array) -> jax.Array:
