@@ -419,7 +419,7 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
       bad(key, "an Adam decay must be a number in [0, 1)")
   if not (_is_number(cfg["weight_decay"]) and cfg["weight_decay"] >= 0):
     bad("weight_decay", "must be a number >= 0")
-  if cfg["optimizer"] in ("adam", "adamw"):
+  if cfg["optimizer"] in ("adam", "adamw", "adamw_hf"):
     if not (_is_number(cfg["eps"]) and cfg["eps"] > 0):
       bad("eps", f"{cfg['optimizer']}'s epsilon must be a number > 0, e.g. 1e-8 (at 0 a zero "
                  f"gradient, a dead channel's, gives a 0 / 0 update)")
