@@ -444,11 +444,73 @@ def test_configs_derive_from_shared_recipes():
   base = config_lib.to_dict(config_lib.load("cifar10_resnet18"))
   vgg = config_lib.to_dict(config_lib.load("cifar10_vgg16"))
   differ = {k for k in base if base[k] != vgg[k]}
-  assert differ == {"model", "lr", "config"} and vgg["lr"] == 0.01
+  assert differ == {"model", "lr", "config", "pretrained", "pretrained_new_head"}
+  assert vgg["lr"] == 0.01
   easier_r18 = config_lib.to_dict(config_lib.load("easier_cifar10_resnet18",
                                                   easier_cli.METHOD_DEFAULTS))
   assert {k: easier_r18[k] for k in base if k != "config"} == {
       k: v for k, v in base.items() if k != "config"}
+
+
+def _shipped_config(name):
+  """Shipped config ``name`` loaded as its command loads it, and its settings problems."""
+  prefix = name.split("_")[0]
+  if prefix in ("egp", "nepenthe"):
+    cfg = egp_cli.CONFIGS[prefix].load(name)
+    return cfg, config_lib.check(cfg) + egp_cli.check(cfg, prefix)
+  module = {"easier": easier_cli, "tlc": tlc_cli, "lacoot": lacoot_cli}.get(prefix)
+  if module is None:
+    cfg = config_lib.to_dict(config_lib.load(name))
+    return cfg, config_lib.check(cfg)
+  cfg = module.CONFIGS.load(name)
+  return cfg, config_lib.check(cfg) + module.check(cfg)
+
+
+def test_lacoot_configs_measure_distances_in_the_official_validation_batch():
+  # The official val_one_epoch_wasserstein averages per-batch distances over the validation
+  # loader at batch_size=128; a sliced distance between finite batches depends on their size.
+  names = config_lib.available(prefix="lacoot_", exclude=("lacoot_digits",))
+  assert {"lacoot_cifar10_resnet18", "lacoot_cifar10_mobilenetv2", "lacoot_cifar10_swin_t",
+          "lacoot_tinyimagenet_swin_t"} <= set(names)
+  for name in names:
+    cfg, problems = _shipped_config(name)
+    assert problems == [], name
+    # the distances' batch as python -m train lacoot computes it
+    assert (cfg["eval_batch_size"] or config_lib.recipe_of(cfg).batch_size) == 128, name
+    assert "batches of 128" in (config_lib.CONFIG_DIR / f"{name}.py").read_text(), name
+
+
+# The dense starts of the official code (the papers' specification notes): VGG-16-bn and Swin-T
+# from ImageNet weights on every dataset, ResNet-18 from ImageNet weights on Flowers-102/DTD (EASIER),
+# from scratch on CIFAR-10, Tiny-ImageNet, PACS and VLCS; MobileNetV2 from scratch on CIFAR-10.
+_IMAGENET_FILES = {"vgg16_bn": "vgg16_bn_imagenet.safetensors",
+                   "swin_t": "swin_t_imagenet.safetensors"}
+
+
+def test_configs_start_from_imagenet_weights_where_the_official_code_does(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)                # where no weights file is
+  started = set()
+  for name in config_lib.available():
+    cfg, problems = _shipped_config(name)
+    assert problems == [], name
+    if cfg["model"] in _IMAGENET_FILES or cfg["dataset"] in ("oxford_flowers102", "dtd"):
+      want = _IMAGENET_FILES.get(cfg["model"], "resnet18_imagenet.safetensors")
+      assert (cfg["pretrained"], cfg["pretrained_new_head"]) == (want, True), name
+      # python -m train stops before anything runs, naming the missing file and what to do
+      assert command.pretrained_problems(cfg) == [
+          f"--config.pretrained={want!r}: no such file. Export torchvision's weights to a "
+          f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
+          f"or --config.pretrained=None to start from a random initialisation"], name
+      assert want in (config_lib.CONFIG_DIR / f"{name}.py").read_text(), name
+      started.add(name)
+    elif cfg["model"] in ("resnet18", "resnet18_imagenet", "mobilenet_v2"):
+      assert cfg["pretrained"] is None, name
+  assert {"cifar10_vgg16", "easier_cifar10_vgg16", "tlc_cifar10_vgg16", "flowers102", "dtd",
+          "easier_flowers_resnet18", "easier_dtd_resnet18", "cifar10_swin_t",
+          "lacoot_tinyimagenet_swin_t"} <= started
+  # The ImageNet start keeps each recipe's lr: TLC's CIFAR row is ResNet-18's, EASIER's is 0.01.
+  assert _shipped_config("tlc_cifar10_vgg16")[0]["lr"] == 0.1
+  assert _shipped_config("easier_cifar10_vgg16")[0]["lr"] == 0.01
 
 
 def test_a_command_may_add_its_own_config_keys(tmp_path):

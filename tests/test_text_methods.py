@@ -200,7 +200,7 @@ def test_text_configs_load_with_the_official_recipe():
     assert config_lib.check(cfg) + tlc_cli.check(cfg) == []
     recipe = config_lib.recipe_of(cfg)
     assert (recipe.optimizer, recipe.lr, recipe.epochs, recipe.batch_size, recipe.milestones,
-            recipe.weight_decay) == ("adamw", 2e-5, 3, 32, (), 0.0)
+            recipe.weight_decay) == ("adamw_hf", 2e-5, 3, 32, (), 0.0)
     assert (cfg["max_length"], cfg["rank_batch_size"], cfg["seed"]) == (128, 32, 43)
     assert cfg["model"] == name.split("_")[-1] + "_base"
     assert cfg["dataset"] == "glue/" + name.split("_")[1]

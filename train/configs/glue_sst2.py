@@ -8,8 +8,9 @@ Takes: 3 epochs of 1,894 steps at batch 32 (a GPU job).
 Reaches: not measured by this project yet (no GPU run); the classifier starts fresh on the
   pre-trained encoder (pretrained_new_head).
 
-AdamW lr 2e-5, betas (0.9, 0.999), eps 1e-8, no weight decay, no schedule,
-batch 32, sequences of 128 tokens; seed 43; GLUE's train split 90/10 into
+transformers.AdamW (optimizer adamw_hf: its epsilon sits outside the bias
+correction, unlike torch's), lr 2e-5, betas (0.9, 0.999), eps 1e-8, no weight
+decay, no schedule, batch 32, sequences of 128 tokens; seed 43; GLUE's train split 90/10 into
 train/validation, GLUE's validation split as the test set. --model roberta_base
 with a roberta-base folder for RoBERTa; without --pretrained the encoder starts
 from a random initialisation.
@@ -28,7 +29,7 @@ def get_config():
   config.seed = 43
   config.epochs = 3
   config.batch_size = 32
-  config.optimizer = "adamw"
+  config.optimizer = "adamw_hf"   # the TLC scripts' transformers.AdamW
   config.lr = 2e-5
   config.b1 = 0.9
   config.b2 = 0.999

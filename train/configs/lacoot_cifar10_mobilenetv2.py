@@ -12,6 +12,8 @@ ConvBN-ReLU6 sub-layer of the 13 stride-1 expansion blocks (pairing "official";
 "block" uses the 10 whole inverted residuals with a skip connection), ranked by
 the max-sliced validation distance, smallest removed first. --order shifted
 reproduces the official script's off-by-one (the last sub-layer is never removed).
+The validation distances are means over batches of 128 (eval_batch_size), the
+official validation loader's batch; a distance depends on the batch size.
 """
 
 from train.configs import cifar10_mobilenetv2
@@ -26,4 +28,5 @@ def get_config():
   config.order = "ascending"
   config.score = "max_sliced"
   config.tolerance = 1.0
+  config.eval_batch_size = 128   # the distances' batch: the official validation loader's
   return config

@@ -10,7 +10,11 @@ ImageNet normalisation) with λ = 5 and 50 projections. The regularized blocks
 are the official four layerS/1 (pairing "official"; the default "block" pairing
 adds layer1/0) and the removal follows the official script's deepest-first path
 (layer4/1, then layer3/1, ...); --order ascending ranks by validation
-distance instead. The official validation split keeps the training
+distance instead. The validation distances are means over batches of 128
+(eval_batch_size), the official validation loader's batch: a distance between
+finite batches depends on their size, so another batch can rank the blocks
+differently (the official loader also counts its last partial batch of 8
+images; jaxdepth drops it). The official validation split keeps the training
 augmentation: --config.val_augment=True reproduces that.
 """
 
@@ -26,4 +30,5 @@ def get_config():
   config.order = "deepest_first"
   config.score = "sliced"
   config.tolerance = 1.0
+  config.eval_batch_size = 128   # the distances' batch: the official validation loader's
   return config

@@ -16,9 +16,10 @@ flip, ImageNet normalisation) with λ = 0.1 and 50 projections. The settings
 reproduce the official code: each unit is a whole Swin layer (features/s/b,
 attention and MLP halves), its input compared with the output of its MLP
 before the stochastic depth and the residual addition (pairing "official"); the
-ranking distance is the max-sliced one on the validation split and the removal
-order the official script's z-score + percentile rule (order "zscore", under
-which a layer far below the mean distance goes late). --pairing block compares
+ranking distance is the max-sliced one on the validation split, averaged over
+batches of 128 as the official validation loader's (eval_batch_size), and the
+removal order the official script's z-score + percentile rule (order "zscore",
+under which a layer far below the mean distance goes late). --pairing block compares
 each layer's input with its output; --order ascending removes the smallest
 distance first.
 """

@@ -14,9 +14,10 @@ SGD momentum 0.9, lr 0.001, weight decay 1e-4, batch 128, lr x0.1 at epochs 80
 and 120; horizontal flip only, ImageNet normalisation, no resize (64x64 enters
 Swin-T as 16x16 tokens). λ = 1, 50 projections, and the official Swin-T
 settings as in lacoot_cifar10_swin_t: layer input against the MLP output
-before its addition, max-sliced validation distance, z-score + percentile
-removal order. Like the paper, it starts from torchvision's ImageNet weights
-(the head replaced by a fresh one of 200 classes; see lacoot_cifar10_swin_t).
+before its addition, max-sliced validation distance in batches of 128,
+z-score + percentile removal order. Like the paper, it starts from
+torchvision's ImageNet weights (the head replaced by a fresh one of 200
+classes; see lacoot_cifar10_swin_t).
 """
 
 from train.configs import lacoot_cifar10_swin_t

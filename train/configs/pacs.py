@@ -6,9 +6,12 @@ Takes: 30 epochs of ~500 steps at batch 16 (a GPU job).
 Reaches: about 80 % test accuracy (EASIER appendix Table 7: dense ResNet-18 79.70 %).
 
 SGD momentum 0.9, lr 1e-3, weight decay 5e-4, batch 16, lr x0.1 at epoch 24;
-random resized crop 224 (80-100 %), flip, colour jitter 0.4. Other models:
---model mobilenet_v2_imagenet or vgg16_bn (the paper starts those from
-ImageNet weights; jaxdepth trains from scratch).
+random resized crop 224 (80-100 %), flip, colour jitter 0.4. ResNet-18 starts
+from scratch, as in the official code. Other models: --model
+mobilenet_v2_imagenet or vgg16_bn, which the official code starts from ImageNet
+weights: add --pretrained FILE (torchvision's mobilenet_v2 or vgg16_bn weights,
+docs/weights.md) and --config.pretrained_new_head=true for that; without them
+they train from scratch.
 
 The official code builds one training transform for the whole dataset, so its
 validation and test images are both randomly augmented: the accuracies quoted
