@@ -20,7 +20,7 @@ saved as spec JSON + orbax (``chosen/``, reloaded by
 Work directory::
 
     run.json             what is run (method, its options, spec, dataset, recipe, seed,
-                         compute dtype)
+                         compute dtype, device count)
     checkpoints/         orbax, one per finished iteration: train state (variables,
                          optimizer state, rng), method state, the report so far
     iterations/NNN/      metrics.jsonl (one line per epoch: train loss and accuracy,
@@ -41,8 +41,10 @@ Determinism: iteration ``i`` trains with the seed :func:`iteration_seed` (seed,
 i), which keys its data order, augmentation and dropout; so a killed run
 started again with the same arguments ends with the same report and
 parameters as an uninterrupted one (bit for bit on CPU). A work directory
-holding another run (another model, dataset, recipe, method option, seed or
-compute dtype) is refused before anything is written; only ``iterations`` and
+holding another run (another model, dataset, recipe, method option, seed,
+compute dtype or device count: the devices of the mesh, whose reductions round
+differently on another count; the process count is free) is refused before
+anything is written; only ``iterations`` and
 ``tolerance`` may change between calls (more iterations continue a finished run).
 The run's saved results (``iterations/*/model``, ``report.json``, ``chosen/``) make the
 directory its own as its checkpoints do: with ``checkpoints/`` deleted, a run with
@@ -190,9 +192,9 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   can be neither resumed nor extended, and training it again would overwrite its results.
   The digest of the initial variables is compared only when variables are given:
   ``variables=None`` resumes from the run's iteration checkpoints whatever it started from.
-  A ``run.json`` written before the compute dtype, the evaluation batch and the data
-  (:func:`jaxdepth.training.data_identity`), or some of the data's keys, were recorded
-  resumes with any.
+  A ``run.json`` written before the compute dtype, the evaluation batch, the data
+  (:func:`jaxdepth.training.data_identity`), or some of the data's keys, or the device
+  count were recorded resumes with any.
   """
   path = workdir / "run.json"
   if not path.exists():
@@ -217,7 +219,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"directory")
   if "variables" not in identity:
     stored.pop("variables", None)
-  for key in ("dtype", "eval_batch_size", "data"):   # not recorded by older run.json files: any
+  for key in ("dtype", "eval_batch_size", "data", "devices"):   # not in older run.json files: any
     stored.setdefault(key, identity[key])
   if isinstance(stored["data"], dict) and isinstance(identity["data"], dict):
     stored["data"] = {**identity["data"], **stored["data"]}   # keys recorded since: any
@@ -226,6 +228,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     hint = (" (variables is a digest of the initial variables: a run started from "
             "init(spec, key(seed)) has none; pass the variables it started from, or None to "
             "resume it)" if stored.get("variables") != identity.get("variables") else "")
+    hint += training.devices_hint(stored["devices"], identity["devices"])
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
                            f"({'; '.join(diffs)}){hint}; use another directory")
   finished = [r for r in _results(workdir) if r != "iterations/*/model"]
@@ -319,7 +322,8 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       with the removals decided in iterations ``0 .. i-1``.
     tolerance: allowed validation-accuracy drop of the operating point, in points.
     seed: initialisation and the per-iteration seeds (:func:`iteration_seed`).
-    mesh: the device mesh (default: every device).
+    mesh: the device mesh (default: every device). Its number of devices is part of the
+      run's identity (another count rounds differently; the number of processes is not).
     dtype: compute dtype (part of the run's identity, as ``"float32"`` for ``None``).
     eval_batch_size: batch size of the evaluations (default: the recipe's).
     progress: progress bars.
@@ -382,12 +386,14 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   say = say or (lambda _: None)
   workdir = pathlib.Path(workdir)
   # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
-  # LaCoOT's distances): another one changes the decisions.
+  # LaCoOT's distances): another one changes the decisions. So does another device count
+  # (the reductions round differently); the process count does not.
   identity = {"method": method.name, "method_options": method.options(),
               "spec": spec.to_dict(), "dataset": dataset.name,
               "data": training.data_identity(dataset), "recipe": recipe.to_dict(),
               "seed": seed, "dtype": training.dtype_name(dtype),
-              "eval_batch_size": eval_batch_size, "info": info or {}}
+              "devices": int(mesh.devices.size), "eval_batch_size": eval_batch_size,
+              "info": info or {}}
   if variables is not None:   # given ones are part of the identity (None: the run's own)
     identity["variables"] = training.variables_digest(variables, mesh)
   _check_identity(workdir, identity)
@@ -703,7 +709,7 @@ def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, An
       "method": identity["method"], "method_options": identity["method_options"],
       "model": identity["spec"]["name"], "dataset": identity["dataset"],
       "recipe": identity["recipe"], "seed": identity["seed"], "dtype": identity["dtype"],
-      "info": identity["info"],
+      "devices": identity["devices"], "info": identity["info"],
       "unit": method.unit, "units_total": total, "score_name": method.score_name,
       "score_unit": getattr(method, "score_unit", None),
       "tolerance_points": tolerance, "finished": chosen is not None,

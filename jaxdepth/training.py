@@ -65,7 +65,8 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
-    "variables_digest", "data_identity", "dtype_name", "check_variables", "check_seed", "check_split",
+    "variables_digest", "data_identity", "dtype_name", "devices_hint", "check_variables",
+    "check_seed", "check_split",
 ]
 
 DATA_AXIS = "data"
@@ -893,6 +894,22 @@ def dtype_name(dtype) -> str:
   return "float32" if dtype is None else jnp.dtype(dtype).name
 
 
+def devices_hint(stored, asked) -> str:
+  """What to do when a run on ``stored`` devices is resumed on ``asked`` (``""`` when the same).
+
+  The device count is part of a run's identity (the process count is not): the order of the
+  reductions changes with it, and so does the result.
+  """
+  if stored is None or stored == asked:
+    return ""
+  s = "" if stored == 1 else "s"
+  return (f" (devices is the number of devices the run's batches are split over, every "
+          f"process's together; another count rounds, and so trains, differently: resume it "
+          f"on {stored} device{s}, e.g. "
+          f"JAX_NUM_CPU_DEVICES={stored} on CPU, CUDA_VISIBLE_DEVICES naming {stored} GPU{s}, "
+          f"or mesh=training.make_mesh(jax.devices()[:{stored}]))")
+
+
 def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
   stored = dict(meta.get("recipe", {}))
   asked = recipe.to_dict()
@@ -901,8 +918,9 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
            for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
   stored_run = dict(meta.get("run", {}))
   # Checkpoints written before the dtype was normalised record dtype=None as None;
-  # those written before the data was recorded resume with any.
+  # those written before the data or the device count was recorded resume with any.
   stored_run["dtype"] = stored_run.get("dtype") or "float32"
+  stored_run.setdefault("devices", run.get("devices"))
   if stored_run.get("data") is None:
     stored_run["data"] = run.get("data")
   elif run.get("data") is not None:   # keys recorded since (normalization, ...): any
@@ -919,6 +937,7 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
     hint = (" (variables is a digest of the initial variables: resume from the ones the run "
             "started with)" if "variables" in run
             and stored_run.get("variables") != run["variables"] else "")
+    hint += devices_hint(stored_run.get("devices"), run.get("devices"))
     raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
                            f"resume it with the same settings or use another directory")
 
@@ -996,8 +1015,10 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   workdir holding another architecture raises
   :class:`~jaxdepth.checkpoint.SpecMismatchError`; other settings (recipe,
   dataset: its name and its splits, :func:`data_identity`; seed, compute dtype (``None`` is ``float32``), options, the initial
-  variables: a digest of them, masks applied, :func:`variables_digest`) raise
-  :class:`RunMismatchError`.
+  variables: a digest of them, masks applied, :func:`variables_digest`; the number of devices
+  of ``mesh``, whose reductions round differently on another count, but not the number of
+  processes) raise :class:`RunMismatchError`; a checkpoint written before the device count
+  was recorded resumes on any.
   Only ``recipe.epochs`` may change between calls, to extend a run. A custom
   ``tx`` is recorded only as being one (optax transformations cannot be
   compared): keeping it the same on resume is the caller's part; one whose state
@@ -1083,8 +1104,10 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                                  regularizer=regularizer)
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
+  # The devices the batches are split over (not the processes): another count rounds,
+  # and so trains, differently.
   run = {"dataset": dataset.name, "data": data_identity(dataset), "seed": seed, "stats_last_epoch": stats_last_epoch,
-         "custom_tx": custom_tx, "dtype": dtype_name(dtype),
+         "custom_tx": custom_tx, "dtype": dtype_name(dtype), "devices": int(mesh.devices.size),
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),
          "regularizer": None if regularizer is None else regularizer.name,

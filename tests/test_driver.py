@@ -370,6 +370,33 @@ def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
   assert run(jnp.dtype("bfloat16")).report["dtype"] == "bfloat16"
 
 
+def test_the_device_count_is_part_of_the_run_and_its_report(digits, tmp_path):
+  # Another device count rounds differently: a resume on it ends as neither count's run.
+  ds, spec = digits
+
+  def run(devices):
+    return driver.run(Easier(), spec, ds, RECIPE, tmp_path, iterations=1, progress=False,
+                      eval_batch_size=512, latency_batches=(), merge=False,
+                      mesh=training.make_mesh(jax.devices()[:devices]))
+
+  first = run(1)   # the mesh's devices, not the process's 2
+  assert first.report["devices"] == 1
+  assert json.loads((tmp_path / "run.json").read_text())["devices"] == 1
+  before = _snapshot(tmp_path)
+  with pytest.raises(driver.RunMismatchError,
+                     match=r"\(devices: 1 there, 2 asked\) \(devices is the number of devices .*"
+                           r"resume it on 1 device, e.g. JAX_NUM_CPU_DEVICES=1.*\); use another "
+                           r"directory"):
+    run(2)
+  assert _snapshot(tmp_path) == before
+  # A run.json written before the device count was recorded resumes on any (the finished
+  # run trains nothing more).
+  stored = json.loads((tmp_path / "run.json").read_text())
+  del stored["devices"]
+  (tmp_path / "run.json").write_text(json.dumps(stored))
+  assert run(2).report["iterations"] == first.report["iterations"]
+
+
 def _record_timed_dtypes(monkeypatch):
   """The dtype each network timed by jaxdepth.timing computes in, read off its jaxpr (the
   logits are float32 either way)."""

@@ -747,6 +747,38 @@ def test_fit_refuses_a_workdir_of_other_initial_variables(digits, tmp_path):
                  progress=False, workdir=tmp_path)
 
 
+def test_another_device_count_is_another_run_and_older_checkpoints_resume_on_any(
+    digits, tmp_path, monkeypatch):
+  # Another device count sums in another order: the resumed run would end as neither count's.
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  one_device, two = training.make_mesh(jax.devices()[:1]), training.make_mesh()
+  spe = digits.train.num_batches(64, drop_remainder=True)
+  training.fit(spec, variables, digits, RECIPE.replace(epochs=1), seed=3, progress=False,
+               workdir=tmp_path / "new", mesh=one_device)
+  with pytest.raises(training.RunMismatchError,
+                     match=r"\(devices: 1 stored, 2 asked\) \(devices is the number of devices .*"
+                           r"resume it on 1 device, e.g. JAX_NUM_CPU_DEVICES=1"):
+    training.fit(spec, variables, digits, RECIPE, seed=3, progress=False,
+                 workdir=tmp_path / "new", mesh=two)
+  # A checkpoint written before the device count was recorded resumes on any: the second
+  # epoch alone is trained (a split that gives one epoch's batches would stop a fresh run).
+  save = checkpoint.Checkpointer.save
+
+  def save_without_devices(self, step, state, *, meta=None, **kw):
+    run = {k: v for k, v in meta["run"].items() if k != "devices"}
+    return save(self, step, state, meta={**meta, "run": run}, **kw)
+
+  with monkeypatch.context() as m:
+    m.setattr(checkpoint.Checkpointer, "save", save_without_devices)
+    first = training.fit(spec, variables, digits, RECIPE.replace(epochs=1), seed=3,
+                         progress=False, workdir=tmp_path / "old", mesh=one_device)
+  one_epoch = dataclasses.replace(digits, train=_Interrupted(digits.train, spe))
+  resumed = training.fit(spec, variables, one_epoch, RECIPE, seed=3, progress=False,
+                         workdir=tmp_path / "old", mesh=two)
+  assert resumed.history[0] == first.history[0] and len(resumed.history) == 2
+
+
 def test_fit_takes_a_numpy_seed_and_writes_its_checkpoints(digits, tmp_path):
   # `for seed in np.arange(3): fit(..., seed=seed)`: the seed goes to the checkpoints' JSON
   spec = _tiny_cnn()
