@@ -42,6 +42,7 @@ import json
 import math
 import os
 import pathlib
+import signal
 import socket
 import subprocess
 import sys
@@ -231,20 +232,28 @@ def test_many_processes_and_devices_compute_what_one_computes(tmp_path):
   _only_process_zero_writes_reports_logs_and_plots(out)
 
 
-def _launch_pair(argv: list[str], envs: list[dict[str, str]]) -> list[tuple[int, str]]:
-  """Runs ``argv`` as a two-process launch joined through ``JAX_COORDINATOR_ADDRESS``, process
-  i with the extra environment ``envs[i]``: ``(exit code, output)`` of each (SIGKILLed at the
-  timeout: jax catches SIGTERM)."""
+def _start_pair(argv: list[str], envs: list[dict[str, str]], args: list[list[str]] | None = None
+                ) -> list[subprocess.Popen]:
+  """Starts ``argv`` (then ``args[i]``) as a two-process launch joined through
+  ``JAX_COORDINATOR_ADDRESS``, process i with the extra environment ``envs[i]``."""
   port = _free_port()
-  procs = [subprocess.Popen(
-      argv, cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+  return [subprocess.Popen(
+      [*argv, *(args[i] if args else [])], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
       env={**_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
                   JAX_PROCESS_ID=str(i)), **extra})
       for i, extra in enumerate(envs)]
+
+
+def _launch_pair(argv: list[str], envs: list[dict[str, str]], args: list[list[str]] | None = None,
+                 timeout: float = CACHE_PAIR_TIMEOUT) -> list[tuple[int, str]]:
+  """Runs :func:`_start_pair`'s launch to its end: ``(exit code, output)`` of each (SIGKILLed at
+  the ``timeout``)."""
+  procs = _start_pair(argv, envs, args)
   try:
-    outs = [p.communicate(timeout=CACHE_PAIR_TIMEOUT)[0] for p in procs]
+    outs = [p.communicate(timeout=timeout)[0] for p in procs]
   except subprocess.TimeoutExpired:
-    raise AssertionError(f"the pair did not finish in {CACHE_PAIR_TIMEOUT} s") from None
+    raise AssertionError(f"the pair did not finish in {timeout} s") from None
   finally:
     for p in procs:
       p.kill()
@@ -436,3 +445,43 @@ def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):
   assert ("another process of this launch refused the run before any work (its output says "
           "why); process 1 stops too") in ran[1][1]
   assert sorted(p.name for p in workdir.iterdir()) == [".lock"]
+
+
+def test_processes_given_different_settings_stop_before_any_work(tmp_path):
+  """Process 1 given another --config.epochs: the two would train different runs and wait for
+  each other for ever; both must stop with exit code 2, naming the setting."""
+  workdir = tmp_path / "run"
+  ran = _launch_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+                      "--no-progress"], [{}, {}],
+                     [["--config.epochs=2"], ["--config.epochs=3"]], timeout=120)
+  assert [code for code, _ in ran] == [2, 2], "\n".join(out[-3000:] for _, out in ran)
+  for _, out in ran:
+    assert ("error: the processes of this launch were given different settings: process 1 "
+            "differs from process 0 in epochs. Every process must run the same command") in out
+  assert not workdir.exists()
+
+
+def test_sigterm_stops_every_process_of_a_launch(tmp_path):
+  """jax's preemption notifier takes SIGTERM and does nothing with it: ``kill``, ``timeout``
+  and ``scancel`` would leave the pair training. Both must stop as Ctrl-C stops them, with
+  exit code 143 and the command that resumes."""
+  workdir = tmp_path / "run"
+  procs = _start_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+                       "--no-progress", "--config.epochs=500"], [{}, {}])
+  try:
+    deadline = time.monotonic() + 120
+    while not (workdir / "checkpoints").is_dir() and time.monotonic() < deadline:   # training
+      assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+      time.sleep(0.2)
+    for p in procs:
+      p.send_signal(signal.SIGTERM)
+    outs = [p.communicate(timeout=60)[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    raise AssertionError("the pair did not stop within 60 s of SIGTERM") from None
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+  assert [p.returncode for p in procs] == [143, 143], "\n".join(out[-3000:] for out in outs)
+  assert "Stopped by SIGTERM. Nothing was lost" in outs[0]
+  assert f"python -m train fit --workdir {workdir} --no-progress --config.epochs=500" in outs[0]

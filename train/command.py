@@ -37,9 +37,10 @@ code  meaning
 73    the work directory is read-only (or not writable)
 74    the disk is full
 130   interrupted (Ctrl-C, SIGINT)
+143   stopped by SIGTERM (``kill``, ``timeout``, a scheduler's ``scancel`` or time limit)
 ====  =========================================================================
 
-For 73, 74 and 130 the paragraph says that the checkpoints already written are
+For 73, 74, 130 and 143 the paragraph says that the checkpoints already written are
 intact and gives the exact command that resumes the run.
 """
 from __future__ import annotations
@@ -48,14 +49,17 @@ import argparse
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
 import shlex
+import signal
 import socket
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, NamedTuple
@@ -68,8 +72,9 @@ except ImportError:   # not POSIX: work directories are not locked
 from train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
-           "EXIT_INTERRUPTED", "plain", "add_run_arguments", "add_launch_arguments", "parse",
-           "resolve", "model_settings_left_out", "left_out_note", "maybe_initialize_distributed",
+           "EXIT_INTERRUPTED", "EXIT_TERMINATED", "plain", "add_run_arguments",
+           "add_launch_arguments", "parse", "resolve", "model_settings_left_out", "left_out_note",
+           "maybe_initialize_distributed",
            "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems", "workdir_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
@@ -85,12 +90,14 @@ EXIT_USAGE = 2
 EXIT_READ_ONLY = 73      # sysexits EX_CANTCREAT
 EXIT_DISK_FULL = 74      # sysexits EX_IOERR
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_TERMINATED = 143    # 128 + SIGTERM, what shells report for kill
 
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); "
                    "2 bad settings, a missing extra, a workdir holding another run, or an "
                    "unreadable image; "
-                   "73 workdir read-only; 74 disk full; 130 interrupted (73, 74, 130 and the "
-                   "unreadable image print the command that resumes).")
+                   "73 workdir read-only; 74 disk full; 130 interrupted (Ctrl-C); 143 stopped by "
+                   "SIGTERM (73, 74, 130, 143 and the unreadable image print the command that "
+                   "resumes).")
 
 
 def plain(doc: str) -> str:
@@ -607,13 +614,15 @@ def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) 
 
 def start(session: "Session", parser: argparse.ArgumentParser, argv: list[str]
           ) -> argparse.Namespace | None:
-  """Parses ``argv``; answers ``--list`` (then returns None); joins a multi-process launch."""
+  """Parses ``argv``; answers ``--list`` (then returns None); joins a multi-process launch;
+  lets SIGTERM stop the run (:meth:`Session.stop_on_sigterm`)."""
   args = parse(parser, argv)
   if args.list:
     print(listing(registered_commands(), only=session.command))
     return None
   set_up_runtime(args)
   maybe_initialize_distributed(args.multihost)
+  session.stop_on_sigterm()   # after jax's own SIGTERM handler, which does nothing with it
   return args
 
 
@@ -668,7 +677,10 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
 
   In a multi-process launch every process stops when any one refuses (its own
   files, the lock process 0 takes): the others would wait for it in the run's
-  first collective.
+  first collective. So does every process when they disagree on the settings (a
+  different ``--config.KEY``, ``--workdir`` or copy of the data on one host), which
+  would otherwise train different runs that wait for each other for ever
+  (:func:`_disagreement`); both are one all-gather, before any work.
 
   Raises:
     train.config.ConfigError: one line per problem.
@@ -680,20 +692,85 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
                              check=check, check_model=check_model)
   except Exception as e:  # pylint: disable=broad-except  # raised below, after the others know
     failure = e
-  if jax.process_count() > 1 and _any_process(failure is not None) and failure is None:
-    raise config_lib.ConfigError(
-        f"another process of this launch refused the run before any work (its output says "
-        f"why); process {jax.process_index()} stops too")
+  if jax.process_count() > 1:
+    settings = None if failure is not None else _settings(prepared)
+    tables = _gather_settings(settings)
+    if failure is None and any(table[0] for table in tables):
+      raise config_lib.ConfigError(
+          f"another process of this launch refused the run before any work (its output says "
+          f"why); process {jax.process_index()} stops too")
+    problem = None if failure is not None else _disagreement(tables, settings,
+                                                             jax.process_index())
+    if problem:
+      raise config_lib.ConfigError(problem)
   if failure is not None:
     raise failure
   return prepared
 
 
-def _any_process(flag: bool) -> bool:
-  """Whether ``flag`` holds on any process of the launch (a collective: every process calls it)."""
+_MAX_KEYS = 256   # settings named one by one when processes disagree (the digest covers all)
+
+
+def _settings(prepared: Prepared) -> dict[str, Any]:
+  """What every process of a launch must agree on: the settings with their paths resolved
+  (but not where the config file and the data are read from: what is read is compared), the
+  work directory and the data (:func:`jaxdepth.training.data_identity`)."""
+  from jaxdepth import training  # pylint: disable=import-outside-toplevel
+  out = {k: v for k, v in recorded_paths(prepared.cfg).items() if k not in ("config", "data_dir")}
+  out["--workdir"] = os.path.abspath(prepared.workdir)
+  out["the data"] = training.data_identity(prepared.dataset)
+  return out
+
+
+def _hash(value, words: int) -> list[int]:
+  """The first ``words`` 32-bit words of the sha256 of ``value``'s JSON."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  raw = hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).digest()
+  return [int(x) for x in np.frombuffer(raw[:4 * words], "<i4")]
+
+
+def _gather_settings(settings: dict[str, Any] | None):
+  """Every process's ``[refused, digest of settings (8 words), key count, one hash per key]``
+  (``settings`` None: this process refused), in process order: one all-gather, every
+  process calls it."""
   import numpy as np  # pylint: disable=import-outside-toplevel
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
+  table = np.zeros(10 + _MAX_KEYS, np.int32)
+  if settings is None:
+    table[0] = 1
+  else:
+    keys = sorted(settings)[:_MAX_KEYS]
+    table[1:9] = _hash(settings, 8)
+    table[9] = len(keys)
+    table[10:10 + len(keys)] = [_hash([k, settings[k]], 1)[0] for k in keys]
+  return np.asarray(multihost_utils.process_allgather(table)).reshape(-1, table.size)
+
+
+def _disagreement(tables, settings: Mapping[str, Any], index: int) -> str | None:
+  """The problem when the processes' settings (``tables``, :func:`_gather_settings`) are not
+  all process 0's, else None. Naming the keys: a process with process 0's settings names,
+  for each other process, its keys whose value that one does not have; a process that
+  differs names its own against process 0."""
+  differ = [q for q in range(1, len(tables)) if list(tables[q][1:9]) != list(tables[0][1:9])]
+  if not differ:
+    return None
+  keys = sorted(settings)[:_MAX_KEYS]
+  mine = [_hash([k, settings[k]], 1)[0] for k in keys]
+
+  def named(other: int) -> list[str]:
+    theirs = set(tables[other][10:10 + tables[other][9]].tolist())
+    return [k for k, h in zip(keys, mine) if h not in theirs]
+
+  parts = []
+  for q in differ[:8]:
+    what = named(q) if index not in differ else named(0) if q == index else []
+    parts.append(f"process {q} differs from process 0" + (f" in {', '.join(what)}" if what
+                                                          else ""))
+  more = f" (and {len(differ) - 8} more processes)" if len(differ) > 8 else ""
+  return (f"the processes of this launch were given different settings: {'; '.join(parts)}"
+          f"{more}. Every process must run the same command with the same config, "
+          f"--config.KEY values and --workdir, and read the same data (docs/launch.md); process "
+          f"{index} stops, as every process does")
 
 
 def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_model
@@ -1232,6 +1309,8 @@ class Session:
     self.workdir: pathlib.Path | None = None
     self._lock: int | None = None   # the file descriptor holding the workdir's lock
     self._made: pathlib.Path | None = None   # the workdir, if this call created it
+    self._sigterm = None        # SIGTERM's handler before stop_on_sigterm(), once installed
+    self._terminated = False    # SIGTERM came
 
   def hold(self, workdir: pathlib.Path, *, made: bool = False) -> None:
     """Locks ``workdir`` for the rest of this call, so that no second command runs in it.
@@ -1269,6 +1348,31 @@ class Session:
       os.close(self._lock)   # closing the descriptor drops the flock
       self._lock = None
 
+  def stop_on_sigterm(self) -> None:
+    """SIGTERM (``kill``, ``timeout``, a scheduler's ``scancel`` or time limit) stops the run
+    as Ctrl-C does: the paragraph with the resume command, exit code 143.
+
+    Called after ``jax.distributed.initialize()``, whose preemption notifier takes SIGTERM
+    and does nothing with it: every process of a launch would train on. The signal goes to
+    SIGINT's handler, so it is held as Ctrl-C is while a checkpoint is handed to orbax; a
+    second SIGTERM ends the process at once. Only from the main thread (where Python
+    handles signals); the previous handler is back when the call ends.
+    """
+    if threading.current_thread() is not threading.main_thread():
+      return
+    previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+    if self._sigterm is None:
+      self._sigterm = signal.SIG_DFL if previous is None else previous   # None: set in C
+
+  def _on_sigterm(self, signum, frame) -> None:
+    del signum
+    self._terminated = True
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process
+    ctrl_c = signal.getsignal(signal.SIGINT)
+    if not callable(ctrl_c):   # ignored (a background job of a script) or set in C
+      raise KeyboardInterrupt
+    ctrl_c(signal.SIGINT, frame)   # raises KeyboardInterrupt, or holds it during a save
+
   def resume_line(self) -> str:
     """The exact command that resumes this run (``--workdir`` made explicit)."""
     argv = list(self.argv)
@@ -1293,6 +1397,9 @@ class Session:
       if code == EXIT_USAGE:   # while the lock is held: a run taking it then keeps its directory
         self._forget_made_workdir()
       self._release()
+      if self._sigterm is not None:
+        signal.signal(signal.SIGTERM, self._sigterm)
+        self._sigterm = None
 
   def _forget_made_workdir(self) -> None:
     """Removes the workdir this call created, when a refusal left nothing in it but the lock
@@ -1307,6 +1414,9 @@ class Session:
     try:
       return body()
     except KeyboardInterrupt:
+      if self._terminated:
+        _say_error(self._stopped("Stopped by SIGTERM.", "Resume with the same command:"))
+        return EXIT_TERMINATED
       _say_error(self._stopped("Interrupted (Ctrl-C).", "Resume with the same command:"))
       return EXIT_INTERRUPTED
     except config_lib.ConfigError as e:
