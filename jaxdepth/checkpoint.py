@@ -169,10 +169,13 @@ def _ctrl_c_held():
   and fail as the interpreter shuts down, printing tracebacks after the command's
   clean "Interrupted" paragraph (the checkpoint itself is discarded on resume either
   way). The signal is only held in the main thread, where Python handles it, and only
-  over Python's own handler.
+  over Python's own handler or an ignored SIGINT (a background job's): a SIGTERM that the
+  command line passes on to SIGINT's handler (``signum`` SIGTERM) is held too, and raised
+  after, while an ignored SIGINT stays ignored.
   """
+  previous = signal.getsignal(signal.SIGINT)
   if (threading.current_thread() is not threading.main_thread()
-      or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+      or previous not in (signal.default_int_handler, signal.SIG_IGN)):
     yield
     return
   caught = []
@@ -180,8 +183,8 @@ def _ctrl_c_held():
   try:
     yield
   finally:
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-  if caught:
+    signal.signal(signal.SIGINT, previous)
+  if signal.SIGTERM in caught or (caught and previous is signal.default_int_handler):
     raise KeyboardInterrupt
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import math
 import operator
 import os
@@ -64,7 +65,8 @@ from jaxdepth.text.inputs import check_vocabulary
 __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
-    "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "fit",
+    "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "Preempted",
+    "fit",
     "variables_digest", "data_identity", "dtype_name", "devices_hint", "check_variables",
     "check_seed", "check_split",
 ]
@@ -80,6 +82,28 @@ class NonFiniteLossError(FloatingPointError):
 
 class RunMismatchError(ValueError):
   """A work directory holds a run with other settings than the ones asked for."""
+
+
+class Preempted(KeyboardInterrupt):
+  """Every process of a launch stopped at the same step after a preemption notice (SIGTERM to
+  any of them, which jax's preemption service passes on to all), that step checkpointed.
+
+  A ``KeyboardInterrupt``, so that a program stops on it as on Ctrl-C; running the same
+  call again resumes from the checkpoint.
+  """
+
+
+_sync_steps = itertools.count()   # every process counts the same training steps
+
+
+def _preempted() -> bool:
+  """Whether the processes of a launch reached the step at which a preemption notice stops
+  them all (``multihost_utils.reached_preemption_sync_point``, called at every training
+  step of the process, as it must be); ``False`` in a one-process run."""
+  if jax.process_count() == 1:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+  return multihost_utils.reached_preemption_sync_point(next(_sync_steps))
 
 
 class Regularizer(NamedTuple):
@@ -1163,6 +1187,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
   bar = progress_bar(total=total, initial=step, desc=desc or f"{spec.name} on {dataset.name}",
                      enabled=progress)
   log_every = max(1, spe // 10)
+  preempted = False
   try:
     while step < total:
       epoch, start = divmod(step, spe)
@@ -1183,8 +1208,14 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
           loop["stats"] = stats
         step += 1
         bar.update(1)
+        preempted = _preempted()   # every process is at this step: checkpoint it and stop
+        if preempted and step % spe:
+          _check_loss(mean_metrics(loop["metrics"])["loss"], epoch, step, ckpt)
+          _check_state(state, epoch, step, ckpt)
+          save(step)
+          raise Preempted(f"stopped at step {step} by a preemption notice (SIGTERM)")
         if step % spe == 0:
-          break   # the epoch's metrics are checked and shown below
+          break   # the epoch's metrics are checked and shown below (and a preemption then)
         if step % log_every == 0:
           running = mean_metrics(loop["metrics"])
           _check_loss(running["loss"], epoch, step, ckpt)
@@ -1220,6 +1251,8 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
       save(step)
       if log is not None:   # a resume rewrites the log from the checkpoint's history
         log.write(record)
+      if preempted:
+        raise Preempted(f"stopped after epoch {epoch + 1} by a preemption notice (SIGTERM)")
   finally:
     bar.close()
     if ckpt is not None:

@@ -785,7 +785,9 @@ def test_a_full_disk_or_read_only_workdir_ends_with_a_paragraph_and_its_code(
 def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
   workdir = tmp_path / "run"
   argv = ["--config.epochs=400", "--config.batch_size=128", "--workdir", str(workdir)]
-  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  # The resume below runs in this process: the run's devices must be this process's.
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu",
+         "JAX_NUM_CPU_DEVICES": str(jax.device_count())}
   # A shell that started us in the background may ignore SIGINT, and the child would inherit
   # that; a handler is not inherited (the child starts with the default, as from a terminal).
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)

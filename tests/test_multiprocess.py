@@ -461,10 +461,35 @@ def test_processes_given_different_settings_stop_before_any_work(tmp_path):
   assert not workdir.exists()
 
 
-def test_sigterm_stops_every_process_of_a_launch(tmp_path):
-  """jax's preemption notifier takes SIGTERM and does nothing with it: ``kill``, ``timeout``
-  and ``scancel`` would leave the pair training. Both must stop as Ctrl-C stops them, with
-  exit code 143 and the command that resumes."""
+def test_processes_agree_on_what_settings_mean_not_on_how_they_are_spelled(tmp_path,
+                                                                              monkeypatch):
+  """The settings the processes of a launch compare: a work directory reached through a
+  symlink, a folder dataset spelled another way, the dataset's default normalization spelled
+  out and the layout the folder's detection picks were each refused as a difference."""
+  from jaxdepth import data   # pylint: disable=import-outside-toplevel
+  from train import command, config as config_lib   # pylint: disable=import-outside-toplevel
+  (tmp_path / "runs").mkdir()
+  (tmp_path / "link").symlink_to(tmp_path / "runs")
+  (tmp_path / "images").mkdir()
+  monkeypatch.chdir(tmp_path)
+  ds = data.load("digits")
+  cfg = config_lib.to_dict(config_lib.load("digits")) | {"dataset": "folder:images"}
+
+  def settings(workdir, **changes):
+    return command._settings(command.Prepared({**cfg, **changes}, pathlib.Path(workdir), ds,  # pylint: disable=protected-access
+                                              None))
+
+  first = settings(tmp_path / "runs" / "w")
+  assert settings("link/w", dataset=f"folder:{tmp_path / 'images'}/", normalization="imagenet",
+                  layout="classes") == first
+  assert settings("link/w", epochs=cfg["epochs"] + 1) != first
+
+
+def test_sigterm_to_one_process_stops_every_process_of_a_launch_at_one_step(tmp_path):
+  """jax's preemption service takes SIGTERM; nothing acted on it, and ``kill``, ``timeout``
+  and ``scancel`` left the pair training (and a process stopping alone would wait for the
+  other in its next collective). A SIGTERM to process 1 alone must stop both at the same
+  step, checkpointed, with exit code 143 and the command that resumes."""
   workdir = tmp_path / "run"
   procs = _start_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
                        "--no-progress", "--config.epochs=500"], [{}, {}])
@@ -473,8 +498,7 @@ def test_sigterm_stops_every_process_of_a_launch(tmp_path):
     while not (workdir / "checkpoints").is_dir() and time.monotonic() < deadline:   # training
       assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
       time.sleep(0.2)
-    for p in procs:
-      p.send_signal(signal.SIGTERM)
+    procs[1].send_signal(signal.SIGTERM)
     outs = [p.communicate(timeout=60)[0] for p in procs]
   except subprocess.TimeoutExpired:
     raise AssertionError("the pair did not stop within 60 s of SIGTERM") from None

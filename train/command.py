@@ -622,7 +622,7 @@ def start(session: "Session", parser: argparse.ArgumentParser, argv: list[str]
     return None
   set_up_runtime(args)
   maybe_initialize_distributed(args.multihost)
-  session.stop_on_sigterm()   # after jax's own SIGTERM handler, which does nothing with it
+  session.stop_on_sigterm()
   return args
 
 
@@ -715,9 +715,15 @@ def _settings(prepared: Prepared) -> dict[str, Any]:
   """What every process of a launch must agree on: the settings with their paths resolved
   (but not where the config file and the data are read from: what is read is compared), the
   work directory and the data (:func:`jaxdepth.training.data_identity`)."""
-  from jaxdepth import training  # pylint: disable=import-outside-toplevel
-  out = {k: v for k, v in recorded_paths(prepared.cfg).items() if k not in ("config", "data_dir")}
-  out["--workdir"] = os.path.abspath(prepared.workdir)
+  from jaxdepth import data, training  # pylint: disable=import-outside-toplevel
+  cfg = recorded_paths(prepared.cfg)
+  # What the data identity covers is compared there, not as spelled: a folder by its path,
+  # the normalization with None read as the dataset's default, the detected layout.
+  out = {k: v for k, v in cfg.items() if k not in ("config", "data_dir", "layout")}
+  if _folder(cfg["dataset"]) is not None:
+    out["dataset"] = str(_folder(cfg["dataset"]))
+  out["normalization"] = cfg["normalization"] or data.default_normalization(cfg["dataset"])
+  out["--workdir"] = os.path.realpath(prepared.workdir)
   out["the data"] = training.data_identity(prepared.dataset)
   return out
 
@@ -1352,13 +1358,16 @@ class Session:
     """SIGTERM (``kill``, ``timeout``, a scheduler's ``scancel`` or time limit) stops the run
     as Ctrl-C does: the paragraph with the resume command, exit code 143.
 
-    Called after ``jax.distributed.initialize()``, whose preemption notifier takes SIGTERM
-    and does nothing with it: every process of a launch would train on. The signal goes to
-    SIGINT's handler, so it is held as Ctrl-C is while a checkpoint is handed to orbax; a
-    second SIGTERM ends the process at once. Only from the main thread (where Python
+    In a one-process run the signal goes to SIGINT's handler, so it is held as Ctrl-C is
+    while a checkpoint is handed to orbax; a second SIGTERM ends the process at once. A
+    multi-process launch keeps jax's preemption service, which ``jax.distributed.initialize``
+    installs: a SIGTERM to any process reaches all, and every process checkpoints and stops
+    at the same training step (:class:`jaxdepth.training.Preempted`); a process that stopped
+    alone would wait for the others for ever. Only from the main thread (where Python
     handles signals); the previous handler is back when the call ends.
     """
-    if threading.current_thread() is not threading.main_thread():
+    import jax  # pylint: disable=import-outside-toplevel
+    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
       return
     previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     if self._sigterm is None:
@@ -1371,7 +1380,7 @@ class Session:
     ctrl_c = signal.getsignal(signal.SIGINT)
     if not callable(ctrl_c):   # ignored (a background job of a script) or set in C
       raise KeyboardInterrupt
-    ctrl_c(signal.SIGINT, frame)   # raises KeyboardInterrupt, or holds it during a save
+    ctrl_c(signal.SIGTERM, frame)   # raises KeyboardInterrupt, or holds it during a save
 
   def resume_line(self) -> str:
     """The exact command that resumes this run (``--workdir`` made explicit)."""
@@ -1413,8 +1422,9 @@ class Session:
   def _run(self, body: Callable[[], int]) -> int:
     try:
       return body()
-    except KeyboardInterrupt:
-      if self._terminated:
+    except KeyboardInterrupt as e:
+      from jaxdepth import training  # pylint: disable=import-outside-toplevel
+      if self._terminated or isinstance(e, training.Preempted):
         _say_error(self._stopped("Stopped by SIGTERM.", "Resume with the same command:"))
         return EXIT_TERMINATED
       _say_error(self._stopped("Interrupted (Ctrl-C).", "Resume with the same command:"))
