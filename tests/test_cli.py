@@ -487,6 +487,27 @@ _IMAGENET_FILES = {"vgg16_bn": "vgg16_bn_imagenet.safetensors",
                    "swin_t": "swin_t_imagenet.safetensors"}
 
 
+def test_a_resume_whose_weights_file_is_gone_is_told_to_put_it_back(tmp_path, capsys):
+  # It was told to export the file or start from a random initialisation: both are refused
+  # as another run (the digest of the starting weights is part of it).
+  (tmp_path / "run" / "checkpoints" / "1").mkdir(parents=True)
+  assert _fit(tmp_path / "run", "--pretrained", str(tmp_path / "gone.safetensors")) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: --config.pretrained={str(tmp_path / 'gone.safetensors')!r}: no such file or "
+      f"folder; the run in {tmp_path / 'run'} started from it, and its checkpoints resume only "
+      f"with those weights, unchanged, at that path (a digest of the weights a run starts from "
+      f"is part of the run): put them back, or use another --workdir"]
+
+
+def test_a_folder_of_weights_for_an_image_model_is_not_called_missing(tmp_path):
+  # It was refused as "no such file" (a Hugging Face folder, or dir/model.safetensors).
+  (tmp_path / "model.safetensors").write_bytes(b"")
+  cfg = config_lib.to_dict(config_lib.load("digits")) | {"pretrained": str(tmp_path)}
+  with pytest.raises(config_lib.ConfigError, match=r"is a folder: an image model starts from a "
+                     r"torchvision .safetensors \(or .pth\) file, the folder's file itself"):
+    command.initial_variables(cfg, zoo.get(cfg["model"]))
+
+
 def test_configs_start_from_imagenet_weights_where_the_official_code_does(tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)                # where no weights file is
   started = set()

@@ -800,11 +800,12 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
     raise refused from e
   if note and jax.process_index() == 0:
     _say_error(note)
-  problems = config_lib.check(cfg) + pretrained_problems(cfg) + (check(cfg) if check else [])
+  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
+  problems = config_lib.check(cfg) + (check(cfg) if check else [])
+  problems += pretrained_problems(cfg, resuming=has_checkpoints(workdir) and workdir)
   problems += workdir_problems(args.workdir)
   if problems:
     raise config_lib.ConfigError(problems)
-  workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
   session.workdir = workdir
   cfg = dataset_as_recorded(cfg, workdir)
   ds, spec = dataset_and_spec(cfg)
@@ -837,10 +838,18 @@ def workdir_problems(workdir: str | None) -> list[str]:
           f"and give its path (docs/launch.md)"]
 
 
-def pretrained_problems(cfg: Mapping[str, Any]) -> list[str]:
+def pretrained_problems(cfg: Mapping[str, Any], resuming: pathlib.Path | None = None
+                        ) -> list[str]:
   """The problem of ``cfg["pretrained"]``: a file that is not there (or a folder
-  without the Hugging Face ``model.safetensors``)."""
+  without the Hugging Face ``model.safetensors``). ``resuming``: the work directory whose
+  checkpoints the run resumes from; its run started from the file, and a digest of the
+  weights it started from is part of the run, so the file must still be there."""
   path = cfg["pretrained"]
+  if resuming and path is not None and not pathlib.Path(path).exists():
+    return [f"--config.pretrained={path!r}: no such file or folder; the run in {resuming} "
+            f"started from it, and its checkpoints resume only with those weights, unchanged, "
+            f"at that path (a digest of the weights a run starts from is part of the run): "
+            f"put them back, or use another --workdir"]
   if path is not None and not str(path).strip():   # pathlib reads "" as "."
     return [f"--config.pretrained={path!r}: empty; give a file or folder of weights, or "
             f"--config.pretrained=None to start from a random initialisation"]
@@ -889,6 +898,11 @@ def initial_variables(cfg: Mapping[str, Any], spec):
     if path.is_dir():
       _check_hf_config(cfg, spec, path / huggingface.CONFIG_FILE)
       path = path / huggingface.WEIGHTS_FILE
+  elif path.is_dir():
+    raise config_lib.ConfigError(
+        f"--config.pretrained={cfg['pretrained']!r} is a folder: an image model starts from a "
+        f"torchvision .safetensors (or .pth) file, the folder's file itself "
+        f"(docs/weights.md); a Hugging Face model folder loads onto a text encoder only")
   else:
     _check_torchvision_model(cfg, spec)
   variables = network.init(spec, jax.random.key(cfg["seed"]))
