@@ -16,6 +16,7 @@ from jaxdepth.text import Tanh, TokenEmbedding, TokenPositionEmbedding, TokenTyp
 from jaxdepth.transformer import Attention
 
 import _encoder_reference as ref
+from _explicit_axes import assert_unsharded_loss_and_gradients
 
 LENGTH, VOCAB, WIDTH = 16, 64, 16
 
@@ -429,18 +430,7 @@ def test_linearised_mlp_becomes_one_dense_exactly(family):
 def test_a_batch_of_token_ids_sharded_over_explicit_axes_gives_the_unsharded_loss_and_gradients(
     family):
   spec = zoo.tiny_encoder(max_length=8, family=family)
-  mesh = jax.make_mesh((2,), ("data",))
-  variables = network.init(spec, jax.random.key(0))
   ids = np.random.default_rng(0).integers(2, 64, (4, 8)).astype(np.int32)
   mask = np.ones((4, 8), np.int32)
   ids[1, 5:], mask[1, 5:] = (1 if family == "roberta" else 0), 0   # padding
-  batch = {"input_ids": ids, "attention_mask": mask}
-  step = jax.jit(jax.value_and_grad(lambda v, b: jnp.sum(jnp.sin(network.forward(
-      spec, v, b, train=True).logits))))
-  (loss, grads), (loss_ref, grads_ref) = (
-      step(jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.P())),
-           jax.device_put(batch, jax.sharding.NamedSharding(mesh, jax.P("data")))),
-      step(variables, batch))
-  assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_unsharded_loss_and_gradients(spec, {"input_ids": ids, "attention_mask": mask})

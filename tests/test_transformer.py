@@ -15,6 +15,8 @@ from jaxdepth.transformer import (
     WindowAttention)
 from jaxdepth.transformer import models as transformer_models
 
+from _explicit_axes import assert_unsharded_loss_and_gradients
+
 # ------------------------------------------------------------- numpy references
 
 
@@ -313,17 +315,5 @@ def test_attention_dropout_acts_in_train_mode_only():
 def test_a_batch_sharded_over_explicit_axes_gives_the_unsharded_loss_and_gradients(build):
   """Class token, window cuts and merges, stochastic depth, jitted on a batch over
   ``jax.make_mesh`` (Explicit axes; the variables replicated there): the unsharded numbers."""
-  spec = build()
-  mesh = jax.make_mesh((2,), ("data",))
-  assert mesh.axis_types == (jax.sharding.AxisType.Explicit,)
-  variables = network.init(spec, jax.random.key(0))
   x = np.random.default_rng(0).standard_normal((4, 8, 8, 1), dtype=np.float32)
-  step = jax.jit(jax.value_and_grad(lambda v, x: jnp.sum(jnp.sin(network.forward(
-      spec, v, x, train=True, rng=jax.random.key(1)).logits))))
-  (loss, grads), (loss_ref, grads_ref) = (
-      step(jax.device_put(variables, jax.sharding.NamedSharding(mesh, jax.P())),
-           jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.P("data")))),
-      step(variables, x))
-  assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_unsharded_loss_and_gradients(build(), x, rng=jax.random.key(1))
