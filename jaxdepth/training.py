@@ -66,8 +66,7 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "Preempted",
-    "fit",
-    "variables_digest", "data_identity", "dtype_name", "devices_hint", "check_variables",
+    "fit", "variables_digest", "data_identity", "dtype_name", "devices_hint", "check_variables",
     "check_seed", "check_split",
 ]
 

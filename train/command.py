@@ -802,7 +802,7 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
     _say_error(note)
   workdir = pathlib.Path(args.workdir) if args.workdir else default_workdir(session.command, cfg)
   problems = config_lib.check(cfg) + (check(cfg) if check else [])
-  problems += pretrained_problems(cfg, resuming=has_checkpoints(workdir) and workdir)
+  problems += pretrained_problems(cfg, resuming=workdir if has_checkpoints(workdir) else None)
   problems += workdir_problems(args.workdir)
   if problems:
     raise config_lib.ConfigError(problems)
