@@ -1381,7 +1381,8 @@ class Session:
     handles signals); the previous handler is back when the call ends.
     """
     import jax  # pylint: disable=import-outside-toplevel
-    if threading.current_thread() is not threading.main_thread() or jax.process_count() > 1:
+    if (threading.current_thread() is not threading.main_thread()
+        or jax.distributed.is_initialized()):   # jax's preemption service has SIGTERM
       return
     previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     if self._sigterm is None:
