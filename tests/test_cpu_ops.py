@@ -9,6 +9,8 @@ from jax import lax
 from jaxdepth import cpu_ops, network, zoo
 from jaxdepth import spec as S
 
+from _explicit_axes import assert_unsharded_loss_and_gradients
+
 NHWC = ("NHWC", "HWIO", "NHWC")
 
 
@@ -284,16 +286,8 @@ def test_the_executor_trains_a_batch_sharded_over_explicit_axes(monkeypatch):
   weight gradients, jitted on a batch over ``jax.make_mesh`` (the variables replicated there,
   as JAX's own gradients of Flax's Dense need): the unsharded numbers."""
   monkeypatch.delenv(cpu_ops.ENV, raising=False)
-  spec = zoo.digits_cnn(width=8)
-  variables = network.init(spec, jax.random.key(0))
   x = np.random.default_rng(0).standard_normal((4, 8, 8, 1), dtype=np.float32)
-  step = jax.jit(jax.value_and_grad(
-      lambda v, x: jnp.sum(jnp.sin(network.forward(spec, v, x, train=True).logits))))
-  (loss, grads), (loss_ref, grads_ref) = (step(_explicit_batch(variables, jax.P()),
-                                                _explicit_batch(x)), step(variables, x))
-  assert float(loss) == pytest.approx(float(loss_ref), rel=1e-5)
-  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_ref)):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  assert_unsharded_loss_and_gradients(zoo.digits_cnn(width=8), x)
 
 
 @pytest.mark.parametrize("in_channels, out_channels, pays", [
