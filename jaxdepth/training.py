@@ -228,13 +228,11 @@ def _check_float32(variables, where: str) -> None:
   such leaf: half-precision parameters train silently wrong (float16 Adam moments underflow,
   NaN at the first step), and bfloat16 compute is the step's ``dtype``, not the state's."""
   for name in ("params", "batch_stats"):
-    leaves, _ = jax.tree_util.tree_flatten_with_path(variables.get(name, {}))
-    for path, leaf in leaves:
+    for path, leaf in flax.traverse_util.flatten_dict(variables.get(name, {}), sep="/").items():
       dtype = getattr(leaf, "dtype", None)
       if dtype is not None and jnp.issubdtype(dtype, jnp.floating) and dtype != jnp.float32:
-        where_leaf = "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
         raise TypeError(
-            f"{where}: {name}/{where_leaf} is {jnp.dtype(dtype).name}; parameters, BatchNorm "
+            f"{where}: {name}/{path} is {jnp.dtype(dtype).name}; parameters, BatchNorm "
             f"statistics and optimizer state stay float32: pass float32 variables "
             f"(jax.tree.map(lambda a: a.astype(jnp.float32), variables)) and compute in half "
             f"precision with make_train_step(spec, tx, dtype=jnp.bfloat16)")

@@ -78,7 +78,7 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "set_up_runtime", "compute_dtype", "dataset_and_spec",
            "check_data", "start", "Prepared", "prepare", "pretrained_problems", "workdir_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
-           "same_setting", "dataset_as_recorded", "recorded_paths", "storage_failure",
+           "same_setting", "meaning", "dataset_as_recorded", "recorded_paths", "storage_failure",
            "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
            "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
@@ -715,14 +715,12 @@ def _settings(prepared: Prepared) -> dict[str, Any]:
   """What every process of a launch must agree on: the settings with their paths resolved
   (but not where the config file and the data are read from: what is read is compared), the
   work directory and the data (:func:`jaxdepth.training.data_identity`)."""
-  from jaxdepth import data, training  # pylint: disable=import-outside-toplevel
-  cfg = recorded_paths(prepared.cfg)
-  # What the data identity covers is compared there, not as spelled: a folder by its path,
-  # the normalization with None read as the dataset's default, the detected layout.
-  out = {k: v for k, v in cfg.items() if k not in ("config", "data_dir", "layout")}
-  if _folder(cfg["dataset"]) is not None:
-    out["dataset"] = str(_folder(cfg["dataset"]))
-  out["normalization"] = cfg["normalization"] or data.default_normalization(cfg["dataset"])
+  from jaxdepth import training  # pylint: disable=import-outside-toplevel
+  cfg = prepared.cfg
+  # Compared by what they name (:func:`meaning`), not as spelled; the layout the folder's
+  # detection picks is in the data identity.
+  out = {k: meaning(k, v, cfg["dataset"]) for k, v in cfg.items()
+         if k not in ("config", "data_dir", "layout")}
   out["--workdir"] = os.path.realpath(prepared.workdir)
   out["the data"] = training.data_identity(prepared.dataset)
   return out
@@ -1019,17 +1017,22 @@ def _folder(value) -> pathlib.Path | None:
 
 
 def same_setting(key: str, stored, asked, dataset: str | None = None) -> bool:
-  """Whether a run's stored ``key`` is the asked one; :data:`PATH_KEYS` compared resolved,
-  a ``folder:<path>`` dataset by its folder (recorded as given: it is the dataset's name),
-  and ``normalization`` of ``dataset`` with ``None`` read as that dataset's default
-  (``--config.normalization=imagenet`` resumes a cifar10 run started without it)."""
-  if key == "dataset" and _folder(stored) is not None:
-    return _folder(stored) == _folder(asked)
-  if key == "normalization" and dataset is not None and stored != asked:
+  """Whether a run's stored ``key`` is the asked one: the same value, or the same
+  :func:`meaning` (``--model d/`` resumes ``--model d``, ``--config.normalization=imagenet`` a
+  cifar10 run started without it)."""
+  return stored == asked or meaning(key, stored, dataset) == meaning(key, asked, dataset)
+
+
+def meaning(key: str, value, dataset: str | None = None):
+  """``value`` of ``key`` as what it names: :data:`PATH_KEYS` resolved, a ``folder:<path>``
+  dataset its resolved folder (recorded as given: it is the dataset's name), and
+  ``normalization`` ``None`` the default of ``dataset`` (where it is given)."""
+  if key == "dataset" and _folder(value) is not None:
+    return str(_folder(value))
+  if key == "normalization" and dataset is not None and value is None:
     from jaxdepth import data  # pylint: disable=import-outside-toplevel
-    default = data.default_normalization(dataset)
-    return (stored or default) == (asked or default)
-  return stored == asked or _resolved(key, stored) == _resolved(key, asked)
+    return data.default_normalization(dataset)
+  return _resolved(key, value)
 
 
 def dataset_as_recorded(cfg: Mapping[str, Any], workdir: pathlib.Path) -> Mapping[str, Any]:
