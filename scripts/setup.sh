@@ -18,11 +18,15 @@ find_python312() {
       echo "$c"; return 0
     fi
   done
-  echo "setup: Python 3.12 not found (jax 0.12 needs it); install it, e.g. 'pyenv install 3.12'" >&2
+  echo "setup: Python 3.12 not found (jax 0.12 needs 3.12 or newer, and constraints.txt pins the" \
+       "versions tested on 3.12); install it, e.g. 'pyenv install 3.12'" >&2
   return 1
 }
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null; then
+# A .venv is reused only when it is 3.12 with a working pip: a venv made without pip (an
+# interrupted ensurepip, a python3.12 without its venv package) is made again.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 12)' 2>/dev/null \
+   || ! .venv/bin/python -m pip --version >/dev/null 2>&1; then
   py="$(find_python312)"
   echo "setup: creating .venv with $py" >&2
   rm -rf .venv

@@ -307,6 +307,18 @@ def test_a_partly_copied_tfds_dataset_fails_at_load_naming_the_file(tmp_path):
     epoch(ds.test, 4)
 
 
+def test_a_tfds_dataset_whose_dataset_info_is_cut_short_is_not_prepared(tmp_path):
+  for case, text in (("empty", ""), ("cut", "{bad")):
+    write_prepared_cifar10(tmp_path / case)
+    (tmp_path / case / "cifar10" / CIFAR_VERSION / "dataset_info.json").write_text(text)
+    with pytest.raises(data.DatasetNotPrepared) as error:
+      data.load("cifar10", data_dir=str(tmp_path / case))
+    message = str(error.value)
+    assert "its dataset_info.json cannot be read" in message, message
+    assert "copy the prepared folder again (completely)" in message
+    assert "tfds build cifar10 --file_format=array_record" in message
+
+
 def test_a_tfds_data_dir_may_start_with_a_tilde(tmp_path, monkeypatch):
   monkeypatch.setenv("HOME", str(tmp_path))
   labels = write_prepared_cifar10(tmp_path / "tfds")

@@ -137,18 +137,24 @@ def open_source(name: str, split: str, data_dir: str | None) -> Any:
   ``AssertionError`` ("could not find data"), a missing-file error or, once a
   builder for an empty folder has been made in this process, ``KeyError``
   ("`splits` is empty"), depending on what is absent; all of them become
-  :class:`DatasetNotPrepared`, saying where jaxdepth looked. tfds opens the
+  :class:`DatasetNotPrepared`, saying where jaxdepth looked, as does an unreadable
+  ``dataset_info.json`` (a copy cut short). tfds opens the
   shard files lazily, at the first read; so that a partly copied dataset fails
   here and not in the middle of a run, every shard of the split must exist and
   its index (read from the file's end, a few kilobytes) must count the examples
   that tfds' ``dataset_info.json`` gives it. ``~`` in ``data_dir`` is expanded.
   """
   tfds = require("tensorflow_datasets", "data", "tfds datasets")
+  json_format = require("google.protobuf.json_format", "data", "tfds datasets")
   data_dir = None if data_dir is None else os.path.expanduser(os.fspath(data_dir))
   try:
     source = tfds.data_source(name, split=split, data_dir=data_dir, download=False)
   except (NotImplementedError, AssertionError, FileNotFoundError, KeyError) as error:
     raise pipeline.DatasetNotPrepared(how_to_prepare(name, data_dir, _where_it_looked(tfds, name, data_dir))) from error
+  except json_format.ParseError as error:   # an empty or cut-short dataset_info.json
+    raise pipeline.DatasetNotPrepared(how_to_prepare(
+        name, data_dir, f"its dataset_info.json cannot be read ({_one_line(error)}); copy the "
+        f"prepared folder again (completely), or prepare it again")) from error
   array_record = require("array_record.python.array_record_module", "data", "tfds datasets")
   for path, expected in _shards(source, split):
     if "://" not in path and not os.path.isfile(path):   # (remote files: the reader says)
