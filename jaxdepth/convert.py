@@ -47,6 +47,7 @@ Example::
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import inspect
@@ -347,11 +348,29 @@ def _eval_kwargs(module, flag: _Flag) -> dict:
   return {flag.name: flag.eval} if any(p.name == flag.name for p in params) else {}
 
 
+def _check_output(y, module):
+  """Refuses a module output that is not one array (a dict, a tuple, ...)."""
+  if isinstance(y, jax.Array):
+    return
+  if isinstance(y, Mapping):
+    what = f"a {type(y).__name__} with the keys {list(y)}"
+  elif isinstance(y, (tuple, list)):
+    what = f"a {type(y).__name__} of {len(y)} values"
+  else:
+    what = f"a {type(y).__name__}"
+  raise ConversionError(f"module {type(module).__name__} returns {what}; jaxdepth converts "
+                        f"modules returning one array, the logits: return the logits array "
+                        f"alone (e.g. out['logits'] of a dict), or wrap the module in one "
+                        f"that does")
+
+
 def _trace_linen(module, variables, x, kwargs, rngs, flag: _Flag, mutable=False):
   tracer = _Tracer(flag if kwargs else None)
 
   def fn(x):
-    return module.apply(variables, x, rngs=rngs, mutable=mutable, **kwargs)
+    out = module.apply(variables, x, rngs=rngs, mutable=mutable, **kwargs)
+    _check_output(out[0] if mutable else out, module)
+    return out
 
   try:
     with nn.intercept_methods(_linen_interceptor(tracer)), jax.disable_jit():
@@ -500,10 +519,16 @@ def _trace_nnx(model, x, kwargs, flag: _Flag, train=False):
         def run(state, x):
           inner = nnx.merge(graphdef, state)
           paths.update(_nnx_patches(inner)[0])
-          return inner(x, **kwargs)
+          y = inner(x, **kwargs)
+          _check_output(y, model)
+          return y
         closed = jax.make_jaxpr(run)(state, x)
       else:
-        closed = jax.make_jaxpr(lambda x: model(x, **kwargs))(x)
+        def run_eval(x):
+          y = model(x, **kwargs)
+          _check_output(y, model)
+          return y
+        closed = jax.make_jaxpr(run_eval)(x)
   except ConversionError:
     raise
   except Exception as e:  # pylint: disable=broad-except
@@ -651,10 +676,7 @@ def _check_input(sample_input):
 
 def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
   closed = G.inline_checkpoints(closed)
-  jaxpr = closed.jaxpr
-  if len(jaxpr.outvars) != 1:
-    raise ConversionError(f"the module returns {len(jaxpr.outvars)} arrays; jaxdepth converts "
-                          f"modules returning one array (the logits)")
+  jaxpr = closed.jaxpr      # one output: _check_output refused any other
   for leaf in leaves:
     dtype = getattr(leaf.module, "dtype", None)
     if dtype is not None and jnp.dtype(dtype) != jnp.float32:
@@ -692,13 +714,25 @@ def _convert(closed, leaves, params, read_vars, x, root, name) -> Converted:
                           f"this with the module") from e
   variables: dict[str, dict] = {}
   for path, entry in builder.variables.items():
-    for col, leaves_ in entry.items():
+    for col, leaves_ in _float32(entry).items():
       d = variables.setdefault(col, {})
       *parents, last = path.split(S.SEP)
       for part in parents:
         d = d.setdefault(part, {})
       d[last] = leaves_
   return Converted(spec, variables, builder.paths)
+
+
+def _float32(tree):
+  """``tree`` with its half-precision floating arrays (a layer's ``param_dtype=jnp.bfloat16``)
+  as float32: exact, as every bfloat16 or float16 number is a float32, and what the layer
+  computes with them when it computes in float32 (its dtype is checked to be); jaxdepth
+  trains float32 variables."""
+  def up(a):
+    dtype = jnp.dtype(a.dtype)
+    return (a.astype(jnp.float32) if jnp.issubdtype(dtype, jnp.floating)
+            and dtype.itemsize < 4 else a)
+  return jax.tree.map(up, tree)
 
 
 def _rate(leaf: _Leaf) -> float:
@@ -738,6 +772,54 @@ def _check_modes(eval_leaves, train_leaves, flag: _Flag | None):
       raise ConversionError(f"layer {leaf.where} never drops units (deterministic=True) with "
                             f"rate {_rate(leaf)}, while the spec's dropout drops in train "
                             f"mode; {todo('deterministic')}, or set its rate to 0")
+
+
+def _check_train_trace(eval_leaves, train_closed, train_leaves, flag: _Flag | None,
+                       root: str):
+  """Refuses what the module computes in train mode only: the spec is read off the eval
+  trace, so a layer called in one mode only (``if train: x = nn.Dropout(...)(x)``) or a
+  random operation of the module's own (a DropPath drawing with ``make_rng`` when training)
+  would be left out. Dropout's own draws are inside its layer call, which the trace
+  replaces by its marker."""
+  calls = collections.Counter((leaf.path, leaf.kind) for leaf in eval_leaves)
+  calls.subtract((leaf.path, leaf.kind) for leaf in train_leaves)
+  for leaves, sign, one, other in ((train_leaves, -1, "train", "eval"),
+                                   (eval_leaves, 1, "eval", "train")):
+    for leaf in leaves:
+      if sign * calls[(leaf.path, leaf.kind)] > 0:
+        follow = (f" ({flag.follow('deterministic')})" if flag and leaf.kind == "dropout"
+                  else "")
+        raise ConversionError(
+            f"layer {leaf.where} is called in {one} mode only (or more often than in {other} "
+            f"mode): the spec has the same layers in both modes, so it would compute "
+            f"something else than the module in one of them; call the layer in both modes, "
+            f"its mode following the module's{follow}, or keep it outside the converted "
+            f"module")
+  closed = G.inline_checkpoints(train_closed)
+  graph = G.Graph(closed, train_leaves, root)
+  graph.refuse_random(graph.ancestry(closed.jaxpr.outvars[0]))
+
+
+def _check_one_mode(leaves, root: str, flag: _Flag):
+  """Refuses, in a Linen module whose ``__call__`` takes no mode argument (so it runs in one
+  mode only), a BatchNorm and a dropout with a rate: pinned to eval mode (or the eval trace
+  would have refused them), they never run in the train mode the spec trains them in."""
+  for leaf in leaves:
+    if leaf.kind == "batch_norm":
+      what = ("keeps its running statistics (use_running_average=True)", "normalises with "
+              "batch statistics", flag.follow("use_running_average"), "fold it into the layer "
+              "before it")
+    elif _rate(leaf) > 0:
+      what = (f"never drops units (deterministic=True) with rate {_rate(leaf)}", "drops units",
+              flag.follow("deterministic"), "set its rate to 0")
+    else:
+      continue
+    raise ConversionError(
+        f"layer {leaf.where} {what[0]} and {root}.__call__ takes no mode argument "
+        f"({flag.name!r}), so the module never runs in train mode, where the spec's layer "
+        f"{what[1]}; add a {flag.name!r} argument to __call__ (True in "
+        f"{'eval' if flag.eval else 'train'} mode) and construct the layer with {what[2]}, "
+        f"or {what[3]}")
 
 
 def _train_mode_error(e: ConversionError, flag: _Flag | None) -> ConversionError:
@@ -797,10 +879,11 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
 
   Raises:
     ConversionError: an operation or layer that cannot be represented (with the
-      module path, the source line and what to do), a module that needs an rng
-      stream not passed or arguments besides the input and its mode flag, or a
-      sample input the module cannot run on (with the module and line where it
-      failed).
+      module path, the source line and what to do), code that runs in train mode
+      only, a layer pinned to one mode, a module that needs an rng stream not
+      passed or arguments besides the input and its mode flag, one that returns
+      anything but one array, or a sample input the module cannot run on (with
+      the module and line where it failed).
   """
   if isinstance(module, network.Network):
     raise ConversionError("from_flax: this module is already a jaxdepth network "
@@ -826,16 +909,18 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
   kwargs = _eval_kwargs(module, flag)
   variables = jax.tree.map(jnp.asarray, variables)   # arrays, whose identity the trace keeps
   closed, leaves, params = _trace_linen(module, variables, x, kwargs, rngs, flag)
-  train_leaves = []
-  if kwargs:          # a module without a train flag has one mode, the spec's eval mode
+  root = type(module).__name__
+  if kwargs:
     try:
-      _, train_leaves, _ = _trace_linen(module, variables, x, {flag.name: not flag.eval},
-                                        {"dropout": jax.random.key(0), **(rngs or {})},
-                                        flag, mutable=True)
+      train, train_leaves, _ = _trace_linen(module, variables, x, {flag.name: not flag.eval},
+                                            {"dropout": jax.random.key(0), **(rngs or {})},
+                                            flag, mutable=True)
+      _check_train_trace(leaves, train, train_leaves, flag, root)
     except ConversionError as e:
       raise _train_mode_error(e, flag) from e
-  _check_modes(leaves, train_leaves, flag if kwargs else None)
-  root = type(module).__name__
+    _check_modes(leaves, train_leaves, flag)
+  else:               # a module without a mode flag has one mode: the spec's eval mode
+    _check_one_mode(leaves, root, flag)
   conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
     _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance, flag)
@@ -861,13 +946,14 @@ def from_nnx(model, sample_input, *, train_kwarg: str = "train",
   x = _check_input(sample_input)
   kwargs = _eval_kwargs(model, flag)
   closed, leaves, params = _trace_nnx(model, x, kwargs, flag)
+  root = type(model).__name__
   try:
-    _, train_leaves, _ = _trace_nnx(model, x, {k: not v for k, v in kwargs.items()}, flag,
-                                    train=True)
+    train, train_leaves, _ = _trace_nnx(model, x, {k: not v for k, v in kwargs.items()}, flag,
+                                        train=True)
+    _check_train_trace(leaves, train, train_leaves, flag if kwargs else None, root)
   except ConversionError as e:
     raise _train_mode_error(e, flag if kwargs else None) from e
   _check_modes(leaves, train_leaves, flag if kwargs else None)
-  root = type(model).__name__
   conv = _convert(closed, leaves, params, _nnx_read, x, root, name or root)
   if check:
     copy = nnx.clone(model)

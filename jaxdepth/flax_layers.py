@@ -6,7 +6,8 @@ For every layer kind (``conv``, ``dense``, ``batch_norm``, ``layer_norm``,
 
 * which Linen and NNX classes are of that kind (:data:`LINEN`, :data:`NNX`, and
   their subclasses without a ``__call__`` of their own; a subclass with one is
-  traced through like any user module);
+  traced through like any user module, and one defining other methods, such as a
+  ``param`` that standardises the kernel, is refused);
 * how a call must look to be converted (:func:`call_input`): one input array,
   and for attention self-attention without mask, cache or custom attention
   function;
@@ -29,8 +30,10 @@ numbers.
 from __future__ import annotations
 
 import inspect
+import os
 from typing import Any
 
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -63,7 +66,8 @@ def kind_of(cls, table) -> str | None:
   A subclass is of its layer's kind when it computes what the layer computes: no class
   between it and the layer defines a ``__call__`` (one that only changes defaults, e.g.
   ``class Conv3x3(nn.Conv): kernel_size = (3, 3)``); one with a ``__call__`` of its own is
-  user code, traced through.
+  user code, traced through. A subclass of a layer's kind that defines other methods is
+  refused when it is called (:func:`call_input`).
   """
   for c, kind in table:
     if cls is c or (issubclass(cls, c) and not any(
@@ -76,7 +80,9 @@ def kind_of(cls, table) -> str | None:
 
 
 def call_input(kind: str, module, args, kwargs, where: str):
-  """The one input array of a layer call, or a :class:`ConversionError` saying why not.
+  """The one input array of a layer call, or a :class:`ConversionError` saying why not
+  (also for a layer subclass defining methods of its own and a normalisation averaging its
+  statistics over devices, ``axis_name``, which the trace could not run).
 
   Args:
     kind: the layer kind.
@@ -85,6 +91,9 @@ def call_input(kind: str, module, args, kwargs, where: str):
     kwargs: keyword arguments of the call.
     where: the layer's path, class and source line, for messages.
   """
+  _refuse_overrides(type(module), where)
+  if kind in ("batch_norm", "group_norm") and getattr(module, "axis_name", None) is not None:
+    _refuse_axis_name(kind, module, where)
   if kind == "attention":
     return _attention_input(module, args, kwargs, where)
   try:
@@ -99,6 +108,48 @@ def call_input(kind: str, module, args, kwargs, where: str):
                             f"no {name}): leave it out, or keep this layer outside the "
                             f"converted module")
   return x[1]
+
+
+_LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (jax, flax)) + (
+    os.path.dirname(os.path.abspath(__file__)),)
+
+
+def _refuse_overrides(cls, where: str):
+  """Refuses a subclass of a Flax layer that defines methods of its own (but ``__init__``,
+  which only builds the layer whose attributes are read): the layer may call them (BiT's
+  StdConv overrides ``param`` to standardise the kernel), and then computes what the spec's
+  node does not."""
+  for k in cls.__mro__:
+    if k.__module__.startswith("flax."):
+      return
+    for name, value in k.__dict__.items():
+      fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
+      if name == "__init__" or not inspect.isfunction(fn):
+        continue
+      file = inspect.unwrap(fn).__code__.co_filename
+      if file.startswith("<") or os.path.abspath(file).startswith(_LIBRARIES):
+        continue      # written by dataclasses (a Linen module's __init__, __eq__, __hash__),
+                      # or the layer's own method (the NNX trace wraps __call__ in the class)
+      raise ConversionError(
+          f"layer {where}: {k.__name__} subclasses a Flax layer and defines {name}(), which "
+          f"can make it compute something else than the plain layer (e.g. a standardised "
+          f"kernel); jaxdepth converts a layer subclass only when it changes "
+          f"class-attribute defaults: remove {k.__name__}.{name} (a weight transform can be "
+          f"applied to the variables before converting), or keep this layer outside the "
+          f"converted module")
+
+
+def _refuse_axis_name(kind: str, module, where: str):
+  if kind == "group_norm":
+    raise ConversionError(f"layer {where}: group statistics shared over the devices of axis "
+                          f"{module.axis_name!r}; each example is normalised on its own in the "
+                          f"spec: construct it with axis_name=None")
+  raise ConversionError(f"layer {where}: batch statistics averaged over the devices of axis "
+                        f"{module.axis_name!r} (axis_name={module.axis_name!r}, for pmap or "
+                        f"shard_map), which the trace has no devices for; jaxdepth computes a "
+                        f"BatchNorm's batch statistics over the whole global batch however it "
+                        f"is sharded, which is what that averaging gives: construct it with "
+                        f"axis_name=None")
 
 
 # Call arguments that leave what the layer computes as the spec node computes it: the
@@ -308,10 +359,6 @@ def _group_norm(m, name, in_shape, params, where):
     raise ConversionError(f"layer {where}: group normalisation over axes {axes}; jaxdepth's "
                           f"GroupNorm reduces over every axis but the batch (reduction_axes="
                           f"None)")
-  if getattr(m, "axis_name", None) is not None:
-    raise ConversionError(f"layer {where}: group statistics shared over the devices of axis "
-                          f"{m.axis_name!r}; each example is normalised on its own in the spec "
-                          f"(axis_name=None)")
   groups = m.num_groups if m.group_size is None else c // m.group_size
   return S.GroupNorm(name, groups=int(groups), epsilon=float(m.epsilon)), {
       "params": _affine(m, params, c)}

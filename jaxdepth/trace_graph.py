@@ -460,8 +460,8 @@ class Graph:
 
   def refuse_random(self, eqns):
     """Refuses the first random operation among ``eqns``, if any."""
-    random = [e for e in eqns if "random" in e.primitive.name or e.primitive.name in (
-        "threefry2x32", "rng_bit_generator", "rng_uniform")]
+    random = [e for e in eqns if any("random" in name or name in (
+        "threefry2x32", "rng_bit_generator", "rng_uniform") for name in _primitives(e))]
     if random:
       self.refuse(random[0], "a random operation outside nn.Dropout",
                   "use nn.Dropout for dropout, or move the noise out of the module")
@@ -488,11 +488,15 @@ class Graph:
       # the pool is its division, the rest of the chain the activation.
       kind, val = self.identify(v, average)
       if kind == "act":
+        self.refuse_gradient_ops(self.region(v, average), inside_calls=False)
         out = self.add("act", [self.value(average)], self.region(v, average)[-1], **val)
         self._memo[v] = out
         return out
     kind, val = self.identify(v, s)
-    if kind == "identity":
+    self.refuse_gradient_ops(self.region(v, s), inside_calls=kind != "act")
+    if kind == "identity" and self._summed(s) == 1:
+      out = self.pool_of_scale(v, s, 1.0)     # the mean of a 1x1 map: a sum divided by 1
+    elif kind == "identity":
       out = self.value(s)
     elif kind == "act":
       out = self.add("act", [self.value(s)], self.region(v, s)[-1], **val)
@@ -500,6 +504,46 @@ class Graph:
       out = self.pool_of_scale(v, s, val)
     self._memo[v] = out
     return out
+
+  def refuse_gradient_ops(self, eqns, inside_calls: bool = True):
+    """Refuses a ``stop_gradient`` or a ``jax.custom_vjp`` among ``eqns``: forward they
+    compute the identity, which the spec would keep, but they change the gradients, which
+    the spec would not. ``inside_calls=False`` (the chain of a recognised activation) looks
+    at the chain's own equations only, not into the functions it calls (a library
+    activation's own implementation)."""
+    for eqn in eqns:
+      names = set(_primitives(eqn)) if inside_calls else {eqn.primitive.name}
+      for name, what in (("stop_gradient", "a jax.lax.stop_gradient"),
+                         ("custom_vjp_call", "a jax.custom_vjp function (e.g. a gradient "
+                          "reversal)")):
+        if name in names:
+          self.refuse(eqn, f"{what}, which changes the gradients of what it computes",
+                      "the spec's nodes take their ordinary gradients, so leave it out; to "
+                      "freeze layers, leave them out of the optimizer's updates (e.g. "
+                      "optax.multi_transform with optax.set_to_zero for their parameters) "
+                      "rather than stopping gradients in the module")
+
+  def _sum(self, s):
+    """The ``reduce_sum`` or ``reduce_window_sum`` equation ``s`` is (or, with its reduced axes
+    put back as ones, ``keepdims=True``, comes from), else None."""
+    if _is_literal(s) or s not in self.producer:
+      return None
+    _, eqn = self.producer[s]
+    if eqn.primitive.name in ("broadcast_in_dim", "reshape") and self._unit_axes_only(eqn):
+      inner = eqn.invars[0]
+      if _is_literal(inner) or inner not in self.producer:
+        return None
+      eqn = self.producer[inner][1]
+    return eqn if eqn.primitive.name in ("reduce_sum", "reduce_window_sum") else None
+
+  def _summed(self, s) -> int | None:
+    """How many elements each element of the sum ``s`` adds up (:meth:`_sum`), else None."""
+    eqn = self._sum(s)
+    if eqn is None:
+      return None
+    if eqn.primitive.name == "reduce_window_sum":
+      return math.prod(eqn.params["window_dimensions"])
+    return math.prod(eqn.invars[0].aval.shape) // max(1, math.prod(eqn.outvars[0].aval.shape))
 
   def average_in(self, v, s):
     """``s / n`` (or ``s * c``) when ``s`` is a sum (``reduce_sum``, ``reduce_window_sum``, or
@@ -509,15 +553,8 @@ class Graph:
     An average ends in an element-wise division, so without this cut the pool's division
     and the activation after it would be identified as one function (relu(t / 4) is no
     site)."""
-    if s not in self.producer:
-      return None
-    _, eqn = self.producer[s]
-    if eqn.primitive.name in ("broadcast_in_dim", "reshape") and self._unit_axes_only(eqn):
-      inner = eqn.invars[0]
-      if _is_literal(inner) or inner not in self.producer:
-        return None
-      eqn = self.producer[inner][1]
-    if eqn.primitive.name not in ("reduce_sum", "reduce_window_sum"):
+    eqn = self._sum(s)
+    if eqn is None:
       return None
     if eqn.primitive.name == "reduce_sum" and tuple(eqn.params["axes"]) != tuple(
         range(1, len(eqn.invars[0].aval.shape) - 1)):

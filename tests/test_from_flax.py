@@ -9,6 +9,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
@@ -751,6 +752,26 @@ def test_a_layer_computing_in_bfloat16_is_refused_with_the_fix():
     assert "convert a float32 instance of the module" in message and "--dtype" in message
 
 
+def test_half_precision_variables_become_float32_exactly():
+  class HalfParams(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3), param_dtype=jnp.bfloat16)(x))   # computes in float32
+      return nn.Dense(3, param_dtype=jnp.float16)(x.mean((1, 2)))
+  module, x = HalfParams(), _batch(n=2)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  assert variables["params"]["Conv_0"]["kernel"].dtype == jnp.bfloat16
+  conv = jaxdepth.from_flax(module, variables, x)
+  for layer in ("Conv_0", "Dense_0"):
+    for name, value in conv.variables["params"][layer].items():
+      assert value.dtype == jnp.float32, (layer, name, value.dtype)
+      np.testing.assert_array_equal(np.asarray(value), np.asarray(
+          variables["params"][layer][name], np.float32))
+  jaxdepth.training.TrainState.create(conv.variables, optax.sgd(0.1), 0)   # trainable
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
+
+
 class KeepdimsPool(nn.Module):
   read: str
 
@@ -773,6 +794,25 @@ def test_a_keepdims_mean_then_flattened_is_a_global_pool(read):
   conv = jaxdepth.from_flax(module, variables, x)
   assert [type(n).__name__ for n in conv.spec.layers] == ["Conv", "Act", "Pool", "Flatten",
                                                           "Dense"]
+  np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
+                             np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("act", [False, True])
+def test_a_mean_over_a_1x1_map_is_a_global_pool(act):
+  # jnp.mean over one element divides the sum by 1, which reads as the identity of the sum.
+  class OneByOne(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (8, 8), padding="VALID")(x))        # (B, 1, 1, 4)
+      x = jnp.mean(x, axis=(1, 2))
+      return nn.Dense(3)(nn.gelu(x) if act else x)
+  module, x = OneByOne(), _batch(n=3)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert [type(n).__name__ for n in conv.spec.layers] == ["Conv", "Act", "Pool"] + (
+      ["Act"] if act else []) + ["Dense"]
+  assert conv.spec.layers[2].op == "global_avg"
   np.testing.assert_allclose(np.asarray(network.forward(conv.spec, conv.variables, x).logits),
                              np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
 
@@ -1165,6 +1205,157 @@ def test_an_nnx_batch_norm_pinned_by_its_call_is_refused():
       self.bn(self.conv(x), use_running_average=False).mean((1, 2)))):
     message = _refusal(lambda: jaxdepth.from_nnx(NNXFrozen(nnx.Rngs(0)), _batch()))
   assert "updates its variables in eval mode" in message and "in module bn " in message
+
+
+class DropPath(nn.Module):
+  @nn.compact
+  def __call__(self, x, train):
+    if not train:
+      return x
+    keep = jax.random.bernoulli(self.make_rng("dropout"), 0.5, (x.shape[0], 1))
+    return x * keep / 0.5
+
+
+class TrainOnly(nn.Module):
+  """Code that runs in train mode only, which the eval trace does not see."""
+  how: str
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.relu(nn.Dense(8)(x.reshape((x.shape[0], -1))))
+    if self.how == "drop path":
+      x = x + DropPath()(nn.Dense(8)(x), train)
+    elif train:
+      x = nn.Dropout(0.5, deterministic=False)(x)
+    return nn.Dense(3)(x)
+
+
+@pytest.mark.parametrize("how, words", [
+    ("dropout", "layer Dropout_0 (Dropout, "),
+    ("drop path", "a random operation outside nn.Dropout (operation 'random_fold_in') in "
+                  "module DropPath_0")])
+def test_code_run_in_train_mode_only_is_refused(how, words):
+  message = _linen_refusal(TrainOnly(how))
+  assert message.startswith("in train mode (train=True") and words in message, message
+  assert "test_from_flax.py:" in message
+  if how == "dropout":
+    assert "called in train mode only" in message and "deterministic=not train" in message
+
+
+@jax.custom_vjp
+def _reverse_gradient(x):
+  return x
+
+
+_reverse_gradient.defvjp(lambda x: (x, None), lambda _, g: (-g,))
+
+
+@pytest.mark.parametrize("how, op", [("stop_gradient", "'stop_gradient'"),
+                                     ("custom_vjp", "'custom_vjp_call'")])
+def test_glue_that_only_changes_gradients_is_refused(how, op):
+  class Frozen(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      x = nn.relu(nn.Conv(4, (3, 3))(x))
+      x = jax.lax.stop_gradient(x) if how == "stop_gradient" else _reverse_gradient(x)
+      return nn.Dense(3)(x.mean((1, 2)))
+  message = _linen_refusal(Frozen())
+  assert op in message and "changes the gradients" in message, message
+  assert "test_from_flax.py:" in message and "optimizer" in message
+
+
+class ModeAsAttribute(nn.Module):
+  """A mode set at construction, which __call__ does not take: one mode, eval's."""
+  layer: str
+  training: bool = False
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Conv(4, (3, 3))(x)
+    if self.layer == "batch_norm":
+      x = nn.BatchNorm(use_running_average=not self.training)(x)
+    elif self.layer == "dropout":
+      x = nn.Dropout(0.5, deterministic=not self.training)(x)
+    else:
+      x = nn.Dropout(0.0, deterministic=not self.training)(nn.LayerNorm()(x))
+    return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+
+
+@pytest.mark.parametrize("layer, words", [
+    ("batch_norm", "BatchNorm_0 (BatchNorm, "), ("dropout", "Dropout_0 (Dropout, ")])
+def test_a_pinned_layer_in_a_module_without_mode_argument_is_refused(layer, words):
+  message = _linen_refusal(ModeAsAttribute(layer))
+  assert words in message and "takes no mode argument" in message, message
+  assert "add a 'train' argument to __call__" in message and "test_from_flax.py:" in message
+  attribute = "use_running_average" if layer == "batch_norm" else "deterministic"
+  assert f"{attribute}=not train" in message
+  # Without such layers one mode is all there is: it converts.
+  module, x = ModeAsAttribute("other"), _batch(n=2)
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x)
+  assert "LayerNorm" in [type(n).__name__ for n in conv.spec.layers]
+
+
+def test_statistics_over_a_device_axis_are_refused_with_the_fix():
+  class Synced(nn.Module):
+    norm: str
+    axis_name: str | None = "batch"
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      x = nn.Conv(4, (3, 3))(x)
+      if self.norm == "batch":
+        x = nn.BatchNorm(use_running_average=not train, axis_name=self.axis_name)(x)
+      else:
+        x = nn.GroupNorm(num_groups=2, axis_name=self.axis_name)(x)
+      return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+  message = _linen_refusal(Synced("batch"))
+  assert "BatchNorm_0 (BatchNorm, " in message and "axis_name='batch'" in message, message
+  assert "global batch" in message and "construct it with axis_name=None" in message
+  # A GroupNorm's statistics are shared in eval mode too: its variables come from outside a
+  # device map, as the unsynced twin's.
+  x = _batch()
+  variables = jax.jit(Synced("group", None).init)(jax.random.key(0), x)
+  message = _refusal(lambda: jaxdepth.from_flax(Synced("group"), variables, x))
+  assert "GroupNorm_0 (GroupNorm, " in message and "axis 'batch'" in message, message
+  assert "construct it with axis_name=None" in message
+
+
+class NNXDictOut(nnx.Module):
+  def __init__(self, rngs):
+    self.head = nnx.Linear(4, 3, rngs=rngs)
+    self.conv = nnx.Conv(1, 4, (3, 3), rngs=rngs)
+
+  def __call__(self, x):
+    return {"logits": self.head(self.conv(x).mean((1, 2)))}
+
+
+def test_a_module_returning_a_dict_is_refused_naming_it():
+  class DictOut(nn.Module):
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      return {"logits": nn.Dense(3)(nn.Conv(4, (3, 3))(x).mean((1, 2)))}
+  for message in (_linen_refusal(DictOut()),
+                  _refusal(lambda: jaxdepth.from_nnx(NNXDictOut(nnx.Rngs(0)), _batch()))):
+    assert "returns a dict with the keys ['logits']" in message, message
+    assert "return the logits array alone" in message
+
+
+class StdConv(nn.Conv):
+  """BiT's weight-standardised convolution: the kernel is transformed where it is read."""
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    return value - jnp.mean(value, axis=(0, 1, 2)) if name == "kernel" else value
+
+
+def test_a_layer_subclass_defining_methods_is_refused_naming_them():
+  class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return nn.Dense(3)(nn.relu(StdConv(4, (3, 3))(x)).mean((1, 2)))
+  message = _linen_refusal(Net())
+  assert "layer StdConv_0 (StdConv, " in message and "defines param()" in message, message
+  assert "test_from_flax.py:" in message and "class-attribute defaults" in message
 
 
 def test_layer_arguments_the_spec_has_no_room_for_are_refused():
@@ -1640,16 +1831,16 @@ def test_blocks_inside_plain_modules_are_named_by_their_path():
     blocks: int
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x, train: bool = False):
       for _ in range(self.blocks):
-        x = BasicBlock(4)(x)
+        x = BasicBlock(4)(x, train)
       return x
 
   class Staged(nn.Module):
     @nn.compact
-    def __call__(self, x):
-      x = Stage(2)(nn.Conv(4, (3, 3))(x))
-      return nn.Dense(3)(jnp.mean(Stage(1)(x), axis=(1, 2)))
+    def __call__(self, x, train: bool = False):    # its BatchNorms follow it
+      x = Stage(2)(nn.Conv(4, (3, 3))(x), train)
+      return nn.Dense(3)(jnp.mean(Stage(1)(x, train), axis=(1, 2)))
   module = Staged()
   x = _batch(n=2)
   conv = jaxdepth.from_flax(module, jax.jit(module.init)(jax.random.key(0), x), x)
