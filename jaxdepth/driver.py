@@ -71,9 +71,13 @@ from jaxdepth.spec import Spec
 from jaxdepth.text.inputs import check_vocabulary
 
 __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_point",
-           "RunMismatchError", "latencies_ms", "edit_record"]
+           "RunMismatchError", "read_run_json", "latencies_ms", "edit_record"]
 
 RunMismatchError = training.RunMismatchError
+# What a refusal adds when the initial variables differ (a caller with other words drops it).
+VARIABLES_HINT = (" (variables is a digest of the initial variables: a run started from "
+                  "init(spec, key(seed)) has none; pass the variables it started from, or None "
+                  "to resume it)")
 # The report's note when the last iteration decided a removal (not after a method's stop rule
 # or LaCoOT's last evaluation, which decide none).
 LAST_REMOVAL_NOTE = ("the removal decided after the last iteration is never applied (no "
@@ -182,6 +186,36 @@ def _has_progress(workdir: pathlib.Path) -> bool:
   return _has_checkpoints(workdir) or bool(_results(workdir))
 
 
+_JSON_KINDS = {list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def read_run_json(workdir) -> dict[str, Any] | None:
+  """The ``run.json`` of ``workdir`` (the settings of the run there), None where there is none.
+
+  Raises:
+    RunMismatchError: it is not the JSON object jaxdepth writes (empty, cut short, edited),
+      naming the file: which run the directory holds cannot be told.
+  """
+  path = pathlib.Path(workdir) / "run.json"
+  try:
+    raw = path.read_bytes()
+  except FileNotFoundError:
+    return None
+  try:
+    stored = json.loads(raw)
+  except ValueError as e:   # JSONDecodeError, or bytes that are not UTF-8
+    why = "it is empty" if not raw.strip() else f"{e}"
+  else:
+    if isinstance(stored, dict):
+      return stored
+    why = f"it holds a JSON {_JSON_KINDS.get(type(stored), type(stored).__name__)}"
+  raise RunMismatchError(
+      f"work directory {workdir}: run.json is not the JSON object jaxdepth writes ({why}); it "
+      f"records the run's settings: restore it, or move the directory aside or use another "
+      f"directory")
+
+
 def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   """Refuses a work directory that holds another run (before anything is written).
 
@@ -196,13 +230,12 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   (:func:`jaxdepth.training.data_identity`), or some of the data's keys, or the device
   count were recorded resumes with any.
   """
-  path = workdir / "run.json"
-  if not path.exists():
+  stored = read_run_json(workdir)
+  if stored is None:
     if (workdir / "checkpoints").exists():
       raise RunMismatchError(f"work directory {workdir} holds checkpoints but no run.json "
                              f"(another program's run?); use another directory")
     return
-  stored = json.loads(path.read_text())
   if stored.get("method") == identity["method"] and not _has_progress(workdir):
     return
   if stored.get("method") != identity["method"]:
@@ -225,12 +258,13 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     stored["data"] = {**identity["data"], **stored["data"]}   # keys recorded since: any
   diffs = _differences(stored, identity)
   if diffs:
-    hint = (" (variables is a digest of the initial variables: a run started from "
-            "init(spec, key(seed)) has none; pass the variables it started from, or None to "
-            "resume it)" if stored.get("variables") != identity.get("variables") else "")
+    hint = VARIABLES_HINT if stored.get("variables") != identity.get("variables") else ""
     hint += training.devices_hint(stored["devices"], identity["devices"])
+    settings = tuple(k for k in sorted(set(stored) | set(identity))
+                     if stored.get(k) != identity.get(k))
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
-                           f"({'; '.join(diffs)}){hint}; use another directory")
+                           f"({'; '.join(diffs)}){hint}; use another directory",
+                           settings=settings)
   finished = [r for r in _results(workdir) if r != "iterations/*/model"]
   if finished and not any(workdir.glob("checkpoints/*")):
     raise RunMismatchError(
@@ -262,14 +296,13 @@ def _check_own_start(workdir: pathlib.Path, variables, mesh) -> None:
   (the run was stopped before sealing its first one, which opening the directory
   removed), the run would silently start again from a random initialisation.
   """
-  path = workdir / "run.json"
-  stored = json.loads(path.read_text()).get("variables") if path.exists() else None
+  stored = (read_run_json(workdir) or {}).get("variables")
   if stored is None or stored == training.variables_digest(variables, mesh):
     return
   raise RunMismatchError(
       f"work directory {workdir} holds a run that started from given variables (digest "
       f"{stored}), and no iteration checkpoint is left to resume it from; pass the variables "
-      f"it started from (variables=...), or use another directory")
+      f"it started from (variables=...), or use another directory", settings=("variables",))
 
 
 def _differences(stored: dict[str, Any], asked: dict[str, Any], prefix: str = "") -> list[str]:

@@ -80,7 +80,15 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class RunMismatchError(ValueError):
-  """A work directory holds a run with other settings than the ones asked for."""
+  """A work directory holds a run with other settings than the ones asked for.
+
+  ``settings``: the keys of the run's settings that differ, where the refusal compares
+  them (``"variables"``: the digest of the initial variables); empty otherwise.
+  """
+
+  def __init__(self, *args, settings: tuple[str, ...] = ()):
+    super().__init__(*args)
+    self.settings = tuple(settings)
 
 
 class Preempted(KeyboardInterrupt):
@@ -959,8 +967,11 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
             "started with)" if "variables" in run
             and stored_run.get("variables") != run["variables"] else "")
     hint += devices_hint(stored_run.get("devices"), run.get("devices"))
+    settings = [k for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
+    settings += [k for k, v in run.items() if stored_run.get(k) != v]
     raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
-                           f"resume it with the same settings or use another directory")
+                           f"resume it with the same settings or use another directory",
+                           settings=tuple(settings))
 
 
 def _data_difference(key: str, stored, asked) -> str:

@@ -415,6 +415,49 @@ def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   assert not (tmp_path / "w").exists()
 
 
+_README_NET = """import flax.linen as nn, jax.numpy as jnp
+class MyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), padding="SAME")(x))
+    x = nn.silu(x)
+    x = jnp.concatenate([x, nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))], axis=-1)
+    return nn.Dense(10)(x.mean(axis=(1, 2)))
+"""
+
+
+def test_easier_with_another_model_leaves_out_the_configs_iterations(tmp_path, capsys):
+  """easier_digits sets iterations=5, one per site of digits_plain: the README's
+  ``easier --model file.py:MyNet`` (2 sites) was refused for an --iterations never given."""
+  module = tmp_path / "net.py"
+  module.write_text(_README_NET)
+  argv = ["easier", "--model", f"{module}:MyNet", "--config.epochs=1", "--no-latency",
+          "--no-progress", "--workdir", str(tmp_path / "w")]
+  assert cli.main(argv) == 0
+  err = capsys.readouterr().err
+  assert "its settings for digits_plain (iterations=5) are left out, so iterations=None" in err
+  assert len(json.loads((tmp_path / "w" / "report.json").read_text())["iterations"]) == 2
+  args = command.parse(easier_cli.build_parser(), ["--model", "digits_swin"])
+  assert easier_cli.CONFIGS.resolve(args)["iterations"] is None     # one per site
+  args = command.parse(easier_cli.build_parser(), ["--model", "digits_swin", "--iterations", "3"])
+  assert easier_cli.CONFIGS.resolve(args)["iterations"] == 3
+  # Given on the command line, too many iterations are still refused, named as given.
+  for given in (["--iterations", "3"], ["--config.iterations=3"], ["--set", "iterations=3"]):
+    assert cli.main([*argv[:-1], str(tmp_path / "x"), *given]) == 2
+    assert _error_lines(capsys.readouterr().err) == [
+        f"error: {' '.join(given)}: MyNet has 2 sites, so at most 2 iterations (the last one "
+        f"trains the network with 1 removed); use --iterations 2 or leave it out"]
+  config = tmp_path / "mine.py"   # a config of the user's sets them for its own model
+  config.write_text("import ml_collections\n\ndef get_config():\n"
+                    "  config = ml_collections.ConfigDict()\n  config.model = 'digits_plain'\n"
+                    "  config.iterations = 6\n  return config\n")
+  assert cli.main(["easier", "--config", str(config), "--workdir", str(tmp_path / "x")]) == 2
+  assert _error_lines(capsys.readouterr().err) == [
+      "error: config mine sets iterations=6: digits_plain has 5 sites, so at most 5 iterations "
+      "(the last one trains the network with 4 removed); use --iterations 5"]
+  assert not (tmp_path / "x").exists()
+
+
 # ----------------------------------------------------------------------- configs
 
 
@@ -773,10 +816,14 @@ def test_storage_failures_are_recognised():
   assert command.storage_failure(ValueError("bad")) is None
 
 
-def _resume_line(err):
-  line = err.strip().splitlines()[-1].strip()
-  assert line.startswith("python -m train ")
-  return shlex.split(line)
+def _resume_line(err, cwd="."):
+  """The printed command that resumes, split; it runs this Python (a bare ``python`` may be
+  none, or another one), named from ``cwd`` relative to it when it lies under it."""
+  words = shlex.split(err.strip().splitlines()[-1].strip())
+  assert os.path.samefile(os.path.join(cwd, words[0]), sys.executable), words[0]
+  under = pathlib.Path(sys.executable).is_relative_to(pathlib.Path(cwd).resolve())
+  assert os.path.isabs(words[0]) != under, words[0]
+  return ["python", *words[1:]]
 
 
 @pytest.mark.parametrize("kind", ["disk_full", "read_only"])
@@ -828,7 +875,7 @@ def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
   assert proc.returncode == command.EXIT_INTERRUPTED, err
   assert "Traceback" not in err and "\r" not in err
   paragraph = err[err.index("Interrupted (Ctrl-C)."):]
-  assert "Nothing was lost" in paragraph and _resume_line(paragraph) == [
+  assert "Nothing was lost" in paragraph and _resume_line(paragraph, tmp_path) == [
       "python", "-m", "train", "fit", *argv]
   # Output that is not a terminal gets one progress line per epoch.
   epoch_lines = [line for line in err.splitlines() if "epoch=" in line]
@@ -838,7 +885,7 @@ def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
   # The printed command resumes (here told to stop one epoch later): nothing is retrained.
   before = progress.read_metrics(workdir / "metrics.jsonl")
   assert len(before) >= 2
-  assert cli.main(_resume_line(paragraph)[3:] + ["--no-progress",
+  assert cli.main(_resume_line(paragraph, tmp_path)[3:] + ["--no-progress",
                                                  f"--config.epochs={len(before) + 1}"]) == 0
   history = json.loads((workdir / "report.json").read_text())["history"]
   assert [r["epoch"] for r in history] == list(range(1, len(before) + 2))
@@ -962,11 +1009,105 @@ def test_weights_refused_after_the_workdir_was_made_leave_no_directory(tmp_path,
   assert cli.main(argv) == 2
   assert "bogus.safetensors is named .safetensors but is not a safetensors file" in (
       capsys.readouterr().err)
-  assert not workdir.exists()
-  workdir.mkdir()
+  assert not (tmp_path / "new").exists()                # new/ was made for it too
+  workdir.mkdir(parents=True)
   (workdir / "notes.txt").write_text("mine")
   assert cli.main(argv) == 2
   assert sorted(p.name for p in workdir.iterdir()) == [".lock", "notes.txt"]
+
+
+@pytest.mark.parametrize("text, why", [("", "it is empty"), ("[1]", "it holds a JSON array")])
+def test_a_damaged_run_json_is_one_line_naming_it_and_the_checkpoints_stay(
+    tmp_path, capsys, text, why):
+  """fit read run.json unguarded (a JSONDecodeError traceback); a method said only "Expecting
+  value: line 1 column 1" without naming the file."""
+  for argv in (["fit"], ["easier", "--iterations", "1", "--no-latency"]):
+    workdir = tmp_path / argv[0]
+    (workdir / "checkpoints" / "1").mkdir(parents=True)
+    (workdir / "checkpoints" / "1" / "state").write_bytes(b"a checkpoint")
+    (workdir / "run.json").write_text(text)
+    before = _files(workdir)
+    assert cli.main([*argv, "--config.epochs=1", "--no-progress", "--workdir", str(workdir)]) == 2
+    (workdir / command.LOCK_FILE).unlink()
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and _error_lines(err) == [
+        f"error: work directory {workdir}: run.json is not the JSON object jaxdepth writes "
+        f"({why}); it records the run's settings: restore it, or move the directory aside or "
+        f"use another directory"]
+    assert _files(workdir) == before
+
+
+@pytest.mark.parametrize("kind", ["saved", "spec"])
+def test_model_kwargs_with_a_saved_model_or_a_spec_file_are_refused(tmp_path, capsys, kind):
+  """They size a zoo model or one's own module: with a stored spec they were silently ignored."""
+  spec = zoo.digits_cnn()
+  if kind == "saved":
+    model = tmp_path / "saved"
+    checkpoint.save_model(model, spec, network.init(spec, jax.random.key(0)))
+  else:
+    model = tmp_path / "spec.json"
+    model.write_text(spec.to_json())
+  assert _fit(tmp_path / "w", "--model", str(model), "--config.model_kwargs.width=8") == 2
+  what = "saved model" if kind == "saved" else "spec file"
+  assert _error_lines(capsys.readouterr().err) == [
+      f"error: --config.model_kwargs={{'width': 8}}: the {what} {str(model)!r} fixes its own "
+      f"architecture; leave model_kwargs out"]
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_refused_run_leaves_no_empty_folders_it_made_above_its_workdir(tmp_path, capsys,
+                                                                        monkeypatch):
+  """--workdir new1/new2/run refused after the directory was made left new1/new2 behind (and
+  the default workdir an empty runs/)."""
+  bogus = tmp_path / "bogus.safetensors"
+  bogus.write_bytes(b"not a safetensors file")
+  argv = ["fit", "--model", "digits_swin", "--pretrained", str(bogus), "--no-progress"]
+  (tmp_path / "a").mkdir()
+  assert cli.main([*argv, "--workdir", str(tmp_path / "a" / "b" / "c" / "run")]) == 2
+  assert "is not a safetensors file" in capsys.readouterr().err
+  assert list((tmp_path / "a").iterdir()) == []        # the one that was there stays
+  monkeypatch.chdir(tmp_path / "a")
+  assert cli.main(argv) == 2
+  assert list((tmp_path / "a").iterdir()) == []        # no runs/
+  (tmp_path / "a" / "b").mkdir()
+  (tmp_path / "a" / "b" / "notes.txt").write_text("mine")
+  assert cli.main([*argv, "--workdir", "b/c/run"]) == 2
+  assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == ["b", "notes.txt"]
+
+
+def test_a_resume_from_other_initial_weights_is_said_in_command_line_terms(tmp_path, capsys):
+  """The library's advice (pass variables=..., or None) named no flag of the command line."""
+  argv = ["easier", "--iterations", "1", "--config.epochs=1", "--no-latency", "--no-progress",
+          "--workdir", str(tmp_path / "w")]
+  assert cli.main(argv) == 0
+  run_json = tmp_path / "w" / "run.json"
+  stored = json.loads(run_json.read_text())
+  stored["variables"] = "0" * len(stored["variables"])   # as weights re-exported with other bytes
+  run_json.write_text(json.dumps(stored))
+  before = _files(tmp_path / "w")
+  capsys.readouterr()
+  assert cli.main(argv) == 2
+  lines = _error_lines(capsys.readouterr().err)
+  assert lines == [
+      f"error: the run in {tmp_path / 'w'} started from other weights than a random "
+      f"initialisation with --seed 0 (from --pretrained weights or a saved --model, most "
+      f"likely): give the --pretrained FILE or --model DIR it started from, or use another "
+      f"--workdir"]
+  assert _files(tmp_path / "w") == before
+  error = training.RunMismatchError("library words", settings=("variables",))
+  cfg = {"pretrained": "r18.safetensors", "model": "resnet20", "seed": 0}
+  assert str(command.mismatch_in_cli_terms(error, cfg, pathlib.Path("runs/x"))) == (
+      "--config.pretrained='r18.safetensors': the weights there are not the ones the run in "
+      "runs/x started from (their digest differs): put back the file it started from, or use "
+      "another --workdir")
+  saved = tmp_path / "w" / "chosen"    # a saved model
+  cfg = {"pretrained": None, "model": str(saved), "seed": 0}
+  assert str(command.mismatch_in_cli_terms(error, cfg, pathlib.Path("runs/x"))) == (
+      f"--model {str(saved)!r}: the saved model's weights are not the ones the run in runs/x "
+      f"started from (their digest differs): put back the model it started from, or use "
+      f"another --workdir")
+  other = training.RunMismatchError("x", settings=("seed",))
+  assert command.mismatch_in_cli_terms(other, cfg, pathlib.Path("runs/x")) is other
 
 
 def test_a_text_dataset_without_a_tokenizer_names_the_command_line_options(tmp_path, capsys):

@@ -277,8 +277,9 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   assert not (tmp_path / "new").exists()
   with pytest.raises(checkpoint.SpecMismatchError, match="another model"):
     driver.run(Easier(), zoo.digits_cnn(width=16), ds, RECIPE, workdir, progress=False)
-  with pytest.raises(driver.RunMismatchError, match="lr: 0.003 there, 0.01 asked"):
+  with pytest.raises(driver.RunMismatchError, match="lr: 0.003 there, 0.01 asked") as e:
     driver.run(Easier(), spec, ds, RECIPE.replace(lr=0.01), workdir, progress=False)
+  assert "recipe" in e.value.settings                # the keys that differ, for a caller's words
   with pytest.raises(driver.RunMismatchError, match="estimator"):
     driver.run(Easier(estimator="dataset"), spec, ds, RECIPE, workdir, progress=False)
   with pytest.raises(ValueError, match="iterations must be"):
@@ -294,9 +295,10 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
     driver.run(Easier(), spec, ds, RECIPE, workdir, latency_batches=(0,))
   # The run started from init(spec, key(0)): other starting weights are another run.
   with pytest.raises(driver.RunMismatchError, match=r"variables: None there, '[0-9a-f]{16}' "
-                     r"asked\) \(variables is a digest of the initial variables"):
+                     r"asked\) \(variables is a digest of the initial variables") as e:
     driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False,
                variables=network.init(spec, jax.random.key(1)))
+  assert "variables" in e.value.settings and "recipe" not in e.value.settings
   # The evaluation batch is the statistics' batch too: another one is another run.
   with pytest.raises(driver.RunMismatchError, match="eval_batch_size: 512 there, 256 asked"):
     driver.run(Easier(), spec, ds, RECIPE, workdir, progress=False, eval_batch_size=256)
@@ -325,6 +327,26 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
   with pytest.raises(ValueError, match="no validation split"):
     driver.run(Easier(), spec, no_val, RECIPE, tmp_path / "new")
   assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("text, why", [("", "it is empty"), ("[1]", "it holds a JSON array"),
+                                       ('{"method": ', "Expecting value")])
+def test_a_damaged_run_json_is_refused_naming_it_and_nothing_is_written(digits, tmp_path, text,
+                                                                       why):
+  """A run.json cut short or edited into another JSON value was read unguarded: a
+  JSONDecodeError or AttributeError that named no file."""
+  (tmp_path / "checkpoints" / "1").mkdir(parents=True)
+  (tmp_path / "checkpoints" / "1" / "state").write_bytes(b"a checkpoint")
+  (tmp_path / "run.json").write_text(text)
+  before = _snapshot(tmp_path)
+  with pytest.raises(driver.RunMismatchError) as e:
+    _run(digits, tmp_path)
+  assert str(e.value).startswith(
+      f"work directory {tmp_path}: run.json is not the JSON object jaxdepth writes ({why}")
+  assert str(e.value).endswith("it records the run's settings: restore it, or move the "
+                               "directory aside or use another directory")
+  assert _snapshot(tmp_path) == before
+  assert driver.read_run_json(tmp_path / "none") is None
 
 
 def test_a_method_of_ones_own_with_the_two_argument_check_data_is_still_checked(digits, tmp_path):
@@ -452,8 +474,10 @@ def test_a_run_from_given_variables_is_never_restarted_from_init_when_no_checkpo
   for name in ("report.json", "report.md", "chosen", "chosen_merged"):   # so before these
     shutil.rmtree(tmp_path / name) if (tmp_path / name).is_dir() else (tmp_path / name).unlink()
   with pytest.raises(driver.RunMismatchError, match=r"started from given variables \(digest "
-                     r"[0-9a-f]{16}\), and no iteration checkpoint is left .*pass the variables"):
+                     r"[0-9a-f]{16}\), and no iteration checkpoint is left .*pass the variables"
+                     ) as e:
     run(None)
+  assert e.value.settings == ("variables",)
   again = run(start)
   assert report.without_timings(again.report) == report.without_timings(first.report)
   for a, b in zip(_params(tmp_path / "chosen"), chosen, strict=True):

@@ -79,7 +79,8 @@ __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DIS
            "check_data", "start", "Prepared", "prepare", "pretrained_problems", "workdir_problems",
            "initial_variables", "default_workdir", "has_checkpoints", "PATH_KEYS",
            "same_setting", "meaning", "dataset_as_recorded", "recorded_paths", "storage_failure",
-           "Session", "listing", "message", "IDENTITY_KEYS", "MethodConfigs", "method_parser",
+           "Session", "interpreter", "mismatch_in_cli_terms", "listing", "message",
+           "IDENTITY_KEYS", "MethodConfigs", "method_parser",
            "add_iteration_arguments", "check_iterations", "main_process_say", "latencies_at"]
 
 LOCK_FILE = ".lock"   # in a work directory, held by the command running there
@@ -209,22 +210,25 @@ def _conflicts(assignments: list[tuple[str, str]], spelled: list[str]) -> list[s
 
 def resolve(config: str | pathlib.Path, args: argparse.Namespace, *,
             extra_defaults: Mapping[str, Any] | None = None,
-            flags: tuple[str, ...] = ()) -> dict[str, Any]:
+            flags: tuple[str, ...] = (), model_keys: tuple[str, ...] = ()) -> dict[str, Any]:
   """The config file, then the ``--config.KEY`` overrides, then the dedicated ``flags`` of ``args``.
 
   Every value is type-checked against its key (:func:`train.config.override`);
   :func:`prepare` then checks the ranges. When the command line names another model
-  than the config's own, the config's :data:`train.config.MODEL_KEYS` that it does not
-  set take their defaults (:func:`model_settings_left_out`). A key that two spellings
+  than the config's own, the config's :data:`train.config.MODEL_KEYS` and ``model_keys``
+  (a command's own keys for its model) that it does not set take their defaults
+  (:func:`model_settings_left_out`). A key that two spellings
   (``--config.KEY``, ``--set``, a flag) give different values is refused.
 
   Raises:
     train.config.ConfigError: one line per problem.
   """
-  return _resolve(config, args, extra_defaults=extra_defaults, flags=flags)[0]
+  return _resolve(config, args, extra_defaults=extra_defaults, flags=flags,
+                  model_keys=model_keys)[0]
 
 
-def _resolve(config, args, *, extra_defaults, flags) -> tuple[dict[str, Any], str | None]:
+def _resolve(config, args, *, extra_defaults, flags, model_keys=()
+             ) -> tuple[dict[str, Any], str | None]:
   """:func:`resolve`, and the note saying which settings for the config's own model were
   left out (None: none)."""
   cfg = config_lib.load(config, extra_defaults)
@@ -240,7 +244,8 @@ def _resolve(config, args, *, extra_defaults, flags) -> tuple[dict[str, Any], st
   if conflicts:
     raise config_lib.ConfigError(conflicts)
   out = config_lib.override(cfg, assignments, spelled)
-  left_out = model_settings_left_out(cfg, out["model"], assignments, extra_defaults)
+  left_out = model_settings_left_out(cfg, out["model"], assignments, extra_defaults,
+                                     model_keys=model_keys)
   if left_out:   # again over the defaults: ``--config.model_kwargs.width=16`` adds to none
     base = config_lib.defaults(extra_defaults)
     for key in left_out:
@@ -251,7 +256,8 @@ def _resolve(config, args, *, extra_defaults, flags) -> tuple[dict[str, Any], st
 
 
 def model_settings_left_out(cfg, model: str, assignments: list[tuple[str, str]],
-                            extra_defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                            extra_defaults: Mapping[str, Any] | None = None, *,
+                            model_keys: tuple[str, ...] = ()) -> dict[str, Any]:
   """The settings of config ``cfg`` for its own model that ``model``, another one, does not take.
 
   A config's :data:`train.config.MODEL_KEYS` (``model_kwargs={"width": 8}``,
@@ -259,7 +265,9 @@ def model_settings_left_out(cfg, model: str, assignments: list[tuple[str, str]],
   a file, a saved model, a spec JSON) they would size the user's module or name its
   sites, so each one that differs from its default and that no ``assignments`` sets
   whole (``--config.skip=relu`` keeps it) goes back to its default
-  (``--config.model_kwargs.width=16`` then adds to the default's none).
+  (``--config.model_kwargs.width=16`` then adds to the default's none). ``model_keys``
+  are a command's own keys that belong to the model too (EASIER's ``iterations``, one
+  per site of the config's model: ``--iterations N`` keeps it).
 
   Returns:
     ``{key: the config's value}`` of the keys that take their defaults; empty for the
@@ -269,7 +277,7 @@ def model_settings_left_out(cfg, model: str, assignments: list[tuple[str, str]],
     return {}
   base = config_lib.defaults(extra_defaults)
   given = {key for key, _ in assignments}
-  return {key: _plain(cfg[key]) for key in config_lib.MODEL_KEYS
+  return {key: _plain(cfg[key]) for key in (*config_lib.MODEL_KEYS, *model_keys)
           if key in cfg and key not in given and _plain(cfg[key]) != _plain(base[key])}
 
 
@@ -662,6 +670,7 @@ class Prepared(NamedTuple):
 
 def prepare(session: "Session", args: argparse.Namespace, config: str, *,
             extra_defaults: Mapping[str, Any] | None = None, flags: tuple[str, ...] = (),
+            model_keys: tuple[str, ...] = (),
             check: Callable[[dict[str, Any]], list[str]] | None = None,
             check_model: Callable[[dict[str, Any], Any, Any], list[str]] | None = None
             ) -> Prepared:
@@ -689,7 +698,7 @@ def prepare(session: "Session", args: argparse.Namespace, config: str, *,
   failure = prepared = None
   try:
     prepared = _prepare_here(session, args, config, extra_defaults=extra_defaults, flags=flags,
-                             check=check, check_model=check_model)
+                             model_keys=model_keys, check=check, check_model=check_model)
   except Exception as e:  # pylint: disable=broad-except  # raised below, after the others know
     failure = e
   if jax.process_count() > 1:
@@ -777,8 +786,8 @@ def _disagreement(tables, settings: Mapping[str, Any], index: int) -> str | None
           f"{index} stops, as every process does")
 
 
-def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_model
-                  ) -> Prepared:
+def _prepare_here(session, args, config, *, extra_defaults, flags, model_keys, check,
+                  check_model) -> Prepared:
   """:func:`prepare` on this process alone."""
   import jax  # pylint: disable=import-outside-toplevel
   # Another method's shipped config is refused even when its keys are known here (EGP's and
@@ -791,7 +800,8 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   if owner not in (None, "fit"):
     raise refused
   try:
-    cfg, note = _resolve(config, args, extra_defaults=extra_defaults, flags=flags)
+    cfg, note = _resolve(config, args, extra_defaults=extra_defaults, flags=flags,
+                         model_keys=model_keys)
   except config_lib.ConfigError as e:
     if owner is None:
       raise
@@ -812,13 +822,17 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, check, check_
   if problems:
     raise config_lib.ConfigError(problems)
   if jax.process_index() == 0:
-    made = not workdir.exists()
+    made = None   # the highest directory this call makes for the workdir (it or one above)
+    for path in (workdir, *workdir.parents):
+      if path.exists():
+        break
+      made = path
     try:
       ensure_writable(workdir)
     except NotADirectoryError as e:
       raise config_lib.ConfigError(f"--workdir {str(workdir)!r}: {e.strerror}; give a directory "
                                    f"for the run") from e
-    session.hold(workdir, made=made)
+    session.hold(workdir, made=made or False)
   return Prepared(cfg, workdir, ds, spec)
 
 
@@ -1129,7 +1143,8 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
 
   A ``ValueError`` the settings cause inside the run becomes a
   :class:`train.config.ConfigError` (exit code 2); a work directory of another
-  run and a full or read-only disk keep their own exits.
+  run (said in the command line's terms where its initial weights differ,
+  :func:`mismatch_in_cli_terms`) and a full or read-only disk keep their own exits.
   """
   from jaxdepth import checkpoint, data, driver  # pylint: disable=import-outside-toplevel
   # Given on a resume too: their digest is checked against the run's, and a run whose only
@@ -1146,12 +1161,45 @@ def run_method(method, spec, ds, cfg: Mapping[str, Any], workdir: pathlib.Path, 
                      "checkpoint_every_steps": cfg["checkpoint_every_steps"]},
         info=_recorded_info(cfg, info_keys, workdir), latency_batches=None if latency else (),
         say=say)
-  except (driver.RunMismatchError, checkpoint.SpecMismatchError, data.UnreadableImageError):
+  except driver.RunMismatchError as e:
+    said = mismatch_in_cli_terms(e, cfg, workdir)
+    if said is e:
+      raise
+    raise said from e
+  except (checkpoint.SpecMismatchError, data.UnreadableImageError):
     raise
   except ValueError as e:
     if storage_failure(e):
       raise
     raise config_lib.ConfigError(str(e)) from e
+
+
+def mismatch_in_cli_terms(error: Exception, cfg: Mapping[str, Any], workdir: pathlib.Path
+                          ) -> Exception:
+  """A :class:`jaxdepth.training.RunMismatchError` whose initial variables differ
+  (``error.settings`` holds ``"variables"``), said in the command line's terms: the
+  library's advice (``variables=``, ``None``) names nothing a command has. Other errors
+  as they are.
+  """
+  from jaxdepth import driver  # pylint: disable=import-outside-toplevel
+  settings = getattr(error, "settings", ())
+  if "variables" not in settings:
+    return error
+  if any(k != "variables" for k in settings):   # those differences say it; the weights follow
+    return config_lib.ConfigError(str(error).replace(driver.VARIABLES_HINT, ""))
+  differs = f"not the ones the run in {workdir} started from (their digest differs)"
+  if cfg["pretrained"] is not None:
+    text = (f"--config.pretrained={cfg['pretrained']!r}: the weights there are {differs}: put "
+            f"back the file it started from, or use another --workdir")
+  elif config_lib.model_kind(cfg["model"]) == "saved":
+    text = (f"--model {cfg['model']!r}: the saved model's weights are {differs}: put back the "
+            f"model it started from, or use another --workdir")
+  else:
+    text = (f"the run in {workdir} started from other weights than a random initialisation "
+            f"with --seed {cfg['seed']} (from --pretrained weights or a saved --model, most "
+            f"likely): give the --pretrained FILE or --model DIR it started from, or use "
+            f"another --workdir")
+  return config_lib.ConfigError(text)
 
 
 # -------------------------------------------------------------- method commands
@@ -1167,10 +1215,13 @@ class MethodConfigs:
       their defaults.
     flags: the command's flags that set config keys (``--iterations`` sets
       ``iterations``).
+    model_keys: the method's keys that belong to the config's model, left out for
+      another ``--model`` (:func:`model_settings_left_out`).
   """
   name: str
   defaults: Mapping[str, Any]
   flags: tuple[str, ...] = ()
+  model_keys: tuple[str, ...] = ()
 
   def load(self, config: str | pathlib.Path) -> dict[str, Any]:
     """A config with every default filled in."""
@@ -1189,7 +1240,8 @@ class MethodConfigs:
 
   def resolve(self, args: argparse.Namespace) -> dict[str, Any]:
     """The config file, then ``--config.KEY=VALUE``, then the dedicated flags (:func:`resolve`)."""
-    return resolve(self.config_of(args), args, extra_defaults=self.defaults, flags=self.flags)
+    return resolve(self.config_of(args), args, extra_defaults=self.defaults, flags=self.flags,
+                   model_keys=self.model_keys)
 
   def workdir(self, cfg: Mapping[str, Any]) -> pathlib.Path:
     """The default work directory (:func:`default_workdir`)."""
@@ -1201,7 +1253,8 @@ class MethodConfigs:
               ) -> Prepared:
     """:func:`prepare` with this command's config and checks."""
     return prepare(session, args, self.config_of(args), extra_defaults=self.defaults,
-                   flags=self.flags, check=check, check_model=check_model)
+                   flags=self.flags, model_keys=self.model_keys, check=check,
+                   check_model=check_model)
 
 
 def method_parser(name: str, doc: str) -> argparse.ArgumentParser:
@@ -1318,6 +1371,22 @@ def _detail(error: BaseException) -> str:
   return text if len(text) <= 200 else text[:197] + "..."
 
 
+def interpreter() -> str:
+  """This Python as a shell here runs it: relative to the current folder when it lies under
+  it (``.venv/bin/python``), else its absolute path (``python`` when Python cannot tell)."""
+  exe = sys.executable
+  if not exe:
+    return "python"
+  try:
+    cwd = os.getcwd()
+  except OSError:   # the current folder was removed
+    return exe
+  if os.path.commonpath([os.path.abspath(exe), cwd]) != cwd:
+    return exe
+  rel = os.path.relpath(exe, cwd)
+  return rel if os.sep in rel else os.path.join(".", rel)   # a bare name would be looked up
+
+
 class Session:
   """One call of a command: its arguments (for the resume line) and, once known, its workdir.
 
@@ -1331,20 +1400,22 @@ class Session:
     self.argv = list(argv)
     self.workdir: pathlib.Path | None = None
     self._lock: int | None = None   # the file descriptor holding the workdir's lock
-    self._made: pathlib.Path | None = None   # the workdir, if this call created it
+    # The workdir and the highest directory this call created for it (it or one above).
+    self._made: tuple[pathlib.Path, pathlib.Path] | None = None
     self._sigterm = None        # SIGTERM's handler before stop_on_sigterm(), once installed
     self._terminated = False    # SIGTERM came
 
-  def hold(self, workdir: pathlib.Path, *, made: bool = False) -> None:
+  def hold(self, workdir: pathlib.Path, *, made: bool | pathlib.Path = False) -> None:
     """Locks ``workdir`` for the rest of this call, so that no second command runs in it.
 
     An exclusive ``flock`` on ``workdir/.lock`` (an empty file), released when the
     call ends or the process dies. Two runs in one directory would overwrite each
     other's checkpoints (a job started again while the first still runs). Where
-    the file system has no locks, the run goes on without one. ``made``: this call
-    created ``workdir``; if it then refuses the run (exit 2) before writing anything
-    there, the directory goes again, but only once this call holds the lock (refused it,
-    the directory stays to the run holding it).
+    the file system has no locks, the run goes on without one. ``made``: what this call
+    created, ``workdir`` (True) or the directories from ``made`` (``workdir`` or one above
+    it) down to ``workdir``; if it then refuses the run (exit 2)
+    before writing anything there, they go again (as far as they are empty), but only once
+    this call holds the lock (refused it, the directory stays to the run holding it).
 
     Raises:
       train.config.ConfigError: another process holds the lock.
@@ -1364,7 +1435,8 @@ class Session:
         os.close(fd)
     # Only once the directory is this call's: refused, a call that created the directory
     # but lost the lock to another would take away the directory that one runs in.
-    self._made = workdir if made else None
+    self._made = (None if made is False else
+                  (workdir, workdir if made is True else pathlib.Path(made)))
 
   def _release(self) -> None:
     if self._lock is not None:
@@ -1401,12 +1473,13 @@ class Session:
     ctrl_c(signal.SIGTERM, frame)   # raises KeyboardInterrupt, or holds it during a save
 
   def resume_line(self) -> str:
-    """The exact command that resumes this run (``--workdir`` made explicit)."""
+    """The exact command that resumes this run (``--workdir`` made explicit), run by this
+    Python (:func:`interpreter`): a bare ``python`` may be none, or another one."""
     argv = list(self.argv)
     if self.workdir is not None and not any(a == "--workdir" or a.startswith("--workdir=")
                                             for a in argv):
       argv += ["--workdir", str(self.workdir)]
-    return shlex.join(["python", "-m", "train", self.command, *argv])
+    return shlex.join([interpreter(), "-m", "train", self.command, *argv])
 
   def _stopped(self, what: str, advice: str) -> str:
     where = f" in {self.workdir}" if self.workdir is not None else ""
@@ -1430,12 +1503,20 @@ class Session:
 
   def _forget_made_workdir(self) -> None:
     """Removes the workdir this call created, when a refusal left nothing in it but the lock
-    (bad input writes nothing, e.g. weights found not to fit after the directory was made)."""
-    made = self._made
-    if made is None or not made.is_dir() or set(os.listdir(made)) - {LOCK_FILE}:
+    (bad input writes nothing, e.g. weights found not to fit after the directory was made),
+    and the empty directories above it that it created too (``runs/``, ``new1/new2/``)."""
+    if self._made is None:
       return
-    (made / LOCK_FILE).unlink(missing_ok=True)
-    made.rmdir()
+    workdir, top = self._made
+    if not workdir.is_dir() or set(os.listdir(workdir)) - {LOCK_FILE}:
+      return
+    (workdir / LOCK_FILE).unlink(missing_ok=True)
+    chain = (workdir, *workdir.parents)
+    for path in chain[:chain.index(top) + 1] if top in chain else chain[:1]:
+      try:
+        path.rmdir()   # only an empty one: another process may have put something there
+      except OSError:
+        return
 
   def _run(self, body: Callable[[], int]) -> int:
     try:

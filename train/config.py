@@ -462,6 +462,11 @@ def check(cfg: Mapping[str, Any]) -> list[str]:
   if kind == "saved" and cfg["pretrained"] is not None:
     bad("pretrained", f"the saved model {cfg['model']!r} starts from its own weights; leave "
                       f"--pretrained out")
+  if kind in ("saved", "spec") and isinstance(cfg["model_kwargs"], Mapping) and (
+      cfg["model_kwargs"]):   # they size a zoo model or the user's module, not a stored spec
+    what = "saved model" if kind == "saved" else "spec file"
+    bad("model_kwargs", f"the {what} {cfg['model']!r} fixes its own architecture; leave "
+                        f"model_kwargs out")
   if not (cfg["dataset"] in data.names() or str(cfg["dataset"]).startswith(data.FOLDER_PREFIX)):
     bad("dataset", f"use one of {', '.join(data.names())} (python -m train list)")
   if not isinstance(cfg["pretrained_new_head"], bool):

@@ -20,12 +20,15 @@ per site) and --tolerance change between calls, anything else is refused. A
 config is a train/configs/easier_*.py file (python -m train list): the keys of
 python -m train fit plus iterations, tolerance, estimator and entropy_split;
 --config.KEY=VALUE overrides any of them. Without --config, the easier_* config
-for --model and --dataset is used when exactly one matches, else easier_digits.
+for --model and --dataset is used when exactly one matches, else easier_digits;
+with another --model than the config's, the config's iterations (one per site of
+its own model) is left out as its other settings for that model are.
 The default work directory is runs/easier-<model>-<dataset>-seed<seed>.
 """
 from __future__ import annotations
 
 import argparse
+import pathlib
 import sys
 import time
 from typing import Any
@@ -45,7 +48,8 @@ METHOD_DEFAULTS: dict[str, Any] = {
 ESTIMATORS = ("easier", "dataset")
 ENTROPY_SPLITS = ("train", "val")
 FLAGS = ("iterations", "tolerance", "estimator", "entropy_split")   # flags that set config keys
-CONFIGS = command.MethodConfigs(NAME, METHOD_DEFAULTS, FLAGS)
+# iterations counts the config's model's sites: another --model leaves it out (one per site).
+CONFIGS = command.MethodConfigs(NAME, METHOD_DEFAULTS, FLAGS, model_keys=("iterations",))
 load_config, default_config = CONFIGS.load, CONFIGS.default_config
 resolve_config, default_workdir = CONFIGS.resolve, CONFIGS.workdir
 
@@ -83,16 +87,32 @@ def check(cfg: dict[str, Any]) -> list[str]:
   return out
 
 
-def check_sites(cfg: dict[str, Any], spec, ds) -> list[str]:
-  """Problems that need the model and the data: iterations beyond the sites, no val split."""
+def iterations_given(args: argparse.Namespace) -> str | None:
+  """How the command line gave ``iterations`` (``--iterations 7``, ``--config.iterations=7``,
+  ``--set iterations=7``), or None: the config file sets it."""
+  if args.iterations is not None:
+    return f"--iterations {args.iterations}"
+  spelled = [w for (key, _), w in zip(args.overrides, args.spelled) if key == "iterations"]
+  return spelled[-1] if spelled else None
+
+
+def check_sites(cfg: dict[str, Any], spec, ds, given: str | None = None) -> list[str]:
+  """Problems that need the model and the data: iterations beyond the sites, no val split.
+
+  ``given``: how the command line gave ``iterations`` (:func:`iterations_given`), named
+  in its problem; None: the config file sets it.
+  """
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
   out = command.no_sites(cfg, spec, "EASIER")
   sites = len(Easier().units(spec))
   if sites and cfg["iterations"] is not None and cfg["iterations"] > sites:
-    out.append(f"--iterations {cfg['iterations']}: {spec.name} has "
+    where, advice = ((given, " or leave it out") if given else
+                     (f"config {pathlib.Path(cfg['config']).stem} sets iterations="
+                      f"{cfg['iterations']}", ""))
+    out.append(f"{where}: {spec.name} has "
                f"{command.plural(sites, 'site')}, so at most {command.plural(sites, 'iteration')}"
                f" (the last one trains the network with {sites - 1} removed); "
-               f"use --iterations {sites} or leave it out")
+               f"use --iterations {sites}{advice}")
   if ds.val is None:
     out.append(f"--config.val_fraction={cfg['val_fraction']!r}: {ds.name} then has no "
                f"validation split, on which EASIER chooses its operating point; use a fraction "
@@ -123,7 +143,9 @@ def _main(session: command.Session, argv: list[str]) -> int:
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
 
   tic = time.perf_counter()
-  cfg, workdir, ds, spec = CONFIGS.prepare(session, args, check=check, check_model=check_sites)
+  cfg, workdir, ds, spec = CONFIGS.prepare(
+      session, args, check=check,
+      check_model=lambda c, s, d: check_sites(c, s, d, given=iterations_given(args)))
   method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   say = command.main_process_say()
   dtype = command.compute_dtype(cfg["dtype"])

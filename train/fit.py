@@ -62,16 +62,20 @@ def workdir_conflict(workdir: pathlib.Path, cfg: dict[str, Any]) -> str | None:
   cadence) must then be the same, paths (``model``, ``pretrained``, ``tokenizer``)
   compared resolved (:func:`train.command.same_setting`). A run whose results are
   there but whose checkpoints are gone cannot resume: it is refused too.
+
+  Raises:
+    jaxdepth.training.RunMismatchError: its ``run.json`` is not the JSON object jaxdepth
+      writes (:func:`jaxdepth.driver.read_run_json`).
   """
-  path = workdir / "run.json"
+  from jaxdepth import driver  # pylint: disable=import-outside-toplevel
   results = [name for name in ("model/", "report.json") if (workdir / name).exists()]
   if not command.has_checkpoints(workdir) and not results:
     return None
-  if not path.exists():
+  stored = driver.read_run_json(workdir)
+  if stored is None:
     what = "checkpoints" if command.has_checkpoints(workdir) else " and ".join(results)
     return (f"work directory {workdir} holds {what} but no run.json (another program's "
             f"run?); use another --workdir")
-  stored = json.loads(path.read_text())
   if stored.get("method"):   # a method's run (python -m train easier, egp, ...)
     return (f"work directory {workdir} holds a {stored['method']!r} run (python -m train "
             f"{stored['method']}), not a 'fit' run; use another --workdir")
@@ -136,11 +140,17 @@ def _main(session: command.Session, argv: list[str]) -> int:
 
   # ------------------------------------------------------------------------ fit
   tic = time.perf_counter()
-  result = training.fit(
-      spec, variables, ds, recipe, workdir=workdir, seed=cfg["seed"], mesh=mesh, dtype=dtype,
-      progress=args.progress, eval_batch_size=cfg["eval_batch_size"],
-      eval_every=cfg["eval_every"], checkpoint_every_steps=cfg["checkpoint_every_steps"],
-      meta={"config": cfg})
+  try:
+    result = training.fit(
+        spec, variables, ds, recipe, workdir=workdir, seed=cfg["seed"], mesh=mesh, dtype=dtype,
+        progress=args.progress, eval_batch_size=cfg["eval_batch_size"],
+        eval_every=cfg["eval_every"], checkpoint_every_steps=cfg["checkpoint_every_steps"],
+        meta={"config": cfg})
+  except training.RunMismatchError as e:   # other initial weights: in the command line's terms
+    said = command.mismatch_in_cli_terms(e, cfg, workdir)
+    if said is e:
+      raise
+    raise said from e
   fit_seconds = time.perf_counter() - tic
 
   # ---------------------------------------------------------------- evaluation
