@@ -210,13 +210,16 @@ def check_seed(seed) -> int:
 
   Raises:
     TypeError: ``seed`` is no integer (a float, a string, a bool).
-    ValueError: it does not fit the 64 bits ``jax.random.key`` takes.
+    ValueError: it is outside ``[0, 2**32)``: ``jax.random.key`` keeps a seed's low 32
+      bits (jax's default, without ``jax_enable_x64``), so ``2**32`` would draw the
+      initialisation and every key of seed 0, and ``-1`` those of ``2**32 - 1``.
   """
   if isinstance(seed, (bool, np.bool_)) or not hasattr(type(seed), "__index__"):
     raise TypeError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
   seed = operator.index(seed)
-  if not -2**63 <= seed < 2**63:
-    raise ValueError(f"seed must fit 64 bits (jax.random.key takes it), got {seed}")
+  if not 0 <= seed < 2**32:
+    raise ValueError(f"seed must be in [0, 2**32), got {seed}: jax.random.key keeps its low 32 "
+                     f"bits, so it would draw the keys of seed {seed % 2**32}")
   return seed
 
 

@@ -1301,15 +1301,17 @@ def test_recipe_rules_are_checked_with_the_settings_in_one_line_each(tmp_path, c
        "--config.momentum in (0, 1)"),
       (["--config.optimizer=adam", "--config.eps=0"],   # sqrt(v) + 0: 0 / 0 on a dead channel
        "error: --config.eps=0.0: adam's epsilon must be a number > 0"),
-      # jax.random.key reads the seed as an int64
-      ([f"--config.seed={2**63}"],
-       f"error: --config.seed={2**63}: a seed must be at most 2**63 - 1 = {2**63 - 1}")]:
+      # jax.random.key keeps a seed's low 32 bits: 2**32 + 7 would initialise as seed 7
+      ([f"--config.seed={2**32 + 7}"],
+       f"error: --config.seed={2**32 + 7}: a seed must be at most 2**32 - 1 = {2**32 - 1}: "
+       f"jax.random.key keeps a seed's low 32 bits, so it would draw the initialisation of "
+       f"seed 7")]:
     assert _fit(workdir, "--config.epochs=1", *args) == 2
     lines = _error_lines(capsys.readouterr().err)
     assert len(lines) == 1 and lines[0].startswith(says), lines
   assert not workdir.exists()
   cfg = config_lib.to_dict(config_lib.override(config_lib.load("digits"),
-                                               [("seed", str(2**63 - 1))]))
+                                               [("seed", str(2**32 - 1))]))
   assert config_lib.check(cfg) == []
   # A recipe rule the checks missed is still the settings' fault: one line, exit 2.
   monkeypatch.setattr(config_lib, "check", lambda cfg: [])

@@ -794,6 +794,13 @@ def test_fit_takes_a_numpy_seed_and_writes_its_checkpoints(digits, tmp_path):
   for bad in (3.0, "3", True):
     with pytest.raises(TypeError, match=f"seed must be an integer, got {bad!r}"):
       training.fit(spec, variables, digits, one, seed=bad, progress=False)
+  # jax.random.key keeps a seed's low 32 bits: these would initialise as seeds 3 and 2**32 - 1
+  assert (jax.random.key_data(jax.random.key(2**32 + 3)) == jax.random.key_data(
+      jax.random.key(3))).all()
+  for bad, alias in ((2**32 + 3, 3), (-1, 2**32 - 1)):
+    with pytest.raises(ValueError, match=rf"seed must be in \[0, 2\*\*32\), got {bad}: "
+                                         rf".* the keys of seed {alias}"):
+      training.fit(spec, variables, digits, one, seed=bad, progress=False)
 
 
 def test_fit_with_a_custom_tx_records_no_recipe_lr_and_refuses_another_optimizer_on_resume(
