@@ -136,6 +136,11 @@ def table(report: dict[str, Any]) -> str:
       lines += ["", *_merged_lines(merged)]
   else:
     lines.append("Not finished: no model chosen yet.")
+  if report.get("dtype") not in (None, "float32"):
+    lines += ["", f"Accuracies are measured in {report['dtype']} on the network as trained (its "
+                  f"removed units gated off or masked). The saved models, whose removed units "
+                  f"are gone, sum over fewer terms and may round to slightly other {report['dtype']} "
+                  f"accuracies; in float32 they give the same."]
   if report.get("note"):
     lines += ["", f"Note: {report['note']}."]
   return "\n".join(lines) + "\n"
@@ -150,7 +155,7 @@ def _merged_lines(merged: dict[str, Any]) -> list[str]:
       f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
       f"{merged['weight_depth_after']} (chosen → merged); max abs difference "
       f"{merged['max_abs_diff']:.3g}, "
-      f"max rel difference {merged['max_rel_diff']:.3g} on a test batch."]
+      f"max rel difference {merged['max_rel_diff']:.3g} on a test batch (in float32)."]
   latency = merged.get("latency") or []
   if latency:
     names = [k[:-3] for k in latency[0] if k.endswith("_ms")]

@@ -167,6 +167,7 @@ def test_report_files(finished):
   workdir, result, _ = finished
   md = (workdir / "report.md").read_text()
   assert md == report.table(result.report)
+  assert "on a test batch (in float32)." in md and "Accuracies are measured" not in md
   assert md.count("\n| ") == ITERATIONS + 1 + 3     # iterations and header; latency table
   assert "**Chosen**" in md and "never applied" in md
   for name in ("accuracy.png", "entropies.png", "costs.png", "training.png"):
@@ -377,6 +378,9 @@ def test_the_compute_dtype_is_part_of_the_run_and_its_report(digits, tmp_path):
 
   first = run(jnp.bfloat16)
   assert first.report["dtype"] == "bfloat16"
+  # The saved models (removed units gone) may round to other bfloat16 accuracies: said.
+  assert ("Accuracies are measured in bfloat16 on the network as trained"
+          in (tmp_path / "report.md").read_text())
   assert json.loads((tmp_path / "run.json").read_text())["dtype"] == "bfloat16"
   before = _snapshot(tmp_path)
   with pytest.raises(driver.RunMismatchError, match="dtype: 'bfloat16' there, 'float32' asked"):
