@@ -1,4 +1,4 @@
-"""A ``python -m train`` command run twice with the persistent compilation cache: the second compiles nothing.
+"""A ``python -m jaxdepth`` command run twice with the persistent compilation cache: the second compiles nothing.
 
 Runs each command twice in fresh processes, with a new, empty cache directory
 (``--compilation-cache``) and a new work directory each time, and counts in each
@@ -41,7 +41,7 @@ def _duration(e, d, **_):
   _count(e)
   seconds[e] = seconds.get(e, 0.0) + d
 monitoring.register_event_duration_secs_listener(_duration)
-from train.__main__ import main
+from jaxdepth.train.__main__ import main
 code = main(sys.argv[1:])
 built = counts.get("/jax/core/compile/backend_compile_duration", 0)
 hits = counts.get("/jax/compilation_cache/cache_hits", 0)
@@ -59,7 +59,7 @@ def run_once(command, workdir, cache_args):
   wall = time.perf_counter() - tic
   lines = [l for l in proc.stdout.splitlines() if l.startswith("COMPILATIONS ")]
   if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"python -m train {command} failed (exit {proc.returncode}):\n"
+    raise RuntimeError(f"python -m jaxdepth {command} failed (exit {proc.returncode}):\n"
                        f"{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
   result = json.loads(lines[-1][len("COMPILATIONS "):])
   del result["exit"]
@@ -69,7 +69,7 @@ def run_once(command, workdir, cache_args):
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
   parser.add_argument("--commands", nargs="+", default=["fit"],
-                      help="python -m train commands to run with their default config")
+                      help="python -m jaxdepth commands to run with their default config")
   parser.add_argument("--no-cache-too", action="store_true",
                       help="also run each once with --no-compilation-cache")
   args = parser.parse_args(argv)

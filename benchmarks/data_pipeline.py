@@ -1,7 +1,7 @@
 """How long the input pipeline takes to serve an epoch, against the train step it feeds.
 
 Serves epochs of the offline digits (1,294 training images, batch 64, shuffled and augmented
-with shifts: what ``python -m train easier`` reads) and times them, then one jitted
+with shifts: what ``python -m jaxdepth easier`` reads) and times them, then one jitted
 ``digits_plain`` train step on the same batch size, so that the ratio says what share of an
 epoch's time the pipeline would take if it did not overlap training. Prints one JSON line::
 

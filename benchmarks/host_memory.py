@@ -11,7 +11,7 @@ process starts:
   in and zero-filled at every step);
 * ``keep``: freed memory kept for reuse (:data:`jaxdepth.host_memory.TUNABLES`,
   what :func:`jaxdepth.host_memory.keep_freed_memory` sets and the
-  ``python -m train`` commands use);
+  ``python -m jaxdepth`` commands use);
 * ``huge_pages``: ``keep`` and transparent huge pages for the heap
   (``glibc.malloc.hugetlb=1``: glibc asks the kernel for them on the memory it
   takes, which Linux's usual THP mode, ``madvise``, requires).

@@ -43,7 +43,7 @@ OpenMP threads spin while they wait), and the cold compile time of each jitted
 step (``compile_s``; the persistent compilation cache is off here, see
 ``benchmarks/compile_cache.py`` for a warm one).
 
-Host memory: by default, as the ``python -m train`` commands do, glibc is told
+Host memory: by default, as the ``python -m jaxdepth`` commands do, glibc is told
 to keep freed memory (:mod:`jaxdepth.host_memory`), and the PyTorch process gets
 the same settings through ``GLIBC_TUNABLES``; ``--default-malloc`` measures both
 with glibc's defaults.

@@ -7,7 +7,7 @@ The architecture is data (:mod:`jaxdepth.spec`), one Flax module executes it
 The names below and the submodules load on first use (PEP 562), so ``import
 jaxdepth`` takes milliseconds and a program loads what it uses (importing
 everything, JAX, Flax and ott-jax included, took 3.6-4.9 s on a 2-core CPU;
-``python -m train list`` now takes 1.1-1.4 s against 3.6-4.4 s).
+``python -m jaxdepth list`` now takes 1.1-1.4 s against 3.6-4.4 s).
 """
 from __future__ import annotations
 

@@ -6,7 +6,7 @@ needs only jax, flax, optax, orbax and numpy. Reading datasets needs the
 tokenizers for GLUE);
 PNG plots need ``plots`` (matplotlib). Modules import those lazily through
 :func:`require`, so ``import jaxdepth`` works without them. A missing one is a
-:class:`MissingExtraError` (an ImportError), which ``python -m train`` reports as one
+:class:`MissingExtraError` (an ImportError), which ``python -m jaxdepth`` reports as one
 line and exit code 2, as it does bad settings.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""JAX's persistent compilation cache, on by default for the ``python -m train`` commands.
+"""JAX's persistent compilation cache, on by default for the ``python -m jaxdepth`` commands.
 
 XLA compiles every jitted step the first time a process runs it (a CIFAR
 ResNet-18 train step: about 4 s on a 2-core CPU, 6-7 s with site statistics). With the

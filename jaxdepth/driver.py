@@ -240,7 +240,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
     return
   if stored.get("method") != identity["method"]:
     what = (f"a {stored['method']!r} run" if stored.get("method") else
-            "a run without a method (python -m train fit, or another program)")
+            "a run without a method (python -m jaxdepth fit, or another program)")
     raise RunMismatchError(f"work directory {workdir} holds {what}, not a {identity['method']!r} "
                            f"run; use another directory")
   if stored.get("spec") != identity["spec"]:

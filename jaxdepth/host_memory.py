@@ -11,7 +11,7 @@ CPU time per step against 2.0 s with the memory kept).
 :func:`keep_freed_memory` tells glibc to keep what is freed (one arena, no
 ``mmap`` for large blocks, no trimming), so a step reuses the pages of the one
 before. The process keeps its peak memory instead of returning it to the
-system. The ``python -m train`` commands call it at start-up unless
+system. The ``python -m jaxdepth`` commands call it at start-up unless
 ``JAXDEPTH_KEEP_HOST_MEMORY=0``; call it first thing in a script of your own
 (before JAX runs anything: threads created earlier keep their own arenas).
 It does nothing where the C library is not glibc (macOS, musl).

@@ -1,5 +1,5 @@
 """How far apart runs on different device counts end: trains the offline default
-(``python -m train fit``: digits_cnn on digits, its recipe) with 1 and with 2 (fake
+(``python -m jaxdepth fit``: digits_cnn on digits, its recipe) with 1 and with 2 (fake
 CPU) devices, each in its own process, and prints the largest parameter difference
 and both test accuracies.
 
@@ -22,7 +22,7 @@ def _train(epochs: int, out: str) -> None:
   import jax
   from jaxdepth import data, network, optim, training, zoo
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-  from train.configs import digits as config
+  from jaxdepth.train.configs import digits as config
   cfg = config.get_config()
   fields = {f.name for f in dataclasses.fields(optim.Recipe)}
   recipe = optim.Recipe.from_dict({k: v for k, v in cfg.items() if k in fields})

@@ -11,7 +11,7 @@ import json
 import jax
 import numpy as np
 
-from train import command
+from jaxdepth.train import command
 
 command.maybe_initialize_distributed(False)
 

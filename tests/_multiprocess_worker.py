@@ -30,7 +30,7 @@ import time
 
 import jax
 
-from train import command  # noqa: E402  (touches no device)
+from jaxdepth.train import command  # noqa: E402  (touches no device)
 
 jax.config.update("jax_num_cpu_devices", int(os.environ.get("MP_DEVICES", "1")))
 MULTIHOST = "SLURM_JOB_ID" in os.environ
@@ -58,7 +58,7 @@ builtins.open = io.open = _recording_open
 
 from jaxdepth import data, driver, network, optim, report, training, zoo  # noqa: E402
 from jaxdepth.methods import easier  # noqa: E402
-from train import __main__ as cli  # noqa: E402
+from jaxdepth.train import __main__ as cli  # noqa: E402
 
 results: dict[str, driver.RunResult] = {}
 _run = driver.run

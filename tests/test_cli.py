@@ -1,4 +1,4 @@
-"""``python -m train``: fit end to end on digits (tiny epochs), configs, validation, exits, listing."""
+"""``python -m jaxdepth``: fit end to end on digits (tiny epochs), configs, validation, exits, listing."""
 import errno
 import io
 import json
@@ -22,13 +22,13 @@ from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim
                      training, zoo)
 from jaxdepth.methods import Easier
 from jaxdepth.spec import Act, Dense, Flatten, Spec
-from train import __main__ as cli
-from train import command
-from train import config as config_lib
-from train import easier as easier_cli
-from train import egp as egp_cli
-from train import lacoot as lacoot_cli
-from train import tlc as tlc_cli
+from jaxdepth.train import __main__ as cli
+from jaxdepth.train import command
+from jaxdepth.train import config as config_lib
+from jaxdepth.train import easier as easier_cli
+from jaxdepth.train import egp as egp_cli
+from jaxdepth.train import lacoot as lacoot_cli
+from jaxdepth.train import tlc as tlc_cli
 
 # An upper-case document name other than README.md: a citation of a file users do not have.
 _CITED_DOC = re.compile(r"\b(?!README\.md)[A-Z][A-Z_]+\.md\b")
@@ -229,7 +229,7 @@ def test_fit_in_a_methods_workdir_says_whose_it_is_in_one_line(tmp_path, capsys)
   before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
   assert _fit(tmp_path) == 2
   assert _error_lines(capsys.readouterr().err) == [
-      f"error: work directory {tmp_path} holds a 'easier' run (python -m train easier), not a "
+      f"error: work directory {tmp_path} holds a 'easier' run (python -m jaxdepth easier), not a "
       f"'fit' run; use another --workdir"]
   assert {p: p.read_bytes() for p in tmp_path.rglob("*")
           if p.is_file() and p.name != ".lock"} == before   # the lock it held is released
@@ -282,13 +282,13 @@ def test_every_bad_setting_gets_one_line_before_any_work(tmp_path, capsys):
   assert "digits" in capsys.readouterr().err            # lists the known configs
   assert cli.main(["fit", "--workdir", str(workdir), "--config", "easier_digits"]) == 2
   assert _error_lines(capsys.readouterr().err) == [
-      "error: --config easier_digits is a config of python -m train easier, not of fit: run it "
-      "there, or pick one of python -m train fit --list"]
+      "error: --config easier_digits is a config of python -m jaxdepth easier, not of fit: run it "
+      "there, or pick one of python -m jaxdepth fit --list"]
   # EGP's config has NEPENTHE's keys, but under nepenthe's name it would run EGP's estimator
   assert cli.main(["nepenthe", "--workdir", str(workdir), "--config", "egp_digits"]) == 2
   assert _error_lines(capsys.readouterr().err) == [
-      "error: --config egp_digits is a config of python -m train egp, not of nepenthe: run it "
-      "there, or pick one of python -m train nepenthe --list"]
+      "error: --config egp_digits is a config of python -m jaxdepth egp, not of nepenthe: run it "
+      "there, or pick one of python -m jaxdepth nepenthe --list"]
   assert cli.main(["fit", "--workdir", str(workdir), "--dataset", "no_such_data"]) == 2
   assert "--config.dataset='no_such_data': use one of digits" in capsys.readouterr().err
   assert cli.main(["nope"]) == 2
@@ -518,7 +518,7 @@ def test_lacoot_configs_measure_distances_in_the_official_validation_batch():
   for name in names:
     cfg, problems = _shipped_config(name)
     assert problems == [], name
-    # the distances' batch as python -m train lacoot computes it
+    # the distances' batch as python -m jaxdepth lacoot computes it
     assert (cfg["eval_batch_size"] or config_lib.recipe_of(cfg).batch_size) == 128, name
     assert "batches of 128" in (config_lib.CONFIG_DIR / f"{name}.py").read_text(), name
 
@@ -560,7 +560,7 @@ def test_configs_start_from_imagenet_weights_where_the_official_code_does(tmp_pa
     if cfg["model"] in _IMAGENET_FILES or cfg["dataset"] in ("oxford_flowers102", "dtd"):
       want = _IMAGENET_FILES.get(cfg["model"], "resnet18_imagenet.safetensors")
       assert (cfg["pretrained"], cfg["pretrained_new_head"]) == (want, True), name
-      # python -m train stops before anything runs, naming the missing file and what to do
+      # python -m jaxdepth stops before anything runs, naming the missing file and what to do
       assert command.pretrained_problems(cfg) == [
           f"--config.pretrained={want!r}: no such file. Export torchvision's weights to a "
           f".safetensors file as docs/weights.md shows and give its path (--pretrained FILE), "
@@ -634,7 +634,7 @@ def test_a_tuple_of_names_is_comma_separated_and_numbers_stay_numbers():
 
 def test_a_config_file_may_set_only_a_placeholder_key_to_none(tmp_path):
   path = tmp_path / "nones.py"
-  path.write_text("from train.configs import tlc_digits\n\ndef get_config():\n"
+  path.write_text("from jaxdepth.train.configs import tlc_digits\n\ndef get_config():\n"
                   "  config = tlc_digits.get_config()\n  config.augment = None\n"
                   "  config.iterations = None\n  return config\n")
   with pytest.raises(config_lib.ConfigError) as e:
@@ -694,8 +694,8 @@ def test_another_methods_config_is_refused_by_path_as_by_name(tmp_path, capsys):
   for config in (str(path), os.path.relpath(path)):
     assert cli.main(["egp", "--workdir", str(tmp_path / "w"), "--config", config]) == 2
     assert _error_lines(capsys.readouterr().err) == [
-        f"error: --config {config} is a config of python -m train nepenthe, not of egp: run it "
-        f"there, or pick one of python -m train egp --list"]
+        f"error: --config {config} is a config of python -m jaxdepth nepenthe, not of egp: run it "
+        f"there, or pick one of python -m jaxdepth egp --list"]
   assert not (tmp_path / "w").exists()
 
 
@@ -751,7 +751,7 @@ def test_list_shows_configs_with_descriptions_models_and_datasets(capsys):
   assert ", ".join(zoo.names()) in out and ", ".join(data.names()) in out
   assert cli.main(["--list"]) == 0 and capsys.readouterr().out == out
   assert cli.main(["easier", "--list"]) == 0
-  assert capsys.readouterr().out.startswith("configs of python -m train easier")
+  assert capsys.readouterr().out.startswith("configs of python -m jaxdepth easier")
 
 
 @pytest.mark.parametrize("name", ["easier", "egp", "nepenthe", "tlc", "lacoot"])
@@ -847,7 +847,7 @@ def test_a_full_disk_or_read_only_workdir_ends_with_a_paragraph_and_its_code(
   assert cli.main(["fit", *argv, "--workdir", str(tmp_path)]) == code
   err = capsys.readouterr().err
   assert err.startswith(what) and "Nothing was lost" in err and "Traceback" not in err
-  assert _resume_line(err) == ["python", "-m", "train", "fit", *argv, "--workdir", str(tmp_path)]
+  assert _resume_line(err) == ["python", "-m", "jaxdepth", "fit", *argv, "--workdir", str(tmp_path)]
 
 
 def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
@@ -860,7 +860,7 @@ def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
   # that; a handler is not inherited (the child starts with the default, as from a terminal).
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
-    proc = subprocess.Popen([sys.executable, "-m", "train", "fit", *argv], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "jaxdepth", "fit", *argv], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   finally:
     signal.signal(signal.SIGINT, previous)
@@ -876,7 +876,7 @@ def test_ctrl_c_ends_cleanly_and_the_printed_command_resumes(tmp_path, capsys):
   assert "Traceback" not in err and "\r" not in err
   paragraph = err[err.index("Interrupted (Ctrl-C)."):]
   assert "Nothing was lost" in paragraph and _resume_line(paragraph, tmp_path) == [
-      "python", "-m", "train", "fit", *argv]
+      "python", "-m", "jaxdepth", "fit", *argv]
   # Output that is not a terminal gets one progress line per epoch.
   epoch_lines = [line for line in err.splitlines() if "epoch=" in line]
   assert epoch_lines[0].startswith("digits_cnn on digits: step 10/4000 (0 %)")

@@ -6,7 +6,7 @@ import jax
 import pytest
 
 from jaxdepth import compilation_cache as cc
-from train import command
+from jaxdepth.train import command
 
 
 @pytest.fixture

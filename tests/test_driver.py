@@ -11,8 +11,8 @@ import pytest
 from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim, report, surgery,
                      timing, training, zoo)
 from jaxdepth.methods import TLC, Easier, Egp
-from train import __main__ as cli
-from train import command
+from jaxdepth.train import __main__ as cli
+from jaxdepth.train import command
 
 RECIPE = optim.Recipe(epochs=1, batch_size=64, optimizer="adam", lr=3e-3)
 ITERATIONS = 3
@@ -310,10 +310,10 @@ def test_bad_input_is_refused_and_overwrites_nothing(digits, finished, tmp_path)
                            rf"{halved.train.num_examples} asked; data.examples.val: "):
     _run((halved, spec), workdir)
   assert _snapshot(workdir) == before
-  fit_run = tmp_path / "fit_run"          # a `python -m train fit` work directory
+  fit_run = tmp_path / "fit_run"          # a `python -m jaxdepth fit` work directory
   fit_run.mkdir()
   (fit_run / "run.json").write_text(json.dumps({"model": "digits_cnn", "dataset": "digits"}))
-  with pytest.raises(driver.RunMismatchError, match=r"holds a run without a method \(python -m train fit"):
+  with pytest.raises(driver.RunMismatchError, match=r"holds a run without a method \(python -m jaxdepth fit"):
     driver.run(Easier(), spec, ds, RECIPE, fit_run)
   assert [p.name for p in fit_run.iterdir()] == ["run.json"]
   # A run of the same method that stopped before saving anything owns nothing.

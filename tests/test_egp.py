@@ -16,9 +16,9 @@ from jaxdepth import training, zoo
 from jaxdepth.methods import Egp, Nepenthe, base, egp, egp_report
 from jaxdepth.spec import (Act, BatchNorm, Block, Concat, Conv, Dense, Flatten, LayerNorm, Pool,
                            Sequential, Spec)
-from train import __main__ as cli
-from train import command, easier as easier_cli, egp as egp_cli
-from train import config as config_lib
+from jaxdepth.train import __main__ as cli
+from jaxdepth.train import command, easier as easier_cli, egp as egp_cli
+from jaxdepth.train import config as config_lib
 
 F32 = np.float32
 
@@ -714,7 +714,7 @@ def test_a_users_model_runs_without_the_default_configs_resnet_settings(tmp_path
 
 
 def _resolved(name, *argv):
-  """The config ``python -m train NAME ARGV`` runs with."""
+  """The config ``python -m jaxdepth NAME ARGV`` runs with."""
   if name == "easier":
     return easier_cli.resolve_config(command.parse(easier_cli.build_parser(), list(argv)))
   return egp_cli.CONFIGS[name].resolve(command.parse(egp_cli.build_parser(name), list(argv)))

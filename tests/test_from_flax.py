@@ -1618,7 +1618,7 @@ class K(nn.Module):
 
 
 def test_cli_runs_easier_on_a_users_module_file(user_file, tmp_path, capsys):
-  from train import __main__ as cli
+  from jaxdepth.train import __main__ as cli
   workdir = tmp_path / "run"
   assert cli.main(["easier", "--model", f"{user_file}:MyNet", "--workdir",
                    str(workdir), "--no-progress", "--no-latency", "--config.epochs=1",
@@ -1642,7 +1642,7 @@ def test_every_method_command_accepts_a_users_module_file(command, model, user_f
   # A batch larger than the training split stops the command after every check of the
   # settings and the model, before training: the only problem reported is that batch size,
   # so the file's module was loaded, converted and accepted by the method's own checks.
-  from train import __main__ as cli
+  from jaxdepth.train import __main__ as cli
   argv = [command, "--model", f"{user_file}:{model}", "--workdir", str(tmp_path / "run"),
           "--no-progress", "--config.batch_size=100000"]
   assert cli.main(argv) == 2

@@ -306,8 +306,8 @@ def test_command_line_refuses_a_folder_whose_config_is_not_the_model(tmp_path, f
   """--pretrained FOLDER loads onto the --model spec: the folder's config.json must describe it
   (tensors alone would load whatever the activation, epsilon or padding id)."""
   from jaxdepth import zoo
-  from train import command
-  from train import config as config_lib
+  from jaxdepth.train import command
+  from jaxdepth.train import config as config_lib
   config = hf_config(family, vocab_size=64, max_position_embeddings=66 if family == "roberta"
                      else 64)
   tensors = random_state_dict(config, prefix=f"{family}.", head="pooled")

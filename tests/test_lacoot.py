@@ -710,7 +710,7 @@ def _snapshot(directory):
 
 def test_command_line(tmp_path, capsys):
   from jaxdepth import report   # pylint: disable=import-outside-toplevel
-  from train import __main__ as cli   # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import __main__ as cli   # pylint: disable=import-outside-toplevel
   args = ["lacoot", "--workdir", str(tmp_path), "--no-progress", "--iterations", "3",
           "--lambda", "2", "--n-projections", "8", "--no-latency",
           "--set", "epochs=1", "model_kwargs={'width': 4}", "milestones=()"]
@@ -748,7 +748,7 @@ def test_command_line(tmp_path, capsys):
 
 
 def test_configs_load():
-  from train import lacoot as cmd   # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import lacoot as cmd   # pylint: disable=import-outside-toplevel
   r18 = cmd.load_config("lacoot_cifar10_resnet18")
   assert (r18["weight"], r18["pairing"], r18["order"], r18["model"]) == (
       5.0, "official", "deepest_first", "resnet18")

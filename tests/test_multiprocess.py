@@ -285,8 +285,8 @@ def test_processes_run_a_program_together_when_only_one_found_it_in_its_cache(tm
 
 
 def test_launch_settings_come_from_the_environment(monkeypatch):
-  from train import command
-  from train import config as config_lib
+  from jaxdepth.train import command
+  from jaxdepth.train import config as config_lib
   calls = []
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -337,8 +337,8 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
                                      "localhost:"])
 def test_a_mistyped_coordinator_address_is_refused_before_jax_reads_it(address, monkeypatch):
   """jax crashes on these (an IndexError without a port, a segfault in gRPC on ``abc``)."""
-  from train import command
-  from train import config as config_lib
+  from jaxdepth.train import command
+  from jaxdepth.train import config as config_lib
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: pytest.fail("initialized"))
   monkeypatch.setattr(jax.config, "update", lambda name, value: None)
@@ -354,8 +354,8 @@ def test_coordinator_port_and_address_checks(monkeypatch):
   """A derived address's port (``JAX_COORDINATOR_PORT``), an IPv6 host, process 0's busy port,
   and what jax raises when joining fails (a coordinator not reachable, Open MPI 5 without
   mpi4py) are one ``error:`` line each, not a traceback."""
-  from train import command
-  from train import config as config_lib
+  from jaxdepth.train import command
+  from jaxdepth.train import config as config_lib
   calls = []
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
@@ -401,7 +401,7 @@ def test_open_mpi_5_without_mpi4py_is_refused_naming_it(tmp_path):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "OMPI_", "SLURM_"))}
   env.update(JAX_PLATFORMS="cpu", OMPI_VERSION="5.0.3", OMPI_COMM_WORLD_SIZE="1",
              OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_LOCAL_RANK="0")
-  code = "import sys; sys.modules['mpi4py'] = None; from train import __main__ as cli; " \
+  code = "import sys; sys.modules['mpi4py'] = None; from jaxdepth.train import __main__ as cli; " \
          "sys.exit(cli.main(sys.argv[1:]))"
   done = subprocess.run([sys.executable, "-c", code, "fit", "--multihost", "--workdir",
                          str(tmp_path / "run"), "--no-progress", "--no-compilation-cache"],
@@ -419,7 +419,7 @@ def test_an_object_store_workdir_is_refused_and_nothing_is_made(workdir, tmp_pat
                                                                  capsys):
   """pathlib would take ``gs://b/r`` for the local folder ``gs:/b/r``: trained in, then refused
   by orbax at the first checkpoint."""
-  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import __main__ as cli  # pylint: disable=import-outside-toplevel
   monkeypatch.chdir(tmp_path)
   assert cli.main(["fit", "--workdir", workdir, "--no-progress", "--no-compilation-cache",
                    "--config.epochs=1"]) == 2
@@ -438,7 +438,7 @@ def test_when_one_process_refuses_the_run_the_others_stop_too(tmp_path):
   workdir.mkdir()
   with open(workdir / ".lock", "wb") as other:          # another run holds the directory
     fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    ran = _launch_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+    ran = _launch_pair([sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(workdir),
                         "--no-progress", "--config.epochs=1"], [{}, {}])
   assert [code for code, _ in ran] == [2, 2], "\n".join(out for _, out in ran)
   assert f"{workdir} is in use: another run holds its lock" in ran[0][1]
@@ -451,7 +451,7 @@ def test_processes_given_different_settings_stop_before_any_work(tmp_path):
   """Process 1 given another --config.epochs: the two would train different runs and wait for
   each other for ever; both must stop with exit code 2, naming the setting."""
   workdir = tmp_path / "run"
-  ran = _launch_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+  ran = _launch_pair([sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(workdir),
                       "--no-progress"], [{}, {}],
                      [["--config.epochs=2"], ["--config.epochs=3"]], timeout=120)
   assert [code for code, _ in ran] == [2, 2], "\n".join(out[-3000:] for _, out in ran)
@@ -467,7 +467,7 @@ def test_processes_agree_on_what_settings_mean_not_on_how_they_are_spelled(tmp_p
   symlink, a folder dataset spelled another way, the dataset's default normalization spelled
   out and the layout the folder's detection picks were each refused as a difference."""
   from jaxdepth import data   # pylint: disable=import-outside-toplevel
-  from train import command, config as config_lib   # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import command, config as config_lib   # pylint: disable=import-outside-toplevel
   (tmp_path / "runs").mkdir()
   (tmp_path / "link").symlink_to(tmp_path / "runs")
   (tmp_path / "images").mkdir()
@@ -491,7 +491,7 @@ def test_sigterm_to_one_process_stops_every_process_of_a_launch_at_one_step(tmp_
   other in its next collective). A SIGTERM to process 1 alone must stop both at the same
   step, checkpointed, with exit code 143 and the command that resumes."""
   workdir = tmp_path / "run"
-  procs = _start_pair([sys.executable, "-m", "train", "fit", "--workdir", str(workdir),
+  procs = _start_pair([sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(workdir),
                        "--no-progress", "--config.epochs=500"], [{}, {}])
   try:
     deadline = time.monotonic() + 120
@@ -508,4 +508,4 @@ def test_sigterm_to_one_process_stops_every_process_of_a_launch_at_one_step(tmp_
       p.wait()
   assert [p.returncode for p in procs] == [143, 143], "\n".join(out[-3000:] for out in outs)
   assert "Stopped by SIGTERM. Nothing was lost" in outs[0]
-  assert f"python -m train fit --workdir {workdir} --no-progress --config.epochs=500" in outs[0]
+  assert f"python -m jaxdepth fit --workdir {workdir} --no-progress --config.epochs=500" in outs[0]

@@ -1,7 +1,10 @@
 """Packaging: the core imports and runs without the extras; the extras' errors say what to install;
-pyproject's lower bounds are the tested versions pinned in constraints.txt."""
+pyproject's lower bounds are the tested versions pinned in constraints.txt; the wheel installs
+only the package jaxdepth (its programs are jaxdepth.train), so a user's train.py shadows nothing."""
 import ast
+import fnmatch
 import json
+import os
 import pathlib
 import re
 import subprocess
@@ -67,7 +70,7 @@ def test_require_names_the_extra_and_keeps_the_cause(monkeypatch):
 def test_a_command_without_the_data_extra_says_what_to_install_and_exits_2(
     tmp_path, monkeypatch, capsys):
   """The README's first command without scikit-learn: one line and exit 2, not a traceback."""
-  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import __main__ as cli  # pylint: disable=import-outside-toplevel
   for name in ("sklearn", "sklearn.datasets"):   # as if the data extra were absent
     monkeypatch.setitem(sys.modules, name, None)
   assert cli.main(["easier", "--workdir", str(tmp_path / "run"), "--no-progress",
@@ -81,7 +84,7 @@ def test_a_command_without_the_data_extra_says_what_to_install_and_exits_2(
 
 
 def test_an_import_error_that_is_a_bug_keeps_its_traceback(monkeypatch):
-  from train import command  # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import command  # pylint: disable=import-outside-toplevel
 
   def broken():
     raise ImportError("cannot import name 'gone' from 'jaxdepth'")
@@ -128,7 +131,7 @@ def test_egp_report_without_matplotlib_writes_its_table_and_skips_the_sparsity_p
                 "--config.milestones=()"])])
 def test_method_commands_without_matplotlib_finish_print_their_tables_and_resume(
     command, args, tmp_path, monkeypatch, capsys):
-  from train import __main__ as cli  # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import __main__ as cli  # pylint: disable=import-outside-toplevel
   monkeypatch.setitem(sys.modules, "matplotlib", None)   # as if the plots extra were absent
   argv = [command, "--workdir", str(tmp_path), "--no-progress", "--no-latency",
           "--config.epochs=1", *args]
@@ -206,3 +209,102 @@ def test_extras_are_installed_here_as_the_test_extra_promises():
   assert {"data", "plots", "weights", "demo", "test"} <= set(PYPROJECT["project"]["optional-dependencies"])
   import matplotlib, PIL, grain, sklearn, tensorflow_datasets, safetensors  # noqa: F401,E401  pylint: disable=import-outside-toplevel,multiple-imports
   assert np.__version__ == _pins()["numpy"]
+
+
+def _packages(include):
+  """The packages setuptools' ``find_packages(ROOT, include=include)`` finds: directories with an
+  ``__init__.py`` reached through packages only, named dotted and kept where a pattern matches."""
+  found, todo = [], [(ROOT, "")]
+  while todo:
+    directory, prefix = todo.pop()
+    for sub in sorted(p for p in directory.iterdir() if p.is_dir()):
+      name = prefix + sub.name
+      if "." in sub.name or not (sub / "__init__.py").is_file():
+        continue   # setuptools neither takes nor descends into a directory that is no package
+      if any(fnmatch.fnmatchcase(name, pattern) for pattern in include):
+        found.append(name)
+      todo.append((sub, name + "."))
+  return sorted(found)
+
+
+def test_the_wheel_installs_the_single_top_level_package_jaxdepth():
+  """A top-level ``train`` (the programs' old home) was shadowed by any user's train.py."""
+  include = PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]
+  packages = _packages(include)
+  assert {name.split(".")[0] for name in packages} == {"jaxdepth"}, packages
+  assert {"jaxdepth", "jaxdepth.train", "jaxdepth.train.configs"} <= set(packages)
+  try:
+    import setuptools  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    pass   # not installed here: the walk above mirrors its find_packages
+  else:
+    assert sorted(setuptools.find_packages(str(ROOT), include=include)) == packages
+
+
+def test_the_console_script_is_the_cli_main_and_returns_an_exit_code(capsys):
+  module, _, name = PYPROJECT["project"]["scripts"]["jaxdepth"].partition(":")
+  import importlib  # pylint: disable=import-outside-toplevel
+  main = getattr(importlib.import_module(module), name)
+  assert main(["--help"]) == 0 and main([]) == 2   # sys.exit(main()) gets an int
+  assert capsys.readouterr().out.startswith("usage: python -m jaxdepth <command>")
+
+
+def test_no_module_of_the_library_imports_its_programs():
+  """jaxdepth.train builds on the library; nothing of the library imports it back."""
+  offenders = []
+  for path in sorted((ROOT / "jaxdepth").rglob("*.py")):
+    if path == ROOT / "jaxdepth" / "__main__.py" or ROOT / "jaxdepth" / "train" in path.parents:
+      continue   # the programs themselves, and python -m jaxdepth that runs them
+    for node in ast.walk(ast.parse(path.read_text())):   # lazy imports in functions too
+      if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+      else:
+        continue
+      offenders += [f"{path.relative_to(ROOT)}: {n}" for n in names
+                    if n == "jaxdepth.train" or n.startswith("jaxdepth.train.")]
+  assert not offenders, offenders
+
+
+@pytest.mark.parametrize("user_file", ["train.py", "train/__init__.py"])
+@pytest.mark.parametrize("module", ["jaxdepth", "jaxdepth.train"])
+def test_the_cli_runs_from_a_folder_holding_the_users_own_train_module(tmp_path, user_file, module):
+  """``python -m jaxdepth`` from a folder with the user's train.py (or train/) runs jaxdepth's CLI,
+  not the user's script."""
+  (tmp_path / user_file).parent.mkdir(parents=True, exist_ok=True)
+  (tmp_path / user_file).write_text("print('THE USER SCRIPT RAN')\n")
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.startswith("usage: python -m jaxdepth <command> [options]"), done.stdout
+  assert "THE USER SCRIPT RAN" not in done.stdout + done.stderr
+
+
+def test_python_m_jaxdepth_prints_its_usage_without_loading_jax_or_a_users_train(tmp_path):
+  (tmp_path / "train.py").write_text("print('THE USER SCRIPT RAN')\n")
+  env = dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu")
+  code = ("import sys, runpy\nsys.argv = ['jaxdepth', '--help']\n"
+          "try:\n  runpy.run_module('jaxdepth', run_name='__main__')\nexcept SystemExit:\n  pass\n"
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'flax', 'train')))")
+  done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_a_users_model_file_imports_its_own_train_module_beside_it(tmp_path):
+  """``--model mynet.py:MyNet`` where mynet.py does ``from train import ...`` (the user's
+  train.py beside it): with the CLI's modules loaded, ``train`` is still the user's."""
+  (tmp_path / "train.py").write_text("WIDTH = 3\n")
+  (tmp_path / "mynet.py").write_text(
+      "import flax.linen as nn\nfrom train import WIDTH\n\n"
+      "class MyNet(nn.Module):\n  width: int = WIDTH\n\n  @nn.compact\n"
+      "  def __call__(self, x):\n    return nn.Dense(self.width)(x.reshape(x.shape[0], -1))\n")
+  code = ("from jaxdepth.train import __main__, command, fit\nfrom jaxdepth import convert\n"
+          "print('WIDTH', convert.load_class('mynet.py:MyNet')().width)")
+  done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                        env=dict(os.environ, PYTHONPATH=str(ROOT), JAX_PLATFORMS="cpu"), timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == "WIDTH 3", done.stdout

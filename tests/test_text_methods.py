@@ -12,8 +12,8 @@ import tensorflow_datasets as tfds
 from jaxdepth import data, driver, network, optim, zoo
 from jaxdepth import spec as S
 from jaxdepth.methods import Easier, LaCoOT, lacoot, tlc
-from train import config as config_lib
-from train import tlc as tlc_cli
+from jaxdepth.train import config as config_lib
+from jaxdepth.train import tlc as tlc_cli
 
 import test_huggingface as hf_test
 from test_glue import bert_tokenizer, fake_glue_source
@@ -134,8 +134,8 @@ def test_easier_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
 
 def test_fit_command_refuses_a_tokenizer_past_the_embedding_before_anything_is_written(
     tmp_path, tokenizer_path, capsys):
-  # python -m train fit printed the library's ValueError as a traceback, after writing run.json.
-  from train import __main__ as cli   # pylint: disable=import-outside-toplevel
+  # python -m jaxdepth fit printed the library's ValueError as a traceback, after writing run.json.
+  from jaxdepth.train import __main__ as cli   # pylint: disable=import-outside-toplevel
   with tfds.testing.mock_data(as_data_source_fn=fake_glue_source):
     rc = cli.main(["fit", "--dataset", "glue/sst2", "--model", "tiny_encoder", "--no-progress",
                    f"--config.tokenizer={tokenizer_path}", "--config.max_length=16",
@@ -164,7 +164,7 @@ def test_lacoot_end_to_end_on_mock_sst2(tmp_path, tokenizer_path):
 
 
 def test_tlc_end_to_end_from_a_hugging_face_folder_through_the_command(tmp_path, capsys):
-  """``python -m train tlc --config tlc_sst2_bert --pretrained FOLDER`` on mock SST-2: the
+  """``python -m jaxdepth tlc --config tlc_sst2_bert --pretrained FOLDER`` on mock SST-2: the
   folder gives the weights (a fresh classifier) and the tokenizer."""
   config = hf_test.hf_config("bert", vocab_size=64, max_position_embeddings=64)
   tensors = hf_test.random_state_dict(config, prefix="bert.", head="pooled", seed=4)

@@ -358,11 +358,11 @@ def test_bad_options_are_named():
 def test_a_ranking_batch_of_one_is_refused_up_front():
   # It was taken, then refused by empirical_bn only after iteration 0 had trained.
   with pytest.raises(ValueError, match=r"batch_size=1: the ranking batch "
-                                       r"\(--config.rank_batch_size of python -m train tlc\) "
+                                       r"\(--config.rank_batch_size of python -m jaxdepth tlc\) "
                                        r"needs at least 2 examples"):
     tlc.TLC(batch_size=1)
   assert tlc.TLC(batch_size=2).batch_size == 2
-  from train import command, tlc as tlc_cli
+  from jaxdepth.train import command, tlc as tlc_cli
   cfg = tlc_cli.CONFIGS.resolve(command.parse(tlc_cli.build_parser(),
                                               ["--config.rank_batch_size=1"]))
   assert any(p.startswith("--config.rank_batch_size=1: the ranking batch (TLC's batch_size) "
@@ -572,7 +572,7 @@ def test_a_validation_split_smaller_than_one_batch_is_refused_before_any_trainin
 
 
 def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
-  from train import __main__ as cli
+  from jaxdepth.train import __main__ as cli
   common = ["--no-progress", "--config.epochs=1", "--config.iterations=2",
             "--config.model_kwargs={'width': 8}", "--config.rank_batch_size=64"]
   assert cli.main(["tlc", "--accuracy-threshold", "150", "--rule", "best",
@@ -594,7 +594,7 @@ def test_cli_writes_tlc_figures_and_refuses_bad_settings(tmp_path, capsys):
 
 
 def test_cli_refuses_a_model_with_sites_inside_a_concat(tmp_path, capsys):
-  from train import __main__ as cli
+  from jaxdepth.train import __main__ as cli
   model = tmp_path / "incept.json"
   model.write_text(_inception(classes=10).to_json())
   assert cli.main(["tlc", "--model", str(model), "--workdir", str(tmp_path / "w"),

@@ -555,9 +555,9 @@ def test_a_spec_without_a_torchvision_counterpart_is_refused():
 
 def test_pretrained_flag_sets_the_config_and_a_missing_file_stops_the_run_at_once(
     tmp_path, monkeypatch, capsys):
-  from train import __main__ as cli
-  from train import command
-  from train import easier as easier_cli
+  from jaxdepth.train import __main__ as cli
+  from jaxdepth.train import command
+  from jaxdepth.train import easier as easier_cli
   args = command.parse(easier_cli.build_parser(), ["--pretrained", "w.safetensors"])
   cfg = command.resolve("easier_flowers_resnet18", args, extra_defaults=easier_cli.METHOD_DEFAULTS)
   assert cfg["pretrained"] == "w.safetensors" and cfg["pretrained_new_head"] is True
@@ -572,7 +572,7 @@ def test_pretrained_flag_sets_the_config_and_a_missing_file_stops_the_run_at_onc
 
 def test_pretrained_torchvision_weights_on_another_model_say_what_the_command_line_takes(
     tmp_path, capsys):
-  from train import __main__ as cli
+  from jaxdepth.train import __main__ as cli
   shapes = tv_swin(1000, patch=2, dim=16, depths=(2, 2), heads=(2, 4), window=2, channels=1)
   path = tmp_path / "swin.safetensors"
   safe_numpy.save_file(_random_state_dict(shapes, seed=6, window=2), str(path))
@@ -584,7 +584,7 @@ def test_pretrained_torchvision_weights_on_another_model_say_what_the_command_li
   assert "onto the zoo's resnet18, resnet18_imagenet," in err and "architecture=" not in err
   assert "save it with jaxdepth.save_model(DIR, spec, variables) and pass --model DIR" in err
   assert not (tmp_path / "w").exists()
-  from train import command   # the message names exactly the zoo models with a name map
+  from jaxdepth.train import command   # the message names exactly the zoo models with a name map
   mapped = []
   for name in zoo.names():
     try:
@@ -596,8 +596,8 @@ def test_pretrained_torchvision_weights_on_another_model_say_what_the_command_li
 
 
 def test_initial_variables_import_the_file_with_a_fresh_head(tmp_path):
-  from train import command
-  from train import config as config_lib
+  from jaxdepth.train import command
+  from jaxdepth.train import config as config_lib
   spec = zoo.digits_swin()
   shapes = tv_swin(1000, patch=2, dim=16, depths=(2, 2), heads=(2, 4), window=2, channels=1)
   sd = _random_state_dict(shapes, seed=6, window=2)

@@ -368,7 +368,7 @@ def test_lacoot_trains_a_tiny_swin_and_removes_a_layer_by_the_official_rule(laco
 
 def test_the_commands_lacoot_json_holds_the_distances_the_official_pairing_ranked(
     swin_digits, lacoot_run):
-  from train import lacoot as lacoot_cli   # pylint: disable=import-outside-toplevel
+  from jaxdepth.train import lacoot as lacoot_cli   # pylint: disable=import-outside-toplevel
   spec, _, ds = swin_digits
   method, result, workdir = lacoot_run
   out = lacoot_cli.extras(result, method, spec, ds, workdir, seed=0, eval_batch_size=144,
@@ -458,7 +458,7 @@ def test_a_tlc_iteration_on_a_tiny_swin_cuts_fc1_channels_and_merges_the_mlp(swi
 
 def test_the_swin_t_configs_carry_the_papers_recipe():
   # pylint: disable-next=import-outside-toplevel
-  from train import easier, egp as egp_cmd, lacoot as lacoot_cmd, tlc as tlc_cmd
+  from jaxdepth.train import easier, egp as egp_cmd, lacoot as lacoot_cmd, tlc as tlc_cmd
   spec = zoo.swin_t()
   loaded = {"easier": easier.load_config("easier_cifar10_swin_t"),
             "egp": egp_cmd.load_config("egp_cifar10_swin_t"),

@@ -468,7 +468,7 @@ class TLC:
       object.__setattr__(self, what, int(v))
     if self.batch_size < 2:
       raise ValueError(f"batch_size={self.batch_size}: the ranking batch (--config.rank_batch_size "
-                       f"of python -m train tlc) needs at least 2 examples: one example gives a "
+                       f"of python -m jaxdepth tlc) needs at least 2 examples: one example gives a "
                        f"site without a BatchNorm (fed by a Dense layer) one value per channel, "
                        f"with no std to stand in for the BatchNorm's scale; use 2 or more (the "
                        f"official code ranks on 128)")

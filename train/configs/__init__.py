@@ -1,1 +1,0 @@
-"""Run recipes: one Python file per (model, dataset) whose get_config() returns an ml_collections.ConfigDict (see train.config)."""
