@@ -89,6 +89,60 @@ def test_candidate_counts_of_the_zoo():
   assert vgg["classifier/1"].bn is None and vgg["classifier/1"].weight == "classifier/0"
 
 
+
+def _choose(method, spec, variables, state, name, site):
+  """``state`` after choosing candidate ``name`` alone (no channel cut) at ``site``."""
+  return method.apply(spec, variables, state, base.Decision((site,), {"cut": {name: []}}))[1]
+
+
+def test_a_chosen_projection_leaves_the_list_and_the_next_candidate_takes_the_next_site():
+  # The official TLC_MobileNetV2.py: a chosen conv's BatchNorm leaves bn_list for good, and every
+  # other conv -> BatchNorm linearizes the next ReLU6 after its BatchNorm that is no identity yet.
+  spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 3))
+  variables = network.init(spec, jax.random.key(0))
+  method = tlc.TLC(projections=True)
+  state = _choose(method, spec, variables, method.init(spec), "features/1/conv/project",
+                  "features/2/conv/expand/relu6")
+  cands = {c.name: c for c in method.candidates(spec, state)}
+  assert "features/1/conv/project" not in cands and len(cands) == 51
+  assert cands["features/2/conv/expand/conv"] == tlc.Candidate(
+      "features/2/conv/expand/conv", "features/2/conv/expand/conv", "features/2/conv/expand/bn",
+      "features/2/conv/depthwise/relu6", False)
+  with pytest.raises(KeyError, match=r"\['features/1/conv/project'\] were chosen before"):
+    _choose(method, spec, variables, state, "features/1/conv/project",
+            "features/2/conv/depthwise/relu6")
+  # the candidate on the next site goes the same way, and the one before it moves on
+  state = _choose(method, spec, variables, state, "features/2/conv/expand/conv",
+                  "features/2/conv/depthwise/relu6")
+  moved = {c.name: c.site for c in method.candidates(spec, state)
+           if c.name.startswith("features/2/")}
+  assert moved == {"features/2/conv/depthwise/conv": "features/3/conv/expand/relu6",
+                   "features/2/conv/project": "features/3/conv/expand/relu6"}
+  # a removal naming no candidate chose the site's own, which does not move on
+  state = method.apply(spec, variables, state,
+                       base.Decision(("features/4/conv/expand/relu6",), {}))[1]
+  assert "features/4/conv/expand/conv" not in {c.weight for c in method.candidates(spec, state)}
+  # a state from before the record reads as nothing chosen, and choosing records it
+  older = {k: v for k, v in state.items() if k != "chosen"}
+  assert "features/2/conv/expand/conv" in {c.name for c in method.candidates(spec, older)}
+  assert np.asarray(_choose(method, spec, variables, older, "features/3/conv/expand/relu6",
+                            "features/3/conv/expand/relu6")["chosen"]).sum() == 1
+  assert set(tlc.TLC().init(spec)) == {"gates", "masks", "stopped"}   # no record by default
+
+
+def test_the_chosen_record_survives_a_checkpoint_round_trip(tmp_path):
+  from jaxdepth import checkpoint
+  spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 3))
+  method = tlc.TLC(projections=True)
+  state = _choose(method, spec, network.init(spec, jax.random.key(0)), method.init(spec),
+                  "features/1/conv/project", "features/2/conv/expand/relu6")
+  with checkpoint.Checkpointer(tmp_path, spec, async_save=False) as ckpt:
+    ckpt.save(1, {"step": jnp.zeros((), jnp.int32)}, extra=state)
+  with checkpoint.Checkpointer(tmp_path, spec, async_save=False) as ckpt:   # as the driver resumes
+    restored = ckpt.restore({"step": jnp.zeros((), jnp.int32)}, extra=method.init(spec)).extra
+  assert method.candidates(spec, restored) == method.candidates(spec, state)
+  assert "features/1/conv/project" not in {c.name for c in method.candidates(spec, restored)}
+
 def test_a_site_without_a_weight_layer_before_it_is_refused():
   spec = Spec((4, 4, 1), (Conv("c", features=3, padding=1), Pool("p", "max", window=2),
                           Act("r"), Pool("g", "global_avg"), Dense("fc", features=2)))
@@ -474,6 +528,23 @@ def test_a_state_of_another_spec_is_refused_by_name():
     method.train_options(spec, {**state, "masks": traverse_util.unflatten_dict(masks, sep="/")})
   assert method.live_units(spec, method.init(spec)) == spec.sites()   # what the message says
 
+
+
+def test_the_ranking_batch_is_drawn_again_each_iteration_only_with_val_augment():
+  from jaxdepth import data
+  spec, method = zoo.digits_cnn(width=8), tlc.TLC(batch_size=64)
+
+  def batch(ds, iteration):
+    context = base.Context(iteration=iteration, train_stats=None, eval_stats=None,
+                           rng=jax.random.key(0), dataset=ds)
+    return tuple(np.asarray(a) for a in method._batch(spec, context))
+
+  (x1, y1), (x2, y2) = (batch(data.load("digits", val_augment=True), it) for it in (1, 2))
+  assert (y1 == y2).all() and not np.array_equal(x1, x2)   # the same images, another view
+  plain = data.load("digits")
+  (p1, _), (p2, _) = batch(plain, 1), batch(plain, 2)
+  np.testing.assert_array_equal(p1, p2)
+  np.testing.assert_array_equal(p1, next(iter(plain.val.batches(64)))["image"])
 
 def test_val_accuracy_in_percent_is_refused_as_not_a_fraction():
   spec = zoo.digits_cnn(width=8)

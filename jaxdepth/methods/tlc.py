@@ -154,8 +154,8 @@ class Candidate(NamedTuple):
   """A weight layer → [BatchNorm] → site triple (paths in the spec).
 
   Attributes:
-    name: the candidate's name (its site; the weight layer for the MobileNetV2
-      projection quirk, whose site belongs to the next block).
+    name: the candidate's name: its site, or its weight layer where the site is
+      not its own (the MobileNetV2 projection quirk, whose site is the next live one).
     weight: the conv or dense layer whose output channels are cut.
     bn: the BatchNorm between them, or ``None`` (statistics then come from data).
     site: the activation that becomes the identity.
@@ -213,7 +213,8 @@ def _unreached(spec: S.Spec, missing) -> str:
           f"identities first (jaxdepth.with_identity) or use another method")
 
 
-def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[Candidate, ...]:
+def candidates(spec: S.Spec, *, projections: bool = False, live=None,
+               chosen=()) -> tuple[Candidate, ...]:
   """Every weight layer → [BatchNorm] → site triple of ``spec``, in call order of the sites.
 
   ResNet-18: 17 (the stem and every ``relu1``/``relu2``; a ``relu2`` after the
@@ -222,22 +223,28 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
 
   Args:
     spec: the architecture.
-    projections: also the official MobileNetV2 quirk: every conv → BatchNorm with
-      no activation after it (the linear projections) is a candidate whose edit
-      cuts its ``β ≤ 0`` channels and linearizes the *next* live site in call
-      order (the next block's expansion ReLU6). Off by default.
-    live: the live sites (default: every site of ``spec``); candidates of other
-      sites are left out.
+    projections: the official MobileNetV2 candidate list (``TLC_MobileNetV2.py``),
+      off by default. Every conv → BatchNorm with no activation after it (the
+      linear projections) is a candidate too, and every candidate linearizes the
+      *next live* site after its BatchNorm in module order: a projection the next
+      block's expansion ReLU6, a candidate whose own site is gone the next one
+      after it (named then by its weight layer); one with no live site after it
+      is left out.
+    live: the live sites (default: every site of ``spec``). Without
+      ``projections``, candidates of other sites are left out.
+    chosen: weight layers of candidates chosen before: they are left out (the
+      official code takes their BatchNorm out of its list; without
+      ``projections`` their site is gone anyway).
 
   Returns:
-    The candidates (projection candidates right after the site they precede).
+    The candidates (one whose site is not its own right before that site's own).
 
   Raises:
     ValueError: a live site without a weight layer (optionally through one
       BatchNorm) right before it: TLC cannot cut or linearize it; or a live
       site inside a Concat's branches or post, which TLC does not rank.
-    TypeError, KeyError: ``live`` is one string or no site paths (a gate array), or
-      names what is no live site.
+    TypeError, KeyError: ``live`` (or ``chosen``) is one string or no paths (a gate
+      array), or ``live`` names what is no live site.
   """
   sites = spec.sites()
   live = sites if live is None else S.site_paths(live, "live")   # refuses a gate array
@@ -269,21 +276,29 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None) -> tuple[C
   missing = [s for s in sites if s in live and s not in found]
   if missing:
     raise ValueError(_unreached(spec, missing))
-  out = [found[s] for s in sites if s in live]
+  chosen = set(S.site_paths(chosen, "chosen", "weight layer paths"))
+  if not projections:
+    return tuple(found[s] for s in sites if s in live and found[s].weight not in chosen)
   regular = {c.bn for c in found.values()}
-  projection = [(w, bn) for w, bn in projection if bn not in regular]
-  if projections:
-    order = [p for p, _ in spec.walk()]
-    position = {p: k for k, p in enumerate(order)}
-    live_positions = sorted(position[s] for s in live)
-    for weight, bn in projection:
-      nxt = next((order[k] for k in live_positions if k > position[bn]), None)
-      if nxt is None:
-        continue
-      c = Candidate(weight, weight, bn, nxt, False)
-      at = next(k for k, o in enumerate(out) if o.site == nxt)
-      out.insert(at, c)
-  return tuple(out)
+  order = [p for p, _ in spec.walk()]
+  position = {p: k for k, p in enumerate(order)}
+  live_positions = sorted(position[s] for s in live)
+  pairs = [(found[s].weight, found[s].bn, found[s]) for s in sites]
+  pairs += [(w, bn, None) for w, bn in projection if bn not in regular]
+  out = []
+  for weight, bn, own in pairs:
+    if weight in chosen:
+      continue
+    if own is not None and own.site in live:
+      out.append(own)
+      continue
+    after = position[bn if bn is not None else weight]
+    nxt = next((order[k] for k in live_positions if k > after), None)
+    if nxt is not None:
+      out.append(Candidate(weight, weight, bn, nxt, False))
+  index = {s: i for i, s in enumerate(sites)}
+  return tuple(sorted(out, key=lambda c: (index[c.site], c.name == c.site,
+                                          position[c.bn or c.weight])))
 
 
 def _leaf(variables, path: str, collection: str = "params"):
@@ -431,16 +446,21 @@ class TLC:
 
   The state is ``{"gates": (n_sites,), "masks": {weight path: (C,)}, "stopped": ()}``:
   the site gates, every candidate weight layer's channel keep-mask (1 kept, 0
-  cut), and whether a stop rule fired. A state of another spec (another model or
-  width, or ``projections``) is refused with a ValueError.
+  cut), and whether a stop rule fired; with ``projections`` also ``"chosen":
+  (n_candidates,)``, 1 for each candidate chosen so far (in the order of
+  ``candidates(spec)``), which the official code takes out of its list for good
+  (a state without it, from before it was recorded, reads as none chosen). A
+  state of another spec (another model or width, or ``projections``) is refused
+  with a ValueError.
 
   Attributes:
     rule: ``"first_harmful"`` (official) or ``"largest_harmless"`` (:func:`choose`).
     accuracy_threshold: stop once the validation accuracy (percent) is below it
       (the official 20).
     batch_size: size of the validation batch the gaps are measured on (the first
-      batch of the validation split, in order; 128 as the official CIFAR code; at
-      least 2, which :func:`empirical_bn` needs on a Dense-fed site).
+      batch of the validation split, in order, augmented anew at every iteration on a
+      split that augments always; 128 as the official CIFAR code; at least 2, which
+      :func:`empirical_bn` needs on a Dense-fed site).
     projections: the official MobileNetV2 candidate quirk (:func:`candidates`).
     max_iterations: the default number of iterations (the official 40).
   """
@@ -482,8 +502,19 @@ class TLC:
             "batch_size": self.batch_size, "projections": self.projections}
 
   def candidates(self, spec: S.Spec, state=None) -> tuple[Candidate, ...]:
-    live = None if state is None else base.live_sites(spec, self._checked(spec, state)["gates"])
-    return candidates(spec, projections=self.projections, live=live)
+    """The live candidates of ``state`` (every candidate without one), less those chosen."""
+    if state is None:
+      return candidates(spec, projections=self.projections)
+    state = self._checked(spec, state)
+    return candidates(spec, projections=self.projections,
+                      live=base.live_sites(spec, state["gates"]), chosen=self._chosen(spec, state))
+
+  def _chosen(self, spec: S.Spec, state) -> tuple[str, ...]:
+    """Weight layers of the candidates ``state`` records as chosen (projections only)."""
+    if "chosen" not in state:
+      return ()
+    flags = np.asarray(jax.device_get(state["chosen"]))
+    return tuple(c.weight for c, f in zip(self.candidates(spec), flags) if f)
 
   def _checked(self, spec: S.Spec, state):
     """``state``, once known to hold one gate per site of ``spec`` and one mask per
@@ -498,8 +529,11 @@ class TLC:
     gates = np.shape(state["gates"])
     wrong = [(w, np.shape(m)) for w, m in masks.items() if np.shape(m) != (channels.get(w),)]
     missing = [w for w in channels if w not in masks]
+    chosen = np.shape(state["chosen"]) if "chosen" in state else (len(channels),)
     if gates != (len(sites),):
       why = f"gates of shape {gates} for the {len(sites)} sites"
+    elif chosen != (len(channels),) or ("chosen" in state and not self.projections):
+      why = f"a record of chosen candidates of shape {chosen} for the {len(channels)} candidates"
     elif missing or wrong:
       w, shape = wrong[0] if wrong else (missing[0], None)
       why = (f"no mask for the {channels[w]} channels of {w!r}" if shape is None else
@@ -517,8 +551,11 @@ class TLC:
     shapes = spec.shapes()
     masks = {c.weight: jnp.ones(shapes[c.weight][1][-1], jnp.float32)
              for c in self.candidates(spec)}
-    return {"gates": network.gates_for(spec), "masks": _nested(masks),
-            "stopped": jnp.zeros((), jnp.int32)}
+    state = {"gates": network.gates_for(spec), "masks": _nested(masks),
+             "stopped": jnp.zeros((), jnp.int32)}
+    if self.projections:
+      state["chosen"] = jnp.zeros(len(masks), jnp.int32)
+    return state
 
   def units(self, spec: S.Spec) -> tuple[str, ...]:
     return spec.sites()
@@ -620,9 +657,12 @@ class TLC:
                        f"or hold out more validation data")
 
   def _batch(self, spec: S.Spec, context: base.Context):
+    """The first validation batch, in order; a split that augments always (``val_augment``,
+    the official quirk) draws another view at every iteration, as the official code does."""
     ds = context.dataset
     self.check_data(spec, ds)   # an own loop's context may come without the driver's check
-    batch = next(iter(ds.val.batches(self.batch_size)))
+    epoch = context.iteration if getattr(ds.val, "always_augment", False) else 0
+    batch = next(iter(ds.val.batches(self.batch_size, epoch=epoch)))
     x = jax.tree.map(jnp.asarray, network.batch_inputs(spec, batch))
     return x, jnp.asarray(batch["label"])
 
@@ -646,6 +686,12 @@ class TLC:
         "base_loss": next(iter(scores.values()))["base_loss"]})
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    """Removes ``decision.remove`` and cuts ``details["cut"]`` (``{candidate: channels}``).
+
+    With ``projections`` the chosen candidates leave the list for good: those the
+    cut names, and the own candidate of a removed site that none of them targets.
+    An empty decision stops the run.
+    """
     if not decision.remove:
       return variables, {**state, "stopped": jnp.ones((), jnp.int32)}
     gates = state["gates"]
@@ -665,8 +711,13 @@ class TLC:
       raise KeyError(f"cannot remove {unknown}: not live sites of {spec.name!r} ({why})")
     unknown = [n for n in cuts if n not in by_name]
     if unknown:
+      chosen = set(self._chosen(spec, state))
+      before = [n for n in unknown if n in chosen
+                or any(c.name == n and c.weight in chosen for c in self.candidates(spec))]
+      why = (f" ({before} were chosen before: a chosen candidate leaves the list, as in the "
+             f"official code)" if before else "")
       raise KeyError(f"the decision cuts channels of {unknown}, which are no live candidates "
-                     f"of {spec.name!r}; its candidates are {list(by_name)}")
+                     f"of {spec.name!r}{why}; its candidates are {list(by_name)}")
     masks = dict(traverse_util.flatten_dict(state["masks"], sep=S.SEP))
     for name, cut in cuts.items():
       w = by_name[name].weight
@@ -674,6 +725,11 @@ class TLC:
     index = {s: i for i, s in enumerate(spec.sites())}
     gates = gates.at[jnp.asarray([index[s] for s in decision.remove], jnp.int32)].set(0.0)
     new = {"gates": gates, "masks": _nested(masks), "stopped": state["stopped"]}
+    if self.projections:   # the chosen candidates leave the list (the cut's, else the site's own)
+      targeted = {by_name[n].site for n in cuts}
+      chosen = set(self._chosen(spec, state)) | {by_name[n].weight for n in cuts} | {
+          by_name[s].weight for s in decision.remove if s not in targeted and s in by_name}
+      new["chosen"] = jnp.asarray([c.weight in chosen for c in self.candidates(spec)], jnp.int32)
     return self._masked(spec, variables, new), new
 
   def export(self, spec: S.Spec, variables, state):
