@@ -800,10 +800,19 @@ def _check_train_trace(eval_leaves, train_closed, train_leaves, flag: _Flag | No
   graph.refuse_random(graph.ancestry(closed.jaxpr.outvars[0]))
 
 
-def _check_one_mode(leaves, root: str, flag: _Flag):
+def _check_one_mode(leaves, module, flag: _Flag):
   """Refuses, in a Linen module whose ``__call__`` takes no mode argument (so it runs in one
   mode only), a BatchNorm and a dropout with a rate: pinned to eval mode (or the eval trace
-  would have refused them), they never run in the train mode the spec trains them in."""
+  would have refused them), they never run in the train mode the spec trains them in. A
+  bool argument of ``__call__`` under another name (``is_train: bool = False``) is named
+  as the flag to pass."""
+  root = type(module).__name__
+  try:
+    params = list(inspect.signature(module.__call__).parameters.values())[1:]
+  except (TypeError, ValueError):
+    params = []
+  bools = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+           and (p.annotation in (bool, "bool") or isinstance(p.default, bool))]
   for leaf in leaves:
     if leaf.kind == "batch_norm":
       what = ("keeps its running statistics (use_running_average=True)", "normalises with "
@@ -814,10 +823,17 @@ def _check_one_mode(leaves, root: str, flag: _Flag):
               flag.follow("deterministic"), "set its rate to 0")
     else:
       continue
+    named = ""
+    if bools:
+      first = bools[0]
+      named = (f"if {' or '.join(repr(b) for b in bools)} is its mode argument, pass "
+               f"train_kwarg={first!r} when it is True in train mode, or eval_kwarg={first!r} "
+               f"when it is True in eval mode (a model file on the command line: rename it "
+               f"train); otherwise ")
     raise ConversionError(
         f"layer {leaf.where} {what[0]} and {root}.__call__ takes no mode argument "
         f"({flag.name!r}), so the module never runs in train mode, where the spec's layer "
-        f"{what[1]}; add a {flag.name!r} argument to __call__ (True in "
+        f"{what[1]}; {named}add a {flag.name!r} argument to __call__ (True in "
         f"{'eval' if flag.eval else 'train'} mode) and construct the layer with {what[2]}, "
         f"or {what[3]}")
 
@@ -920,7 +936,7 @@ def from_flax(module, variables=None, sample_input=None, *, train_kwarg: str = "
       raise _train_mode_error(e, flag) from e
     _check_modes(leaves, train_leaves, flag)
   else:               # a module without a mode flag has one mode: the spec's eval mode
-    _check_one_mode(leaves, root, flag)
+    _check_one_mode(leaves, module, flag)
   conv = _convert(closed, leaves, params, _linen_reader(variables), x, root, name or root)
   if check:
     _verify(conv, module.apply(variables, x, rngs=rngs, **kwargs), x, tolerance, flag)

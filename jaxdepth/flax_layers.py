@@ -110,8 +110,11 @@ def call_input(kind: str, module, args, kwargs, where: str):
   return x[1]
 
 
-_LIBRARIES = tuple(os.path.dirname(os.path.abspath(m.__file__)) for m in (jax, flax)) + (
-    os.path.dirname(os.path.abspath(__file__)),)
+# The folders of jax, flax and jaxdepth, each with its separator, so that a sibling folder
+# whose name starts alike (``flax_models/``, ``jaxdepth_x/``) is not taken for one of them.
+_LIBRARIES = tuple(os.path.join(os.path.dirname(os.path.abspath(m.__file__)), "")
+                   for m in (jax, flax)) + (
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), ""),)
 
 
 def _refuse_overrides(cls, where: str):
@@ -126,10 +129,13 @@ def _refuse_overrides(cls, where: str):
       fn = value.__func__ if isinstance(value, (staticmethod, classmethod)) else value
       if name == "__init__" or not inspect.isfunction(fn):
         continue
-      file = inspect.unwrap(fn).__code__.co_filename
-      if file.startswith("<") or os.path.abspath(file).startswith(_LIBRARIES):
-        continue      # written by dataclasses (a Linen module's __init__, __eq__, __hash__),
-                      # or the layer's own method (the NNX trace wraps __call__ in the class)
+      code = inspect.unwrap(fn).__code__
+      if (code.co_qualname.startswith("__create_fn__.<locals>.")
+          or os.path.abspath(code.co_filename).startswith(_LIBRARIES)):
+        continue      # written by dataclasses (a Linen module's __init__, __eq__, __hash__,
+                      # made in its __create_fn__), or the layer's own method (the NNX trace
+                      # wraps __call__ in the class); not any code from a file named "<...>",
+                      # which is also exec, python -c, <stdin> and notebook cells
       raise ConversionError(
           f"layer {where}: {k.__name__} subclasses a Flax layer and defines {name}(), which "
           f"can make it compute something else than the plain layer (e.g. a standardised "

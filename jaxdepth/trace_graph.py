@@ -494,7 +494,7 @@ class Graph:
         return out
     kind, val = self.identify(v, s)
     self.refuse_gradient_ops(self.region(v, s), inside_calls=kind != "act")
-    if kind == "identity" and self._summed(s) == 1:
+    if kind == "identity" and self._summed(s) == 1 and self._pools(self._sum(s)):
       out = self.pool_of_scale(v, s, 1.0)     # the mean of a 1x1 map: a sum divided by 1
     elif kind == "identity":
       out = self.value(s)
@@ -545,6 +545,14 @@ class Graph:
       return math.prod(eqn.params["window_dimensions"])
     return math.prod(eqn.invars[0].aval.shape) // max(1, math.prod(eqn.outvars[0].aval.shape))
 
+  @staticmethod
+  def _pools(eqn) -> bool:
+    """Whether the sum ``eqn`` (:meth:`_sum`) adds up what an average pool does: a window,
+    or the (H, W) of a map or the tokens; a sum over other axes (the channels, one of H and
+    W) is no average pool, even where it adds up one element."""
+    return eqn is not None and (eqn.primitive.name == "reduce_window_sum" or tuple(
+        eqn.params["axes"]) == tuple(range(1, len(eqn.invars[0].aval.shape) - 1)))
+
   def average_in(self, v, s):
     """``s / n`` (or ``s * c``) when ``s`` is a sum (``reduce_sum``, ``reduce_window_sum``, or
     the sum with kept axes) and the element-wise chain from ``s`` to ``v`` starts with that
@@ -556,9 +564,8 @@ class Graph:
     eqn = self._sum(s)
     if eqn is None:
       return None
-    if eqn.primitive.name == "reduce_sum" and tuple(eqn.params["axes"]) != tuple(
-        range(1, len(eqn.invars[0].aval.shape) - 1)):
-      return None   # a sum over other axes than (H, W) or the tokens is no average pool
+    if not self._pools(eqn):
+      return None
     readers = [e for e in self.region(v, s) if any(u is s for u in e.invars)]
     if len(readers) != 1:
       return None

@@ -2,6 +2,7 @@
 match the module (eval and train mode, BatchNorm statistics included), run an EASIER
 iteration on digits and collapse through surgery; bad input is refused clearly, before the
 converted spec is run."""
+import os
 import sys
 from unittest import mock
 
@@ -817,6 +818,23 @@ def test_a_mean_over_a_1x1_map_is_a_global_pool(act):
                              np.asarray(module.apply(variables, x)), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("how", ["channels", "rows"])
+def test_a_mean_of_one_element_over_other_axes_is_refused_as_a_sum(how):
+  # A mean over a 1-channel axis, or over an H of 1 alone, is a sum divided by 1 too, but
+  # over axes no pool averages: refused as the sum it is, not as a scale by 1.
+  class OneElement(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      if how == "channels":
+        x = nn.relu(nn.Conv(1, (3, 3))(x)).mean(axis=-1)                       # (B, 8, 8)
+      else:
+        x = nn.relu(nn.Conv(4, (8, 1), padding="VALID")(x)).mean(axis=1)      # (B, 8, 4)
+      return nn.Dense(3)(x.reshape((x.shape[0], -1)))
+  message = _linen_refusal(OneElement(), _batch(n=2))
+  assert "a sum that is not an average (operation 'reduce_sum')" in message, message
+  assert "use jnp.mean(x, axis=(1, 2))" in message and "constant 1" not in message
+
+
 def test_a_keepdims_mean_read_by_a_layer_is_refused_with_the_fix():
   module = KeepdimsPool("conv")
   message = _linen_refusal(module, _batch(n=3))
@@ -1294,6 +1312,23 @@ def test_a_pinned_layer_in_a_module_without_mode_argument_is_refused(layer, word
   variables = jax.jit(module.init)(jax.random.key(0), x)
   conv = jaxdepth.from_flax(module, variables, x)
   assert "LayerNorm" in [type(n).__name__ for n in conv.spec.layers]
+  assert "train_kwarg" not in message    # __call__ has no bool argument to name
+
+
+def test_a_mode_argument_under_another_name_is_named_with_train_kwarg():
+  class IsTrain(nn.Module):
+    @nn.compact
+    def __call__(self, x, scale: float = 1.0, is_train: bool = False):
+      x = nn.BatchNorm(use_running_average=not is_train)(nn.Conv(4, (3, 3))(x) * scale)
+      return nn.Dense(3)(nn.relu(x).mean((1, 2)))
+  module, x = IsTrain(), _batch(n=2)
+  message = _linen_refusal(module, x)
+  assert "takes no mode argument ('train')" in message, message
+  assert "if 'is_train' is its mode argument, pass train_kwarg='is_train'" in message
+  assert "eval_kwarg='is_train'" in message and "'scale'" not in message
+  variables = jax.jit(module.init)(jax.random.key(0), x)
+  conv = jaxdepth.from_flax(module, variables, x, train_kwarg="is_train")
+  assert "BatchNorm" in [type(n).__name__ for n in conv.spec.layers]
 
 
 def test_statistics_over_a_device_axis_are_refused_with_the_fix():
@@ -1356,6 +1391,37 @@ def test_a_layer_subclass_defining_methods_is_refused_naming_them():
   message = _linen_refusal(Net())
   assert "layer StdConv_0 (StdConv, " in message and "defines param()" in message, message
   assert "test_from_flax.py:" in message and "class-attribute defaults" in message
+
+
+STD_CONV_SOURCE = """
+import flax.linen as nn
+import jax.numpy as jnp
+
+
+class StdConv(nn.Conv):
+  def param(self, name, *args, **kwargs):
+    value = super().param(name, *args, **kwargs)
+    return value - jnp.mean(value, axis=(0, 1, 2)) if name == "kernel" else value
+
+
+class Net(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return nn.Dense(3)(nn.relu(StdConv(4, (3, 3))(x)).mean((1, 2)))
+"""
+
+
+@pytest.mark.parametrize("where", ["exec", "sibling"])
+def test_a_layer_subclass_outside_a_file_or_beside_jaxdepth_is_refused(where):
+  # Code from exec, python -c, <stdin> or a notebook cell has a file name "<...>" as the
+  # methods dataclasses writes do; a package jaxdepth_x/ beside jaxdepth's folder starts
+  # with that folder's path: neither is library code.
+  file = ("<string>" if where == "exec" else
+          os.path.join(os.path.dirname(os.path.abspath(jaxdepth.__file__)) + "_x", "model.py"))
+  namespace = {"__name__": "jaxdepth_x_model"}
+  exec(compile(STD_CONV_SOURCE, file, "exec"), namespace)
+  message = _linen_refusal(namespace["Net"]())
+  assert "StdConv subclasses a Flax layer and defines param()" in message, message
 
 
 def test_layer_arguments_the_spec_has_no_room_for_are_refused():
