@@ -71,7 +71,7 @@ from jaxdepth.spec import Spec
 from jaxdepth.text.inputs import check_vocabulary
 
 __all__ = ["Trainer", "RunResult", "run", "iteration_seed", "choose_operating_point",
-           "RunMismatchError", "read_run_json", "latencies_ms", "edit_record"]
+           "RunMismatchError", "read_run_json", "asked_iterations", "latencies_ms", "edit_record"]
 
 RunMismatchError = training.RunMismatchError
 # What a refusal adds when the initial variables differ (a caller with other words drops it).
@@ -194,14 +194,20 @@ def read_run_json(workdir) -> dict[str, Any] | None:
   """The ``run.json`` of ``workdir`` (the settings of the run there), None where there is none.
 
   Raises:
-    RunMismatchError: it is not the JSON object jaxdepth writes (empty, cut short, edited),
-      naming the file: which run the directory holds cannot be told.
+    RunMismatchError: it cannot be read (a directory, no permission) or is not the JSON
+      object jaxdepth writes (empty, cut short, edited), naming the file: which run the
+      directory holds cannot be told.
   """
   path = pathlib.Path(workdir) / "run.json"
+  advice = ("it records the run's settings: restore it, or move the directory aside or use "
+            "another directory")
   try:
     raw = path.read_bytes()
   except FileNotFoundError:
     return None
+  except OSError as e:   # a directory, no permission, an I/O error
+    raise RunMismatchError(f"work directory {workdir}: run.json cannot be read "
+                           f"({e.strerror or e}); {advice}") from e
   try:
     stored = json.loads(raw)
   except ValueError as e:   # JSONDecodeError, or bytes that are not UTF-8
@@ -211,9 +217,8 @@ def read_run_json(workdir) -> dict[str, Any] | None:
       return stored
     why = f"it holds a JSON {_JSON_KINDS.get(type(stored), type(stored).__name__)}"
   raise RunMismatchError(
-      f"work directory {workdir}: run.json is not the JSON object jaxdepth writes ({why}); it "
-      f"records the run's settings: restore it, or move the directory aside or use another "
-      f"directory")
+      f"work directory {workdir}: run.json is not the JSON object jaxdepth writes ({why}); "
+      f"{advice}")
 
 
 def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
@@ -483,7 +488,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       _drop_epoch_checkpoints(workdir, it)
       if main_process:
         report_lib.write_json(workdir, _report(identity, entries, None, tolerance, total,
-                                               method))
+                                               method, iterations))
       say(f"iteration {it}: {entry['units_removed']}/{total} {method.unit}s removed, val "
           f"{100 * entry['val_accuracy']:.2f} %, test {100 * entry['test_accuracy']:.2f} %; "
           f"then removed "
@@ -507,7 +512,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
     summary["merged"] = _save_merged(chosen_spec, chosen_variables, dataset, workdir,
                                      eval_batch_size=eval_batch_size, mesh=mesh, dtype=dtype,
                                      dense=dense, latency_batches=latency_batches)
-  report = _report(identity, entries, summary, tolerance, total, method)
+  report = _report(identity, entries, summary, tolerance, total, method, iterations)
   if main_process:
     report_lib.write(workdir, report)
   return RunResult(report, chosen_spec, chosen_variables, state)
@@ -737,7 +742,9 @@ def _chosen_summary(chosen, entries, tolerance, unit) -> dict[str, Any]:
   }
 
 
-def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, Any]:
+def _report(identity, entries, chosen, tolerance, total, method, asked) -> dict[str, Any]:
+  """The report: ``asked``, the iterations this call was asked for, tells a rerun that leaves
+  them out how many the run holds to (:func:`asked_iterations`)."""
   return {
       "method": identity["method"], "method_options": identity["method_options"],
       "model": identity["spec"]["name"], "dataset": identity["dataset"],
@@ -747,5 +754,22 @@ def _report(identity, entries, chosen, tolerance, total, method) -> dict[str, An
       "score_unit": getattr(method, "score_unit", None),
       "tolerance_points": tolerance, "finished": chosen is not None,
       "note": LAST_REMOVAL_NOTE if entries and entries[-1]["removed_now"] else None,
-      "iterations": entries, "chosen": chosen,
+      "iterations": entries, "iterations_asked": asked, "chosen": chosen,
   }
+
+
+def asked_iterations(workdir) -> int | None:
+  """The iterations the run in ``workdir`` was last asked for, from its ``report.json``; for a
+  report written before they were recorded, the iterations of a finished run (it did what it
+  was asked). None: no report, or an unfinished one that does not say."""
+  try:
+    stored = json.loads((pathlib.Path(workdir) / "report.json").read_bytes())
+  except (OSError, ValueError):   # none yet, or damaged: the run itself says so
+    return None
+  if not isinstance(stored, dict):
+    return None
+  asked = stored.get("iterations_asked")
+  if isinstance(asked, int) and not isinstance(asked, bool):
+    return asked
+  entries = stored.get("iterations")
+  return len(entries) if stored.get("finished") and isinstance(entries, list) and entries else None

@@ -458,6 +458,49 @@ def test_easier_with_another_model_leaves_out_the_configs_iterations(tmp_path, c
   assert not (tmp_path / "x").exists()
 
 
+def test_a_rerun_with_another_model_keeps_the_iterations_its_run_was_asked_for(tmp_path, capsys):
+  """easier_digits's iterations=5 left out for --model digits_cnn made the same command on a
+  finished run resolve one per site (6): it resumed, trained more and overwrote chosen/."""
+  workdir = tmp_path / "w"
+  argv = ["easier", "--model", "digits_cnn", "--config.epochs=1", "--no-latency",
+          "--no-progress", "--workdir", str(workdir)]
+  assert cli.main([*argv, "--iterations", "2"]) == 0
+  spec, variables = checkpoint.load_model(workdir / "chosen")
+  report = workdir / "report.json"
+  for older in (False, True):   # a report written before iterations_asked: a finished run's
+    if older:
+      stored = json.loads(report.read_text())
+      del stored["iterations_asked"]
+      report.write_text(json.dumps(stored))
+    capsys.readouterr()
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "iteration 2:" not in out
+    assert len(json.loads(report.read_text())["iterations"]) == 2
+    assert f"note: {workdir} holds a run asked for 2 iterations: it goes on with those" in out
+    again, again_variables = checkpoint.load_model(workdir / "chosen")
+    assert again.to_dict() == spec.to_dict()
+    for x, y in zip(jax.tree.leaves(variables), jax.tree.leaves(again_variables), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_the_left_out_note_for_a_saved_model_does_not_advise_its_refused_model_kwargs(
+    tmp_path, capsys):
+  """The note ended "set them for this model with --config.KEY=VALUE", model_kwargs included,
+  which a saved model refuses (it fixes its own architecture)."""
+  saved = tmp_path / "saved"
+  spec = zoo.digits_cnn()
+  checkpoint.save_model(saved, spec, network.init(spec, jax.random.key(0)))
+  assert cli.main(["egp", "--config", "egp_digits", "--model", str(saved), "--config.epochs=0",
+                   "--workdir", str(tmp_path / "w")]) == 2   # refused after the note
+  notes = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: ")]
+  assert notes == [
+      f"note: --model {str(saved)!r} is not the model of config egp_digits (resnet20): its "
+      f"settings for resnet20 (model_kwargs={{'width': 8}}, skip=('relu',)) are left out, so "
+      f"model_kwargs={{}}, skip=(); the saved model {str(saved)!r} fixes its own architecture "
+      f"(model_kwargs); set skip for it with --config.KEY=VALUE"]
+
+
 # ----------------------------------------------------------------------- configs
 
 
@@ -1073,6 +1116,20 @@ def test_a_refused_run_leaves_no_empty_folders_it_made_above_its_workdir(tmp_pat
   (tmp_path / "a" / "b" / "notes.txt").write_text("mine")
   assert cli.main([*argv, "--workdir", "b/c/run"]) == 2
   assert sorted(p.name for p in (tmp_path / "a").rglob("*")) == ["b", "notes.txt"]
+
+
+def test_a_refused_run_through_dot_dot_removes_what_it_made_not_the_users_folder(
+    tmp_path, capsys, monkeypatch):
+  """--workdir nx/../mine (mine an empty folder of the user's) took nx for the folder it made
+  and, refused, removed mine (rmdir through nx/..) and left nx."""
+  bogus = tmp_path / "bogus.safetensors"
+  bogus.write_bytes(b"not a safetensors file")
+  (tmp_path / "mine").mkdir()
+  monkeypatch.chdir(tmp_path)
+  assert cli.main(["fit", "--model", "digits_swin", "--pretrained", str(bogus), "--no-progress",
+                   "--workdir", "nx/../mine"]) == 2
+  assert "is not a safetensors file" in capsys.readouterr().err
+  assert (tmp_path / "mine").is_dir() and not (tmp_path / "nx").exists()
 
 
 def test_a_resume_from_other_initial_weights_is_said_in_command_line_terms(tmp_path, capsys):

@@ -350,6 +350,16 @@ def test_a_damaged_run_json_is_refused_naming_it_and_nothing_is_written(digits, 
   assert driver.read_run_json(tmp_path / "none") is None
 
 
+def test_a_run_json_that_cannot_be_read_is_refused_naming_it(digits, tmp_path):
+  """A run.json that is a directory (or unreadable) gave a raw IsADirectoryError traceback."""
+  (tmp_path / "run.json").mkdir()
+  with pytest.raises(driver.RunMismatchError) as e:
+    _run(digits, tmp_path)
+  assert str(e.value).startswith(f"work directory {tmp_path}: run.json cannot be read (Is a "
+                                 f"directory); it records the run's settings: restore it")
+  assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
 def test_a_method_of_ones_own_with_the_two_argument_check_data_is_still_checked(digits, tmp_path):
   # The protocol's check_data(spec, dataset) before the driver passed eval_batch_size and mesh.
   ds, spec = digits

@@ -61,7 +61,7 @@ import socket
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
 
 try:
@@ -287,13 +287,28 @@ def _plain(value):
 
 def left_out_note(own: str, cfg, left_out: Mapping[str, Any]) -> str:
   """The note saying which settings for the config's own model ``own`` another model
-  (``cfg["model"]``) left out, and what they are now."""
+  (``cfg["model"]``) left out, and what they are now.
+
+  A saved model fixes its own architecture and weights and a spec file its architecture
+  (``model_kwargs``, ``pretrained`` are refused for them): the note advises setting only
+  the others.
+  """
   config = pathlib.Path(cfg["config"]).stem
   was = ", ".join(f"{k}={v!r}" for k, v in left_out.items())
   now = ", ".join(f"{k}={_plain(cfg[k])!r}" for k in left_out)
+  kind = config_lib.model_kind(cfg["model"])
+  fixed = {"model_kwargs": "architecture", **({"pretrained": "weights"} if kind == "saved"
+                                               else {})} if kind in ("saved", "spec") else {}
+  fixed = {k: what for k, what in fixed.items() if k in left_out}
+  rest = [k for k in left_out if k not in fixed]
+  advice = "set them for this model with --config.KEY=VALUE"
+  if fixed:
+    what = "saved model" if kind == "saved" else "spec file"
+    own_ones = " and ".join(f"{w} ({k})" for k, w in fixed.items())
+    advice = f"the {what} {cfg['model']!r} fixes its own {own_ones}" + (
+        f"; set {', '.join(rest)} for it with --config.KEY=VALUE" if rest else "")
   return (f"note: --model {cfg['model']!r} is not the model of config {config} ({own}): its "
-          f"settings for {own} ({was}) are left out, so {now}; set them for this model with "
-          f"--config.KEY=VALUE")
+          f"settings for {own} ({was}) are left out, so {now}; {advice}")
 
 
 def maybe_initialize_distributed(multihost: bool) -> None:
@@ -822,17 +837,13 @@ def _prepare_here(session, args, config, *, extra_defaults, flags, model_keys, c
   if problems:
     raise config_lib.ConfigError(problems)
   if jax.process_index() == 0:
-    made = None   # the highest directory this call makes for the workdir (it or one above)
-    for path in (workdir, *workdir.parents):
-      if path.exists():
-        break
-      made = path
+    made = directories_to_make(workdir)
     try:
       ensure_writable(workdir)
     except NotADirectoryError as e:
       raise config_lib.ConfigError(f"--workdir {str(workdir)!r}: {e.strerror}; give a directory "
                                    f"for the run") from e
-    session.hold(workdir, made=made or False)
+    session.hold(workdir, made=made)
   return Prepared(cfg, workdir, ds, spec)
 
 
@@ -1082,6 +1093,20 @@ def _recorded_info(cfg: Mapping[str, Any], keys: tuple[str, ...],
   keys = [k for k in keys if not stored or k in stored]
   return {k: stored[k] if k in stored and same_setting(k, stored[k], cfg[k], cfg.get("dataset"))
           else _resolved(k, cfg[k]) for k in keys}
+
+
+def directories_to_make(workdir: pathlib.Path) -> list[pathlib.Path]:
+  """The directories that making ``workdir`` creates, absolute and normalised, outermost first.
+
+  Each level of ``workdir`` as written that is not there yet: ``nx/../mine`` makes ``nx``
+  (``mkdir -p`` walks it), not ``mine`` where that folder is there already.
+  """
+  out = []
+  for i in range(1, len(workdir.parts) + 1):
+    path = pathlib.Path(os.path.abspath(pathlib.Path(*workdir.parts[:i])))
+    if not path.exists() and path not in out:
+      out.append(path)
+  return out
 
 
 def ensure_writable(workdir: pathlib.Path) -> None:
@@ -1401,21 +1426,22 @@ class Session:
     self.workdir: pathlib.Path | None = None
     self._lock: int | None = None   # the file descriptor holding the workdir's lock
     # The workdir and the highest directory this call created for it (it or one above).
-    self._made: tuple[pathlib.Path, pathlib.Path] | None = None
+    self._made: tuple[pathlib.Path, list[pathlib.Path]] | None = None
     self._sigterm = None        # SIGTERM's handler before stop_on_sigterm(), once installed
     self._terminated = False    # SIGTERM came
 
-  def hold(self, workdir: pathlib.Path, *, made: bool | pathlib.Path = False) -> None:
+  def hold(self, workdir: pathlib.Path, *,
+           made: bool | Sequence[pathlib.Path] = False) -> None:
     """Locks ``workdir`` for the rest of this call, so that no second command runs in it.
 
     An exclusive ``flock`` on ``workdir/.lock`` (an empty file), released when the
     call ends or the process dies. Two runs in one directory would overwrite each
     other's checkpoints (a job started again while the first still runs). Where
     the file system has no locks, the run goes on without one. ``made``: what this call
-    created, ``workdir`` (True) or the directories from ``made`` (``workdir`` or one above
-    it) down to ``workdir``; if it then refuses the run (exit 2)
-    before writing anything there, they go again (as far as they are empty), but only once
-    this call holds the lock (refused it, the directory stays to the run holding it).
+    created, ``workdir`` (True) or the directories :func:`directories_to_make` listed; if it
+    then refuses the run (exit 2) before writing anything there, they go again (as far as
+    they are empty; a directory that was there stays), but only once this call holds the
+    lock (refused it, the directory stays to the run holding it).
 
     Raises:
       jaxdepth.train.config.ConfigError: another process holds the lock.
@@ -1435,8 +1461,9 @@ class Session:
         os.close(fd)
     # Only once the directory is this call's: refused, a call that created the directory
     # but lost the lock to another would take away the directory that one runs in.
-    self._made = (None if made is False else
-                  (workdir, workdir if made is True else pathlib.Path(made)))
+    here = pathlib.Path(os.path.abspath(workdir))
+    made = [here] if made is True else [pathlib.Path(os.path.abspath(p)) for p in made or ()]
+    self._made = (here, made) if made else None
 
   def _release(self) -> None:
     if self._lock is not None:
@@ -1504,15 +1531,16 @@ class Session:
   def _forget_made_workdir(self) -> None:
     """Removes the workdir this call created, when a refusal left nothing in it but the lock
     (bad input writes nothing, e.g. weights found not to fit after the directory was made),
-    and the empty directories above it that it created too (``runs/``, ``new1/new2/``)."""
+    and the empty directories it created on the way too (``runs/``, ``new1/new2/``, ``nx/`` of
+    ``nx/../mine``); never one that was there before."""
     if self._made is None:
       return
-    workdir, top = self._made
-    if not workdir.is_dir() or set(os.listdir(workdir)) - {LOCK_FILE}:
-      return
-    (workdir / LOCK_FILE).unlink(missing_ok=True)
-    chain = (workdir, *workdir.parents)
-    for path in chain[:chain.index(top) + 1] if top in chain else chain[:1]:
+    workdir, made = self._made   # absolute and normalised: ``nx/..`` is no ``nx``
+    if workdir in made:   # one that was there keeps its lock file, as after any run
+      if not workdir.is_dir() or set(os.listdir(workdir)) - {LOCK_FILE}:
+        return
+      (workdir / LOCK_FILE).unlink(missing_ok=True)
+    for path in reversed(made):   # innermost first
       try:
         path.rmdir()   # only an empty one: another process may have put something there
       except OSError:

@@ -22,7 +22,8 @@ python -m jaxdepth fit plus iterations, tolerance, estimator and entropy_split;
 --config.KEY=VALUE overrides any of them. Without --config, the easier_* config
 for --model and --dataset is used when exactly one matches, else easier_digits;
 with another --model than the config's, the config's iterations (one per site of
-its own model) is left out as its other settings for that model are.
+its own model) is left out as its other settings for that model are (a run in the
+work directory then goes on with the iterations it was asked for).
 The default work directory is runs/easier-<model>-<dataset>-seed<seed>.
 """
 from __future__ import annotations
@@ -126,6 +127,23 @@ def check_sites(cfg: dict[str, Any], spec, ds, given: str | None = None) -> list
   return out
 
 
+def iterations_as_run(cfg: dict[str, Any], args: argparse.Namespace, workdir: pathlib.Path,
+                      say) -> dict[str, Any]:
+  """``cfg`` with the iterations the run in ``workdir`` was asked for, where another ``--model``
+  left the config's out and the command line gives none: the same command then resumes the
+  run as it was (a finished run trains nothing more) rather than one iteration per site."""
+  from jaxdepth import driver  # pylint: disable=import-outside-toplevel
+  if (cfg["iterations"] is not None or iterations_given(args) is not None
+      or CONFIGS.load(CONFIGS.config_of(args))["iterations"] is None):
+    return cfg
+  asked = driver.asked_iterations(workdir)
+  if asked is None:
+    return cfg
+  say(f"note: {workdir} holds a run asked for {command.plural(asked, 'iteration')}: it goes on "
+      f"with those; give --iterations N for another number")
+  return {**cfg, "iterations": asked}
+
+
 # -------------------------------------------------------------------------- main
 
 
@@ -146,8 +164,9 @@ def _main(session: command.Session, argv: list[str]) -> int:
   cfg, workdir, ds, spec = CONFIGS.prepare(
       session, args, check=check,
       check_model=lambda c, s, d: check_sites(c, s, d, given=iterations_given(args)))
-  method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   say = command.main_process_say()
+  cfg = iterations_as_run(cfg, args, workdir, say)
+  method = Easier(estimator=cfg["estimator"], entropy_split=cfg["entropy_split"])
   dtype = command.compute_dtype(cfg["dtype"])
   mesh = training.make_mesh()
   say(command.method_summary(f"EASIER ({method.estimator} entropy)", spec, ds, cfg, workdir, mesh,
