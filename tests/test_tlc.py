@@ -130,6 +130,36 @@ def test_a_chosen_projection_leaves_the_list_and_the_next_candidate_takes_the_ne
   assert set(tlc.TLC().init(spec)) == {"gates", "masks", "stopped"}   # no record by default
 
 
+def test_chosen_names_no_candidate_weight_layer_are_refused():
+  spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 3))
+  live = [s for s in spec.sites() if s != "features/2/conv/expand/relu6"]
+  with pytest.raises(KeyError, match=r"chosen names \['no/such'\], which are no candidate weight "
+                                     r"layers of 'mobilenet_v2_cifar' \(projections=True\)"):
+    tlc.candidates(spec, projections=True, live=live, chosen=["no/such"])
+  with pytest.raises(KeyError, match=r"'features/2/conv/expand/relu6' is the site of candidate "
+                                     r"weight layer 'features/2/conv/expand/conv'"):
+    tlc.candidates(spec, projections=True, live=live, chosen=["features/2/conv/expand/relu6"])
+  with pytest.raises(KeyError, match=r"\['features/1/conv/project'\], which are no candidate"):
+    tlc.candidates(spec, chosen=["features/1/conv/project"])   # a candidate with projections only
+  assert len(tlc.candidates(spec, projections=True, live=live,
+                            chosen=["features/2/conv/expand/conv"])) == 51
+
+
+def test_a_run_checkpointed_without_the_chosen_record_cannot_be_restored(tmp_path):
+  # as the docs say: the driver restores into TLC.init's state, which holds "chosen"
+  from jaxdepth import checkpoint
+  spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 3))
+  method = tlc.TLC(projections=True)
+  older = {k: v for k, v in method.init(spec).items() if k != "chosen"}
+  with checkpoint.Checkpointer(tmp_path, spec, async_save=False) as ckpt:
+    ckpt.save(1, {"step": jnp.zeros((), jnp.int32)}, extra=older)
+  with checkpoint.Checkpointer(tmp_path, spec, async_save=False) as ckpt:
+    with pytest.raises(checkpoint.SpecMismatchError,
+                       match=r"'chosen' \(shape \(52,\)\) is in the template but not in the "
+                             r"checkpoint"):
+      ckpt.restore({"step": jnp.zeros((), jnp.int32)}, extra=method.init(spec))
+
+
 def test_the_chosen_record_survives_a_checkpoint_round_trip(tmp_path):
   from jaxdepth import checkpoint
   spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 3))
@@ -489,6 +519,40 @@ def test_export_deletes_the_cut_channels_of_a_removed_gelu_site():
   expected = network.forward(spec, new_vars, x, gates=new_state["gates"]).logits
   got = network.forward(shallow_spec, shallow_vars, x).logits
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-6, atol=1e-6)
+
+
+def test_export_passes_a_cut_channels_constant_through_another_removed_site_as_identity():
+  # features/17: expand conv -> bn -> E -> depthwise conv -> bn -> D -> project. A channel cut at
+  # E is deleted with its depthwise channel, whose BatchNorm constant folds into the projection
+  # through D: the identity in the gated network, so not relu6 of it.
+  spec = zoo.mobilenet_v2(width_mult=0.25, input_shape=(8, 8, 1))
+  variables = _randomized(spec, 11)
+  x = jnp.asarray(np.random.default_rng(12).normal(size=(4, 8, 8, 1)), jnp.float32)
+  e, d = "features/17/conv/expand/relu6", "features/17/conv/depthwise/relu6"
+  width = spec.node("features/17/conv/expand/conv").features
+  cut = list(range(0, width, 2))
+
+  def check(method, variables, state):
+    shallow_spec, shallow_vars = method.export(spec, variables, state)
+    assert shallow_spec.node("features/17/conv/expand/conv").features == width - len(cut)
+    expected = network.forward(spec, method._masked(spec, variables, state), x,
+                               gates=state["gates"]).logits
+    got = network.forward(shallow_spec, shallow_vars, x).logits
+    np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-5)
+
+  method = tlc.TLC()
+  new_vars, state = method.apply(spec, variables, method.init(spec),
+                                 base.Decision((e, d), {"cut": {e: cut, d: []}}))
+  check(method, new_vars, state)
+  # projections: E's own candidate, then the projection before it, moved on to D, is chosen
+  method = tlc.TLC(projections=True)
+  new_vars, state = method.apply(spec, variables, method.init(spec),
+                                 base.Decision((e,), {"cut": {e: cut}}))
+  moved = {c.name: c.site for c in method.candidates(spec, state)}
+  assert moved["features/16/conv/project"] == d
+  new_vars, state = method.apply(spec, new_vars, state,
+                                 base.Decision((d,), {"cut": {"features/16/conv/project": [1]}}))
+  check(method, new_vars, state)
 
 
 def test_a_decision_applied_twice_is_refused_as_already_removed():

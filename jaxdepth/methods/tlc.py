@@ -232,9 +232,10 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None,
       is left out.
     live: the live sites (default: every site of ``spec``). Without
       ``projections``, candidates of other sites are left out.
-    chosen: weight layers of candidates chosen before: they are left out (the
-      official code takes their BatchNorm out of its list; without
-      ``projections`` their site is gone anyway).
+    chosen: weight layers (:attr:`Candidate.weight`) of candidates chosen before:
+      they are left out (the official code takes their BatchNorm out of its list;
+      without ``projections`` their site is gone anyway). A site or any other
+      name is refused, not ignored.
 
   Returns:
     The candidates (one whose site is not its own right before that site's own).
@@ -244,7 +245,9 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None,
       BatchNorm) right before it: TLC cannot cut or linearize it; or a live
       site inside a Concat's branches or post, which TLC does not rank.
     TypeError, KeyError: ``live`` (or ``chosen``) is one string or no paths (a gate
-      array), or ``live`` names what is no live site.
+      array), ``live`` names what is no live site, or ``chosen`` what is no
+      candidate's weight layer (a site names its candidate's weight layer in the
+      message).
   """
   sites = spec.sites()
   live = sites if live is None else S.site_paths(live, "live")   # refuses a gate array
@@ -277,9 +280,20 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None,
   if missing:
     raise ValueError(_unreached(spec, missing))
   chosen = set(S.site_paths(chosen, "chosen", "weight layer paths"))
+  regular = {c.bn for c in found.values()}
+  weights = {c.weight for c in found.values()}
+  if projections:
+    weights |= {w for w, bn in projection if bn not in regular}
+  odd = sorted(chosen - weights)
+  if odd:
+    sited = [f"{n!r} is the site of candidate weight layer {found[n].weight!r}"
+             for n in odd if n in found]
+    raise KeyError(f"chosen names {odd}, which are no candidate weight layers of {spec.name!r}"
+                   f"{' (projections=True)' if projections else ''}"
+                   f"{': ' + '; '.join(sited) if sited else ''}; chosen holds the weight layers "
+                   f"of the chosen candidates (Candidate.weight), not their sites")
   if not projections:
     return tuple(found[s] for s in sites if s in live and found[s].weight not in chosen)
-  regular = {c.bn for c in found.values()}
   order = [p for p, _ in spec.walk()]
   position = {p: k for k, p in enumerate(order)}
   live_positions = sorted(position[s] for s in live)
@@ -449,9 +463,12 @@ class TLC:
   cut), and whether a stop rule fired; with ``projections`` also ``"chosen":
   (n_candidates,)``, 1 for each candidate chosen so far (in the order of
   ``candidates(spec)``), which the official code takes out of its list for good
-  (a state without it, from before it was recorded, reads as none chosen). A
-  state of another spec (another model or width, or ``projections``) is refused
-  with a ValueError.
+  (a state passed by hand without it, from before it was recorded, reads as
+  none chosen; the driver cannot resume a run whose checkpoints lack it: it
+  restores into :meth:`init`'s state, which holds it, and the restore refuses
+  that template, so such a run starts again in a new work directory). A state
+  of another spec (another model or width, or ``projections``) is refused with
+  a ValueError.
 
   Attributes:
     rule: ``"first_harmful"`` (official) or ``"largest_harmless"`` (:func:`choose`).
@@ -739,8 +756,10 @@ class TLC:
     directly are deleted with the next layer's matching inputs
     (:func:`jaxdepth.surgery.cut_channels`, exact: they are 0 there and the site
     is now the identity, whatever its function was: ReLU, GELU, ...); the rest
-    stay as zero weights. The result computes what the gated, masked network
-    computes.
+    stay as zero weights. Every other removed site is an identity already during
+    the cut, so a constant that a deleted channel folds into the next layer
+    passes through it as the gated network passes it. The result computes what
+    the gated, masked network computes.
     """
     from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
     variables = self._masked(spec, variables, state)
@@ -756,7 +775,11 @@ class TLC:
       # cut_channels deletes channels at rectifiers only (GELU of an OFF value is not 0);
       # these sites become identities, where a cut channel is exactly 0 as after a ReLU,
       # so a ReLU stands in for their function until with_identity bakes the identity in.
-      as_relu = S.map_nodes(spec, lambda p, n: dataclasses.replace(n, fn="relu")
-                            if p in counts else n)
+      # The other removed sites are identities already: a deleted channel's constant
+      # (its BatchNorm bias through a depthwise conv, say) folds into the next layer
+      # through them as the identity, not as their old function (relu6 of it).
+      as_relu = S.map_nodes(spec, lambda p, n: dataclasses.replace(
+          n, fn="relu" if p in counts else "identity") if p in removed else n)
       spec, variables = surgery.cut_channels(as_relu, variables, counts)
+      removed = list(counts)
     return S.with_identity(spec, removed), variables
