@@ -301,7 +301,9 @@ class Checkpointer:
     self._settle()
     items = {"spec": ocp.args.JsonSave(self.spec.to_dict()),
              "state": ocp.args.StandardSave(state),
-             "meta": ocp.args.JsonSave(dict(meta or {}))}
+             # A copy, as it will be read back: orbax writes the JSON later, in the background,
+             # while the caller goes on (fit appends the epoch's record to the history it saved).
+             "meta": ocp.args.JsonSave(json.loads(json.dumps(dict(meta or {}))))}
     if extra is not None:
       items["extra"] = ocp.args.StandardSave(extra)
     step = int(step)

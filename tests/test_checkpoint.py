@@ -1,5 +1,6 @@
 """Checkpoints: round trips with optax state and extra pytrees, spec refusal, NaN refusal, models."""
 import logging
+import time
 
 import jax
 import jax.numpy as jnp
@@ -43,6 +44,29 @@ def test_state_extra_and_meta_round_trip(tmp_path):
   for a, b in zip(jax.tree.leaves((state, extra)), jax.tree.leaves((out.state, out.extra))):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert isinstance(out.extra["stats"], stats.SiteStats)
+
+
+def test_meta_is_saved_as_it_was_though_the_caller_changes_it_meanwhile(tmp_path, monkeypatch):
+  # orbax writes the JSON in the background while fit goes on appending to the history it
+  # saved: under load a checkpoint taken mid-epoch held that epoch's record (a resume from it
+  # then counted the epoch twice). The background write is slowed down here to show it.
+  from orbax.checkpoint._src.handlers import json_checkpoint_handler as handler   # pylint: disable=import-outside-toplevel
+  dumps = handler.json.dumps
+
+  def slow_dumps(*args, **kwargs):
+    time.sleep(0.3)
+    return dumps(*args, **kwargs)
+
+  monkeypatch.setattr(handler.json, "dumps", slow_dumps)
+  spec = _spec()
+  history = [{"epoch": 1}]
+  with checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    ckpt.save(7, _state(spec), meta={"history": history})
+    history.append({"epoch": 2})
+    history[0]["epoch"] = 99
+  monkeypatch.undo()
+  with checkpoint.Checkpointer(tmp_path, spec) as ckpt:
+    assert ckpt.meta(7) == {"history": [{"epoch": 1}]}
 
 
 def test_keeps_only_the_latest_checkpoints(tmp_path):
