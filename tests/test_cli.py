@@ -30,6 +30,8 @@ from jaxdepth.train import egp as egp_cli
 from jaxdepth.train import lacoot as lacoot_cli
 from jaxdepth.train import tlc as tlc_cli
 
+from _readme_net import MYNET
+
 # An upper-case document name other than README.md: a citation of a file users do not have.
 _CITED_DOC = re.compile(r"\b(?!README\.md)[A-Z][A-Z_]+\.md\b")
 
@@ -415,22 +417,11 @@ def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   assert not (tmp_path / "w").exists()
 
 
-_README_NET = """import flax.linen as nn, jax.numpy as jnp
-class MyNet(nn.Module):
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), padding="SAME")(x))
-    x = nn.silu(x)
-    x = jnp.concatenate([x, nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))], axis=-1)
-    return nn.Dense(10)(x.mean(axis=(1, 2)))
-"""
-
-
 def test_easier_with_another_model_leaves_out_the_configs_iterations(tmp_path, capsys):
   """easier_digits sets iterations=5, one per site of digits_plain: the README's
   ``easier --model file.py:MyNet`` (2 sites) was refused for an --iterations never given."""
   module = tmp_path / "net.py"
-  module.write_text(_README_NET)
+  module.write_text(MYNET)
   argv = ["easier", "--model", f"{module}:MyNet", "--config.epochs=1", "--no-latency",
           "--no-progress", "--workdir", str(tmp_path / "w")]
   assert cli.main(argv) == 0

@@ -20,6 +20,8 @@ from jaxdepth.train import __main__ as cli
 from jaxdepth.train import command, easier as easier_cli, egp as egp_cli
 from jaxdepth.train import config as config_lib
 
+from _readme_net import MYNET
+
 F32 = np.float32
 
 
@@ -673,17 +675,7 @@ def test_command_line_nepenthe_and_its_errors(tmp_path, capsys):
   assert not any((tmp_path / d).exists() for d in ("x", "y", "z"))
 
 
-_MYNET = """
-import flax.linen as nn, jax.numpy as jnp
-
-class MyNet(nn.Module):
-  @nn.compact
-  def __call__(self, x, train: bool = False):
-    x = nn.BatchNorm(use_running_average=not train)(nn.Conv(8, (3, 3), padding="SAME")(x))
-    x = nn.silu(x)
-    x = jnp.concatenate([x, nn.relu(nn.Conv(4, (3, 3), padding="SAME")(x))], axis=-1)
-    return nn.Dense(10)(x.mean(axis=(1, 2)))
-
+_MYNET = MYNET + """
 class WNet(nn.Module):
   num_classes: int = 10
   width: int = 32
