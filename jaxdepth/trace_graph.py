@@ -494,7 +494,8 @@ class Graph:
         return out
     kind, val = self.identify(v, s)
     self.refuse_gradient_ops(self.region(v, s), inside_calls=kind != "act")
-    if kind == "identity" and self._summed(s) == 1 and self._pools(self._sum(s)):
+    pool = self._sum(s) if kind == "identity" else None
+    if pool is not None and self._pools(pool) and self._summed(pool) == 1:
       out = self.pool_of_scale(v, s, 1.0)     # the mean of a 1x1 map: a sum divided by 1
     elif kind == "identity":
       out = self.value(s)
@@ -536,11 +537,9 @@ class Graph:
       eqn = self.producer[inner][1]
     return eqn if eqn.primitive.name in ("reduce_sum", "reduce_window_sum") else None
 
-  def _summed(self, s) -> int | None:
-    """How many elements each element of the sum ``s`` adds up (:meth:`_sum`), else None."""
-    eqn = self._sum(s)
-    if eqn is None:
-      return None
+  @staticmethod
+  def _summed(eqn) -> int:
+    """How many elements each element of the sum ``eqn`` (:meth:`_sum`) adds up."""
     if eqn.primitive.name == "reduce_window_sum":
       return math.prod(eqn.params["window_dimensions"])
     return math.prod(eqn.invars[0].aval.shape) // max(1, math.prod(eqn.outvars[0].aval.shape))
