@@ -281,9 +281,8 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None,
     raise ValueError(_unreached(spec, missing))
   chosen = set(S.site_paths(chosen, "chosen", "weight layer paths"))
   regular = {c.bn for c in found.values()}
-  weights = {c.weight for c in found.values()}
-  if projections:
-    weights |= {w for w, bn in projection if bn not in regular}
+  projection = [(w, bn) for w, bn in projection if projections and bn not in regular]
+  weights = {c.weight for c in found.values()} | {w for w, _ in projection}
   odd = sorted(chosen - weights)
   if odd:
     sited = [f"{n!r} is the site of candidate weight layer {found[n].weight!r}"
@@ -298,7 +297,7 @@ def candidates(spec: S.Spec, *, projections: bool = False, live=None,
   position = {p: k for k, p in enumerate(order)}
   live_positions = sorted(position[s] for s in live)
   pairs = [(found[s].weight, found[s].bn, found[s]) for s in sites]
-  pairs += [(w, bn, None) for w, bn in projection if bn not in regular]
+  pairs += [(w, bn, None) for w, bn in projection]
   out = []
   for weight, bn, own in pairs:
     if weight in chosen:
