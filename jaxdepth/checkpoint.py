@@ -836,8 +836,17 @@ def _unreadable_variables(source: pathlib.Path) -> str | None:
     have = path.stat().st_size
     if have != size:
       return (f"{name} has {have} bytes where {size} were written "
-              f"({'truncated' if have < size else 'overwritten'})")
+              + ("(shorter than written: truncated or replaced)" if have < size else
+                 "(overwritten)"))
   return None
+
+
+def _first_words(e: BaseException, limit: int = 200) -> str:
+  """``Type: first line`` of an orbax error, without TensorStore's spec dump after it."""
+  lines = str(e).strip().splitlines()
+  words = lines[0].split(" See full TensorStore details")[0].rstrip(" .") if lines else ""
+  words = words if len(words) <= limit else words[:limit - 3] + "..."
+  return f"{type(e).__name__}: {words}" if words else type(e).__name__
 
 
 def _damaged_variables(source: pathlib.Path, problem: str) -> DamagedModelError:
@@ -925,5 +934,9 @@ def load_model(directory: str | os.PathLike, *, sharding: jax.sharding.Sharding 
     diff = _variables_difference(stored, target)
     if diff is not None:
       raise SpecMismatchError(f"the variables in {source} do not fit its spec.json: {diff}")
-    variables = ckptr.restore(source / "variables", _restore_target(target, stored))
+    try:
+      variables = ckptr.restore(source / "variables", _restore_target(target, stored))
+    except Exception as e:  # pylint: disable=broad-except  # orbax/TensorStore read errors
+      # Without a manifest (an older jaxdepth) a file cut short is found only here.
+      raise _damaged_variables(source, f"orbax could not read them ({_first_words(e)})") from e
   return spec, _without_empty(variables)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import NamedTuple
 
 import jax
@@ -135,7 +135,23 @@ def border_width(spec: S.Spec, log: Iterable | None) -> int:
     The number of positions at each edge of the map of :func:`spatial_prefix`
     that an interior-mode merge may have changed (0: none). Pass it as
     ``compare(..., border=...)``.
+
+  Raises:
+    TypeError: ``spec`` is not a Spec, or ``log`` is not a list of edits (e.g. the
+      arguments swapped).
   """
+  S.check_spec(spec, "border_width(spec, log)")
+  if log is not None:
+    if isinstance(log, (S.Spec, str, Mapping)) or not isinstance(log, Iterable):
+      raise TypeError(f"border_width(spec, log): log must be the list of Edits the surgery "
+                      f"passes filled (or None), got a {type(log).__name__}; check the order "
+                      f"of the arguments")
+    log = list(log)
+    bad = next((e for e in log if not isinstance(e, _tree.Edit)), None)
+    if bad is not None:
+      raise TypeError(f"border_width(spec, log): log must hold the Edits the surgery passes "
+                      f"filled, it holds a {type(bad).__name__}; pass the list given to "
+                      f"collapse(..., log=...) or to the passes")
   ring_of = _tree.rings(log)
 
   def run(nodes, prefix, shape, r):

@@ -77,7 +77,8 @@ def problem(directory: str | os.PathLike) -> str | None:
   Returns:
     ``None`` when every listed file has its recorded size and SHA-256, else a
     short phrase saying what is wrong (the first problem found), e.g.
-    ``"state/_METADATA has 12 bytes where 4563 were written (truncated)"``.
+    ``"state/_METADATA has 12 bytes where 4563 were written (shorter than written:
+    truncated or replaced)"``.
   """
   directory = pathlib.Path(directory)
   path = directory / MANIFEST
@@ -102,7 +103,8 @@ def problem(directory: str | os.PathLike) -> str | None:
     size = p.stat().st_size
     if size != want["size"]:
       return (f"{name} has {size} bytes where {want['size']} were written "
-              f"({'truncated' if size < want['size'] else 'overwritten'})")
+              + ("(shorter than written: truncated or replaced)" if size < want['size'] else
+                 "(overwritten)"))
     if _sha256(p) != want["sha256"]:
       return f"{name} does not match its checksum (its bytes changed since it was written)"
   return None

@@ -105,6 +105,21 @@ def test_border_width_follows_rings_through_the_network():
   assert width(adaptive, 3) == 1 and width(adaptive, 5) == 2
 
 
+def test_border_width_refuses_swapped_or_foreign_arguments():
+  log = [surgery.Edit("merge", "c1", "test", exact=False, ring=1)]
+  with pytest.raises(TypeError, match=r"border_width\(spec, log\): spec must be a jaxdepth Spec, "
+                                      r"got a list; check the order of the arguments"):
+    equivalence.border_width(log, SMALL)
+  with pytest.raises(TypeError, match=r"log must be the list of Edits .*got a Spec; check the "
+                                      r"order of the arguments"):
+    equivalence.border_width(SMALL, SMALL)
+  with pytest.raises(TypeError, match=r"log must hold the Edits .*it holds a str"):
+    equivalence.border_width(SMALL, ["c1"])
+  # A generator of edits is read once, as a list is: ring 1 after c1, 2 after c2 (3x3, pad 1).
+  assert equivalence.border_width(SMALL, log) == 2
+  assert equivalence.border_width(SMALL, (e for e in log)) == 2
+
+
 def test_compare_refuses_what_it_cannot_compare():
   v = random_variables(SMALL)
   with pytest.raises(ValueError, match="non-negative"):

@@ -2,6 +2,7 @@
 SIGKILL), checksums, and load errors that name the node."""
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -303,6 +304,56 @@ def test_missing_or_damaged_variables_are_reported_as_such_without_orbax_traceba
   with pytest.raises(checkpoint.DamagedModelError,
                      match=r"are missing or damaged: orbax could not read their metadata"):
     checkpoint.load_model(older, verify=False)
+
+
+def test_an_older_model_with_a_variables_file_cut_short_is_refused_as_damaged(tmp_path):
+  # No checksums (an older jaxdepth): only orbax's read finds the file cut short, and its
+  # error (a bare Exception with TensorStore's whole spec) is reported in a line.
+  # Wide enough that the file holding the arrays is the largest of variables/.
+  wide = S.Spec((6, 6, 2), (S.Conv("conv", features=32, kernel=3, padding=1),
+                            S.Pool("pool", "global_avg"), S.Dense("fc", features=3)))
+  older = checkpoint.save_model(tmp_path / "older", wide, network.init(wide, jax.random.key(0)))
+  (older / integrity.MANIFEST).unlink()
+  data_file = max((p for p in (older / "variables").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+  assert data_file.stat().st_size > 2000
+  os.truncate(data_file, 100)
+  # In a process of its own: orbax's reads of the other arrays, cancelled by the failed
+  # one, complain when they are collected, whenever that is.
+  child = subprocess.run([sys.executable, "-c", _LOAD_UNCHECKED, str(older)],
+                         capture_output=True, text=True, timeout=600,
+                         env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert child.returncode == 0, child.stderr
+  assert re.fullmatch(r"DamagedModelError the saved variables of the model in .*older are missing "
+                      r"or damaged: orbax could not read them \(\w+: [^\n]+\)\. Save the model "
+                      r"again, or load it from the run that made it\.\n", child.stdout), child.stdout
+  assert "TensorStore(" not in child.stdout and len(child.stdout) < 500
+
+
+def test_a_file_shorter_than_written_is_called_truncated_or_replaced(tmp_path):
+  # The size alone cannot tell a cut-short file from another, smaller one copied over it.
+  directory = checkpoint.save_model(tmp_path / "model", SPEC, _variables(0))
+  spec_file = directory / "spec.json"
+  written = spec_file.stat().st_size
+  other = S.Spec((6, 6, 2), (S.Pool("pool", "global_avg"),), name="o")
+  spec_file.write_text(other.to_json())
+  have = spec_file.stat().st_size
+  assert have < written
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=rf"damaged: spec.json has {have} bytes where {written} were written "
+                           r"\(shorter than written: truncated or replaced\)\. Save the model"):
+    checkpoint.load_model(directory)
+  # Unchecked, the variables' sizes are still compared with the manifest's.
+  model = checkpoint.save_model(tmp_path / "model2", SPEC, _variables(0))
+  data_file = max((p for p in (model / "variables" / "d").rglob("*") if p.is_file()),
+                  key=lambda p: p.stat().st_size)
+  size = data_file.stat().st_size
+  os.truncate(data_file, 100)
+  rel = data_file.relative_to(model).as_posix()
+  with pytest.raises(checkpoint.DamagedModelError,
+                     match=rf"missing or damaged: {rel} has 100 bytes where {size} were written "
+                           r"\(shorter than written: truncated or replaced\)\. Save the model"):
+    checkpoint.load_model(model, verify=False)
 
 
 def test_the_damaged_model_advice_fits_python_and_the_command_line(tmp_path):

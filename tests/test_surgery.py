@@ -322,6 +322,26 @@ def test_the_log_says_why_each_merge_was_skipped():
   assert any(e.kind == "merge" and e.path.startswith("layer1/0/conv1") for e in log_n)
 
 
+def test_the_log_says_why_a_site_inside_a_concat_is_not_merged_across():
+  # A site closing a concat branch, one opening its post, and one between two convs inside
+  # a branch (merged, so not a skip).
+  cat = S.Concat("cat", branches=((S.Conv("x", features=4, kernel=3, padding=1), S.Act("r")),
+                                  (S.Conv("u", features=3, kernel=1), S.Act("m"),
+                                   S.Conv("w", features=2, kernel=1)), ()),
+                 post=(S.Act("q"), S.Conv("y", features=4, kernel=1)))
+  spec = S.Spec((6, 6, 2), (S.Conv("c", features=2, kernel=3, padding=1), S.Act("a"), cat,
+                            S.Pool("p", "global_avg"), S.Dense("fc", features=3)))
+  shallow_in = S.with_identity(spec, ["cat/r", "cat/m", "cat/q"])
+  v = random_variables(spec)
+  log = []
+  shallow, sv = surgery.collapse(shallow_in, v, log=log)
+  reasons = {e.path: e.reason for e in log if e.kind == "skip"}
+  assert reasons == {"cat/r": "it closes branch 0 of concat cat",
+                     "cat/q": "it opens concat cat after its concatenation"}
+  assert any(e.kind == "merge" and e.path.startswith("cat/u") for e in log)
+  flax_equal(shallow_in, v, shallow, sv, tol=1e-5)
+
+
 @pytest.mark.parametrize("removed", [("relu1",), ("relu3",), ("relu5",), ("relu2", "relu4"),
                                      ("relu1", "relu2", "relu3", "relu4", "relu5")])
 def test_digits_plain_merges_every_removed_site_exactly(removed):

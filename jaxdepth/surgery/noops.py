@@ -8,8 +8,8 @@ removed" count is the number of identity sites; see
 :func:`jaxdepth.costs.depth` for the real depth.
 
 Where an identity site has no affine op on one side (a pool, a residual
-block, the end of a block's branch or of its ``post``), nothing can merge across
-it; the log records it as a ``skip`` with the reason.
+block, the end of a block's or a concat's branch or of its ``post``), nothing can
+merge across it; the log records it as a ``skip`` with the reason.
 
 Dropping a Dropout changes training (a shallow model fine-tuned afterwards has
 no dropout there); pass ``dropout=False`` to keep them.
@@ -45,8 +45,8 @@ def _unmergeable_sites(spec: S.Spec) -> list[tuple[str, str, tuple[str, ...]]]:
 
   Such a site is dropped but no merge can follow: the previous or the next node
   (through Sequentials, skipping other no-ops) is a pool, a flatten, a live
-  site, a residual block, or nothing (the site opens or closes a block's branch
-  or its ``post``, e.g. ResNet's ``relu2`` after the addition).
+  site, a residual block, or nothing (the site opens or closes a block's or a
+  concat's branch or its ``post``, e.g. ResNet's ``relu2`` after the addition).
   """
   out = []
 
@@ -59,6 +59,12 @@ def _unmergeable_sites(spec: S.Spec) -> list[tuple[str, str, tuple[str, ...]]]:
         visit(e.node.branch, scope, e.in_shape, f"the branch of block {e.path}")
         visit(e.node.shortcut, scope, e.in_shape, f"the shortcut of block {e.path}")
         visit(e.node.post, scope, mid, f"block {e.path} after its addition")
+      elif isinstance(e.node, S.Concat):
+        scope = e.path + S.SEP
+        for k, br in enumerate(e.node.branches):
+          visit(br, scope, e.in_shape, f"branch {k} of concat {e.path}")
+        visit(e.node.post, scope, e.node.joined_shape(e.in_shape, e.path),
+              f"concat {e.path} after its concatenation")
       if not (isinstance(e.node, S.Act) and e.node.fn == "identity"):
         continue
       before = next((x for x in reversed(view[:i]) if not _tree.is_noop(x.node)), None)
