@@ -45,9 +45,9 @@ from typing import Any
 
 from jaxdepth._optional import require
 
-__all__ = ["table", "write", "write_json", "plot_accuracy", "plot_costs", "plot_scores",
-           "plot_training", "plot_unit_bars", "read_histories", "score_key", "score_value",
-           "without_timings"]
+__all__ = ["table", "write", "write_json", "json_safe", "plot_accuracy", "plot_costs",
+           "plot_scores", "plot_training", "plot_unit_bars", "read_histories", "score_key",
+           "score_value", "without_timings"]
 
 _COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -146,6 +146,11 @@ def table(report: dict[str, Any]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _g(value) -> str:
+  """A difference in 3 significant digits; ``n/a`` where none was measured (``null``)."""
+  return "n/a" if value is None else f"{value:.3g}"
+
+
 def _merged_lines(merged: dict[str, Any]) -> list[str]:
   """The surgery paragraph: costs, equivalence, latency, edits made and merges skipped."""
   lines = [
@@ -154,8 +159,8 @@ def _merged_lines(merged: dict[str, Any]) -> list[str]:
       f"{_count(merged['params_after'])}, MACs {_count(merged['macs_before'])} → "
       f"{_count(merged['macs_after'])}, weight depth {merged['weight_depth_before']} → "
       f"{merged['weight_depth_after']} (chosen → merged); max abs difference "
-      f"{merged['max_abs_diff']:.3g}, "
-      f"max rel difference {merged['max_rel_diff']:.3g} on a test batch (in float32)."]
+      f"{_g(merged['max_abs_diff'])}, "
+      f"max rel difference {_g(merged['max_rel_diff'])} on a test batch (in float32)."]
   latency = merged.get("latency") or []
   if latency:
     names = [k[:-3] for k in latency[0] if k.endswith("_ms")]
@@ -428,13 +433,30 @@ def without_timings(report: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def json_safe(value):
+  """``value`` with every non-finite float as ``None``, so that it is strict JSON (``null``).
+
+  A report can hold NaN where a figure has no value: the merged model's
+  ``top1_agreement`` on logits that are not one row of classes per example, or a
+  difference between outputs that overflowed; ``NaN``/``Infinity`` are not JSON.
+  """
+  if isinstance(value, float) and not math.isfinite(value):
+    return None
+  if isinstance(value, dict):
+    return {k: json_safe(v) for k, v in value.items()}
+  if isinstance(value, (list, tuple)):
+    return [json_safe(v) for v in value]
+  return value
+
+
 def write_json(directory: str | os.PathLike, report: dict[str, Any],
                name: str = "report.json") -> pathlib.Path:
-  """Writes ``directory/name`` atomically (a reader sees the old file or the new one, whole)."""
+  """Writes ``directory/name`` atomically (a reader sees the old file or the new one, whole),
+  as strict JSON: a non-finite float is written ``null`` (:func:`json_safe`)."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
   tmp = directory / f"{name}.tmp"
-  tmp.write_text(json.dumps(report, indent=1))
+  tmp.write_text(json.dumps(json_safe(report), indent=1, allow_nan=False))
   tmp.replace(directory / name)
   return directory / name
 

@@ -76,7 +76,20 @@ DATA_AXIS = "data"
 class NonFiniteLossError(FloatingPointError):
   """Training diverged: the loss, or the state (parameters, BatchNorm statistics,
   optimizer state) while the loss stayed finite, became NaN or infinite; the run
-  stopped without saving it."""
+  stopped without saving it.
+
+  ``kept``: the step of the last good checkpoint left in the work directory (None:
+  none is). That checkpoint resumes only with the same settings, so a run with a
+  lower learning rate needs another work directory (or this one deleted).
+
+  ``what``: the message without its advice (a program that knows how its user names the
+  work directory says what to do itself).
+  """
+
+  def __init__(self, what: str, advice: str = "", *, kept: int | None = None):
+    super().__init__(f"{what} {advice}" if advice else what)
+    self.what = what
+    self.kept = kept
 
 
 class RunMismatchError(ValueError):
@@ -1296,7 +1309,7 @@ def _check_loss(loss: float, epoch: int, step: int, ckpt: Checkpointer | None):
     return
   raise NonFiniteLossError(
       f"training loss became {loss} in epoch {epoch + 1} (by step {step}); stopped, and "
-      f"{_kept(ckpt)}. Lower the learning rate or check the data.")
+      f"{_kept(ckpt)}.", _advice(ckpt), kept=_good(ckpt))
 
 
 def _check_state(state, epoch: int, step: int, ckpt: Checkpointer | None):
@@ -1306,12 +1319,26 @@ def _check_state(state, epoch: int, step: int, ckpt: Checkpointer | None):
   raise NonFiniteLossError(
       f"training diverged in epoch {epoch + 1} (by step {step}): the loss stayed finite but the "
       f"parameters, the BatchNorm statistics or the optimizer's state became NaN or infinite; "
-      f"stopped, and {_kept(ckpt)}. Lower the learning rate or check the data.")
+      f"stopped, and {_kept(ckpt)}.", _advice(ckpt), kept=_good(ckpt))
+
+
+def _good(ckpt: Checkpointer | None) -> int | None:
+  """The step of the last intact checkpoint (None: none)."""
+  return ckpt.latest_intact_step() if ckpt is not None else None
+
+
+def _advice(ckpt: Checkpointer | None) -> str:
+  """What to do after a divergence: a kept checkpoint resumes only with the same settings."""
+  if _good(ckpt) is None:
+    return "Lower the learning rate or check the data."
+  return (f"That checkpoint resumes only with the same settings, the learning rate among "
+          f"them, and would diverge again: run again with a lower learning rate in another "
+          f"work directory (or after deleting {ckpt.directory.parent}), or check the data.")
 
 
 def _kept(ckpt: Checkpointer | None) -> str:
   """What is left to resume from, in words."""
-  good = ckpt.latest_intact_step() if ckpt is not None else None
+  good = _good(ckpt)
   if good is not None:
     return f"the last good checkpoint (step {good}) is kept in {ckpt.directory}"
   if ckpt is not None and ckpt.latest_step() is not None:

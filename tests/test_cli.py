@@ -408,7 +408,7 @@ def test_easier_refuses_more_iterations_than_sites(tmp_path, capsys):
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--tolerance", "-1",
                    "--estimator", "paper"]) == 2
   lines = _error_lines(capsys.readouterr().err)
-  assert lines[0].startswith("error: --tolerance -1.0: tolerance must be a number")
+  assert lines[0].startswith("error: --tolerance -1.0: tolerance must be a finite number")
   assert lines[1] == "error: --estimator 'paper': use one of easier, dataset"
   assert cli.main(["easier", "--workdir", str(tmp_path / "w"), "--entropy-split", "val"]) == 2
   assert _error_lines(capsys.readouterr().err) == [

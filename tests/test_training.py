@@ -451,9 +451,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(digits, tmp_path):
   spe = digits.train.num_batches(64, drop_remainder=True)
   poisoned = dataclasses.replace(digits, train=_Interrupted(digits.train, spe + 3, poison=True))
   with pytest.raises(training.NonFiniteLossError, match=r"epoch 2.*last good checkpoint \(step "
-                     + str(spe)):
+                     + str(spe)) as diverged:
     training.fit(spec, network.init(spec, jax.random.key(0)), poisoned, RECIPE, seed=3,
                  progress=False, workdir=tmp_path)
+  # That checkpoint resumes only with the same recipe: the advice is another directory.
+  assert diverged.value.kept == spe
+  assert str(diverged.value).endswith(
+      f"run again with a lower learning rate in another work directory (or after deleting "
+      f"{tmp_path.absolute()}), or check the data.")
+  assert str(diverged.value).startswith(diverged.value.what)
   ckpt = checkpoint.Checkpointer(tmp_path / "checkpoints", spec)
   assert ckpt.all_steps() == [spe]
   template = training.TrainState.create(network.init(spec, jax.random.key(0)),

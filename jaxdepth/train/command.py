@@ -31,7 +31,9 @@ code:
 code  meaning
 ====  =========================================================================
 0     done
-1     training diverged (NaN or infinite loss); the last good checkpoint is kept
+1     training diverged (NaN or infinite loss); nothing past the last good checkpoint
+      is written, and a lower learning rate needs another work directory (a kept
+      checkpoint resumes only with the same settings)
 2     bad settings or arguments, a missing optional extra, or a work directory holding
       another run
 73    the work directory is read-only (or not writable)
@@ -52,6 +54,7 @@ import errno
 import hashlib
 import json
 import logging
+import math
 import os
 import pathlib
 import re
@@ -93,7 +96,10 @@ EXIT_DISK_FULL = 74      # sysexits EX_IOERR
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143    # 128 + SIGTERM, what shells report for kill
 
-EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (the last good checkpoint is kept); "
+EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (nothing past the last good "
+                   "checkpoint is written; a kept checkpoint resumes only with the same "
+                   "settings, so rerun with a lower learning rate in another --workdir, or "
+                   "after deleting the workdir); "
                    "2 bad settings, a missing extra, a workdir holding another run, or an "
                    "unreadable image; "
                    "73 workdir read-only; 74 disk full; 130 interrupted (Ctrl-C); 143 stopped by "
@@ -170,6 +176,9 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
       if not sep:
         if i + 1 >= len(argv):
           parser.error(f"{token} needs a value: {token}=VALUE")
+        if argv[i + 1].startswith("--"):   # another option, not a value (-1 still is one)
+          parser.error(f"{token} needs a value: {token}=VALUE ({argv[i + 1]} after it is an "
+                       f"option; a value that starts with -- goes after =)")
         text, i = argv[i + 1], i + 1
       overrides.append((key, text))
       spelled.append(f"--config.{key}={text}")
@@ -608,6 +617,15 @@ def no_sites(cfg: Mapping[str, Any], spec, method: str) -> list[str]:
   return [f"--config.model={cfg['model']!r}: {spec.name} has no activation site for {method} to "
           f"remove; a site is an activation of the network "
           f"({', '.join(a for a in spec_lib.ACTIVATIONS if a != 'identity')})"]
+
+
+def one_site(cfg: Mapping[str, Any], spec, method: str, why: str) -> list[str]:
+  """The problem of a model with a single activation site, for a method that cannot
+  remove the last one (``why`` says so)."""
+  if len(spec.sites()) != 1:
+    return []
+  return [f"--config.model={cfg['model']!r}: {spec.name} has a single activation site "
+          f"({spec.sites()[0]}); {why}; use a model with two or more sites"]
 
 
 def check_data(cfg: Mapping[str, Any], ds, *, devices: int, processes: int = 1) -> list[str]:
@@ -1314,9 +1332,10 @@ def check_iterations(cfg: Mapping[str, Any], *, default: str) -> list[str]:
   if it is not None and not (isinstance(it, int) and not isinstance(it, bool) and it >= 1):
     out.append(f"--iterations {it!r}: iterations must be an integer >= 1 (or leave it out: "
                f"{default})")
-  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and tol >= 0):
-    out.append(f"--tolerance {tol!r}: tolerance must be a number of accuracy points >= 0, "
-               f"e.g. 1")
+  if not (isinstance(tol, (int, float)) and not isinstance(tol, bool) and math.isfinite(tol)
+          and tol >= 0):
+    out.append(f"--tolerance {tol!r}: tolerance must be a finite number of accuracy points "
+               f">= 0, e.g. 1 (100 accepts any drop)")
   return out
 
 
@@ -1584,7 +1603,13 @@ class Session:
       _say_error(self._stopped(f"error: {e}.", "Then resume with:"))
       return EXIT_USAGE
     if isinstance(e, training.NonFiniteLossError):
-      _say_error(f"error: {e}")
+      if e.kept is not None and self.workdir is not None:   # the run's identity holds the lr
+        _say_error(f"error: {e.what} That checkpoint resumes only with the same settings, the "
+                   f"learning rate among them, and would diverge again: run again with a lower "
+                   f"--config.lr in another --workdir (or after deleting {self.workdir}), or "
+                   f"check the data.")
+      else:
+        _say_error(f"error: {e}")
       return EXIT_DIVERGED
     if isinstance(e, checkpoint.NonFiniteStateError):   # diverged with a finite loss
       _say_error(f"error: {e}. Training diverged: the loss stayed finite but the parameters, "

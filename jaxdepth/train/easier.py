@@ -18,7 +18,9 @@ Running the same command again resumes after the last finished iteration (or
 mid-iteration, from the epoch checkpoints); --iterations may grow (up to one
 per site) and --tolerance change between calls, anything else is refused. A
 config is a jaxdepth/train/configs/easier_*.py file (python -m jaxdepth list): the keys of
-python -m jaxdepth fit plus iterations, tolerance, estimator and entropy_split;
+python -m jaxdepth fit plus iterations, tolerance, estimator, entropy_split and
+checkpoint_epochs (checkpoint every epoch inside an iteration too, True by
+default; easier_digits sets it False and checkpoints after each iteration only);
 --config.KEY=VALUE overrides any of them. Without --config, the easier_* config
 for --model and --dataset is used when exactly one matches, else easier_digits;
 with another --model than the config's, the config's iterations (one per site of
@@ -104,7 +106,9 @@ def check_sites(cfg: dict[str, Any], spec, ds, given: str | None = None) -> list
   in its problem; None: the config file sets it.
   """
   from jaxdepth.methods import Easier  # pylint: disable=import-outside-toplevel
-  out = command.no_sites(cfg, spec, "EASIER")
+  out = command.no_sites(cfg, spec, "EASIER") or command.one_site(cfg, spec, "EASIER", (
+      "EASIER runs at most one iteration per site and the removal chosen after the last "
+      "one is never trained or applied, so it would train the dense model and remove nothing"))
   sites = len(Easier().units(spec))
   if sites and cfg["iterations"] is not None and cfg["iterations"] > sites:
     where, advice = ((given, " or leave it out") if given else

@@ -23,7 +23,9 @@ mid-iteration, from the epoch checkpoints); --iterations may grow and
 --tolerance change between calls, anything else is refused. A config is a
 jaxdepth/train/configs/egp_*.py (or nepenthe_*.py) file (python -m jaxdepth list): the keys
 of python -m jaxdepth fit plus iterations, tolerance, rho, estimator, entropy_augment,
-entropy_batch_size, layers, skip and neurons; --config.KEY=VALUE overrides any of them
+entropy_batch_size, layers, skip, neurons and checkpoint_epochs (checkpoint every
+epoch inside an iteration too, True by default; False checkpoints after each
+iteration only); --config.KEY=VALUE overrides any of them
 (--config.skip="'relu',"). Without --config, the command's config for --model
 and --dataset is used when exactly one matches, else <command>_digits. The
 default work directory is runs/<command>-<model>-<dataset>-seed<seed>.
@@ -122,7 +124,13 @@ def _check_model(name: str):
     out = command.no_sites(cfg, spec, name.upper())
     try:
       if not out:
-        make_method(name, cfg).units(spec)
+        method = make_method(name, cfg)
+        method.units(spec)
+        if all(layer is None for layer in method.layer_map(spec).values()):
+          out.append(f"--config.layers / --config.skip: no site of {spec.name} keeps a layer "
+                     f"to prune (--config.skip names every site, or --config.layers maps none), "
+                     f"so every round would prune nothing; leave at least one site's layer in, "
+                     f"e.g. --config.skip=() --config.layers=None")
     except (KeyError, ValueError, TypeError) as e:
       text = command.message(e)
       if text.startswith("skip names"):   # given for another model (a config's own is not)

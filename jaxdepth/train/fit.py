@@ -6,7 +6,13 @@
         --workdir runs/r20 --config.epochs=30 --config.milestones=15,25
 
 A config is a file of jaxdepth/train/configs/ (python -m jaxdepth list shows them with one
-line each) or a path to one; --config.KEY=VALUE overrides any of its keys.
+line each) or a path to one; --config.KEY=VALUE overrides any of its keys:
+model, model_kwargs, pretrained and pretrained_new_head (the model); dataset,
+data_dir, val_fraction, split_seed, val_augment, image_size, normalization,
+layout, tokenizer and max_length (the data); epochs, batch_size, optimizer, lr,
+momentum, nesterov, weight_decay, milestones, gamma, b1, b2, eps and augment
+(the recipe); seed, dtype, eval_batch_size, eval_every and
+checkpoint_every_steps (the run).
 Every setting is checked before anything runs, one line per problem.
 
 The work directory (default runs/fit-<model>-<dataset>-seed<seed>) holds
@@ -19,7 +25,10 @@ begun, and the evaluation and checkpoint cadence may change, any other change
 (model, data, recipe, seed, dtype) is refused and named (--model, --pretrained,
 --config.tokenizer and --dataset folder: paths may be spelled another way). A run whose
 checkpoints/ were deleted cannot resume: with its model/ or report.json there,
-it is refused, as a run with other settings is. A NaN loss stops the run, keeping the last good checkpoint.
+it is refused, as a run with other settings is. A NaN loss stops the run,
+keeping the last good checkpoint; that checkpoint resumes only with the same
+settings, so rerun with a lower learning rate in another --workdir (or after
+deleting this one).
 Ctrl-C, a full disk or a read-only work directory stop it cleanly with the
 command that resumes. --multihost (or JAX_COORDINATOR_ADDRESS in the
 environment) calls jax.distributed.initialize() first; every process runs the
@@ -119,6 +128,7 @@ def _main(session: command.Session, argv: list[str]) -> int:
     return 0
   import jax  # pylint: disable=import-outside-toplevel
   from jaxdepth import checkpoint, costs, training  # pylint: disable=import-outside-toplevel
+  from jaxdepth import report as report_lib  # pylint: disable=import-outside-toplevel
 
   cfg, workdir, ds, spec = command.prepare(session, args, args.config or DEFAULT_CONFIG)
   conflict = workdir_conflict(workdir, cfg)
@@ -173,7 +183,8 @@ def _main(session: command.Session, argv: list[str]) -> int:
       "jax": jax.__version__, "history": result.history,
   }
   if main_process:
-    (workdir / "report.json").write_text(json.dumps(report, indent=1, default=str))
+    (workdir / "report.json").write_text(json.dumps(report_lib.json_safe(report), indent=1,
+                                                    default=str, allow_nan=False))
     _write_run_json(workdir, cfg)       # epochs or evaluation settings may have changed
   val = f", val {100 * report['val']['accuracy']:.2f} %" if report["val"] else ""
   say(f"{spec.name} on {ds.name}: test accuracy {100 * test.accuracy:.2f} % "

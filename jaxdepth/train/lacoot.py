@@ -22,9 +22,11 @@ says so.
 Running the same command again resumes (mid-training from the epoch
 checkpoints, or after the last finished iteration); --iterations may grow and
 --tolerance may change between calls, anything else is refused. A config is a
-jaxdepth/train/configs/lacoot_*.py file (python -m jaxdepth list): the keys of python -m
-train fit plus weight (λ), n_projections, pairing, blocks, order, score,
-iterations, tolerance and latency_batch; --config.KEY=VALUE overrides any of
+jaxdepth/train/configs/lacoot_*.py file (python -m jaxdepth list): the keys
+of python -m jaxdepth fit plus weight (λ), n_projections, pairing, blocks,
+order, score, iterations, tolerance, latency_batch and checkpoint_epochs
+(checkpoint every epoch of the training too, True by default; False
+checkpoints after each iteration only); --config.KEY=VALUE overrides any of
 them. Without --config, the lacoot_* config for --model and --dataset is used
 when exactly one matches, else lacoot_digits. The default work directory is
 runs/lacoot-<model>-<dataset>-seed<seed>.

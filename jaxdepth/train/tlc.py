@@ -23,8 +23,11 @@ PNG is drawn; the rest is written and the run says so.
 
 Running the same command again resumes; ``--iterations`` may grow and
 ``--tolerance`` change between calls. A config is a ``jaxdepth/train/configs/tlc_*.py``
-file (``python -m jaxdepth list``): the keys of ``python -m jaxdepth fit`` plus those
-of :data:`METHOD_DEFAULTS`; ``--config.KEY=VALUE`` overrides any of them. The
+file (``python -m jaxdepth list``): the keys of ``python -m jaxdepth fit`` plus
+iterations, tolerance, rule, accuracy_threshold, rank_batch_size, projections,
+latency_batch and checkpoint_epochs (checkpoint every epoch inside an iteration
+too, True by default; False checkpoints after each iteration only);
+``--config.KEY=VALUE`` overrides any of them. The
 default work directory is ``runs/tlc-<model>-<dataset>-seed<seed>``.
 """
 from __future__ import annotations
@@ -102,7 +105,9 @@ def check(cfg: dict[str, Any]) -> list[str]:
 def check_model(cfg: dict[str, Any], spec, ds) -> list[str]:
   """Problems that need the model and the data: sites TLC cannot rank, a too small val split."""
   from jaxdepth.methods import tlc  # pylint: disable=import-outside-toplevel
-  out = command.no_sites(cfg, spec, "TLC")
+  out = command.no_sites(cfg, spec, "TLC") or command.one_site(cfg, spec, "TLC", (
+      "TLC stops with one rectifier left, so it would train the dense model and remove "
+      "nothing"))
   try:
     if not out:
       tlc.candidates(spec, projections=cfg["projections"])
