@@ -453,8 +453,7 @@ class Network(nn.Module):
                capture: tuple[str, ...] = (), node_gates=None, token_inputs=None):
     sites = self.spec.sites()
     if gates is not None and gates.shape != (len(sites),):
-      raise ValueError(f"gates must have shape ({len(sites)},), one per live site of "
-                       f"{self.spec.name!r}, got {gates.shape}")
+      raise ValueError(_gates_shape_message(self.spec, gates.shape))
     text = takes_token_ids(self.spec)
     inputs = {}
     if text:
@@ -752,8 +751,16 @@ _forward_compiled = jax.jit(_forward, static_argnames=("spec", "train", "collect
                                                        "capture"))
 
 
+def _gates_shape_message(spec: S.Spec, shape) -> str:
+  """What a gate array of the wrong ``shape`` for ``spec`` is told."""
+  n = len(spec.sites())
+  return (f"gates must have shape ({n},), one per site of {spec.name!r} in call order "
+          f"({list(spec.sites())}), removed ones at 0, got {shape}; build them with "
+          f"jaxdepth.gates_for(spec, off=[...])")
+
+
 def gates_for(spec: S.Spec, off=(), *, values=None) -> jax.Array:
-  """A gate array, one per live site of ``spec`` in call order, built by site name.
+  """A gate array, one per site of ``spec`` in call order (removed ones at 0), built by name.
 
   A site whose gate is 0 computes the identity; any other gate keeps its
   activation (1 by convention).
@@ -791,11 +798,11 @@ def gates_by_site(spec: S.Spec, gates) -> dict[str, float]:
   """``{site: gate}`` of a gate array, in call order (the inverse of :func:`gates_for`).
 
   Raises:
-    ValueError: ``gates`` does not have one entry per live site of ``spec``.
+    ValueError: ``gates`` does not have one entry per site of ``spec`` (removed ones
+      included).
   """
   host = jax.device_get(gates)
   shape = getattr(host, "shape", None)
   if shape != (len(spec.sites()),):
-    raise ValueError(f"gates must have shape ({len(spec.sites())},), one per live site of "
-                     f"{spec.name!r} in call order, got {shape}")
+    raise ValueError(_gates_shape_message(spec, shape))
   return {s: float(g) for s, g in zip(spec.sites(), host)}

@@ -320,6 +320,14 @@ def apply_masks(tree, masks):
   flat = traverse_util.flatten_dict(tree)
   flat_masks = traverse_util.flatten_dict(masks)
   unknown = [k for k in flat_masks if k not in flat]
+  inner = [k for k in unknown if any(p[:len(k)] == k for p in flat)]
+  if inner:
+    k = inner[0]
+    leaves = ['/'.join(map(str, p)) for p in flat if p[:len(k)] == k]
+    raise KeyError(f"masks put an array at {'/'.join(map(str, k))!r}, a sub-tree of the params "
+                   f"(leaves {leaves[:3]}), not a leaf: a mask goes at a leaf, with the leaf's "
+                   f"shape (TLC's per-channel state['masks'] are not weight masks: pass "
+                   f"TLC().train_options(spec, state).masks)")
   if unknown:
     raise KeyError(f"masks name leaves that are not in the tree: "
                    f"{['/'.join(map(str, k)) for k in unknown]}")

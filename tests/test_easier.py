@@ -179,3 +179,47 @@ def test_bad_input_is_named(measured):
     easier.Easier(estimator="dataset", entropy_split="test")
   with pytest.raises(ValueError, match="shape"):
     base.live_sites(spec, jnp.ones(3))
+
+
+def test_gates_of_the_live_sites_only_are_refused_with_the_right_count():
+  # Gates hold one entry per site, a removed one included (at 0); a user who sizes them
+  # to the live sites is told so, not "one per live site".
+  from jaxdepth import zoo   # pylint: disable=import-outside-toplevel
+  spec = zoo.digits_plain()
+  gates = network.gates_for(spec, off=["relu2"])
+  live = base.live_sites(spec, gates)
+  assert len(live) == len(spec.sites()) - 1
+  message = (r"shape \(5,\), one per site of 'digits_plain' in call order \(\['relu1', 'relu2', "
+             r"'relu3', 'relu4', 'relu5'\]\), removed ones at 0, got \(4,\); build them with "
+             r"jaxdepth.gates_for\(spec, off=\[...\]\)")
+  with pytest.raises(ValueError, match=message):
+    easier.apply(jnp.ones(len(live)), ["relu3"], spec=spec)
+  with pytest.raises(ValueError, match=message):
+    base.live_sites(spec, jnp.ones(len(live)))
+  with pytest.raises(ValueError, match=message):
+    network.forward(spec, network.init(spec, jax.random.key(0)), jnp.zeros((2, 8, 8, 1)),
+                    gates=jnp.ones(len(live)))
+  with pytest.raises(ValueError, match=message):
+    network.gates_by_site(spec, jnp.ones(len(live)))
+
+
+def test_an_easier_state_with_keys_of_another_method_is_refused():
+  # EASIER reads only the gates: a state of another method (EGP's masks, TLC's channel
+  # cuts) would be exported without them, silently; it is refused by its keys.
+  from jaxdepth import zoo   # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import TLC, Easier   # pylint: disable=import-outside-toplevel
+  spec = zoo.digits_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  state = TLC().init(spec)
+  for call in (lambda: Easier().export(spec, variables, state),
+               lambda: Easier().live_units(spec, state),
+               lambda: Easier().train_options(spec, state),
+               lambda: Easier().apply(spec, variables, state, base.Decision(("relu1",)))):
+    with pytest.raises(ValueError, match=r"this easier state holds \['masks', 'stopped'\], which "
+                                         r"Easier does not make .*make it with "
+                                         r"Easier\(\)\.init\(spec\)"):
+      call()
+  with pytest.raises(TypeError, match=r"the easier state is a dict of arrays .* got an "
+                                      r"object of type ArrayImpl"):
+    Easier().live_units(spec, network.gates_for(spec))
+  assert Easier().live_units(spec, Easier().init(spec)) == spec.sites()

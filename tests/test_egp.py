@@ -741,3 +741,20 @@ def test_another_model_keeps_its_own_fields_and_the_settings_given_for_it(tmp_pa
       "w.safetensors")
   assert _resolved("easier", "--config", "easier_flowers_resnet18")["pretrained"] == (
       "resnet18_imagenet.safetensors")
+
+
+def test_apply_export_and_measure_refuse_params_alone():
+  # Before: a bare KeyError 'params' from Egp.apply/export/measure.
+  spec = zoo.digits_plain()
+  v = network.init(spec, jax.random.key(0))
+  method = Egp()
+  state = method.init(spec)
+  context = base.Context(iteration=0, train_stats=None, eval_stats=None, rng=jax.random.key(0))
+  for where, call in (("Egp.apply", lambda: method.apply(spec, v["params"], state,
+                                                         base.Decision((), {"amounts": {}}))),
+                      ("Egp.export", lambda: method.export(spec, v["params"], state)),
+                      ("Nepenthe.measure", lambda: Nepenthe().measure(spec, v["params"], state,
+                                                                      context))):
+    with pytest.raises(TypeError, match=rf"{where} takes the variables dict .*pass variables, "
+                                        rf"not variables\['params'\]"):
+      call()

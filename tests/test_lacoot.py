@@ -759,3 +759,32 @@ def test_configs_load():
       zoo.mobilenet_v2())
   assert cmd.default_config(None, None) == "lacoot_digits"
   assert cmd.default_config("resnet18", "cifar10") == "lacoot_cifar10_resnet18"
+
+
+def test_remove_units_refuses_params_alone():
+  # Before: the params' layers read as collections, nothing matched 'layer1/0', and the
+  # removed block's weights came back untouched, silently.
+  spec = zoo.digits_cnn()
+  v = network.init(spec, jax.random.key(0))
+  for where, call in (("remove_units", lambda: lacoot.remove_units(spec, v["params"],
+                                                                   ["layer1/0"])),
+                      ("LaCoOT.export", lambda: LaCoOT().export(spec, v["params"],
+                                                                LaCoOT().init(spec))),
+                      ("LaCoOT.apply", lambda: LaCoOT().apply(spec, v["params"],
+                                                              LaCoOT().init(spec),
+                                                              Decision(())))):
+    with pytest.raises(TypeError, match=rf"{where} takes the variables dict .*pass variables, "
+                                        rf"not variables\['params'\]"):
+      call()
+  _, out = lacoot.remove_units(spec, v, ["layer1/0"])   # the variables dict: the block goes
+  assert "0" not in out["params"]["layer1"] and "1" in out["params"]["layer1"]
+
+
+def test_a_state_of_another_method_names_its_keys_not_the_spec():
+  # A gates-only state (EASIER's shape) with one gate per unit passed the size check and
+  # failed on a bare state["ranked"]; one of another size blamed the spec.
+  spec = zoo.digits_cnn()
+  with pytest.raises(ValueError, match=r"this lacoot state lacks \['distances', 'rank', "
+                                       r"'ranked'\] \(its keys: \['gates'\]; .*make it with "
+                                       r"LaCoOT\(\)\.init\(spec\)"):
+    LaCoOT().live_units(spec, {"gates": jnp.ones(len(LaCoOT().units(spec)))})

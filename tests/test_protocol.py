@@ -1,4 +1,6 @@
 """The method protocol's training interface: weight masks, captured intermediates, regularizers."""
+import re
+
 import numpy as np
 import jax
 import jax.numpy as jnp
@@ -144,3 +146,49 @@ def test_fit_with_zero_epochs_trains_nothing(tiny):
   assert out.history == []
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
                out.variables, variables)
+
+
+def _methods():
+  from jaxdepth.methods import LaCoOT, TLC, Easier, Egp   # pylint: disable=import-outside-toplevel
+  return [Easier(), Egp(), LaCoOT(), TLC()]
+
+
+@pytest.mark.parametrize("method,other", [(m, o) for m in _methods() for o in _methods()
+                                           if m.name != o.name],
+                         ids=lambda m: m.name)
+def test_a_state_of_another_method_is_refused_by_name(method, other):
+  # Before: a bare KeyError 'masks' (EGP, TLC), "another spec" (LaCoOT), or a silent export
+  # without the other method's masks (EASIER).
+  spec = zoo.digits_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  state = other.init(spec)
+  missing = sorted(set(method.init(spec)) - set(state))
+  extra = sorted(set(state) - set(method.init(spec)))
+  what = " and ".join(([f"lacks {missing}"] if missing else [])
+                      + ([f"holds {extra}, which {type(method).__name__} does not make"]
+                         if extra else []))
+  message = (re.escape(f"this {method.name} state {what} (its keys: {sorted(state)}; ")
+             + r".*a state of another method\? "
+             + re.escape(f"make it with {type(method).__name__}().init(spec)"))
+  for call in (lambda: method.export(spec, variables, state),
+               lambda: method.live_units(spec, state),
+               lambda: method.train_options(spec, state)):
+    with pytest.raises(ValueError, match=message):
+      call()
+  assert method.live_units(spec, method.init(spec))   # its own state is taken
+
+
+def test_a_mask_at_a_subtree_is_named_as_such():
+  # TLC's per-channel state masks ({weight: (C,)}) given as weight masks: the message said
+  # that 'conv1' is not in the tree; it names the sub-tree and what to pass instead.
+  from jaxdepth.methods import TLC   # pylint: disable=import-outside-toplevel
+  spec = zoo.digits_plain()
+  params = network.init(spec, jax.random.key(0))["params"]
+  with pytest.raises(KeyError, match=r"masks put an array at 'conv1', a sub-tree of the params "
+                                     r"\(leaves \['conv1/kernel'\]\), not a leaf.*"
+                                     r"pass TLC\(\)\.train_options\(spec, state\)\.masks"):
+    optim.apply_masks(params, TLC().init(spec)["masks"])
+  with pytest.raises(KeyError, match=r"masks name leaves that are not in the tree: \['nope'\]"):
+    optim.apply_masks(params, {"nope": jnp.ones(3)})
+  masks = TLC().train_options(spec, TLC().init(spec)).masks   # what the message points to
+  jax.tree.map(np.testing.assert_array_equal, optim.apply_masks(params, masks), params)

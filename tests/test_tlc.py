@@ -737,3 +737,33 @@ def test_cli_refuses_a_model_with_sites_inside_a_concat(tmp_path, capsys):
   err = capsys.readouterr().err
   assert "['mix/a_relu', 'mix/b_relu']" in err and "inside Concat 'mix'" in err
   assert "Traceback" not in err and not (tmp_path / "w" / "run.json").exists()
+
+
+def test_apply_and_export_refuse_params_alone():
+  # Before: a bare KeyError 'params' from TLC._masked.
+  spec = zoo.digits_plain()
+  v = network.init(spec, jax.random.key(0))
+  method = tlc.TLC()
+  state = method.init(spec)
+  for where, call in (("TLC.apply", lambda: method.apply(spec, v["params"], state,
+                                                         base.Decision(("relu1",), {"cut": {}}))),
+                      ("TLC.export", lambda: method.export(spec, v["params"], state))):
+    with pytest.raises(TypeError, match=rf"{where} takes the variables dict .*pass variables, "
+                                        rf"not variables\['params'\]"):
+      call()
+
+
+def test_a_state_without_masks_is_refused_by_its_keys_not_a_bare_key():
+  # _checked read state["masks"] before checking anything: a bare KeyError 'masks'.
+  spec = zoo.digits_cnn()
+  method = tlc.TLC()
+  easier_state = {"gates": network.gates_for(spec)}
+  for call in (lambda: method.live_units(spec, easier_state),
+               lambda: method.candidates(spec, easier_state),
+               lambda: method.train_options(spec, easier_state)):
+    with pytest.raises(ValueError, match=r"this tlc state lacks \['masks', 'stopped'\] \(its keys: "
+                                         r"\['gates'\]; .*make it with TLC\(\)\.init\(spec\)"):
+      call()
+  state = tlc.TLC(projections=True).init(spec)   # "chosen" may be missing, as the doc allows
+  del state["chosen"]
+  assert tlc.TLC(projections=True).live_units(spec, state) == spec.sites()

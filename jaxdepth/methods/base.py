@@ -41,18 +41,20 @@ it holds, and names the rule in its last ``Decision.details["stop"]``.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 import numpy as np
 
+from jaxdepth.network import gates_by_site
 from jaxdepth.spec import Spec
 from jaxdepth.stats import SiteStats
 from jaxdepth.training import Regularizer, TrainOptions
 
 __all__ = ["TrainOptions", "Regularizer", "Context", "Decision", "Method", "live_sites",
-           "removed_sites"]
+           "removed_sites", "check_state"]
 
 if TYPE_CHECKING:
   from jaxdepth.data import Dataset
@@ -175,8 +177,52 @@ def live_sites(spec: Spec, gates) -> tuple[str, ...]:
 
 def _site_gates(spec: Spec, gates):
   """``(site, gate)`` pairs on the host, after checking the gates' shape."""
-  gates = np.asarray(jax.device_get(gates))
-  if gates.shape != (len(spec.sites()),):
-    raise ValueError(f"gates must have shape ({len(spec.sites())},), one per live site of "
-                     f"{spec.name!r}, got {gates.shape}")
-  return zip(spec.sites(), gates)
+  return gates_by_site(spec, np.asarray(jax.device_get(gates))).items()
+
+
+def check_state(method, spec: Spec, state, *, optional: tuple[str, ...] = ()) -> None:
+  """Refuses a state whose keys are not those of ``method.init(spec)``, naming the keys.
+
+  A host-side check of the dict's keys only (nothing is read from the arrays), for the
+  entry points that take a state: a state of another method (EASIER's gates given to
+  EGP, say) is refused by name instead of failing on a bare key or being read silently.
+
+  Args:
+    method: the method that reads ``state``.
+    spec: the architecture.
+    state: what the caller passed as ``method``'s state.
+    optional: keys that may be missing or extra (the method checks them itself).
+
+  Raises:
+    TypeError: ``state`` is not a dict.
+    ValueError: ``state`` lacks keys of ``method.init(spec)`` or holds others.
+  """
+  make = f"make it with {type(method).__name__}().init(spec)"
+  if not isinstance(state, Mapping):
+    raise TypeError(f"the {method.name} state is a dict of arrays (what "
+                    f"{type(method).__name__}().init(spec) returns), got an object of type "
+                    f"{type(state).__name__}; {make}")
+  expected = _state_keys(method, spec)
+  keys = set(state)
+  missing = sorted(expected - keys - set(optional))
+  extra = sorted(keys - expected - set(optional), key=str)
+  if missing or extra:
+    what = " and ".join(
+        ([f"lacks {missing}"] if missing else []) +
+        ([f"holds {extra}, which {type(method).__name__} does not make"] if extra else []))
+    raise ValueError(f"this {method.name} state {what} (its keys: {sorted(keys, key=str)}; "
+                     f"{method.name}'s: {sorted(expected)}): a state of another method? "
+                     f"{make}")
+
+
+def _state_keys(method, spec: Spec) -> frozenset:
+  """The keys of ``method.init(spec)``, computed once per (method, spec) where both hash."""
+  try:
+    return _cached_state_keys(method, spec)
+  except TypeError:   # an unhashable method or spec
+    return frozenset(method.init(spec))
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_state_keys(method, spec: Spec) -> frozenset:
+  return frozenset(method.init(spec))

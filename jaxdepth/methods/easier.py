@@ -213,6 +213,7 @@ class Easier:
     return spec.sites()
 
   def live_units(self, spec: Spec, state) -> tuple[str, ...]:
+    base.check_state(self, spec, state)
     return base.live_sites(spec, state["gates"])
 
   def check_data(self, spec: Spec, dataset, *, eval_batch_size: int | None = None,
@@ -228,6 +229,7 @@ class Easier:
     return len(spec.sites())
 
   def train_options(self, spec: Spec, state) -> base.TrainOptions:
+    base.check_state(self, spec, state)
     return base.TrainOptions(gates=state["gates"],
                              stats_last_epoch=self.estimator == "easier")
 
@@ -245,7 +247,9 @@ class Easier:
     return base.Decision(choose(scores))
 
   def apply(self, spec: Spec, variables, state, decision: base.Decision):
+    base.check_state(self, spec, state)
     return variables, {"gates": apply(state["gates"], decision.remove, spec=spec)}
 
   def export(self, spec: Spec, variables, state):
+    base.check_state(self, spec, state)
     return remove(spec, variables, base.removed_sites(spec, state["gates"]))

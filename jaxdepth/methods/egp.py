@@ -51,6 +51,10 @@ has the nesting of ``params``, a bool array at each pruned layer's ``kernel``
 from ``spec``, its trained ``variables`` and a dataset ``ds`` (later rounds start
 from the masks it leaves, and train with them in between)::
 
+    from flax import traverse_util
+    from jaxdepth import stats as site_stats         # or jaxdepth.entropies
+    from jaxdepth.methods import egp
+
     layers = egp.layer_map(spec)                     # {site: weight layer}
     masks = egp.initial_masks(spec, layers)          # all True: nothing pruned yet
     H = site_stats.entropies(egp.entropy_statistics(spec, variables, ds.train,
@@ -731,6 +735,7 @@ class Egp:
     return spec.sites()
 
   def live_units(self, spec: S.Spec, state) -> tuple[str, ...]:
+    base.check_state(self, spec, state)
     return base.live_sites(spec, state["gates"])
 
   def check_data(self, spec: S.Spec, dataset, *, eval_batch_size: int | None = None,
@@ -754,6 +759,7 @@ class Egp:
     return DEFAULT_ITERATIONS
 
   def train_options(self, spec: S.Spec, state) -> base.TrainOptions:
+    base.check_state(self, spec, state)
     return base.TrainOptions(gates=state["gates"], masks=state["masks"],
                              stats_last_epoch=self.estimator == "easier")
 
@@ -776,6 +782,7 @@ class Egp:
 
     The entropy comes first, so the report's table and heat map show it.
     """
+    training.check_variables(variables, f"{type(self).__name__}.measure")
     live = self.live_units(spec, state)
     entropies = site_stats.entropies(self._stats(spec, variables, state, context),
                                      self.estimator)
@@ -831,6 +838,8 @@ class Egp:
     return base.Decision(zero, details)
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    training.check_variables(variables, f"{type(self).__name__}.apply")
+    base.check_state(self, spec, state)
     amounts = (decision.details or {}).get("amounts", {})
     flat_masks = traverse_util.flatten_dict(jax.device_get(state["masks"]))
     flat_params = traverse_util.flatten_dict(_masked_on_host(variables["params"],
@@ -857,6 +866,8 @@ class Egp:
     Channels cut are those :func:`dead_channel_counts` proves dead on every
     input, so the exported model computes exactly what the gated, masked one does.
     """
+    training.check_variables(variables, f"{type(self).__name__}.export")
+    base.check_state(self, spec, state)
     variables = {**jax.device_get(variables),
                  "params": _masked_on_host(variables["params"], state["masks"])}
     shallow = S.with_identity(spec, base.removed_sites(spec, state["gates"]))

@@ -735,7 +735,9 @@ def remove_units(spec: S.Spec, variables, paths) -> tuple[S.Spec, dict[str, Any]
   Raises:
     KeyError: a path names no node.
     ValueError: a node whose output shape differs from its input shape.
+    TypeError: ``variables`` is not the variables dict (``variables["params"]``).
   """
+  training.check_variables(variables, "remove_units")
   paths = S.site_paths(paths, "paths", "node paths")
   if not paths:
     return spec, variables
@@ -850,8 +852,10 @@ class LaCoOT:
     """The units of ``spec``, once ``state`` is known to hold one entry per unit.
 
     Without the check a state made for another spec indexes past its arrays (JAX
-    clamps the index) or stops short of the units, silently.
+    clamps the index) or stops short of the units, silently; one of another method
+    (its keys checked first) on a bare key or with the blame on the spec.
     """
+    base.check_state(self, spec, state)
     units = self.units(spec)
     sizes = {k: np.shape(state[k]) for k in ("gates", "rank", "distances") if k in state}
     wrong = {k: v for k, v in sizes.items() if v != (len(units),)}
@@ -902,8 +906,8 @@ class LaCoOT:
       check_distance_batch(eval_batch_size, dataset.val.num_examples)
 
   def measure(self, spec: S.Spec, variables, state, context: base.Context) -> dict[str, float]:
-    host = self._host(state)
     units = self._checked_units(spec, state)
+    host = self._host(state)
     if self._ranked(host):   # the distances the ranking was made on
       return {units[i]: float(host["distances"][i]) for i in self._in_play(state)}
     self.check_data(spec, context.dataset)   # an own loop's context may come without the driver's
@@ -934,6 +938,7 @@ class LaCoOT:
     return base.Decision((names[nxt],))
 
   def apply(self, spec: S.Spec, variables, state, decision: base.Decision):
+    training.check_variables(variables, "LaCoOT.apply")
     units = self._checked_units(spec, state)
     host = self._host(state)
     unknown = [u for u in decision.remove if u not in units]
@@ -965,7 +970,8 @@ class LaCoOT:
                        "ranked": jnp.asarray(2 if done else 1, jnp.int32)}
 
   def export(self, spec: S.Spec, variables, state):
-    host = self._host(state)
+    training.check_variables(variables, "LaCoOT.export")
     units = self._checked_units(spec, state)
+    host = self._host(state)
     return remove_units(spec, variables, [u for i, u in enumerate(units)
                                           if host["gates"][i] == 0])

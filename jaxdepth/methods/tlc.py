@@ -537,8 +537,10 @@ class TLC:
     candidate weight layer at its channel count.
 
     Without the check a state made for another spec (another model or width, or
-    another ``projections``) fails in a broadcast of its masks or a bare key.
+    another ``projections``) fails in a broadcast of its masks or a bare key, and
+    one of another method (its keys checked first) on a bare key.
     """
+    base.check_state(self, spec, state, optional=("chosen",))
     sites = spec.sites()
     masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
     channels = {c.weight: spec.node(c.weight).features for c in self.candidates(spec)}
@@ -708,6 +710,8 @@ class TLC:
     cut names, and the own candidate of a removed site that none of them targets.
     An empty decision stops the run.
     """
+    training.check_variables(variables, "TLC.apply")
+    state = self._checked(spec, state)
     if not decision.remove:
       return variables, {**state, "stopped": jnp.ones((), jnp.int32)}
     gates = state["gates"]
@@ -761,6 +765,7 @@ class TLC:
     the gated, masked network computes.
     """
     from jaxdepth import surgery  # pylint: disable=import-outside-toplevel
+    training.check_variables(variables, "TLC.export")
     variables = self._masked(spec, variables, state)
     removed = base.removed_sites(spec, state["gates"])
     flat_masks = traverse_util.flatten_dict(state["masks"], sep=S.SEP)
