@@ -62,11 +62,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import jax
+import numpy as np
 
 from jaxdepth import checkpoint, costs, network, optim, timing, training
 from jaxdepth import report as report_lib
 from jaxdepth.data import Dataset
-from jaxdepth.methods import base
+from jaxdepth.methods import base, conformance
 from jaxdepth.spec import Spec
 from jaxdepth.text.inputs import check_vocabulary
 
@@ -148,7 +149,7 @@ def _check_tolerance(tolerance):
 def _check_epochs(method: base.Method, spec: Spec, recipe: optim.Recipe) -> None:
   """Refuses a run whose first iteration measures statistics its training collects (the
   method's ``train_options`` ask for ``stats_last_epoch``) and that trains no epoch."""
-  options = method.train_options(spec, method.init(spec))
+  options = conformance.train_options(method, spec, method.init(spec))
   epochs = recipe.epochs if options.epochs is None else options.epochs
   if options.stats_last_epoch and epochs == 0:
     raise ValueError(
@@ -401,6 +402,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if isinstance(method, type):
     raise TypeError(f"method must be an instance, e.g. {method.__name__}(), got the class "
                     f"{method.__name__}")
+  conformance.check_method(method)
   seed = training.check_seed(seed)
   _check_tolerance(tolerance)
   latency_batches = _check_latency_batches(latency_batches)
@@ -410,10 +412,19 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   if dataset.val is None:
     raise ValueError(f"dataset {dataset.name!r} has no validation split; the operating point "
                      f"is chosen on it: load it with val_fraction > 0")
-  units = method.units(spec)
+  units = conformance.units(method, spec, "units")
   if not units:
     raise ValueError(f"spec {spec.name!r} has no {method.unit} that {method.name} can remove")
+  # The members that need no training, called once on the initial state: a method of one's own
+  # that breaks the protocol is refused before anything is written or trained.
+  initial_state = method.init(spec)
+  conformance.check_state_leaves(method, initial_state, "init")
+  conformance.live_units(method, spec, initial_state, units)
+  initial_layout = conformance.state_layout(initial_state)   # what every apply keeps
   _check_epochs(method, spec, recipe)
+  if iterations is None:
+    iterations = conformance.default_iterations(method, spec)
+  options = conformance.options(method)
   mesh = training.make_mesh() if mesh is None else mesh
   eval_batch_size = eval_batch_size or recipe.batch_size
   _check_data(method, spec, dataset, eval_batch_size, mesh)
@@ -426,12 +437,14 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
   # LaCoOT's distances): another one changes the decisions. So does another device count
   # (the reductions round differently); the process count does not.
-  identity = {"method": method.name, "method_options": method.options(),
+  identity = {"method": method.name, "method_options": options,
               "spec": spec.to_dict(), "dataset": dataset.name,
               "data": training.data_identity(dataset), "recipe": recipe.to_dict(),
               "seed": seed, "dtype": training.dtype_name(dtype),
               "devices": int(mesh.devices.size), "eval_batch_size": eval_batch_size,
               "info": info or {}}
+  # As run.json reads back (tuples become lists): the same call compares equal on resume.
+  identity = conformance.as_stored(method, identity)
   if variables is not None:   # given ones are part of the identity (None: the run's own)
     identity["variables"] = training.variables_digest(variables, mesh)
   _check_identity(workdir, identity)
@@ -440,7 +453,6 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   trainer = trainer or _fit_trainer(mesh, dtype, progress,
                                     {"eval_batch_size": eval_batch_size, **(fit_options or {})})
   total = len(units)
-  iterations = method.default_iterations(spec) if iterations is None else iterations
   own_start = variables is None
   if own_start:
     variables = network.init(spec, jax.random.key(seed))
@@ -479,7 +491,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(
           method, spec, dataset, recipe, variables, state, it=it, seed=seed, total=total,
-          workdir=workdir, trainer=trainer, mesh=mesh, dtype=dtype,
+          initial_layout=initial_layout, workdir=workdir, trainer=trainer, mesh=mesh, dtype=dtype,
           eval_batch_size=eval_batch_size, checkpoint_epochs=checkpoint_epochs)
       entry["seconds"] = round(time.perf_counter() - tic, 3)
       entries.append(entry)
@@ -526,10 +538,10 @@ def _more(method, spec, state, entries) -> bool:
   LaCoOT): with nothing live, its ``measure`` gets no unit and ``decide`` removes
   nothing.
   """
-  if method.live_units(spec, state):
+  if conformance.live_units(method, spec, state, it=len(entries)):
     return True
   return bool(entries and entries[-1]["removed_now"]
-              and method.train_options(spec, state).epochs == 0)
+              and conformance.train_options(method, spec, state, len(entries)).epochs == 0)
 
 
 def _iteration_dir(workdir: pathlib.Path, it: int) -> pathlib.Path:
@@ -566,12 +578,17 @@ def _drop_epoch_checkpoints(workdir: pathlib.Path, it: int) -> None:
     shutil.rmtree(_iteration_dir(workdir, it) / "checkpoints", ignore_errors=True)
 
 
-def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, total, workdir,
-               trainer, mesh, dtype, eval_batch_size, checkpoint_epochs):
-  """One train → evaluate → measure → decide → apply round; saves the iteration's model."""
-  live = set(method.live_units(spec, state))
+def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, total,
+               initial_layout, workdir, trainer, mesh, dtype, eval_batch_size, checkpoint_epochs):
+  """One train → evaluate → measure → decide → apply round; saves the iteration's model.
+
+  What the method returns is checked against the protocol (:class:`base.Method`) as it comes,
+  the state after ``apply`` against ``initial_layout`` (``method.init(spec)``'s), before
+  anything of the iteration is saved or reported.
+  """
+  live = conformance.live_units(method, spec, state, it=it)
   removed = tuple(u for u in method.units(spec) if u not in live)
-  options = method.train_options(spec, state)
+  options = conformance.train_options(method, spec, state, it)
   it_dir = _iteration_dir(workdir, it)
   if options.epochs == 0:   # the method only evaluates this iteration (e.g. LaCoOT's removals)
     trained = training.FitResult(   # the state replicated as fit's (every process saves it)
@@ -603,11 +620,14 @@ def _iteration(method, spec, dataset, recipe, variables, state, *, it, seed, tot
       eval_stats=lambda name: evaluate(splits[name], collect_stats=True).stats,
       rng=jax.random.fold_in(jax.random.key(seed), it), dataset=dataset, mesh=mesh,
       dtype=dtype, eval_batch_size=eval_batch_size, val_accuracy=val.accuracy)
-  scores = method.measure(spec, trained.variables, state, context)
+  scores = conformance.scores(method, method.measure(spec, trained.variables, state, context), it)
   decision = method.decide(scores, state)
-  shallow_spec, shallow_variables = method.export(spec, trained.variables, state)
+  conformance.check_decision(method, decision, live, it)
+  shallow_spec, shallow_variables = conformance.exported(
+      method, method.export(spec, trained.variables, state), it)
+  new_variables, new_state = conformance.applied(
+      method, method.apply(spec, trained.variables, state, decision), initial_layout, it)
   checkpoint.save_model(it_dir / "model", shallow_spec, shallow_variables, overwrite=True)
-  new_variables, new_state = method.apply(spec, trained.variables, state, decision)
   last = trained.history[-1] if trained.history else {}
   entry = {
       "iteration": it, "unit": method.unit, "units_removed": len(removed),

@@ -1,6 +1,7 @@
 """The iteration driver on digits (1-epoch iterations): report, saved models, resume, refusals."""
 import json
 import pathlib
+import re
 import shutil
 
 import jax
@@ -8,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import jaxdepth
 from jaxdepth import (checkpoint, costs, data, driver, integrity, network, optim, report, surgery,
                      timing, training, zoo)
-from jaxdepth.methods import TLC, Easier, Egp
+from jaxdepth.methods import TLC, Easier, Egp, base
 from jaxdepth.train import __main__ as cli
 from jaxdepth.train import command
 
@@ -770,3 +772,317 @@ def test_the_quirks_validation_view_is_the_iterations_and_val_augment_is_part_of
     del stored["data"][key]
   (tmp_path / "run.json").write_text(json.dumps(stored))
   assert run(quirk).report["iterations"][0] == entry
+
+
+# A method of one's own, as docs/methods/writing.md shows one: the tests below break one rule of
+# the protocol each and see the driver refuse it, naming the rule, before an iteration is saved.
+class Mine:
+  """Removes the live site whose score (its index among the live sites) is the lowest."""
+  name = "mine"
+  unit = "site"
+  score_name = "index"
+
+  def options(self):
+    return {}
+
+  def init(self, spec):
+    return {"gates": jaxdepth.gates_for(spec)}
+
+  def units(self, spec):
+    return spec.sites()
+
+  def live_units(self, spec, state):
+    return base.live_sites(spec, state["gates"])
+
+  def default_iterations(self, spec):
+    return 2
+
+  def train_options(self, spec, state):
+    return base.TrainOptions(gates=state["gates"])
+
+  def measure(self, spec, variables, state, context):
+    return {s: float(i) for i, s in enumerate(self.live_units(spec, state))}
+
+  def decide(self, scores, state):
+    return base.Decision((min(scores, key=scores.get),) if scores else ())
+
+  def apply(self, spec, variables, state, decision):
+    off = base.removed_sites(spec, state["gates"]) + tuple(decision.remove)
+    return variables, {"gates": jaxdepth.gates_for(spec, off=off)}
+
+  def export(self, spec, variables, state):
+    return jaxdepth.with_identity(spec, base.removed_sites(spec, state["gates"])), variables
+
+
+def _untrained(spec, variables, dataset, recipe, *, options, seed, workdir, desc):
+  """A trainer that trains nothing (the variables come back as they went in)."""
+  state = training.TrainState.create(variables, optim.make_optimizer(recipe, 1), seed)
+  return training.FitResult(variables, None, [], training.replicate(state, training.make_mesh()))
+
+
+def _never_trains(*args, **kw):
+  raise AssertionError("the method should have been refused before any training")
+
+
+def _run_mine(digits, method, workdir, **kw):
+  ds, spec = digits
+  kw = {"iterations": 1, "trainer": _untrained, **kw}
+  return driver.run(method, spec, ds, RECIPE, workdir, progress=False, eval_batch_size=512,
+                    merge=False, latency_batches=(), **kw)
+
+
+def test_a_method_of_ones_own_runs_and_resumes(digits, tmp_path):
+  said = []
+  result = _run_mine(digits, Mine(), tmp_path, iterations=2, say=said.append)
+  assert [e["removed_now"] for e in result.report["iterations"]] == [["relu"],
+                                                                     ["layer1/0/relu1"]]
+  assert result.report["iterations"][1]["index"] == {s: float(i) for i, s in
+                                                     enumerate(digits[1].sites()[1:])}
+  _run_mine(digits, Mine(), tmp_path, iterations=2, say=said.append)
+  assert "resuming" in said[-1]
+
+
+def test_tuple_in_info_and_options_resumes(digits, tmp_path):
+  # run.json reads tuples back as lists: the same call was refused as "other settings".
+  class Skips(Mine):
+    def options(self):
+      return {"skip": ("relu",)}
+
+  first, again = [], []
+  _run_mine(digits, Skips(), tmp_path, info={"w": (8, 16)}, say=first.append)
+  result = _run_mine(digits, Skips(), tmp_path, info={"w": (8, 16)}, say=again.append)
+  assert again == [f"resuming {tmp_path} after iteration 0"] and len(first) == 1
+  assert result.report["method_options"] == {"skip": ["relu"]}
+  assert result.report["info"] == {"w": [8, 16]}
+  # Another tuple is still another setting.
+  with pytest.raises(driver.RunMismatchError, match=r"info\.w: \[8, 16\] there, \[8, 32\] asked"):
+    _run_mine(digits, Skips(), tmp_path, info={"w": (8, 32)})
+
+
+@pytest.mark.parametrize("where", ["options", "info"])
+def test_settings_that_are_not_json_are_refused_naming_the_key(digits, tmp_path, where):
+  class Numpy(Mine):
+    def options(self):
+      return {"rate": np.float32(0.5)} if where == "options" else {}
+
+  info = {"config": {"rate": np.float32(0.5)}} if where == "info" else None
+  path = "method.options()['rate']" if where == "options" else "info['config']['rate']"
+  with pytest.raises(ValueError, match=re.escape(f"{path} is a float32 (np.float32(0.5))")):
+    _run_mine(digits, Numpy(), tmp_path / "run", info=info, trainer=_never_trains)
+  assert not (tmp_path / "run").exists()
+
+
+class _Lacks:
+  """A method object that lacks the members named in ``lacks`` (the others are Mine's)."""
+
+  def __init__(self, *lacks):
+    self.lacks, self.mine = lacks, Mine()
+
+  def __getattr__(self, name):
+    if name in self.lacks or name in ("lacks", "mine"):
+      raise AttributeError(name)
+    return getattr(self.mine, name)
+
+
+@pytest.mark.parametrize("method, match", [
+    (_Lacks("export"), r"_Lacks is not a jaxdepth\.methods\.base\.Method: it lacks export \("),
+    (_Lacks("score_name", "decide"), r"it lacks score_name, decide \(a method has name, unit, "
+                                     r"score_name, options, init,"),
+    (type("Unnamed", (Mine,), {"name": None})(), r"Unnamed: Method\.name must be a non-empty "
+                                                 r"str, got None"),
+    (type("Flat", (Mine,), {"measure": 3})(), r"Flat: Method\.measure must be a method, got 3"),
+])
+def test_incomplete_method_refused_before_writing(digits, tmp_path, method, match):
+  with pytest.raises(TypeError, match=match):
+    _run_mine(digits, method, tmp_path / "run", trainer=_never_trains)
+  assert not (tmp_path / "run").exists()
+
+
+class _Strings(Mine):
+  def init(self, spec):
+    return {**super().init(spec), "removed": ("relu",)}
+
+
+class _Object(Mine):
+  def init(self, spec):
+    return type("S", (), {"gates": jaxdepth.gates_for(spec)})()
+
+  def live_units(self, spec, state):
+    return spec.sites()
+
+
+class _OptionsDict(Mine):
+  def train_options(self, spec, state):
+    return {"gates": state["gates"]}
+
+
+class _UnitsStr(Mine):
+  def live_units(self, spec, state):
+    return "relu"
+
+
+class _ForeverIterations(Mine):
+  def default_iterations(self, spec):
+    return "all"
+
+
+@pytest.mark.parametrize("method, error, match", [
+    (_Strings(), TypeError, r"method 'mine': the method state must be a pytree .* of arrays.* "
+                            r"Method\.init returned one where state\['removed'\]\[0\] is a str"),
+    (_Object(), TypeError, r"Method\.init returned one where state is a S "),
+    (_OptionsDict(), TypeError, r"method 'mine': Method\.train_options must return a "
+                                r"jaxdepth\.methods\.base\.TrainOptions .*, got a dict"),
+    (_UnitsStr(), TypeError, r"Method\.live_units must return a tuple of site names \(str\), "
+                             r"got 'relu'"),
+    (_ForeverIterations(), TypeError, r"Method\.default_iterations must return an int >= 1, "
+                                      r"got 'all'"),
+])
+def test_protocol_mistakes_of_the_cheap_members_are_refused_before_training(
+    digits, tmp_path, method, error, match):
+  with pytest.raises(error, match=match):
+    _run_mine(digits, method, tmp_path / "run", trainer=_never_trains,
+              iterations=None if isinstance(method, _ForeverIterations) else 1)
+  assert not (tmp_path / "run").exists()
+
+
+class _ApplyState(Mine):
+  def apply(self, spec, variables, state, decision):
+    return super().apply(spec, variables, state, decision)[1]
+
+
+class _ExportSpec(Mine):
+  def export(self, spec, variables, state):
+    return super().export(spec, variables, state)[0]
+
+
+class _ExportSwapped(Mine):
+  def export(self, spec, variables, state):
+    return super().export(spec, variables, state)[::-1]
+
+
+class _ApplyStrings(Mine):
+  def apply(self, spec, variables, state, decision):
+    return variables, {"gates": decision.remove}
+
+
+class _ScoresObject(Mine):
+  def measure(self, spec, variables, state, context):
+    return {s: object() for s in self.live_units(spec, state)}
+
+
+class _ScoresList(Mine):
+  def measure(self, spec, variables, state, context):
+    return list(super().measure(spec, variables, state, context))
+
+
+class _DecideTuple(Mine):
+  def decide(self, scores, state):
+    return (min(scores, key=scores.get),)
+
+
+class _DetailsArray(Mine):
+  def decide(self, scores, state):
+    return base.Decision(("relu",), {"threshold": object()})
+
+
+@pytest.mark.parametrize("method, match", [
+    (_ApplyState(), r"Method\.apply must return a pair \(variables, state\), got a dict"),
+    (_ExportSpec(), r"Method\.export must return a pair \(spec, variables\), got a Spec"),
+    (_ExportSwapped(), r"Method\.export must return a pair \(spec, variables\) whose spec is a "
+                       r"jaxdepth Spec, got a dict"),
+    (_ApplyStrings(), r"Method\.apply returned one where state\['gates'\]\[0\] is a str"),
+    (_ScoresObject(), r"Method\.measure must return a dict \{unit name: score\}.*, but "
+                      r"scores\['relu'\] is a object"),
+    (_ScoresList(), r"Method\.measure must return a dict \{unit name: score\}.*, got \['relu'"),
+    (_DecideTuple(), r"Method\.decide must return a jaxdepth\.methods\.base\.Decision .*; got a "
+                     r"tuple: \('relu',\)"),
+    (_DetailsArray(), r"Decision\.details must be None or a JSON dict .* but "
+                      r"details\['threshold'\] is a object"),
+])
+def test_protocol_mistakes_in_what_an_iteration_returns_are_refused_naming_the_rule(
+    digits, tmp_path, method, match):
+  with pytest.raises(TypeError, match=r"method 'mine', iteration 0: .*" + match):
+    _run_mine(digits, method, tmp_path)
+  assert not (tmp_path / "iterations/000/model").exists()
+  assert not any(tmp_path.glob("checkpoints/*"))
+
+
+def test_jax_and_numpy_scores_are_taken_as_python_numbers(digits, tmp_path):
+  class Arrays(Mine):
+    def measure(self, spec, variables, state, context):
+      live = self.live_units(spec, state)
+      return {s: (jnp.float32(i) if i % 2 else {"score": np.int32(i), "counts": np.arange(2)})
+              for i, s in enumerate(live)}
+
+    def decide(self, scores, state):
+      assert all(type(v) in (float, dict) for v in scores.values())
+      return base.Decision(("relu",))
+
+  scores = _run_mine(digits, Arrays(), tmp_path).report["iterations"][0]["index"]
+  assert scores["relu"] == {"score": 0, "counts": [0, 1]}
+  assert scores["layer1/0/relu1"] == 1.0 and type(scores["layer1/0/relu1"]) is float
+  assert json.loads((tmp_path / "report.json").read_text())["iterations"][0]["index"] == scores
+
+
+class _Decides(Mine):
+  def __init__(self, remove):
+    self.remove = remove
+
+  def decide(self, scores, state):
+    return base.Decision(self.remove)
+
+
+@pytest.mark.parametrize("remove, it, match", [
+    ("relu2", 0, r"got Decision\.remove='relu2', a bare str .*: write Decision\(\('relu2',\)\)"),
+    (("relu99",), 0, r"Decision\.remove names \['relu99'\], not live \(not a site of the spec, "
+                     r"or removed already; live: \['relu', 'layer1/0/relu1'"),
+    (("relu",), 1, r"Decision\.remove names \['relu'\], not live .*live: \['layer1/0/relu1'"),
+    (("relu2", "relu", "relu2"), 0, r"Decision\.remove names \['relu2'\] more than once"),
+    ((3,), 0, r"got Decision\.remove=\(3,\)"),
+])
+def test_a_decision_that_removes_no_live_unit_is_refused_naming_the_rule(
+    digits, tmp_path, remove, it, match):
+  # Decision("relu4") was reported as removing r, e, l, u and 4; an unknown or already removed
+  # site as removed.
+  with pytest.raises(ValueError, match=rf"method 'mine', iteration {it}: Method\.decide must "
+                                       rf"return a jaxdepth\.methods\.base\.Decision whose "
+                                       rf"remove is a tuple of names of live sites.*" + match):
+    _run_mine(digits, _Decides(remove), tmp_path, iterations=2)
+  assert not (tmp_path / f"iterations/00{it}/model").exists()
+  assert len(list(tmp_path.glob("iterations/*/model"))) == it
+
+
+def test_a_state_that_changes_its_shapes_is_refused_at_the_first_apply(digits, tmp_path):
+  # It ran, then could never resume: the restore into init(spec) blamed the model.
+  class Grows(Mine):
+    def init(self, spec):
+      return {**super().init(spec), "order": jnp.zeros((0,), jnp.int32)}
+
+    def apply(self, spec, variables, state, decision):
+      variables, new = super().apply(spec, variables, state, decision)
+      order = jnp.concatenate([state["order"], jnp.asarray(
+          [spec.sites().index(u) for u in decision.remove], jnp.int32)])
+      return variables, {**new, "order": order}
+
+  class Retypes(Mine):
+    def apply(self, spec, variables, state, decision):
+      variables, new = super().apply(spec, variables, state, decision)
+      return variables, {"gates": new["gates"].astype(jnp.int32)}
+
+  class Regroups(Mine):
+    def apply(self, spec, variables, state, decision):
+      variables, new = super().apply(spec, variables, state, decision)
+      return variables, {**new, "extra": jnp.zeros(())}
+
+  rule = (r"; the method state keeps method\.init\(spec\)'s tree structure, shapes and dtypes "
+          r"across iterations \(a resumed run restores it into init\(spec\)\)")
+  for method, match in [
+      (Grows(), r"state\['order'\] has shape \(1,\) and dtype int32, but init\(spec\)'s has "
+                r"shape \(0,\) and dtype int32"),
+      (Retypes(), r"state\['gates'\] has shape \(6,\) and dtype int32, but init\(spec\)'s has "
+                  r"shape \(6,\) and dtype float32"),
+      (Regroups(), r"a state of another tree structure than init\(spec\)'s")]:
+    with pytest.raises(ValueError, match=r"method 'mine', iteration 0: Method\.apply returned "
+                                         r".*" + match + r".*" + rule):
+      _run_mine(digits, method, tmp_path / type(method).__name__)
+    assert not any((tmp_path / type(method).__name__).glob("checkpoints/*"))

@@ -12,6 +12,9 @@
   its collapse costs on a validation batch; the cheapest go, with their
   mostly-OFF channels cut.
 
+* :mod:`.conformance`: the checks :func:`jaxdepth.driver.run` makes of what a
+  method's members return (a method of one's own is refused by the rule it breaks).
+
 Each method module exposes its measuring and choosing steps as functions a
 training loop of one's own can call, and a :class:`~jaxdepth.methods.base.Method`
 object that :func:`jaxdepth.driver.run` iterates.
