@@ -38,6 +38,12 @@ model.
 A run stops when the iterations are done or ``live_units`` is empty; a method
 with a stop rule of its own (TLC: accuracy collapsed) returns no live unit once
 it holds, and names the rule in its last ``Decision.details["stop"]``.
+
+The driver holds a method to these rules as its members return
+(:mod:`jaxdepth.methods.conformance`): ``options()`` and the scores are JSON (jax and
+numpy numbers are taken), ``Decision.remove`` is a tuple of live unit names, each once,
+and the state keeps ``init(spec)``'s tree structure, shapes and dtypes. Writing a
+method of one's own: docs/methods/writing.md.
 """
 from __future__ import annotations
 
