@@ -590,6 +590,7 @@ def make_train_step(spec: Spec, tx: optax.GradientTransformation, *, mesh: Mesh 
   @functools.wraps(step)
   def train_step(state, batch, gates, stats, masks=None, node_gates=None):
     _check_not_donated(state, "the train step")
+    _check_batch_sizes(batch, "the train step")
     _check_host_batch(batch, classes, "the train step", full=True)
     _check_batch_splits(batch, mesh, "the train step")
     gates, node_gates = _float32_gates(gates, node_gates)
@@ -646,9 +647,27 @@ def _num_classes(spec: Spec) -> int | None:
   return shape[0] if len(shape) == 1 else None
 
 
+def _check_batch_sizes(batch, where: str) -> None:
+  """Refuses, on the host, a batch whose entries have different leading sizes (jax's own
+  broadcasting error, from inside the step, names no entry). Reads only each entry's
+  ``.shape``: a device array is neither fetched nor waited on."""
+  if not isinstance(batch, Mapping):
+    return
+  sizes = {}
+  for key, value in batch.items():
+    shape = getattr(value, "shape", None)
+    if shape is not None and len(shape):
+      sizes[key] = int(shape[0])
+  if len(set(sizes.values())) > 1:
+    named = ", ".join(f"{key} {size}" for key, size in sizes.items())
+    raise ValueError(f"{where}: batch sizes differ: {named}; every entry needs the same "
+                     f"leading batch axis (one row per example)")
+
+
 def _check_batch(batch, where: str) -> None:
-  """Refuses, while tracing, a batch without ``label`` and ``mask`` or labels that are
-  not integer classes of shape ``(B,)`` (optax's own error never says "labels")."""
+  """Refuses, while tracing, a batch without ``label`` and ``mask``, labels that are
+  not integer classes of shape ``(B,)`` (optax's own error never says "labels"), or
+  integer images (not normalised)."""
   if not isinstance(batch, Mapping):
     raise TypeError(f"{where} takes a batch dict with 'image' (or a text spec's token "
                     f"arrays), 'label' and 'mask', as split.batches() serves, got a "
@@ -659,6 +678,12 @@ def _check_batch(batch, where: str) -> None:
                      f"{sorted(batch)}); 'label' holds the (B,) integer classes, 'mask' the "
                      f"(B,) bool flags of the real examples (np.ones(B, bool) for a full "
                      f"batch), as split.batches() serves them")
+  image_dtype = getattr(batch.get("image"), "dtype", None)
+  if image_dtype is not None and jnp.issubdtype(image_dtype, jnp.integer):
+    raise TypeError(f"{where}: batch['image'] is {image_dtype}; the steps take float images "
+                    f"normalised as split.batches() serves them: uint8 pixels? use "
+                    f"jaxdepth.data.augment.normalize(images, mean, std), or serve them "
+                    f"through Dataset.from_arrays(...)")
   label = batch["label"]
   dtype, shape = getattr(label, "dtype", None), tuple(getattr(label, "shape", ()))
   if dtype is not None and jnp.issubdtype(dtype, jnp.integer) and len(shape) == 1:
@@ -729,6 +754,7 @@ def make_eval_step(spec: Spec, *, mesh: Mesh | None = None, dtype=None,
 
   @functools.wraps(step)
   def eval_step(variables, batch, gates, stats, node_gates=None):
+    _check_batch_sizes(batch, "the eval step")
     _check_batch_splits(batch, mesh, "the eval step")
     gates, node_gates = _float32_gates(gates, node_gates)
     variables, gates, stats, node_gates = _on_mesh((variables, gates, stats, node_gates),
@@ -865,8 +891,11 @@ def data_identity(dataset) -> dict[str, Any]:
   them would mix two datasets, so :func:`fit` and :func:`jaxdepth.driver.run` refuse it.
   A split of one's own without ``source_indices`` (which
   :class:`jaxdepth.data.pipeline.BatchedSplit` does not require) is recorded by its size
-  only, and one without the serving attributes without them. A key a stored identity
-  lacks (a run recorded before it was) is not compared on resume.
+  only, and one without the serving attributes without them. In-memory arrays
+  (:meth:`jaxdepth.data.Dataset.from_arrays`), whose indices say nothing of what they
+  hold, add ``content``: each split's digest of its images and labels
+  (``Split.content_digest``), so other arrays of the same sizes are another run. A key a
+  stored identity lacks (a run recorded before it was) is not compared on resume.
   """
   splits = {name: getattr(dataset, name) for name in ("train", "val", "test")}
   served = {name: split for name, split in splits.items() if split is not None}
@@ -876,6 +905,9 @@ def data_identity(dataset) -> dict[str, Any]:
               "splits": _digest({name: np.asarray(split.source_indices, np.int64)
                                  for name, split in served.items()
                                  if getattr(split, "source_indices", None) is not None})}
+  contents = {name: getattr(split, "content_digest", None) for name, split in served.items()}
+  if any(v is not None for v in contents.values()):
+    identity["content"] = contents
   for key, read in (("normalization", _normalization), ("augment", _augment_recipe),
                     ("always_augment", lambda s: bool(getattr(s, "always_augment", False))),
                     ("tokenizer", _tokenizer_digest), ("max_length", _max_length)):

@@ -1,6 +1,8 @@
 """Tests of jaxdepth.data: values against independent numpy/Pillow computations, splits, order, resumption, sharding."""
 
+import hashlib
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -613,6 +615,83 @@ def test_from_arrays_refuses_pytorch_channel_first_images():
       data.Dataset.from_arrays(**bad)
   ds = data.Dataset.from_arrays(train=(x.transpose(0, 2, 3, 1), y), test=(x.transpose(0, 2, 3, 1), y))
   assert ds.input_shape == (8, 8, 3)
+
+
+def test_from_arrays_records_a_digest_of_each_splits_images_and_labels():
+  # A split's indices (0..n-1 of its own array) say nothing of what the arrays hold; the digest does.
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8), rng.integers(0, 3, 20).astype(np.uint8)
+
+  def digest(images, labels):   # sha256 of dtype, shape, bytes; labels as int64
+    h = hashlib.sha256(f"{images.dtype.str}{images.shape}".encode())
+    h.update(images.tobytes())
+    h.update(labels.astype(np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+  ds = data.Dataset.from_arrays(train=(x, y), test=(x[:5], y[:5]), val_fraction=0.25, num_classes=3)
+  keep, held = ds.train.source_indices, ds.val.source_indices
+  assert ds.train.content_digest == digest(x[keep], y[keep])
+  assert ds.val.content_digest == digest(x[held], y[held])
+  assert ds.test.content_digest == digest(x[:5], y[:5])
+  plain = data.Dataset.from_arrays(train=(x, y), test=(x, y), num_classes=3, normalization=None)
+  others = {"labels": data.Dataset.from_arrays(train=(x, (y + 1) % 3), test=(x, y), num_classes=3,
+                                               normalization=None),
+            "images": data.Dataset.from_arrays(train=(255 - x, y), test=(x, y), num_classes=3,
+                                               normalization=None),
+            "dtype": data.Dataset.from_arrays(train=(x / 255.0, y), test=(x, y), num_classes=3,
+                                              normalization=None)}
+  for what, other in others.items():
+    assert other.train.content_digest != plain.train.content_digest, what
+    assert other.test.content_digest == plain.test.content_digest, what
+  same = data.Dataset.from_arrays(train=(x.copy(), y.astype(np.int64)), test=(x, y), num_classes=3,
+                                  normalization=None)
+  assert same.train.content_digest == plain.train.content_digest
+
+
+def test_from_arrays_centres_a_channel_constant_in_the_train_images_and_warns():
+  # RGBA with alpha 255 in every train image: a std of ~0 would turn test alpha 254 into ~-4e9.
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 256, (24, 4, 4, 4), dtype=np.uint8), np.arange(24) % 2
+  x[:16, ..., 3], x[16:, ..., 3] = 255, 254
+  with pytest.warns(UserWarning, match=r"channel 3 is constant \(1.0\) in the train images: centred, not scaled"):
+    ds = data.Dataset.from_arrays(train=(x[:16], y[:16]), test=(x[16:], y[16:]))
+  assert ds.train.std[3] == 1.0 and ds.train.mean[3] == pytest.approx(1.0)
+  unit = x[:16, ..., :3].astype(np.float64) / 255
+  np.testing.assert_allclose(ds.train.std[:3], unit.std(axis=(0, 1, 2)), rtol=1e-6)
+  image = next(ds.test.batches(8))["image"]
+  assert np.abs(image).max() < 10
+  np.testing.assert_allclose(image[..., 3], 254 / 255 - 1.0, atol=1e-6)   # float32 pixels
+
+
+def test_from_arrays_says_what_it_copies():
+  # The docstring used to promise "no copies", but a val_fraction hold-out copies the train arrays.
+  doc = " ".join(data.Dataset.from_arrays.__doc__.split())
+  assert "no copies" not in doc
+  assert "not copied, except that ``val_fraction`` copies the train arrays" in doc
+  x, y = np.random.default_rng(0).integers(0, 256, (20, 4, 4, 3), dtype=np.uint8), np.arange(20) % 2
+  assert np.shares_memory(data.Dataset.from_arrays(train=(x, y), test=(x, y)).train.examples.images, x)
+  held = data.Dataset.from_arrays(train=(x, y), test=(x, y), val_fraction=0.1)
+  assert not np.shares_memory(held.train.examples.images, x)
+
+
+def test_from_arrays_names_one_hot_and_one_based_labels():
+  x, y = np.random.default_rng(0).random((40, 4, 4, 1)), np.arange(40) % 5
+  with pytest.raises(ValueError, match=r"train labels must be \(N,\) with N = 40 images, got shape \(40, 5\): "
+                                       r"one-hot labels\? pass labels.argmax\(-1\)"):
+    data.Dataset.from_arrays(train=(x, np.eye(5, dtype=np.int64)[y]), test=(x, y))
+  with pytest.raises(ValueError, match=r"got shape \(40, 1\): pass labels\[:, 0\]"):
+    data.Dataset.from_arrays(train=(x, y[:, None]), test=(x, y))
+  # Labels 1..5 (MATLAB, SVHN): the inferred num_classes=6 has a class 0 that never occurs.
+  with pytest.warns(UserWarning, match=r"class 0 never occurs in the train labels, whose largest, 5, makes "
+                                       r"num_classes=6: labels 1..5\? subtract 1, or pass num_classes"):
+    ds = data.Dataset.from_arrays(train=(x, y + 1), test=(x, y + 1))
+  assert ds.num_classes == 6
+  with pytest.warns(UserWarning, match=r"classes 2, 4 never occur"):
+    data.Dataset.from_arrays(train=(x, np.where(y % 2, y, 0)), test=(x, y))
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    data.Dataset.from_arrays(train=(x, y + 1), test=(x, y + 1), num_classes=6)   # said: no warning
+    data.Dataset.from_arrays(train=(x, y), test=(x, y))
 
 
 class _TwoShapes:

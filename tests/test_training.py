@@ -370,6 +370,59 @@ def test_the_data_identity_sees_another_split_of_ones_own_arrays_and_takes_any_s
   assert training.data_identity(bare)["examples"]["train"] == 30
 
 
+def test_other_arrays_of_the_same_sizes_are_another_run_and_older_runs_resume(tmp_path, monkeypatch):
+  # Every split of one's own arrays holds indices 0..n-1: other labels, or other images without
+  # a normalisation computed from them, used to resume silently and train on the new data.
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 256, (32, 8, 8, 1), dtype=np.uint8), rng.integers(0, 10, 32)
+  spec = _tiny_cnn()
+  variables = network.init(spec, jax.random.key(0))
+  one = optim.Recipe(epochs=1, batch_size=16, optimizer="adam", lr=3e-3)
+
+  def arrays(images, labels):
+    return data.Dataset.from_arrays(train=(images, labels), test=(images, labels), num_classes=10,
+                                    normalization=None)
+
+  def fit(dataset, epochs, workdir):
+    return training.fit(spec, variables, dataset, one.replace(epochs=epochs), progress=False,
+                        workdir=workdir)
+
+  fit(arrays(x, y), 1, tmp_path / "run")
+  for other in (arrays(x, (y + 1) % 10), arrays(255 - x, y)):
+    with pytest.raises(training.RunMismatchError, match=r"\(data content of train: '[0-9a-f]{16}' "
+                       r"stored, '[0-9a-f]{16}' asked; data content of test: "):
+      fit(other, 2, tmp_path / "run")
+  assert [h["epoch"] for h in fit(arrays(x.copy(), y), 2, tmp_path / "run").history] == [1, 2]
+  # A run recorded before the content was resumes with any arrays, as with other new keys.
+  with monkeypatch.context() as m:
+    recorded = training.data_identity
+    m.setattr(training, "data_identity",
+              lambda dataset: {k: v for k, v in recorded(dataset).items() if k != "content"})
+    fit(arrays(x, y), 1, tmp_path / "old")
+  assert [h["epoch"] for h in fit(arrays(x, (y + 1) % 10), 2, tmp_path / "old").history] == [1, 2]
+
+
+def test_the_driver_refuses_to_resume_on_other_arrays(tmp_path):
+  # Iteration 1 would have trained on the new labels after iteration 0 on the old ones.
+  from jaxdepth import driver, zoo   # pylint: disable=import-outside-toplevel
+  from jaxdepth.methods import Easier   # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(0)
+  x, y = rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8), rng.integers(0, 4, 64)
+  spec = zoo.digits_plain(num_classes=4, width=4)
+  one = optim.Recipe(epochs=1, batch_size=16, optimizer="adam", lr=3e-3)
+
+  def arrays(labels):
+    return data.Dataset.from_arrays(train=(x[:48], labels[:48]), val=(x[48:], labels[48:]),
+                                    test=(x[48:], labels[48:]), num_classes=4)
+
+  driver.run(Easier(), spec, arrays(y), one, tmp_path, iterations=1, progress=False,
+             latency_batches=())
+  with pytest.raises(training.RunMismatchError, match=r"data.content.train: '[0-9a-f]{16}' there, "
+                                                      r"'[0-9a-f]{16}' asked"):
+    driver.run(Easier(), spec, arrays((y + 1) % 4), one, tmp_path, iterations=2, progress=False,
+               latency_batches=())
+
+
 def test_dtype_none_and_float32_resume_each_other_bit_identical(
     digits, reference, tmp_path, monkeypatch):
   # They compute the same; a checkpoint written before the dtype was normalised holds None.
@@ -857,6 +910,26 @@ _MISTAKES = {   # what is done wrong: (call(digits, spec, variables, batch), err
     "labels out of range": (
         lambda ds, spec, v, b: _step(spec, {**b, "label": b["label"] + 3}),
         ValueError, r"labels run from 3 to 5, but the spec gives 3 outputs"),
+    "uint8 images": (   # an own loop that skipped the normalisation
+        lambda ds, spec, v, b: _step(spec, {**b, "image": np.zeros((8, 6, 6, 4), np.uint8)}),
+        TypeError, r"the train step: batch\['image'\] is uint8; the steps take float images "
+                   r"normalised as split.batches\(\) serves them: uint8 pixels\? use "
+                   r"jaxdepth.data.augment.normalize\(images, mean, std\)"),
+    "uint8 images, eval": (
+        lambda ds, spec, v, b: training.make_eval_step(spec)(
+            v, {**b, "image": np.zeros((8, 6, 6, 4), np.uint8)}, None, None),
+        TypeError, r"the eval step: batch\['image'\] is uint8; the steps take float images"),
+    "fewer labels than images": (   # jax said "Incompatible shapes for broadcasting"
+        lambda ds, spec, v, b: _step(spec, {**b, "label": b["label"][:4]}),
+        ValueError, r"the train step: batch sizes differ: image 8, label 4, mask 8; every entry "
+                    r"needs the same leading batch axis"),
+    "a shorter mask": (
+        lambda ds, spec, v, b: _step(spec, {**b, "mask": b["mask"][:4]}),
+        ValueError, r"the train step: batch sizes differ: image 8, label 8, mask 4"),
+    "a shorter mask on the device, eval": (
+        lambda ds, spec, v, b: training.make_eval_step(spec)(
+            v, {**b, "mask": jnp.asarray(b["mask"][:4])}, None, None),
+        ValueError, r"the eval step: batch sizes differ: image 8, label 8, mask 4"),
     "variables for the state": (
         lambda ds, spec, v, b: _step(spec, b, state=v), TypeError,
         r"the train step takes a TrainState, got a dict: make one with TrainState.create"),

@@ -24,9 +24,11 @@ that read files; in-thread for in-memory arrays).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import numbers
 import os
+import warnings
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
@@ -223,6 +225,9 @@ class Split(BatchedSplit):
     always_augment: apply the training augmentation even when ``augment=False``
       (the official code's validation quirk, ``load(..., val_augment=True)``).
     num_threads: grain read threads (0 = read in the calling thread).
+    content_digest: a digest of the examples themselves (images and labels), for
+      in-memory arrays whose ``source_indices`` say nothing of what they hold
+      (:meth:`Dataset.from_arrays`; :func:`content_digest`); None for the others.
   """
   name: str
   examples: Examples
@@ -233,6 +238,7 @@ class Split(BatchedSplit):
   source_indices: np.ndarray
   always_augment: bool = False
   num_threads: int = 0
+  content_digest: str | None = None
 
   def _read_batch(self, slots: np.ndarray, key: tuple[int, ...] | None) -> Batch:
     """Reads, preprocesses and normalises one batch; ``-1`` slots become masked padding."""
@@ -291,7 +297,8 @@ class Dataset:
         than 1, 3 or 4 channels are refused as PyTorch's ``(N, C, H, W)``.
       val: ``(images, labels)`` of a validation split, or ``None``.
       name: the dataset's name (part of a run's identity).
-      num_classes: number of labels (default: the largest label + 1).
+      num_classes: number of labels (default: the largest label + 1, with a
+        warning when the train labels miss some of the classes below it).
       val_fraction: without ``val``, hold out this share of ``train`` for
         validation (seeded by ``split_seed``; 0 = no validation split); it
         must hold out at least one example and keep one.
@@ -303,12 +310,16 @@ class Dataset:
         the Pillow-based ``ResizedCrop`` (and ``ResizeFlip`` where it resizes)
         need uint8 images with 3 channels.
       normalization: ``"train"``: per-channel mean and std of the train images
-        (in [0, 1]); ``(mean, std)``: given per-channel values; ``None``: none.
+        (in [0, 1]), a channel constant in them only centred (std 1, with a
+        warning); ``(mean, std)``: given per-channel values; ``None``: none.
       class_names: optional label names.
 
     Returns:
-      A :class:`Dataset` whose splits read the arrays (in-thread, no copies
-      beyond the channel axis).
+      A :class:`Dataset` whose splits read the arrays in-thread. The arrays are
+      not copied, except that ``val_fraction`` copies the train arrays into their
+      two parts (and labels other than int64 are converted). Each split records a
+      digest of its images and labels (``Split.content_digest``, hashed here once),
+      so a run resumed on other arrays of the same sizes is refused.
 
     Raises:
       ValueError: arrays of the wrong shape (``(N, C, H, W)`` included), dtype, range (NaN included) or
@@ -340,6 +351,8 @@ class Dataset:
       x_val = y_val = None
     labels = [y for y in (y_train, y_val, y_test) if y is not None]
     top = max(int(y.max()) for y in labels if len(y))
+    if num_classes is None:
+      _warn_missing_classes(y_train, top)
     num_classes = top + 1 if num_classes is None else num_classes
     _check_positive(num_classes=num_classes)
     if top >= num_classes:
@@ -347,7 +360,13 @@ class Dataset:
     if normalization == "train":
       unit = augment_lib.to_unit_range(x_train).astype(np.float64)
       mean = tuple(float(m) for m in unit.mean(axis=(0, 1, 2)))
-      std = tuple(float(max(v, 1e-12)) for v in unit.std(axis=(0, 1, 2)))
+      std = tuple(float(v) for v in unit.std(axis=(0, 1, 2)))
+      for channel in [c for c, v in enumerate(std) if v < _CONSTANT_STD]:
+        warnings.warn(f"channel {channel} is constant ({round(mean[channel], 6)}) in the train "
+                      f"images: centred, not scaled (std 1); scaling by its std of {std[channel]:.3g} "
+                      f"would blow any other value up. Drop the channel, or pass "
+                      f"normalization=(mean, std)", UserWarning, stacklevel=2)
+      std = tuple(1.0 if v < _CONSTANT_STD else v for v in std)
     elif normalization is None:
       mean, std = (0.0,) * shape[-1], (1.0,) * shape[-1]
     else:
@@ -369,13 +388,41 @@ class Dataset:
 
     def split(split_name, x, y):
       return Split(split_name, ArrayExamples(x, y), recipe, mean, std, served,
-                   sources.get(split_name, np.arange(len(y))))
+                   sources.get(split_name, np.arange(len(y))),
+                   content_digest=content_digest(x, y))   # hashed once, here
 
     return cls(name=name, train=split("train", x_train, y_train),
                val=None if x_val is None else split("val", x_val, y_val),
                test=split("test", x_test, y_test), num_classes=num_classes,
                input_shape=served,
                class_names=None if class_names is None else tuple(class_names))
+
+
+_CONSTANT_STD = 1e-6   # a train std below this (pixels in [0, 1]) is a constant channel
+
+
+def content_digest(images: np.ndarray, labels: np.ndarray) -> str:
+  """A short sha256 digest of in-memory examples: the images' dtype, shape and bytes and
+  the labels as int64 (what :meth:`Dataset.from_arrays` records of each split)."""
+  h = hashlib.sha256(f"{np.dtype(images.dtype).str}{tuple(images.shape)}".encode())
+  h.update(memoryview(np.ascontiguousarray(images)).cast("B"))
+  h.update(memoryview(np.ascontiguousarray(labels, np.int64)).cast("B"))
+  return h.hexdigest()[:16]
+
+
+def _warn_missing_classes(y_train: np.ndarray, top: int) -> None:
+  """Warns when the train labels, whose largest gives ``num_classes``, miss some of ``0..top``
+  (1-based labels make class 0 a class that never occurs)."""
+  missing = np.setdiff1d(np.arange(top + 1), y_train)
+  if not len(missing):
+    return
+  named = ", ".join(str(int(c)) for c in missing[:10]) + (", ..." if len(missing) > 10 else "")
+  hint = (f"labels 1..{top}? subtract 1, or pass num_classes" if missing[0] == 0 else
+          "pass num_classes if there are more classes, or map the labels to 0..K-1")
+  s = "" if len(missing) == 1 else "es"
+  warnings.warn(f"class{s} {named} never occur{'s' if len(missing) == 1 else ''} in the train "
+                f"labels, whose largest, {top}, makes num_classes={top + 1}: {hint}",
+                UserWarning, stacklevel=3)
 
 
 def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
@@ -402,7 +449,14 @@ def _checked_arrays(split: str, pair) -> tuple[np.ndarray, np.ndarray]:
       raise ValueError(f"{split} float images must lie in [0, 1], got [{low:.3g}, {high:.3g}]; "
                        f"divide by the maximum (or pass uint8)")
   if y.ndim != 1 or len(y) != len(x):
-    raise ValueError(f"{split} labels must be (N,) with N = {len(x)} images, got shape {y.shape}")
+    if y.ndim == 2 and len(y) == len(x) and y.shape[1] > 1:
+      hint = ": one-hot labels? pass labels.argmax(-1)"
+    elif y.ndim == 2 and len(y) == len(x) and y.shape[1] == 1:
+      hint = ": pass labels[:, 0]"
+    else:
+      hint = ""
+    raise ValueError(f"{split} labels must be (N,) with N = {len(x)} images, got shape "
+                     f"{y.shape}{hint}")
   if not np.issubdtype(y.dtype, np.integer):
     raise ValueError(f"{split} labels must be integers, got {y.dtype}")
   if len(y) == 0:
