@@ -258,7 +258,7 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
         f"directory")
   if "variables" not in identity:
     stored.pop("variables", None)
-  for key in ("dtype", "eval_batch_size", "data", "devices"):   # not in older run.json files: any
+  for key in ("dtype", "eval_batch_size", "data", "devices", "layout"):   # older run.json: any
     stored.setdefault(key, identity[key])
   if isinstance(stored["data"], dict) and isinstance(identity["data"], dict):
     stored["data"] = {**identity["data"], **stored["data"]}   # keys recorded since: any
@@ -266,6 +266,8 @@ def _check_identity(workdir: pathlib.Path, identity: dict[str, Any]) -> None:
   if diffs:
     hint = VARIABLES_HINT if stored.get("variables") != identity.get("variables") else ""
     hint += training.devices_hint(stored["devices"], identity["devices"])
+    if stored["devices"] == identity["devices"]:
+      hint += training.layout_hint(stored["layout"], identity["layout"])
     settings = tuple(k for k in sorted(set(stored) | set(identity))
                      if stored.get(k) != identity.get(k))
     raise RunMismatchError(f"work directory {workdir} holds a run with other settings "
@@ -436,12 +438,14 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
   workdir = pathlib.Path(workdir)
   # The evaluation batch is the statistics' batch too (EGP's per-batch entropy estimators,
   # LaCoOT's distances): another one changes the decisions. So does another device count
-  # (the reductions round differently); the process count does not.
+  # or, with more than two devices, another spread of them over processes (the reductions
+  # round differently); the process count alone does not.
   identity = {"method": method.name, "method_options": options,
               "spec": spec.to_dict(), "dataset": dataset.name,
               "data": training.data_identity(dataset), "recipe": recipe.to_dict(),
               "seed": seed, "dtype": training.dtype_name(dtype),
-              "devices": int(mesh.devices.size), "eval_batch_size": eval_batch_size,
+              "devices": int(mesh.devices.size), "layout": training.device_layout(mesh),
+              "eval_batch_size": eval_batch_size,
               "info": info or {}}
   # As run.json reads back (tuples become lists): the same call compares equal on resume.
   identity = conformance.as_stored(method, identity)

@@ -66,7 +66,8 @@ __all__ = [
     "DATA_AXIS", "TrainOptions", "Regularizer", "TrainState", "make_mesh", "shard_batch", "replicate",
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "Preempted",
-    "fit", "variables_digest", "data_identity", "dtype_name", "devices_hint", "check_variables",
+    "fit", "variables_digest", "data_identity", "dtype_name", "devices_hint", "device_layout",
+    "layout_hint", "check_variables",
     "check_seed", "check_split",
 ]
 
@@ -974,8 +975,9 @@ def dtype_name(dtype) -> str:
 def devices_hint(stored, asked) -> str:
   """What to do when a run on ``stored`` devices is resumed on ``asked`` (``""`` when the same).
 
-  The device count is part of a run's identity (the process count is not): the order of the
-  reductions changes with it, and so does the result.
+  The device count is part of a run's identity (the process count is not, except in how
+  more than two devices are spread, :func:`device_layout`): the order of the reductions
+  changes with it, and so does the result.
   """
   if stored is None or stored == asked:
     return ""
@@ -985,6 +987,35 @@ def devices_hint(stored, asked) -> str:
           f"on {stored} device{s}, e.g. "
           f"JAX_NUM_CPU_DEVICES={stored} on CPU, CUDA_VISIBLE_DEVICES naming {stored} GPU{s}, "
           f"or mesh=training.make_mesh(jax.devices()[:{stored}]))")
+
+
+def device_layout(mesh: Mesh) -> str | None:
+  """How a run's devices are spread over processes, where the spread changes its sums:
+  ``"2 processes x 2 devices"``; ``None`` with two devices or fewer.
+
+  A cross-device sum is taken within each process, then across processes, so another
+  spread of the same devices (2 x 2 against 1 x 4) adds the same numbers in another order
+  and rounds, and trains, differently. A sum of two parts is the same in either order:
+  two processes of one device compute bit for bit what one process of two does.
+  """
+  devices = list(mesh.devices.flat)
+  if len(devices) <= 2:
+    return None
+  processes = len({d.process_index for d in devices})
+  per = len(devices) // processes
+  return (f"{processes} process{'es' if processes != 1 else ''} x {per} "
+          f"device{'s' if per != 1 else ''}")
+
+
+def layout_hint(stored, asked) -> str:
+  """What to do when a run of one spread of its devices over processes (:func:`device_layout`)
+  is resumed on another (``""`` when the same, or when the run did not record it)."""
+  if stored is None or asked is None or stored == asked:
+    return ""
+  return (f" (layout is how the run's devices are spread over processes: with more than two "
+          f"devices another spread sums the gradients in another order, and so trains "
+          f"differently: resume it as {stored}, e.g. with JAX_NUM_CPU_DEVICES or the launch's "
+          f"process count)")
 
 
 def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, Any], where):
@@ -998,6 +1029,7 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
   # those written before the data or the device count was recorded resume with any.
   stored_run["dtype"] = stored_run.get("dtype") or "float32"
   stored_run.setdefault("devices", run.get("devices"))
+  stored_run.setdefault("layout", run.get("layout"))
   if stored_run.get("data") is None:
     stored_run["data"] = run.get("data")
   elif run.get("data") is not None:   # keys recorded since (normalization, ...): any
@@ -1015,6 +1047,8 @@ def _check_same_run(meta: dict[str, Any], recipe: optim.Recipe, run: dict[str, A
             "started with)" if "variables" in run
             and stored_run.get("variables") != run["variables"] else "")
     hint += devices_hint(stored_run.get("devices"), run.get("devices"))
+    if stored_run.get("devices") == run.get("devices"):
+      hint += layout_hint(stored_run.get("layout"), run.get("layout"))
     settings = [k for k in sorted(set(stored) | set(asked)) if stored.get(k) != asked.get(k)]
     settings += [k for k, v in run.items() if stored_run.get(k) != v]
     raise RunMismatchError(f"{where} holds a run with other settings ({'; '.join(diffs)}){hint}; "
@@ -1184,10 +1218,11 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
                                  regularizer=regularizer)
   schedule = optim.make_schedule(recipe, spe)
   eval_batch_size = eval_batch_size or recipe.batch_size
-  # The devices the batches are split over (not the processes): another count rounds,
-  # and so trains, differently.
+  # The devices the batches are split over, and with more than two, how they are spread over
+  # processes: another count or spread rounds, and so trains, differently.
   run = {"dataset": dataset.name, "data": data_identity(dataset), "seed": seed, "stats_last_epoch": stats_last_epoch,
          "custom_tx": custom_tx, "dtype": dtype_name(dtype), "devices": int(mesh.devices.size),
+         "layout": device_layout(mesh),
          "gates": None if gates is None else np.asarray(jax.device_get(gates)).tolist(),
          "masks": _digest(options.masks),
          "regularizer": None if regularizer is None else regularizer.name,

@@ -1059,3 +1059,30 @@ def test_an_always_augmented_validation_draws_each_epochs_view_and_resumes_bit_i
   plain = data.load("digits").val
   assert (training.evaluate(spec, whole.variables, plain, seed=3, epoch=1)
           == training.evaluate(spec, whole.variables, plain))
+
+
+def test_the_spread_of_more_than_two_devices_over_processes_is_part_of_a_runs_identity():
+  # 2 processes x 2 devices sum in another order than 1 process x 4 (within each process,
+  # then across): a resume on another spread trained differently and was accepted.
+  import types   # pylint: disable=import-outside-toplevel
+
+  def mesh(*processes):   # one fake device per entry, on that process
+    return types.SimpleNamespace(devices=np.array(
+        [types.SimpleNamespace(process_index=p) for p in processes], dtype=object))
+
+  assert training.device_layout(mesh(0)) is None
+  assert training.device_layout(mesh(0, 0)) is None   # a sum of two is the same either way
+  assert training.device_layout(mesh(0, 1)) is None
+  assert training.device_layout(mesh(0, 0, 0, 0)) == "1 process x 4 devices"
+  assert training.device_layout(mesh(0, 0, 1, 1)) == "2 processes x 2 devices"
+  assert training.device_layout(mesh(0, 1, 2, 3)) == "4 processes x 1 device"
+  recipe = optim.Recipe(epochs=1, batch_size=8)
+  run = {"devices": 4, "layout": "2 processes x 2 devices"}
+  stored = {"recipe": recipe.to_dict(), "run": {"devices": 4, "layout": "1 process x 4 devices"}}
+  with pytest.raises(training.RunMismatchError,
+                     match=r"layout: '1 process x 4 devices' stored, '2 processes x 2 devices' "
+                           r"asked\) \(layout is how .* resume it as 1 process x 4 devices"):
+    training._check_same_run(stored, recipe, run, "work directory w")
+  training._check_same_run({"recipe": recipe.to_dict(), "run": {"devices": 4}}, recipe, run,
+                           "work directory w")   # recorded before the layout was: any
+  training._check_same_run({**stored, "run": dict(run)}, recipe, run, "work directory w")
