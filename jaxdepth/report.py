@@ -200,8 +200,22 @@ def _pyplot():
 
 
 def _integer_ticks():
+  """Integer ticks only, even on an axis whose range holds one integer (a constant depth)."""
   from matplotlib.ticker import MaxNLocator  # pylint: disable=import-outside-toplevel
-  return MaxNLocator(integer=True)
+  return MaxNLocator(integer=True, min_n_ticks=1)
+
+
+def _short_count(v: float, _pos=None) -> str:
+  """A tick label of a count in k/M/G (600000 -> 600k, 1250000 -> 1.25M)."""
+  for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+    if abs(v) >= size:
+      return f"{v / size:.4g}{unit}"
+  return f"{v:.4g}"
+
+
+def _count_ticks():
+  from matplotlib.ticker import FuncFormatter  # pylint: disable=import-outside-toplevel
+  return FuncFormatter(_short_count)
 
 
 def _title(report: dict[str, Any]) -> str:
@@ -290,7 +304,9 @@ def _costs_figure(report):
     ax.set_xlabel(label)
     ax.set_ylabel("top-1 accuracy (%)")
     ax.grid(alpha=0.3)
-    if key != "macs":
+    if key == "macs":
+      ax.xaxis.set_major_formatter(_count_ticks())
+    else:
       ax.xaxis.set_major_locator(_integer_ticks())
   axes[0].legend(loc="best", fontsize="small")
   fig.suptitle(f"{_title(report)}: accuracy against cost "
@@ -352,8 +368,9 @@ def plot_training(report: dict[str, Any], histories: dict[int, list[dict[str, An
                   path: str | os.PathLike) -> pathlib.Path | None:
   """Per-epoch training curves of every iteration (PNG); ``None`` without any.
 
-  Left: training loss (the cross-entropy, mean over the epoch's steps). Right: validation accuracy (solid) and training accuracy
-  (dashed, train mode, over the epoch) in %. One colour per iteration.
+  Left: training loss (the cross-entropy, mean over the epoch's steps). Right: validation
+  accuracy (solid) and training accuracy (dashed, train mode, over the epoch) in %, the two
+  styles named in its legend. One colour per iteration.
   """
   fig = _training_figure(report, histories)
   return None if fig is None else _save(fig, path)
@@ -380,11 +397,16 @@ def _training_figure(report, histories):
   ax_loss.set_ylabel("training loss (cross-entropy, nats)")
   ax_loss.set_yscale("log")
   ax_acc.set_xlabel("epoch of the iteration")
-  ax_acc.set_ylabel("top-1 accuracy (%): validation solid, train dashed")
+  ax_acc.set_ylabel("top-1 accuracy (%)")
   for ax in (ax_loss, ax_acc):
     ax.grid(alpha=0.3)
     ax.xaxis.set_major_locator(_integer_ticks())
   ax_loss.legend(loc="best", fontsize="x-small")
+  # The line styles, said in a legend (a y-label saying it ran into the title).
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+  ax_acc.legend(handles=[Line2D([], [], color="gray", ls="-", label="validation"),
+                         Line2D([], [], color="gray", ls="--", label="train")],
+                loc="best", fontsize="x-small")
   fig.suptitle(f"{_title(report)}: training of each iteration")
   return fig
 

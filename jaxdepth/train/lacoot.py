@@ -15,7 +15,8 @@ gone (jaxdepth.checkpoint.load_model), beside report.json,
 report.md, accuracy.png, distances.png (the driver's heat map of the
 distances at every iteration), block_distances.png (every block's sliced and
 max-sliced distance) and lacoot.json (those distances and the measured
-latency of the trained network against the chosen shallow one). Without
+latency of the trained network against the chosen shallow one; no speedup
+when no block was removed, the chosen model being the trained one). Without
 matplotlib (the plots extra) no PNG is drawn; the rest is written and the run
 says so.
 
@@ -58,6 +59,7 @@ METHOD_DEFAULTS: dict[str, Any] = {
     "checkpoint_epochs": True,    # checkpoint every epoch of the training too
     "latency_batch": 1,           # batch size of the dense-vs-shallow latency measurement
 }
+NO_REMOVAL_NOTE = "no block removed: the chosen model is the trained network"
 PAIRINGS = ("block", "official")
 ORDERS = ("ascending", "deepest_first", "zscore", "shifted")
 SCORES = ("sliced", "max_sliced")
@@ -146,7 +148,9 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
            latency_batch: int | None, mesh=None, dtype=None) -> dict[str, Any]:
   """Per-block distances (both kinds) and dense-vs-shallow latency; writes the plot and JSON.
 
-  ``latency_batch=None`` times nothing (``"latency": None``). Without matplotlib
+  ``latency_batch=None`` times nothing (``"latency": None``). When the chosen model
+  removed no block it is the trained network itself: ``"speedup"`` is then ``None``
+  and ``"note"`` says so (the two timings are of one model). Without matplotlib
   (the ``plots`` extra) the plot is left out, as :func:`jaxdepth.report.write` does.
   """
   import jax  # pylint: disable=import-outside-toplevel
@@ -168,6 +172,10 @@ def extras(result, method, spec, ds, workdir: pathlib.Path, *, seed: int, eval_b
     ms = command.latencies_at(result.report, workdir, latency_batch)
     latency = {"batch": latency_batch, "dense_ms": ms["dense_ms"], "shallow_ms": ms["chosen_ms"],
                "speedup": round(ms["dense_ms"] / ms["chosen_ms"], 3)}
+    if chosen["units_removed"] == 0:
+      # The chosen model is iterations/000/model again: a ratio of two timings of one
+      # network is noise, not a speedup.
+      latency.update(speedup=None, note=NO_REMOVAL_NOTE)
   out = {"distances": distances, "order": order, "removed": chosen["removed"],
          "latency": latency, "dense": costs.summary(spec),
          "shallow": costs.summary(result.chosen_spec)}
@@ -216,7 +224,11 @@ def _main(session: command.Session, argv: list[str]) -> int:
   say("")
   say(report.table(result.report))
   lat = more["latency"]
-  if lat is not None:
+  if lat is not None and lat["speedup"] is None:
+    say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
+        f"turns): trained network {lat['dense_ms']:.3f} ms (chosen = trained, no block "
+        f"removed)")
+  elif lat is not None:
     say(f"latency at batch {lat['batch']} (jitted eval forward, median of timings taken in "
         f"turns): trained {lat['dense_ms']:.3f} ms, chosen shallow {lat['shallow_ms']:.3f} ms "
         f"({lat['speedup']:.2f}x)")
