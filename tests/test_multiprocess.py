@@ -291,20 +291,32 @@ def test_launch_settings_come_from_the_environment(monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
   monkeypatch.setattr(jax.config, "update", lambda name, value: None)   # gloo: not here
-  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
+  monkeypatch.setattr(command, "_coordinator_answers", lambda address, timeout: True)
+  for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+               "JAXDEPTH_INIT_TIMEOUT"):
     monkeypatch.delenv(name, raising=False)
   command.maybe_initialize_distributed(False)              # a one-process run
   assert calls == []
   command.maybe_initialize_distributed(True)               # --multihost: jax detects it all
-  assert calls == [{}]
+  assert calls == [{"initialization_timeout": 300}]        # jax's default
   calls.clear()
   monkeypatch.setenv("JAX_COORDINATOR_ADDRESS", "coordinator-host:1234")   # read by jax itself
   monkeypatch.setenv("JAX_NUM_PROCESSES", "4")
   monkeypatch.setenv("JAX_PROCESS_ID", "3")
+  monkeypatch.setenv("JAXDEPTH_INIT_TIMEOUT", "20")
   command.maybe_initialize_distributed(False)
   command.maybe_initialize_distributed(True)               # a second command: nothing more
+  assert len(calls) == 1 and calls[0].pop("initialization_timeout") in (19, 20)
   assert calls == [{"num_processes": 4, "process_id": 3}]
   calls.clear()
+  for bad in ("0", "-5", "1.5", "soon"):
+    monkeypatch.setenv("JAXDEPTH_INIT_TIMEOUT", bad)
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    with pytest.raises(config_lib.ConfigError, match=rf"^JAXDEPTH_INIT_TIMEOUT={bad!r}: must be a "
+                       rf"whole number of seconds, 1 or more"):
+      command.maybe_initialize_distributed(False)
+  monkeypatch.setattr(jax.distributed, "is_initialized", lambda: bool(calls))
+  monkeypatch.delenv("JAXDEPTH_INIT_TIMEOUT")
   monkeypatch.setenv("JAX_PROCESS_ID", "three")
   with pytest.raises(config_lib.ConfigError, match="JAX_PROCESS_ID='three': must be an integer"):
     command.maybe_initialize_distributed(False)
@@ -360,8 +372,9 @@ def test_coordinator_port_and_address_checks(monkeypatch):
   monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
   monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
   monkeypatch.setattr(jax.config, "update", lambda name, value: None)
+  monkeypatch.setattr(command, "_coordinator_answers", lambda address, timeout: True)
   for name in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
-               "JAX_COORDINATOR_PORT", "JAX_COORDINATOR_BIND_ADDRESS"):
+               "JAX_COORDINATOR_PORT", "JAX_COORDINATOR_BIND_ADDRESS", "JAXDEPTH_INIT_TIMEOUT"):
     monkeypatch.delenv(name, raising=False)
   monkeypatch.setenv("JAX_COORDINATOR_PORT", "http")
   with pytest.raises(config_lib.ConfigError, match=r"^JAX_COORDINATOR_PORT='http': must be a port "
@@ -373,7 +386,8 @@ def test_coordinator_port_and_address_checks(monkeypatch):
   monkeypatch.setenv("JAX_NUM_PROCESSES", "2")
   monkeypatch.setenv("JAX_PROCESS_ID", "1")
   command.maybe_initialize_distributed(False)
-  assert calls == [{}, {"num_processes": 2, "process_id": 1}]
+  assert calls == [{"initialization_timeout": 300},
+                   {"num_processes": 2, "process_id": 1, "initialization_timeout": 300}]
   with socket.socket() as busy:   # process 0's coordinator could not listen there
     busy.bind(("", 0))
     busy.listen()
@@ -508,4 +522,79 @@ def test_sigterm_to_one_process_stops_every_process_of_a_launch_at_one_step(tmp_
       p.wait()
   assert [p.returncode for p in procs] == [143, 143], "\n".join(out[-3000:] for out in outs)
   assert "Stopped by SIGTERM. Nothing was lost" in outs[0]
+  assert f"python -m jaxdepth fit --workdir {workdir} --no-progress --config.epochs=500" in outs[0]
+
+
+def _sigterm_once_training(procs: list[subprocess.Popen], workdir: pathlib.Path, signum: int,
+                           to: int, wait: float = 60) -> list[str]:
+  """Sends ``signum`` to ``procs[to]`` once ``workdir/checkpoints`` exists (training), then
+  waits up to ``wait`` seconds for every process to end; their outputs."""
+  try:
+    deadline = time.monotonic() + 120
+    while not (workdir / "checkpoints").is_dir() and time.monotonic() < deadline:
+      assert all(p.poll() is None for p in procs), [p.communicate()[0][-3000:] for p in procs]
+      time.sleep(0.2)
+    procs[to].send_signal(signum)
+    return [p.communicate(timeout=wait)[0] for p in procs]
+  except subprocess.TimeoutExpired:
+    raise AssertionError(f"the launch did not stop within {wait} s of signal {signum}") from None
+  finally:
+    for p in procs:
+      p.kill()
+      p.wait()
+
+
+def test_sigterm_stops_a_launch_of_one_process_joined_through_jax_distributed(tmp_path):
+  """With ``JAX_NUM_PROCESSES=1`` jax's preemption service took SIGTERM and nothing asked it
+  (one process): ``kill`` and ``scancel`` left the run training. It must stop as a one-process
+  run does: exit code 143 and the command that resumes."""
+  workdir = tmp_path / "run"
+  argv = [sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(workdir), "--no-progress",
+          "--config.epochs=500"]
+  proc = subprocess.Popen(argv, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT,
+                          env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{_free_port()}",
+                                   JAX_NUM_PROCESSES="1", JAX_PROCESS_ID="0"))
+  out, = _sigterm_once_training([proc], workdir, signal.SIGTERM, 0)
+  assert proc.returncode == 143, out[-3000:]
+  assert "joining a launch of 1 process at localhost:" in out
+  assert "Stopped by SIGTERM. Nothing was lost" in out and "Traceback" not in out
+  assert f"python -m jaxdepth fit --workdir {workdir} --no-progress --config.epochs=500" in out
+
+
+def test_a_process_whose_coordinator_never_answers_stops_with_one_error_line(tmp_path):
+  """Process 1 started without process 0 waited silently for jax's 300 s, then jax aborted it
+  (SIGABRT, exit code 134, a native stack). It must say what it waits for, wait
+  ``JAXDEPTH_INIT_TIMEOUT`` seconds, and stop with exit code 2 naming what to check."""
+  port = _free_port()   # nobody listens there
+  started = time.monotonic()
+  done = subprocess.run(
+      [sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(tmp_path / "run"),
+       "--no-progress", "--config.epochs=1"], cwd=ROOT, capture_output=True, text=True,
+      timeout=120, env=_env(JAX_COORDINATOR_ADDRESS=f"localhost:{port}", JAX_NUM_PROCESSES="2",
+                            JAX_PROCESS_ID="1", JAXDEPTH_INIT_TIMEOUT="4"))
+  took = time.monotonic() - started
+  assert done.returncode == 2, done.stderr[-3000:]
+  assert 4 <= took < 60, took
+  assert (f"joining a launch of 2 processes at localhost:{port} as process 1; waiting up to 4 s "
+          f"for the others (JAXDEPTH_INIT_TIMEOUT)") in done.stderr
+  assert (f"error: JAX_COORDINATOR_ADDRESS='localhost:{port}': no coordinator answered there in "
+          f"4 s. Start process 0 of this launch (JAX_PROCESS_ID=0)") in done.stderr
+  assert "Check failure" not in done.stderr and "Traceback" not in done.stderr
+  assert not (tmp_path / "run").exists()
+
+
+def test_when_one_process_is_killed_the_other_stops_with_the_resume_command(tmp_path):
+  """SIGKILL to process 1 while the pair trains: process 0 printed jax's traceback, then jax's
+  shutdown barrier waited for the dead process and aborted it (exit code 134). It must stop
+  at once with one error line, the resume command and exit code 75."""
+  workdir = tmp_path / "run"
+  procs = _start_pair([sys.executable, "-m", "jaxdepth", "fit", "--workdir", str(workdir),
+                       "--no-progress", "--config.epochs=500"], [{}, {}])
+  started = time.monotonic()
+  outs = _sigterm_once_training(procs, workdir, signal.SIGKILL, 1)
+  assert time.monotonic() - started < 180
+  assert procs[0].returncode == 75, outs[0][-3000:]
+  assert "error: another process of this launch stopped during training (" in outs[0]
+  assert "Process 0 stopped too. Nothing was lost" in outs[0] and "Traceback" not in outs[0]
   assert f"python -m jaxdepth fit --workdir {workdir} --no-progress --config.epochs=500" in outs[0]

@@ -38,11 +38,14 @@ code  meaning
       another run
 73    the work directory is read-only (or not writable)
 74    the disk is full
+75    another process of a multi-process launch stopped during training (killed, or
+      stopped by its own error): this one leaves at once instead of waiting for jax to
+      abort it
 130   interrupted (Ctrl-C, SIGINT)
 143   stopped by SIGTERM (``kill``, ``timeout``, a scheduler's ``scancel`` or time limit)
 ====  =========================================================================
 
-For 73, 74, 130 and 143 the paragraph says that the checkpoints already written are
+For 73, 74, 75, 130 and 143 the paragraph says that the checkpoints already written are
 intact and gives the exact command that resumes the run.
 """
 from __future__ import annotations
@@ -63,6 +66,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -75,7 +79,8 @@ except ImportError:   # not POSIX: work directories are not locked
 from jaxdepth.train import config as config_lib
 
 __all__ = ["EXIT_OK", "EXIT_DIVERGED", "EXIT_USAGE", "EXIT_READ_ONLY", "EXIT_DISK_FULL",
-           "EXIT_INTERRUPTED", "EXIT_TERMINATED", "plain", "add_run_arguments",
+           "EXIT_INTERRUPTED", "EXIT_TERMINATED", "EXIT_PEER_LOST", "INIT_TIMEOUT_ENV",
+           "init_timeout", "plain", "add_run_arguments",
            "add_launch_arguments", "parse", "resolve", "model_settings_left_out", "left_out_note",
            "maybe_initialize_distributed",
            "set_up_runtime", "compute_dtype", "dataset_and_spec",
@@ -95,6 +100,11 @@ EXIT_READ_ONLY = 73      # sysexits EX_CANTCREAT
 EXIT_DISK_FULL = 74      # sysexits EX_IOERR
 EXIT_INTERRUPTED = 130   # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_TERMINATED = 143    # 128 + SIGTERM, what shells report for kill
+EXIT_PEER_LOST = 75      # sysexits EX_TEMPFAIL: another process of the launch stopped
+
+# What jax's error says when a collective or the coordination service lost another process.
+PEER_LOST_SIGNS = ("gloo", "connection reset", "connection closed", "connection refused",
+                   "broken pipe", "heartbeat", "coordination")
 
 EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (nothing past the last good "
                    "checkpoint is written; a kept checkpoint resumes only with the same "
@@ -102,8 +112,9 @@ EXIT_CODES_HELP = ("exit codes: 0 done; 1 training diverged (nothing past the la
                    "after deleting the workdir); "
                    "2 bad settings, a missing extra, a workdir holding another run, or an "
                    "unreadable image; "
-                   "73 workdir read-only; 74 disk full; 130 interrupted (Ctrl-C); 143 stopped by "
-                   "SIGTERM (73, 74, 130, 143 and the unreadable image print the command that "
+                   "73 workdir read-only; 74 disk full; 75 another process of a multi-process "
+                   "launch stopped during training; 130 interrupted (Ctrl-C); 143 stopped by "
+                   "SIGTERM (73, 74, 75, 130, 143 and the unreadable image print the command that "
                    "resumes).")
 
 
@@ -334,9 +345,17 @@ def maybe_initialize_distributed(multihost: bool) -> None:
     jaxdepth.train.config.ConfigError: ``JAX_NUM_PROCESSES`` or ``JAX_PROCESS_ID`` is not an
       integer, the id is not in ``[0, JAX_NUM_PROCESSES)`` (a process outside the
       range waits for ever for a launch that cannot start), ``JAX_COORDINATOR_ADDRESS``
-      is not ``host:port`` (or, for process 0, its port is in use), jax finds no launch
-      to join (no cluster it knows, no ``JAX_COORDINATOR_ADDRESS``), or joining fails
-      (the coordinator unreachable, Open MPI 5 without mpi4py).
+      is not ``host:port`` (or, for process 0, its port is in use), ``JAXDEPTH_INIT_TIMEOUT``
+      is not a positive whole number of seconds, jax finds no launch to join (no cluster it
+      knows, no ``JAX_COORDINATOR_ADDRESS``), no coordinator answers at
+      ``JAX_COORDINATOR_ADDRESS`` within that timeout (a process other than 0, which checks
+      before joining), or joining fails (Open MPI 5 without mpi4py).
+
+  Every process first prints one line: the launch it joins and how long it waits for the
+  others (``JAXDEPTH_INIT_TIMEOUT`` seconds, jax's default 300, passed to jax as
+  ``initialization_timeout``). A process that is missing when that time is up (a
+  ``JAX_NUM_PROCESSES`` larger than the processes started) cannot be reported here: jax
+  ends every process of the launch with SIGABRT (exit code 134) and a native stack.
   """
   if not (multihost or os.environ.get("JAX_COORDINATOR_ADDRESS")):
     return
@@ -365,6 +384,22 @@ def maybe_initialize_distributed(multihost: bool) -> None:
   problem = _coordinator_problem(index)
   if problem:
     raise config_lib.ConfigError(problem)
+  timeout = init_timeout()
+  address = os.environ.get("JAX_COORDINATOR_ADDRESS", "").strip()
+  launch = (f"a launch of {count} process{'es' if count != 1 else ''}" if count is not None
+            else "a multi-process launch")
+  _say_error(f"joining {launch}{f' at {address}' if address else ''}"
+             f"{f' as process {index}' if index is not None else ''}; waiting up to {timeout} s "
+             f"for the others ({INIT_TIMEOUT_ENV})")
+  start_time = time.monotonic()
+  if address and index is not None and index != 0 and not _coordinator_answers(address, timeout):
+    raise config_lib.ConfigError(
+        f"JAX_COORDINATOR_ADDRESS={address!r}: no coordinator answered there in {timeout} s. "
+        f"Start process 0 of this launch (JAX_PROCESS_ID=0), where the coordinator listens, and "
+        f"check that the address names process 0's host and the port every process was given "
+        f"(and that no firewall or http_proxy stands between them); {INIT_TIMEOUT_ENV} sets how "
+        f"long to wait")
+  kwargs["initialization_timeout"] = max(1, math.ceil(timeout - (time.monotonic() - start_time)))
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
   way_out = ("leave --multihost out" if multihost else "unset JAX_COORDINATOR_ADDRESS")
   try:
@@ -385,6 +420,43 @@ def maybe_initialize_distributed(multihost: bool) -> None:
     raise config_lib.ConfigError(
         f"{trigger}: jax.distributed.initialize() failed ({first}). {advice}; or {way_out} to "
         f"run on this process's devices (docs/launch.md)") from None
+
+
+INIT_TIMEOUT_ENV = "JAXDEPTH_INIT_TIMEOUT"
+DEFAULT_INIT_TIMEOUT = 300   # jax.distributed.initialize's own default, in seconds
+
+
+def init_timeout() -> int:
+  """How long (seconds) a process waits for the others of its launch: ``JAXDEPTH_INIT_TIMEOUT``,
+  else 300 (jax's default).
+
+  Raises:
+    jaxdepth.train.config.ConfigError: the value is not a positive whole number.
+  """
+  text = os.environ.get(INIT_TIMEOUT_ENV, "").strip()
+  if not text:
+    return DEFAULT_INIT_TIMEOUT
+  if not (text.isascii() and text.isdigit()) or int(text) < 1:
+    raise config_lib.ConfigError(
+        f"{INIT_TIMEOUT_ENV}={text!r}: must be a whole number of seconds, 1 or more (how long "
+        f"each process of a launch waits for the others; unset, {DEFAULT_INIT_TIMEOUT})")
+  return int(text)
+
+
+def _coordinator_answers(address: str, timeout: float) -> bool:
+  """Whether a TCP connection to ``address`` (``host:port``, checked) opens within ``timeout``
+  seconds, tried every half second: process 0's coordinator listens there."""
+  host, _, port = address.rpartition(":")
+  host = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      with socket.create_connection((host, int(port)), timeout=5):
+        return True
+    except OSError:
+      if time.monotonic() + 0.5 > deadline:
+        return False
+      time.sleep(0.5)
 
 
 def _port_number(text: str) -> int | None:
@@ -1448,6 +1520,7 @@ class Session:
     self._made: tuple[pathlib.Path, list[pathlib.Path]] | None = None
     self._sigterm = None        # SIGTERM's handler before stop_on_sigterm(), once installed
     self._terminated = False    # SIGTERM came
+    self._leave = False         # another process of the launch is gone: os._exit at the end
 
   def hold(self, workdir: pathlib.Path, *,
            made: bool | Sequence[pathlib.Path] = False) -> None:
@@ -1494,16 +1567,19 @@ class Session:
     as Ctrl-C does: the paragraph with the resume command, exit code 143.
 
     In a one-process run the signal goes to SIGINT's handler, so it is held as Ctrl-C is
-    while a checkpoint is handed to orbax; a second SIGTERM ends the process at once. A
-    multi-process launch keeps jax's preemption service, which ``jax.distributed.initialize``
-    installs: a SIGTERM to any process reaches all, and every process checkpoints and stops
-    at the same training step (:class:`jaxdepth.training.Preempted`); a process that stopped
-    alone would wait for the others for ever. Only from the main thread (where Python
-    handles signals); the previous handler is back when the call ends.
+    while a checkpoint is handed to orbax; a second SIGTERM ends the process at once. That
+    holds for a launch of one process joined through ``jax.distributed`` too (whose
+    preemption service nothing asks with one process). A launch of several processes keeps
+    jax's preemption service, which ``jax.distributed.initialize`` installs: a SIGTERM to any
+    process reaches all, and every process checkpoints and stops at the same training step
+    (:class:`jaxdepth.training.Preempted`); a process that stopped alone would wait for the
+    others for ever. Only from the main thread (where Python handles signals); the previous
+    handler is back when the call ends.
     """
     import jax  # pylint: disable=import-outside-toplevel
     if (threading.current_thread() is not threading.main_thread()
-        or jax.distributed.is_initialized()):   # jax's preemption service has SIGTERM
+        or (jax.distributed.is_initialized()   # jax's preemption service has SIGTERM
+            and jax.process_count() > 1)):
       return
     previous = signal.signal(signal.SIGTERM, self._on_sigterm)
     if self._sigterm is None:
@@ -1546,6 +1622,10 @@ class Session:
       if self._sigterm is not None:
         signal.signal(signal.SIGTERM, self._sigterm)
         self._sigterm = None
+      if self._leave:   # jax's shutdown barrier would wait for the lost process, then abort
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)   # pylint: disable=protected-access
 
   def _forget_made_workdir(self) -> None:
     """Removes the workdir this call created, when a refusal left nothing in it but the lock
@@ -1620,7 +1700,33 @@ class Session:
                       checkpoint.DamagedCheckpointError, checkpoint.DamagedModelError)):
       _say_error(f"error: {e}")
       return EXIT_USAGE
+    lost = _peer_lost(e)
+    if lost is not None:
+      import jax  # pylint: disable=import-outside-toplevel
+      _say_error(f"error: another process of this launch stopped during training ({lost}); "
+                 f"its own output says why")
+      _say_error(self._stopped(f"Process {jax.process_index()} stopped too.",
+                               "Run the same launch again (every process) to resume; this "
+                               "process's command:"))
+      self._leave = True
+      return EXIT_PEER_LOST
     raise e
+
+
+def _peer_lost(error: BaseException) -> str | None:
+  """The first line of jax's error (up to 300 characters) when ``error`` says that a
+  collective or jax's coordination service lost another process of a multi-process launch
+  (one killed, or stopped by its own error), else None."""
+  import jax  # pylint: disable=import-outside-toplevel
+  if not jax.distributed.is_initialized() or jax.process_count() == 1:
+    return None
+  for e in _chain(error):
+    text = str(e).strip()
+    if (isinstance(e, jax.errors.JaxRuntimeError)
+        and any(sign in text.lower() for sign in PEER_LOST_SIGNS)):
+      first = (text.splitlines() or [type(e).__name__])[0].rstrip(".")
+      return first if len(first) <= 300 else first[:297] + "..."
+  return None
 
 
 def _say_error(text: str) -> None:
