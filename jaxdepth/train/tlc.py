@@ -33,7 +33,6 @@ default work directory is ``runs/tlc-<model>-<dataset>-seed<seed>``.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import pathlib
 import sys
@@ -164,25 +163,11 @@ def summary(report: dict[str, Any], latency: dict[str, Any] | None) -> dict[str,
   }
 
 
-def _json_value(value):
-  """``value`` with every non-finite float (NaN: a candidate not ranked) as ``None``."""
-  if isinstance(value, float) and not math.isfinite(value):
-    return None
-  if isinstance(value, dict):
-    return {k: _json_value(v) for k, v in value.items()}
-  if isinstance(value, (list, tuple)):
-    return [_json_value(v) for v in value]
-  return value
-
-
 def write_summary(workdir: pathlib.Path, figures: dict[str, Any]) -> pathlib.Path:
   """Writes :func:`summary`'s figures to ``workdir/tlc.json``: strict JSON (``null`` where a
   candidate was not ranked, or a figure is not finite), atomically as the report."""
-  path = workdir / "tlc.json"
-  tmp = path.with_name(path.name + ".tmp")
-  tmp.write_text(json.dumps(_json_value(figures), indent=1, allow_nan=False))
-  tmp.replace(path)
-  return path
+  from jaxdepth import report  # pylint: disable=import-outside-toplevel
+  return report.write_json(workdir, figures, "tlc.json")
 
 
 # -------------------------------------------------------------------------- main
