@@ -491,6 +491,7 @@ def run(method: base.Method, spec: Spec, dataset: Dataset, recipe: optim.Recipe,
       _drop_epoch_checkpoints(workdir, done)
 
     while len(entries) < iterations and _more(method, spec, state, entries):
+      training.stop_if_requested()   # a SIGTERM whose own interrupt was lost
       it = len(entries)
       tic = time.perf_counter()
       entry, variables, state, trained_state = _iteration(

@@ -43,6 +43,7 @@ import operator
 import os
 import pathlib
 import re
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
@@ -67,7 +68,7 @@ __all__ = [
     "cross_entropy", "batch_metrics", "mean_metrics", "make_train_step", "make_eval_step",
     "Evaluation", "evaluate", "FitResult", "NonFiniteLossError", "RunMismatchError", "Preempted",
     "fit", "variables_digest", "data_identity", "dtype_name", "devices_hint", "device_layout",
-    "layout_hint", "check_variables",
+    "layout_hint", "request_stop", "clear_stop", "stop_if_requested", "check_variables",
     "check_seed", "check_split",
 ]
 
@@ -115,6 +116,30 @@ class Preempted(KeyboardInterrupt):
 
 
 _sync_steps = itertools.count()   # every process counts the same training steps
+_STOP = threading.Event()          # a stop a signal handler asked for (request_stop)
+
+
+def request_stop() -> None:
+  """Asks the training loops of this process to stop at their next step, as Ctrl-C does.
+
+  For a signal handler that raises ``KeyboardInterrupt`` (the commands' SIGTERM handler):
+  Python drops an exception raised while a garbage-collection callback runs ("Exception
+  ignored in ..."), and jax installs one, so the handler's own interrupt can be lost and the
+  run would train on. :func:`fit` checks the request after every step and
+  :func:`jaxdepth.driver.run` before every iteration (:func:`stop_if_requested`).
+  """
+  _STOP.set()
+
+
+def clear_stop() -> None:
+  """Forgets a :func:`request_stop` (a program that handled it and goes on)."""
+  _STOP.clear()
+
+
+def stop_if_requested() -> None:
+  """Raises ``KeyboardInterrupt`` if :func:`request_stop` was called."""
+  if _STOP.is_set():
+    raise KeyboardInterrupt("stopped: a stop was requested (SIGTERM)")
 
 
 def _preempted() -> bool:
@@ -1299,6 +1324,7 @@ def fit(spec: Spec, variables: dict[str, Any], dataset, recipe: optim.Recipe, *,
           loop["stats"] = stats
         step += 1
         bar.update(1)
+        stop_if_requested()   # a signal's own KeyboardInterrupt may have been lost
         preempted = _preempted()   # every process is at this step: checkpoint it and stop
         if preempted and step % spe:
           _check_loss(mean_metrics(loop["metrics"])["loss"], epoch, step, ckpt)

@@ -1369,3 +1369,40 @@ def test_recipe_rules_are_checked_with_the_settings_in_one_line_each(tmp_path, c
       "error: recipe nesterov=True needs optimizer='sgd' and momentum in (0, 1) (as "
       "torch.optim.SGD), got optimizer='adam', momentum=0.9"]
   assert not workdir.exists()
+
+
+def test_a_sigterm_that_lands_in_a_garbage_collection_callback_still_stops_training(tmp_path):
+  """Python drops an exception raised while a gc callback runs, and jax installs one: the
+  SIGTERM handler's KeyboardInterrupt was lost there, and the run trained to its end and
+  exited 0. The handler also asks the training loops to stop: fit stops at its next step."""
+  import gc   # pylint: disable=import-outside-toplevel
+
+  session = command.Session("fit", ["--workdir", str(tmp_path / "run")])
+  spec, ds = zoo.digits_plain(width=4), data.load("digits")
+  trained = []
+
+  def body():
+    session.stop_on_sigterm()
+
+    def in_gc(phase, info):   # the signal's handler runs inside the callback
+      del info
+      if phase == "start" and not session._terminated:   # pylint: disable=protected-access
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.1)   # the handler runs here (the main thread), inside the callback
+
+    gc.callbacks.append(in_gc)
+    try:
+      gc.collect()
+    finally:
+      gc.callbacks.remove(in_gc)
+    assert session._terminated   # pylint: disable=protected-access
+    result = training.fit(spec, network.init(spec, jax.random.key(0)), ds,
+                          optim.Recipe(epochs=3, batch_size=64), progress=False)
+    trained.append(len(result.history))
+    return 0
+
+  assert session.run(body) == command.EXIT_TERMINATED
+  assert trained == []   # stopped in the first epoch, not trained to its end
+  # The stop was handled: a later run in this process trains.
+  assert training.fit(spec, network.init(spec, jax.random.key(0)), ds,
+                      optim.Recipe(epochs=1, batch_size=64), progress=False).history

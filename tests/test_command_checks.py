@@ -61,7 +61,7 @@ def test_egp_refuses_settings_where_no_site_keeps_a_layer_to_prune(name, digits)
     assert len(problems) == 1
     assert problems[0].startswith("--config.layers / --config.skip: no site of digits_plain "
                                   "keeps a layer to prune")
-    assert "--config.skip=()" in problems[0]
+    assert '--config.skip="()"' in problems[0]
 
 
 def test_tlc_and_easier_refuse_a_model_with_a_single_site(digits):

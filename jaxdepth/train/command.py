@@ -1589,6 +1589,9 @@ class Session:
     del signum
     self._terminated = True
     signal.signal(signal.SIGTERM, signal.SIG_DFL)   # a second SIGTERM ends the process
+    training = sys.modules.get("jaxdepth.training")   # not loaded: nothing trains yet
+    if training is not None:   # the interrupt below is lost if it lands in a gc callback
+      training.request_stop()
     ctrl_c = signal.getsignal(signal.SIGINT)
     if not callable(ctrl_c):   # ignored (a background job of a script) or set in C
       raise KeyboardInterrupt
@@ -1622,6 +1625,9 @@ class Session:
       if self._sigterm is not None:
         signal.signal(signal.SIGTERM, self._sigterm)
         self._sigterm = None
+        training = sys.modules.get("jaxdepth.training")
+        if self._terminated and training is not None:   # handled: a later call trains again
+          training.clear_stop()
       if self._leave:   # jax's shutdown barrier would wait for the lost process, then abort
         sys.stdout.flush()
         sys.stderr.flush()

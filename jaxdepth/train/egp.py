@@ -130,11 +130,11 @@ def _check_model(name: str):
           out.append(f"--config.layers / --config.skip: no site of {spec.name} keeps a layer "
                      f"to prune (--config.skip names every site, or --config.layers maps none), "
                      f"so every round would prune nothing; leave at least one site's layer in, "
-                     f"e.g. --config.skip=() --config.layers=None")
+                     f"e.g. --config.skip=\"()\" --config.layers=None")
     except (KeyError, ValueError, TypeError) as e:
       text = command.message(e)
       if text.startswith("skip names"):   # given for another model (a config's own is not)
-        text += "; --config.skip=() prunes every site's layer"
+        text += "; --config.skip=\"()\" prunes every site's layer"
       out.append(f"--config.layers / --config.skip / --config.neurons: {text}")
     if not out:
       method = make_method(name, cfg)
