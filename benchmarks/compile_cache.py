@@ -29,6 +29,8 @@ import sys
 import tempfile
 import time
 
+from jaxdepth.train.__main__ import COMMANDS
+
 # Runs in the child: counts the cache's events around the command's main().
 _CHILD = r"""
 import json, sys
@@ -68,7 +70,7 @@ def run_once(command, workdir, cache_args):
 
 def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-  parser.add_argument("--commands", nargs="+", default=["fit"],
+  parser.add_argument("--commands", nargs="+", default=["fit"], choices=list(COMMANDS),
                       help="python -m jaxdepth commands to run with their default config")
   parser.add_argument("--no-cache-too", action="store_true",
                       help="also run each once with --no-compilation-cache")

@@ -37,7 +37,14 @@ def main(argv=None) -> None:
   parser.add_argument("--batch", type=int, default=64)
   parser.add_argument("--repeats", type=int, default=7)
   args = parser.parse_args(argv)
+  if args.repeats <= 0:
+    parser.error("--repeats must be positive")
+  if args.batch <= 0:
+    parser.error("--batch must be positive")
   ds = data.load("digits")
+  if args.batch > len(ds.train):
+    parser.error(f"--batch {args.batch} is larger than the digits training split "
+                 f"({len(ds.train)} examples); give at most {len(ds.train)}")
   epoch_seconds(ds.train, args.batch, 0)                       # warm up
   epochs = [epoch_seconds(ds.train, args.batch, e + 1) for e in range(args.repeats)]
   seconds = statistics.median(s for s, _ in epochs)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import time
@@ -58,6 +59,11 @@ def token_batch(spec, batch, seed=0):
   return x
 
 
+def finite(x):
+  """``x``, or None where it is not a finite number (JSON has no NaN)."""
+  return x if x is None or math.isfinite(x) else None
+
+
 def forms(model, length, n_sites):
   spec = zoo.get(model, max_length=length)
   variables = network.init(spec, jax.random.key(0))
@@ -74,8 +80,9 @@ def forms(model, length, n_sites):
   facts["merged"].update(
       surgery_s=round(seconds, 2), merges=sum(e.kind == "merge" for e in log),
       residual_folds=sum(e.kind == "fold_residual" for e in log),
-      equivalence={"vs": "identity", "logits_max_abs": same.max_abs,
-                   "logits_max_rel": same.max_rel, "top1_agreement": same.top1_agreement})
+      equivalence={"vs": "identity", "logits_max_abs": finite(same.max_abs),
+                   "logits_max_rel": finite(same.max_rel),
+                   "top1_agreement": finite(same.top1_agreement)})
   return built, sites, facts
 
 
@@ -110,11 +117,16 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if len(args.rounds) != len(args.batches):
     parser.error("give one --rounds entry per --batches entry")
+  if min(args.batches + args.rounds) <= 0:
+    parser.error("every --batches and --rounds entry must be positive")
+  if args.length <= 0:
+    parser.error("--length must be positive")
   sites = len(zoo.get(args.model, max_length=args.length).sites())
   args.sites = sites if args.sites is None else args.sites
   if not 0 <= args.sites <= sites:
     parser.error(f"--sites must be between 0 and {sites}")
-  print(json.dumps(run(args.model, args.length, args.sites, args.batches, args.rounds)))
+  print(json.dumps(run(args.model, args.length, args.sites, args.batches, args.rounds),
+                   allow_nan=False))
 
 
 if __name__ == "__main__":

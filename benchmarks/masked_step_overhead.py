@@ -71,6 +71,8 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if min(args.batch, args.steps, args.repeats) <= 0:
     parser.error("--batch, --steps and --repeats must be positive")
+  if args.model not in zoo.names():
+    parser.error(f"--model: unknown model {args.model!r}; known models: {', '.join(zoo.names())}")
   keep = host_memory.keep_freed_memory()   # as the commands do
 
   spec = zoo.get(args.model, num_classes=10, input_shape=(32, 32, 3))

@@ -11,7 +11,9 @@ fixed set of sites is linearized (about half of them) and these forms are timed:
   (only transformations equal everywhere: BatchNorm folding, no-op removal,
   exact merges and residual folds);
 * ``merged_interior``: ``mode="interior"`` (also merges exact only away from the
-  border; the border deviation is reported under ``equivalence``);
+  border; the border deviation is reported under ``equivalence``, and
+  ``interior_max_rel`` is ``null`` when nothing is left inside the border, as in
+  ResNet-18's ``layer4`` on its 2x2 map);
 * ``dense_folded``: the dense network with its BatchNorms folded (``collapse``
   with no site removed), to show how much of the gain is folding alone.
 
@@ -65,6 +67,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -99,6 +102,11 @@ def swin_t_sites(spec):
 
 
 MODELS = {"resnet18": resnet18_sites, "mobilenet_v2": mobilenet_v2_sites, "swin_t": swin_t_sites}
+
+
+def finite(x):
+  """``x``, or None where it is not a finite number (JSON has no NaN: an empty interior gives one)."""
+  return x if x is None or math.isfinite(x) else None
 
 
 def random_variables(spec, seed=0):
@@ -144,11 +152,12 @@ def forms(name):
         "residual_folds": sum(e.kind == "fold_residual" for e in log),
         "bn_folds": sum(e.kind == "fold_bn" for e in log),
         "equivalence": {"vs": "identity" if base is ident else "dense",
-                        "logits_max_abs": rep.max_abs, "logits_max_rel": rep.max_rel,
-                        "top1_agreement": rep.top1_agreement, "border": rep.border,
+                        "logits_max_abs": finite(rep.max_abs),
+                        "logits_max_rel": finite(rep.max_rel),
+                        "top1_agreement": finite(rep.top1_agreement), "border": rep.border,
                         "feature_shape": rep.feature_shape,
-                        "feature_max_rel": rep.feature_max_rel,
-                        "interior_max_rel": rep.interior_max_rel}}
+                        "feature_max_rel": finite(rep.feature_max_rel),
+                        "interior_max_rel": finite(rep.interior_max_rel)}}
   for form, (s, _) in out.items():
     facts.setdefault(form, {}).update(
         macs=costs.count_macs(s), params=costs.count_params(s), **costs.depth(s)._asdict(),
@@ -205,7 +214,7 @@ def run(batches, rounds, models=tuple(MODELS)):
   return report
 
 
-def main():
+def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--batches", type=int, nargs="+", default=[1, 128])
   parser.add_argument("--rounds", type=int, nargs="+", default=[30, 7],
@@ -213,9 +222,11 @@ def main():
   parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
   parser.add_argument("--allocators", action="store_true",
                       help="run twice in child processes: default malloc, then GLIBC_TUNABLES")
-  args = parser.parse_args()
+  args = parser.parse_args(argv)
   if len(args.rounds) != len(args.batches):
     parser.error("give one --rounds entry per --batches entry")
+  if min(args.batches + args.rounds) <= 0:
+    parser.error("every --batches and --rounds entry must be positive")
   if args.allocators:
     results = []
     for tunables in (None, TUNABLES):
@@ -225,11 +236,15 @@ def main():
         env["GLIBC_TUNABLES"] = tunables
       cmd = [sys.executable, __file__, "--batches", *map(str, args.batches),
              "--rounds", *map(str, args.rounds), "--models", *args.models]
-      out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True).stdout
-      results.append(json.loads(out.strip().splitlines()[-1]))
-    print(json.dumps({"runs": results}))
+      proc = subprocess.run(cmd, env=env, check=False, capture_output=True, text=True)
+      if proc.returncode != 0:
+        sys.exit(f"surgery_latency.py: the run with GLIBC_TUNABLES={tunables or '(unset)'} "
+                 f"failed (exit code {proc.returncode}); its error output ends with:\n"
+                 f"{proc.stderr[-2000:]}")
+      results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    print(json.dumps({"runs": results}, allow_nan=False))
     return
-  print(json.dumps(run(args.batches, args.rounds, args.models)))
+  print(json.dumps(run(args.batches, args.rounds, args.models), allow_nan=False))
 
 
 if __name__ == "__main__":

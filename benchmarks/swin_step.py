@@ -114,7 +114,13 @@ def main(argv=None):
       size, batch = (int(v) for v in item.split(":"))
     except ValueError:
       parser.error(f"--settings takes SIZE:BATCH pairs such as 32:128, got {item!r}")
+    if min(size, batch) <= 0:
+      parser.error(f"--settings: SIZE and BATCH must be positive, got {item!r}")
     settings.append((size, batch))
+  if args.rounds <= 0:
+    parser.error("--rounds must be positive")
+  if args.model not in zoo.names():
+    parser.error(f"--model: unknown model {args.model!r}; known models: {', '.join(zoo.names())}")
   mesh = training.make_mesh(jax.devices()[:1])
   report = {"benchmark": "swin_step", "model": args.model, "jax": jax.__version__,
             "backend": jax.default_backend(), "machine": platform.processor() or platform.machine(),

@@ -117,6 +117,12 @@ def macs_bound(spec, cands, count=costs.count_macs) -> dict:
           "speedup_bound": round(naive / shared, 3)}
 
 
+def finite(x):
+  """``x`` as a float, or None where it is not finite (JSON has no NaN)."""
+  x = float(x)
+  return x if math.isfinite(x) else None
+
+
 def main(argv=None) -> dict:
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--model", default="resnet18")
@@ -124,6 +130,10 @@ def main(argv=None) -> dict:
   p.add_argument("--rounds", type=int, default=5)
   p.add_argument("--out", help="also write the JSON here")
   args = p.parse_args(argv)
+  if min(args.batch, args.rounds) <= 0:
+    p.error("--batch and --rounds must be positive")
+  if args.model not in zoo.names():
+    p.error(f"--model: unknown model {args.model!r}; known models: {', '.join(zoo.names())}")
 
   load_before = os.getloadavg()
   spec = zoo.get(args.model)
@@ -156,7 +166,8 @@ def main(argv=None) -> dict:
       times[name].append(time.perf_counter() - tic)
       cpu[name].append(time.process_time() - cpu_tic)
   (base_s, gaps_s), (base_n, gaps_n) = results["shared"], results["naive"]
-  diff = max(abs(gaps_s[k] - gaps_n[k]) for k in gaps_s)
+  diffs = [abs(gaps_s[k] - gaps_n[k]) for k in gaps_s]
+  diff = math.nan if any(math.isnan(d) for d in diffs) else max(diffs)   # max() skips a NaN
   median = {k: statistics.median(v) for k, v in times.items()}
   cpu_median = {k: statistics.median(v) for k, v in cpu.items()}
   out = {
@@ -171,14 +182,14 @@ def main(argv=None) -> dict:
       "cpu_speedup_vs_naive": round(cpu_median["naive"] / cpu_median["shared"], 3),
       "macs": macs_bound(spec, cands),
       "executed_macs": macs_bound(spec, cands, executed_macs),
-      "max_gap_difference": diff, "base_loss_difference": abs(base_s - base_n),
+      "max_gap_difference": finite(diff), "base_loss_difference": finite(abs(base_s - base_n)),
       "equal_to_1e-5": bool(diff <= 1e-5),
-      "gaps": {k: round(v, 6) for k, v in gaps_s.items()},
+      "gaps": {k: finite(round(v, 6)) for k, v in gaps_s.items()},
       "machine": {"cpus": os.cpu_count(), "backend": jax.default_backend(),
                   "jax": jax.__version__, "load_average_before": [round(a, 2) for a in load_before],
                   "load_average_after": [round(a, 2) for a in os.getloadavg()]},
   }
-  text = json.dumps(out, indent=1)
+  text = json.dumps(out, indent=1, allow_nan=False)
   print(text)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:

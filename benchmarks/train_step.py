@@ -107,10 +107,31 @@ def parse_args(argv):
     parser.error("--batch, --steps, --eval-steps and --repeats must be positive")
   if min(args.warm_steps, args.eval_warm_steps) < 0:
     parser.error("--warm-steps and --eval-warm-steps must be 0 or more")
-  if args.torch_python and not pathlib.Path(args.torch_python).is_file():
-    parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} is not a file; "
-                 f"give the path of a Python executable whose environment has torch")
+  if args.torch and args.torch_python:
+    if not pathlib.Path(args.torch_python).is_file():
+      parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} is not a file; "
+                   f"give the path of a Python executable whose environment has torch")
+    # Absolute (Popen would search PATH for a bare name), not resolved: a virtual
+    # environment's python is a link, and the environment is lost behind it.
+    args.torch_python = os.path.abspath(args.torch_python)
+    reason = _torch_import_failure(args.torch_python)
+    if reason:
+      parser.error(f"--torch-python (or ${TORCH_PYTHON_ENV}) {args.torch_python!r} cannot import "
+                   f"torch ({reason}); give a Python whose environment has torch, or pass --no-torch")
   return args
+
+
+def _torch_import_failure(python):
+  """Why ``python -c "import torch"`` fails (its last error line), or None when it works."""
+  try:
+    proc = subprocess.run([python, "-c", "import torch"], capture_output=True, text=True,
+                          check=False)
+  except OSError as e:
+    return str(e)
+  if proc.returncode == 0:
+    return None
+  lines = proc.stderr.strip().splitlines()
+  return lines[-1] if lines else f"exit code {proc.returncode}"
 
 
 class TorchWorker:
@@ -361,7 +382,10 @@ def main(argv=None):
   import jax   # pylint: disable=import-outside-toplevel
 
   python = torch_python(args)
-  worker = TorchWorker(python, keep) if python else None
+  try:
+    worker = TorchWorker(python, keep) if python else None
+  except (OSError, RuntimeError, ValueError) as e:
+    sys.exit(f"train_step.py: the PyTorch worker ({python}) did not start: {e}")
   out = {"device": f"{jax.devices()[0].platform}: {jax.devices()[0].device_kind}",
          "jax": jax.__version__, "dtype": args.dtype, "batch": args.batch,
          "steps": args.steps, "eval_steps": args.eval_steps, "repeats": args.repeats,

@@ -1,12 +1,14 @@
 """benchmarks/train_step.py's timing loop: block sizes, warm-up steps and the refusals of its options
 (the steps themselves are CIFAR ResNet-18 and MobileNetV2 at batch 128: too big for a CPU test)."""
 import ast
+import importlib.util
 import statistics
+import sys
 
 import pytest
 
 import _scripts
-from jaxdepth import optim
+from jaxdepth import compilation_cache, optim
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +97,50 @@ def test_a_negative_warm_up_is_refused(benchmark, option, capsys):
   with pytest.raises(SystemExit):
     benchmark.parse_args([option, "-1"])
   assert "--eval-warm-steps must be 0 or more" in capsys.readouterr().err
+
+
+def test_no_torch_ignores_a_stale_torch_python_variable(benchmark, monkeypatch):
+  monkeypatch.setenv(benchmark.TORCH_PYTHON_ENV, "/nonexistent")
+  args = benchmark.parse_args(["--no-torch"])
+  assert benchmark.torch_python(args) is None
+  with pytest.raises(SystemExit):   # without --no-torch the variable is still checked
+    benchmark.parse_args([])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None,
+                    reason="this Python can import torch")
+def test_a_python_without_torch_is_refused_in_one_line(benchmark, capsys):
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--torch-python", sys.executable])
+  err = capsys.readouterr().err
+  assert "cannot import torch (ModuleNotFoundError: No module named 'torch')" in err
+  assert "--no-torch" in err and "Traceback" not in err
+  assert repr(sys.executable) in err   # as given: a virtual environment's link is not followed
+
+
+def test_a_torch_python_that_cannot_run_is_refused_in_one_line(benchmark, capsys, monkeypatch,
+                                                               tmp_path):
+  # A file name without a slash, relative to the working directory, that is not executable.
+  (tmp_path / "notes.txt").write_text("not a program\n")
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(SystemExit):
+    benchmark.parse_args(["--torch-python", "notes.txt"])
+  err = capsys.readouterr().err
+  assert f"{tmp_path / 'notes.txt'}' cannot import torch (" in err
+  assert "Permission denied" in err and "Traceback" not in err
+
+
+def test_a_worker_that_stops_at_once_ends_main_with_one_line(benchmark, monkeypatch, tmp_path):
+  # It answers "import torch" (exit 0) and then stops without saying it is ready.
+  fake = tmp_path / "fake_python"
+  fake.write_text("#!/bin/sh\nexit 0\n")
+  fake.chmod(0o755)
+  monkeypatch.setattr(compilation_cache, "enable", lambda path: None)
+  monkeypatch.setattr(benchmark, "jax_runners", lambda *a: pytest.fail("timed without a worker"))
+  with pytest.raises(SystemExit) as stop:
+    benchmark.main(["--torch-python", str(fake), "--default-malloc", "--models", "resnet18"])
+  assert str(stop.value.code).startswith(f"train_step.py: the PyTorch worker ({fake}) did not start: "
+                                         f"the PyTorch worker stopped (exit code 0)")
 
 
 def test_the_paired_interval_holds_the_ratio_and_shrinks_to_it_without_noise(benchmark):
