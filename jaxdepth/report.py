@@ -47,7 +47,7 @@ from jaxdepth._optional import require
 
 __all__ = ["table", "write", "write_json", "json_safe", "plot_accuracy", "plot_costs",
            "plot_scores", "plot_training", "plot_unit_bars", "read_histories", "score_key",
-           "score_value", "without_timings"]
+           "score_value", "without_timings", "display_name"]
 
 _COSTS = ("params", "macs", "depth", "merged")
 _KNOWN = {"iteration", "unit", "units_removed", "units_total", "removed", "removed_now",
@@ -92,6 +92,15 @@ def _pct(x) -> str:
   return "–" if x is None else f"{100 * x:.2f}"
 
 
+# How a method's name is written in titles, where it is not all capitals.
+_DISPLAY_NAMES = {"lacoot": "LaCoOT"}
+
+
+def display_name(method: str) -> str:
+  """A method's name as titles write it: ``"LaCoOT"`` for ``"lacoot"``, else in capitals."""
+  return _DISPLAY_NAMES.get(method, method.upper())
+
+
 def _merged(entry: dict[str, Any], key: str):
   """A figure of the entry's merged network, falling back to the unmerged one."""
   merged = entry.get("merged") or {}
@@ -105,7 +114,7 @@ def table(report: dict[str, Any]) -> str:
   key = score_key(report)
   entries = report.get("iterations", [])
   unit = report.get("unit", "site")
-  lines = [f"# {report.get('method', 'method').upper()}: {report.get('model')} on "
+  lines = [f"# {display_name(report.get('method', 'method'))}: {report.get('model')} on "
            f"{report.get('dataset')}", ""]
   lines.append(f"| iter | removed | val % | test % | params | MACs (merged) | non-linear depth | "
                f"weight depth (merged) | lowest of {_score_label(report)} | then removed |")
@@ -219,7 +228,7 @@ def _count_ticks():
 
 
 def _title(report: dict[str, Any]) -> str:
-  return (f"{report.get('method', '').upper()}: {report.get('model')} on "
+  return (f"{display_name(report.get('method', ''))}: {report.get('model')} on "
           f"{report.get('dataset')}")
 
 

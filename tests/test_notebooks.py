@@ -23,6 +23,9 @@ NOTEBOOKS = ROOT / "notebooks"
 # Every notebook, with the number of figures it shows (PNG outputs).
 FIGURES = {"easier": 5, "egp": 5, "nepenthe": 4, "lacoot": 3, "tlc": 3, "surgery": 1}
 KERNEL = "jaxdepth-tests"
+# Lines a notebook prints with the small settings. EGP's bar chart plots the rounds applied:
+# with 2 iterations only round 1 (it plotted [1, 2], the last decision never applied).
+PRINTED = {"egp": ["rounds plotted: [1]"]}
 
 
 def _read(name):
@@ -78,4 +81,8 @@ def test_notebook_runs_with_small_settings(name, kernel, tmp_path):
   assert figures == FIGURES[name], f"{name}.ipynb showed {figures} figures"
   last = [c for c in nb.cells if c.cell_type == "code"][-1]
   assert any(o.output_type == "stream" and "all checks passed" in o.text for o in last.outputs)
+  text = "".join(o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                 if o.output_type == "stream")
+  for line in PRINTED.get(name, []):
+    assert line in text, f"{name}.ipynb did not print {line!r}"
   assert any((work / "runs").iterdir())

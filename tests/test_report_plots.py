@@ -52,3 +52,15 @@ def test_training_figure_labels_stay_clear_of_the_title():
   styles = {h.get_label(): h.get_linestyle() for h in fig.axes[1].get_legend().legend_handles}
   assert styles == {"validation": "-", "train": "--"}
 
+
+
+def test_titles_spell_lacoot_as_the_method_does_and_others_in_capitals():
+  # Before: "# LACOOT: resnet20 on digits" and the same in the plots' titles.
+  entries = [_entry(0, 0, .9, 1000), _entry(1, 1, .8, 900)]
+  for method, name in (("lacoot", "LaCoOT"), ("egp", "EGP"), ("mymethod", "MYMETHOD")):
+    rep = {"method": method, "model": "resnet20", "dataset": "digits", "chosen": None,
+           "iterations": entries}
+    assert report.table(rep).startswith(f"# {name}: resnet20 on digits\n")
+    assert report._accuracy_figure(rep).axes[0].get_title() == f"{name}: resnet20 on digits"
+    assert report._costs_figure(rep)._suptitle.get_text().startswith(  # pylint: disable=protected-access
+        f"{name}: resnet20 on digits: accuracy")

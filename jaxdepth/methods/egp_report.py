@@ -116,16 +116,21 @@ def _sparsity_figure(report):
   plt = report_lib._pyplot()  # pylint: disable=protected-access
   fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=120)
   x = [e["iteration"] for e in entries]
-  for l in layers:
-    ax.plot(x, [100 * e["decision"]["layer_sparsity"].get(l, np.nan) for e in entries], "o-",
-            ms=3, label=l)
+  # One (colour, line style) per layer: 20 colours, then the next line style (ResNet-20 has 18
+  # pruned layers, ResNet-18 and Swin-T more), so that no two layers' lines look alike.
+  colors = plt.cm.tab20.colors
+  styles = ("-", "--", ":", "-.")
+  for i, l in enumerate(layers):
+    ax.plot(x, [100 * e["decision"]["layer_sparsity"].get(l, np.nan) for e in entries],
+            marker="o", ms=3, color=colors[i % len(colors)],
+            linestyle=styles[(i // len(colors)) % len(styles)], label=l)
   ax.plot(x, [100 * e["decision"].get("global_sparsity", np.nan) for e in entries], "k--",
           lw=2, label="all pruned layers")
   ax.set_xlabel("iteration (pruning rounds before its training)")
   ax.xaxis.set_major_locator(report_lib._integer_ticks())  # pylint: disable=protected-access
   ax.set_ylabel("weights pruned (%)")
   ax.set_ylim(-2, 102)
-  ax.set_title(f"{report.get('method', '').upper()}: sparsity per layer")
+  ax.set_title(f"{report_lib.display_name(report.get('method', ''))}: sparsity per layer")
   ax.grid(alpha=0.3)
   ax.legend(loc="best", fontsize="x-small", ncol=1 + len(layers) // 12)
   return fig
